@@ -1,0 +1,1 @@
+"""Benchmarking: interleaved latency measurement, statistics, reports."""

@@ -1,0 +1,1 @@
+"""The command-line interface: click only, one module per command, no graph code here."""

@@ -1,0 +1,142 @@
+"""The ``onnxopt`` command group: lazy sub-commands, logging, and the one place where
+errors become exit codes.
+
+``OnnxoptError`` -> ``error: PATH: message`` on one line, exit code from the class (2 bad
+input/usage, 3 verification/budget).  click usage errors -> one line, exit 2.  Anything
+else is a bug: traceback, exit 1.  ``--debug`` shows tracebacks for user errors too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import traceback
+
+import click
+
+from ..errors import OnnxoptError
+
+__all__ = ["cli", "main", "COMMANDS"]
+
+# name -> "module:function"; imported only when the command runs (fast --help)
+COMMANDS = {
+    "inspect": "onnxopt.cli.inspect:command",
+    "simplify": "onnxopt.cli.simplify:command",
+    "verify": "onnxopt.cli.verify:command",
+    "run": "onnxopt.cli.run:command",
+    "quantize": "onnxopt.cli.quantize:command",
+    "prune": "onnxopt.cli.prune:command",
+    "ensemble": "onnxopt.cli.ensemble:command",
+    "chain": "onnxopt.cli.chain:command",
+    "bench": "onnxopt.cli.bench:command",
+    "optimize": "onnxopt.cli.optimize:command",
+    "adapt": "onnxopt.cli.adapt:command",
+    "demo": "onnxopt.cli.demo:command",
+    "passes": "onnxopt.cli.passes:command",
+}
+
+_HELP = {
+    "inspect": "Describe a model: IR, opsets, I/O, ops, parameters, FLOPs.",
+    "simplify": "Fold constants, drop dead nodes and duplicate weights (verified).",
+    "verify": "Compare two models' outputs on the same inputs.",
+    "run": "Run a recipe (a pipeline of passes) on a model.",
+    "quantize": "INT8 quantization (dynamic/static) within an accuracy budget.",
+    "prune": "Prune weights, channels or residual blocks (verified).",
+    "ensemble": "Fuse N models into one .onnx (mean, weighted, vote, stack).",
+    "chain": "Chain N models serially into one .onnx.",
+    "bench": "Benchmark models side by side (latency, throughput, memory, accuracy).",
+    "optimize": "Fastest verified model for a target within an accuracy budget.",
+    "adapt": "Transfer learning: cut at a feature tensor, fit a new head.",
+    "demo": "Run the main job on the bundled models and print a summary.",
+    "passes": "List the registered passes and bundled recipes.",
+}
+
+_state = {"debug": False}
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx):
+        return [c for c in COMMANDS if _importable(COMMANDS[c])]
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None or not _importable(target):
+            return None
+        module, _, attr = target.partition(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        if not cmd.short_help and name in _HELP:
+            cmd.short_help = _HELP[name]
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, _HELP.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxoptError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            if standalone_mode:
+                sys.exit(exc.exit_code)
+            raise
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            if standalone_mode:
+                sys.exit(2)
+            raise click.exceptions.Exit(2) from None
+        except click.ClickException as exc:
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            if standalone_mode:
+                sys.exit(exc.exit_code)
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            if standalone_mode:
+                sys.exit(130)
+            raise click.exceptions.Exit(130) from None
+
+
+def _importable(target: str) -> bool:
+    module = target.partition(":")[0]
+    return importlib.util.find_spec(module) is not None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="onnxopt", prog_name="onnxopt")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for every error.")
+def cli(verbose: int, quiet: bool, debug: bool):
+    """onnxopt: verified graph-level optimization of ONNX models.
+
+    Every transform is checked (onnx.checker, an ONNX Runtime session, outputs compared with
+    the input model) before anything is written.  Exit codes: 0 ok, 1 internal error, 2 bad
+    input or usage, 3 verification failed or accuracy budget not met.
+    """
+    _state["debug"] = debug
+    level = logging.WARNING if not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    from ..core.progress import set_progress
+
+    set_progress(False if quiet else None)
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="onnxopt")
+

@@ -1,0 +1,50 @@
+"""``onnxopt simplify MODEL -o OUT``."""
+
+from __future__ import annotations
+
+import click
+
+from .options import data_option, json_option, output_option, provider_option, report_option, shape_option, shapes_dict
+from .render import echo_json, human_bytes, table
+
+__all__ = ["command"]
+
+
+@click.command("simplify")
+@click.argument("model", type=click.Path())
+@output_option()
+@data_option()
+@shape_option
+@provider_option
+@click.option("--no-onnxsim", is_flag=True, help="Use only onnxopt's own passes.")
+@click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
+@json_option
+@report_option
+def command(model, output, data, shapes, provider, no_onnxsim, external_data, as_json, report_path):
+    """Fold constants, turn Constant nodes into initializers, drop dead nodes and duplicate
+    weights.  The result is verified against MODEL before it is written.
+
+    Example: onnxopt simplify model.onnx -o model.sim.onnx
+    """
+    from ..io import check_output_path
+    from ..simplify.api import simplify
+
+    check_output_path(output, [model])
+    result = simplify(model, data=data, shapes=shapes_dict(shapes), provider=provider, use_onnxsim=not no_onnxsim)
+    result.save(output, guard=[model], external_data=external_data or None)
+    if report_path:
+        result.save_report(report_path)
+    if as_json:
+        echo_json(result.report)
+        return
+    step = result.report["steps"][0]
+    before, after = result.report["before"], result.report["after"]
+    rows = [[k, before[k], after[k]] for k in ("nodes", "initializers", "params")]
+    rows.append(["bytes", human_bytes(before["bytes"]), human_bytes(after["bytes"])])
+    click.echo(table(["", "before", "after"], rows))
+    comp = step["verification"]["comparison"]
+    worst = max((o["rel_l2"] for o in comp["outputs"]), default=0.0)
+    click.echo(f"engine: {step['counts'].get('engine')}; verified on {comp['data']}: worst relative L2 {worst:.2e}")
+    for note in step["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {output}")

@@ -1,0 +1,112 @@
+"""click parameter types for onnxopt's domain values."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["ShapeSpec", "CsvList", "FloatList", "IntList", "Fraction", "NameMap"]
+
+
+class ShapeSpec(click.ParamType):
+    """``NAME:1,3,224,224`` -> ``("NAME", (1, 3, 224, 224))``."""
+
+    name = "NAME:D1,D2,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, dims = str(value).rpartition(":")
+        if not sep or not name:
+            self.fail(f"'{value}' is not NAME:D1,D2,... (e.g. input:1,3,224,224)", param, ctx)
+        try:
+            shape = tuple(int(d) for d in dims.split(",") if d.strip() != "")
+        except ValueError:
+            self.fail(f"'{value}': dimensions must be integers", param, ctx)
+        if not shape or any(d <= 0 for d in shape):
+            self.fail(f"'{value}': dimensions must be positive integers", param, ctx)
+        return name, shape
+
+
+class CsvList(click.ParamType):
+    """``a,b,c`` -> ``["a", "b", "c"]`` (optionally restricted to ``choices``)."""
+
+    name = "A,B,..."
+
+    def __init__(self, choices=None):
+        self.choices = tuple(choices) if choices else None
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            self.fail("empty list", param, ctx)
+        if self.choices:
+            bad = [v for v in items if v not in self.choices]
+            if bad:
+                self.fail(f"{', '.join(bad)} not among {', '.join(self.choices)}", param, ctx)
+        return items
+
+
+class FloatList(click.ParamType):
+    """``0.5,0.3,0.2`` -> ``[0.5, 0.3, 0.2]``."""
+
+    name = "X,Y,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            return [float(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"'{value}' is not a comma-separated list of numbers", param, ctx)
+
+
+class IntList(click.ParamType):
+    """``1,8,32`` -> ``[1, 8, 32]`` (positive)."""
+
+    name = "N,M,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            vals = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"'{value}' is not a comma-separated list of integers", param, ctx)
+        if not vals or any(v <= 0 for v in vals):
+            self.fail(f"'{value}': values must be positive integers", param, ctx)
+        return vals
+
+
+class Fraction(click.ParamType):
+    """A number strictly between 0 and 1 (or in [0, 1) with ``closed_low``)."""
+
+    name = "FRACTION"
+
+    def __init__(self, closed_low: bool = False):
+        self.closed_low = closed_low
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a number", param, ctx)
+        low_ok = v >= 0 if self.closed_low else v > 0
+        if not (low_ok and v < 1):
+            self.fail(f"{value} is outside {'[0' if self.closed_low else '(0'}, 1)", param, ctx)
+        return v
+
+
+class NameMap(click.ParamType):
+    """``FROM:TO`` -> ``("FROM", "TO")``."""
+
+    name = "FROM:TO"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        a, sep, b = str(value).partition(":")
+        if not sep or not a or not b:
+            self.fail(f"'{value}' is not FROM:TO", param, ctx)
+        return a, b

@@ -1,0 +1,191 @@
+"""The pass protocol: one shape for every transform.
+
+A pass is configured once (``Pass(**params)``, validated against its ``Config`` dataclass)
+and called as ``pass_(model, ctx) -> PassResult``.  Subclasses implement ``call`` only;
+``__call__`` copies the model (passes are functional: the input is never mutated), times
+the call and fills the report's before/after statistics.  Passes never print, never exit
+and never read files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx
+
+from ..errors import RecipeError
+from ..stats import model_stats
+
+__all__ = ["Context", "PassReport", "PassResult", "Pass", "validate_config"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What a pass may use besides the model.
+
+    ``data``: calibration Dataset (or None); ``eval_data``: evaluation Dataset with labels
+    (or None); ``shapes``: values for symbolic input dims; ``budget``: a metrics.Budget;
+    ``reference``: the pipeline's input model (teacher / FP32 reference).
+    """
+
+    data: Any = None
+    eval_data: Any = None
+    shapes: dict | None = None
+    provider: str = "cpu"
+    seed: int = 0
+    budget: Any = None
+    reference: onnx.ModelProto | None = None
+    options: dict = field(default_factory=dict)
+
+    def inputs_for(self, model: onnx.ModelProto, *, prefer_eval: bool = False):
+        """A Dataset fitting ``model``: eval/calibration data, else synthesized inputs."""
+        from ..data import dataset_for
+
+        order = (self.eval_data, self.data) if prefer_eval else (self.data, self.eval_data)
+        for ds in order:
+            if ds is not None:
+                return dataset_for(model, ds)
+        return dataset_for(model, None, self.shapes, seed=self.seed)
+
+
+@dataclass
+class PassReport:
+    """What one pass did: counts of what changed, stats before/after, seconds, notes."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    modified: bool = False
+    counts: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    verification: dict | None = None
+
+    def to_dict(self, *, timing: bool = True) -> dict:
+        d = dataclasses.asdict(self)
+        if not timing:
+            d.pop("seconds")
+        return d
+
+
+@dataclass
+class PassResult:
+    model: onnx.ModelProto
+    modified: bool
+    report: PassReport
+
+
+def _type_ok(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def validate_config(config_cls, params: dict, where: str, error=RecipeError):
+    """Instantiate ``config_cls`` from ``params``: unknown names, wrong types and values
+    outside ``metadata['choices']`` are errors naming ``where``."""
+    names = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise error(f"{where}: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(sorted(names)) or 'none'})")
+    hints = typing.get_type_hints(config_cls)
+    for k, v in params.items():
+        if not _type_ok(v, hints.get(k, Any)):
+            raise error(f"{where}: parameter '{k}' has the wrong type ({type(v).__name__}; expected {getattr(hints.get(k), '__name__', hints.get(k))})")
+        choices = names[k].metadata.get("choices")
+        if choices is not None:
+            vals = v if isinstance(v, (list, tuple)) else [v]
+            bad = [x for x in vals if x not in choices]
+            if bad:
+                raise error(f"{where}: parameter '{k}' = {v!r} is not one of {', '.join(map(str, choices))}")
+    try:
+        cfg = config_cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{where}: {exc}") from exc
+    check = getattr(cfg, "check", None)
+    if check:
+        problem = check()
+        if problem:
+            raise error(f"{where}: {problem}")
+    return cfg
+
+
+class Pass:
+    """Base class.  Subclasses set ``key``, a ``Config`` dataclass, and implement ``call``.
+
+    ``needs``: what the pass requires in the context ("calibration", "labels", ...).
+    ``exact``: output must match the input within 1e-4 relative L2 (else it is lossy and
+    judged by the accuracy metric).  ``idempotent``: a second run changes nothing.
+    """
+
+    key: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()
+    exact: ClassVar[bool] = True
+    idempotent: ClassVar[bool] = True
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, _where: str | None = None, _error=RecipeError, **params):
+        self.params = dict(params)
+        self.config = validate_config(self.Config, params, _where or f"pass '{self.key}'", _error)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params.items())})"
+
+    @classmethod
+    def help(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def result(self, model: onnx.ModelProto, modified: bool, *, counts=None, notes=None, details=None) -> PassResult:
+        """Helper for ``call``: a PassResult whose report the base class completes."""
+        return PassResult(model, modified, PassReport(self.key, counts=dict(counts or {}), notes=list(notes or []), details=dict(details or {})))
+
+    def __call__(self, model: onnx.ModelProto, ctx: Context | None = None, *, inplace: bool = False) -> PassResult:
+        """Run the pass.  The input model is left untouched unless ``inplace`` (the caller
+        gives up the model, e.g. to keep peak memory at one copy of a large model)."""
+        ctx = ctx or Context()
+        work = model if inplace else copy.deepcopy(model)
+        before = model_stats(model)
+        t0 = time.perf_counter()
+        res = self.call(work, ctx)
+        seconds = time.perf_counter() - t0
+        rep = res.report
+        rep.name = self.key
+        rep.params = dict(self.params)
+        rep.modified = bool(res.modified)
+        rep.before = before
+        rep.after = model_stats(res.model)
+        rep.seconds = round(seconds, 4)
+        log.info("%s: %s in %.2fs", self.key, "modified" if res.modified else "unchanged", seconds)
+        return res

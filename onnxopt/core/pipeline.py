@@ -1,0 +1,107 @@
+"""The pipeline runner: passes in order, each step verified before the next.
+
+After every step: ``onnx.checker`` (full, strict shape inference where possible), an ORT
+session that loads, and a numerical comparison against the pipeline's *input* model on the
+context's data (evaluation data, else calibration data, else synthesized inputs):
+
+- exact passes must keep every output within 1e-4 relative L2 (and shapes unchanged);
+- lossy passes (quantize, prune, ...) keep output shapes; their metric score against the
+  input is recorded and, when the context has a budget, must stay within it.
+
+The first failing step stops the run with a VerificationError (exit 3) naming the step.
+The output carries provenance (see ``provenance``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..errors import BudgetError, ModelError, VerificationError
+from ..metrics import Evaluator
+from ..verify import EXACT_REL_L2, check_model, compare_outputs
+from .passes import Context, Pass, PassReport
+from .progress import progress
+from .provenance import write_provenance
+from .result import Result
+
+__all__ = ["PipelineResult", "StepVerifier", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class StepVerifier:
+    """Verifies candidate models against one reference model on one dataset (outputs cached)."""
+
+    def __init__(self, reference: onnx.ModelProto, ctx: Context, *, limit: int | None = 512):
+        self.ctx = ctx
+        self.dataset = ctx.inputs_for(reference, prefer_eval=True)
+        self.names = [o.name for o in reference.graph.output]
+        self.evaluator = Evaluator(reference, self.dataset, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=limit)
+
+    def __call__(self, model: onnx.ModelProto, label: str, *, exact: bool) -> dict:
+        check = check_model(model, provider=self.ctx.provider, label=label)
+        outputs = self.evaluator.outputs(model)
+        if len(outputs) != len(self.names):
+            raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
+        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.source)
+        for o in comp.outputs:
+            if o.note.startswith("shape"):
+                raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
+        record = {"check": check.to_dict(), "comparison": comp.to_dict()}
+        score = self.evaluator.score_outputs(outputs)
+        record["metric"] = {"name": self.evaluator.metric, "reference": self.evaluator.reference_score, "score": score, "drop": self.evaluator.reference_score - score}
+        if exact:
+            bad = [o for o in comp.outputs if not (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6)]
+            if bad:
+                worst = max(bad, key=lambda o: o.rel_l2)
+                raise VerificationError(f"{label}: output '{worst.name}' moved by {worst.rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+        elif self.ctx.budget is not None:
+            drop = record["metric"]["drop"]
+            if drop > self.ctx.budget.max_drop + 1e-9:
+                raise BudgetError(f"{label}: {self.evaluator.metric} dropped {drop:.2f} points (budget {self.ctx.budget.max_drop:g})")
+        return record
+
+
+@dataclass
+class PipelineResult(Result):
+    steps: list[PassReport] = field(default_factory=list)
+
+
+def run_pipeline(model: onnx.ModelProto, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None) -> PipelineResult:
+    """Apply ``passes`` in order, verifying after each; returns the final model + report."""
+    ctx = ctx or Context()
+    if ctx.reference is None:
+        ctx.reference = model
+    verifier = StepVerifier(model, ctx) if verify else None
+    if verifier is not None:
+        check_model(model, provider=ctx.provider, label="input model", error=ModelError)
+    current = model
+    reports: list[PassReport] = []
+    for i, p in enumerate(progress(passes, desc=command, unit="step"), start=1):
+        label = f"step {i} '{p.key}'"
+        log.info("%s ...", label)
+        res = p(current, ctx)
+        if verifier is not None:
+            res.report.verification = verifier(res.model, label, exact=p.exact)
+        reports.append(res.report)
+        current = res.model
+    steps = [r.to_dict(timing=False) for r in reports]
+    for s in steps:
+        s.pop("before", None)
+        s.pop("after", None)
+    write_provenance(current, command, steps, extra)
+    report = {
+        "command": command,
+        "steps": [r.to_dict() for r in reports],
+        "modified": any(r.modified for r in reports),
+    }
+    if extra:
+        report.update(extra)
+    if reports:
+        report["before"] = reports[0].before
+        report["after"] = reports[-1].after
+    return PipelineResult(current, report, True, reports)
+

@@ -1,0 +1,76 @@
+"""Provenance: the ``onnxopt`` entry of an output model's ``metadata_props``.
+
+JSON with the tool and library versions and, per step, the pass, its parameters, what it
+changed and its verification figures.  Nothing time- or machine-dependent goes in (no
+timestamps, no seconds), so identical runs write byte-identical files.  Running onnxopt
+on its own output appends to the earlier steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import onnx
+
+__all__ = ["KEY", "tool_versions", "read_provenance", "write_provenance", "rounded"]
+
+KEY = "onnxopt"
+
+
+def tool_versions() -> dict:
+    import numpy
+    import onnxruntime
+
+    from .. import __version__
+
+    versions = {"onnxopt": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+    try:
+        from importlib.metadata import version
+
+        versions["onnxsim"] = version("onnxsim")
+    except Exception:
+        pass
+    return versions
+
+
+def rounded(obj, digits: int = 6):
+    """Floats rounded to ``digits`` significant digits, recursively; inf/nan as strings."""
+    if isinstance(obj, float):
+        if math.isnan(obj) or math.isinf(obj):
+            return str(obj)
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
+def read_provenance(model: onnx.ModelProto) -> dict | None:
+    for p in model.metadata_props:
+        if p.key == KEY:
+            try:
+                return json.loads(p.value)
+            except ValueError:
+                return None
+    return None
+
+
+def write_provenance(model: onnx.ModelProto, command: str, steps: list[dict], extra: dict | None = None) -> None:
+    """Set the ``onnxopt`` metadata entry (in place), keeping earlier runs' steps."""
+    previous = read_provenance(model)
+    history = []
+    if previous:
+        history = list(previous.get("history", [])) + [{k: previous.get(k) for k in ("command", "steps") if k in previous}]
+    record = {"command": command, "versions": tool_versions(), "steps": rounded(steps)}
+    if extra:
+        record.update(rounded(extra))
+    if history:
+        record["history"] = history
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    kept = [p for p in model.metadata_props if p.key != KEY]
+    del model.metadata_props[:]
+    for p in kept:
+        model.metadata_props.add(key=p.key, value=p.value)
+    model.metadata_props.add(key=KEY, value=text)

@@ -1,0 +1,38 @@
+"""``onnxopt run``: a recipe applied to a model, verified step by step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import dataset_for
+from ..io import resolve_model
+from ..metrics import Budget
+from .passes import Context
+from .pipeline import PipelineResult, run_pipeline
+from .recipe import load_recipe
+
+__all__ = ["run", "make_context"]
+
+
+def make_context(model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None, seed: int = 0) -> Context:
+    """A Context with DATA validated against ``model``."""
+    from ..runtime import resolve_provider
+
+    provider = resolve_provider(provider)
+    cal = dataset_for(model, calibration) if calibration is not None else None
+    ev = dataset_for(model, eval_data) if eval_data is not None else None
+    budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
+    return Context(data=cal, eval_data=ev, shapes=shapes, provider=provider, seed=seed, budget=budget)
+
+
+def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None) -> PipelineResult:
+    """Run a recipe (bundled name or TOML path) on a model (path or proto)."""
+    rec = load_recipe(recipe)
+    passes = rec.build()
+    m, path = resolve_model(model)
+    ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
+    extra = {"recipe": rec.name, "input": str(path) if path else None}
+    result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
+    result.report.update(extra)
+    result.report["recipe_file"] = str(Path(rec.path).name)
+    return result

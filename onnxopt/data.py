@@ -1,0 +1,348 @@
+"""DATA: calibration / evaluation inputs, loaded without unpickling and streamed in batches.
+
+DATA is either a ``.npz`` file whose arrays are keyed by the model's input names (the
+first axis indexes samples) or a folder of ``.npz`` files, each one complete feed (its
+first axis is the batch it holds).  An optional ``labels`` array gives ground truth.
+Without DATA, inputs are synthesized from the model's input types and shapes; symbolic
+dimensions come from ``shapes`` (``{"input": (1, 3, 224, 224)}``) or default to 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import DataError, ModelError
+
+__all__ = [
+    "LABELS_KEY",
+    "InputSpec",
+    "Dataset",
+    "input_specs",
+    "load_data",
+    "synthesize",
+    "dataset_for",
+]
+
+log = logging.getLogger(__name__)
+
+LABELS_KEY = "labels"
+DEFAULT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input: name, numpy dtype and dims (ints, or str/None for symbolic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple | None  # None: rank unknown
+
+    @property
+    def batch_fixed(self) -> int | None:
+        """The fixed size of the first axis, or None when it is symbolic."""
+        if not self.shape:
+            return None
+        d = self.shape[0]
+        return d if isinstance(d, int) else None
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else "[" + ",".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        return f"{self.dtype}{dims}"
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (initializer-backed inputs of IR < 4 models excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or tt.elem_type == 0:
+            raise ModelError(f"graph input '{vi.name}' has no tensor type")
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        if tt.HasField("shape"):
+            dims = []
+            for d in tt.shape.dim:
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    dims.append(int(d.dim_value))
+                else:
+                    dims.append(d.dim_param or None)
+            shape = tuple(dims)
+        else:
+            shape = None
+        specs.append(InputSpec(vi.name, dtype, shape))
+    return specs
+
+
+class Dataset:
+    """A source of feeds: iterate ``batches()``; ``labels`` is None or an int array.
+
+    Iteration is streaming: a folder of .npz files is read one file at a time and a
+    single .npz is read key by key (NumPy's lazy ``NpzFile``), so memory holds one batch.
+    """
+
+    def __init__(self, source: str, files: list[Path] | None = None, arrays: Mapping[str, np.ndarray] | None = None, labels=None, whole: bool = False):
+        self.source = source
+        self.whole = whole  # feeds are complete as they are: never re-batched
+        self._files = files
+        self._arrays = dict(arrays) if arrays is not None else None
+        self.labels = labels
+        self.specs: list[InputSpec] | None = None
+
+    # --- construction helpers -------------------------------------------------
+    @property
+    def keys(self) -> list[str]:
+        if self._arrays is not None:
+            return list(self._arrays)
+        with _open_npz(self._files[0]) as z:
+            return [k for k in z.files if k != LABELS_KEY]
+
+    def __len__(self) -> int:
+        if self._arrays is not None:
+            first = next(iter(self._arrays.values()))
+            return int(first.shape[0]) if first.ndim and not self.whole else 1
+        n = 0
+        for f in self._files:
+            with _open_npz(f) as z:
+                k = next(k for k in z.files if k != LABELS_KEY)
+                n += int(_npy_shape(z, k)[0]) if _npy_shape(z, k) else 1
+        return n
+
+    @property
+    def num_samples(self) -> int:
+        return len(self)
+
+    def batches(self, batch_size: int | None = None, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Yield feeds of at most ``batch_size`` samples (the model's fixed batch wins)."""
+        fixed = None
+        if self.specs:
+            fixed_sizes = {s.batch_fixed for s in self.specs}
+            fixed = fixed_sizes.pop() if len(fixed_sizes) == 1 else None
+        size = fixed or batch_size or DEFAULT_BATCH
+        seen = 0
+        if self.whole:
+            yield dict(self._arrays)
+            return
+        if self._arrays is not None:
+            n = len(self)
+            for start in range(0, n, size):
+                stop = min(start + size, n)
+                if limit is not None:
+                    stop = min(stop, limit)
+                if stop <= start:
+                    return
+                if fixed and stop - start != fixed:
+                    log.debug("dropping a final partial batch of %d samples (model batch is fixed to %d)", stop - start, fixed)
+                    return
+                yield {k: np.ascontiguousarray(v[start:stop]) for k, v in self._arrays.items()}
+            return
+        for f in self._files:
+            with _open_npz(f) as z:
+                feed = {k: _read_array(z, k, f) for k in z.files if k != LABELS_KEY}
+            if limit is not None and seen >= limit:
+                return
+            seen += next(iter(feed.values())).shape[0] if feed else 0
+            yield feed
+
+    def first_batch(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        return next(self.batches(batch_size))
+
+    def label_array(self, limit: int | None = None) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        return self.labels if limit is None else self.labels[:limit]
+
+    def validate(self, model: onnx.ModelProto) -> Dataset:
+        """Check keys, dtypes, ranks and fixed dims against the model; remember its specs."""
+        specs = input_specs(model)
+        self.specs = specs
+        names = {s.name for s in specs}
+        samples = self._sample_arrays()
+        for s in specs:
+            if s.name not in samples:
+                raise DataError(f"missing key '{s.name}' (model inputs: {', '.join(sorted(names))}; found: {', '.join(sorted(samples)) or 'none'})", self.source)
+            shape, dtype = samples[s.name]
+            if dtype != s.dtype:
+                raise DataError(f"key '{s.name}': expected dtype {s.dtype}, found {dtype}", self.source)
+            if s.shape is not None:
+                if len(shape) != len(s.shape):
+                    raise DataError(f"key '{s.name}': expected rank {len(s.shape)} {s.describe()}, found shape {list(shape)}", self.source)
+                for i, (want, got) in enumerate(zip(s.shape, shape, strict=True)):
+                    if i == 0 and self._arrays is not None:
+                        continue  # the sample axis; re-batched
+                    if isinstance(want, int) and want != got:
+                        raise DataError(f"key '{s.name}': expected shape {s.describe()}, found {list(shape)} (axis {i})", self.source)
+        extra = set(samples) - names
+        if extra:
+            log.info("%s: ignoring keys not consumed by the model: %s", self.source, ", ".join(sorted(extra)))
+            if self._arrays is not None:
+                for k in extra:
+                    self._arrays.pop(k)
+        if self.labels is not None and len(self.labels) != len(self):
+            raise DataError(f"'labels' has {len(self.labels)} entries but the inputs have {len(self)} samples", self.source)
+        return self
+
+    def _sample_arrays(self) -> dict[str, tuple[tuple, np.dtype]]:
+        if self._arrays is not None:
+            return {k: (v.shape, v.dtype) for k, v in self._arrays.items()}
+        out = {}
+        for f in self._files:
+            with _open_npz(f) as z:
+                cur = {k: (_npy_shape(z, k), _npy_dtype(z, k, f)) for k in z.files if k != LABELS_KEY}
+            if not out:
+                out = cur
+            elif set(cur) != set(out):
+                raise DataError(f"file '{f.name}' has keys {sorted(cur)}, others have {sorted(out)}", self.source)
+        return out
+
+
+def _open_npz(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"not a readable .npz file ({exc})", path) from exc
+
+
+def _read_array(z, key: str, path: Path) -> np.ndarray:
+    try:
+        arr = z[key]
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise DataError(f"key '{key}': object arrays / pickles are not accepted", path) from exc
+    except Exception as exc:
+        raise DataError(f"key '{key}': unreadable array ({exc})", path) from exc
+    if arr.dtype == object or arr.dtype.kind in "OUSV":
+        raise DataError(f"key '{key}': unsupported dtype {arr.dtype}", path)
+    return arr
+
+
+def _npy_header(z, key):
+    from numpy.lib import format as npf
+
+    with z.zip.open(key + ".npy") as fh:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            return npf.read_array_header_1_0(fh)
+        return npf.read_array_header_2_0(fh)
+
+
+def _npy_shape(z, key) -> tuple:
+    try:
+        return tuple(_npy_header(z, key)[0])
+    except Exception:
+        return tuple(z[key].shape)
+
+
+def _npy_dtype(z, key, path) -> np.dtype:
+    try:
+        dtype = np.dtype(_npy_header(z, key)[2])
+    except Exception as exc:
+        raise DataError(f"key '{key}': unreadable array header ({exc})", path) from exc
+    if dtype.hasobject or dtype.kind in "OUSV":
+        raise DataError(f"key '{key}': unsupported dtype {dtype} (object arrays / pickles are not accepted)", path)
+    return dtype
+
+
+def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
+    """Open DATA (a .npz file or a folder of .npz files); validate against ``model`` if given."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("no such file or folder", p)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix == ".npz" and f.is_file())
+        if not files:
+            raise DataError("folder holds no .npz files", p)
+        labels = []
+        for f in files:
+            with _open_npz(f) as z:
+                if LABELS_KEY in z.files:
+                    labels.append(_read_array(z, LABELS_KEY, f))
+        if labels and len(labels) != len(files):
+            raise DataError("some .npz files have 'labels' and some do not", p)
+        ds = Dataset(str(p), files=files, labels=_check_labels(np.concatenate(labels), p) if labels else None)
+    else:
+        with _open_npz(p) as z:
+            if not z.files:
+                raise DataError("empty .npz (no arrays)", p)
+            arrays = {k: _read_array(z, k, p) for k in z.files}
+        labels = arrays.pop(LABELS_KEY, None)
+        if not arrays:
+            raise DataError("no input arrays (only 'labels')", p)
+        lens = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
+        if None in lens.values() or len(set(lens.values())) != 1:
+            raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None)
+    if model is not None:
+        ds.validate(model)
+    return ds
+
+
+def _check_labels(labels: np.ndarray, path) -> np.ndarray:
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"'labels' must be a 1-D integer array, found {labels.dtype}{list(labels.shape)}", path)
+    return labels.astype(np.int64)
+
+
+def _resolve_dims(spec: InputSpec, shapes: Mapping[str, tuple] | None, batch: int | None) -> tuple[int, ...]:
+    if shapes and spec.name in shapes:
+        given = tuple(int(d) for d in shapes[spec.name])
+        if spec.shape is not None:
+            if len(given) != len(spec.shape):
+                raise DataError(f"--shape for '{spec.name}' has rank {len(given)}, model input is {spec.describe()}")
+            for want, got in zip(spec.shape, given, strict=True):
+                if isinstance(want, int) and want != got:
+                    raise DataError(f"--shape for '{spec.name}' is {list(given)}, model input is {spec.describe()}")
+        return given
+    if spec.shape is None:
+        raise DataError(f"input '{spec.name}' has unknown rank; give --shape {spec.name}:D1,D2,...")
+    dims = []
+    for i, d in enumerate(spec.shape):
+        if isinstance(d, int):
+            dims.append(d)
+        else:
+            dims.append(batch if (i == 0 and batch) else 1)
+    return tuple(dims)
+
+
+def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None, *, batch: int | None = None, samples: int = 8, seed: int = 0) -> Dataset:
+    """Deterministic random inputs for every model input (``samples`` along the first axis
+    when it is symbolic).  Floats ~ N(0, 1); integers in [0, 10); bools random."""
+    rng = np.random.default_rng(seed)
+    specs = input_specs(model)
+    arrays = {}
+    for s in specs:
+        dims = _resolve_dims(s, shapes, batch)
+        symbolic_batch = s.shape is not None and len(s.shape) > 0 and not isinstance(s.shape[0], int)
+        if symbolic_batch and not (shapes and s.name in shapes):
+            dims = (samples,) + dims[1:]
+        if s.dtype.kind == "f":
+            arr = rng.standard_normal(dims).astype(s.dtype)
+        elif s.dtype.kind in "iu":
+            arr = rng.integers(0, 10, size=dims).astype(s.dtype)
+        elif s.dtype.kind == "b":
+            arr = rng.integers(0, 2, size=dims).astype(bool)
+        else:
+            raise DataError(f"cannot synthesize input '{s.name}' of dtype {s.dtype}; pass --data")
+        arrays[s.name] = arr
+    # inputs whose first axis is not a symbolic batch axis are fed whole
+    whole = any(not s.shape or isinstance(s.shape[0], int) for s in specs) or bool(shapes)
+    ds = Dataset("<synthesized>", arrays=arrays, whole=whole)
+    ds.specs = specs
+    return ds
+
+
+def dataset_for(model: onnx.ModelProto, data=None, shapes: Mapping[str, tuple] | None = None, *, seed: int = 0, samples: int = 8) -> Dataset:
+    """DATA validated against the model, or synthesized inputs when ``data`` is None."""
+    if data is None:
+        return synthesize(model, shapes, samples=samples, seed=seed)
+    if isinstance(data, Dataset):
+        return data.validate(model)
+    return load_data(data, model)

@@ -1,0 +1,78 @@
+"""One exception hierarchy for onnxopt; each class carries the exit code the CLI uses.
+
+Exit codes: 0 ok, 1 internal error (any exception that is not an ``OnnxoptError``),
+2 bad input or usage, 3 verification failed or accuracy budget not met.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "OnnxoptError",
+    "UsageError",
+    "InputError",
+    "ModelError",
+    "DataError",
+    "RecipeError",
+    "UnsupportedError",
+    "ProviderError",
+    "VerificationError",
+    "BudgetError",
+]
+
+
+class OnnxoptError(Exception):
+    """Base of every error that is the user's to fix; rendered as ``error: PATH: message``."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None, **details):
+        super().__init__(message)
+        self.message = message
+        self.path = os.fspath(path) if path is not None else None
+        self.details = details
+
+    def __str__(self) -> str:
+        one_line = " ".join(str(self.message).split())
+        return f"{self.path}: {one_line}" if self.path else one_line
+
+
+class UsageError(OnnxoptError):
+    """Bad combination of options or arguments."""
+
+
+class InputError(OnnxoptError):
+    """A file the user handed us is unusable."""
+
+
+class ModelError(InputError):
+    """Not an ONNX model, truncated, missing external data, invalid graph."""
+
+
+class DataError(InputError):
+    """DATA (.npz or folder of .npz) does not match the model."""
+
+
+class RecipeError(InputError):
+    """A recipe TOML file is malformed: bad TOML, unknown step, bad parameter."""
+
+
+class UnsupportedError(InputError):
+    """The model uses something the requested transform cannot handle."""
+
+
+class ProviderError(InputError):
+    """The requested execution provider is not available."""
+
+
+class VerificationError(OnnxoptError):
+    """A transform's output failed verification (checker, ORT load, numbers)."""
+
+    exit_code = 3
+
+
+class BudgetError(OnnxoptError):
+    """The accuracy budget (or a speed requirement) could not be met."""
+
+    exit_code = 3

@@ -1,0 +1,1 @@
+"""Simplification: constant folding, dead code and duplicate weights removal (exact transforms)."""

@@ -1,0 +1,129 @@
+"""Model statistics: parameters and bytes per dtype, op histogram, FLOPs estimate.
+
+FLOPs count multiply-accumulates x 2 for Conv / ConvTranspose / Gemm / MatMul using
+inferred shapes (symbolic dims count as 1):
+``Conv: 2 * N * C_out * prod(out_spatial) * (C_in / group) * prod(kernel)``;
+``Gemm/MatMul: 2 * prod(batch dims) * M * K * N``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper
+
+__all__ = ["ModelStats", "model_stats", "count_params", "iter_graphs", "flops_by_node"]
+
+
+def iter_graphs(graph: onnx.GraphProto):
+    """The graph and every subgraph (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_graphs(g)
+
+
+def _numel(dims) -> int:
+    return int(np.prod([int(d) for d in dims], dtype=np.int64)) if len(dims) else 1
+
+
+def _const_tensors(graph: onnx.GraphProto):
+    for t in graph.initializer:
+        yield t
+    for n in graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            for a in n.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+
+
+def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]]:
+    """(parameters, {dtype: {"params": n, "bytes": b}}) over initializers and Constant nodes."""
+    per = {}
+    total = 0
+    for g in iter_graphs(model.graph):
+        for t in _const_tensors(g):
+            n = _numel(t.dims)
+            dt = helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type else "undefined"
+            try:
+                nbytes = n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            except Exception:
+                nbytes = 0
+            e = per.setdefault(dt, {"params": 0, "bytes": 0})
+            e["params"] += n
+            e["bytes"] += nbytes
+            total += n
+    return total, dict(sorted(per.items()))
+
+
+def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if model.ByteSize() < 2**31 - 2**24 else model
+    except Exception:
+        inferred = model
+    shapes = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    shapes[n.output[0]] = list(a.t.dims)
+    return shapes
+
+
+def flops_by_node(model: onnx.ModelProto) -> dict[str, int]:
+    """FLOPs per Conv/ConvTranspose/Gemm/MatMul node of the main graph (by node name or output)."""
+    shapes = _shape_map(model)
+    out = {}
+    for n in model.graph.node:
+        key = n.name or n.output[0]
+        try:
+            if n.op_type == "Conv":
+                w, y = shapes[n.input[1]], shapes[n.output[0]]
+                out[key] = 2 * _numel(y) * _numel(w[1:])
+            elif n.op_type == "ConvTranspose":
+                w, x = shapes[n.input[1]], shapes[n.input[0]]
+                out[key] = 2 * _numel(x) * _numel(w[1:])
+            elif n.op_type in ("Gemm", "MatMul"):
+                a, y = shapes[n.input[0]], shapes[n.output[0]]
+                k = a[-1]
+                if n.op_type == "Gemm":
+                    ta = next((at.i for at in n.attribute if at.name == "transA"), 0)
+                    k = a[0] if ta else a[-1]
+                out[key] = 2 * _numel(y) * int(k)
+        except (KeyError, IndexError):
+            continue
+    return out
+
+
+class ModelStats(dict):
+    """nodes, initializers, params, bytes (tensor data), ops (histogram); flops if asked."""
+
+
+def model_stats(model: onnx.ModelProto, *, flops: bool = False) -> ModelStats:
+    params, per_dtype = count_params(model)
+    nodes = sum(len(g.node) for g in iter_graphs(model.graph))
+    inits = sum(len(g.initializer) for g in iter_graphs(model.graph))
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for g in iter_graphs(model.graph) for n in g.node)
+    st = ModelStats(
+        nodes=nodes,
+        initializers=inits,
+        params=params,
+        bytes=sum(v["bytes"] for v in per_dtype.values()),
+        ops=dict(sorted(ops.items())),
+    )
+    if flops:
+        st["flops"] = int(sum(flops_by_node(model).values()))
+    return st

@@ -1,0 +1,199 @@
+"""Verification, the product's heart: every transform's output goes through here.
+
+``check_model``: ``onnx.checker`` full check (strict shape inference when the model allows
+it, plain otherwise, and the record says which), then an ONNX Runtime session that loads.
+``compare``: run two models on the same inputs and report per output the max / mean abs
+error, the relative L2 error ``||b - a|| / ||a||``, the mean cosine similarity and, for
+``[N, C]`` class scores, the top-1 agreement.  A ``Comparison`` is truthy when every output
+is within ``|b - a| <= atol + rtol * |a|`` elementwise (and shapes/dtypes agree).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .data import dataset_for
+from .errors import ModelError, VerificationError
+from .metrics import is_class_scores
+from .runtime import create_session, run_dataset
+
+__all__ = ["CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
+
+log = logging.getLogger(__name__)
+
+# an "exact" transform (simplify, fusion, dead-code removal) may move outputs by at most this
+EXACT_REL_L2 = 1e-4
+
+
+@dataclass
+class CheckRecord:
+    checker: bool = False
+    strict_shape_inference: bool = False
+    ort_loaded: bool = False
+    provider: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _checker(model: onnx.ModelProto, notes: list[str]) -> bool:
+    """Full check with strict shape inference; falls back to non-strict with a note."""
+    big = model.ByteSize() > 2**31 - 2**24
+    if big:
+        with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
+            from .io import save_model
+
+            p = Path(tmp) / "m.onnx"
+            save_model(model, p, external_data=True)
+            onnx.checker.check_model(str(p), full_check=False)
+            notes.append("model over 2 GB: checked by path, shape inference skipped")
+            return False
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError:
+        raise
+    except Exception as exc:  # InferenceError from full_check
+        onnx.checker.check_model(model, full_check=False)
+        notes.append(f"shape inference failed ({' '.join(str(exc).split())[:200]}); structural check only")
+        return False
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return True
+    except Exception as exc:
+        notes.append(f"strict shape inference refused ({' '.join(str(exc).split())[:160]}); non-strict check passed")
+        return False
+
+
+def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None) -> CheckRecord:
+    """Checker + ORT load.  Raises ``error`` naming ``label`` on failure."""
+    rec = CheckRecord(provider=provider)
+    prefix = f"{label}: " if label else ""
+    try:
+        rec.strict_shape_inference = _checker(model, rec.notes)
+        rec.checker = True
+    except Exception as exc:
+        raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
+    create_session(model, provider, error=error).get_providers()
+    rec.ort_loaded = True
+    if label:
+        log.debug("%s: checker ok (strict=%s), ORT loaded", label, rec.strict_shape_inference)
+    return rec
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    shape: list
+    max_abs: float
+    mean_abs: float
+    rel_l2: float
+    cosine: float
+    top1_agreement: float | None
+    ok: bool
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    """Per-output error statistics of B against A; truthy when all are within tolerance."""
+
+    outputs: list[OutputComparison]
+    atol: float
+    rtol: float
+    samples: int
+    source: str = ""
+
+    def __bool__(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    @property
+    def worst_rel_l2(self) -> float:
+        return max((o.rel_l2 for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": bool(self),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "samples": self.samples,
+            "data": self.source,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, samples: int = 0, source: str = "") -> Comparison:
+    """Compare two lists of arrays output by output."""
+    comps = []
+    for name, a, b in zip(names, ref, new, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            comps.append(OutputComparison(name, list(b.shape), float("inf"), float("inf"), float("inf"), 0.0, None, False, f"shape {list(b.shape)} != {list(a.shape)}"))
+            continue
+        if a.dtype.kind not in "fiub":
+            same = bool(np.array_equal(a, b))
+            comps.append(OutputComparison(name, list(a.shape), 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, 100.0, None, same, f"dtype {a.dtype} compared for equality"))
+            continue
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        finite = np.isfinite(a64) & np.isfinite(b64)
+        nan_mismatch = bool(np.any(np.isnan(a64) != np.isnan(b64)) or np.any(np.isinf(a64) != np.isinf(b64)))
+        diff = np.abs(np.where(finite, b64 - a64, 0.0))
+        max_abs = float(diff.max()) if diff.size else 0.0
+        mean_abs = float(diff.mean()) if diff.size else 0.0
+        na = float(np.linalg.norm(np.where(finite, a64, 0.0)))
+        rel = float(np.linalg.norm(diff) / na) if na > 0 else (0.0 if max_abs == 0 else float("inf"))
+        fa = a64.reshape(a64.shape[0], -1) if a64.ndim >= 1 and a64.shape[0] else a64.reshape(1, -1)
+        fb = b64.reshape(fa.shape)
+        fa, fb = np.nan_to_num(fa), np.nan_to_num(fb)
+        nrm = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
+        cos = float(np.mean(np.where(nrm > 0, (fa * fb).sum(axis=1) / np.maximum(nrm, 1e-300), 1.0)))
+        top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if is_class_scores(a) else None
+        ok = (not nan_mismatch) and bool(np.all(diff <= atol + rtol * np.abs(np.where(finite, a64, 0.0))))
+        comps.append(OutputComparison(name, list(a.shape), max_abs, mean_abs, rel, cos, top1, ok, "NaN/Inf pattern differs" if nan_mismatch else ""))
+    return Comparison(comps, atol, rtol, samples, source)
+
+
+def _output_names(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]
+
+
+def compare(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = 256, seed: int = 0, error=VerificationError) -> Comparison:
+    """Run A and B on the same inputs (DATA, a Dataset, or synthesized) and compare outputs."""
+    from .io import resolve_model
+
+    ma, _ = resolve_model(a)
+    mb, _ = resolve_model(b)
+    ds = dataset_for(ma, data, shapes, seed=seed)
+    names_a, names_b = _output_names(ma), _output_names(mb)
+    if len(names_a) != len(names_b):
+        raise error(f"models have different numbers of outputs ({len(names_a)} vs {len(names_b)})")
+    ds_b = dataset_for(mb, ds) if data is not None else ds
+    ref = run_dataset(ma, ds, provider=provider, limit=limit, error=error)
+    new = run_dataset(mb, ds_b, provider=provider, limit=limit, error=error)
+    samples = min(len(ds), limit) if limit else len(ds)
+    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+
+
+def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = None) -> Comparison:
+    """Public API of ``onnxopt verify``: check both models load, then compare their outputs.
+
+    Bad input (unreadable model, data that does not fit) raises ``InputError`` subclasses;
+    the returned ``Comparison`` is falsy when outputs are out of tolerance.
+    """
+    from .io import resolve_model
+
+    ma, pa = resolve_model(a)
+    mb, pb = resolve_model(b)
+    for m, p in ((ma, pa), (mb, pb)):
+        create_session(m if p is None else p, provider, error=ModelError)
+    return compare(ma, mb, data, shapes=shapes, atol=atol, rtol=rtol, provider=provider, limit=limit, error=ModelError)
+
