@@ -76,22 +76,22 @@ class _Group(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except OnnxoptError as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # click runs non-standalone so that every error is rendered here, on one line; in that
+        # mode click *returns* the code of a ``ctx.exit(code)`` instead of exiting with it.
         try:
-            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
             if standalone_mode:
                 sys.exit(exc.exit_code)
             raise
+        except OnnxoptError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            if standalone_mode:
+                sys.exit(exc.exit_code)
+            raise click.exceptions.Exit(exc.exit_code) from None
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
@@ -108,6 +108,9 @@ class _Group(click.Group):
             if standalone_mode:
                 sys.exit(130)
             raise click.exceptions.Exit(130) from None
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
 
 def _importable(target: str) -> bool:
