@@ -145,13 +145,21 @@ class Dataset:
                     return
                 yield {k: np.ascontiguousarray(v[start:stop]) for k, v in self._arrays.items()}
             return
+        wanted = {s.name for s in self.specs} if self.specs else None  # keys the model consumes
         for f in self._files:
-            with _open_npz(f) as z:
-                feed = {k: _read_array(z, k, f) for k in z.files if k != LABELS_KEY}
             if limit is not None and seen >= limit:
                 return
+            with _open_npz(f) as z:
+                feed = {k: _read_array(z, k, f) for k in z.files if k != LABELS_KEY and (wanted is None or k in wanted)}
             seen += next(iter(feed.values())).shape[0] if feed else 0
             yield feed
+
+    def view(self) -> Dataset:
+        """A Dataset over the same arrays/files that can be validated against another model
+        (``validate`` remembers the model's specs and drops the keys it does not consume)."""
+        other = Dataset(self.source, files=self._files, arrays=self._arrays, labels=self.labels, whole=self.whole)
+        other.specs = self.specs
+        return other
 
     def first_batch(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
         return next(self.batches(batch_size))
@@ -198,14 +206,36 @@ class Dataset:
         for f in self._files:
             with _open_npz(f) as z:
                 cur = {k: (_npy_shape(z, k), _npy_dtype(z, k, f)) for k in z.files if k != LABELS_KEY}
+            if any(len(shape) and shape[0] == 0 for shape, _ in cur.values()):
+                raise DataError("holds no samples (an array's first axis is 0)", f)
             if not out:
                 out = cur
             elif set(cur) != set(out):
                 raise DataError(f"file '{f.name}' has keys {sorted(cur)}, others have {sorted(out)}", self.source)
+            else:
+                # every file is checked, not only the first: a feed that differs would fail
+                # later inside onnxruntime, far from the file at fault
+                for k, (shape, dtype) in cur.items():
+                    first_shape, first_dtype = out[k]
+                    if dtype != first_dtype or len(shape) != len(first_shape):
+                        raise DataError(f"key '{k}': {dtype}{list(shape)}, other files have {first_dtype}{list(first_shape)}", f)
         return out
 
 
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
 def _open_npz(path: Path):
+    # np.load also reads .npy files (whole, into memory) and returns an array, not an
+    # NpzFile: check the zip signature first
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read: {exc.strerror or exc}", path) from exc
+    if head not in _ZIP_MAGIC:
+        kind = "a .npy file" if head.startswith(b"\x93NUM") else ("an empty file" if not head else "not a zip archive")
+        raise DataError(f"not a .npz file ({kind}; expected arrays saved with numpy.savez)", path)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -264,7 +294,7 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
         for f in files:
             with _open_npz(f) as z:
                 if LABELS_KEY in z.files:
-                    labels.append(_read_array(z, LABELS_KEY, f))
+                    labels.append(_check_labels(_read_array(z, LABELS_KEY, f), f))
         if labels and len(labels) != len(files):
             raise DataError("some .npz files have 'labels' and some do not", p)
         ds = Dataset(str(p), files=files, labels=_check_labels(np.concatenate(labels), p) if labels else None)
@@ -279,6 +309,8 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
         lens = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
         if None in lens.values() or len(set(lens.values())) != 1:
             raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+        if 0 in lens.values():
+            raise DataError("holds no samples (the first axis is 0)", p)
         ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None)
     if model is not None:
         ds.validate(model)

@@ -7,8 +7,11 @@ Exit codes: 0 ok, 1 internal error (any exception that is not an ``OnnxoptError`
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = [
+    "blame",
     "OnnxoptError",
     "UsageError",
     "InputError",
@@ -76,3 +79,16 @@ class BudgetError(OnnxoptError):
     """The accuracy budget (or a speed requirement) could not be met."""
 
     exit_code = 3
+
+
+@contextmanager
+def blame(path: str | os.PathLike | None) -> Iterator[None]:
+    """Inside, a ``ModelError`` raised without a path is about the model at ``path``: the
+    CLI then prints ``error: PATH: message`` (checks on a loaded proto, such as an ONNX
+    Runtime session or the graph's input types, do not know which file it came from)."""
+    try:
+        yield
+    except ModelError as exc:
+        if exc.path is None and path is not None:
+            exc.path = os.fspath(path)
+        raise

@@ -240,6 +240,11 @@ def _save_external(model: onnx.ModelProto, path: Path) -> Path:
         for t in _all_tensors(model)
         if t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_THRESHOLD
     ]
+    if not big:  # nothing reaches the threshold: an empty data file would only confuse
+        old = _old_data_files(path)
+        atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+        _remove_stale(path, old)
+        return path
     digest = hashlib.blake2b(digest_size=8)
     for t in big:
         digest.update(t.name.encode())
@@ -274,9 +279,15 @@ def _save_external(model: onnx.ModelProto, path: Path) -> Path:
     finally:
         # the in-memory model gets its data back from the file just written
         edh.load_external_data_for_model(model, str(path.parent))
-    for name in old:
-        stale = path.parent / name
-        if stale.is_file() and os.path.commonpath([str(path.parent.resolve()), str(stale.resolve())]) == str(path.parent.resolve()):
-            stale.unlink(missing_ok=True)
+    _remove_stale(path, old)
     log.debug("saved %s with external data %s", path, data_name)
     return path
+
+
+def _remove_stale(path: Path, names) -> None:
+    """Delete data files the previous model at ``path`` used (only inside its folder)."""
+    base = str(path.parent.resolve())
+    for name in names:
+        stale = path.parent / name
+        if stale.is_file() and not stale.is_symlink() and os.path.commonpath([base, str(stale.resolve())]) == base:
+            stale.unlink(missing_ok=True)

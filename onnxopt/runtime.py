@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,7 +14,7 @@ import onnx
 
 from .errors import ModelError, ProviderError
 
-__all__ = ["PROVIDERS", "available_providers", "providers_for", "create_session", "run_batches", "run_dataset"]
+__all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "run_batches", "run_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,7 @@ def create_session(
     except ProviderError:
         raise
     except Exception as exc:
-        msg = " ".join(str(exc).split())
-        if len(msg) > 400:
-            msg = msg[:400] + "..."
-        raise error(f"onnxruntime cannot load the model: {msg}", path) from exc
+        raise error(f"onnxruntime cannot load the model: {ort_message(exc)}", path) from exc
 
 
 def run_batches(session, feeds: Iterable[dict[str, np.ndarray]], output_names: list[str] | None = None, error=ModelError) -> Iterable[list[np.ndarray]]:
@@ -115,8 +113,33 @@ def run_batches(session, feeds: Iterable[dict[str, np.ndarray]], output_names: l
         try:
             yield session.run(output_names, feed)
         except Exception as exc:
-            msg = " ".join(str(exc).split())
-            raise error(f"onnxruntime failed to run the model: {msg[:400]}") from exc
+            raise error(f"onnxruntime failed to run the model: {ort_message(exc)}") from exc
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?")
+_SOURCE_LOCATION = re.compile(r"^(?:/\S+/)?\w+\.(?:cc|cpp|h):\d+ ")
+
+
+def ort_message(exc: BaseException, limit: int = 400) -> str:
+    """One line of what ONNX Runtime said, without its error code, the model path (our
+    errors name the file already) and the C++ source location and function signature that
+    would otherwise push the actual reason past ``limit`` characters."""
+    msg = " ".join(str(exc).split())
+    msg = _ORT_PREFIX.sub("", msg)
+    loc = _SOURCE_LOCATION.match(msg)
+    if loc:
+        msg = msg[loc.end() :]
+        head, paren, _ = msg.partition("(")
+        if paren and " " not in head.strip().split("::")[-1] and "::" in head:
+            depth = 0
+            for i, ch in enumerate(msg):  # skip the signature up to its matching ')'
+                depth += ch == "("
+                depth -= ch == ")"
+                if depth == 0 and ch == ")":
+                    msg = msg[i + 1 :].removeprefix(" const").lstrip()
+                    break
+    msg = msg.strip() or " ".join(str(exc).split())
+    return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
 def concat_outputs(per_batch: list[list[np.ndarray]]) -> list[np.ndarray]:

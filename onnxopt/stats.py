@@ -34,8 +34,7 @@ def _numel(dims) -> int:
 
 
 def _const_tensors(graph: onnx.GraphProto):
-    for t in graph.initializer:
-        yield t
+    yield from graph.initializer
     for n in graph.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             for a in n.attribute:
@@ -50,11 +49,11 @@ def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]
     for g in iter_graphs(model.graph):
         for t in _const_tensors(g):
             n = _numel(t.dims)
-            dt = helper.tensor_dtype_to_np_dtype(t.data_type).name if t.data_type else "undefined"
             try:
-                nbytes = n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-            except Exception:
-                nbytes = 0
+                np_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+                dt, nbytes = np_dtype.name, n * np_dtype.itemsize
+            except Exception:  # undefined (0) or a data_type this onnx does not know
+                dt, nbytes = ("undefined" if not t.data_type else f"data_type {t.data_type}"), 0
             e = per.setdefault(dt, {"params": 0, "bytes": 0})
             e["params"] += n
             e["bytes"] += nbytes
@@ -76,7 +75,7 @@ def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
     for t in g.initializer:
         shapes[t.name] = list(t.dims)
     for n in g.node:
-        if n.op_type == "Constant":
+        if n.op_type == "Constant" and n.output:
             for a in n.attribute:
                 if a.name == "value":
                     shapes[n.output[0]] = list(a.t.dims)
@@ -87,8 +86,8 @@ def flops_by_node(model: onnx.ModelProto) -> dict[str, int]:
     """FLOPs per Conv/ConvTranspose/Gemm/MatMul node of the main graph (by node name or output)."""
     shapes = _shape_map(model)
     out = {}
-    for n in model.graph.node:
-        key = n.name or n.output[0]
+    for i, n in enumerate(model.graph.node):
+        key = n.name or (n.output[0] if n.output else f"node {i}")
         try:
             if n.op_type == "Conv":
                 w, y = shapes[n.input[1]], shapes[n.output[0]]

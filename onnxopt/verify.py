@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .data import dataset_for
-from .errors import ModelError, VerificationError
+from .errors import DataError, ModelError, VerificationError, blame
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
@@ -176,24 +176,53 @@ def compare(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1
     names_a, names_b = _output_names(ma), _output_names(mb)
     if len(names_a) != len(names_b):
         raise error(f"models have different numbers of outputs ({len(names_a)} vs {len(names_b)})")
-    ds_b = dataset_for(mb, ds) if data is not None else ds
+    ds_b = dataset_for(mb, ds.view()) if data is not None else ds
     ref = run_dataset(ma, ds, provider=provider, limit=limit, error=error)
     new = run_dataset(mb, ds_b, provider=provider, limit=limit, error=error)
     samples = min(len(ds), limit) if limit else len(ds)
     return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
 
 
-def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = None) -> Comparison:
-    """Public API of ``onnxopt verify``: check both models load, then compare their outputs.
+def _load_for_verify(src):
+    """(proto for specs, what ORT loads, path): a path is loaded by ORT itself, so its
+    external data is read once (here it is only validated)."""
+    from .io import load_model
 
-    Bad input (unreadable model, data that does not fit) raises ``InputError`` subclasses;
-    the returned ``Comparison`` is falsy when outputs are out of tolerance.
+    if isinstance(src, onnx.ModelProto):
+        return src, src, None
+    path = Path(src)
+    return load_model(path, load_external=False), path, path
+
+
+def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = None, seed: int = 0) -> Comparison:
+    """Public API of ``onnxopt verify``: run A and B on the same inputs and compare outputs.
+
+    Inputs: DATA (validated against both models) or inputs synthesized from A's input specs
+    (symbolic dims from ``shapes``, else 1; ``seed`` fixed).  Outputs are compared in order.
+    Bad input (unreadable model, data that does not fit, models with different interfaces)
+    raises ``InputError`` subclasses; the returned ``Comparison`` is falsy when an output is
+    out of tolerance (``|b - a| <= atol + rtol * |a|`` elementwise).
     """
-    from .io import resolve_model
+    from .runtime import resolve_provider
 
-    ma, pa = resolve_model(a)
-    mb, pb = resolve_model(b)
-    for m, p in ((ma, pa), (mb, pb)):
-        create_session(m if p is None else p, provider, error=ModelError)
-    return compare(ma, mb, data, shapes=shapes, atol=atol, rtol=rtol, provider=provider, limit=limit, error=ModelError)
-
+    provider = resolve_provider(provider)
+    ma, load_a, pa = _load_for_verify(a)
+    mb, load_b, pb = _load_for_verify(b)
+    names_a, names_b = _output_names(ma), _output_names(mb)
+    if len(names_a) != len(names_b):
+        raise ModelError(f"has {len(names_b)} output(s), the first model has {len(names_a)}", pb)
+    with blame(pa):
+        ds = dataset_for(ma, data, shapes, seed=seed)
+    try:
+        with blame(pb):
+            ds_b = dataset_for(mb, ds.view())
+    except DataError as exc:
+        if data is not None:
+            raise
+        raise ModelError(f"inputs differ from the first model's ({exc.message})", pb) from exc
+    with blame(pa):
+        ref = run_dataset(create_session(load_a, provider, error=ModelError), ds, limit=limit, error=ModelError)
+    with blame(pb):
+        new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
+    samples = min(len(ds), limit) if limit else len(ds)
+    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)

@@ -49,4 +49,7 @@ def table(headers: list[str], rows: list[list], *, align: str | None = None) -> 
 
 
 def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    """Standard JSON on stdout (non-finite floats as strings)."""
+    from ..core.result import json_safe
+
+    click.echo(json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .options import data_option, json_option, output_option, provider_option, report_option, shape_option, shapes_dict
+from .options import (
+    data_option,
+    json_option,
+    output_option,
+    provider_option,
+    report_option,
+    shape_option,
+    shapes_dict,
+)
 from .render import echo_json, human_bytes, table
 
 __all__ = ["command"]

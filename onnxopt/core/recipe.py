@@ -90,8 +90,10 @@ def find_recipe(name_or_path) -> Path:
     raise RecipeError(f"unknown recipe '{s}' (bundled: {', '.join(known) or 'none'})")
 
 
-def load_recipe(name_or_path) -> Recipe:
-    """Parse and validate a recipe; every problem is a RecipeError naming the file (and step)."""
+def load_recipe(name_or_path, *, validate: bool = True) -> Recipe:
+    """Parse and validate a recipe; every problem is a RecipeError naming the file (and step).
+
+    ``validate=False`` skips instantiating the passes (listing recipes stays cheap)."""
     path = find_recipe(name_or_path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -115,5 +117,6 @@ def load_recipe(name_or_path) -> Recipe:
     if target not in ("cpu", "cuda"):
         raise RecipeError(f"target must be 'cpu' or 'cuda', found {target!r}", path)
     recipe = Recipe(str(doc.get("name", path.stem)), path, str(doc.get("description", "")), target, steps, {k: v for k, v in doc.items() if k not in ("name", "description", "target", "steps")})
-    recipe.build()  # validates every step and its parameters
+    if validate:
+        recipe.build()  # validates every step and its parameters
     return recipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import dataset_for
+from ..errors import blame
 from ..io import resolve_model
 from ..metrics import Budget
 from .passes import Context
@@ -30,9 +31,10 @@ def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provide
     rec = load_recipe(recipe)
     passes = rec.build()
     m, path = resolve_model(model)
-    ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
     extra = {"recipe": rec.name, "input": str(path) if path else None}
-    result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
+    with blame(path):
+        ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
+        result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
     result.report.update(extra)
     result.report["recipe_file"] = str(Path(rec.path).name)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..core.passes import Context
 from ..core.pipeline import PipelineResult, run_pipeline
 from ..data import dataset_for
+from ..errors import blame
 from ..io import resolve_model
 from ..runtime import resolve_provider
 from .passes import SimplifyPass
@@ -20,7 +21,8 @@ def simplify(model, *, data=None, shapes: dict | None = None, provider: str = "c
     """
     m, path = resolve_model(model)
     provider = resolve_provider(provider)
-    ctx = Context(data=dataset_for(m, data) if data is not None else None, shapes=shapes, provider=provider)
-    result = run_pipeline(m, [SimplifyPass(onnxsim=use_onnxsim)], ctx, command="simplify")
+    with blame(path):
+        ctx = Context(data=dataset_for(m, data) if data is not None else None, shapes=shapes, provider=provider)
+        result = run_pipeline(m, [SimplifyPass(onnxsim=use_onnxsim)], ctx, command="simplify")
     result.report["input"] = str(path) if path else None
     return result

@@ -1,4 +1,5 @@
-"""Dead code: nodes whose outputs nobody reads, initializers nobody reads, stale value_info.
+"""Dead code: nodes whose outputs nobody reads, initializers nobody reads, value_info of
+values no node computes (stale, or redundant for initializers and graph inputs).
 
 A node is live when one of its outputs is a graph output or is read by a live node
 (subgraph outer-scope reads count).  Graph inputs are kept (they are the interface), except
@@ -47,10 +48,12 @@ def _sweep(graph: onnx.GraphProto, counts: dict, keep_inputs: bool = True) -> No
             del graph.input[:]
             graph.input.extend(kept_inputs)
         counts["initializers"] += len(unused)
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    stale = [v for v in graph.value_info if v.name not in defined]
+    # value_info describes values that nodes compute: entries for anything else are stale or,
+    # for initializers and graph inputs, redundant (their own type says it).
+    computed = {o for n in graph.node for o in n.output if o}
+    stale = [v for v in graph.value_info if v.name not in computed]
     if stale:
-        keep_vi = [v for v in graph.value_info if v.name in defined]
+        keep_vi = [v for v in graph.value_info if v.name in computed]
         del graph.value_info[:]
         graph.value_info.extend(keep_vi)
         counts["value_info"] += len(stale)

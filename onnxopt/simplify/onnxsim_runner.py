@@ -15,6 +15,8 @@ __all__ = ["run_onnxsim"]
 
 log = logging.getLogger(__name__)
 
+ONNXSIM_MAX_TENSOR = 2**20
+
 
 def run_onnxsim(model: onnx.ModelProto, *, max_fold_bytes: int = 16 * 2**20) -> tuple[onnx.ModelProto | None, str]:
     """(simplified model, "") or (None, why onnxsim was not used)."""
@@ -24,14 +26,28 @@ def run_onnxsim(model: onnx.ModelProto, *, max_fold_bytes: int = 16 * 2**20) -> 
         return None, f"onnxsim unavailable ({exc.__class__.__name__})"
     if model.ByteSize() > 2**31 - 2**26:
         return None, "onnxsim skipped: model over 2 GB"
-    kwargs = dict(check_n=0, skip_fuse_bn=False, tensor_size_threshold=f"{max(1, max_fold_bytes // 2**20)}MB")
+    # onnxsim's threshold bounds each folded tensor whatever its inputs' size, so it is kept at
+    # 1 MB: ConstantOfShape / Expand cannot blow a file up.  onnxopt's own folding runs after it
+    # and folds larger tensors only when they do not grow the file (see fold.py).
+    threshold = min(max_fold_bytes, ONNXSIM_MAX_TENSOR)
+    kwargs = dict(check_n=0, skip_fuse_bn=False, tensor_size_threshold=f"{max(1, threshold // 1024)}KB")
+    # Initializers are weights (so BatchNormalization folds into Conv, weight Transposes fold)
+    # unless an IR >= 4 model lists one as a graph input too: that one is meant to be overridable.
+    inits = {t.name for t in model.graph.initializer}
+    as_constants = model.ir_version < 4 or not any(i.name in inits for i in model.graph.input)
     try:
         try:
-            out, _ = onnxsim.simplify(copy.deepcopy(model), initializers_as_constants=False, **kwargs)
+            out, _ = onnxsim.simplify(copy.deepcopy(model), initializers_as_constants=as_constants, **kwargs)
         except TypeError:  # older onnxsim without the keyword
             out, _ = onnxsim.simplify(copy.deepcopy(model), **kwargs)
     except Exception as exc:
         msg = " ".join(str(exc).split())[:200]
         log.info("onnxsim failed: %s", msg)
         return None, f"onnxsim failed ({exc.__class__.__name__}: {msg}); used onnxopt's own passes"
+    # onnxsim records its settings and the names of every removed node in metadata_props
+    # (megabytes on big graphs); onnxopt's provenance already says what changed.
+    kept = [(p.key, p.value) for p in out.metadata_props if not p.key.startswith("onnxsim.")]
+    del out.metadata_props[:]
+    for key, value in kept:
+        out.metadata_props.add(key=key, value=value)
     return out, ""

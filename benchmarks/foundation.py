@@ -1,0 +1,129 @@
+"""Foundation done-when check: inspect, simplify, verify and ``run passes/simplify.toml`` on
+every bundled model and every architecture model shipped in the onnx wheel.
+
+Each command runs through the real CLI (in-process, ``--json``); every written model is
+re-read from disk and checked: ``onnx.checker`` (full), onnxopt provenance present in
+``metadata_props['onnxopt']``, and ``onnxopt verify`` against the input within 1e-4
+relative L2.  Bundled models are verified on ``models/digits_test.npz``, architecture
+models on synthesized inputs (seed 0).
+
+    python benchmarks/foundation.py [--out DIR] [--only NAME ...]
+
+Prints one row per model: nodes before/after, parameters before/after (Constant and
+folded ConstantOfShape weights included after), the simplify engine, the worst relative
+L2 of simplify and of the recipe run, and wall seconds of each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnxopt.cli.main import cli  # noqa: E402
+from onnxopt.cli.render import table  # noqa: E402
+from onnxopt.core.provenance import read_provenance  # noqa: E402
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+TEST_DATA = ROOT / "models" / "digits_test.npz"
+LIMIT = 1e-4
+
+
+def models() -> list[tuple[str, Path, Path | None]]:
+    bundled = [(p.stem, p, TEST_DATA) for p in sorted((ROOT / "models").glob("*.onnx"))]
+    light = [(p.stem, p, None) for p in sorted(LIGHT.glob("light_*.onnx"))]
+    return bundled + light
+
+
+def cli_json(runner: CliRunner, *args) -> tuple[dict | None, float, str]:
+    t0 = time.perf_counter()
+    res = runner.invoke(cli, ["-q", *map(str, args), "--json"], catch_exceptions=True)
+    seconds = time.perf_counter() - t0
+    if res.exit_code != 0:
+        err = (res.stderr or "").strip().splitlines()
+        return None, seconds, f"exit {res.exit_code}: {err[-1] if err else res.exception!r}"
+    return json.loads(res.stdout), seconds, ""
+
+
+def check_written(path: Path, runner: CliRunner, src: Path, data: Path | None) -> tuple[float | None, str]:
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    if read_provenance(m) is None:
+        return None, "no provenance"
+    args = ["verify", src, path] + (["--data", data] if data else [])
+    comp, _, err = cli_json(runner, *args)
+    if comp is None:
+        return None, f"verify: {err}"
+    return max(o["rel_l2"] for o in comp["outputs"]), ""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="keep the written models here (default: a temporary folder)")
+    ap.add_argument("--only", nargs="*", default=None, help="model names (file stems) to run")
+    args = ap.parse_args(argv)
+    runner = CliRunner()
+    out = args.out or Path(tempfile.mkdtemp(prefix="onnxopt-foundation-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows, failures = [], []
+    for name, src, data in models():
+        if args.only and name not in args.only:
+            continue
+        data_args = ["--data", data] if data else []
+        info, t_inspect, err = cli_json(runner, "inspect", src)
+        if info is None:
+            failures.append(f"{name}: inspect {err}")
+            continue
+        sim_path, run_path = out / f"{name}.sim.onnx", out / f"{name}.run.onnx"
+        sim, t_sim, err = cli_json(runner, "simplify", src, "-o", sim_path, *data_args)
+        if sim is None:
+            failures.append(f"{name}: simplify {err}")
+            continue
+        rel_sim, err = check_written(sim_path, runner, src, data)
+        if err:
+            failures.append(f"{name}: simplify output {err}")
+        eval_args = ["--eval", data] if data else []
+        run, t_run, err = cli_json(runner, "run", ROOT / "passes" / "simplify.toml", src, "-o", run_path, *eval_args)
+        rel_run = None
+        if run is None:
+            failures.append(f"{name}: run {err}")
+        else:
+            rel_run, err = check_written(run_path, runner, src, data)
+            if err:
+                failures.append(f"{name}: run output {err}")
+        for label, rel in (("simplify", rel_sim), ("run", rel_run)):
+            if rel is not None and rel > LIMIT:
+                failures.append(f"{name}: {label} moved outputs by {rel:.3g} relative L2 (limit {LIMIT:g})")
+        step = sim["steps"][0]
+        rows.append([
+            name,
+            info["nodes"],
+            sim["after"]["nodes"],
+            sim["before"]["params"],
+            sim["after"]["params"],
+            step["counts"].get("engine"),
+            rel_sim,
+            rel_run,
+            round(t_inspect, 2),
+            round(t_sim, 2),
+            round(t_run, 2),
+        ])
+        print(f"done {name}", file=sys.stderr, flush=True)
+    print(table(["model", "nodes", "nodes after", "params", "params after", "engine", "rel-L2 simplify", "rel-L2 run", "s inspect", "s simplify", "s run"], rows))
+    print(f"\n{len(rows)} models; outputs in {out}")
+    for f in failures:
+        print(f"FAIL {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""What the figures were measured on: CPU, cores, load, library versions, provider settings.
+
+Everything here is read, never changed.  ``effective_threads`` follows onnxruntime's rule
+for the CPU provider: without ``intra_op_num_threads`` a session uses one thread per
+physical core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+__all__ = ["cpu_model", "usable_cores", "physical_cores", "effective_threads", "load_average", "capture", "oversubscription_warning", "gpu_info"]
+
+log = logging.getLogger(__name__)
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cores() -> int:
+    """Logical CPUs this process may run on (affinity mask), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except Exception:  # psutil missing or unsupported platform
+        pass
+    return os.cpu_count() or 1
+
+
+def effective_threads(threads: int | None, provider: str = "cpu") -> int:
+    """Intra-op threads a CPU session will use (ORT default: physical cores, within affinity)."""
+    if threads:
+        return int(threads)
+    return max(1, min(physical_cores(), usable_cores()))
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def oversubscription_warning(threads: int | None, concurrency: int, provider: str) -> str | None:
+    """A warning when intra-op threads x concurrent workers exceed the usable cores."""
+    if provider != "cpu":
+        return None
+    eff = effective_threads(threads, provider)
+    cores = usable_cores()
+    if eff * concurrency > cores:
+        return f"{eff} intra-op thread(s) x {concurrency} concurrent worker(s) = {eff * concurrency} > {cores} usable cores: the throughput workers compete for cores (the latency phase runs one request at a time)"
+    return None
+
+
+def busy_warning() -> str | None:
+    """A warning when the machine was already busy (1-minute load >= half the cores)."""
+    load = load_average()
+    cores = usable_cores()
+    if load and load[0] >= 0.5 * cores:
+        return f"machine busy before the run: load average {load[0]} on {cores} usable cores; expect long tails and wider confidence intervals (--threads 1 suffers least from shared cores)"
+    return None
+
+
+def gpu_info(device_id: int = 0) -> dict | None:
+    """Name, driver and total memory of GPU ``device_id`` (NVML, else nvidia-smi), or None."""
+    try:
+        import pynvml  # optional
+
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(device_id)
+            name = pynvml.nvmlDeviceGetName(h)
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            return {"name": name.decode() if isinstance(name, bytes) else name, "driver": driver.decode() if isinstance(driver, bytes) else driver, "memory_total_bytes": int(mem.total), "source": "nvml"}
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    from .memory import nvidia_smi
+
+    out = nvidia_smi(["--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader,nounits"])
+    if out is None:
+        return None
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4 and parts[0] == str(device_id):
+            try:
+                total = int(float(parts[3])) * 2**20
+            except ValueError:
+                total = None
+            return {"name": parts[1], "driver": parts[2], "memory_total_bytes": total, "source": "nvidia-smi"}
+    return None
+
+
+def _memory_total() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:
+        return None
+
+
+def _cpu_freq_mhz() -> float | None:
+    try:
+        import psutil
+
+        f = psutil.cpu_freq()
+        return round(float(f.current), 1) if f else None
+    except Exception:
+        return None
+
+
+def _governor() -> str | None:
+    try:
+        return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def capture(provider: str, *, session=None, threads: int | None = None, concurrency: int = 1, io_binding: bool = False, cuda_options: dict | None = None) -> dict:
+    """The environment block of the report (see docs/readme/bench.md for its schema)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    env = {
+        "cpu": cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_physical": physical_cores(),
+        "cores_usable": usable_cores(),
+        "cpu_mhz": _cpu_freq_mhz(),
+        "cpu_governor": _governor(),
+        "load_average": load_average(),  # at the end of the run; see load_average_before
+        "memory_total_bytes": _memory_total(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "providers_available": list(ort.get_available_providers()),
+        "provider": provider,
+        "ort_providers": list(session.get_providers()) if session is not None else None,
+        "provider_options": dict(session.get_provider_options()) if session is not None else (dict(cuda_options or {}) if provider == "cuda" else {}),
+        "intra_op_threads": threads,
+        "intra_op_threads_effective": effective_threads(threads, provider),
+        "execution_mode": "sequential",
+        "graph_optimization_level": "all (onnxruntime default)",
+        "concurrency": concurrency,
+        "io_binding": bool(io_binding),
+        "gpu": gpu_info(int((cuda_options or {}).get("device_id", 0))) if provider == "cuda" else None,
+    }
+    return env

@@ -1,0 +1,308 @@
+"""Renderers of the bench report: terminal table, JSON, CSV, markdown.
+
+All take the report dict (``BenchResult.report``; schema in docs/readme/bench.md) and
+return text.  JSON is strict (non-finite floats become null), keys sorted.  CSV has one
+row per model x configuration with the columns of ``CSV_COLUMNS``, in that order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+__all__ = ["FORMATS", "CSV_COLUMNS", "render", "to_json", "to_csv", "to_markdown", "to_table", "csv_rows"]
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+CSV_COLUMNS = [
+    "model", "path", "batch_requested", "batch", "status", "notes",
+    "provider", "threads", "threads_effective", "concurrency", "io_binding",
+    "n", "first_run_ms", "min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms",
+    "speedup", "ci95_low", "ci95_high", "verdict", "samples_per_s", "runs_per_s",
+    "session_create_ms", "rss_delta_bytes", "peak_rss_delta_bytes", "gpu_delta_bytes",
+    "file_bytes", "params", "top1", "agreement", "rel_l2", "interrupted",
+]  # fmt: skip
+
+_VERDICT = {"faster": "faster", "slower": "slower", "same": "~same", "baseline": "baseline"}
+
+
+def render(report: dict, fmt: str = "table") -> str:
+    if fmt == "table":
+        return to_table(report)
+    if fmt == "json":
+        return to_json(report)
+    if fmt == "csv":
+        return to_csv(report)
+    if fmt == "markdown":
+        return to_markdown(report)
+    raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(_finite(report), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
+def _models_by_name(report: dict) -> dict:
+    return {m["name"]: m for m in report["models"]}
+
+
+def csv_rows(report: dict) -> list[dict]:
+    """One dict per model x configuration with the keys of ``CSV_COLUMNS``."""
+    env = report.get("environment") or {}
+    models = _models_by_name(report)
+    out = []
+    for r in report["results"]:
+        m = models.get(r["model"], {})
+        lat = r.get("latency_ms") or {}
+        sp = r.get("speedup") or {}
+        th = r.get("throughput") or {}
+        mem = m.get("memory") or {}
+        a = m.get("accuracy") or {}
+        row = {
+            "model": r["model"],
+            "path": m.get("path"),
+            "batch_requested": r.get("batch_requested"),
+            "batch": r.get("batch"),
+            "status": r.get("status"),
+            "notes": "; ".join(r.get("notes") or []),
+            "provider": report.get("provider"),
+            "threads": env.get("intra_op_threads"),
+            "threads_effective": env.get("intra_op_threads_effective"),
+            "concurrency": env.get("concurrency"),
+            "io_binding": env.get("io_binding"),
+            "n": lat.get("n"),
+            "first_run_ms": r.get("first_run_ms"),
+            "speedup": sp.get("ratio"),
+            "ci95_low": (sp.get("ci95") or [None, None])[0],
+            "ci95_high": (sp.get("ci95") or [None, None])[1],
+            "verdict": sp.get("verdict"),
+            "samples_per_s": th.get("samples_per_s"),
+            "runs_per_s": th.get("runs_per_s"),
+            "session_create_ms": m.get("session_create_ms"),
+            "rss_delta_bytes": mem.get("rss_delta_bytes"),
+            "peak_rss_delta_bytes": mem.get("peak_rss_delta_bytes"),
+            "gpu_delta_bytes": mem.get("gpu_delta_bytes"),
+            "file_bytes": m.get("file_bytes"),
+            "params": m.get("params"),
+            "top1": a.get("top1"),
+            "agreement": a.get("agreement"),
+            "rel_l2": a.get("rel_l2"),
+            "interrupted": report.get("interrupted"),
+        }
+        for k in ("min", "mean", "std", "p50", "p90", "p95", "p99", "p99.9", "max"):
+            row[f"{k}_ms"] = lat.get(k)
+        out.append(_finite(row))
+    return out
+
+
+def to_csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in csv_rows(report):
+        w.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+# --- human-readable ------------------------------------------------------------------
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.3f}"
+    return f"{v:.4f}"
+
+
+def _bytes(n, signed: bool = False) -> str:
+    if n is None:
+        return "-"
+    sign = ("+" if n >= 0 else "-") if signed else ("-" if n < 0 else "")
+    v = abs(float(n))
+    for unit in ("B", "KB", "MB", "GB"):
+        if v < 1024 or unit == "GB":
+            return f"{sign}{v:.0f} {unit}" if unit == "B" else f"{sign}{v:.1f} {unit}"
+        v /= 1024
+    return f"{sign}{v:.1f} GB"
+
+
+def _count(n) -> str:
+    if n is None:
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.1f}{suffix}"
+    return str(int(n))
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _ratio(sp) -> str:
+    if not sp:
+        return "-"
+    lo, hi = sp["ci95"]
+    if sp.get("verdict") == "baseline":
+        return "1.00x (baseline)"
+    return f"{sp['ratio']:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+
+def _rate(th) -> str:
+    if not th or th.get("samples_per_s") is None or not math.isfinite(th["samples_per_s"]):
+        return "-"
+    return f"{th['samples_per_s']:,.0f}"
+
+
+def _grid(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths, strict=True))).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    headers = ["model", "size", "params", "create ms", "RSS growth", "top1 %", "agree %", "rel-L2"]
+    if report.get("provider") == "cuda":
+        headers.insert(5, "GPU mem")
+    rows = []
+    for m in report["models"]:
+        mem = m.get("memory") or {}
+        a = m.get("accuracy") or {}
+        rel = a.get("rel_l2")
+        row = [
+            m["name"],
+            _bytes(m.get("file_bytes")),
+            _count(m.get("params")),
+            _ms(m.get("session_create_ms")),
+            _bytes(mem.get("peak_rss_delta_bytes"), signed=True),
+            _pct(a.get("top1")),
+            _pct(a.get("agreement")),
+            "-" if rel is None else f"{rel:.1e}",
+        ]
+        if report.get("provider") == "cuda":
+            row.insert(5, _bytes(mem.get("gpu_delta_bytes"), signed=True))
+        rows.append(row)
+    return headers, rows
+
+
+def _latency_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    conc = (report.get("environment") or {}).get("concurrency", 1)
+    headers = ["model", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", f"vs {report['baseline']} [95% CI]", "verdict", "first ms", f"samples/s (x{conc})"]
+    rows = []
+    for r in report["results"]:
+        lat = r.get("latency_ms") or {}
+        b = r.get("batch") if r.get("batch") is not None else r.get("batch_requested")
+        if r["status"] == "skipped":
+            rows.append([r["model"], "-" if b is None else str(b), "-", "-", "-", "-", "skipped", "", "-", "-"])
+            continue
+        rows.append(
+            [
+                r["model"],
+                "-" if b is None else str(b),
+                str(lat.get("n", "-")),
+                _ms(lat.get("p50")),
+                _ms(lat.get("p90")),
+                _ms(lat.get("p99")),
+                _ratio(r.get("speedup")),
+                _VERDICT.get((r.get("speedup") or {}).get("verdict"), r["status"] if r["status"] != "ok" else "-"),
+                _ms(r.get("first_run_ms")),
+                _rate(r.get("throughput")),
+            ]
+        )
+    return headers, rows
+
+
+def _header_lines(report: dict) -> list[str]:
+    env = report.get("environment") or {}
+    s = report.get("settings") or {}
+    threads = env.get("intra_op_threads")
+    eff = env.get("intra_op_threads_effective")
+    thr = f"{threads}" if threads else f"{eff} (default)"
+    load = env.get("load_average_before") or env.get("load_average")
+    prov = env.get("ort_providers") or [report.get("provider")]
+    lines = [
+        f"{env.get('cpu', '?')} · {env.get('cores_usable', '?')} usable cores · load {load[0] if load else '?'} · onnxruntime {env.get('onnxruntime', '?')} · {prov[0]}"
+        + (f" · GPU {env['gpu']['name']}" if env.get("gpu") else ""),
+        f"intra-op threads {thr} · concurrency {env.get('concurrency', 1)} · I/O binding {'on' if env.get('io_binding') else 'off'} · "
+        + (f"{s.get('runs')} runs" if s.get("runs") else "")
+        + (" or " if s.get("runs") and s.get("duration_s") else "")
+        + (f"{s.get('duration_s'):g} s" if s.get("duration_s") else "")
+        + f" per batch, interleaved blocks of {s.get('block')}, {s.get('warmup')} warm-up runs per shape",
+        f"ratio = median({report['baseline']}) / median(model): > 1 is faster; 95% CI by paired block bootstrap",
+    ]
+    return lines
+
+
+def _footer_lines(report: dict) -> list[str]:
+    lines = []
+    notes = list(report.get("notes") or [])
+    for r in report["results"]:
+        for n in r.get("notes") or []:
+            msg = f"{r['model']}: {n}"
+            if msg not in notes:
+                notes.append(msg)
+    for m in report["models"]:
+        a = m.get("accuracy") or {}
+        if a.get("note"):
+            notes.append(f"{m['name']}: accuracy {a['note']}")
+    if report["models"] and (report["models"][0].get("accuracy") or {}).get("data"):
+        lines.append(f"accuracy on {report['models'][0]['accuracy']['data']}")
+    lines += [f"note: {n}" for n in notes]
+    lines += [f"warning: {w}" for w in report.get("warnings") or []]
+    if report.get("interrupted"):
+        lines.append("INTERRUPTED: partial results (Ctrl-C)")
+    return lines
+
+
+def to_table(report: dict) -> str:
+    out = _header_lines(report) + [""]
+    h, rows = _latency_rows(report)
+    out += _grid(h, rows, right={1, 2, 3, 4, 5, 8, 9})
+    out.append("")
+    h, rows = _model_rows(report)
+    out += _grid(h, rows, right=set(range(1, len(h))))
+    foot = _footer_lines(report)
+    if foot:
+        out += [""] + foot
+    return "\n".join(out) + "\n"
+
+
+def _md_table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    def esc(v: str) -> str:
+        return v.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |"]
+    lines.append("|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|")
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+def to_markdown(report: dict) -> str:
+    out = [f"_{line}_" for line in _header_lines(report)] + [""]
+    h, rows = _latency_rows(report)
+    out += _md_table(h, rows, right={1, 2, 3, 4, 5, 8, 9})
+    out.append("")
+    h, rows = _model_rows(report)
+    out += _md_table(h, rows, right=set(range(1, len(h))))
+    foot = _footer_lines(report)
+    if foot:
+        out += [""] + [f"- {line}" for line in foot]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,124 @@
+"""``onnxopt optimize MODEL -o OUT``: the fastest verified model for a target."""
+
+from __future__ import annotations
+
+import click
+
+from .options import (
+    budget_options,
+    calibration_option,
+    json_option,
+    output_option,
+    report_option,
+    shape_option,
+    shapes_dict,
+)
+from .render import echo_json, human_bytes
+
+__all__ = ["command"]
+
+
+@click.command("optimize")
+@click.argument("model", type=click.Path())
+@output_option()
+@click.option(
+    "--target",
+    type=click.Choice(["cpu", "cuda"]),
+    default=None,
+    help="Deployment target (default: the recipe's, else cpu).",
+)
+@click.option(
+    "--recipe",
+    default=None,
+    help="Bundled recipe name (cpu, cuda, cpu-int8, edge-small, ...) or a TOML file; default: the target's.",
+)
+@calibration_option
+@budget_options
+@shape_option
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Batch size for timing (default: the recipe's, 1).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="ONNX Runtime intra-op threads for timing (0: ORT's default).",
+)
+@click.option(
+    "--time-budget",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds per timing round (default: the recipe's, 8).",
+)
+@report_option
+@json_option
+def command(
+    model,
+    output,
+    target,
+    recipe,
+    calibration,
+    eval_data,
+    max_accuracy_drop,
+    metric,
+    shapes,
+    batch,
+    threads,
+    time_budget,
+    report_path,
+    as_json,
+):
+    """Build candidates from MODEL (simplified FP32, INT8 dynamic, INT8 static, pruned,
+    FP16 -- as the recipe lists), verify each, time each against MODEL interleaved on the
+    target, and write the fastest one within the accuracy budget.  The written model is
+    never slower than MODEL (ratio >= 0.97 in a confirmation run); when nothing beats it,
+    the simplified FP32 model is written and the decision table says so.
+
+    The choice depends on timing (close candidates may swap between runs); the bytes written
+    for a given choice are deterministic.
+
+    Example: onnxopt optimize model.onnx -o model.opt.onnx --calibration calib.npz --eval test.npz --max-accuracy-drop 1
+    """
+    from ..errors import UsageError
+    from ..io import check_output_path
+    from ..optimize.api import optimize, render_decision_table
+
+    check_output_path(output, [model])
+    if report_path:
+        check_output_path(report_path, [model])
+        if click.format_filename(report_path) == click.format_filename(output):
+            raise UsageError("--report must differ from -o", report_path)
+    result = optimize(
+        model,
+        target=target,
+        recipe=recipe,
+        calibration=calibration,
+        eval_data=eval_data,
+        max_accuracy_drop=max_accuracy_drop,
+        metric=metric,
+        shapes=shapes_dict(shapes),
+        batch=batch,
+        threads=threads,
+        time_budget=time_budget,
+    )
+    result.save(output, guard=[model])
+    if report_path:
+        result.save_report(report_path)
+    rep = result.report
+    if as_json:
+        echo_json(rep)
+        return
+    click.echo(
+        f"optimize {model} for {rep['target']} with recipe {rep['recipe']} ({rep['recipe_file']})"
+    )
+    click.echo(render_decision_table(rep))
+    before, after = rep["before"], rep["after"]
+    click.echo(
+        f"model: nodes {before['nodes']} -> {after['nodes']}, weights {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}; {rep['seconds']['total']:.1f} s"
+    )
+    for note in rep.get("notes", []):
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {output}")

@@ -1,0 +1,199 @@
+"""Parity: the merged model against the members run on their own, fused in numpy.
+
+On the same inputs (DATA or synthesized), each member *as given* (before any opset
+conversion) runs in its own ONNX Runtime session; the fusion is then computed in numpy
+(``heads.reference``).  A probe copy of the merged model that also exposes every member's
+value is run once, and two things are compared, output by output:
+
+- each member's value inside the merged graph vs the member alone (catches namespacing,
+  opset conversion and horizontal fusion errors that a fusion could hide);
+- each fused output vs the numpy fusion.
+
+An output passes like an exact transform (``verify.EXACT_REL_L2``): relative L2 error at most
+1e-4, or max abs error at most 1e-6, with equal shapes.  Vote labels must be equal except on
+*ambiguous* samples, where a member's top-2 scores are within ``1e-4 * max(1, |top|)`` (float
+noise may flip its argmax) or, with non-integer vote weights, the two best vote totals are
+within ``1e-5 * sum(w)``; those are counted and reported, not failed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import VerificationError
+from ..runtime import concat_outputs, create_session
+from ..verify import EXACT_REL_L2, compare_outputs
+from .heads import Fusion, reference
+from .merge import Member
+
+__all__ = ["ParityReport", "run_members", "check_parity", "ambiguous_samples", "accuracy"]
+
+LIMIT = 512
+TIE_REL = 1e-4
+VOTE_REL = 1e-5
+
+
+@dataclass
+class ParityReport:
+    ok: bool
+    samples: int
+    data: str
+    members: list[dict] = field(default_factory=list)
+    fused: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def worst_rel_l2(self) -> float:
+        vals = [o["rel_l2"] for o in self.members + self.fused if "rel_l2" in o and np.isfinite(o["rel_l2"])]
+        return max(vals, default=0.0)
+
+
+def _member_feed(m: Member, feed: dict) -> dict:
+    return {local: feed[shared] for local, shared in m.input_rename.items()}
+
+
+def run_members(members: list[Member], dataset, *, provider: str = "cpu", limit: int | None = LIMIT) -> list[list[np.ndarray]]:
+    """Each member's selected outputs (as given, own session) over ``dataset``."""
+    sessions = [create_session(m.original, provider) for m in members]
+    per = [[] for _ in members]
+    for feed in dataset.batches(None, limit):
+        for j, (m, s) in enumerate(zip(members, sessions, strict=True)):
+            try:
+                per[j].append(s.run(m.outputs, _member_feed(m, feed)))
+            except Exception as exc:
+                from ..errors import ModelError
+
+                raise ModelError(f"onnxruntime failed to run the member: {' '.join(str(exc).split())[:300]}", m.where) from exc
+    return [concat_outputs(p) for p in per]
+
+
+def ambiguous_samples(member_arrays: list[np.ndarray], votes: np.ndarray | None = None, weights=None) -> np.ndarray:
+    """Samples where float noise could flip a member's argmax or the vote (see module doc)."""
+    amb = np.zeros(member_arrays[0].shape[:-1], dtype=bool)
+    for x in member_arrays:
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[-1] < 2:
+            continue
+        top2 = np.sort(x, axis=-1)[..., -2:]
+        amb |= (top2[..., 1] - top2[..., 0]) <= TIE_REL * np.maximum(1.0, np.abs(top2[..., 1]))
+    if votes is not None and weights is not None and not all(float(w).is_integer() for w in weights):
+        v = np.sort(np.asarray(votes, dtype=np.float64), axis=-1)[..., -2:]
+        amb |= (v[..., 1] - v[..., 0]) <= VOTE_REL * float(np.sum(weights))
+    return amb
+
+
+def _passes(o) -> bool:
+    return not o.note.startswith("shape") and (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6) and o.note != "NaN/Inf pattern differs"
+
+
+def _record(o, **extra) -> dict:
+    d = {"name": o.name, "max_abs": o.max_abs, "mean_abs": o.mean_abs, "rel_l2": o.rel_l2, "ok": _passes(o)}
+    if o.note:
+        d["note"] = o.note
+    d.update(extra)
+    return d
+
+
+def check_parity(
+    merged: onnx.ModelProto,
+    members: list[Member],
+    fusion: Fusion,
+    member_values: list[list[str]],
+    probe_types: dict[str, onnx.ValueInfoProto],
+    fused_outputs: list[list[str]],
+    dataset,
+    *,
+    provider: str = "cpu",
+    limit: int | None = LIMIT,
+    separate: list[list[np.ndarray]] | None = None,
+) -> tuple[ParityReport, dict]:
+    """Compare ``merged`` with the members run separately; returns (report, outputs).
+
+    ``member_values[j][p]``: the merged-graph name of member ``j``'s output at position ``p``;
+    ``fused_outputs[p]``: the fused output names of position ``p``.  ``outputs`` holds the
+    arrays for accuracy figures: ``{"members": separate, "fused": {name: array}}``.
+    """
+    probe = copy.deepcopy(merged)
+    have = {o.name for o in probe.graph.output}
+    for names in member_values:
+        for n in names:
+            if n not in have:
+                probe.graph.output.append(probe_types[n])
+                have.add(n)
+    names = [o.name for o in probe.graph.output]
+    sess = create_session(probe, provider, error=VerificationError)
+    batches = []
+    for feed in dataset.batches(None, limit):
+        try:
+            batches.append(sess.run(names, feed))
+        except Exception as exc:
+            raise VerificationError(f"onnxruntime failed to run the merged model: {' '.join(str(exc).split())[:300]}") from exc
+    got = dict(zip(names, concat_outputs(batches), strict=True))
+    if separate is None:
+        separate = run_members(members, dataset, provider=provider, limit=limit)
+    samples = int(next(iter(got.values())).shape[0]) if got and next(iter(got.values())).ndim else 1
+    rep = ParityReport(True, samples, dataset.source)
+    for j, m in enumerate(members):
+        comp = compare_outputs(m.outputs, separate[j], [got[n] for n in member_values[j]])
+        for o in comp.outputs:
+            rec = _record(o, member=m.label)
+            rep.members.append(rec)
+            if not rec["ok"]:
+                rep.failures.append(f"member {m.label} output '{o.name}' differs inside the merged model: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
+    fused_arrays = {}
+    for p, outs in enumerate(fused_outputs):
+        arrays = [separate[j][p] for j in range(len(members))]
+        ref = reference(fusion, arrays)
+        if fusion.kind == "vote":
+            amb = ambiguous_samples(arrays, ref[1], fusion.weights)
+            keep = ~amb
+            label_name, votes_name = outs
+            lab_ref, lab_got = ref[0], got[label_name]
+            if lab_ref.shape != lab_got.shape:
+                rep.failures.append(f"output '{label_name}' has shape {list(lab_got.shape)}, expected {list(lab_ref.shape)}")
+                rep.fused.append({"name": label_name, "ok": False, "note": "shape"})
+                continue
+            mism = int(np.sum((lab_ref != lab_got) & keep))
+            agree = float(100.0 * np.mean(lab_ref == lab_got)) if lab_ref.size else 100.0
+            rec = {"name": label_name, "mismatches": mism, "agreement": agree, "ambiguous_skipped": int(amb.sum()), "ok": mism == 0}
+            rep.fused.append(rec)
+            if mism:
+                rep.failures.append(f"output '{label_name}': {mism} labels differ from the numpy vote on unambiguous samples")
+            comp = compare_outputs([votes_name], [ref[1][keep]], [got[votes_name][keep]])
+            o = comp.outputs[0]
+            rec = _record(o, ambiguous_skipped=int(amb.sum()))
+            rep.fused.append(rec)
+            if not rec["ok"]:
+                rep.failures.append(f"output '{votes_name}' differs from the numpy vote: max abs {o.max_abs:.3g}")
+        else:
+            comp = compare_outputs(outs, ref, [got[n] for n in outs])
+            for o in comp.outputs:
+                rec = _record(o)
+                rep.fused.append(rec)
+                if not rec["ok"]:
+                    rep.failures.append(f"output '{o.name}' differs from the numpy {fusion.kind}: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
+        for n in outs:
+            fused_arrays[n] = got[n]
+    rep.ok = not rep.failures
+    return rep, {"members": separate, "fused": fused_arrays}
+
+
+def accuracy(scores_or_labels: np.ndarray, labels: np.ndarray) -> float | None:
+    """Top-1 accuracy in percent for ``[N, C]`` scores or ``[N]`` integer labels."""
+    a = np.asarray(scores_or_labels)
+    if a.ndim == 2 and a.shape[1] > 1 and a.dtype.kind == "f":
+        pred = np.argmax(a, axis=1)
+    elif a.ndim == 1 and a.dtype.kind in "iu":
+        pred = a
+    else:
+        return None
+    if len(pred) != len(labels):
+        return None
+    return float(100.0 * np.mean(pred == labels))

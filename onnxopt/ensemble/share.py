@@ -1,0 +1,82 @@
+"""Identical initializers across members stored once (content hash, then byte comparison).
+
+Fine-tunes of one backbone carry the same tensors under each member's namespace; after the
+merge they are grouped by ``(dtype, dims, blake2b(bytes))`` and confirmed byte for byte, the
+first copy is kept and every reader of the others (subgraph reads included) points at it.
+Only main-graph initializers that are neither graph inputs nor outputs are considered.
+The report lists, per kept tensor, which members share it and the bytes saved.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from ..graph import rename_uses
+from ..simplify.dedupe import tensor_key
+
+__all__ = ["share_initializers"]
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    from onnx import numpy_helper
+
+    return int(numpy_helper.to_array(t).nbytes)
+
+
+def _payload(t: onnx.TensorProto) -> bytes:
+    if t.HasField("raw_data"):
+        return t.raw_data
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t).tobytes()
+
+
+def _owner(name: str, prefixes: dict[str, str]) -> str:
+    for prefix, label in prefixes.items():
+        if name.startswith(prefix):
+            return label
+    return "head"
+
+
+def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list_limit: int = 20) -> dict:
+    """Dedupe in place; ``prefixes`` maps name prefixes to member labels (for the report)."""
+    g = model.graph
+    protected = {i.name for i in g.input} | {o.name for o in g.output}
+    first: dict[tuple, onnx.TensorProto] = {}
+    mapping: dict[str, str] = {}
+    groups: dict[str, dict] = {}
+    for t in g.initializer:
+        if t.name in protected or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        key = tensor_key(t)
+        kept = first.get(key)
+        if kept is None:
+            first[key] = t
+            continue
+        if _payload(kept) != _payload(t):
+            continue  # hash collision: keep both
+        mapping[t.name] = kept.name
+        grp = groups.setdefault(kept.name, {"name": kept.name, "members": [_owner(kept.name, prefixes)], "copies": 1, "bytes_each": _nbytes(kept)})
+        grp["copies"] += 1
+        owner = _owner(t.name, prefixes)
+        if owner not in grp["members"]:
+            grp["members"].append(owner)
+    if mapping:
+        rename_uses(g, mapping)
+        keep = [t for t in g.initializer if t.name not in mapping]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        vi = [v for v in g.value_info if v.name not in mapping]
+        del g.value_info[:]
+        g.value_info.extend(vi)
+    listed = sorted(groups.values(), key=lambda d: (-(d["copies"] - 1) * d["bytes_each"], d["name"]))
+    saved = sum((d["copies"] - 1) * d["bytes_each"] for d in groups.values())
+    cross = sum(1 for d in groups.values() if len(d["members"]) > 1)
+    return {
+        "initializers_merged": len(mapping),
+        "tensors_shared_across_members": cross,
+        "bytes_saved": saved,
+        "largest": listed[:list_limit],
+    }

@@ -1,0 +1,262 @@
+"""``onnxopt.optimize``: from an exported model to the fastest verified model for a target.
+
+Flow: the target's recipe (``passes/cpu.toml`` / ``passes/cuda.toml``, or ``recipe=``) ->
+its ``[[steps]]`` as verified preprocessing (simplify; transformer fusion only when the
+graph is BERT-like) -> the candidates of its ``[optimize]`` table (``candidates.py``) ->
+each verified and scored against the input model, timed interleaved against the input on
+the target provider, one chosen (``select.py``) -> the chosen model with provenance.
+
+Guarantee: the returned model is never slower than the input (``ratio >= 0.97`` in a
+confirmation run) and never outside the accuracy budget; when nothing beats the input the
+simplified FP32 model is returned, and the decision table says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import onnx
+
+from ..core.passes import Context
+from ..core.pipeline import PipelineResult, run_pipeline
+from ..core.provenance import KEY as PROVENANCE_KEY
+from ..core.provenance import write_provenance
+from ..core.recipe import load_recipe
+from ..data import dataset_for, synthesize
+from ..errors import ProviderError, UsageError
+from ..io import resolve_model
+from ..metrics import METRICS, Budget, Evaluator
+from ..stats import model_stats
+from .candidates import BuildEnv, build_candidates, is_bert_like
+from .plan import plan_from_recipe
+from .select import Timer, decide, render_decision_table, time_candidates, verify_candidate
+
+__all__ = ["TARGETS", "optimize", "render_decision_table"]
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("cpu", "cuda")
+
+
+def _provider_for(target: str, allow_cpu: bool, notes: list[str]) -> str:
+    from ..runtime import cuda_available
+
+    if target == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if allow_cpu:
+        notes.append(
+            "CUDA is not available: candidates verified and timed on CPU (the recipe allows CPU verification); FP16 checked with the reference evaluator, not timed"
+        )
+        return "cpu"
+    raise ProviderError(
+        "--target cuda needs onnxruntime's CUDAExecutionProvider, which this onnxruntime build lacks (install onnxruntime-gpu, or use a recipe with allow_cpu_verification = true)"
+    )
+
+
+def _timing_feed(
+    model: onnx.ModelProto, dataset, synthesized: bool, shapes, batch: int, seed: int
+) -> dict:
+    if synthesized:
+        ds = synthesize(model, shapes, batch=batch, samples=batch, seed=seed)
+        return next(ds.batches(batch, batch))
+    return next(dataset.batches(batch, batch))
+
+
+def _restore_input_provenance(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Replace the candidate's onnxopt metadata by the input's (so history stays the user's)."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != PROVENANCE_KEY]
+    prior = [(p.key, p.value) for p in original.metadata_props if p.key == PROVENANCE_KEY]
+    del model.metadata_props[:]
+    for k, v in kept + prior:
+        model.metadata_props.add(key=k, value=v)
+
+
+def _summary(chosen, rows, metric: str) -> str:
+    if chosen is None:
+        return "nothing beat the input and the simplified FP32 model was not confirmed as fast: the input model is written unchanged (with provenance)"
+    figs = f"{metric} {chosen.score:.2f} ({0.0 - chosen.drop + 0.0:+.2f} points)"
+    ratio = chosen.confirm_ratio if chosen.confirm_ratio is not None else chosen.ratio
+    if chosen.lossless:
+        return f"nothing beat the input by the required margin: the simplified FP32 model '{chosen.name}' is written ({ratio:.2f}x vs input, {figs})"
+    return f"chosen: {chosen.name} ({ratio:.2f}x vs input in the confirmation run, {figs})"
+
+
+def optimize(
+    model,
+    *,
+    target: str | None = None,
+    recipe=None,
+    calibration=None,
+    eval_data=None,
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    shapes: dict | None = None,
+    batch: int | None = None,
+    threads: int | None = None,
+    runs: int | None = None,
+    time_budget: float | None = None,
+    seed: int = 0,
+    report=None,
+) -> PipelineResult:
+    """The fastest verified model for ``target`` within the accuracy budget.
+
+    ``model``: path or ModelProto.  ``target``: ``cpu`` | ``cuda`` (default: the recipe's,
+    else cpu).  ``recipe``: bundled name or TOML path (default: the target's recipe).
+    ``calibration`` / ``eval_data``: DATA paths or Datasets; without ``eval_data`` the
+    budget is judged against the input model on the calibration data, else on synthesized
+    inputs.  ``max_accuracy_drop``: points of ``metric`` (default: the recipe's, 1.0).
+    ``batch``, ``threads``, ``runs``, ``time_budget`` (seconds per timing round) override
+    the recipe's timing settings.  ``report``: also write the JSON report there.
+
+    Returns a ``PipelineResult`` whose ``report["decision"]`` holds the decision table
+    (``render_decision_table(report)`` prints it).  Raises ``UsageError`` / ``RecipeError``
+    / ``ModelError`` / ``DataError`` / ``ProviderError`` (exit 2) for bad input and
+    ``VerificationError`` (exit 3) when the preprocessing itself cannot be verified.
+    """
+    t_start = time.perf_counter()
+    if target is not None and target not in TARGETS:
+        raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
+    if metric is not None and metric not in METRICS:
+        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    rec = load_recipe(recipe if recipe is not None else (target or "cpu"))
+    plan = plan_from_recipe(rec)
+    st = plan.settings
+    target = target or rec.target
+    notes: list[str] = []
+    if rec.target != target:
+        notes.append(
+            f"recipe '{rec.name}' is written for target {rec.target}; used for target {target}"
+        )
+    m, path = resolve_model(model)
+    provider = _provider_for(target, st.allow_cpu_verification, notes)
+    cal = dataset_for(m, calibration) if calibration is not None else None
+    ev = dataset_for(m, eval_data) if eval_data is not None else None
+    budget = Budget(
+        st.max_accuracy_drop if max_accuracy_drop is None else float(max_accuracy_drop),
+        metric or st.metric,
+    )
+    batch = int(batch or st.batch)
+    if batch <= 0:
+        raise UsageError(f"batch must be positive, got {batch}")
+
+    # 1. preprocessing: the recipe's exact steps, verified step by step
+    t0 = time.perf_counter()
+    passes = []
+    for p in plan.preprocess:
+        if p.key == "transformer-fusion" and not is_bert_like(m):
+            notes.append("transformer-fusion skipped: the graph is not BERT-like")
+            continue
+        passes.append(p)
+    ctx = Context(
+        data=cal, eval_data=ev, shapes=shapes, provider=provider, seed=seed, budget=budget
+    )
+    pre = run_pipeline(m, passes, ctx, command="optimize")
+    t_pre = time.perf_counter() - t0
+
+    # 2. the reference: the input model's outputs on eval, else calibration, else synthesized data
+    dataset = ev or cal
+    synthesized = dataset is None
+    if synthesized:
+        dataset = synthesize(m, shapes, samples=max(batch, 64), seed=seed)
+    evaluator = Evaluator(m, dataset, budget.metric, provider=provider, limit=st.eval_limit)
+    env = BuildEnv(target, provider, cal, evaluator, budget, shapes, seed, reference=m)
+
+    # 3. candidates, each verified and scored
+    t0 = time.perf_counter()
+    cands = build_candidates(
+        pre.model, env, plan.candidates, recipe_tail=plan.recipe_tail, recipe_name=rec.name
+    )
+    fp16_samples = next(
+        (c.config.reference_samples for c in plan.candidates if c.kind == "fp16"), 8
+    )
+    rows = [verify_candidate(c, env, fp16_samples=fp16_samples) for c in cands]
+    t_build = time.perf_counter() - t0
+
+    # 4. timing against the input on the target provider, then the decision
+    t0 = time.perf_counter()
+    feed = _timing_feed(m, dataset, synthesized, shapes, batch, seed)
+    timer = Timer(
+        m,
+        feed,
+        provider,
+        threads=threads if threads is not None else st.threads,
+        runs=runs or st.runs,
+        duration=time_budget or st.time_budget,
+    )
+    by_name = {c.name: c for c in cands}
+    time_candidates(rows, by_name, timer)
+    chosen = decide(rows, timer, min_ratio=st.min_ratio, min_gain=st.min_gain)
+    t_time = time.perf_counter() - t0
+    input_ms = timer.base_latency_ms
+
+    # 5. the output model with provenance (nothing time-dependent in it)
+    out = copy.deepcopy(by_name[chosen.name].model if chosen is not None else m)
+    _restore_input_provenance(out, m)
+    pre_steps = [r.to_dict(timing=False) for r in pre.steps]
+    for s in pre_steps:
+        s.pop("before", None)
+        s.pop("after", None)
+    chosen_step = {
+        "name": "optimize-choice",
+        "candidate": chosen.name if chosen is not None else "input",
+        "kind": chosen.kind if chosen is not None else "input",
+        "params": chosen.params if chosen is not None else {},
+        "source": chosen.source if chosen is not None else "",
+        "metric": {
+            "name": evaluator.metric,
+            "reference": evaluator.reference_score,
+            "score": chosen.score if chosen else evaluator.reference_score,
+            "drop": chosen.drop if chosen else 0.0,
+        },
+    }
+    write_provenance(
+        out,
+        "optimize",
+        pre_steps + [chosen_step],
+        {"target": target, "recipe": rec.name, "max_accuracy_drop": budget.max_drop},
+    )
+
+    decision = {
+        "target": target,
+        "provider": provider,
+        "batch": batch,
+        "metric": evaluator.metric,
+        "data": dataset.source,
+        "reference_score": evaluator.reference_score,
+        "max_accuracy_drop": budget.max_drop,
+        "min_ratio": st.min_ratio,
+        "min_gain": st.min_gain,
+        "input_latency_ms": input_ms,
+        "rows": [r.to_dict() for r in rows],
+        "chosen": chosen.name if chosen is not None else "input",
+        "summary": _summary(chosen, rows, evaluator.metric),
+    }
+    result_report = {
+        "command": "optimize",
+        "input": str(path) if path else None,
+        "target": target,
+        "provider": provider,
+        "recipe": rec.name,
+        "recipe_file": str(Path(rec.path).name),
+        "plan": plan.describe(),
+        "steps": [r.to_dict() for r in pre.steps],
+        "decision": decision,
+        "notes": notes,
+        "before": model_stats(m),
+        "after": model_stats(out),
+        "seconds": {
+            "preprocess": round(t_pre, 3),
+            "candidates": round(t_build, 3),
+            "timing": round(t_time, 3),
+            "total": round(time.perf_counter() - t_start, 3),
+        },
+    }
+    result = PipelineResult(out, result_report, True, list(pre.steps))
+    if report is not None:
+        result.save_report(report)
+    return result

@@ -1,0 +1,567 @@
+"""Candidate producers: from the preprocessed FP32 model to the models ``optimize`` compares.
+
+A producer takes the base model (the recipe's preprocessing applied: simplified FP32), a
+``BuildEnv`` (target, provider, data, evaluator, budget) and its validated config, and
+returns ``Candidate`` objects.  A producer that cannot apply returns one candidate with
+``refused`` set to the reason ("needs --calibration", "no MatMul/Gemm to quantize") instead
+of raising, so the decision table can say why it is absent.  Producers never time models
+and never write files; selection (``select.py``) verifies, scores and times them.
+
+INT8 candidates come from ``onnxopt.quantize`` when that package provides its candidate
+builders, else from ONNX Runtime's ``quantize_dynamic`` / ``quantize_static`` directly
+(the ``source`` field says which).  Pruning comes from ``onnxopt.prune``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..errors import OnnxoptError
+
+__all__ = ["Candidate", "BuildEnv", "PRODUCERS", "build_candidates", "is_bert_like"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One model to compare.  ``refused``: why it could not be built (model is None)."""
+
+    name: str
+    kind: str
+    model: onnx.ModelProto | None
+    lossless: bool = False
+    params: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    refused: str | None = None
+    timeable: bool = True
+    source: str = "onnxopt"
+    build_seconds: float = 0.0
+    steps: list = field(default_factory=list)  # PassReports of recipe candidates
+
+
+@dataclass
+class BuildEnv:
+    target: str  # cpu | cuda
+    provider: str  # where candidates load and are timed
+    calibration: object | None  # Dataset
+    evaluator: object  # metrics.Evaluator, reference = the input model
+    budget: object  # metrics.Budget
+    shapes: dict | None = None
+    seed: int = 0
+    reference: onnx.ModelProto | None = None  # the input model
+
+
+def is_bert_like(model: onnx.ModelProto) -> bool:
+    """Attention + layer norm: Softmax fed by MatMul, and LayerNormalization (or the
+    ReduceMean/Sub/Pow pattern exporters emit), and at least 4 MatMul nodes."""
+    ops = [n.op_type for n in model.graph.node]
+    if "Attention" in ops or "MultiHeadAttention" in ops:
+        return True
+    has_ln = (
+        "LayerNormalization" in ops
+        or "SkipLayerNormalization" in ops
+        or (ops.count("ReduceMean") >= 2 and "Pow" in ops)
+    )
+    return "Softmax" in ops and ops.count("MatMul") >= 4 and has_ln
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _quantize_module(name: str):
+    """``onnxopt.quantize.<name>`` if the quantize package provides it, else None."""
+    try:
+        return importlib.import_module(f"onnxopt.quantize.{name}")
+    except ImportError:
+        return None
+
+
+class _Reader:
+    """ORT CalibrationDataReader over a Dataset (at most ``limit`` samples, batch 1..16)."""
+
+    def __init__(self, dataset, limit: int):
+        self._it = dataset.batches(16, limit)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - ORT calls it only for some calibrators
+        pass
+
+
+class _DropPreprocessHint(logging.Filter):
+    """ORT's quantizer logs a "consider pre-processing" hint on the root logger; the base
+    model is already preprocessed by the recipe, so the hint is noise here."""
+
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    f = _DropPreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(f)
+    for h in root.handlers:
+        h.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+        for h in root.handlers:
+            h.removeFilter(f)
+
+
+def _ort_quant_types():
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+
+
+def _present(model: onnx.ModelProto, op_types) -> list[str]:
+    ops = {n.op_type for n in model.graph.node}
+    return [o for o in (op_types or []) if o in ops]
+
+
+_QUANT_OPS = {
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+}
+
+
+def _quantized_nodes(model: onnx.ModelProto) -> int:
+    return sum(1 for n in model.graph.node if n.op_type in _QUANT_OPS)
+
+
+def _load_out(path: Path) -> onnx.ModelProto:
+    from ..io import load_model
+
+    return load_model(path)
+
+
+# --- producers ------------------------------------------------------------------------
+
+
+def produce_fp32(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    return [
+        Candidate(
+            "fp32", "fp32", base, lossless=True, notes=["the preprocessed (simplified) FP32 model"]
+        )
+    ]
+
+
+def produce_int8_dynamic(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    name = "int8-dynamic"
+    params = dataclasses.asdict(cfg)
+    present = _present(base, cfg.op_types)
+    if not present:
+        return [
+            Candidate(
+                name,
+                name,
+                None,
+                params=params,
+                refused=f"no {'/'.join(cfg.op_types)} node to quantize",
+            )
+        ]
+    if env.provider == "cuda":
+        return [
+            Candidate(
+                name,
+                name,
+                None,
+                params=params,
+                refused="dynamic INT8 ops (MatMulInteger, DynamicQuantizeLinear) have no CUDA kernels",
+            )
+        ]
+    qmod = _quantize_module("candidates")
+    if qmod is not None and hasattr(qmod, "dynamic_candidate"):
+        try:
+            model, notes = qmod.dynamic_candidate(
+                base,
+                op_types=present,
+                weight_type=cfg.weight_type,
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+            )
+            return [
+                Candidate(
+                    name, name, model, params=params, notes=list(notes), source="onnxopt.quantize"
+                )
+            ]
+        except OnnxoptError as exc:
+            return [
+                Candidate(
+                    name, name, None, params=params, refused=str(exc), source="onnxopt.quantize"
+                )
+            ]
+    from onnxruntime.quantization import quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="onnxopt-opt-") as tmp:
+        out = Path(tmp) / "dyn.onnx"
+        try:
+            with _quiet_quantizer():
+                quantize_dynamic(
+                    copy.deepcopy(base),
+                    out,
+                    op_types_to_quantize=list(cfg.op_types),
+                    per_channel=cfg.per_channel,
+                    reduce_range=cfg.reduce_range,
+                    weight_type=_ort_quant_types()[cfg.weight_type],
+                )
+        except Exception as exc:
+            return [
+                Candidate(
+                    name,
+                    name,
+                    None,
+                    params=params,
+                    refused=f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}",
+                    source="onnxruntime.quantization",
+                )
+            ]
+        model = _load_out(out)
+    if not _quantized_nodes(model):
+        return [
+            Candidate(
+                name,
+                name,
+                None,
+                params=params,
+                refused="the quantizer left every node in FP32",
+                source="onnxruntime.quantization",
+            )
+        ]
+    return [
+        Candidate(
+            name,
+            name,
+            model,
+            params=params,
+            notes=[
+                f"quantized op types: {', '.join(present)} ({_quantized_nodes(model)} quantized nodes)"
+            ],
+            source="onnxruntime.quantization",
+        )
+    ]
+
+
+def _static_ort(
+    base: onnx.ModelProto, env: BuildEnv, cfg, per_channel: bool, exclude: list[str]
+) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    qt = _ort_quant_types()
+    with tempfile.TemporaryDirectory(prefix="onnxopt-opt-") as tmp:
+        out = Path(tmp) / "static.onnx"
+        with _quiet_quantizer():
+            quantize_static(
+                copy.deepcopy(base),
+                out,
+                _Reader(env.calibration, cfg.calibration_samples),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=cfg.op_types,
+                per_channel=per_channel,
+                activation_type=qt[cfg.activation_type],
+                weight_type=qt[cfg.weight_type],
+                nodes_to_exclude=exclude or None,
+                calibrate_method=methods[cfg.method],
+                extra_options={
+                    "ActivationSymmetric": cfg.activation_type == "int8",
+                    "WeightSymmetric": True,
+                },
+            )
+        return _load_out(out)
+
+
+def _quantizable_nodes(base: onnx.ModelProto, op_types) -> list[str]:
+    ops = set(op_types or ("Conv", "MatMul", "Gemm", "ConvTranspose"))
+    return [n.name for n in base.graph.node if n.op_type in ops and n.name]
+
+
+def produce_int8_static(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    variants = cfg.per_channel if isinstance(cfg.per_channel, list) else [cfg.per_channel]
+    out = []
+    for pc in dict.fromkeys(bool(v) for v in variants):
+        name = "int8-static" + ("-per-channel" if pc else "")
+        params = {**dataclasses.asdict(cfg), "per_channel": pc}
+        if env.calibration is None:
+            out.append(
+                Candidate(
+                    name,
+                    "int8-static",
+                    None,
+                    params=params,
+                    refused="needs calibration data (--calibration)",
+                )
+            )
+            continue
+        if env.provider == "cuda":
+            out.append(
+                Candidate(
+                    name,
+                    "int8-static",
+                    None,
+                    params=params,
+                    refused="QDQ INT8 without TensorRT is not faster on CUDA; not built for a CUDA target",
+                )
+            )
+            continue
+        out.append(_static_one(base, env, cfg, pc, name, params))
+    return out
+
+
+def _static_one(base, env: BuildEnv, cfg, pc: bool, name: str, params: dict) -> Candidate:
+    qmod = _quantize_module("candidates")
+    if qmod is not None and hasattr(qmod, "static_candidate"):
+        try:
+            model, notes = qmod.static_candidate(
+                base,
+                calibration=env.calibration,
+                per_channel=pc,
+                method=cfg.method,
+                activation_type=cfg.activation_type,
+                weight_type=cfg.weight_type,
+                op_types=cfg.op_types,
+                eval_data=env.evaluator.dataset if cfg.budget_search else None,
+                max_accuracy_drop=env.budget.max_drop if cfg.budget_search else None,
+                metric=env.evaluator.metric,
+                provider=env.provider,
+            )
+            return Candidate(
+                name,
+                "int8-static",
+                model,
+                params=params,
+                notes=list(notes),
+                source="onnxopt.quantize",
+            )
+        except OnnxoptError as exc:
+            return Candidate(
+                name,
+                "int8-static",
+                None,
+                params=params,
+                refused=str(exc),
+                source="onnxopt.quantize",
+            )
+    src = "onnxruntime.quantization"
+    try:
+        model = _static_ort(base, env, cfg, pc, [])
+    except Exception as exc:
+        return Candidate(
+            name,
+            "int8-static",
+            None,
+            params=params,
+            refused=f"onnxruntime quantize_static failed: {' '.join(str(exc).split())[:200]}",
+            source=src,
+        )
+    if not _quantized_nodes(model):
+        return Candidate(
+            name,
+            "int8-static",
+            None,
+            params=params,
+            refused="the quantizer left every node in FP32",
+            source=src,
+        )
+    notes = []
+    if cfg.budget_search:
+        model, notes = _fallback_budget_search(base, env, cfg, pc, model)
+    return Candidate(name, "int8-static", model, params=params, notes=notes, source=src)
+
+
+def _fallback_budget_search(base, env: BuildEnv, cfg, pc: bool, model):
+    """Budget search used only without ``onnxopt.quantize``: leave the last, then the first
+    and last quantizable nodes in FP32 (the classifier head and the stem are the usual
+    sensitive ones) until the budget holds; keeps the best attempt."""
+    from ..errors import VerificationError
+
+    def drop_of(m):
+        try:
+            return env.evaluator.drop(m)
+        except VerificationError:
+            return float("inf")
+
+    best, best_drop = model, drop_of(model)
+    notes = [f"all quantizable nodes quantized: drop {best_drop:.2f} points"]
+    if best_drop <= env.budget.max_drop:
+        return best, notes
+    nodes = _quantizable_nodes(base, cfg.op_types)
+    tries = []
+    if nodes:
+        tries.append([nodes[-1]])
+    if len(nodes) > 1:
+        tries.append([nodes[0], nodes[-1]])
+    for excl in tries:
+        try:
+            m = _static_ort(base, env, cfg, pc, excl)
+        except Exception:
+            continue
+        d = drop_of(m)
+        notes.append(f"excluding {', '.join(excl)}: drop {d:.2f} points")
+        if d < best_drop:
+            best, best_drop = m, d
+        if d <= env.budget.max_drop:
+            break
+    return best, notes
+
+
+def produce_prune(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    ratios = cfg.ratio if isinstance(cfg.ratio, list) else [cfg.ratio]
+    try:
+        api = importlib.import_module("onnxopt.prune.api")
+        prune = api.prune
+    except (ImportError, AttributeError):
+        return [
+            Candidate(
+                f"prune-{cfg.method}-{r:g}",
+                "prune",
+                None,
+                params={"method": cfg.method, "ratio": r},
+                refused="onnxopt.prune is not available",
+            )
+            for r in ratios
+        ]
+    out = []
+    for r in ratios:
+        name = f"prune-{cfg.method}-{r:g}"
+        params = {"method": cfg.method, "ratio": r}
+        try:
+            res = prune(
+                base,
+                method=cfg.method,
+                ratio=r,
+                calibration=env.calibration,
+                eval_data=env.evaluator.dataset,
+                max_accuracy_drop=env.budget.max_drop,
+                metric=env.evaluator.metric,
+            )
+            out.append(
+                Candidate(
+                    name,
+                    "prune",
+                    res.model,
+                    params=params,
+                    notes=list(res.report.get("notes", []))[:5],
+                    source="onnxopt.prune",
+                )
+            )
+        except OnnxoptError as exc:
+            out.append(
+                Candidate(
+                    name, "prune", None, params=params, refused=str(exc), source="onnxopt.prune"
+                )
+            )
+    return out
+
+
+def produce_fp16(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    from .fp16 import convert_to_fp16
+
+    params = dataclasses.asdict(cfg)
+    try:
+        model, rep = convert_to_fp16(base, keep_fp32=set(cfg.keep_fp32))
+    except OnnxoptError as exc:
+        return [Candidate("fp16", "fp16", None, params=params, refused=str(exc))]
+    kept = ", ".join(f"{k} x{v}" for k, v in rep.to_dict()["kept_fp32"].items())
+    notes = [
+        f"{rep.nodes_fp16} nodes FP16, {rep.nodes_fp32} FP32{' (' + kept + ')' if kept else ''}, {rep.casts_added} Casts, {rep.values_clipped} weights clipped"
+    ]
+    timeable = env.provider == "cuda"
+    if not timeable:
+        notes.append(
+            "no CUDA: verified with the ONNX reference evaluator on a few samples; not timed"
+        )
+    return [Candidate("fp16", "fp16", model, params=params, notes=notes, timeable=timeable)]
+
+
+def produce_recipe(
+    base: onnx.ModelProto, env: BuildEnv, cfg, *, passes=None, recipe_name: str = ""
+) -> list[Candidate]:
+    """The remaining steps of a recipe without an ``[optimize]`` table, as one candidate."""
+    from ..core.passes import Context
+    from ..core.pipeline import run_pipeline
+
+    name = f"recipe:{recipe_name}"
+    ctx = Context(
+        data=env.calibration,
+        eval_data=env.evaluator.dataset,
+        shapes=env.shapes,
+        provider=env.provider,
+        seed=env.seed,
+        budget=env.budget,
+    )
+    try:
+        res = run_pipeline(base, list(passes or []), ctx, command=f"optimize {name}")
+    except OnnxoptError as exc:
+        return [Candidate(name, "recipe", None, refused=str(exc))]
+    lossless = all(p.exact for p in passes or [])
+    return [
+        Candidate(
+            name,
+            "recipe",
+            res.model,
+            lossless=lossless,
+            params={"steps": [p.key for p in passes or []]},
+            steps=res.steps,
+        )
+    ]
+
+
+PRODUCERS: dict[str, Callable] = {
+    "fp32": produce_fp32,
+    "int8-dynamic": produce_int8_dynamic,
+    "int8-static": produce_int8_static,
+    "prune": produce_prune,
+    "fp16": produce_fp16,
+}
+
+
+def build_candidates(
+    base: onnx.ModelProto, env: BuildEnv, specs, *, recipe_tail=None, recipe_name: str = ""
+) -> list[Candidate]:
+    """Every candidate of ``specs`` (plan order), each with its build time."""
+    out: list[Candidate] = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        if spec.kind.startswith("recipe:"):
+            made = produce_recipe(
+                base,
+                env,
+                spec.config,
+                passes=recipe_tail,
+                recipe_name=spec.kind.partition(":")[2] or recipe_name,
+            )
+        else:
+            made = PRODUCERS[spec.kind](base, env, spec.config)
+        dt = (time.perf_counter() - t0) / max(len(made), 1)
+        for c in made:
+            c.build_seconds = round(dt, 3)
+            log.info("candidate %s: %s", c.name, c.refused or "built")
+        out.extend(made)
+    return out

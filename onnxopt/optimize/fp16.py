@@ -1,0 +1,294 @@
+"""FP16 conversion that keeps FP32 inputs/outputs and numerically sensitive ops in FP32.
+
+What is converted: a node of the main graph runs in FP16 when its op is in ``FP16_OPS``
+(ops with FP16 kernels in ONNX Runtime's CUDA provider that compute safely in half
+precision), it has no subgraph, its name is not in ``keep_fp32`` and the types of all its
+float inputs and outputs are known (after shape inference) to be FLOAT.  Every other node
+stays FP32, in particular the numerically sensitive ones (``SENSITIVE_OPS``: reductions,
+Softmax, Exp/Log/Pow/Sqrt/Reciprocal, CumSum, TopK, ...): reductions overflow or lose
+mass in half precision and the exponentials saturate at 65504.
+
+How: FLOAT initializers read by FP16 nodes get an FP16 copy (values clipped to the FP16
+range, tiny magnitudes flushed to the nearest representable, as in ORT's own tool); a
+tensor produced by an FP16 node is renamed ``NAME/fp16`` and, where anything FP32 still
+reads ``NAME`` (an FP32 node, a subgraph, a graph output), a ``Cast`` to FLOAT writes the
+original name back; FP32 tensors (graph inputs, FP32 node outputs) read by FP16 nodes go
+through one shared ``Cast`` to FLOAT16.  Nodes keep their order, so the graph stays
+topologically sorted; graph inputs and outputs keep their names and FP32 types.
+
+Guarantees: the input model is not modified; the same input gives byte-identical output.
+Refuses (``UnsupportedError``) when no node can run in FP16.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import UnsupportedError
+from ..graph import subgraphs, used_names
+from ..simplify.dead import remove_unused
+
+__all__ = ["FP16_OPS", "SENSITIVE_OPS", "Fp16Report", "convert_to_fp16", "to_fp16_array"]
+
+log = logging.getLogger(__name__)
+
+FP16_MIN_POSITIVE = 5.96e-08
+FP16_MAX = 65504.0
+
+# Ops that run in FP16 (default domain).  Matmul-like and conv ops accumulate in FP32 in
+# cuBLAS/cuDNN; LayerNormalization and the com.microsoft fused ops accumulate in FP32 in ORT.
+FP16_OPS = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu",
+        "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Clip",
+        "Conv", "ConvTranspose", "MatMul", "Gemm", "BatchNormalization", "LayerNormalization",
+        "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+        "Concat", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",
+        "Split", "Identity", "Dropout", "Pad", "Where", "Expand", "Tile", "Resize",
+    }
+)  # fmt: skip
+MS_FP16_OPS = frozenset(
+    {
+        "Attention",
+        "MultiHeadAttention",
+        "SkipLayerNormalization",
+        "BiasGelu",
+        "FastGelu",
+        "Gelu",
+        "FusedMatMul",
+        "BiasAdd",
+        "EmbedLayerNormalization",
+    }
+)
+# Kept in FP32 on purpose (documented in the report when present).
+SENSITIVE_OPS = frozenset(
+    {
+        "ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
+        "ReduceLogSumExp", "ReduceSumSquare", "Softmax", "LogSoftmax", "Exp", "Log", "Pow",
+        "Sqrt", "Reciprocal", "CumSum", "TopK", "Range", "NonMaxSuppression", "RoiAlign",
+        "InstanceNormalization", "GroupNormalization", "Einsum",
+    }
+)  # fmt: skip
+# inputs that keep type float whatever the node's type (op -> input indices)
+ALWAYS_FLOAT_INPUTS = {"Resize": (2,)}
+# EmbedLayerNormalization's first inputs are int32 ids; its float inputs follow the usual rule.
+
+
+@dataclass
+class Fp16Report:
+    nodes_fp16: int = 0
+    nodes_fp32: int = 0
+    casts_added: int = 0
+    initializers_converted: int = 0
+    values_clipped: int = 0
+    kept_fp32: dict = field(
+        default_factory=dict
+    )  # op_type -> count (reason: sensitive / unsupported)
+
+    def to_dict(self) -> dict:
+        return {
+            "nodes_fp16": self.nodes_fp16,
+            "nodes_fp32": self.nodes_fp32,
+            "casts_added": self.casts_added,
+            "initializers_converted": self.initializers_converted,
+            "values_clipped": self.values_clipped,
+            "kept_fp32": dict(sorted(self.kept_fp32.items())),
+        }
+
+
+def to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    """FP32 -> FP16 with magnitudes clipped into [5.96e-8, 65504] (zeros stay zero).
+
+    Returns the array and how many values had to be clipped.
+    """
+    a = np.asarray(arr, dtype=np.float32)
+    mag = np.abs(a)
+    too_big = np.isfinite(a) & (mag > FP16_MAX)
+    too_small = (mag > 0) & (mag < FP16_MIN_POSITIVE)
+    out = np.where(too_big, np.sign(a) * FP16_MAX, a)
+    out = np.where(too_small, np.sign(a) * FP16_MIN_POSITIVE, out)
+    return out.astype(np.float16), int(too_big.sum() + too_small.sum())
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # fall back to what the model already declares
+        log.debug("shape inference failed (%s); using declared types", exc)
+        inferred = model
+    g = inferred.graph
+    types = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for t in g.initializer:
+        types[t.name] = t.data_type
+    return types
+
+
+def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str]) -> tuple[bool, str]:
+    if node.name and node.name in keep:
+        return False, "kept by name"
+    if any(True for _ in subgraphs(node)):
+        return False, "has a subgraph"
+    if node.domain in ("", "ai.onnx"):
+        if node.op_type in SENSITIVE_OPS:
+            return False, "numerically sensitive"
+        if node.op_type not in FP16_OPS:
+            return False, "no FP16 rule"
+    elif node.domain == "com.microsoft":
+        if node.op_type not in MS_FP16_OPS:
+            return False, "no FP16 rule"
+    else:
+        return False, "custom domain"
+    skip = ALWAYS_FLOAT_INPUTS.get(node.op_type, ())
+    float_io = 0
+    for i, x in enumerate(node.input):
+        if not x or i in skip:
+            continue
+        t = types.get(x)
+        if t is None:
+            return False, "input type unknown"
+        if t == TensorProto.FLOAT:
+            float_io += 1
+        elif t in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            return False, "non-FP32 float input"
+    for x in node.output:
+        if not x:
+            continue
+        t = types.get(x)
+        if t is None:
+            return False, "output type unknown"
+        if t == TensorProto.FLOAT:
+            float_io += 1
+    if not float_io:
+        return False, "no float tensor"
+    return True, ""
+
+
+def convert_to_fp16(
+    model: onnx.ModelProto, *, keep_fp32: set[str] | None = None
+) -> tuple[onnx.ModelProto, Fp16Report]:
+    """An FP16 copy of ``model`` (FP32 graph inputs/outputs kept); see the module docstring."""
+    model = copy.deepcopy(model)
+    g = model.graph
+    keep = set(keep_fp32 or ())
+    types = _elem_types(model)
+    rep = Fp16Report()
+    plan = []
+    for n in g.node:
+        ok, why = _converts(n, types, keep)
+        plan.append(ok)
+        if not ok and why not in ("no float tensor",):
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            if why in (
+                "numerically sensitive",
+                "no FP16 rule",
+                "custom domain",
+                "has a subgraph",
+                "kept by name",
+            ):
+                rep.kept_fp32[key] = rep.kept_fp32.get(key, 0) + 1
+    rep.nodes_fp16 = sum(plan)
+    rep.nodes_fp32 = len(plan) - rep.nodes_fp16
+    if not rep.nodes_fp16:
+        raise UnsupportedError(
+            "no node can run in FP16 (no Conv/MatMul/Gemm/elementwise ops with known FLOAT types)"
+        )
+
+    taken = (
+        {x for n in g.node for x in list(n.input) + list(n.output)}
+        | {i.name for i in g.input}
+        | {t.name for t in g.initializer}
+        | {o.name for o in g.output}
+    )
+
+    def fresh(base: str) -> str:
+        name, i = base, 1
+        while name in taken:
+            name = f"{base}_{i}"
+            i += 1
+        taken.add(name)
+        return name
+
+    inits = {t.name: t for t in g.initializer}
+    graph_inputs = {i.name for i in g.input}
+    # every FP32-side reader of a tensor: FP32 nodes (incl. subgraph outer reads) and graph outputs
+    fp32_readers: dict[str, int] = defaultdict(int)
+    for n, ok in zip(g.node, plan, strict=True):
+        reads = set(x for x in n.input if x)
+        for sg in subgraphs(n):
+            reads |= used_names(sg)
+        if not ok:
+            for x in reads:
+                fp32_readers[x] += 1
+        else:
+            skip = ALWAYS_FLOAT_INPUTS.get(n.op_type, ())
+            for i, x in enumerate(n.input):
+                if x and i in skip:
+                    fp32_readers[x] += 1
+    for o in g.output:
+        fp32_readers[o.name] += 1
+
+    half_name: dict[str, str] = {}  # FP32 tensor name -> its FP16 counterpart
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+
+    def half_of(x: str) -> str:
+        """The FP16 version of FP32 tensor ``x`` (initializer copy, or a Cast emitted now)."""
+        if x in half_name:
+            return half_name[x]
+        if x in inits and x not in graph_inputs:
+            arr, clipped = to_fp16_array(numpy_helper.to_array(inits[x]))
+            name = fresh(f"{x}/fp16")
+            new_inits.append(numpy_helper.from_array(arr, name))
+            rep.initializers_converted += 1
+            rep.values_clipped += clipped
+        else:
+            name = fresh(f"{x}/fp16")
+            new_nodes.append(
+                helper.make_node(
+                    "Cast", [x], [name], name=fresh(f"{x}/cast_fp16"), to=TensorProto.FLOAT16
+                )
+            )
+            rep.casts_added += 1
+        half_name[x] = name
+        return name
+
+    for n, ok in zip(g.node, plan, strict=True):
+        if not ok:
+            new_nodes.append(n)
+            continue
+        skip = ALWAYS_FLOAT_INPUTS.get(n.op_type, ())
+        for i, x in enumerate(n.input):
+            if x and i not in skip and types.get(x) == TensorProto.FLOAT:
+                n.input[i] = half_of(x)
+        back = []
+        for j, y in enumerate(n.output):
+            if y and types.get(y) == TensorProto.FLOAT:
+                h = fresh(f"{y}/fp16")
+                n.output[j] = h
+                half_name[y] = h
+                if fp32_readers.get(y):
+                    back.append(
+                        helper.make_node(
+                            "Cast", [h], [y], name=fresh(f"{y}/cast_fp32"), to=TensorProto.FLOAT
+                        )
+                    )
+        new_nodes.append(n)
+        new_nodes.extend(back)
+        rep.casts_added += len(back)
+
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_inits)
+    del g.value_info[:]  # stale FP32 annotations; shape inference derives the new ones
+    remove_unused(model)
+    return model, rep

@@ -1,0 +1,196 @@
+"""The ``[optimize]`` table of a recipe: which candidates to build and how to choose.
+
+Example (``passes/cpu.toml``)::
+
+    [optimize]
+    candidates = ["fp32", "int8-dynamic", "int8-static"]
+    max_accuracy_drop = 1.0        # default budget when the caller gives none
+
+    [optimize.int8-static]
+    per_channel = [false, true]    # one candidate per value
+
+A recipe without an ``[optimize]`` table is still usable: its leading exact steps are the
+preprocessing, and the rest of its steps (quantize, prune ...) form one candidate
+``recipe:NAME`` next to the simplified FP32 model.  Every table is validated with the
+same rules as pass parameters: unknown keys, wrong types and bad values are a
+``RecipeError`` naming the recipe file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..core.passes import validate_config
+from ..core.recipe import Recipe
+from ..errors import RecipeError
+
+__all__ = ["KINDS", "OptimizeSettings", "CandidateSpec", "Plan", "plan_from_recipe"]
+
+KINDS = ("fp32", "int8-dynamic", "int8-static", "prune", "fp16")
+
+
+@dataclass
+class OptimizeSettings:
+    """Top-level keys of ``[optimize]``."""
+
+    candidates: list[str] = field(default_factory=lambda: ["fp32", "int8-dynamic", "int8-static"])
+    max_accuracy_drop: float = 1.0
+    metric: str | None = field(
+        default=None, metadata={"choices": (None, "top1", "agreement", "cosine", "rel-l2")}
+    )
+    min_gain: float = 0.05
+    min_ratio: float = 0.97
+    batch: int = 1
+    threads: int = 0
+    runs: int = 200
+    time_budget: float = 8.0
+    eval_limit: int = 512
+    allow_cpu_verification: bool = False
+
+    def check(self):
+        if not self.candidates:
+            return "'candidates' is empty"
+        bad = [c for c in self.candidates if c not in KINDS and not c.startswith("recipe:")]
+        if bad:
+            return f"unknown candidate(s) {', '.join(bad)} (known: {', '.join(KINDS)}, recipe:NAME)"
+        if self.max_accuracy_drop < 0:
+            return "max_accuracy_drop must be >= 0"
+        if self.min_gain < 0:
+            return "min_gain must be >= 0"
+        if not 0 < self.min_ratio <= 1.5:
+            return "min_ratio must be in (0, 1.5]"
+        if self.batch <= 0 or self.runs <= 0 or self.eval_limit <= 0 or self.threads < 0:
+            return "batch, runs and eval_limit must be positive, threads >= 0"
+        if self.time_budget <= 0:
+            return "time_budget must be positive"
+        return None
+
+
+@dataclass
+class Int8DynamicConfig:
+    op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
+    weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
+    per_channel: bool = False
+    reduce_range: bool = False
+
+
+@dataclass
+class Int8StaticConfig:
+    per_channel: list[bool] | bool = field(default_factory=lambda: [False, True])
+    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy")})
+    activation_type: str = field(default="uint8", metadata={"choices": ("int8", "uint8")})
+    weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
+    op_types: list[str] | None = None
+    calibration_samples: int = 128
+    budget_search: bool = True
+
+    def check(self):
+        return "calibration_samples must be positive" if self.calibration_samples <= 0 else None
+
+
+@dataclass
+class PruneConfig:
+    method: str = "channel"
+    ratio: list[float] | float = field(default_factory=lambda: [0.25, 0.5])
+
+    def check(self):
+        vals = self.ratio if isinstance(self.ratio, list) else [self.ratio]
+        return "ratio values must be in (0, 1)" if any(not 0 < r < 1 for r in vals) else None
+
+
+@dataclass
+class Fp16Config:
+    keep_fp32: list[str] = field(default_factory=list)
+    reference_samples: int = 8
+
+    def check(self):
+        return "reference_samples must be positive" if self.reference_samples <= 0 else None
+
+
+@dataclass
+class RecipeCandidateConfig:
+    pass
+
+
+CONFIGS = {
+    "fp32": RecipeCandidateConfig,
+    "int8-dynamic": Int8DynamicConfig,
+    "int8-static": Int8StaticConfig,
+    "prune": PruneConfig,
+    "fp16": Fp16Config,
+}
+
+
+@dataclass
+class CandidateSpec:
+    kind: str  # a KINDS entry or "recipe:NAME"
+    config: object
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    settings: OptimizeSettings
+    candidates: list[CandidateSpec]
+    preprocess: list  # Pass instances (exact steps)
+    recipe_tail: list  # Pass instances forming the "recipe:NAME" candidate (no [optimize] table)
+
+    def describe(self) -> dict:
+        return {
+            "recipe": self.recipe.name,
+            "settings": dataclasses.asdict(self.settings),
+            "candidates": [
+                {"kind": c.kind, **dataclasses.asdict(c.config)} for c in self.candidates
+            ],
+            "preprocess": [p.key for p in self.preprocess],
+        }
+
+
+def _validate(cls, params: dict, where: str, recipe: Recipe):
+    try:
+        return validate_config(cls, params, where, RecipeError)
+    except RecipeError as exc:
+        raise RecipeError(exc.message, recipe.path) from None
+
+
+def plan_from_recipe(recipe: Recipe) -> Plan:
+    """Validate ``recipe``'s ``[optimize]`` table (or derive a plan from its steps)."""
+    passes = recipe.build()
+    table = recipe.sections.get("optimize")
+    if table is None:
+        # leading exact steps = preprocessing; the rest = one candidate
+        cut = next((i for i, p in enumerate(passes) if not p.exact), len(passes))
+        pre, tail = passes[:cut], passes[cut:]
+        kinds = ["fp32"] + ([f"recipe:{recipe.name}"] if tail else [])
+        settings = OptimizeSettings(candidates=kinds)
+        specs = [CandidateSpec(k, RecipeCandidateConfig()) for k in kinds]
+        return Plan(recipe, settings, specs, pre, tail)
+    if not isinstance(table, dict):
+        raise RecipeError("'optimize' must be a table ([optimize])", recipe.path)
+    top = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+    settings = _validate(OptimizeSettings, top, "[optimize]", recipe)
+    unknown = sorted(set(subs) - set(CONFIGS))
+    if unknown:
+        raise RecipeError(
+            f"[optimize]: unknown table(s) {', '.join(f'[optimize.{u}]' for u in unknown)} (known: {', '.join(k for k in CONFIGS if k != 'fp32')})",
+            recipe.path,
+        )
+    specs = []
+    for kind in settings.candidates:
+        if kind.startswith("recipe:"):
+            specs.append(CandidateSpec(kind, RecipeCandidateConfig()))
+            continue
+        cfg = _validate(CONFIGS[kind], subs.get(kind, {}), f"[optimize.{kind}]", recipe)
+        specs.append(CandidateSpec(kind, cfg))
+    if "fp32" not in settings.candidates:
+        specs.insert(0, CandidateSpec("fp32", RecipeCandidateConfig()))
+        settings.candidates = ["fp32"] + list(settings.candidates)
+    lossy = [p.key for p in passes if not p.exact]
+    if lossy:
+        raise RecipeError(
+            f"[optimize] recipes keep [[steps]] exact (preprocessing); lossy step(s) {', '.join(lossy)} belong in candidates",
+            recipe.path,
+        )
+    return Plan(recipe, settings, specs, passes, [])

@@ -1,0 +1,350 @@
+"""Choosing among candidates: verify, score, time interleaved against the input, decide.
+
+Rules (each row of the decision table records which one applied):
+
+1. **Verified**: ``onnx.checker`` + an ONNX Runtime session on the target provider + same
+   output shapes as the input model.  FP16 without CUDA: checker + the ONNX reference
+   evaluator on a few samples instead of ORT, and the row is "not timed".
+2. **Within budget**: ``reference_score - score <= max_drop`` with the ``quantize`` metrics
+   (``onnxopt.metrics``), scored against the *input* model on the evaluation data (else
+   calibration data, else synthesized inputs).
+3. **Timed**: the input model and every verified candidate run in interleaved blocks on the
+   target provider with the same feed (``onnxopt.bench.timing``); ``ratio =
+   median(input) / median(candidate)`` with a bootstrap 95% CI.
+4. **Eligible** = verified, within budget, timed, ``ratio >= min_ratio`` (0.97).
+5. **Choice**: a lossy candidate (INT8, pruned, FP16) must be faster than the best lossless
+   one (the simplified FP32 model) by ``min_gain`` (5%): a tie within noise does not
+   justify losing accuracy.  Among those, the highest ratio wins; else the FP32 model.
+6. **Confirmation**: the chosen model is timed once more against the input, interleaved (a
+   run below 1.0x is repeated once and both runs' samples pooled, so one burst of machine
+   noise cannot decide); if the ratio is below ``min_ratio`` it is rejected and the next
+   one is tried.  If even the simplified FP32 model fails, the input is written unchanged.
+
+Fast models get more runs: each timing round lasts about a second at least (capped by
+``time_budget``), because a ratio from 200 runs of 20 us is a coin toss on a busy machine.
+
+So the written model is never slower than the input (by the confirmation run) and never
+outside the budget.  The *choice* depends on timing and may differ between runs when two
+candidates are close; the bytes written for a given choice are deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxoptError, VerificationError
+from ..metrics import score as metric_score
+from .candidates import BuildEnv, Candidate
+
+__all__ = ["Row", "verify_candidate", "time_candidates", "decide", "render_decision_table"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    """One line of the decision table."""
+
+    name: str
+    kind: str
+    lossless: bool
+    source: str = ""
+    params: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    status: str = "rejected"  # chosen | eligible | rejected | refused | not timed
+    reason: str = ""
+    verified: bool = False
+    verification: str = ""  # "onnxruntime/cpu", "reference evaluator (8 samples)"
+    score: float | None = None
+    drop: float | None = None
+    within_budget: bool | None = None
+    timed: bool = False
+    ratio: float | None = None
+    ci95: list | None = None
+    latency_ms: float | None = None
+    confirm_ratio: float | None = None
+    size_bytes: int | None = None
+    build_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _size(model: onnx.ModelProto) -> int:
+    return int(model.ByteSize())
+
+
+def _reference_check(cand: Candidate, env: BuildEnv, samples: int) -> tuple[float, str]:
+    """FP16 on a machine without CUDA: checker + ONNX reference evaluator on a few samples."""
+    from onnx.reference import ReferenceEvaluator
+
+    from ..runtime import create_session
+
+    try:
+        onnx.checker.check_model(cand.model, full_check=True)
+    except Exception as exc:
+        raise VerificationError(
+            f"{cand.name}: onnx.checker rejects the model: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+    ds = env.evaluator.dataset
+    feed = next(ds.batches(samples, samples))
+    n = len(next(iter(feed.values())))
+    ref = create_session(env.reference, "cpu", error=VerificationError).run(None, feed)
+    try:
+        new = ReferenceEvaluator(cand.model).run(None, feed)
+    except Exception as exc:
+        raise VerificationError(
+            f"{cand.name}: the reference evaluator cannot run the model: {' '.join(str(exc).split())[:300]}"
+        ) from exc
+    for r, c in zip(ref, new, strict=True):
+        if np.shape(r) != np.shape(c):
+            raise VerificationError(
+                f"{cand.name}: output shape {list(np.shape(c))} != {list(np.shape(r))}"
+            )
+    labels = env.evaluator.labels[:n] if env.evaluator.labels is not None else None
+    metric = env.evaluator.metric
+    ref_score = metric_score(metric, ref, ref, labels)
+    return ref_score - metric_score(metric, ref, new, labels), f"reference evaluator ({n} samples)"
+
+
+def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -> Row:
+    """Verify and score one candidate (no timing)."""
+    from ..verify import check_model
+
+    row = Row(
+        cand.name,
+        cand.kind,
+        cand.lossless,
+        cand.source,
+        dict(cand.params),
+        list(cand.notes),
+        build_seconds=cand.build_seconds,
+    )
+    if cand.refused or cand.model is None:
+        row.status, row.reason = "refused", cand.refused or "not built"
+        return row
+    row.size_bytes = _size(cand.model)
+    ev = env.evaluator
+    try:
+        if not cand.timeable and cand.kind == "fp16":
+            row.drop, row.verification = _reference_check(cand, env, fp16_samples)
+            row.score = ev.reference_score - row.drop
+        else:
+            check_model(cand.model, provider=env.provider, label=cand.name)
+            outputs = ev.outputs(cand.model)
+            for r, c in zip(ev.ref_outputs, outputs, strict=True):
+                if np.shape(r) != np.shape(c):
+                    raise VerificationError(
+                        f"{cand.name}: output shape {list(np.shape(c))} != {list(np.shape(r))}"
+                    )
+            row.score = ev.score_outputs(outputs)
+            row.drop = ev.reference_score - row.score
+            row.verification = f"onnxruntime/{env.provider}"
+    except OnnxoptError as exc:
+        row.reason = f"failed verification: {exc}"
+        return row
+    except ValueError as exc:  # zip(strict=True): output count changed
+        row.reason = f"failed verification: {exc}"
+        return row
+    row.verified = True
+    row.within_budget = row.drop <= env.budget.max_drop + 1e-9
+    if not row.within_budget:
+        row.reason = (
+            f"over budget: {ev.metric} drop {row.drop:.2f} > {env.budget.max_drop:g} points"
+        )
+    if not cand.timeable:
+        row.status = "not timed"
+        row.reason = row.reason or "verified but not timed (no CUDA on this machine)"
+    return row
+
+
+class Timer:
+    """Sessions of the input and the candidates on the target provider, one shared feed."""
+
+    def __init__(
+        self,
+        input_model: onnx.ModelProto,
+        feed: dict,
+        provider: str,
+        *,
+        threads: int = 0,
+        runs: int = 200,
+        duration: float = 8.0,
+        min_seconds: float = 1.0,
+    ):
+        from ..runtime import create_session
+
+        self._create = lambda m: create_session(
+            m, provider, threads=threads or None, error=VerificationError
+        )
+        self.feed = feed
+        self.runs = runs
+        self.duration = duration
+        self.min_seconds = min(min_seconds, duration)
+        self.base = self._create(input_model)
+        self.sessions: dict[str, object] = {}
+        self.base_latency_ms: float | None = None
+
+    def add(self, name: str, model: onnx.ModelProto) -> None:
+        self.sessions[name] = self._create(model)
+
+    def _runs_for(self, n_sessions: int) -> int:
+        """At least ``runs`` per session, more for fast models: about ``min_seconds`` in all,
+        so that a burst of machine noise cannot decide a ratio (capped by ``duration``)."""
+        t0 = time.perf_counter()
+        for _ in range(5):
+            self.base.run(None, self.feed)
+        per_run = max((time.perf_counter() - t0) / 5, 1e-6)
+        want = int(self.min_seconds / (per_run * n_sessions))
+        return int(min(max(self.runs, want), 20000))
+
+    def measure(self, names: list[str], *, duration: float | None = None) -> dict[str, tuple]:
+        """name -> (Speedup vs input, candidate latencies, input latencies); one interleaved run."""
+        from ..bench.timing import speedup, time_interleaved
+
+        sess = [self.base] + [self.sessions[n] for n in names]
+        runs = self._runs_for(len(sess))
+        lat = time_interleaved(
+            sess, [self.feed] * len(sess), runs=runs, duration=duration or self.duration, block=5
+        )
+        if self.base_latency_ms is None:
+            self.base_latency_ms = float(np.median(lat[0]) * 1e3)
+        return {n: (speedup(lat[0], lat[i + 1]), lat[i + 1], lat[0]) for i, n in enumerate(names)}
+
+    def confirm(self, name: str) -> float:
+        """Ratio of ``name`` vs the input in a fresh interleaved run; a run below 1 is
+        repeated once and the two runs' samples pooled (one noisy burst must not decide)."""
+        from ..bench.timing import speedup
+
+        sp, lat, base = self.measure([name])[name]
+        if sp.ratio >= 1.0:
+            return sp.ratio
+        sp2, lat2, base2 = self.measure([name])[name]
+        return speedup(np.concatenate([base, base2]), np.concatenate([lat, lat2])).ratio
+
+
+def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer) -> None:
+    """Time every verified, timeable candidate against the input in one interleaved run."""
+    names = [r.name for r in rows if r.verified and cands[r.name].timeable]
+    for n in names:
+        timer.add(n, cands[n].model)
+    if not names:
+        return
+    res = timer.measure(names)
+    for r in rows:
+        if r.name in res:
+            sp, lat, _ = res[r.name]
+            r.timed = True
+            r.ratio, r.ci95 = sp.ratio, [sp.low, sp.high]
+            r.latency_ms = float(np.median(lat) * 1e3)
+
+
+def decide(
+    rows: list[Row], timer: Timer | None, *, min_ratio: float = 0.97, min_gain: float = 0.05
+) -> Row | None:
+    """Mark the chosen row (see the module docstring); None = write the input unchanged."""
+    eligible = [
+        r for r in rows if r.verified and r.within_budget and r.timed and r.ratio is not None
+    ]
+    for r in eligible:
+        if r.ratio < min_ratio:
+            r.reason = f"slower than the input: {r.ratio:.2f}x < {min_ratio:g}"
+    eligible = [r for r in eligible if r.ratio >= min_ratio]
+    lossless = sorted((r for r in eligible if r.lossless), key=lambda r: -r.ratio)
+    base_ratio = lossless[0].ratio if lossless else 1.0
+    need = base_ratio * (1 + min_gain)
+    lossy = []
+    for r in sorted((r for r in eligible if not r.lossless), key=lambda r: -r.ratio):
+        if r.ratio >= need:
+            lossy.append(r)
+        else:
+            r.reason = f"{r.ratio:.2f}x is not {min_gain:.0%} faster than lossless {base_ratio:.2f}x; accuracy loss not justified"
+    chosen = None
+    for r in lossy + lossless:
+        if timer is not None:
+            r.confirm_ratio = timer.confirm(r.name)
+            if r.confirm_ratio < min_ratio:
+                r.reason = f"confirmation run: {r.confirm_ratio:.2f}x < {min_ratio:g}"
+                continue
+        chosen = r
+        break
+    for r in rows:
+        if r is chosen:
+            r.status = "chosen"
+            if r.lossless:
+                failed = [
+                    x.name for x in rows if not x.lossless and x.reason.startswith("confirmation")
+                ]
+                r.reason = (
+                    f"lossy candidates failed confirmation ({', '.join(failed)}); simplified FP32 written"
+                    if failed
+                    else "nothing beat the input by the required margin; simplified FP32 written"
+                )
+            else:
+                r.reason = (
+                    f"fastest within budget ({r.ratio:.2f}x, confirmed {r.confirm_ratio:.2f}x)"
+                    if r.confirm_ratio
+                    else f"fastest within budget ({r.ratio:.2f}x)"
+                )
+        elif r.status not in ("refused", "not timed"):
+            if r in eligible and not r.reason:
+                r.status = "eligible"
+                r.reason = f"eligible but {chosen.name} is faster" if chosen else "eligible"
+            elif r in eligible:
+                r.status = "eligible" if not r.reason.startswith("confirmation") else "rejected"
+            else:
+                r.status = "rejected"
+                r.reason = r.reason or "not eligible"
+    return chosen
+
+
+def _fmt_ratio(row: dict) -> str:
+    if row.get("ratio") is None:
+        return "-"
+    lo, hi = row.get("ci95") or (None, None)
+    ci = f" [{lo:.2f},{hi:.2f}]" if lo is not None else ""
+    return f"{row['ratio']:.2f}x{ci}"
+
+
+def render_decision_table(report: dict) -> str:
+    """The decision table of an ``optimize`` report as aligned text (for the CLI and demo)."""
+    from ..cli.render import human_bytes, table
+
+    d = report.get("decision", report)
+    rows = d.get("rows", [])
+    headers = [
+        "candidate",
+        "status",
+        "speed vs input [95% CI]",
+        "latency ms",
+        f"{d.get('metric', 'metric')} (drop)",
+        "size",
+        "reason",
+    ]
+    body = []
+    for r in rows:
+        acc = "-" if r.get("score") is None else f"{r['score']:.2f} ({0.0 - r['drop'] + 0.0:+.2f})"
+        body.append(
+            [
+                r["name"],
+                r["status"],
+                _fmt_ratio(r),
+                "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
+                acc,
+                human_bytes(r["size_bytes"]) if r.get("size_bytes") else "-",
+                r.get("reason", ""),
+            ]
+        )
+    head = (
+        f"target {d.get('target')} (provider {d.get('provider')}), batch {d.get('batch')}, metric {d.get('metric')} "
+        f"on {d.get('data')}: input {d.get('reference_score', 0):.2f}, budget {d.get('max_accuracy_drop'):g} points; "
+        f"input latency {d.get('input_latency_ms') or 0:.3f} ms"
+    )
+    lines = [head, table(headers, body)]
+    lines.append(d.get("summary", ""))
+    return "\n".join(x for x in lines if x)

@@ -1,0 +1,81 @@
+"""Rewiring: remove the channels a group does not keep, everywhere the analysis says they go.
+
+Given the kept channel indices of some groups, every slot (producer weights and biases,
+per-channel parameters, consumer weights) is sliced at the kept positions of its layout,
+Reshape shape constants and depthwise ``group`` attributes follow the new sizes, stale
+``value_info`` is dropped and dead nodes / unused initializers are removed.  The graph's
+inputs and outputs are untouched, so output shapes stay the same.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..simplify.dead import remove_unused
+from .groups import Analysis, kept_positions
+from .weights import Fill, WeightStore, WeightWriter
+
+__all__ = ["select_keep", "apply_keep"]
+
+
+def select_keep(importance: np.ndarray, ratio: float) -> np.ndarray:
+    """Sorted indices of the channels kept when removing ``round(ratio * C)`` of the least
+    important (at least one channel stays; ties keep the lower index)."""
+    c = len(importance)
+    remove = min(c - 1, int(round(ratio * c)))
+    order = np.argsort(-np.asarray(importance, dtype=np.float64), kind="stable")
+    return np.sort(order[: c - remove]).astype(np.int64)
+
+
+def _take(value, axis: int, positions: np.ndarray):
+    if isinstance(value, Fill):
+        return value.take(axis, positions)
+    return np.take(value, positions, axis=axis)
+
+
+def apply_keep(model: onnx.ModelProto, analysis: Analysis, keep_by_group: dict[int, np.ndarray]) -> dict:
+    """Slice ``model`` in place so that group ``g`` keeps channels ``keep_by_group[g]``.
+
+    ``analysis`` must come from this very model (node indices).  Returns counts.
+    """
+    keep = analysis.source_keep(keep_by_group)
+    ws = WeightStore(model)
+    nodes = list(model.graph.node)
+    edits: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = defaultdict(list)
+    for slot in analysis.slots:
+        if not any(s.source in keep for s in slot.layout):
+            continue
+        edits[(slot.node, slot.input)].append((slot.axis, kept_positions(slot.layout, keep)))
+    writer = WeightWriter(model)
+    sliced = 0
+    for (ni, ii), ops in sorted(edits.items(), key=lambda kv: kv[0]):
+        node = nodes[ni]
+        value = ws.tensor(node.input[ii])
+        for axis, pos in ops:
+            value = _take(value, axis, pos)
+        writer.replace(node, ii, value)
+        sliced += 1
+    for s in analysis.shape_slots:
+        if not any(seg.source in keep for seg in s.layout):
+            continue
+        node = nodes[s.node]
+        target = ws.array(node.input[s.input]).copy()
+        target[s.position] = len(kept_positions(s.layout, keep))
+        writer.replace(node, s.input, target)
+    for a in analysis.attr_slots:
+        if not any(seg.source in keep for seg in a.layout):
+            continue
+        node = nodes[a.node]
+        size = len(kept_positions(a.layout, keep))
+        for attr in node.attribute:
+            if attr.name == a.name:
+                attr.CopyFrom(helper.make_attribute(a.name, int(size)))
+    writer.finish()
+    del model.graph.value_info[:]
+    dead = remove_unused(model)
+    removed = sum(analysis.groups[g].channels * len(analysis.groups[g].sources) - len(k) * len(analysis.groups[g].sources) for g, k in keep_by_group.items())
+    return {"tensors_sliced": sliced, "channels_removed": int(removed), "nodes_removed": dead.get("nodes", 0), "initializers_removed": dead.get("initializers", 0)}

@@ -1,0 +1,157 @@
+"""Refit the consumers of removed channels on calibration data (the original model teaches).
+
+For each consumer layer (Conv with group 1, Gemm, MatMul reading pruned channels), in graph
+order: run the *pruned* model (with the layers refitted so far) to get the layer's input
+and the *original* model to get the layer's output, batch by batch; accumulate the normal
+equations (``reconstruct.RidgeAccumulator``) and replace the layer's weights (and bias:
+one is added to a Conv / Gemm that had none) by the ridge solution, but only when it fits
+the original output better than the pruned weights do.  Output channels the layer itself
+lost are dropped from the target.  Layers with more than ``max_features`` inputs per
+output are skipped with a note (the normal equations would not fit in memory).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..core.progress import progress
+from .groups import node_label
+from .reconstruct import RidgeAccumulator, conv_pads, conv_patches, gather_outputs, sample_positions
+from .taps import iter_taps, tap_session
+from .weights import WeightStore, WeightWriter
+
+__all__ = ["RefitOptions", "refit_layers"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefitOptions:
+    ridge: float = 1e-3
+    max_samples: int | None = 512
+    max_rows: int = 4096  # sampled output positions per batch (conv)
+    max_features: int = 8192
+    seed: int = 0
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _find(model: onnx.ModelProto, output: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.output and n.output[0] == output)
+
+
+def refit_layers(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: list[tuple[str, np.ndarray | None]], dataset, *, provider: str = "cpu", options: RefitOptions | None = None) -> tuple[list[dict], list[str]]:
+    """Refit, in place in ``student``, the layers named by their output tensor.
+
+    ``layers``: ``(output name, kept output channels or None)`` in graph order.  Returns
+    per-layer records (relative output error before / after) and notes.
+    """
+    opts = options or RefitOptions()
+    rng = np.random.default_rng(opts.seed)
+    records, notes = [], []
+    teacher_sess = None
+    for out_name, keep_out in progress(layers, desc="reconstruct", unit="layer"):
+        node = _find(student, out_name)
+        label = node_label(node)
+        ws = WeightStore(student)
+        w_name = node.input[1]
+        if not ws.is_const(w_name):
+            notes.append(f"'{label}' not reconstructed: its weight is not a constant")
+            continue
+        op = node.op_type
+        if op == "Gemm" and (float(_attr(node, "alpha", 1.0)) != 1.0 or float(_attr(node, "beta", 1.0)) != 1.0 or int(_attr(node, "transA", 0))):
+            notes.append(f"'{label}' not reconstructed: Gemm with alpha/beta != 1 or transA")
+            continue
+        w = ws.array(w_name).astype(np.float64)
+        trans_b = int(_attr(node, "transB", 0)) if op == "Gemm" else 0
+        if op == "Conv":
+            m, d = w.shape[0], int(np.prod(w.shape[1:]))
+            w_flat = w.reshape(m, d).T
+        elif op == "Gemm":
+            w_flat = w.T if trans_b else w
+            d, m = w_flat.shape
+        else:
+            w_flat = w
+            d, m = w.shape
+        if d > opts.max_features:
+            notes.append(f"'{label}' not reconstructed: {d} inputs per output exceed max_features={opts.max_features}")
+            continue
+        has_bias = op in ("Conv", "Gemm")
+        b_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+        bias = None
+        if has_bias and b_name:
+            if not ws.is_const(b_name):
+                notes.append(f"'{label}' not reconstructed: its bias is not a constant")
+                continue
+            bias = np.broadcast_to(ws.array(b_name).astype(np.float64).reshape(-1), (m,)).copy()
+        x_name = node.input[0]
+        if teacher_sess is None:
+            teacher_sess = tap_session(teacher, [name for name, _ in layers], provider)
+        student_sess = tap_session(student, [x_name], provider)
+        acc = RidgeAccumulator(d, m, bias=has_bias)
+        conv = None
+        if op == "Conv":
+            kernel = list(w.shape[2:])
+            r = len(kernel)
+            conv = {
+                "kernel": kernel,
+                "strides": list(_attr(node, "strides", [1] * r)),
+                "dilations": list(_attr(node, "dilations", [1] * r)),
+                "auto_pad": _attr(node, "auto_pad", b"NOTSET"),
+                "pads": list(_attr(node, "pads", [0] * (2 * r))),
+            }
+            if isinstance(conv["auto_pad"], bytes):
+                conv["auto_pad"] = conv["auto_pad"].decode()
+        batches = list(dataset.batches(limit=opts.max_samples))
+        for feed, acts in iter_taps(student_sess, [x_name], batches):
+            x = acts[x_name]
+            y = teacher_sess.run([out_name], feed)[0]
+            if keep_out is not None:
+                y = np.take(y, keep_out, axis=1 if op == "Conv" else -1)
+            if op == "Conv":
+                pads = conv_pads(conv["auto_pad"], conv["pads"], x.shape[2:], conv["kernel"], conv["strides"], conv["dilations"])
+                pos = sample_positions(x.shape[0], y.shape[2:], opts.max_rows, rng)
+                rows, pos, _ = conv_patches(x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos)
+                acc.add(rows, gather_outputs(y, pos))
+            else:
+                acc.add(x.reshape(-1, d), y.reshape(-1, m))
+        if acc.n == 0:
+            notes.append(f"'{label}' not reconstructed: no calibration rows")
+            continue
+        before = acc.relative_error(w_flat, bias)
+        w_new, b_new = acc.solve(opts.ridge)
+        after = acc.relative_error(w_new, b_new)
+        applied = after < before
+        if applied:
+            _write(student, node, op, trans_b, w.shape, w_new, b_new, ws)
+        records.append({"layer": label, "op": op, "features": d, "outputs": m, "rows": acc.n, "error_before": before, "error_after": after if applied else before, "applied": bool(applied)})
+        log.info("reconstructed %s: relative error %.4f -> %.4f%s", label, before, after, "" if applied else " (kept pruned weights)")
+    return records, notes
+
+
+def _write(model, node, op, trans_b, w_shape, w_new, b_new, ws: WeightStore) -> None:
+    writer = WeightWriter(model)
+    dtype = np.float32 if ws.array(node.input[1]).dtype.kind != "f" else ws.array(node.input[1]).dtype
+    if op == "Conv":
+        w = w_new.T.reshape(w_shape)
+    elif op == "Gemm" and trans_b:
+        w = w_new.T
+    else:
+        w = w_new
+    writer.replace(node, 1, w.astype(dtype))
+    if b_new is not None:
+        if len(node.input) > 2 and node.input[2]:
+            writer.replace(node, 2, b_new.astype(dtype))
+        else:
+            writer.append(node, b_new.astype(dtype), base=f"{node.input[1]}_bias")
+    writer.finish()

@@ -1,0 +1,187 @@
+"""Constant weights as the prune passes see them, and the one place that rewrites them.
+
+A weight is a constant a node reads: an initializer (not overridable: in IR >= 4 an
+initializer that is also a graph input may be fed at run time, so it is not a constant),
+or the output of ``ConstantOfShape`` whose shape is itself a constant (a *fill*: the onnx
+wheel's architecture models keep their large weights that way).  A fill sliced along any
+axis is still a fill, so pruning rewrites its shape and never materializes it.
+
+``WeightWriter`` replaces what one node input reads.  An initializer read by that input
+alone is rewritten in place (same name); a shared one gets a fresh copy under a new name,
+so other readers keep their values.  In IR < 4 models every initializer is also a graph
+input; their declared shapes follow the new tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..graph import consumers, subgraphs, unique_name, used_names
+
+__all__ = ["Fill", "WeightStore", "WeightWriter", "Tensor"]
+
+
+@dataclass(frozen=True)
+class Fill:
+    """``ConstantOfShape(shape)`` with scalar ``value``: every element equals ``value``."""
+
+    shape: tuple[int, ...]
+    value: np.ndarray  # 0-d
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    def take(self, axis: int, positions: np.ndarray) -> Fill:
+        shape = list(self.shape)
+        shape[axis] = len(positions)
+        return Fill(tuple(shape), self.value)
+
+    def materialize(self) -> np.ndarray:
+        return np.full(self.shape, self.value, dtype=self.value.dtype)
+
+
+Tensor = "np.ndarray | Fill"
+
+
+class WeightStore:
+    """Read access to the constants of one graph (main graph only)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.model = model
+        inputs = {i.name for i in g.input}
+        overridable = inputs if model.ir_version >= 4 else set()
+        self.inits = {t.name: t for t in g.initializer if t.name not in overridable}
+        self.fills: dict[str, tuple[int, onnx.NodeProto]] = {}
+        for i, n in enumerate(g.node):
+            if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx") and n.input and n.input[0] in self.inits:
+                self.fills[n.output[0]] = (i, n)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def is_const(self, name: str) -> bool:
+        return bool(name) and (name in self.inits or name in self.fills)
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        if name in self.inits:
+            return tuple(int(d) for d in self.inits[name].dims)
+        if name in self.fills:
+            return self.fill(name).shape
+        return None
+
+    def fill(self, name: str) -> Fill | None:
+        if name not in self.fills:
+            return None
+        node = self.fills[name][1]
+        shape = tuple(int(d) for d in numpy_helper.to_array(self.inits[node.input[0]]).reshape(-1))
+        value = np.zeros((), dtype=np.float32)
+        for a in node.attribute:
+            if a.name == "value":
+                value = numpy_helper.to_array(a.t).reshape(())
+        return Fill(shape, value)
+
+    def tensor(self, name: str):
+        """The constant as an array, or as a ``Fill`` (never materialized here)."""
+        f = self.fill(name)
+        if f is not None:
+            return f
+        return self.array(name)
+
+    def array(self, name: str) -> np.ndarray:
+        """The constant as an array (fills are materialized)."""
+        if name in self._cache:
+            return self._cache[name]
+        if name in self.inits:
+            arr = numpy_helper.to_array(self.inits[name])
+        elif name in self.fills:
+            arr = self.fill(name).materialize()
+        else:
+            raise KeyError(name)
+        self._cache[name] = arr
+        return arr
+
+    def abs_sum(self, name: str, axis: int) -> np.ndarray:
+        """Per-index L1 norm of the constant along ``axis`` (cheap for fills)."""
+        f = self.fill(name)
+        if f is not None:
+            per = abs(float(f.value)) * (f.size // max(f.shape[axis], 1))
+            return np.full(f.shape[axis], per, dtype=np.float64)
+        arr = np.abs(self.array(name).astype(np.float64))
+        other = tuple(i for i in range(arr.ndim) if i != axis % arr.ndim)
+        return arr.sum(axis=other) if other else arr
+
+
+def _read_count(graph: onnx.GraphProto, name: str) -> int:
+    """Reads of ``name``: node input positions, graph outputs, subgraph outer-scope reads."""
+    n = sum(1 for node in graph.node for x in node.input if x == name)
+    n += sum(1 for o in graph.output if o.name == name)
+    n += sum(1 for node in consumers(graph).get(name, ()) if any(True for _ in subgraphs(node)))
+    return n
+
+
+class WeightWriter:
+    """Collects replacements of node inputs by new constants and applies them."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.taken = {t.name for t in self.graph.initializer} | {o for n in self.graph.node for o in n.output} | {i.name for i in self.graph.input}
+        self.taken |= used_names(self.graph)
+        self._fill_nodes: list[onnx.NodeProto] = []
+
+    def replace(self, node: onnx.NodeProto, index: int, value, *, base: str | None = None) -> str:
+        """Make ``node.input[index]`` read ``value`` (an array or a ``Fill``); returns the name."""
+        old = node.input[index]
+        g = self.graph
+        if isinstance(value, Fill):
+            shape_name = unique_name(f"{base or old}_shape", self.taken)
+            out = unique_name(base or f"{old}_pruned", self.taken)
+            g.initializer.append(numpy_helper.from_array(np.array(value.shape, dtype=np.int64), shape_name))
+            self._declare(shape_name)
+            self._fill_nodes.append(helper.make_node("ConstantOfShape", [shape_name], [out], name=unique_name(f"{out}_fill", self.taken), value=numpy_helper.from_array(np.array([value.value], dtype=value.value.dtype))))
+            node.input[index] = out
+            return out
+        arr = np.ascontiguousarray(value)
+        inits = {t.name: t for t in g.initializer}
+        if old in inits and _read_count(g, old) == 1 and not any(o.name == old for o in g.output):
+            t = inits[old]
+            t.CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(t).dtype, copy=False), old))
+            self._declare(old, update=True)
+            return old
+        name = unique_name(base or f"{old}_pruned", self.taken)
+        g.initializer.append(numpy_helper.from_array(arr, name))
+        self._declare(name)
+        node.input[index] = name
+        return name
+
+    def append(self, node: onnx.NodeProto, value: np.ndarray, *, base: str) -> str:
+        """Add ``value`` as a new initializer read by a new last input of ``node``."""
+        name = unique_name(base, self.taken)
+        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self._declare(name)
+        node.input.append(name)
+        return name
+
+    def _declare(self, name: str, update: bool = False) -> None:
+        """IR < 4: initializers are graph inputs too; keep the declared type in step."""
+        if self.model.ir_version >= 4:
+            return
+        t = next(t for t in self.graph.initializer if t.name == name)
+        vi = helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+        for i, inp in enumerate(self.graph.input):
+            if inp.name == name:
+                self.graph.input[i].CopyFrom(vi)
+                return
+        self.graph.input.append(vi)
+
+    def finish(self) -> None:
+        """Put new fill nodes first (their inputs are initializers, so order stays topological)."""
+        if self._fill_nodes:
+            nodes = list(self._fill_nodes) + list(self.graph.node)
+            del self.graph.node[:]
+            self.graph.node.extend(nodes)
+            self._fill_nodes = []

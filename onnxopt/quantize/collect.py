@@ -1,0 +1,173 @@
+"""Activation ranges from calibration data, streamed batch by batch.
+
+The model is augmented to expose the tensors to calibrate (every float tensor that a node
+reads or writes, initializers excluded, as ONNX Runtime's calibrator selects them):
+
+- ``minmax``: each tensor gets a ``ReduceMin`` and a ``ReduceMax`` over all axes
+  (``keepdims=0``), so a batch returns two scalars per tensor;
+- ``percentile`` / ``entropy``: each tensor becomes a graph output and its values go into a
+  fixed-size histogram (``calibrate.Histogram``).
+
+The augmented model runs once per batch of ``Dataset.batches()``; after each batch only
+the statistics are kept, so peak memory is one batch's activations whatever the number of
+samples.  Graph inputs are read from the feed itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..core.progress import progress
+from ..errors import DataError, VerificationError
+from ..runtime import create_session
+from .calibrate import DEFAULT_BINS, DEFAULT_PERCENTILE, DEFAULT_QUANTIZED_BINS, RangeStats
+
+__all__ = ["CalibrationRanges", "tensors_to_calibrate", "augment_for_calibration", "collect_ranges"]
+
+log = logging.getLogger(__name__)
+
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16}
+
+
+@dataclass
+class CalibrationRanges:
+    """``ranges``: tensor name -> ``(lo, hi)``; what was measured, on how much data."""
+
+    method: str
+    ranges: dict[str, tuple[float, float]]
+    samples: int = 0
+    batches: int = 0
+    tensors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": self.tensors, "notes": list(self.notes)}
+
+
+def _typed_values(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every value the model knows (after ONNX shape inference)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # keep what the model already declares
+        log.debug("shape inference failed for calibration: %s", exc)
+        inferred = model
+    types = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, op_types=None) -> list[str]:
+    """Float tensors read or written by the main graph's nodes (initializers excluded), in
+    graph order; ``op_types`` restricts to the inputs/outputs of those op types."""
+    inits = {t.name for t in model.graph.initializer}
+    types = _typed_values(model)
+    seen, out = set(), []
+    for node in model.graph.node:
+        if op_types and node.op_type not in op_types:
+            continue
+        for name in list(node.input) + list(node.output):
+            if not name or name in seen or name in inits:
+                continue
+            seen.add(name)
+            if types.get(name) in _FLOATS:
+                out.append(name)
+    return out
+
+
+def augment_for_calibration(model: onnx.ModelProto, tensors: list[str], method: str, types: dict[str, int] | None = None) -> tuple[onnx.ModelProto, list[tuple[str, str, str]]]:
+    """A copy of ``model`` exposing the statistics of ``tensors``.
+
+    Returns the augmented model and, per calibrated tensor that is not a graph input, the
+    ``(tensor, output_a, output_b)`` names to read (``output_b`` is empty for histograms).
+    """
+    types = types if types is not None else _typed_values(model)
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    graph = aug.graph
+    inputs = {i.name for i in graph.input}
+    existing = {o.name for o in graph.output}
+    taken = {n for node in graph.node for n in list(node.input) + list(node.output)} | inputs | {t.name for t in graph.initializer}
+    reads = []
+    for i, name in enumerate(tensors):
+        if name in inputs:
+            continue
+        if method == "minmax":
+            outs = []
+            for op in ("ReduceMin", "ReduceMax"):
+                out = f"onnxopt_calib_{i}_{op}"
+                while out in taken:
+                    out += "_"
+                taken.add(out)
+                # no axes: reduce over all axes (attribute before opset 18, input after)
+                graph.node.append(helper.make_node(op, [name], [out], name=out, keepdims=0))
+                graph.output.append(helper.make_tensor_value_info(out, types.get(name, TensorProto.FLOAT), None))
+                outs.append(out)
+            reads.append((name, outs[0], outs[1]))
+        else:
+            if name not in existing:
+                graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
+                existing.add(name)
+            reads.append((name, name, ""))
+    return aug, reads
+
+
+def collect_ranges(
+    model: onnx.ModelProto,
+    dataset,
+    *,
+    method: str = "minmax",
+    batch_size: int | None = None,
+    limit: int | None = None,
+    provider: str = "cpu",
+    tensors: list[str] | None = None,
+    bins: int = DEFAULT_BINS,
+    percentile: float = DEFAULT_PERCENTILE,
+    num_quantized_bins: int = DEFAULT_QUANTIZED_BINS,
+) -> CalibrationRanges:
+    """Stream ``dataset`` through the augmented model and return the activation ranges.
+
+    Raises ``DataError`` when the dataset yields no batch, ``VerificationError`` when the
+    augmented model cannot run (the input model itself was checked before).
+    """
+    stats = RangeStats(method, bins=bins, percentile=percentile, num_quantized_bins=num_quantized_bins)
+    names = tensors if tensors is not None else tensors_to_calibrate(model)
+    aug, reads = augment_for_calibration(model, names, method)
+    sess = create_session(aug, provider, optimization_level="disable", error=VerificationError)
+    out_names = [o.name for o in sess.get_outputs()]
+    wanted = sorted({r[1] for r in reads} | {r[2] for r in reads if r[2]}, key=out_names.index)
+    input_names = {i.name for i in sess.get_inputs()}
+    graph_inputs = [n for n in names if n in input_names]
+    samples = batches = 0
+    for feed in progress(dataset.batches(batch_size, limit), desc="calibrate", unit="batch"):
+        try:
+            values = dict(zip(wanted, sess.run(wanted, feed), strict=True))
+        except Exception as exc:
+            raise VerificationError(f"calibration run failed: {' '.join(str(exc).split())[:300]}") from exc
+        for tensor, a, b in reads:
+            if b:
+                lo, hi = np.asarray(values[a]), np.asarray(values[b])
+                if lo.size and hi.size:
+                    stats.update_range(tensor, float(lo.min()), float(hi.max()))
+            else:
+                stats.update(tensor, values[a])
+        for name in graph_inputs:
+            stats.update(name, feed[name])
+        first = next(iter(feed.values()))
+        samples += int(first.shape[0]) if first.ndim else 1
+        batches += 1
+        del values
+    if batches == 0:
+        raise DataError("calibration data yielded no batch (empty, or fewer samples than the model's fixed batch size)", getattr(dataset, "source", None))
+    ranges = stats.ranges()
+    notes = []
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        notes.append(f"{len(missing)} tensor(s) had no finite value in the calibration data and get no range: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return CalibrationRanges(method, ranges, samples, batches, len(names), notes)

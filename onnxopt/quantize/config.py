@@ -1,0 +1,117 @@
+"""One quantization configuration (a candidate of ``auto``), validated, ORT-independent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..errors import UsageError
+
+__all__ = [
+    "MODES",
+    "FORMATS",
+    "INT_TYPES",
+    "QuantConfig",
+    "WEIGHTED_OP_TYPES",
+    "dynamic_op_types",
+    "static_op_types",
+    "known_op_types",
+    "check_choice",
+]
+
+MODES = ("auto", "dynamic", "static")
+FORMATS = ("qdq", "qoperator")
+INT_TYPES = ("int8", "uint8")
+
+# Ops with weights: the nodes whose exclusion the accuracy-budget search decides.
+WEIGHTED_OP_TYPES = ("Attention", "Conv", "ConvTranspose", "Gemm", "LSTM", "MatMul")
+
+
+def dynamic_op_types() -> tuple[str, ...]:
+    """ONNX Runtime's IntegerOps registry, plus Gemm: onnxopt rewrites a Gemm with constant
+    weights into MatMul + Add before dynamic quantization (ORT has no integer Gemm)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    return tuple(sorted(set(IntegerOpsRegistry) | {"Gemm"}))
+
+
+def static_op_types() -> tuple[str, ...]:
+    """What ``quantize_static`` quantizes by default: the QLinear and QDQ registries."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return tuple(sorted(set(QLinearOpsRegistry) | set(QDQRegistry)))
+
+
+def known_op_types() -> tuple[str, ...]:
+    return tuple(sorted(set(dynamic_op_types()) | set(static_op_types())))
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how.  ``op_types`` None: the mode's defaults (see ``op_types_for``)."""
+
+    mode: str = "dynamic"  # dynamic | static
+    format: str = "qdq"  # qdq | qoperator (static only; dynamic is always operator-based)
+    method: str = "minmax"  # minmax | percentile | entropy (static only)
+    per_channel: bool = False
+    reduce_range: bool = False
+    weight_type: str = "int8"
+    activation_type: str = "uint8"
+    op_types: tuple[str, ...] | None = None
+    exclude: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, ("dynamic", "static"))
+        check_choice("format", self.format, FORMATS)
+        from .calibrate import METHODS
+
+        check_choice("method", self.method, METHODS)
+        check_choice("weight type", self.weight_type, INT_TYPES)
+        check_choice("activation type", self.activation_type, INT_TYPES)
+        if self.op_types is not None:
+            known = set(known_op_types())
+            bad = [t for t in self.op_types if t not in known]
+            if bad:
+                raise UsageError(f"unknown op type(s) {', '.join(bad)} for --op-types (quantizable: {', '.join(sorted(known))})")
+        if self.mode == "static" and self.activation_type == "int8" and self.weight_type == "uint8":
+            raise UsageError("int8 activations with uint8 weights is not supported by ONNX Runtime; use --weight-type int8")
+
+    @property
+    def label(self) -> str:
+        if self.mode == "dynamic":
+            base = "dynamic"
+        else:
+            base = "static" if self.format == "qdq" else "static qoperator"
+        base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
+        return base + (" reduce-range" if self.reduce_range else "")
+
+    def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
+        """The op types to quantize: explicit ``op_types``, else the mode's defaults.  On CPU,
+        dynamic mode leaves Conv alone (ConvInteger is usually slower than FP32 there)."""
+        if self.op_types is not None:
+            return tuple(self.op_types)
+        if self.mode == "dynamic":
+            return tuple(t for t in dynamic_op_types() if not (t == "Conv" and provider == "cpu"))
+        return static_op_types()
+
+    def with_(self, **kw) -> QuantConfig:
+        return replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        d = {
+            "mode": self.mode,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "weight_type": self.weight_type,
+        }
+        if self.mode == "static":
+            d.update(format=self.format, method=self.method, activation_type=self.activation_type)
+        if self.op_types is not None:
+            d["op_types"] = list(self.op_types)
+        if self.exclude:
+            d["exclude"] = sorted(self.exclude)
+        return d

@@ -1,0 +1,201 @@
+"""Building one quantized candidate: quantizable nodes, ORT builds, validity repair, budget.
+
+``CandidateBuilder(base, config, ...)`` is callable as ``builder(excluded) -> ModelProto``:
+ORT's quantizer run with those nodes left in float, repaired by ``validity.build_valid``
+until valid, cached per exclusion set.  ``evaluate_candidate`` adds the accuracy figures
+(and the budget search when a budget is given).  Both are what ``api.quantize`` runs for
+each candidate of ``auto`` and what ``optimize`` may call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..errors import OnnxoptError
+from ..io import model_nbytes
+from ..metrics import Budget, Evaluator
+from .config import WEIGHTED_OP_TYPES, QuantConfig
+from .ort_backend import quantize_with_ort, touched_nodes
+from .preprocess import WEIGHT_INPUTS
+from .sensitivity import BudgetFit, fit_budget, score_model
+from .speed import SpeedRow
+from .validity import Fallback, build_valid, validate_candidate
+
+__all__ = ["CandidateBuilder", "CandidateResult", "evaluate_candidate"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CandidateResult:
+    """One row of the candidates table."""
+
+    config: QuantConfig
+    status: str = "pending"
+    model: onnx.ModelProto | None = None
+    quantizable: int = 0
+    quantized: list[str] = field(default_factory=list)
+    fallbacks: list[Fallback] = field(default_factory=list)
+    fit: BudgetFit | None = None
+    score: float | None = None
+    drop: float | None = None
+    rel_l2: float | None = None
+    within_budget: bool | None = None
+    speed: SpeedRow | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    def to_dict(self, *, timing: bool = True) -> dict:
+        d = {
+            "label": self.label,
+            "config": self.config.to_dict(),
+            "status": self.status,
+            "quantizable_nodes": self.quantizable,
+            "quantized_nodes": len(self.quantized),
+            "fallbacks": [f.to_dict() for f in self.fallbacks],
+            "score": self.score,
+            "drop": self.drop,
+            "rel_l2": self.rel_l2,
+            "within_budget": self.within_budget,
+            "size_bytes": self.size_bytes,
+            "size_ratio": self.size_ratio,
+            "notes": list(self.notes),
+        }
+        if self.fit is not None:
+            d["budget_search"] = self.fit.to_dict()
+            d["excluded"] = self.fit.excluded
+        if timing:
+            d["seconds"] = round(self.seconds, 3)
+            d["speed"] = self.speed.to_dict() if self.speed else None
+        return d
+
+
+class CandidateBuilder:
+    """``builder(excluded)``: a valid quantized model of ``base`` under ``config``.
+
+    ``base`` is the prepared model (for dynamic mode, after ``gemm_to_matmul``); ``ranges``
+    are the calibration ranges (static mode); ``feed`` / ``reference`` are a small input and
+    the FP32 outputs on it for the run-time validity check.
+    """
+
+    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32):
+        self.base = base
+        self.config = config
+        self.ranges = ranges
+        self.provider = provider
+        self.feed = feed
+        self.reference = reference
+        self.max_builds = max_builds
+        types = set(config.op_types_for(provider))
+        self.op_types = {n.name: n.op_type for n in base.graph.node}
+        self.candidates = [n.name for n in base.graph.node if n.op_type in types and n.name not in config.exclude]
+        inits = {t.name for t in base.graph.initializer}
+        self.node_tensors = {n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))} for n in base.graph.node if n.name in set(self.candidates)}
+        self.notes: list[str] = []
+        self._cache: dict[frozenset, tuple[onnx.ModelProto, list[Fallback]]] = {}
+        self.builds = 0
+
+    def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None) -> onnx.ModelProto:
+        self.builds += 1
+        return quantize_with_ort(self.base, self.config, ranges=self.ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude, per_tensor=per_tensor, notes=self.notes)
+
+    def validate(self, model: onnx.ModelProto) -> str | None:
+        return validate_candidate(model, provider=self.provider, feed=self.feed, reference=self.reference)
+
+    def build(self, excluded: frozenset = frozenset()) -> tuple[onnx.ModelProto, list[Fallback]]:
+        key = frozenset(excluded)
+        if key not in self._cache:
+            can_per_tensor = self.config.mode == "static" and self.config.format == "qdq"
+            self._cache[key] = build_valid(
+                self.raw,
+                [c for c in self.candidates if c not in key],
+                validate=self.validate,
+                node_tensors=self.node_tensors,
+                op_types=self.op_types,
+                per_channel=self.config.per_channel,
+                can_per_tensor=can_per_tensor,
+                exclude=key,
+                max_builds=self.max_builds,
+                label=self.config.label,
+            )
+        return self._cache[key]
+
+    def __call__(self, excluded: frozenset = frozenset()) -> onnx.ModelProto:
+        return self.build(excluded)[0]
+
+    def search_nodes(self, quantized: list[str]) -> list[str]:
+        """The quantized nodes the budget search may leave in float: those with weights (all
+        quantized nodes when none has weights)."""
+        weighted = [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES]
+        return weighted or list(quantized)
+
+
+def evaluate_candidate(
+    builder: CandidateBuilder,
+    evaluator: Evaluator,
+    *,
+    budget: Budget | None = None,
+    search_evaluator: Evaluator | None = None,
+    max_evals: int = 40,
+    how: str = "float-one",
+    reference_bytes: int | None = None,
+) -> CandidateResult:
+    """Build, validate, score (and fit to ``budget``) one candidate; never raises for a
+    candidate-level failure (the row's status says what happened)."""
+    res = CandidateResult(builder.config)
+    t0 = time.perf_counter()
+    res.quantizable = len(builder.candidates)
+    if not builder.candidates:
+        res.status = "nothing to quantize"
+        res.notes.append(f"no node of the op types {', '.join(builder.config.op_types_for(builder.provider))}")
+        return res
+    try:
+        model, fallbacks = builder.build(frozenset())
+    except OnnxoptError as exc:
+        res.status = "invalid"
+        res.notes.append(str(exc))
+        res.seconds = time.perf_counter() - t0
+        return res
+    res.quantized = touched_nodes(builder.base, model, builder.candidates)
+    if not res.quantized:
+        res.status = "nothing to quantize"
+        res.notes.append("ONNX Runtime's quantizer left every node in float")
+        res.seconds = time.perf_counter() - t0
+        return res
+    try:
+        if budget is not None:
+            fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, search_evaluator=search_evaluator, max_evals=max_evals, how=how, op_types=builder.op_types)
+            res.fit = fit
+            model = fit.model
+            excluded = frozenset(e["node"] for e in fit.excluded)
+            fallbacks = builder.build(excluded)[1]
+            res.quantized = touched_nodes(builder.base, model, builder.candidates)
+            res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
+            res.rel_l2 = score_model(evaluator, model)[1]
+        else:
+            res.score, res.rel_l2 = score_model(evaluator, model)
+            res.drop = evaluator.reference_score - res.score
+    except OnnxoptError as exc:
+        res.status = "invalid"
+        res.notes.append(str(exc))
+        res.seconds = time.perf_counter() - t0
+        return res
+    res.model = model
+    res.fallbacks = list(fallbacks)
+    res.size_bytes = model_nbytes(model)
+    if reference_bytes:
+        res.size_ratio = res.size_bytes / reference_bytes
+    res.status = "over budget" if res.within_budget is False else "ok"
+    res.notes.extend(n for n in builder.notes[:5] if n not in res.notes)
+    res.seconds = time.perf_counter() - t0
+    return res

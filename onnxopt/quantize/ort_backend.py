@@ -1,0 +1,253 @@
+"""ONNX Runtime's quantizer, driven with onnxopt's own calibration ranges.
+
+``quantize_with_ort`` does what ``quantize_static`` / ``quantize_dynamic`` do after
+calibration (ORT shape inference, opset update, argument check, ``QDQQuantizer`` /
+``ONNXQuantizer``) but takes the activation ranges as ``{tensor: (lo, hi)}`` computed by
+``collect.collect_ranges``, so ORT's calibrators (which keep every batch's outputs) never
+run.  Nothing is written to the output location; temporary files stay in a temp folder.
+
+Per-channel QDQ is requested weight by weight (``TensorQuantOverrides`` with an ``axis``)
+rather than with ORT's global ``per_channel`` flag, so that single nodes can fall back to
+per-tensor while the others stay per-channel (see ``validity``).  ORT's own warnings
+(``logging.warning`` on the root logger) are captured into the returned notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import traceback
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .config import QuantConfig
+
+__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging"]
+
+log = logging.getLogger(__name__)
+
+
+class QuantizerFailure(Exception):
+    """ORT's quantizer raised; ``names`` are node/tensor names found in its traceback."""
+
+    def __init__(self, message: str, names: set[str] | None = None):
+        super().__init__(message)
+        self.names = names or set()
+
+
+class _Capture(logging.Handler):
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record):
+        msg = " ".join(str(record.getMessage()).split())
+        if "pre-process" in msg or "pre-processing" in msg:
+            return  # onnxopt pre-processes; ORT's generic advice is noise here
+        if msg not in self.sink:
+            self.sink.append(msg[:240])
+
+
+@contextlib.contextmanager
+def capture_ort_logging(sink: list[str]):
+    """Route ORT's root-logger warnings into ``sink`` instead of stderr while quantizing."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [_Capture(sink)]
+    root.setLevel(logging.WARNING)
+    try:
+        yield sink
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def per_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
+    """The output-channel axis of a node's weight (input 1), None when per-channel makes no sense."""
+    if weight_rank < 2:
+        return None
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if _attrs(node).get("transB", 0) else 1
+    if node.op_type == "MatMul":
+        return weight_rank - 1
+    return None
+
+
+def _names_in_traceback(exc: BaseException) -> set[str]:
+    """Strings held by ``node`` / ``tensor_name`` / ``weight_name`` locals of ORT's frames."""
+    names = set()
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if "onnxruntime" not in frame.f_code.co_filename:
+            continue
+        for key in ("tensor_name", "weight_name", "bias_name", "input_name", "node"):
+            v = frame.f_locals.get(key)
+            if isinstance(v, str):
+                names.add(v)
+            elif isinstance(v, onnx.NodeProto):
+                names.add(v.name)
+    return names
+
+
+def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nodes_to_quantize, exclude, per_tensor) -> dict:
+    """Per-channel overrides ``{weight: [{"axis": k}]}`` for the weighted nodes to quantize."""
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            uses.setdefault(x, []).append(n)
+    overrides = {}
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or n.op_type not in op_types:
+            continue
+        if n.name in exclude or (nodes_to_quantize and n.name not in nodes_to_quantize) or len(n.input) < 2:
+            continue
+        w = n.input[1]
+        if w not in inits:
+            continue
+        users = uses.get(w, [])
+        if any(u.name in per_tensor for u in users):
+            continue  # a shared weight goes per-tensor when any of its users must
+        axis = per_channel_axis(n, len(inits[w].dims))
+        if axis is None:
+            continue
+        if w in overrides and overrides[w][0]["axis"] != axis:
+            overrides.pop(w)  # users disagree on the axis: per-tensor
+            continue
+        entry = {"axis": axis}
+        if config.reduce_range:
+            entry["reduce_range"] = True
+        overrides[w] = [entry]
+    return overrides
+
+
+def quantize_with_ort(
+    model: onnx.ModelProto,
+    config: QuantConfig,
+    *,
+    ranges: dict[str, tuple[float, float]] | None = None,
+    provider: str = "cpu",
+    nodes_to_quantize: set[str] | None = None,
+    exclude: set[str] | frozenset = frozenset(),
+    per_tensor: set[str] | frozenset = frozenset(),
+    notes: list[str] | None = None,
+) -> onnx.ModelProto:
+    """Quantize ``model`` (prepared: weights as initializers, shapes inferred) with ORT.
+
+    Static mode needs ``ranges``.  ``exclude`` (plus ``config.exclude``) stay in float;
+    ``nodes_to_quantize`` restricts to those nodes; ``per_tensor`` are weighted nodes that
+    must not be per-channel.  ORT errors become ``QuantizerFailure``.
+    """
+    from onnxruntime.quantization.quant_utils import (
+        QuantFormat,
+        QuantizationMode,
+        save_and_reload_model_with_shape_infer,
+        update_opset_version,
+    )
+
+    notes = notes if notes is not None else []
+    op_types = list(config.op_types_for(provider))
+    excluded = sorted(set(exclude) | set(config.exclude))
+    only = sorted(nodes_to_quantize) if nodes_to_quantize else []
+    wt, at = _qtype(config.weight_type), _qtype(config.activation_type)
+    try:
+        with capture_ort_logging(notes):
+            m = save_and_reload_model_with_shape_infer(copy.deepcopy(model))
+            if config.mode == "dynamic":
+                from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+                m = update_opset_version(m, wt)
+                q = ONNXQuantizer(m, config.per_channel, config.reduce_range, QuantizationMode.IntegerOps, False, wt, _qtype("uint8"), None, only, excluded, op_types, {"MatMulConstBOnly": True})
+            else:
+                if ranges is None:
+                    raise ValueError("static quantization needs calibration ranges")
+                from onnxruntime.quantization.calibrate import (
+                    CalibrationMethod,
+                    TensorData,
+                    TensorsData,
+                )
+                from onnxruntime.quantization.quantize import check_static_quant_arguments
+
+                tensors = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()})
+                extra: dict = {}
+                per_channel = config.per_channel
+                if config.format == "qdq" and config.per_channel:
+                    extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), set(per_tensor))
+                    per_channel = False
+                fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
+                m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
+                check_static_quant_arguments(fmt, at, wt)
+                if fmt is QuantFormat.QDQ:
+                    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+                    q = QDQQuantizer(m, per_channel, config.reduce_range, wt, at, tensors, only, excluded, op_types, extra)
+                else:
+                    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+                    q = ONNXQuantizer(m, per_channel, config.reduce_range, QuantizationMode.QLinearOps, True, wt, at, tensors, only, excluded, op_types, extra)
+            q.quantize_model()
+            out = q.model.model
+    except Exception as exc:
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+        raise QuantizerFailure(f"ONNX Runtime's quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
+    _clean(out)
+    return out
+
+
+def _clean(model: onnx.ModelProto) -> None:
+    """Drop opset imports no node uses (ORT adds several) and sort nothing else."""
+    used = {n.domain or "" for n in model.graph.node}
+    for f in model.functions:
+        used |= {n.domain or "" for n in f.node}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def touched_nodes(fp_model: onnx.ModelProto, q_model: onnx.ModelProto, candidates: list[str]) -> list[str]:
+    """Which of ``candidates`` (node names of ``fp_model``) the quantizer changed.
+
+    A node counts as quantized when it is gone from the output (QOperator / dynamic
+    replace it) or, in QDQ form, when its weight or one of its inputs now comes from a
+    ``DequantizeLinear`` or its output feeds a ``QuantizeLinear``.
+    """
+    q_by_name = {n.name: n for n in q_model.graph.node}
+    producers = {o: n for n in q_model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in q_model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    fp_ops = {n.name: n.op_type for n in fp_model.graph.node}
+    out = []
+    for name in candidates:
+        qn = q_by_name.get(name)
+        if qn is None or qn.op_type != fp_ops.get(name):
+            out.append(name)
+            continue
+        def from_dq(x: str) -> bool:
+            return producers.get(x) is not None and producers[x].op_type == "DequantizeLinear"
+
+        if qn.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(qn.input) > 1:
+            if from_dq(qn.input[1]):
+                out.append(name)
+            continue
+        to_q = any(c.op_type == "QuantizeLinear" for o in qn.output for c in consumers.get(o, []))
+        if to_q and any(from_dq(x) for x in qn.input):
+            out.append(name)
+    return out

@@ -1,0 +1,334 @@
+"""Pre-processing that lets ONNX Runtime's quantizer work on exported graphs as they are.
+
+Steps (each in place on a copy; the result is verified against the input by ``prepare``):
+
+1. ``Constant`` nodes -> initializers (``onnxopt.simplify``), then constant folding.
+2. ``materialize_weights``: a weight (input 1/2 of Conv, ConvTranspose, Gemm, MatMul, ...)
+   computed by a constant subgraph (``ConstantOfShape``, ``Cast``/``Reshape``/``Transpose``
+   of constants, ...) becomes an initializer whatever its size.  ORT's quantizer refuses
+   such weights ("... to be an initializer") or silently leaves the node in float.
+3. Nameless nodes get unique names (node exclusion and reports need them).
+4. ``upgrade_opset``: opset < 13 -> 13 with ONNX's version converter (per-channel
+   ``DequantizeLinear`` needs ``axis``, opset 13; ORT's quantizer would merely relabel an old
+   opset as 11), IR version raised to match, initializer-backed inputs of IR < 4 dropped.
+5. ``ort_pre_process``: ORT's ``quant_pre_process`` (symbolic shape inference + basic graph
+   optimization such as Conv+BatchNormalization folding) where it succeeds and verifies.
+6. ONNX shape inference stored in ``value_info``.
+
+``gemm_to_matmul`` (dynamic mode only): ``Gemm(A, B, C)`` with constant ``B``, ``transA=0``
+becomes ``MatMul(A, alpha * op(B)) [+ Add(beta * C)]`` so that dynamic quantization (which
+has no integer Gemm) applies; the MatMul keeps the Gemm's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import OnnxoptError
+from ..simplify.constants import constants_to_initializers
+from ..simplify.dead import remove_unused
+from ..simplify.fold import fold_constants
+
+__all__ = [
+    "Prepared",
+    "name_nodes",
+    "materialize_weights",
+    "upgrade_opset",
+    "ort_pre_process",
+    "gemm_to_matmul",
+    "infer_shapes",
+    "prepare",
+]
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET = 13
+# op type -> input positions that hold weights / biases (quantized as constants)
+WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "Attention": (1, 2), "LSTM": (1, 2, 3), "Gather": (0,)}
+_MAX_EVAL_DEPTH = 8
+
+
+@dataclass
+class Prepared:
+    model: onnx.ModelProto
+    counts: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give every nameless main-graph node a unique ``<OpType>_<index>`` name."""
+    taken = {n.name for n in model.graph.node if n.name}
+    count = 0
+    for i, n in enumerate(model.graph.node):
+        if n.name:
+            continue
+        name, k = f"{n.op_type}_{i}", 0
+        while name in taken:
+            k += 1
+            name = f"{n.op_type}_{i}_{k}"
+        n.name = name
+        taken.add(name)
+        count += 1
+    return count
+
+
+def _eval_node(node: onnx.NodeProto, values: list[np.ndarray], opsets) -> list[np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    n = onnx.NodeProto()
+    n.CopyFrom(node)
+    feeds = {}
+    for i, x in enumerate(node.input):
+        if x:
+            n.input[i] = f"in{i}"
+            feeds[f"in{i}"] = values[i]
+    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for k, v in feeds.items()]
+    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]
+    m = helper.make_model(helper.make_graph([n], "w", inputs, outputs), opset_imports=list(opsets))
+    return [np.asarray(r) for r in ReferenceEvaluator(m).run(None, feeds)]
+
+
+def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
+    """Turn constant-computed weights of quantizable ops into initializers (in place).
+
+    A value is constant when it is an initializer that no graph input overrides, or the
+    output of a deterministic standard node without subgraphs whose inputs are constant
+    (followed up to 8 producers deep).  Returns (count, notes).
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    graph_inputs = {i.name for i in g.input}
+    producers = {o: n for n in g.node for o in n.output}
+    cache: dict[str, np.ndarray | None] = {}
+    notes: list[str] = []
+
+    def value(name: str, depth: int = 0) -> np.ndarray | None:
+        if name in cache:
+            return cache[name]
+        out = None
+        if name in inits and (name not in graph_inputs or model.ir_version < 4):
+            out = numpy_helper.to_array(inits[name])
+        elif name in producers and depth < _MAX_EVAL_DEPTH:
+            node = producers[name]
+            if node.domain in ("", "ai.onnx") and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) and not node.op_type.startswith("Random"):
+                vals = []
+                for x in node.input:
+                    v = value(x, depth + 1) if x else None
+                    if x and v is None:
+                        vals = None
+                        break
+                    vals.append(v)
+                if vals is not None:
+                    try:
+                        res = _eval_node(node, vals, model.opset_import)
+                        out = res[list(node.output).index(name)]
+                    except Exception as exc:  # an op the reference evaluator cannot run
+                        notes.append(f"weight '{name}' left computed: {node.op_type} not evaluable ({' '.join(str(exc).split())[:80]})")
+        cache[name] = out
+        return out
+
+    count = 0
+    done = set()
+    for node in list(g.node):
+        for pos in WEIGHT_INPUTS.get(node.op_type, ()):
+            if pos >= len(node.input) or not node.input[pos]:
+                continue
+            name = node.input[pos]
+            if name in done or (name in inits and name not in graph_inputs):
+                continue
+            if name not in producers:
+                continue
+            v = value(name)
+            if v is None or v.dtype.kind != "f":
+                continue
+            t = numpy_helper.from_array(np.ascontiguousarray(v), name)
+            g.initializer.append(t)
+            inits[name] = t
+            # the producer's output is now an initializer: drop that output from the node
+            prod = producers.pop(name)
+            if len(prod.output) == 1:
+                g.node.remove(prod)
+            else:
+                idx = list(prod.output).index(name)
+                prod.output[idx] = f"{name}__unused"
+            done.add(name)
+            count += 1
+    if count:
+        remove_unused(model)
+    return count, notes
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[onnx.ModelProto, str | None]:
+    """Convert a default-domain opset below ``target`` with ONNX's version converter.
+
+    Returns ``(model, note)``; on failure the input model and the reason.
+    """
+    cur = _opset(model)
+    if cur >= target or cur == 0:
+        return model, None
+    work = copy.deepcopy(model)
+    if work.ir_version < 4:
+        # IR < 4 lists initializers as inputs; newer IR keeps them apart (not overridable)
+        inits = {t.name for t in work.graph.initializer}
+        keep = [i for i in work.graph.input if i.name not in inits]
+        del work.graph.input[:]
+        work.graph.input.extend(keep)
+        work.ir_version = 4
+    try:
+        from onnx import version_converter
+
+        out = version_converter.convert_version(work, target)
+    except Exception as exc:
+        return model, f"opset {cur} kept: the version converter failed ({' '.join(str(exc).split())[:160]})"
+    out.ir_version = max(out.ir_version, 7)
+    return out, f"opset {cur} -> {target}"
+
+
+def ort_pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+    """ORT's ``quant_pre_process`` (symbolic shape inference + basic optimization); None on failure."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:  # pragma: no cover - ORT without the quantization tool
+        return None, f"ORT quant_pre_process unavailable ({exc})"
+    big = model.ByteSize() > 2**31 - 2**26
+    with tempfile.TemporaryDirectory(prefix="onnxopt-qprep-") as tmp:
+        out = Path(tmp) / "pre.onnx"
+        try:
+            src = model
+            if big:
+                src = str(Path(tmp) / "in.onnx")
+                onnx.save(model, src, save_as_external_data=True)
+            quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=False, auto_merge=True)
+            return onnx.load(str(out)), "ORT quant_pre_process applied"
+        except Exception as exc:
+            try:  # symbolic shape inference is the usual culprit: retry without it
+                quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=True)
+                return onnx.load(str(out)), "ORT quant_pre_process applied without symbolic shape inference"
+            except Exception:
+                return None, f"ORT quant_pre_process failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); skipped"
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference stored in value_info (the model unchanged when it fails)."""
+    if model.ByteSize() > 2**31 - 2**26:
+        return model
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        log.debug("shape inference failed: %s", exc)
+        return model
+
+
+def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> int:
+    """Rewrite ``Gemm`` nodes with constant B and transA=0 as MatMul (+ Add), in place.
+
+    ``Y = alpha * A @ op(B) + beta * C`` becomes ``MatMul(A, alpha * op(B))`` named like the
+    Gemm, then ``Add(., beta * C)`` named ``<gemm>/bias`` when C is present.  Returns the
+    number of Gemm nodes rewritten.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    graph_inputs = {i.name for i in g.input}
+    taken = {t.name for t in g.initializer} | {x for n in g.node for x in list(n.input) + list(n.output)} | graph_inputs
+    new_nodes, count = [], 0
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    for n in g.node:
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or (only is not None and n.name not in only):
+            new_nodes.append(n)
+            continue
+        at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        b_name = n.input[1]
+        c_name = n.input[2] if len(n.input) > 2 and n.input[2] else ""
+        alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
+        unusable_c = c_name and (c_name in graph_inputs or (beta != 1.0 and c_name not in inits))
+        if at.get("transA", 0) or b_name not in inits or b_name in graph_inputs or unusable_c:
+            new_nodes.append(n)
+            continue
+        b = numpy_helper.to_array(inits[b_name])
+        if b.dtype.kind != "f":
+            new_nodes.append(n)
+            continue
+        if at.get("transB", 0):
+            b = b.T
+        if alpha != 1.0:
+            b = b * np.asarray(alpha, dtype=b.dtype)
+        w = numpy_helper.from_array(np.ascontiguousarray(b), fresh(f"{b_name}_matmul"))
+        g.initializer.append(w)
+        out = n.output[0]
+        if c_name:
+            mm_out = fresh(f"{out}_matmul")
+            new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
+            bias = c_name
+            if beta != 1.0:
+                c = numpy_helper.to_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
+                ct = numpy_helper.from_array(np.ascontiguousarray(c), fresh(f"{c_name}_scaled"))
+                g.initializer.append(ct)
+                bias = ct.name
+            new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=fresh(f"{n.name}/bias")))
+        else:
+            new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [out], name=n.name))
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(new_nodes)
+        remove_unused(model)
+    return count
+
+
+def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: int = TARGET_OPSET, check=None) -> Prepared:
+    """Steps 1-6 of the module docstring on a copy of ``model``.
+
+    ``check(candidate, label) -> str | None`` (None: accepted) verifies intermediate results;
+    the ORT pre-processed model is kept only when it passes, the own steps' result is
+    returned otherwise (and the caller verifies it again).
+    """
+    work = copy.deepcopy(model)
+    counts: dict = {}
+    notes: list[str] = []
+    counts["constants_converted"] = constants_to_initializers(work)
+    try:
+        folded, more = fold_constants(work)
+        counts["nodes_folded"] = folded
+        notes.extend(more[:3])
+    except OnnxoptError as exc:
+        notes.append(f"constant folding skipped: {exc}")
+    n, more = materialize_weights(work)
+    counts["weights_materialized"] = n
+    notes.extend(more[:3])
+    counts["nodes_named"] = name_nodes(work)
+    work, note = upgrade_opset(work, opset)
+    if note:
+        notes.append(note)
+    if use_ort_preprocess:
+        pre, note = ort_pre_process(work)
+        if pre is not None and check is not None:
+            why = check(pre, "ORT quant_pre_process result")
+            if why:
+                pre, note = None, f"ORT quant_pre_process result rejected: {why}"
+        notes.append(note)
+        if pre is not None:
+            name_nodes(pre)
+            work = pre
+            counts["ort_pre_process"] = True
+    work = infer_shapes(work)
+    return Prepared(work, counts, notes)

@@ -1,0 +1,114 @@
+"""optimize() end to end on the bundled models: guarantee, budget, provenance, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from onnxopt.core.provenance import read_provenance
+from onnxopt.errors import DataError, ModelError, ProviderError, RecipeError, UsageError
+from onnxopt.optimize.api import optimize, render_decision_table
+from onnxopt.runtime import cuda_available
+from onnxopt.verify import check_model
+
+FAST = {"threads": 1, "time_budget": 0.5}
+
+
+@pytest.fixture(scope="module")
+def mlp_result():
+    from tests.conftest import MODELS
+
+    return optimize(MODELS / "digits_mlp.onnx", calibration=MODELS / "digits_calib.npz", eval_data=MODELS / "digits_test.npz", max_accuracy_drop=1.0, **FAST)
+
+
+def test_mlp_guarantee_and_table(mlp_result):
+    d = mlp_result.report["decision"]
+    names = [r["name"] for r in d["rows"]]
+    assert names == ["fp32", "int8-dynamic", "int8-static", "int8-static-per-channel"]
+    chosen = [r for r in d["rows"] if r["status"] == "chosen"]
+    assert len(chosen) == 1 and chosen[0]["name"] == d["chosen"]
+    c = chosen[0]
+    assert c["drop"] <= 1.0 and c["confirm_ratio"] >= 0.97
+    assert all(r["reason"] for r in d["rows"])
+    check_model(mlp_result.model)
+    text = render_decision_table(mlp_result.report)
+    assert d["chosen"] in text and "top1" in text
+    json.dumps(mlp_result.report)  # JSON-able
+
+
+def test_provenance_names_choice_without_timings(mlp_result):
+    prov = read_provenance(mlp_result.model)
+    assert prov["command"] == "optimize"
+    last = prov["steps"][-1]
+    assert last["candidate"] == mlp_result.report["decision"]["chosen"]
+    text = json.dumps(prov)
+    assert "\"ratio\"" not in text and "latency" not in text and "seconds" not in text
+
+
+def test_written_bytes_deterministic_for_a_choice(models_dir, tmp_path):
+    # only the FP32 candidate: the choice is fixed, so two runs must write the same bytes
+    r = tmp_path / "fp32.toml"
+    r.write_text('name = "fp32only"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "int8-dynamic"]\nmin_gain = 100.0\n')
+    outs = []
+    for i in range(2):
+        res = optimize(models_dir / "digits_mlp.onnx", recipe=r, **FAST)
+        if res.report["decision"]["chosen"] == "input":
+            pytest.skip("machine too noisy: even FP32 failed confirmation")
+        outs.append(res.model.SerializeToString(deterministic=True))
+        assert "nothing beat the input" in res.report["decision"]["summary"]
+    assert outs[0] == outs[1]
+
+
+def test_without_calibration_static_is_refused(models_dir):
+    res = optimize(models_dir / "digits_cnn.onnx", **FAST)
+    rows = {r["name"]: r for r in res.report["decision"]["rows"]}
+    assert rows["int8-static"]["status"] == "refused" and "calibration" in rows["int8-static"]["reason"]
+    assert res.report["decision"]["data"] == "<synthesized>"
+    assert res.report["decision"]["metric"] == "agreement"
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the no-CUDA path")
+def test_cuda_target_without_cuda(models_dir, tmp_path):
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider"):
+        optimize(models_dir / "digits_mlp.onnx", target="cuda")
+    text = (models_dir.parent / "passes" / "cuda.toml").read_text().replace("allow_cpu_verification = false", "allow_cpu_verification = true")
+    r = tmp_path / "cuda-cpu.toml"
+    r.write_text(text)
+    res = optimize(models_dir / "digits_mlp.onnx", target="cuda", recipe=r, eval_data=models_dir / "digits_test.npz", **FAST)
+    rows = {x["name"]: x for x in res.report["decision"]["rows"]}
+    assert rows["fp16"]["status"] == "not timed" and rows["fp16"]["verified"]
+    assert rows["fp16"]["verification"].startswith("reference evaluator")
+    assert res.report["decision"]["chosen"] in ("fp32", "input")
+
+
+@pytest.mark.cuda
+def test_cuda_fp16_timed(models_dir):
+    res = optimize(models_dir / "digits_resnet.onnx", target="cuda", eval_data=models_dir / "digits_test.npz", time_budget=1.0)
+    rows = {x["name"]: x for x in res.report["decision"]["rows"]}
+    assert rows["fp16"]["timed"] and rows["fp16"]["verification"] == "onnxruntime/cuda"
+
+
+def test_bad_input(models_dir, tmp_path):
+    with pytest.raises(UsageError, match="unknown target"):
+        optimize(models_dir / "digits_mlp.onnx", target="tpu")
+    with pytest.raises(RecipeError, match="unknown recipe"):
+        optimize(models_dir / "digits_mlp.onnx", recipe="no-such-recipe")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError):
+        optimize(bad)
+    import numpy as np
+
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, image=np.zeros((4, 1, 6, 6), np.float32))
+    with pytest.raises(DataError, match="wrong.npz"):
+        optimize(models_dir / "digits_mlp.onnx", eval_data=wrong, max_accuracy_drop=1.0)
+
+
+def test_input_model_not_modified(models_dir):
+    m = onnx.load(str(models_dir / "digits_cnn.onnx"))
+    before = m.SerializeToString(deterministic=True)
+    optimize(m, recipe="simplify", **FAST)
+    assert m.SerializeToString(deterministic=True) == before

@@ -1,0 +1,200 @@
+"""onnxopt.io: every unusable file is a ModelError naming it; saves are atomic and deterministic."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from toy_models import messy_mlp, save_external, tiny_cnn
+
+from onnxopt.errors import ModelError, UsageError
+from onnxopt.io import atomic_write_text, check_output_path, load_model, model_nbytes, resolve_model, save_model
+
+
+def _arrays(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _assert_same_weights(a, b):
+    wa, wb = _arrays(a), _arrays(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+
+
+def test_load_returns_proto_unchanged():
+    m = tiny_cnn()
+    assert load_model(m) is m
+    assert resolve_model(m) == (m, None)
+
+
+def test_load_roundtrip(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), str(p))
+    m, path = resolve_model(p)
+    assert path == p
+    _assert_same_weights(m, tiny_cnn())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"this is a text file, not a model\n", "not an ONNX model"),
+        (onnx.ModelProto().SerializeToString() + b"\x08\x07", "not an ONNX model"),  # parses, no graph / opset
+    ],
+    ids=["empty", "text", "no-graph"],
+)
+def test_load_rejects_non_models(tmp_path, content, message):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(content)
+    with pytest.raises(ModelError, match=message) as exc:
+        load_model(p)
+    assert exc.value.path == str(p)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.9, 0.999])
+def test_load_rejects_truncated(tmp_path, fraction):
+    data = tiny_cnn().SerializeToString()
+    p = tmp_path / "trunc.onnx"
+    p.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        load_model(p)
+
+
+def test_load_missing_and_directory(tmp_path):
+    with pytest.raises(ModelError, match="no such file"):
+        load_model(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="is a directory"):
+        load_model(tmp_path)
+
+
+def _external(tmp_path, location="weights.data"):
+    p = save_external(tiny_cnn(), tmp_path / "ext.onnx", location)
+    return p
+
+
+def test_external_data_loaded_or_left_external(tmp_path):
+    p = _external(tmp_path)
+    full = load_model(p)
+    _assert_same_weights(full, tiny_cnn())
+    lazy = load_model(p, load_external=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in lazy.graph.initializer)
+    assert model_nbytes(lazy) == model_nbytes(full) == sum(a.nbytes for a in _arrays(tiny_cnn()).values())
+
+
+def _relocate(p, new_location):
+    m = onnx.load(str(p), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = new_location
+    onnx.save(m, str(p))
+
+
+def test_external_data_missing(tmp_path):
+    p = _external(tmp_path)
+    (tmp_path / "weights.data").unlink()
+    with pytest.raises(ModelError, match="external data file 'weights.data'.*missing"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("location", ["../x.data", "sub/../../x.data"])
+def test_external_data_outside_folder(tmp_path, location):
+    sub = tmp_path / "model"
+    sub.mkdir()
+    p = _external(sub)
+    (tmp_path / "x.data").write_bytes((sub / "weights.data").read_bytes())
+    _relocate(p, location)
+    with pytest.raises(ModelError, match="outside the model folder"):
+        load_model(p)
+    with pytest.raises(ModelError, match="outside the model folder"):
+        load_model(p, load_external=False)
+
+
+def test_external_data_absolute_and_symlink_escape(tmp_path):
+    sub = tmp_path / "model"
+    sub.mkdir()
+    p = _external(sub)
+    outside = tmp_path / "real.data"
+    outside.write_bytes((sub / "weights.data").read_bytes())
+    _relocate(p, str(outside))
+    with pytest.raises(ModelError, match="absolute"):
+        load_model(p)
+    (sub / "link.data").symlink_to(outside)
+    _relocate(p, "link.data")
+    with pytest.raises(ModelError, match="outside the model folder"):
+        load_model(p)
+
+
+def test_external_data_truncated(tmp_path):
+    p = _external(tmp_path)
+    data = tmp_path / "weights.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(ModelError, match="truncated"):
+        load_model(p)
+
+
+def test_save_is_deterministic_and_atomic(tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    save_model(messy_mlp(), a)
+    save_model(messy_mlp(), b)
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["a.onnx", "b.onnx"]  # no temporary left behind
+    _assert_same_weights(load_model(a), messy_mlp())
+
+
+def test_save_refuses_to_overwrite_an_input(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), str(p))
+    before = p.read_bytes()
+    with pytest.raises(UsageError, match="refusing to overwrite the input"):
+        save_model(messy_mlp(), tmp_path / "." / "m.onnx", guard=[p])
+    link = tmp_path / "alias.onnx"
+    link.symlink_to(p)
+    with pytest.raises(UsageError, match="refusing to overwrite the input"):
+        save_model(messy_mlp(), link, guard=[p])
+    assert p.read_bytes() == before
+
+
+def test_check_output_path(tmp_path):
+    with pytest.raises(UsageError, match="directory"):
+        check_output_path(tmp_path)
+    assert check_output_path(tmp_path / "new.onnx", [tmp_path / "in.onnx", None, tiny_cnn()]) == tmp_path / "new.onnx"
+
+
+def _wide(seed: int) -> onnx.ModelProto:
+    """x[N,64] @ W[64,64] (16 KB of weights: over the external-data threshold)."""
+    w = np.random.default_rng(seed).standard_normal((64, 64)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "wide", [helper.make_tensor_value_info("x", 1, ["N", 64])], [helper.make_tensor_value_info("y", 1, ["N", 64])], [numpy_helper.from_array(w, "W")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_save_external_roundtrip_and_stale_data_cleanup(tmp_path):
+    p = tmp_path / "out.onnx"
+    m = _wide(0)
+    save_model(m, p, external_data=True)
+    first = sorted(f.name for f in tmp_path.iterdir())
+    assert len(first) == 2 and first[1].startswith("out.onnx.") and first[1].endswith(".data")
+    assert (tmp_path / first[1]).stat().st_size >= 64 * 64 * 4
+    # the in-memory model keeps its weights
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    _assert_same_weights(load_model(p), _wide(0))
+    # re-saving different weights writes a new (content-named) data file and removes the old one
+    save_model(_wide(1), p, external_data=True)
+    second = sorted(f.name for f in tmp_path.iterdir())
+    assert len(second) == 2 and second != first
+    _assert_same_weights(load_model(p), _wide(1))
+    # weights under the threshold stay inline: no empty data file, the stale one is removed
+    save_model(tiny_cnn(), p, external_data=True)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.onnx"]
+    _assert_same_weights(load_model(p), tiny_cnn())
+
+
+def test_atomic_write_text(tmp_path):
+    p = atomic_write_text(tmp_path / "sub" / "r.json", "{}\n")
+    assert p.read_text() == "{}\n"

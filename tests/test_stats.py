@@ -1,0 +1,58 @@
+"""onnxopt.stats: parameter counts, op histograms and FLOPs by their formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from toy_models import if_model, messy_mlp, tiny_cnn
+
+from onnxopt.stats import count_params, flops_by_node, iter_graphs, model_stats
+
+
+def test_params_include_constants_and_subgraphs():
+    total, per = count_params(messy_mlp())
+    # W1 4x8, W2 8x3, b_keep 3, b_dup 3, unused 16, two Constant nodes of 8
+    assert total == 32 + 24 + 3 + 3 + 16 + 8 + 8
+    assert per == {"float32": {"params": total, "bytes": 4 * total}}
+    m = if_model()
+    then = m.graph.node[0].attribute[0].g
+    then.initializer.append(numpy_helper.from_array(np.zeros(5, np.int64), "inner"))
+    total, per = count_params(m)
+    assert total == 8 + 5 and per["int64"] == {"params": 5, "bytes": 40}
+    assert len(list(iter_graphs(m.graph))) == 3
+
+
+def test_model_stats_histogram():
+    st = model_stats(tiny_cnn(), flops=True)
+    assert st["nodes"] == 6 and st["initializers"] == 8
+    assert st["ops"] == {"BatchNormalization": 1, "Conv": 1, "Flatten": 1, "Gemm": 1, "GlobalAveragePool": 1, "Relu": 1}
+    assert st["bytes"] == 4 * st["params"]
+    # Conv: 2 * N * Cout * H * W * Cin * k * k with N = 1 (symbolic); Gemm: 2 * N * out * in
+    assert st["flops"] == 2 * 4 * 8 * 8 * 3 * 3 * 3 + 2 * 5 * 4
+
+
+def test_flops_grouped_conv_matmul_and_conv_transpose():
+    inits = [
+        numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "wg"),  # 8 out, groups 2 -> 2 in per group
+        numpy_helper.from_array(np.zeros((16, 10), np.float32), "wm"),
+        numpy_helper.from_array(np.zeros((8, 3, 2, 2), np.float32), "wt"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wg"], ["c"], name="gconv", group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["c", "wt"], ["t"], name="deconv", strides=[2, 2]),
+        helper.make_node("MatMul", ["s", "wm"], ["m"], name="mm"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8]), helper.make_tensor_value_info("s", TensorProto.FLOAT, [3, 5, 16])],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 3, 8, 8]), helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 5, 10])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m, full_check=True)
+    f = flops_by_node(m)
+    assert f["gconv"] == 2 * (2 * 8 * 4 * 4) * (2 * 3 * 3)  # output [2,8,4,4], 2 in-channels per group
+    assert f["deconv"] == 2 * (2 * 8 * 4 * 4) * (3 * 2 * 2)  # input [2,8,4,4], weight [8,3,2,2]
+    assert f["mm"] == 2 * 3 * 5 * 16 * 10

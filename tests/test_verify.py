@@ -1,0 +1,123 @@
+"""onnxopt.verify: error statistics by formula, check_model, and the public verify()."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from toy_models import if_model, tiny_cnn, two_outputs
+
+from onnxopt.errors import ModelError, VerificationError
+from onnxopt.verify import check_model, compare_outputs, verify
+
+
+def test_identical_outputs():
+    a = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    comp = compare_outputs(["y"], [a], [a.copy()])
+    (o,) = comp.outputs
+    assert comp and o.ok and o.max_abs == 0 and o.rel_l2 == 0 and o.cosine == pytest.approx(1.0)
+    assert o.top1_agreement == 1.0 and comp.worst_rel_l2 == 0
+
+
+def test_statistics_match_their_formulas():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((20, 5))
+    b = a + rng.standard_normal((20, 5)) * 0.1
+    (o,) = compare_outputs(["y"], [a], [b], atol=0, rtol=0).outputs
+    d = np.abs(b - a)
+    assert o.max_abs == pytest.approx(d.max())
+    assert o.mean_abs == pytest.approx(d.mean())
+    assert o.rel_l2 == pytest.approx(np.linalg.norm(b - a) / np.linalg.norm(a))
+    cos = np.mean([(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in zip(a, b, strict=True)])
+    assert o.cosine == pytest.approx(cos)
+    assert o.top1_agreement == pytest.approx(np.mean(a.argmax(1) == b.argmax(1)))
+    assert not o.ok
+
+
+def test_tolerance_is_elementwise_atol_plus_rtol():
+    a = np.array([[1.0, 100.0]], np.float32)
+    b = a + np.array([[0.011, 0.5]], np.float32)
+    assert compare_outputs(["y"], [a], [b], atol=0.01, rtol=0.005)  # 0.011 <= 0.01+0.005, 0.5 <= 0.51
+    assert not compare_outputs(["y"], [a], [b], atol=0.01, rtol=0.0)
+
+
+def test_shape_dtype_and_nan_mismatches_fail():
+    a = np.ones((2, 3), np.float32)
+    (o,) = compare_outputs(["y"], [a], [np.ones((3, 2), np.float32)]).outputs
+    assert not o.ok and "shape" in o.note
+    nan = a.copy()
+    nan[0, 0] = np.nan
+    (o,) = compare_outputs(["y"], [a], [nan]).outputs
+    assert not o.ok and "NaN" in o.note
+    ints = np.arange(6).reshape(2, 3)
+    assert compare_outputs(["i"], [ints], [ints.copy()])
+    assert not compare_outputs(["i"], [ints], [ints + 1])
+    strs = np.array(["a", "b"])
+    assert compare_outputs(["s"], [strs], [strs.copy()]) and not compare_outputs(["s"], [strs], [np.array(["a", "c"])])
+
+
+def test_check_model_accepts_and_rejects():
+    rec = check_model(tiny_cnn())
+    assert rec.checker and rec.ort_loaded and rec.strict_shape_inference
+    bad = copy.deepcopy(tiny_cnn())
+    bad.graph.node[2].op_type = "NoSuchOp"
+    with pytest.raises(VerificationError, match="step 1: onnx.checker rejects"):
+        check_model(bad, label="step 1")
+    with pytest.raises(ModelError):
+        check_model(bad, error=ModelError)
+
+
+def _scaled(model, factor):
+    m = copy.deepcopy(model)
+    for t in m.graph.initializer:
+        if t.name == "fc.w":
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * factor, t.name))
+    return m
+
+
+def test_verify_public_api(tmp_path):
+    a = tmp_path / "a.onnx"
+    onnx.save(tiny_cnn(), str(a))
+    comp = verify(a, tiny_cnn())
+    assert comp and comp.samples == 8 and comp.source == "<synthesized>"
+    assert comp.to_dict()["outputs"][0]["name"] == "logits"
+    off = verify(a, _scaled(tiny_cnn(), 1.01))
+    assert not off and 0.001 < off.worst_rel_l2 < 0.1
+    assert verify(a, _scaled(tiny_cnn(), 1.01), atol=1.0, rtol=0.1)
+
+
+def test_verify_on_data(tmp_path):
+    x = np.random.default_rng(0).standard_normal((12, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    comp = verify(tiny_cnn(), tiny_cnn(), tmp_path / "d.npz", limit=5)
+    assert comp and comp.samples == 5
+
+
+def test_verify_interface_mismatches(tmp_path):
+    b = tmp_path / "b.onnx"
+    onnx.save(if_model(), str(b))
+    with pytest.raises(ModelError, match="inputs differ") as exc:
+        verify(tiny_cnn(), b)
+    assert exc.value.path == str(b)
+    two = tmp_path / "two.onnx"
+    m = two_outputs()
+    onnx.save(m, str(two))
+    single = copy.deepcopy(m)
+    del single.graph.output[1]
+    with pytest.raises(ModelError, match="has 1 output"):
+        verify(two, single)
+
+
+def test_verify_reports_a_runtime_failure_as_model_error():
+    m = tiny_cnn()
+    broken = copy.deepcopy(m)
+    # a Reshape to an impossible shape: loads, fails at run time
+    broken.graph.initializer.append(numpy_helper.from_array(np.array([7, 7], np.int64), "bad_shape"))
+    broken.graph.node.append(helper.make_node("Reshape", ["logits", "bad_shape"], ["reshaped"]))
+    broken.graph.output[0].name = "reshaped"
+    del broken.graph.output[0].type.tensor_type.shape.dim[:]
+    with pytest.raises(ModelError, match="onnxruntime"):
+        verify(m, broken)
