@@ -109,7 +109,9 @@ def overhead(path: Path, rounds: int, runs: int) -> dict:
             if what.startswith("bare"):
                 got[what] = float(np.median(bare_loop(sess, feed, runs)))
             elif what == "api":
-                res = bench([str(path)], threads=1, runs=runs, warmup=10, throughput=False, accuracy=False)
+                res = bench(
+                    [str(path)], threads=1, runs=runs, warmup=10, throughput=False, accuracy=False
+                )
                 got["api"] = res.report["results"][0]["latency_ms"]["p50"] / 1e3
             else:
                 m = measure_interleaved(lambda i: inv.call(), 1, runs=runs, warmup=10, block=5)
@@ -133,7 +135,15 @@ def a_vs_a(path: Path, runs: int, repeats: int) -> dict:
     cover_block = cover_iid = 0
     widths_block, widths_iid = [], []
     for k in range(repeats):
-        res = bench([str(path), str(path)], threads=1, runs=runs, warmup=10, throughput=False, accuracy=False, seed=k)
+        res = bench(
+            [str(path), str(path)],
+            threads=1,
+            runs=runs,
+            warmup=10,
+            throughput=False,
+            accuracy=False,
+            seed=k,
+        )
         row = res.report["results"][1]
         sp = row["speedup"]
         lo, hi = sp["ci95"]
@@ -161,30 +171,45 @@ def main(argv=None) -> int:
     ap.add_argument("--target-ms", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=12, help="ABBA rounds of the overhead comparison")
     ap.add_argument("--runs", type=int, default=300, help="timed runs per measurement")
-    ap.add_argument("--repeats", type=int, default=20, help="A-vs-A repetitions for the coverage figure")
+    ap.add_argument(
+        "--repeats", type=int, default=20, help="A-vs-A repetitions for the coverage figure"
+    )
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.runs, args.repeats = 2, 50, 2
-    print(f"machine: {cpu_model()}, {usable_cores()} usable cores, load average before {load_average()}, pid {os.getpid()}")
+    print(
+        f"machine: {cpu_model()}, {usable_cores()} usable cores, load average before {load_average()}, pid {os.getpid()}"
+    )
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
         path, ms = sized_model(args.target_ms, Path(tmp))
         layers = sum(1 for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul")
-        print(f"model: MatMul chain [64,256] x {layers} layers, 1 intra-op thread, median {ms:.3f} ms (bare loop)")
+        print(
+            f"model: MatMul chain [64,256] x {layers} layers, 1 intra-op thread, median {ms:.3f} ms (bare loop)"
+        )
         t0 = time.perf_counter()
         ov = overhead(path, args.rounds, args.runs)
-        print(f"\n1. harness overhead ({ov['rounds']} ABBA rounds x {ov['runs']} runs; bare-loop median {ov['bare_ms']:.3f} ms)")
+        print(
+            f"\n1. harness overhead ({ov['rounds']} ABBA rounds x {ov['runs']} runs; bare-loop median {ov['bare_ms']:.3f} ms)"
+        )
         print(f"{'':38}{'median':>9}  {'95% CI (over rounds)':>22}  target <= 2%")
-        for key, label in (("api", "onnxopt.bench() vs bare loop"), ("loop", "timing loop (same session) vs bare")):
+        for key, label in (
+            ("api", "onnxopt.bench() vs bare loop"),
+            ("loop", "timing loop (same session) vs bare"),
+        ):
             med, lo, hi = ov[key]
             ok = "ok" if med <= 0.02 else "MISSED"
             print(f"  {label:36}{med * 100:+8.2f}%  [{lo * 100:+7.2f}%, {hi * 100:+7.2f}%]  {ok}")
         aa = a_vs_a(path, args.runs, args.repeats)
         print(f"\n2. A-vs-A: bench([m, m]), {aa['runs']} runs each")
         for k, (r, lo, hi) in enumerate(aa["first_two"]):
-            print(f"  run {k + 1}: ratio {r:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  contains 1.0: {'yes' if lo <= 1.0 <= hi else 'NO'}")
+            print(
+                f"  run {k + 1}: ratio {r:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  contains 1.0: {'yes' if lo <= 1.0 <= hi else 'NO'}"
+            )
         n = aa["repeats"]
-        print(f"  coverage of 1.0 over {n} repetitions: paired block bootstrap {aa['cover_block']}/{n} (median CI width {aa['width_block']:.4f}); iid bootstrap on the same samples {aa['cover_iid']}/{n} (width {aa['width_iid']:.4f})")
+        print(
+            f"  coverage of 1.0 over {n} repetitions: paired block bootstrap {aa['cover_block']}/{n} (median CI width {aa['width_block']:.4f}); iid bootstrap on the same samples {aa['cover_iid']}/{n} (width {aa['width_iid']:.4f})"
+        )
         print(f"\nload average after {load_average()}; {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 __all__ = [
     "blame",
+    "blaming",
     "OnnxoptError",
     "UsageError",
     "InputError",
@@ -22,6 +23,7 @@ __all__ = [
     "ProviderError",
     "VerificationError",
     "BudgetError",
+    "NothingToDoError",
 ]
 
 
@@ -81,6 +83,12 @@ class BudgetError(OnnxoptError):
     exit_code = 3
 
 
+class NothingToDoError(OnnxoptError):
+    """The transform found nothing it can act on (no prunable weights, no residual blocks)."""
+
+    exit_code = 3
+
+
 @contextmanager
 def blame(path: str | os.PathLike | None) -> Iterator[None]:
     """Inside, a ``ModelError`` raised without a path is about the model at ``path``: the
@@ -92,3 +100,28 @@ def blame(path: str | os.PathLike | None) -> Iterator[None]:
         if exc.path is None and path is not None:
             exc.path = os.fspath(path)
         raise
+
+
+def blaming(param: str = "model"):
+    """Decorator form of :func:`blame` for a public function whose argument ``param`` is a
+    model path (or a proto, then nothing is added)::
+
+        @blaming("model")
+        def quantize(model, ...): ...
+    """
+    import functools
+    import inspect
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            src = sig.bind_partial(*args, **kwargs).arguments.get(param)
+            path = src if isinstance(src, (str, os.PathLike)) else None
+            with blame(path):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    return wrap

@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -84,6 +85,68 @@ def _check_external(model: onnx.ModelProto, path: Path) -> None:
             raise ModelError(f"external data file '{loc}' is truncated: tensor '{t.name}' needs bytes {offset}..{offset + int(length)}, file has {size}", path)
 
 
+def _invalid_text(model: onnx.ModelProto) -> str | None:
+    """The first string field that protobuf could not decode as UTF-8 (it then hands out
+    ``bytes``, which every name lookup, sort and JSON report downstream would trip on).
+    Names, op types, domains and symbolic dims are checked; tensor bytes are never read."""
+
+    def type_dims(tp):
+        while tp is not None:
+            which = tp.WhichOneof("value")
+            if which == "tensor_type" or which == "sparse_tensor_type":
+                return [d.dim_param for d in getattr(tp, which).shape.dim]
+            if which in ("sequence_type", "optional_type"):
+                tp = getattr(tp, which).elem_type
+            elif which == "map_type":
+                tp = tp.map_type.value_type
+            else:
+                return []
+        return []
+
+    def graph(g, where):
+        yield f"{where} name", g.name
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            yield f"{where} value name", vi.name
+            for d in type_dims(vi.type):
+                yield f"symbolic dim of '{vi.name}'", d
+        for t in g.initializer:
+            yield f"{where} initializer name", t.name
+        for n in g.node:
+            yield from node(n, where)
+
+    def node(n, where):
+        for label, value in (("node name", n.name), ("op type", n.op_type), ("domain", n.domain)):
+            yield f"{where} {label}", value
+        for v in list(n.input) + list(n.output):
+            yield f"{where} tensor name of node '{n.name}'", v
+        for a in n.attribute:
+            yield f"{where} attribute name", a.name
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from graph(a.g, f"subgraph of '{n.name}':")
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sg in a.graphs:
+                    yield from graph(sg, f"subgraph of '{n.name}':")
+
+    def fields():
+        yield "producer name", model.producer_name
+        yield "model domain", model.domain
+        for op in model.opset_import:
+            yield "opset domain", op.domain
+        for p in model.metadata_props:
+            yield "metadata key", p.key
+            yield "metadata value", p.value
+        yield from graph(model.graph, "graph")
+        for f in model.functions:
+            yield "function name", f.name
+            for n in f.node:
+                yield from node(n, f"function '{f.name}'")
+
+    for label, value in fields():
+        if isinstance(value, bytes):
+            return label
+    return None
+
+
 def load_model(src, *, load_external: bool = True) -> onnx.ModelProto:
     """Load a model from a path (or return a ``ModelProto`` as is).
 
@@ -111,6 +174,9 @@ def load_model(src, *, load_external: bool = True) -> onnx.ModelProto:
     del data
     if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
         raise ModelError("not an ONNX model (no IR version, opset import or graph)", path)
+    bad = _invalid_text(model)
+    if bad:
+        raise ModelError(f"corrupt model: {bad} is not valid UTF-8 text", path)
     _check_external(model, path)
     if load_external and any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
         try:
@@ -142,6 +208,8 @@ def check_output_path(out, inputs: Iterable = ()) -> Path:
             same = False
         if same or out.resolve() == src.resolve():
             raise UsageError("refusing to overwrite the input model; choose another -o", out)
+    if out.exists() and out.resolve() in _data_files_of(inputs):
+        raise UsageError("refusing to overwrite the external data of an input model; choose another -o", out)
     return out
 
 
@@ -190,9 +258,15 @@ def atomic_write_text(path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+# Reading a model file only to learn which data files it references is skipped above this
+# size: a model with external data has a small .onnx, and re-reading a 2 GB single-file
+# model would cost its size in memory for a clean-up.
+_REF_SCAN_LIMIT = 256 * 2**20
+
+
 def _old_data_files(path: Path) -> set[str]:
     """External-data files referenced by the model currently at ``path`` (to clean up)."""
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size > _REF_SCAN_LIMIT:
         return set()
     old = onnx.ModelProto()
     try:
@@ -208,6 +282,44 @@ def _old_data_files(path: Path) -> set[str]:
     return locs
 
 
+def _data_files_of(models: Iterable) -> set[Path]:
+    """Resolved paths of the external-data files the model files ``models`` reference."""
+    out = set()
+    for src in models:
+        if src is None or isinstance(src, onnx.ModelProto):
+            continue
+        src = Path(src)
+        for loc in _old_data_files(src):
+            out.add((src.parent / loc).resolve())
+    return out
+
+
+@contextmanager
+def _folder_lock(folder: Path):
+    """Serialize the commit phase (renames + clean-up) of saves into one folder, so that two
+    processes writing the same path never delete a data file the other's model uses.  An
+    advisory ``flock`` on the folder itself: no lock file; released by the kernel when the
+    holder dies."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: best effort
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def save_model(
     model: onnx.ModelProto,
     path,
@@ -218,9 +330,11 @@ def save_model(
     """Save ``model`` to ``path`` atomically.
 
     ``external_data``: ``True`` forces an external-data file, ``None`` uses one only when
-    the model would not fit a 2 GB protobuf.  ``guard`` lists input paths never to overwrite.
-    Output bytes are deterministic for a given model.
+    the model would not fit a 2 GB protobuf.  ``guard`` lists input paths never to overwrite
+    (nor their external-data files).  Output bytes are deterministic for a given model.  The
+    in-memory ``model`` is left as it was, also when saving fails.
     """
+    guard = list(guard)
     path = check_output_path(path, guard)
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
@@ -228,66 +342,121 @@ def save_model(
     if not external_data:
         if model.ByteSize() > TWO_GB:
             raise ModelError("model exceeds 2 GB; save it with external data", path)
-        atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+        _commit_single(path, model.SerializeToString(deterministic=True), guard)
         log.debug("saved %s", path)
         return path
-    return _save_external(model, path)
+    return _save_external(model, path, guard)
 
 
-def _save_external(model: onnx.ModelProto, path: Path) -> Path:
+def _commit_single(path: Path, data: bytes, guard) -> None:
+    tmp = _write_temp(path.parent, path.name, [data])
+    try:
+        with _folder_lock(path.parent):
+            old = _old_data_files(path)
+            os.replace(tmp, path)
+            _remove_stale(path, old, _data_files_of(guard))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
+    """Weights to ``NAME.<content hash>.data`` (4 KiB aligned), then the model.
+
+    Order: the data file is written to a temporary file and fsynced; then, holding the
+    folder lock, it is renamed into place, the model is written and renamed over ``path``,
+    and the data files of the model it replaced are removed.  A crash before the model's
+    rename leaves the old model with its old data (plus, at worst, an unreferenced data or
+    hidden temporary file); after it, the new model with its data.  On an exception the
+    new data file is removed unless a model references it.  The tensors' bytes go to the
+    file one at a time (``raw_data`` cleared as written, so memory does not double) and
+    are read back into the caller's model from the still-open temporary file at the end.
+    """
     big = [
         t
         for t in _all_tensors(model)
         if t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_THRESHOLD
     ]
     if not big:  # nothing reaches the threshold: an empty data file would only confuse
-        old = _old_data_files(path)
-        atomic_write_bytes(path, model.SerializeToString(deterministic=True))
-        _remove_stale(path, old)
+        _commit_single(path, model.SerializeToString(deterministic=True), guard)
         return path
     digest = hashlib.blake2b(digest_size=8)
     for t in big:
         digest.update(t.name.encode())
         digest.update(t.raw_data)
     data_name = f"{path.name}.{digest.hexdigest()}.data"
-    old = _old_data_files(path) - {data_name}
+    data_path = path.parent / data_name
+    moved: list[tuple[onnx.TensorProto, int, int]] = []
 
-    def chunks():
-        offset = 0
-        for t in big:
-            raw = t.raw_data
-            pad = (-offset) % 4096
-            if pad:
-                yield b"\0" * pad
-                offset += pad
-            yield raw
-            del t.external_data[:]
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            t.data_location = onnx.TensorProto.EXTERNAL
-            t.ClearField("raw_data")
-            offset += len(raw)
-
-    tmp_data = _write_temp(path.parent, data_name, chunks())
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{data_name}.", suffix=".tmp")
+    tmp_data = Path(tmp_name)
+    reader = open(tmp_data, "rb")  # keeps the bytes reachable for the restore, whatever happens to the names
+    renamed = committed = False
     try:
-        os.replace(tmp_data, path.parent / data_name)
-        atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+        with os.fdopen(fd, "wb") as fh:
+            offset = 0
+            for t in big:
+                raw = t.raw_data
+                pad = (-offset) % 4096
+                if pad:
+                    fh.write(b"\0" * pad)
+                    offset += pad
+                fh.write(raw)
+                moved.append((t, offset, len(raw)))
+                del t.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+                t.data_location = onnx.TensorProto.EXTERNAL
+                t.ClearField("raw_data")
+                del raw
+                offset += moved[-1][2]
+            fh.flush()
+            os.fsync(fh.fileno())
+        proto = model.SerializeToString(deterministic=True)
+        tmp_model = _write_temp(path.parent, path.name, [proto])
+        del proto
+        try:
+            with _folder_lock(path.parent):
+                old = _old_data_files(path) - {data_name}
+                os.replace(tmp_data, data_path)
+                renamed = True
+                os.replace(tmp_model, path)
+                committed = True
+                _remove_stale(path, old, _data_files_of(guard))
+        finally:
+            tmp_model.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
     except BaseException:
-        tmp_data.unlink(missing_ok=True)
+        if not renamed:
+            tmp_data.unlink(missing_ok=True)
+        elif not committed:
+            with _folder_lock(path.parent):
+                keep = _data_files_of([path, *guard])
+                if data_path.resolve() not in keep:
+                    data_path.unlink(missing_ok=True)
         raise
     finally:
-        # the in-memory model gets its data back from the file just written
-        edh.load_external_data_for_model(model, str(path.parent))
-    _remove_stale(path, old)
+        # the caller's model gets its bytes back, from the open file (not by name)
+        with reader:
+            for t, off, length in moved:
+                reader.seek(off)
+                t.raw_data = reader.read(length)
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
     log.debug("saved %s with external data %s", path, data_name)
     return path
 
 
-def _remove_stale(path: Path, names) -> None:
-    """Delete data files the previous model at ``path`` used (only inside its folder)."""
+def _remove_stale(path: Path, names, protected: set[Path] = frozenset()) -> None:
+    """Delete data files the previous model at ``path`` used (only inside its folder, never
+    one an input model uses)."""
     base = str(path.parent.resolve())
     for name in names:
         stale = path.parent / name
-        if stale.is_file() and not stale.is_symlink() and os.path.commonpath([base, str(stale.resolve())]) == base:
+        if not stale.is_file() or stale.is_symlink():
+            continue
+        real = stale.resolve()
+        if os.path.commonpath([base, str(real)]) == base and real not in protected:
             stale.unlink(missing_ok=True)

@@ -131,6 +131,7 @@ class Comparison:
         }
 
 
+@np.errstate(all="ignore")  # inf/NaN/overflow are figures in the report, not warnings on stderr
 def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, samples: int = 0, source: str = "") -> Comparison:
     """Compare two lists of arrays output by output."""
     comps = []
@@ -226,3 +227,10 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
         new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
     samples = min(len(ds), limit) if limit else len(ds)
     return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+
+
+# ``onnxopt.verify(...)`` is the public function even once this module is imported (imported
+# last: onnxopt.core imports this module)
+from .core.public import callable_module  # noqa: E402
+
+callable_module(__name__, "onnxopt.verify:verify")

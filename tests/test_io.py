@@ -11,7 +11,14 @@ from onnx import helper, numpy_helper
 from toy_models import messy_mlp, save_external, tiny_cnn
 
 from onnxopt.errors import ModelError, UsageError
-from onnxopt.io import atomic_write_text, check_output_path, load_model, model_nbytes, resolve_model, save_model
+from onnxopt.io import (
+    atomic_write_text,
+    check_output_path,
+    load_model,
+    model_nbytes,
+    resolve_model,
+    save_model,
+)
 
 
 def _arrays(model):

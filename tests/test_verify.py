@@ -121,3 +121,13 @@ def test_verify_reports_a_runtime_failure_as_model_error():
     del broken.graph.output[0].type.tensor_type.shape.dim[:]
     with pytest.raises(ModelError, match="onnxruntime"):
         verify(m, broken)
+
+
+def test_public_verify_stays_callable_after_the_module_is_imported():
+    import onnxopt
+    import onnxopt.verify  # noqa: F401  (binds the submodule over the lazy attribute)
+
+    assert onnxopt.verify(tiny_cnn(), tiny_cnn())
+    from onnxopt import verify as public
+
+    assert public(tiny_cnn(), tiny_cnn(), atol=0, rtol=0)

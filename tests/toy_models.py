@@ -5,6 +5,7 @@ Each builder returns a checked ``onnx.ModelProto`` with seeded weights.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,9 @@ def two_outputs(seed: int = 0) -> onnx.ModelProto:
 
 
 def save_external(model: onnx.ModelProto, path: Path, location: str = "weights.data") -> Path:
-    """Save with every initializer in one external-data file next to the model."""
+    """Save with every initializer in one external-data file next to the model (``model``
+    itself is left as it was: onnx.save would move its tensors out in place)."""
+    model = copy.deepcopy(model)
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
     return path
 

@@ -30,11 +30,28 @@ from onnx import helper
 from ..core.provenance import write_provenance
 from ..core.result import Result
 from ..data import Dataset, load_data
-from ..errors import DataError, ModelError, OnnxoptError, UnsupportedError, UsageError, VerificationError
+from ..errors import (
+    DataError,
+    ModelError,
+    OnnxoptError,
+    UnsupportedError,
+    UsageError,
+    VerificationError,
+    blaming,
+)
 from ..io import resolve_model
 from ..runtime import create_session, resolve_provider, run_dataset
 from ..verify import check_model, compare_outputs
-from .cut import FLOAT_TYPES, POOLS, TensorInfo, add_pooling, cut_at, find_head, tensor_info, with_outputs
+from .cut import (
+    FLOAT_TYPES,
+    POOLS,
+    TensorInfo,
+    add_pooling,
+    cut_at,
+    find_head,
+    tensor_info,
+    with_outputs,
+)
 from .emit import append_head
 from .features import DEFAULT_BATCH, extract, predictions, probe
 from .heads import HEADS, cross_validate, fit_head, stratified_split
@@ -170,6 +187,7 @@ def _batch_dim(model: onnx.ModelProto):
     return "N"
 
 
+@blaming("model")
 def adapt(
     model,
     data,
@@ -230,7 +248,8 @@ def adapt(
                 raise UsageError(f"--features '{name}' is the output being replaced; choose a tensor before the head")
         info = tensor_info(m, name)
         flag = f"--features '{name}'" if features is not None else f"the head's input '{name}'"
-        sample = probe(with_outputs(m, [info]), ds, name, provider=provider)
+        ref_sess = create_session(with_outputs(m, [info]), provider)
+        sample = probe(ref_sess, ds, name)
         if sample.dtype.kind != "f" or helper.np_dtype_to_tensor_dtype(sample.dtype) not in FLOAT_TYPES:
             cls = UsageError if features is not None else UnsupportedError
             raise cls(f"{flag} is {sample.dtype}, not a float tensor")
@@ -254,7 +273,7 @@ def adapt(
         notes.append(f"features {['N'] + list(sample.shape[1:])} pooled to [N, {width}] ({pool})")
     t0 = time.perf_counter()
     with _about(path):
-        ext = extract(with_outputs(m, [feat]), extractor, ds, feature=name, pooled=pooled, provider=provider, batch_size=batch_size)
+        ext = extract(ref_sess, extractor, ds, feature=name, pooled=pooled, provider=provider, batch_size=batch_size)
     extract_seconds = time.perf_counter() - t0
     x = ext.features.astype(np.float64)
     labels = ds.labels[: ext.samples]

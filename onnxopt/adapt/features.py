@@ -101,23 +101,21 @@ def predictions(output: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def probe(reference: onnx.ModelProto, dataset, feature: str, *, provider: str = "cpu", batch_size: int = 8) -> np.ndarray:
+def probe(reference_session, dataset, feature: str, *, batch_size: int = 8) -> np.ndarray:
     """The feature tensor on the first batch of ``dataset`` (to learn its dtype and shape)."""
-    sess = create_session(reference, provider)
-    names = [o.name for o in sess.get_outputs()]
     feed = dataset.first_batch(batch_size)
-    out = next(iter(run_batches(sess, [feed])))
-    return np.asarray(out[names.index(feature)])
+    return np.asarray(next(iter(run_batches(reference_session, [feed], [feature])))[0])
 
 
-def extract(reference: onnx.ModelProto, extractor: onnx.ModelProto, dataset, *, feature: str, pooled: str, provider: str = "cpu", batch_size: int = DEFAULT_BATCH) -> Extraction:
+def extract(reference_session, extractor: onnx.ModelProto, dataset, *, feature: str, pooled: str, provider: str = "cpu", batch_size: int = DEFAULT_BATCH) -> Extraction:
     """Run both models over ``dataset`` batch by batch (see the module docstring).
 
+    ``reference_session``: a session of the input model that also outputs ``feature``.
     Raises ``VerificationError`` when the cut does not reproduce the feature tensor.
     """
-    ref_sess = create_session(reference, provider)
+    ref_sess = reference_session
     cut_sess = create_session(extractor, provider, error=VerificationError)
-    first_out = reference.graph.output[0].name
+    first_out = ref_sess.get_outputs()[0].name
     agreement = FeatureAgreement(feature, [])
     feats, preds = [], []
     classes = None

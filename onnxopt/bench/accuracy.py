@@ -36,7 +36,11 @@ def rel_l2_error(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:
 
 def agreement(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float | None:
     """Top-1 agreement in percent (worst over ``[N, C]`` outputs), None when there are none."""
-    vals = [float(100.0 * np.mean(np.argmax(c, axis=1) == np.argmax(r, axis=1))) for r, c in zip(ref, out, strict=True) if is_class_scores(np.asarray(r))]
+    vals = [
+        float(100.0 * np.mean(np.argmax(c, axis=1) == np.argmax(r, axis=1)))
+        for r, c in zip(ref, out, strict=True)
+        if is_class_scores(np.asarray(r))
+    ]
     return min(vals) if vals else None
 
 
@@ -60,7 +64,12 @@ def _comparable(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> str | N
     return None
 
 
-def evaluate(outputs: Sequence[Sequence[np.ndarray] | None], baseline: int, labels: np.ndarray | None, source: str) -> list[dict]:
+def evaluate(
+    outputs: Sequence[Sequence[np.ndarray] | None],
+    baseline: int,
+    labels: np.ndarray | None,
+    source: str,
+) -> list[dict]:
     """One accuracy block per model from its outputs on the evaluation inputs.
 
     ``outputs[i]`` is None when model ``i`` could not be run on them (its note says why
@@ -68,7 +77,7 @@ def evaluate(outputs: Sequence[Sequence[np.ndarray] | None], baseline: int, labe
     """
     ref = outputs[baseline]
     res = []
-    for i, out in enumerate(outputs):
+    for out in outputs:
         entry = {"data": source, "top1": None, "agreement": None, "rel_l2": None, "note": None}
         if out is None:
             entry["note"] = "not evaluated on these inputs"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..core.progress import progress
 from ..core.result import Result
 from ..data import DEFAULT_BATCH, Dataset, input_specs, load_data, synthesize
 from ..errors import DataError, ModelError, OnnxoptError, UsageError
@@ -43,7 +44,14 @@ from .memory import MemoryProbe, peak_rss_bytes
 from .runner import Invoker, measure_throughput, open_session, prime_runtime, time_once, warm
 from .timing import latency_summary, measure_interleaved, speedup
 
-__all__ = ["bench", "compare_latency", "BenchResult", "SCHEMA_VERSION", "DEFAULT_RUNS", "DEFAULT_DURATION"]
+__all__ = [
+    "bench",
+    "compare_latency",
+    "BenchResult",
+    "SCHEMA_VERSION",
+    "DEFAULT_RUNS",
+    "DEFAULT_DURATION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +92,7 @@ class _Entry:
     src: object  # path string or ModelProto, handed to ORT
     proto: onnx.ModelProto
     path: Path | None
+    label: str = ""  # the name before de-duplication
 
 
 def _name_of(src, proto: onnx.ModelProto, i: int) -> str:
@@ -104,7 +113,16 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
     for i, src in enumerate(models):
         proto = load_model(src)
         path = None if isinstance(src, onnx.ModelProto) else Path(src)
-        entries.append(_Entry(names[i] if names else _name_of(src, proto, i), proto if path is None else str(path), proto, path))
+        entries.append(
+            _Entry(
+                names[i] if names else _name_of(src, proto, i),
+                proto if path is None else str(path),
+                proto,
+                path,
+            )
+        )
+    _dedupe(entries)
+    n_given = len(entries)
     base = 0
     if baseline is None:
         pass
@@ -122,20 +140,33 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
             entries.insert(0, _Entry(_name_of(baseline, baseline, 0), baseline, baseline, None))
     else:
         bpath = Path(baseline)
-        hit = [i for i, e in enumerate(entries) if e.path is not None and bpath.exists() and e.path.exists() and os.path.samefile(e.path, bpath)]
+        hit = [
+            i
+            for i, e in enumerate(entries)
+            if e.path is not None
+            and bpath.exists()
+            and e.path.exists()
+            and os.path.samefile(e.path, bpath)
+        ]
         if not hit and not bpath.exists():
             hit = [i for i, e in enumerate(entries) if e.name == str(baseline)]
         if hit:
             base = hit[0]
         else:
             entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath), bpath))
+    if len(entries) > n_given:
+        _dedupe(entries)
+    return entries, base
+
+
+def _dedupe(entries: list[_Entry]) -> None:
+    """Repeated labels get ``#2``, ``#3``, ... in order (A-vs-A runs of one file)."""
     seen: dict[str, int] = {}
     for e in entries:
-        k = seen.get(e.name, 0) + 1
-        seen[e.name] = k
-        if k > 1:
-            e.name = f"{e.name}#{k}"
-    return entries, base
+        e.label = e.label or e.name
+        k = seen.get(e.label, 0) + 1
+        seen[e.label] = k
+        e.name = e.label if k == 1 else f"{e.label}#{k}"
 
 
 def _check_args(runs, duration, warmup, concurrency, threads, batches, block) -> None:
@@ -215,7 +246,9 @@ def bench(
     if cudnn_conv_algo_search is not None:
         cudnn_conv_algo_search = str(cudnn_conv_algo_search).upper()
         if cudnn_conv_algo_search not in CUDNN_SEARCH:
-            raise UsageError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH)}, got {cudnn_conv_algo_search!r}")
+            raise UsageError(
+                f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH)}, got {cudnn_conv_algo_search!r}"
+            )
         if prov != "cuda":
             if (provider or "cpu").lower() == "cpu":
                 raise UsageError("cudnn_conv_algo_search applies to --provider cuda only")
@@ -229,7 +262,9 @@ def bench(
         io_binding = prov == "cuda"
     device = "cuda" if prov == "cuda" else "cpu"
     if prov == "cuda" and not io_binding:
-        notes.append("CUDA without I/O binding: every run copies inputs to the device and outputs back (included in the latency)")
+        notes.append(
+            "CUDA without I/O binding: every run copies inputs to the device and outputs back (included in the latency)"
+        )
 
     entries, base = _load_entries(models, names, baseline)
     n = len(entries)
@@ -241,7 +276,9 @@ def bench(
             try:
                 views[i] = dataset_view(ds).validate(e.proto)
             except DataError as exc:
-                raise DataError(f"does not fit model '{e.name}': {exc.message}", exc.path or data) from exc
+                raise DataError(
+                    f"does not fit model '{e.name}': {exc.message}", exc.path or data
+                ) from exc
     cfgs = [int(b) for b in batches] if batches else [None]
     shapes = {k: tuple(v) for k, v in shapes.items()} if shapes else None
 
@@ -263,6 +300,7 @@ def bench(
         raise UsageError("every configuration was skipped: " + "; ".join(reasons))
 
     load_before = load_average()
+    peaks = [peak_rss_bytes()]  # the probes reset the kernel's counter: keep the maximum
     w = oversubscription_warning(threads, concurrency, prov)
     if w:
         warnings.append(w)
@@ -285,24 +323,38 @@ def bench(
     try:
         # phase 2: sessions, first run at every shape, memory growth
         prime_s = prime_runtime(prov, threads=threads, cuda_options=cuda_options or None)
-        for i, e in enumerate(entries):
-            with MemoryProbe(gpu=prov == "cuda", device_id=cuda_options.get("device_id", 0)) as probe:
-                sessions[i], secs = open_session(e.src, prov, threads=threads, cuda_options=cuda_options or None)
+        for i, e in progress(list(enumerate(entries)), desc="bench sessions", unit="model"):
+            with MemoryProbe(
+                gpu=prov == "cuda", device_id=cuda_options.get("device_id", 0)
+            ) as probe:
+                sessions[i], secs = open_session(
+                    e.src, prov, threads=threads, cuda_options=cuda_options or None
+                )
                 infos[i]["session_create_ms"] = secs * 1e3
                 for c in range(len(cfgs)):
                     if not isinstance(plan[c][i], tuple):
                         continue
                     feed = plan[c][i][0]
                     try:
-                        inv = Invoker(sessions[i], feed, io_binding=io_binding, device=device, device_id=cuda_options.get("device_id", 0))
+                        inv = Invoker(
+                            sessions[i],
+                            feed,
+                            io_binding=io_binding,
+                            device=device,
+                            device_id=cuda_options.get("device_id", 0),
+                        )
                         first[(i, c)] = time_once(inv.call)
                     except KeyboardInterrupt:
                         raise
                     except Exception as exc:
                         shp = {k: list(v.shape) for k, v in feed.items()}
-                        raise ModelError(f"onnxruntime failed to run the model on inputs {shp}: {' '.join(str(exc).split())[:300]}", e.path) from exc
+                        raise ModelError(
+                            f"onnxruntime failed to run the model on inputs {shp}: {' '.join(str(exc).split())[:300]}",
+                            e.path,
+                        ) from exc
                     invokers[(i, c)] = inv
             infos[i]["memory"] = probe.to_dict()
+            peaks.append(infos[i]["memory"]["peak_rss_bytes"])
         # phase 3: per batch size, warm-up then interleaved latency, then throughput
         phase = "latency"
         for c, b in enumerate(cfgs):
@@ -325,17 +377,35 @@ def bench(
             measured[c] = (active, m)
             if m.interrupted:
                 interrupted = True
+                notes.append(
+                    f"interrupted by Ctrl-C while timing batch {b if b is not None else 'default'}: "
+                    f"{min(len(x) for x in m.latencies)} to {max(len(x) for x in m.latencies)} runs per model measured"
+                )
                 break
             if throughput:
                 phase = "throughput"
                 workers = []
                 for i in active:
                     feed = plan[c][i][0]
-                    extra = [Invoker(sessions[i], feed, io_binding=io_binding, device=device, device_id=cuda_options.get("device_id", 0)).call for _ in range(concurrency - 1)]
+                    extra = [
+                        Invoker(
+                            sessions[i],
+                            feed,
+                            io_binding=io_binding,
+                            device=device,
+                            device_id=cuda_options.get("device_id", 0),
+                        ).call
+                        for _ in range(concurrency - 1)
+                    ]
                     workers.append([invokers[(i, c)].call, *extra])
                 bsz = [feed_batch(entries[i].proto, plan[c][i][0]) or 1 for i in active]
-                iters = [max(2, math.ceil(len(m.latencies[k]) / (THROUGHPUT_ROUNDS * concurrency))) for k in range(len(active))]
-                for k, t in enumerate(measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=seed + c)):
+                iters = [
+                    max(2, math.ceil(len(m.latencies[k]) / (THROUGHPUT_ROUNDS * concurrency)))
+                    for k in range(len(active))
+                ]
+                for k, t in enumerate(
+                    measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=seed + c)
+                ):
                     thr[(active[k], c)] = t
                 phase = "latency"
         # phase 4: accuracy
@@ -344,15 +414,24 @@ def bench(
             acc_blocks = _accuracy(entries, sessions, views, ds, shapes, base, seed)
     except KeyboardInterrupt:
         interrupted = True
-        notes.append(f"interrupted by Ctrl-C during the {phase} phase: figures below are what was measured until then")
-    env = capture(prov, session=next((s for s in sessions if s is not None), None), threads=threads, concurrency=concurrency, io_binding=io_binding, cuda_options=cuda_options)
+        notes.append(
+            f"interrupted by Ctrl-C during the {phase} phase: figures below are what was measured until then"
+        )
+    env = capture(
+        prov,
+        session=next((s for s in sessions if s is not None), None),
+        threads=threads,
+        concurrency=concurrency,
+        io_binding=io_binding,
+        cuda_options=cuda_options,
+    )
     env["load_average_before"] = load_before
     env["runtime_setup_ms"] = prime_s * 1e3 if prime_s is not None else None
     if acc_blocks is not None:
         for i, a in enumerate(acc_blocks):
             infos[i]["accuracy"] = a
 
-    results, samples = _results(entries, cfgs, plan, first, measured, thr, base, block, seed, interrupted)
+    results, samples = _results(entries, cfgs, plan, first, measured, thr, base, block, seed)
     report = {
         "command": "bench",
         "schema_version": SCHEMA_VERSION,
@@ -379,7 +458,9 @@ def bench(
         "environment": env,
         "models": infos,
         "results": results,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": max(
+            (p for p in [*peaks, peak_rss_bytes()] if p is not None), default=None
+        ),
         "seconds": time.perf_counter() - t_start,
         "notes": notes,
         "warnings": warnings,
@@ -392,7 +473,7 @@ def _accuracy(entries, sessions, views, ds, shapes, base, seed) -> list[dict]:
     outs: list = [None] * n
     failed: dict[int, str] = {}
     if ds is not None:
-        for i in range(n):
+        for i in progress(range(n), desc="bench accuracy", total=n, unit="model"):
             try:
                 outs[i] = run_dataset(sessions[i], views[i], batch_size=DEFAULT_BATCH)
             except OnnxoptError as exc:
@@ -405,16 +486,25 @@ def _accuracy(entries, sessions, views, ds, shapes, base, seed) -> list[dict]:
     for i, e in enumerate(entries):
         synth = synthesize(e.proto, shapes, samples=8, seed=seed)
         feeds.append(next(synth.batches(max(len(synth), 1))))
-        outs[i] = run_dataset(sessions[i], synth, batch_size=max(len(synth), 1))
+        try:
+            outs[i] = run_dataset(sessions[i], synth, batch_size=max(len(synth), 1))
+        except OnnxoptError as exc:
+            failed[i] = f"not evaluated: {exc.message}"
     blocks = acc.evaluate(outs, base, None, "synthesized inputs (seeded)")
+    for i, why in failed.items():
+        blocks[i]["note"] = why
     for i in range(n):
-        same = feeds[i].keys() == feeds[base].keys() and all(np.array_equal(feeds[i][k], feeds[base][k]) for k in feeds[i])
+        same = feeds[i].keys() == feeds[base].keys() and all(
+            np.array_equal(feeds[i][k], feeds[base][k]) for k in feeds[i]
+        )
         if not same:
-            blocks[i].update(agreement=None, rel_l2=None, note="inputs differ from the baseline's: no comparison")
+            blocks[i].update(
+                agreement=None, rel_l2=None, note="inputs differ from the baseline's: no comparison"
+            )
     return blocks
 
 
-def _results(entries, cfgs, plan, first, measured, thr, base, block, seed, interrupted):
+def _results(entries, cfgs, plan, first, measured, thr, base, block, seed):
     rows, samples = [], {}
     for c, b in enumerate(cfgs):
         active, m = measured.get(c, ([], None))
@@ -422,7 +512,18 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed, inter
         base_lat = lat.get(base)
         for i, e in enumerate(entries):
             item = plan[c][i]
-            row = {"model": e.name, "batch_requested": b, "batch": None, "status": None, "notes": [], "input_shapes": None, "first_run_ms": None, "latency_ms": None, "speedup": None, "throughput": None}
+            row = {
+                "model": e.name,
+                "batch_requested": b,
+                "batch": None,
+                "status": None,
+                "notes": [],
+                "input_shapes": None,
+                "first_run_ms": None,
+                "latency_ms": None,
+                "speedup": None,
+                "throughput": None,
+            }
             if isinstance(item, str):
                 row.update(status="skipped", notes=[item])
                 rows.append(row)
@@ -453,7 +554,20 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed, inter
     return rows, samples
 
 
-def compare_latency(models_or_sessions, feeds, *, provider: str = "cpu", runs: int = 50, warmup: int = 5, block: int = 5, duration: float | None = None, threads: int | None = None, io_binding: bool = False, seed: int = 0, names: list[str] | None = None) -> list[dict]:
+def compare_latency(
+    models_or_sessions,
+    feeds,
+    *,
+    provider: str = "cpu",
+    runs: int = 50,
+    warmup: int = 5,
+    block: int = 5,
+    duration: float | None = None,
+    threads: int | None = None,
+    io_binding: bool = False,
+    seed: int = 0,
+    names: list[str] | None = None,
+) -> list[dict]:
     """Interleaved latency of N models (paths, protos or ORT sessions) on ``feeds`` (one
     feed dict for all, or one per model).  Per model: ``name``, ``median_ms``, ``p90_ms``,
     ``p99_ms``, ``mean_ms``, ``min_ms``, ``n``, and ``speedup`` = median(first) /
@@ -476,12 +590,27 @@ def compare_latency(models_or_sessions, feeds, *, provider: str = "cpu", runs: i
             labels.append(f"model{k}")
         else:
             proto = load_model(it)
-            sessions.append(create_session(it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads))
+            sessions.append(
+                create_session(
+                    it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads
+                )
+            )
             labels.append(_name_of(it, proto, k))
     if names is not None:
         labels = list(names)
-    calls = [Invoker(s, f, io_binding=io_binding or prov == "cuda", device=device).call for s, f in zip(sessions, feeds, strict=True)]
-    m = measure_interleaved(lambda k: calls[k](), len(calls), runs=runs, warmup=warmup, block=block, duration=duration, shuffle_seed=seed)
+    calls = [
+        Invoker(s, f, io_binding=io_binding or prov == "cuda", device=device).call
+        for s, f in zip(sessions, feeds, strict=True)
+    ]
+    m = measure_interleaved(
+        lambda k: calls[k](),
+        len(calls),
+        runs=runs,
+        warmup=warmup,
+        block=block,
+        duration=duration,
+        shuffle_seed=seed,
+    )
     out = []
     for k, x in enumerate(m.latencies):
         ms = x * 1e3

@@ -13,7 +13,16 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["cpu_model", "usable_cores", "physical_cores", "effective_threads", "load_average", "capture", "oversubscription_warning", "gpu_info"]
+__all__ = [
+    "cpu_model",
+    "usable_cores",
+    "physical_cores",
+    "effective_threads",
+    "load_average",
+    "capture",
+    "oversubscription_warning",
+    "gpu_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +104,21 @@ def gpu_info(device_id: int = 0) -> dict | None:
             name = pynvml.nvmlDeviceGetName(h)
             driver = pynvml.nvmlSystemGetDriverVersion()
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            return {"name": name.decode() if isinstance(name, bytes) else name, "driver": driver.decode() if isinstance(driver, bytes) else driver, "memory_total_bytes": int(mem.total), "source": "nvml"}
+            return {
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "driver": driver.decode() if isinstance(driver, bytes) else driver,
+                "memory_total_bytes": int(mem.total),
+                "source": "nvml",
+            }
         finally:
             pynvml.nvmlShutdown()
     except Exception:
         pass
     from .memory import nvidia_smi
 
-    out = nvidia_smi(["--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader,nounits"])
+    out = nvidia_smi(
+        ["--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader,nounits"]
+    )
     if out is None:
         return None
     for line in out.splitlines():
@@ -112,7 +128,12 @@ def gpu_info(device_id: int = 0) -> dict | None:
                 total = int(float(parts[3])) * 2**20
             except ValueError:
                 total = None
-            return {"name": parts[1], "driver": parts[2], "memory_total_bytes": total, "source": "nvidia-smi"}
+            return {
+                "name": parts[1],
+                "driver": parts[2],
+                "memory_total_bytes": total,
+                "source": "nvidia-smi",
+            }
     return None
 
 
@@ -137,12 +158,23 @@ def _cpu_freq_mhz() -> float | None:
 
 def _governor() -> str | None:
     try:
-        return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip() or None
+        return (
+            Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip()
+            or None
+        )
     except OSError:
         return None
 
 
-def capture(provider: str, *, session=None, threads: int | None = None, concurrency: int = 1, io_binding: bool = False, cuda_options: dict | None = None) -> dict:
+def capture(
+    provider: str,
+    *,
+    session=None,
+    threads: int | None = None,
+    concurrency: int = 1,
+    io_binding: bool = False,
+    cuda_options: dict | None = None,
+) -> dict:
     """The environment block of the report (see docs/readme/bench.md for its schema)."""
     import numpy as np
     import onnx
@@ -165,13 +197,17 @@ def capture(provider: str, *, session=None, threads: int | None = None, concurre
         "providers_available": list(ort.get_available_providers()),
         "provider": provider,
         "ort_providers": list(session.get_providers()) if session is not None else None,
-        "provider_options": dict(session.get_provider_options()) if session is not None else (dict(cuda_options or {}) if provider == "cuda" else {}),
+        "provider_options": dict(session.get_provider_options())
+        if session is not None
+        else (dict(cuda_options or {}) if provider == "cuda" else {}),
         "intra_op_threads": threads,
         "intra_op_threads_effective": effective_threads(threads, provider),
         "execution_mode": "sequential",
         "graph_optimization_level": "all (onnxruntime default)",
         "concurrency": concurrency,
         "io_binding": bool(io_binding),
-        "gpu": gpu_info(int((cuda_options or {}).get("device_id", 0))) if provider == "cuda" else None,
+        "gpu": gpu_info(int((cuda_options or {}).get("device_id", 0)))
+        if provider == "cuda"
+        else None,
     }
     return env

@@ -92,7 +92,14 @@ def _from_files(model, ds: Dataset, batch: int | None) -> tuple[dict, list[str]]
     return {k: _take(v, batch) for k, v in joined.items()}, notes
 
 
-def make_feed(model: onnx.ModelProto, dataset: Dataset | None, shapes: Mapping[str, tuple] | None, batch: int | None, *, seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
+def make_feed(
+    model: onnx.ModelProto,
+    dataset: Dataset | None,
+    shapes: Mapping[str, tuple] | None,
+    batch: int | None,
+    *,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """``(feed, notes)`` for ``batch`` (``SkipConfig`` when the model's fixed batch forbids it).
 
     ``dataset`` must already be validated against ``model``.  Without it, inputs are
@@ -111,7 +118,9 @@ def make_feed(model: onnx.ModelProto, dataset: Dataset | None, shapes: Mapping[s
     shp = {k: tuple(v) for k, v in (shapes or {}).items()}
     unknown = set(shp) - {s.name for s in specs}
     if unknown:
-        raise DataError(f"--shape names unknown input(s) {', '.join(sorted(unknown))} (model inputs: {', '.join(s.name for s in specs)})")
+        raise DataError(
+            f"--shape names unknown input(s) {', '.join(sorted(unknown))} (model inputs: {', '.join(s.name for s in specs)})"
+        )
     if batch is not None:
         for s in specs:
             if s.name in shp and s.shape and not isinstance(s.shape[0], int) and shp[s.name]:

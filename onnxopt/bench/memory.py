@@ -22,7 +22,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["rss_bytes", "peak_rss_bytes", "reset_peak_rss", "MemoryProbe", "gpu_used_bytes", "nvidia_smi", "parse_compute_apps", "parse_gpu_used"]
+__all__ = [
+    "rss_bytes",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "MemoryProbe",
+    "gpu_used_bytes",
+    "nvidia_smi",
+    "parse_compute_apps",
+    "parse_gpu_used",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +84,9 @@ def nvidia_smi(args: list[str], timeout: float = 10.0) -> str | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, check=False)
+        out = subprocess.run(
+            [exe, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -127,7 +138,13 @@ def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | No
             pynvml.nvmlShutdown()
     except Exception:
         pass
-    out = nvidia_smi(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits", f"--id={device_id}"])
+    out = nvidia_smi(
+        [
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+            f"--id={device_id}",
+        ]
+    )
     if out is not None:
         used = parse_compute_apps(out, pid)
         if used is not None:
@@ -165,16 +182,22 @@ class MemoryProbe:
         r = {
             "rss_before_bytes": self._rss0,
             "rss_after_bytes": rss1,
-            "rss_delta_bytes": (rss1 - self._rss0) if rss1 is not None and self._rss0 is not None else None,
+            "rss_delta_bytes": (rss1 - self._rss0)
+            if rss1 is not None and self._rss0 is not None
+            else None,
             "peak_rss_bytes": peak,
-            "peak_rss_delta_bytes": (peak - self._rss0) if peak is not None and self._rss0 is not None else None,
+            "peak_rss_delta_bytes": (peak - self._rss0)
+            if peak is not None and self._rss0 is not None
+            else None,
             "peak_scope": "window" if self._reset else "process",
         }
         if self.gpu:
             g1 = gpu_used_bytes(self.device_id)
             g0 = self._gpu0
             r["gpu_used_before_bytes"], r["gpu_used_after_bytes"] = g0[0], g1[0]
-            r["gpu_delta_bytes"] = (g1[0] - g0[0]) if g0[0] is not None and g1[0] is not None else None
+            r["gpu_delta_bytes"] = (
+                (g1[0] - g0[0]) if g0[0] is not None and g1[0] is not None else None
+            )
             r["gpu_source"], r["gpu_scope"] = g1[1], g1[2]
         self.result = r
 

@@ -42,7 +42,9 @@ def plot_bytes(report: dict, samples: dict, fmt: str = "png") -> bytes:
     from matplotlib.figure import Figure
 
     cfgs = list(dict.fromkeys(r["batch_requested"] for r in report["results"]))
-    cols = [b for b in cfgs if any((m, b) in samples for m in (x["name"] for x in report["models"]))]
+    cols = [
+        b for b in cfgs if any((m, b) in samples for m in (x["name"] for x in report["models"]))
+    ]
     if not cols:
         raise UsageError("nothing was measured: no plot to draw")
     names = [m["name"] for m in report["models"]]
@@ -69,7 +71,12 @@ def plot_bytes(report: dict, samples: dict, fmt: str = "png") -> bytes:
         vals = np.array([s["ratio"] if s else np.nan for s in rat])
         lo = np.array([s["ratio"] - s["ci95"][0] if s else 0.0 for s in rat])
         hi = np.array([s["ci95"][1] - s["ratio"] if s else 0.0 for s in rat])
-        colors = ["#4c72b0" if not s or s.get("verdict") in ("same", "baseline") else ("#55a868" if s["verdict"] == "faster" else "#c44e52") for s in rat]
+        colors = [
+            "#4c72b0"
+            if not s or s.get("verdict") in ("same", "baseline")
+            else ("#55a868" if s["verdict"] == "faster" else "#c44e52")
+            for s in rat
+        ]
         ax.bar(xs, vals, yerr=np.vstack([lo, hi]), capsize=4, color=colors)
         ax.axhline(1.0, color="black", linewidth=0.8)
         finite = vals[np.isfinite(vals)]

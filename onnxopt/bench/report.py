@@ -12,7 +12,16 @@ import io
 import json
 import math
 
-__all__ = ["FORMATS", "CSV_COLUMNS", "render", "to_json", "to_csv", "to_markdown", "to_table", "csv_rows"]
+__all__ = [
+    "FORMATS",
+    "CSV_COLUMNS",
+    "render",
+    "to_json",
+    "to_csv",
+    "to_markdown",
+    "to_table",
+    "csv_rows",
+]
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -51,7 +60,9 @@ def _finite(obj):
 
 
 def to_json(report: dict) -> str:
-    return json.dumps(_finite(report), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    return (
+        json.dumps(_finite(report), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    )
 
 
 def _models_by_name(report: dict) -> dict:
@@ -173,7 +184,10 @@ def _grid(headers: list[str], rows: list[list[str]], right: set[int]) -> list[st
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(vals):
-        return "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths, strict=True))).rstrip()
+        return "  ".join(
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(vals, widths, strict=True))
+        ).rstrip()
 
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
@@ -205,13 +219,37 @@ def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
 
 def _latency_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     conc = (report.get("environment") or {}).get("concurrency", 1)
-    headers = ["model", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", f"vs {report['baseline']} [95% CI]", "verdict", "first ms", f"samples/s (x{conc})"]
+    headers = [
+        "model",
+        "batch",
+        "runs",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        f"vs {report['baseline']} [95% CI]",
+        "verdict",
+        "first ms",
+        f"samples/s (x{conc})",
+    ]
     rows = []
     for r in report["results"]:
         lat = r.get("latency_ms") or {}
         b = r.get("batch") if r.get("batch") is not None else r.get("batch_requested")
         if r["status"] == "skipped":
-            rows.append([r["model"], "-" if b is None else str(b), "-", "-", "-", "-", "skipped", "", "-", "-"])
+            rows.append(
+                [
+                    r["model"],
+                    "-" if b is None else str(b),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "skipped",
+                    "",
+                    "-",
+                    "-",
+                ]
+            )
             continue
         rows.append(
             [
@@ -222,7 +260,10 @@ def _latency_rows(report: dict) -> tuple[list[str], list[list[str]]]:
                 _ms(lat.get("p90")),
                 _ms(lat.get("p99")),
                 _ratio(r.get("speedup")),
-                _VERDICT.get((r.get("speedup") or {}).get("verdict"), r["status"] if r["status"] != "ok" else "-"),
+                _VERDICT.get(
+                    (r.get("speedup") or {}).get("verdict"),
+                    r["status"] if r["status"] != "ok" else "-",
+                ),
                 _ms(r.get("first_run_ms")),
                 _rate(r.get("throughput")),
             ]
@@ -296,7 +337,9 @@ def _md_table(headers: list[str], rows: list[list[str]], right: set[int]) -> lis
 
 
 def to_markdown(report: dict) -> str:
-    out = [f"_{line}_" for line in _header_lines(report)] + [""]
+    out = []
+    for line in _header_lines(report):
+        out += [f"_{line}_", ""]
     h, rows = _latency_rows(report)
     out += _md_table(h, rows, right={1, 2, 3, 4, 5, 8, 9})
     out.append("")

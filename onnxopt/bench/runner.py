@@ -31,7 +31,9 @@ __all__ = ["prime_runtime", "open_session", "Invoker", "time_once", "warm", "mea
 log = logging.getLogger(__name__)
 
 
-def prime_runtime(provider: str, *, threads: int | None = None, cuda_options: dict | None = None) -> float:
+def prime_runtime(
+    provider: str, *, threads: int | None = None, cuda_options: dict | None = None
+) -> float:
     """Create and run a one-node session so that onnxruntime's one-time process set-up
     (environment, thread pools; the CUDA context on CUDA) is not billed to whichever model
     happens to be created first.  Returns the seconds it took."""
@@ -48,7 +50,9 @@ def prime_runtime(provider: str, *, threads: int | None = None, cuda_options: di
     return time.perf_counter() - t0
 
 
-def open_session(model, provider: str, *, threads: int | None = None, cuda_options: dict | None = None):
+def open_session(
+    model, provider: str, *, threads: int | None = None, cuda_options: dict | None = None
+):
     """``(session, seconds)``: an ORT session for a path or proto, and how long it took."""
     t0 = time.perf_counter()
     sess = create_session(model, provider, threads=threads, cuda_options=cuda_options)
@@ -59,7 +63,15 @@ class Invoker:
     """One inference of ``session`` on ``feed``: call it (or its ``call`` attribute, one
     indirection less, in timing loops).  See the module docstring."""
 
-    def __init__(self, session, feed: dict[str, np.ndarray], *, io_binding: bool = False, device: str = "cpu", device_id: int = 0):
+    def __init__(
+        self,
+        session,
+        feed: dict[str, np.ndarray],
+        *,
+        io_binding: bool = False,
+        device: str = "cpu",
+        device_id: int = 0,
+    ):
         self.session = session
         self.feed = feed  # keeps bound host buffers alive
         self.io_binding = io_binding
@@ -117,7 +129,9 @@ def warm(fn: Callable[[], object], n: int) -> None:
         fn()
 
 
-def _round(invokers: Sequence[Callable[[], object]], iters: int, stop: threading.Event) -> tuple[float, int]:
+def _round(
+    invokers: Sequence[Callable[[], object]], iters: int, stop: threading.Event
+) -> tuple[float, int]:
     """Wall seconds and runs done for ``len(invokers)`` workers doing ``iters`` runs each."""
     if len(invokers) == 1:
         inv = invokers[0]
@@ -143,7 +157,10 @@ def _round(invokers: Sequence[Callable[[], object]], iters: int, stop: threading
         except BaseException as exc:  # reported in the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(k, inv), daemon=True, name=f"onnxopt-bench-{k}") for k, inv in enumerate(invokers)]
+    threads = [
+        threading.Thread(target=work, args=(k, inv), daemon=True, name=f"onnxopt-bench-{k}")
+        for k, inv in enumerate(invokers)
+    ]
     for t in threads:
         t.start()
     try:
@@ -159,11 +176,20 @@ def _round(invokers: Sequence[Callable[[], object]], iters: int, stop: threading
             t.join()
         raise
     if errors:
-        raise ModelError(f"onnxruntime failed in a concurrent worker: {' '.join(str(errors[0]).split())[:300]}")
+        raise ModelError(
+            f"onnxruntime failed in a concurrent worker: {' '.join(str(errors[0]).split())[:300]}"
+        )
     return wall, sum(done)
 
 
-def measure_throughput(workers: Sequence[Sequence[Callable[[], object]]], batches: Sequence[int], iters: Sequence[int], *, rounds: int = 3, seed: int = 0) -> list[dict]:
+def measure_throughput(
+    workers: Sequence[Sequence[Callable[[], object]]],
+    batches: Sequence[int],
+    iters: Sequence[int],
+    *,
+    rounds: int = 3,
+    seed: int = 0,
+) -> list[dict]:
     """Throughput of each model: ``workers[i]`` are its invokers (one per worker thread, all
     sharing one session), ``batches[i]`` the samples per run, ``iters[i]`` runs per worker
     per round.  Models take turns in every round (seeded shuffle).  Per model:

@@ -86,7 +86,12 @@ def measure_interleaved(
     if progress_desc is not None:
         from ..core.progress import progress
 
-        rounds_iter = progress(rounds_iter, desc=progress_desc, total=math.ceil(runs / block) if runs else None, unit="round")
+        rounds_iter = progress(
+            rounds_iter,
+            desc=progress_desc,
+            total=math.ceil(runs / block) if runs else None,
+            unit="round",
+        )
     start = perf()
     try:
         for i in range(n):
@@ -122,10 +127,22 @@ def measure_interleaved(
         if close is not None:
             close()
     rounds = min(len(x) for x in lat) // block
-    return Measurement([np.asarray(x) for x in lat], block, rounds, interrupted, perf() - start, orders)
+    return Measurement(
+        [np.asarray(x) for x in lat], block, rounds, interrupted, perf() - start, orders
+    )
 
 
-def time_interleaved(sessions: Sequence, feeds: Sequence[dict], *, runs: int = 50, warmup: int = 5, block: int = 5, duration: float | None = None, io_runner=None, shuffle_seed: int | None = None) -> list[np.ndarray]:
+def time_interleaved(
+    sessions: Sequence,
+    feeds: Sequence[dict],
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    block: int = 5,
+    duration: float | None = None,
+    io_runner=None,
+    shuffle_seed: int | None = None,
+) -> list[np.ndarray]:
     """Latencies in seconds, one array per session, measured in interleaved blocks.
 
     ``feeds[i]`` is the feed of ``sessions[i]``.  ``duration`` (seconds) caps the total
@@ -133,7 +150,15 @@ def time_interleaved(sessions: Sequence, feeds: Sequence[dict], *, runs: int = 5
     given, replaces ``sessions[i].run(None, feeds[i])`` (e.g. for I/O binding).
     """
     run_one = io_runner or (lambda i: sessions[i].run(None, feeds[i]))
-    m = measure_interleaved(run_one, len(sessions), runs=runs, warmup=max(warmup, 1), block=block, duration=duration, shuffle_seed=shuffle_seed)
+    m = measure_interleaved(
+        run_one,
+        len(sessions),
+        runs=runs,
+        warmup=max(warmup, 1),
+        block=block,
+        duration=duration,
+        shuffle_seed=shuffle_seed,
+    )
     return m.latencies
 
 
@@ -167,7 +192,14 @@ def _boot_medians_iid(x: np.ndarray, rng, n_boot: int) -> np.ndarray:
     return out
 
 
-def speedup(base: np.ndarray, other: np.ndarray, *, n_boot: int = 1000, seed: int = 0, block: int | None = None) -> Speedup:
+def speedup(
+    base: np.ndarray,
+    other: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    block: int | None = None,
+) -> Speedup:
     """``median(base) / median(other)`` with a 95% percentile-bootstrap CI.
 
     ``block=None``: runs resampled independently in each sample.  ``block=k`` (the samples
@@ -189,7 +221,9 @@ def speedup(base: np.ndarray, other: np.ndarray, *, n_boot: int = 1000, seed: in
         for s in range(0, n_boot, chunk):
             c = min(chunk, n_boot - s)
             idx = rng.integers(0, nb, size=(c, nb))
-            boots[s : s + c] = np.median(bb[idx].reshape(c, -1), axis=1) / np.median(ob[idx].reshape(c, -1), axis=1)
+            boots[s : s + c] = np.median(bb[idx].reshape(c, -1), axis=1) / np.median(
+                ob[idx].reshape(c, -1), axis=1
+            )
     elif n_boot * max(len(base), len(other)) <= _BOOT_CHUNK_VALUES:
         bi = rng.integers(0, len(base), size=(n_boot, len(base)))
         oi = rng.integers(0, len(other), size=(n_boot, len(other)))
@@ -204,7 +238,16 @@ def percentiles(lat: np.ndarray) -> dict:
     """min, mean, std, p50, p90, p95, p99, p99.9 in milliseconds."""
     ms = np.asarray(lat, dtype=np.float64) * 1e3
     q = np.percentile(ms, [50, 90, 95, 99, 99.9])
-    return {"min": float(ms.min()), "mean": float(ms.mean()), "std": float(ms.std()), "p50": float(q[0]), "p90": float(q[1]), "p95": float(q[2]), "p99": float(q[3]), "p99.9": float(q[4])}
+    return {
+        "min": float(ms.min()),
+        "mean": float(ms.mean()),
+        "std": float(ms.std()),
+        "p50": float(q[0]),
+        "p90": float(q[1]),
+        "p95": float(q[2]),
+        "p99": float(q[3]),
+        "p99.9": float(q[4]),
+    }
 
 
 def latency_summary(lat: np.ndarray) -> dict:

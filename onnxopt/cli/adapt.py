@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .options import json_option, output_option, provider_option, report_option
-from .render import echo_json, fmt, table
+from .render import echo_json, table
 
 __all__ = ["command", "ClassNames"]
 

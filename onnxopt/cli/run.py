@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .options import (
@@ -65,7 +67,7 @@ def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, me
     check_output_path(output, [model])
     if report_path:
         check_output_path(report_path, [model])
-        if click.format_filename(report_path) == click.format_filename(output):
+        if Path(report_path).resolve() == Path(output).resolve():
             raise UsageError("--report must differ from -o", report_path)
     result = run(recipe, model, calibration=calibration, eval_data=eval_data, shapes=shapes_dict(shapes), provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
     result.save(output, guard=[model])

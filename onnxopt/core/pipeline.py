@@ -27,7 +27,7 @@ from .progress import progress
 from .provenance import write_provenance
 from .result import Result
 
-__all__ = ["PipelineResult", "StepVerifier", "run_pipeline"]
+__all__ = ["PipelineResult", "StepVerifier", "interface_change", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,16 @@ class StepVerifier:
 
     def __init__(self, reference: onnx.ModelProto, ctx: Context, *, limit: int | None = 512):
         self.ctx = ctx
+        self.reference = reference
         self.dataset = ctx.inputs_for(reference, prefer_eval=True)
         self.names = [o.name for o in reference.graph.output]
         self.evaluator = Evaluator(reference, self.dataset, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=limit)
 
     def __call__(self, model: onnx.ModelProto, label: str, *, exact: bool) -> dict:
         check = check_model(model, provider=self.ctx.provider, label=label)
+        problem = interface_change(self.reference, model)
+        if problem:
+            raise VerificationError(f"{label}: {problem}")
         outputs = self.evaluator.outputs(model)
         if len(outputs) != len(self.names):
             raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
@@ -63,6 +67,37 @@ class StepVerifier:
             if drop > self.ctx.budget.max_drop + 1e-9:
                 raise BudgetError(f"{label}: {self.evaluator.metric} dropped {drop:.2f} points (budget {self.ctx.budget.max_drop:g})")
         return record
+
+
+def _inputs(model: onnx.ModelProto) -> tuple[dict[str, int], set[str]]:
+    """({real input: elem_type}, {inputs that an initializer backs})."""
+    inits = {t.name for t in model.graph.initializer}
+    real = {i.name: i.type.tensor_type.elem_type for i in model.graph.input if i.name not in inits}
+    return real, {i.name for i in model.graph.input if i.name in inits}
+
+
+def interface_change(reference: onnx.ModelProto, model: onnx.ModelProto) -> str:
+    """Why ``model`` no longer has ``reference``'s interface ("" when it does): the same
+    real inputs (name, element type), every output name in order, and, in IR >= 4 models,
+    every overridable initializer still an input (IR < 4 lists all weights as inputs, so
+    folding them away is allowed there)."""
+    ref_real, ref_over = _inputs(reference)
+    real, over = _inputs(model)
+    if set(real) != set(ref_real):
+        gone, new = sorted(set(ref_real) - set(real)), sorted(set(real) - set(ref_real))
+        return "graph inputs changed" + (f"; removed: {', '.join(gone)}" if gone else "") + (f"; added: {', '.join(new)}" if new else "")
+    retyped = sorted(k for k in real if real[k] != ref_real[k])
+    if retyped:
+        return f"graph input(s) {', '.join(retyped)} changed element type"
+    if reference.ir_version >= 4:
+        lost = sorted(ref_over - over - set(real))
+        if lost:
+            return f"overridable initializer input(s) {', '.join(lost)} are no longer graph inputs"
+    names = [o.name for o in model.graph.output]
+    ref_names = [o.name for o in reference.graph.output]
+    if names != ref_names:
+        return f"graph outputs changed: {', '.join(ref_names)} -> {', '.join(names)}"
+    return ""
 
 
 @dataclass

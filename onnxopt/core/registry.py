@@ -21,6 +21,11 @@ PASSES: dict[str, str] = {
     "remove-unused": "onnxopt.simplify.passes:RemoveUnusedPass",
     "dedupe-initializers": "onnxopt.simplify.passes:DedupeInitializersPass",
     "infer-shapes": "onnxopt.simplify.passes:InferShapesPass",
+    "prune-magnitude": "onnxopt.prune.passes:PruneMagnitudePass",
+    "prune-channels": "onnxopt.prune.passes:PruneChannelsPass",
+    "prune-blocks": "onnxopt.prune.passes:PruneBlocksPass",
+    "quantize": "onnxopt.quantize.passes:QuantizePass",
+    "transformer-fusion": "onnxopt.quantize.transformer:TransformerFusionPass",
 }
 
 

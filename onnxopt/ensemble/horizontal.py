@@ -187,7 +187,7 @@ class _Fuser:
 
     def init(self, base: str, array: np.ndarray) -> str:
         name = self.fresh(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.inits.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def small(self, values, dtype=np.int64) -> str:

@@ -26,7 +26,7 @@ from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
 from ..core.recipe import load_recipe
 from ..data import dataset_for, synthesize
-from ..errors import ProviderError, UsageError
+from ..errors import ProviderError, UsageError, blaming
 from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
 from ..stats import model_stats
@@ -86,6 +86,7 @@ def _summary(chosen, rows, metric: str) -> str:
     return f"chosen: {chosen.name} ({ratio:.2f}x vs input in the confirmation run, {figs})"
 
 
+@blaming("model")
 def optimize(
     model,
     *,

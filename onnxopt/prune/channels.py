@@ -37,7 +37,9 @@ def _take(value, axis: int, positions: np.ndarray):
     return np.take(value, positions, axis=axis)
 
 
-def apply_keep(model: onnx.ModelProto, analysis: Analysis, keep_by_group: dict[int, np.ndarray]) -> dict:
+def apply_keep(
+    model: onnx.ModelProto, analysis: Analysis, keep_by_group: dict[int, np.ndarray]
+) -> dict:
     """Slice ``model`` in place so that group ``g`` keeps channels ``keep_by_group[g]``.
 
     ``analysis`` must come from this very model (node indices).  Returns counts.
@@ -77,5 +79,14 @@ def apply_keep(model: onnx.ModelProto, analysis: Analysis, keep_by_group: dict[i
     writer.finish()
     del model.graph.value_info[:]
     dead = remove_unused(model)
-    removed = sum(analysis.groups[g].channels * len(analysis.groups[g].sources) - len(k) * len(analysis.groups[g].sources) for g, k in keep_by_group.items())
-    return {"tensors_sliced": sliced, "channels_removed": int(removed), "nodes_removed": dead.get("nodes", 0), "initializers_removed": dead.get("initializers", 0)}
+    removed = sum(
+        analysis.groups[g].channels * len(analysis.groups[g].sources)
+        - len(k) * len(analysis.groups[g].sources)
+        for g, k in keep_by_group.items()
+    )
+    return {
+        "tensors_sliced": sliced,
+        "channels_removed": int(removed),
+        "nodes_removed": dead.get("nodes", 0),
+        "initializers_removed": dead.get("initializers", 0),
+    }

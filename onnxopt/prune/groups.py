@@ -38,7 +38,20 @@ from onnx import helper
 
 from .weights import WeightStore
 
-__all__ = ["Segment", "Source", "Slot", "ShapeSlot", "AttrSlot", "Group", "Analysis", "analyze", "kept_positions", "layout_size", "static_shapes", "node_label"]
+__all__ = [
+    "Segment",
+    "Source",
+    "Slot",
+    "ShapeSlot",
+    "AttrSlot",
+    "Group",
+    "Analysis",
+    "analyze",
+    "kept_positions",
+    "layout_size",
+    "static_shapes",
+    "node_label",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +60,28 @@ UNARY = {
     "Gelu", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Identity", "Cast", "Floor", "Ceil", "Round", "Reciprocal",
     "Mish", "ThresholdedRelu", "Sign", "Sin", "Cos", "Clip", "Dropout", "Shrink",
 }  # fmt: skip
-SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "LRN"}
+SPATIAL = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "GlobalLpPool",
+    "LRN",
+}
 TIES = {"Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min", "Sum", "Mean"}
-REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd", "ReduceLogSumExp", "ReduceSumSquare", "ReduceLogSum"}
+REDUCE = {
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceProd",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ReduceLogSum",
+}
 
 
 @dataclass(frozen=True)
@@ -161,7 +193,12 @@ class Analysis:
         return [g for g in self.groups if not g.prunable]
 
     def source_keep(self, keep_by_group: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        return {sid: keep_by_group[g.id] for g in self.groups if g.id in keep_by_group for sid in g.sources}
+        return {
+            sid: keep_by_group[g.id]
+            for g in self.groups
+            if g.id in keep_by_group
+            for sid in g.sources
+        }
 
     def consumers(self) -> list[Slot]:
         return [s for s in self.slots if s.role == "consumer"]
@@ -174,7 +211,11 @@ def node_label(node: onnx.NodeProto) -> str:
 def static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     """name -> dims (int, or None when symbolic/unknown) from ONNX shape inference."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if model.ByteSize() < 2**31 - 2**26 else model
+        inferred = (
+            onnx.shape_inference.infer_shapes(model, data_prop=True)
+            if model.ByteSize() < 2**31 - 2**26
+            else model
+        )
     except Exception as exc:
         log.info("shape inference failed: %s", exc)
         inferred = model
@@ -183,7 +224,10 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         tt = vi.type.tensor_type
         if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            shapes[vi.name] = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
+            shapes[vi.name] = tuple(
+                int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in tt.shape.dim
+            )
     for t in g.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
     return shapes
@@ -231,7 +275,9 @@ class _Analyzer:
         self.graph = model.graph
         self.ws = WeightStore(model)
         self.shapes = static_shapes(model)
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
+        )
         self.layouts: dict[str, tuple[Layout, int]] = {}
         self.uf = _UnionFind()
         self.out = Analysis()
@@ -272,9 +318,32 @@ class _Analyzer:
             return None
         return [int(v) for v in self.ws.array(name).reshape(-1)]
 
-    def new_source(self, idx: int, node: onnx.NodeProto, channels: int, weight: str, axis: int, out_axis: int, slots, blocked: str | None = None) -> int:
+    def new_source(
+        self,
+        idx: int,
+        node: onnx.NodeProto,
+        channels: int,
+        weight: str,
+        axis: int,
+        out_axis: int,
+        slots,
+        blocked: str | None = None,
+    ) -> int:
         sid = len(self.out.sources)
-        self.out.sources.append(Source(sid, idx, node_label(node), node.op_type, int(channels), weight, axis, node.output[0], out_axis, blocked))
+        self.out.sources.append(
+            Source(
+                sid,
+                idx,
+                node_label(node),
+                node.op_type,
+                int(channels),
+                weight,
+                axis,
+                node.output[0],
+                out_axis,
+                blocked,
+            )
+        )
         self.uf.add(sid)
         seg = (Segment(sid, int(channels)),)
         for i, ax in slots:
@@ -297,9 +366,14 @@ class _Analyzer:
 
                 reads = set().union(*(_outer_reads(g) for g in sub))
                 for x in reads & set(self.layouts):
-                    self.block(self.layouts[x][0], f"read inside a subgraph of {node.op_type} '{node_label(node)}'")
+                    self.block(
+                        self.layouts[x][0],
+                        f"read inside a subgraph of {node.op_type} '{node_label(node)}'",
+                    )
             if node.domain not in ("", "ai.onnx"):
-                self.block_inputs(node, f"custom op {node.domain}.{node.op_type} '{node_label(node)}'")
+                self.block_inputs(
+                    node, f"custom op {node.domain}.{node.op_type} '{node_label(node)}'"
+                )
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
             has_layout = any(x in self.layouts for x in node.input if x)
@@ -314,7 +388,10 @@ class _Analyzer:
             elif node.op_type in REDUCE:
                 self.reduce(idx, node)
             elif has_layout:
-                self.block_inputs(node, f"{node.op_type} '{node_label(node)}' is not understood by channel pruning")
+                self.block_inputs(
+                    node,
+                    f"{node.op_type} '{node_label(node)}' is not understood by channel pruning",
+                )
         for o in self.graph.output:
             if o.name in self.layouts:
                 self.block(self.layouts[o.name][0], f"its channels reach graph output '{o.name}'")
@@ -328,7 +405,9 @@ class _Analyzer:
         for gid, (_, sids) in enumerate(sorted(members.items())):
             srcs = [self.out.sources[i] for i in sids]
             labels = [s.label for s in srcs]
-            label = "/".join(labels[:4]) + (f" (+{len(labels) - 4} more)" if len(labels) > 4 else "")
+            label = "/".join(labels[:4]) + (
+                f" (+{len(labels) - 4} more)" if len(labels) > 4 else ""
+            )
             reason = next((s.blocked for s in srcs if s.blocked), None)
             grp = Group(gid, sids, srcs[0].channels, label, reason)
             if grp.prunable and grp.channels < 2:
@@ -358,11 +437,22 @@ class _Analyzer:
             if lay:
                 layout, c = lay
                 if c != 1 or layout_size(layout) != cin:
-                    self.block(layout, f"{node.op_type} '{name}' reads the channels on another axis")
+                    self.block(
+                        layout, f"{node.op_type} '{name}' reads the channels on another axis"
+                    )
                 else:
                     self.out.slots.append(Slot(idx, 1, in_axis, layout, "consumer"))
             slots = [(1, out_axis_w)] + ([(2, 0)] if b else [])
-            self.new_source(idx, node, wshape[out_axis_w], w, out_axis_w, 1, slots if bias_ok else [], None if bias_ok else f"{node.op_type} '{name}' has a non-constant bias")
+            self.new_source(
+                idx,
+                node,
+                wshape[out_axis_w],
+                w,
+                out_axis_w,
+                1,
+                slots if bias_ok else [],
+                None if bias_ok else f"{node.op_type} '{name}' has a non-constant bias",
+            )
             return
         xshape = self.shape(x)
         cin = xshape[1] if xshape and len(xshape) > 1 else None
@@ -370,7 +460,9 @@ class _Analyzer:
             if lay:  # depthwise: channels pass through, weights and group follow
                 layout, c = lay
                 if c != 1:
-                    self.block(layout, f"depthwise Conv '{name}' reads the channels on another axis")
+                    self.block(
+                        layout, f"depthwise Conv '{name}' reads the channels on another axis"
+                    )
                     return
                 self.out.slots.append(Slot(idx, 1, 0, layout, "param"))
                 if b:
@@ -384,7 +476,16 @@ class _Analyzer:
         if lay:
             self.block(lay[0], f"grouped convolution '{name}' (group={group})")
         out_c = wshape[1] * group if transpose else wshape[0]
-        self.new_source(idx, node, out_c, w, 1 if transpose else 0, 1, [], f"grouped convolution '{name}' (group={group})")
+        self.new_source(
+            idx,
+            node,
+            out_c,
+            w,
+            1 if transpose else 0,
+            1,
+            [],
+            f"grouped convolution '{name}' (group={group})",
+        )
 
     def op_ConvTranspose(self, idx, node):
         self.op_Conv(idx, node, transpose=True)
@@ -396,7 +497,10 @@ class _Analyzer:
         lay = self.layouts.get(a)
         trans_a, trans_b = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
         if not self.ws.is_const(b) or trans_a or b in self.layouts or (c and c in self.layouts):
-            self.block_inputs(node, f"Gemm '{name}' " + ("has transA=1" if trans_a else "has a non-constant weight"))
+            self.block_inputs(
+                node,
+                f"Gemm '{name}' " + ("has transA=1" if trans_a else "has a non-constant weight"),
+            )
             return
         bshape = self.ws.shape(b)
         if len(bshape) != 2:
@@ -404,7 +508,11 @@ class _Analyzer:
             return
         if lay:
             layout, ax = lay
-            if ax != 1 or self.rank(a) != 2 or layout_size(layout) != (bshape[1] if trans_b else bshape[0]):
+            if (
+                ax != 1
+                or self.rank(a) != 2
+                or layout_size(layout) != (bshape[1] if trans_b else bshape[0])
+            ):
                 self.block(layout, f"Gemm '{name}' reads the channels on another axis")
             else:
                 self.out.slots.append(Slot(idx, 1, 1 if trans_b else 0, layout, "consumer"))
@@ -418,7 +526,9 @@ class _Analyzer:
             elif _prod(cshape) == n_out and cshape and cshape[-1] == n_out:
                 slots.append((2, len(cshape) - 1))
             elif _prod(cshape) != 1:
-                blocked = f"Gemm '{name}' bias of shape {list(cshape)} does not broadcast per output"
+                blocked = (
+                    f"Gemm '{name}' bias of shape {list(cshape)} does not broadcast per output"
+                )
         self.new_source(idx, node, n_out, b, slots[0][1], 1, slots, blocked)
 
     def op_MatMul(self, idx, node):
@@ -449,7 +559,11 @@ class _Analyzer:
             self.block_inputs(node, f"{node.op_type} '{name}' normalizes with computed statistics")
             return
         layout, c = lay
-        if c != 1 or self.other_outputs_used(node) or any(node.input[i] in self.layouts for i in params if i < len(node.input)):
+        if (
+            c != 1
+            or self.other_outputs_used(node)
+            or any(node.input[i] in self.layouts for i in params if i < len(node.input))
+        ):
             self.block(layout, f"{node.op_type} '{name}' cannot follow removed channels")
             return
         for i in params:
@@ -472,7 +586,9 @@ class _Analyzer:
             self.block_inputs(node, f"{node.op_type} '{name}' mixes channels with other inputs")
             return
         layout, c = lay
-        if any(i and i in self.layouts for i in node.input[1:]) or any(i and not self.ws.is_const(i) for i in node.input[1:]):
+        if any(i and i in self.layouts for i in node.input[1:]) or any(
+            i and not self.ws.is_const(i) for i in node.input[1:]
+        ):
             self.block(layout, f"{node.op_type} '{name}' has non-constant parameters")
             return
         if spatial and c != 1:
@@ -482,7 +598,9 @@ class _Analyzer:
             self.block(layout, f"{node.op_type} '{name}' second output is used")
             return
         if node.op_type == "LRN":
-            self.out.notes.append(f"LRN '{name}' normalizes across neighbouring channels: removed channels change its window")
+            self.out.notes.append(
+                f"LRN '{name}' normalizes across neighbouring channels: removed channels change its window"
+            )
         self.layouts[node.output[0]] = (layout, c)
 
     def tie(self, idx, node):
@@ -514,7 +632,10 @@ class _Analyzer:
             s = self.shape(x)
             pos = None if s is None else c - (r - len(s))
             if s is None or (pos is not None and pos >= 0 and s[pos] != 1):
-                self.block_inputs(node, f"{node.op_type} '{name}' ties channels to an input whose channels cannot be pruned")
+                self.block_inputs(
+                    node,
+                    f"{node.op_type} '{name}' ties channels to an input whose channels cannot be pruned",
+                )
                 return
         size = layout_size(layouts[0])
         params = []
@@ -524,7 +645,9 @@ class _Analyzer:
             if pos < 0 or s[pos] == 1:
                 continue
             if s[pos] != size:
-                self.block_inputs(node, f"{node.op_type} '{name}' constant does not broadcast along the channels")
+                self.block_inputs(
+                    node, f"{node.op_type} '{name}' constant does not broadcast along the channels"
+                )
                 return
             params.append(Slot(idx, i, pos, layouts[0], "param"))
         if not self.unify(layouts, f"{node.op_type} '{name}'"):
@@ -536,7 +659,10 @@ class _Analyzer:
         """Tie the sources at the same positions of ``layouts``; block them when they differ."""
         first = layouts[0]
         for lay in layouts[1:]:
-            if len(lay) != len(first) or any((a.channels, a.repeat) != (b.channels, b.repeat) for a, b in zip(first, lay, strict=False)):
+            if len(lay) != len(first) or any(
+                (a.channels, a.repeat) != (b.channels, b.repeat)
+                for a, b in zip(first, lay, strict=False)
+            ):
                 for l2 in layouts:
                     self.block(l2, f"{where} ties channels laid out differently")
                 return False
@@ -612,7 +738,9 @@ class _Analyzer:
         x = node.input[0]
         if x not in self.layouts:
             if len(node.input) > 1 and node.input[1] in self.layouts:
-                self.block_inputs(node, f"Reshape '{node_label(node)}' shape computed from activations")
+                self.block_inputs(
+                    node, f"Reshape '{node_label(node)}' shape computed from activations"
+                )
             return
         layout, c = self.layouts[x]
         name = node_label(node)
@@ -728,7 +856,14 @@ class _Analyzer:
         if pads is None and len(node.input) > 1:
             pads = self.const_ints(node.input[1])
         axes_given = len(node.input) > 3 and node.input[3]
-        if pads is None or r is None or axes_given or len(pads) != 2 * r or pads[c] != 0 or pads[c + r] != 0:
+        if (
+            pads is None
+            or r is None
+            or axes_given
+            or len(pads) != 2 * r
+            or pads[c] != 0
+            or pads[c + r] != 0
+        ):
             self.block(layout, f"Pad '{node_label(node)}' may pad the channel axis")
             return
         self.layouts[node.output[0]] = (layout, c)
@@ -744,7 +879,12 @@ class _Analyzer:
         scales = None
         if scales_name and self.ws.is_const(scales_name):
             scales = [float(v) for v in self.ws.array(scales_name).reshape(-1)]
-        if sizes or (scales_name and scales is None) or (scales and (len(scales) <= c or scales[c] != 1.0)) or _attr(node, "axes") is not None:
+        if (
+            sizes
+            or (scales_name and scales is None)
+            or (scales and (len(scales) <= c or scales[c] != 1.0))
+            or _attr(node, "axes") is not None
+        ):
             self.block(layout, f"{node.op_type} '{node_label(node)}' may resize the channel axis")
             return
         self.layouts[node.output[0]] = (layout, c)

@@ -22,7 +22,20 @@ from .weights import WeightStore
 
 __all__ = ["chain_end", "l1_importance", "activation_importance"]
 
-_FOLLOW = {"Relu", "LeakyRelu", "Clip", "Identity", "Dropout", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "Elu", "Selu", "Gelu"}
+_FOLLOW = {
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Identity",
+    "Dropout",
+    "Sigmoid",
+    "Tanh",
+    "HardSwish",
+    "HardSigmoid",
+    "Elu",
+    "Selu",
+    "Gelu",
+}
 
 
 def _per_channel(arr: np.ndarray, channels: int) -> np.ndarray | None:
@@ -33,7 +46,9 @@ def _per_channel(arr: np.ndarray, channels: int) -> np.ndarray | None:
     return None
 
 
-def chain_end(model: onnx.ModelProto, src: Source, ws: WeightStore | None = None) -> tuple[str, np.ndarray]:
+def chain_end(
+    model: onnx.ModelProto, src: Source, ws: WeightStore | None = None
+) -> tuple[str, np.ndarray]:
     """(last tensor of the per-channel chain after ``src``, the chain's per-channel scale)."""
     ws = ws or WeightStore(model)
     cons = consumers(model.graph)
@@ -47,7 +62,9 @@ def chain_end(model: onnx.ModelProto, src: Source, ws: WeightStore | None = None
         if n.input[0] != name:
             break
         if n.op_type == "BatchNormalization" and all(ws.is_const(x) for x in n.input[1:5]):
-            eps = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-5)
+            eps = next(
+                (helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-5
+            )
             gamma, var = ws.array(n.input[1]), ws.array(n.input[4])
             if gamma.size != src.channels:
                 break
@@ -83,7 +100,14 @@ def l1_importance(model: onnx.ModelProto, analysis: Analysis) -> dict[int, np.nd
     return out
 
 
-def activation_importance(model: onnx.ModelProto, analysis: Analysis, dataset, *, provider: str = "cpu", limit: int | None = 512) -> dict[int, np.ndarray]:
+def activation_importance(
+    model: onnx.ModelProto,
+    analysis: Analysis,
+    dataset,
+    *,
+    provider: str = "cpu",
+    limit: int | None = 512,
+) -> dict[int, np.ndarray]:
     ws = WeightStore(model)
     ends = {}
     for g in analysis.prunable:
@@ -95,7 +119,9 @@ def activation_importance(model: onnx.ModelProto, analysis: Analysis, dataset, *
     sess = tap_session(model, names, provider)
     for _, acts in iter_taps(sess, names, dataset.batches(limit=limit)):
         for n, a in acts.items():
-            sums[n] = (0 if sums[n] is None else sums[n]) + _channel_abs_sum(a, _axis_of(analysis, ends, n))
+            sums[n] = (0 if sums[n] is None else sums[n]) + _channel_abs_sum(
+                a, _axis_of(analysis, ends, n)
+            )
     out = {}
     for g in analysis.prunable:
         total = np.zeros(g.channels)

@@ -23,7 +23,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["RidgeAccumulator", "conv_pads", "conv_output_shape", "conv_patches", "gather_outputs", "sample_positions"]
+__all__ = [
+    "RidgeAccumulator",
+    "conv_pads",
+    "conv_output_shape",
+    "conv_patches",
+    "gather_outputs",
+    "sample_positions",
+]
 
 
 class RidgeAccumulator:
@@ -85,7 +92,14 @@ class RidgeAccumulator:
         return float(np.sqrt(self.residual(w, b) / self.yty)) if self.yty > 0 else 0.0
 
 
-def conv_pads(auto_pad: str, pads: Sequence[int] | None, in_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]) -> list[int]:
+def conv_pads(
+    auto_pad: str,
+    pads: Sequence[int] | None,
+    in_spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> list[int]:
     """Explicit ``[b1, b2, ..., e1, e2, ...]`` pads for ONNX Conv's ``auto_pad`` modes."""
     r = len(kernel)
     auto_pad = (auto_pad or "NOTSET").upper()
@@ -103,12 +117,24 @@ def conv_pads(auto_pad: str, pads: Sequence[int] | None, in_spatial: Sequence[in
     return begin + end
 
 
-def conv_output_shape(in_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int]) -> list[int]:
+def conv_output_shape(
+    in_spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    dilations: Sequence[int],
+) -> list[int]:
     r = len(kernel)
-    return [(in_spatial[i] + pads[i] + pads[i + r] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1 for i in range(r)]
+    return [
+        (in_spatial[i] + pads[i] + pads[i + r] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i]
+        + 1
+        for i in range(r)
+    ]
 
 
-def sample_positions(n: int, out_spatial: Sequence[int], max_rows: int | None, rng: np.random.Generator) -> np.ndarray:
+def sample_positions(
+    n: int, out_spatial: Sequence[int], max_rows: int | None, rng: np.random.Generator
+) -> np.ndarray:
     """Flat indices over ``n * prod(out_spatial)`` positions: all, or ``max_rows`` sorted picks."""
     total = int(n * int(np.prod(out_spatial, dtype=np.int64)))
     if max_rows is None or total <= max_rows:
@@ -116,7 +142,14 @@ def sample_positions(n: int, out_spatial: Sequence[int], max_rows: int | None, r
     return np.sort(rng.choice(total, size=int(max_rows), replace=False)).astype(np.int64)
 
 
-def conv_patches(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int], positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def conv_patches(
+    x: np.ndarray,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    dilations: Sequence[int],
+    positions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """im2col rows of ``x`` [N, C, *spatial] for a (group 1) convolution.
 
     Returns ``(rows [R, C * prod(kernel)], positions, out_spatial)``; row ``i`` holds the

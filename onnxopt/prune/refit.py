@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class RefitOptions:
     ridge: float = 1e-3
     max_samples: int | None = 512
-    max_rows: int = 4096  # sampled output positions per batch (conv)
+    max_rows: int = 1024  # sampled output positions per batch (conv)
     max_features: int = 8192
     seed: int = 0
 
@@ -50,7 +50,15 @@ def _find(model: onnx.ModelProto, output: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.output and n.output[0] == output)
 
 
-def refit_layers(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: list[tuple[str, np.ndarray | None]], dataset, *, provider: str = "cpu", options: RefitOptions | None = None) -> tuple[list[dict], list[str]]:
+def refit_layers(
+    student: onnx.ModelProto,
+    teacher: onnx.ModelProto,
+    layers: list[tuple[str, np.ndarray | None]],
+    dataset,
+    *,
+    provider: str = "cpu",
+    options: RefitOptions | None = None,
+) -> tuple[list[dict], list[str]]:
     """Refit, in place in ``student``, the layers named by their output tensor.
 
     ``layers``: ``(output name, kept output channels or None)`` in graph order.  Returns
@@ -69,7 +77,11 @@ def refit_layers(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: lis
             notes.append(f"'{label}' not reconstructed: its weight is not a constant")
             continue
         op = node.op_type
-        if op == "Gemm" and (float(_attr(node, "alpha", 1.0)) != 1.0 or float(_attr(node, "beta", 1.0)) != 1.0 or int(_attr(node, "transA", 0))):
+        if op == "Gemm" and (
+            float(_attr(node, "alpha", 1.0)) != 1.0
+            or float(_attr(node, "beta", 1.0)) != 1.0
+            or int(_attr(node, "transA", 0))
+        ):
             notes.append(f"'{label}' not reconstructed: Gemm with alpha/beta != 1 or transA")
             continue
         w = ws.array(w_name).astype(np.float64)
@@ -84,7 +96,9 @@ def refit_layers(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: lis
             w_flat = w
             d, m = w.shape
         if d > opts.max_features:
-            notes.append(f"'{label}' not reconstructed: {d} inputs per output exceed max_features={opts.max_features}")
+            notes.append(
+                f"'{label}' not reconstructed: {d} inputs per output exceed max_features={opts.max_features}"
+            )
             continue
         has_bias = op in ("Conv", "Gemm")
         b_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
@@ -119,9 +133,18 @@ def refit_layers(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: lis
             if keep_out is not None:
                 y = np.take(y, keep_out, axis=1 if op == "Conv" else -1)
             if op == "Conv":
-                pads = conv_pads(conv["auto_pad"], conv["pads"], x.shape[2:], conv["kernel"], conv["strides"], conv["dilations"])
+                pads = conv_pads(
+                    conv["auto_pad"],
+                    conv["pads"],
+                    x.shape[2:],
+                    conv["kernel"],
+                    conv["strides"],
+                    conv["dilations"],
+                )
                 pos = sample_positions(x.shape[0], y.shape[2:], opts.max_rows, rng)
-                rows, pos, _ = conv_patches(x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos)
+                rows, pos, _ = conv_patches(
+                    x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos
+                )
                 acc.add(rows, gather_outputs(y, pos))
             else:
                 acc.add(x.reshape(-1, d), y.reshape(-1, m))
@@ -134,14 +157,33 @@ def refit_layers(student: onnx.ModelProto, teacher: onnx.ModelProto, layers: lis
         applied = after < before
         if applied:
             _write(student, node, op, trans_b, w.shape, w_new, b_new, ws)
-        records.append({"layer": label, "op": op, "features": d, "outputs": m, "rows": acc.n, "error_before": before, "error_after": after if applied else before, "applied": bool(applied)})
-        log.info("reconstructed %s: relative error %.4f -> %.4f%s", label, before, after, "" if applied else " (kept pruned weights)")
+        records.append(
+            {
+                "layer": label,
+                "op": op,
+                "features": d,
+                "outputs": m,
+                "rows": acc.n,
+                "error_before": before,
+                "error_after": after if applied else before,
+                "applied": bool(applied),
+            }
+        )
+        log.info(
+            "reconstructed %s: relative error %.4f -> %.4f%s",
+            label,
+            before,
+            after,
+            "" if applied else " (kept pruned weights)",
+        )
     return records, notes
 
 
 def _write(model, node, op, trans_b, w_shape, w_new, b_new, ws: WeightStore) -> None:
     writer = WeightWriter(model)
-    dtype = np.float32 if ws.array(node.input[1]).dtype.kind != "f" else ws.array(node.input[1]).dtype
+    dtype = (
+        np.float32 if ws.array(node.input[1]).dtype.kind != "f" else ws.array(node.input[1]).dtype
+    )
     if op == "Conv":
         w = w_new.T.reshape(w_shape)
     elif op == "Gemm" and trans_b:

@@ -39,5 +39,7 @@ def iter_taps(session, names: list[str], feeds) -> Iterator[tuple[dict, dict[str
         try:
             values = session.run(names, feed)
         except Exception as exc:
-            raise VerificationError(f"onnxruntime failed to run the model for intermediate activations: {' '.join(str(exc).split())[:300]}") from exc
+            raise VerificationError(
+                f"onnxruntime failed to run the model for intermediate activations: {' '.join(str(exc).split())[:300]}"
+            ) from exc
         yield feed, dict(zip(names, values, strict=True))

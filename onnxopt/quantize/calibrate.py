@@ -8,7 +8,8 @@ memory does not grow with the number of calibration samples.
   ``[-T, T]``.  ``T`` starts at the first batch's ``max |x|``; when a later batch holds a
   value ``|x| > T``, ``T`` doubles (as often as needed) and the old counts are merged pair by
   pair into the middle half of the bins.  The merge is exact: the old edges are a subset of
-  the new ones, so no count moves across an edge.
+  the new ones, so no count moves across an edge (up to values within float rounding of
+  an edge, binned against edges computed from a different bound).
 - ``percentile_range``: with the cumulative distribution ``F`` of the merged histogram and
   the tail ``t = (100 - p) / 200``, the range is ``[left edge of the bin where F >= t,
   right edge of the bin where F >= 1 - t]``, clipped to the observed ``[min, max]``.

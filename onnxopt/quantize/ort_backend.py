@@ -202,6 +202,8 @@ def quantize_with_ort(
 
                     q = ONNXQuantizer(m, per_channel, config.reduce_range, QuantizationMode.QLinearOps, True, wt, at, tensors, only, excluded, op_types, extra)
             q.quantize_model()
+            # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort
+            q.model.topological_sort()
             out = q.model.model
     except Exception as exc:
         msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]

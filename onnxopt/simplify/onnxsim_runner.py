@@ -37,7 +37,7 @@ def run_onnxsim(model: onnx.ModelProto, *, max_fold_bytes: int = 16 * 2**20) -> 
     as_constants = model.ir_version < 4 or not any(i.name in inits for i in model.graph.input)
     try:
         try:
-            out, _ = onnxsim.simplify(copy.deepcopy(model), initializers_as_constants=as_constants, **kwargs)
+            out, _ = onnxsim.simplify(copy.deepcopy(model), initializers_as_constants=as_constants, mutable_initializer=not as_constants, **kwargs)
         except TypeError:  # older onnxsim without the keyword
             out, _ = onnxsim.simplify(copy.deepcopy(model), **kwargs)
     except Exception as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..core.passes import Context, Pass, PassResult
+from ..core.pipeline import interface_change
 from ..errors import OnnxoptError
 from ..runtime import run_dataset
 from ..verify import EXACT_REL_L2, check_model, compare_outputs
@@ -138,6 +139,10 @@ class SimplifyPass(Pass):
         def accept(candidate: onnx.ModelProto, label: str) -> bool:
             try:
                 check_model(candidate, provider=ctx.provider, label=label)
+                problem = interface_change(model, candidate)
+                if problem:
+                    notes.append(f"{label} rejected: {problem}")
+                    return False
                 if reference is not None:
                     new = run_dataset(candidate, feeds, provider=ctx.provider, limit=64)
                     comp = compare_outputs(names, reference, new)

@@ -9,7 +9,9 @@ from onnx import TensorProto, helper, numpy_helper
 __all__ = ["mlp", "fixed_batch_mlp", "two_input"]
 
 
-def mlp(seed: int = 0, batch="N", width: int = 16, classes: int = 4, name: str = "x") -> onnx.ModelProto:
+def mlp(
+    seed: int = 0, batch="N", width: int = 16, classes: int = 4, name: str = "x"
+) -> onnx.ModelProto:
     """``x float32[batch, width] -> MatMul -> Relu -> MatMul -> logits float32[batch, classes]``."""
     rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), "w1")
@@ -26,7 +28,9 @@ def mlp(seed: int = 0, batch="N", width: int = 16, classes: int = 4, name: str =
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
         [w1, w2],
     )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxopt-tests")
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17)], producer_name="onnxopt-tests"
+    )
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     return m
@@ -41,7 +45,10 @@ def two_input(seed: int = 0) -> onnx.ModelProto:
     g = helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["y"])],
         "two_input",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 8]), helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 8])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 8]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 8]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxopt.bench.timing import latency_summary, measure_interleaved, percentiles, speedup, time_interleaved
+from onnxopt.bench.timing import (
+    latency_summary,
+    measure_interleaved,
+    percentiles,
+    speedup,
+    time_interleaved,
+)
 
 
 def test_rounds_are_interleaved_blocks_and_stop_at_runs():
@@ -119,6 +125,10 @@ def test_a_vs_identical_a_is_exactly_one(xs, block):
 def test_percentiles_and_summary_in_ms():
     lat = np.arange(1, 1001) / 1e3  # 1..1000 ms
     p = percentiles(lat)
-    assert p["min"] == pytest.approx(1.0) and p["p50"] == pytest.approx(500.5) and p["p99"] == pytest.approx(990.01)
+    assert (
+        p["min"] == pytest.approx(1.0)
+        and p["p50"] == pytest.approx(500.5)
+        and p["p99"] == pytest.approx(990.01)
+    )
     s = latency_summary(lat)
     assert s["n"] == 1000 and s["max"] == pytest.approx(1000.0) and set(p) <= set(s)

@@ -129,6 +129,23 @@ def test_shape_change_and_broken_graph_fail():
         run_pipeline(tiny_cnn(), [BreakGraphPass()])
 
 
+class RenameInputPass(Pass):
+    """Rename the graph input (test pass)."""
+
+    key = "rename-input"
+
+    def call(self, model, ctx):
+        model.graph.input[0].name = "image"
+        for n in model.graph.node:
+            n.input[:] = ["image" if x == "x" else x for x in n.input]
+        return self.result(model, True)
+
+
+def test_interface_change_fails():
+    with pytest.raises(VerificationError, match="step 1 'rename-input': graph inputs changed; removed: x; added: image"):
+        run_pipeline(tiny_cnn(), [RenameInputPass()], _labelled_ctx(tiny_cnn()))
+
+
 def test_pass_config_is_validated():
     from onnxopt.errors import RecipeError
 

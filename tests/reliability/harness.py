@@ -194,6 +194,11 @@ def _o(out: Path) -> str:
     return str(out / "out.onnx")
 
 
+# short measurements: these runs check behaviour, not speed
+_BENCH = ["--runs", "3", "--warmup", "1", "--no-throughput", "--format", "json"]
+_OPT = ["--time-budget", "0.2"]
+
+
 SPECS: dict[str, Spec] = {
     "inspect": Spec(
         "inspect",
@@ -230,23 +235,24 @@ SPECS: dict[str, Spec] = {
     "ensemble": Spec(
         "ensemble",
         model=lambda c, m, out: [["ensemble", c.model, m, "-o", _o(out), "--fusion", "mean"]],
-        data=lambda c, d, out: [["ensemble", c.model, c.model, "-o", _o(out), "--fusion", "stack", "--fit", d]],
+        data=lambda c, d, out: [["ensemble", c.model, c.model, "-o", _o(out), "--fusion", "stack", "--fit", d], ["ensemble", c.model, c.model, "-o", _o(out), "--data", d]],
     ),
     "chain": Spec(
         "chain",
-        model=lambda c, m, out: [["chain", m, c.head, "-o", _o(out)]],
+        model=lambda c, m, out: [["chain", m, c.head, "-o", _o(out)], ["chain", c.model, m, "-o", _o(out)]],
+        data=lambda c, d, out: [["chain", c.model, c.head, "-o", _o(out), "--data", d]],
     ),
     "bench": Spec(
         "bench",
-        model=lambda c, m, out: [["bench", m, "--runs", "3", "--warmup", "1", "--format", "json", "-o", out / "bench.json"]],
-        data=lambda c, d, out: [["bench", c.model, "--data", d, "--runs", "3", "--warmup", "1", "--format", "json", "-o", out / "bench.json"]],
+        model=lambda c, m, out: [["bench", m, *_BENCH, "-o", out / "bench.json"]],
+        data=lambda c, d, out: [["bench", c.model, "--data", d, *_BENCH, "-o", out / "bench.json"]],
         writes="bench.json",
     ),
     "optimize": Spec(
         "optimize",
-        model=lambda c, m, out: [["optimize", m, "-o", _o(out)]],
-        data=lambda c, d, out: [["optimize", c.model, "-o", _o(out), "--calibration", d]],
-        recipe=lambda c, r, out: [["optimize", c.model, "-o", _o(out), "--recipe", r]],
+        model=lambda c, m, out: [["optimize", m, "-o", _o(out), *_OPT]],
+        data=lambda c, d, out: [["optimize", c.model, "-o", _o(out), "--calibration", d, *_OPT], ["optimize", c.model, "-o", _o(out), "--eval", d, "--max-accuracy-drop", "5", *_OPT]],
+        recipe=lambda c, r, out: [["optimize", c.model, "-o", _o(out), "--recipe", r, *_OPT]],
     ),
     "adapt": Spec(
         "adapt",

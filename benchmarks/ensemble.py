@@ -1,0 +1,186 @@
+"""Ensemble benchmark: N members as N sessions vs one merged file vs horizontally fused.
+
+Prints three tables (medians of interleaved timings, file sizes, digits accuracy):
+
+1. latency: for each member set and batch size, the 3 members run as 3 ONNX Runtime
+   sessions one after another (sessions only, no glue) vs the merged model (``mean`` head)
+   under ORT's sequential and parallel executors vs the merged model with ``--fuse-members``;
+   all timed round-robin in one ``time_interleaved`` call, ratios are
+   ``median(merged) / median(3 sessions)`` (< 1: faster) with a bootstrap 95% CI.
+2. sizes: summed member files vs the merged files.
+3. accuracy on ``models/digits_test.npz``: members vs mean / vote / weighted / stack (the last
+   two fitted on ``models/digits_calib.npz``).
+
+Member sets (built here, deterministic):
+- ``cnn fine-tunes``: digits_cnn with only its last Gemm perturbed (3 seeds): the backbone is
+  identical, so the merge stores it once and ``--fuse-members`` computes it once;
+- ``cnn same-arch``: digits_cnn with every weight perturbed by 5% (3 seeds): same
+  architecture, different weights everywhere (stands in for independently trained members);
+- ``mlp same-arch``: the same for digits_mlp;
+- ``heterogeneous``: digits_mlp + digits_cnn + digits_resnet (nothing to fuse horizontally).
+
+Usage: python benchmarks/ensemble.py [--threads 1] [--batches 1,64] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnxopt.bench.timing import speedup, time_interleaved  # noqa: E402
+from onnxopt.cli.render import human_bytes, table  # noqa: E402
+from onnxopt.ensemble.api import ensemble  # noqa: E402
+from onnxopt.runtime import create_session  # noqa: E402
+
+MODELS = ROOT / "models"
+CALIB = MODELS / "digits_calib.npz"
+TEST = MODELS / "digits_test.npz"
+
+
+def perturbed(name: str, seed: int, *, only: set[str] | None = None, scale: float = 0.05) -> onnx.ModelProto:
+    """``models/<name>.onnx`` with float weights scaled by ``1 + scale * N(0, 1)`` (seeded)."""
+    m = onnx.load(str(MODELS / f"{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    for t in m.graph.initializer:
+        if only is not None and t.name not in only:
+            continue
+        a = numpy_helper.to_array(t)
+        if a.dtype.kind != "f":
+            continue
+        t.CopyFrom(numpy_helper.from_array((a * (1 + scale * rng.standard_normal(a.shape))).astype(a.dtype), t.name))
+    return m
+
+
+def member_sets(tmp: Path) -> dict[str, list[Path]]:
+    sets = {
+        "cnn fine-tunes": [perturbed("digits_cnn", s, only={"fc.weight", "fc.bias"}, scale=0.2) for s in (1, 2, 3)],
+        "cnn same-arch": [perturbed("digits_cnn", s) for s in (1, 2, 3)],
+        "mlp same-arch": [perturbed("digits_mlp", s) for s in (1, 2, 3)],
+    }
+    out = {}
+    for key, models in sets.items():
+        paths = []
+        for i, m in enumerate(models):
+            p = tmp / f"{key.replace(' ', '_')}_{i}.onnx"
+            onnx.save(m, str(p))
+            paths.append(p)
+        out[key] = paths
+    out["heterogeneous"] = [MODELS / "digits_mlp.onnx", MODELS / "digits_cnn.onnx", MODELS / "digits_resnet.onnx"]
+    return out
+
+
+def build(tmp: Path, key: str, paths: list[Path]) -> dict:
+    """Merged and fused files for one member set; returns paths, sizes and build notes."""
+    out = {"members": paths, "member_bytes": sum(p.stat().st_size for p in paths)}
+    res = ensemble(paths, fusion="mean", data=TEST)
+    merged = tmp / f"{key.replace(' ', '_')}_merged.onnx"
+    res.save(merged)
+    out["merged"] = merged
+    fused_res = ensemble(paths, fusion="mean", data=TEST, fuse_members=True)
+    applied = [g for g in fused_res.report["horizontal"]["groups"] if g["applied"]]
+    out["fused"] = None
+    out["fuse_note"] = "; ".join(fused_res.report["horizontal"]["notes"]) or ""
+    if applied:
+        fused = tmp / f"{key.replace(' ', '_')}_fused.onnx"
+        fused_res.save(fused)
+        out["fused"] = fused
+        out["fuse_note"] = f"{applied[0]['nodes_before']} -> {applied[0]['nodes_after']} nodes"
+    return out
+
+
+def latency_rows(built: dict, batch: int, threads: int, seconds: float) -> list[list]:
+    x = np.load(TEST)["image"]
+    reps = int(np.ceil(batch / len(x)))
+    feed = {"image": np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
+    members = [create_session(p, threads=threads) for p in built["members"]]
+    variants = [("merged, sequential", create_session(built["merged"], threads=threads, sequential=True))]
+    variants.append(("merged, parallel", create_session(built["merged"], threads=threads, inter_threads=2, sequential=False)))
+    if built["fused"] is not None:
+        variants.append(("--fuse-members", create_session(built["fused"], threads=threads)))
+
+    def run_one(i):
+        if i == 0:
+            for s in members:
+                s.run(None, feed)
+        else:
+            variants[i - 1][1].run(None, feed)
+
+    sessions = [None] + [v[1] for v in variants]
+    lat = time_interleaved(sessions, [feed] * len(sessions), runs=10_000, warmup=10, block=10, duration=seconds, io_runner=run_one)
+    base = lat[0]
+    rows = [["3 sessions (sum)", batch, float(np.median(base) * 1e3), 1.0, "", len(base)]]
+    for (name, _), lt in zip(variants, lat[1:], strict=True):
+        sp = speedup(lt, base)  # median(other) / median(base): the latency ratio
+        rows.append([name, batch, float(np.median(lt) * 1e3), sp.ratio, f"[{sp.low:.2f}, {sp.high:.2f}]", len(lt)])
+    return rows
+
+
+def accuracy_rows() -> list[list]:
+    paths = [MODELS / "digits_mlp.onnx", MODELS / "digits_cnn.onnx", MODELS / "digits_resnet.onnx"]
+    rows = []
+    first = None
+    for label, kw in [
+        ("mean", {"fusion": "mean"}),
+        ("mean --softmax", {"fusion": "mean", "softmax": True}),
+        ("vote", {"fusion": "vote"}),
+        ("weighted --fit calib", {"fusion": "weighted", "fit": CALIB}),
+        ("stack --fit calib (logistic)", {"fusion": "stack", "fit": CALIB}),
+        ("stack --fit calib (ridge)", {"fusion": "stack", "fit": CALIB, "head": "ridge"}),
+    ]:
+        res = ensemble(paths, data=TEST, **kw)
+        acc = res.report["accuracy"]
+        if first is None:
+            first = acc
+            rows += [[name, acc_, ""] for name, acc_ in acc["members"].items()]
+        worst = max((o.get("rel_l2", 0.0) for o in res.report["parity"]["fused"]), default=0.0)
+        rows.append([label, acc["ensemble"], f"{worst:.1e}"])
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1: stable on a shared machine)")
+    ap.add_argument("--batches", default="1,64", help="batch sizes (comma-separated)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="timing budget per member set and batch size")
+    args = ap.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    t0 = time.perf_counter()
+    import onnxruntime
+
+    print(f"onnxruntime {onnxruntime.__version__}, CPU, intra-op threads {args.threads}, parallel executor inter-op threads 2")
+    with tempfile.TemporaryDirectory(prefix="onnxopt-ens-bench-") as tmp:
+        tmp = Path(tmp)
+        sets = member_sets(tmp)
+        built = {k: build(tmp, k, v) for k, v in sets.items()}
+        print("\n## Latency (median ms per call; ratio = merged / 3 sessions, < 1 is faster; 95% CI)")
+        for key, b in built.items():
+            rows = []
+            for batch in batches:
+                rows += latency_rows(b, batch, args.threads, args.seconds)
+            print(f"\n### {key}" + (f" (--fuse-members: {b['fuse_note']})" if b["fuse_note"] else ""))
+            print(table(["variant", "batch", "median ms", "ratio", "ratio CI", "runs"], rows))
+        print("\n## File sizes")
+        rows = []
+        for key, b in built.items():
+            merged = b["merged"].stat().st_size
+            fused = b["fused"].stat().st_size if b["fused"] else None
+            rows.append([key, human_bytes(b["member_bytes"]), human_bytes(merged), merged / b["member_bytes"], human_bytes(fused) if fused else "-", (fused / b["member_bytes"]) if fused else None])
+        print(table(["member set", "3 member files", "merged", "merged/sum", "fused", "fused/sum"], rows))
+    print("\n## Accuracy on digits_test.npz (400 samples; fits on digits_calib.npz)")
+    print(table(["model", "top1 %", "parity rel-L2"], accuracy_rows()))
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""``onnxopt prune MODEL -o OUT --method magnitude|channels|blocks``."""
+
+from __future__ import annotations
+
+import click
+
+from .options import (
+    budget_options,
+    calibration_option,
+    json_option,
+    output_option,
+    provider_option,
+    report_option,
+    shape_option,
+    shapes_dict,
+)
+from .render import echo_json, human_bytes, table
+from .types import FloatList, Fraction
+
+__all__ = ["command", "render"]
+
+
+class LayerRatio(click.ParamType):
+    """``LAYER=RATIO`` -> ``("LAYER", 0.5)``; the layer is a node, output or weight name."""
+
+    name = "LAYER=RATIO"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        layer, sep, r = str(value).rpartition("=")
+        if not sep or not layer:
+            self.fail(f"'{value}' is not LAYER=RATIO (e.g. conv2=0.5)", param, ctx)
+        try:
+            v = float(r)
+        except ValueError:
+            self.fail(f"'{value}': the ratio is not a number", param, ctx)
+        if not 0 < v < 1:
+            self.fail(f"'{value}': the ratio is outside (0, 1)", param, ctx)
+        return layer, v
+
+
+@click.command("prune")
+@click.argument("model", type=click.Path())
+@output_option()
+@click.option(
+    "--method",
+    type=click.Choice(["magnitude", "channels", "blocks"]),
+    default="channels",
+    show_default=True,
+    help="magnitude: zero small weights; channels: remove output channels; blocks: remove residual blocks.",
+)
+@click.option(
+    "--sparsity",
+    type=Fraction(),
+    default=None,
+    help="magnitude: fraction of weights zeroed (default 0.5, or searched with --max-accuracy-drop).",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["global", "layer"]),
+    default="global",
+    show_default=True,
+    help="magnitude: one threshold for all weights, or the same fraction per layer.",
+)
+@click.option(
+    "--min-params",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="magnitude: skip weights with fewer elements.",
+)
+@click.option(
+    "--include-first-last",
+    is_flag=True,
+    help="magnitude: also prune the first and last weight layers.",
+)
+@click.option(
+    "--ratio",
+    type=Fraction(),
+    default=None,
+    help="channels: fraction of each group's channels removed (default 0.3, or searched).",
+)
+@click.option(
+    "--layer-ratio",
+    "layer_ratios",
+    type=LayerRatio(),
+    multiple=True,
+    help="channels: ratio for one layer (node, output or weight name), repeatable; overrides --ratio.",
+)
+@click.option(
+    "--importance",
+    type=click.Choice(["l1", "activation"]),
+    default="l1",
+    show_default=True,
+    help="channels: weight L1 norm (x BatchNorm scale), or mean |activation| on --calibration.",
+)
+@click.option(
+    "--no-reconstruct",
+    is_flag=True,
+    help="channels: do not refit the next layers on --calibration.",
+)
+@calibration_option
+@click.option(
+    "--blocks",
+    type=click.IntRange(min=1),
+    default=None,
+    help="blocks: number of residual blocks removed (default 1, or searched).",
+)
+@budget_options
+@click.option(
+    "--grid",
+    type=FloatList(),
+    default=None,
+    help="Values tried by the budget search, e.g. 0.1,0.2,0.3.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Draw the budget search curve to this PNG.",
+)
+@click.option(
+    "--timing-runs",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="Interleaved latency runs against MODEL (0: skip timing).",
+)
+@click.option(
+    "--timing-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="ONNX Runtime intra-op threads for the latency runs (default: ORT's).",
+)
+@shape_option
+@provider_option
+@json_option
+@report_option
+def command(
+    model,
+    output,
+    method,
+    sparsity,
+    scope,
+    min_params,
+    include_first_last,
+    ratio,
+    layer_ratios,
+    importance,
+    no_reconstruct,
+    calibration,
+    blocks,
+    eval_data,
+    max_accuracy_drop,
+    metric,
+    grid,
+    plot,
+    timing_runs,
+    timing_threads,
+    shapes,
+    provider,
+    as_json,
+    report_path,
+):
+    """Prune MODEL: zero the smallest weights (magnitude), remove whole output channels by
+    dependency group and rewire the graph (channels; with --calibration the next layers
+    are refitted by least squares to match MODEL), or remove residual blocks (blocks).
+    The result is verified against MODEL (checker, ONNX Runtime, same output shapes,
+    accuracy metric) before it is written.
+
+    With --max-accuracy-drop X --eval DATA and no --sparsity/--ratio/--blocks, the largest
+    value within the budget is searched and the curve reported (--plot draws it).
+
+    Example: onnxopt prune model.onnx -o small.onnx --method channels --ratio 0.5 --calibration calib.npz
+    """
+    from ..errors import UsageError
+    from ..io import check_output_path
+    from ..prune.api import prune
+
+    check_output_path(output, [model])
+    for extra in (report_path, plot):
+        if extra:
+            check_output_path(extra, [model])
+            if click.format_filename(extra) == click.format_filename(output):
+                raise UsageError("--report / --plot must differ from -o", extra)
+    result = prune(
+        model,
+        method=method,
+        sparsity=sparsity,
+        scope=scope,
+        min_params=min_params,
+        skip_first_last=not include_first_last,
+        ratio=ratio,
+        ratios=dict(layer_ratios) or None,
+        importance=importance,
+        reconstruct=not no_reconstruct,
+        calibration=calibration,
+        blocks=blocks,
+        eval_data=eval_data,
+        max_accuracy_drop=max_accuracy_drop,
+        metric=metric,
+        grid=grid,
+        plot=plot,
+        provider=provider,
+        shapes=shapes_dict(shapes),
+        timing_runs=timing_runs,
+        timing_threads=timing_threads,
+    )
+    result.save(output, guard=[model])
+    if report_path:
+        result.save_report(report_path)
+    if as_json:
+        echo_json(result.report)
+        return
+    render(result.report)
+    click.echo(f"wrote {output}")
+
+
+def render(rep: dict) -> None:
+    method = rep["method"]
+    before, after = rep["figures"]["before"], rep["figures"]["after"]
+    rows = [
+        [
+            "parameters",
+            before["params"],
+            after["params"],
+            _ratio(after["params"], before["params"]),
+        ],
+        ["FLOPs", before["flops"], after["flops"], _ratio(after["flops"], before["flops"])],
+        [
+            "file size",
+            human_bytes(before["file_bytes"]),
+            human_bytes(after["file_bytes"]),
+            _ratio(after["file_bytes"], before["file_bytes"]),
+        ],
+    ]
+    if "zip_bytes" in before:
+        rows.append(
+            [
+                "zipped size",
+                human_bytes(before["zip_bytes"]),
+                human_bytes(after["zip_bytes"]),
+                _ratio(after["zip_bytes"], before["zip_bytes"]),
+            ]
+        )
+    lat = rep.get("latency")
+    if lat:
+        rows.append(
+            [
+                "latency (ms, median)",
+                f"{lat['base_ms']:.3g}",
+                f"{lat['ms']:.3g}",
+                f"{lat['speedup']:.2f}x faster [{lat['ci95'][0]:.2f}, {lat['ci95'][1]:.2f}]",
+            ]
+        )
+    click.echo(table(["", "before", "after", "change"], rows))
+    d = rep.get("details", {})
+    if method == "magnitude":
+        click.echo(f"\nsparsity {rep.get('value')} ({d.get('scope')}):")
+        click.echo(
+            table(
+                ["initializer", "layer", "params", "sparsity"],
+                [
+                    [r["initializer"], r["layer"], r["params"], f"{100 * r['sparsity']:.1f}%"]
+                    for r in d.get("initializers", [])
+                ],
+            )
+        )
+        for s in d.get("skipped", []):
+            click.echo(f"skipped {s['initializer']}: {s['reason']}")
+    elif method == "channels":
+        g = d.get("groups", {})
+        click.echo(
+            f"\nratio {rep.get('value')}, importance {d.get('importance')}: {len(g.get('pruned', []))} channel group(s) pruned, {len(g.get('intact', []))} left intact"
+        )
+        if g.get("pruned"):
+            click.echo(
+                table(
+                    ["group", "channels", "kept"],
+                    [[p["group"], p["channels"], p["kept"]] for p in g["pruned"]],
+                )
+            )
+        rec = d.get("reconstruction")
+        if rec:
+            click.echo("\nreconstruction (relative output error vs the input model):")
+            click.echo(
+                table(
+                    ["layer", "rows", "before", "after"],
+                    [
+                        [
+                            r["layer"],
+                            r["rows"],
+                            f"{r['error_before']:.3f}",
+                            f"{r['error_after']:.3f}",
+                        ]
+                        for r in rec
+                    ],
+                )
+            )
+    else:
+        ranking = d.get("ranking") or []
+        if ranking:
+            click.echo("\nresidual blocks, least harmful first (metric when removed alone):")
+            click.echo(
+                table(
+                    ["block", "params", "score", "drop"],
+                    [
+                        [e["block"], e["params"], f"{e['score']:.2f}", f"{e['drop']:.2f}"]
+                        for e in ranking
+                    ],
+                )
+            )
+        click.echo(f"removed: {', '.join(d.get('removed', [])) or 'none'}")
+    search = rep.get("search")
+    if search:
+        click.echo(
+            f"\nbudget search ({search['metric']}, max drop {search['max_drop']:g}; chosen {search['chosen']}):"
+        )
+        click.echo(
+            table(
+                ["value", "score", "drop", "params", "FLOPs", "speedup", "within"],
+                [
+                    [
+                        p["value"],
+                        _f(p["score"]),
+                        _f(p["drop"]),
+                        p["params"],
+                        p["flops"],
+                        _x(p["speedup"]),
+                        p["within"] if p["error"] is None else p["error"][:40],
+                    ]
+                    for p in search["curve"]
+                ],
+            )
+        )
+    m = rep.get("metric")
+    if m:
+        click.echo(
+            f"\nverified: {m['name']} {m['score']:.2f} (input {m['reference']:.2f}, drop {m['drop']:.2f})"
+        )
+    for note in rep.get("notes", []):
+        click.echo(f"note: {note}")
+    if rep.get("plot"):
+        click.echo(f"plot: {rep['plot']}")
+
+
+def _ratio(a, b) -> str:
+    return f"x{a / b:.3f}" if b else "-"
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"

@@ -1,0 +1,155 @@
+"""``onnxopt quantize MODEL -o OUT``."""
+
+from __future__ import annotations
+
+import click
+
+from .options import (
+    budget_options,
+    calibration_option,
+    json_option,
+    output_option,
+    provider_option,
+    report_option,
+    shape_option,
+    shapes_dict,
+)
+from .render import echo_json, fmt, human_bytes, table
+from .types import CsvList
+
+__all__ = ["command", "render_candidates"]
+
+
+def _speed(c: dict) -> str:
+    sp = c.get("speed")
+    if not sp:
+        return "-"
+    lo, hi = sp["ci95"]
+    return f"{sp['ratio']:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+
+def render_candidates(report: dict) -> str:
+    """The candidates table: status, nodes, accuracy, speed vs FP32 (95% CI), size."""
+    metric = (report.get("metric") or {}).get("name", "metric")
+    rows = []
+    for c in report.get("candidates", []):
+        excluded = len(c.get("excluded") or [])
+        fallbacks = len(c.get("fallbacks") or [])
+        rows.append([
+            c["label"],
+            c["status"],
+            f"{c['quantized_nodes']}/{c['quantizable_nodes']}",
+            c.get("score"),
+            None if c.get("drop") is None else round(c["drop"], 3),
+            _speed(c),
+            None if c.get("size_ratio") is None else round(c["size_ratio"], 3),
+            excluded,
+            fallbacks,
+        ])  # fmt: skip
+    return table(["candidate", "status", "quantized", metric, "drop", "speed vs FP32", "size", "excluded", "fallbacks"], rows)
+
+
+def _details(report: dict) -> list[str]:
+    lines = []
+    for c in report.get("candidates", []):
+        for e in c.get("excluded") or []:
+            gain = e.get("gain")
+            lines.append(f"{c['label']}: left {e['node']} ({e['op_type']}) in float: +{fmt(gain)} points when alone in float" + (f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""))
+        for f in c.get("fallbacks") or []:
+            lines.append(f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}")
+    return lines
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path())
+@output_option()
+@click.option("--mode", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True, help="auto: try dynamic, static per-tensor and static per-channel, keep the fastest within the budget.")
+@click.option("--format", "fmt_", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True, help="Static model format.")
+@calibration_option
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True, help="Calibration method (streamed statistics).")
+@click.option("--per-channel", is_flag=True, help="Per-channel weights (static mode; auto tries both).")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (helps u8s8 accuracy on CPUs without VNNI).")
+@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option("--activation-type", type=click.Choice(["int8", "uint8"]), default="uint8", show_default=True)
+@click.option("--op-types", type=CsvList(), default=None, help="Op types to quantize, e.g. MatMul,Gemm (default: the mode's; dynamic skips Conv on CPU).")
+@click.option("--exclude-nodes", type=CsvList(), default=None, help="Node names to keep in float.")
+@provider_option
+@budget_options
+@click.option("--allow-slower", is_flag=True, help="Write the best valid candidate even when it is not faster than FP32.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size of the timing run.")
+@click.option("--calibration-batch", type=click.IntRange(min=1), default=None, help="Batch size of the calibration runs (default 32).")
+@click.option("--no-preprocess", is_flag=True, help="Skip ORT's quant_pre_process (onnxopt's own pre-processing still runs).")
+@shape_option
+@json_option
+@report_option
+def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, calibration_batch, no_preprocess, shapes, as_json, report_path):
+    """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
+    + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
+    the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
+    table otherwise.
+
+    Examples:
+
+      onnxopt quantize model.onnx -o model.int8.onnx --mode dynamic
+
+      onnxopt quantize model.onnx -o q.onnx --calibration calib.npz --eval test.npz --max-accuracy-drop 1
+    """
+    from ..errors import BudgetError, UsageError, VerificationError
+    from ..io import check_output_path
+    from ..quantize.api import quantize
+
+    check_output_path(output, [model])
+    if report_path:
+        check_output_path(report_path, [model])
+        if click.format_filename(report_path) == click.format_filename(output):
+            raise UsageError("--report must differ from -o", report_path)
+    try:
+        result = quantize(
+            model,
+            mode=mode,
+            format=fmt_,
+            calibration=calibration,
+            method=method,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=weight_type,
+            activation_type=activation_type,
+            op_types=op_types,
+            exclude_nodes=exclude_nodes,
+            provider=provider,
+            max_accuracy_drop=max_accuracy_drop,
+            eval_data=eval_data,
+            metric=metric,
+            allow_slower=allow_slower,
+            shapes=shapes_dict(shapes),
+            batch=batch,
+            calibration_batch=calibration_batch,
+            preprocess=not no_preprocess,
+        )
+    except (BudgetError, VerificationError) as exc:
+        rep = exc.details.get("report")
+        if rep:
+            if as_json:
+                echo_json(rep)
+            else:
+                click.echo(render_candidates(rep))
+                for line in _details(rep):
+                    click.echo(line)
+        raise
+    result.save(output, guard=[model])
+    if report_path:
+        result.save_report(report_path)
+    rep = result.report
+    if as_json:
+        echo_json(rep)
+        return
+    click.echo(render_candidates(rep))
+    for line in _details(rep):
+        click.echo(line)
+    m = rep["metric"]
+    click.echo(f"metric: {m['name']} on {m['data']} ({m['samples']} samples); FP32 {m['reference']:.2f}" + (f"; budget {rep['budget']['max_drop']:g} points" if rep.get("budget") else "; no budget (--max-accuracy-drop)"))
+    for note in rep.get("notes", []):
+        click.echo(f"note: {note}")
+    before, after = rep["before"], rep["after"]
+    click.echo(f"chosen: {rep.get('chosen') or 'none (input unchanged)'}; size {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}; timing batch {rep['timing']['batch']}")
+    click.echo(f"wrote {output}")

@@ -1,0 +1,1 @@
+"""Ensembles: N models fused into one verified graph (mean, weighted, vote, stack) and serial chains."""

@@ -1,0 +1,412 @@
+"""``onnxopt.ensemble`` and ``onnxopt.chain``: N models -> one verified ``.onnx``.
+
+``ensemble`` merges the members into one graph (``merge``), optionally fuses members of one
+architecture into a wider network (``horizontal``), stores identical weights once
+(``share``), adds the fusion head (``heads``; weights or a stacking head fitted on labelled
+data by ``fit``), checks the result (checker + ORT load) and compares it with the members run
+separately (``parity``).  ``chain`` wires N stages serially (``chain``) with the same checks.
+
+The user's mistakes raise ``onnxopt.errors`` classes (exit 2) before any output is built;
+a merged model that fails the parity check raises ``VerificationError`` (exit 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..core.provenance import write_provenance
+from ..core.result import Result
+from ..data import dataset_for
+from ..errors import DataError, InputError, UsageError, VerificationError
+from ..graph import unique_name
+from ..runtime import resolve_provider
+from ..simplify.dead import remove_unused
+from ..verify import check_model
+from .fit import fit_stack_head, fit_weights, softmax
+from .heads import FUSIONS, Fusion, HeadIO, build_head, output_names, reference
+from .merge import (
+    Member,
+    _dtype_name,
+    _shape_str,
+    assemble,
+    load_members,
+    match_inputs,
+    merge_shapes,
+    namespace_member,
+    reconcile_opsets,
+    select_outputs,
+    value_dtype,
+    value_shape,
+)
+from .parity import accuracy, check_parity, run_members
+from .share import share_initializers
+
+__all__ = ["ensemble", "chain"]
+
+log = logging.getLogger(__name__)
+
+HEADS = ("logistic", "ridge")
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def _check_options(n: int, fusion: str, weights, fit, head: str, l2) -> list[float] | None:
+    if fusion not in FUSIONS:
+        raise UsageError(f"unknown fusion '{fusion}' (choose from {', '.join(FUSIONS)})")
+    if n < 2:
+        raise UsageError(f"an ensemble needs at least 2 models, got {n}")
+    if head not in HEADS:
+        raise UsageError(f"unknown head '{head}' (choose from {', '.join(HEADS)})")
+    if l2 is not None and not (l2 > 0 and math.isfinite(l2)):
+        raise UsageError(f"--l2 must be a positive number, got {l2}")
+    if weights is not None:
+        if fusion not in ("weighted", "vote"):
+            raise UsageError(f"--weights applies to 'weighted' and 'vote', not '{fusion}'")
+        weights = [float(w) for w in weights]
+        if len(weights) != n:
+            raise UsageError(f"--weights has {len(weights)} values for {n} members")
+        if any(not math.isfinite(w) for w in weights):
+            raise UsageError("--weights must be finite numbers")
+        if any(w < 0 for w in weights):
+            raise UsageError(f"--weights must not be negative: {','.join(f'{w:g}' for w in weights)}")
+        if sum(weights) <= 0:
+            raise UsageError("--weights are all zero")
+    if fusion == "stack" and fit is None:
+        raise UsageError("--fusion stack needs --fit DATA (inputs with 'labels') to fit its head")
+    if fit is not None and fusion not in ("weighted", "stack"):
+        raise UsageError(f"--fit applies to 'weighted' and 'stack', not '{fusion}'")
+    if fit is not None and weights is not None:
+        raise UsageError("give either --weights or --fit, not both")
+    if fusion == "weighted" and weights is None and fit is None:
+        raise UsageError("--fusion weighted needs --weights W1,W2,... or --fit DATA")
+    return weights
+
+
+def _interface(inputs) -> onnx.ModelProto:
+    """A node-less model with the shared inputs, to validate DATA against."""
+    g = helper.make_graph([], "interface", list(inputs), [])
+    return helper.make_model(g)
+
+
+def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
+    """Per fused position: dtype, member shapes and the base output name; checks compatibility."""
+    out = []
+    for p in range(K):
+        vis = []
+        for m in members:
+            typed = {o.name: o for o in m.model.graph.output}
+            vis.append(typed[m.outputs[p]])
+        elem0 = value_dtype(vis[0])
+        shapes = [value_shape(v) for v in vis]
+        for m, vi, shape in zip(members, vis, shapes, strict=True):
+            elem = value_dtype(vi)
+            if elem not in _FLOAT_TYPES:
+                raise InputError(f"output '{vi.name}' is {_dtype_name(elem)}; fusing needs float scores (float32/float16/float64)", m.where)
+            if elem != elem0:
+                raise InputError(f"output '{vi.name}' is {_dtype_name(elem)}, but {_dtype_name(elem0)} in {members[0].label}: incompatible dtypes", m.where)
+        if fusion == "stack":
+            for m, vi, shape in zip(members, vis, shapes, strict=True):
+                if shape is not None and len(shape) != 2:
+                    raise InputError(f"output '{vi.name}' has shape {_shape_str(shape)}; stacking needs [N, C] scores", m.where)
+        else:
+            merged = None
+            for m, vi, shape in zip(members, vis, shapes, strict=True):
+                try:
+                    merged = merge_shapes(merged, shape)
+                except ValueError as exc:
+                    raise InputError(f"output '{vi.name}' has shape {_shape_str(shape)}, incompatible with {_shape_str(merged)} of the members before it ({exc})", m.where) from None
+            if merged is not None and len(merged) == 0:
+                raise InputError(f"output '{vis[0].name}' is a scalar; fusing needs class scores", members[0].where)
+        names = {m.outputs[p] for m in members}
+        base = members[0].outputs[p] if len(names) == 1 else f"output{p}"
+        out.append({"elem": elem0, "shapes": shapes, "base": base, "types": vis})
+    return out
+
+
+def _classes_of(arrays: list[np.ndarray]) -> list[int]:
+    return [int(a.shape[-1]) for a in arrays]
+
+
+def _fit(members, fusion_kind, fit, inputs, softmax_flag: bool, head: str, l2, provider, K: int):
+    """Run the members on the fit data and fit weights / the stacking head."""
+    if K != 1:
+        raise UsageError(f"--fit needs one fused output; the members have {K}: pick one with --output NAME")
+    ds = dataset_for(_interface(inputs), fit)
+    if ds.labels is None:
+        raise DataError("--fit data has no 'labels' array", getattr(ds, "source", fit))
+    outs = run_members(members, ds, provider=provider, limit=None)
+    arrays = [o[0] for o in outs]
+    labels = ds.labels[: len(arrays[0])]
+    for m, a in zip(members, arrays, strict=True):
+        if a.ndim != 2:
+            raise InputError(f"output '{m.outputs[0]}' has shape {list(a.shape)}; fitting needs [N, C] scores", m.where)
+    classes = _classes_of(arrays)
+    C = max(classes)
+    if labels.min() < 0 or labels.max() >= C:
+        raise DataError(f"'labels' range over [{labels.min()}, {labels.max()}] but the members output {C} classes", ds.source)
+    feats = [softmax(a) if softmax_flag else np.asarray(a, dtype=np.float64) for a in arrays]
+    info = {"data": ds.source, "samples": int(len(labels))}
+    if fusion_kind == "weighted":
+        if len(set(classes)) != 1:
+            raise InputError("members output different numbers of classes; weighted fusion needs equal shapes", members[0].where)
+        wf = fit_weights(feats, labels, probabilities=softmax_flag)
+        info.update(wf.summary())
+        return list(wf.weights / wf.weights.sum()), None, info, (ds, outs, labels)
+    stack_head = fit_stack_head(np.concatenate(feats, axis=1), labels, C, kind=head, lam=l2)
+    info.update(stack_head.summary())
+    return None, stack_head, info, (ds, outs, labels)
+
+
+def _member_accuracy(members, arrays, labels) -> dict | None:
+    accs = {}
+    for m, a in zip(members, arrays, strict=True):
+        acc = accuracy(a, labels)
+        if acc is None:
+            return None
+        accs[m.label] = acc
+    return accs
+
+
+def _size(m: Member) -> int:
+    if m.path is not None:
+        try:
+            return int(Path(m.path).stat().st_size)
+        except OSError:
+            pass
+    return int(m.original.ByteSize())
+
+
+def ensemble(
+    models,
+    *,
+    fusion: str = "mean",
+    weights=None,
+    fit=None,
+    softmax: bool = False,
+    keep_member_outputs: bool = False,
+    output=None,
+    input_map=None,
+    fuse_members: bool = False,
+    data=None,
+    shapes: dict | None = None,
+    provider: str = "cpu",
+    head: str = "logistic",
+    l2: float | None = None,
+) -> Result:
+    """Fuse ``models`` (paths or protos) into one model computing ``fusion`` of their outputs.
+
+    ``fusion``: ``mean`` | ``weighted`` (``weights`` or ``fit``) | ``vote`` (optional
+    ``weights``) | ``stack`` (needs ``fit``: DATA with labels; ``head`` logistic or ridge,
+    ``l2`` strength or None for cross-validation).  ``softmax`` normalises member scores first;
+    ``keep_member_outputs`` also exposes each member's output; ``output`` picks one output per
+    member (name or position; else all, position-wise); ``input_map`` renames member inputs
+    ``{FROM: TO}``; ``fuse_members`` fuses members of one architecture into one wider network.
+    The result is compared with the members run separately on ``data`` (or synthesized inputs
+    shaped by ``shapes``); the report carries members, conversions, shared weights, parity,
+    fitted parameters and, with labels, member vs ensemble accuracy.
+    """
+    models = list(models or [])
+    weights = _check_options(len(models), fusion, weights, fit, head, l2)
+    provider = resolve_provider(provider)
+    members = load_members(models)
+    opsets, ir_version, conversions, notes = reconcile_opsets(members)
+    inputs = match_inputs(members, input_map)
+    K = select_outputs(members, output)
+    positions = _positions(members, K, fusion)
+    if fusion == "vote":
+        for pos in positions:
+            cs = {s[-1] for s in pos["shapes"] if s and isinstance(s[-1], int)}
+            if len(cs) > 1:
+                raise InputError(f"members output different numbers of classes {sorted(cs)}; voting needs equal ones")
+        if softmax:
+            notes.append("--softmax has no effect on votes (argmax is unchanged by it)")
+
+    fit_info, stack_head, fit_run = None, None, None
+    if fit is not None:
+        fitted, stack_head, fit_info, fit_run = _fit(members, fusion, fit, inputs, softmax, head, l2, provider, K)
+        if fitted is not None:
+            weights = fitted
+    if fusion == "weighted":
+        total = float(sum(weights))
+        weights = [float(w) / total for w in weights]
+    spec = Fusion(fusion, weights, softmax, stack_head)
+
+    # --- build ---------------------------------------------------------------------------------
+    parts, horizontal = [], {"requested": bool(fuse_members), "groups": [], "notes": []}
+    prefixes = {m.prefix: m.label for m in members}
+    if fuse_members:
+        from .horizontal import Refused, fuse_group, group_members
+
+        groups, reasons = group_members(members)
+        for label, why in reasons.items():
+            horizontal["notes"].append(f"{label} cannot be fused: {why}")
+        gi = 0
+        for grp in groups:
+            if len(grp) < 2:
+                parts.append(namespace_member(grp[0]))
+                continue
+            gp = f"g{gi}/"
+            gi += 1
+            try:
+                part, rep = fuse_group(grp, gp)
+            except Refused as exc:
+                horizontal["groups"].append({"members": [m.label for m in grp], "applied": False, "reason": str(exc)})
+                horizontal["notes"].append(f"members {', '.join(m.label for m in grp)} left unfused: {exc}")
+                parts.extend(namespace_member(m) for m in grp)
+                continue
+            prefixes[gp] = "+".join(m.label for m in grp)
+            horizontal["groups"].append({**rep, "applied": True})
+            parts.append(part)
+        if not any(len(g) > 1 for g in groups):
+            horizontal["notes"].append("no two members share an architecture; nothing to fuse")
+    else:
+        parts = [namespace_member(m) for m in members]
+    outputs_of = {}
+    types_of = {}
+    for part in parts:
+        outputs_of.update(part.outputs)
+        types_of.update(part.output_info)
+    member_values = [[outputs_of[(m.index, name)] for name in m.outputs] for m in members]
+
+    taken = {i.name for i in inputs}
+    for part in parts:
+        taken.update(o for n in part.nodes for o in n.output)
+        taken.update(t.name for t in part.initializers)
+    head_nodes, head_inits, graph_outputs, fused_names = [], [], [], []
+    for p, pos in enumerate(positions):
+        names = [unique_name(n, taken) for n in output_names(fusion, pos["base"], K)]
+        fused_names.append(names)
+        io = HeadIO([member_values[j][p] for j in range(len(members))], pos["elem"], pos["shapes"], names)
+        nodes, inits, outs = build_head(spec, io, prefix=f"ensemble/p{p}/" if K > 1 else "ensemble/", taken=taken)
+        head_nodes += nodes
+        head_inits += inits
+        graph_outputs += outs
+    if keep_member_outputs:
+        graph_outputs += [types_of[n] for vals in member_values for n in vals]
+    model = assemble(parts, inputs, graph_outputs, opsets, ir_version, name="ensemble", extra_nodes=head_nodes, extra_initializers=head_inits, doc=f"onnxopt ensemble ({fusion}) of {', '.join(m.label for m in members)}")
+    shared = share_initializers(model, prefixes)
+    dead = remove_unused(model)
+    if dead.get("nodes"):
+        notes.append(f"removed {dead['nodes']} node(s) that only computed outputs not fused")
+
+    # --- verify --------------------------------------------------------------------------------
+    check = check_model(model, provider=provider, label="merged model")
+    ds = dataset_for(model, data, shapes)
+    parity, arrays = check_parity(model, members, spec, member_values, types_of, fused_names, ds, provider=provider)
+    if not parity.ok:
+        more = f" (and {len(parity.failures) - 1} more)" if len(parity.failures) > 1 else ""
+        raise VerificationError(f"parity check failed: {parity.failures[0]}{more}")
+
+    # --- report --------------------------------------------------------------------------------
+    report = {
+        "command": "ensemble",
+        "fusion": spec.summary(),
+        "members": [m.describe() for m in members],
+        "inputs": [{"name": i.name, "dtype": _dtype_name(value_dtype(i)), "shape": _shape_str(value_shape(i))} for i in inputs],
+        "outputs": [o.name for o in graph_outputs],
+        "opset": opsets,
+        "ir_version": ir_version,
+        "conversions": conversions,
+        "shared_initializers": shared,
+        "horizontal": horizontal,
+        "check": check.to_dict(),
+        "parity": parity.to_dict(),
+        "notes": notes,
+    }
+    if fit_info is not None:
+        report["fit"] = fit_info
+    sizes = [_size(m) for m in members]
+    report["size"] = {"members": sizes, "members_total": sum(sizes), "merged": int(model.ByteSize()), "ratio": model.ByteSize() / max(1, sum(sizes))}
+    labels = ds.label_array(parity.samples) if ds.labels is not None else None
+    if labels is not None and K == 1:
+        accs = _member_accuracy(members, [a[0] for a in arrays["members"]], labels)
+        fused = arrays["fused"][fused_names[0][0]]
+        ens = accuracy(fused, labels)
+        if accs is not None and ens is not None:
+            report["accuracy"] = {"data": ds.source, "samples": int(len(labels)), "members": accs, "ensemble": ens, "best_member": max(accs.values())}
+    if fit_run is not None:
+        fds, fouts, flabels = fit_run
+        accs = _member_accuracy(members, [o[0] for o in fouts], flabels)
+        ref = reference(spec, [o[0] for o in fouts])[0]
+        ens = accuracy(ref, flabels)
+        if accs is not None and ens is not None:
+            report["fit_accuracy"] = {"data": fds.source, "samples": int(len(flabels)), "members": accs, "ensemble": ens, "note": "in-sample (the data the ensemble was fitted on)"}
+
+    steps = [
+        {"name": "merge", "members": [m.label for m in members], "opset": opsets, "conversions": conversions},
+        {"name": "share-initializers", "counts": {k: shared[k] for k in ("initializers_merged", "bytes_saved")}},
+    ]
+    if fuse_members:
+        steps.append({"name": "fuse-members", "groups": [{k: g[k] for k in g if k != "counts"} for g in horizontal["groups"]]})
+    steps.append({"name": "head", "fusion": spec.summary()})
+    extra = {
+        "ensemble": {"fusion": fusion, "members": [m.label for m in members], "outputs": report["outputs"]},
+        "parity": {"ok": parity.ok, "samples": parity.samples, "data": Path(parity.data).name, "worst_rel_l2": parity.worst_rel_l2, "outputs": parity.fused},
+    }
+    if "accuracy" in report:
+        extra["accuracy"] = {k: report["accuracy"][k] for k in ("members", "ensemble", "samples")}
+    write_provenance(model, "ensemble", steps, extra)
+    return Result(model, report, True)
+
+
+def chain(models, *, map=None, data=None, shapes: dict | None = None, provider: str = "cpu") -> Result:  # noqa: A002 - the CLI's option name
+    """Chain ``models`` serially: stage k's outputs feed stage k+1 (``map``: ``OUT:IN`` pairs).
+
+    Junctions are checked for dtype and shape; the result is compared with the stages run one
+    after the other in separate sessions on ``data`` (or synthesized inputs).
+    """
+    from .chain import run_stages, wire_chain
+
+    models = list(models or [])
+    if len(models) < 2:
+        raise UsageError(f"a chain needs at least 2 models, got {len(models)}")
+    provider = resolve_provider(provider)
+    stages = load_members(models, what="a chain", prefix="s")
+    opsets, ir_version, conversions, notes = reconcile_opsets(stages, min_default=1)
+    inputs, parts, junctions, final_names = wire_chain(stages, map)
+    last = stages[-1]
+    typed = {o.name: o for o in last.model.graph.output}
+    outputs = [typed[n] for n in final_names]
+    model = assemble(parts, inputs, outputs, opsets, ir_version, name="chain", doc=f"onnxopt chain of {' -> '.join(s.label for s in stages)}")
+    shared = share_initializers(model, {s.prefix: s.label for s in stages})
+    dead = remove_unused(model)
+    if dead.get("nodes"):
+        notes.append(f"removed {dead['nodes']} node(s) computing intermediate outputs nobody reads")
+    check = check_model(model, provider=provider, label="chained model")
+    ds = dataset_for(model, data, shapes)
+    from ..runtime import run_dataset
+    from ..verify import compare_outputs
+    from .parity import LIMIT, _passes, _record
+
+    got = run_dataset(model, ds, provider=provider, limit=LIMIT, error=VerificationError)
+    ref = run_stages(stages, parts, ds, final_names, provider=provider, limit=LIMIT)
+    comp = compare_outputs(final_names, ref, got)
+    records = [_record(o) for o in comp.outputs]
+    bad = [o for o in comp.outputs if not _passes(o)]
+    if bad:
+        o = bad[0]
+        raise VerificationError(f"parity check failed: output '{o.name}' differs from the stages run one after another: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
+    samples = int(got[0].shape[0]) if got and got[0].ndim else 1
+    parity = {"ok": True, "samples": samples, "data": ds.source, "outputs": records}
+    report = {
+        "command": "chain",
+        "stages": [s.describe() for s in stages],
+        "junctions": junctions,
+        "inputs": [i.name for i in inputs],
+        "outputs": final_names,
+        "opset": opsets,
+        "ir_version": ir_version,
+        "conversions": conversions,
+        "shared_initializers": shared,
+        "check": check.to_dict(),
+        "parity": parity,
+        "notes": notes,
+    }
+    steps = [{"name": "chain", "stages": [s.label for s in stages], "junctions": junctions, "conversions": conversions}]
+    write_provenance(model, "chain", steps, {"parity": {**parity, "data": Path(ds.source).name}})
+    return Result(model, report, True)

@@ -1,0 +1,147 @@
+"""Serial fusion: stage k's outputs feed stage k+1's inputs, in one graph.
+
+Wiring at each junction (stage ``k-1`` -> stage ``k``), for each input ``X`` of stage ``k``:
+
+1. an explicit pair ``OUT:X`` from ``map`` whose ``OUT`` is an output of stage ``k-1``;
+2. else an output of stage ``k-1`` with the same name ``X``;
+3. else a graph input of the chain (stage 0's inputs) with the same name (shared);
+4. else, when stage ``k-1`` has exactly one output and stage ``k`` exactly one input, that
+   pair ("by position", noted in the report).
+
+Anything left unfed is a UsageError naming the stage and input.  At every junction the
+dtype must be equal and the shapes compatible (same rank, fixed dims equal).  Stages are
+namespaced ``s0/``, ``s1/`` ...; the chain's inputs are stage 0's inputs and its outputs are
+the last stage's outputs under their own names.  Intermediate outputs nobody reads are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedError, UsageError
+from ..runtime import concat_outputs, create_session
+from .merge import Member, Part, _dtype_name, _real_inputs, _shape_str, merge_shapes, namespace_member, value_dtype, value_shape
+
+__all__ = ["wire_chain", "run_stages"]
+
+
+def _normalize_pairs(mapping) -> list[tuple[str, str]]:
+    if mapping is None:
+        return []
+    if isinstance(mapping, dict):
+        return list(mapping.items())
+    pairs = []
+    for p in mapping:
+        if isinstance(p, str):
+            a, sep, b = p.partition(":")
+            if not sep or not a or not b:
+                raise UsageError(f"--map '{p}' is not OUT_NAME:IN_NAME")
+            pairs.append((a, b))
+        else:
+            a, b = p
+            pairs.append((str(a), str(b)))
+    return pairs
+
+
+def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], list[dict], list[str]]:
+    """Set each stage's ``input_rename``/``outputs`` and namespace it.
+
+    Returns (graph inputs, parts, junctions, final output names).
+    """
+    from onnx import helper
+
+    pairs = _normalize_pairs(mapping)
+    used_pairs: set[tuple[str, str]] = set()
+    first = stages[0]
+    graph_inputs = {}
+    first.input_rename = {}
+    for vi in _real_inputs(first.model.graph):
+        first.input_rename[vi.name] = vi.name
+        graph_inputs[vi.name] = vi
+    parts: list[Part] = []
+    junctions: list[dict] = []
+    last = len(stages) - 1
+    taken = set(graph_inputs)
+    final_names: list[str] = []
+    for k, st in enumerate(stages):
+        st.outputs = [o.name for o in st.model.graph.output]
+        if k > 0:
+            prev = stages[k - 1]
+            prev_out = {o.name: o for o in prev.model.graph.output}
+            ins = _real_inputs(st.model.graph)
+            st.input_rename = {}
+            unfed = []
+            for vi in ins:
+                src, how = None, ""
+                explicit = [(a, b) for a, b in pairs if b == vi.name and a in prev_out]
+                if explicit:
+                    src, how = explicit[0][0], "map"
+                    used_pairs.add(explicit[0])
+                elif vi.name in prev_out:
+                    src, how = vi.name, "name"
+                if src is not None:
+                    _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
+                    st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
+                    junctions.append({"stage": k, "from": src, "to": vi.name, "how": how, "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(prev_out[src]))})
+                elif vi.name in graph_inputs:
+                    _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
+                    st.input_rename[vi.name] = vi.name
+                    junctions.append({"stage": k, "from": f"input {vi.name}", "to": vi.name, "how": "shared input", "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(vi))})
+                else:
+                    unfed.append(vi)
+            if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
+                vi = unfed.pop()
+                src = next(iter(prev_out))
+                _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
+                st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
+                junctions.append({"stage": k, "from": src, "to": vi.name, "how": "position", "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(prev_out[src]))})
+            if unfed:
+                names = ", ".join(v.name for v in unfed)
+                raise UsageError(
+                    f"stage {k} input(s) {names} are fed by nothing: stage {k - 1} outputs [{', '.join(prev_out)}]; connect them with --map OUT_NAME:IN_NAME",
+                    st.where,
+                )
+        overrides = None
+        if k == last:
+            overrides = {}
+            for name in st.outputs:
+                if name in taken:
+                    raise UnsupportedError(f"final output '{name}' has the name of a chain input; rename it first", st.where)
+                overrides[name] = name
+                final_names.append(name)
+        parts.append(namespace_member(st, output_names=overrides))
+    unused = [f"{a}:{b}" for a, b in pairs if (a, b) not in used_pairs]
+    if unused:
+        raise UsageError(f"--map {', '.join(unused)} matches no junction (an output of one stage and an input of the next)")
+    inputs = [helper.make_tensor_value_info(vi.name, value_dtype(vi), None if value_shape(vi) is None else list(value_shape(vi))) for vi in graph_inputs.values()]
+    return inputs, parts, junctions, final_names
+
+
+def _check_junction(src_vi, dst_vi, st: Member, what: str) -> None:
+    a, b = value_dtype(src_vi), value_dtype(dst_vi)
+    if a and b and a != b:
+        raise InputError(f"{what}: dtype {_dtype_name(a)} does not match {_dtype_name(b)}", st.where)
+    try:
+        merge_shapes(value_shape(src_vi), value_shape(dst_vi))
+    except ValueError as exc:
+        raise InputError(f"{what}: shape {_shape_str(value_shape(src_vi))} does not fit {_shape_str(value_shape(dst_vi))} ({exc})", st.where) from None
+
+
+def run_stages(stages: list[Member], parts: list[Part], dataset, final_names: list[str], *, provider: str = "cpu", limit: int | None = 512) -> list[np.ndarray]:
+    """The chain computed stage by stage in separate sessions (numpy glue); final outputs."""
+    from ..errors import ModelError
+
+    sessions = [create_session(s.original, provider) for s in stages]
+    batches = []
+    for feed in dataset.batches(None, limit):
+        env = dict(feed)
+        for k, (st, sess) in enumerate(zip(stages, sessions, strict=True)):
+            stage_feed = {local: env[merged] for local, merged in st.input_rename.items()}
+            try:
+                outs = sess.run(st.outputs, stage_feed)
+            except Exception as exc:
+                raise ModelError(f"onnxruntime failed to run stage {k}: {' '.join(str(exc).split())[:300]}", st.where) from exc
+            for name, val in zip(st.outputs, outs, strict=True):
+                env[parts[k].outputs[(k, name)]] = val
+        batches.append([env[n] for n in final_names])
+    return concat_outputs(batches)

@@ -1,0 +1,324 @@
+"""``onnxopt.prune``: magnitude, channel or residual-block pruning of one model, verified.
+
+The pruned model goes through the pipeline's verification (checker, ONNX Runtime load,
+same inputs / outputs and output shapes, metric against the input; with a budget, the
+drop must stay within it).  With ``max_accuracy_drop`` and no explicit value, the
+sparsity / ratio / number of blocks is searched first (largest within the budget), and
+the report carries the curve (value -> metric, parameters, FLOPs, latency).  The report
+also gives parameters, FLOPs, file size and latency (interleaved with the input model)
+before and after.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+from ..core.pipeline import PipelineResult, run_pipeline
+from ..core.registry import make_pass
+from ..core.runner import make_context
+from ..errors import BudgetError, NothingToDoError, UsageError, blaming
+from ..io import check_output_path, resolve_model
+from .measure import LatencyProbe, figures, timing_feed
+
+__all__ = ["METHODS", "prune"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("magnitude", "channels", "blocks")
+_KEYS = {"magnitude": "prune-magnitude", "channels": "prune-channels", "blocks": "prune-blocks"}
+_VALUE = {"magnitude": "sparsity", "channels": "ratio", "blocks": "blocks"}
+_ALIASES = {"channel": "channels", "block": "blocks"}
+
+
+def _check_args(
+    method,
+    sparsity,
+    ratio,
+    ratios,
+    blocks,
+    importance,
+    scope,
+    plot,
+    max_accuracy_drop,
+    calibration,
+    grid,
+) -> None:
+    if method not in METHODS:
+        raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    for name, v in (("--sparsity", sparsity), ("--ratio", ratio)):
+        if v is not None and not (0 < float(v) < 1):
+            raise UsageError(f"{name} must be in (0, 1), got {v}")
+    for k, v in (ratios or {}).items():
+        if not (0 < float(v) < 1):
+            raise UsageError(f"ratio for layer '{k}' must be in (0, 1), got {v}")
+    if blocks is not None and int(blocks) < 1:
+        raise UsageError(f"--blocks must be >= 1, got {blocks}")
+    wrong = {
+        "magnitude": [("--ratio", ratio), ("--layer-ratio", ratios or None), ("--blocks", blocks)],
+        "channels": [("--sparsity", sparsity), ("--blocks", blocks)],
+        "blocks": [("--sparsity", sparsity), ("--ratio", ratio), ("--layer-ratio", ratios or None)],
+    }[method]
+    given = [n for n, v in wrong if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} does not apply to --method {method}")
+    if importance not in ("l1", "activation"):
+        raise UsageError(f"unknown importance '{importance}' (choose from l1, activation)")
+    if importance == "activation" and calibration is None:
+        raise UsageError("--importance activation needs --calibration DATA")
+    if scope not in ("global", "layer"):
+        raise UsageError(f"unknown scope '{scope}' (choose from global, layer)")
+    if plot is not None and max_accuracy_drop is None:
+        raise UsageError(
+            "--plot draws the budget search curve: give --max-accuracy-drop (and --eval)"
+        )
+    if grid is not None and method == "blocks":
+        raise UsageError(
+            "--grid does not apply to --method blocks (every number of blocks is tried)"
+        )
+
+
+@blaming("model")
+def prune(
+    model,
+    *,
+    method: str = "channels",
+    sparsity: float | None = None,
+    scope: str = "global",
+    min_params: int = 1024,
+    skip_first_last: bool = True,
+    ratio: float | None = None,
+    ratios: dict | None = None,
+    importance: str = "l1",
+    reconstruct: bool = True,
+    calibration=None,
+    blocks: int | None = None,
+    eval_data=None,
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    grid: list[float] | None = None,
+    plot=None,
+    provider: str = "cpu",
+    shapes: dict | None = None,
+    timing_runs: int = 30,
+    timing_threads: int | None = None,
+) -> PipelineResult:
+    """Prune ``model`` (path or proto); returns the verified model and its report.
+
+    ``method``: ``magnitude`` (``sparsity``, default 0.5; ``scope``, ``min_params``,
+    ``skip_first_last``), ``channels`` (``ratio``, default 0.3, or per-layer ``ratios``
+    ``{layer: ratio}``; ``importance`` ``l1`` / ``activation``; with ``calibration`` the
+    layers after removed channels are refitted unless ``reconstruct=False``) or
+    ``blocks`` (``blocks``, default 1).  ``max_accuracy_drop`` (points of ``metric`` on
+    ``eval_data``, else calibration data, else synthesized inputs) searches the value when
+    it is not given, and is enforced either way; ``plot`` writes the search curve (PNG).
+    ``timing_runs=0`` skips the latency measurement; ``timing_threads`` sets ONNX Runtime's
+    intra-op threads for it (default: ORT's).
+
+    Raises ``UsageError`` / ``DataError`` / ``ModelError`` (exit 2) for bad arguments,
+    data or models, ``NothingToDoError`` (exit 3) when nothing can be pruned, and
+    ``BudgetError`` (exit 3) when no value stays within the budget.
+    """
+    method = _ALIASES.get(method, method)
+    _check_args(
+        method,
+        sparsity,
+        ratio,
+        ratios,
+        blocks,
+        importance,
+        scope,
+        plot,
+        max_accuracy_drop,
+        calibration,
+        grid,
+    )
+    if plot is not None:
+        check_output_path(plot, [model])
+    m, path = resolve_model(model)
+    ctx = make_context(
+        m,
+        calibration=calibration,
+        eval_data=eval_data,
+        shapes=shapes,
+        provider=provider,
+        max_accuracy_drop=max_accuracy_drop,
+        metric=metric,
+    )
+    params = _pass_params(
+        method,
+        sparsity,
+        scope,
+        min_params,
+        skip_first_last,
+        ratio,
+        ratios,
+        importance,
+        reconstruct,
+        blocks,
+        grid,
+    )
+    value = params.get(_VALUE[method])
+    feed = timing_feed(ctx.inputs_for(m, prefer_eval=True)) if timing_runs else None
+    probe = (
+        LatencyProbe(m, feed, provider=ctx.provider, runs=timing_runs, threads=timing_threads)
+        if timing_runs
+        else None
+    )
+    outcome, ranking = None, None
+    if max_accuracy_drop is not None and value is None and not ratios:
+        outcome, ranking = _search(method, m, ctx, params, probe, path)
+        if method == "blocks":
+            params = {"names": [e["output"] for e in ranking[: int(outcome.chosen.value)]]}
+        else:
+            params[_VALUE[method]] = outcome.chosen.value
+    pass_ = make_pass(_KEYS[method], params, where=f"prune --method {method}", error=UsageError)
+    result = run_pipeline(m, [pass_], ctx, command="prune", extra={"method": method})
+    step = result.steps[0]
+    if not step.modified:
+        raise NothingToDoError(
+            f"nothing to prune with --method {method}: {step.details.get('nothing_to_prune') or '; '.join(step.notes) or 'no change'}",
+            path,
+        )
+    _report(result, m, path, method, step, outcome, ranking, probe)
+    if plot is not None and outcome is not None:
+        from .plot import plot_curve
+
+        xlabel = {
+            "magnitude": "sparsity",
+            "channels": "channel ratio removed",
+            "blocks": "residual blocks removed",
+        }[method]
+        before = result.report["figures"]["before"]
+        plot_curve(
+            outcome,
+            plot,
+            xlabel=xlabel,
+            base_params=before["params"],
+            base_flops=before["flops"],
+            title=f"prune --method {method}",
+        )
+        result.report["plot"] = str(plot)
+    return result
+
+
+def _pass_params(
+    method,
+    sparsity,
+    scope,
+    min_params,
+    skip_first_last,
+    ratio,
+    ratios,
+    importance,
+    reconstruct,
+    blocks,
+    grid,
+) -> dict:
+    if method == "magnitude":
+        p = {
+            "sparsity": sparsity,
+            "scope": scope,
+            "min_params": int(min_params),
+            "skip_first_last": bool(skip_first_last),
+        }
+    elif method == "channels":
+        p = {"ratio": ratio, "importance": importance, "reconstruct": bool(reconstruct)}
+        if ratios:
+            p["ratios"] = {str(k): float(v) for k, v in ratios.items()}
+    else:
+        p = {"blocks": int(blocks) if blocks is not None else None}
+    if grid is not None:
+        p["grid"] = [float(g) for g in grid]
+    return {k: v for k, v in p.items() if v is not None}
+
+
+def _search(method, model, ctx, params, probe, path):
+    """The budget search with latency per point; returns (outcome, block ranking or None)."""
+    from ..core.passes import Context
+    from ..metrics import Evaluator
+    from .blocks import find_blocks
+    from .passes import GRIDS, _no_point, rank_blocks
+    from .search import search
+
+    evaluator = Evaluator(
+        model,
+        ctx.inputs_for(model, prefer_eval=True),
+        ctx.budget.metric,
+        provider=ctx.provider,
+        limit=512,
+    )
+    plain = Context(
+        data=ctx.data,
+        eval_data=ctx.eval_data,
+        shapes=ctx.shapes,
+        provider=ctx.provider,
+        seed=ctx.seed,
+        reference=model,
+    )
+    ranking = None
+    if method == "blocks":
+        found, refusals = find_blocks(model)
+        if not found:
+            why = refusals[0] if refusals else "the model has no Add of two activations"
+            raise NothingToDoError(
+                f"nothing to prune with --method blocks: no residual blocks (y = x + f(x) with matching shapes): {why}",
+                path,
+            )
+        ranking = rank_blocks(model, found, evaluator)
+        values = list(range(1, len(ranking) + 1))
+
+        def build(k):
+            p = make_pass(
+                "prune-blocks",
+                {"names": [e["output"] for e in ranking[: int(k)]]},
+                error=UsageError,
+            )
+            return p(model, plain).model
+    else:
+        values = params.get("grid") or GRIDS[method]
+        key = _KEYS[method]
+
+        def build(v):
+            res = make_pass(key, {**params, _VALUE[method]: v}, error=UsageError)(model, plain)
+            if not res.modified:
+                raise NothingToDoError(
+                    res.report.details.get("nothing_to_prune") or "nothing pruned", path
+                )
+            return res.model
+
+    outcome = search(
+        values, build, evaluator, ctx.budget.max_drop, probe=probe, label=f"{_VALUE[method]} search"
+    )
+    if outcome.chosen is None:
+        if outcome.points and all(p.error for p in outcome.points):
+            raise NothingToDoError(
+                f"nothing to prune with --method {method}: {outcome.points[0].error}", path
+            )
+        raise BudgetError(_no_point(_VALUE[method], outcome), path)
+    return outcome, ranking
+
+
+def _report(result, model, path, method, step, outcome, ranking, probe) -> None:
+    rep = result.report
+    zipped = method == "magnitude"
+    before, after = figures(model, zip_bytes=zipped), figures(result.model, zip_bytes=zipped)
+    rep["input"] = str(path) if path else None
+    rep["figures"] = {"before": before, "after": after}
+    if probe is not None:
+        rep["latency"] = probe(result.model)
+    details = copy.deepcopy(step.details)
+    rep["details"] = details
+    rep["notes"] = list(step.notes)
+    if method == "magnitude":
+        rep["value"] = details.get("sparsity_target")
+    elif method == "channels":
+        rep["value"] = details.get("ratio")
+    else:
+        rep["value"] = len(details.get("removed", []))
+    if ranking is not None:
+        details["ranking"] = ranking
+    if outcome is not None:
+        rep["search"] = outcome.to_dict()
+    verification = step.verification or {}
+    rep["metric"] = verification.get("metric")

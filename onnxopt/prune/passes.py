@@ -1,0 +1,488 @@
+"""Pruning passes (lossy: judged by the accuracy metric, never by exact equality).
+
+``prune-magnitude`` zeroes the smallest weights; ``prune-channels`` removes whole output
+channels by dependency group and rewires the graph, then (with calibration data) refits
+the layers that read the removed channels; ``prune-blocks`` removes residual branches.
+Each pass also removes dead nodes and unused initializers.  When the value to use
+(sparsity / ratio / number of blocks) is not given and the context has an accuracy
+budget, the pass searches the largest one within it (``search``); without a budget it
+uses the default.  A model with nothing to prune comes back unchanged with the reasons
+in the notes and ``details["nothing_to_prune"]`` (the ``prune`` command turns that into
+an error).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..core.passes import Context, Pass, PassResult
+from ..errors import BudgetError, UsageError
+from ..simplify.constants import constants_to_initializers
+from ..simplify.dead import remove_unused
+from .blocks import find_blocks, remove_blocks
+from .channels import apply_keep, select_keep
+from .groups import Analysis, analyze
+from .importance import activation_importance, l1_importance
+from .magnitude import prune_magnitude
+from .refit import RefitOptions, refit_layers
+from .search import search
+
+__all__ = [
+    "PruneMagnitudePass",
+    "PruneChannelsPass",
+    "PruneBlocksPass",
+    "DEFAULTS",
+    "GRIDS",
+    "rank_blocks",
+    "group_report",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"magnitude": 0.5, "channels": 0.3, "blocks": 1}
+GRIDS = {
+    "magnitude": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+    "channels": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+}
+_ZEROS_NOTE = "magnitude pruning only writes zeros: the file compresses better, but dense kernels do not run faster"
+
+
+def _fraction(name: str, v, *, allow_none: bool = True) -> str | None:
+    if v is None:
+        return None if allow_none else f"{name} is required"
+    if not (0 < float(v) < 1):
+        return f"{name} must be in (0, 1), got {v}"
+    return None
+
+
+def _grid_problem(grid) -> str | None:
+    if grid is None:
+        return None
+    if not grid:
+        return "grid must not be empty"
+    bad = [g for g in grid if not (0 < float(g) < 1)]
+    return f"grid values must be in (0, 1), got {bad}" if bad else None
+
+
+def _search_budget(ctx: Context, model: onnx.ModelProto):
+    from ..metrics import Evaluator
+
+    ds = ctx.inputs_for(model, prefer_eval=True)
+    return Evaluator(
+        model, ds, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=512
+    )
+
+
+class PruneMagnitudePass(Pass):
+    """Unstructured magnitude pruning: zero the smallest weights (smaller zip, not faster)."""
+
+    key = "prune-magnitude"
+    exact = False
+    idempotent = False
+
+    @dataclass
+    class Config:
+        sparsity: float | None = None
+        scope: str = field(default="global", metadata={"choices": ("global", "layer")})
+        min_params: int = 1024
+        skip_first_last: bool = True
+        grid: list[float] | None = None
+
+        def check(self):
+            if self.min_params < 0:
+                return "min_params must be >= 0"
+            return _fraction("sparsity", self.sparsity) or _grid_problem(self.grid)
+
+    def _prune(self, model: onnx.ModelProto, sparsity: float) -> tuple[list[dict], list[dict]]:
+        c = self.config
+        return prune_magnitude(
+            model,
+            sparsity,
+            scope=c.scope,
+            min_params=c.min_params,
+            skip_first_last=c.skip_first_last,
+        )
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        constants_to_initializers(model)
+        details: dict = {}
+        sparsity = self.config.sparsity
+        if sparsity is None and ctx.budget is not None:
+            outcome = self._search(model, ctx)
+            details["search"] = outcome.to_dict()
+            sparsity = outcome.chosen.value
+        sparsity = DEFAULTS["magnitude"] if sparsity is None else sparsity
+        records, skipped = self._prune(model, sparsity)
+        details.update(
+            {
+                "sparsity_target": sparsity,
+                "scope": self.config.scope,
+                "initializers": records,
+                "skipped": skipped,
+            }
+        )
+        if not records:
+            why = "no prunable weights: " + (
+                "; ".join(f"{s['initializer']} ({s['reason']})" for s in skipped[:6])
+                if skipped
+                else "the model has no Conv / Gemm / MatMul with a constant weight"
+            )
+            details["nothing_to_prune"] = why
+            return self.result(model, False, notes=[why], details=details)
+        remove_unused(model)
+        zeros = sum(round(r["sparsity"] * r["params"]) - r["zeros_before"] for r in records)
+        return self.result(
+            model,
+            True,
+            counts={
+                "weights_pruned": len(records),
+                "weights_skipped": len(skipped),
+                "zeros_added": int(zeros),
+            },
+            notes=[_ZEROS_NOTE],
+            details=details,
+        )
+
+    def _search(self, model, ctx):
+        evaluator = _search_budget(ctx, model)
+
+        def build(v):
+            m = copy.deepcopy(model)
+            records, _ = self._prune(m, v)
+            if not records:
+                raise UsageError("no prunable weights")
+            return m
+
+        outcome = search(
+            self.config.grid or GRIDS["magnitude"],
+            build,
+            evaluator,
+            ctx.budget.max_drop,
+            label="sparsity search",
+        )
+        if outcome.chosen is None:
+            raise BudgetError(_no_point("sparsity", outcome))
+        return outcome
+
+
+def _no_point(what: str, outcome) -> str:
+    first = next((p for p in outcome.points if p.drop is not None), None)
+    if first is None:
+        return f"no {what} could be evaluated: {outcome.points[0].error if outcome.points else 'empty grid'}"
+    return f"no {what} stays within the budget: {what} {first.value:g} already drops {outcome.metric} by {first.drop:.2f} points (budget {outcome.max_drop:g})"
+
+
+def group_report(analysis: Analysis, keep: dict | None = None, ratios: dict | None = None) -> dict:
+    keep = keep or {}
+    pruned, intact, untouched = [], [], []
+    for g in analysis.groups:
+        layers = [analysis.sources[s].label for s in g.sources]
+        weights = [analysis.sources[s].weight for s in g.sources]
+        if not g.prunable:
+            intact.append(
+                {
+                    "group": g.label,
+                    "layers": layers,
+                    "weights": weights,
+                    "channels": g.channels,
+                    "reason": g.blocked,
+                }
+            )
+        elif g.id in keep and len(keep[g.id]) < g.channels:
+            pruned.append(
+                {
+                    "group": g.label,
+                    "layers": layers,
+                    "weights": weights,
+                    "channels": g.channels,
+                    "kept": int(len(keep[g.id])),
+                    "ratio": (ratios or {}).get(g.id),
+                }
+            )
+        else:
+            untouched.append({"group": g.label, "layers": layers, "channels": g.channels})
+    return {"pruned": pruned, "intact": intact, "unchanged": untouched}
+
+
+class PruneChannelsPass(Pass):
+    """Structured pruning: remove output channels by dependency group, rewire, reconstruct."""
+
+    key = "prune-channels"
+    exact = False
+    idempotent = False
+
+    @dataclass
+    class Config:
+        ratio: float | None = None
+        ratios: dict | None = None
+        importance: str = field(default="l1", metadata={"choices": ("l1", "activation")})
+        reconstruct: bool = True
+        ridge: float = 1e-3
+        max_samples: int = 512
+        max_features: int = 8192
+        grid: list[float] | None = None
+
+        def check(self):
+            for k, v in (self.ratios or {}).items():
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
+                    return f"ratios['{k}'] must be a number"
+                p = _fraction(f"ratios['{k}']", v)
+                if p:
+                    return p
+            if self.ridge < 0:
+                return "ridge must be >= 0"
+            if self.max_samples <= 0 or self.max_features <= 0:
+                return "max_samples and max_features must be positive"
+            return _fraction("ratio", self.ratio) or _grid_problem(self.grid)
+
+    def _ratios_by_group(self, analysis: Analysis, base: float | None) -> dict[int, float]:
+        named = dict(self.config.ratios or {})
+        found: dict[int, list[float]] = {}
+        known = set()
+        for s in analysis.sources:
+            keys = {s.label, s.out, s.weight}
+            known |= keys
+            for k in keys & set(named):
+                found.setdefault(analysis.group_of[s.id], []).append(float(named[k]))
+        unknown = sorted(set(named) - known)
+        if unknown:
+            sample = ", ".join(sorted(s.label for s in analysis.sources)[:8])
+            raise UsageError(
+                f"ratios name unknown layer(s) {', '.join(unknown)} (layers are named by node, output or weight, e.g. {sample})"
+            )
+        out = {}
+        for g in analysis.prunable:
+            if g.id in found:
+                out[g.id] = min(found[g.id])  # tied layers named differently: the gentler ratio
+            elif base is not None:
+                out[g.id] = base
+        return out
+
+    def prune(
+        self, model: onnx.ModelProto, ctx: Context, ratio: float | None
+    ) -> tuple[onnx.ModelProto, dict, list[str]]:
+        """Prune a copy of ``model`` at ``ratio`` (named ``ratios`` override); returns
+        (model, details, notes).  ``model`` must have its Constant nodes as initializers."""
+        teacher = model
+        work = copy.deepcopy(model)
+        analysis = analyze(work)
+        notes = [f"channel group {g.label} left intact: {g.blocked}" for g in analysis.intact]
+        notes += analysis.notes
+        details: dict = {"importance": self.config.importance}
+        if not analysis.prunable:
+            why = "no prunable channel group" + (
+                f": {analysis.intact[0].label} ({analysis.intact[0].blocked})"
+                + (f" and {len(analysis.intact) - 1} more" if len(analysis.intact) > 1 else "")
+                if analysis.intact
+                else " (no Conv / Gemm / MatMul with a constant weight)"
+            )
+            details["groups"] = group_report(analysis)
+            details["nothing_to_prune"] = why
+            return work, details, notes
+        ratios = self._ratios_by_group(analysis, ratio)
+        if self.config.importance == "activation":
+            if ctx.data is None:
+                raise UsageError("importance 'activation' needs calibration data (--calibration)")
+            imp = activation_importance(
+                work, analysis, ctx.data, provider=ctx.provider, limit=self.config.max_samples
+            )
+        else:
+            imp = l1_importance(work, analysis)
+        keep = {}
+        for gid, r in ratios.items():
+            k = select_keep(imp[gid], r)
+            if len(k) < analysis.groups[gid].channels:
+                keep[gid] = k
+        details["groups"] = group_report(analysis, keep, ratios)
+        if not keep:
+            details["nothing_to_prune"] = "the ratio removes no channel (groups too small)"
+            return work, details, notes
+        counts = apply_keep(work, analysis, keep)
+        details["rewiring"] = counts
+        if self.config.reconstruct and ctx.data is not None:
+            layers = self._refit_targets(teacher, analysis, keep)
+            opts = RefitOptions(
+                ridge=self.config.ridge,
+                max_samples=self.config.max_samples,
+                max_features=self.config.max_features,
+                seed=ctx.seed,
+            )
+            records, more = refit_layers(
+                work, teacher, layers, ctx.data, provider=ctx.provider, options=opts
+            )
+            details["reconstruction"] = records
+            notes += more
+            remove_unused(work)
+        elif self.config.reconstruct:
+            notes.append(
+                "no calibration data: the layers after removed channels were not reconstructed (give --calibration)"
+            )
+        return work, details, notes
+
+    @staticmethod
+    def _refit_targets(
+        model: onnx.ModelProto, analysis: Analysis, keep: dict
+    ) -> list[tuple[str, object]]:
+        src_keep = analysis.source_keep(keep)
+        touched = sorted(
+            {
+                s.node
+                for s in analysis.consumers()
+                if any(seg.source in src_keep for seg in s.layout)
+            }
+        )
+        by_node = {s.node: s.id for s in analysis.sources}
+        return [(model.graph.node[i].output[0], src_keep.get(by_node.get(i))) for i in touched]
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        constants_to_initializers(model)
+        ratio = self.config.ratio
+        search_details = None
+        if ratio is None and not self.config.ratios and ctx.budget is not None:
+            evaluator = _search_budget(ctx, model)
+            outcome = search(
+                self.config.grid or GRIDS["channels"],
+                lambda v: self._checked(model, ctx, v),
+                evaluator,
+                ctx.budget.max_drop,
+                label="ratio search",
+            )
+            if outcome.chosen is None:
+                raise BudgetError(_no_point("ratio", outcome))
+            search_details = outcome.to_dict()
+            ratio = outcome.chosen.value
+        if ratio is None and not self.config.ratios:
+            ratio = DEFAULTS["channels"]
+        out, details, notes = self.prune(model, ctx, ratio)
+        details["ratio"] = ratio
+        if search_details:
+            details["search"] = search_details
+        if "nothing_to_prune" in details:
+            return self.result(model, False, notes=notes, details=details)
+        g = details["groups"]
+        counts = {
+            "groups_pruned": len(g["pruned"]),
+            "groups_intact": len(g["intact"]),
+            "channels_removed": details["rewiring"]["channels_removed"],
+        }
+        if "reconstruction" in details:
+            counts["layers_reconstructed"] = sum(
+                1 for r in details["reconstruction"] if r["applied"]
+            )
+        return self.result(out, True, counts=counts, notes=notes, details=details)
+
+    def _checked(self, model, ctx, ratio):
+        out, details, _ = self.prune(model, ctx, ratio)
+        if "nothing_to_prune" in details:
+            raise UsageError(details["nothing_to_prune"])
+        return out
+
+
+def rank_blocks(model: onnx.ModelProto, blocks, evaluator) -> list[dict]:
+    """Each block's effect when removed alone: metric drop, then cosine to the input's
+    outputs (breaks ties between blocks whose drop is equal), least harmful first."""
+    from ..metrics import score
+
+    effects = []
+    for b in blocks:
+        m = copy.deepcopy(model)
+        remove_blocks(m, [b.add])
+        outs = evaluator.outputs(m)
+        s = evaluator.score_outputs(outs)
+        cos = score("cosine", evaluator.ref_outputs, outs)
+        effects.append(
+            {
+                **b.to_dict(),
+                "score": float(s),
+                "drop": float(evaluator.reference_score - s),
+                "cosine": float(cos),
+            }
+        )
+    effects.sort(key=lambda e: (round(e["drop"], 9), -e["cosine"], e["output"]))
+    return effects
+
+
+class PruneBlocksPass(Pass):
+    """Network trimming: remove the residual blocks whose removal hurts the metric least."""
+
+    key = "prune-blocks"
+    exact = False
+    idempotent = False
+
+    @dataclass
+    class Config:
+        blocks: int | None = None
+        names: list[str] | None = None
+
+        def check(self):
+            if self.blocks is not None and self.blocks < 1:
+                return f"blocks must be >= 1, got {self.blocks}"
+            if self.blocks is not None and self.names:
+                return "give either blocks or names, not both"
+            return None
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        constants_to_initializers(model)
+        found, refusals = find_blocks(model)
+        details: dict = {"candidates": [b.to_dict() for b in found], "refused": refusals}
+        if not found:
+            why = "no residual blocks (y = x + f(x) with matching shapes)" + (
+                f": {refusals[0]}" + (f" and {len(refusals) - 1} more" if len(refusals) > 1 else "")
+                if refusals
+                else ": the model has no Add of two activations"
+            )
+            details["nothing_to_prune"] = why
+            return self.result(model, False, notes=[why], details=details)
+        if self.config.names:
+            known = {b.add for b in found} | {b.label for b in found}
+            unknown = [n for n in self.config.names if n not in known]
+            if unknown:
+                raise UsageError(
+                    f"not residual blocks of this model: {', '.join(unknown)} (blocks: {', '.join(b.label for b in found)})"
+                )
+            chosen = [
+                b.add for b in found if b.add in self.config.names or b.label in self.config.names
+            ]
+        else:
+            evaluator = _search_budget(ctx, model)
+            ranking = rank_blocks(model, found, evaluator)
+            details["ranking"] = ranking
+            n = self.config.blocks
+            if n is None and ctx.budget is not None:
+
+                def build(k):
+                    m = copy.deepcopy(model)
+                    remove_blocks(m, [e["output"] for e in ranking[: int(k)]])
+                    return m
+
+                outcome = search(
+                    list(range(1, len(ranking) + 1)),
+                    build,
+                    evaluator,
+                    ctx.budget.max_drop,
+                    label="block search",
+                )
+                if outcome.chosen is None:
+                    raise BudgetError(_no_point("number of blocks", outcome))
+                details["search"] = outcome.to_dict()
+                n = int(outcome.chosen.value)
+            n = DEFAULTS["blocks"] if n is None else n
+            if n > len(found):
+                raise UsageError(
+                    f"asked to remove {n} blocks, the model has {len(found)} residual blocks"
+                )
+            chosen = [e["output"] for e in ranking[:n]]
+        removed = remove_blocks(model, chosen)
+        details["removed"] = [next(b.label for b in found if b.add == a) for a in removed]
+        notes = [f"removed residual block {lbl}" for lbl in details["removed"]]
+        return self.result(
+            model,
+            bool(removed),
+            counts={"blocks_removed": len(removed), "blocks_found": len(found)},
+            notes=notes,
+            details=details,
+        )

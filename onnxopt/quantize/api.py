@@ -1,0 +1,390 @@
+"""``onnxopt.quantize``: INT8 quantization that is valid, faster and within an accuracy budget.
+
+``quantize(model, ...)`` pre-processes the model (``preprocess``), calibrates activation
+ranges by streaming the calibration data (``collect`` / ``calibrate``), builds each
+candidate with ONNX Runtime's quantizer (dynamic; static per-tensor; static per-channel for
+``mode="auto"``), repairs invalid graphs per node (``validity``), fits each candidate to
+the accuracy budget by excluding the most sensitive nodes (``sensitivity``), times the
+candidates against the FP32 model side by side (``speed``) and returns the fastest valid
+one within the budget.  It raises ``BudgetError`` (exit 3) when the budget cannot be met,
+when nothing is quantizable or when no candidate is faster than FP32 (unless
+``allow_slower``); the error's ``details["report"]`` holds the measured table.
+
+Lower-level building blocks (for ``optimize`` and scripts): ``calibrate``,
+``prepare_model``, ``quantize_dynamic_candidate``, ``quantize_static_candidate``,
+``sensitivity.fit_budget``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterable
+
+import onnx
+
+from ..core.provenance import write_provenance
+from ..core.result import Result
+from ..data import dataset_for
+from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError, blaming
+from ..io import model_nbytes, resolve_model
+from ..metrics import Budget, Evaluator
+from ..runtime import resolve_provider, run_dataset
+from ..stats import model_stats
+from ..verify import EXACT_REL_L2, check_model, compare_outputs
+from .calibrate import DEFAULT_PERCENTILE
+from .collect import CalibrationRanges, collect_ranges
+from .config import FORMATS, INT_TYPES, MODES, QuantConfig, check_choice
+from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
+from .preprocess import Prepared, gemm_to_matmul, prepare
+from .speed import measure_speed, timing_feed
+
+__all__ = [
+    "quantize",
+    "calibrate",
+    "prepare_model",
+    "quantize_dynamic_candidate",
+    "quantize_static_candidate",
+    "candidate_configs",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _view(ds):
+    """A Dataset handed in by a caller is validated on a view, never mutated."""
+    return ds.view() if hasattr(ds, "view") else ds
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def calibrate(model, data, *, method: str = "minmax", batch_size: int | None = None, limit: int | None = None, provider: str = "cpu", percentile: float = DEFAULT_PERCENTILE) -> CalibrationRanges:
+    """Activation ranges of ``model`` over DATA (path or Dataset), streamed batch by batch."""
+    m, _ = resolve_model(model)
+    ds = dataset_for(m, data)
+    return collect_ranges(m, ds, method=method, batch_size=batch_size, limit=limit, provider=resolve_provider(provider), percentile=percentile)
+
+
+def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu", use_ort_preprocess: bool = True, shapes=None) -> Prepared:
+    """``preprocess.prepare`` with every result verified against ``model`` (checker, ORT,
+    outputs within 1e-4 relative L2 on up to 64 samples of ``dataset`` or synthesized
+    inputs).  Falls back to the steps without ORT's pre-processing; raises
+    ``VerificationError`` when even those change the outputs."""
+    ds = dataset_for(model, dataset, shapes) if dataset is not None else dataset_for(model, None, shapes)
+    names = [o.name for o in model.graph.output]
+    ref = run_dataset(model, ds, provider=provider, limit=64)
+
+    def check(candidate: onnx.ModelProto, label: str) -> str | None:
+        try:
+            check_model(candidate, provider=provider, error=VerificationError, label=label)
+            out = run_dataset(candidate, ds, provider=provider, limit=64, error=VerificationError)
+        except OnnxoptError as exc:
+            return str(exc)
+        comp = compare_outputs(names, ref, out)
+        bad = [o for o in comp.outputs if not (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6)]
+        if bad:
+            return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2"
+        return None
+
+    prep = prepare(model, use_ort_preprocess=use_ort_preprocess, check=check)
+    why = check(prep.model, "pre-processed model")
+    if why and prep.counts.get("ort_pre_process"):
+        prep = prepare(model, use_ort_preprocess=False)
+        prep.notes.append(f"ORT quant_pre_process result dropped: {why}")
+        why = check(prep.model, "pre-processed model")
+    if why:
+        raise VerificationError(f"pre-processing for quantization changed the model: {why}")
+    return prep
+
+
+def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=()) -> tuple[list[QuantConfig], list[str]]:
+    """The configurations ``mode`` tries, and notes on what was skipped and why."""
+    common = dict(reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(op_types) if op_types else None, exclude=frozenset(exclude))
+    notes = []
+    dyn = QuantConfig(mode="dynamic", per_channel=per_channel, **common)
+    static = [QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, **common) for pc in (False, True)]
+    if mode == "dynamic":
+        return [dyn], notes
+    if mode == "static":
+        return [c for c in static if c.per_channel == per_channel], notes
+    configs = []
+    if provider == "cuda":
+        notes.append("dynamic candidate skipped: its integer ops have no CUDA kernels")
+    else:
+        configs.append(dyn)
+    if has_calibration:
+        configs.extend(static)
+    else:
+        notes.append("static candidates skipped: no calibration data (--calibration)")
+    return configs, notes
+
+
+def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tuple[onnx.ModelProto, int]:
+    base = prep
+    rewritten = 0
+    if config.mode == "dynamic" and "Gemm" in config.op_types_for(provider):
+        base = copy.deepcopy(prep)
+        rewritten = gemm_to_matmul(base)
+    return base, rewritten
+
+
+def _candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40) -> CandidateResult:
+    provider = resolve_provider(provider)
+    ds = eval_data if eval_data is not None else calibration
+    ds = dataset_for(m, _view(ds)) if ds is not None else dataset_for(m, None)
+    prep = prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess)
+    if config.mode == "static" and ranges is None:
+        if calibration is None:
+            raise UsageError("static quantization needs calibration data")
+        ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(calibration)), method=config.method, provider=provider).ranges
+    base, _ = _build_base(prep.model, config, provider)
+    feed = ds.first_batch(2)
+    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, _one(feed), provider=provider))
+    evaluator = Evaluator(m, ds, metric, provider=provider)
+    budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
+    search = Evaluator(m, ds, evaluator.metric, provider=provider, limit=search_samples) if budget is not None and len(ds) > search_samples else None
+    res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m))
+    res.notes[:0] = prep.notes
+    return res
+
+
+def _one(feed: dict):
+    from ..data import Dataset
+
+    ds = Dataset("<feed>", arrays=feed, whole=True)
+    return ds
+
+
+def _finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
+    if res.model is None:
+        raise (BudgetError if res.status == "nothing to quantize" else VerificationError)(f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}")
+    if res.within_budget is False:
+        raise BudgetError(f"{res.label}: accuracy budget not met (best drop {res.drop:.2f} points of {res.fit.metric if res.fit else 'the metric'})")
+    notes = list(res.notes)
+    notes += [f"{f.node} ({f.op_type}) -> {f.action}: {f.reason[:160]}" for f in res.fallbacks]
+    if res.fit is not None:
+        notes += [f"{e['node']} ({e['op_type']}) left in float for the budget (gain {e['gain']:.2f} points)" for e in res.fit.excluded]
+    return res.model, notes
+
+
+def quantize_dynamic_candidate(model, *, op_types=None, per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", exclude_nodes: Iterable[str] = (), provider: str = "cpu", eval_data=None, max_accuracy_drop: float | None = None, metric: str | None = None, preprocess: bool = True) -> onnx.ModelProto:
+    """A verified dynamically quantized model (weights INT8, activations quantized at run
+    time): pre-processed, Gemm rewritten to MatMul, repaired per node where ORT's output is
+    invalid; with ``max_accuracy_drop`` (and ``eval_data``) fitted to that budget.
+    Raises ``BudgetError`` when nothing is quantizable or the budget cannot be met."""
+    m, _ = resolve_model(model)
+    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
+    res = _candidate(m, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return _finish_candidate(res)[0]
+
+
+def quantize_static_candidate(model, calibration, *, format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude_nodes: Iterable[str] = (), provider: str = "cpu", ranges: dict | None = None, eval_data=None, max_accuracy_drop: float | None = None, metric: str | None = None, preprocess: bool = True) -> onnx.ModelProto:
+    """A verified statically quantized model: ranges streamed from ``calibration`` (path or
+    Dataset; or given as ``ranges`` for the pre-processed model), per-channel repaired or
+    per-node per-tensor/float where ORT's graph is invalid, fitted to ``max_accuracy_drop``
+    on ``eval_data`` (default: the calibration data) when given."""
+    m, _ = resolve_model(model)
+    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
+    cal = dataset_for(m, _view(calibration))
+    res = _candidate(m, cfg, calibration=cal, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return _finish_candidate(res)[0]
+
+
+def _pick(results: list[CandidateResult], min_speedup: float, allow_slower: bool, timing: bool = True) -> CandidateResult | None:
+    """The fastest timed candidate; among those not significantly slower than it (its CI
+    reaches the best median), the most accurate, then the first tried (stable choice).
+    Without timing: the most accurate valid candidate within the budget."""
+    order = {id(r): i for i, r in enumerate(results)}
+    if not timing:
+        ok = [r for r in results if r.model is not None and r.within_budget is not False]
+        return max(ok, key=lambda r: (round(r.score or 0.0, 6), -order[id(r)])) if ok else None
+    timed = [r for r in results if r.speed is not None]
+    pool = [r for r in timed if r.speed.ratio >= min_speedup] or (timed if allow_slower else [])
+    if not pool:
+        return None
+    best = max(pool, key=lambda r: r.speed.ratio)
+    tied = [r for r in pool if r.speed.high >= best.speed.ratio]
+    return max(tied, key=lambda r: (round(r.score or 0.0, 6), -order[id(r)]))
+
+
+@blaming("model")
+def quantize(
+    model,
+    *,
+    mode: str = "auto",
+    format: str = "qdq",
+    calibration=None,
+    method: str = "minmax",
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    weight_type: str = "int8",
+    activation_type: str = "uint8",
+    op_types=None,
+    exclude_nodes=None,
+    provider: str = "cpu",
+    max_accuracy_drop: float | None = None,
+    eval_data=None,
+    metric: str | None = None,
+    allow_slower: bool = False,
+    shapes: dict | None = None,
+    batch: int = 32,
+    calibration_batch: int | None = None,
+    search_samples: int = 200,
+    max_evals: int = 40,
+    sensitivity: str = "float-one",
+    timing_runs: int = 30,
+    timing_seconds: float | None = 20.0,
+    min_speedup: float = 1.0,
+    preprocess: bool = True,
+    timing: bool = True,
+    seed: int = 0,
+) -> Result:
+    """Quantize ``model`` (path or proto) to INT8; see the module docstring.
+
+    ``mode``: ``auto`` (dynamic, static per-tensor, static per-channel: the fastest valid
+    candidate within the budget), ``dynamic`` or ``static`` (needs ``calibration``).
+    ``max_accuracy_drop``: points of ``metric`` (onnxopt.metrics) allowed against the FP32
+    model on ``eval_data`` (default: the calibration data).  ``batch``: the timing batch.
+    ``timing=False`` (only with ``allow_slower``) skips the speed measurement: the most
+    accurate valid candidate is returned, which makes the choice deterministic.
+    """
+    t_start = time.perf_counter()
+    check_choice("mode", mode, MODES)
+    check_choice("format", format, FORMATS)
+    check_choice("weight type", weight_type, INT_TYPES)
+    check_choice("activation type", activation_type, INT_TYPES)
+    if batch <= 0 or search_samples <= 0 or max_evals <= 0:
+        raise UsageError("batch, search_samples and max_evals must be positive")
+    if not timing and not allow_slower:
+        raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
+    ops = _as_list(op_types)
+    exclude = _as_list(exclude_nodes)
+    m, path = resolve_model(model)
+    provider = resolve_provider(provider)
+    try:
+        check_model(m, provider=provider, error=ModelError)
+    except ModelError as exc:
+        raise ModelError(exc.message, path) from None
+    names = {n.name for n in m.graph.node}
+    unknown = [n for n in exclude if n not in names]
+    if unknown:
+        raise UsageError(f"--exclude-nodes: no node named {', '.join(repr(u) for u in unknown)} in the model", path)
+    configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude)
+    if mode == "static" and calibration is None:
+        raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
+    cal = dataset_for(m, _view(calibration)) if calibration is not None else None
+    ev = dataset_for(m, _view(eval_data)) if eval_data is not None else None
+    budget = Budget(float(max_accuracy_drop), metric) if max_accuracy_drop is not None else None
+    if ev is None:
+        if cal is not None:
+            ev = dataset_for(m, _view(cal))
+            notes.append("accuracy measured on the calibration data (no --eval given)")
+        elif budget is not None:
+            raise UsageError("--max-accuracy-drop needs --eval DATA (or --calibration DATA)", path)
+        else:
+            ev = dataset_for(m, None, shapes, seed=seed, samples=64)
+            notes.append("accuracy measured on synthesized inputs (no --eval / --calibration given)")
+
+    prep = prepare_model(m, ev, provider=provider, use_ort_preprocess=preprocess)
+    evaluator = Evaluator(m, ev, metric, provider=provider)
+    search = Evaluator(m, ev, evaluator.metric, provider=provider, limit=search_samples) if budget is not None and len(ev) > search_samples else None
+    vfeed = ev.first_batch(2)
+    vref = run_dataset(m, _one(vfeed), provider=provider)
+
+    ranges = None
+    if any(c.mode == "static" for c in configs):
+        ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(cal)), method=method, batch_size=calibration_batch, provider=provider)
+        notes.extend(ranges.notes)
+
+    results: list[CandidateResult] = []
+    bases: dict[str, onnx.ModelProto] = {}
+    for cfg in configs:
+        key = "dynamic" if cfg.mode == "dynamic" else "static"
+        if key not in bases:
+            bases[key], rewritten = _build_base(prep.model, cfg, provider)
+            if rewritten:
+                notes.append(f"dynamic: {rewritten} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+        builder = CandidateBuilder(bases[key], cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref)
+        log.info("candidate %s ...", cfg.label)
+        res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, how=sensitivity, reference_bytes=model_nbytes(m))
+        results.append(res)
+
+    feed = timing_feed(ev, batch)
+    timed = {r.label: r.model for r in results if r.model is not None and r.within_budget is not False}
+    speeds = measure_speed(m, timed, feed, provider=provider, runs=timing_runs, duration=timing_seconds) if timing else {}
+    for r in results:
+        r.speed = speeds.get(r.label)
+        if r.speed is not None and r.speed.ratio < min_speedup and r.status == "ok":
+            r.status = "slower"
+
+    report = {
+        "command": "quantize",
+        "input": str(path) if path else None,
+        "mode": mode,
+        "provider": provider,
+        "preprocess": {"counts": prep.counts, "notes": prep.notes},
+        "calibration": ranges.summary() if ranges else None,
+        "metric": {"name": evaluator.metric, "reference": evaluator.reference_score, "data": ev.source, "samples": len(ev), "search_samples": search_samples if search is not None else None},
+        "budget": {"max_drop": budget.max_drop} if budget else None,
+        "timing": {"batch": int(next(iter(feed.values())).shape[0]) if feed else None, "runs": timing_runs if timing else 0, "min_speedup": min_speedup},
+        "candidates": [r.to_dict() for r in results],
+        "notes": notes,
+        "before": model_stats(m),
+    }
+
+    chosen = _pick(results, min_speedup, allow_slower, timing)
+    if chosen is None and allow_slower and results and all(r.status == "nothing to quantize" for r in results):
+        out = copy.deepcopy(m)
+        report["chosen"] = None
+        report["notes"].append("nothing to quantize: the input model is returned unchanged (--allow-slower)")
+        report["after"] = model_stats(out)
+        report["seconds"] = round(time.perf_counter() - t_start, 2)
+        write_provenance(out, "quantize", [{"name": "quantize", "quantized_nodes": 0}], {"mode": mode, "chosen": None})
+        return Result(out, report, True)
+    if chosen is None:
+        report["seconds"] = round(time.perf_counter() - t_start, 2)
+        raise _failure(results, budget, allow_slower, report, path, m)
+    if chosen.model is None:  # pragma: no cover - _pick only returns timed (built) candidates
+        raise VerificationError("internal: chosen candidate has no model")
+    out = chosen.model
+    report["chosen"] = chosen.label
+    report["after"] = model_stats(out)
+    report["seconds"] = round(time.perf_counter() - t_start, 2)
+    step = {
+        "name": "quantize",
+        "config": chosen.config.to_dict(),
+        "quantized_nodes": len(chosen.quantized),
+        "excluded": [e["node"] for e in chosen.fit.excluded] if chosen.fit else [],
+        "fallbacks": [f.to_dict() for f in chosen.fallbacks],
+        "metric": {"name": evaluator.metric, "reference": evaluator.reference_score, "score": chosen.score, "drop": chosen.drop},
+        "preprocess": prep.counts,
+    }
+    write_provenance(out, "quantize", [step], {"mode": mode, "chosen": chosen.label})
+    return Result(out, report, True)
+
+
+def _failure(results: list[CandidateResult], budget, allow_slower: bool, report: dict, path, m: onnx.ModelProto) -> OnnxoptError:
+    built = [r for r in results if r.model is not None]
+    if not built:
+        if results and all(r.status == "nothing to quantize" for r in results):
+            return BudgetError("nothing to quantize: no node of a quantizable op type (see --op-types) was quantized", path, report=report)
+        why = "; ".join(f"{r.label}: {r.notes[-1] if r.notes else r.status}" for r in results) or "no candidate"
+        return VerificationError(f"no valid quantized model: {why}", path, report=report)
+    in_budget = [r for r in built if r.within_budget is not False]
+    if not in_budget:
+        best = max(built, key=lambda r: r.score if r.score is not None else float("-inf"))
+        return BudgetError(
+            f"accuracy budget of {budget.max_drop:g} points not met: best {best.label} drops {best.drop:.2f} points of {report['metric']['name']} ({best.score:.2f} vs {report['metric']['reference']:.2f})",
+            path,
+            report=report,
+        )
+    best = max((r for r in in_budget if r.speed), key=lambda r: r.speed.ratio, default=None)
+    fig = f"; best {best.label} at {best.speed.ratio:.2f}x" if best else ""
+    return BudgetError(f"no INT8 candidate is faster than FP32 at batch {report['timing']['batch']}{fig} (pass --allow-slower to write it anyway)", path, report=report)

@@ -1,0 +1,65 @@
+"""Entry points for ``onnxopt.optimize``: one verified INT8 candidate and notes on it.
+
+Both return ``(model, notes)``: a model that passes the checker and loads (and runs) in ORT
+on ``provider``, with invalid nodes repaired per node and, when a budget is given, the most
+sensitive nodes left in float until it holds; ``notes`` say what was rewritten, repaired or
+excluded.  They raise ``OnnxoptError`` subclasses (``BudgetError`` when nothing is
+quantizable or the budget cannot be met, ``VerificationError`` when no valid model can be
+built).  They do not time anything: speed is the caller's decision.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .api import _as_list, _candidate, _finish_candidate, _view
+from .config import QuantConfig
+
+__all__ = ["dynamic_candidate", "static_candidate"]
+
+
+def dynamic_candidate(
+    model: onnx.ModelProto,
+    *,
+    op_types=None,
+    weight_type: str = "int8",
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    exclude_nodes=(),
+    provider: str = "cpu",
+    eval_data=None,
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    preprocess: bool = True,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Dynamic INT8 (MatMul / Gemm-as-MatMul / Attention / ...; Conv on CPU only when asked)."""
+    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
+    res = _candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return _finish_candidate(res)
+
+
+def static_candidate(
+    model: onnx.ModelProto,
+    *,
+    calibration,
+    per_channel: bool = False,
+    method: str = "minmax",
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
+    op_types=None,
+    format: str = "qdq",
+    reduce_range: bool = False,
+    exclude_nodes=(),
+    eval_data=None,
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    provider: str = "cpu",
+    preprocess: bool = True,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path)."""
+    from ..data import dataset_for
+
+    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
+    cal = dataset_for(model, _view(calibration))
+    res = _candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return _finish_candidate(res)

@@ -1,0 +1,114 @@
+"""The ``transformer-fusion`` pass: ONNX Runtime's transformer optimizer, verified.
+
+``onnxruntime.transformers.optimizer.optimize_model`` (the maintained successor of
+onnxruntime-tools) fuses BERT/GPT-2-like subgraphs into ORT's contrib ops (``Attention``,
+``SkipLayerNormalization``, ``EmbedLayerNormalization``, ``BiasGelu``, ...).  Those
+kernels compute the same functions as the subgraphs they replace, only the float rounding
+differs, so the pass is registered as *exact*: it checks its own output (checker, ORT
+session, outputs within 1e-4 relative L2 of the input on the context's inputs) and returns
+the input unchanged, with the reason, when a fusion moves the outputs more than that.  The
+fused model needs ONNX Runtime (``com.microsoft`` ops): other runtimes cannot load it.
+Dynamic quantization afterwards turns ``Attention`` into ``QAttention``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import onnx
+
+from ..core.passes import Context, Pass, PassResult
+from ..errors import OnnxoptError
+from ..runtime import run_dataset
+from ..verify import EXACT_REL_L2, check_model, compare_outputs
+from .ort_backend import capture_ort_logging
+
+__all__ = ["MODEL_TYPES", "fuse_transformer", "TransformerFusionPass"]
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPES = ("bart", "bert", "bert_keras", "bert_tf", "clip", "conformer", "gpt2", "gpt2_tf", "gpt_neox", "phi", "swin", "t5", "tnlr", "vit")
+
+
+def fuse_transformer(model: onnx.ModelProto, *, model_type: str = "bert", num_heads: int = 0, hidden_size: int = 0, opt_level: int = 1, use_gpu: bool = False) -> tuple[onnx.ModelProto, dict, list[str]]:
+    """Run ORT's transformer optimizer; returns ``(model, fused op counts, notes)``.
+
+    ``num_heads`` / ``hidden_size`` 0: detected from the graph.  ``opt_level`` 0: Python
+    fusions only; 1: ORT's basic (provider-independent) optimizations first.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    notes: list[str] = []
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    with capture_ort_logging(notes):
+        opt = optimize_model(work, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=opt_level, use_gpu=use_gpu)
+        stats = {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
+        opt.topological_sort()
+    out = opt.model
+    # ORT's optimizer may add opset imports no node uses
+    used = {n.domain or "" for n in out.graph.node}
+    keep = [o for o in out.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out, stats, notes
+
+
+@dataclass
+class _FusionConfig:
+    model_type: str = field(default="bert", metadata={"choices": MODEL_TYPES})
+    num_heads: int = 0
+    hidden_size: int = 0
+    opt_level: int = field(default=1, metadata={"choices": (0, 1)})
+
+    def check(self):
+        if self.num_heads < 0 or self.hidden_size < 0:
+            return "num_heads and hidden_size must be >= 0 (0: detect)"
+        return None
+
+
+class TransformerFusionPass(Pass):
+    """Fuse attention / layer-norm / GELU subgraphs into ORT contrib ops (BERT, GPT-2, ...).
+
+    Verified against its input (1e-4 relative L2); returns the input unchanged when ORT's
+    optimizer fails, fuses nothing, or moves the outputs more than that.
+    """
+
+    key = "transformer-fusion"
+    exact = True
+    idempotent = True
+
+    Config = _FusionConfig
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        c = self.config
+        notes: list[str] = []
+        try:
+            fused, stats, more = fuse_transformer(model, model_type=c.model_type, num_heads=c.num_heads, hidden_size=c.hidden_size, opt_level=c.opt_level, use_gpu=ctx.provider == "cuda")
+        except Exception as exc:  # ORT's optimizer raises assorted errors on unexpected graphs
+            notes.append(f"ORT transformer optimizer failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); model unchanged")
+            return self.result(model, False, notes=notes)
+        notes.extend(more[:5])
+        if not stats or _same(model, fused):
+            notes.append(f"no {c.model_type} subgraph fused; model unchanged")
+            return self.result(model, False, counts={"fused_ops": 0}, notes=notes)
+        try:
+            check_model(fused, provider=ctx.provider, label="fused model")
+            feeds = ctx.inputs_for(model)
+            ref = run_dataset(model, feeds, provider=ctx.provider, limit=64)
+            new = run_dataset(fused, feeds, provider=ctx.provider, limit=64)
+        except OnnxoptError as exc:
+            notes.append(f"fused model rejected ({exc}); model unchanged")
+            return self.result(model, False, notes=notes)
+        comp = compare_outputs([o.name for o in model.graph.output], ref, new)
+        bad = [o for o in comp.outputs if not (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6)]
+        if bad:
+            notes.append(f"fused model rejected: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g}); model unchanged")
+            return self.result(model, False, notes=notes)
+        counts = {"fused_ops": sum(stats.values()), **{f"fused_{k}": v for k, v in sorted(stats.items())}}
+        return self.result(fused, True, counts=counts, notes=notes, details={"worst_rel_l2": comp.worst_rel_l2})
+
+
+def _same(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    return [(n.op_type, n.domain) for n in a.graph.node] == [(n.op_type, n.domain) for n in b.graph.node]

@@ -1,0 +1,162 @@
+"""``onnxopt bench`` through click: formats, files, errors -> exit codes, Ctrl-C -> 130."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from bench_toys import mlp
+
+from onnxopt.bench import api as bench_api
+from onnxopt.runtime import cuda_available
+
+FAST = ["--runs", "5", "--warmup", "1", "--threads", "1"]
+
+
+@pytest.fixture
+def pair(models_dir):
+    return [models_dir / "digits_mlp.onnx", models_dir / "digits_cnn.onnx"]
+
+
+def test_help(invoke):
+    res = invoke("bench", "--help")
+    assert res.exit_code == 0
+    for opt in (
+        "--provider",
+        "--batch",
+        "--concurrency",
+        "--io-binding",
+        "--baseline",
+        "--format",
+        "--plot",
+        "--duration",
+        "--cudnn-conv-algo-search",
+    ):
+        assert opt in res.output
+
+
+def test_table_on_the_terminal(invoke, pair, models_dir):
+    res = invoke("bench", *pair, "--data", models_dir / "digits_test.npz", *FAST)
+    assert res.exit_code == 0, res.output
+    assert (
+        "vs digits_mlp [95% CI]" in res.output
+        and "1.00x (baseline)" in res.output
+        and "top1 %" in res.output
+    )
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown"])
+def test_formats_written_with_o_and_plot(invoke, pair, tmp_path, fmt):
+    out, png = tmp_path / f"r.{fmt}", tmp_path / "r.png"
+    res = invoke("bench", *pair, "--batch", "1,2", "--format", fmt, "-o", out, "--plot", png, *FAST)
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in res.output and "samples/s" in res.output  # the table is still printed
+    text = out.read_text()
+    if fmt == "json":
+        assert len(json.loads(text)["results"]) == 4
+    elif fmt == "csv":
+        assert len(list(csv.DictReader(io.StringIO(text)))) == 4
+    else:
+        assert text.count("| digits_cnn |") == 3
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_json_to_stdout(invoke, pair):
+    res = invoke("bench", *pair, "--format", "json", "--no-throughput", *FAST)
+    assert res.exit_code == 0
+    rep = json.loads(res.stdout)
+    assert rep["baseline"] == "digits_mlp" and rep["results"][1]["throughput"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch", "0"], "positive"),
+        (["--runs", "0"], "--runs"),
+        (["--plot", "x.txt"], "must end in"),
+        (["--cudnn-conv-algo-search", "HEURISTIC"], "cuda only"),
+    ],
+)
+def test_usage_errors_exit_2_without_files(invoke, pair, tmp_path, args, message):
+    out = tmp_path / "r.json"
+    res = invoke("bench", *pair, "-o", out, *FAST, *args)
+    assert res.exit_code == 2 and message in res.output
+    assert not out.exists()
+
+
+def test_bad_model_and_bad_data_exit_2_naming_the_file(invoke, pair, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    out = tmp_path / "r.json"
+    res = invoke("bench", pair[0], bad, "-o", out, *FAST)
+    assert (
+        res.exit_code == 2
+        and "bad.onnx" in res.stderr
+        and len(res.stderr.strip().splitlines()) == 1
+    )
+    assert not out.exists()
+    res = invoke("bench", *pair, "--data", tmp_path / "missing.npz", "-o", out, *FAST)
+    assert res.exit_code == 2 and "missing.npz" in res.stderr and not out.exists()
+
+
+def test_refuses_to_overwrite_an_input(invoke, pair):
+    res = invoke("bench", *pair, "-o", pair[1], *FAST)
+    assert res.exit_code == 2 and "overwrite the input" in res.output
+
+
+@pytest.mark.skipif(cuda_available(), reason="CUDA is available here")
+def test_provider_cuda_without_cuda_exits_2(invoke, pair, tmp_path):
+    out = tmp_path / "r.csv"
+    res = invoke("bench", *pair, "--provider", "cuda", "-o", out, *FAST)
+    assert (
+        res.exit_code == 2
+        and "CUDAExecutionProvider is not available" in res.stderr
+        and not out.exists()
+    )
+    res = invoke("bench", *pair, "--provider", "auto", *FAST)
+    assert res.exit_code == 0 and "CPUExecutionProvider" in res.output
+
+
+def test_fixed_batch_skip_is_noted(invoke, tmp_path, models_dir):
+    from bench_toys import fixed_batch_mlp
+
+    fixed, sym = tmp_path / "fixed.onnx", tmp_path / "sym.onnx"
+    fixed.write_bytes(fixed_batch_mlp(1).SerializeToString())
+    sym.write_bytes(mlp().SerializeToString())
+    res = invoke("bench", sym, fixed, "--batch", "1,4", *FAST)
+    assert (
+        res.exit_code == 0
+        and "skipped" in res.output
+        and "fixed batch dimension of 1" in res.output
+    )
+    res = invoke("bench", fixed, "--batch", "4", *FAST)
+    assert res.exit_code == 2 and "every configuration was skipped" in res.stderr
+
+
+def test_ctrl_c_prints_partial_results_and_exits_130(invoke, pair, tmp_path, monkeypatch):
+    real = bench_api.measure_interleaved
+
+    def interrupted(run_one, n, **kw):
+        calls = {"k": 0}
+
+        def run(i):
+            calls["k"] += 1
+            if calls["k"] > 10:
+                raise KeyboardInterrupt
+            return run_one(i)
+
+        return real(run, n, **kw)
+
+    monkeypatch.setattr(bench_api, "measure_interleaved", interrupted)
+    out = tmp_path / "r.json"
+    res = invoke("bench", *pair, "--runs", "100", "-o", out, "--format", "json")
+    assert res.exit_code == 130
+    assert (
+        "INTERRUPTED" in res.stdout
+        and "digits_cnn" in res.stdout
+        and "no files written" in res.stderr
+    )
+    assert not out.exists()

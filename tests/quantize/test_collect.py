@@ -1,0 +1,53 @@
+"""Activation ranges streamed through an augmented model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from quant_models import conv_net, data_for
+
+from onnxopt.data import Dataset
+from onnxopt.quantize.collect import augment_for_calibration, collect_ranges, tensors_to_calibrate
+from onnxopt.quantize.preprocess import infer_shapes
+from onnxopt.runtime import create_session
+
+
+def _dataset(model, n=40):
+    ds = Dataset("<t>", arrays=data_for(model, n))
+    ds.validate(model)
+    return ds
+
+
+def test_minmax_ranges_equal_the_activations_extremes():
+    m = infer_shapes(conv_net())
+    ds = _dataset(m)
+    names = tensors_to_calibrate(m)
+    assert names == ["x", "c1", "r1", "y"]
+    got = collect_ranges(m, ds, method="minmax", batch_size=7)
+    assert got.samples == 40 and got.batches == 6 and got.tensors == 4
+    # reference: all activations at once
+    aug = onnx.ModelProto()
+    aug.CopyFrom(m)
+    for n in ("c1", "r1"):
+        aug.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    x = ds.first_batch(40)["x"]
+    outs = dict(zip([o.name for o in aug.graph.output], create_session(aug).run(None, {"x": x}), strict=True))
+    outs["x"] = x
+    for name in names:
+        lo, hi = got.ranges[name]
+        assert np.isclose(lo, outs[name].min(), rtol=1e-5) and np.isclose(hi, outs[name].max(), rtol=1e-5)
+
+
+def test_histogram_methods_stay_inside_minmax_and_do_not_depend_on_batch_count():
+    m = infer_shapes(conv_net())
+    ds = _dataset(m, 48)
+    mm = collect_ranges(m, ds, method="minmax").ranges
+    for method in ("percentile", "entropy"):
+        r = collect_ranges(m, ds, method=method, batch_size=16).ranges
+        for name, (lo, hi) in r.items():
+            assert mm[name][0] <= lo <= hi <= mm[name][1]
+    # the augmented model exposes only statistics for minmax (two scalars per tensor)
+    aug, reads = augment_for_calibration(m, ["c1"], "minmax")
+    assert [n.op_type for n in aug.graph.node[-2:]] == ["ReduceMin", "ReduceMax"]
+    assert reads == [("c1", reads[0][1], reads[0][2])]
+    assert np.isscalar(create_session(aug).run([reads[0][1]], ds.first_batch(4))[0].item())
