@@ -4,9 +4,10 @@ Prints three tables (medians of interleaved timings, file sizes, digits accuracy
 
 1. latency: for each member set and batch size, the 3 members run as 3 ONNX Runtime
    sessions one after another (sessions only, no glue) vs the merged model (``mean`` head)
-   under ORT's sequential and parallel executors vs the merged model with ``--fuse-members``;
-   all timed round-robin in one ``time_interleaved`` call, ratios are
-   ``median(merged) / median(3 sessions)`` (< 1: faster) with a bootstrap 95% CI.
+   under ORT's sequential executor vs the merged model with ``--fuse-members``, all timed
+   round-robin in one ``time_interleaved`` call; the parallel executor is timed in a second
+   round-robin against the 3 sessions (its spinning threads would disturb the others).
+   Ratios are ``median(variant) / median(3 sessions)`` (< 1: faster) with a bootstrap 95% CI.
 2. sizes: summed member files vs the merged files.
 3. accuracy on ``models/digits_test.npz``: members vs mean / vote / weighted / stack (the last
    two fitted on ``models/digits_calib.npz``).
@@ -19,12 +20,16 @@ Member sets (built here, deterministic):
 - ``mlp same-arch``: the same for digits_mlp;
 - ``heterogeneous``: digits_mlp + digits_cnn + digits_resnet (nothing to fuse horizontally).
 
-Usage: python benchmarks/ensemble.py [--threads 1] [--batches 1,64] [--seconds 6]
+Each latency table is measured with 1 intra-op thread and with one per core (the ORT
+default): fewer, wider kernels mostly pay off when a thread pool has to synchronise per kernel.
+
+Usage: python benchmarks/ensemble.py [--threads 1,2] [--batches 1,64] [--seconds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -98,15 +103,8 @@ def build(tmp: Path, key: str, paths: list[Path]) -> dict:
     return out
 
 
-def latency_rows(built: dict, batch: int, threads: int, seconds: float) -> list[list]:
-    x = np.load(TEST)["image"]
-    reps = int(np.ceil(batch / len(x)))
-    feed = {"image": np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
-    members = [create_session(p, threads=threads) for p in built["members"]]
-    variants = [("merged, sequential", create_session(built["merged"], threads=threads, sequential=True))]
-    variants.append(("merged, parallel", create_session(built["merged"], threads=threads, inter_threads=2, sequential=False)))
-    if built["fused"] is not None:
-        variants.append(("--fuse-members", create_session(built["fused"], threads=threads)))
+def _interleaved(members, variants, feed, seconds):
+    """Latencies of [3 sessions one after another] + each variant, timed round-robin."""
 
     def run_one(i):
         if i == 0:
@@ -116,12 +114,27 @@ def latency_rows(built: dict, batch: int, threads: int, seconds: float) -> list[
             variants[i - 1][1].run(None, feed)
 
     sessions = [None] + [v[1] for v in variants]
-    lat = time_interleaved(sessions, [feed] * len(sessions), runs=10_000, warmup=10, block=10, duration=seconds, io_runner=run_one)
+    return time_interleaved(sessions, [feed] * len(sessions), runs=10_000, warmup=10, block=10, duration=seconds, io_runner=run_one)
+
+
+def latency_rows(built: dict, batch: int, threads: int, seconds: float) -> list[list]:
+    x = np.load(TEST)["image"]
+    reps = int(np.ceil(batch / len(x)))
+    feed = {"image": np.ascontiguousarray(np.concatenate([x] * reps)[:batch])}
+    members = [create_session(p, threads=threads) for p in built["members"]]
+    variants = [("merged, sequential", create_session(built["merged"], threads=threads, sequential=True))]
+    if built["fused"] is not None:
+        variants.append(("--fuse-members", create_session(built["fused"], threads=threads)))
+    parallel = [("merged, parallel", create_session(built["merged"], threads=threads, inter_threads=2, sequential=False))]
+    # the parallel executor's inter-op threads keep spinning after a run and would slow down
+    # whatever is timed next, so it gets its own round-robin against the 3 sessions
+    lat = _interleaved(members, variants, feed, seconds * 2 / 3)
+    lat_par = _interleaved(members, parallel, feed, seconds / 3)
     base = lat[0]
-    rows = [["3 sessions (sum)", batch, float(np.median(base) * 1e3), 1.0, "", len(base)]]
-    for (name, _), lt in zip(variants, lat[1:], strict=True):
-        sp = speedup(lt, base)  # median(other) / median(base): the latency ratio
-        rows.append([name, batch, float(np.median(lt) * 1e3), sp.ratio, f"[{sp.low:.2f}, {sp.high:.2f}]", len(lt)])
+    rows = [["3 sessions (sum)", threads, batch, float(np.median(base) * 1e3), 1.0, "", len(base)]]
+    for (name, _), lt, ref in [(v, lt, base) for v, lt in zip(variants, lat[1:], strict=True)] + [(parallel[0], lat_par[1], lat_par[0])]:
+        sp = speedup(lt, ref)  # median(variant) / median(3 sessions): the latency ratio
+        rows.append([name, threads, batch, float(np.median(lt) * 1e3), sp.ratio, f"[{sp.low:.2f}, {sp.high:.2f}]", len(lt)])
     return rows
 
 
@@ -149,15 +162,16 @@ def accuracy_rows() -> list[list]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session (default 1: stable on a shared machine)")
+    ap.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="intra-op thread counts to measure (comma-separated; default 1 and one per core)")
     ap.add_argument("--batches", default="1,64", help="batch sizes (comma-separated)")
-    ap.add_argument("--seconds", type=float, default=6.0, help="timing budget per member set and batch size")
+    ap.add_argument("--seconds", type=float, default=5.0, help="timing budget per member set and batch size")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
     t0 = time.perf_counter()
     import onnxruntime
 
-    print(f"onnxruntime {onnxruntime.__version__}, CPU, intra-op threads {args.threads}, parallel executor inter-op threads 2")
+    print(f"onnxruntime {onnxruntime.__version__}, CPU ({os.cpu_count()} cores), intra-op threads {args.threads}, parallel executor inter-op threads 2")
     with tempfile.TemporaryDirectory(prefix="onnxopt-ens-bench-") as tmp:
         tmp = Path(tmp)
         sets = member_sets(tmp)
@@ -165,10 +179,11 @@ def main(argv=None) -> int:
         print("\n## Latency (median ms per call; ratio = merged / 3 sessions, < 1 is faster; 95% CI)")
         for key, b in built.items():
             rows = []
-            for batch in batches:
-                rows += latency_rows(b, batch, args.threads, args.seconds)
+            for t in threads:
+                for batch in batches:
+                    rows += latency_rows(b, batch, t, args.seconds)
             print(f"\n### {key}" + (f" (--fuse-members: {b['fuse_note']})" if b["fuse_note"] else ""))
-            print(table(["variant", "batch", "median ms", "ratio", "ratio CI", "runs"], rows))
+            print(table(["variant", "threads", "batch", "median ms", "ratio", "ratio CI", "runs"], rows))
         print("\n## File sizes")
         rows = []
         for key, b in built.items():

@@ -10,7 +10,6 @@ dimensions come from ``shapes`` (``{"input": (1, 3, 224, 224)}``) or default to 
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,13 +107,18 @@ class Dataset:
 
     def __len__(self) -> int:
         if self._arrays is not None:
+            if not self._arrays:  # a model without inputs: one run with an empty feed
+                return 1
             first = next(iter(self._arrays.values()))
             return int(first.shape[0]) if first.ndim and not self.whole else 1
         n = 0
         for f in self._files:
             with _open_npz(f) as z:
-                k = next(k for k in z.files if k != LABELS_KEY)
-                n += int(_npy_shape(z, k)[0]) if _npy_shape(z, k) else 1
+                k = next((k for k in z.files if k != LABELS_KEY), None)
+                if k is None:
+                    raise DataError("no input arrays (only 'labels')", f)
+                shape = _npy_shape(z, k, f)
+                n += int(shape[0]) if shape else 1
         return n
 
     @property
@@ -205,7 +209,7 @@ class Dataset:
         out = {}
         for f in self._files:
             with _open_npz(f) as z:
-                cur = {k: (_npy_shape(z, k), _npy_dtype(z, k, f)) for k in z.files if k != LABELS_KEY}
+                cur = {k: (_npy_shape(z, k, f), _npy_dtype(z, k, f)) for k in z.files if k != LABELS_KEY}
             if any(len(shape) and shape[0] == 0 for shape, _ in cur.values()):
                 raise DataError("holds no samples (an array's first axis is 0)", f)
             if not out:
@@ -238,8 +242,8 @@ def _open_npz(path: Path):
         raise DataError(f"not a .npz file ({kind}; expected arrays saved with numpy.savez)", path)
     try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"not a readable .npz file ({exc})", path) from exc
+    except Exception as exc:  # a corrupt zip raises BadZipFile, NotImplementedError, zlib.error, ...
+        raise DataError(f"not a readable .npz file ({' '.join(str(exc).split()) or type(exc).__name__})", path) from exc
 
 
 def _read_array(z, key: str, path: Path) -> np.ndarray:
@@ -264,11 +268,11 @@ def _npy_header(z, key):
         return npf.read_array_header_2_0(fh)
 
 
-def _npy_shape(z, key) -> tuple:
+def _npy_shape(z, key, path=None) -> tuple:
     try:
         return tuple(_npy_header(z, key)[0])
-    except Exception:
-        return tuple(z[key].shape)
+    except Exception as exc:  # never fall back to reading the whole array for its shape
+        raise DataError(f"key '{key}': unreadable array header ({exc})", path) from exc
 
 
 def _npy_dtype(z, key, path) -> np.dtype:
@@ -365,7 +369,7 @@ def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None
             raise DataError(f"cannot synthesize input '{s.name}' of dtype {s.dtype}; pass --data")
         arrays[s.name] = arr
     # inputs whose first axis is not a symbolic batch axis are fed whole
-    whole = any(not s.shape or isinstance(s.shape[0], int) for s in specs) or bool(shapes)
+    whole = not specs or any(not s.shape or isinstance(s.shape[0], int) for s in specs) or bool(shapes)
     ds = Dataset("<synthesized>", arrays=arrays, whole=whole)
     ds.specs = specs
     return ds

@@ -107,7 +107,9 @@ def constant_value(graph: onnx.GraphProto, name: str, inits: dict | None = None)
     """The value of ``name`` if it is an initializer (not overridable by an input) or a Constant output."""
     inits = inits if inits is not None else initializer_map(graph)
     if name in inits and name not in {i.name for i in graph.input}:
-        return numpy_helper.to_array(inits[name])
+        from .io import tensor_array  # lazy tensors of a large model are read from their file
+
+        return tensor_array(inits[name])
     for n in graph.node:
         if n.op_type == "Constant" and n.output and n.output[0] == name and n.domain in ("", "ai.onnx"):
             for a in n.attribute:

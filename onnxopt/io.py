@@ -21,8 +21,10 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import external_data_helper as edh
+from onnx import helper, numpy_helper
 
 from .errors import ModelError, UsageError
 
@@ -36,6 +38,13 @@ __all__ = [
     "atomic_write_text",
     "check_output_path",
     "model_nbytes",
+    "exceeds_protobuf",
+    "is_lazy",
+    "lazy_folders",
+    "strip_basepath",
+    "tensor_bytes",
+    "tensor_array",
+    "materialize",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,10 +53,33 @@ ModelSource = "str | os.PathLike | onnx.ModelProto"
 TWO_GB = 2**31 - 1
 # Tensors at least this large go to the external-data file when saving externally.
 EXTERNAL_THRESHOLD = 1024
+# A model whose external data reaches this many bytes is loaded *lazily* where the caller
+# allows it (``load_model(lazy=None)``): its big tensors stay in their files and the proto
+# only refers to them (see ``is_lazy``).  Tests scale it (and TWO_GB) down to megabytes.
+LARGE_MODEL_BYTES = 2**30
+# external_data entry naming the absolute folder a lazy tensor's location is relative to
+BASEPATH = "basepath"
+_COPY_CHUNK = 64 * 2**20
 
 
 def _all_tensors(model: onnx.ModelProto):
     return edh._get_all_tensors(model)
+
+
+def _inline_nbytes(t: onnx.TensorProto) -> int:
+    """Bytes of an in-memory tensor's data, from its dims (reading ``raw_data`` would copy it)."""
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:
+        itemsize = 1
+    n = 1
+    for d in t.dims:
+        n *= max(int(d), 0)
+    return n * itemsize
+
+
+def _external_info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
@@ -55,11 +87,91 @@ def model_nbytes(model: onnx.ModelProto) -> int:
     total = 0
     for t in _all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in t.external_data}
-            total += int(info.get("length", 0) or 0)
-        else:
-            total += len(t.raw_data) if t.HasField("raw_data") else 0
+            total += int(_external_info(t).get("length", 0) or 0)
+        elif t.HasField("raw_data") or t.dims:
+            total += _inline_nbytes(t)
     return total
+
+
+def exceeds_protobuf(model: onnx.ModelProto, margin: int = 0) -> bool:
+    """Whether ``model`` (its in-memory tensors) is too big to serialize as one protobuf.
+
+    An estimate from tensor dims (``ByteSize()`` walks, and in upb encodes, the whole
+    message: seconds for gigabytes); ``margin`` bytes of headroom are kept for the graph.
+    Reads ``TWO_GB`` at call time, so tests can scale the limit down."""
+    inline = sum(_inline_nbytes(t) for t in _all_tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL)
+    if inline + margin > TWO_GB:
+        return True
+    if inline + margin > TWO_GB // 2:  # close: pay for the exact figure
+        return model.ByteSize() + margin > TWO_GB
+    return False
+
+
+def is_lazy(model: onnx.ModelProto) -> bool:
+    """Whether some tensors of ``model`` are left in their external-data files (lazy load):
+    such tensors carry a ``basepath`` entry with the absolute folder of their file."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data) for t in _all_tensors(model))
+
+
+def lazy_folders(model: onnx.ModelProto) -> set[str]:
+    """The folders the lazy tensors of ``model`` live in."""
+    out = set()
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            base = _external_info(t).get(BASEPATH)
+            if base:
+                out.add(base)
+    return out
+
+
+def strip_basepath(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove the ``basepath`` entries in place (ONNX Runtime and the checker do not know
+    the key); locations stay relative to the lazy folder."""
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
+            keep = [(e.key, e.value) for e in t.external_data if e.key != BASEPATH]
+            del t.external_data[:]
+            for k, v in keep:
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
+    return model
+
+
+def _lazy_file(t: onnx.TensorProto) -> tuple[Path, int, int]:
+    info = _external_info(t)
+    return Path(info[BASEPATH]) / info["location"], int(info.get("offset", 0) or 0), int(info["length"])
+
+
+def tensor_bytes(t: onnx.TensorProto) -> bytes:
+    """The raw bytes of a tensor, in memory or lazy (read from its file)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
+        path, offset, length = _lazy_file(t)
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+    if t.HasField("raw_data"):
+        return t.raw_data
+    return numpy_helper.to_array(t).tobytes()
+
+
+def tensor_array(t: onnx.TensorProto) -> np.ndarray:
+    """``numpy_helper.to_array`` that also reads lazy tensors."""
+    if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
+        return numpy_helper.to_array(t, base_dir=_external_info(t)[BASEPATH])
+    return numpy_helper.to_array(t)
+
+
+def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Read every lazy tensor into memory, in place (for code that needs the bytes of all
+    weights, e.g. ONNX Runtime's quantizer).  Returns ``model``."""
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
+            raw = tensor_bytes(t)
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = raw
+            del raw
+    return model
 
 
 def _check_external(model: onnx.ModelProto, path: Path) -> None:
@@ -147,11 +259,15 @@ def _invalid_text(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def load_model(src, *, load_external: bool = True) -> onnx.ModelProto:
+def load_model(src, *, load_external: bool = True, lazy: bool | None = False) -> onnx.ModelProto:
     """Load a model from a path (or return a ``ModelProto`` as is).
 
     External data is validated (relative, inside the model folder, present, long enough)
-    and loaded unless ``load_external`` is false.
+    and loaded unless ``load_external`` is false.  ``lazy=True`` (or ``None`` and at least
+    ``LARGE_MODEL_BYTES`` of external data) leaves it in its files instead, each external
+    tensor marked with the absolute folder of its file (``is_lazy``): the proto stays small,
+    ONNX Runtime reads the weights itself (``runtime.create_session``), ``save_model``
+    copies them file to file, and ``materialize`` reads them in when a step needs them.
     """
     if isinstance(src, onnx.ModelProto):
         return src
@@ -178,7 +294,15 @@ def load_model(src, *, load_external: bool = True) -> onnx.ModelProto:
     if bad:
         raise ModelError(f"corrupt model: {bad} is not valid UTF-8 text", path)
     _check_external(model, path)
-    if load_external and any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
+    external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external and load_external and (lazy or (lazy is None and sum(int(_external_info(t).get("length", 0) or 0) for t in external) >= LARGE_MODEL_BYTES)):
+        base = str(path.parent.resolve())
+        for t in external:
+            entry = t.external_data.add()
+            entry.key, entry.value = BASEPATH, base
+        log.debug("%s: %d external tensors left in their files (lazy)", path, len(external))
+        return model
+    if load_external and external:
         try:
             edh.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
@@ -186,11 +310,12 @@ def load_model(src, *, load_external: bool = True) -> onnx.ModelProto:
     return model
 
 
-def resolve_model(src) -> tuple[onnx.ModelProto, Path | None]:
-    """``(model, path)`` for a path or a proto (path is ``None`` for a proto)."""
+def resolve_model(src, *, lazy: bool | None = False) -> tuple[onnx.ModelProto, Path | None]:
+    """``(model, path)`` for a path or a proto (path is ``None`` for a proto).  ``lazy``: see
+    ``load_model`` (callers whose steps all handle lazy tensors pass ``None``)."""
     if isinstance(src, onnx.ModelProto):
         return src, None
-    return load_model(src), Path(src)
+    return load_model(src, lazy=lazy), Path(src)
 
 
 def check_output_path(out, inputs: Iterable = ()) -> Path:
@@ -226,10 +351,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """What ``open()`` gives a new file (0o666 minus the umask); mkstemp's 0o600 would stick
+    to the renamed output."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_temp(folder: Path, name: str, chunks: Iterable[bytes]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _new_file_mode())
             for chunk in chunks:
                 fh.write(chunk)
             fh.flush()
@@ -337,10 +471,12 @@ def save_model(
     guard = list(guard)
     path = check_output_path(path, guard)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if is_lazy(model):  # its weights are in files: they go to the output's data file
+        external_data = True
     if external_data is None:
-        external_data = model.ByteSize() > TWO_GB - 64 * 2**20
+        external_data = exceeds_protobuf(model, margin=64 * 2**20)
     if not external_data:
-        if model.ByteSize() > TWO_GB:
+        if exceeds_protobuf(model):
             raise ModelError("model exceeds 2 GB; save it with external data", path)
         _commit_single(path, model.SerializeToString(deterministic=True), guard)
         log.debug("saved %s", path)
@@ -354,7 +490,7 @@ def _commit_single(path: Path, data: bytes, guard) -> None:
         with _folder_lock(path.parent):
             old = _old_data_files(path)
             os.replace(tmp, path)
-            _remove_stale(path, old, _data_files_of(guard))
+            _remove_stale(path, old, _data_files_of(guard) if old else set())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -369,14 +505,16 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     and the data files of the model it replaced are removed.  A crash before the model's
     rename leaves the old model with its old data (plus, at worst, an unreferenced data or
     hidden temporary file); after it, the new model with its data.  On an exception the
-    new data file is removed unless a model references it.  The tensors' bytes go to the
-    file one at a time (``raw_data`` cleared as written, so memory does not double) and
-    are read back into the caller's model from the still-open temporary file at the end.
+    new data file is removed unless a model references it.  In-memory tensors go to the
+    file one at a time (``raw_data`` cleared as written, so memory does not double) and are
+    read back into the caller's model from the still-open temporary file at the end; lazy
+    tensors are copied file to file in chunks and keep their references.
     """
     big = [
         t
         for t in _all_tensors(model)
-        if t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_THRESHOLD
+        if (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and _inline_nbytes(t) >= EXTERNAL_THRESHOLD)
+        or (t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data))
     ]
     if not big:  # nothing reaches the threshold: an empty data file would only confuse
         _commit_single(path, model.SerializeToString(deterministic=True), guard)
@@ -384,10 +522,12 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     digest = hashlib.blake2b(digest_size=8)
     for t in big:
         digest.update(t.name.encode())
-        digest.update(t.raw_data)
+        for chunk in _chunks(t):
+            digest.update(chunk)
     data_name = f"{path.name}.{digest.hexdigest()}.data"
     data_path = path.parent / data_name
-    moved: list[tuple[onnx.TensorProto, int, int]] = []
+    moved: list[tuple[onnx.TensorProto, int, int]] = []  # in-memory tensors, to read back
+    relinked: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []  # lazy ones, old refs
 
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{data_name}.", suffix=".tmp")
     tmp_data = Path(tmp_name)
@@ -397,21 +537,26 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
         with os.fdopen(fd, "wb") as fh:
             offset = 0
             for t in big:
-                raw = t.raw_data
                 pad = (-offset) % 4096
                 if pad:
                     fh.write(b"\0" * pad)
                     offset += pad
-                fh.write(raw)
-                moved.append((t, offset, len(raw)))
+                length = 0
+                for chunk in _chunks(t):
+                    fh.write(chunk)
+                    length += len(chunk)
+                    chunk = None  # noqa: PLW2901 - drop a tensor-sized copy before the next one
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    relinked.append((t, [(e.key, e.value) for e in t.external_data]))
+                else:
+                    moved.append((t, offset, length))
                 del t.external_data[:]
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
                     entry = t.external_data.add()
                     entry.key, entry.value = key, value
                 t.data_location = onnx.TensorProto.EXTERNAL
                 t.ClearField("raw_data")
-                del raw
-                offset += moved[-1][2]
+                offset += length
             fh.flush()
             os.fsync(fh.fileno())
         proto = model.SerializeToString(deterministic=True)
@@ -424,7 +569,7 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
                 renamed = True
                 os.replace(tmp_model, path)
                 committed = True
-                _remove_stale(path, old, _data_files_of(guard))
+                _remove_stale(path, old, _data_files_of(guard) if old else set())
         finally:
             tmp_model.unlink(missing_ok=True)
         _fsync_dir(path.parent)
@@ -445,8 +590,30 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
                 t.raw_data = reader.read(length)
                 del t.external_data[:]
                 t.data_location = onnx.TensorProto.DEFAULT
+        for t, refs in relinked:
+            del t.external_data[:]
+            for k, v in refs:
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
     log.debug("saved %s with external data %s", path, data_name)
     return path
+
+
+def _chunks(t: onnx.TensorProto):
+    """The bytes of an in-memory or lazy tensor, in pieces of at most ``_COPY_CHUNK``."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        src, offset, length = _lazy_file(t)
+        with open(src, "rb") as fh:
+            fh.seek(offset)
+            left = length
+            while left > 0:
+                chunk = fh.read(min(_COPY_CHUNK, left))
+                if not chunk:
+                    raise ModelError(f"external data of tensor '{t.name}' ends early (file changed while in use?)", src)
+                left -= len(chunk)
+                yield chunk
+        return
+    yield t.raw_data
 
 
 def _remove_stale(path: Path, names, protected: set[Path] = frozenset()) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -65,17 +66,22 @@ def create_session(
     optimization_level: str | None = None,
     cuda_options: dict | None = None,
     sequential: bool = True,
+    mem_pattern: bool = True,
     error=ModelError,
 ):
     """An ``InferenceSession`` for a path or a proto; protos over 2 GB go through a temp file.
 
     Load failures are raised as ``error`` (ModelError for user input; verification passes
-    hand in VerificationError).
+    hand in VerificationError).  ``mem_pattern=False`` turns off ORT's memory pattern,
+    whose block is allocated on the second run beside the first run's arena chunks (peak
+    memory of a many-output model, e.g. an augmented calibration model, nearly doubles).
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not mem_pattern:
+        so.enable_mem_pattern = False
     if threads:
         so.intra_op_num_threads = int(threads)
     if inter_threads:
@@ -93,9 +99,18 @@ def create_session(
     try:
         if path is not None:
             return ort.InferenceSession(str(path), so, providers=providers)
-        if model.ByteSize() < (2**31 - 1) - 2**20:
+        from .io import exceeds_protobuf, is_lazy, lazy_folders, save_model, strip_basepath
+
+        if is_lazy(model):
+            folders = lazy_folders(model)
+            if len(folders) == 1 and not exceeds_protobuf(model, margin=2**20):
+                # weights stay in their file: ONNX Runtime reads them from the folder (no
+                # copy of a large model in this process, no temporary file)
+                skeleton = strip_basepath(copy.deepcopy(model))
+                so.add_session_config_entry("session.model_external_initializers_file_folder_path", folders.pop())
+                return ort.InferenceSession(skeleton.SerializeToString(), so, providers=providers)
+        elif not exceeds_protobuf(model, margin=2**20):
             return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
-        from .io import save_model
 
         with tempfile.TemporaryDirectory(prefix="onnxopt-") as tmp:
             tmp_path = Path(tmp) / "model.onnx"

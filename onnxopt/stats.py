@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .io import exceeds_protobuf
+
 __all__ = ["ModelStats", "model_stats", "count_params", "iter_graphs", "flops_by_node"]
 
 
@@ -61,9 +63,38 @@ def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]
     return total, dict(sorted(per.items()))
 
 
+# initializers at most this many elements keep their values for shape inference (data
+# propagation reads small integer tensors: Reshape targets, Slice bounds, ...)
+_KEEP_VALUES = 1024
+
+
+def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The main graph with its large initializers turned into typed graph inputs: shape
+    inference needs their dims only, and the skeleton serializes in microseconds where the
+    full model (weights inline) would take seconds."""
+    g = model.graph
+    sg = onnx.GraphProto(name=g.name)
+    sg.node.extend(g.node)
+    sg.input.extend(g.input)
+    sg.output.extend(g.output)
+    sg.value_info.extend(g.value_info)
+    inputs = {i.name for i in g.input}
+    for t in g.initializer:
+        if _numel(t.dims) <= _KEEP_VALUES and t.data_location != onnx.TensorProto.EXTERNAL:
+            sg.initializer.append(t)
+        elif t.name not in inputs:
+            sg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    sk = onnx.ModelProto(ir_version=max(model.ir_version, 4), producer_name=model.producer_name)
+    sk.opset_import.extend(model.opset_import)
+    sk.functions.extend(model.functions)
+    sk.graph.CopyFrom(sg)
+    return sk
+
+
 def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True) if model.ByteSize() < 2**31 - 2**24 else model
+        sk = _shape_skeleton(model)
+        inferred = onnx.shape_inference.infer_shapes(sk, data_prop=True) if not exceeds_protobuf(sk, margin=2**24) else model
     except Exception:
         inferred = model
     shapes = {}

@@ -6,9 +6,8 @@ import json
 
 import onnx
 import pytest
-from conftest import MODELS
 from onnx import numpy_helper
-from toy_models import if_model, light_model, messy_mlp, save_external, tiny_cnn
+from toy_models import MODELS, if_model, light_model, messy_mlp, save_external, tiny_cnn
 
 import onnxopt
 from onnxopt.errors import ModelError

@@ -12,8 +12,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["tiny_cnn", "messy_mlp", "if_model", "two_outputs", "save_external", "light_model"]
+__all__ = ["ROOT", "MODELS", "tiny_cnn", "messy_mlp", "if_model", "two_outputs", "save_external", "light_model"]
 
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
 OPSET = [helper.make_opsetid("", 17)]
 
 

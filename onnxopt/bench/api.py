@@ -33,7 +33,7 @@ import onnx
 from ..core.progress import progress
 from ..core.result import Result
 from ..data import DEFAULT_BATCH, Dataset, input_specs, load_data, synthesize
-from ..errors import DataError, ModelError, OnnxoptError, UsageError
+from ..errors import DataError, ModelError, OnnxoptError, UsageError, blaming_members
 from ..io import load_model
 from ..runtime import create_session, resolve_provider, run_dataset
 from ..stats import model_stats
@@ -204,6 +204,7 @@ def _model_info(e: _Entry) -> dict:
     }
 
 
+@blaming_members("models")
 def bench(
     models,
     *,

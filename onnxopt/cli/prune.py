@@ -96,6 +96,13 @@ class LayerRatio(click.ParamType):
     help="channels: weight L1 norm (x BatchNorm scale), or mean |activation| on --calibration.",
 )
 @click.option(
+    "--align",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="channels: round kept channel counts to multiples of this (1: exact ratio).",
+)
+@click.option(
     "--no-reconstruct",
     is_flag=True,
     help="channels: do not refit the next layers on --calibration.",
@@ -148,6 +155,7 @@ def command(
     ratio,
     layer_ratios,
     importance,
+    align,
     no_reconstruct,
     calibration,
     blocks,
@@ -194,6 +202,7 @@ def command(
         ratio=ratio,
         ratios=dict(layer_ratios) or None,
         importance=importance,
+        align=align,
         reconstruct=not no_reconstruct,
         calibration=calibration,
         blocks=blocks,

@@ -77,12 +77,13 @@ def _details(report: dict) -> list[str]:
 @budget_options
 @click.option("--allow-slower", is_flag=True, help="Write the best valid candidate even when it is not faster than FP32.")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size of the timing run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the timing sessions (default: ONNX Runtime's; 1 is steadier on a loaded machine).")
 @click.option("--calibration-batch", type=click.IntRange(min=1), default=None, help="Batch size of the calibration runs (default 32).")
 @click.option("--no-preprocess", is_flag=True, help="Skip ORT's quant_pre_process (onnxopt's own pre-processing still runs).")
 @shape_option
 @json_option
 @report_option
-def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, calibration_batch, no_preprocess, shapes, as_json, report_path):
+def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, threads, calibration_batch, no_preprocess, shapes, as_json, report_path):
     """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
     + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
     the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
@@ -123,6 +124,7 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
             allow_slower=allow_slower,
             shapes=shapes_dict(shapes),
             batch=batch,
+            threads=threads,
             calibration_batch=calibration_batch,
             preprocess=not no_preprocess,
         )

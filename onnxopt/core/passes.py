@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 import time
 import typing
 from dataclasses import dataclass, field
@@ -175,12 +176,15 @@ class Pass:
         """Run the pass.  The input model is left untouched unless ``inplace`` (the caller
         gives up the model, e.g. to keep peak memory at one copy of a large model)."""
         ctx = ctx or Context()
+        bodies = _bodies(model.graph)  # before the call: an in-place pass changes ``model``
         work = model if inplace else copy.deepcopy(model)
         before = model_stats(model)
         t0 = time.perf_counter()
         res = self.call(work, ctx)
         seconds = time.perf_counter() - t0
         rep = res.report
+        if bodies:
+            _note_intact_bodies(bodies, res.model, rep)
         rep.name = self.key
         rep.params = dict(self.params)
         rep.modified = bool(res.modified)
@@ -189,3 +193,29 @@ class Pass:
         rep.seconds = round(seconds, 4)
         log.info("%s: %s in %.2fs", self.key, "modified" if res.modified else "unchanged", seconds)
         return res
+
+
+_MENTIONS_BODIES = re.compile(r"\b(If|Loop|Scan|subgraphs?|bod(y|ies))\b", re.IGNORECASE)
+
+
+def _bodies(graph: onnx.GraphProto, where: str = "") -> list[tuple[str, bytes]]:
+    """(label, serialized body) of every If/Loop/Scan body, nested ones included."""
+    out = []
+    for n in graph.node:
+        for a in n.attribute:
+            gs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+            for g in gs:
+                label = f"{where}{n.op_type} '{n.name or (n.output[0] if n.output else '?')}' {a.name}"
+                out.append((label, g.SerializeToString(deterministic=True)))
+                out.extend(_bodies(g, f"{label} > "))
+    return out
+
+
+def _note_intact_bodies(bodies: list[tuple[str, bytes]], model: onnx.ModelProto, rep: PassReport) -> None:
+    """Say which control-flow bodies a pass left as they were, unless its notes already
+    speak of them: a pass that does not recurse must not skip bodies silently."""
+    after = {b for _, b in _bodies(model.graph)}
+    intact = [label for label, b in bodies if b in after]
+    if intact and not any(_MENTIONS_BODIES.search(n) for n in rep.notes):
+        more = f" (+{len(intact) - 4} more)" if len(intact) > 4 else ""
+        rep.notes.append(f"{len(intact)} If/Loop/Scan bod{'y' if len(intact) == 1 else 'ies'} left unchanged: {', '.join(intact[:4])}{more}")

@@ -8,7 +8,8 @@ Wiring at each junction (stage ``k-1`` -> stage ``k``), for each input ``X`` of 
 4. else, when stage ``k-1`` has exactly one output and stage ``k`` exactly one input, that
    pair ("by position", noted in the report).
 
-Anything left unfed is a UsageError naming the stage and input.  At every junction the
+Anything left unfed is a UsageError naming the stage and input, and so is a stage none of
+whose outputs feeds the next one (it would be dropped silently).  At every junction the
 dtype must be equal and the shapes compatible (same rank, fixed dims equal).  Stages are
 namespaced ``s0/``, ``s1/`` ...; the chain's inputs are stage 0's inputs and its outputs are
 the last stage's outputs under their own names.  Intermediate outputs nobody reads are dropped.
@@ -20,7 +21,17 @@ import numpy as np
 
 from ..errors import InputError, UnsupportedError, UsageError
 from ..runtime import concat_outputs, create_session
-from .merge import Member, Part, _dtype_name, _real_inputs, _shape_str, merge_shapes, namespace_member, value_dtype, value_shape
+from .merge import (
+    Member,
+    Part,
+    _dtype_name,
+    _real_inputs,
+    _shape_str,
+    merge_shapes,
+    namespace_member,
+    value_dtype,
+    value_shape,
+)
 
 __all__ = ["wire_chain", "run_stages"]
 
@@ -95,6 +106,11 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
                 _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
                 st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
                 junctions.append({"stage": k, "from": src, "to": vi.name, "how": "position", "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(prev_out[src]))})
+            if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
+                raise UsageError(
+                    f"stage {k - 1} outputs [{', '.join(prev_out)}] feed nothing in stage {k} (its inputs [{', '.join(v.name for v in ins)}] are chain inputs); connect them with --map OUT_NAME:IN_NAME",
+                    st.where,
+                )
             if unfed:
                 names = ", ".join(v.name for v in unfed)
                 raise UsageError(

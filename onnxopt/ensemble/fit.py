@@ -333,7 +333,8 @@ def fit_weights(outputs: list[np.ndarray], y: np.ndarray, *, probabilities: bool
         Py = np.stack([np.asarray(o, dtype=np.float64)[np.arange(len(y)), y] for o in outputs], axis=1)  # [n, M]
         start = prev = _mixture_nll(w, Py)
         it = 0
-        for it in range(1, max_iter + 1):
+        while it < max_iter:
+            it += 1
             mix = np.maximum(Py @ w, 1e-300)
             w = w * (Py / mix[:, None]).mean(axis=0)
             w = w / w.sum()
@@ -348,7 +349,8 @@ def fit_weights(outputs: list[np.ndarray], y: np.ndarray, *, probabilities: bool
     start = nll
     eta = 1.0 / max(float(np.abs(g).max()), 1e-12)
     it = 0
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         accepted = False
         for _ in range(40):
             cand = w * np.exp(-eta * (g - g.max()))

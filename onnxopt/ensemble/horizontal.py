@@ -3,16 +3,17 @@
 Members are grouped by an architecture signature: the same nodes in the same order with the
 same op types, attributes, wiring and initializer shapes (weights may differ; no subgraphs,
 no local functions).  Each group of two or more is rebuilt node by node, in lockstep, with
-every member value held in one of four layouts (``M`` = members in the group):
+every member value held in one of five layouts (``M`` = members in the group):
 
 - ``shared``:  one tensor equal for all members (graph inputs, and everything computed only
   from shared values and identical weights, e.g. a common backbone: computed once);
 - ``const``:   per-member initializers (weights), consumed by the stacking ops below;
 - ``concat``:  members concatenated along one axis in blocks (``[N, M*C, H, W]`` for convs,
   ``[N, M*O]`` after a Gemm on a shared input);
-- ``batched``: members stacked on a new leading axis (``[M, N, F]``) for batched MatMul.
+- ``batched``: members stacked on a new leading axis (``[M, N, F]``) for batched MatMul;
+- ``split``:   one tensor per member (the unfused form).
 
-Rewrites (everything else must be ``shared``, or the group is refused with the node named):
+Rewrites:
 
 - ``Conv`` on a shared input (group 1): one Conv with the weights concatenated on the
   output channels -> ``concat`` axis 1; on a ``concat`` input: one grouped Conv with
@@ -22,15 +23,20 @@ Rewrites (everything else must be ``shared``, or the group is refused with the n
 - ``Gemm`` / ``MatMul`` with constant weights on a shared input: one Gemm/MatMul with
   ``[F, M*O]`` weights (the N layers stacked; outputs split at the end) -> ``concat``.  On
   a ``concat`` 2-D input: a block-diagonal Gemm while ``(M*F)*(M*O) <= BLOCK_DIAGONAL_MAX``
-  (one kernel, few wasted zeros), else ``Reshape``/``Transpose`` to ``batched`` and one
-  batched ``MatMul`` ``[M, N, F] x [M, F, O]`` + ``Add`` -> ``batched``.
+  (one kernel, few wasted zeros).  Wider: with ``wide="batched"`` (CUDA) ``Reshape``/
+  ``Transpose`` to ``batched`` and one batched ``MatMul`` ``[M, N, F] x [M, F, O]`` + ``Add``;
+  with ``wide="split"`` (CPU, where ORT's batched MatMul is slower than N Gemms) the layer
+  and everything after it run per member.
 - Elementwise ops (unary and ``Add``/``Sub``/``Mul``/``Div``/``Pow``/``Max``/``Min``/
   ``Sum``/``Mean``/``PRelu``): layout kept; per-member constants are concatenated or stacked
   to match; ``Softmax``/``LogSoftmax``/``Hardmax`` keep a ``concat`` layout when they
   normalise another axis, else run ``batched`` on the shifted axis; ``Transpose`` and
   ``Reshape`` follow the layout.
+- A node with no stacked form (or whose stacked form is refused, e.g. a per-member
+  constant broadcast along the stacked axis) runs once per member on that member's slice
+  (``Split`` / ``Gather``), and so does everything after it; the report says which node.
 - Each member's output is cut out at the end: ``Slice`` (``concat``), ``Gather`` on axis 0
-  (``batched``) or ``Identity`` (``shared``), under the member's own output name.
+  (``batched``) or ``Identity`` (``shared``, ``split``), under the member's own output name.
 
 Alpha and beta of a Gemm are folded into its weights.  The fused group computes the same
 functions as the members; the API's parity check compares every member output of the fused
@@ -75,8 +81,9 @@ class Refused(Exception):
 
 @dataclass
 class _St:
-    kind: str  # shared | const | concat | batched
+    kind: str  # shared | const | concat | batched | split
     name: str | None = None
+    names: list | None = None  # split: one tensor per member
     arrays: list | None = None
     src: str = ""
     axis: int = 1
@@ -165,12 +172,14 @@ def _static(dims) -> bool:
 class _Fuser:
     members: list[Member]
     prefix: str
+    wide: str = "split"
     models: list = field(default_factory=list)
     nodes: list = field(default_factory=list)
     inits: list = field(default_factory=list)
     taken: set = field(default_factory=set)
     counts: Counter = field(default_factory=Counter)
     state: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
     _cache: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -296,11 +305,51 @@ class _Fuser:
             (tr,) = self.emit("Transpose", [st.name], f"{base}/unbatch", attrs=[helper.make_attribute("perm", perm)])
             (out,) = self.emit("Reshape", [tr, self.small([0] * axis + [self.M * block] + trailing)], f"{base}/concat")
         else:
-            raise Refused("internal: to_concat of a constant")
+            raise Refused(f"'{st.src}' is a per-member constant where a computed value is expected")
         self.counts["layout_changes"] += 1
         res = _St("concat", out, axis=axis, block=block, shape=st.shape)
         self._cache[key] = res
         return res
+
+    def to_split(self, st: _St) -> _St:
+        """One tensor per member: ``Split`` of a concat, ``Gather`` of a batched value."""
+        if st.kind in ("split", "shared", "const"):
+            return st
+        key = ("split", st.name)
+        if key in self._cache:
+            return self._cache[key]
+        base = st.name.removeprefix(self.prefix)
+        if st.kind == "concat":
+            names = self.emit("Split", [st.name, self.small([st.block] * self.M)], f"{base}/member", attrs=[helper.make_attribute("axis", st.axis)], n_out=self.M)
+        else:
+            names = [self.emit("Gather", [st.name, self.small(j)], f"{base}/member_{j}", attrs=[helper.make_attribute("axis", 0)])[0] for j in range(self.M)]
+        self.counts["layout_changes"] += 1
+        out = _St("split", names=names, shape=st.shape)
+        self._cache[key] = out
+        return out
+
+    def h_per_member(self, n0, ins):
+        """``n0`` emitted once per member on that member's tensors and weights."""
+        ins = [None if s is None else self.to_split(s) for s in ins]
+        outs = [[] for _ in n0.output]
+        for j in range(self.M):
+            names = []
+            for s in ins:
+                if s is None:
+                    names.append("")
+                elif s.kind == "shared":
+                    names.append(s.name)
+                elif s.kind == "const":
+                    names.append(self.shared_name(s) if s.identical else self.init(f"{s.src}/m{j}", s.arrays[j]))
+                else:
+                    names.append(s.names[j])
+            node = helper.make_node(n0.op_type, names, [self.fresh(f"{o}/m{j}") if o else "" for o in n0.output], name=self.fresh(f"{n0.name or n0.op_type}/m{j}"), domain=n0.domain or None)
+            node.attribute.extend(n0.attribute)
+            self.nodes.append(node)
+            for i, o in enumerate(node.output):
+                outs[i].append(o)
+        self.counts["per_member_nodes"] += 1
+        return [_St("split", names=o, shape=self.out_shape(n0, i)) if n0.output[i] else None for i, o in enumerate(outs)]
 
     # --- node handlers ------------------------------------------------------------------------
     def out_shape(self, n0, j: int = 0):
@@ -379,14 +428,14 @@ class _Fuser:
 
     def h_elementwise(self, n0, ins):
         stacked = [s for s in ins if s is not None and s.stacked]
-        if not stacked:
-            raise Refused(f"{n0.op_type} node '{n0.name}' combines per-member constants only")
         shape = self.out_shape(n0)
-        r = len(shape) if shape is not None else stacked[0].rank
+        if not stacked and not any(s is not None and s.kind == "shared" for s in ins):
+            raise Refused(f"{n0.op_type} node '{n0.name}' combines per-member constants only")
+        r = len(shape) if shape is not None else (stacked[0].rank if stacked else None)
         if r is None:
             raise Refused(f"{n0.op_type} node '{n0.name}': output rank unknown")
         layouts = {(s.kind, s.axis, s.block, s.rank) for s in stacked}
-        if len(layouts) == 1 and stacked[0].kind == "concat" and stacked[0].rank == r:
+        if stacked and len(layouts) == 1 and stacked[0].kind == "concat" and stacked[0].rank == r:
             target = stacked[0]
         else:
             target = _St("batched")
@@ -503,10 +552,10 @@ class _Fuser:
         return _St("batched", mm, shape=shape)
 
     def _block_diagonal(self, Ws: list[np.ndarray]) -> np.ndarray:
-        F, O = Ws[0].shape
-        out = np.zeros((self.M * F, self.M * O), dtype=Ws[0].dtype)
+        fan_in, fan_out = Ws[0].shape
+        out = np.zeros((self.M * fan_in, self.M * fan_out), dtype=Ws[0].dtype)
         for j, w in enumerate(Ws):
-            out[j * F : (j + 1) * F, j * O : (j + 1) * O] = w
+            out[j * fan_in : (j + 1) * fan_in, j * fan_out : (j + 1) * fan_out] = w
         return out
 
     def h_gemm(self, n0, ins):
@@ -521,17 +570,17 @@ class _Fuser:
         transB = bool(att["transB"].i) if "transB" in att else False
         dtype = Bs[0].dtype
         Ws = [((b.T if transB else b).astype(np.float64) * alpha).astype(dtype) if alpha != 1.0 else np.ascontiguousarray(b.T if transB else b) for b in Bs]
-        F, O = Ws[0].shape
+        fan_in, fan_out = Ws[0].shape
         cs = None
         if Cs is not None:
             cs = []
             for c in Cs:
-                if c.size not in (1, O) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+                if c.size not in (1, fan_out) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
                     raise Refused(f"Gemm node '{n0.name}': bias of shape {list(c.shape)} is not per output")
-                cs.append(np.broadcast_to((c.astype(np.float64) * beta).astype(dtype) if beta != 1.0 else c, (1, O)).reshape(O).copy())
+                cs.append(np.broadcast_to((c.astype(np.float64) * beta).astype(dtype) if beta != 1.0 else c, (1, fan_out)).reshape(fan_out).copy())
         shape = self.out_shape(n0)
         base = ins[1].src
-        if A.kind == "shared" or (A.kind == "concat" and A.axis == 1 and A.rank == 2 and (self.M * F) * (self.M * O) <= BLOCK_DIAGONAL_MAX):
+        if A.kind == "shared" or (A.kind == "concat" and A.axis == 1 and A.rank == 2 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX):
             if A.kind == "shared":
                 w = np.concatenate(Ws, axis=1)
                 self.counts["gemms_stacked"] += 1
@@ -542,7 +591,10 @@ class _Fuser:
             if cs is not None:
                 inputs.append(self.init(f"{(ins[2].src)}/stacked", np.concatenate(cs)))
             (out,) = self.emit("Gemm", inputs, n0.output[0])
-            return [_St("concat", out, axis=1, block=O, shape=shape)]
+            return [_St("concat", out, axis=1, block=fan_out, shape=shape)]
+        if self.wide == "split":
+            self.counts["wide_per_member"] += 1
+            return self.h_per_member(n0, ins)
         return [self._stacked_matmul(A, Ws, cs, base, shape)]
 
     def h_matmul(self, n0, ins):
@@ -552,7 +604,7 @@ class _Fuser:
             Ws = B.arrays
             if Ws[0].ndim != 2:
                 raise Refused(f"MatMul node '{n0.name}': weight of rank {Ws[0].ndim}")
-            F, O = Ws[0].shape
+            fan_in, fan_out = Ws[0].shape
             if not A.stacked:
                 raise Refused(f"MatMul node '{n0.name}': left operand is a per-member constant")
             if A.kind == "shared":
@@ -561,13 +613,16 @@ class _Fuser:
                     raise Refused(f"MatMul node '{n0.name}': rank unknown")
                 (out,) = self.emit_like(n0, [A.name, self.init(f"{B.src}/stacked", np.concatenate(Ws, axis=1))])
                 self.counts["matmuls_stacked"] += 1
-                return [_St("concat", out, axis=r - 1, block=O, shape=shape)]
-            if A.kind == "concat" and A.rank == 2 and A.axis == 1 and (self.M * F) * (self.M * O) <= BLOCK_DIAGONAL_MAX:
+                return [_St("concat", out, axis=r - 1, block=fan_out, shape=shape)]
+            if A.kind == "concat" and A.rank == 2 and A.axis == 1 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX:
                 (out,) = self.emit_like(n0, [A.name, self.init(f"{B.src}/stacked", self._block_diagonal(Ws))])
                 self.counts["matmuls_block_diagonal"] += 1
-                return [_St("concat", out, axis=1, block=O, shape=shape)]
+                return [_St("concat", out, axis=1, block=fan_out, shape=shape)]
             if A.rank is None or A.rank < 2:
                 raise Refused(f"MatMul node '{n0.name}': stacked operand of rank < 2")
+            if self.wide == "split":
+                self.counts["wide_per_member"] += 1
+                return self.h_per_member(n0, ins)
             return [self._stacked_matmul(A, Ws, None, B.src, shape)]
         if A.kind == "const" or not (A.stacked or B.stacked):
             raise Refused(f"MatMul node '{n0.name}': per-member constant on the left")
@@ -605,12 +660,10 @@ class _Fuser:
             ins = [self.read(k, i) for i in range(len(n0.input))]
             if all(s is None or s.kind == "shared" or (s.kind == "const" and s.identical) for s in ins):
                 outs = self.h_shared(n0, ins)
+            elif any(s is not None and s.kind == "split" for s in ins):
+                outs = self.h_per_member(n0, ins)
             else:
-                h = self.handler(n0)
-                if h is None:
-                    raise Refused(f"{n0.op_type} node '{n0.name or n0.output[0]}' differs between members and has no stacked form")
-                outs = h(n0, ins)
-                self.counts["stacked_nodes"] += 1
+                outs = self.stacked_or_per_member(n0, ins)
             for o, st in zip(n0.output, outs, strict=False):
                 if o and st is not None:
                     self.state[o] = st
@@ -633,11 +686,30 @@ class _Fuser:
         part.nodes, part.initializers = self.nodes, self.inits
         return part
 
+    def stacked_or_per_member(self, n0, ins):
+        """The stacked form of ``n0``; where there is none, undo what was tried and run it per member."""
+        mark = (len(self.nodes), len(self.inits), dict(self._cache), Counter(self.counts))
+        try:
+            h = self.handler(n0)
+            if h is None:
+                raise Refused(f"{n0.op_type} node '{n0.name or n0.output[0]}' has no stacked form")
+            outs = h(n0, ins)
+            if not any(st is not None and st.kind == "split" for st in outs):
+                self.counts["stacked_nodes"] += 1
+            return outs
+        except Refused as exc:
+            del self.nodes[mark[0] :]
+            del self.inits[mark[1] :]
+            self._cache, self.counts = mark[2], mark[3]
+            self.notes.append(f"{exc}: runs per member from there on")
+            return self.h_per_member(n0, ins)
+
     def extract(self, st: _St, j: int, target: str) -> None:
         if st.kind == "const":
             self.inits.append(numpy_helper.from_array(st.arrays[j], target))
-        elif st.kind == "shared":
-            self.nodes.append(helper.make_node("Identity", [st.name], [target], name=self.fresh(f"member{j}/Identity")))
+        elif st.kind in ("shared", "split"):
+            src = st.name if st.kind == "shared" else st.names[j]
+            self.nodes.append(helper.make_node("Identity", [src], [target], name=self.fresh(f"member{j}/Identity")))
         elif st.kind == "concat":
             ins = [st.name, self.small([j * st.block]), self.small([(j + 1) * st.block]), self.small([st.axis])]
             self.nodes.append(helper.make_node("Slice", ins, [target], name=self.fresh(f"member{j}/Slice")))
@@ -646,9 +718,16 @@ class _Fuser:
             self.nodes.append(helper.make_node("Gather", ins, [target], name=self.fresh(f"member{j}/Gather"), axis=0))
 
 
-def fuse_group(members: list[Member], prefix: str) -> tuple[Part, dict]:
-    """One Part computing every member's selected outputs; raises ``Refused`` with a reason."""
-    f = _Fuser(members, prefix)
+def fuse_group(members: list[Member], prefix: str, *, wide: str = "split") -> tuple[Part, dict]:
+    """One Part computing every member's selected outputs; raises ``Refused`` with a reason.
+
+    ``wide``: what a Gemm/MatMul on stacked inputs too big for a block diagonal becomes:
+    ``split`` (per-member kernels from there on: fastest on ORT's CPU kernels) or ``batched``
+    (one batched MatMul: fewer kernel launches, for GPUs).
+    """
+    if wide not in ("split", "batched"):
+        raise ValueError(f"wide must be 'split' or 'batched', not {wide!r}")
+    f = _Fuser(members, prefix, wide)
     part = f.run()
     before = sum(len(m.model.graph.node) for m in members)
     report = {
@@ -656,5 +735,6 @@ def fuse_group(members: list[Member], prefix: str) -> tuple[Part, dict]:
         "nodes_before": before,
         "nodes_after": len(part.nodes),
         "counts": dict(sorted(f.counts.items())),
+        "notes": f.notes,
     }
     return part, report

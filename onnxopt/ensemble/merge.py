@@ -129,8 +129,10 @@ def load_members(models, *, min_members: int = 2, what: str = "an ensemble", pre
         raise UsageError(f"{what} needs at least {min_members} models, got {len(models)}")
     members = []
     for i, src in enumerate(models):
-        m, path = resolve_model(src)
+        m, path = resolve_model(src, lazy=None)  # a large member stays in its files
         label = path.name if path is not None else f"member{i}"
+        if any(m.label == label for m in members):
+            label = f"{label}#{i}"  # the same file twice: labels key the report's tables
         if not _real_inputs(m.graph):
             raise ModelError("the model has no graph inputs", path or label)
         if not m.graph.output:

@@ -61,16 +61,18 @@ def _member_feed(m: Member, feed: dict) -> dict:
 
 def run_members(members: list[Member], dataset, *, provider: str = "cpu", limit: int | None = LIMIT) -> list[list[np.ndarray]]:
     """Each member's selected outputs (as given, own session) over ``dataset``."""
-    sessions = [create_session(m.original, provider) for m in members]
     per = [[] for _ in members]
-    for feed in dataset.batches(None, limit):
-        for j, (m, s) in enumerate(zip(members, sessions, strict=True)):
+    # one member's session at a time: N large members never sit in memory together
+    for j, m in enumerate(members):
+        s = create_session(m.original, provider)
+        for feed in dataset.batches(None, limit):
             try:
                 per[j].append(s.run(m.outputs, _member_feed(m, feed)))
             except Exception as exc:
                 from ..errors import ModelError
 
                 raise ModelError(f"onnxruntime failed to run the member: {' '.join(str(exc).split())[:300]}", m.where) from exc
+        del s
     return [concat_outputs(p) for p in per]
 
 
@@ -136,6 +138,7 @@ def check_parity(
         except Exception as exc:
             raise VerificationError(f"onnxruntime failed to run the merged model: {' '.join(str(exc).split())[:300]}") from exc
     got = dict(zip(names, concat_outputs(batches), strict=True))
+    del sess  # before the members' sessions: large models are not held twice
     if separate is None:
         separate = run_members(members, dataset, provider=provider, limit=limit)
     samples = int(next(iter(got.values())).shape[0]) if got and next(iter(got.values())).ndim else 1

@@ -17,7 +17,16 @@ from ..simplify.dedupe import tensor_key
 __all__ = ["share_initializers"]
 
 
+def _file_region(t: onnx.TensorProto) -> tuple | None:
+    info = {e.key: e.value for e in t.external_data}
+    if "basepath" not in info:
+        return None
+    return ("file", t.data_type, tuple(t.dims), info["basepath"], info.get("location"), info.get("offset", "0"), info.get("length"))
+
+
 def _nbytes(t: onnx.TensorProto) -> int:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
     if t.HasField("raw_data"):
         return len(t.raw_data)
     from onnx import numpy_helper
@@ -48,14 +57,21 @@ def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list
     mapping: dict[str, str] = {}
     groups: dict[str, dict] = {}
     for t in g.initializer:
-        if t.name in protected or t.data_location == onnx.TensorProto.EXTERNAL:
+        if t.name in protected:
             continue
-        key = tensor_key(t)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            # a large member loaded lazily: the same region of the same file is the same
+            # tensor (members given as one path twice); nothing is read
+            key = _file_region(t)
+            if key is None:
+                continue
+        else:
+            key = tensor_key(t)
         kept = first.get(key)
         if kept is None:
             first[key] = t
             continue
-        if _payload(kept) != _payload(t):
+        if key[0] != "file" and _payload(kept) != _payload(t):
             continue  # hash collision: keep both
         mapping[t.name] = kept.name
         grp = groups.setdefault(kept.name, {"name": kept.name, "members": [_owner(kept.name, prefixes)], "copies": 1, "bytes_each": _nbytes(kept)})

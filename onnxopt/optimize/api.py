@@ -67,6 +67,28 @@ def _timing_feed(
     return next(dataset.batches(batch, batch))
 
 
+def _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duration, notes):
+    """Transformer fusion is exact but not always faster (a partial fusion can cost more
+    than ORT's own run-time fusions gain): when it changed the graph, the FP32 model with it
+    is timed against the one without it, interleaved, and kept only if not slower."""
+    keys = [p.key for p in passes]
+    if "transformer-fusion" not in keys or not pre.steps[keys.index("transformer-fusion")].modified:
+        return pre
+    without = run_pipeline(
+        m, [p for p in passes if p.key != "transformer-fusion"], ctx, command="optimize"
+    )
+    timer = Timer(without.model, feed, provider, threads=threads, duration=duration)
+    timer.add("fused", pre.model)
+    ratio = timer.measure(["fused"])["fused"][0].ratio
+    if ratio < 1.0:
+        notes.append(
+            f"transformer-fusion dropped: the fused FP32 model ran {ratio:.2f}x vs unfused (slower); candidates built without it"
+        )
+        return without
+    notes.append(f"transformer-fusion kept: the fused FP32 model ran {ratio:.2f}x vs unfused")
+    return pre
+
+
 def _restore_input_provenance(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Replace the candidate's onnxopt metadata by the input's (so history stays the user's)."""
     kept = [(p.key, p.value) for p in model.metadata_props if p.key != PROVENANCE_KEY]
@@ -157,13 +179,17 @@ def optimize(
         data=cal, eval_data=ev, shapes=shapes, provider=provider, seed=seed, budget=budget
     )
     pre = run_pipeline(m, passes, ctx, command="optimize")
-    t_pre = time.perf_counter() - t0
 
     # 2. the reference: the input model's outputs on eval, else calibration, else synthesized data
     dataset = ev or cal
     synthesized = dataset is None
     if synthesized:
         dataset = synthesize(m, shapes, samples=max(batch, 64), seed=seed)
+    feed = _timing_feed(m, dataset, synthesized, shapes, batch, seed)
+    threads = threads if threads is not None else st.threads
+    duration = time_budget or st.time_budget
+    pre = _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duration, notes)
+    t_pre = time.perf_counter() - t0
     evaluator = Evaluator(m, dataset, budget.metric, provider=provider, limit=st.eval_limit)
     env = BuildEnv(target, provider, cal, evaluator, budget, shapes, seed, reference=m)
 
@@ -180,17 +206,9 @@ def optimize(
 
     # 4. timing against the input on the target provider, then the decision
     t0 = time.perf_counter()
-    feed = _timing_feed(m, dataset, synthesized, shapes, batch, seed)
-    timer = Timer(
-        m,
-        feed,
-        provider,
-        threads=threads if threads is not None else st.threads,
-        runs=runs or st.runs,
-        duration=time_budget or st.time_budget,
-    )
+    timer = Timer(m, feed, provider, threads=threads, runs=runs or st.runs, duration=duration)
     by_name = {c.name: c for c in cands}
-    time_candidates(rows, by_name, timer)
+    time_candidates(rows, by_name, timer, reference=m)
     chosen = decide(rows, timer, min_ratio=st.min_ratio, min_gain=st.min_gain)
     t_time = time.perf_counter() - t0
     input_ms = timer.base_latency_ms

@@ -7,9 +7,13 @@ returns ``Candidate`` objects.  A producer that cannot apply returns one candida
 of raising, so the decision table can say why it is absent.  Producers never time models
 and never write files; selection (``select.py``) verifies, scores and times them.
 
-INT8 candidates come from ``onnxopt.quantize`` when that package provides its candidate
-builders, else from ONNX Runtime's ``quantize_dynamic`` / ``quantize_static`` directly
-(the ``source`` field says which).  Pruning comes from ``onnxopt.prune``.
+INT8 candidates come from ``onnxopt.quantize`` (``onnxopt.quantize.candidates``: budget
+search, per-node repair of invalid graphs) when that package provides them, else from ONNX
+Runtime's ``quantize_dynamic`` / ``quantize_static`` directly (the ``source`` field says
+which).  ``int8-dynamic`` with ``plain_ort`` adds ``int8-dynamic-ort``: ORT's own
+``quantize_dynamic`` applied to the input model as it is, so that the configuration a user
+of ORT's tool would get is always in the comparison.  Pruning comes from ``onnxopt.prune``;
+a recipe without an ``[optimize]`` table contributes its lossy steps as one candidate.
 """
 
 from __future__ import annotations
@@ -80,6 +84,13 @@ def is_bert_like(model: onnx.ModelProto) -> bool:
 # --- helpers ------------------------------------------------------------------------
 
 
+def _why(exc: OnnxoptError) -> str:
+    """A producer's failure as a table reason; budget failures read "over budget: ..."."""
+    from ..errors import BudgetError
+
+    return f"over budget: {exc}" if isinstance(exc, BudgetError) else str(exc)
+
+
 def _quantize_module(name: str):
     """``onnxopt.quantize.<name>`` if the quantize package provides it, else None."""
     try:
@@ -107,7 +118,10 @@ class _DropPreprocessHint(logging.Filter):
 
     def filter(self, record):
         msg = record.getMessage()
-        return "pre-processing before quantization" not in msg and "is out-of-range for weight" not in msg
+        return (
+            "pre-processing before quantization" not in msg
+            and "is out-of-range for weight" not in msg
+        )
 
 
 @contextlib.contextmanager
@@ -170,6 +184,10 @@ def produce_fp32(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
 
 
 def produce_int8_dynamic(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    """``int8-dynamic`` from ``onnxopt.quantize`` (budget search, per-node repair) when it is
+    installed, else ORT's ``quantize_dynamic``; with ``plain_ort`` also ``int8-dynamic-ort``:
+    ORT's ``quantize_dynamic`` applied to the *input* model exactly as a user of ORT's tool
+    would, so that the table always holds that configuration too."""
     name = "int8-dynamic"
     params = dataclasses.asdict(cfg)
     present = _present(base, cfg.op_types)
@@ -193,76 +211,92 @@ def produce_int8_dynamic(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Cand
                 refused="dynamic INT8 ops (MatMulInteger, DynamicQuantizeLinear) have no CUDA kernels",
             )
         ]
+    out = []
     qmod = _quantize_module("candidates")
     if qmod is not None and hasattr(qmod, "dynamic_candidate"):
         try:
             model, notes = qmod.dynamic_candidate(
                 base,
-                op_types=present,
+                op_types=list(cfg.op_types),
                 weight_type=cfg.weight_type,
                 per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range,
+                provider=env.provider,
+                eval_data=env.evaluator.dataset,
+                max_accuracy_drop=env.budget.max_drop,
+                metric=env.evaluator.metric,
             )
-            return [
+            out.append(
                 Candidate(
-                    name, name, model, params=params, notes=list(notes), source="onnxopt.quantize"
+                    name,
+                    name,
+                    model,
+                    params=params,
+                    notes=list(notes)[:6],
+                    source="onnxopt.quantize",
                 )
-            ]
+            )
         except OnnxoptError as exc:
-            return [
+            out.append(
                 Candidate(
-                    name, name, None, params=params, refused=str(exc), source="onnxopt.quantize"
+                    name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize"
                 )
-            ]
+            )
+    else:
+        out.append(_dynamic_ort(name, base, cfg, params))
+    if cfg.plain_ort and env.reference is not None:
+        out.append(
+            _dynamic_ort(
+                "int8-dynamic-ort", env.reference, cfg, {**params, "built_from": "input model"}
+            )
+        )
+    return out
+
+
+def _dynamic_ort(name: str, model: onnx.ModelProto, cfg, params: dict) -> Candidate:
     from onnxruntime.quantization import quantize_dynamic
 
+    src = "onnxruntime.quantization"
     with tempfile.TemporaryDirectory(prefix="onnxopt-opt-") as tmp:
-        out = Path(tmp) / "dyn.onnx"
+        path = Path(tmp) / "dyn.onnx"
         try:
             with _quiet_quantizer():
                 quantize_dynamic(
-                    copy.deepcopy(base),
-                    out,
+                    copy.deepcopy(model),
+                    path,
                     op_types_to_quantize=list(cfg.op_types),
                     per_channel=cfg.per_channel,
                     reduce_range=cfg.reduce_range,
                     weight_type=_ort_quant_types()[cfg.weight_type],
                 )
         except Exception as exc:
-            return [
-                Candidate(
-                    name,
-                    name,
-                    None,
-                    params=params,
-                    refused=f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}",
-                    source="onnxruntime.quantization",
-                )
-            ]
-        model = _load_out(out)
-    if not _quantized_nodes(model):
-        return [
-            Candidate(
+            return Candidate(
                 name,
-                name,
+                "int8-dynamic",
                 None,
                 params=params,
-                refused="the quantizer left every node in FP32",
-                source="onnxruntime.quantization",
+                refused=f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}",
+                source=src,
             )
-        ]
-    return [
-        Candidate(
+        q = _load_out(path)
+    n = _quantized_nodes(q)
+    if not n:
+        return Candidate(
             name,
-            name,
-            model,
+            "int8-dynamic",
+            None,
             params=params,
-            notes=[
-                f"quantized op types: {', '.join(present)} ({_quantized_nodes(model)} quantized nodes)"
-            ],
-            source="onnxruntime.quantization",
+            refused="the quantizer left every node in FP32",
+            source=src,
         )
-    ]
+    return Candidate(
+        name,
+        "int8-dynamic",
+        q,
+        params=params,
+        notes=[f"ORT quantize_dynamic, op types {', '.join(cfg.op_types)}: {n} quantized nodes"],
+        source=src,
+    )
 
 
 def _static_ort(
@@ -357,7 +391,7 @@ def _static_one(base, env: BuildEnv, cfg, pc: bool, name: str, params: dict) -> 
                 "int8-static",
                 model,
                 params=params,
-                notes=list(notes),
+                notes=list(notes)[:6],
                 source="onnxopt.quantize",
             )
         except OnnxoptError as exc:
@@ -366,7 +400,7 @@ def _static_one(base, env: BuildEnv, cfg, pc: bool, name: str, params: dict) -> 
                 "int8-static",
                 None,
                 params=params,
-                refused=str(exc),
+                refused=_why(exc),
                 source="onnxopt.quantize",
             )
     src = "onnxruntime.quantization"
@@ -433,49 +467,56 @@ def _fallback_budget_search(base, env: BuildEnv, cfg, pc: bool, model):
 
 
 def produce_prune(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    """``onnxopt.prune`` per ratio (or its own budget search when no ratio is listed);
+    its result is verified again here like every candidate."""
     ratios = cfg.ratio if isinstance(cfg.ratio, list) else [cfg.ratio]
+    todo = [(f"prune-{cfg.method}-{r:g}", r) for r in ratios] or [
+        (f"prune-{cfg.method}-search", None)
+    ]
     try:
-        api = importlib.import_module("onnxopt.prune.api")
-        prune = api.prune
+        prune = importlib.import_module("onnxopt.prune.api").prune
     except (ImportError, AttributeError):
         return [
             Candidate(
-                f"prune-{cfg.method}-{r:g}",
+                n,
                 "prune",
                 None,
                 params={"method": cfg.method, "ratio": r},
                 refused="onnxopt.prune is not available",
             )
-            for r in ratios
+            for n, r in todo
         ]
     out = []
-    for r in ratios:
-        name = f"prune-{cfg.method}-{r:g}"
+    for name, r in todo:
         params = {"method": cfg.method, "ratio": r}
+        kw = (
+            {"ratio": r}
+            if (r is not None and cfg.method != "magnitude")
+            else ({"sparsity": r} if r is not None else {})
+        )
         try:
             res = prune(
                 base,
                 method=cfg.method,
-                ratio=r,
                 calibration=env.calibration,
                 eval_data=env.evaluator.dataset,
                 max_accuracy_drop=env.budget.max_drop,
                 metric=env.evaluator.metric,
+                provider=env.provider,
+                shapes=env.shapes,
+                timing_runs=0,
+                **kw,
             )
+            notes = [n for s in res.report.get("steps", []) for n in s.get("notes", [])][:5]
             out.append(
                 Candidate(
-                    name,
-                    "prune",
-                    res.model,
-                    params=params,
-                    notes=list(res.report.get("notes", []))[:5],
-                    source="onnxopt.prune",
+                    name, "prune", res.model, params=params, notes=notes, source="onnxopt.prune"
                 )
             )
         except OnnxoptError as exc:
             out.append(
                 Candidate(
-                    name, "prune", None, params=params, refused=str(exc), source="onnxopt.prune"
+                    name, "prune", None, params=params, refused=_why(exc), source="onnxopt.prune"
                 )
             )
     return out
@@ -520,7 +561,7 @@ def produce_recipe(
     try:
         res = run_pipeline(base, list(passes or []), ctx, command=f"optimize {name}")
     except OnnxoptError as exc:
-        return [Candidate(name, "recipe", None, refused=str(exc))]
+        return [Candidate(name, "recipe", None, refused=_why(exc))]
     lossless = all(p.exact for p in passes or [])
     return [
         Candidate(

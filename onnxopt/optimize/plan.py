@@ -73,6 +73,9 @@ class Int8DynamicConfig:
     weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
     per_channel: bool = False
     reduce_range: bool = False
+    plain_ort: bool = (
+        False  # also ORT's quantize_dynamic on the input model, as candidate int8-dynamic-ort
+    )
 
 
 @dataclass
@@ -91,8 +94,13 @@ class Int8StaticConfig:
 
 @dataclass
 class PruneConfig:
-    method: str = "channel"
-    ratio: list[float] | float = field(default_factory=lambda: [0.25, 0.5])
+    """``ratio``: channel ratios to try, one candidate each; empty: ``onnxopt.prune`` searches
+    the largest ratio within the budget (one candidate)."""
+
+    method: str = field(
+        default="channels", metadata={"choices": ("channels", "magnitude", "blocks")}
+    )
+    ratio: list[float] | float = field(default_factory=list)
 
     def check(self):
         vals = self.ratio if isinstance(self.ratio, list) else [self.ratio]

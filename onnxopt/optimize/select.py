@@ -17,8 +17,8 @@ Rules (each row of the decision table records which one applied):
    justify losing accuracy.  Among those, the highest ratio wins; else the FP32 model.
 6. **Confirmation**: the chosen model is timed once more against the input, interleaved (a
    run below 1.0x is repeated once and both runs' samples pooled, so one burst of machine
-   noise cannot decide); if the ratio is below ``min_ratio`` it is rejected and the next
-   one is tried.  If even the simplified FP32 model fails, the input is written unchanged.
+   noise cannot decide); if the ratio is below ``min_ratio`` -- for a lossy candidate, below
+   its required margin over the lossless one -- it is rejected and the next one is tried.  If even the simplified FP32 model fails, the input is written unchanged.
 
 Fast models get more runs: each timing round lasts about a second at least (capped by
 ``time_budget``), because a ratio from 200 runs of 20 us is a coin toss on a busy machine.
@@ -68,6 +68,7 @@ class Row:
     ci95: list | None = None
     latency_ms: float | None = None
     confirm_ratio: float | None = None
+    same_as_input: bool = False
     size_bytes: int | None = None
     build_seconds: float = 0.0
 
@@ -126,7 +127,8 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
         build_seconds=cand.build_seconds,
     )
     if cand.refused or cand.model is None:
-        row.status, row.reason = "refused", cand.refused or "not built"
+        row.reason = cand.refused or "not built"
+        row.status = "rejected" if row.reason.startswith("over budget") else "refused"
         return row
     row.size_bytes = _size(cand.model)
     ev = env.evaluator
@@ -193,22 +195,24 @@ class Timer:
     def add(self, name: str, model: onnx.ModelProto) -> None:
         self.sessions[name] = self._create(model)
 
-    def _runs_for(self, n_sessions: int) -> int:
+    def _runs_for(self, n_sessions: int, min_seconds: float | None = None) -> int:
         """At least ``runs`` per session, more for fast models: about ``min_seconds`` in all,
         so that a burst of machine noise cannot decide a ratio (capped by ``duration``)."""
         t0 = time.perf_counter()
         for _ in range(5):
             self.base.run(None, self.feed)
         per_run = max((time.perf_counter() - t0) / 5, 1e-6)
-        want = int(self.min_seconds / (per_run * n_sessions))
+        want = int((min_seconds or self.min_seconds) / (per_run * n_sessions))
         return int(min(max(self.runs, want), 20000))
 
-    def measure(self, names: list[str], *, duration: float | None = None) -> dict[str, tuple]:
+    def measure(
+        self, names: list[str], *, duration: float | None = None, min_seconds: float | None = None
+    ) -> dict[str, tuple]:
         """name -> (Speedup vs input, candidate latencies, input latencies); one interleaved run."""
         from ..bench.timing import speedup, time_interleaved
 
         sess = [self.base] + [self.sessions[n] for n in names]
-        runs = self._runs_for(len(sess))
+        runs = self._runs_for(len(sess), min_seconds)
         lat = time_interleaved(
             sess, [self.feed] * len(sess), runs=runs, duration=duration or self.duration, block=5
         )
@@ -228,15 +232,45 @@ class Timer:
         return speedup(np.concatenate([base, base2]), np.concatenate([lat, lat2])).ratio
 
 
-def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer) -> None:
-    """Time every verified, timeable candidate against the input in one interleaved run."""
-    names = [r.name for r in rows if r.verified and cands[r.name].timeable]
+def same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """Same graph and opsets (metadata aside): the same model to ONNX Runtime."""
+    return list(a.opset_import) == list(b.opset_import) and a.graph.SerializeToString(
+        deterministic=True
+    ) == b.graph.SerializeToString(deterministic=True)
+
+
+def time_candidates(
+    rows: list[Row],
+    cands: dict[str, Candidate],
+    timer: Timer,
+    reference: onnx.ModelProto | None = None,
+) -> None:
+    """Time every verified, timeable candidate against the input in one interleaved run.
+
+    A lossless candidate whose graph is the input's (preprocessing changed nothing) is not
+    timed: its ratio is 1 by construction, and timing it would only measure noise."""
+    names = []
+    for r in rows:
+        if not (r.verified and cands[r.name].timeable):
+            continue
+        if reference is not None and r.lossless and same_graph(cands[r.name].model, reference):
+            r.timed, r.same_as_input = True, True
+            r.ratio, r.ci95 = 1.0, [1.0, 1.0]
+            r.notes.append("same graph as the input: ratio 1 by construction (not timed)")
+            continue
+        names.append(r.name)
     for n in names:
         timer.add(n, cands[n].model)
     if not names:
+        timer.measure([])
+        for r in rows:
+            if r.same_as_input:
+                r.latency_ms = timer.base_latency_ms
         return
     res = timer.measure(names)
     for r in rows:
+        if r.same_as_input:
+            r.latency_ms = timer.base_latency_ms
         if r.name in res:
             sp, lat, _ = res[r.name]
             r.timed = True
@@ -266,10 +300,14 @@ def decide(
             r.reason = f"{r.ratio:.2f}x is not {min_gain:.0%} faster than lossless {base_ratio:.2f}x; accuracy loss not justified"
     chosen = None
     for r in lossy + lossless:
-        if timer is not None:
+        if r.same_as_input:
+            r.confirm_ratio = 1.0
+        elif timer is not None:
             r.confirm_ratio = timer.confirm(r.name)
-            if r.confirm_ratio < min_ratio:
-                r.reason = f"confirmation run: {r.confirm_ratio:.2f}x < {min_ratio:g}"
+            # a lossy winner must also keep its margin over the lossless model when re-timed
+            floor = min_ratio if r.lossless else max(min_ratio, need)
+            if r.confirm_ratio < floor:
+                r.reason = f"confirmation run: {r.confirm_ratio:.2f}x < {floor:.2f}"
                 continue
         chosen = r
         break

@@ -90,6 +90,7 @@ def prune(
     ratio: float | None = None,
     ratios: dict | None = None,
     importance: str = "l1",
+    align: int = 8,
     reconstruct: bool = True,
     calibration=None,
     blocks: int | None = None,
@@ -107,7 +108,8 @@ def prune(
 
     ``method``: ``magnitude`` (``sparsity``, default 0.5; ``scope``, ``min_params``,
     ``skip_first_last``), ``channels`` (``ratio``, default 0.3, or per-layer ``ratios``
-    ``{layer: ratio}``; ``importance`` ``l1`` / ``activation``; with ``calibration`` the
+    ``{layer: ratio}``; ``importance`` ``l1`` / ``activation``; kept channel counts
+    rounded to multiples of ``align`` (1: exact counts); with ``calibration`` the
     layers after removed channels are refitted unless ``reconstruct=False``) or
     ``blocks`` (``blocks``, default 1).  ``max_accuracy_drop`` (points of ``metric`` on
     ``eval_data``, else calibration data, else synthesized inputs) searches the value when
@@ -154,6 +156,7 @@ def prune(
         ratio,
         ratios,
         importance,
+        align,
         reconstruct,
         blocks,
         grid,
@@ -211,6 +214,7 @@ def _pass_params(
     ratio,
     ratios,
     importance,
+    align,
     reconstruct,
     blocks,
     grid,
@@ -223,7 +227,12 @@ def _pass_params(
             "skip_first_last": bool(skip_first_last),
         }
     elif method == "channels":
-        p = {"ratio": ratio, "importance": importance, "reconstruct": bool(reconstruct)}
+        p = {
+            "ratio": ratio,
+            "importance": importance,
+            "align": int(align),
+            "reconstruct": bool(reconstruct),
+        }
         if ratios:
             p["ratios"] = {str(k): float(v) for k, v in ratios.items()}
     else:

@@ -19,16 +19,29 @@ from ..simplify.dead import remove_unused
 from .groups import Analysis, kept_positions
 from .weights import Fill, WeightStore, WeightWriter
 
-__all__ = ["select_keep", "apply_keep"]
+__all__ = ["keep_count", "select_keep", "apply_keep"]
 
 
-def select_keep(importance: np.ndarray, ratio: float) -> np.ndarray:
-    """Sorted indices of the channels kept when removing ``round(ratio * C)`` of the least
-    important (at least one channel stays; ties keep the lower index)."""
+def keep_count(channels: int, ratio: float, align: int = 1) -> int:
+    """Channels kept out of ``channels`` when removing ``ratio`` of them.
+
+    ``channels - round(ratio * channels)``, at least 1; with ``align > 1`` and more than
+    ``align`` channels kept, rounded to the nearest multiple of ``align`` (SIMD kernels,
+    e.g. ONNX Runtime's blocked NCHWc convolutions, run much faster on such counts).
+    """
+    c = int(channels)
+    keep = max(1, c - int(round(ratio * c)))
+    if align > 1 and keep > align:
+        keep = min(c, max(align, int(round(keep / align)) * align))
+    return keep
+
+
+def select_keep(importance: np.ndarray, ratio: float, align: int = 1) -> np.ndarray:
+    """Sorted indices of the ``keep_count`` most important channels (ties keep the lower
+    index)."""
     c = len(importance)
-    remove = min(c - 1, int(round(ratio * c)))
     order = np.argsort(-np.asarray(importance, dtype=np.float64), kind="stable")
-    return np.sort(order[: c - remove]).astype(np.int64)
+    return np.sort(order[: keep_count(c, ratio, align)]).astype(np.int64)
 
 
 def _take(value, axis: int, positions: np.ndarray):

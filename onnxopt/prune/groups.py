@@ -30,6 +30,7 @@ with the reason; a group with one blocked source is left intact and reported.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,6 +209,13 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
 
 
+def _source_label(node: onnx.NodeProto, weight: str) -> str:
+    """The node's name, or its weight's when the name says nothing (``n12``, empty)."""
+    if node.name and not re.fullmatch(r"n\d+", node.name):
+        return node.name
+    return weight or node_label(node)
+
+
 def static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     """name -> dims (int, or None when symbolic/unknown) from ONNX shape inference."""
     try:
@@ -334,7 +342,7 @@ class _Analyzer:
             Source(
                 sid,
                 idx,
-                node_label(node),
+                _source_label(node, weight),
                 node.op_type,
                 int(channels),
                 weight,
@@ -404,9 +412,9 @@ class _Analyzer:
             members.setdefault(self.uf.find(s.id), []).append(s.id)
         for gid, (_, sids) in enumerate(sorted(members.items())):
             srcs = [self.out.sources[i] for i in sids]
-            labels = [s.label for s in srcs]
-            label = "/".join(labels[:4]) + (
-                f" (+{len(labels) - 4} more)" if len(labels) > 4 else ""
+            labels = list(dict.fromkeys(s.label for s in srcs))
+            label = " + ".join(labels[:3]) + (
+                f" (+{len(labels) - 3} more)" if len(labels) > 3 else ""
             )
             reason = next((s.blocked for s in srcs if s.blocked), None)
             grp = Group(gid, sids, srcs[0].channels, label, reason)

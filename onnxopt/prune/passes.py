@@ -23,6 +23,7 @@ from ..core.passes import Context, Pass, PassResult
 from ..errors import BudgetError, UsageError
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
+from ..simplify.dedupe import dedupe_initializers
 from .blocks import find_blocks, remove_blocks
 from .channels import apply_keep, select_keep
 from .groups import Analysis, analyze
@@ -220,6 +221,7 @@ class PruneChannelsPass(Pass):
         ratio: float | None = None
         ratios: dict | None = None
         importance: str = field(default="l1", metadata={"choices": ("l1", "activation")})
+        align: int = 8
         reconstruct: bool = True
         ridge: float = 1e-3
         max_samples: int = 512
@@ -233,6 +235,8 @@ class PruneChannelsPass(Pass):
                 p = _fraction(f"ratios['{k}']", v)
                 if p:
                     return p
+            if self.align < 1:
+                return "align must be >= 1"
             if self.ridge < 0:
                 return "ridge must be >= 0"
             if self.max_samples <= 0 or self.max_features <= 0:
@@ -294,12 +298,14 @@ class PruneChannelsPass(Pass):
             imp = l1_importance(work, analysis)
         keep = {}
         for gid, r in ratios.items():
-            k = select_keep(imp[gid], r)
+            k = select_keep(imp[gid], r, self.config.align)
             if len(k) < analysis.groups[gid].channels:
                 keep[gid] = k
         details["groups"] = group_report(analysis, keep, ratios)
         if not keep:
-            details["nothing_to_prune"] = "the ratio removes no channel (groups too small)"
+            details["nothing_to_prune"] = (
+                f"ratio {ratio} removes no channel (groups too small for it, channel counts rounded to multiples of align={self.config.align})"
+            )
             return work, details, notes
         counts = apply_keep(work, analysis, keep)
         details["rewiring"] = counts
@@ -321,6 +327,10 @@ class PruneChannelsPass(Pass):
             notes.append(
                 "no calibration data: the layers after removed channels were not reconstructed (give --calibration)"
             )
+        # a weight shared by several layers was sliced into one copy per reader: store
+        # identical copies once again
+        details["rewiring"]["initializers_merged"] = dedupe_initializers(work)
+        remove_unused(work)
         return work, details, notes
 
     @staticmethod

@@ -82,7 +82,7 @@ def search(
         try:
             model = build(v)
         except OnnxoptError as exc:
-            pt.error = str(exc)
+            pt.error = " ".join(str(getattr(exc, "message", exc)).split())
             points.append(pt)
             log.info("%s: %g failed: %s", label, v, exc)
             continue

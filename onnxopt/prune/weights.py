@@ -141,12 +141,17 @@ class WeightWriter:
         )
         self.taken |= used_names(self.graph)
         self._fill_nodes: list[onnx.NodeProto] = []
+        self._fills_made: dict[tuple, str] = {}
 
     def replace(self, node: onnx.NodeProto, index: int, value, *, base: str | None = None) -> str:
         """Make ``node.input[index]`` read ``value`` (an array or a ``Fill``); returns the name."""
         old = node.input[index]
         g = self.graph
         if isinstance(value, Fill):
+            key = (value.shape, value.value.dtype.str, value.value.tobytes())
+            if key in self._fills_made:  # identical fills are made once
+                node.input[index] = self._fills_made[key]
+                return node.input[index]
             shape_name = unique_name(f"{base or old}_shape", self.taken)
             out = unique_name(base or f"{old}_pruned", self.taken)
             g.initializer.append(
@@ -163,6 +168,7 @@ class WeightWriter:
                 )
             )
             node.input[index] = out
+            self._fills_made[key] = out
             return out
         arr = np.ascontiguousarray(value)
         inits = {t.name: t for t in g.initializer}

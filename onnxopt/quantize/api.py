@@ -126,16 +126,17 @@ def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu"
     return configs, notes
 
 
-def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tuple[onnx.ModelProto, int]:
-    base = prep
-    rewritten = 0
+def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tuple[onnx.ModelProto, frozenset]:
+    """The model ORT quantizes; in dynamic mode Gemm nodes become MatMul + Add (their names
+    are returned so that ``--op-types Gemm`` still selects them)."""
     if config.mode == "dynamic" and "Gemm" in config.op_types_for(provider):
         base = copy.deepcopy(prep)
-        rewritten = gemm_to_matmul(base)
-    return base, rewritten
+        return base, frozenset(gemm_to_matmul(base))
+    return prep, frozenset()
 
 
 def _candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40) -> CandidateResult:
+    m, _ = resolve_model(m)
     provider = resolve_provider(provider)
     ds = eval_data if eval_data is not None else calibration
     ds = dataset_for(m, _view(ds)) if ds is not None else dataset_for(m, None)
@@ -144,9 +145,11 @@ def _candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ran
         if calibration is None:
             raise UsageError("static quantization needs calibration data")
         ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(calibration)), method=config.method, provider=provider).ranges
-    base, _ = _build_base(prep.model, config, provider)
+    base, converted = _build_base(prep.model, config, provider)
     feed = ds.first_batch(2)
-    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, _one(feed), provider=provider))
+    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, _one(feed), provider=provider), converted_gemms=converted)
+    if converted:
+        prep.notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
     evaluator = Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
     search = Evaluator(m, ds, evaluator.metric, provider=provider, limit=search_samples) if budget is not None and len(ds) > search_samples else None
@@ -241,6 +244,7 @@ def quantize(
     sensitivity: str = "float-one",
     timing_runs: int = 30,
     timing_seconds: float | None = 20.0,
+    threads: int | None = None,
     min_speedup: float = 1.0,
     preprocess: bool = True,
     timing: bool = True,
@@ -251,7 +255,8 @@ def quantize(
     ``mode``: ``auto`` (dynamic, static per-tensor, static per-channel: the fastest valid
     candidate within the budget), ``dynamic`` or ``static`` (needs ``calibration``).
     ``max_accuracy_drop``: points of ``metric`` (onnxopt.metrics) allowed against the FP32
-    model on ``eval_data`` (default: the calibration data).  ``batch``: the timing batch.
+    model on ``eval_data`` (default: the calibration data).  ``batch``: the timing batch;
+    ``threads``: intra-op threads of the timing sessions (None: ORT's default).
     ``timing=False`` (only with ``allow_slower``) skips the speed measurement: the most
     accurate valid candidate is returned, which makes the choice deterministic.
     """
@@ -304,21 +309,22 @@ def quantize(
         notes.extend(ranges.notes)
 
     results: list[CandidateResult] = []
-    bases: dict[str, onnx.ModelProto] = {}
+    bases: dict[str, tuple[onnx.ModelProto, frozenset]] = {}
     for cfg in configs:
         key = "dynamic" if cfg.mode == "dynamic" else "static"
         if key not in bases:
-            bases[key], rewritten = _build_base(prep.model, cfg, provider)
-            if rewritten:
-                notes.append(f"dynamic: {rewritten} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
-        builder = CandidateBuilder(bases[key], cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref)
+            bases[key] = _build_base(prep.model, cfg, provider)
+            if bases[key][1]:
+                notes.append(f"dynamic: {len(bases[key][1])} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+        base, converted = bases[key]
+        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted)
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, how=sensitivity, reference_bytes=model_nbytes(m))
         results.append(res)
 
     feed = timing_feed(ev, batch)
     timed = {r.label: r.model for r in results if r.model is not None and r.within_budget is not False}
-    speeds = measure_speed(m, timed, feed, provider=provider, runs=timing_runs, duration=timing_seconds) if timing else {}
+    speeds = measure_speed(m, timed, feed, provider=provider, runs=timing_runs, duration=timing_seconds, threads=threads) if timing else {}
     for r in results:
         r.speed = speeds.get(r.label)
         if r.speed is not None and r.speed.ratio < min_speedup and r.status == "ok":
@@ -333,7 +339,7 @@ def quantize(
         "calibration": ranges.summary() if ranges else None,
         "metric": {"name": evaluator.metric, "reference": evaluator.reference_score, "data": ev.source, "samples": len(ev), "search_samples": search_samples if search is not None else None},
         "budget": {"max_drop": budget.max_drop} if budget else None,
-        "timing": {"batch": int(next(iter(feed.values())).shape[0]) if feed else None, "runs": timing_runs if timing else 0, "min_speedup": min_speedup},
+        "timing": {"batch": int(next(iter(feed.values())).shape[0]) if feed else None, "runs": timing_runs if timing else 0, "threads": threads, "min_speedup": min_speedup},
         "candidates": [r.to_dict() for r in results],
         "notes": notes,
         "before": model_stats(m),
@@ -362,7 +368,8 @@ def quantize(
         "config": chosen.config.to_dict(),
         "quantized_nodes": len(chosen.quantized),
         "excluded": [e["node"] for e in chosen.fit.excluded] if chosen.fit else [],
-        "fallbacks": [f.to_dict() for f in chosen.fallbacks],
+        # reasons stay in the report: ORT's messages may hold temporary paths
+        "fallbacks": [{"node": f.node, "op_type": f.op_type, "action": f.action} for f in chosen.fallbacks],
         "metric": {"name": evaluator.metric, "reference": evaluator.reference_score, "score": chosen.score, "drop": chosen.drop},
         "preprocess": prep.counts,
     }

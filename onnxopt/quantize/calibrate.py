@@ -45,6 +45,7 @@ METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_BINS = 2048
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_QUANTIZED_BINS = 128
+_MIN_BOUND = 1e-30
 
 
 def _finite(x) -> np.ndarray:
@@ -126,7 +127,8 @@ class Histogram:
                 self._pending_zeros += a.size  # all zeros so far: no scale to pick yet
                 return
             self.counts = np.zeros(self.bins, dtype=np.int64)
-            self.bound = amax
+            # a floor keeps the bin width a normal float32 (subnormal data is ~0 for INT8)
+            self.bound = max(amax, _MIN_BOUND)
             self.counts[self.bins // 2] += self._pending_zeros
             self._pending_zeros = 0
         elif amax > self.bound:

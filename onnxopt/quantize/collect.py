@@ -10,7 +10,8 @@ reads or writes, initializers excluded, as ONNX Runtime's calibrator selects the
 
 The augmented model runs once per batch of ``Dataset.batches()``; after each batch only
 the statistics are kept, so peak memory is one batch's activations whatever the number of
-samples.  Graph inputs are read from the feed itself.
+samples (ORT's memory pattern is off for this session: it would allocate a second block on
+the second batch).  Graph inputs are read from the feed itself.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def collect_ranges(
     stats = RangeStats(method, bins=bins, percentile=percentile, num_quantized_bins=num_quantized_bins)
     names = tensors if tensors is not None else tensors_to_calibrate(model)
     aug, reads = augment_for_calibration(model, names, method)
-    sess = create_session(aug, provider, optimization_level="disable", error=VerificationError)
+    # no memory pattern: with it ORT allocates a second arena block on the second run
+    sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
     out_names = [o.name for o in sess.get_outputs()]
     wanted = sorted({r[1] for r in reads} | {r[2] for r in reads if r[2]}, key=out_names.index)
     input_names = {i.name for i in sess.get_inputs()}

@@ -88,7 +88,7 @@ class CandidateBuilder:
     the FP32 outputs on it for the run-time validity check.
     """
 
-    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32):
+    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset()):
         self.base = base
         self.config = config
         self.ranges = ranges
@@ -97,8 +97,15 @@ class CandidateBuilder:
         self.reference = reference
         self.max_builds = max_builds
         types = set(config.op_types_for(provider))
+
+        def wanted(n: onnx.NodeProto) -> bool:
+            # a Gemm rewritten as MatMul (dynamic mode) is quantized when Gemm is asked for
+            return ("Gemm" in types) if n.name in converted_gemms else n.op_type in types
+
         self.op_types = {n.name: n.op_type for n in base.graph.node}
-        self.candidates = [n.name for n in base.graph.node if n.op_type in types and n.name not in config.exclude]
+        self.candidates = [n.name for n in base.graph.node if wanted(n) and n.name not in config.exclude]
+        self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
+        self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))
         inits = {t.name for t in base.graph.initializer}
         self.node_tensors = {n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))} for n in base.graph.node if n.name in set(self.candidates)}
         self.notes: list[str] = []
@@ -107,7 +114,7 @@ class CandidateBuilder:
 
     def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None) -> onnx.ModelProto:
         self.builds += 1
-        return quantize_with_ort(self.base, self.config, ranges=self.ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude, per_tensor=per_tensor, notes=self.notes)
+        return quantize_with_ort(self.base, self.config, ranges=self.ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude | self.implicit_exclude, per_tensor=per_tensor, op_types=self.ort_op_types, notes=self.notes)
 
     def validate(self, model: onnx.ModelProto) -> str | None:
         return validate_candidate(model, provider=self.provider, feed=self.feed, reference=self.reference)
@@ -134,10 +141,15 @@ class CandidateBuilder:
         return self.build(excluded)[0]
 
     def search_nodes(self, quantized: list[str]) -> list[str]:
-        """The quantized nodes the budget search may leave in float: those with weights (all
-        quantized nodes when none has weights)."""
-        weighted = [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES]
-        return weighted or list(quantized)
+        """The quantized nodes the budget search may leave in float, in graph order.
+
+        Dynamic mode: the nodes with weights (the only ones it quantizes).  Static mode: every
+        quantized node, since an activation-only node can be the culprit (a 1000-class
+        Softmax output quantized in steps of 1/255 is all zeros)."""
+        if self.config.mode == "dynamic":
+            weighted = [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES]
+            return weighted or list(quantized)
+        return list(quantized)
 
 
 def evaluate_candidate(

@@ -146,13 +146,15 @@ def quantize_with_ort(
     nodes_to_quantize: set[str] | None = None,
     exclude: set[str] | frozenset = frozenset(),
     per_tensor: set[str] | frozenset = frozenset(),
+    op_types: list[str] | None = None,
     notes: list[str] | None = None,
 ) -> onnx.ModelProto:
     """Quantize ``model`` (prepared: weights as initializers, shapes inferred) with ORT.
 
     Static mode needs ``ranges``.  ``exclude`` (plus ``config.exclude``) stay in float;
     ``nodes_to_quantize`` restricts to those nodes; ``per_tensor`` are weighted nodes that
-    must not be per-channel.  ORT errors become ``QuantizerFailure``.
+    must not be per-channel; ``op_types`` overrides ``config.op_types_for(provider)``.
+    ORT errors become ``QuantizerFailure``.
     """
     from onnxruntime.quantization.quant_utils import (
         QuantFormat,
@@ -162,7 +164,7 @@ def quantize_with_ort(
     )
 
     notes = notes if notes is not None else []
-    op_types = list(config.op_types_for(provider))
+    op_types = list(op_types) if op_types is not None else list(config.op_types_for(provider))
     excluded = sorted(set(exclude) | set(config.exclude))
     only = sorted(nodes_to_quantize) if nodes_to_quantize else []
     wt, at = _qtype(config.weight_type), _qtype(config.activation_type)

@@ -231,18 +231,18 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> int:
+def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list[str]:
     """Rewrite ``Gemm`` nodes with constant B and transA=0 as MatMul (+ Add), in place.
 
     ``Y = alpha * A @ op(B) + beta * C`` becomes ``MatMul(A, alpha * op(B))`` named like the
     Gemm, then ``Add(., beta * C)`` named ``<gemm>/bias`` when C is present.  Returns the
-    number of Gemm nodes rewritten.
+    names of the Gemm nodes rewritten.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     graph_inputs = {i.name for i in g.input}
     taken = {t.name for t in g.initializer} | {x for n in g.node for x in list(n.input) + list(n.output)} | graph_inputs
-    new_nodes, count = [], 0
+    new_nodes, done = [], []
 
     def fresh(base: str) -> str:
         name, k = base, 0
@@ -287,12 +287,12 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> int:
             new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=fresh(f"{n.name}/bias")))
         else:
             new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [out], name=n.name))
-        count += 1
-    if count:
+        done.append(n.name)
+    if done:
         del g.node[:]
         g.node.extend(new_nodes)
         remove_unused(model)
-    return count
+    return done
 
 
 def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: int = TARGET_OPSET, check=None) -> Prepared:

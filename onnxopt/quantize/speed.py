@@ -61,13 +61,18 @@ def measure_speed(
     warmup: int = 3,
     block: int = 5,
     duration: float | None = None,
+    threads: int | None = None,
 ) -> dict[str, SpeedRow]:
-    """Interleaved timing of ``fp32`` and every candidate on ``feed``; label -> SpeedRow."""
+    """Interleaved timing of ``fp32`` and every candidate on ``feed``; label -> SpeedRow.
+
+    ``threads``: intra-op threads of every session (None: ONNX Runtime's default).  On a
+    loaded machine, 1 avoids the spin-wait stalls of a thread pool whose threads get
+    descheduled, which can inflate one model's median many-fold."""
     if not candidates:
         return {}
     labels = list(candidates)
-    sessions = [create_session(fp32, provider, error=VerificationError)]
-    sessions += [create_session(candidates[k], provider, error=VerificationError) for k in labels]
+    sessions = [create_session(fp32, provider, threads=threads, error=VerificationError)]
+    sessions += [create_session(candidates[k], provider, threads=threads, error=VerificationError) for k in labels]
     lat = time_interleaved(sessions, [feed] * len(sessions), runs=runs, warmup=warmup, block=block, duration=duration, shuffle_seed=0)
     base = lat[0]
     out = {}

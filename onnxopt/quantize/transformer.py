@@ -14,7 +14,9 @@ Dynamic quantization afterwards turns ``Attention`` into ``QAttention``.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 
@@ -40,13 +42,19 @@ def fuse_transformer(model: onnx.ModelProto, *, model_type: str = "bert", num_he
     from onnxruntime.transformers.optimizer import optimize_model
 
     notes: list[str] = []
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    with capture_ort_logging(notes):
-        opt = optimize_model(work, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=opt_level, use_gpu=use_gpu)
+    # handed a ModelProto, ORT's optimizer (opt_level >= 1) loads a copy whose big tensors
+    # it has moved to external data from bytes, and fails; a file path works
+    with tempfile.TemporaryDirectory(prefix="onnxopt-fuse-") as tmp, capture_ort_logging(notes):
+        src = str(Path(tmp) / "in.onnx")
+        onnx.save(model, src, save_as_external_data=model.ByteSize() > 2**31 - 2**26)
+        opt = optimize_model(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=opt_level, use_gpu=use_gpu)
         stats = {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
         opt.topological_sort()
-    out = opt.model
+        out = opt.model
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in out.graph.initializer):
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(out, tmp)
     # ORT's optimizer may add opset imports no node uses
     used = {n.domain or "" for n in out.graph.node}
     keep = [o for o in out.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]

@@ -19,7 +19,7 @@ def simplify(model, *, data=None, shapes: dict | None = None, provider: str = "c
     The output is verified against the input (checker, ORT load, outputs within 1e-4
     relative L2 on ``data`` or synthesized inputs) and carries provenance.
     """
-    m, path = resolve_model(model)
+    m, path = resolve_model(model, lazy=None)  # a large model stays in its files
     provider = resolve_provider(provider)
     with blame(path):
         ctx = Context(data=dataset_for(m, data) if data is not None else None, shapes=shapes, provider=provider)

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import subgraphs
+from ..io import _inline_nbytes, tensor_array
 
 __all__ = ["fold_constants"]
 
@@ -59,11 +60,49 @@ def _evaluate(node: onnx.NodeProto, values: list[np.ndarray], opsets) -> list[np
     return [np.asarray(r) for r in res]
 
 
+class _Constants:
+    """Initializer values by name, read on first use (``known[x]`` for every initializer of
+    a large model would hold a second copy of all its weights)."""
+
+    def __init__(self, inits: dict[str, onnx.TensorProto]):
+        self._tensors = inits
+        self._values: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name) -> bool:
+        return name in self._values or name in self._tensors
+
+    def get(self, name, default=None):
+        if name in self._values:
+            return self._values[name]
+        t = self._tensors.get(name)
+        if t is None:
+            return default
+        value = self._values[name] = tensor_array(t)
+        return value
+
+    def __getitem__(self, name):
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name, value: np.ndarray) -> None:
+        self._values[name] = value
+
+    def nbytes(self, name) -> int:
+        if name in self._values:
+            return int(self._values[name].nbytes)
+        t = self._tensors[name]
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
+        return _inline_nbytes(t)
+
+
 def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple[int, list[str]]:
     """Fold in place; returns (nodes folded, notes)."""
     g = model.graph
     overridable = {i.name for i in g.input}
-    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer if t.name not in overridable}
+    known = _Constants({t.name: t for t in g.initializer if t.name not in overridable})
     outputs = {o.name for o in g.output}
     shapes = None
     folded, keep, notes = 0, [], []
@@ -88,13 +127,17 @@ def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple
                 start, end = attrs.get("start", 0), attrs.get("end", None)
                 vals = [arr[start:end]]
         elif foldable and all((x == "" or x in known) for x in node.input) and node.op_type != "Constant":
+            if sum(known.nbytes(x) for x in node.input if x) > max_bytes:
+                # large constant inputs are not read (a big model's weights stay where they are)
+                keep.append(node)
+                continue
             try:
                 vals = _evaluate(node, [known.get(x) for x in node.input], model.opset_import)
             except Exception as exc:  # an op the reference evaluator cannot run: keep the node
                 log.debug("not folding %s (%s): %s", node.name or node.output[0], node.op_type, exc)
                 vals = None
             if vals is not None:
-                in_bytes = sum(known[x].nbytes for x in node.input if x)
+                in_bytes = sum(known.nbytes(x) for x in node.input if x)
                 out_bytes = sum(v.nbytes for v in vals)
                 if out_bytes > max_bytes or (out_bytes > 2**20 and out_bytes > _BLOAT * max(in_bytes, 1)):
                     skipped_bloat += 1

@@ -20,12 +20,15 @@ ONNXSIM_MAX_TENSOR = 2**20
 
 def run_onnxsim(model: onnx.ModelProto, *, max_fold_bytes: int = 16 * 2**20) -> tuple[onnx.ModelProto | None, str]:
     """(simplified model, "") or (None, why onnxsim was not used)."""
+    from ..io import exceeds_protobuf, is_lazy
+
+    # decided before the import: importing onnxsim alone costs ~240 MB of resident memory
+    if is_lazy(model) or exceeds_protobuf(model, margin=2**26):
+        return None, "onnxsim skipped: model over 2 GB"
     try:
         import onnxsim
     except Exception as exc:  # not installed or broken build
         return None, f"onnxsim unavailable ({exc.__class__.__name__})"
-    if model.ByteSize() > 2**31 - 2**26:
-        return None, "onnxsim skipped: model over 2 GB"
     # onnxsim's threshold bounds each folded tensor whatever its inputs' size, so it is kept at
     # 1 MB: ConstantOfShape / Expand cannot blow a file up.  onnxopt's own folding runs after it
     # and folds larger tensors only when they do not grow the file (see fold.py).

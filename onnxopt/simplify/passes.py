@@ -11,6 +11,7 @@ import onnx
 from ..core.passes import Context, Pass, PassResult
 from ..core.pipeline import interface_change
 from ..errors import OnnxoptError
+from ..io import exceeds_protobuf
 from ..runtime import run_dataset
 from ..verify import EXACT_REL_L2, check_model, compare_outputs
 from .constants import constants_to_initializers
@@ -86,7 +87,7 @@ class InferShapesPass(Pass):
     key = "infer-shapes"
 
     def call(self, model, ctx):
-        if model.ByteSize() > 2**31 - 2**26:
+        if exceeds_protobuf(model, margin=2**26):
             return self.result(model, False, notes=["model over 2 GB: shape inference skipped"])
         try:
             out = onnx.shape_inference.infer_shapes(model, data_prop=True)

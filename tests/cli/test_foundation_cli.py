@@ -13,8 +13,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, ROOT
-from toy_models import save_external
+from toy_models import MODELS, ROOT, save_external
 
 from onnxopt.cli.main import COMMANDS
 
@@ -259,3 +258,14 @@ def test_bad_options(invoke, tmp_path):
     _one_error_line(invoke("run", "simplify", MLP, "-o", out, "--max-accuracy-drop", "-2"))
     _one_error_line(invoke("simplify", MLP, "-o", tmp_path))  # a folder
     assert not out.exists()
+
+
+def test_unavailable_provider(invoke, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    line = _one_error_line(invoke("verify", MLP, MLP, "--provider", "cuda"))
+    assert "CUDAExecutionProvider is not available" in line
+    line = _one_error_line(invoke("run", "simplify", MLP, "-o", tmp_path / "o.onnx", "--provider", "cuda"))
+    assert "CUDAExecutionProvider is not available" in line and not (tmp_path / "o.onnx").exists()

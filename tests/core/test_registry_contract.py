@@ -16,8 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
-from toy_models import messy_mlp
+from toy_models import MODELS, messy_mlp
 
 from onnxopt.core.passes import Context, Pass, PassResult
 from onnxopt.core.registry import PASSES, make_pass, pass_class, pass_infos

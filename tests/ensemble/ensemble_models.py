@@ -138,3 +138,15 @@ def labelled_data(path, n: int = 120, features: int = 6, classes: int = 4, seed:
         arrays["labels"] = np.argmax(x @ w, axis=1).astype(np.int64)
     np.savez(path, **arrays)
     return path
+
+
+def offset_mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[N,6] -> Sub(x, per-member mean) -> Gemm -> Relu -> Gemm -> y[N,4] (a member-specific normalizer first)."""
+    m = mlp(seed)
+    rng = np.random.default_rng(100 + seed)
+    g = m.graph
+    g.initializer.append(_t(rng, (6,), "mean", 0.3))
+    g.node.insert(0, helper.make_node("Sub", ["x", "mean"], ["xc"], name="center"))
+    g.node[1].input[0] = "xc"
+    onnx.checker.check_model(m, full_check=True)
+    return m

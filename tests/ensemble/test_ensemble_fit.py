@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxopt.ensemble.fit import LAMBDA_GRID, _logistic_loss_grad, fit_logistic, fit_ridge, fit_stack_head, fit_weights, softmax
+from onnxopt.ensemble.fit import (
+    LAMBDA_GRID,
+    _logistic_loss_grad,
+    fit_logistic,
+    fit_ridge,
+    fit_stack_head,
+    fit_weights,
+    softmax,
+)
 
 
 def _problem(n=150, F=5, C=3, seed=0):

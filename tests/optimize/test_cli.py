@@ -16,7 +16,20 @@ def test_help(invoke):
 
 def test_writes_model_and_report(invoke, models_dir, tmp_path):
     out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
-    res = invoke("optimize", models_dir / "digits_mlp.onnx", "-o", out, "--calibration", models_dir / "digits_calib.npz", "--threads", "1", "--time-budget", "0.5", "--report", rep)
+    res = invoke(
+        "optimize",
+        models_dir / "digits_mlp.onnx",
+        "-o",
+        out,
+        "--calibration",
+        models_dir / "digits_calib.npz",
+        "--threads",
+        "1",
+        "--time-budget",
+        "0.5",
+        "--report",
+        rep,
+    )
     assert res.exit_code == 0, res.output
     assert out.is_file() and "wrote" in res.output and "speed vs input" in res.output
     data = json.loads(rep.read_text())
@@ -34,7 +47,13 @@ def test_writes_model_and_report(invoke, models_dir, tmp_path):
 )
 def test_errors_write_nothing(invoke, models_dir, tmp_path, extra, code, message):
     out = tmp_path / "o.onnx"
-    res = invoke("optimize", models_dir / "digits_mlp.onnx", "-o", out, *[str(tmp_path / e) if e.endswith(".npz") else e for e in extra])
+    res = invoke(
+        "optimize",
+        models_dir / "digits_mlp.onnx",
+        "-o",
+        out,
+        *[str(tmp_path / e) if e.endswith(".npz") else e for e in extra],
+    )
     assert res.exit_code == code, res.output
     assert message in res.output
     assert not out.exists()

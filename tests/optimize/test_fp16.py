@@ -55,13 +55,20 @@ def test_sensitive_ops_stay_fp32_and_io_types_kept():
     inits = {t.name: t.data_type for t in out.graph.initializer}
     assert inits["w/fp16"] == TensorProto.FLOAT16 and "w" not in inits
     assert rep.values_clipped == 1  # 1e5 > 65504
-    assert [n.op_type for n in src.graph.node] == ["MatMul", "Add", "Softmax", "ReduceMean"]  # input untouched
+    assert [n.op_type for n in src.graph.node] == [
+        "MatMul",
+        "Add",
+        "Softmax",
+        "ReduceMean",
+    ]  # input untouched
 
 
 def test_numbers_close_on_reference_evaluator():
     src = _model()
     # keep the bias within FP16 range for the numeric check
-    src.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.array([0.1, 0.5, -2.0], np.float32), "b"))
+    src.graph.initializer[1].CopyFrom(
+        onnx.numpy_helper.from_array(np.array([0.1, 0.5, -2.0], np.float32), "b")
+    )
     out, _ = convert_to_fp16(src)
     x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
     ref = ReferenceEvaluator(src).run(None, {"x": x})

@@ -36,7 +36,10 @@ def _write(tmp_path, body):
         ('[optimize]\ncandidates = ["int4"]\n', "unknown candidate"),
         ("[optimize]\nmin_ratio = 0\n", "min_ratio"),
         ('[optimize]\nbatch = "x"\n', "wrong type"),
-        ("[optimize]\n[optimize.int8-static]\nper_channel = [true]\nfoo = 1\n", "unknown parameter"),
+        (
+            "[optimize]\n[optimize.int8-static]\nper_channel = [true]\nfoo = 1\n",
+            "unknown parameter",
+        ),
         ('[optimize]\n[optimize.int8-static]\nmethod = "histo"\n', "not one of"),
         ("[optimize]\n[optimize.bogus]\nx = 1\n", "unknown table"),
     ],
@@ -55,5 +58,7 @@ def test_recipe_without_optimize_table_is_one_candidate(tmp_path):
 
 
 def test_fp32_always_compared(tmp_path):
-    plan = plan_from_recipe(load_recipe(_write(tmp_path, '[optimize]\ncandidates = ["int8-dynamic"]\n')))
+    plan = plan_from_recipe(
+        load_recipe(_write(tmp_path, '[optimize]\ncandidates = ["int8-dynamic"]\n'))
+    )
     assert [c.kind for c in plan.candidates] == ["fp32", "int8-dynamic"]

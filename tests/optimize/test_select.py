@@ -6,7 +6,15 @@ from onnxopt.optimize.select import Row, decide, render_decision_table
 
 
 def _row(name, ratio, *, lossless=False, drop=0.0, budget=1.0, verified=True):
-    r = Row(name, name, lossless, verified=verified, timed=ratio is not None, ratio=ratio, ci95=[ratio, ratio] if ratio else None)
+    r = Row(
+        name,
+        name,
+        lossless,
+        verified=verified,
+        timed=ratio is not None,
+        ratio=ratio,
+        ci95=[ratio, ratio] if ratio else None,
+    )
     r.score, r.drop = 90.0 - drop, drop
     r.within_budget = drop <= budget
     if not r.within_budget:
@@ -23,7 +31,12 @@ class FakeTimer:
 
 
 def test_fastest_lossy_within_budget_wins():
-    rows = [_row("fp32", 1.0, lossless=True), _row("a", 1.5), _row("b", 1.8, drop=2.0), _row("c", 1.3)]
+    rows = [
+        _row("fp32", 1.0, lossless=True),
+        _row("a", 1.5),
+        _row("b", 1.8, drop=2.0),
+        _row("c", 1.3),
+    ]
     chosen = decide(rows, FakeTimer({"a": 1.45}))
     assert chosen.name == "a" and chosen.confirm_ratio == 1.45
     status = {r.name: r.status for r in rows}
@@ -56,5 +69,32 @@ def test_nothing_confirmed_means_input():
 def test_render_table_names_every_row():
     rows = [_row("fp32", 1.0, lossless=True), _row("int8-dynamic", 1.4)]
     decide(rows, None)
-    text = render_decision_table({"decision": {"rows": [r.to_dict() for r in rows], "target": "cpu", "provider": "cpu", "batch": 1, "metric": "top1", "data": "d.npz", "reference_score": 90.0, "max_accuracy_drop": 1.0, "input_latency_ms": 0.1, "summary": "chosen: int8-dynamic"}})
-    assert "int8-dynamic" in text and "chosen" in text and "1.40x" in text and "budget 1 points" in text
+    text = render_decision_table(
+        {
+            "decision": {
+                "rows": [r.to_dict() for r in rows],
+                "target": "cpu",
+                "provider": "cpu",
+                "batch": 1,
+                "metric": "top1",
+                "data": "d.npz",
+                "reference_score": 90.0,
+                "max_accuracy_drop": 1.0,
+                "input_latency_ms": 0.1,
+                "summary": "chosen: int8-dynamic",
+            }
+        }
+    )
+    assert (
+        "int8-dynamic" in text
+        and "chosen" in text
+        and "1.40x" in text
+        and "budget 1 points" in text
+    )
+
+
+def test_lossy_must_keep_margin_in_confirmation():
+    rows = [_row("fp32", 1.0, lossless=True), _row("a", 1.5)]
+    chosen = decide(rows, FakeTimer({"a": 1.02, "fp32": 1.0}), min_gain=0.05)
+    assert chosen.name == "fp32"
+    assert "confirmation run: 1.02x < 1.05" in rows[1].reason

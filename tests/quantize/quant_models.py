@@ -124,3 +124,43 @@ def data_for(model: onnx.ModelProto, n: int = 64, seed: int = 0, labels: bool = 
         y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {inp.name: x})[0]
         out["labels"] = y.argmax(axis=1).astype(np.int64)
     return out
+
+
+def ffn_block(hidden: int = 16, seed: int = 5) -> onnx.ModelProto:
+    """A BERT feed-forward tail: MatMul + bias, exact GELU (erf), residual Add,
+    LayerNormalization: ORT's bert optimizer fuses it into BiasGelu + SkipLayerNormalization."""
+    rng = np.random.default_rng(seed)
+    h = hidden
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((h, h)).astype(np.float32) * 0.2, "w"),
+        numpy_helper.from_array(rng.standard_normal(h).astype(np.float32), "b"),
+        numpy_helper.from_array(np.ones(h, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(h, np.float32), "beta"),
+        numpy_helper.from_array(np.array(1.4142135, np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mm"], name="mm"),
+        helper.make_node("Add", ["mm", "b"], ["mb"], name="bias"),
+        helper.make_node("Div", ["mb", "sqrt2"], ["d"], name="div"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="add1"),
+        helper.make_node("Mul", ["mb", "e1"], ["m1"], name="mul1"),
+        helper.make_node("Mul", ["m1", "half"], ["g1"], name="mul2"),
+        helper.make_node("Add", ["g1", "x"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "gamma", "beta"], ["y"], name="ln", axis=-1, epsilon=1e-5),
+    ]
+    return _model(nodes, inits, ["B", 4, h], ["B", 4, h])
+
+
+def wide_softmax(classes: int = 1000, seed: int = 6) -> onnx.ModelProto:
+    """MatMul -> Softmax over 1000 classes: static QDQ quantizes the Softmax output in steps
+    of 1/255, so probabilities near 1/1000 all become 0 (the whole output collapses)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((16, classes)).astype(np.float32) * 0.01
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1),
+    ]
+    return _model(nodes, [numpy_helper.from_array(w, "w")], ["N", 16], ["N", classes])

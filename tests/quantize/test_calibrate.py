@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from onnxopt.quantize.calibrate import Histogram, MinMax, RangeStats, entropy_range, kl_divergence, percentile_range, smooth_distribution
+from onnxopt.quantize.calibrate import (
+    Histogram,
+    MinMax,
+    RangeStats,
+    entropy_range,
+    kl_divergence,
+    percentile_range,
+    smooth_distribution,
+)
 
 
 def test_minmax_streams_to_the_global_range_and_skips_nan():

@@ -3,8 +3,8 @@
 ``build_corpus(root)`` writes, under ``root``:
 
 - the valid assets every command needs besides the broken one: a small MLP
-  (``x`` float32 ``[N, 16]`` -> ``logits`` float32 ``[N, 4]``, MatMul/Add/Relu, weights
-  large enough to go to external data), a head model that chains after it (``logits`` ->
+  (``x`` float32 ``[N, 16]`` -> ``logits`` float32 ``[N, 4]``, three MatMul/Add layers with
+  Relu, weights large enough to go to external data), a head model that chains after it (``logits`` ->
   ``probs``), a labelled ``.npz`` and a folder of ``.npz`` feeds, and a one-step recipe;
 - broken models: not ONNX, empty, truncated at several offsets, byte flips in the
   protobuf structure, wrong/future IR version and opset, unknown operator domain,
@@ -89,6 +89,7 @@ class Corpus:
     data: Path  # valid .npz with x and labels
     data_dir: Path  # valid folder of .npz feeds
     recipe: Path  # valid one-step recipe
+    other: Path | None = None  # valid, same interface as ``model``, other weights
     cases: list[Case] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list[Case]:
@@ -103,27 +104,35 @@ def _init(name: str, arr: np.ndarray) -> TensorProto:
 
 
 def valid_model(seed: int = 0, *, hidden: int = 32) -> onnx.ModelProto:
-    """``x`` float32 [N, 16] -> MatMul+Add -> Relu -> MatMul+Add -> ``logits`` [N, 4]."""
+    """``x`` float32 [N, 16] -> 3 x (MatMul + Add), Relu between -> ``logits`` [N, 4]."""
     rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((FEATURES, hidden)).astype(np.float32) * 0.3
-    b1 = rng.standard_normal(hidden).astype(np.float32) * 0.1
-    w2 = rng.standard_normal((hidden, CLASSES)).astype(np.float32) * 0.3
-    b2 = rng.standard_normal(CLASSES).astype(np.float32) * 0.1
-    nodes = [
-        helper.make_node("MatMul", [INPUT, "w1"], ["h0"], name="fc1"),
-        helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
-        helper.make_node("Relu", ["h1"], ["h2"], name="relu1"),
-        helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="fc2"),
-        helper.make_node("Add", ["h3", "b2"], [OUTPUT], name="fc2_bias"),
-    ]
+    dims = [FEATURES, hidden, hidden, CLASSES]
+    nodes, inits = [], []
+    prev = INPUT
+    for i in range(3):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) * (1.0 / np.sqrt(dims[i]))).astype(
+            np.float32
+        )
+        b = (rng.standard_normal(dims[i + 1]) * 0.1).astype(np.float32)
+        inits += [_init(f"w{i + 1}", w), _init(f"b{i + 1}", b)]
+        out = OUTPUT if i == 2 else f"h{3 * i + 1}"
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i + 1}"], [f"h{3 * i}"], name=f"fc{i + 1}"),
+            helper.make_node("Add", [f"h{3 * i}", f"b{i + 1}"], [out], name=f"fc{i + 1}_bias"),
+        ]
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [out], [f"h{3 * i + 2}"], name=f"relu{i + 1}"))
+            prev = f"h{3 * i + 2}"
     graph = helper.make_graph(
         nodes,
         "mlp",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", FEATURES])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
-        [_init("w1", w1), _init("b1", b1), _init("w2", w2), _init("b2", b2)],
+        inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="reliability-corpus")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="reliability-corpus"
+    )
     model.ir_version = 8
     return model
 
@@ -136,7 +145,9 @@ def head_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", CLASSES])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", CLASSES])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="reliability-corpus")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="reliability-corpus"
+    )
     model.ir_version = 8
     return model
 
@@ -164,7 +175,14 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
 
 def _save_external(model: onnx.ModelProto, path: Path, location: str = "weights.bin") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
     return path
 
 
@@ -256,8 +274,11 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     for i in range(3):
         sl = slice(8 * i, 8 * i + 8)
         _npz(data_dir / f"feed{i:02d}.npz", **{k: v[sl] for k, v in arrays.items()})
-    recipe_p = _write(valid / "simplify.toml", b'name = "corpus"\n[[steps]]\npass = "remove-unused"\n')
-    corpus = Corpus(root, model_p, head_p, data_p, data_dir, recipe_p)
+    recipe_p = _write(
+        valid / "simplify.toml", b'name = "corpus"\n[[steps]]\npass = "remove-unused"\n'
+    )
+    other_p = _save(valid_model(seed=7), valid / "mlp_other.onnx")
+    corpus = Corpus(root, model_p, head_p, data_p, data_dir, recipe_p, other_p)
     cases = corpus.cases
     good_bytes = model_p.read_bytes()
 
@@ -267,13 +288,18 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     def model_case(name, path, expect=2, lenient=(), note=""):
         cases.append(Case(name, "model", path, expect, frozenset(lenient), note))
 
-    model_case("not-onnx", _write(m / "not_onnx.onnx", b"this is a text file, not an ONNX model\n" * 4))
+    model_case(
+        "not-onnx", _write(m / "not_onnx.onnx", b"this is a text file, not an ONNX model\n" * 4)
+    )
     model_case("empty", _write(m / "empty.onnx", b""))
     model_case("zeros", _write(m / "zeros.onnx", b"\0" * 512))
     model_case("png-bytes", _write(m / "image.onnx", b"\x89PNG\r\n\x1a\n" + bytes(range(256))))
     for frac in (0.01, 0.25, 0.5, 0.9):
         cut = max(1, int(len(good_bytes) * frac))
-        model_case(f"truncated-{int(frac * 100)}pct", _write(m / f"truncated_{int(frac * 100)}.onnx", good_bytes[:cut]))
+        model_case(
+            f"truncated-{int(frac * 100)}pct",
+            _write(m / f"truncated_{int(frac * 100)}.onnx", good_bytes[:cut]),
+        )
     model_case("truncated-last-byte", _write(m / "truncated_last.onnx", good_bytes[:-1]))
 
     # flips in tags and length prefixes (structure, not weight values); seeded, so the same
@@ -283,7 +309,12 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     for k, off in enumerate(rng.choice(spans, size=min(8, len(spans)), replace=False)):
         flipped = bytearray(good_bytes)
         flipped[int(off)] ^= 1 << int(rng.integers(0, 8))
-        model_case(f"flip-{k}", _write(m / f"flip_{k}.onnx", bytes(flipped)), expect=None, note=f"bit flip at byte {int(off)}")
+        model_case(
+            f"flip-{k}",
+            _write(m / f"flip_{k}.onnx", bytes(flipped)),
+            expect=None,
+            note=f"bit flip at byte {int(off)}",
+        )
 
     bad = valid_model()
     bad.ir_version = 99
@@ -312,7 +343,9 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     bad = valid_model()
     bad.graph.node[1].output[0] = "h0"  # fc1 and fc1_bias both produce h0
     bad.graph.node[2].input[0] = "h0"
-    model_case("duplicate-node-outputs", _save(bad, m / "duplicate_outputs.onnx"), lenient={"inspect"})
+    model_case(
+        "duplicate-node-outputs", _save(bad, m / "duplicate_outputs.onnx"), lenient={"inspect"}
+    )
     bad = valid_model()
     bad.graph.input[0].ClearField("type")
     model_case("input-without-type", _save(bad, m / "input_no_type.onnx"), lenient={"inspect"})
@@ -324,13 +357,17 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     model_case("cycle", _save(bad, m / "cycle.onnx"), lenient={"inspect"})
     bad = valid_model()
     bad.graph.initializer[0].raw_data = bad.graph.initializer[0].raw_data[:100]
-    model_case("initializer-size-lies", _save(bad, m / "short_initializer.onnx"), lenient={"inspect"})
+    model_case(
+        "initializer-size-lies", _save(bad, m / "short_initializer.onnx"), lenient={"inspect"}
+    )
     bad = valid_model()
     bad.graph.initializer[0].dims[0] = -16
     model_case("negative-dim", _save(bad, m / "negative_dim.onnx"), lenient={"inspect"})
     bad = valid_model()
     bad.graph.output[0].name = "not_produced"
-    model_case("output-not-produced", _save(bad, m / "output_not_produced.onnx"), lenient={"inspect"})
+    model_case(
+        "output-not-produced", _save(bad, m / "output_not_produced.onnx"), lenient={"inspect"}
+    )
     bad = valid_model()
     bad.graph.node[2].ClearField("input")
     model_case("missing-node-input", _save(bad, m / "missing_node_input.onnx"), lenient={"inspect"})
@@ -347,13 +384,26 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     model_case("external-data-truncated", ext / "model.onnx")
     ext = m / "ext_escape"
     _save_external(valid_model(), ext / "model.onnx")
-    (m / "outside.bin").write_bytes((ext / "weights.bin").read_bytes())  # exists: refused for escaping, not for missing
+    (m / "outside.bin").write_bytes(
+        (ext / "weights.bin").read_bytes()
+    )  # exists: refused for escaping, not for missing
     (ext / "weights.bin").unlink()
-    _save(_set_location(onnx.load(str(ext / "model.onnx"), load_external_data=False), "../outside.bin"), ext / "model.onnx")
+    _save(
+        _set_location(
+            onnx.load(str(ext / "model.onnx"), load_external_data=False), "../outside.bin"
+        ),
+        ext / "model.onnx",
+    )
     model_case("external-data-escapes", ext / "model.onnx")
     ext = m / "ext_absolute"
     _save_external(valid_model(), ext / "model.onnx")
-    _save(_set_location(onnx.load(str(ext / "model.onnx"), load_external_data=False), str((ext / "weights.bin").resolve())), ext / "model.onnx")
+    _save(
+        _set_location(
+            onnx.load(str(ext / "model.onnx"), load_external_data=False),
+            str((ext / "weights.bin").resolve()),
+        ),
+        ext / "model.onnx",
+    )
     model_case("external-data-absolute", ext / "model.onnx")
     ext = m / "ext_symlink"
     _save_external(valid_model(), ext / "model.onnx")
@@ -388,25 +438,70 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
     x, labels = arrays[INPUT], arrays["labels"]
     data_case("not-npz", _write(d / "text.npz", b"x,y\n1,2\n"))
     data_case("empty-file", _write(d / "empty.npz", b""))
-    data_case("truncated", _write(d / "truncated.npz", data_p.read_bytes()[: len(data_p.read_bytes()) // 2]))
+    data_case(
+        "truncated",
+        _write(d / "truncated.npz", data_p.read_bytes()[: len(data_p.read_bytes()) // 2]),
+    )
     data_case("wrong-key", _npz(d / "wrong_key.npz", image=x, labels=labels))
-    data_case("wrong-dtype", _npz(d / "wrong_dtype.npz", **{INPUT: x.astype(np.float64), "labels": labels}))
-    data_case("int-dtype", _npz(d / "int_dtype.npz", **{INPUT: x.astype(np.int32), "labels": labels}))
-    data_case("wrong-rank", _npz(d / "wrong_rank.npz", **{INPUT: x.reshape(SAMPLES, 4, 4), "labels": labels}))
+    data_case(
+        "wrong-dtype",
+        _npz(d / "wrong_dtype.npz", **{INPUT: x.astype(np.float64), "labels": labels}),
+    )
+    data_case(
+        "int-dtype", _npz(d / "int_dtype.npz", **{INPUT: x.astype(np.int32), "labels": labels})
+    )
+    data_case(
+        "wrong-rank",
+        _npz(d / "wrong_rank.npz", **{INPUT: x.reshape(SAMPLES, 4, 4), "labels": labels}),
+    )
     data_case("wrong-shape", _npz(d / "wrong_shape.npz", **{INPUT: x[:, :15], "labels": labels}))
     data_case("scalar", _npz(d / "scalar.npz", **{INPUT: np.float32(1.0)}))
     data_case("zero-samples", _npz(d / "zero_samples.npz", **{INPUT: x[:0], "labels": labels[:0]}))
-    data_case("object-array", _npz(d / "object.npz", **{INPUT: np.array([x[0], "text", None], dtype=object), "labels": labels[:3]}))
-    data_case("string-array", _npz(d / "strings.npz", **{INPUT: np.array(["a"] * SAMPLES), "labels": labels}))
+    data_case(
+        "object-array",
+        _npz(
+            d / "object.npz",
+            **{INPUT: np.array([x[0], "text", None], dtype=object), "labels": labels[:3]},
+        ),
+    )
+    data_case(
+        "string-array",
+        _npz(d / "strings.npz", **{INPUT: np.array(["a"] * SAMPLES), "labels": labels}),
+    )
     marker = str(root / PICKLE_MARKER)
     data_case("pickle-file", _write(d / "pickle.npz", pickle.dumps({INPUT: _Payload(marker)})))
-    data_case("pickle-in-npz", _npz_raw(d / "pickle_member.npz", {f"{INPUT}.npy": _npy_pickle_member(_Payload(marker)), "labels.npy": _npy_bytes(labels)}))
-    data_case("header-claims-64TiB", _npz_raw(d / "lying_header.npz", {f"{INPUT}.npy": _npy_header_only("<f4", (2**40, FEATURES)) + b"\0" * 64, "labels.npy": _npy_bytes(labels)}))
-    data_case("bad-labels-2d-float", _npz(d / "bad_labels.npz", **{INPUT: x, "labels": np.ones((SAMPLES, 2), np.float32)}))
-    data_case("labels-count-differs", _npz(d / "labels_count.npz", **{INPUT: x, "labels": labels[:5]}))
+    data_case(
+        "pickle-in-npz",
+        _npz_raw(
+            d / "pickle_member.npz",
+            {
+                f"{INPUT}.npy": _npy_pickle_member(_Payload(marker)),
+                "labels.npy": _npy_bytes(labels),
+            },
+        ),
+    )
+    data_case(
+        "header-claims-64TiB",
+        _npz_raw(
+            d / "lying_header.npz",
+            {
+                f"{INPUT}.npy": _npy_header_only("<f4", (2**40, FEATURES)) + b"\0" * 64,
+                "labels.npy": _npy_bytes(labels),
+            },
+        ),
+    )
+    data_case(
+        "bad-labels-2d-float",
+        _npz(d / "bad_labels.npz", **{INPUT: x, "labels": np.ones((SAMPLES, 2), np.float32)}),
+    )
+    data_case(
+        "labels-count-differs", _npz(d / "labels_count.npz", **{INPUT: x, "labels": labels[:5]})
+    )
     data_case("only-labels", _npz(d / "only_labels.npz", labels=labels))
     data_case("no-arrays", _npz(d / "no_arrays.npz"))
-    data_case("samples-disagree", _npz(d / "disagree.npz", **{INPUT: x, "other": x[:5], "labels": labels}))
+    data_case(
+        "samples-disagree", _npz(d / "disagree.npz", **{INPUT: x, "other": x[:5], "labels": labels})
+    )
     data_case("npy-not-npz", _write(d / "array.npz", _npy_bytes(x)))
     data_case("does-not-exist", d / "missing.npz")
     (d / "empty_dir").mkdir(parents=True, exist_ok=True)
@@ -431,14 +526,33 @@ def build_corpus(root: str | os.PathLike) -> Corpus:
 
     recipe_case("bad-toml", _write(r / "bad_toml.toml", b'name = "x"\n[[steps]\npass = simplify\n'))
     recipe_case("not-utf8", _write(r / "binary.toml", b"\xff\xfe\x00name = \x80\x81\n"))
-    recipe_case("unknown-step", _write(r / "unknown_step.toml", b'[[steps]]\npass = "no-such-pass"\n'))
-    recipe_case("unknown-parameter", _write(r / "unknown_param.toml", b'[[steps]]\npass = "fold-constants"\nmax_bites = 3\n'))
-    recipe_case("wrong-parameter-type", _write(r / "wrong_type.toml", b'[[steps]]\npass = "fold-constants"\nmax_bytes = "lots"\n'))
-    recipe_case("bad-parameter-value", _write(r / "bad_value.toml", b'[[steps]]\npass = "fold-constants"\nmax_bytes = -1\n'))
+    recipe_case(
+        "unknown-step", _write(r / "unknown_step.toml", b'[[steps]]\npass = "no-such-pass"\n')
+    )
+    recipe_case(
+        "unknown-parameter",
+        _write(r / "unknown_param.toml", b'[[steps]]\npass = "fold-constants"\nmax_bites = 3\n'),
+    )
+    recipe_case(
+        "wrong-parameter-type",
+        _write(r / "wrong_type.toml", b'[[steps]]\npass = "fold-constants"\nmax_bytes = "lots"\n'),
+    )
+    recipe_case(
+        "bad-parameter-value",
+        _write(r / "bad_value.toml", b'[[steps]]\npass = "fold-constants"\nmax_bytes = -1\n'),
+    )
     recipe_case("steps-not-tables", _write(r / "steps_not_tables.toml", b'steps = ["simplify"]\n'))
-    recipe_case("step-without-pass", _write(r / "no_pass.toml", b'[[steps]]\nmax_bytes = 3\n'))
-    recipe_case("unknown-top-level-key", _write(r / "unknown_key.toml", b'name = "x"\nstepz = 1\n[[steps]]\npass = "remove-unused"\n'))
-    recipe_case("unknown-target", _write(r / "bad_target.toml", b'target = "tpu"\n[[steps]]\npass = "remove-unused"\n'))
+    recipe_case("step-without-pass", _write(r / "no_pass.toml", b"[[steps]]\nmax_bytes = 3\n"))
+    recipe_case(
+        "unknown-top-level-key",
+        _write(
+            r / "unknown_key.toml", b'name = "x"\nstepz = 1\n[[steps]]\npass = "remove-unused"\n'
+        ),
+    )
+    recipe_case(
+        "unknown-target",
+        _write(r / "bad_target.toml", b'target = "tpu"\n[[steps]]\npass = "remove-unused"\n'),
+    )
     recipe_case("does-not-exist", r / "missing.toml")
     recipe_case("no-steps", _write(r / "no_steps.toml", b'name = "empty"\n'), expect=None)
     return corpus
@@ -493,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in corpus.cases:
         expect = "2" if c.expect == 2 else "graceful"
         lenient = f" (graceful for {', '.join(sorted(c.lenient))})" if c.lenient else ""
-        print(f"{c.kind:6s} {c.name:32s} expect {expect}{lenient}  {c.path.relative_to(corpus.root)}")
+        print(
+            f"{c.kind:6s} {c.name:32s} expect {expect}{lenient}  {c.path.relative_to(corpus.root)}"
+        )
     kinds = {k: len(corpus.of_kind(k)) for k in ("model", "data", "recipe")}
     print(f"{len(corpus.cases)} cases: " + ", ".join(f"{v} {k}" for k, v in kinds.items()))
     return 0

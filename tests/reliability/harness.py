@@ -102,7 +102,11 @@ def run_cli(args, *, catch: bool = True) -> Outcome:
     from onnxopt.cli.main import cli
 
     res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=catch)
-    exc = res.exception if res.exception is not None and not isinstance(res.exception, SystemExit) else None
+    exc = (
+        res.exception
+        if res.exception is not None and not isinstance(res.exception, SystemExit)
+        else None
+    )
     return Outcome(res.exit_code, res.stdout, res.stderr, exc)
 
 
@@ -153,7 +157,9 @@ def assert_clean_failure(outcome: Outcome, codes=(2,), *, names: str | None = No
     assert outcome.exit_code in codes, f"expected exit {codes}:\n{outcome.describe()}"
     lines = error_lines(outcome)
     assert len(lines) == 1, f"expected exactly one line on stderr:\n{outcome.describe()}"
-    assert lines[0].startswith("error: "), f"stderr line does not start with 'error: ':\n{outcome.describe()}"
+    assert lines[0].startswith("error: "), (
+        f"stderr line does not start with 'error: ':\n{outcome.describe()}"
+    )
     if names is not None:
         assert names in lines[0], f"error does not name {names!r}:\n{outcome.describe()}"
     return lines[0]
@@ -208,7 +214,9 @@ SPECS: dict[str, Spec] = {
     "simplify": Spec(
         "simplify",
         model=lambda c, m, out: [["simplify", m, "-o", _o(out), "--report", out / "report.json"]],
-        data=lambda c, d, out: [["simplify", c.model, "-o", _o(out), "--data", d, "--report", out / "report.json"]],
+        data=lambda c, d, out: [
+            ["simplify", c.model, "-o", _o(out), "--data", d, "--report", out / "report.json"]
+        ],
     ),
     "verify": Spec(
         "verify",
@@ -218,28 +226,65 @@ SPECS: dict[str, Spec] = {
     ),
     "run": Spec(
         "run",
-        model=lambda c, m, out: [["run", c.recipe, m, "-o", _o(out), "--report", out / "report.json"]],
-        data=lambda c, d, out: [["run", c.recipe, c.model, "-o", _o(out), "--calibration", d], ["run", c.recipe, c.model, "-o", _o(out), "--eval", d, "--max-accuracy-drop", "1"]],
+        model=lambda c, m, out: [
+            ["run", c.recipe, m, "-o", _o(out), "--report", out / "report.json"]
+        ],
+        data=lambda c, d, out: [
+            ["run", c.recipe, c.model, "-o", _o(out), "--calibration", d],
+            ["run", c.recipe, c.model, "-o", _o(out), "--eval", d, "--max-accuracy-drop", "1"],
+        ],
         recipe=lambda c, r, out: [["run", r, c.model, "-o", _o(out)]],
     ),
     "quantize": Spec(
         "quantize",
-        model=lambda c, m, out: [["quantize", m, "-o", _o(out), "--mode", "dynamic", "--allow-slower"]],
-        data=lambda c, d, out: [["quantize", c.model, "-o", _o(out), "--mode", "static", "--calibration", d, "--allow-slower"]],
+        model=lambda c, m, out: [
+            ["quantize", m, "-o", _o(out), "--mode", "dynamic", "--allow-slower"]
+        ],
+        data=lambda c, d, out: [
+            [
+                "quantize",
+                c.model,
+                "-o",
+                _o(out),
+                "--mode",
+                "static",
+                "--calibration",
+                d,
+                "--allow-slower",
+            ]
+        ],
     ),
     "prune": Spec(
         "prune",
-        model=lambda c, m, out: [["prune", m, "-o", _o(out), "--method", "magnitude", "--sparsity", "0.5"]],
-        data=lambda c, d, out: [["prune", c.model, "-o", _o(out), "--method", "channels", "--ratio", "0.25", "--calibration", d]],
+        model=lambda c, m, out: [
+            ["prune", m, "-o", _o(out), "--method", "magnitude", "--sparsity", "0.5"]
+        ],
+        data=lambda c, d, out: [
+            [
+                "prune",
+                c.model,
+                "-o",
+                _o(out),
+                "--method",
+                "channels",
+                "--ratio",
+                "0.25",
+                "--calibration",
+                d,
+            ]
+        ],
     ),
     "ensemble": Spec(
         "ensemble",
         model=lambda c, m, out: [["ensemble", c.model, m, "-o", _o(out), "--fusion", "mean"]],
-        data=lambda c, d, out: [["ensemble", c.model, c.model, "-o", _o(out), "--fusion", "stack", "--fit", d], ["ensemble", c.model, c.model, "-o", _o(out), "--data", d]],
+        data=lambda c, d, out: [
+            ["ensemble", c.model, c.model, "-o", _o(out), "--fusion", "stack", "--fit", d],
+            ["ensemble", c.model, c.model, "-o", _o(out), "--data", d],
+        ],
     ),
     "chain": Spec(
         "chain",
-        model=lambda c, m, out: [["chain", m, c.head, "-o", _o(out)], ["chain", c.model, m, "-o", _o(out)]],
+        model=lambda c, m, out: [["chain", m, c.head, "-o", _o(out)]],
         data=lambda c, d, out: [["chain", c.model, c.head, "-o", _o(out), "--data", d]],
     ),
     "bench": Spec(
@@ -251,7 +296,10 @@ SPECS: dict[str, Spec] = {
     "optimize": Spec(
         "optimize",
         model=lambda c, m, out: [["optimize", m, "-o", _o(out), *_OPT]],
-        data=lambda c, d, out: [["optimize", c.model, "-o", _o(out), "--calibration", d, *_OPT], ["optimize", c.model, "-o", _o(out), "--eval", d, "--max-accuracy-drop", "5", *_OPT]],
+        data=lambda c, d, out: [
+            ["optimize", c.model, "-o", _o(out), "--calibration", d, *_OPT],
+            ["optimize", c.model, "-o", _o(out), "--eval", d, "--max-accuracy-drop", "5", *_OPT],
+        ],
         recipe=lambda c, r, out: [["optimize", c.model, "-o", _o(out), "--recipe", r, *_OPT]],
     ),
     "adapt": Spec(

@@ -41,7 +41,10 @@ def big_model(seed: int, rows: int = 512) -> onnx.ModelProto:
     w1 = rng.standard_normal((256, rows)).astype(np.float32)
     w2 = rng.standard_normal((rows, 8)).astype(np.float32)
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("MatMul", ["h", "w2"], ["y"]),
+        ],
         f"big{seed}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
@@ -98,7 +101,11 @@ def test_freeze_and_kill_mid_write(tmp_path, external):
     oio.save_model(big_model(0, rows), target, external_data=external)
     allowed = {weights_digest(big_model(s, rows)) for s in (0, 1, 2)}
     code = _CHILD.format(tests=str(ROOT / "tests"), rows=rows)
-    child = subprocess.Popen([sys.executable, "-c", code, str(target), "1" if external else "0"], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(target), "1" if external else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     seen = set()
     try:
         assert child.stdout.readline().strip() == "ready"
@@ -118,12 +125,20 @@ def test_freeze_and_kill_mid_write(tmp_path, external):
         if child.poll() is None:
             child.kill()
             child.wait(timeout=30)
-    assert len(seen) >= 2, "the child never completed a save while observed: the test observed nothing"
+    assert len(seen) >= 2, (
+        "the child never completed a save while observed: the test observed nothing"
+    )
     # what a SIGKILL may leave: hidden temporary files, and data files no model references
     model = onnx.load(str(target), load_external_data=False)
-    refs = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    refs = {
+        e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"
+    }
     for name in litter(tmp_path, {"out.onnx", *refs}):
-        assert name.startswith(".out.onnx.") and name.endswith(".tmp") or (name.startswith("out.onnx.") and name.endswith(".data")), f"unexpected file {name}"
+        assert (
+            name.startswith(".out.onnx.")
+            and name.endswith(".tmp")
+            or (name.startswith("out.onnx.") and name.endswith(".data"))
+        ), f"unexpected file {name}"
 
 
 def _saved_pair(tmp_path) -> tuple[Path, str, dict]:
@@ -200,7 +215,9 @@ def test_exception_while_writing_single_file(tmp_path, monkeypatch):
     old = big_model(0)
     oio.save_model(old, target)
     before = target.read_bytes()
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    )
     with pytest.raises(OSError):
         oio.save_model(big_model(1), target)
     monkeypatch.undo()
@@ -252,3 +269,28 @@ def test_refuses_to_overwrite_input_external_data(tmp_path):
     with pytest.raises(UsageError):
         oio.check_output_path(data, [src])
     assert src.is_file() and data.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("external", [True, False], ids=["external-data", "single-file"])
+def test_sigkill_at_random_moments(tmp_path, external):
+    """Ten real SIGKILLs of a writer, each at a random moment of its save loop."""
+    rows = 2048
+    target = tmp_path / "out.onnx"
+    oio.save_model(big_model(0, rows), target, external_data=external)
+    allowed = {weights_digest(big_model(s, rows)) for s in (0, 1, 2)}
+    code = _CHILD.format(tests=str(ROOT / "tests"), rows=rows)
+    rng = random.Random(1)
+    for _ in range(10):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(target), "1" if external else "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            child.kill()
+            child.wait(timeout=30)
+        check_target(target, allowed)

@@ -25,12 +25,20 @@ from .test_atomic import big_model, check_target, weights_digest
 
 def _folder_state(folder, target):
     model = onnx.load(str(target), load_external_data=False)
-    refs = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    others = sorted(p.name for p in folder.iterdir() if p.name != target.name and p.name not in refs)
+    refs = {
+        e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"
+    }
+    others = sorted(
+        p.name for p in folder.iterdir() if p.name != target.name and p.name not in refs
+    )
     return refs, others
 
 
-@pytest.mark.parametrize("external", [False, True], ids=["single-file", "external-data"])
+@pytest.mark.parametrize(
+    "external",
+    [pytest.param(False, marks=pytest.mark.slow), True],
+    ids=["single-file", "external-data"],
+)
 def test_two_simplify_processes_same_output(tmp_path, external):
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     oio.save_model(big_model(1, 256), a)
@@ -40,15 +48,32 @@ def test_two_simplify_processes_same_output(tmp_path, external):
     target = outdir / "model.onnx"
     extra = ["--external-data"] if external else []
     procs = [
-        subprocess.Popen([sys.executable, "-m", "onnxopt", "-q", "simplify", str(src), "-o", str(target), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "onnxopt",
+                "-q",
+                "simplify",
+                str(src),
+                "-o",
+                str(target),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for src in (a, b)
     ]
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results, strict=True):
+    for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
         assert "Traceback" not in err
     assert_valid_model(target)
-    digest = check_target(target, {weights_digest(big_model(1, 256)), weights_digest(big_model(2, 256))})
+    digest = check_target(
+        target, {weights_digest(big_model(1, 256)), weights_digest(big_model(2, 256))}
+    )
     assert digest
     refs, others = _folder_state(outdir, target)
     assert bool(refs) == external
@@ -72,7 +97,14 @@ _WRITER = textwrap.dedent(
 def test_two_writers_race_on_one_path(tmp_path):
     target = tmp_path / "model.onnx"
     code = _WRITER.format(tests=str(ROOT / "tests"))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(target), str(seed), "60"], stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(target), str(seed), "60"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err

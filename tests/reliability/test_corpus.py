@@ -17,11 +17,24 @@ from __future__ import annotations
 import pytest
 
 from .corpus import PICKLE_MARKER, build_corpus, shared_corpus
-from .harness import SPECS, assert_clean_failure, assert_valid_model, require_command, run_cli, run_subprocess, snapshot
+from .harness import (
+    SPECS,
+    assert_clean_failure,
+    assert_valid_model,
+    require_command,
+    run_cli,
+    run_subprocess,
+    snapshot,
+)
 
 CORPUS = shared_corpus()
 BASELINE = snapshot(CORPUS.root)
-CASES = [(cmd, case) for cmd, spec in SPECS.items() for case in CORPUS.cases if getattr(spec, case.kind) is not None]
+CASES = [
+    (cmd, case)
+    for cmd, spec in SPECS.items()
+    for case in CORPUS.cases
+    if getattr(spec, case.kind) is not None
+]
 
 
 @pytest.fixture
@@ -51,8 +64,12 @@ def judge(outcome, case, command, out, cwd):
         codes = (expect,) if expect is not None else (2, 3)
         # a refused case names the file at fault (a graceful one may blame its companion,
         # e.g. verify's other model, or a step when verification fails)
-        line = assert_clean_failure(outcome, codes, names=case.path.name if expect is not None else None)
-        assert "--help')" not in line, f"a click usage error, not the case's error (wrong options in SPECS?): {line}"
+        line = assert_clean_failure(
+            outcome, codes, names=case.path.name if expect is not None else None
+        )
+        assert "--help')" not in line, (
+            f"a click usage error, not the case's error (wrong options in SPECS?): {line}"
+        )
         assert snapshot(out) == {}, f"files left after a failure: {sorted(snapshot(out))}"
         return
     assert not outcome.traceback, outcome.describe()
@@ -61,7 +78,9 @@ def judge(outcome, case, command, out, cwd):
         assert_valid_model(out / written)
 
 
-@pytest.mark.parametrize(("command", "case"), CASES, ids=[f"{cmd}-{case.kind}-{case.name}" for cmd, case in CASES])
+@pytest.mark.parametrize(
+    ("command", "case"), CASES, ids=[f"{cmd}-{case.kind}-{case.name}" for cmd, case in CASES]
+)
 def test_case(command, case, dirs):
     require_command(command)
     out, cwd = dirs
@@ -72,7 +91,12 @@ def test_case(command, case, dirs):
             f.unlink()
 
 
-CONTROLS = [(cmd, kind) for cmd, spec in SPECS.items() for kind in ("model", "data", "recipe") if getattr(spec, kind) is not None]
+CONTROLS = [
+    (cmd, kind)
+    for cmd, spec in SPECS.items()
+    for kind in ("model", "data", "recipe")
+    if getattr(spec, kind) is not None
+]
 
 
 @pytest.mark.parametrize(("command", "kind"), CONTROLS, ids=[f"{c}-{k}" for c, k in CONTROLS])
@@ -94,7 +118,9 @@ def test_control_valid_inputs(command, kind, dirs):
     assert snapshot(cwd) == {}
 
 
-WRITERS = [cmd for cmd, spec in SPECS.items() if spec.writes == "out.onnx" and spec.model is not None]
+WRITERS = [
+    cmd for cmd, spec in SPECS.items() if spec.writes == "out.onnx" and spec.model is not None
+]
 
 
 @pytest.mark.parametrize("command", WRITERS)
@@ -114,10 +140,52 @@ def test_output_is_the_input(command, dirs):
 def test_output_is_a_folder(command, dirs):
     require_command(command)
     out, cwd = dirs
-    argv = [str(out) if str(a) == str(out / "out.onnx") else a for a in SPECS[command].model(CORPUS, CORPUS.model, out)[0]]
+    argv = [
+        str(out) if str(a) == str(out / "out.onnx") else a
+        for a in SPECS[command].model(CORPUS, CORPUS.model, out)[0]
+    ]
     outcome = run_cli(argv)
     assert_clean_failure(outcome, (2,))
     assert snapshot(out) == {}
+    _assert_corpus_untouched()
+
+
+# where the issues say 3: valid input, but verification or the request cannot succeed
+EXIT3 = {
+    "verify-out-of-tolerance": ("verify", lambda c, o: ["verify", c.model, c.other]),
+    "quantize-nothing-quantizable": (
+        "quantize",
+        lambda c, o: ["quantize", c.head, "-o", o / "out.onnx", "--mode", "dynamic"],
+    ),
+    "prune-no-residual-blocks": (
+        "prune",
+        lambda c, o: ["prune", c.model, "-o", o / "out.onnx", "--method", "blocks"],
+    ),
+    "prune-no-prunable-weights": (
+        "prune",
+        lambda c, o: [
+            "prune",
+            c.head,
+            "-o",
+            o / "out.onnx",
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.5",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(EXIT3))
+def test_exit_3(name, dirs):
+    """Exit 3, one error line naming the model, nothing written, inputs untouched."""
+    command, build = EXIT3[name]
+    require_command(command)
+    out, cwd = dirs
+    outcome = run_cli(build(CORPUS, out))
+    assert_clean_failure(outcome, (3,))
+    assert snapshot(out) == {} and snapshot(cwd) == {}
     _assert_corpus_untouched()
 
 
@@ -149,3 +217,14 @@ def test_subprocess_sample(command, tmp_path):
     argv = getattr(SPECS[command], kind)(CORPUS, case.path, out)[0]
     outcome = run_subprocess(argv, cwd=cwd)
     judge(outcome, case, command, out, cwd)
+
+
+@pytest.mark.slow
+def test_sweep_subprocess():
+    """Every case x command as a real process (about 900 runs, ~10 minutes on 2 cores)."""
+    from .sweep import render, sweep
+
+    report = sweep()
+    text = render(report)
+    assert not any(r["problems"] for r in report["results"].values()), text
+    assert not report["modified"] and not report["unpickled"], text

@@ -29,8 +29,20 @@ from .harness import assert_clean_failure, assert_valid_model, run_cli, snapshot
 # The default run is bounded and derandomized (the same examples every run, < 15 s).  For a
 # campaign: ONNXOPT_FUZZ_EXAMPLES=2000 pytest tests/reliability/test_fuzz.py (random seeds).
 _CAMPAIGN = int(os.environ.get("ONNXOPT_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=_CAMPAIGN or 40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=not _CAMPAIGN, database=None)
-FUZZ_SLOW = settings(max_examples=_CAMPAIGN or 15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=not _CAMPAIGN, database=None)
+FUZZ = settings(
+    max_examples=_CAMPAIGN or 40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not _CAMPAIGN,
+    database=None,
+)
+FUZZ_SLOW = settings(
+    max_examples=_CAMPAIGN or 15,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=not _CAMPAIGN,
+    database=None,
+)
 
 GOOD = valid_model().SerializeToString(deterministic=True)
 
@@ -77,7 +89,9 @@ def _mutations():
     """Structured edits of a valid model that keep it parseable (what exporters get wrong)."""
 
     def op_type(m, d):
-        m.graph.node[d.draw(st.integers(0, len(m.graph.node) - 1))].op_type = d.draw(st.sampled_from(["Relu", "Sigmoid", "Identity", "Foo", "Conv", "MatMul", ""]))
+        m.graph.node[d.draw(st.integers(0, len(m.graph.node) - 1))].op_type = d.draw(
+            st.sampled_from(["Relu", "Sigmoid", "Identity", "Foo", "Conv", "MatMul", ""])
+        )
 
     def drop_node(m, d):
         del m.graph.node[d.draw(st.integers(0, len(m.graph.node) - 1))]
@@ -85,10 +99,14 @@ def _mutations():
     def rename_input(m, d):
         n = m.graph.node[d.draw(st.integers(0, len(m.graph.node) - 1))]
         if n.input:
-            n.input[d.draw(st.integers(0, len(n.input) - 1))] = d.draw(st.sampled_from(["x", "w1", "h2", "logits", "ghost", ""]))
+            n.input[d.draw(st.integers(0, len(n.input) - 1))] = d.draw(
+                st.sampled_from(["x", "w1", "h2", "logits", "ghost", ""])
+            )
 
     def init_dtype(m, d):
-        m.graph.initializer[d.draw(st.integers(0, len(m.graph.initializer) - 1))].data_type = d.draw(st.sampled_from([0, 2, 6, 7, 10, 11, 16, 99]))
+        m.graph.initializer[
+            d.draw(st.integers(0, len(m.graph.initializer) - 1))
+        ].data_type = d.draw(st.sampled_from([0, 2, 6, 7, 10, 11, 16, 99]))
 
     def init_dims(m, d):
         t = m.graph.initializer[d.draw(st.integers(0, len(m.graph.initializer) - 1))]
@@ -105,7 +123,9 @@ def _mutations():
                 dim.dim_param = "N"
 
     def input_dtype(m, d):
-        m.graph.input[0].type.tensor_type.elem_type = d.draw(st.sampled_from([0, 2, 6, 7, 9, 10, 11, 13]))
+        m.graph.input[0].type.tensor_type.elem_type = d.draw(
+            st.sampled_from([0, 2, 6, 7, 9, 10, 11, 13])
+        )
 
     def opset(m, d):
         m.opset_import[0].version = d.draw(st.sampled_from([1, 7, 11, 13, 21, 23, 30]))
@@ -115,15 +135,40 @@ def _mutations():
 
     def add_attribute(m, d):
         n = m.graph.node[d.draw(st.integers(0, len(m.graph.node) - 1))]
-        n.attribute.append(onnx.helper.make_attribute(d.draw(st.sampled_from(["axis", "alpha", "bogus"])), d.draw(st.integers(-3, 3))))
+        n.attribute.append(
+            onnx.helper.make_attribute(
+                d.draw(st.sampled_from(["axis", "alpha", "bogus"])), d.draw(st.integers(-3, 3))
+            )
+        )
 
     def duplicate_initializer(m, d):
-        m.graph.initializer.append(m.graph.initializer[d.draw(st.integers(0, len(m.graph.initializer) - 1))])
+        m.graph.initializer.append(
+            m.graph.initializer[d.draw(st.integers(0, len(m.graph.initializer) - 1))]
+        )
 
     def extra_output(m, d):
-        m.graph.output.append(onnx.helper.make_tensor_value_info(d.draw(st.sampled_from(["h1", "h2", "w1", "x", "nothing"])), onnx.TensorProto.FLOAT, None))
+        m.graph.output.append(
+            onnx.helper.make_tensor_value_info(
+                d.draw(st.sampled_from(["h1", "h2", "w1", "x", "nothing"])),
+                onnx.TensorProto.FLOAT,
+                None,
+            )
+        )
 
-    return [op_type, drop_node, rename_input, init_dtype, init_dims, input_dims, input_dtype, opset, ir, add_attribute, duplicate_initializer, extra_output]
+    return [
+        op_type,
+        drop_node,
+        rename_input,
+        init_dtype,
+        init_dims,
+        input_dims,
+        input_dtype,
+        opset,
+        ir,
+        add_attribute,
+        duplicate_initializer,
+        extra_output,
+    ]
 
 
 @st.composite
@@ -201,14 +246,27 @@ def data_files(draw):
     """An .npz (or folder of .npz) with plausible-but-maybe-wrong keys, dtypes and shapes."""
     n = draw(st.integers(0, 6))
     arrays = {}
-    for key in draw(st.lists(st.sampled_from([INPUT, INPUT, "labels", "y", "image"]), min_size=0, max_size=3, unique=True)):
+    for key in draw(
+        st.lists(
+            st.sampled_from([INPUT, INPUT, "labels", "y", "image"]),
+            min_size=0,
+            max_size=3,
+            unique=True,
+        )
+    ):
         if key == "labels":
             dtype = draw(st.sampled_from([np.int64, np.int32, np.float32]))
             shape = draw(st.sampled_from([(n,), (n, 1), (max(n - 1, 0),), ()]))
         else:
             dtype = draw(st.sampled_from(DTYPES))
-            shape = draw(st.sampled_from([(n, FEATURES), (n, FEATURES), (n, FEATURES - 1), (n,), (n, FEATURES, 1), ()]))
-        arrays[key] = (np.arange(int(np.prod(shape)) if shape else 1) % 3).astype(dtype).reshape(shape)
+            shape = draw(
+                st.sampled_from(
+                    [(n, FEATURES), (n, FEATURES), (n, FEATURES - 1), (n,), (n, FEATURES, 1), ()]
+                )
+            )
+        arrays[key] = (
+            (np.arange(int(np.prod(shape)) if shape else 1) % 3).astype(dtype).reshape(shape)
+        )
     layout = draw(st.sampled_from(["npz", "npz", "folder", "bytes"]))
     return layout, arrays, draw(st.binary(max_size=64))
 
@@ -248,7 +306,9 @@ def _fits(path: Path) -> bool:
             return False
         if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != FEATURES or x.shape[0] < 1:
             return False
-        if labels is not None and (labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(x)):
+        if labels is not None and (
+            labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(x)
+        ):
             return False
     return True
 
@@ -263,7 +323,10 @@ def test_data_files(spec):
         model.write_bytes(GOOD)
         data = _write_data(tmp, layout, arrays, junk)
         before = snapshot(tmp)
-        for argv in (["verify", model, model, "--data", data], ["run", "simplify", model, "-o", tmp / "out" / "out.onnx", "--calibration", data]):
+        for argv in (
+            ["verify", model, model, "--data", data],
+            ["run", "simplify", model, "-o", tmp / "out" / "out.onnx", "--calibration", data],
+        ):
             outcome = run_cli(argv)
             assert not outcome.traceback, outcome.describe()
             assert outcome.exit_code in (0, 2), outcome.describe()
@@ -271,10 +334,14 @@ def test_data_files(spec):
             if outcome.exit_code == 2:
                 assert_clean_failure(outcome, (2,), names=data.name)
             else:
-                assert _fits(data), f"accepted DATA that does not fit the model: {layout} {[(k, v.dtype, v.shape) for k, v in arrays.items()]}"
+                assert _fits(data), (
+                    f"accepted DATA that does not fit the model: {layout} {[(k, v.dtype, v.shape) for k, v in arrays.items()]}"
+                )
             out = tmp / "out" / "out.onnx"
             if out.exists():
                 assert_valid_model(out)
                 out.unlink()
         snap = {k: v for k, v in snapshot(tmp).items() if not k.startswith("out")}
-        assert snap == {k: v for k, v in before.items() if not k.startswith("out")}, "inputs modified"
+        assert snap == {k: v for k, v in before.items() if not k.startswith("out")}, (
+            "inputs modified"
+        )

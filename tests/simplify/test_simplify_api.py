@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
-from toy_models import light_model
+from toy_models import MODELS, light_model
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.simplify.api import simplify

@@ -1,0 +1,83 @@
+"""Per-node sensitivity and the budget search, on a model with one sensitive node."""
+
+from __future__ import annotations
+
+import onnx
+from quant_models import data_for, mlp
+
+from onnxopt.data import Dataset
+from onnxopt.metrics import Budget, Evaluator
+from onnxopt.quantize.config import QuantConfig
+from onnxopt.quantize.engine import CandidateBuilder
+from onnxopt.quantize.preprocess import gemm_to_matmul, infer_shapes
+from onnxopt.quantize.sensitivity import fit_budget, measure_sensitivity
+
+
+def _setup(outlier=30.0, n=300):
+    m = mlp(outlier=outlier, hidden=64, classes=8)
+    d = data_for(m, n, labels=True)
+    ds = Dataset("<t>", arrays={"x": d["x"]}, labels=d["labels"])
+    ds.validate(m)
+    base = onnx.ModelProto()
+    base.CopyFrom(m)
+    gemm_to_matmul(base)
+    base = infer_shapes(base)
+    b = CandidateBuilder(base, QuantConfig(mode="dynamic"))
+    return m, ds, b
+
+
+def test_the_outlier_layer_is_the_most_sensitive_and_is_excluded():
+    m, ds, b = _setup()
+    ev = Evaluator(m, ds)
+    assert ev.metric == "top1" and ev.reference_score == 100.0
+    full = ev.score(b(frozenset()))
+    assert 100.0 - full > 1.0  # quantizing everything breaks the budget
+    effects = measure_sensitivity(b, ["fc1", "fc2"], ev)
+    assert effects[0].nodes == ["fc2"] and effects[0].gain > 1.0
+    search = Evaluator(m, ds, limit=150)
+    fit = fit_budget(b, ["fc1", "fc2"], Budget(1.0), ev, search_evaluator=search, max_evals=10)
+    assert fit.met and fit.drop <= 1.0
+    assert [e["node"] for e in fit.excluded] == ["fc2"]
+    assert fit.excluded[0]["gain"] > 1.0
+    assert fit.evaluations <= 10 and fit.search_samples == 150 and fit.samples == 300
+    # fc1 is still quantized in the returned model, fc2 is a float MatMul again
+    ops = {n.name: n.op_type for n in fit.model.graph.node}
+    assert ops.get("fc2") == "MatMul" and "fc1" not in ops
+
+
+def test_quantize_one_ranks_the_same_node_first():
+    m, ds, b = _setup()
+    ev = Evaluator(m, ds)
+    effects = measure_sensitivity(b, ["fc1", "fc2"], ev, how="quantize-one")
+    assert effects[0].nodes == ["fc2"]
+
+
+def test_unmeetable_budget_returns_the_best_reached():
+    m, ds, b = _setup()
+    ev = Evaluator(m, ds)
+    fit = fit_budget(b, ["fc2"], Budget(0.0), ev, max_evals=6)
+    assert not fit.met  # excluding the only candidate is not a quantized model
+    assert fit.drop > 0
+
+
+def test_groups_when_there_are_many_nodes():
+    from onnxopt.quantize.sensitivity import _units
+
+    units = _units([f"n{i}" for i in range(50)], 18)
+    assert len(units) <= 18 and sum(len(u) for u in units) == 50
+
+
+def test_static_search_can_leave_an_activation_only_node_in_float(tmp_path):
+    """The collapse comes from the Softmax output's QDQ, not from a weight: the static
+    search considers every quantized node."""
+    import numpy as np
+    from quant_models import wide_softmax
+
+    from onnxopt.quantize.api import quantize
+
+    m = wide_softmax()
+    np.savez(tmp_path / "d.npz", **data_for(m, 64))
+    r = quantize(m, mode="static", calibration=tmp_path / "d.npz", max_accuracy_drop=1.0, metric="cosine", allow_slower=True, timing=False, preprocess=False)
+    c = r.report["candidates"][0]
+    assert c["budget_search"]["history"][0]["search_score"] < 50  # collapsed when fully quantized
+    assert [e["node"] for e in c["excluded"]] == ["softmax"] and c["drop"] <= 1.0
