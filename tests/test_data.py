@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from toy_models import if_model, messy_mlp, tiny_cnn
+from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 from onnxopt.data import dataset_for, input_specs, load_data, synthesize
 from onnxopt.errors import DataError

@@ -7,7 +7,7 @@ import json
 import onnx
 import pytest
 from onnx import numpy_helper
-from toy_models import MODELS, if_model, light_model, messy_mlp, save_external, tiny_cnn
+from tests.toy_models import MODELS, if_model, light_model, messy_mlp, save_external, tiny_cnn
 
 import onnxopt
 from onnxopt.errors import ModelError

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from toy_models import messy_mlp, save_external, tiny_cnn
+from tests.toy_models import messy_mlp, save_external, tiny_cnn
 
 from onnxopt.errors import ModelError, UsageError
 from onnxopt.io import (

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from toy_models import MODELS
+from tests.toy_models import MODELS
 
 from onnxopt.data import load_data
 from onnxopt.errors import DataError, UsageError

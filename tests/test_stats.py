@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from toy_models import if_model, messy_mlp, tiny_cnn
+from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 from onnxopt.stats import count_params, flops_by_node, iter_graphs, model_stats
 

@@ -10,3 +10,8 @@ building blocks), ``candidates`` (the entry points ``optimize`` calls), ``passes
 (``quantize`` pass), ``transformer`` (``transformer-fusion`` pass).  Nothing is imported
 here, so ``import onnxopt`` stays fast.
 """
+
+from ..core.public import callable_module
+
+# ``onnxopt.quantize(...)`` is the public function even once this package is imported
+callable_module(__name__, "onnxopt.quantize.api:quantize")

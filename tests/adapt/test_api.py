@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from adapt_models import conv_classifier, features_of, linear_labels
+from tests.adapt.adapt_models import conv_classifier, features_of, linear_labels
 
 from onnxopt.adapt.api import adapt, evaluate
 from onnxopt.adapt.emit import read_class_names

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from bench_toys import fixed_batch_mlp, mlp
+from tests.bench.bench_toys import fixed_batch_mlp, mlp
 
 from onnxopt.bench import api as bench_api
 from onnxopt.bench.api import bench, compare_latency
@@ -21,7 +21,7 @@ FAST = dict(runs=5, warmup=1, block=5)
 
 @pytest.fixture(scope="module")
 def digits(request):
-    from conftest import MODELS
+    from tests.conftest import MODELS
 
     res = bench(
         [MODELS / "digits_mlp.onnx", MODELS / "digits_cnn.onnx"],

@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from bench_toys import mlp
+from tests.bench.bench_toys import mlp
 
 from onnxopt.bench import api as bench_api
 from onnxopt.runtime import cuda_available
@@ -121,7 +121,7 @@ def test_provider_cuda_without_cuda_exits_2(invoke, pair, tmp_path):
 
 
 def test_fixed_batch_skip_is_noted(invoke, tmp_path, models_dir):
-    from bench_toys import fixed_batch_mlp
+    from tests.bench.bench_toys import fixed_batch_mlp
 
     fixed, sym = tmp_path / "fixed.onnx", tmp_path / "sym.onnx"
     fixed.write_bytes(fixed_batch_mlp(1).SerializeToString())

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from bench_toys import fixed_batch_mlp, mlp, two_input
+from tests.bench.bench_toys import fixed_batch_mlp, mlp, two_input
 
 from onnxopt.bench import accuracy as acc
 from onnxopt.bench.environment import (

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from toy_models import MODELS, ROOT, save_external
+from tests.toy_models import MODELS, ROOT, save_external
 
 from onnxopt.cli.main import COMMANDS
 

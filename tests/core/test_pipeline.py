@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from onnx import helper, numpy_helper
-from toy_models import messy_mlp, tiny_cnn
+from tests.toy_models import messy_mlp, tiny_cnn
 
 from onnxopt.core.passes import Context, Pass
 from onnxopt.core.pipeline import run_pipeline

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from toy_models import MODELS, messy_mlp
+from tests.toy_models import MODELS, messy_mlp
 
 from onnxopt.core.passes import Context, Pass, PassResult
 from onnxopt.core.registry import PASSES, make_pass, pass_class, pass_infos

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MODELS
-from ensemble_models import labelled_data, mlp
+from tests.conftest import MODELS
+from tests.ensemble.ensemble_models import labelled_data, mlp
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.ensemble import parity

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from ensemble_models import mlp, two_outputs
+from tests.ensemble.ensemble_models import mlp, two_outputs
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ensemble.api import chain

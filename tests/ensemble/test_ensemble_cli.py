@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import onnx
-from conftest import save
-from ensemble_models import labelled_data, mlp, two_outputs
+from tests.conftest import save
+from tests.ensemble.ensemble_models import labelled_data, mlp, two_outputs
 
 from onnxopt.ensemble import parity
 

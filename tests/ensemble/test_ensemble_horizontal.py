@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ensemble_models import convnet, mlp, reduce_head
+from tests.ensemble.ensemble_models import convnet, mlp, reduce_head
 
 from onnxopt.ensemble.api import ensemble
 from onnxopt.ensemble.horizontal import group_members, signature
@@ -139,7 +139,7 @@ def test_fused_equals_plain_merge_numerically():
 
 
 def test_per_member_constant_on_the_shared_input_starts_a_batched_layout():
-    from ensemble_models import offset_mlp
+    from tests.ensemble.ensemble_models import offset_mlp
 
     res = ensemble([offset_mlp(s) for s in (0, 1, 2)], fusion="mean", fuse_members=True)
     (grp,) = res.report["horizontal"]["groups"]

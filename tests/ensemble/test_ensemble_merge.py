@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from ensemble_models import mlp, reduce_mean_model, two_outputs, with_if_and_function
+from tests.ensemble.ensemble_models import mlp, reduce_mean_model, two_outputs, with_if_and_function
 
 from onnxopt.ensemble.api import ensemble
 from onnxopt.errors import InputError, UsageError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
-from quant_models import data_for, mlp, no_weights
+from tests.conftest import MODELS
+from tests.quantize.quant_models import data_for, mlp, no_weights
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.errors import BudgetError, DataError, ModelError, ProviderError, UsageError

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import onnx
-from conftest import MODELS, save
-from quant_models import data_for, mlp, no_weights
+from tests.conftest import MODELS, save
+from tests.quantize.quant_models import data_for, mlp, no_weights
 
 MLP = MODELS / "digits_mlp.onnx"
 CAL = MODELS / "digits_calib.npz"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from quant_models import conv_net, data_for
+from tests.quantize.quant_models import conv_net, data_for
 
 from onnxopt.data import Dataset
 from onnxopt.quantize.collect import augment_for_calibration, collect_ranges, tensors_to_calibrate

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MODELS
-from quant_models import data_for, ffn_block, mlp
+from tests.conftest import MODELS
+from tests.quantize.quant_models import data_for, ffn_block, mlp
 
 from onnxopt.core.passes import Context
 from onnxopt.core.pipeline import run_pipeline

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from quant_models import constant_weight_mlp, conv_net, data_for, mlp
+from tests.quantize.quant_models import constant_weight_mlp, conv_net, data_for, mlp
 
 from onnxopt.quantize.config import QuantConfig
 from onnxopt.quantize.ort_backend import quantize_with_ort, touched_nodes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import onnx
-from quant_models import data_for, mlp
+from tests.quantize.quant_models import data_for, mlp
 
 from onnxopt.data import Dataset
 from onnxopt.metrics import Budget, Evaluator
@@ -71,7 +71,7 @@ def test_static_search_can_leave_an_activation_only_node_in_float(tmp_path):
     """The collapse comes from the Softmax output's QDQ, not from a weight: the static
     search considers every quantized node."""
     import numpy as np
-    from quant_models import wide_softmax
+    from tests.quantize.quant_models import wide_softmax
 
     from onnxopt.quantize.api import quantize
 

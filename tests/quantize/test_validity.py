@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from quant_models import batched_matmul, conv_net, data_for, grouped_conv_transpose
+from tests.quantize.quant_models import batched_matmul, conv_net, data_for, grouped_conv_transpose
 
 from onnxopt.data import Dataset
 from onnxopt.errors import VerificationError

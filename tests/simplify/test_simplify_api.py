@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from toy_models import MODELS, light_model
+from tests.toy_models import MODELS, light_model
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.simplify.api import simplify
@@ -62,7 +62,7 @@ def test_simplify_is_deterministic_and_idempotent_on_bundled():
 
 
 def test_simplify_external_data_model(tmp_path):
-    from toy_models import save_external
+    from tests.toy_models import save_external
 
     src = save_external(onnx.load(str(MODELS / "digits_mlp.onnx")), tmp_path / "mlp.onnx")
     res = simplify(src)

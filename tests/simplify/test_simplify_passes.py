@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from toy_models import if_model, messy_mlp, tiny_cnn
+from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 from onnxopt.simplify import passes as sp
 from onnxopt.simplify.constants import constants_to_initializers
