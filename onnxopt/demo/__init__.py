@@ -25,7 +25,7 @@ DEMO_MODELS = ("digits_mlp", "digits_cnn", "digits_resnet")
 
 def find_models_dir(models_dir=None) -> Path:
     """The bundled models: ``models_dir``, the package's copy (wheel) or the repo's ``models/``."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the onnxopt package
     cands = [Path(models_dir)] if models_dir else [here / "models", here.parent / "models"]
     for c in cands:
         if (c / "digits_test.npz").is_file() and (c / "digits_mlp.onnx").is_file():
