@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from .options import json_option, output_option, provider_option, report_option
-from .render import echo_json, table
+from .outputs import write_result
+from .render import table
 
 __all__ = ["command", "ClassNames"]
 
@@ -86,11 +87,7 @@ def command(model, output, data, features, pool, head, classes, l2, holdout, no_
         batch_size=batch_size,
         eval_data=eval_data,
     )
-    result.save(output, guard=[model])
-    if report_path:
-        result.save_report(report_path)
-    if as_json:
-        echo_json(result.report)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
     _render(result.report)
     click.echo(f"wrote {output}")

@@ -13,7 +13,8 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, fmt, table
+from .outputs import write_result
+from .render import fmt, table
 from .types import NameMap
 
 __all__ = ["command"]
@@ -42,11 +43,7 @@ def command(models, output, pairs, data, shapes, provider, external_data, as_jso
 
     check_output_path(output, models)
     result = chain(list(models), map=list(pairs) or None, data=data, shapes=shapes_dict(shapes), provider=provider)
-    result.save(output, guard=list(models), external_data=external_data or None)
-    if report_path:
-        result.save_report(report_path)
-    if as_json:
-        echo_json(result.report)
+    if not write_result(result, output, inputs=list(models), report_path=report_path, as_json=as_json, external_data=external_data):
         return
     rep = result.report
     rows = [[j["stage"] - 1, j["from"], j["stage"], j["to"], j["how"], j["dtype"], j["shape"]] for j in rep["junctions"]]

@@ -12,7 +12,8 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, fmt, human_bytes, table
+from .outputs import write_result
+from .render import fmt, human_bytes, table
 from .types import FloatList, NameMap
 
 __all__ = ["command"]
@@ -73,11 +74,7 @@ def command(models, output, fusion, weights, fit_data, head, l2, softmax, keep_m
         head=head,
         l2=l2,
     )
-    result.save(output, guard=list(models), external_data=external_data or None)
-    if report_path:
-        result.save_report(report_path)
-    if as_json:
-        echo_json(result.report)
+    if not write_result(result, output, inputs=list(models), report_path=report_path, as_json=as_json, external_data=external_data):
         return
     render(result.report)
     click.echo(f"wrote {output}")

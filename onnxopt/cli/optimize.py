@@ -13,7 +13,8 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, human_bytes
+from .outputs import write_result
+from .render import human_bytes
 
 __all__ = ["command"]
 
@@ -104,13 +105,9 @@ def command(
         threads=threads,
         time_budget=time_budget,
     )
-    result.save(output, guard=[model])
-    if report_path:
-        result.save_report(report_path)
-    rep = result.report
-    if as_json:
-        echo_json(rep)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
+    rep = result.report
     click.echo(
         f"optimize {model} for {rep['target']} with recipe {rep['recipe']} ({rep['recipe_file']})"
     )

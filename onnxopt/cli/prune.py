@@ -14,7 +14,8 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, human_bytes, table
+from .outputs import write_result
+from .render import human_bytes, table
 from .types import FloatList, Fraction
 
 __all__ = ["command", "render"]
@@ -216,11 +217,7 @@ def command(
         timing_runs=timing_runs,
         timing_threads=timing_threads,
     )
-    result.save(output, guard=[model])
-    if report_path:
-        result.save_report(report_path)
-    if as_json:
-        echo_json(result.report)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
     render(result.report)
     click.echo(f"wrote {output}")

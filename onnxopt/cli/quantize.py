@@ -14,6 +14,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
+from .outputs import write_result
 from .render import echo_json, fmt, human_bytes, table
 from .types import CsvList
 
@@ -138,13 +139,9 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
                 for line in _details(rep):
                     click.echo(line)
         raise
-    result.save(output, guard=[model])
-    if report_path:
-        result.save_report(report_path)
-    rep = result.report
-    if as_json:
-        echo_json(rep)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
+    rep = result.report
     click.echo(render_candidates(rep))
     for line in _details(rep):
         click.echo(line)

@@ -16,7 +16,8 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, human_bytes, table
+from .outputs import write_result
+from .render import human_bytes, table
 
 __all__ = ["command", "render_steps"]
 
@@ -70,13 +71,9 @@ def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, me
         if Path(report_path).resolve() == Path(output).resolve():
             raise UsageError("--report must differ from -o", report_path)
     result = run(recipe, model, calibration=calibration, eval_data=eval_data, shapes=shapes_dict(shapes), provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
-    result.save(output, guard=[model])
-    if report_path:
-        result.save_report(report_path)
-    rep = result.report
-    if as_json:
-        echo_json(rep)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
+    rep = result.report
     click.echo(f"recipe {rep['recipe']} ({rep['recipe_file']}) on {model}")
     click.echo(render_steps(rep))
     before, after = rep.get("before", {}), rep.get("after", {})

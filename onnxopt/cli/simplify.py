@@ -13,7 +13,8 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, human_bytes, table
+from .outputs import write_result
+from .render import human_bytes, table
 
 __all__ = ["command"]
 
@@ -39,11 +40,7 @@ def command(model, output, data, shapes, provider, no_onnxsim, external_data, as
 
     check_output_path(output, [model])
     result = simplify(model, data=data, shapes=shapes_dict(shapes), provider=provider, use_onnxsim=not no_onnxsim)
-    result.save(output, guard=[model], external_data=external_data or None)
-    if report_path:
-        result.save_report(report_path)
-    if as_json:
-        echo_json(result.report)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json, external_data=external_data):
         return
     step = result.report["steps"][0]
     before, after = result.report["before"], result.report["after"]
