@@ -535,6 +535,7 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     renamed = committed = False
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), _new_file_mode())
             offset = 0
             for t in big:
                 pad = (-offset) % 4096

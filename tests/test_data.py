@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 from onnxopt.data import dataset_for, input_specs, load_data, synthesize
 from onnxopt.errors import DataError
+from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 
 def _npz(path, **arrays):

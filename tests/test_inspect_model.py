@@ -7,11 +7,11 @@ import json
 import onnx
 import pytest
 from onnx import numpy_helper
-from tests.toy_models import MODELS, if_model, light_model, messy_mlp, save_external, tiny_cnn
 
 import onnxopt
 from onnxopt.errors import ModelError
 from onnxopt.stats import model_stats
+from tests.toy_models import MODELS, if_model, light_model, messy_mlp, save_external, tiny_cnn
 
 
 def test_bundled_model_report():

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from tests.toy_models import messy_mlp, save_external, tiny_cnn
 
 from onnxopt.errors import ModelError, UsageError
 from onnxopt.io import (
@@ -19,6 +18,7 @@ from onnxopt.io import (
     resolve_model,
     save_model,
 )
+from tests.toy_models import messy_mlp, save_external, tiny_cnn
 
 
 def _arrays(model):

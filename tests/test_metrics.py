@@ -6,11 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from tests.toy_models import MODELS
 
 from onnxopt.data import load_data
 from onnxopt.errors import DataError, UsageError
 from onnxopt.metrics import Budget, Evaluator, default_metric, is_class_scores, score
+from tests.toy_models import MODELS
 
 
 def _scores(seed=0, n=50, c=4):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 from onnxopt.stats import count_params, flops_by_node, iter_graphs, model_stats
+from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 
 def test_params_include_constants_and_subgraphs():

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from tests.toy_models import if_model, tiny_cnn, two_outputs
 
 from onnxopt.errors import ModelError, VerificationError
 from onnxopt.verify import check_model, compare_outputs, verify
+from tests.toy_models import if_model, tiny_cnn, two_outputs
 
 
 def test_identical_outputs():

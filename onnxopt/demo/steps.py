@@ -143,6 +143,7 @@ def adapt_step(dlog, mdir: Path, out: Path) -> None:
 
 def optimize_step(dlog, mdir: Path, out: Path, names, runs: int) -> dict:
     import onnxopt
+
     from ..optimize.select import render_decision_table
 
     calib, test = mdir / "digits_calib.npz", mdir / "digits_test.npz"

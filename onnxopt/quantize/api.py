@@ -271,7 +271,9 @@ def quantize(
         raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
     ops = _as_list(op_types)
     exclude = _as_list(exclude_nodes)
-    m, path = resolve_model(model)
+    # a model with io.LARGE_MODEL_BYTES of external data is loaded lazily (weights left in
+    # their files): every step below reads them from there, the quantizer once (ort_backend)
+    m, path = resolve_model(model, lazy=None)
     provider = resolve_provider(provider)
     try:
         check_model(m, provider=provider, error=ModelError)

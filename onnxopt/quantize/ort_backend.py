@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..io import is_lazy
 from .config import QuantConfig
 
 __all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging"]
@@ -168,9 +169,10 @@ def quantize_with_ort(
     excluded = sorted(set(exclude) | set(config.exclude))
     only = sorted(nodes_to_quantize) if nodes_to_quantize else []
     wt, at = _qtype(config.weight_type), _qtype(config.activation_type)
+    large = is_lazy(model)  # weights in files: read in once here, the result spilled to a file
     try:
         with capture_ort_logging(notes):
-            m = save_and_reload_model_with_shape_infer(copy.deepcopy(model))
+            m = _reload_large(model) if large else save_and_reload_model_with_shape_infer(copy.deepcopy(model))
             if config.mode == "dynamic":
                 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
@@ -211,7 +213,42 @@ def quantize_with_ort(
         msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
         raise QuantizerFailure(f"ONNX Runtime's quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
     _clean(out)
+    if large:
+        out = _spill(out)
     return out
+
+
+def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What ORT's ``save_and_reload_model_with_shape_infer`` does, for a model whose weights
+    are in their files (``io.is_lazy``): shape inference on the small proto, then the weights
+    read in once.  ORT's version deep-copies, saves and reloads the whole model (three
+    copies of the weights at its peak)."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    from ..io import materialize
+
+    m = onnx.shape_inference.infer_shapes(model)  # a new proto; the weights stay in files
+    materialize(m)
+    add_infer_metadata(m)
+    return m
+
+
+def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A quantized model of the large-model path, moved to external data in a temporary
+    folder (removed at exit) and loaded back lazily: checks and sessions then read the weights
+    from the file, and the output is saved file to file with external data."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..io import load_model, save_model
+
+    folder = Path(tempfile.mkdtemp(prefix="onnxopt-quant-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = save_model(model, folder / "quantized.onnx", external_data=True)
+    del model
+    return load_model(path, lazy=True)
 
 
 def _clean(model: onnx.ModelProto) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .. import io as oio
 from ..errors import OnnxoptError
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
@@ -119,7 +120,7 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
             return cache[name]
         out = None
         if name in inits and (name not in graph_inputs or model.ir_version < 4):
-            out = numpy_helper.to_array(inits[name])
+            out = oio.tensor_array(inits[name])
         elif name in producers and depth < _MAX_EVAL_DEPTH:
             node = producers[name]
             if node.domain in ("", "ai.onnx") and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) and not node.op_type.startswith("Random"):
@@ -203,21 +204,28 @@ def ort_pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str
     except ImportError as exc:  # pragma: no cover - ORT without the quantization tool
         return None, f"ORT quant_pre_process unavailable ({exc})"
     big = model.ByteSize() > 2**31 - 2**26
+    # ORT logs its own failures at ERROR level (straight to stderr) before raising; ours is
+    # the fallback, so its logger is quiet here.  quant_pre_process also rewrites the proto
+    # it is given (tensors moved to an external "foo.bin"), so it only ever sees a file.
+    ort_log = logging.getLogger("onnxruntime.quantization.shape_inference")
+    level = ort_log.level
+    ort_log.setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="onnxopt-qprep-") as tmp:
         out = Path(tmp) / "pre.onnx"
+        src = str(Path(tmp) / "in.onnx")
         try:
-            src = model
-            if big:
-                src = str(Path(tmp) / "in.onnx")
-                onnx.save(model, src, save_as_external_data=True)
-            quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=False, auto_merge=True)
-            return onnx.load(str(out)), "ORT quant_pre_process applied"
-        except Exception as exc:
-            try:  # symbolic shape inference is the usual culprit: retry without it
-                quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=True)
-                return onnx.load(str(out)), "ORT quant_pre_process applied without symbolic shape inference"
-            except Exception:
-                return None, f"ORT quant_pre_process failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); skipped"
+            onnx.save(model, src, save_as_external_data=big)
+            try:
+                quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=False, auto_merge=True)
+                return onnx.load(str(out)), "ORT quant_pre_process applied"
+            except Exception as exc:
+                try:  # symbolic shape inference is the usual culprit: retry without it
+                    quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=True)
+                    return onnx.load(str(out)), "ORT quant_pre_process applied without symbolic shape inference"
+                except Exception:
+                    return None, f"ORT quant_pre_process failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); skipped"
+        finally:
+            ort_log.setLevel(level)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -264,7 +272,7 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
         if at.get("transA", 0) or b_name not in inits or b_name in graph_inputs or unusable_c:
             new_nodes.append(n)
             continue
-        b = numpy_helper.to_array(inits[b_name])
+        b = oio.tensor_array(inits[b_name])
         if b.dtype.kind != "f":
             new_nodes.append(n)
             continue
@@ -280,7 +288,7 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
             new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
             bias = c_name
             if beta != 1.0:
-                c = numpy_helper.to_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
+                c = oio.tensor_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
                 ct = numpy_helper.from_array(np.ascontiguousarray(c), fresh(f"{c_name}_scaled"))
                 g.initializer.append(ct)
                 bias = ct.name
@@ -293,6 +301,12 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
         g.node.extend(new_nodes)
         remove_unused(model)
     return done
+
+
+def _large(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` takes the large-model path (weights left in their files, or at
+    least ``io.LARGE_MODEL_BYTES`` of them)."""
+    return oio.is_lazy(model) or oio.model_nbytes(model) >= oio.LARGE_MODEL_BYTES
 
 
 def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: int = TARGET_OPSET, check=None) -> Prepared:
@@ -319,7 +333,11 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     work, note = upgrade_opset(work, opset)
     if note:
         notes.append(note)
-    if use_ort_preprocess:
+    if use_ort_preprocess and _large(work):
+        # quant_pre_process saves, reloads (every weight in memory) and hands back a new
+        # proto: several copies of a model whose weights onnxopt leaves in their files
+        notes.append(f"ORT quant_pre_process skipped: model of {oio.model_nbytes(work) / 2**20:.0f} MiB of weights (large-model path)")
+    elif use_ort_preprocess:
         pre, note = ort_pre_process(work)
         if pre is not None and check is not None:
             why = check(pre, "ORT quant_pre_process result")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+
 from tests.adapt.adapt_models import conv_classifier, features_of, linear_labels
 
 

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tests.adapt.adapt_models import conv_classifier, features_of, linear_labels
 
 from onnxopt.adapt.api import adapt, evaluate
 from onnxopt.adapt.emit import read_class_names
@@ -16,6 +15,7 @@ from onnxopt.adapt.heads import softmax as np_softmax
 from onnxopt.core.provenance import read_provenance
 from onnxopt.data import Dataset
 from onnxopt.errors import DataError, UnsupportedError, UsageError
+from tests.adapt.adapt_models import conv_classifier, features_of, linear_labels
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.adapt.adapt_models import conv_classifier
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.adapt.cut import add_pooling, cut_at, find_head, tensor_info
 from onnxopt.errors import UnsupportedError, UsageError
+from tests.adapt.adapt_models import conv_classifier
 
 
 def _model(nodes, inputs, outputs, inits=()):

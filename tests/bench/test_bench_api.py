@@ -8,13 +8,13 @@ import json
 
 import numpy as np
 import pytest
-from tests.bench.bench_toys import fixed_batch_mlp, mlp
 
 from onnxopt.bench import api as bench_api
 from onnxopt.bench.api import bench, compare_latency
 from onnxopt.bench.report import CSV_COLUMNS, render
 from onnxopt.errors import DataError, ModelError, ProviderError, UsageError
 from onnxopt.runtime import create_session, cuda_available
+from tests.bench.bench_toys import fixed_batch_mlp, mlp
 
 FAST = dict(runs=5, warmup=1, block=5)
 

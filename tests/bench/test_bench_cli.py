@@ -7,10 +7,10 @@ import io
 import json
 
 import pytest
-from tests.bench.bench_toys import mlp
 
 from onnxopt.bench import api as bench_api
 from onnxopt.runtime import cuda_available
+from tests.bench.bench_toys import mlp
 
 FAST = ["--runs", "5", "--warmup", "1", "--threads", "1"]
 

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-from tests.bench.bench_toys import fixed_batch_mlp, mlp, two_input
 
 from onnxopt.bench import accuracy as acc
 from onnxopt.bench.environment import (
@@ -28,6 +27,7 @@ from onnxopt.data import load_data
 from onnxopt.errors import DataError
 from onnxopt.io import load_model
 from onnxopt.runtime import create_session
+from tests.bench.bench_toys import fixed_batch_mlp, mlp, two_input
 
 # --- feeds -------------------------------------------------------------------------
 

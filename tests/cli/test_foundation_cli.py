@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from tests.toy_models import MODELS, ROOT, save_external
 
 from onnxopt.cli.main import COMMANDS
+from tests.toy_models import MODELS, ROOT, save_external
 
 CNN = MODELS / "digits_cnn.onnx"
 MLP = MODELS / "digits_mlp.onnx"

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from onnx import helper, numpy_helper
-from tests.toy_models import messy_mlp, tiny_cnn
 
 from onnxopt.core.passes import Context, Pass
 from onnxopt.core.pipeline import run_pipeline
@@ -19,6 +18,7 @@ from onnxopt.data import Dataset
 from onnxopt.errors import BudgetError, VerificationError
 from onnxopt.metrics import Budget
 from onnxopt.simplify.passes import FoldConstantsPass, RemoveUnusedPass
+from tests.toy_models import messy_mlp, tiny_cnn
 
 
 class ScaleHeadPass(Pass):

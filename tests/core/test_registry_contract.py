@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.toy_models import MODELS, messy_mlp
 
 from onnxopt.core.passes import Context, Pass, PassResult
 from onnxopt.core.registry import PASSES, make_pass, pass_class, pass_infos
@@ -25,6 +24,7 @@ from onnxopt.errors import RecipeError
 from onnxopt.metrics import Budget
 from onnxopt.runtime import run_dataset
 from onnxopt.verify import EXACT_REL_L2, check_model
+from tests.toy_models import MODELS, messy_mlp
 
 KEYS = sorted(PASSES)
 CASES = ["digits_cnn", "messy_mlp"]

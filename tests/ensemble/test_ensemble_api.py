@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from tests.conftest import MODELS
-from tests.ensemble.ensemble_models import labelled_data, mlp
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.ensemble import parity
 from onnxopt.ensemble.api import ensemble
 from onnxopt.errors import DataError, UsageError, VerificationError
+from tests.conftest import MODELS
+from tests.ensemble.ensemble_models import labelled_data, mlp
 
 DIGITS = [MODELS / "digits_mlp.onnx", MODELS / "digits_cnn.onnx", MODELS / "digits_resnet.onnx"]
 

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from tests.ensemble.ensemble_models import mlp, two_outputs
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ensemble.api import chain
 from onnxopt.errors import InputError, UsageError
+from tests.ensemble.ensemble_models import mlp, two_outputs
 
 
 def stage2(in_name="feat", features=8, classes=3, dtype=TensorProto.FLOAT, seed=7, out_name="logits"):

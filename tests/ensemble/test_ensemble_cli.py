@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import onnx
-from tests.conftest import save
-from tests.ensemble.ensemble_models import labelled_data, mlp, two_outputs
 
 from onnxopt.ensemble import parity
+from tests.conftest import save
+from tests.ensemble.ensemble_models import labelled_data, mlp, two_outputs
 
 
 def _members(tmp_path, *models):

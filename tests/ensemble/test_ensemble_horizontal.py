@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.ensemble.ensemble_models import convnet, mlp, reduce_head
 
 from onnxopt.ensemble.api import ensemble
 from onnxopt.ensemble.horizontal import group_members, signature
 from onnxopt.ensemble.merge import load_members, match_inputs, reconcile_opsets, select_outputs
 from onnxopt.stats import model_stats
+from tests.ensemble.ensemble_models import convnet, mlp, reduce_head
 
 
 def _ops(model):

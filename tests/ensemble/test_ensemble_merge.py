@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.ensemble.ensemble_models import mlp, reduce_mean_model, two_outputs, with_if_and_function
 
 from onnxopt.ensemble.api import ensemble
 from onnxopt.errors import InputError, UsageError
 from onnxopt.stats import iter_graphs
 from onnxopt.verify import check_model
+from tests.ensemble.ensemble_models import mlp, reduce_mean_model, two_outputs, with_if_and_function
 
 
 def _defined(model):

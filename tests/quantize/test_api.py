@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.conftest import MODELS
-from tests.quantize.quant_models import data_for, mlp, no_weights
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.errors import BudgetError, DataError, ModelError, ProviderError, UsageError
@@ -15,6 +13,8 @@ from onnxopt.quantize.api import quantize, quantize_dynamic_candidate, quantize_
 from onnxopt.quantize.candidates import dynamic_candidate, static_candidate
 from onnxopt.runtime import cuda_available
 from onnxopt.verify import check_model
+from tests.conftest import MODELS
+from tests.quantize.quant_models import data_for, mlp, no_weights
 
 MLP = MODELS / "digits_mlp.onnx"
 CNN = MODELS / "digits_cnn.onnx"

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+
 from tests.conftest import MODELS, save
 from tests.quantize.quant_models import data_for, mlp, no_weights
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from tests.quantize.quant_models import conv_net, data_for
 
 from onnxopt.data import Dataset
 from onnxopt.quantize.collect import augment_for_calibration, collect_ranges, tensors_to_calibrate
 from onnxopt.quantize.preprocess import infer_shapes
 from onnxopt.runtime import create_session
+from tests.quantize.quant_models import conv_net, data_for
 
 
 def _dataset(model, n=40):

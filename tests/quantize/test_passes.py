@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest import MODELS
-from tests.quantize.quant_models import data_for, ffn_block, mlp
 
 from onnxopt.core.passes import Context
 from onnxopt.core.pipeline import run_pipeline
@@ -15,6 +13,8 @@ from onnxopt.core.runner import run
 from onnxopt.data import Dataset
 from onnxopt.errors import RecipeError, UsageError
 from onnxopt.verify import check_model
+from tests.conftest import MODELS
+from tests.quantize.quant_models import data_for, ffn_block, mlp
 
 
 def test_registry_rows():

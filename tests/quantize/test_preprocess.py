@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from tests.quantize.quant_models import constant_weight_mlp, conv_net, data_for, mlp
 
 from onnxopt.quantize.config import QuantConfig
 from onnxopt.quantize.ort_backend import quantize_with_ort, touched_nodes
@@ -19,6 +18,7 @@ from onnxopt.quantize.preprocess import (
 )
 from onnxopt.runtime import create_session
 from onnxopt.verify import check_model
+from tests.quantize.quant_models import constant_weight_mlp, conv_net, data_for, mlp
 
 
 def _run(model, feed):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx
-from tests.quantize.quant_models import data_for, mlp
 
 from onnxopt.data import Dataset
 from onnxopt.metrics import Budget, Evaluator
@@ -11,6 +10,7 @@ from onnxopt.quantize.config import QuantConfig
 from onnxopt.quantize.engine import CandidateBuilder
 from onnxopt.quantize.preprocess import gemm_to_matmul, infer_shapes
 from onnxopt.quantize.sensitivity import fit_budget, measure_sensitivity
+from tests.quantize.quant_models import data_for, mlp
 
 
 def _setup(outlier=30.0, n=300):
@@ -71,9 +71,9 @@ def test_static_search_can_leave_an_activation_only_node_in_float(tmp_path):
     """The collapse comes from the Softmax output's QDQ, not from a weight: the static
     search considers every quantized node."""
     import numpy as np
-    from tests.quantize.quant_models import wide_softmax
 
     from onnxopt.quantize.api import quantize
+    from tests.quantize.quant_models import wide_softmax
 
     m = wide_softmax()
     np.savez(tmp_path / "d.npz", **data_for(m, 64))

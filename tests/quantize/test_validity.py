@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from tests.quantize.quant_models import batched_matmul, conv_net, data_for, grouped_conv_transpose
 
 from onnxopt.data import Dataset
 from onnxopt.errors import VerificationError
@@ -16,6 +15,7 @@ from onnxopt.quantize.preprocess import infer_shapes
 from onnxopt.quantize.validity import build_valid, culprits_in, validate_candidate
 from onnxopt.runtime import run_dataset
 from onnxopt.verify import check_model
+from tests.quantize.quant_models import batched_matmul, conv_net, data_for, grouped_conv_transpose
 
 
 def _builder(model, config):

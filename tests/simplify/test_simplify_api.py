@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.toy_models import MODELS, light_model
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.simplify.api import simplify
 from onnxopt.verify import check_model, verify
+from tests.toy_models import MODELS, light_model
 
 BUNDLED = ["digits_mlp", "digits_cnn", "digits_cnn04", "digits_resnet"]
 

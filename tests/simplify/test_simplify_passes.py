@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 from onnxopt.simplify import passes as sp
 from onnxopt.simplify.constants import constants_to_initializers
@@ -16,6 +15,7 @@ from onnxopt.simplify.dead import remove_unused
 from onnxopt.simplify.dedupe import dedupe_initializers
 from onnxopt.simplify.fold import fold_constants
 from onnxopt.verify import check_model, verify
+from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 
 def _ops(model):
