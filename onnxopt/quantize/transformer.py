@@ -46,8 +46,13 @@ def fuse_transformer(model: onnx.ModelProto, *, model_type: str = "bert", num_he
     # it has moved to external data from bytes, and fails; a file path works
     with tempfile.TemporaryDirectory(prefix="onnxopt-fuse-") as tmp, capture_ort_logging(notes):
         src = str(Path(tmp) / "in.onnx")
-        onnx.save(model, src, save_as_external_data=model.ByteSize() > 2**31 - 2**26)
-        opt = optimize_model(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=opt_level, use_gpu=use_gpu)
+        big = model.ByteSize() > 2**31 - 2**26
+        onnx.save(model, src, save_as_external_data=big)
+        if opt_level >= 1:
+            # ORT's basic optimizations, as optimize_model(opt_level=1) runs them, done here:
+            # ORT's own helper imports torch (only to read its version) and fails without it
+            src = _ort_basic_optimize(src, str(Path(tmp) / "basic.onnx"), big, use_gpu)
+        opt = optimize_model(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=use_gpu)
         stats = {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
         opt.topological_sort()
         out = opt.model
@@ -61,6 +66,22 @@ def fuse_transformer(model: onnx.ModelProto, *, model_type: str = "bert", num_he
     del out.opset_import[:]
     out.opset_import.extend(keep)
     return out, stats, notes
+
+
+def _ort_basic_optimize(src: str, dst: str, external: bool, use_gpu: bool) -> str:
+    """``src`` after ONNX Runtime's basic (provider-independent) graph optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = dst
+    so.log_severity_level = 3
+    if external:
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else ["CPUExecutionProvider"]
+    ort.InferenceSession(src, so, providers=providers)
+    return dst
 
 
 @dataclass
