@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .options import json_option, output_option, provider_option, report_option
 from .outputs import write_result
 from .render import table
+from .types import ClassNames
 
-__all__ = ["command", "ClassNames"]
+__all__ = ["command"]
 
 
-class ClassNames(click.ParamType):
-    """``cat,dog,bird`` or ``@names.txt`` (one name per line) -> list of names."""
-
-    name = "A,B,...|@FILE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        text = str(value)
-        if text.startswith("@"):
-            path = Path(text[1:])
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                self.fail(f"cannot read class names from '{path}': {exc.strerror or exc}", param, ctx)
-            names = [line.strip() for line in lines if line.strip()]
-        else:
-            names = [v.strip() for v in text.split(",") if v.strip()]
-        if not names:
-            self.fail("no class names given", param, ctx)
-        return names
 
 
 def _pct(v) -> str:

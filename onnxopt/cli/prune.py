@@ -16,29 +16,11 @@ from .options import (
 )
 from .outputs import write_result
 from .render import human_bytes, table
-from .types import FloatList, Fraction
+from .types import FloatList, Fraction, LayerRatio
 
 __all__ = ["command", "render"]
 
 
-class LayerRatio(click.ParamType):
-    """``LAYER=RATIO`` -> ``("LAYER", 0.5)``; the layer is a node, output or weight name."""
-
-    name = "LAYER=RATIO"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        layer, sep, r = str(value).rpartition("=")
-        if not sep or not layer:
-            self.fail(f"'{value}' is not LAYER=RATIO (e.g. conv2=0.5)", param, ctx)
-        try:
-            v = float(r)
-        except ValueError:
-            self.fail(f"'{value}': the ratio is not a number", param, ctx)
-        if not 0 < v < 1:
-            self.fail(f"'{value}': the ratio is outside (0, 1)", param, ctx)
-        return layer, v
 
 
 @click.command("prune")

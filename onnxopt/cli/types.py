@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-__all__ = ["ShapeSpec", "CsvList", "FloatList", "IntList", "Fraction", "NameMap"]
+__all__ = ["ShapeSpec", "CsvList", "FloatList", "IntList", "Fraction", "NameMap", "LayerRatio", "ClassNames"]
 
 
 class ShapeSpec(click.ParamType):
@@ -110,3 +112,46 @@ class NameMap(click.ParamType):
         if not sep or not a or not b:
             self.fail(f"'{value}' is not FROM:TO", param, ctx)
         return a, b
+
+
+class LayerRatio(click.ParamType):
+    """``LAYER=RATIO`` -> ``("LAYER", 0.5)``; the layer is a node, output or weight name."""
+
+    name = "LAYER=RATIO"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        layer, sep, r = str(value).rpartition("=")
+        if not sep or not layer:
+            self.fail(f"'{value}' is not LAYER=RATIO (e.g. conv2=0.5)", param, ctx)
+        try:
+            v = float(r)
+        except ValueError:
+            self.fail(f"'{value}': the ratio is not a number", param, ctx)
+        if not 0 < v < 1:
+            self.fail(f"'{value}': the ratio is outside (0, 1)", param, ctx)
+        return layer, v
+
+
+class ClassNames(click.ParamType):
+    """``cat,dog,bird`` or ``@names.txt`` (one name per line) -> list of names."""
+
+    name = "A,B,...|@FILE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        text = str(value)
+        if text.startswith("@"):
+            path = Path(text[1:])
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                self.fail(f"cannot read class names from '{path}': {exc.strerror or exc}", param, ctx)
+            names = [line.strip() for line in lines if line.strip()]
+        else:
+            names = [v.strip() for v in text.split(",") if v.strip()]
+        if not names:
+            self.fail("no class names given", param, ctx)
+        return names

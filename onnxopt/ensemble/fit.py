@@ -13,10 +13,9 @@ standardized ``z = (x - mu) / sigma``; the head is ``scores = z W + b`` followed
       grad_W  = Z^T (P - Y) / n + lam W,    grad_b = mean_i (P_i - Y_i)
       H[(f,c),(g,d)] = (1/n) sum_i z~_if z~_ig (p_ic [c = d] - p_ic p_id) + lam [f = g < F][c = d]
 
-  (``z~ = [z, 1]``, ``Y`` one-hot).  Solved by L-BFGS (memory 10, Armijo backtracking, from
-  ``W = 0``) to a max-abs gradient of 1e-7; ``solver="newton"`` (damped Newton steps with the
-  Hessian above, same line search) reaches the same optimum and is kept to cross-check it
-  (it costs a ``(F+1)C`` square solve per step).  ``b`` is centred over classes at the end
+  (``z~ = [z, 1]``, ``Y`` one-hot).  Solved by ``onnxopt.adapt.heads.fit_logistic`` (the same
+  objective; damped Newton with the Hessian above for small problems, L-BFGS with Armijo
+  backtracking otherwise, from ``W = 0``) to a max-abs gradient of 1e-7.  ``b`` is centred over classes at the end
   (the loss is invariant to a shift of all biases), so the solution is unique.
 - ``ridge``: least squares on one-hot targets, closed form
   ``W = (Z^T Z / n + lam I)^-1 Z^T (Y - mean Y) / n``, ``b = mean(Y)`` (``z`` is centred).
@@ -45,6 +44,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from ..adapt import heads as _heads
 
 __all__ = [
     "LAMBDA_GRID",
@@ -84,124 +85,26 @@ def _one_hot(y: np.ndarray, classes: int) -> np.ndarray:
 
 
 def _logistic_loss_grad(theta: np.ndarray, Xa: np.ndarray, Y: np.ndarray, lam: float):
-    """Loss and gradient; ``theta`` is ``[(F + 1), C]`` (last row = bias), ``Xa = [X, 1]``."""
-    n = Xa.shape[0]
-    S = Xa @ theta
-    logp = log_softmax(S)
-    loss = -float((Y * logp).sum()) / n
-    W = theta[:-1]
-    loss += 0.5 * lam * float((W * W).sum())
-    G = Xa.T @ (np.exp(logp) - Y) / n
-    G[:-1] += lam * W
-    return loss, G
+    """Loss and gradient; ``theta`` is ``[(F + 1), C]`` (last row = bias), ``Xa = [X, 1]``.
 
-
-def _logistic_hessian(theta: np.ndarray, Xa: np.ndarray, lam: float) -> np.ndarray:
-    n, f1 = Xa.shape
-    C = theta.shape[1]
-    P = softmax(Xa @ theta)
-    D = (np.einsum("ic,cd->icd", P, np.eye(C)) - np.einsum("ic,id->icd", P, P)).reshape(n, C * C)
-    # sum_i x_if x_ig D_i[c, d] as one BLAS product: [f1, n] @ [n, f1 * C * C]
-    T = (Xa[:, :, None] * D[:, None, :]).reshape(n, f1 * C * C)
-    H = (Xa.T @ T).reshape(f1, f1, C, C).transpose(0, 2, 1, 3).reshape(f1 * C, f1 * C) / n
-    reg = np.zeros((f1, C))
-    reg[:-1] = lam
-    H[np.diag_indices_from(H)] += reg.reshape(-1) + 1e-10
-    return H
-
-
-def _armijo(fun, theta, loss, grad, step, *, c1: float = 1e-4, max_halvings: int = 50):
-    """Backtracking line search along ``step`` (a descent direction)."""
-    slope = float((grad * step).sum())
-    if slope >= 0:  # not a descent direction (numerical trouble): fall back to the gradient
-        step = -grad
-        slope = -float((grad * grad).sum())
-    t = 1.0
-    for _ in range(max_halvings):
-        cand = theta + t * step
-        new_loss, new_grad = fun(cand)
-        if np.isfinite(new_loss) and new_loss <= loss + c1 * t * slope:
-            return cand, new_loss, new_grad, t
-        t *= 0.5
-    return theta, loss, grad, 0.0
-
-
-def _newton(fun, hess, theta, *, max_iter: int, tol: float):
-    loss, grad = fun(theta)
-    it = 0
-    for it in range(1, max_iter + 1):
-        if float(np.abs(grad).max()) < tol:
-            return theta, loss, it - 1, True
-        H = hess(theta)
-        try:
-            step = -np.linalg.solve(H, grad.reshape(-1)).reshape(theta.shape)
-        except np.linalg.LinAlgError:
-            step = -grad
-        theta, loss, grad, t = _armijo(fun, theta, loss, grad, step)
-        if t == 0.0:
-            break
-    return theta, loss, it, float(np.abs(grad).max()) < tol
-
-
-def _lbfgs(fun, theta, *, max_iter: int, tol: float, memory: int = 10):
-    loss, grad = fun(theta)
-    S: list[np.ndarray] = []
-    Yv: list[np.ndarray] = []
-    it = 0
-    for it in range(1, max_iter + 1):
-        if float(np.abs(grad).max()) < tol:
-            return theta, loss, it - 1, True
-        q = grad.reshape(-1).copy()
-        alphas = []
-        for s, yv in zip(reversed(S), reversed(Yv), strict=True):
-            rho = 1.0 / float(yv @ s)
-            a = rho * float(s @ q)
-            alphas.append((rho, a))
-            q -= a * yv
-        if S:
-            q *= float(S[-1] @ Yv[-1]) / float(Yv[-1] @ Yv[-1])
-        else:
-            q /= max(1.0, float(np.abs(grad).max()))
-        for (s, yv), (rho, a) in zip(zip(S, Yv, strict=True), reversed(alphas), strict=True):
-            b = rho * float(yv @ q)
-            q += (a - b) * s
-        step = -q.reshape(theta.shape)
-        new_theta, new_loss, new_grad, t = _armijo(fun, theta, loss, grad, step)
-        if t == 0.0:
-            break
-        s = (new_theta - theta).reshape(-1)
-        yv = (new_grad - grad).reshape(-1)
-        if float(s @ yv) > 1e-12:
-            S.append(s)
-            Yv.append(yv)
-            if len(S) > memory:
-                S.pop(0)
-                Yv.pop(0)
-        theta, loss, grad = new_theta, new_loss, new_grad
-    return theta, loss, it, float(np.abs(grad).max()) < tol
+    The objective is the one ``onnxopt.adapt.heads`` minimises (same formula), in this
+    module's ``[features, classes]`` layout."""
+    value, grad, _ = _heads._objective(np.asarray(theta).T, Xa, Y, lam, Y.shape[1])
+    return value, grad.T
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, classes: int, lam: float, *, solver: str = "auto", max_iter: int = 200, tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Multinomial logistic regression on (already standardized) ``X``: ``(W, b, info)``."""
+    """Multinomial logistic regression on (already standardized) ``X``: ``(W, b, info)``.
+
+    Solved by ``onnxopt.adapt.heads.fit_logistic`` (damped Newton for small problems,
+    L-BFGS otherwise); ``b`` comes back centred over classes."""
     X = np.asarray(X, dtype=np.float64)
-    n, F = X.shape
-    Xa = np.hstack([X, np.ones((n, 1))])
-    Y = _one_hot(y, classes)
-    theta = np.zeros((F + 1, classes))
-
-    def fun(t):
-        return _logistic_loss_grad(t, Xa, Y, lam)
-
-    if solver == "auto":
-        solver = "lbfgs"
-    if solver == "newton":
-        theta, loss, iters, ok = _newton(fun, lambda t: _logistic_hessian(t, Xa, lam), theta, max_iter=max_iter, tol=tol)
-    elif solver == "lbfgs":
-        theta, loss, iters, ok = _lbfgs(fun, theta, max_iter=max(max_iter, 1000), tol=tol)
-    else:
+    if solver not in ("auto", "newton", "lbfgs"):
         raise ValueError(f"unknown solver {solver!r}")
-    W, b = theta[:-1], theta[-1] - theta[-1].mean()
-    return W, b, {"solver": solver, "iterations": int(iters), "converged": bool(ok), "loss": float(loss)}
+    iters = max_iter if solver == "newton" else (None if solver == "auto" else max(max_iter, 1000))
+    theta, info = _heads.fit_logistic(X, np.asarray(y), classes, lam, solver=solver, tol=tol, max_iter=iters)
+    W, b = theta[:, :-1].T, theta[:, -1]
+    return W, b, {"solver": info["solver"], "iterations": info["iterations"], "converged": info["converged"], "loss": info["objective"]}
 
 
 def fit_ridge(X: np.ndarray, y: np.ndarray, classes: int, lam: float) -> tuple[np.ndarray, np.ndarray, dict]:
