@@ -271,7 +271,6 @@ def test_refuses_to_overwrite_input_external_data(tmp_path):
     assert src.is_file() and data.is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("external", [True, False], ids=["external-data", "single-file"])
 def test_sigkill_at_random_moments(tmp_path, external):
     """Ten real SIGKILLs of a writer, each at a random moment of its save loop."""

@@ -34,11 +34,7 @@ def _folder_state(folder, target):
     return refs, others
 
 
-@pytest.mark.parametrize(
-    "external",
-    [pytest.param(False, marks=pytest.mark.slow), True],
-    ids=["single-file", "external-data"],
-)
+@pytest.mark.parametrize("external", [False, True], ids=["single-file", "external-data"])
 def test_two_simplify_processes_same_output(tmp_path, external):
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     oio.save_model(big_model(1, 256), a)

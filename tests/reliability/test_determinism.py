@@ -205,7 +205,6 @@ def twice(tmp_path_factory):
     return root, {k: (codes_a.get(k), codes_b.get(k)) for k in codes_a}, skipped, errs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("job", list(jobs(Path("."), Path("."))))
 def test_byte_identical_across_processes(twice, job):
     root, codes, skipped, errs = twice
