@@ -7,7 +7,11 @@
    (b) the harness's timing loop alone (``measure_interleaved`` over an ``Invoker``) against
    the bare loop on the *same* session, which isolates the harness's own cost.
    Overhead = median over rounds of (harness p50 / bare p50 - 1), with a bootstrap 95% CI
-   over rounds.  Target: <= 2% of the median.
+   over rounds.  Target: <= 2% of the median.  On a loaded machine that CI is wide, so
+   (c) measures what the harness adds *inside the timed interval* on a no-op session
+   (``run`` returns at once): the p50 recorded by the harness loop minus that of the bare
+   loop is its per-run cost in nanoseconds, which is then divided by the model's median.
+   This figure hardly depends on the other tenants.
 2. A-vs-A: ``bench([m, m])`` twice; each reported ratio's 95% CI should contain 1.0.  Then
    the coverage over ``--repeats`` repetitions, for the paired block bootstrap bench uses
    and, on the same samples, the independent (iid) bootstrap.
@@ -87,6 +91,35 @@ def sized_model(target_ms: float, folder: Path) -> tuple[Path, float]:
     return path, float(np.median(bare_loop(sess, feed, 200))) * 1e3
 
 
+class NoOpSession:
+    """Stands in for an ``InferenceSession`` whose ``run`` costs nothing."""
+
+    def run(self, names, feed):
+        return None
+
+
+def in_window_cost(n: int = 20000, repeats: int = 7) -> dict:
+    """Per-run seconds recorded for a no-op ``run``: the harness's timing loop (the same
+    ``lambda k: calls[k]()`` over ``Invoker.call`` that ``bench`` times) vs the bare loop;
+    the median over ``repeats`` alternating measurements of each p50."""
+    sess, feed = NoOpSession(), {}
+    calls = [Invoker(sess, feed).call]
+    harness, bare = [], []
+    for _ in range(repeats):
+        bare.append(float(np.median(bare_loop(sess, feed, n))))
+        m = measure_interleaved(lambda k, calls=calls: calls[k](), 1, runs=n, warmup=100, block=5)
+        harness.append(float(np.median(m.latencies[0])))
+    return {"bare_s": float(np.median(bare)), "harness_s": float(np.median(harness))}
+
+
+def verdict(med: float, hi: float, target: float = 0.02) -> str:
+    if hi <= target:
+        return "ok"
+    if med <= target:
+        return "ok at the median (CI wide: noisy machine)"
+    return "MISSED"
+
+
 def boot_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     meds = np.median(x[rng.integers(0, len(x), size=(n_boot, len(x)))], axis=1)
@@ -134,6 +167,7 @@ def a_vs_a(path: Path, runs: int, repeats: int) -> dict:
     first_two = []
     cover_block = cover_iid = 0
     widths_block, widths_iid = [], []
+    methods = set()
     for k in range(repeats):
         res = bench(
             [str(path), str(path)],
@@ -147,6 +181,7 @@ def a_vs_a(path: Path, runs: int, repeats: int) -> dict:
         row = res.report["results"][1]
         sp = row["speedup"]
         lo, hi = sp["ci95"]
+        methods.add(sp["ci_method"])
         if k < 2:
             first_two.append((sp["ratio"], lo, hi))
         cover_block += lo <= 1.0 <= hi
@@ -163,6 +198,7 @@ def a_vs_a(path: Path, runs: int, repeats: int) -> dict:
         "width_block": float(np.median(widths_block)),
         "width_iid": float(np.median(widths_iid)),
         "runs": runs,
+        "method": ", ".join(sorted(methods)),
     }
 
 
@@ -194,12 +230,20 @@ def main(argv=None) -> int:
         )
         print(f"{'':38}{'median':>9}  {'95% CI (over rounds)':>22}  target <= 2%")
         for key, label in (
-            ("api", "onnxopt.bench() vs bare loop"),
-            ("loop", "timing loop (same session) vs bare"),
+            ("api", "(a) onnxopt.bench() vs bare loop"),
+            ("loop", "(b) timing loop (same session)"),
         ):
             med, lo, hi = ov[key]
-            ok = "ok" if med <= 0.02 else "MISSED"
-            print(f"  {label:36}{med * 100:+8.2f}%  [{lo * 100:+7.2f}%, {hi * 100:+7.2f}%]  {ok}")
+            print(
+                f"  {label:36}{med * 100:+8.2f}%  [{lo * 100:+7.2f}%, {hi * 100:+7.2f}%]  {verdict(med, hi)}"
+            )
+        w = in_window_cost()
+        extra = w["harness_s"] - w["bare_s"]
+        share = extra / (ov["bare_ms"] / 1e3)
+        print(
+            f"  (c) in-window cost on a no-op run: harness p50 {w['harness_s'] * 1e9:.0f} ns, bare {w['bare_s'] * 1e9:.0f} ns:"
+            f" {extra * 1e9:+.0f} ns per run = {share * 100:+.3f}% of {ov['bare_ms']:.3f} ms  {'ok' if share <= 0.02 else 'MISSED'}"
+        )
         aa = a_vs_a(path, args.runs, args.repeats)
         print(f"\n2. A-vs-A: bench([m, m]), {aa['runs']} runs each")
         for k, (r, lo, hi) in enumerate(aa["first_two"]):
@@ -208,7 +252,7 @@ def main(argv=None) -> int:
             )
         n = aa["repeats"]
         print(
-            f"  coverage of 1.0 over {n} repetitions: paired block bootstrap {aa['cover_block']}/{n} (median CI width {aa['width_block']:.4f}); iid bootstrap on the same samples {aa['cover_iid']}/{n} (width {aa['width_iid']:.4f})"
+            f"  coverage of 1.0 over {n} repetitions: bench's CI ({aa['method']}) {aa['cover_block']}/{n} (median CI width {aa['width_block']:.4f}); iid bootstrap on the same samples {aa['cover_iid']}/{n} (width {aa['width_iid']:.4f})"
         )
         print(f"\nload average after {load_average()}; {time.perf_counter() - t0:.0f} s")
     return 0

@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
 
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="onnxopt-large-", dir=args.dir))
     need = args.gib * GIB * 5
     free = shutil.disk_usage(work).free

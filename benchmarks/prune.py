@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnxopt.cli.render import table  # noqa: E402
-from onnxopt.errors import OnnxoptError  # noqa: E402
+from onnxopt.errors import NothingToDoError, OnnxoptError  # noqa: E402
 from onnxopt.prune.api import prune  # noqa: E402
 
 MODELS = ROOT / "models"
@@ -144,9 +144,13 @@ def light(args) -> dict:
                 timing_runs=args.light_runs,
                 timing_threads=args.threads,
             )
-        except OnnxoptError as exc:
+        except NothingToDoError as exc:  # every group left intact, with the reason
             rows.append([name, "-", "-", "-", "-", "-", "-", f"left intact: {str(exc)[:90]}"])
             facts[name] = {"valid": True, "pruned": False}
+            continue
+        except OnnxoptError as exc:  # verification failed: a broken output
+            rows.append([name, "-", "-", "-", "-", "-", "-", f"FAILED: {str(exc)[:90]}"])
+            facts[name] = {"valid": False, "pruned": False}
             continue
         b, a = res.report["figures"]["before"], res.report["figures"]["after"]
         g = res.report["details"]["groups"]

@@ -21,7 +21,8 @@ holding 16 vs 512 samples (streamed: one batch in memory).
 With ``--ort-baseline`` the same for ONNX Runtime's own calibrator
 (``quantize_static``), which keeps every batch's outputs.
 
-Requires ``pip install -e '.[bench]'`` (transformers) for the BERT-like model.
+The BERT-like model needs ``transformers`` (``pip install -e '.[bench]'``) and ``torch``
+(``pip install -e '.[models]'``) for the export; without them it is skipped with a message.
 Run: ``python benchmarks/quantize.py`` (about 8 minutes on 2 busy cores);
 ``--quick`` for digits only.
 """
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
                 try:
                     cases += bert_cases(tmp)
                 except ImportError as exc:
-                    print(f"bert-like skipped: {exc} (pip install -e '.[bench]')")
+                    print(f"bert-like skipped: {exc} (needs torch and transformers: pip install -e '.[bench,models]')")
         for case in [] if args.rss_only else cases:
             print(f"... {case[0]}", file=sys.stderr, flush=True)
             rows += run_case(*case, runs=args.runs, threads=args.threads or None)

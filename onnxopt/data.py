@@ -28,6 +28,7 @@ __all__ = [
     "load_data",
     "synthesize",
     "dataset_for",
+    "check_shapes",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 class Dataset:
     """A source of feeds: iterate ``batches()``; ``labels`` is None or an int array.
 
-    Iteration is streaming: a folder of .npz files is read one file at a time and a
-    single .npz is read key by key (NumPy's lazy ``NpzFile``), so memory holds one batch.
+    A folder of .npz files is streamed: read one file at a time, so memory holds one feed
+    (only array headers are read to validate it).  A single .npz is read into memory once
+    (its arrays, never unpickled) and sliced into batches: give a folder for data sets
+    larger than memory.
     """
 
     def __init__(self, source: str, files: list[Path] | None = None, arrays: Mapping[str, np.ndarray] | None = None, labels=None, whole: bool = False):
@@ -96,6 +99,9 @@ class Dataset:
         self._arrays = dict(arrays) if arrays is not None else None
         self.labels = labels
         self.specs: list[InputSpec] | None = None
+        # samples yielded by the latest ``batches()`` iteration (a model with a fixed batch
+        # drops a final partial batch, so this can be less than ``len(self)``)
+        self.fed = 0
 
     # --- construction helpers -------------------------------------------------
     @property
@@ -133,7 +139,9 @@ class Dataset:
             fixed = fixed_sizes.pop() if len(fixed_sizes) == 1 else None
         size = fixed or batch_size or DEFAULT_BATCH
         seen = 0
+        self.fed = 0
         if self.whole:
+            self.fed = len(self)
             yield dict(self._arrays)
             return
         if self._arrays is not None:
@@ -145,8 +153,9 @@ class Dataset:
                 if stop <= start:
                     return
                 if fixed and stop - start != fixed:
-                    log.debug("dropping a final partial batch of %d samples (model batch is fixed to %d)", stop - start, fixed)
+                    log.info("%s: dropping a final partial batch of %d samples (model batch is fixed to %d)", self.source, stop - start, fixed)
                     return
+                self.fed += stop - start
                 yield {k: np.ascontiguousarray(v[start:stop]) for k, v in self._arrays.items()}
             return
         wanted = {s.name for s in self.specs} if self.specs else None  # keys the model consumes
@@ -155,7 +164,10 @@ class Dataset:
                 return
             with _open_npz(f) as z:
                 feed = {k: _read_array(z, k, f) for k in z.files if k != LABELS_KEY and (wanted is None or k in wanted)}
-            seen += next(iter(feed.values())).shape[0] if feed else 0
+            first = next(iter(feed.values()), None) if feed else None
+            n = int(first.shape[0]) if first is not None and first.ndim else 1
+            seen += n
+            self.fed += n
             yield feed
 
     def view(self) -> Dataset:
@@ -255,6 +267,12 @@ def _read_array(z, key: str, path: Path) -> np.ndarray:
         raise DataError(f"key '{key}': unreadable array ({exc})", path) from exc
     if arr.dtype == object or arr.dtype.kind in "OUSV":
         raise DataError(f"key '{key}': unsupported dtype {arr.dtype}", path)
+    if arr.dtype.kind in "fc":
+        # NaN is never a sample: it would poison calibration ranges, least-squares fits and
+        # every metric silently; infinities may be meant (additive masks) and pass
+        nan = int(np.isnan(arr).sum())
+        if nan:
+            raise DataError(f"key '{key}': {nan} NaN value(s) of {arr.size}", path)
     return arr
 
 
@@ -348,6 +366,17 @@ def _resolve_dims(spec: InputSpec, shapes: Mapping[str, tuple] | None, batch: in
     return tuple(dims)
 
 
+def check_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None, path=None) -> None:
+    """Refuse ``--shape`` values that name no input of ``model`` (a typo would otherwise be
+    ignored silently and the input synthesized with its symbolic dims set to 1)."""
+    if not shapes:
+        return
+    names = [s.name for s in input_specs(model)]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise DataError(f"--shape names {', '.join(repr(u) for u in unknown)}, not an input of the model (inputs: {', '.join(names) or 'none'})", path)
+
+
 def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None, *, batch: int | None = None, samples: int = 8, seed: int = 0) -> Dataset:
     """Deterministic random inputs for every model input (``samples`` along the first axis
     when it is symbolic).  Floats ~ N(0, 1); integers in [0, 10); bools random."""
@@ -365,6 +394,8 @@ def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None
             arr = rng.integers(0, 10, size=dims).astype(s.dtype)
         elif s.dtype.kind == "b":
             arr = rng.integers(0, 2, size=dims).astype(bool)
+        elif s.dtype.kind == "O":  # strings: numpy keeps them as objects, which DATA refuses
+            raise DataError(f"input '{s.name}' is a string tensor: onnxopt can neither synthesize it nor read strings from DATA")
         else:
             raise DataError(f"cannot synthesize input '{s.name}' of dtype {s.dtype}; pass --data")
         arrays[s.name] = arr

@@ -91,14 +91,16 @@ class NothingToDoError(OnnxoptError):
 
 
 @contextmanager
-def blame(path: str | os.PathLike | None) -> Iterator[None]:
+def blame(path: str | os.PathLike | None, *, data: bool = False) -> Iterator[None]:
     """Inside, a ``ModelError`` raised without a path is about the model at ``path``: the
     CLI then prints ``error: PATH: message`` (checks on a loaded proto, such as an ONNX
-    Runtime session or the graph's input types, do not know which file it came from)."""
+    Runtime session or the graph's input types, do not know which file it came from).
+    ``data=True``: a ``DataError`` without a path too (DATA errors name their file; one
+    without a file is about inputs synthesized from the model: ``--shape``, dtypes)."""
     try:
         yield
-    except ModelError as exc:
-        if exc.path is None and path is not None:
+    except (ModelError, DataError) as exc:
+        if exc.path is None and path is not None and (data or isinstance(exc, ModelError)):
             exc.path = os.fspath(path)
         raise
 

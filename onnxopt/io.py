@@ -37,6 +37,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_output_path",
+    "check_writable",
     "model_nbytes",
     "exceeds_protobuf",
     "is_lazy",
@@ -374,17 +375,46 @@ def _write_temp(folder: Path, name: str, chunks: Iterable[bytes]) -> Path:
     return Path(tmp)
 
 
+@contextmanager
+def _writing(path: Path):
+    """An operating-system failure while writing ``path`` (no such folder, read-only file
+    system, disk full) is the user's to fix: a ``UsageError`` naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(f"cannot write: {exc.strerror or exc}", path) from exc
+
+
+def check_writable(path) -> None:
+    """Refuse, before any work, an output whose folder cannot be created or written: the
+    nearest existing ancestor must be a folder where a file can be created (probed with a
+    temporary file, removed at once; nothing is created otherwise)."""
+    path = Path(path)
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot write: '{probe}' is not a folder", path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".onnxopt-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UsageError(f"cannot write in '{probe}': {exc.strerror or exc}", path) from None
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(path.parent, path.name, [data])
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _write_temp(path.parent, path.name, [data])
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
     return path
 
 
@@ -470,18 +500,19 @@ def save_model(
     """
     guard = list(guard)
     path = check_output_path(path, guard)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_lazy(model):  # its weights are in files: they go to the output's data file
-        external_data = True
-    if external_data is None:
-        external_data = exceeds_protobuf(model, margin=64 * 2**20)
-    if not external_data:
-        if exceeds_protobuf(model):
-            raise ModelError("model exceeds 2 GB; save it with external data", path)
-        _commit_single(path, model.SerializeToString(deterministic=True), guard)
-        log.debug("saved %s", path)
-        return path
-    return _save_external(model, path, guard)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_lazy(model):  # its weights are in files: they go to the output's data file
+            external_data = True
+        if external_data is None:
+            external_data = exceeds_protobuf(model, margin=64 * 2**20)
+        if not external_data:
+            if exceeds_protobuf(model):
+                raise ModelError("model exceeds 2 GB; save it with external data", path)
+            _commit_single(path, model.SerializeToString(deterministic=True), guard)
+            log.debug("saved %s", path)
+            return path
+        return _save_external(model, path, guard)
 
 
 def _commit_single(path: Path, data: bytes, guard) -> None:
@@ -497,7 +528,49 @@ def _commit_single(path: Path, data: bytes, guard) -> None:
     _fsync_dir(path.parent)
 
 
+# tensors kept in the typed repeated fields (float_data, int32_data, ...: some exporters,
+# PaddlePaddle's among them, write weights that way) go to the data file too; packed 4-bit
+# types and strings stay inline
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _typed_to_raw(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, onnx.TensorProto]]:
+    """Re-encode large in-memory tensors held in typed fields as ``raw_data``, in place;
+    returns ``(tensor, original)`` pairs so that the caller can restore them."""
+    typed = []
+    for t in _all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.HasField("raw_data") or t.data_type == onnx.TensorProto.STRING:
+            continue
+        nbytes = _inline_nbytes(t)
+        if nbytes < EXTERNAL_THRESHOLD:
+            continue
+        try:
+            raw = numpy_helper.to_array(t).tobytes()
+        except Exception:
+            continue
+        if len(raw) != nbytes:  # packed or unusual encodings: left inline
+            continue
+        orig = onnx.TensorProto()
+        orig.CopyFrom(t)
+        for name in _TYPED_FIELDS:
+            t.ClearField(name)
+        t.raw_data = raw
+        typed.append((t, orig))
+    return typed
+
+
 def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
+    """``_save_external_raw`` for every large tensor, typed-field ones included; the
+    caller's model gets its original tensors back."""
+    typed = _typed_to_raw(model)
+    try:
+        return _save_external_raw(model, path, guard)
+    finally:
+        for t, orig in typed:
+            t.CopyFrom(orig)
+
+
+def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     """Weights to ``NAME.<content hash>.data`` (4 KiB aligned), then the model.
 
     Order: the data file is written to a temporary file and fsynced; then, holding the

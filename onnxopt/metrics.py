@@ -124,8 +124,16 @@ class Evaluator:
         self.limit = limit
         self.labels = dataset.label_array(limit)
         self.ref_outputs = run_dataset(reference, dataset, provider=provider, limit=limit)
+        fed = getattr(dataset, "fed", 0)
+        if self.labels is not None and fed and len(self.labels) > fed:
+            self.labels = self.labels[:fed]  # a fixed model batch dropped a partial last batch
         self.metric = metric or default_metric(self.ref_outputs, self.labels)
-        self.reference_score = score(self.metric, self.ref_outputs, self.ref_outputs, self.labels)
+        try:
+            self.reference_score = score(self.metric, self.ref_outputs, self.ref_outputs, self.labels)
+        except DataError as exc:  # about this dataset: name its file
+            if exc.path is None and getattr(dataset, "source", "<synthesized>") != "<synthesized>":
+                exc.path = dataset.source
+            raise
 
     def outputs(self, model) -> list[np.ndarray]:
         from .errors import VerificationError

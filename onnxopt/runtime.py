@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import ModelError, ProviderError
+from .errors import ModelError, OnnxoptError, ProviderError
 
 __all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "run_batches", "run_dataset"]
 
@@ -79,7 +79,9 @@ def create_session(
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    # 4 (fatal only): a load or run failure is raised as ``error`` with ORT's message, and
+    # ORT's own ERROR lines on stderr would break the one-line error contract; -vv shows them
+    so.log_severity_level = 3 if log.isEnabledFor(logging.DEBUG) else 4
     if not mem_pattern:
         so.enable_mem_pattern = False
     if threads:
@@ -176,7 +178,13 @@ def concat_outputs(per_batch: list[list[np.ndarray]]) -> list[np.ndarray]:
 def run_dataset(model_or_session, dataset, *, provider: str = "cpu", batch_size: int | None = None, limit: int | None = None, error=ModelError) -> list[np.ndarray]:
     """Run a model (path, proto or session) over a Dataset; outputs concatenated per output."""
     sess = model_or_session if hasattr(model_or_session, "run") else create_session(model_or_session, provider, error=error)
-    return concat_outputs(list(run_batches(sess, dataset.batches(batch_size, limit), error=error)))
+    try:
+        return concat_outputs(list(run_batches(sess, dataset.batches(batch_size, limit), error=error)))
+    except OnnxoptError as exc:
+        if getattr(dataset, "source", None) == "<synthesized>" and exc.message.startswith("onnxruntime failed to run"):
+            # symbolic dims synthesized as 1 are a common cause (a 3x3 Conv on a 1x1 image)
+            exc.message += "; the inputs were synthesized (symbolic dims = 1): give --shape NAME:D1,D2,... or --data"
+        raise
 
 
 def default_threads() -> int:

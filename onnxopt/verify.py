@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .data import dataset_for
+from .data import check_shapes, dataset_for
 from .errors import DataError, ModelError, VerificationError, blame
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
@@ -225,9 +225,17 @@ def compare(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1
         raise error(f"models have different numbers of outputs ({len(names_a)} vs {len(names_b)})")
     ds_b = dataset_for(mb, ds.view()) if data is not None else ds
     ref = run_dataset(ma, ds, provider=provider, limit=limit, error=error)
+    samples = _fed(ds, limit)
     new = run_dataset(mb, ds_b, provider=provider, limit=limit, error=error)
-    samples = min(len(ds), limit) if limit else len(ds)
     return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+
+
+def _fed(ds, limit: int | None) -> int:
+    """Samples the last run of ``ds`` fed (a fixed model batch drops a partial last batch)."""
+    fed = getattr(ds, "fed", None)
+    if fed:
+        return int(fed)
+    return min(len(ds), limit) if limit else len(ds)
 
 
 def _load_for_verify(src):
@@ -258,7 +266,8 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
     names_a, names_b = _output_names(ma), _output_names(mb)
     if len(names_a) != len(names_b):
         raise ModelError(f"has {len(names_b)} output(s), the first model has {len(names_a)}", pb)
-    with blame(pa):
+    with blame(pa, data=True):
+        check_shapes(ma, shapes, pa)
         ds = dataset_for(ma, data, shapes, seed=seed)
     try:
         with blame(pb):
@@ -269,9 +278,9 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
         raise ModelError(f"inputs differ from the first model's ({exc.message})", pb) from exc
     with blame(pa):
         ref = run_dataset(create_session(load_a, provider, error=ModelError), ds, limit=limit, error=ModelError)
+    samples = _fed(ds, limit)
     with blame(pb):
         new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
-    samples = min(len(ds), limit) if limit else len(ds)
     return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
 
 

@@ -136,3 +136,54 @@ def test_dataset_for_and_view_keep_models_apart(tmp_path):
     dataset_for(tiny_cnn(), view)
     assert sorted(raw.first_batch()) == ["flag", "x"]  # the original is untouched
     assert dataset_for(messy_mlp(), None).first_batch()["x"].shape == (8, 4)
+
+
+def _fixed_batch_cnn(batch: int = 4):
+    m = tiny_cnn()
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = batch
+    return m
+
+
+def test_fixed_model_batch_counts_the_samples_fed(tmp_path):
+    """A model whose batch is fixed to 4 gets 4-sample feeds; a final partial batch is
+    dropped, and ``fed`` says how many samples really went through."""
+    ds = load_data(_npz(tmp_path / "d.npz", x=_images(10), labels=np.arange(10) % 5), _fixed_batch_cnn())
+    assert [b["x"].shape[0] for b in ds.batches(32)] == [4, 4]
+    assert len(ds) == 10 and ds.fed == 8
+    assert [b["x"].shape[0] for b in ds.batches(limit=5)] == [4] and ds.fed == 4
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    for i in range(3):
+        _npz(folder / f"{i}.npz", x=_images(2))
+    fds = load_data(folder, tiny_cnn())
+    assert len(list(fds.batches(limit=3))) == 2 and fds.fed == 4  # whole files until the limit
+
+
+def test_shapes_must_name_model_inputs():
+    from onnxopt.data import check_shapes
+
+    check_shapes(tiny_cnn(), {"x": (2, 3, 8, 8)})
+    check_shapes(tiny_cnn(), None)
+    with pytest.raises(DataError, match=r"--shape names 'image', not an input of the model \(inputs: x\)") as exc:
+        check_shapes(tiny_cnn(), {"image": (2, 3, 8, 8)}, "m.onnx")
+    assert exc.value.path == "m.onnx"
+
+
+def test_nan_in_data_is_refused_naming_file_and_key(tmp_path):
+    x = _images(4)
+    x[2, 0, 1, 1] = np.nan
+    with pytest.raises(DataError, match=r"key 'x': 1 NaN value\(s\) of 768") as exc:
+        load_data(_npz(tmp_path / "nan.npz", x=x), tiny_cnn())
+    assert str(exc.value.path).endswith("nan.npz")
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    _npz(folder / "a.npz", x=_images(2))
+    _npz(folder / "b.npz", x=x[:3])  # streamed: refused when its file is read
+    ds = load_data(folder, tiny_cnn())
+    with pytest.raises(DataError, match="NaN") as exc:
+        list(ds.batches(2))
+    assert str(exc.value.path).endswith("b.npz")
+    inf = _images(2)
+    inf[0, 0, 0, 0] = -np.inf  # additive masks use infinities: accepted
+    assert len(load_data(_npz(tmp_path / "inf.npz", x=inf), tiny_cnn())) == 2

@@ -121,3 +121,15 @@ def test_inspects_a_3gb_model_without_reading_its_weights(tmp_path):
     assert rep["parameters"]["total"] == 3 * n * n and rep["external_data"]["bytes"] == 3 * n * n * 4
     assert rep["flops"] == 3 * 2 * n * n  # symbolic batch N counted as 1
     assert grown_kb < 512 * 1024, f"peak memory grew by {grown_kb} KB"
+
+
+def test_flops_say_what_bodies_hold():
+    """FLOPs cover the main graph; MatMuls inside If/Loop/Scan bodies are counted as not
+    counted (a body runs a data-dependent number of times), and the text says so."""
+    from onnxopt.cli.inspect import render_inspect
+    from tests.reliability.subgraph_models import if_model as if_with_matmuls
+
+    rep = onnxopt.inspect(if_with_matmuls()).report
+    assert rep["flops"] == 0 and rep["flops_detail"]["nodes_in_subgraphs"] == 3
+    assert "3 node(s) inside If/Loop/Scan bodies not counted" in render_inspect(rep)
+    assert onnxopt.inspect(tiny_cnn()).report["flops_detail"]["nodes_in_subgraphs"] == 0

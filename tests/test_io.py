@@ -205,3 +205,44 @@ def test_save_external_roundtrip_and_stale_data_cleanup(tmp_path):
 def test_atomic_write_text(tmp_path):
     p = atomic_write_text(tmp_path / "sub" / "r.json", "{}\n")
     assert p.read_text() == "{}\n"
+
+
+def _typed_mlp() -> onnx.ModelProto:
+    """x[N,64] @ W[64,64] with W held in ``float_data`` (as PaddlePaddle's exporter writes it)."""
+    w = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    t = helper.make_tensor("W", onnx.TensorProto.FLOAT, [64, 64], w.reshape(-1).tolist(), raw=False)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "typed", [helper.make_tensor_value_info("x", 1, ["N", 64])], [helper.make_tensor_value_info("y", 1, ["N", 64])], [t])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_save_external_moves_typed_field_tensors_too(tmp_path):
+    m = _typed_mlp()
+    assert not m.graph.initializer[0].HasField("raw_data") and len(m.graph.initializer[0].float_data) == 64 * 64
+    before = m.SerializeToString(deterministic=True)
+    p = save_model(m, tmp_path / "out.onnx", external_data=True)
+    assert m.SerializeToString(deterministic=True) == before  # the caller's proto as it was
+    names = sorted(f.name for f in tmp_path.iterdir())
+    assert len(names) == 2 and names[1].endswith(".data")
+    assert (tmp_path / names[1]).stat().st_size >= 64 * 64 * 4
+    assert p.stat().st_size < 1024  # the weights left the .onnx
+    on_disk = onnx.load(str(p), load_external_data=False)
+    assert on_disk.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL
+    _assert_same_weights(load_model(p), _typed_mlp())
+
+
+def test_unwritable_output_is_a_usage_error(tmp_path):
+    """An output below a regular file (or on a read-only file system): a UsageError naming
+    it, not an OSError traceback; nothing is created."""
+    from onnxopt.io import atomic_write_bytes, check_writable
+
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "sub" / "m.onnx"
+    with pytest.raises(UsageError, match="'.*afile' is not a folder") as exc:
+        check_writable(target)
+    assert exc.value.path == str(target)
+    with pytest.raises(UsageError, match="cannot write"):
+        save_model(tiny_cnn(), target)
+    with pytest.raises(UsageError, match="cannot write"):
+        atomic_write_bytes(target, b"{}")
+    check_writable(tmp_path / "new" / "deeper" / "m.onnx")  # creatable: fine, nothing made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -80,3 +80,27 @@ def test_evaluator_reproduces_the_manifest_accuracy():
     assert ev.drop(model) == pytest.approx(0.0)
     ok, s = ev.within(model, Budget(0.0))
     assert ok and s == pytest.approx(ev.reference_score)
+
+
+def test_evaluator_labels_follow_the_samples_a_fixed_batch_runs(tmp_path):
+    """10 labelled samples, a model whose batch is fixed to 4: 8 are scored, against the
+    first 8 labels (not an error about 10 labels vs 8 outputs)."""
+    from tests.toy_models import tiny_cnn
+
+    m = tiny_cnn()
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    from onnxopt.runtime import run_dataset
+
+    labels = run_dataset(tiny_cnn(), load_data(_save(tmp_path, x=x)))[0].argmax(1)
+    labels[8:] = (labels[8:] + 1) % 5  # the dropped samples' labels must not count
+    ds = load_data(_save(tmp_path, x=x, labels=labels), m)
+    ev = Evaluator(m, ds, "top1")
+    assert len(ev.labels) == 8 and ev.reference_score == pytest.approx(100.0)
+
+
+def _save(tmp_path, **arrays):
+    p = tmp_path / f"d{len(list(tmp_path.iterdir()))}.npz"
+    np.savez(p, **arrays)
+    return p

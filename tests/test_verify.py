@@ -131,3 +131,26 @@ def test_public_verify_stays_callable_after_the_module_is_imported():
     from onnxopt import verify as public
 
     assert public(tiny_cnn(), tiny_cnn(), atol=0, rtol=0)
+
+
+def test_verify_counts_the_samples_it_compared(tmp_path):
+    """A model with a fixed batch of 4 on 10 samples compares 8 (the partial batch cannot
+    run): the report says 8, not 10."""
+    m = tiny_cnn()
+    for vi in (m.graph.input[0], m.graph.output[0]):
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    comp = verify(m, m, tmp_path / "d.npz")
+    assert comp and comp.samples == 8 and comp.outputs[0].shape == [8, 5]
+    assert verify(m, m, tmp_path / "d.npz", limit=6).samples == 4
+
+
+def test_verify_refuses_a_shape_for_no_input(tmp_path):
+    from onnxopt.errors import DataError
+
+    a = tmp_path / "a.onnx"
+    onnx.save(tiny_cnn(), str(a))
+    with pytest.raises(DataError, match="--shape names 'image'") as exc:
+        verify(a, a, shapes={"image": (1, 3, 8, 8)})
+    assert exc.value.path == str(a)

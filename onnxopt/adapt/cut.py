@@ -7,8 +7,11 @@ is a matrix product of a computed tensor by constant weights (``Gemm``, ``MatMul
 / ``MatMulIntegerToFloat`` / ``FusedMatMul``).  Its activation input, followed back through
 quantization nodes (``QuantizeLinear``, ``DequantizeLinear``, ``DynamicQuantizeLinear``) to
 the float tensor they quantize, is the feature tensor.  The cut is accepted only when the
-output is a function of that tensor (and constants) alone; everything between it and the
-output (bias ``Add``, rescaling ``Mul``, ``Softmax``...) is the head that is replaced.
+output is a function of that tensor (and constants, and shapes: tensors computed from
+``Shape``/``Size`` of anything, as tf2onnx heads rebuild their broadcast shapes from
+``Shape(input)``) alone; everything between it and the output (bias ``Add``, rescaling
+``Mul``, ``Softmax`` or its decomposed form ``Exp / ReduceSum``...) is the head that is
+replaced.
 Refusals say why (no such product, weights that are not constant, ``Gemm`` with
 ``transA``, an output that reads other tensors).
 
@@ -105,6 +108,21 @@ def _constants(graph: onnx.GraphProto) -> set[str]:
     return const
 
 
+def _shape_only(graph: onnx.GraphProto, const: set[str]) -> set[str]:
+    """Non-constant names computed only from constants and ``Shape``/``Size`` outputs: they
+    depend on the input's *shape*, never on its values (exporters such as tf2onnx rebuild a
+    head's broadcast shapes from ``Shape(input)``)."""
+    out: set[str] = set()
+    for n in graph.node:
+        if n.op_type in _NONDETERMINISTIC or any(True for _ in subgraphs(n)):
+            continue
+        if _domain(n) == "" and n.op_type in ("Shape", "Size"):
+            out.update(o for o in n.output if o)
+        elif n.input and all((not x) or x in const or x in out for x in n.input):
+            out.update(o for o in n.output if o and o not in const)
+    return out
+
+
 def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[str]):
     """Nodes (indices) on paths from ``source`` to ``output``; ``(nodes, None)``, or
     ``(nodes, name)`` when ``output`` also reads ``name``, a graph input other than ``source``."""
@@ -145,7 +163,9 @@ def find_head(model: onnx.ModelProto) -> HeadMatch:
     if not graph.output:
         raise UnsupportedError("the model has no outputs")
     out = graph.output[0].name
-    const = _constants(graph)
+    # shape-only tensors count as constants here: a head that reads Shape(input) to rebuild
+    # its broadcast shapes is still a function of the feature values alone
+    const = _constants(graph) | _shape_only(graph, _constants(graph))
     ancestors, _ = _region(graph, None, out, const)
     products = [i for i in sorted(ancestors, reverse=True) if (_domain(graph.node[i]), graph.node[i].op_type) in _PRODUCTS]
     if not products:
@@ -167,7 +187,11 @@ def find_head(model: onnx.ModelProto) -> HeadMatch:
         raise UnsupportedError(f"output '{out}' is not a function of '{feature}' (the input of {label}) alone: it also reads '{stray}'; pass --features NAME")
     removed = [graph.node[i].op_type for i in sorted(nodes)]
     last = prod.get(out)
-    softmax = last is not None and last.op_type == "Softmax" and _domain(last) == ""
+    softmax = last is not None and _domain(last) == "" and (
+        last.op_type == "Softmax"
+        # exporters' decomposed softmax: Exp(z - max) / ReduceSum(Exp(...))
+        or (last.op_type == "Div" and last.input and getattr(prod.get(last.input[0]), "op_type", "") == "Exp")
+    )
     log.info("head: %s; features '%s'; replacing %s", label, feature, ", ".join(removed))
     return HeadMatch(feature, node.name or node.output[0], node.op_type, removed, softmax)
 

@@ -14,8 +14,10 @@ Order of work (each phase per model, models interleaved wherever timing is invol
    baseline on the same inputs.
 
 Ratios: ``median(baseline) / median(model)`` (> 1: faster than the baseline) with a paired
-block bootstrap 95% CI (``timing.speedup``).  A Ctrl-C during phases 2-4 ends the run;
-what was measured is returned with ``report["interrupted"] = True`` (``ok`` is False).
+block bootstrap 95% CI (``timing.speedup``; with fewer than ``MIN_PAIRED_BLOCKS`` rounds,
+its union with the independent bootstrap interval, and a note).  A Ctrl-C during phases
+2-4 ends the run; what was measured is returned with ``report["interrupted"] = True``
+(``ok`` is False).
 """
 
 from __future__ import annotations
@@ -35,14 +37,22 @@ from ..core.result import Result
 from ..data import DEFAULT_BATCH, Dataset, input_specs, load_data, synthesize
 from ..errors import DataError, ModelError, OnnxoptError, UsageError, blaming_members
 from ..io import load_model
-from ..runtime import create_session, resolve_provider, run_dataset
-from ..stats import model_stats
+from ..runtime import create_session, ort_message, resolve_provider, run_dataset
+from ..stats import iter_graphs, model_stats
 from . import accuracy as acc
 from .environment import busy_warning, capture, load_average, oversubscription_warning
 from .feeds import SkipConfig, dataset_view, feed_batch, make_feed
 from .memory import MemoryProbe, peak_rss_bytes
-from .runner import Invoker, measure_throughput, open_session, prime_runtime, time_once, warm
-from .timing import latency_summary, measure_interleaved, speedup
+from .runner import (
+    Invoker,
+    check_provider_active,
+    measure_throughput,
+    open_session,
+    prime_runtime,
+    time_once,
+    warm,
+)
+from .timing import MIN_PAIRED_BLOCKS, latency_summary, measure_interleaved, speedup
 
 __all__ = [
     "bench",
@@ -111,7 +121,9 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
         raise UsageError(f"{len(names)} names for {len(models)} models")
     entries = []
     for i, src in enumerate(models):
-        proto = load_model(src)
+        # a path's weights stay on disk (validated, not read): ORT loads the file itself,
+        # and bench needs only the graph (inputs, parameter counts from dims)
+        proto = load_model(src, load_external=False)
         path = None if isinstance(src, onnx.ModelProto) else Path(src)
         entries.append(
             _Entry(
@@ -153,7 +165,9 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
         if hit:
             base = hit[0]
         else:
-            entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath), bpath))
+            entries.insert(
+                0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath)
+            )
     if len(entries) > n_given:
         _dedupe(entries)
     return entries, base
@@ -188,9 +202,25 @@ def _check_args(runs, duration, warmup, concurrency, threads, batches, block) ->
             raise UsageError(f"batch sizes must be positive integers, got {list(batches)!r}")
 
 
+def _disk_bytes(path: Path, proto: onnx.ModelProto) -> int:
+    """The .onnx file plus every external-data file it references (each counted once)."""
+    total = path.stat().st_size
+    seen: set[Path] = set()
+    for g in iter_graphs(proto.graph):
+        for t in g.initializer:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            loc = next((x.value for x in t.external_data if x.key == "location"), None)
+            f = (path.parent / loc).resolve() if loc else None
+            if f is not None and f not in seen and f.is_file():
+                seen.add(f)
+                total += f.stat().st_size
+    return total
+
+
 def _model_info(e: _Entry) -> dict:
     st = model_stats(e.proto)
-    size = e.path.stat().st_size if e.path is not None else e.proto.ByteSize()
+    size = _disk_bytes(e.path, e.proto) if e.path is not None else e.proto.ByteSize()
     return {
         "name": e.name,
         "path": str(e.path) if e.path is not None else None,
@@ -280,7 +310,7 @@ def bench(
                 raise DataError(
                     f"does not fit model '{e.name}': {exc.message}", exc.path or data
                 ) from exc
-    cfgs = [int(b) for b in batches] if batches else [None]
+    cfgs = list(dict.fromkeys(int(b) for b in batches)) if batches else [None]
     shapes = {k: tuple(v) for k, v in shapes.items()} if shapes else None
 
     # feeds of every configuration, before anything is timed (bad input fails here)
@@ -349,8 +379,11 @@ def bench(
                         raise
                     except Exception as exc:
                         shp = {k: list(v.shape) for k, v in feed.items()}
+                        hint = ""
+                        if any("set to 1" in x for x in plan[c][i][1]):
+                            hint = "; symbolic dims were synthesized as 1: give --shape NAME:D1,D2,... or --data"
                         raise ModelError(
-                            f"onnxruntime failed to run the model on inputs {shp}: {' '.join(str(exc).split())[:300]}",
+                            f"onnxruntime failed to run the model on inputs {shp}: {ort_message(exc, 300)}{hint}",
                             e.path,
                         ) from exc
                     invokers[(i, c)] = inv
@@ -376,6 +409,13 @@ def bench(
                 progress_desc=f"bench batch {b if b is not None else 'default'}",
             )
             measured[c] = (active, m)
+            if len(active) > 1 and m.rounds < MIN_PAIRED_BLOCKS:
+                notes.append(
+                    f"batch {b if b is not None else 'default'}: {m.rounds} complete round(s) of {block} runs "
+                    f"(< {MIN_PAIRED_BLOCKS}): each CI is the union of the paired-block and the "
+                    "independent bootstrap intervals (wider, still approximate); more --runs or "
+                    "--duration give tighter ones"
+                )
             if m.interrupted:
                 interrupted = True
                 notes.append(
@@ -546,10 +586,15 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed):
             if base_lat is None or base_lat.size == 0:
                 row["notes"].append("no ratio: the baseline was not measured in this configuration")
             elif i == base:
-                row["speedup"] = {"ratio": 1.0, "ci95": [1.0, 1.0], "verdict": "baseline"}
+                row["speedup"] = {
+                    "ratio": 1.0,
+                    "ci95": [1.0, 1.0],
+                    "verdict": "baseline",
+                    "ci_method": None,
+                }
             else:
                 s = speedup(base_lat, x, block=block, seed=seed)
-                row["speedup"] = {**s.to_dict(), "verdict": s.verdict}
+                row["speedup"] = {**s.to_dict(), "verdict": s.verdict, "ci_method": s.method}
             row["throughput"] = thr.get((i, c))
             rows.append(row)
     return rows, samples
@@ -573,7 +618,7 @@ def compare_latency(
     feed dict for all, or one per model).  Per model: ``name``, ``median_ms``, ``p90_ms``,
     ``p99_ms``, ``mean_ms``, ``min_ms``, ``n``, and ``speedup`` = median(first) /
     median(this) with its paired-block bootstrap ``ci95`` and ``verdict``
-    (faster / slower / same / baseline)."""
+    (faster / slower / same / baseline) and ``ci_method`` (``timing.speedup``)."""
     items = list(models_or_sessions)
     if not items:
         raise UsageError("no models to compare")
@@ -590,12 +635,12 @@ def compare_latency(
             sessions.append(it)
             labels.append(f"model{k}")
         else:
-            proto = load_model(it)
-            sessions.append(
-                create_session(
-                    it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads
-                )
+            proto = load_model(it, load_external=False)
+            sess = create_session(
+                it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads
             )
+            check_provider_active(sess, prov, None if isinstance(it, onnx.ModelProto) else it)
+            sessions.append(sess)
             labels.append(_name_of(it, proto, k))
     if names is not None:
         labels = list(names)
@@ -625,9 +670,9 @@ def compare_latency(
             "n": int(ms.size),
         }
         if k == 0:
-            row.update(speedup=1.0, ci95=[1.0, 1.0], verdict="baseline")
+            row.update(speedup=1.0, ci95=[1.0, 1.0], verdict="baseline", ci_method=None)
         else:
             s = speedup(m.latencies[0], x, block=block, seed=seed)
-            row.update(speedup=s.ratio, ci95=[s.low, s.high], verdict=s.verdict)
+            row.update(speedup=s.ratio, ci95=[s.low, s.high], verdict=s.verdict, ci_method=s.method)
         out.append(row)
     return out

@@ -94,13 +94,16 @@ def busy_warning() -> str | None:
 
 
 def gpu_info(device_id: int = 0) -> dict | None:
-    """Name, driver and total memory of GPU ``device_id`` (NVML, else nvidia-smi), or None."""
+    """Name, driver and total memory of CUDA device ``device_id`` (NVML, else nvidia-smi;
+    translated through ``CUDA_VISIBLE_DEVICES``, see ``memory.nvml_device``), or None."""
+    from .memory import nvml_device, nvml_handle
+
     try:
         import pynvml  # optional
 
         pynvml.nvmlInit()
         try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(device_id)
+            h = nvml_handle(pynvml, device_id)
             name = pynvml.nvmlDeviceGetName(h)
             driver = pynvml.nvmlSystemGetDriverVersion()
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
@@ -117,13 +120,17 @@ def gpu_info(device_id: int = 0) -> dict | None:
     from .memory import nvidia_smi
 
     out = nvidia_smi(
-        ["--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader,nounits"]
+        [
+            "--query-gpu=index,name,driver_version,memory.total",
+            "--format=csv,noheader,nounits",
+            f"--id={nvml_device(device_id)}",
+        ]
     )
     if out is None:
         return None
-    for line in out.splitlines():
+    for line in out.splitlines()[:1]:  # --id selects exactly one device
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 4 and parts[0] == str(device_id):
+        if len(parts) >= 4:
             try:
                 total = int(float(parts[3])) * 2**20
             except ValueError:

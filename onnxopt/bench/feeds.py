@@ -6,8 +6,10 @@ is a skipped configuration, with the reason).  ``batch=None`` means the model's 
 batch: its fixed size, else 1 (synthesized, or a slice of DATA), else the first feed of a
 folder of .npz feeds as it is.
 
-DATA re-batching takes the first ``batch`` samples; when DATA holds fewer, samples are
-repeated cyclically (``feed[i] = data[i mod n]``) and the configuration says so.
+Synthesized inputs: symbolic dims past the batch axis that ``shapes`` does not set are 1,
+and the configuration says so.  DATA re-batching takes the first ``batch`` samples; when
+DATA holds fewer, samples are repeated cyclically (``feed[i] = data[i mod n]``) and the
+configuration says so.
 """
 
 from __future__ import annotations
@@ -127,4 +129,20 @@ def make_feed(
                 shp[s.name] = (batch,) + shp[s.name][1:]
     ds = synthesize(model, shp or None, batch=batch, samples=batch or 1, seed=seed)
     feed = next(ds.batches(max(len(ds), 1)))
-    return {k: np.ascontiguousarray(v) for k, v in feed.items()}, []
+    return {k: np.ascontiguousarray(v) for k, v in feed.items()}, _defaulted_dims(specs, shp)
+
+
+def _defaulted_dims(specs, shapes: Mapping[str, tuple]) -> list[str]:
+    """Notes for synthesized inputs whose symbolic dims past the batch axis became 1: a
+    detector run on a 1x1 image is timed, but it is not the figure anyone wants."""
+    notes = []
+    for s in specs:
+        if s.name in shapes or not s.shape:
+            continue
+        axes = [str(i) for i, d in enumerate(s.shape) if i > 0 and not isinstance(d, int)]
+        if axes:
+            notes.append(
+                f"input '{s.name}': symbolic {'axes' if len(axes) > 1 else 'axis'} {', '.join(axes)} "
+                f"set to 1 (give --shape {s.name}:D1,D2,... for a realistic size)"
+            )
+    return notes

@@ -10,7 +10,10 @@
 - GPU: NVML (``pynvml``, optional) per-process used memory, else ``nvidia-smi
   --query-compute-apps`` for this pid, else device-wide used memory (``scope`` says
   which).  ORT's CUDA arena does not give memory back, so the figure after a run is its
-  peak so far.
+  peak so far.  ORT's ``device_id`` counts the devices CUDA can see; NVML and nvidia-smi
+  count all of them, so ``nvml_device`` translates through ``CUDA_VISIBLE_DEVICES``
+  (indices or ``GPU-``/``MIG-`` UUIDs).  Without that variable the two orders are taken to
+  agree (``CUDA_DEVICE_ORDER=PCI_BUS_ID`` makes sure of it on machines with mixed GPUs).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ __all__ = [
     "nvidia_smi",
     "parse_compute_apps",
     "parse_gpu_used",
+    "nvml_device",
+    "nvml_handle",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,17 +124,43 @@ def parse_gpu_used(text: str, device_id: int) -> int | None:
     return None
 
 
+def nvml_device(device_id: int = 0, visible: str | None = None) -> int | str:
+    """The NVML / nvidia-smi identity (index or UUID) of CUDA device ``device_id``.
+
+    ``visible``: the ``CUDA_VISIBLE_DEVICES`` value (default: from the environment).  Its
+    ``device_id``-th entry is the device; without it (or an entry out of range) the index
+    is ``device_id`` itself."""
+    if visible is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible or not visible.strip():
+        return device_id
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if not 0 <= device_id < len(entries):
+        return device_id
+    e = entries[device_id]
+    return int(e) if e.isdigit() else e
+
+
+def nvml_handle(pynvml, device_id: int):
+    """The NVML handle of CUDA device ``device_id`` (``nvml_device``)."""
+    dev = nvml_device(device_id)
+    if isinstance(dev, int):
+        return pynvml.nvmlDeviceGetHandleByIndex(dev)
+    return pynvml.nvmlDeviceGetHandleByUUID(dev)
+
+
 def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | None]:
     """``(bytes, source, scope)``: GPU memory used by this process (scope ``process``) or, when
     the process is not visible (containers with their own pid namespace), by the whole
-    device (scope ``device``).  ``(None, None, None)`` without NVML and nvidia-smi."""
+    device (scope ``device``).  ``(None, None, None)`` without NVML and nvidia-smi.
+    ``device_id`` is ORT's (CUDA's) device index (``nvml_device``)."""
     pid = os.getpid()
     try:
         import pynvml  # optional
 
         pynvml.nvmlInit()
         try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(device_id)
+            h = nvml_handle(pynvml, device_id)
             for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
                 if p.pid == pid and p.usedGpuMemory is not None:
                     return int(p.usedGpuMemory), "nvml", "process"
@@ -138,20 +169,26 @@ def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | No
             pynvml.nvmlShutdown()
     except Exception:
         pass
+    dev = nvml_device(device_id)
     out = nvidia_smi(
         [
             "--query-compute-apps=pid,used_memory",
             "--format=csv,noheader,nounits",
-            f"--id={device_id}",
+            f"--id={dev}",
         ]
     )
     if out is not None:
         used = parse_compute_apps(out, pid)
         if used is not None:
             return used, "nvidia-smi", "process"
-    out = nvidia_smi(["--query-gpu=index,memory.used", "--format=csv,noheader,nounits"])
+    out = nvidia_smi(
+        ["--query-gpu=index,memory.used", "--format=csv,noheader,nounits", f"--id={dev}"]
+    )
     if out is not None:
-        used = parse_gpu_used(out, device_id)
+        # one line for the device asked for: match on its own index column
+        first = out.strip().splitlines()[:1]
+        idx = first[0].split(",")[0].strip() if first else None
+        used = parse_gpu_used(out, int(idx)) if idx and idx.isdigit() else None
         if used is not None:
             return used, "nvidia-smi", "device"
     return None, None, None

@@ -271,6 +271,12 @@ def _latency_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def _few_rounds(report: dict) -> bool:
+    return any(
+        (r.get("speedup") or {}).get("ci_method") == "paired-block+iid" for r in report["results"]
+    )
+
+
 def _header_lines(report: dict) -> list[str]:
     env = report.get("environment") or {}
     s = report.get("settings") or {}
@@ -287,7 +293,8 @@ def _header_lines(report: dict) -> list[str]:
         + (" or " if s.get("runs") and s.get("duration_s") else "")
         + (f"{s.get('duration_s'):g} s" if s.get("duration_s") else "")
         + f" per batch, interleaved blocks of {s.get('block')}, {s.get('warmup')} warm-up runs per shape",
-        f"ratio = median({report['baseline']}) / median(model): > 1 is faster; 95% CI by paired block bootstrap",
+        f"ratio = median({report['baseline']}) / median(model): > 1 is faster; 95% CI by paired block bootstrap"
+        + (" (widened with few rounds: see notes)" if _few_rounds(report) else ""),
     ]
     return lines
 

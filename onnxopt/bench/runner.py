@@ -23,10 +23,18 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, ProviderError
 from ..runtime import create_session
 
-__all__ = ["prime_runtime", "open_session", "Invoker", "time_once", "warm", "measure_throughput"]
+__all__ = [
+    "prime_runtime",
+    "open_session",
+    "check_provider_active",
+    "Invoker",
+    "time_once",
+    "warm",
+    "measure_throughput",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +54,39 @@ def prime_runtime(
     model.ir_version = 8
     t0 = time.perf_counter()
     sess = create_session(model, provider, threads=threads, cuda_options=cuda_options)
+    check_provider_active(sess, provider)
     sess.run(None, {"x": np.zeros((1, 4), np.float32)})
     return time.perf_counter() - t0
+
+
+def check_provider_active(session, provider: str, path=None) -> None:
+    """``ProviderError`` when a CUDA session did not get the CUDA provider.
+
+    onnxruntime-gpu lists ``CUDAExecutionProvider`` as available even when its CUDA or
+    cuDNN libraries cannot be loaded; the session is then created on the CPU provider with
+    only a logged error, and every figure would be a CPU figure labelled CUDA."""
+    if provider != "cuda":
+        return
+    active = list(session.get_providers())
+    if not active or active[0] != "CUDAExecutionProvider":
+        raise ProviderError(
+            "onnxruntime did not create the session on CUDAExecutionProvider (session providers: "
+            f"{', '.join(active) or 'none'}); the CUDA or cuDNN libraries onnxruntime-gpu needs "
+            "are probably missing or do not match its build",
+            path,
+        )
 
 
 def open_session(
     model, provider: str, *, threads: int | None = None, cuda_options: dict | None = None
 ):
-    """``(session, seconds)``: an ORT session for a path or proto, and how long it took."""
+    """``(session, seconds)``: an ORT session for a path or proto, and how long it took
+    (``ProviderError`` when CUDA was asked for and the session fell back to the CPU)."""
     t0 = time.perf_counter()
     sess = create_session(model, provider, threads=threads, cuda_options=cuda_options)
-    return sess, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    check_provider_active(sess, provider, None if hasattr(model, "graph") else model)
+    return sess, secs
 
 
 class Invoker:
@@ -86,14 +116,16 @@ class Invoker:
         import onnxruntime as ort
 
         binding = session.io_binding()
-        self._values = []
+        self._values = []  # keeps what is bound alive as long as the binding
         for name, arr in feed.items():
+            arr = np.ascontiguousarray(arr)
             if device == "cuda":
-                ov = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", device_id)
+                ov = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", device_id)
                 self._values.append(ov)
                 binding.bind_ortvalue_input(name, ov)
             else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+                self._values.append(arr)
+                binding.bind_cpu_input(name, arr)
         for out in session.get_outputs():
             binding.bind_output(out.name, device, device_id)
         binding.synchronize_inputs()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import json_option, output_option, provider_option, report_option
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import table
 from .types import ClassNames
 
@@ -45,9 +45,7 @@ def command(model, output, data, features, pool, head, classes, l2, holdout, no_
     Example: onnxopt adapt digits_cnn04.onnx --data digits_calib.npz -o digits10.onnx
     """
     from ..adapt.api import adapt
-    from ..io import check_output_path
-
-    check_output_path(output, [model])
+    check_outputs(output, [model], report_path)
     result = adapt(
         model,
         data,

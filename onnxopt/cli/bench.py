@@ -166,8 +166,14 @@ def command(
         accuracy=not no_accuracy,
     )
     report = result.report
+    if fmt in ("json", "csv") and not output:
+        # stdout carries data for a program, not the table that lists them: tell the user here
+        for w in report["warnings"]:
+            click.echo(f"warning: {w}", err=True)
     if report["interrupted"]:
-        click.echo(render(report, "table"))
+        # stdout keeps the format asked for (a pipe expecting JSON gets JSON); with -o the
+        # table is printed and nothing is written
+        click.echo(render(report, "table" if output else fmt), nl=False)
         click.echo("interrupted: partial results printed; no files written", err=True)
         click.get_current_context().exit(130)
     # render everything before writing anything: a failure leaves no partial set of files

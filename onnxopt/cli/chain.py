@@ -13,7 +13,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import fmt, table
 from .types import NameMap
 
@@ -39,9 +39,7 @@ def command(models, output, pairs, data, shapes, provider, external_data, as_jso
     Example: onnxopt chain preprocess.onnx classifier.onnx -o pipeline.onnx --map pixels:image
     """
     from ..ensemble.api import chain
-    from ..io import check_output_path
-
-    check_output_path(output, models)
+    check_outputs(output, models, report_path)
     result = chain(list(models), map=list(pairs) or None, data=data, shapes=shapes_dict(shapes), provider=provider)
     if not write_result(result, output, inputs=list(models), report_path=report_path, as_json=as_json, external_data=external_data):
         return

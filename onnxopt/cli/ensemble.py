@@ -12,7 +12,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import fmt, human_bytes, table
 from .types import FloatList, NameMap
 
@@ -30,7 +30,7 @@ __all__ = ["command"]
 @click.option("--l2", type=float, default=None, help="L2 strength of the stacking head (default: 5-fold cross-validation).")
 @click.option("--softmax", is_flag=True, help="Normalise each member's scores with softmax before fusing.")
 @click.option("--keep-member-outputs", is_flag=True, help="Also expose each member's output (named m<i>/<output>).")
-@click.option("--output", "output_name", metavar="NAME", default=None, help="The member output to fuse, when members have several (default: all, position-wise).")
+@click.option("--output", "output_name", metavar="NAME[,NAME...]", default=None, help="The member output to fuse, when members have several: one NAME for all members, or one per member, comma-separated (default: all, position-wise).")
 @click.option("--input-map", "input_map", type=NameMap(), multiple=True, help="Rename a member input FROM:TO so members share inputs (repeatable).")
 @click.option("--fuse-members", is_flag=True, help="Fuse members of one architecture into one wider network (batched MatMul, grouped Conv).")
 @data_option(help="DATA for the parity check (and member vs ensemble accuracy when it has 'labels'); default: synthesized inputs.")
@@ -55,9 +55,7 @@ def command(models, output, fusion, weights, fit_data, head, l2, softmax, keep_m
       onnxopt ensemble ft1.onnx ft2.onnx ft3.onnx -o mean.onnx --fuse-members
     """
     from ..ensemble.api import ensemble
-    from ..io import check_output_path
-
-    check_output_path(output, models)
+    check_outputs(output, models, report_path)
     result = ensemble(
         list(models),
         fusion=fusion,
@@ -65,7 +63,7 @@ def command(models, output, fusion, weights, fit_data, head, l2, softmax, keep_m
         fit=fit_data,
         softmax=softmax,
         keep_member_outputs=keep_member_outputs,
-        output=output_name,
+        output=output_name.split(",") if output_name and "," in output_name else output_name,
         input_map=dict(input_map) if input_map else None,
         fuse_members=fuse_members,
         data=data,
@@ -106,7 +104,7 @@ def render(rep: dict) -> None:
         click.echo(f"converted {c['member']}: opset {c['from']} -> {c['to']}; {changed}")
     sh = rep["shared_initializers"]
     if sh["initializers_merged"]:
-        click.echo(f"shared weights: {sh['initializers_merged']} duplicate initializers stored once, {human_bytes(sh['bytes_saved'])} saved")
+        click.echo(f"shared weights: {sh['initializers_merged']} duplicate tensors (initializers, Constant nodes) stored once, {human_bytes(sh['bytes_saved'])} saved")
     for g in rep["horizontal"]["groups"]:
         if g["applied"]:
             counts = ", ".join(f"{k} {v}" for k, v in g["counts"].items())

@@ -49,7 +49,8 @@ def render_inspect(r: dict) -> str:
     lines.append(f"nodes: {r['nodes']}{sub}")
     lines.append("ops: " + (", ".join(f"{k} {v}" for k, v in r["ops"].items()) or "none"))
     par = r["parameters"]
-    lines.append(f"parameters: {par['total']:,} ({human_bytes(par['bytes'])}) in {r['initializers']} initializers and Constant nodes")
+    constants = r["ops"].get("Constant", 0)
+    lines.append(f"parameters: {par['total']:,} ({human_bytes(par['bytes'])}) in {r['initializers']} initializers" + (f" and {constants} Constant nodes" if constants else ""))
     if par["per_dtype"]:
         rows = [[dt, e["params"], human_bytes(e["bytes"])] for dt, e in par["per_dtype"].items()]
         lines.append(table(["dtype", "params", "bytes"], rows))
@@ -86,10 +87,12 @@ def render_inspect(r: dict) -> str:
         parts = ", ".join(f"{k} {human_count(v)}" for k, v in fl["by_op"].items())
         missing = fl["nodes_of_counted_ops"] - fl["nodes_counted"]
         extra = f"; {missing} node(s) without inferred shapes not counted" if missing else ""
+        if fl.get("nodes_in_subgraphs"):
+            extra += f"; {fl['nodes_in_subgraphs']} node(s) inside If/Loop/Scan bodies not counted"
         lines.append(f"FLOPs (Conv/Gemm/MatMul, symbolic dims = 1): {human_count(r['flops'], 'FLOP')}" + (f" ({parts})" if parts else "") + extra)
     meta = r["metadata"]
     for k, v in meta["props"].items():
-        lines.append(f"metadata {k}: {v}")
+        lines.append(f"metadata {k}: {' '.join(v.split())}")  # one line each (values may hold newlines)
     prov = meta["onnxopt_provenance"]
     if prov is None:
         lines.append("onnxopt provenance: none")

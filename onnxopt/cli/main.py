@@ -136,13 +136,13 @@ def cli(verbose: int, quiet: bool, debug: bool):
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     if verbose < 2:
-        # ONNX Runtime's C++ warnings ("Removing initializer ...", from sessions that its
+        # ONNX Runtime's C++ warnings and errors ("Removing initializer ...", from sessions that its
         # quantizer and transformer optimizer create) go straight to file descriptor 2, where
         # they would break the one-line error contract; -vv shows them
         try:
             import onnxruntime
 
-            onnxruntime.set_default_logger_severity(3)
+            onnxruntime.set_default_logger_severity(4)
         except Exception:  # pragma: no cover - a broken onnxruntime is reported where it is used
             pass
     from ..core.progress import set_progress

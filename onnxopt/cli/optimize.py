@@ -13,7 +13,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import human_bytes
 
 __all__ = ["command"]
@@ -83,15 +83,9 @@ def command(
 
     Example: onnxopt optimize model.onnx -o model.opt.onnx --calibration calib.npz --eval test.npz --max-accuracy-drop 1
     """
-    from ..errors import UsageError
-    from ..io import check_output_path
     from ..optimize.api import optimize, render_decision_table
 
-    check_output_path(output, [model])
-    if report_path:
-        check_output_path(report_path, [model])
-        if click.format_filename(report_path) == click.format_filename(output):
-            raise UsageError("--report must differ from -o", report_path)
+    check_outputs(output, [model], report_path)
     result = optimize(
         model,
         target=target,

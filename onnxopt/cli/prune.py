@@ -14,7 +14,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import human_bytes, table
 from .types import FloatList, Fraction, LayerRatio
 
@@ -165,16 +165,9 @@ def command(
 
     Example: onnxopt prune model.onnx -o small.onnx --method channels --ratio 0.5 --calibration calib.npz
     """
-    from ..errors import UsageError
-    from ..io import check_output_path
     from ..prune.api import prune
 
-    check_output_path(output, [model])
-    for extra in (report_path, plot):
-        if extra:
-            check_output_path(extra, [model])
-            if click.format_filename(extra) == click.format_filename(output):
-                raise UsageError("--report / --plot must differ from -o", extra)
+    check_outputs(output, [model], report_path, plot)
     result = prune(
         model,
         method=method,
@@ -259,8 +252,9 @@ def render(rep: dict) -> None:
             click.echo(f"skipped {s['initializer']}: {s['reason']}")
     elif method == "channels":
         g = d.get("groups", {})
+        value = rep.get("value")
         click.echo(
-            f"\nratio {rep.get('value')}, importance {d.get('importance')}: {len(g.get('pruned', []))} channel group(s) pruned, {len(g.get('intact', []))} left intact"
+            f"\n{'per-layer ratios' if value is None else f'ratio {value}'}, importance {d.get('importance')}: {len(g.get('pruned', []))} channel group(s) pruned, {len(g.get('intact', []))} left intact"
         )
         if g.get("pruned"):
             click.echo(

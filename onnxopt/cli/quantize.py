@@ -14,11 +14,17 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import echo_json, fmt, human_bytes, table
 from .types import CsvList
 
-__all__ = ["command", "render_candidates"]
+__all__ = ["command", "render_candidates", "MODEL_TYPES"]
+
+# onnxopt.quantize.transformer.MODEL_TYPES, spelled out so that --help imports no onnx
+# (tests/quantize/test_cli.py checks that the two agree)
+MAX_DETAIL_LINES = 20  # left-in-float lines printed per candidate
+
+MODEL_TYPES = ("bart", "bert", "bert_keras", "bert_tf", "clip", "conformer", "gpt2", "gpt2_tf", "gpt_neox", "phi", "swin", "t5", "tnlr", "vit")
 
 
 def _speed(c: dict) -> str:
@@ -50,12 +56,40 @@ def render_candidates(report: dict) -> str:
     return table(["candidate", "status", "quantized", metric, "drop", "speed vs FP32", "size", "excluded", "fallbacks"], rows)
 
 
+def _signed(v) -> str:
+    return fmt(v) if v is None or v < 0 else "+" + fmt(v)
+
+
+def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAIL_LINES) -> list[str]:
+    """One line per excluded node, or per group of nodes measured together (consecutive
+    entries with the same group size and gain), at most ``max_lines``."""
+    groups: list[list[dict]] = []
+    for e in excluded:
+        last = groups[-1][-1] if groups else None
+        if last is not None and e.get("group_size", 1) > 1 and last.get("group_size") == e.get("group_size") and last.get("gain") == e.get("gain") and len(groups[-1]) < e["group_size"]:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    lines = []
+    for g in groups:
+        e = g[0]
+        if len(g) == 1:
+            what = f"{e['node']} ({e['op_type']})"
+        else:
+            names = ", ".join(x["node"] for x in g[:3]) + (f", ... {g[-1]['node']}" if len(g) > 3 else "")
+            what = f"{len(g)} nodes ({names})"
+        how = f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""
+        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}")
+    if len(lines) > max_lines:
+        rest = len(lines) - max_lines + 1
+        lines = lines[: max_lines - 1] + [f"{label}: ... {rest} more line(s) of left-in-float nodes (the full list: --report FILE or --json)"]
+    return lines
+
+
 def _details(report: dict) -> list[str]:
     lines = []
     for c in report.get("candidates", []):
-        for e in c.get("excluded") or []:
-            gain = e.get("gain")
-            lines.append(f"{c['label']}: left {e['node']} ({e['op_type']}) in float: +{fmt(gain)} points when alone in float" + (f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""))
+        lines += _excluded_lines(c["label"], c.get("excluded") or [])
         for f in c.get("fallbacks") or []:
             lines.append(f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}")
     return lines
@@ -81,10 +115,13 @@ def _details(report: dict) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the timing sessions (default: ONNX Runtime's; 1 is steadier on a loaded machine).")
 @click.option("--calibration-batch", type=click.IntRange(min=1), default=None, help="Batch size of the calibration runs (default 32).")
 @click.option("--no-preprocess", is_flag=True, help="Skip ORT's quant_pre_process (onnxopt's own pre-processing still runs).")
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None, help="Run the transformer-fusion pass (ORT's transformer optimizer, verified) for this architecture before quantizing.")
+@click.option("--num-heads", type=click.IntRange(min=0), default=0, show_default=True, help="Attention heads for --model-type (0: detect).")
+@click.option("--hidden-size", type=click.IntRange(min=0), default=0, show_default=True, help="Hidden size for --model-type (0: detect).")
 @shape_option
 @json_option
 @report_option
-def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, threads, calibration_batch, no_preprocess, shapes, as_json, report_path):
+def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, as_json, report_path):
     """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
     + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
     the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
@@ -95,16 +132,13 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
       onnxopt quantize model.onnx -o model.int8.onnx --mode dynamic
 
       onnxopt quantize model.onnx -o q.onnx --calibration calib.npz --eval test.npz --max-accuracy-drop 1
+
+      onnxopt quantize bert.onnx -o bert.int8.onnx --mode dynamic --model-type bert
     """
-    from ..errors import BudgetError, UsageError, VerificationError
-    from ..io import check_output_path
+    from ..errors import BudgetError, VerificationError
     from ..quantize.api import quantize
 
-    check_output_path(output, [model])
-    if report_path:
-        check_output_path(report_path, [model])
-        if click.format_filename(report_path) == click.format_filename(output):
-            raise UsageError("--report must differ from -o", report_path)
+    check_outputs(output, [model], report_path)
     try:
         result = quantize(
             model,
@@ -128,6 +162,9 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
             threads=threads,
             calibration_batch=calibration_batch,
             preprocess=not no_preprocess,
+            model_type=model_type,
+            num_heads=num_heads,
+            hidden_size=hidden_size,
         )
     except (BudgetError, VerificationError) as exc:
         rep = exc.details.get("report")
@@ -147,8 +184,15 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
         click.echo(line)
     m = rep["metric"]
     click.echo(f"metric: {m['name']} on {m['data']} ({m['samples']} samples); FP32 {m['reference']:.2f}" + (f"; budget {rep['budget']['max_drop']:g} points" if rep.get("budget") else "; no budget (--max-accuracy-drop)"))
+    tf = rep.get("transformer_fusion")
+    if tf:
+        fused = {k[len("fused_"):]: v for k, v in tf["counts"].items() if k.startswith("fused_") and k != "fused_ops"}
+        click.echo(f"transformer-fusion ({tf['model_type']}): " + (", ".join(f"{k} {v}" for k, v in fused.items()) + " fused" if tf["modified"] else "model unchanged"))
     for note in rep.get("notes", []):
-        click.echo(f"note: {note}")
+        if note.startswith("warning: "):
+            click.echo(note, err=True)
+        else:
+            click.echo(f"note: {note}")
     before, after = rep["before"], rep["after"]
     click.echo(f"chosen: {rep.get('chosen') or 'none (input unchanged)'}; size {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}; timing batch {rep['timing']['batch']}")
     click.echo(f"wrote {output}")

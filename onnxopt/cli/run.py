@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .options import (
@@ -16,7 +14,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import human_bytes, table
 
 __all__ = ["command", "render_steps"]
@@ -51,9 +49,10 @@ def render_steps(report: dict) -> str:
 @budget_options
 @shape_option
 @provider_option
+@click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
 @report_option
 @json_option
-def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, metric, shapes, provider, report_path, as_json):
+def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, metric, shapes, provider, external_data, report_path, as_json):
     """Apply RECIPE (a bundled recipe name, see 'onnxopt passes', or a TOML file) to MODEL.
     Every step is verified against MODEL before the next one runs (checker, ONNX Runtime,
     outputs within 1e-4 relative L2 for exact passes, --metric within --max-accuracy-drop
@@ -62,16 +61,10 @@ def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, me
     Example: onnxopt run simplify model.onnx -o model.sim.onnx
     """
     from ..core.runner import run
-    from ..errors import UsageError
-    from ..io import check_output_path
 
-    check_output_path(output, [model])
-    if report_path:
-        check_output_path(report_path, [model])
-        if Path(report_path).resolve() == Path(output).resolve():
-            raise UsageError("--report must differ from -o", report_path)
+    check_outputs(output, [model], report_path)
     result = run(recipe, model, calibration=calibration, eval_data=eval_data, shapes=shapes_dict(shapes), provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
-    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json, external_data=external_data):
         return
     rep = result.report
     click.echo(f"recipe {rep['recipe']} ({rep['recipe_file']}) on {model}")

@@ -13,7 +13,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .outputs import write_result
+from .outputs import check_outputs, write_result
 from .render import human_bytes, table
 
 __all__ = ["command"]
@@ -35,10 +35,9 @@ def command(model, output, data, shapes, provider, no_onnxsim, external_data, as
 
     Example: onnxopt simplify model.onnx -o model.sim.onnx
     """
-    from ..io import check_output_path
     from ..simplify.api import simplify
 
-    check_output_path(output, [model])
+    check_outputs(output, [model], report_path)
     result = simplify(model, data=data, shapes=shapes_dict(shapes), provider=provider, use_onnxsim=not no_onnxsim)
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json, external_data=external_data):
         return

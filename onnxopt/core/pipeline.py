@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ..errors import BudgetError, ModelError, VerificationError
+from ..errors import BudgetError, ModelError, OnnxoptError, VerificationError
 from ..metrics import Evaluator
 from ..verify import EXACT_REL_L2, check_model, compare_outputs
 from .passes import Context, Pass, PassReport
@@ -118,7 +118,12 @@ def run_pipeline(model: onnx.ModelProto, passes: list[Pass], ctx: Context | None
     for i, p in enumerate(progress(passes, desc=command, unit="step"), start=1):
         label = f"step {i} '{p.key}'"
         log.info("%s ...", label)
-        res = p(current, ctx)
+        try:
+            res = p(current, ctx)
+        except OnnxoptError as exc:  # a pass that refuses: the error names the step too
+            if len(passes) > 1 and not exc.message.startswith(label):
+                exc.message = f"{label}: {exc.message}"
+            raise
         if verifier is not None:
             res.report.verification = verifier(res.model, label, exact=p.exact)
         reports.append(res.report)

@@ -110,8 +110,10 @@ def load_recipe(name_or_path, *, validate: bool = True) -> Recipe:
     steps = []
     for i, s in enumerate(steps_doc, 1):
         key = s.get("pass")
-        if not isinstance(key, str):
+        if key is None:
             raise RecipeError(f"step {i}: missing 'pass' = \"name\"", path)
+        if not isinstance(key, str):
+            raise RecipeError(f"step {i}: 'pass' must be a string naming a pass, found {key!r}", path)
         steps.append(Step(key, {k: v for k, v in s.items() if k != "pass"}))
     target = doc.get("target", "cpu")
     if target not in ("cpu", "cuda"):

@@ -40,11 +40,14 @@ class Result:
         return self.ok
 
     def save(self, path, *, guard=(), external_data: bool | None = None) -> Path:
-        """Write the model atomically (never over a path listed in ``guard``)."""
+        """Write the model atomically, never over a path listed in ``guard`` nor over the
+        input model the report names (``report["input"]``, a path)."""
         from ..io import save_model
 
         if self.model is None:
             raise ValueError("this result holds no model")
+        source = self.report.get("input")
+        guard = [*guard, *([source] if isinstance(source, str) else [])]
         return save_model(self.model, path, guard=guard, external_data=external_data)
 
     def to_json(self, **kw) -> str:

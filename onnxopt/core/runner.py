@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import dataset_for
-from ..errors import blame
+from ..data import check_shapes, dataset_for
+from ..errors import RecipeError, blame
 from ..io import resolve_model
 from ..metrics import Budget
 from .passes import Context
@@ -29,10 +29,13 @@ def make_context(model, *, calibration=None, eval_data=None, shapes=None, provid
 def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None) -> PipelineResult:
     """Run a recipe (bundled name or TOML path) on a model (path or proto)."""
     rec = load_recipe(recipe)
+    if not rec.steps:
+        raise RecipeError("the recipe has no [[steps]]: nothing to run", rec.path)
     passes = rec.build()
     m, path = resolve_model(model)
     extra = {"recipe": rec.name, "input": str(path) if path else None}
-    with blame(path):
+    with blame(path, data=True):
+        check_shapes(m, shapes, path)
         ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
         result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
     result.report.update(extra)

@@ -312,6 +312,8 @@ def ensemble(
     if not parity.ok:
         more = f" (and {len(parity.failures) - 1} more)" if len(parity.failures) > 1 else ""
         raise VerificationError(f"parity check failed: {parity.failures[0]}{more}")
+    if parity.weak:
+        notes.append(f"the parity check says little about member output(s) {', '.join(parity.weak)}: every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)")
 
     # --- report --------------------------------------------------------------------------------
     report = {
@@ -405,6 +407,9 @@ def chain(models, *, map=None, data=None, shapes: dict | None = None, provider: 
         raise VerificationError(f"parity check failed: output '{o.name}' differs from the stages run one after another: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
     samples = int(got[0].shape[0]) if got and got[0].ndim else 1
     parity = {"ok": True, "samples": samples, "data": ds.source, "outputs": records}
+    weak = [n for n, a in zip(final_names, ref, strict=True) if np.asarray(a).dtype.kind == "f" and np.asarray(a).size and float(np.nanmax(np.abs(a))) <= 1e-6]
+    if weak:
+        notes.append(f"the parity check says little about output(s) {', '.join(weak)}: every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)")
     report = {
         "command": "chain",
         "stages": [s.describe() for s in stages],

@@ -3,7 +3,9 @@
 For members ``m = 1..M`` with outputs ``x_m`` (``[..., C]`` scores; with ``softmax`` each is
 first replaced by ``softmax(x_m)`` over the last axis):
 
-- ``mean``:     ``y = (1/M) sum_m x_m``                                  (``Mean``)
+- ``mean``:     ``y = (1/M) sum_m x_m``                                  (``Mean``; float64:
+  ``Sum`` / ``M``, as ORT's CPU provider has no float64 ``Mean``, nor ``OneHot``: a float64
+  vote casts a float32 0/1 one-hot and multiplies it by the weight)
 - ``weighted``: ``y = sum_m w_m x_m`` with ``w >= 0``, ``sum w = 1``        (``Mul`` + ``Sum``)
 - ``vote``:     ``k_m = argmax(x_m)``; ``votes = sum_m w_m onehot(k_m, C)`` (``w_m = 1`` unless
   weights are given); ``label = argmax(votes)``  (``ArgMax`` -> ``OneHot`` -> ``Sum`` -> ``ArgMax``).
@@ -120,7 +122,11 @@ def build_head(fusion: Fusion, io: HeadIO, *, prefix: str, taken: set[str]) -> t
         xs = [b.node("Softmax", [x], b.name(f"softmax{i}"), axis=-1) for i, x in enumerate(xs)]
     shape = None
     if kind == "mean":
-        b.node("Mean", xs, io.outputs[0])
+        if io.elem == onnx.TensorProto.DOUBLE:
+            # ORT's CPU provider has no float64 Mean kernel: Sum / M
+            b.node("Div", [b.node("Sum", xs, b.name("sum")), b.const("count", np.asarray(M, dtype=np_dtype))], io.outputs[0])
+        else:
+            b.node("Mean", xs, io.outputs[0])
         shape = _merged_shape(io.shapes)
         outs = [helper.make_tensor_value_info(io.outputs[0], io.elem, None if shape is None else list(shape))]
     elif kind == "weighted":
@@ -139,6 +145,15 @@ def build_head(fusion: Fusion, io: HeadIO, *, prefix: str, taken: set[str]) -> t
         onehots = []
         for i, x in enumerate(xs):
             k = b.node("ArgMax", [x], b.name(f"argmax{i}"), axis=-1, keepdims=0)
+            if io.elem == onnx.TensorProto.DOUBLE:
+                # ORT's CPU provider has no float64 OneHot kernel: a float32 0/1 one-hot
+                # (exact), cast, times the weight in float64
+                vals = b.const(f"onehot_values{i}", np.asarray([0.0, 1.0], dtype=np.float32))
+                hot = b.node("Cast", [b.node("OneHot", [k, depth, vals], b.name(f"onehot{i}"), axis=-1)], b.name(f"onehot{i}_f64"), to=onnx.TensorProto.DOUBLE)
+                if weights[i] != 1.0:
+                    hot = b.node("Mul", [hot, b.const(f"vote_weight{i}", np.asarray(weights[i], dtype=np_dtype))], b.name(f"weighted_onehot{i}"))
+                onehots.append(hot)
+                continue
             vals = b.const(f"onehot_values{i}", np.asarray([0.0, weights[i]], dtype=np_dtype))
             onehots.append(b.node("OneHot", [k, depth, vals], b.name(f"onehot{i}"), axis=-1))
         votes = b.node("Sum", onehots, io.outputs[1])

@@ -32,6 +32,16 @@ Rewrites:
   to match; ``Softmax``/``LogSoftmax``/``Hardmax`` keep a ``concat`` layout when they
   normalise another axis, else run ``batched`` on the shifted axis; ``Transpose`` and
   ``Reshape`` follow the layout.
+- On the ``batched`` layout, with axes shifted past the member axis: ``Reduce*`` ("all
+  axes" = ``1..r``), ``Squeeze``/``Unsqueeze``, ``Slice`` (same starts/ends for all members),
+  ``Expand`` (target prefixed with ``M``) and ``Reshape`` to a target computed at run time.
+- ``Shape`` of a stacked value is the members' common shape (stacked axis divided by ``M``,
+  or the member axis dropped): ``shared``, so the shape arithmetic after it runs once.
+- A node that reads only per-member constants (e.g. PaddlePaddle's ``Reshape`` of each
+  bias to ``[1, C, 1, 1]``) is computed in numpy per member (ONNX reference evaluator) and
+  stays a per-member constant, unless that would store more than 1 MB at 16x its inputs.
+- A ``batched`` 2-D operand of a small ``Gemm``/``MatMul`` is brought back to ``concat`` for
+  the block-diagonal form.
 - A node with no stacked form (or whose stacked form is refused, e.g. a per-member
   constant broadcast along the stacked axis) runs once per member on that member's slice
   (``Split`` / ``Gather``), and so does everything after it; the report says which node.
@@ -73,6 +83,10 @@ UNARY = {
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"}
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
 SOFTMAXES = {"Softmax", "LogSoftmax", "Hardmax"}
+REDUCES = {
+    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+}  # fmt: skip
 
 
 class Refused(Exception):
@@ -166,6 +180,16 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
 
 def _static(dims) -> bool:
     return all(isinstance(d, int) and d > 0 for d in dims)
+
+
+def _axes_of(n0, ins, att) -> list[int] | None:
+    """The ``axes`` of a reduction / squeeze: its second input (one constant shared by the
+    members) from opset 13/18 on, else its attribute; None when neither is given."""
+    if len(ins) > 1 and ins[1] is not None:
+        if ins[1].kind != "const" or not ins[1].identical:
+            raise Refused(f"{n0.op_type} node '{n0.name}': the axes are not one constant")
+        return [int(v) for v in ins[1].arrays[0].reshape(-1)]
+    return list(att["axes"].ints) if "axes" in att else None
 
 
 @dataclass
@@ -495,6 +519,8 @@ class _Fuser:
         if r is None or (axis % r if axis < 0 else axis) != 1:
             raise Refused(f"Flatten node '{n0.name}': only axis 1 on a value of known rank is fused")
         shape = self.out_shape(n0)
+        if shape is None:  # [d0, prod(d1..)] whatever shape inference could not say
+            shape = (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)) if _static(x.shape[1:]) else None)
         if x.kind == "concat" and x.axis == 1 and _static(x.shape[2:]):
             (out,) = self.emit_like(n0, [x.name])
             return [_St("concat", out, axis=1, block=x.block * int(np.prod(x.shape[2:], dtype=np.int64)), shape=shape)]
@@ -516,6 +542,107 @@ class _Fuser:
         (out,) = self.emit_like(n0, [xb.name], axis=axis + 1)
         return [_St("batched", out, shape=x.shape)]
 
+    def h_reduce(self, n0, ins):
+        """A reduction on the ``batched`` layout over the same axes shifted by one (the member
+        axis 0 is never reduced); "all axes" becomes axes ``1..r``."""
+        x = ins[0]
+        r = x.rank
+        if r is None:
+            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        att = {a.name: a for a in n0.attribute}
+        axes = _axes_of(n0, ins, att) or []
+        if not axes:
+            if "noop_with_empty_axes" in att and att["noop_with_empty_axes"].i:
+                raise Refused(f"{n0.op_type} node '{n0.name}': noop_with_empty_axes")
+            axes = list(range(r))
+        axes = sorted({a % r for a in axes})
+        keep = att["keepdims"].i if "keepdims" in att else 1
+        shape = self.out_shape(n0)
+        if shape is None and x.shape is not None:
+            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) if keep else tuple(d for i, d in enumerate(x.shape) if i not in axes)
+        xb = self.to_batched(x)
+        shifted = [a + 1 for a in axes]
+        opset = next((o.version for o in self.models[0].opset_import if o.domain in ("", "ai.onnx")), 1)
+        axes_input = len(n0.input) > 1 and n0.input[1] or len(onnx.defs.get_schema(n0.op_type, opset, "").inputs) > 1
+        if axes_input:
+            (out,) = self.emit_like(n0, [xb.name, self.small(shifted)], drop=("axes",))
+        else:
+            (out,) = self.emit_like(n0, [xb.name], axes=shifted)
+        return [_St("batched", out, shape=shape)]
+
+    def h_slice(self, n0, ins):
+        """``Slice`` (opset >= 10) on the ``batched`` layout: the same starts/ends/steps (one
+        value for all members), axes shifted past the member axis."""
+        x = ins[0]
+        r = x.rank
+        if r is None or len(n0.input) < 3:
+            raise Refused(f"Slice node '{n0.name}': rank unknown")
+        names = self._shared_rest(n0, [ins[1], ins[2]] + ([ins[4]] if len(ins) > 4 else []))
+        if len(ins) > 3 and ins[3] is not None:
+            if ins[3].kind != "const" or not ins[3].identical:
+                raise Refused(f"Slice node '{n0.name}': the axes are not one constant")
+            axes = [int(v) for v in ins[3].arrays[0].reshape(-1)]
+        else:
+            starts = ins[1]
+            if starts.shape is None or len(starts.shape) != 1 or not isinstance(starts.shape[0], int):
+                raise Refused(f"Slice node '{n0.name}': number of sliced axes unknown")
+            axes = list(range(starts.shape[0]))
+        # starts, ends and axes share one index type (int32 from tf2onnx, int64 mostly)
+        typed = next((st.arrays[0].dtype for st in (ins[3] if len(ins) > 3 else None, ins[1], ins[2]) if st is not None and st.kind == "const"), None)
+        if typed is None:
+            raise Refused(f"Slice node '{n0.name}': index type of the computed starts unknown")
+        xb = self.to_batched(x)
+        inputs = [xb.name, names[0], names[1], self.small([a % r + 1 for a in axes], dtype=typed)] + names[2:]
+        (out,) = self.emit_like(n0, inputs)
+        return [_St("batched", out, shape=self.out_shape(n0))]
+
+    def h_squeeze(self, n0, ins):
+        """``Squeeze`` / ``Unsqueeze`` on the ``batched`` layout, axes shifted past the member
+        axis (negative axes first resolved against the member's rank)."""
+        x = ins[0]
+        r = x.rank
+        if r is None:
+            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        att = {a.name: a for a in n0.attribute}
+        axes = _axes_of(n0, ins, att)
+        xb = self.to_batched(x)
+        if axes is None:  # Squeeze of every 1-dim: the member axis (M >= 2) is never one
+            (out,) = self.emit_like(n0, [xb.name])
+            return [_St("batched", out, shape=self.out_shape(n0))]
+        rank = r + len(axes) if n0.op_type == "Unsqueeze" else r
+        shifted = sorted(a % rank + 1 for a in axes)
+        if len(n0.input) > 1 and n0.input[1]:
+            (out,) = self.emit_like(n0, [xb.name, self.small(shifted)])
+        else:
+            (out,) = self.emit_like(n0, [xb.name], axes=shifted)
+        return [_St("batched", out, shape=self.out_shape(n0))]
+
+    def h_expand(self, n0, ins):
+        """``Expand`` on the ``batched`` layout: the target gets ``M`` in front (and 1s where it
+        is shorter than the value); a value of lower rank than the target is unsqueezed after
+        the member axis first."""
+        x, s = ins[0], ins[1]
+        r = x.rank
+        if r is None or s is None:
+            raise Refused(f"Expand node '{n0.name}': rank unknown")
+        if s.kind == "const" and s.identical:
+            L = int(s.arrays[0].size)
+        elif s.kind == "shared" and s.shape is not None and len(s.shape) == 1 and isinstance(s.shape[0], int):
+            L = s.shape[0]
+        else:
+            raise Refused(f"Expand node '{n0.name}': the target shape differs between members")
+        xb = self.to_batched(x)
+        name = xb.name
+        if L > r:  # [M, d...] -> [M, 1.., d...] so that broadcasting lines up after the member axis
+            (name,) = self.emit("Unsqueeze", [name, self.small(list(range(1, L - r + 1)))], f"{n0.output[0]}/aligned")
+        pad = [self.M] + [1] * max(0, r - L)
+        if s.kind == "const":
+            target = self.small(pad + [int(v) for v in s.arrays[0].reshape(-1)])
+        else:
+            (target,) = self.emit("Concat", [self.small(pad), s.name], f"{n0.output[0]}/target", attrs=[helper.make_attribute("axis", 0)])
+        (out,) = self.emit_like(n0, [name, target])
+        return [_St("batched", out, shape=self.out_shape(n0))]
+
     def h_transpose(self, n0, ins):
         x = ins[0]
         r = x.rank
@@ -529,8 +656,40 @@ class _Fuser:
         (out,) = self.emit_like(n0, [x.name], perm=[0] + [p + 1 for p in perm])
         return [_St("batched", out, shape=shape)]
 
+    def h_shape(self, n0, ins):
+        """The members' shape (equal for all: same architecture, same inputs) from the stacked
+        value's: the stacked axis divided by M (``concat``) or the member axis dropped
+        (``batched``); a ``shared`` result, so what is computed from it runs once."""
+        x = ins[0]
+        r = x.rank
+        if r is None or not x.stacked:
+            raise Refused(f"Shape node '{n0.name}': rank unknown")
+        base = n0.output[0]
+        (full,) = self.emit("Shape", [x.name], f"{base}/stacked")
+        if x.kind == "concat":
+            div = np.ones(r, dtype=np.int64)
+            div[x.axis] = self.M
+            (shape,) = self.emit("Div", [full, self.small(div)], f"{base}/member")
+        else:
+            (shape,) = self.emit("Slice", [full, self.small([1]), self.small([r + 1]), self.small([0])], f"{base}/member")
+        att = {a.name: a.i for a in n0.attribute}
+        if "start" in att or "end" in att:  # Shape-15 clamps like Slice does
+            (shape,) = self.emit("Slice", [shape, self.small([att.get("start", 0)]), self.small([att.get("end", r)]), self.small([0])], base)
+        return [_St("shared", shape, shape=self.out_shape(n0))]
+
     def h_reshape(self, n0, ins):
         x, s = ins[0], ins[1]
+        if s is not None and s.kind == "shared":
+            # a target computed at run time (e.g. from Shape): the same for every member
+            if any(a.name == "allowzero" and a.i for a in n0.attribute):
+                raise Refused(f"Reshape node '{n0.name}': allowzero with a computed target")
+            xb = self.to_batched(x)
+            (target,) = self.emit("Concat", [self.small([self.M]), s.name], f"{n0.output[0]}/target", attrs=[helper.make_attribute("axis", 0)])
+            (out,) = self.emit_like(n0, [xb.name, target])
+            shape = self.out_shape(n0)
+            if shape is None and s.shape is not None and len(s.shape) == 1 and isinstance(s.shape[0], int):
+                shape = (None,) * s.shape[0]  # the rank is the target's length
+            return [_St("batched", out, shape=shape)]
         if s is None or s.kind != "const" or not s.identical:
             raise Refused(f"Reshape node '{n0.name}': the target shape is not one constant")
         target = [int(v) for v in s.arrays[0].reshape(-1)]
@@ -558,6 +717,18 @@ class _Fuser:
             out[j * fan_in : (j + 1) * fan_in, j * fan_out : (j + 1) * fan_out] = w
         return out
 
+    def _small_block_operand(self, A: _St, fan_in: int, fan_out: int) -> _St:
+        """A ``batched`` 2-D operand as ``concat`` on axis 1 when the block diagonal is small
+        (one kernel instead of one per member or a batched MatMul)."""
+        if A.kind == "batched" and A.rank == 2 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX:
+            if not isinstance(A.shape[1], int):  # [N, F] x [F, O]: F is the weight's fan-in
+                A = _St("batched", A.name, shape=(A.shape[0], fan_in))
+            try:
+                return self.to_concat(A, 1)
+            except Refused:
+                return A
+        return A
+
     def h_gemm(self, n0, ins):
         A = ins[0]
         att = {a.name: a for a in n0.attribute}
@@ -580,6 +751,9 @@ class _Fuser:
                 cs.append(np.broadcast_to((c.astype(np.float64) * beta).astype(dtype) if beta != 1.0 else c, (1, fan_out)).reshape(fan_out).copy())
         shape = self.out_shape(n0)
         base = ins[1].src
+        A = self._small_block_operand(A, fan_in, fan_out)
+        if shape is None and A.rank == 2:
+            shape = (A.shape[0], fan_out)
         if A.kind == "shared" or (A.kind == "concat" and A.axis == 1 and A.rank == 2 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX):
             if A.kind == "shared":
                 w = np.concatenate(Ws, axis=1)
@@ -605,8 +779,11 @@ class _Fuser:
             if Ws[0].ndim != 2:
                 raise Refused(f"MatMul node '{n0.name}': weight of rank {Ws[0].ndim}")
             fan_in, fan_out = Ws[0].shape
-            if not A.stacked:
+            if A.kind == "const":
                 raise Refused(f"MatMul node '{n0.name}': left operand is a per-member constant")
+            A = self._small_block_operand(A, fan_in, fan_out)
+            if shape is None and A.rank is not None and A.rank >= 2:
+                shape = tuple(A.shape[:-1]) + (fan_out,)
             if A.kind == "shared":
                 r = A.rank
                 if r is None:
@@ -649,8 +826,14 @@ class _Fuser:
             "MatMul": self.h_matmul,
             "Transpose": self.h_transpose,
             "Reshape": self.h_reshape,
+            "Shape": self.h_shape,
+            "Expand": self.h_expand,
+            "Squeeze": self.h_squeeze,
+            "Slice": self.h_slice,
+            "Unsqueeze": self.h_squeeze,
             **{p: self.h_pool for p in POOLS},
             **{s: self.h_softmax for s in SOFTMAXES},
+            **{r: self.h_reduce for r in REDUCES},
         }.get(op)
 
     # --- the walk -----------------------------------------------------------------------------
@@ -660,6 +843,8 @@ class _Fuser:
             ins = [self.read(k, i) for i in range(len(n0.input))]
             if all(s is None or s.kind == "shared" or (s.kind == "const" and s.identical) for s in ins):
                 outs = self.h_shared(n0, ins)
+            elif all(s is None or s.kind == "const" for s in ins) and (folded := self.fold_per_member(n0, ins)) is not None:
+                outs = folded
             elif any(s is not None and s.kind == "split" for s in ins):
                 outs = self.h_per_member(n0, ins)
             else:
@@ -685,6 +870,35 @@ class _Fuser:
                 part.output_info[target] = vi
         part.nodes, part.initializers = self.nodes, self.inits
         return part
+
+    def fold_per_member(self, n0, ins) -> list[_St] | None:
+        """``n0`` on per-member constants only (e.g. a Reshape of each member's bias), computed
+        in numpy for each member: its outputs stay per-member constants that later stacked ops
+        consume.  None where the node cannot be folded (then it runs per member)."""
+        from ..simplify.fold import _BLOAT, _NONDETERMINISTIC, evaluate_node
+
+        if n0.domain not in ("", "ai.onnx") or n0.op_type in _NONDETERMINISTIC or any(True for _ in subgraphs(n0)):
+            return None
+        per = []
+        try:
+            for j in range(self.M):
+                vals = evaluate_node(n0, [None if s is None else s.arrays[j] for s in ins], self.models[0].opset_import)
+                if len(vals) != len(n0.output):
+                    return None
+                per.append(vals)
+        except Exception as exc:  # an op the reference evaluator cannot run
+            log.debug("not folding %s: %s", n0.name or n0.op_type, exc)
+            return None
+        in_bytes = sum(a.nbytes for s in ins if s is not None for a in s.arrays)
+        out_bytes = sum(v.nbytes for vals in per for v in vals)
+        if out_bytes > 2**20 and out_bytes > _BLOAT * max(in_bytes, 1):
+            return None  # a ConstantOfShape/Expand: storing M copies would bloat the file
+        self.counts["folded_per_member"] += 1
+        outs = []
+        for i, o in enumerate(n0.output):
+            arrays = [np.asarray(per[j][i]) for j in range(self.M)]
+            outs.append(_St("const", arrays=arrays, src=o, shape=tuple(arrays[0].shape)) if o else None)
+        return outs
 
     def stacked_or_per_member(self, n0, ins):
         """The stacked form of ``n0``; where there is none, undo what was tried and run it per member."""

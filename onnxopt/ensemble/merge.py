@@ -195,6 +195,9 @@ def reconcile_opsets(members: list[Member], *, min_default: int = MIN_OPSET) -> 
             "ops_changed": _ops_changed(m.model, old, target[""]),
         })
         if m.model.functions:
+            # version_converter drops model.functions (onnx 1.23): carry them over unchanged
+            if not converted.functions:
+                converted.functions.extend(m.model.functions)
             notes.append(f"{m.label}: local functions keep their own opset imports (version_converter does not convert function bodies)")
         m.model = converted
     ops = [helper.make_opsetid(d, v) for d, v in sorted(target.items())]
@@ -206,11 +209,14 @@ def reconcile_opsets(members: list[Member], *, min_default: int = MIN_OPSET) -> 
 
 
 def value_shape(vi: onnx.ValueInfoProto) -> tuple | None:
-    """Dims of a tensor value: ints, str for symbolic, None for unknown; None if no shape."""
+    """Dims of a tensor value: ints, str for symbolic, None for unknown; None if no shape.
+
+    A negative ``dim_value`` (PaddlePaddle's exporter writes ``-1`` for a dynamic batch) is
+    unknown, not a fixed size."""
     tt = vi.type.tensor_type
     if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
         return None
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+    return tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None) for d in tt.shape.dim)
 
 
 def value_dtype(vi: onnx.ValueInfoProto) -> int:
@@ -329,7 +335,7 @@ def select_outputs(members: list[Member], output=None) -> int:
         return counts[0]
     picks = list(output) if isinstance(output, (list, tuple)) else [output] * len(members)
     if len(picks) != len(members):
-        raise UsageError(f"output: {len(picks)} choices for {len(members)} members")
+        raise UsageError(f"--output has {len(picks)} names for {len(members)} members (give one for all, or one per member)")
     for m, pick in zip(members, picks, strict=True):
         names = [o.name for o in m.model.graph.output]
         if isinstance(pick, (int, np.integer)) and not isinstance(pick, bool):

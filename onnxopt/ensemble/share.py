@@ -3,8 +3,11 @@
 Fine-tunes of one backbone carry the same tensors under each member's namespace; after the
 merge they are grouped by ``(dtype, dims, blake2b(bytes))`` and confirmed byte for byte, the
 first copy is kept and every reader of the others (subgraph reads included) points at it.
-Only main-graph initializers that are neither graph inputs nor outputs are considered.
-The report lists, per kept tensor, which members share it and the bytes saved.
+Main-graph initializers and ``Constant`` nodes (exporters such as PaddlePaddle's store every
+weight in one) that are neither graph inputs nor outputs are considered: a duplicate
+``Constant`` node is removed and its readers point at the first copy (an initializer, or an
+earlier ``Constant`` node, which therefore precedes them).  The report lists, per kept
+tensor, which members share it and the bytes saved.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import onnx
 
 from ..graph import rename_uses
+from ..simplify.constants import constant_node_tensor
 from ..simplify.dedupe import tensor_key
 
 __all__ = ["share_initializers"]
@@ -56,7 +60,14 @@ def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list
     first: dict[tuple, onnx.TensorProto] = {}
     mapping: dict[str, str] = {}
     groups: dict[str, dict] = {}
-    for t in g.initializer:
+    # initializers first: they precede every node, so a Constant may always point at one
+    candidates = list(g.initializer)
+    for n in g.node:
+        t = constant_node_tensor(n) if len(n.output) == 1 and n.output[0] else None
+        if t is not None:
+            t.name = n.output[0]
+            candidates.append(t)
+    for t in candidates:
         if t.name in protected:
             continue
         if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -84,6 +95,9 @@ def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list
         keep = [t for t in g.initializer if t.name not in mapping]
         del g.initializer[:]
         g.initializer.extend(keep)
+        nodes = [n for n in g.node if not (n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in mapping)]
+        del g.node[:]
+        g.node.extend(nodes)
         vi = [v for v in g.value_info if v.name not in mapping]
         del g.value_info[:]
         g.value_info.extend(vi)

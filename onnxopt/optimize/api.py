@@ -25,7 +25,7 @@ from ..core.pipeline import PipelineResult, run_pipeline
 from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
 from ..core.recipe import load_recipe
-from ..data import dataset_for, synthesize
+from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
 from ..errors import ProviderError, UsageError, blaming
 from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
@@ -50,12 +50,30 @@ def _provider_for(target: str, allow_cpu: bool, notes: list[str]) -> str:
         return "cuda"
     if allow_cpu:
         notes.append(
-            "CUDA is not available: candidates verified and timed on CPU (the recipe allows CPU verification); FP16 checked with the reference evaluator, not timed"
+            "CUDA is not available: candidates verified and timed on CPU (the recipe allows CPU verification); FP16 checked with the reference evaluator (else onnxruntime/cpu), not timed"
         )
         return "cpu"
     raise ProviderError(
         "--target cuda needs onnxruntime's CUDAExecutionProvider, which this onnxruntime build lacks (install onnxruntime-gpu, or use a recipe with allow_cpu_verification = true)"
     )
+
+
+def _synthesized_eval(model: onnx.ModelProto, shapes, samples: int, seed: int):
+    """Synthesized evaluation inputs of ``samples`` samples.  ``--shape`` fixes a whole feed,
+    so for a model whose inputs all have a symbolic first (batch) axis the given shape is
+    taken as one sample's and ``samples`` of them are drawn: the budget is then judged on
+    many samples, not on the single feed the shape describes."""
+    ds = synthesize(model, shapes, samples=samples, seed=seed)
+    if not shapes or not ds.whole:
+        return ds
+    specs = input_specs(model)
+    if not specs or any(not s.shape or isinstance(s.shape[0], int) for s in specs):
+        return ds  # a fixed batch: the feed stays as the model wants it
+    wide = {name: (samples, *tuple(dims)[1:]) for name, dims in shapes.items()}
+    arrays = next(synthesize(model, wide, samples=samples, seed=seed).batches())
+    out = Dataset("<synthesized>", arrays=arrays)
+    out.specs = specs
+    return out
 
 
 def _timing_feed(
@@ -156,6 +174,7 @@ def optimize(
             f"recipe '{rec.name}' is written for target {rec.target}; used for target {target}"
         )
     m, path = resolve_model(model)
+    check_shapes(m, shapes, path)
     provider = _provider_for(target, st.allow_cpu_verification, notes)
     cal = dataset_for(m, calibration) if calibration is not None else None
     ev = dataset_for(m, eval_data) if eval_data is not None else None
@@ -184,13 +203,14 @@ def optimize(
     dataset = ev or cal
     synthesized = dataset is None
     if synthesized:
-        dataset = synthesize(m, shapes, samples=max(batch, 64), seed=seed)
+        dataset = _synthesized_eval(m, shapes, max(batch, 64), seed)
     feed = _timing_feed(m, dataset, synthesized, shapes, batch, seed)
     threads = threads if threads is not None else st.threads
     duration = time_budget or st.time_budget
     pre = _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duration, notes)
     t_pre = time.perf_counter() - t0
     evaluator = Evaluator(m, dataset, budget.metric, provider=provider, limit=st.eval_limit)
+    eval_samples = int(dataset.fed or 0)
     env = BuildEnv(target, provider, cal, evaluator, budget, shapes, seed, reference=m)
 
     # 3. candidates, each verified and scored
@@ -246,6 +266,7 @@ def optimize(
         "batch": batch,
         "metric": evaluator.metric,
         "data": dataset.source,
+        "samples": eval_samples,
         "reference_score": evaluator.reference_score,
         "max_accuracy_drop": budget.max_drop,
         "min_ratio": st.min_ratio,

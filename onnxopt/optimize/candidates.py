@@ -489,11 +489,10 @@ def produce_prune(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     out = []
     for name, r in todo:
         params = {"method": cfg.method, "ratio": r}
-        kw = (
-            {"ratio": r}
-            if (r is not None and cfg.method != "magnitude")
-            else ({"sparsity": r} if r is not None else {})
-        )
+        # the recipe's value is the amount: sparsity (magnitude), channel ratio, or the
+        # number of residual blocks to remove
+        amount = {"magnitude": "sparsity", "blocks": "blocks"}.get(cfg.method, "ratio")
+        kw = {} if r is None else {amount: int(r) if amount == "blocks" else r}
         try:
             res = prune(
                 base,
@@ -537,7 +536,7 @@ def produce_fp16(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     timeable = env.provider == "cuda"
     if not timeable:
         notes.append(
-            "no CUDA: verified with the ONNX reference evaluator on a few samples; not timed"
+            "not on CUDA: checked on a few samples (ONNX reference evaluator, else onnxruntime/cpu); not timed"
         )
     return [Candidate("fp16", "fp16", model, params=params, notes=notes, timeable=timeable)]
 

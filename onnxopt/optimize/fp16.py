@@ -76,8 +76,17 @@ SENSITIVE_OPS = frozenset(
         "InstanceNormalization", "GroupNormalization", "Einsum",
     }
 )  # fmt: skip
-# inputs that keep type float whatever the node's type (op -> input indices)
+# ops that read only their input's shape: they take an FP16 tensor as it is (no Cast back)
+SHAPE_READERS = frozenset({"Shape", "Size"})
+# inputs that keep type float whatever the node's type (op -> input indices): Resize's
+# scales (input 2 from opset 11, input 1 in opset 10, where it has no roi input)
 ALWAYS_FLOAT_INPUTS = {"Resize": (2,)}
+# outputs typed FLOAT whatever the input type (the statistics of the normalizations: their
+# type U is float for FP16 inputs too); they keep their names and stay FP32
+FP32_OUTPUTS = {
+    ("", "LayerNormalization"): (1, 2),
+    ("com.microsoft", "SkipLayerNormalization"): (1, 2),
+}
 # EmbedLayerNormalization's first inputs are int32 ids; its float inputs follow the usual rule.
 
 
@@ -133,7 +142,29 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str]) -> tuple[bool, str]:
+def _domain(node: onnx.NodeProto) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def _float_inputs(node: onnx.NodeProto, opset: int) -> tuple[int, ...]:
+    """Input indices that stay FLOAT when ``node`` runs in FP16."""
+    if _domain(node) == "" and node.op_type == "Resize" and opset < 11:
+        return (1,)
+    return ALWAYS_FLOAT_INPUTS.get(node.op_type, ()) if _domain(node) == "" else ()
+
+
+def _fp32_outputs(node: onnx.NodeProto) -> tuple[int, ...]:
+    """Output indices that stay FLOAT when ``node`` runs in FP16."""
+    return FP32_OUTPUTS.get((_domain(node), node.op_type), ())
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _converts(
+    node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset: int = 0
+) -> tuple[bool, str]:
     if node.name and node.name in keep:
         return False, "kept by name"
     if any(True for _ in subgraphs(node)):
@@ -148,7 +179,7 @@ def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str]) -> tu
             return False, "no FP16 rule"
     else:
         return False, "custom domain"
-    skip = ALWAYS_FLOAT_INPUTS.get(node.op_type, ())
+    skip = _float_inputs(node, opset)
     float_io = 0
     for i, x in enumerate(node.input):
         if not x or i in skip:
@@ -181,11 +212,29 @@ def convert_to_fp16(
     g = model.graph
     keep = set(keep_fp32 or ())
     types = _elem_types(model)
+    opset = _opset(model)
     rep = Fp16Report()
     plan = []
+    half_made: set[str] = set()  # tensors an FP16 node will produce (nodes are in order)
     for n in g.node:
-        ok, why = _converts(n, types, keep)
+        if (
+            _domain(n) == ""
+            and n.op_type in SHAPE_READERS
+            and n.input
+            and n.input[0] in half_made
+            and not (n.name and n.name in keep)
+        ):
+            ok, why = True, ""  # reads only the shape: takes the FP16 tensor as it is
+        else:
+            ok, why = _converts(n, types, keep, opset)
         plan.append(ok)
+        if ok:
+            stay = _fp32_outputs(n)
+            half_made.update(
+                y
+                for j, y in enumerate(n.output)
+                if y and j not in stay and types.get(y) == TensorProto.FLOAT
+            )
         if not ok and why not in ("no float tensor",):
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
             if why in (
@@ -230,7 +279,7 @@ def convert_to_fp16(
             for x in reads:
                 fp32_readers[x] += 1
         else:
-            skip = ALWAYS_FLOAT_INPUTS.get(n.op_type, ())
+            skip = _float_inputs(n, opset)
             for i, x in enumerate(n.input):
                 if x and i in skip:
                     fp32_readers[x] += 1
@@ -266,13 +315,14 @@ def convert_to_fp16(
         if not ok:
             new_nodes.append(n)
             continue
-        skip = ALWAYS_FLOAT_INPUTS.get(n.op_type, ())
+        skip = _float_inputs(n, opset)
         for i, x in enumerate(n.input):
             if x and i not in skip and types.get(x) == TensorProto.FLOAT:
                 n.input[i] = half_of(x)
         back = []
+        stay = _fp32_outputs(n)
         for j, y in enumerate(n.output):
-            if y and types.get(y) == TensorProto.FLOAT:
+            if y and j not in stay and types.get(y) == TensorProto.FLOAT:
                 h = fresh(f"{y}/fp16")
                 n.output[j] = h
                 half_name[y] = h

@@ -94,8 +94,10 @@ class Int8StaticConfig:
 
 @dataclass
 class PruneConfig:
-    """``ratio``: channel ratios to try, one candidate each; empty: ``onnxopt.prune`` searches
-    the largest ratio within the budget (one candidate)."""
+    """``ratio``: the amounts to try, one candidate each: the channel ratio (``channels``),
+    the sparsity (``magnitude``), both in (0, 1), or the number of residual blocks to remove
+    (``blocks``, a positive integer); empty: ``onnxopt.prune`` searches the largest amount
+    within the budget (one candidate)."""
 
     method: str = field(
         default="channels", metadata={"choices": ("channels", "magnitude", "blocks")}
@@ -104,6 +106,9 @@ class PruneConfig:
 
     def check(self):
         vals = self.ratio if isinstance(self.ratio, list) else [self.ratio]
+        if self.method == "blocks":
+            bad = any(float(v) != int(v) or v < 1 for v in vals)
+            return "ratio values must be whole numbers of blocks >= 1 for method blocks" if bad else None
         return "ratio values must be in (0, 1)" if any(not 0 < r < 1 for r in vals) else None
 
 

@@ -17,7 +17,7 @@ import logging
 from ..core.pipeline import PipelineResult, run_pipeline
 from ..core.registry import make_pass
 from ..core.runner import make_context
-from ..errors import BudgetError, NothingToDoError, UsageError, blaming
+from ..errors import BudgetError, NothingToDoError, UsageError, VerificationError, blaming
 from ..io import check_output_path, resolve_model
 from .measure import LatencyProbe, figures, timing_feed
 
@@ -43,6 +43,7 @@ def _check_args(
     max_accuracy_drop,
     calibration,
     grid,
+    options=None,
 ) -> None:
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
@@ -60,6 +61,12 @@ def _check_args(
         "blocks": [("--sparsity", sparsity), ("--ratio", ratio), ("--layer-ratio", ratios or None)],
     }[method]
     given = [n for n, v in wrong if v is not None]
+    # method-specific options given a non-default value with another method would be ignored
+    given += [
+        flag
+        for flag, value, default, owner in (options or [])
+        if owner != method and value != default
+    ]
     if given:
         raise UsageError(f"{', '.join(given)} does not apply to --method {method}")
     if importance not in ("l1", "activation"):
@@ -72,10 +79,36 @@ def _check_args(
         raise UsageError(
             "--plot draws the budget search curve: give --max-accuracy-drop (and --eval)"
         )
+    explicit = {"magnitude": sparsity, "channels": ratio if ratio is not None else ratios}.get(
+        method, blocks
+    )
+    if plot is not None and explicit:
+        flag = {"magnitude": "--sparsity", "channels": "--ratio / --layer-ratio"}.get(
+            method, "--blocks"
+        )
+        raise UsageError(
+            f"--plot draws the budget search curve, which is not run with an explicit {flag}"
+        )
     if grid is not None and method == "blocks":
         raise UsageError(
             "--grid does not apply to --method blocks (every number of blocks is tried)"
         )
+    if grid is not None:
+        if not grid:
+            raise UsageError("--grid must list at least one value")
+        bad = [g for g in grid if not (0 < float(g) < 1)]
+        if bad:
+            raise UsageError(
+                f"--grid values must be in (0, 1), got {', '.join(f'{float(g):g}' for g in bad)}"
+            )
+        if max_accuracy_drop is None:
+            raise UsageError(
+                "--grid lists the values of the budget search: give --max-accuracy-drop"
+            )
+        if explicit:
+            raise UsageError(
+                f"--grid does not apply with an explicit --{'sparsity' if method == 'magnitude' else 'ratio'}"
+            )
 
 
 @blaming("model")
@@ -134,6 +167,14 @@ def prune(
         max_accuracy_drop,
         calibration,
         grid,
+        [
+            ("--scope", scope, "global", "magnitude"),
+            ("--min-params", int(min_params), 1024, "magnitude"),
+            ("--include-first-last", not skip_first_last, False, "magnitude"),
+            ("--importance", importance, "l1", "channels"),
+            ("--align", int(align), 8, "channels"),
+            ("--no-reconstruct", not reconstruct, False, "channels"),
+        ],
     )
     if plot is not None:
         check_output_path(plot, [model])
@@ -176,7 +217,12 @@ def prune(
         else:
             params[_VALUE[method]] = outcome.chosen.value
     pass_ = make_pass(_KEYS[method], params, where=f"prune --method {method}", error=UsageError)
-    result = run_pipeline(m, [pass_], ctx, command="prune", extra={"method": method})
+    try:
+        result = run_pipeline(m, [pass_], ctx, command="prune", extra={"method": method})
+    except (BudgetError, VerificationError) as exc:
+        if exc.path is None and path is not None:
+            exc.path = str(path)
+        raise
     step = result.steps[0]
     if not step.modified:
         raise NothingToDoError(
@@ -247,7 +293,7 @@ def _search(method, model, ctx, params, probe, path):
     from ..core.passes import Context
     from ..metrics import Evaluator
     from .blocks import find_blocks
-    from .passes import GRIDS, _no_point, rank_blocks
+    from .passes import GRIDS, _no_point, input_dims, rank_blocks
     from .search import search
 
     evaluator = Evaluator(
@@ -267,14 +313,15 @@ def _search(method, model, ctx, params, probe, path):
     )
     ranking = None
     if method == "blocks":
-        found, refusals = find_blocks(model)
+        dims = input_dims(ctx)
+        found, refusals = find_blocks(model, dims)
         if not found:
             why = refusals[0] if refusals else "the model has no Add of two activations"
             raise NothingToDoError(
                 f"nothing to prune with --method blocks: no residual blocks (y = x + f(x) with matching shapes): {why}",
                 path,
             )
-        ranking = rank_blocks(model, found, evaluator)
+        ranking = rank_blocks(model, found, evaluator, dims)
         values = list(range(1, len(ranking) + 1))
 
         def build(k):

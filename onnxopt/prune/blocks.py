@@ -7,7 +7,9 @@ is an ancestor of the other input ``f`` and:
   activation), and the branch does reach ``x``;
 - no tensor made inside the branch is read outside it (other than by the Add) or is a
   graph output;
-- ``x``, ``f`` and the Add's output have the same, fully known, shape (no broadcasting).
+- ``x``, ``f`` and the Add's output have the same, fully known, shape (no broadcasting);
+- the branch holds a weight layer (Conv / ConvTranspose / Gemm / MatMul / Einsum): an
+  activation written as ``x + c * x^3`` (tanh-GELU) has the same form and is no block.
 
 A projection shortcut (``Add(conv(x), f(x))``) is not such a block: removing ``f`` would
 leave ``conv(x)``, which does not match the original mapping.  Removing a block makes
@@ -25,10 +27,12 @@ from onnx import helper
 from ..graph import consumers, producers, rename_uses
 from ..simplify.dead import remove_unused
 from .groups import node_label, static_shapes
+from .weights import WeightStore
 
 __all__ = ["Block", "find_blocks", "remove_blocks"]
 
 _MAX_BRANCH = 2000
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"}
 
 
 @dataclass
@@ -60,15 +64,20 @@ def _constant_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def find_blocks(model: onnx.ModelProto) -> tuple[list[Block], list[str]]:
-    """Residual blocks in graph order, and why other two-activation Adds are not blocks."""
+def find_blocks(
+    model: onnx.ModelProto, inputs: dict | None = None
+) -> tuple[list[Block], list[str]]:
+    """Residual blocks in graph order, and why other two-activation Adds are not blocks;
+    ``inputs``: static dims for symbolic graph inputs (``groups.static_shapes``)."""
     g = model.graph
     prod = producers(g)
     cons = consumers(g)
     consts = _constant_names(g)
     outputs = {o.name for o in g.output}
-    shapes = static_shapes(model)
+    shapes = static_shapes(model, inputs)
     sizes = {t.name: int(_numel(t.dims)) for t in g.initializer}
+    ws = WeightStore(model)
+    fill_sizes = {name: ws.fill(name).size for name in ws.fills}
     blocks, refusals = [], []
     for node in g.node:
         if (
@@ -87,10 +96,20 @@ def find_blocks(model: onnx.ModelProto) -> tuple[list[Block], list[str]]:
                 why.append(res)
                 continue
             sx, sf, sy = shapes.get(skip), shapes.get(branch), shapes.get(node.output[0])
-            if sx is None or sx != sf or sx != sy or any(d is None for d in sx[1:]):
-                why.append("shortcut and branch shapes differ or are unknown")
+            if any(v is None or any(d is None for d in v[1:]) for v in (sx, sf, sy)):
+                why.append(
+                    "shortcut and branch shapes are unknown (symbolic input dims: give --shape or data)"
+                )
                 continue
-            params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes})
+            if sx != sf or sx != sy:
+                why.append(f"shortcut {list(sx)} and branch {list(sf)} shapes differ")
+                continue
+            if not any(n.op_type in _WEIGHT_OPS for n in res):
+                why.append("the branch holds no weight layer (Conv / Gemm / MatMul)")
+                continue
+            params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes}) + sum(
+                fill_sizes[x] for x in {x for n in res for x in n.input if x in fill_sizes}
+            )
             found = Block(
                 node.output[0], node_label(node), skip, branch, [n.output[0] for n in res], params
             )
@@ -153,7 +172,7 @@ def _branch(skip, branch, add_node, prod, cons, consts, outputs):
     return list(seen.values())
 
 
-def remove_blocks(model: onnx.ModelProto, adds: list[str]) -> list[str]:
+def remove_blocks(model: onnx.ModelProto, adds: list[str], inputs: dict | None = None) -> list[str]:
     """Remove the blocks whose Add outputs are ``adds`` (in place); returns those removed.
 
     Blocks are re-detected after each removal, so nested blocks are handled; a block
@@ -161,7 +180,7 @@ def remove_blocks(model: onnx.ModelProto, adds: list[str]) -> list[str]:
     """
     removed = []
     for add in adds:
-        blocks, _ = find_blocks(model)
+        blocks, _ = find_blocks(model, inputs)
         blk = next((b for b in blocks if b.add == add), None)
         if blk is None:
             continue

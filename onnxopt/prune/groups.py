@@ -216,13 +216,20 @@ def _source_label(node: onnx.NodeProto, weight: str) -> str:
     return weight or node_label(node)
 
 
-def static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """name -> dims (int, or None when symbolic/unknown) from ONNX shape inference."""
+def static_shapes(model: onnx.ModelProto, inputs: dict | None = None) -> dict[str, tuple]:
+    """name -> dims (int, or None when symbolic/unknown) from ONNX shape inference.
+
+    ``inputs`` (``{graph input: dims}``, e.g. ``--shape`` or the data's shapes) sets the
+    symbolic dims of those inputs first: exported models with dynamic sizes otherwise leave
+    the shapes that the channel and block analyses compare unknown."""
+    src = model
+    if inputs and _symbolic_inputs(model, inputs):
+        src = _with_input_dims(model, inputs)
     try:
         inferred = (
-            onnx.shape_inference.infer_shapes(model, data_prop=True)
-            if model.ByteSize() < 2**31 - 2**26
-            else model
+            onnx.shape_inference.infer_shapes(src, data_prop=True)
+            if src.ByteSize() < 2**31 - 2**26
+            else src
         )
     except Exception as exc:
         log.info("shape inference failed: %s", exc)
@@ -239,6 +246,40 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     for t in g.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
     return shapes
+
+
+def _symbolic_inputs(model: onnx.ModelProto, inputs: dict) -> bool:
+    """Whether a graph input named in ``inputs`` has a dim that is not a fixed value."""
+    return any(
+        vi.name in inputs
+        and vi.type.HasField("tensor_type")
+        and any(
+            not (d.HasField("dim_value") and d.dim_value > 0) for d in vi.type.tensor_type.shape.dim
+        )
+        for vi in model.graph.input
+    )
+
+
+def _with_input_dims(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs named in ``inputs`` have those (static) dims,
+    where the rank matches and no fixed dim disagrees."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in out.graph.input:
+        dims = inputs.get(vi.name)
+        tt = vi.type.tensor_type
+        if dims is None or not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue
+        if len(tt.shape.dim) != len(dims) or any(
+            d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != int(v)
+            for d, v in zip(tt.shape.dim, dims, strict=True)
+        ):
+            continue
+        for d, v in zip(tt.shape.dim, dims, strict=True):
+            d.Clear()
+            d.dim_value = int(v)
+    del out.graph.value_info[:]
+    return out
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -278,11 +319,11 @@ class _UnionFind:
 
 
 class _Analyzer:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, inputs: dict | None = None):
         self.model = model
         self.graph = model.graph
         self.ws = WeightStore(model)
-        self.shapes = static_shapes(model)
+        self.shapes = static_shapes(model, inputs)
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )
@@ -900,6 +941,7 @@ class _Analyzer:
     op_Upsample = op_Resize
 
 
-def analyze(model: onnx.ModelProto) -> Analysis:
-    """Channel groups of ``model``'s main graph (Constant nodes should be initializers)."""
-    return _Analyzer(model).run()
+def analyze(model: onnx.ModelProto, inputs: dict | None = None) -> Analysis:
+    """Channel groups of ``model``'s main graph (Constant nodes should be initializers);
+    ``inputs``: static dims for symbolic graph inputs (see ``static_shapes``)."""
+    return _Analyzer(model, inputs).run()

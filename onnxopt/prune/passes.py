@@ -31,6 +31,7 @@ from .importance import activation_importance, l1_importance
 from .magnitude import prune_magnitude
 from .refit import RefitOptions, refit_layers
 from .search import search
+from .weights import fold_weight_expressions
 
 __all__ = [
     "PruneMagnitudePass",
@@ -40,6 +41,7 @@ __all__ = [
     "GRIDS",
     "rank_blocks",
     "group_report",
+    "input_dims",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,17 @@ def _grid_problem(grid) -> str | None:
         return "grid must not be empty"
     bad = [g for g in grid if not (0 < float(g) < 1)]
     return f"grid values must be in (0, 1), got {bad}" if bad else None
+
+
+def input_dims(ctx: Context) -> dict | None:
+    """Static dims for the graph inputs, for the shape analyses: ``--shape``, else the shapes
+    of the data the model is verified on (exported models often have symbolic sizes)."""
+    if ctx.shapes:
+        return {k: tuple(int(d) for d in v) for k, v in ctx.shapes.items()}
+    ds = ctx.eval_data if ctx.eval_data is not None else ctx.data
+    if ds is None:
+        return None
+    return {k: tuple(v.shape) for k, v in ds.first_batch().items()}
 
 
 def _search_budget(ctx: Context, model: onnx.ModelProto):
@@ -110,6 +123,7 @@ class PruneMagnitudePass(Pass):
 
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)
+        fold_weight_expressions(model)
         details: dict = {}
         sparsity = self.config.sparsity
         if sparsity is None and ctx.budget is not None:
@@ -273,7 +287,7 @@ class PruneChannelsPass(Pass):
         (model, details, notes).  ``model`` must have its Constant nodes as initializers."""
         teacher = model
         work = copy.deepcopy(model)
-        analysis = analyze(work)
+        analysis = analyze(work, input_dims(ctx))
         notes = [f"channel group {g.label} left intact: {g.blocked}" for g in analysis.intact]
         notes += analysis.notes
         details: dict = {"importance": self.config.importance}
@@ -322,6 +336,11 @@ class PruneChannelsPass(Pass):
             )
             details["reconstruction"] = records
             notes += more
+            n = len(ctx.data)
+            if n > self.config.max_samples:
+                notes.append(
+                    f"reconstruction used the first {self.config.max_samples} of the {n} calibration samples (max_samples)"
+                )
             remove_unused(work)
         elif self.config.reconstruct:
             notes.append(
@@ -350,6 +369,7 @@ class PruneChannelsPass(Pass):
 
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)
+        fold_weight_expressions(model)
         ratio = self.config.ratio
         search_details = None
         if ratio is None and not self.config.ratios and ctx.budget is not None:
@@ -392,7 +412,9 @@ class PruneChannelsPass(Pass):
         return out
 
 
-def rank_blocks(model: onnx.ModelProto, blocks, evaluator) -> list[dict]:
+def rank_blocks(
+    model: onnx.ModelProto, blocks, evaluator, inputs: dict | None = None
+) -> list[dict]:
     """Each block's effect when removed alone: metric drop, then cosine to the input's
     outputs (breaks ties between blocks whose drop is equal), least harmful first."""
     from ..metrics import score
@@ -400,7 +422,7 @@ def rank_blocks(model: onnx.ModelProto, blocks, evaluator) -> list[dict]:
     effects = []
     for b in blocks:
         m = copy.deepcopy(model)
-        remove_blocks(m, [b.add])
+        remove_blocks(m, [b.add], inputs)
         outs = evaluator.outputs(m)
         s = evaluator.score_outputs(outs)
         cos = score("cosine", evaluator.ref_outputs, outs)
@@ -437,7 +459,8 @@ class PruneBlocksPass(Pass):
 
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)
-        found, refusals = find_blocks(model)
+        dims = input_dims(ctx)
+        found, refusals = find_blocks(model, dims)
         details: dict = {"candidates": [b.to_dict() for b in found], "refused": refusals}
         if not found:
             why = "no residual blocks (y = x + f(x) with matching shapes)" + (
@@ -459,14 +482,14 @@ class PruneBlocksPass(Pass):
             ]
         else:
             evaluator = _search_budget(ctx, model)
-            ranking = rank_blocks(model, found, evaluator)
+            ranking = rank_blocks(model, found, evaluator, dims)
             details["ranking"] = ranking
             n = self.config.blocks
             if n is None and ctx.budget is not None:
 
                 def build(k):
                     m = copy.deepcopy(model)
-                    remove_blocks(m, [e["output"] for e in ranking[: int(k)]])
+                    remove_blocks(m, [e["output"] for e in ranking[: int(k)]], dims)
                     return m
 
                 outcome = search(
@@ -486,7 +509,7 @@ class PruneBlocksPass(Pass):
                     f"asked to remove {n} blocks, the model has {len(found)} residual blocks"
                 )
             chosen = [e["output"] for e in ranking[:n]]
-        removed = remove_blocks(model, chosen)
+        removed = remove_blocks(model, chosen, dims)
         details["removed"] = [next(b.label for b in found if b.add == a) for a in removed]
         notes = [f"removed residual block {lbl}" for lbl in details["removed"]]
         return self.result(

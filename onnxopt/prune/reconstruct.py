@@ -15,6 +15,12 @@ samples.  The residual of any ``[W; b]`` follows from the same sums:
 A convolution is a matrix product on patches (im2col): each output position of each
 sample is one row of ``C * prod(kernel)`` input values, ordered like the weight's
 ``[C, k1, k2, ...]`` axes.  Positions are subsampled per batch to bound the cost.
+
+A (group 1) ConvTranspose with strides ``s``, dilations ``d``, pads ``(p_b, p_e)`` and
+``output_padding`` ``q`` is the same kind of product: insert ``s - 1`` zeros between the
+input's pixels, pad each spatial axis by ``(k - 1) d - p_b`` before and ``(k - 1) d - p_e
++ q`` after (a negative amount crops), and correlate with stride 1, dilation ``d`` and the
+weight ``W'[o, c, t] = W[c, o, k - 1 - t]`` (the kernel flipped, input/output axes swapped).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ __all__ = [
     "conv_pads",
     "conv_output_shape",
     "conv_patches",
+    "conv_transpose_input",
+    "conv_transpose_as_conv",
+    "conv_transpose_from_conv",
     "gather_outputs",
     "sample_positions",
 ]
@@ -171,6 +180,48 @@ def conv_patches(
         coords = tuple(oi[a] * strides[a] + off[a] * dilations[a] for a in range(r))
         rows[:, :, j] = padded[(ni, slice(None)) + coords] if r else padded[ni]
     return rows.reshape(len(positions), c * len(offsets)), positions, out
+
+
+def conv_transpose_input(
+    x: np.ndarray,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[int],
+    dilations: Sequence[int],
+    output_padding: Sequence[int],
+) -> np.ndarray:
+    """``x`` [N, C, *spatial] zero-upsampled and padded (or cropped) so that a stride-1
+    correlation with the flipped kernel (``conv_transpose_as_conv``) and no padding gives
+    the ConvTranspose output."""
+    x = np.asarray(x)
+    r = len(kernel)
+    n, c = x.shape[0], x.shape[1]
+    up_shape = [(x.shape[2 + i] - 1) * strides[i] + 1 for i in range(r)]
+    z = np.zeros((n, c, *up_shape), dtype=x.dtype)
+    z[(slice(None), slice(None)) + tuple(slice(None, None, strides[i]) for i in range(r))] = x
+    full = [(kernel[i] - 1) * dilations[i] for i in range(r)]
+    before = [full[i] - int(pads[i]) for i in range(r)]
+    after = [full[i] - int(pads[i + r]) + int(output_padding[i]) for i in range(r)]
+    z = np.pad(
+        z, [(0, 0), (0, 0)] + [(max(b, 0), max(a, 0)) for b, a in zip(before, after, strict=True)]
+    )
+    crop = tuple(
+        slice(max(-b, 0), z.shape[2 + i] - max(-a, 0))
+        for i, (b, a) in enumerate(zip(before, after, strict=True))
+    )
+    return z[(slice(None), slice(None)) + crop]
+
+
+def conv_transpose_as_conv(w: np.ndarray) -> np.ndarray:
+    """ConvTranspose weight ``[C, O, *k]`` -> the equivalent Conv weight ``[O, C, *k]``."""
+    spatial = tuple(range(2, w.ndim))
+    return np.flip(np.swapaxes(w, 0, 1), axis=spatial)
+
+
+def conv_transpose_from_conv(w: np.ndarray) -> np.ndarray:
+    """Inverse of ``conv_transpose_as_conv``."""
+    spatial = tuple(range(2, w.ndim))
+    return np.swapaxes(np.flip(w, axis=spatial), 0, 1)
 
 
 def gather_outputs(y: np.ndarray, positions: np.ndarray) -> np.ndarray:

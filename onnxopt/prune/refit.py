@@ -1,13 +1,14 @@
 """Refit the consumers of removed channels on calibration data (the original model teaches).
 
-For each consumer layer (Conv with group 1, Gemm, MatMul reading pruned channels), in graph
-order: run the *pruned* model (with the layers refitted so far) to get the layer's input
-and the *original* model to get the layer's output, batch by batch; accumulate the normal
-equations (``reconstruct.RidgeAccumulator``) and replace the layer's weights (and bias:
-one is added to a Conv / Gemm that had none) by the ridge solution, but only when it fits
-the original output better than the pruned weights do.  Output channels the layer itself
-lost are dropped from the target.  Layers with more than ``max_features`` inputs per
-output are skipped with a note (the normal equations would not fit in memory).
+For each consumer layer (Conv / ConvTranspose with group 1, Gemm, MatMul reading pruned
+channels), in graph order: run the *pruned* model (with the layers refitted so far) to get
+the layer's input and the *original* model to get the layer's output, batch by batch;
+accumulate the normal equations (``reconstruct.RidgeAccumulator``) and replace the layer's
+weights (and bias: one is added to a layer that had none) by the ridge solution, but only
+when it fits the original output better than the pruned weights do.  Output channels the
+layer itself lost are dropped from the target.  Layers with more than ``max_features``
+inputs per output are skipped with a note (the normal equations would not fit in memory);
+so are grouped convolutions and ConvTranspose with ``output_shape`` or SAME padding.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from onnx import helper
 
 from ..core.progress import progress
 from .groups import node_label
-from .reconstruct import RidgeAccumulator, conv_pads, conv_patches, gather_outputs, sample_positions
+from .reconstruct import (
+    RidgeAccumulator,
+    conv_pads,
+    conv_patches,
+    conv_transpose_as_conv,
+    conv_transpose_from_conv,
+    conv_transpose_input,
+    gather_outputs,
+    sample_positions,
+)
 from .taps import iter_taps, tap_session
 from .weights import WeightStore, WeightWriter
 
@@ -45,6 +55,10 @@ def _attr(node, name, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _find(model: onnx.ModelProto, output: str) -> onnx.NodeProto:
@@ -83,7 +97,6 @@ def _refit_layers(student, teacher, layers, dataset, *, provider, options):
     opts = options or RefitOptions()
     rng = np.random.default_rng(opts.seed)
     records, notes = [], []
-    teacher_sess = None
     for out_name, keep_out in progress(layers, desc="reconstruct", unit="layer"):
         node = _find(student, out_name)
         label = node_label(node)
@@ -100,11 +113,26 @@ def _refit_layers(student, teacher, layers, dataset, *, provider, options):
         ):
             notes.append(f"'{label}' not reconstructed: Gemm with alpha/beta != 1 or transA")
             continue
+        if op in ("Conv", "ConvTranspose") and int(_attr(node, "group", 1)) != 1:
+            notes.append(f"'{label}' not reconstructed: grouped {op}")
+            continue
+        if op == "ConvTranspose" and (
+            _attr(node, "output_shape") is not None
+            or _text(_attr(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")
+        ):
+            notes.append(
+                f"'{label}' not reconstructed: ConvTranspose with output_shape or SAME auto_pad"
+            )
+            continue
         w = ws.array(w_name).astype(np.float64)
         trans_b = int(_attr(node, "transB", 0)) if op == "Gemm" else 0
         if op == "Conv":
             m, d = w.shape[0], int(np.prod(w.shape[1:]))
             w_flat = w.reshape(m, d).T
+        elif op == "ConvTranspose":
+            wc = conv_transpose_as_conv(w)  # [O, C, *k]
+            m, d = wc.shape[0], int(np.prod(wc.shape[1:]))
+            w_flat = wc.reshape(m, d).T
         elif op == "Gemm":
             w_flat = w.T if trans_b else w
             d, m = w_flat.shape
@@ -116,7 +144,7 @@ def _refit_layers(student, teacher, layers, dataset, *, provider, options):
                 f"'{label}' not reconstructed: {d} inputs per output exceed max_features={opts.max_features}"
             )
             continue
-        has_bias = op in ("Conv", "Gemm")
+        has_bias = op in ("Conv", "ConvTranspose", "Gemm")
         b_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
         bias = None
         if has_bias and b_name:
@@ -125,30 +153,51 @@ def _refit_layers(student, teacher, layers, dataset, *, provider, options):
                 continue
             bias = np.broadcast_to(ws.array(b_name).astype(np.float64).reshape(-1), (m,)).copy()
         x_name = node.input[0]
-        if teacher_sess is None:
-            teacher_sess = tap_session(teacher, [name for name, _ in layers], provider)
-        student_sess = tap_session(student, [x_name], provider)
+        # sessions cut down to what each tensor needs: ONNX Runtime runs every node of a
+        # session whatever is fetched, and early layers need only the start of the model
+        teacher_sess = tap_session(teacher, [out_name], provider, only=True)
+        student_sess = tap_session(student, [x_name], provider, only=True)
         acc = RidgeAccumulator(d, m, bias=has_bias)
         conv = None
-        if op == "Conv":
+        if op in ("Conv", "ConvTranspose"):
             kernel = list(w.shape[2:])
             r = len(kernel)
             conv = {
                 "kernel": kernel,
                 "strides": list(_attr(node, "strides", [1] * r)),
                 "dilations": list(_attr(node, "dilations", [1] * r)),
-                "auto_pad": _attr(node, "auto_pad", b"NOTSET"),
+                "auto_pad": _text(_attr(node, "auto_pad", b"NOTSET")),
                 "pads": list(_attr(node, "pads", [0] * (2 * r))),
+                "output_padding": list(_attr(node, "output_padding", [0] * r)),
             }
-            if isinstance(conv["auto_pad"], bytes):
-                conv["auto_pad"] = conv["auto_pad"].decode()
-        batches = list(dataset.batches(limit=opts.max_samples))
-        for feed, acts in iter_taps(student_sess, [x_name], batches):
+        mismatch = None
+        # batches are streamed: only the normal equations stay in memory
+        for feed, acts in iter_taps(
+            student_sess, [x_name], dataset.batches(limit=opts.max_samples)
+        ):
             x = acts[x_name]
             y = teacher_sess.run([out_name], feed)[0]
             if keep_out is not None:
-                y = np.take(y, keep_out, axis=1 if op == "Conv" else -1)
-            if op == "Conv":
+                y = np.take(y, keep_out, axis=1 if conv is not None else -1)
+            if op == "ConvTranspose":
+                r = len(conv["kernel"])
+                z = conv_transpose_input(
+                    x,
+                    conv["kernel"],
+                    conv["strides"],
+                    [0] * (2 * r) if conv["auto_pad"] == "VALID" else conv["pads"],
+                    conv["dilations"],
+                    conv["output_padding"],
+                )
+                pos = sample_positions(x.shape[0], y.shape[2:], opts.max_rows, rng)
+                rows, pos, out = conv_patches(
+                    z, conv["kernel"], [1] * r, [0] * (2 * r), conv["dilations"], pos
+                )
+                if list(out) != list(y.shape[2:]):
+                    mismatch = f"output {list(y.shape[2:])} != computed {list(out)}"
+                    break
+                acc.add(rows, gather_outputs(y, pos))
+            elif op == "Conv":
                 pads = conv_pads(
                     conv["auto_pad"],
                     conv["pads"],
@@ -164,6 +213,9 @@ def _refit_layers(student, teacher, layers, dataset, *, provider, options):
                 acc.add(rows, gather_outputs(y, pos))
             else:
                 acc.add(x.reshape(-1, d), y.reshape(-1, m))
+        if mismatch:
+            notes.append(f"'{label}' not reconstructed: ConvTranspose {mismatch}")
+            continue
         if acc.n == 0:
             notes.append(f"'{label}' not reconstructed: no calibration rows")
             continue
@@ -202,6 +254,9 @@ def _write(model, node, op, trans_b, w_shape, w_new, b_new, ws: WeightStore) -> 
     )
     if op == "Conv":
         w = w_new.T.reshape(w_shape)
+    elif op == "ConvTranspose":
+        c, o = w_shape[0], w_shape[1]
+        w = conv_transpose_from_conv(w_new.T.reshape((o, c) + tuple(w_shape[2:])))
     elif op == "Gemm" and trans_b:
         w = w_new.T
     else:

@@ -6,6 +6,12 @@ or the output of ``ConstantOfShape`` whose shape is itself a constant (a *fill*:
 wheel's architecture models keep their large weights that way).  A fill sliced along any
 axis is still a fill, so pruning rewrites its shape and never materializes it.
 
+Exporters often compute a per-channel constant in the graph: PaddlePaddle adds a bias
+``Reshape(b, [1, C, 1, 1])``, the onnx wheel's models scale by ``Unsqueeze(gamma)``.
+``fold_weight_expressions`` evaluates such small expressions of constants (shape and
+elementwise ops, outputs no larger than their inputs) into initializers first, so the
+channel analysis sees them as constants.
+
 ``WeightWriter`` replaces what one node input reads.  An initializer read by that input
 alone is rewritten in place (same name); a shared one gets a fresh copy under a new name,
 so other readers keep their values.  In IR < 4 models every initializer is also a graph
@@ -21,8 +27,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import consumers, subgraphs, unique_name, used_names
+from ..simplify.fold import evaluate_node
 
-__all__ = ["Fill", "WeightStore", "WeightWriter", "Tensor"]
+__all__ = ["Fill", "WeightStore", "WeightWriter", "Tensor", "fold_weight_expressions"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,109 @@ class WeightStore:
         arr = np.abs(self.array(name).astype(np.float64))
         other = tuple(i for i in range(arr.ndim) if i != axis % arr.ndim)
         return arr.sum(axis=other) if other else arr
+
+
+_FOLDABLE = {
+    "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Cast", "Identity", "Neg", "Abs",
+    "Reciprocal", "Sqrt", "Add", "Sub", "Mul", "Div", "Pow",
+}  # fmt: skip
+
+
+_RESHAPES = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+
+
+def fold_weight_expressions(model: onnx.ModelProto, max_bytes: int = 64 * 2**20) -> int:
+    """Fold, in place, main-graph nodes of ``_FOLDABLE`` ops whose inputs are all constant
+    initializers (``WeightStore`` rules: in IR >= 4 an initializer that is also a graph input
+    is not one) into initializers; outputs larger than the inputs (broadcasts) or than
+    ``max_bytes`` stay computed.  A reshape (``Reshape``, ``Unsqueeze``, ``Squeeze``,
+    ``Flatten``, ``Identity``) of a ``ConstantOfShape`` fill becomes a fill of the new shape
+    (still not materialized).  Returns the number of nodes folded."""
+    g = model.graph
+    ws = WeightStore(model)
+    known = dict(ws.inits)
+    fills = {name: ws.fill(name) for name in ws.fills}
+    outputs = {o.name for o in g.output}
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    taken |= {i.name for i in g.input} | used_names(g)
+    values: dict[str, np.ndarray] = {}
+    keep, new, folded = [], [], 0
+    for node in g.node:
+        ins = [x for x in node.input if x]
+        if (
+            node.op_type not in _FOLDABLE
+            or node.domain not in ("", "ai.onnx")
+            or len(node.output) != 1
+            or node.output[0] in outputs
+            or not ins
+        ):
+            keep.append(node)
+            continue
+        name = node.output[0]
+        fill = fills.get(node.input[0])
+        if (
+            fill is not None
+            and node.op_type in _RESHAPES
+            and all(x in known for x in node.input[1:] if x)
+            and fill.size <= 2**22
+        ):
+            arrays = [np.zeros(fill.shape, dtype=fill.value.dtype)] + [
+                (values[x] if x in values else numpy_helper.to_array(known[x])) if x else None
+                for x in node.input[1:]
+            ]
+            try:
+                (out,) = evaluate_node(node, arrays, model.opset_import)
+            except Exception:
+                keep.append(node)
+                continue
+            shape_name = unique_name(f"{name}_shape", taken)
+            t = numpy_helper.from_array(np.array(out.shape, dtype=np.int64), shape_name)
+            known[shape_name] = t
+            new.append(t)
+            keep.append(
+                helper.make_node(
+                    "ConstantOfShape",
+                    [shape_name],
+                    [name],
+                    name=node.name or unique_name(f"{name}_fill", taken),
+                    value=numpy_helper.from_array(fill.value.reshape(1)),
+                )
+            )
+            fills[name] = Fill(tuple(int(d) for d in out.shape), fill.value)
+            folded += 1
+            continue
+        if not all(x in known for x in ins):
+            keep.append(node)
+            continue
+        arrays = [
+            (values[x] if x in values else numpy_helper.to_array(known[x])) if x else None
+            for x in node.input
+        ]
+        in_bytes = sum(a.nbytes for a in arrays if a is not None)
+        if in_bytes > max_bytes:
+            keep.append(node)
+            continue
+        try:
+            (out,) = evaluate_node(node, arrays, model.opset_import)
+            t = numpy_helper.from_array(np.ascontiguousarray(out), name)
+        except Exception:  # an input or a type the reference evaluator refuses: keep the node
+            keep.append(node)
+            continue
+        if out.nbytes > in_bytes:
+            keep.append(node)
+            continue
+        values[name], known[name] = out, t
+        new.append(t)
+        folded += 1
+    if folded:
+        del g.node[:]
+        g.node.extend(keep)
+        g.initializer.extend(new)
+        if model.ir_version < 4:
+            g.input.extend(
+                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new
+            )
+    return folded
 
 
 def _read_count(graph: onnx.GraphProto, name: str) -> int:

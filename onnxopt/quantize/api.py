@@ -35,9 +35,17 @@ from ..stats import model_stats
 from ..verify import EXACT_REL_L2, check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
-from .config import FORMATS, INT_TYPES, MODES, QuantConfig, check_choice
+from .config import (
+    FORMATS,
+    INT_TYPES,
+    MODES,
+    QuantConfig,
+    check_choice,
+    op_types_for_mode,
+    op_types_problem,
+)
 from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
-from .preprocess import Prepared, gemm_to_matmul, prepare
+from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
 from .speed import measure_speed, timing_feed
 
 __all__ = [
@@ -50,6 +58,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# points of the metric lost, without a budget, above which the report carries a warning
+UNBUDGETED_WARN_DROP = 1.0
 
 
 def _view(ds):
@@ -104,25 +115,85 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
     return prep
 
 
+def _fuse(m: onnx.ModelProto, dataset, *, model_type: str, num_heads: int, hidden_size: int, provider: str, shapes, seed: int) -> tuple[onnx.ModelProto, dict]:
+    """The ``transformer-fusion`` pass on ``m`` (it verifies itself against ``m`` and
+    returns ``m`` unchanged when the fusion fails or moves the outputs)."""
+    from ..core.passes import Context
+    from ..core.registry import make_pass
+
+    step = make_pass("transformer-fusion", {"model_type": model_type, "num_heads": num_heads, "hidden_size": hidden_size}, error=UsageError)
+    res = step(m, Context(data=dataset, provider=provider, shapes=shapes, seed=seed))
+    rep = res.report
+    info = {"model_type": model_type, "modified": bool(res.modified), "counts": dict(rep.counts), "notes": list(rep.notes)}
+    return (res.model if res.modified else m), info
+
+
+def _check_exclusions(m: onnx.ModelProto, exclude, path=None) -> None:
+    names = set(node_names(m))
+    unknown = [n for n in exclude if n not in names]
+    if unknown:
+        raise UsageError(f"--exclude-nodes: no node named {', '.join(repr(u) for u in unknown)} in the model", path)
+
+
+def _map_exclusions(m: onnx.ModelProto, prep: Prepared, exclude, dataset, *, provider: str, source: onnx.ModelProto | None = None) -> tuple[Prepared, frozenset, list[str]]:
+    """``exclude`` (node names of ``m``) as node names of the pre-processed model.
+
+    A node that ORT's ``quant_pre_process`` fused into another (MatMul + Add -> Gemm,
+    Conv + BatchNormalization -> Conv) maps to the fused node; one it removed altogether
+    makes ``prepare`` run again without ORT's step, so that the node asked to stay in
+    float is kept as it is.  Nodes that onnxopt's own steps fold (constant computations,
+    dead nodes) have nothing to quantize: a note says so.  ``source``: the model ``prep``
+    was made from when it is not ``m`` (the transformer-fused model)."""
+    if not exclude:
+        return prep, frozenset(), []
+    original = node_names(m)
+    found, missing = map_node_names(prep.model, exclude, original)
+    notes = []
+    if missing and prep.counts.get("ort_pre_process"):
+        alt = prepare_model(source if source is not None else m, dataset, provider=provider, use_ort_preprocess=False)
+        found2, missing2 = map_node_names(alt.model, exclude, original)
+        if len(missing2) < len(missing):
+            alt.notes.append(f"ORT quant_pre_process not used: it removes --exclude-nodes {', '.join(sorted(set(missing) - set(missing2)))}")
+            prep, found, missing = alt, found2, missing2
+    for name in missing:
+        notes.append(f"--exclude-nodes {name}: removed by pre-processing (a constant computation or dead node): nothing to quantize there")
+    for name, nodes in found.items():
+        if nodes != [name]:
+            notes.append(f"--exclude-nodes {name}: pre-processing fused it into {', '.join(nodes)}, which stays in float")
+    return prep, frozenset(x for v in found.values() for x in v), notes
+
+
 def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=()) -> tuple[list[QuantConfig], list[str]]:
     """The configurations ``mode`` tries, and notes on what was skipped and why."""
-    common = dict(reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(op_types) if op_types else None, exclude=frozenset(exclude))
     notes = []
-    dyn = QuantConfig(mode="dynamic", per_channel=per_channel, **common)
-    static = [QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, **common) for pc in (False, True)]
+    ops = tuple(op_types) if op_types else None
+    if ops:
+        why = op_types_problem(ops, mode)
+        if why:
+            raise UsageError(why)
+
+    def ops_of(m: str) -> tuple[str, ...] | None:
+        # auto: each candidate gets the asked op types its mode can quantize
+        return None if ops is None else tuple(t for t in ops if t in op_types_for_mode(m))
+
+    common = dict(reduce_range=reduce_range, weight_type=weight_type, exclude=frozenset(exclude))
     if mode == "dynamic":
-        return [dyn], notes
+        return [QuantConfig(mode="dynamic", per_channel=per_channel, op_types=ops, **common)], notes
     if mode == "static":
-        return [c for c in static if c.per_channel == per_channel], notes
+        return [QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops, **common)], notes
     configs = []
     if provider == "cuda":
         notes.append("dynamic candidate skipped: its integer ops have no CUDA kernels")
+    elif ops_of("dynamic") == ():
+        notes.append(f"dynamic candidate skipped: dynamic mode quantizes none of --op-types {', '.join(ops)}")
     else:
-        configs.append(dyn)
-    if has_calibration:
-        configs.extend(static)
-    else:
+        configs.append(QuantConfig(mode="dynamic", per_channel=per_channel, op_types=ops_of("dynamic"), **common))
+    if not has_calibration:
         notes.append("static candidates skipped: no calibration data (--calibration)")
+    elif ops_of("static") == ():
+        notes.append(f"static candidates skipped: static mode quantizes none of --op-types {', '.join(ops)}")
+    else:
+        configs.extend(QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"), **common) for pc in (False, True))
     return configs, notes
 
 
@@ -140,7 +211,12 @@ def _candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ran
     provider = resolve_provider(provider)
     ds = eval_data if eval_data is not None else calibration
     ds = dataset_for(m, _view(ds)) if ds is not None else dataset_for(m, None)
+    _check_exclusions(m, config.exclude)
     prep = prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess)
+    if config.exclude:
+        prep, mapped, more = _map_exclusions(m, prep, config.exclude, ds, provider=provider)
+        prep.notes.extend(more)
+        config = config.with_(exclude=mapped)
     if config.mode == "static" and ranges is None:
         if calibration is None:
             raise UsageError("static quantization needs calibration data")
@@ -249,6 +325,9 @@ def quantize(
     preprocess: bool = True,
     timing: bool = True,
     seed: int = 0,
+    model_type: str | None = None,
+    num_heads: int = 0,
+    hidden_size: int = 0,
 ) -> Result:
     """Quantize ``model`` (path or proto) to INT8; see the module docstring.
 
@@ -259,6 +338,10 @@ def quantize(
     ``threads``: intra-op threads of the timing sessions (None: ORT's default).
     ``timing=False`` (only with ``allow_slower``) skips the speed measurement: the most
     accurate valid candidate is returned, which makes the choice deterministic.
+    ``model_type`` (``bert``, ``gpt2``, ... see ``transformer.MODEL_TYPES``): the
+    ``transformer-fusion`` pass runs first (``num_heads`` / ``hidden_size`` 0: detected);
+    the fused model is what gets quantized, accuracy and speed are still measured against
+    the input model.
     """
     t_start = time.perf_counter()
     check_choice("mode", mode, MODES)
@@ -267,6 +350,12 @@ def quantize(
     check_choice("activation type", activation_type, INT_TYPES)
     if batch <= 0 or search_samples <= 0 or max_evals <= 0:
         raise UsageError("batch, search_samples and max_evals must be positive")
+    if model_type is not None:
+        from .transformer import MODEL_TYPES
+
+        check_choice("model type", model_type, MODEL_TYPES)
+        if num_heads < 0 or hidden_size < 0:
+            raise UsageError("num_heads and hidden_size must be >= 0 (0: detect)")
     if not timing and not allow_slower:
         raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
     ops = _as_list(op_types)
@@ -279,13 +368,12 @@ def quantize(
         check_model(m, provider=provider, error=ModelError)
     except ModelError as exc:
         raise ModelError(exc.message, path) from None
-    names = {n.name for n in m.graph.node}
-    unknown = [n for n in exclude if n not in names]
-    if unknown:
-        raise UsageError(f"--exclude-nodes: no node named {', '.join(repr(u) for u in unknown)} in the model", path)
+    _check_exclusions(m, exclude, path)
     configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude)
     if mode == "static" and calibration is None:
         raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
+    if not configs:
+        raise UsageError(f"no candidate to try: {'; '.join(notes)}", path)
     cal = dataset_for(m, _view(calibration)) if calibration is not None else None
     ev = dataset_for(m, _view(eval_data)) if eval_data is not None else None
     budget = Budget(float(max_accuracy_drop), metric) if max_accuracy_drop is not None else None
@@ -299,7 +387,15 @@ def quantize(
             ev = dataset_for(m, None, shapes, seed=seed, samples=64)
             notes.append("accuracy measured on synthesized inputs (no --eval / --calibration given)")
 
-    prep = prepare_model(m, ev, provider=provider, use_ort_preprocess=preprocess)
+    src, fusion = m, None
+    if model_type is not None:
+        src, fusion = _fuse(m, ev, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, provider=provider, shapes=shapes, seed=seed)
+        notes.extend(f"transformer-fusion: {n}" for n in fusion["notes"])
+    prep = prepare_model(src, ev, provider=provider, use_ort_preprocess=preprocess)
+    if exclude:
+        prep, mapped, more = _map_exclusions(m, prep, exclude, ev, provider=provider, source=src)
+        notes.extend(more)
+        configs = [c.with_(exclude=mapped) for c in configs]
     evaluator = Evaluator(m, ev, metric, provider=provider)
     search = Evaluator(m, ev, evaluator.metric, provider=provider, limit=search_samples) if budget is not None and len(ev) > search_samples else None
     vfeed = ev.first_batch(2)
@@ -338,6 +434,7 @@ def quantize(
         "mode": mode,
         "provider": provider,
         "preprocess": {"counts": prep.counts, "notes": prep.notes},
+        "transformer_fusion": fusion,
         "calibration": ranges.summary() if ranges else None,
         "metric": {"name": evaluator.metric, "reference": evaluator.reference_score, "data": ev.source, "samples": len(ev), "search_samples": search_samples if search is not None else None},
         "budget": {"max_drop": budget.max_drop} if budget else None,
@@ -363,6 +460,10 @@ def quantize(
         raise VerificationError("internal: chosen candidate has no model")
     out = chosen.model
     report["chosen"] = chosen.label
+    if budget is None and chosen.drop is not None and chosen.drop > UNBUDGETED_WARN_DROP:
+        # ORT's quantizer can collapse a model (a sigmoid map or a wide softmax quantized in
+        # steps of 1/255); without a budget nothing refuses it, so say it loudly
+        report["notes"].append(f"warning: {chosen.label} loses {chosen.drop:.2f} points of {evaluator.metric} on {ev.source} and no --max-accuracy-drop was given: check it, or pass a budget to leave the sensitive nodes in float")
     report["after"] = model_stats(out)
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     step = {
@@ -375,6 +476,8 @@ def quantize(
         "metric": {"name": evaluator.metric, "reference": evaluator.reference_score, "score": chosen.score, "drop": chosen.drop},
         "preprocess": prep.counts,
     }
+    if fusion is not None:
+        step["transformer_fusion"] = {"model_type": model_type, "fused_ops": fusion["counts"].get("fused_ops", 0)}
     write_provenance(out, "quantize", [step], {"mode": mode, "chosen": chosen.label})
     return Result(out, report, True)
 
@@ -389,8 +492,9 @@ def _failure(results: list[CandidateResult], budget, allow_slower: bool, report:
     in_budget = [r for r in built if r.within_budget is not False]
     if not in_budget:
         best = max(built, key=lambda r: r.score if r.score is not None else float("-inf"))
+        floated = f", {len(best.fit.excluded)} of {best.quantizable} node(s) left in float" if best.fit is not None and best.fit.excluded else ""
         return BudgetError(
-            f"accuracy budget of {budget.max_drop:g} points not met: best {best.label} drops {best.drop:.2f} points of {report['metric']['name']} ({best.score:.2f} vs {report['metric']['reference']:.2f})",
+            f"accuracy budget of {budget.max_drop:g} points not met: best {best.label} drops {best.drop:.2f} points of {report['metric']['name']} ({best.score:.2f} vs {report['metric']['reference']:.2f}{floated})",
             path,
             report=report,
         )

@@ -119,6 +119,29 @@ def augment_for_calibration(model: onnx.ModelProto, tensors: list[str], method: 
     return aug, reads
 
 
+def _batch_count(dataset, batch_size: int | None, limit: int | None) -> int | None:
+    """How many feeds ``dataset.batches(batch_size, limit)`` yields (for the progress bar),
+    None when that is not known without reading the data."""
+    from ..data import DEFAULT_BATCH
+
+    try:
+        if getattr(dataset, "whole", False):
+            return 1
+        files = getattr(dataset, "_files", None)
+        if files is not None:
+            return None if limit is not None else len(files)  # one feed per file
+        n = len(dataset)
+        if limit is not None:
+            n = min(n, limit)
+        sizes = {s.batch_fixed for s in dataset.specs} if getattr(dataset, "specs", None) else set()
+        fixed = sizes.pop() if len(sizes) == 1 else None
+        if fixed:
+            return n // fixed  # a final partial batch is dropped
+        return -(-n // (batch_size or DEFAULT_BATCH))
+    except Exception:  # a Dataset-like object without these attributes
+        return None
+
+
 def collect_ranges(
     model: onnx.ModelProto,
     dataset,
@@ -147,7 +170,7 @@ def collect_ranges(
     input_names = {i.name for i in sess.get_inputs()}
     graph_inputs = [n for n in names if n in input_names]
     samples = batches = 0
-    for feed in progress(dataset.batches(batch_size, limit), desc="calibrate", unit="batch"):
+    for feed in progress(dataset.batches(batch_size, limit), desc="calibrate", total=_batch_count(dataset, batch_size, limit), unit="batch"):
         try:
             values = dict(zip(wanted, sess.run(wanted, feed), strict=True))
         except Exception as exc:

@@ -15,6 +15,8 @@ __all__ = [
     "dynamic_op_types",
     "static_op_types",
     "known_op_types",
+    "op_types_for_mode",
+    "op_types_problem",
     "check_choice",
 ]
 
@@ -45,6 +47,26 @@ def known_op_types() -> tuple[str, ...]:
     return tuple(sorted(set(dynamic_op_types()) | set(static_op_types())))
 
 
+def op_types_for_mode(mode: str) -> tuple[str, ...]:
+    """What ``mode`` (dynamic | static | auto) can quantize."""
+    return {"dynamic": dynamic_op_types, "static": static_op_types}.get(mode, known_op_types)()
+
+
+def op_types_problem(op_types, mode: str = "auto") -> str | None:
+    """Why ``op_types`` cannot be asked of ``mode`` (None: fine).  An op type no mode knows
+    is unknown; one that only the other mode quantizes (``Relu`` in dynamic mode,
+    ``LSTM`` in static mode) is refused too: that mode would silently leave it in float."""
+    known = set(known_op_types())
+    bad = [t for t in op_types if t not in known]
+    if bad:
+        return f"unknown op type(s) {', '.join(bad)} for --op-types (quantizable: {', '.join(sorted(known))})"
+    allowed = set(op_types_for_mode(mode))
+    bad = [t for t in op_types if t not in allowed]
+    if bad:
+        return f"--op-types {', '.join(bad)}: not quantizable in {mode} mode (it quantizes: {', '.join(sorted(allowed))})"
+    return None
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -73,10 +95,9 @@ class QuantConfig:
         check_choice("weight type", self.weight_type, INT_TYPES)
         check_choice("activation type", self.activation_type, INT_TYPES)
         if self.op_types is not None:
-            known = set(known_op_types())
-            bad = [t for t in self.op_types if t not in known]
-            if bad:
-                raise UsageError(f"unknown op type(s) {', '.join(bad)} for --op-types (quantizable: {', '.join(sorted(known))})")
+            why = op_types_problem(self.op_types, self.mode)
+            if why:
+                raise UsageError(why)
         if self.mode == "static" and self.activation_type == "int8" and self.weight_type == "uint8":
             raise UsageError("int8 activations with uint8 weights is not supported by ONNX Runtime; use --weight-type int8")
 

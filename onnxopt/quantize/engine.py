@@ -103,6 +103,8 @@ class CandidateBuilder:
             return ("Gemm" in types) if n.name in converted_gemms else n.op_type in types
 
         self.op_types = {n.name: n.op_type for n in base.graph.node}
+        # reports name the input's op type: a Gemm rewritten as MatMul is still a Gemm there
+        self.op_types.update({n: "Gemm" for n in converted_gemms if n in self.op_types})
         self.candidates = [n.name for n in base.graph.node if wanted(n) and n.name not in config.exclude]
         self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
         self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))

@@ -34,11 +34,9 @@ class _QuantizeConfig:
         if self.batch <= 0:
             return "batch must be positive"
         if self.op_types is not None:
-            from .config import known_op_types
+            from .config import op_types_problem
 
-            bad = [t for t in self.op_types if t not in known_op_types()]
-            if bad:
-                return f"unknown op type(s) {', '.join(bad)}"
+            return op_types_problem(self.op_types, self.mode)
         return None
 
 

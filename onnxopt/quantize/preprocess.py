@@ -7,7 +7,8 @@ Steps (each in place on a copy; the result is verified against the input by ``pr
    computed by a constant subgraph (``ConstantOfShape``, ``Cast``/``Reshape``/``Transpose``
    of constants, ...) becomes an initializer whatever its size.  ORT's quantizer refuses
    such weights ("... to be an initializer") or silently leaves the node in float.
-3. Nameless nodes get unique names (node exclusion and reports need them).
+3. Nameless nodes get unique names (node exclusion and reports need them); this is done
+   first, so a generated name (``<OpType>_<index>``) refers to the input model's node.
 4. ``upgrade_opset``: opset < 13 -> 13 with ONNX's version converter (per-channel
    ``DequantizeLinear`` needs ``axis``, opset 13; ORT's quantizer would merely relabel an old
    opset as 11), IR version raised to match, initializer-backed inputs of IR < 4 dropped.
@@ -40,7 +41,9 @@ from ..simplify.fold import fold_constants
 
 __all__ = [
     "Prepared",
+    "node_names",
     "name_nodes",
+    "map_node_names",
     "materialize_weights",
     "upgrade_opset",
     "ort_pre_process",
@@ -68,21 +71,56 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def name_nodes(model: onnx.ModelProto) -> int:
-    """Give every nameless main-graph node a unique ``<OpType>_<index>`` name."""
+def node_names(model: onnx.ModelProto) -> list[str]:
+    """The main-graph node names after ``name_nodes`` (the model is not changed): a nameless
+    node is ``<OpType>_<index>``, suffixed ``_<k>`` when that name is taken."""
     taken = {n.name for n in model.graph.node if n.name}
-    count = 0
+    out = []
     for i, n in enumerate(model.graph.node):
         if n.name:
+            out.append(n.name)
             continue
         name, k = f"{n.op_type}_{i}", 0
         while name in taken:
             k += 1
             name = f"{n.op_type}_{i}_{k}"
-        n.name = name
         taken.add(name)
-        count += 1
+        out.append(name)
+    return out
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give every nameless main-graph node a unique name (``node_names``); returns how many."""
+    count = 0
+    for n, name in zip(model.graph.node, node_names(model), strict=True):
+        if not n.name:
+            n.name = name
+            count += 1
     return count
+
+
+def map_node_names(model: onnx.ModelProto, names, original=()) -> tuple[dict[str, list[str]], list[str]]:
+    """Where the nodes ``names`` (of the model before pre-processing) are in ``model``.
+
+    A name maps to itself when ``model`` still has it, else to the nodes ORT's graph
+    optimizer made of it (named ``<name>/<Fusion>``, e.g. MatMul + Add ->
+    ``<matmul>/MatMulAddFusion``; names in ``original``, the input's node names, are
+    never taken as derived).  Returns ``({name: [nodes]}, names not found)``.
+    """
+    present = [n.name for n in model.graph.node]
+    have = set(present)
+    original = set(original)
+    found, missing = {}, []
+    for name in names:
+        if name in have:
+            found[name] = [name]
+            continue
+        derived = [p for p in present if p.startswith(name + "/") and p not in original]
+        if derived:
+            found[name] = derived
+        else:
+            missing.append(name)
+    return found, missing
 
 
 def _eval_node(node: onnx.NodeProto, values: list[np.ndarray], opsets) -> list[np.ndarray]:
@@ -319,6 +357,8 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     work = copy.deepcopy(model)
     counts: dict = {}
     notes: list[str] = []
+    # first, so that generated names are those of the input's nodes (``node_names(model)``)
+    counts["nodes_named"] = name_nodes(work)
     counts["constants_converted"] = constants_to_initializers(work)
     try:
         folded, more = fold_constants(work)
@@ -329,7 +369,7 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     n, more = materialize_weights(work)
     counts["weights_materialized"] = n
     notes.extend(more[:3])
-    counts["nodes_named"] = name_nodes(work)
+    counts["nodes_named"] += name_nodes(work)  # nodes the folding added without a name
     work, note = upgrade_opset(work, opset)
     if note:
         notes.append(note)

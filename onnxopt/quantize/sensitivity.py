@@ -17,9 +17,11 @@ an ``Evaluator`` (``onnxopt.metrics``) and a ``Budget``:
    is found by bisection, then confirmed on the full evaluation set; if the confirmation
    fails the prefix grows one unit at a time.  At most ``max_evals`` models are scored.
 
-The result lists each excluded node with its measured effect; ``met`` is False (and the
-best model reached is returned) when the budget cannot be met without leaving every node
-in float.
+The result lists each excluded node with its measured effect; ``met`` is False when the
+budget cannot be met without leaving every node in float, and the model returned is then
+the best one reached: the highest-scoring exclusion set among those measured (fully
+quantized, each sensitivity unit alone in float, each bisection prefix), confirmed on the
+full evaluation set.
 """
 
 from __future__ import annotations
@@ -171,10 +173,14 @@ def fit_budget(
     def ok(score: float, ev: Evaluator) -> bool:
         return ev.reference_score - score <= budget.max_drop + 1e-9
 
+    seen: dict[frozenset, float] = {}  # every exclusion set scored on the search data
+
     def search_score(excluded: frozenset) -> tuple[float, float]:
         nonlocal evals
         evals += 1
-        return score_model(search, get(excluded))
+        s, rel = score_model(search, get(excluded))
+        seen[excluded] = s
+        return s, rel
 
     def confirm(excluded: frozenset) -> float:
         nonlocal evals
@@ -207,6 +213,9 @@ def fit_budget(
     effects = measure_sensitivity(lambda ex: get(ex), nodes, search, how=how, base_score=s0, max_units=budget_units)
     evals += len(effects)
     units = [frozenset(e.nodes) for e in effects]
+    everything = frozenset(nodes)
+    for e in effects:  # each measurement is a scored exclusion set too
+        seen.setdefault(frozenset(e.nodes) if how == "float-one" else everything - set(e.nodes), e.score)
 
     def prefix(k: int) -> frozenset:
         out: set[str] = set()
@@ -236,6 +245,17 @@ def fit_budget(
         if ok(full, evaluator):
             return result(excluded, full, True, effects)
         k += 1
+    # not met: the best figures reached are the best exclusion set scored anywhere above
+    # (sensitivity units, bisection prefixes), confirmed on the full set when the search
+    # ran on a subset
+    tried = [(sc, ex) for ex, sc in seen.items() if ex != everything]
+    if tried:
+        sc, ex = max(tried, key=lambda t: (t[0], -len(t[1])))
+        if search is not evaluator and ex != best[0]:
+            sc = confirm(ex)
+            history.append({"excluded": len(ex), "score": sc})
+        if sc > best[1] or (sc == best[1] and len(ex) < len(best[0])):
+            best = (ex, sc)
     return result(best[0], best[1], False, effects)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.passes import Context
 from ..core.pipeline import PipelineResult, run_pipeline
-from ..data import dataset_for
+from ..data import check_shapes, dataset_for
 from ..errors import blame
 from ..io import resolve_model
 from ..runtime import resolve_provider
@@ -21,7 +21,8 @@ def simplify(model, *, data=None, shapes: dict | None = None, provider: str = "c
     """
     m, path = resolve_model(model, lazy=None)  # a large model stays in its files
     provider = resolve_provider(provider)
-    with blame(path):
+    with blame(path, data=True):
+        check_shapes(m, shapes, path)
         ctx = Context(data=dataset_for(m, data) if data is not None else None, shapes=shapes, provider=provider)
         result = run_pipeline(m, [SimplifyPass(onnxsim=use_onnxsim)], ctx, command="simplify")
     result.report["input"] = str(path) if path else None

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from ..graph import subgraphs
 from ..io import _inline_nbytes, tensor_array
 
-__all__ = ["fold_constants"]
+__all__ = ["evaluate_node", "fold_constants"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-def _evaluate(node: onnx.NodeProto, values: list[np.ndarray], opsets) -> list[np.ndarray]:
+def evaluate_node(node: onnx.NodeProto, values: list, opsets) -> list[np.ndarray]:
+    """Run one node on constant inputs (``values[i]`` for ``node.input[i]``; an empty input
+    name or a ``None`` value is an omitted optional input) with ONNX's reference evaluator."""
     from onnx.reference import ReferenceEvaluator
 
     names = [f"in{i}" for i in range(len(node.input))]
@@ -48,7 +50,7 @@ def _evaluate(node: onnx.NodeProto, values: list[np.ndarray], opsets) -> list[np
     n.CopyFrom(node)
     feeds = {}
     for i, x in enumerate(node.input):
-        if x:
+        if x and values[i] is not None:
             n.input[i] = names[i]
             feeds[names[i]] = values[i]
         else:
@@ -132,7 +134,7 @@ def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple
                 keep.append(node)
                 continue
             try:
-                vals = _evaluate(node, [known.get(x) for x in node.input], model.opset_import)
+                vals = evaluate_node(node, [known.get(x) for x in node.input], model.opset_import)
             except Exception as exc:  # an op the reference evaluator cannot run: keep the node
                 log.debug("not folding %s (%s): %s", node.name or node.output[0], node.op_type, exc)
                 vals = None

@@ -169,3 +169,23 @@ def test_digits_cnn04_adapted_to_ten_digits():
     assert ev["original"]["in_label_space"]["accuracy"] >= 95.0
     # ready for ensemble: same input and output names, [N, 10] scores
     assert [i.name for i in res.model.graph.input] == ["image"] and [o.name for o in res.model.graph.output] == ["logits"]
+
+
+def test_after_prune_and_before_ensemble(tmp_path):
+    """A pruned extractor is adapted as it is (its narrower features), and adapted members
+    keep the input/output names, so they fuse in an ensemble."""
+    from onnxopt.ensemble.api import ensemble
+    from onnxopt.prune.api import prune
+
+    model = conv_classifier(channels=16)
+    x = np.random.default_rng(3).standard_normal((120, 2, 4, 4)).astype(np.float32)
+    pruned = prune(model, ratio=0.5, timing_runs=0).model
+    assert next(t for t in pruned.graph.initializer if t.name == "conv.w").dims[0] == 8
+    y = linear_labels(features_of(pruned, x), 3, seed=2)
+    data = Dataset("mem", arrays={"x": x}, labels=y)
+    a = adapt(pruned, data, l2=1e-2)
+    assert a.report["cut"]["width"] == 8 and a.report["accuracy"]["train"] >= 90.0
+    b = adapt(model, data, head="linear", l2=1e-2).model
+    ens = ensemble([a.model, b], fusion="mean", data=data).model
+    onnx.checker.check_model(ens, full_check=True)
+    np.testing.assert_allclose(_run(ens, x), (_run(a.model, x) + _run(b, x)) / 2, rtol=1e-4, atol=1e-5)

@@ -141,3 +141,65 @@ def test_pooling(pool, ops):
     assert add_pooling(cut, name, 2, pool) == name  # [N, C] needs nothing
     with pytest.raises(UsageError):
         add_pooling(cut, "relu", 4, "median")
+
+
+def _shape_reading_head(decomposed_softmax: bool = False):
+    """tf2onnx-style head: MatMul + bias, then a Reshape whose shape is rebuilt from
+    Shape(x) (the head reads the input's shape, never its values); optionally the softmax
+    as exporters decompose it, Exp(z - max) / ReduceSum(Exp(z - max))."""
+    z = "z" if decomposed_softmax else "y"
+    nodes = [
+        helper.make_node("Relu", ["x"], ["feat"]),
+        helper.make_node("MatMul", ["feat", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["logits"]),
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Gather", ["xs", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "k"], ["shp"], axis=0),
+        helper.make_node("Reshape", ["logits", "shp"], [z]),
+    ]
+    if decomposed_softmax:
+        nodes += [
+            helper.make_node("ReduceMax", [z], ["mx"], axes=[1], keepdims=1),
+            helper.make_node("Sub", [z, "mx"], ["zc"]),
+            helper.make_node("Exp", ["zc"], ["e"]),
+            helper.make_node("ReduceSum", ["e", "axes1"], ["se"], keepdims=1),
+            helper.make_node("Div", ["e", "se"], ["y"]),
+        ]
+    inits = [
+        _w("w", (5, 3)),
+        _w("b", (3,), seed=1),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes1"),
+        numpy_helper.from_array(np.array([3], np.int64), "k"),
+    ]
+    g = helper.make_graph(nodes, "t", [_f("x", ["N", 5])], [_f("y", ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_head_reading_only_the_input_shape_is_accepted(decomposed):
+    m = _shape_reading_head(decomposed)
+    match = find_head(m)
+    assert match.feature == "feat" and match.op == "MatMul" and match.softmax == decomposed
+    assert match.removed_ops[:2] == ["MatMul", "Add"] and "Shape" not in match.removed_ops
+    cut, counts = cut_at(m, tensor_info(m, "feat"))
+    assert [n.op_type for n in cut.graph.node] == ["Relu"]  # the Shape chain went with the head
+    assert counts["nodes_removed"] == len(m.graph.node) - 1
+
+
+def test_head_reading_the_input_values_is_still_refused():
+    m = _shape_reading_head()
+    # the head now also adds a slice of x itself (its values), not only its shape
+    m.graph.node[-1].output[0] = "y0"
+    m.graph.node.append(helper.make_node("Add", ["y0", "x3"], ["y"]))
+    m.graph.node.insert(0, helper.make_node("Slice", ["x", "s0", "s3", "s1"], ["x3"]))
+    m.graph.initializer.extend(
+        [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s3", 3), ("s1", 1))]
+    )
+    with pytest.raises(UnsupportedError, match="also reads 'x"):
+        find_head(m)

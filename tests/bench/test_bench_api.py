@@ -53,7 +53,14 @@ def test_report_structure_and_figures(digits):
         assert r["throughput"]["samples_per_s"] > 0 and r["throughput"]["concurrency"] == 1
         lo, hi = r["speedup"]["ci95"]
         assert lo <= r["speedup"]["ratio"] <= hi
-    assert rep["results"][0]["speedup"] == {"ratio": 1.0, "ci95": [1.0, 1.0], "verdict": "baseline"}
+    assert rep["results"][0]["speedup"] == {
+        "ratio": 1.0,
+        "ci95": [1.0, 1.0],
+        "verdict": "baseline",
+        "ci_method": None,
+    }
+    # 5 runs = one round: too few to pair by round, the CI is the independent bootstrap's
+    assert rep["results"][1]["speedup"]["ci_method"] == "iid"
     mlp_info, cnn_info = rep["models"]
     # accuracy from the labels matches the bundled models' manifest (96.75 %, 99.5 %)
     assert mlp_info["accuracy"]["top1"] == pytest.approx(96.75) and cnn_info["accuracy"][
@@ -256,3 +263,52 @@ def test_compare_latency_with_sessions_and_protos():
     assert lo <= rows[1]["speedup"] <= hi and rows[1]["verdict"] in ("faster", "slower", "same")
     with pytest.raises(UsageError):
         compare_latency([a, a], [feed], runs=5)
+
+
+# --- audit additions -----------------------------------------------------------------
+
+
+def test_few_rounds_are_noted_and_widen_the_ci():
+    res = bench([mlp(), mlp(seed=1)], runs=10, warmup=1, block=5, throughput=False, accuracy=False)
+    rep = res.report
+    sp = rep["results"][1]["speedup"]
+    assert sp["ci_method"] == "paired-block+iid" and sp["ci95"][0] <= sp["ratio"] <= sp["ci95"][1]
+    assert any("2 complete round(s)" in n and "union" in n for n in rep["notes"])
+    assert "widened with few rounds" in render(rep, "table")
+    rows = compare_latency([mlp(), mlp(seed=1)], {"x": np.ones((1, 16), np.float32)}, runs=5)
+    assert rows[1]["ci_method"] == "iid" and rows[0]["ci_method"] is None
+
+
+def test_repeated_batch_sizes_are_one_configuration():
+    res = bench([mlp()], batches=[2, 2, 1, 2], **FAST, throughput=False, accuracy=False)
+    assert res.report["settings"]["batches"] == [2, 1]
+    assert [r["batch"] for r in res.report["results"]] == [2, 1]
+
+
+def test_external_data_counts_in_the_size_and_stays_on_disk(tmp_path, monkeypatch):
+    import onnx
+
+    from onnxopt import io as oio
+
+    m = mlp(width=64)
+    path = tmp_path / "ext.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, location="ext.bin", size_threshold=0)
+    data_bytes = (tmp_path / "ext.bin").stat().st_size
+    assert data_bytes >= 64 * 64 * 4
+    seen = []
+    real = oio.load_model
+
+    def spy(src, **kw):
+        seen.append(kw.get("load_external", True))
+        return real(src, **kw)
+
+    monkeypatch.setattr(bench_api, "load_model", spy)
+    res = bench([path], **FAST, throughput=False)
+    info = res.report["models"][0]
+    assert info["file_bytes"] == path.stat().st_size + data_bytes
+    assert info["params"] == 64 * 64 + 64 * 4
+    assert seen == [False]  # the weights were validated, not read, by bench itself
+    assert res.report["results"][0]["status"] == "ok" and info["accuracy"]["rel_l2"] == 0.0
+    (tmp_path / "ext.bin").unlink()
+    with pytest.raises(ModelError, match="ext"):
+        bench([path], **FAST)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from onnxopt.bench import api as bench_api
@@ -160,3 +161,122 @@ def test_ctrl_c_prints_partial_results_and_exits_130(invoke, pair, tmp_path, mon
         and "no files written" in res.stderr
     )
     assert not out.exists()
+
+
+# --- audit additions -----------------------------------------------------------------
+
+# Runs ``onnxopt ARGS`` in a child process that says "TIMING" on stderr once the phase
+# named by argv[1] is under way (the latency loop, or the throughput workers, whose work
+# is made endless), so that the test can send a real SIGINT at the right moment.
+_DRIVER = r"""
+import sys
+from onnxopt.bench import api
+
+phase = sys.argv.pop(1)
+
+def announce(fn):
+    said = []
+    def wrapped(*a):
+        if not said:
+            said.append(1)
+            print("TIMING", file=sys.stderr, flush=True)
+        return fn(*a)
+    return wrapped
+
+if phase == "latency":
+    real = api.measure_interleaved
+    api.measure_interleaved = lambda run_one, n, **kw: real(announce(run_one), n, **kw)
+else:
+    real_t = api.measure_throughput
+    def endless(workers, batches, iters, **kw):
+        workers = [[announce(w) for w in ws] for ws in workers]
+        return real_t(workers, batches, [10**9] * len(iters), **kw)
+    api.measure_throughput = endless
+
+from onnxopt.cli.main import main
+sys.argv[0] = "onnxopt"
+main()
+"""
+
+
+def _interrupt(args, phase, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, phase, "bench", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        line = proc.stderr.readline()
+        while line and "TIMING" not in line:
+            line = proc.stderr.readline()
+        assert "TIMING" in line, "the child never reached the timing phase"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("phase", ["latency", "throughput"])
+def test_real_sigint_prints_partial_results(tmp_path, pair, phase):
+    out_file = tmp_path / "r.json"
+    args = [*pair, "--runs", "1000000000", "--warmup", "1", "--threads", "1"]
+    if phase == "latency":
+        rc, out, err = _interrupt([*args, "-o", out_file, "--format", "json"], phase, tmp_path)
+        assert rc == 130 and "INTERRUPTED: partial results (Ctrl-C)" in out
+        assert "during the" not in out and "while timing batch default" in out
+        assert "digits_cnn" in out and "no files written" in err and "Traceback" not in err
+        assert not out_file.exists() and not list(tmp_path.glob(".*.tmp"))
+    else:
+        args[args.index("--runs") + 1] = "20"
+        rc, out, err = _interrupt(
+            [*args, "--concurrency", "2", "--format", "json"], phase, tmp_path
+        )
+        assert rc == 130 and "Traceback" not in err, err
+        rep = json.loads(out)  # stdout keeps the format asked for
+        assert rep["interrupted"] is True
+        assert any("during the throughput phase" in n for n in rep["notes"])
+        # latency of the batch was measured before the workers started
+        assert [r["latency_ms"]["n"] for r in rep["results"]] == [20, 20]
+
+
+def test_warnings_go_to_stderr_when_stdout_is_json(invoke, pair, monkeypatch):
+    from onnxopt.bench import api
+
+    monkeypatch.setattr(api, "busy_warning", lambda: "machine busy before the run: test")
+    res = invoke("bench", *pair, "--format", "json", "--no-throughput", *FAST)
+    assert res.exit_code == 0 and "warning: machine busy before the run: test" in res.stderr
+    assert json.loads(res.stdout)["warnings"] == ["machine busy before the run: test"]
+
+
+def test_a_model_that_cannot_run_on_defaulted_dims_says_why(invoke, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],  # 3x3, no padding: needs H, W >= 3
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, None, None])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "conv.onnx"
+    onnx.save(m, str(path))
+    out = tmp_path / "r.json"
+    res = invoke("bench", path, "-o", out, *FAST)
+    assert res.exit_code == 2 and "conv.onnx" in res.stderr and "give --shape" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+    res = invoke("bench", path, "--shape", "x:1,3,8,8", "--no-accuracy", *FAST)
+    assert res.exit_code == 0, res.output

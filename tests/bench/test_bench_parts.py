@@ -178,3 +178,104 @@ def test_environment_and_oversubscription():
     w = oversubscription_warning(2, (os.cpu_count() or 1) + 1, "cpu")
     assert w and "usable cores" in w
     assert oversubscription_warning(64, 64, "cuda") is None
+
+
+# --- audit additions -----------------------------------------------------------------
+
+
+def _image_model():
+    """``x float32[N, 3, H, W] -> ReduceMean(axes 2, 3) -> y float32[N, 3, 1, 1]``."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["y"])],
+        "image",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1, 1])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_symbolic_dims_defaulted_to_one_are_noted():
+    m = _image_model()
+    feed, notes = make_feed(m, None, None, 2)
+    assert feed["x"].shape == (2, 3, 1, 1)
+    assert (
+        len(notes) == 1 and "symbolic axes 2, 3 set to 1" in notes[0] and "--shape x:" in notes[0]
+    )
+    feed, notes = make_feed(m, None, {"x": (1, 3, 32, 48)}, 2)
+    assert feed["x"].shape == (2, 3, 32, 48) and notes == []
+    assert make_feed(mlp(), None, None, 4)[1] == []  # a symbolic batch axis alone is no news
+
+
+def test_cuda_device_index_follows_cuda_visible_devices():
+    from onnxopt.bench.memory import nvml_device
+
+    assert nvml_device(0, "") == 0 and nvml_device(1, "") == 1
+    assert nvml_device(0, "3") == 3 and nvml_device(1, "2, 5") == 5
+    assert nvml_device(0, "GPU-8f0c2a1e-aaaa") == "GPU-8f0c2a1e-aaaa"
+    assert nvml_device(0, "MIG-1234,0") == "MIG-1234" and nvml_device(1, "MIG-1234,0") == 0
+    assert nvml_device(4, "1,2") == 4  # out of range: CUDA will refuse the device anyway
+
+
+def test_a_session_that_fell_back_to_cpu_is_refused_on_cuda():
+    from onnxopt.bench.runner import check_provider_active
+    from onnxopt.errors import ProviderError
+
+    class FellBack:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    class OnCuda:
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    check_provider_active(FellBack(), "cpu")
+    check_provider_active(OnCuda(), "cuda")
+    with pytest.raises(
+        ProviderError, match="did not create the session on CUDAExecutionProvider"
+    ) as exc:
+        check_provider_active(FellBack(), "cuda", "m.onnx")
+    assert exc.value.exit_code == 2 and exc.value.path == "m.onnx"
+
+
+def test_io_binding_keeps_non_contiguous_inputs_alive():
+    import gc
+
+    m = mlp()
+    sess = create_session(m, "cpu", threads=1)
+    wide = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
+    feed = {"x": wide[:, ::2]}  # a strided view: binding needs a contiguous copy
+    assert not feed["x"].flags.c_contiguous
+    inv = Invoker(sess, feed, io_binding=True)
+    gc.collect()
+    np.testing.assert_array_equal(
+        inv.outputs()[0], sess.run(None, {"x": np.ascontiguousarray(feed["x"])})[0]
+    )
+
+
+def test_throughput_workers_really_run_at_the_same_time():
+    """Each worker's call sleeps (releasing the GIL like ``session.run``): with 4 workers
+    the peak number of calls in flight is 4, i.e. the throughput is measured under real
+    concurrency, not derived from one thread's latency."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    state = {"active": 0, "peak": 0, "threads": set()}
+
+    def call():
+        with lock:
+            state["active"] += 1
+            state["peak"] = max(state["peak"], state["active"])
+            state["threads"].add(threading.get_ident())
+        time.sleep(0.005)
+        with lock:
+            state["active"] -= 1
+
+    out = measure_throughput([[call] * 4], [2], [6], rounds=2)
+    assert out[0]["runs"] == 4 * 6 * 2 and out[0]["concurrency"] == 4
+    assert state["peak"] == 4 and len(state["threads"]) >= 4
+    assert out[0]["samples_per_s"] == pytest.approx(2 * out[0]["runs_per_s"])

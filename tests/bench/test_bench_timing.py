@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxopt.bench.timing import (
+    MIN_PAIRED_BLOCKS,
     latency_summary,
     measure_interleaved,
     percentiles,
@@ -112,14 +113,40 @@ def test_large_samples_are_chunked():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.floats(1e-5, 1.0), min_size=10, max_size=60), st.sampled_from([None, 2, 5]))
+@given(st.lists(st.floats(1e-5, 1.0), min_size=10, max_size=200), st.sampled_from([None, 2, 5]))
 def test_a_vs_identical_a_is_exactly_one(xs, block):
     x = np.asarray(xs)
     s = speedup(x, x.copy(), block=block)
     assert s.ratio == 1.0
-    if block:  # paired resampling of identical samples: every bootstrap ratio is 1
-        assert s.low == s.high == 1.0
+    rounds = len(x) // block if block else 0
+    if rounds >= MIN_PAIRED_BLOCKS:  # paired resampling of identical samples: every ratio is 1
+        assert s.low == s.high == 1.0 and s.method == "paired-block"
+    elif rounds >= 2:
+        assert s.method == "paired-block+iid"
+    else:
+        assert s.method == "iid"
     assert s.low <= 1.0 <= s.high
+
+
+def test_few_rounds_widen_the_paired_interval_to_cover_one(monkeypatch):
+    """A-vs-A with 2 rounds of 5 runs: the paired interval alone covers 1.0 about half the
+    time (too few distinct resamples); the union with the iid interval keeps ~95%."""
+    from onnxopt.bench import timing
+
+    rng = np.random.default_rng(0)
+    samples = [(rng.lognormal(0, 0.2, 10), rng.lognormal(0, 0.2, 10)) for _ in range(200)]
+    union = [speedup(a, b, block=5, seed=r) for r, (a, b) in enumerate(samples)]
+    assert {s.method for s in union} == {"paired-block+iid"}
+    monkeypatch.setattr(timing, "MIN_PAIRED_BLOCKS", 2)  # the paired interval on its own
+    paired = [speedup(a, b, block=5, seed=r) for r, (a, b) in enumerate(samples)]
+    assert {s.method for s in paired} == {"paired-block"}
+    for u, p in zip(union, paired, strict=True):
+        assert u.ratio == p.ratio and u.low <= p.low and u.high >= p.high
+
+    def cover(xs):
+        return sum(s.low <= 1.0 <= s.high for s in xs) / len(xs)
+
+    assert cover(paired) < 0.75 and cover(union) >= 0.9
 
 
 def test_percentiles_and_summary_in_ms():

@@ -269,3 +269,111 @@ def test_unavailable_provider(invoke, tmp_path):
     assert "CUDAExecutionProvider is not available" in line
     line = _one_error_line(invoke("run", "simplify", MLP, "-o", tmp_path / "o.onnx", "--provider", "cuda"))
     assert "CUDAExecutionProvider is not available" in line and not (tmp_path / "o.onnx").exists()
+
+
+# every model-writing command, with arguments that would otherwise succeed quickly
+_WRITERS = {
+    "simplify": lambda src: ["simplify", src],
+    "run": lambda src: ["run", "simplify", src],
+    "quantize": lambda src: ["quantize", src, "--mode", "dynamic", "--allow-slower"],
+    "prune": lambda src: ["prune", src, "--method", "magnitude", "--sparsity", "0.5"],
+    "optimize": lambda src: ["optimize", src],
+    "ensemble": lambda src: ["ensemble", src, MLP],
+    "chain": lambda src: ["chain", src, ROOT / "tests" / "missing-second-stage.onnx"],
+    "adapt": lambda src: ["adapt", src, "--data", MODELS / "digits_test.npz"],
+}
+
+
+@pytest.mark.parametrize("command", list(_WRITERS))
+def test_report_over_the_input_or_the_output_is_refused(invoke, tmp_path, command):
+    """--report is a written file too: never over the input model, never equal to -o; both
+    are refused before any work, so nothing is written and the input is untouched."""
+    src = tmp_path / "m.onnx"
+    src.write_bytes(MLP.read_bytes())
+    before = src.read_bytes()
+    head = _WRITERS[command](src)
+    line = _one_error_line(invoke(*head, "-o", tmp_path / "o.onnx", "--report", src))
+    assert "refusing to overwrite the input model" in line
+    line = _one_error_line(invoke(*head, "-o", tmp_path / "o.onnx", "--report", tmp_path / "o.onnx"))
+    assert "must differ from -o" in line
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("command", ["simplify", "verify", "run"])
+def test_shape_for_no_input_is_refused(invoke, tmp_path, command):
+    out = tmp_path / "o.onnx"
+    args = {"simplify": ["simplify", MLP, "-o", out], "verify": ["verify", MLP, MLP], "run": ["run", "simplify", MLP, "-o", out]}[command]
+    line = _one_error_line(invoke(*args, "--shape", "imgae:1,1,8,8"))
+    assert str(MLP) in line and "--shape names 'imgae', not an input of the model (inputs: image)" in line
+    assert not out.exists()
+
+
+def test_recipe_without_steps_is_refused(invoke, tmp_path):
+    recipe = tmp_path / "empty.toml"
+    recipe.write_text('name = "empty"\n')
+    line = _one_error_line(invoke("run", recipe, MLP, "-o", tmp_path / "o.onnx"))
+    assert str(recipe) in line and "no [[steps]]" in line
+    recipe.write_text("[[steps]]\npass = 3\n")
+    assert "'pass' must be a string" in _one_error_line(invoke("run", recipe, MLP, "-o", tmp_path / "o.onnx"))
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_run_with_external_data(invoke, tmp_path):
+    out = tmp_path / "r.onnx"
+    res = invoke("run", "simplify", MLP, "-o", out, "--external-data")
+    assert res.exit_code == 0, res.stderr
+    data = [p for p in tmp_path.iterdir() if p.name.endswith(".data")]
+    assert len(data) == 1 and data[0].stat().st_size > 600_000 and out.stat().st_size < 100_000
+    onnx.checker.check_model(str(out), full_check=True)
+    assert invoke("verify", MLP, out, "--data", TEST).exit_code == 0
+
+
+def _conv_without_padding(path):
+    """A 3x3 Conv on x[N,3,H,W]: synthesized with H = W = 1 it cannot run."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])],
+        [w],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_model_that_cannot_run_on_synthesized_inputs(tmp_path):
+    """A real process (ONNX Runtime's C++ logging goes to file descriptor 2): one error line
+    that points at --shape, exit 2, nothing written; with --shape it works."""
+    src = _conv_without_padding(tmp_path / "conv.onnx")
+    out = tmp_path / "o.onnx"
+    for args in (["verify", src, src], ["simplify", src, "-o", out]):
+        proc = subprocess.run([sys.executable, "-m", "onnxopt", *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: {src}: onnxruntime failed to run the model") and "give --shape" in lines[0]
+    assert not out.exists()
+    proc = subprocess.run([sys.executable, "-m", "onnxopt", "simplify", str(src), "-o", str(out), "--shape", "x:1,3,8,8"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and out.is_file(), proc.stderr
+
+
+def test_inspect_text_stays_one_line_per_field(invoke, tmp_path):
+    m = onnx.load(str(MLP))
+    m.metadata_props.add(key="classes", value="zero\none\ntwo")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    res = invoke("inspect", tmp_path / "m.onnx")
+    assert res.exit_code == 0 and "metadata classes: zero one two" in res.stdout
+    par = next(ln for ln in res.stdout.splitlines() if ln.startswith("parameters:"))
+    assert par.endswith("in 6 initializers")  # no Constant nodes in this model: none named
+
+
+def test_unwritable_output_or_report_is_refused_before_any_work(invoke, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for args in (["-o", tmp_path / "afile" / "o.onnx"], ["-o", tmp_path / "o.onnx", "--report", tmp_path / "afile" / "r.json"]):
+        line = _one_error_line(invoke("simplify", MLP, *args))
+        assert "is not a folder" in line
+        line = _one_error_line(invoke("run", "simplify", MLP, *args))
+        assert "is not a folder" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

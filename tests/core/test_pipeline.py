@@ -167,3 +167,23 @@ def test_inputs_for_prefers_given_data():
 
     with pytest.raises(DataError):
         ctx.inputs_for(bad)
+
+
+class RefusePass(Pass):
+    """Refuse with a user error, as a pass does when the model does not fit it (test pass)."""
+
+    key = "refuse"
+
+    def call(self, model, ctx):
+        from onnxopt.errors import UnsupportedError
+
+        raise UnsupportedError("nothing here to work on")
+
+
+def test_a_refusing_step_is_named():
+    from onnxopt.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match=r"^step 2 'refuse': nothing here to work on$"):
+        run_pipeline(tiny_cnn(), [RemoveUnusedPass(), RefusePass()])
+    with pytest.raises(UnsupportedError, match=r"^nothing here to work on$"):  # one step: no prefix
+        run_pipeline(tiny_cnn(), [RefusePass()])

@@ -117,13 +117,15 @@ def two_outputs(seed: int = 0) -> onnx.ModelProto:
 
 
 def reduce_head(seed: int = 0) -> onnx.ModelProto:
-    """x[N,6] -> Gemm -> [N,4,2] -> ReduceMax(axis 2) -> y[N,4]: ReduceMax has no stacked form."""
+    """x[N,6] -> Gemm -> [N,4,2] -> CumSum(axis 2) -> ReduceMax(axis 2) -> y[N,4]: CumSum has no
+    stacked form, so it and the ReduceMax after it run per member."""
     rng = np.random.default_rng(seed)
-    inits = [_t(rng, (8, 6), "w"), _t(rng, (8,), "b", 0.1), numpy_helper.from_array(np.array([0, 4, 2], np.int64), "shape3"), numpy_helper.from_array(np.array([2], np.int64), "axes")]
+    inits = [_t(rng, (8, 6), "w"), _t(rng, (8,), "b", 0.1), numpy_helper.from_array(np.array([0, 4, 2], np.int64), "shape3"), numpy_helper.from_array(np.array([2], np.int64), "axes"), numpy_helper.from_array(np.array(2, np.int64), "axis")]
     nodes = [
         helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
         helper.make_node("Reshape", ["h", "shape3"], ["h3"], name="reshape"),
-        helper.make_node("ReduceMax", ["h3", "axes"], ["y"], name="max", keepdims=0),
+        helper.make_node("CumSum", ["h3", "axis"], ["cs"], name="cumsum"),
+        helper.make_node("ReduceMax", ["cs", "axes"], ["y"], name="max", keepdims=0),
     ]
     return _model(nodes, [helper.make_tensor_value_info("x", F32, ["N", 6])], [helper.make_tensor_value_info("y", F32, ["N", 4])], inits, 18)
 
@@ -150,3 +152,104 @@ def offset_mlp(seed: int = 0) -> onnx.ModelProto:
     g.node[1].input[0] = "xc"
     onnx.checker.check_model(m, full_check=True)
     return m
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=numpy_helper.from_array(np.asarray(value), name))
+
+
+def paddle_like(seed: int = 0, *, channels: int = 4, classes: int = 3, opset: int = 11) -> onnx.ModelProto:
+    """What PaddlePaddle exports look like: every weight in a ``Constant`` node, a ``-1`` batch
+    dim, biases reshaped to ``[1, C, 1, 1]`` before an ``Add``, and a classifier whose
+    ``Reshape`` target is computed from ``Shape``::
+
+        x[-1,2,5,5] -> Conv -> Add(Reshape(b1)) -> Relu -> Conv -> Add(Reshape(b2)) -> Relu -> GAP
+          -> Reshape(., Concat(Slice(Shape(.), 0, 1), [-1])) -> MatMul -> Add -> y[-1,classes]
+    """
+    rng = np.random.default_rng(seed)
+    c = channels
+    f32 = np.float32
+    nodes = [
+        _const("w1", (rng.standard_normal((c, 2, 3, 3)) * 0.5).astype(f32)),
+        _const("b1", (rng.standard_normal(c) * 0.1).astype(f32)),
+        _const("w2", (rng.standard_normal((c, c, 3, 3)) * 0.3).astype(f32)),
+        _const("b2", (rng.standard_normal(c) * 0.1).astype(f32)),
+        _const("bshape", np.array([1, c, 1, 1], np.int64)),
+        _const("wfc", (rng.standard_normal((c, classes)) * 0.5).astype(f32)),
+        _const("bfc", (rng.standard_normal(classes) * 0.1).astype(f32)),
+        _const("zero", np.array([0], np.int64)),
+        _const("one", np.array([1], np.int64)),
+        _const("minus1", np.array([-1], np.int64)),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["b1", "bshape"], ["b1r"], name="b1_reshape"),
+        helper.make_node("Add", ["c1", "b1r"], ["a1"], name="add1"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["b2", "bshape"], ["b2r"], name="b2_reshape"),
+        helper.make_node("Add", ["c2", "b2r"], ["a2"], name="add2"),
+        helper.make_node("Relu", ["a2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="gap"),
+        helper.make_node("Shape", ["p"], ["pshape"], name="shape"),
+        helper.make_node("Slice", ["pshape", "zero", "one", "zero"], ["batch"], name="slice"),
+        helper.make_node("Concat", ["batch", "minus1"], ["target"], name="concat", axis=0),
+        helper.make_node("Reshape", ["p", "target"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "wfc"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "bfc"], ["y"], name="fc_bias"),
+    ]
+    g = helper.make_graph(nodes, "paddle_like", [helper.make_tensor_value_info("x", F32, [-1, 2, 5, 5])], [helper.make_tensor_value_info("y", F32, [-1, classes])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    onnx.checker.check_model(m)
+    return m
+
+
+def matmul_mlp(seed: int = 0, *, features: int = 6, hidden: int = 8, classes: int = 4) -> onnx.ModelProto:
+    """x[N,features] -> MatMul + Add -> Relu -> MatMul + Add -> y[N,classes] (tf2onnx's dense layers)."""
+    rng = np.random.default_rng(seed)
+    inits = [_t(rng, (features, hidden), "w1"), _t(rng, (hidden,), "b1", 0.1), _t(rng, (hidden, classes), "w2"), _t(rng, (classes,), "b2", 0.1)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
+        helper.make_node("Relu", ["hb"], ["a"], name="relu"),
+        helper.make_node("MatMul", ["a", "w2"], ["o"], name="mm2"),
+        helper.make_node("Add", ["o", "b2"], ["y"], name="add2"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", F32, ["N", features])], [helper.make_tensor_value_info("y", F32, ["N", classes])], inits)
+
+
+def norm_block(seed: int = 0, *, opset: int = 17) -> onnx.ModelProto:
+    """tf2onnx-like ops around a normalisation, each with a batched stacked form::
+
+        x[N,6] -> MatMul -> Reshape[N,2,4] -> ReduceMean(-1) -> Sub -> ReduceSum(all but batch)
+          -> Expand[N,2,4] ... Unsqueeze(1) -> Squeeze(1) -> Slice(axis 2, int32 indices)
+          -> Reshape[N,6] -> Gemm -> y[N,3]
+    """
+    rng = np.random.default_rng(seed)
+    i64 = np.int64
+    inits = [
+        _t(rng, (6, 8), "w"), _t(rng, (6, 3), "fc.w"), _t(rng, (3,), "fc.b", 0.1),
+        numpy_helper.from_array(np.array([0, 2, 4], i64), "shape3"),
+        numpy_helper.from_array(np.array([-1], i64), "last"),
+        numpy_helper.from_array(np.array([1, 2], i64), "rest"),
+        numpy_helper.from_array(np.array([1], i64), "axis1"),
+        numpy_helper.from_array(np.array([1, 2, 4], i64), "bshape"),
+        numpy_helper.from_array(np.array([1], np.int32), "start"),
+        numpy_helper.from_array(np.array([4], np.int32), "end"),
+        numpy_helper.from_array(np.array([2], np.int32), "saxis"),
+        numpy_helper.from_array(np.array([0, 6], i64), "shape2"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+        helper.make_node("Reshape", ["h", "shape3"], ["h3"], name="split_heads"),
+        helper.make_node("ReduceMean", ["h3", "last"], ["mu"], name="mean", keepdims=1) if opset >= 18 else helper.make_node("ReduceMean", ["h3"], ["mu"], name="mean", axes=[-1], keepdims=1),
+        helper.make_node("Sub", ["h3", "mu"], ["c"], name="center"),
+        helper.make_node("ReduceSum", ["c", "rest"], ["tot"], name="total", keepdims=1),
+        helper.make_node("Expand", ["tot", "bshape"], ["tb"], name="broadcast"),
+        helper.make_node("Add", ["c", "tb"], ["s"], name="add"),
+        helper.make_node("Unsqueeze", ["s", "axis1"], ["u"], name="unsq"),
+        helper.make_node("Squeeze", ["u", "axis1"], ["q"], name="sq"),
+        helper.make_node("Slice", ["q", "start", "end", "saxis"], ["sl"], name="slice"),
+        helper.make_node("Reshape", ["sl", "shape2"], ["flat"], name="merge_heads"),
+        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", F32, ["N", 6])], [helper.make_tensor_value_info("y", F32, ["N", 3])], inits, opset)

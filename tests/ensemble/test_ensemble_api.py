@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from onnxopt.core.provenance import read_provenance
 from onnxopt.ensemble import parity
@@ -109,3 +110,16 @@ def test_digits_vote_and_stack_beat_or_match_the_best_member():
     assert sacc["ensemble"] >= sacc["best_member"]
     assert stack.report["parity"]["ok"] and stack.report["parity"]["samples"] == 400
     assert stack.report["fit"]["converged"]
+
+
+def test_parity_on_outputs_that_are_all_zero_says_so():
+    # values within 1e-6 of 0 pass on the absolute floor: the report must not pretend that proves much
+    tiny = [mlp(s) for s in (0, 1)]
+    for m in tiny:
+        for t in m.graph.initializer:
+            if t.name.startswith("fc2"):
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1e-9), t.name))
+    res = ensemble(tiny, fusion="mean")
+    assert res.report["parity"]["ok"] and res.report["parity"]["weak"] == ["y"]
+    assert any("says little about member output(s) y:" in n for n in res.report["notes"])
+    assert not ensemble([mlp(0), mlp(1)]).report["parity"]["weak"]

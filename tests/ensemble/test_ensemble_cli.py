@@ -109,3 +109,18 @@ def test_written_model_gets_the_usual_file_mode(invoke, tmp_path):
         os.umask(old)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "e.onnx").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
+
+
+def test_output_names_one_per_member(invoke, tmp_path):
+    renamed = two_outputs(2)
+    renamed.graph.node[1].output[0] = "scores"
+    renamed.graph.output[0].name = "scores"
+    paths = _members(tmp_path, two_outputs(1), renamed)
+    out = tmp_path / "e.onnx"
+    r = invoke("ensemble", *paths, "-o", out, "--output", "y,scores", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert [m["selected_outputs"] for m in rep["members"]] == [["y"], ["scores"]]
+    assert rep["outputs"] == ["output0"]  # the members' names differ
+    r = invoke("ensemble", *paths, "-o", tmp_path / "f.onnx", "--output", "y,scores,feat")
+    assert r.exit_code == 2 and "3 names for 2 members" in r.output and not (tmp_path / "f.onnx").exists()

@@ -93,3 +93,35 @@ def test_output_names():
     assert output_names("vote", "logits", 1) == ["label", "votes"]
     assert output_names("vote", "a", 2) == ["a_label", "a_votes"]
     assert output_names("stack", "a", 2) == ["a_probabilities"]
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.DOUBLE, TensorProto.FLOAT16])
+@pytest.mark.parametrize("fusion,kw", [("mean", {}), ("mean", {"softmax": True}), ("weighted", {"weights": [1, 3]}), ("vote", {}), ("vote", {"weights": [0.3, 0.7]}), ("stack", {"fit": True})])
+def test_float64_and_float16_members(tmp_path, dtype, fusion, kw):
+    # ORT's CPU provider has no float64 Mean / OneHot kernels; float16 heads round per op
+    from onnxopt.ensemble.api import ensemble
+    from onnxopt.ensemble.parity import FP16_REL_L2
+    from tests.ensemble.ensemble_models import labelled_data, mlp
+
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    labelled_data(tmp_path / "d.npz", n=64)
+    d = dict(np.load(tmp_path / "d.npz"))
+    np.savez(tmp_path / "d.npz", x=d["x"].astype(np_dtype), labels=d["labels"])
+    kw = dict(kw, fit=tmp_path / "d.npz") if kw.get("fit") else kw
+    members = [mlp(0, dtype=dtype), mlp(1, dtype=dtype)]
+    res = ensemble(members, fusion=fusion, data=tmp_path / "d.npz", **kw)
+    out = res.model.graph.output
+    assert out[-1].type.tensor_type.elem_type == dtype  # scores / votes / probabilities keep the members' dtype
+    par = res.report["parity"]
+    assert par["ok"] and par["samples"] == 64
+    limit = FP16_REL_L2 if dtype == TensorProto.FLOAT16 else 1e-12
+    assert all(o.get("rel_l2", 0.0) <= limit for o in par["fused"]), par["fused"]
+    # the fused output against numpy on the members run on their own
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": d["x"].astype(np_dtype)})
+    if fusion != "stack":
+        xs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": d["x"].astype(np_dtype)})[0] for m in members]
+        ref = reference(Fusion(fusion, [w / sum(kw["weights"]) for w in kw["weights"]] if fusion == "weighted" else kw.get("weights"), kw.get("softmax", False)), xs)
+        np.testing.assert_allclose(got[-1].astype(np.float64), ref[-1].astype(np.float64), rtol=4e-3 if dtype == TensorProto.FLOAT16 else 1e-12, atol=1e-3 if dtype == TensorProto.FLOAT16 else 1e-12)
+        if fusion == "vote":
+            np.testing.assert_array_equal(got[0], ref[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from onnxopt.ensemble.api import ensemble
@@ -93,10 +94,10 @@ def test_shared_backbone_is_computed_once_and_stored_once():
 def test_an_op_without_stacked_form_runs_per_member_from_there_on():
     res = ensemble([reduce_head(0), reduce_head(1)], fusion="mean", fuse_members=True)
     (grp,) = res.report["horizontal"]["groups"]
-    assert grp["applied"] and any("ReduceMax" in n and "per member" in n for n in grp["notes"])
+    assert grp["applied"] and any("CumSum" in n and "per member" in n for n in grp["notes"])
     ops = _ops(res.model)
-    assert ops.count("Gemm") == 1 and ops.count("ReduceMax") == 2  # stacked first layer, then per member
-    assert any("ReduceMax" in n for n in res.report["horizontal"]["notes"])
+    assert ops.count("Gemm") == 1 and ops.count("CumSum") == 2 and ops.count("ReduceMax") == 2  # stacked first layer, then per member
+    assert any("CumSum" in n for n in res.report["horizontal"]["notes"])
     _exact(res)
 
 
@@ -147,3 +148,59 @@ def test_per_member_constant_on_the_shared_input_starts_a_batched_layout():
     sub = next(n for n in res.model.graph.node if n.op_type == "Sub")
     assert list({t.name: t for t in res.model.graph.initializer}[sub.input[1]].dims) == [3, 1, 6]  # [M, 1, F]: broadcast over the batch
     _exact(res)
+
+
+def test_paddle_style_members_fuse_end_to_end(tmp_path):
+    # weights in Constant nodes, per-member biases reshaped before the Add (folded per member
+    # in numpy), a Reshape whose target comes from Shape (shared, computed once), a MatMul head
+    from tests.ensemble.ensemble_models import paddle_like
+
+    members = [paddle_like(s) for s in (0, 1, 2)]
+    x = np.random.default_rng(0).standard_normal((6, 2, 5, 5)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    res = ensemble(members, fusion="mean", fuse_members=True, data=tmp_path / "d.npz", keep_member_outputs=True)
+    (grp,) = res.report["horizontal"]["groups"]
+    assert grp["applied"] and grp["notes"] == [], grp["notes"]  # nothing fell back to per-member nodes
+    c = grp["counts"]
+    assert c["folded_per_member"] == 2 and c["convs_stacked"] == 1 and c["convs_grouped"] == 1 and c["matmuls_block_diagonal"] == 1
+    assert "per_member_nodes" not in c
+    ops = _ops(res.model)
+    assert ops.count("Conv") == 2 and ops.count("MatMul") == 1 and ops.count("Reshape") >= 1
+    bias = {t.name: t for t in res.model.graph.initializer}
+    add1 = next(n for n in res.model.graph.node if n.op_type == "Add")
+    assert list(bias[add1.input[1]].dims) == [1, 12, 1, 1]  # three [1,4,1,1] biases, folded and stacked
+    _exact(res)
+    assert res.report["parity"]["samples"] == 6
+
+
+def test_matmul_on_the_shared_input_is_stacked():
+    from tests.ensemble.ensemble_models import matmul_mlp
+
+    res = ensemble([matmul_mlp(s) for s in (0, 1, 2)], fusion="mean", fuse_members=True)
+    (grp,) = res.report["horizontal"]["groups"]
+    assert grp["counts"]["matmuls_stacked"] == 1 and grp["counts"]["matmuls_block_diagonal"] == 1, grp
+    mm = [n for n in res.model.graph.node if n.op_type == "MatMul"]
+    w = {t.name: t for t in res.model.graph.initializer}
+    assert [list(w[n.input[1]].dims) for n in mm] == [[6, 24], [24, 12]]
+    _exact(res)
+
+
+@pytest.mark.parametrize("opset", [13, 18])  # ReduceMean's axes: attribute at 13, input at 18
+def test_reduce_expand_squeeze_slice_stay_stacked(opset):
+    from tests.ensemble.ensemble_models import norm_block
+
+    members = [norm_block(s, opset=opset) for s in (0, 1, 2)]
+    x = np.random.default_rng(2).standard_normal((5, 6)).astype(np.float32)
+    res = ensemble(members, fusion="mean", fuse_members=True, keep_member_outputs=True)
+    (grp,) = res.report["horizontal"]["groups"]
+    assert grp["applied"] and grp["notes"] == [], grp["notes"]
+    assert "per_member_nodes" not in grp["counts"], grp["counts"]
+    ops = [n.op_type for n in res.model.graph.node if "/member" not in n.name]  # not the per-member output cuts
+    for op in ("ReduceMean", "ReduceSum", "Expand", "Unsqueeze", "Squeeze", "Slice"):
+        assert ops.count(op) == 1, (op, ops)
+    _exact(res)
+    sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x}), strict=True))
+    for j, m in enumerate(members):
+        ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got[f"m{j}/y"], ref, rtol=1e-5, atol=1e-6)

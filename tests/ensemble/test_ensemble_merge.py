@@ -10,7 +10,13 @@ from onnxopt.ensemble.api import ensemble
 from onnxopt.errors import InputError, UsageError
 from onnxopt.stats import iter_graphs
 from onnxopt.verify import check_model
-from tests.ensemble.ensemble_models import mlp, reduce_mean_model, two_outputs, with_if_and_function
+from tests.ensemble.ensemble_models import (
+    mlp,
+    paddle_like,
+    reduce_mean_model,
+    two_outputs,
+    with_if_and_function,
+)
 
 
 def _defined(model):
@@ -104,3 +110,48 @@ def test_old_opsets_are_raised_to_the_head_minimum():
     res = ensemble([mlp(0, opset=11), mlp(1, opset=11)], fusion="vote")
     assert res.report["opset"][""] == 13
     assert len(res.report["conversions"]) == 2
+
+
+def test_local_functions_survive_opset_conversion(tmp_path):
+    # onnx.version_converter drops model.functions: the merge must carry them over
+    fn, new = with_if_and_function(0), reduce_mean_model(1, opset=18)
+    x = -np.abs(np.random.default_rng(1).standard_normal((16, 6)).astype(np.float32))  # else-branch: calls local.Act
+    np.savez(tmp_path / "d.npz", x=x)
+    res = ensemble([fn, new], data=tmp_path / "d.npz", keep_member_outputs=True)
+    assert res.report["opset"][""] == 18 and res.report["conversions"][0]["member"] == "member0"
+    assert [f.name for f in res.model.functions] == ["m0_Act"]
+    check_model(res.model)
+    assert res.report["parity"]["ok"] and all(o["max_abs"] <= 1e-6 for o in res.report["parity"]["members"])
+
+
+def test_weights_in_constant_nodes_are_stored_once():
+    # PaddlePaddle-style members (every weight a Constant node, opset 11, batch dim -1)
+    a = paddle_like(0, channels=16)
+    res = ensemble([a, a, a])
+    m = res.model
+    consts = [n for n in m.graph.node if n.op_type == "Constant"]
+    assert len(consts) == sum(1 for n in a.graph.node if n.op_type == "Constant")  # one copy, not three
+    sh = res.report["shared_initializers"]
+    assert sh["initializers_merged"] == 2 * len(consts) and sh["bytes_saved"] > 20_000
+    assert res.report["size"]["ratio"] < 0.45
+    # every reader of a removed copy reads the kept one, which comes before it
+    defined = {i.name for i in m.graph.input} | {t.name for t in m.graph.initializer}
+    for n in m.graph.node:
+        assert all(x in defined for x in n.input if x), n.name
+        defined.update(n.output)
+    check_model(m)
+    assert res.report["parity"]["ok"] and all(o["max_abs"] == 0.0 for o in res.report["parity"]["members"])
+
+
+def test_negative_dim_value_is_a_dynamic_dim():
+    # PaddlePaddle writes dim_value -1 for a dynamic batch: it is not a fixed size -1
+    from onnx import helper
+
+    from onnxopt.ensemble.merge import value_shape
+
+    assert value_shape(paddle_like(0).graph.input[0]) == (None, 2, 5, 5)
+    fixed = paddle_like(1)
+    fixed.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 2, 5, 5]))
+    res = ensemble([paddle_like(0), fixed])
+    assert res.report["inputs"] == [{"name": "x", "dtype": "float32", "shape": "[3,2,5,5]"}]
+    assert res.report["parity"]["ok"] and res.report["parity"]["samples"] == 3

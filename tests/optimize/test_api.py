@@ -40,9 +40,14 @@ def test_mlp_guarantee_and_table(mlp_result):
         "int8-static-per-channel",
     ]
     chosen = [r for r in d["rows"] if r["status"] == "chosen"]
-    assert len(chosen) == 1 and chosen[0]["name"] == d["chosen"]
-    c = chosen[0]
-    assert c["drop"] <= 1.0 and c["confirm_ratio"] >= 0.97
+    # which candidate wins is a timing decision (this machine is shared): the test checks
+    # the guarantee, whichever it is; "input" = no candidate survived its confirmation run
+    if d["chosen"] == "input":
+        assert chosen == [] and all(r["status"] != "chosen" for r in d["rows"])
+    else:
+        assert len(chosen) == 1 and chosen[0]["name"] == d["chosen"]
+        c = chosen[0]
+        assert c["drop"] <= 1.0 and c["confirm_ratio"] >= 0.97
     assert all(r["reason"] for r in d["rows"])
     check_model(mlp_result.model)
     text = render_decision_table(mlp_result.report)
@@ -164,3 +169,120 @@ def test_recipe_without_optimize_table_is_a_candidate(models_dir):
     assert set(rows) == {"fp32", "recipe:cpu-int8"}
     assert rows["recipe:cpu-int8"]["verified"] and not rows["recipe:cpu-int8"]["lossless"]
     assert res.report["decision"]["chosen"] in ("fp32", "recipe:cpu-int8", "input")
+
+
+def test_bert_like_graph_is_fused_and_fp16_checked(tmp_path):
+    # transformer fusion runs on BERT-like graphs only, and is kept only if not slower; the
+    # FP16 candidate of a fused graph (com.microsoft ops the reference evaluator lacks) is
+    # checked on onnxruntime/cpu instead, not timed
+    import numpy as np
+
+    from onnxopt.data import Dataset
+    from tests.optimize.opt_models import bert_like
+
+    m = bert_like()
+    cal = Dataset(
+        "cal",
+        arrays={"x": np.random.default_rng(0).standard_normal((16, 8, 32)).astype(np.float32)},
+    )
+    r = tmp_path / "bert.toml"
+    r.write_text(
+        'name = "b"\n[[steps]]\npass = "simplify"\n[[steps]]\npass = "transformer-fusion"\nmodel_type = "bert"\n'
+        '[optimize]\ncandidates = ["fp32", "int8-dynamic", "fp16"]\n[optimize.int8-dynamic]\nplain_ort = false\n'
+    )
+    res = optimize(m, recipe=r, calibration=cal, **FAST)
+    rep = res.report
+    steps = {s["name"]: s for s in rep["steps"]}
+    kept = [n for n in rep["notes"] if n.startswith("transformer-fusion ")]
+    assert len(kept) == 1 and ("kept" in kept[0] or "dropped" in kept[0])
+    # kept or dropped is a timing decision: the steps are those of the base actually used
+    if "kept" in kept[0]:
+        assert steps["transformer-fusion"]["modified"]
+    else:
+        assert "transformer-fusion" not in steps and "simplify" in steps
+    rows = {x["name"]: x for x in rep["decision"]["rows"]}
+    assert set(rows) == {"fp32", "int8-dynamic", "fp16"}
+    assert rows["fp16"]["status"] == "not timed" and rows["fp16"]["verified"]
+    assert rows["fp16"]["drop"] <= 1.0 and rows["fp16"]["ratio"] is None
+    base_fused = "kept" in kept[0]
+    assert rows["fp16"]["verification"].startswith(
+        "onnxruntime/cpu" if base_fused else "reference evaluator"
+    )
+    assert rep["decision"]["chosen"] in ("fp32", "int8-dynamic", "input")
+    check_model(res.model)
+    chosen = next((x for x in rep["decision"]["rows"] if x["status"] == "chosen"), None)
+    assert chosen is None or (chosen["drop"] <= 1.0 and chosen["confirm_ratio"] >= 0.97)
+
+
+def test_non_bert_graph_skips_fusion(models_dir):
+    res = optimize(models_dir / "digits_mlp.onnx", **FAST)
+    assert "transformer-fusion skipped: the graph is not BERT-like" in res.report["notes"]
+    assert "transformer-fusion" not in {s["name"] for s in res.report["steps"]}
+
+
+def test_shapes_checked_and_synthesized_budget_uses_many_samples(models_dir):
+    with pytest.raises(DataError, match="'imag'"):
+        optimize(models_dir / "digits_cnn.onnx", shapes={"imag": (1, 1, 8, 8)}, **FAST)
+    # --shape fixes one feed; the budget is still judged on 64 synthesized samples of it
+    res = optimize(
+        models_dir / "digits_cnn.onnx", recipe="simplify", shapes={"image": (1, 1, 8, 8)}, **FAST
+    )
+    d = res.report["decision"]
+    assert d["data"] == "<synthesized>" and d["samples"] == 64
+    assert "(64 samples)" in render_decision_table(res.report)
+
+
+def test_prune_candidate_when_the_recipe_asks(models_dir, tmp_path):
+    r = tmp_path / "prune.toml"
+    r.write_text(
+        'name = "p"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "prune"]\n'
+        "[optimize.prune]\nratio = [0.25]\n"
+    )
+    res = optimize(
+        models_dir / "digits_cnn.onnx",
+        recipe=r,
+        calibration=models_dir / "digits_calib.npz",
+        eval_data=models_dir / "digits_test.npz",
+        **FAST,
+    )
+    rows = {x["name"]: x for x in res.report["decision"]["rows"]}
+    assert set(rows) == {"fp32", "prune-channels-0.25"}
+    p = rows["prune-channels-0.25"]
+    assert p["source"] == "onnxopt.prune" and not p["lossless"] and p["reason"]
+    if p["verified"]:  # a verified pruned model is smaller and scored against the input
+        assert p["size_bytes"] < rows["fp32"]["size_bytes"] and p["drop"] is not None
+    else:
+        assert p["reason"].startswith("over budget")
+    check_model(res.model)
+
+
+def test_prune_blocks_candidate_removes_blocks(models_dir, tmp_path):
+    """``method = "blocks"``: the recipe's value is a number of blocks, handed to prune as such."""
+    r = tmp_path / "blocks.toml"
+    r.write_text(
+        'name = "b"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "prune"]\n'
+        '[optimize.prune]\nmethod = "blocks"\nratio = [1]\n'
+    )
+    res = optimize(
+        models_dir / "digits_resnet.onnx",
+        recipe=r,
+        calibration=models_dir / "digits_calib.npz",
+        eval_data=models_dir / "digits_test.npz",
+        max_accuracy_drop=5.0,
+        **FAST,
+    )
+    rows = {x["name"]: x for x in res.report["decision"]["rows"]}
+    p = rows["prune-blocks-1"]
+    assert p["verified"], p["reason"]
+    assert p["size_bytes"] < rows["fp32"]["size_bytes"] and p["drop"] is not None
+    check_model(res.model)
+
+
+def test_prune_blocks_recipe_needs_whole_numbers(models_dir, tmp_path):
+    r = tmp_path / "blocks.toml"
+    r.write_text(
+        'name = "b"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "prune"]\n'
+        '[optimize.prune]\nmethod = "blocks"\nratio = [0.5]\n'
+    )
+    with pytest.raises(RecipeError, match="whole numbers of blocks"):
+        optimize(models_dir / "digits_resnet.onnx", recipe=r, **FAST)

@@ -111,3 +111,96 @@ def test_bundled_cnn_converts(models_dir):
     a = ReferenceEvaluator(m).run(None, {"image": x})[0]
     b = ReferenceEvaluator(out).run(None, {"image": x})[0]
     assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def _ort_loads(model):
+    import onnxruntime as ort
+
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_layernorm_statistics_stay_fp32():
+    # LayerNormalization's Mean / InvStdDev are typed float even for FP16 inputs: an FP16
+    # consumer must read them through a Cast, not as if they were FP16
+    m = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x) => (float[N, 4] y) {
+            ln, mean, inv = LayerNormalization<axis = -1>(x, s, b)
+            y = Add(ln, mean)
+        }"""
+    )
+    m.graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.ones(4, np.float32), "s"),
+            onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+        ]
+    )
+    out, rep = convert_to_fp16(m)
+    onnx.checker.check_model(out, full_check=True)
+    _ort_loads(out)
+    ln = next(n for n in out.graph.node if n.op_type == "LayerNormalization")
+    assert ln.output[0] != "ln" and list(ln.output[1:]) == ["mean", "inv"]
+    add = next(n for n in out.graph.node if n.op_type == "Add")
+    cast = next(n for n in out.graph.node if n.output[0] == add.input[1])
+    assert cast.op_type == "Cast" and cast.input[0] == "mean"
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    a = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    b = ReferenceEvaluator(out).run(None, {"x": x})[0]
+    np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2)
+
+
+def test_resize_scales_stay_fp32_in_opset_10():
+    # opset 10 Resize has no roi input: its scales are input 1 and must stay float
+    m = onnx.parser.parse_model(
+        """<ir_version: 5, opset_import: ["" : 10]>
+        g (float[1, 1, 4, 4] x) => (float[1, 1, 8, 8] y) {
+            r = Relu(x)
+            y = Resize<mode = "nearest">(r, sc)
+        }"""
+    )
+    m.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "sc")
+    )
+    out, rep = convert_to_fp16(m)
+    onnx.checker.check_model(out, full_check=True)
+    _ort_loads(out)
+    resize = next(n for n in out.graph.node if n.op_type == "Resize")
+    assert resize.input[1] == "sc" and rep.nodes_fp16 == 2
+    assert {t.name: t.data_type for t in out.graph.initializer}["sc"] == TensorProto.FLOAT
+
+
+def test_shape_reads_the_fp16_tensor_and_subgraphs_read_fp32():
+    # Shape of an FP16 tensor needs no Cast back; an If branch reading the same tensor from
+    # the outer scope gets the FP32 name, written back by a Cast
+    m = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 4] x, bool c) => (int64[2] s, float[N, 3] y) {
+            h = MatMul(x, w)
+            s = Shape(h)
+            y = If(c) <
+                then_branch = t () => (float[N, 3] a) { a = Relu(h) },
+                else_branch = e () => (float[N, 3] b) { b = Neg(h) }
+            >
+        }"""
+    )
+    m.graph.initializer.append(
+        onnx.numpy_helper.from_array(
+            np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w"
+        )
+    )
+    out, rep = convert_to_fp16(m)
+    onnx.checker.check_model(out, full_check=True)
+    _ort_loads(out)
+    nodes = {n.op_type: n for n in out.graph.node}
+    mm_out = nodes["MatMul"].output[0]
+    assert mm_out != "h" and nodes["Shape"].input[0] == mm_out  # FP16 tensor, no Cast
+    back = [n for n in out.graph.node if n.op_type == "Cast" and n.output[0] == "h"]
+    assert len(back) == 1 and back[0].input[0] == mm_out  # for the If's outer-scope read
+    assert rep.kept_fp32 == {"If": 1}
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    for c in (True, False):
+        feed = {"x": x, "c": np.array(c)}
+        a = ReferenceEvaluator(m).run(None, feed)
+        b = ReferenceEvaluator(out).run(None, feed)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(b[1], a[1], rtol=1e-2, atol=1e-2)

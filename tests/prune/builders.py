@@ -182,6 +182,100 @@ def no_weights(rng) -> onnx.ModelProto:
     return _model(nodes, {}, ["N", 4], ["N", 4])
 
 
+def duplicated_convt_net(rng, c=8, transpose=True) -> onnx.ModelProto:
+    """Conv (2c channels, the second half half the first) -> Relu -> ConvTranspose (stride 2,
+    pads 1, output_padding 1) or Conv -> y.  Removing the second half and adding half of its
+    consumer weights to the kept channels reproduces the model exactly, so the least squares
+    refit of the consumer must reach (almost) zero error."""
+    w = rng.standard_normal((c, 2, 3, 3))
+    b = rng.standard_normal(c) * 0.1
+    # the copy is scaled by 0.5 (relu(z / 2) = relu(z) / 2): lower L1, so it is the one removed
+    inits = {"w1": np.concatenate([w, 0.5 * w]), "b1": np.concatenate([b, 0.5 * b])}
+    if transpose:
+        inits["wt"] = rng.standard_normal((2 * c, 3, 3, 3)) * 0.3
+        inits["bt"] = rng.standard_normal(3) * 0.1
+        last = helper.make_node(
+            "ConvTranspose",
+            ["r", "wt", "bt"],
+            ["y"],
+            name="up",
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            output_padding=[1, 1],
+        )
+        out_shape = ["N", 3, 10, 10]
+    else:
+        inits["wt"] = rng.standard_normal((3, 2 * c, 3, 3)) * 0.3
+        last = helper.make_node("Conv", ["r", "wt"], ["y"], name="conv2", pads=[1, 1, 1, 1])
+        out_shape = ["N", 3, 5, 5]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        last,
+    ]
+    return _model(nodes, inits, ["N", 2, 5, 5], out_shape)
+
+
+def computed_params_net(rng, c=8) -> onnx.ModelProto:
+    """PaddlePaddle-style bias ``Add(conv, Reshape(b, [1, C, 1, 1]))`` and a BatchNorm-like
+    scale ``Mul(x, Unsqueeze(ConstantOfShape fill))``, both computed from constants."""
+    inits = {
+        "w1": rng.standard_normal((c, 2, 3, 3)),
+        "b1": rng.standard_normal(c),
+        "bshape": np.array([1, c, 1, 1], dtype=np.int64),
+        "sshape": np.array([c], dtype=np.int64),
+        "axes": np.array([1, 2], dtype=np.int64),
+        "w2": rng.standard_normal((3, c, 1, 1)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["b1", "bshape"], ["b4"], name="bias_shape"),
+        helper.make_node("Add", ["a", "b4"], ["ab"], name="bias"),
+        helper.make_node(
+            "ConstantOfShape",
+            ["sshape"],
+            ["s"],
+            name="scale_fill",
+            value=numpy_helper.from_array(np.array([0.5], dtype=np.float32)),
+        ),
+        helper.make_node("Unsqueeze", ["s", "axes"], ["s3"], name="scale_unsq"),
+        helper.make_node("Mul", ["ab", "s3"], ["m"], name="scale"),
+        helper.make_node("Relu", ["m"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+    ]
+    return _model(nodes, inits, ["N", 2, 5, 5], ["N", 3, 5, 5])
+
+
+def gelu_like(rng) -> onnx.ModelProto:
+    """Gemm -> ``h + 0.044715 * h^3`` (the Add of tanh-GELU: x + f(x) without weights) -> Gemm."""
+    inits = {
+        "w1": rng.standard_normal((6, 8)),
+        "c": np.array(0.044715, dtype=np.float32),
+        "p": np.array(3.0, dtype=np.float32),
+        "w2": rng.standard_normal((8, 3)),
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Pow", ["h", "p"], ["h3"], name="cube"),
+        helper.make_node("Mul", ["h3", "c"], ["ch3"], name="scale"),
+        helper.make_node("Add", ["h", "ch3"], ["g"], name="inner"),
+        helper.make_node("Gemm", ["g", "w2"], ["y"], name="fc2"),
+    ]
+    return _model(nodes, inits, ["N", 6], ["N", 3])
+
+
+def symbolic_residual_net(rng, c=8) -> onnx.ModelProto:
+    """``residual_net`` with symbolic spatial dims (input ``[N, 1, H, W]``)."""
+    m = residual_net(rng, c=c)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].Clear()
+    dims[2].dim_param = "H"
+    dims[3].Clear()
+    dims[3].dim_param = "W"
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 

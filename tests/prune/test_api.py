@@ -142,6 +142,19 @@ def test_budget_not_met_is_budget_error(rng):
         ({"method": "channels", "importance": "activation"}, UsageError, "calibration"),
         ({"method": "channels", "ratios": {"nope": 0.5}}, UsageError, "unknown layer"),
         ({"method": "wrong"}, UsageError, "unknown method"),
+        ({"method": "channels", "scope": "layer"}, UsageError, "--scope does not apply"),
+        ({"method": "channels", "skip_first_last": False}, UsageError, "--include-first-last"),
+        ({"method": "magnitude", "align": 1}, UsageError, "--align does not apply"),
+        ({"method": "blocks", "reconstruct": False}, UsageError, "--no-reconstruct"),
+        ({"grid": [0.2]}, UsageError, "give --max-accuracy-drop"),
+        ({"grid": [0.0, 0.5], "max_accuracy_drop": 1.0}, UsageError, r"in \(0, 1\), got 0"),
+        ({"grid": [], "max_accuracy_drop": 1.0}, UsageError, "at least one value"),
+        ({"grid": [0.2], "ratio": 0.3, "max_accuracy_drop": 1.0}, UsageError, "explicit"),
+        (
+            {"ratio": 0.3, "max_accuracy_drop": 1.0, "plot": "never.png"},
+            UsageError,
+            "not run with an explicit --ratio",
+        ),
     ],
 )
 def test_bad_arguments(rng, kwargs, error, match):
@@ -183,3 +196,58 @@ def test_layer_ratios_and_recipe_pass(rng):
     assert (
         not out.modified and "no prunable channel group" in out.report.details["nothing_to_prune"]
     )
+
+
+def test_activation_importance_keeps_the_channels_that_fire(rng, tmp_path):
+    """Channels 0-3 have large weights but a bias that keeps them at 0 after the Relu: L1
+    keeps them, ``importance='activation'`` (mean |activation| on the calibration data)
+    keeps channels 4-7 instead, and the output then stays within 1e-4 relative L2 (only
+    dead channels went)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    w = rng.standard_normal((8, 2, 3, 3))
+    w[:4] *= 10.0
+    b = np.concatenate([np.full(4, -1e4), np.zeros(4)])
+    inits = {"w1": w, "b1": b, "w2": rng.standard_normal((3, 8, 1, 1))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+    ]
+    m = builders._model(nodes, inits, ["N", 2, 5, 5], ["N", 3, 5, 5])
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=rng.standard_normal((16, 2, 5, 5)).astype(np.float32))
+    kept = {}
+    for imp in ("l1", "activation"):
+        res = prune(
+            m,
+            ratio=0.5,
+            align=1,
+            importance=imp,
+            calibration=calib,
+            reconstruct=False,
+            timing_runs=0,
+        )
+        w1 = next(t for t in res.model.graph.initializer if t.name == "w1")
+        w1 = numpy_helper.to_array(w1)
+        kept[imp] = [i for i in range(8) if any(np.allclose(w1[j], w[i]) for j in range(4))]
+        assert res.report["details"]["importance"] == imp
+    assert kept == {"l1": [0, 1, 2, 3], "activation": [4, 5, 6, 7]}
+    x = rng.standard_normal((4, 2, 5, 5))
+    out = builders.run(res.model, x)
+    ref = builders.run(m, x)
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
+
+
+def test_budget_failure_names_the_model(digits):
+    with pytest.raises(BudgetError) as exc:
+        prune(
+            digits["dir"] / "digits_resnet.onnx",
+            method="blocks",
+            blocks=2,
+            eval_data=digits["test"],
+            max_accuracy_drop=0.5,
+            timing_runs=0,
+        )
+    assert exc.value.path.endswith("digits_resnet.onnx") and "budget 0.5" in exc.value.message

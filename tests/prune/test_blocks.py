@@ -66,3 +66,43 @@ def test_digits_resnet_has_four_blocks(models_dir):
     assert len(remove_blocks(work, [blocks[3].add, blocks[1].add])) == 2
     check_model(work)
     assert sum(n.op_type == "Conv" for n in work.graph.node) == 5
+
+
+def test_branch_without_weight_layer_is_not_a_block(rng):
+    """tanh-GELU's ``h + 0.044715 h^3`` has the form x + f(x) but removing f changes the
+    activation, not the depth: refused with the reason."""
+    blocks, refused = find_blocks(builders.gelu_like(rng))
+    assert blocks == []
+    assert refused == [
+        "Add 'inner' is not a residual block: the branch holds no weight layer (Conv / Gemm / MatMul)"
+    ]
+
+
+def test_symbolic_spatial_dims_need_shapes(rng):
+    m = builders.symbolic_residual_net(rng)
+    blocks, refused = find_blocks(m)
+    assert blocks == [] and "give --shape or data" in refused[0]
+    blocks, refused = find_blocks(m, {"x": (1, 1, 6, 6)})
+    assert [b.label for b in blocks] == ["block_add"] and refused == []
+    work = copy.deepcopy(m)
+    assert remove_blocks(work, [blocks[0].add], {"x": (1, 1, 6, 6)}) == ["sum"]
+    check_model(work)
+
+
+def test_block_params_count_fills(rng):
+    """A branch whose weights are ConstantOfShape fills (the onnx wheel's models) counts them."""
+    m = builders.residual_net(rng)
+    g = m.graph
+    wb = next(t for t in g.initializer if t.name == "wb")
+    dims = list(wb.dims)
+    g.initializer.remove(wb)
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(dims, dtype=np.int64), "wb_shape"))
+    fill = onnx.helper.make_node(
+        "ConstantOfShape",
+        ["wb_shape"],
+        ["wb"],
+        value=onnx.numpy_helper.from_array(np.array([0.01], dtype=np.float32)),
+    )
+    g.node.insert(0, fill)
+    (blk,) = find_blocks(m)[0]
+    assert blk.params == 8 * 8 * 9 * 2 + 16

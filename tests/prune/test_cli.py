@@ -83,6 +83,8 @@ def test_blocks_by_number(invoke, models_dir, tmp_path):
         (["--method", "blocks"], 3, "no residual blocks"),
         (["--method", "magnitude", "--ratio", "0.3"], 2, "does not apply"),
         (["--plot", "x.png"], 2, "--max-accuracy-drop"),
+        (["--grid", "0,0.5", "--max-accuracy-drop", "1"], 2, "--grid values must be in (0, 1)"),
+        (["--scope", "layer"], 2, "--scope does not apply to --method channels"),
         (
             ["--max-accuracy-drop", "0", "--metric", "cosine", "--grid", "0.5", "--align", "1"],
             3,
@@ -123,3 +125,19 @@ def test_refuses_to_overwrite_input(invoke, models_dir):
     src = models_dir / "digits_cnn.onnx"
     res = invoke("prune", src, "-o", src, "--timing-runs", "0")
     assert res.exit_code == 2 and "overwrite" in res.output
+
+
+def test_convtranspose_consumer_with_calibration(invoke, rng, tmp_path):
+    """A ConvTranspose reading pruned channels is refitted (it used to crash the command)."""
+    src = tmp_path / "up.onnx"
+    onnx.save(builders.duplicated_convt_net(rng), str(src))
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=rng.standard_normal((16, 2, 5, 5)).astype(np.float32))
+    out = tmp_path / "p.onnx"
+    res = invoke(
+        "prune", src, "-o", out, "--ratio", "0.5", "--align", "1", "--calibration", calib,
+        "--timing-runs", "0",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "reconstruction" in res.output and "\nup " in res.output
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)

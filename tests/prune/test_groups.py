@@ -164,3 +164,134 @@ def test_bundled_models_groups(models_dir, name):
     ]
     if name == "digits_resnet":
         assert max(len(g.sources) for g in a.groups) == 5  # stem + 4 residual convs tied
+
+
+def test_parameters_computed_from_constants_are_folded_and_follow(rng):
+    """A PaddlePaddle-style ``Reshape(b)`` bias and an ``Unsqueeze`` of a ConstantOfShape
+    scale: folded into constants, so conv1's group is prunable and both are sliced (the
+    scale stays a fill)."""
+    from onnxopt.prune.weights import WeightStore, fold_weight_expressions
+
+    m = builders.computed_params_net(rng)
+    assert not analyze(copy.deepcopy(m)).prunable  # unfolded: the computed bias blocks it
+    work = copy.deepcopy(m)
+    assert fold_weight_expressions(work) == 2
+    assert {n.op_type for n in work.graph.node} == {"Conv", "Add", "ConstantOfShape", "Mul", "Relu"}
+    x = rng.standard_normal((2, 2, 5, 5))
+    np.testing.assert_allclose(builders.run(work, x), builders.run(m, x), rtol=1e-6, atol=1e-6)
+    a, pruned, _ = _prune_exact(work, lambda g: np.arange(0, g.channels, 2), x)
+    assert [g.label for g in a.prunable] == ["conv1"]
+    assert _init(pruned, "b4").shape == (1, 4, 1, 1)
+    ws = WeightStore(pruned)
+    assert [ws.fill(n).shape for n in ws.fills] == [(4, 1, 1)]
+
+
+def test_prune_pass_folds_computed_parameters(rng):
+    """The channel pass folds before it analyses: the model above loses half its channels
+    and the result is valid."""
+    from onnxopt.core.passes import Context
+    from onnxopt.core.registry import make_pass
+
+    m = builders.computed_params_net(rng)
+    res = make_pass("prune-channels", {"ratio": 0.5, "align": 1})(m, Context())
+    assert res.modified
+    assert [(p["group"], p["kept"]) for p in res.report.details["groups"]["pruned"]] == [
+        ("conv1", 4)
+    ]
+    check_model(res.model)
+
+
+def test_symbolic_dims_are_fixed_from_the_given_input_shapes(rng):
+    m = builders.symbolic_residual_net(rng)
+    from onnxopt.prune.groups import static_shapes
+
+    assert static_shapes(m)["a"][2:] == (None, None)
+    assert static_shapes(m, {"x": (2, 1, 6, 6)})["a"] == (2, 8, 6, 6)
+    # a shape that contradicts a fixed dim is ignored
+    assert static_shapes(m, {"x": (2, 3, 6, 6)})["a"][2:] == (None, None)
+
+
+def test_mul_sub_ties_and_per_channel_constant(rng):
+    """A gate ``a * sigmoid(b)``, then ``- c`` and a per-channel scale: the three convs are
+    one group and lose the same channels; the scale constant is sliced with them."""
+    from onnx import helper
+
+    inits = {
+        "wa": rng.standard_normal((8, 2, 3, 3)),
+        "wb": rng.standard_normal((8, 2, 3, 3)),
+        "wc": rng.standard_normal((8, 2, 1, 1)),
+        "bc": rng.standard_normal(8),
+        "k": rng.standard_normal((1, 8, 1, 1)),
+        "w2": rng.standard_normal((4, 8, 1, 1)) * 0.3,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="ca", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="cb", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wc", "bc"], ["c"], name="cc"),
+        helper.make_node("Sigmoid", ["b"], ["bs"], name="sig"),
+        helper.make_node("Mul", ["a", "bs"], ["ab"], name="gate"),
+        helper.make_node("Sub", ["ab", "c"], ["d"], name="sub"),
+        helper.make_node("Mul", ["d", "k"], ["dk"], name="scale"),
+        helper.make_node("Conv", ["dk", "w2"], ["y"], name="c2"),
+    ]
+    m = builders._model(nodes, inits, ["N", 2, 5, 5], ["N", 4, 5, 5])
+    x = rng.standard_normal((2, 2, 5, 5))
+    a, pruned, _ = _prune_exact(m, lambda g: np.array([0, 3, 4, 6]), x)
+    (group,) = a.prunable
+    assert sorted(a.sources[s].label for s in group.sources) == ["ca", "cb", "cc"]
+    assert _init(pruned, "k").shape == (1, 4, 1, 1) and _init(pruned, "bc").shape == (4,)
+    assert _init(pruned, "w2").shape == (4, 4, 1, 1)
+
+
+def test_flatten_into_matmul(rng):
+    """Conv -> Flatten ([C, 3, 3] -> 9 features per channel) -> MatMul + Add -> MatMul."""
+    from onnx import helper
+
+    inits = {
+        "w1": rng.standard_normal((6, 2, 3, 3)),
+        "wm": rng.standard_normal((6 * 9, 5)),
+        "bm": rng.standard_normal(5),
+        "w3": rng.standard_normal((5, 3)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flat", axis=1),
+        helper.make_node("MatMul", ["f", "wm"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "bm"], ["hb"], name="fc1_bias"),
+        helper.make_node("Relu", ["hb"], ["hr"], name="relu2"),
+        helper.make_node("MatMul", ["hr", "w3"], ["y"], name="fc2"),
+    ]
+    m = builders._model(nodes, inits, ["N", 2, 5, 5], ["N", 3])
+    x = rng.standard_normal((3, 2, 5, 5))
+    a, pruned, _ = _prune_exact(m, lambda g: np.arange(0, g.channels, 2), x)
+    assert {g.label for g in a.prunable} == {"c1", "fc1"}
+    assert _init(pruned, "w1").shape == (3, 2, 3, 3)
+    assert _init(pruned, "wm").shape == (3 * 9, 3) and _init(pruned, "bm").shape == (3,)
+    assert _init(pruned, "w3").shape == (3, 3)
+
+
+def test_convtranspose_as_source_and_consumer(rng):
+    """Conv -> ConvTranspose (stride 2) -> Conv: the ConvTranspose loses input channels on
+    its weight axis 0 and output channels (and bias) on axis 1."""
+    from onnx import helper
+
+    inits = {
+        "w1": rng.standard_normal((8, 2, 3, 3)),
+        "wt": rng.standard_normal((8, 6, 2, 2)) * 0.3,
+        "bt": rng.standard_normal(6),
+        "w2": rng.standard_normal((3, 6, 3, 3)) * 0.3,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu1"),
+        helper.make_node("ConvTranspose", ["ar", "wt", "bt"], ["t"], name="up", strides=[2, 2]),
+        helper.make_node("Relu", ["t"], ["tr"], name="relu2"),
+        helper.make_node("Conv", ["tr", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    m = builders._model(nodes, inits, ["N", 2, 5, 5], ["N", 3, 10, 10])
+    x = rng.standard_normal((2, 2, 5, 5))
+    a, pruned, _ = _prune_exact(m, lambda g: np.arange(0, g.channels, 2), x)
+    assert {g.label for g in a.prunable} == {"conv1", "up"}
+    assert _init(pruned, "wt").shape == (4, 3, 2, 2) and _init(pruned, "bt").shape == (3,)
+    assert _init(pruned, "w2").shape == (3, 3, 3, 3)

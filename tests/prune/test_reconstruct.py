@@ -112,3 +112,56 @@ def test_sample_positions_all_or_subset(rng):
     assert sample_positions(2, [3, 3], None, rng).tolist() == list(range(18))
     assert sample_positions(2, [3, 3], 100, rng).tolist() == list(range(18))
     assert len(set(sample_positions(2, [3, 3], 5, rng).tolist())) == 5
+
+
+@pytest.mark.parametrize(
+    "strides,pads,dilations,output_padding,kernel",
+    [
+        ((2, 2), (0, 0, 0, 0), (1, 1), (0, 0), (2, 2)),
+        ((2, 1), (1, 0, 2, 1), (1, 2), (1, 0), (3, 2)),
+        ((3, 2), (2, 2, 2, 2), (1, 1), (0, 1), (2, 3)),  # pads > (k-1)*d: the input is cropped
+    ],
+)
+def test_conv_transpose_as_patches_matches_onnxruntime(
+    rng, strides, pads, dilations, output_padding, kernel
+):
+    """Tolerance: float32 ONNX Runtime against float64 numpy, 1e-5 absolute."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from onnxopt.prune.reconstruct import (
+        conv_transpose_as_conv,
+        conv_transpose_from_conv,
+        conv_transpose_input,
+    )
+
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 4, *kernel)).astype(np.float32)
+    node = helper.make_node(
+        "ConvTranspose",
+        ["x", "w"],
+        ["y"],
+        strides=list(strides),
+        pads=list(pads),
+        dilations=list(dilations),
+        output_padding=list(output_padding),
+    )
+    graph = helper.make_graph(
+        [node],
+        "ct",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0]
+    z = conv_transpose_input(x.astype(np.float64), kernel, strides, pads, dilations, output_padding)
+    rows, pos, out = conv_patches(z, kernel, (1, 1), (0, 0, 0, 0), dilations)
+    assert out == list(y.shape[2:])
+    wc = conv_transpose_as_conv(w.astype(np.float64))
+    assert wc.shape == (4, 3, *kernel)
+    np.testing.assert_allclose(rows @ wc.reshape(4, -1).T, gather_outputs(y, pos), atol=1e-5)
+    np.testing.assert_array_equal(conv_transpose_from_conv(wc), w)

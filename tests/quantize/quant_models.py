@@ -164,3 +164,39 @@ def wide_softmax(classes: int = 1000, seed: int = 6) -> onnx.ModelProto:
         helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1),
     ]
     return _model(nodes, [numpy_helper.from_array(w, "w")], ["N", 16], ["N", classes])
+
+
+def matmul_add_mlp(seed: int = 7) -> onnx.ModelProto:
+    """MatMul + Add (bias) -> Relu (nameless) -> MatMul: ORT's quant_pre_process fuses the
+    first two into one Gemm named ``mm/MatMulAddFusion``; the Relu gets a generated name."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    return _model(nodes, inits, ["N", 16], ["N", 4])
+
+
+def bn_conv(seed: int = 8) -> onnx.ModelProto:
+    """Conv -> BatchNormalization -> Relu: ORT's quant_pre_process folds the BN into the Conv."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32) * 0.3, "wc"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "scale"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "shift"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "var"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["bn"], name="bn"),
+        helper.make_node("Relu", ["bn"], ["y"], name="relu"),
+    ]
+    return _model(nodes, inits, ["N", 2, 6, 6], ["N", 4, 6, 6])

@@ -123,3 +123,14 @@ def test_nothing_quantizable():
     r = quantize(m, mode="dynamic", allow_slower=True)
     assert r.report["chosen"] is None
     assert [n.op_type for n in r.model.graph.node] == ["Relu", "Sigmoid"]
+
+
+@pytest.mark.cuda
+def test_auto_on_cuda_skips_dynamic_and_writes_a_valid_static_model():
+    r = quantize(MLP, calibration=CAL, eval_data=TEST, max_accuracy_drop=1.0, provider="cuda", batch=64, timing_runs=5, timing_seconds=3, allow_slower=True)
+    rep = r.report
+    assert rep["provider"] == "cuda"
+    assert [c["label"] for c in rep["candidates"]] == ["static per-tensor", "static per-channel"]
+    assert any("no CUDA kernels" in n for n in rep["notes"])
+    check_model(r.model, provider="cuda")
+    assert next(c for c in rep["candidates"] if c["label"] == rep["chosen"])["drop"] <= 1.0

@@ -18,7 +18,7 @@ TEST = MODELS / "digits_test.npz"
 def test_help(invoke):
     r = invoke("quantize", "--help")
     assert r.exit_code == 0
-    for opt in ("--mode", "--calibration", "--method", "--per-channel", "--op-types", "--exclude-nodes", "--max-accuracy-drop", "--allow-slower", "--batch", "--report"):
+    for opt in ("--mode", "--calibration", "--method", "--per-channel", "--op-types", "--exclude-nodes", "--max-accuracy-drop", "--allow-slower", "--batch", "--report", "--weight-type", "--activation-type", "--reduce-range", "--format", "--provider", "--eval", "--metric", "--model-type"):
         assert opt in r.output
 
 
@@ -46,6 +46,8 @@ def test_errors_map_to_exit_codes_and_write_nothing(invoke, tmp_path):
     cases = [
         (("--mode", "static"), 2, "needs calibration"),
         (("--op-types", "Foo"), 2, "unknown op type"),
+        (("--mode", "dynamic", "--op-types", "Relu"), 2, "not quantizable in dynamic mode"),
+        (("--model-type", "resnet"), 2, "resnet"),
         (("--exclude-nodes", "nope"), 2, "no node named"),
         (("--calibration", tmp_path / "missing.npz"), 2, "no such file"),
         (("--mode", "bogus"), 2, "bogus"),
@@ -79,4 +81,37 @@ def test_budget_failure_prints_the_table_and_exits_3(invoke, tmp_path):
     r = invoke("quantize", src, "-o", out, "--mode", "dynamic", "--eval", tmp_path / "ev.npz", "--max-accuracy-drop", "0", "--allow-slower", "--no-preprocess")
     assert r.exit_code == 3, r.output
     assert "budget of 0 points not met" in r.output and "candidate" in r.output and "dynamic" in r.output
+    # the best figures reached: one layer left in float (better than all quantized), still over
+    assert "1 of 2 node(s) left in float" in r.output and "fc2 (Gemm) in float" in r.output
     assert not out.exists()
+
+
+def test_provider_cuda_without_cuda_exits_2(invoke, tmp_path):
+    import pytest
+
+    from onnxopt.runtime import cuda_available
+
+    if cuda_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "x.onnx"
+    r = invoke("quantize", MLP, "-o", out, "--mode", "dynamic", "--provider", "cuda")
+    assert r.exit_code == 2 and "CUDAExecutionProvider" in r.output and not out.exists()
+
+
+def test_left_in_float_lines_are_grouped_and_capped():
+    from onnxopt.cli.quantize import _excluded_lines
+
+    single = [{"node": "fc2", "op_type": "Gemm", "gain": 3.5, "group_size": 1}, {"node": "fc1", "op_type": "Gemm", "gain": -0.5, "group_size": 1}]
+    assert _excluded_lines("dynamic", single) == [
+        "dynamic: left fc2 (Gemm) in float: +3.5 points when alone in float",
+        "dynamic: left fc1 (Gemm) in float: -0.5 points when alone in float",
+    ]
+    groups = [{"node": f"n{i}", "op_type": "Conv", "gain": float(i // 4), "group_size": 4} for i in range(8)]
+    lines = _excluded_lines("static", groups)
+    assert lines == [
+        "static: left 4 nodes (n0, n1, n2, ... n3) in float: +0 points when alone in float (measured as a group of 4)",
+        "static: left 4 nodes (n4, n5, n6, ... n7) in float: +1 points when alone in float (measured as a group of 4)",
+    ]
+    many = [{"node": f"n{i}", "op_type": "Conv", "gain": float(i), "group_size": 1} for i in range(50)]
+    lines = _excluded_lines("static", many, max_lines=5)
+    assert len(lines) == 5 and "46 more line(s)" in lines[-1]

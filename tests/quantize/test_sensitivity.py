@@ -81,3 +81,33 @@ def test_static_search_can_leave_an_activation_only_node_in_float(tmp_path):
     c = r.report["candidates"][0]
     assert c["budget_search"]["history"][0]["search_score"] < 50  # collapsed when fully quantized
     assert [e["node"] for e in c["excluded"]] == ["softmax"] and c["drop"] <= 1.0
+
+
+def test_unmet_budget_reports_the_best_exclusion_reached():
+    """Both layers hold an outlier and a 0-point budget cannot be met: the result is the
+    best-scoring exclusion set measured (one layer in float), not the fully quantized model."""
+    m = mlp(outlier=30.0, hidden=64, classes=8)
+    w1 = onnx.numpy_helper.to_array(m.graph.initializer[0]).copy()
+    w1[0, 0] = 30.0
+    m.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w1, "w1"))
+    d = data_for(m, 300)
+    ds = Dataset("<t>", arrays={"x": d["x"]})
+    ds.validate(m)
+    base = onnx.ModelProto()
+    base.CopyFrom(m)
+    gemm_to_matmul(base)
+    b = CandidateBuilder(infer_shapes(base), QuantConfig(mode="dynamic"))
+    ev = Evaluator(m, ds, "agreement")
+    full = ev.score(b(frozenset()))
+    alone = {n: ev.score(b(frozenset([n]))) for n in ("fc1", "fc2")}
+    assert max(alone.values()) > full and max(alone.values()) < 100.0  # better, still over budget
+    fit = fit_budget(b, ["fc1", "fc2"], Budget(0.0), ev, max_evals=10)
+    assert not fit.met
+    best = max(alone, key=alone.get)
+    assert fit.score == alone[best] and [e["node"] for e in fit.excluded] == [best]
+    assert fit.drop == ev.reference_score - alone[best]
+    # the model returned is that one: the best node is a float MatMul again
+    assert {n.name: n.op_type for n in fit.model.graph.node}[best] == "MatMul"
+    # on a search subset the best set is confirmed on the full data
+    fit2 = fit_budget(b, ["fc1", "fc2"], Budget(0.0), ev, search_evaluator=Evaluator(m, ds, "agreement", limit=100), max_evals=10)
+    assert not fit2.met and fit2.score == ev.score(fit2.model) and fit2.score > full

@@ -203,7 +203,7 @@ def test_exception_while_writing_data(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(UsageError, match="cannot write: No space left on device"):  # exit 2, one line
         oio.save_model(big_model(1), target, external_data=True)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert calls["n"] >= 1
@@ -218,7 +218,7 @@ def test_exception_while_writing_single_file(tmp_path, monkeypatch):
     monkeypatch.setattr(
         os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device"))
     )
-    with pytest.raises(OSError):
+    with pytest.raises(UsageError, match="cannot write: No space left on device"):
         oio.save_model(big_model(1), target)
     monkeypatch.undo()
     assert target.read_bytes() == before

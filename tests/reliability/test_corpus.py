@@ -150,6 +150,25 @@ def test_output_is_a_folder(command, dirs):
     _assert_corpus_untouched()
 
 
+REPORTERS = ["simplify", "run", "quantize", "prune", "ensemble", "chain", "optimize", "adapt"]
+
+
+@pytest.mark.parametrize("command", REPORTERS)
+def test_report_is_the_input(command, dirs):
+    """``--report`` naming the input model is refused like ``-o`` naming it: exit 2, the
+    input untouched, nothing written (a JSON report over a model would destroy it)."""
+    require_command(command)
+    out, cwd = dirs
+    argv = list(SPECS[command].model(CORPUS, CORPUS.model, out)[0])
+    if "--report" in argv:
+        i = argv.index("--report")
+        del argv[i : i + 2]
+    outcome = run_cli([*argv, "--report", CORPUS.model])
+    assert_clean_failure(outcome, (2,), names=CORPUS.model.name)
+    assert snapshot(out) == {} and snapshot(cwd) == {}
+    _assert_corpus_untouched()
+
+
 # where the issues say 3: valid input, but verification or the request cannot succeed
 EXIT3 = {
     "verify-out-of-tolerance": ("verify", lambda c, o: ["verify", c.model, c.other]),

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+import onnxopt
 from onnxopt.core.provenance import read_provenance
 from onnxopt.simplify.api import simplify
 from onnxopt.verify import check_model, verify
@@ -83,3 +84,17 @@ def test_public_simplify_stays_callable_after_the_package_is_imported():
     res = onnxopt.simplify(MODELS / "digits_mlp.onnx")
     assert res.ok and res.steps[0].name == sp.SimplifyPass.key
     assert onnxopt.verify(MODELS / "digits_mlp.onnx", res.model)
+
+
+def test_saving_over_the_input_is_refused_from_python(tmp_path):
+    """The Python API keeps the CLI's promise: a result never overwrites its input model."""
+    from onnxopt.errors import UsageError
+
+    src = tmp_path / "m.onnx"
+    src.write_bytes((MODELS / "digits_mlp.onnx").read_bytes())
+    before = src.read_bytes()
+    for res in (onnxopt.simplify(src), onnxopt.run("simplify", src)):
+        with pytest.raises(UsageError, match="refusing to overwrite the input model"):
+            res.save(tmp_path / "." / "m.onnx")
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert onnxopt.simplify(src).save(tmp_path / "o.onnx").is_file()
