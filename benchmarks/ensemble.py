@@ -28,7 +28,7 @@ Each latency table is measured with 1 intra-op thread and with one per core (the
 default): fewer, wider kernels mostly pay off when a thread pool has to synchronise per kernel.
 
 Usage: python benchmarks/ensemble.py [--threads 1,2] [--batches 1,64] [--seconds 5]
-       [--extra /tmp/realmodels/ppocr_cls.onnx:1,3,48,192] [--skip-digits]
+       [--extra ~/.cache/onnxopt-bench/ppocr-cls.onnx:1,3,48,192] [--skip-digits]
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ Builds, in a temporary folder, a model of a few huge MatMul weights (default 2.5
 external-data file, never held in memory), then runs as subprocesses
 
     inspect, simplify, quantize --mode dynamic, ensemble (2 copies, mean), verify
+    (and, when asked with --commands, quantize-static: --mode static on 8 calibration samples)
 
 and reports per command: exit status, wall time, peak RSS (the child's own maximum resident
 set size from ``wait4``, plus a psutil poll of the child and its children), the ratio of
@@ -16,6 +17,12 @@ protect a shared machine.  Everything is deleted at the end (``--keep`` to look 
 
     python benchmarks/large_model.py                 # the 2.5 GiB model
     python benchmarks/large_model.py --gib 0.25      # a quick run of the plumbing (< 2 GB)
+    python benchmarks/large_model.py --gib 0.5 --scale-limits   # the > 2 GB paths, in seconds
+
+``--scale-limits`` scales, in the commands run, ``onnxopt.io``'s 2 GB protobuf limit and its
+lazy-load threshold (1 GiB) by ``gib / 2.5``, so that a small model takes the branches the
+2.5 GiB one takes (weights left in their files, external data out) and the ratios to the
+model size can be compared.
 """
 
 from __future__ import annotations
@@ -101,12 +108,26 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_hwm(argv: list[str], cap: int, cwd: Path) -> dict:
-    """Like ``run``, but the peak is the kernel's high-water mark of the main process
-    (``ru_maxrss`` from ``wait4``), which a poll cannot miss; the poll covers children."""
+# the CLI with onnxopt.io's size limits scaled by argv[1] (see --scale-limits)
+_SCALED_CLI = """
+import sys
+import onnxopt.io as io
+f = float(sys.argv.pop(1))
+io.TWO_GB = int(io.TWO_GB * f)
+io.LARGE_MODEL_BYTES = int(io.LARGE_MODEL_BYTES * f)
+from onnxopt.cli.main import main
+main()
+"""
+
+
+def run_hwm(argv: list[str], cap: int, cwd: Path, scale: float | None = None) -> dict:
+    """Run ``onnxopt -q ARGV`` (limits scaled by ``scale`` when given); the peak is the
+    kernel's high-water mark of the main process (``ru_maxrss`` from ``wait4``), which a
+    poll cannot miss; the poll covers children."""
     t0 = time.perf_counter()
+    cli = ["-m", "onnxopt"] if scale is None else ["-c", _SCALED_CLI, repr(scale)]
     child = subprocess.Popen(
-        [sys.executable, "-m", "onnxopt", "-q", *argv],
+        [sys.executable, *cli, "-q", *argv],
         cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -166,7 +187,16 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--rss-cap-gb", type=float, default=14.0, help="kill a command whose RSS passes this (GB)"
     )
-    ap.add_argument("--commands", default="inspect,simplify,quantize,ensemble,verify")
+    ap.add_argument(
+        "--commands",
+        default="inspect,simplify,quantize,ensemble,verify",
+        help="comma-separated, of: inspect, simplify, quantize, quantize-static, ensemble, verify",
+    )
+    ap.add_argument(
+        "--scale-limits",
+        action="store_true",
+        help="scale onnxopt.io's 2 GB and lazy-load limits by GIB/2.5 in the commands",
+    )
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one under /tmp)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", dest="json_path", default=None)
@@ -194,6 +224,14 @@ def main(argv=None) -> int:
         )
         out = work / "out"
         out.mkdir()
+        d = (
+            onnx.load(str(model), load_external_data=False)
+            .graph.input[0]
+            .type.tensor_type.shape.dim[1]
+            .dim_value
+        )
+        calibration = src_dir / "calibration.npz"
+        np.savez(calibration, x=np.random.default_rng(1).standard_normal((8, d), dtype=np.float32))
         cap = int(args.rss_cap_gb * 1e9)
         plans = {
             "inspect": ["inspect", model],
@@ -205,6 +243,17 @@ def main(argv=None) -> int:
                 out / "quantized.onnx",
                 "--mode",
                 "dynamic",
+                "--allow-slower",
+            ],
+            "quantize-static": [
+                "quantize",
+                model,
+                "-o",
+                out / "quantized_static.onnx",
+                "--mode",
+                "static",
+                "--calibration",
+                calibration,
                 "--allow-slower",
             ],
             "ensemble": ["ensemble", model, model, "-o", out / "ensemble.onnx", "--fusion", "mean"],
@@ -221,7 +270,7 @@ def main(argv=None) -> int:
                 f"-- {name}: {' '.join(argv_[:1])} ... (available memory {avail / 1e9:.1f} GB)",
                 flush=True,
             )
-            r = run_hwm(argv_, cap, work)
+            r = run_hwm(argv_, cap, work, args.gib / 2.5 if args.scale_limits else None)
             written = [a for a in argv_ if a.startswith(str(out))]
             r["output_bytes"] = (
                 _size_on_disk(Path(written[0])) if written and name != "verify" else 0
@@ -235,7 +284,10 @@ def main(argv=None) -> int:
                 flush=True,
             )
         print()
-        print(f"model: {nbytes / 1e9:.2f} GB of weights (external data), {len(rows)} commands")
+        scaled = f"; limits scaled by {args.gib / 2.5:.3g}" if args.scale_limits else ""
+        print(
+            f"model: {nbytes / 1e9:.2f} GB of weights (external data), {len(rows)} commands{scaled}"
+        )
         print(
             f"{'command':10s} {'exit':>5s} {'seconds':>8s} {'peak RSS GB':>12s} {'x model':>8s} {'output GB':>10s}"
         )

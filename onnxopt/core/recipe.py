@@ -10,8 +10,9 @@ Format::
     pass = "simplify"         # a key of the pass registry
     # any other keys are the pass's parameters
 
-Other top-level tables (``[optimize]`` ...) belong to the commands that read them.  A name
-without a path separator or ``.toml`` is looked up among the bundled recipes.
+Other top-level tables (``[optimize]``, ``[ensemble]``) belong to the commands that read
+them (``onnxopt.optimize.plan``, ``onnxopt.ensemble.recipe``); ``onnxopt run`` ignores them.
+A name without a path separator or ``.toml`` is looked up among the bundled recipes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ else:  # pragma: no cover
 
 __all__ = ["Recipe", "Step", "bundled_dir", "bundled_recipes", "find_recipe", "load_recipe"]
 
-_TOP_KEYS = {"name", "description", "target", "steps", "optimize", "when"}
+_TOP_KEYS = {"name", "description", "target", "steps", "optimize", "ensemble", "when"}
 
 
 @dataclass

@@ -109,20 +109,24 @@ def ensemble_step(dlog, mdir: Path, out: Path, names) -> None:
     calib, test = mdir / "digits_calib.npz", mdir / "digits_test.npz"
     lines = []
 
-    def make(fusion, **kw):
+    def make(**kw):
         def step():
-            res = onnxopt.ensemble(members, fusion=fusion, data=test, **kw)
+            res = onnxopt.ensemble(members, data=test, **kw)
+            fusion = res.report["fusion"]["kind"]
             dst = res.save(out / f"digits_{fusion}.onnx", guard=members)
             acc = res.report["accuracy"]
             if not lines:
                 lines.extend(f"member {k:22s} {v:.2f}%" for k, v in acc["members"].items())
             lines.append(f"ensemble {fusion:20s} {acc['ensemble']:.2f}%")
-            return {"model": " + ".join(names), "result": f"{fusion}: {acc['ensemble']:.2f}% (best member {acc['best_member']:.2f}%), wrote {dst.name}"}
+            rec = res.report.get("recipe")
+            how = f"{fusion} (recipe {rec['name']}: {' > '.join(rec['steps'])} verified)" if rec else fusion
+            return {"model": " + ".join(names), "result": f"{how}: {acc['ensemble']:.2f}% (best member {acc['best_member']:.2f}%), wrote {dst.name}"}
 
         return step
 
-    dlog.step("ensemble vote", make("vote"))
-    dlog.step("ensemble stack", make("stack", fit=calib))
+    dlog.step("ensemble vote", make(fusion="vote"))
+    # the bundled recipe: stacking head fitted on the calibration split, then simplify
+    dlog.step("ensemble stack", make(recipe="ensemble-stack", fit=calib))
     if lines:
         dlog.sections.append(("ensemble accuracy on digits_test", "\n".join(lines)))
 

@@ -4,7 +4,9 @@
 architecture into a wider network (``horizontal``), stores identical weights once
 (``share``), adds the fusion head (``heads``; weights or a stacking head fitted on labelled
 data by ``fit``), checks the result (checker + ORT load) and compares it with the members run
-separately (``parity``).  ``chain`` wires N stages serially (``chain``) with the same checks.
+separately (``parity``).  With a recipe (``recipe``: settings from its ``[ensemble]`` table),
+its ``[[steps]]`` then run on the merged model through the pipeline runner, each verified
+against the merged model.  ``chain`` wires N stages serially (``chain``) with the same checks.
 
 The user's mistakes raise ``onnxopt.errors`` classes (exit 2) before any output is built;
 a merged model that fails the parity check raises ``VerificationError`` (exit 3).
@@ -12,6 +14,7 @@ a merged model that fails the parity check raises ``VerificationError`` (exit 3)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -20,16 +23,27 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..core.passes import Context
+from ..core.pipeline import run_pipeline
+from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
 from ..core.result import Result
 from ..data import dataset_for
-from ..errors import DataError, InputError, UsageError, VerificationError, blaming_members
+from ..errors import (
+    DataError,
+    InputError,
+    OnnxoptError,
+    UsageError,
+    VerificationError,
+    blaming_members,
+)
 from ..graph import unique_name
+from ..metrics import METRICS, Budget
 from ..runtime import resolve_provider
 from ..simplify.dead import remove_unused
 from ..verify import check_model
 from .fit import fit_stack_head, fit_weights, softmax
-from .heads import FUSIONS, Fusion, HeadIO, build_head, output_names, reference
+from .heads import FUSIONS, STACK_HEADS, Fusion, HeadIO, build_head, output_names, reference
 from .merge import (
     Member,
     _dtype_name,
@@ -45,13 +59,14 @@ from .merge import (
     value_shape,
 )
 from .parity import accuracy, check_parity, run_members
+from .recipe import resolve_settings
 from .share import share_initializers
 
 __all__ = ["ensemble", "chain"]
 
 log = logging.getLogger(__name__)
 
-HEADS = ("logistic", "ridge")
+HEADS = STACK_HEADS
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
@@ -223,34 +238,55 @@ def _build_parts(members: list[Member], fuse_members: bool, provider: str):
 def ensemble(
     models,
     *,
-    fusion: str = "mean",
+    fusion: str | None = None,
     weights=None,
     fit=None,
-    softmax: bool = False,
-    keep_member_outputs: bool = False,
+    softmax: bool | None = None,
+    keep_member_outputs: bool | None = None,
     output=None,
     input_map=None,
-    fuse_members: bool = False,
+    fuse_members: bool | None = None,
     data=None,
     shapes: dict | None = None,
     provider: str = "cpu",
-    head: str = "logistic",
+    head: str | None = None,
     l2: float | None = None,
+    recipe=None,
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
 ) -> Result:
     """Fuse ``models`` (paths or protos) into one model computing ``fusion`` of their outputs.
 
-    ``fusion``: ``mean`` | ``weighted`` (``weights`` or ``fit``) | ``vote`` (optional
-    ``weights``) | ``stack`` (needs ``fit``: DATA with labels; ``head`` logistic or ridge,
-    ``l2`` strength or None for cross-validation).  ``softmax`` normalises member scores first;
-    ``keep_member_outputs`` also exposes each member's output; ``output`` picks one output per
-    member (name or position; else all, position-wise); ``input_map`` renames member inputs
-    ``{FROM: TO}``; ``fuse_members`` fuses members of one architecture into one wider network.
-    The result is compared with the members run separately on ``data`` (or synthesized inputs
-    shaped by ``shapes``); the report carries members, conversions, shared weights, parity,
-    fitted parameters and, with labels, member vs ensemble accuracy.
+    ``fusion``: ``mean`` (default) | ``weighted`` (``weights`` or ``fit``) | ``vote``
+    (optional ``weights``) | ``stack`` (needs ``fit``: DATA with labels; ``head`` logistic
+    (default) or ridge, ``l2`` strength or None for cross-validation).  ``softmax`` normalises
+    member scores first; ``keep_member_outputs`` also exposes each member's output; ``output``
+    picks one output per member (name or position; else all, position-wise); ``input_map``
+    renames member inputs ``{FROM: TO}``; ``fuse_members`` fuses members of one architecture
+    into one wider network.  The result is compared with the members run separately on
+    ``data`` (or synthesized inputs shaped by ``shapes``); the report carries members,
+    conversions, shared weights, parity, fitted parameters and, with labels, member vs
+    ensemble accuracy.
+
+    ``recipe`` (bundled name or TOML path): settings from its ``[ensemble]`` table (see
+    ``onnxopt.ensemble.recipe``) for every argument left ``None``; after the parity check its
+    ``[[steps]]`` run on the merged model, each verified against it (``run_pipeline``) on
+    ``data``, else ``fit``, else synthesized inputs; lossy steps within
+    ``max_accuracy_drop`` points of ``metric`` (default: the table's; none: recorded only).
+    A step that fails verification raises ``VerificationError`` / ``BudgetError`` (exit 3).
     """
     models = list(models or [])
-    weights = _check_options(len(models), fusion, weights, fit, head, l2)
+    given = {"fusion": fusion, "weights": weights, "softmax": softmax, "head": head, "l2": l2, "keep_member_outputs": keep_member_outputs, "fuse_members": fuse_members, "output": output, "input_map": input_map, "max_accuracy_drop": max_accuracy_drop, "metric": metric}
+    plan = resolve_settings({k: v for k, v in given.items() if v is not None}, recipe, fit=fit, members=len(models))
+    st = plan.settings
+    fusion, weights, softmax, head, l2 = st.fusion, st.weights, st.softmax, st.head, st.l2
+    keep_member_outputs, fuse_members, output, input_map = st.keep_member_outputs, st.fuse_members, st.output, st.input_map
+    try:
+        weights = _check_options(len(models), fusion, weights, fit, head, l2)
+        budget = _budget(st.max_accuracy_drop, st.metric)
+    except UsageError as exc:
+        _blame_recipe(exc, plan)
+        raise
     provider = resolve_provider(provider)
     members = load_members(models)
     opsets, ir_version, conversions, notes = reconcile_opsets(members)
@@ -361,10 +397,96 @@ def ensemble(
         "ensemble": {"fusion": fusion, "members": [m.label for m in members], "outputs": report["outputs"]},
         "parity": {"ok": parity.ok, "samples": parity.samples, "data": Path(parity.data).name, "worst_rel_l2": parity.worst_rel_l2, "outputs": parity.fused},
     }
+    notes.extend(plan.notes)
+    if plan.recipe is not None:
+        if plan.recipe.target == "cuda" and provider != "cuda":
+            notes.append(f"recipe '{plan.recipe.name}' is written for target cuda; its steps were verified on {provider}")
+        model, step_reports = _run_recipe_steps(model, plan, budget, ds, fit_run, data, shapes, provider)
+        report["recipe"] = plan.describe()
+        report["steps"] = [r.to_dict() for r in step_reports]
+        if budget is not None:
+            report["recipe"]["budget"] = {"max_accuracy_drop": budget.max_drop, "metric": budget.metric}
+            extra["max_accuracy_drop"] = budget.max_drop
+        if any(r.modified for r in step_reports):
+            _after_steps(report, model, ds, labels, fused_names, K, provider)
+        steps += _step_records(step_reports)
+        extra["recipe"] = {k: report["recipe"][k] for k in ("name", "file", "settings", "overridden", "steps")}
+    elif st.max_accuracy_drop is not None or st.metric is not None:
+        notes.append("max_accuracy_drop / metric apply to a recipe's lossy steps: without --recipe they have no effect")
     if "accuracy" in report:
         extra["accuracy"] = {k: report["accuracy"][k] for k in ("members", "ensemble", "samples")}
     write_provenance(model, "ensemble", steps, extra)
     return Result(model, report, True)
+
+
+def _blame_recipe(exc: UsageError, plan) -> None:
+    """Say which of the recipe's settings an option error is about (``--fusion stack needs
+    --fit`` when the recipe set the fusion)."""
+    keys = [k for k in plan.from_recipe if f"--{k.replace('_', '-')}" in exc.message or f"'{plan.from_recipe[k]}'" in exc.message]
+    sets = "; ".join(f"{k} = {json.dumps(plan.from_recipe[k])}" for k in keys)
+    over = ", ".join(f"--{k.replace('_', '-')}" for k in keys)
+    if keys:
+        exc.message += f" (recipe '{plan.recipe.name}' sets {sets}; {over} {'overrides it' if len(keys) == 1 else 'override them'})"
+
+
+def _budget(max_drop, metric) -> Budget | None:
+    """The recipe steps' budget (None: lossy steps are recorded, not judged)."""
+    if metric is not None and metric not in METRICS:
+        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    return Budget(float(max_drop), metric) if max_drop is not None else None
+
+
+def _run_recipe_steps(model, plan, budget, ds, fit_run, data, shapes, provider):
+    """The recipe's ``[[steps]]`` on the merged model, each verified against it (on ``data``,
+    else the ``fit`` data, else synthesized inputs); the ``fit`` data (else ``data``) is the
+    calibration data of steps that need some.  Errors name the recipe and the step."""
+    if not plan.passes:
+        return model, []
+    fit_ds = fit_run[0] if fit_run is not None else None
+    eval_ds = ds if data is not None else None
+    ctx = Context(data=fit_ds if fit_ds is not None else eval_ds, eval_data=eval_ds, shapes=shapes, provider=provider, budget=budget)
+    try:
+        res = run_pipeline(model, plan.passes, ctx, command="ensemble")
+    except OnnxoptError as exc:
+        where = "" if exc.message.startswith("step ") else f"step 1 '{plan.passes[0].key}': "
+        exc.message = f"recipe '{plan.recipe.name}' {where}{exc.message}"
+        raise
+    out = res.model
+    kept = [(p.key, p.value) for p in out.metadata_props if p.key != PROVENANCE_KEY]
+    del out.metadata_props[:]  # the ensemble's own record is written once, with every step
+    for k, v in kept:
+        out.metadata_props.add(key=k, value=v)
+    return out, res.steps
+
+
+def _step_records(step_reports) -> list[dict]:
+    """Provenance entries of the recipe steps (as ``run_pipeline`` writes them)."""
+    records = []
+    for r in step_reports:
+        d = r.to_dict(timing=False)
+        d.pop("before", None)
+        d.pop("after", None)
+        records.append(d)
+    return records
+
+
+def _after_steps(report, model, ds, labels, fused_names, K: int, provider: str) -> None:
+    """Size and accuracy figures of the written model, once the recipe's steps changed it."""
+    size = report["size"]
+    size["before_steps"] = size["merged"]
+    size["merged"] = int(model.ByteSize())
+    size["ratio"] = size["merged"] / max(1, size["members_total"])
+    acc = report.get("accuracy")
+    if acc is None or labels is None or K != 1:
+        return
+    from ..runtime import run_dataset
+
+    names = [o.name for o in model.graph.output]
+    outs = run_dataset(model, ds, provider=provider, limit=acc["samples"], error=VerificationError)
+    after = accuracy(outs[names.index(fused_names[0][0])], labels)
+    if after is not None:
+        acc["before_steps"] = acc["ensemble"]
+        acc["ensemble"] = after
 
 
 @blaming_members("models")

@@ -31,9 +31,10 @@ from onnx import helper, numpy_helper
 
 from .fit import StackHead, softmax
 
-__all__ = ["FUSIONS", "Fusion", "HeadIO", "output_names", "build_head", "reference"]
+__all__ = ["FUSIONS", "STACK_HEADS", "Fusion", "HeadIO", "output_names", "build_head", "reference"]
 
 FUSIONS = ("mean", "weighted", "vote", "stack")
+STACK_HEADS = ("logistic", "ridge")  # how ``fit`` fits the stacking head
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Modules, one concern each: ``config`` (a candidate configuration), ``preprocess``
 (exported graphs made quantizable), ``calibrate`` (streaming range statistics, numpy only),
 ``collect`` (activations streamed through an augmented model), ``ort_backend`` (ORT's
-quantizer driven with those ranges), ``validity`` (invalid graphs repaired per node),
+quantizer driven with those ranges), ``ort_lazy`` (that quantizer reading a large model's
+weights from their files, one at a time), ``validity`` (invalid graphs repaired per node),
 ``sensitivity`` (per-node sensitivity and the budget search), ``speed`` (interleaved
 timing vs FP32), ``engine`` (one candidate end to end), ``api`` (``quantize`` and the
 building blocks), ``candidates`` (the entry points ``optimize`` calls), ``passes``

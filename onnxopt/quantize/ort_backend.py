@@ -10,6 +10,11 @@ Per-channel QDQ is requested weight by weight (``TensorQuantOverrides`` with an 
 rather than with ORT's global ``per_channel`` flag, so that single nodes can fall back to
 per-tensor while the others stay per-channel (see ``validity``).  ORT's own warnings
 (``logging.warning`` on the root logger) are captured into the returned notes.
+
+A lazily loaded model (``io.is_lazy``, the large-model path) is quantized with its weights
+left in their files (``ort_lazy``: ORT reads one weight at a time); where ORT reads a weight
+some other way, it is quantized again with the weights read in once (``_reload_large``).
+Either way the result is spilled to a temporary file and loaded back lazily (``_spill``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import onnx
 from onnx import helper
 
 from ..io import is_lazy
+from . import ort_lazy
 from .config import QuantConfig
 
 __all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging"]
@@ -157,58 +163,28 @@ def quantize_with_ort(
     must not be per-channel; ``op_types`` overrides ``config.op_types_for(provider)``.
     ORT errors become ``QuantizerFailure``.
     """
-    from onnxruntime.quantization.quant_utils import (
-        QuantFormat,
-        QuantizationMode,
-        save_and_reload_model_with_shape_infer,
-        update_opset_version,
-    )
+    from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
 
     notes = notes if notes is not None else []
     op_types = list(op_types) if op_types is not None else list(config.op_types_for(provider))
     excluded = sorted(set(exclude) | set(config.exclude))
     only = sorted(nodes_to_quantize) if nodes_to_quantize else []
-    wt, at = _qtype(config.weight_type), _qtype(config.activation_type)
-    large = is_lazy(model)  # weights in files: read in once here, the result spilled to a file
+    args = dict(ranges=ranges, op_types=op_types, only=only, excluded=excluded, per_tensor=set(per_tensor))
+    large = is_lazy(model)  # weights in files: ORT reads them from there (ort_lazy), the result spilled to a file
+    out = None
     try:
         with capture_ort_logging(notes):
-            m = _reload_large(model) if large else save_and_reload_model_with_shape_infer(copy.deepcopy(model))
-            if config.mode == "dynamic":
-                from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-
-                m = update_opset_version(m, wt)
-                q = ONNXQuantizer(m, config.per_channel, config.reduce_range, QuantizationMode.IntegerOps, False, wt, _qtype("uint8"), None, only, excluded, op_types, {"MatMulConstBOnly": True})
-            else:
-                if ranges is None:
-                    raise ValueError("static quantization needs calibration ranges")
-                from onnxruntime.quantization.calibrate import (
-                    CalibrationMethod,
-                    TensorData,
-                    TensorsData,
-                )
-                from onnxruntime.quantization.quantize import check_static_quant_arguments
-
-                tensors = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()})
-                extra: dict = {}
-                per_channel = config.per_channel
-                if config.format == "qdq" and config.per_channel:
-                    extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), set(per_tensor))
-                    per_channel = False
-                fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
-                m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
-                check_static_quant_arguments(fmt, at, wt)
-                if fmt is QuantFormat.QDQ:
-                    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-
-                    q = QDQQuantizer(m, per_channel, config.reduce_range, wt, at, tensors, only, excluded, op_types, extra)
-                else:
-                    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-
-                    q = ONNXQuantizer(m, per_channel, config.reduce_range, QuantizationMode.QLinearOps, True, wt, at, tensors, only, excluded, op_types, extra)
-            q.quantize_model()
-            # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort
-            q.model.topological_sort()
-            out = q.model.model
+            if large:
+                try:
+                    with ort_lazy.reading_lazily():
+                        out = ort_lazy.unmark(_run_quantizer(ort_lazy.working_copy(model), config, **args))
+                except Exception as exc:
+                    if not ort_lazy.missed_read(exc):
+                        raise
+                    # ORT read a weight by a way ort_lazy does not cover: weights in memory
+                    log.info("%s: ORT's quantizer read a weight outside ort_lazy (%s); quantizing with the weights in memory", config.label, " ".join(str(exc).split())[:160])
+            if out is None:
+                out = _run_quantizer(_reload_large(model) if large else save_and_reload_model_with_shape_infer(copy.deepcopy(model)), config, **args)
     except Exception as exc:
         msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
         raise QuantizerFailure(f"ONNX Runtime's quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
@@ -218,11 +194,60 @@ def quantize_with_ort(
     return out
 
 
+def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types: list[str], only: list[str], excluded: list[str], per_tensor: set[str]) -> onnx.ModelProto:
+    """ORT's ``ONNXQuantizer`` / ``QDQQuantizer`` on ``m`` (shape-inferred, ORT's "inferred"
+    mark set); returns ORT's model (``m`` may be changed)."""
+    from onnxruntime.quantization.quant_utils import (
+        QuantFormat,
+        QuantizationMode,
+        update_opset_version,
+    )
+
+    wt, at = _qtype(config.weight_type), _qtype(config.activation_type)
+    if config.mode == "dynamic":
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+        m = update_opset_version(m, wt)
+        q = ONNXQuantizer(m, config.per_channel, config.reduce_range, QuantizationMode.IntegerOps, False, wt, _qtype("uint8"), None, only, excluded, op_types, {"MatMulConstBOnly": True})
+    else:
+        if ranges is None:
+            raise ValueError("static quantization needs calibration ranges")
+        from onnxruntime.quantization.calibrate import (
+            CalibrationMethod,
+            TensorData,
+            TensorsData,
+        )
+        from onnxruntime.quantization.quantize import check_static_quant_arguments
+
+        tensors = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()})
+        extra: dict = {}
+        per_channel = config.per_channel
+        if config.format == "qdq" and config.per_channel:
+            extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor)
+            per_channel = False
+        fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
+        m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
+        check_static_quant_arguments(fmt, at, wt)
+        if fmt is QuantFormat.QDQ:
+            from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+            q = QDQQuantizer(m, per_channel, config.reduce_range, wt, at, tensors, only, excluded, op_types, extra)
+        else:
+            from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+            q = ONNXQuantizer(m, per_channel, config.reduce_range, QuantizationMode.QLinearOps, True, wt, at, tensors, only, excluded, op_types, extra)
+    q.quantize_model()
+    # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort
+    q.model.topological_sort()
+    return q.model.model
+
+
 def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:
     """What ORT's ``save_and_reload_model_with_shape_infer`` does, for a model whose weights
     are in their files (``io.is_lazy``): shape inference on the small proto, then the weights
     read in once.  ORT's version deep-copies, saves and reloads the whole model (three
-    copies of the weights at its peak)."""
+    copies of the weights at its peak).  The fallback of the lazy path (``ort_lazy``): with
+    the weights in memory, dynamic mode's ``ONNXQuantizer`` still reloads the model itself."""
     from onnxruntime.quantization.quant_utils import add_infer_metadata
 
     from ..io import materialize

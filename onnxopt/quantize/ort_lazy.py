@@ -1,0 +1,188 @@
+"""ONNX Runtime's quantizer on a large model whose weights stay in their files.
+
+On a model loaded lazily (``io.is_lazy``: weights left in their external-data files), ORT's
+quantizer is handed the small proto, not the weights: for the duration of the quantization
+``reading_lazily()`` replaces, in ORT's quantization modules,
+
+- ``tensor_proto_to_array`` (where ORT reads a float weight or bias to quantize it) by a
+  reader that takes one lazy tensor at a time from its file;
+- ``save_and_reload_model_with_shape_infer`` (a deep copy, a save and a reload of the whole
+  model: dynamic mode's ``ONNXQuantizer`` calls it unconditionally, three copies of the
+  weights at its peak) by ONNX shape inference on the small proto;
+- ``quantize_nparray`` (``(w / scale).round() + zero_point``, clipped, cast: four
+  weight-sized float temporaries) by the same function applied to slices of at most
+  ``CHUNK`` elements, for a scalar scale and zero point (per-tensor weights).
+
+Nothing else changes: the same ORT code computes the same ranges, scales and integers, so
+the result is the model the in-memory path gives (tests check it byte for byte).  Reads
+this module does not cover would silently see nothing, so ``working_copy`` points each
+lazy tensor at a location that does not exist (``MARK`` prefixed): such a read fails with
+the marker in its message, ``missed_read`` recognizes it, and the caller quantizes again
+with the weights in memory.  ``unmark`` restores the locations on ORT's output, whose
+unquantized float tensors (biases, nodes left in float) stay lazy.
+
+Peak memory, for weights ``s`` bytes in the largest tensor: ORT's quantized weights
+(a quarter of the FP32 ones, int8) plus about ``2.5 s`` (that tensor read, ORT's
+``flatten()`` copy of it and its int8 result), instead of the whole FP32 model in memory
+plus three copies in the reload plus ``4.5 s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import io as oio
+from ..errors import ModelError
+
+__all__ = ["CHUNK", "MARK", "working_copy", "unmark", "reading_lazily", "missed_read"]
+
+log = logging.getLogger(__name__)
+
+# a folder name no model folder has: a read that does not go through ``reading_lazily``
+# fails on it instead of finding a file
+MARK = ".onnxopt-lazy-weights"
+# elements per slice of ``quantize_nparray`` (16 MiB of float32 per temporary)
+CHUNK = 1 << 22
+
+_ORT = "onnxruntime.quantization."
+# the modules that import tensor_proto_to_array / save_and_reload_model_with_shape_infer by name
+_MODULES = ("quant_utils", "base_quantizer", "onnx_quantizer", "qdq_quantizer")
+_NP_DTYPES = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
+
+
+def _info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _lazy_tensors(model: onnx.ModelProto):
+    for t in oio._all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data):
+            yield t
+
+
+def _set_location(t: onnx.TensorProto, location: str) -> None:
+    for e in t.external_data:
+        if e.key == "location":
+            e.value = location
+
+
+def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What ORT's ``save_and_reload_model_with_shape_infer`` gives (shapes inferred, ORT's
+    "inferred" mark), as a new small proto whose lazy tensors are marked (``MARK``)."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    m = onnx.shape_inference.infer_shapes(model)  # a new proto; the weights stay in files
+    add_infer_metadata(m)
+    for t in _lazy_tensors(m):
+        _set_location(t, f"{MARK}/{_info(t)['location']}")
+    return m
+
+
+def unmark(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The lazy tensors of ORT's output pointed back at their files, in place."""
+    prefix = MARK + "/"
+    for t in _lazy_tensors(model):
+        loc = _info(t).get("location", "")
+        if loc.startswith(prefix):
+            _set_location(t, loc[len(prefix) :])
+    return model
+
+
+def _read(t: onnx.TensorProto) -> np.ndarray | None:
+    """A marked lazy float tensor read from its file; None for any other tensor."""
+    info = _info(t)
+    loc = info.get("location", "")
+    dtype = _NP_DTYPES.get(t.data_type)
+    if oio.BASEPATH not in info or not loc.startswith(MARK + "/") or dtype is None:
+        return None
+    path = Path(info[oio.BASEPATH]) / loc[len(MARK) + 1 :]
+    count = int(np.prod([int(d) for d in t.dims], dtype=np.int64))
+    arr = np.fromfile(path, dtype=dtype, count=count, offset=int(info.get("offset", 0) or 0))
+    if arr.size != count:
+        raise ModelError(f"external data of tensor '{t.name}' ends early (file changed while in use?)", path)
+    return arr.astype(dtype.newbyteorder("="), copy=False).reshape([int(d) for d in t.dims])
+
+
+def _lazy_reader(original):
+    def tensor_proto_to_array(initializer):
+        arr = _read(initializer)
+        return original(initializer) if arr is None else arr
+
+    return tensor_proto_to_array
+
+
+def _reload(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``save_and_reload_model_with_shape_infer`` for a small (lazy) proto."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    m = onnx.shape_inference.infer_shapes(model)
+    add_infer_metadata(m)
+    return m
+
+
+def _chunked(original):
+    def quantize_nparray(qType, arr, scale, zero_point, low=None, high=None):  # noqa: N803 - ORT's signature
+        arr = np.asarray(arr)
+        # elementwise with a scalar scale and zero point: slices give the same integers
+        if arr.ndim == 0 or arr.size <= CHUNK or np.size(scale) != 1 or np.size(zero_point) != 1 or np.ndim(scale) > 1 or np.ndim(zero_point) > 1 or arr.dtype.kind != "f" or not _integer(qType):
+            return original(qType, arr, scale, zero_point, low, high)
+        flat = arr.reshape(-1)
+        first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, low, high))
+        out = np.empty(flat.shape, dtype=first.dtype)
+        out[:CHUNK] = first
+        del first
+        for i in range(CHUNK, flat.size, CHUNK):
+            out[i : i + CHUNK] = original(qType, flat[i : i + CHUNK], scale, zero_point, low, high)
+        return out.reshape(arr.shape)
+
+    return quantize_nparray
+
+
+def _integer(qtype) -> bool:
+    tp = onnx.TensorProto
+    return qtype in (tp.INT8, tp.UINT8, tp.INT16, tp.UINT16, tp.INT4, tp.UINT4)
+
+
+@contextlib.contextmanager
+def reading_lazily():
+    """ORT's quantization modules patched as the module docstring says, restored on exit
+    (an attribute a given ORT version lacks is left alone: the marked locations make any
+    read that then misses this module fail, see ``missed_read``)."""
+    # every module imported before any is patched: one imported in between would keep the
+    # patched function it imported by name
+    mods = {name: importlib.import_module(_ORT + name) for name in _MODULES}
+    saved = []
+    try:
+        for mod in mods.values():
+            if hasattr(mod, "tensor_proto_to_array"):
+                saved.append((mod, "tensor_proto_to_array", mod.tensor_proto_to_array))
+                mod.tensor_proto_to_array = _lazy_reader(mod.tensor_proto_to_array)
+            if hasattr(mod, "save_and_reload_model_with_shape_infer"):
+                saved.append((mod, "save_and_reload_model_with_shape_infer", mod.save_and_reload_model_with_shape_infer))
+                mod.save_and_reload_model_with_shape_infer = _reload
+        qu = mods["quant_utils"]
+        if hasattr(qu, "quantize_nparray"):
+            saved.append((qu, "quantize_nparray", qu.quantize_nparray))
+            qu.quantize_nparray = _chunked(qu.quantize_nparray)
+        yield
+    finally:
+        for mod, attr, value in reversed(saved):
+            setattr(mod, attr, value)
+
+
+def missed_read(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a read of a marked tensor that did not go
+    through ``reading_lazily``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if MARK in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
