@@ -380,6 +380,7 @@ def check_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None, pat
 def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None, *, batch: int | None = None, samples: int = 8, seed: int = 0) -> Dataset:
     """Deterministic random inputs for every model input (``samples`` along the first axis
     when it is symbolic).  Floats ~ N(0, 1); integers in [0, 10); bools random."""
+    check_shapes(model, shapes)
     rng = np.random.default_rng(seed)
     specs = input_specs(model)
     arrays = {}
@@ -407,7 +408,9 @@ def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None
 
 
 def dataset_for(model: onnx.ModelProto, data=None, shapes: Mapping[str, tuple] | None = None, *, seed: int = 0, samples: int = 8) -> Dataset:
-    """DATA validated against the model, or synthesized inputs when ``data`` is None."""
+    """DATA validated against the model, or synthesized inputs when ``data`` is None; a
+    ``shapes`` entry naming no input of the model is refused either way."""
+    check_shapes(model, shapes)
     if data is None:
         return synthesize(model, shapes, samples=samples, seed=seed)
     if isinstance(data, Dataset):

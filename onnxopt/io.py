@@ -677,7 +677,11 @@ def _chunks(t: onnx.TensorProto):
     """The bytes of an in-memory or lazy tensor, in pieces of at most ``_COPY_CHUNK``."""
     if t.data_location == onnx.TensorProto.EXTERNAL:
         src, offset, length = _lazy_file(t)
-        with open(src, "rb") as fh:
+        try:
+            fh = open(src, "rb")  # noqa: SIM115 - closed below; a read failure is the source's
+        except OSError as exc:  # not the output's: ``_writing`` would call it "cannot write"
+            raise ModelError(f"cannot read the external data of tensor '{t.name}': {exc.strerror or exc}", src) from exc
+        with fh:
             fh.seek(offset)
             left = length
             while left > 0:

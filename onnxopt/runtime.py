@@ -15,7 +15,7 @@ import onnx
 
 from .errors import ModelError, OnnxoptError, ProviderError
 
-__all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "run_batches", "run_dataset"]
+__all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "check_provider_active", "run_batches", "run_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ def create_session(
         }[optimization_level]
     providers = providers_for(provider, cuda_options=cuda_options)
     path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    sess = _open_session(ort, model, path, so, providers, error)
+    wants_cuda = isinstance(providers[0], tuple) and providers[0][0] == "CUDAExecutionProvider"
+    check_provider_active(sess, "cuda" if wants_cuda else "cpu", path)  # "auto" included
+    return sess
+
+
+def _open_session(ort, model, path, so, providers, error):
     try:
         if path is not None:
             return ort.InferenceSession(str(path), so, providers=providers)
@@ -122,6 +129,24 @@ def create_session(
         raise
     except Exception as exc:
         raise error(f"onnxruntime cannot load the model: {ort_message(exc)}", path) from exc
+
+
+def check_provider_active(session, provider: str, path=None) -> None:
+    """``ProviderError`` when a CUDA session did not get the CUDA provider.
+
+    onnxruntime-gpu lists ``CUDAExecutionProvider`` as available even when its CUDA or
+    cuDNN libraries cannot be loaded; the session is then created on the CPU provider with
+    only a logged error, and every figure would be a CPU figure labelled CUDA."""
+    if provider != "cuda":
+        return
+    active = list(session.get_providers())
+    if not active or active[0] != "CUDAExecutionProvider":
+        raise ProviderError(
+            "onnxruntime did not create the session on CUDAExecutionProvider (session providers: "
+            f"{', '.join(active) or 'none'}); the CUDA or cuDNN libraries onnxruntime-gpu needs "
+            "are probably missing or do not match its build",
+            path,
+        )
 
 
 def run_batches(session, feeds: Iterable[dict[str, np.ndarray]], output_names: list[str] | None = None, error=ModelError) -> Iterable[list[np.ndarray]]:

@@ -13,6 +13,7 @@ from onnxopt.errors import ModelError, UsageError
 from onnxopt.io import (
     atomic_write_text,
     check_output_path,
+    is_lazy,
     load_model,
     model_nbytes,
     resolve_model,
@@ -246,3 +247,17 @@ def test_unwritable_output_is_a_usage_error(tmp_path):
         atomic_write_bytes(target, b"{}")
     check_writable(tmp_path / "new" / "deeper" / "m.onnx")  # creatable: fine, nothing made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_lazy_source_that_vanished_is_a_read_error_of_the_source(tmp_path):
+    """The weights of a lazily loaded model are read while the output is written: losing
+    them is about the input's data file, not 'cannot write' the output."""
+    src = save_external(tiny_cnn(), tmp_path / "in.onnx")
+    lazy = load_model(src, lazy=True)
+    assert is_lazy(lazy)
+    (tmp_path / "weights.data").unlink()
+    out = tmp_path / "out" / "o.onnx"
+    with pytest.raises(ModelError, match="cannot read the external data") as exc:
+        save_model(lazy, out, external_data=True)
+    assert str(exc.value.path).endswith("weights.data")
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))

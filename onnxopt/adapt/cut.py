@@ -165,7 +165,8 @@ def find_head(model: onnx.ModelProto) -> HeadMatch:
     out = graph.output[0].name
     # shape-only tensors count as constants here: a head that reads Shape(input) to rebuild
     # its broadcast shapes is still a function of the feature values alone
-    const = _constants(graph) | _shape_only(graph, _constants(graph))
+    const = _constants(graph)
+    const = const | _shape_only(graph, const)
     ancestors, _ = _region(graph, None, out, const)
     products = [i for i in sorted(ancestors, reverse=True) if (_domain(graph.node[i]), graph.node[i].op_type) in _PRODUCTS]
     if not products:

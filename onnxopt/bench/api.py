@@ -45,7 +45,6 @@ from .feeds import SkipConfig, dataset_view, feed_batch, make_feed
 from .memory import MemoryProbe, peak_rss_bytes
 from .runner import (
     Invoker,
-    check_provider_active,
     measure_throughput,
     open_session,
     prime_runtime,
@@ -639,7 +638,6 @@ def compare_latency(
             sess = create_session(
                 it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads
             )
-            check_provider_active(sess, prov, None if isinstance(it, onnx.ModelProto) else it)
             sessions.append(sess)
             labels.append(_name_of(it, proto, k))
     if names is not None:

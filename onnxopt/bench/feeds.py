@@ -19,8 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from ..data import Dataset, input_specs, synthesize
-from ..errors import DataError
+from ..data import Dataset, check_shapes, input_specs, synthesize
 
 __all__ = ["SkipConfig", "fixed_batch_conflict", "make_feed", "dataset_view", "feed_batch"]
 
@@ -118,11 +117,7 @@ def make_feed(
         return _from_files(model, dataset, batch)
     specs = input_specs(model)
     shp = {k: tuple(v) for k, v in (shapes or {}).items()}
-    unknown = set(shp) - {s.name for s in specs}
-    if unknown:
-        raise DataError(
-            f"--shape names unknown input(s) {', '.join(sorted(unknown))} (model inputs: {', '.join(s.name for s in specs)})"
-        )
+    check_shapes(model, shp)
     if batch is not None:
         for s in specs:
             if s.name in shp and s.shape and not isinstance(s.shape[0], int) and shp[s.name]:

@@ -35,6 +35,7 @@ from ..errors import (
     OnnxoptError,
     UsageError,
     VerificationError,
+    blame,
     blaming_members,
 )
 from ..graph import unique_name
@@ -343,7 +344,8 @@ def ensemble(
 
     # --- verify --------------------------------------------------------------------------------
     check = check_model(model, provider=provider, label="merged model")
-    ds = dataset_for(model, data, shapes)
+    with blame(members[0].path, data=True):  # a --shape naming no input: about the inputs the members share
+        ds = dataset_for(model, data, shapes)
     parity, arrays = check_parity(model, members, spec, member_values, types_of, fused_names, ds, provider=provider)
     if not parity.ok:
         more = f" (and {len(parity.failures) - 1} more)" if len(parity.failures) > 1 else ""
@@ -514,7 +516,8 @@ def chain(models, *, map=None, data=None, shapes: dict | None = None, provider: 
     if dead.get("nodes"):
         notes.append(f"removed {dead['nodes']} node(s) computing intermediate outputs nobody reads")
     check = check_model(model, provider=provider, label="chained model")
-    ds = dataset_for(model, data, shapes)
+    with blame(stages[0].path, data=True):  # the chain's inputs are the first stage's
+        ds = dataset_for(model, data, shapes)
     from ..runtime import run_dataset
     from ..verify import compare_outputs
     from .parity import LIMIT, _passes, _record

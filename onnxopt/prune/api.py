@@ -17,6 +17,7 @@ import logging
 from ..core.pipeline import PipelineResult, run_pipeline
 from ..core.registry import make_pass
 from ..core.runner import make_context
+from ..data import check_shapes
 from ..errors import BudgetError, NothingToDoError, UsageError, VerificationError, blaming
 from ..io import check_output_path, resolve_model
 from .measure import LatencyProbe, figures, timing_feed
@@ -179,6 +180,7 @@ def prune(
     if plot is not None:
         check_output_path(plot, [model])
     m, path = resolve_model(model)
+    check_shapes(m, shapes, path)
     ctx = make_context(
         m,
         calibration=calibration,

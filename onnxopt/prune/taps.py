@@ -32,34 +32,17 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def upstream(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that computes ``names`` (its only outputs) and nothing else."""
-    from ..graph import _outer_reads, subgraphs
+    """A copy of ``model`` that computes ``names`` (its only outputs) and nothing else: the
+    dead-code sweep of ``simplify`` on a copy whose outputs are ``names`` (inputs backed by
+    a dropped initializer go too: they would become required feeds)."""
+    from ..simplify.dead import remove_unused
 
-    g = model.graph
-    needed = set(names)
-    keep = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output if o):
-            keep.append(node)
-            needed.update(x for x in node.input if x)
-            for sub in subgraphs(node):
-                needed |= _outer_reads(sub)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     og = out.graph
-    del og.node[:]
-    og.node.extend(reversed(keep))
-    inits = [t for t in g.initializer if t.name in needed]
-    del og.initializer[:]
-    og.initializer.extend(inits)
-    del og.value_info[:]
     del og.output[:]
     og.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names))
-    # inputs backed by a dropped initializer go too (they would become required feeds)
-    kept, backed = {t.name for t in inits}, {t.name for t in g.initializer}
-    real = [i for i in g.input if i.name in kept or i.name not in backed]
-    del og.input[:]
-    og.input.extend(real)
+    remove_unused(out)
     return out
 
 

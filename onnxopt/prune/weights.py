@@ -27,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import consumers, subgraphs, unique_name, used_names
-from ..simplify.fold import evaluate_node
+from ..simplify.fold import commit_folded, evaluate_node
 
 __all__ = ["Fill", "WeightStore", "WeightWriter", "Tensor", "fold_weight_expressions"]
 
@@ -220,13 +220,7 @@ def fold_weight_expressions(model: onnx.ModelProto, max_bytes: int = 64 * 2**20)
         new.append(t)
         folded += 1
     if folded:
-        del g.node[:]
-        g.node.extend(keep)
-        g.initializer.extend(new)
-        if model.ir_version < 4:
-            g.input.extend(
-                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new
-            )
+        commit_folded(model, keep, new)
     return folded
 
 

@@ -26,7 +26,7 @@ import onnx
 
 from ..core.provenance import write_provenance
 from ..core.result import Result
-from ..data import dataset_for
+from ..data import check_shapes, dataset_for
 from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError, blaming
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator
@@ -363,6 +363,7 @@ def quantize(
     # a model with io.LARGE_MODEL_BYTES of external data is loaded lazily (weights left in
     # their files): every step below reads them from there, the quantizer once (ort_backend)
     m, path = resolve_model(model, lazy=None)
+    check_shapes(m, shapes, path)
     provider = resolve_provider(provider)
     try:
         check_model(m, provider=provider, error=ModelError)

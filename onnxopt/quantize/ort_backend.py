@@ -179,10 +179,12 @@ def quantize_with_ort(
                     with ort_lazy.reading_lazily():
                         out = ort_lazy.unmark(_run_quantizer(ort_lazy.working_copy(model), config, **args))
                 except Exception as exc:
-                    if not ort_lazy.missed_read(exc):
-                        raise
-                    # ORT read a weight by a way ort_lazy does not cover: weights in memory
-                    log.info("%s: ORT's quantizer read a weight outside ort_lazy (%s); quantizing with the weights in memory", config.label, " ".join(str(exc).split())[:160])
+                    # ORT read a weight by a way ort_lazy does not cover, or this ORT's
+                    # internals differ from those ort_lazy replaces: the in-memory path
+                    # (ORT's own code, unpatched) decides; a genuine quantizer failure
+                    # fails there again and is reported from there
+                    why = "read a weight outside ort_lazy" if ort_lazy.missed_read(exc) else f"failed with its functions replaced ({type(exc).__name__})"
+                    log.info("%s: ORT's quantizer %s (%s); quantizing with the weights in memory", config.label, why, " ".join(str(exc).split())[:160])
             if out is None:
                 out = _run_quantizer(_reload_large(model) if large else save_and_reload_model_with_shape_infer(copy.deepcopy(model)), config, **args)
     except Exception as exc:

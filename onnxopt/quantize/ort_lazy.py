@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -127,18 +128,19 @@ def _reload(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _chunked(original):
-    def quantize_nparray(qType, arr, scale, zero_point, low=None, high=None):  # noqa: N803 - ORT's signature
+    def quantize_nparray(qType, arr, scale, zero_point, *rest, **kw):  # noqa: N803 - ORT's signature
         arr = np.asarray(arr)
-        # elementwise with a scalar scale and zero point: slices give the same integers
+        # elementwise with a scalar scale and zero point: slices give the same integers;
+        # whatever else ORT passes (low, high, ...) goes through unchanged
         if arr.ndim == 0 or arr.size <= CHUNK or np.size(scale) != 1 or np.size(zero_point) != 1 or np.ndim(scale) > 1 or np.ndim(zero_point) > 1 or arr.dtype.kind != "f" or not _integer(qType):
-            return original(qType, arr, scale, zero_point, low, high)
+            return original(qType, arr, scale, zero_point, *rest, **kw)
         flat = arr.reshape(-1)
-        first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, low, high))
+        first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, *rest, **kw))
         out = np.empty(flat.shape, dtype=first.dtype)
         out[:CHUNK] = first
         del first
         for i in range(CHUNK, flat.size, CHUNK):
-            out[i : i + CHUNK] = original(qType, flat[i : i + CHUNK], scale, zero_point, low, high)
+            out[i : i + CHUNK] = original(qType, flat[i : i + CHUNK], scale, zero_point, *rest, **kw)
         return out.reshape(arr.shape)
 
     return quantize_nparray
@@ -147,6 +149,11 @@ def _chunked(original):
 def _integer(qtype) -> bool:
     tp = onnx.TensorProto
     return qtype in (tp.INT8, tp.UINT8, tp.INT16, tp.UINT16, tp.INT4, tp.UINT4)
+
+
+# the replacements are module globals of ORT: one quantization at a time in this process
+# runs with them (another thread's quantization waits rather than run half-patched)
+_PATCH_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -158,22 +165,28 @@ def reading_lazily():
     # patched function it imported by name
     mods = {name: importlib.import_module(_ORT + name) for name in _MODULES}
     saved = []
-    try:
-        for mod in mods.values():
-            if hasattr(mod, "tensor_proto_to_array"):
-                saved.append((mod, "tensor_proto_to_array", mod.tensor_proto_to_array))
-                mod.tensor_proto_to_array = _lazy_reader(mod.tensor_proto_to_array)
-            if hasattr(mod, "save_and_reload_model_with_shape_infer"):
-                saved.append((mod, "save_and_reload_model_with_shape_infer", mod.save_and_reload_model_with_shape_infer))
-                mod.save_and_reload_model_with_shape_infer = _reload
-        qu = mods["quant_utils"]
-        if hasattr(qu, "quantize_nparray"):
-            saved.append((qu, "quantize_nparray", qu.quantize_nparray))
-            qu.quantize_nparray = _chunked(qu.quantize_nparray)
-        yield
-    finally:
-        for mod, attr, value in reversed(saved):
-            setattr(mod, attr, value)
+    with _PATCH_LOCK:
+        try:
+            _patch(mods, saved)
+            yield
+        finally:
+            for mod, attr, value in reversed(saved):
+                setattr(mod, attr, value)
+
+
+def _patch(mods, saved) -> None:
+    """Install the replacements, recording ``(module, name, original)`` in ``saved``."""
+    for mod in mods.values():
+        if hasattr(mod, "tensor_proto_to_array"):
+            saved.append((mod, "tensor_proto_to_array", mod.tensor_proto_to_array))
+            mod.tensor_proto_to_array = _lazy_reader(mod.tensor_proto_to_array)
+        if hasattr(mod, "save_and_reload_model_with_shape_infer"):
+            saved.append((mod, "save_and_reload_model_with_shape_infer", mod.save_and_reload_model_with_shape_infer))
+            mod.save_and_reload_model_with_shape_infer = _reload
+    qu = mods["quant_utils"]
+    if hasattr(qu, "quantize_nparray"):
+        saved.append((qu, "quantize_nparray", qu.quantize_nparray))
+        qu.quantize_nparray = _chunked(qu.quantize_nparray)
 
 
 def missed_read(exc: BaseException) -> bool:

@@ -37,7 +37,7 @@ from .. import io as oio
 from ..errors import OnnxoptError
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
-from ..simplify.fold import fold_constants
+from ..simplify.fold import evaluate_node, fold_constants
 
 __all__ = [
     "Prepared",
@@ -123,22 +123,6 @@ def map_node_names(model: onnx.ModelProto, names, original=()) -> tuple[dict[str
     return found, missing
 
 
-def _eval_node(node: onnx.NodeProto, values: list[np.ndarray], opsets) -> list[np.ndarray]:
-    from onnx.reference import ReferenceEvaluator
-
-    n = onnx.NodeProto()
-    n.CopyFrom(node)
-    feeds = {}
-    for i, x in enumerate(node.input):
-        if x:
-            n.input[i] = f"in{i}"
-            feeds[f"in{i}"] = values[i]
-    inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape)) for k, v in feeds.items()]
-    outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]
-    m = helper.make_model(helper.make_graph([n], "w", inputs, outputs), opset_imports=list(opsets))
-    return [np.asarray(r) for r in ReferenceEvaluator(m).run(None, feeds)]
-
-
 def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
     """Turn constant-computed weights of quantizable ops into initializers (in place).
 
@@ -171,7 +155,7 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
                     vals.append(v)
                 if vals is not None:
                     try:
-                        res = _eval_node(node, vals, model.opset_import)
+                        res = evaluate_node(node, vals, model.opset_import)
                         out = res[list(node.output).index(name)]
                     except Exception as exc:  # an op the reference evaluator cannot run
                         notes.append(f"weight '{name}' left computed: {node.op_type} not evaluable ({' '.join(str(exc).split())[:80]})")

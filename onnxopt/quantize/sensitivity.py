@@ -251,10 +251,14 @@ def fit_budget(
     tried = [(sc, ex) for ex, sc in seen.items() if ex != everything]
     if tried:
         sc, ex = max(tried, key=lambda t: (t[0], -len(t[1])))
-        if search is not evaluator and ex != best[0]:
+        # a subset score is comparable with ``best`` only once confirmed on the full set,
+        # and the confirmation is one more scoring: only within ``max_evals``
+        comparable = search is evaluator or ex == best[0]
+        if not comparable and evals < max_evals:
             sc = confirm(ex)
             history.append({"excluded": len(ex), "score": sc})
-        if sc > best[1] or (sc == best[1] and len(ex) < len(best[0])):
+            comparable = True
+        if comparable and (sc > best[1] or (sc == best[1] and len(ex) < len(best[0]))):
             best = (ex, sc)
     return result(best[0], best[1], False, effects)
 

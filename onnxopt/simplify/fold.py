@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from ..graph import subgraphs
 from ..io import _inline_nbytes, tensor_array
 
-__all__ = ["evaluate_node", "fold_constants"]
+__all__ = ["commit_folded", "evaluate_node", "fold_constants"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
         if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
             out[vi.name] = [d.dim_value for d in tt.shape.dim]
     return out
+
+
+def commit_folded(model: onnx.ModelProto, keep: list[onnx.NodeProto], new: list[onnx.TensorProto]) -> None:
+    """Replace the main graph's nodes by ``keep`` and add the folded values ``new`` as
+    initializers (also listed as graph inputs in IR < 4, where every initializer must be)."""
+    g = model.graph
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(new)
+    if model.ir_version < 4:
+        g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new)
 
 
 def evaluate_node(node: onnx.NodeProto, values: list, opsets) -> list[np.ndarray]:
@@ -153,11 +164,7 @@ def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple
                 new_inits.append(numpy_helper.from_array(np.ascontiguousarray(v), name))
         folded += 1
     if folded:
-        del g.node[:]
-        g.node.extend(keep)
-        g.initializer.extend(new_inits)
-        if model.ir_version < 4:
-            g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits)
+        commit_folded(model, keep, new_inits)
     if skipped_bloat:
         notes.append(f"{skipped_bloat} node(s) not folded: the constant would grow the file by more than {_BLOAT}x their inputs")
     if any(True for n in g.node for _ in subgraphs(n)):

@@ -213,17 +213,43 @@ def _interrupt(args, phase, tmp_path):
         cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    seen: list[str] = []
+
+    def pump():  # stderr read in a thread: a child that stalls cannot hang the suite
+        for ln in proc.stderr:
+            lines.put(ln)
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        line = proc.stderr.readline()
-        while line and "TIMING" not in line:
-            line = proc.stderr.readline()
-        assert "TIMING" in line, "the child never reached the timing phase"
+        while True:
+            line = lines.get(timeout=120)
+            if line is None or "TIMING" in line:
+                break
+            seen.append(line)
+        assert line is not None, "the child never reached the timing phase"
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        chunks: list[str] = []
+        collect = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+        collect.start()
+        proc.wait(timeout=60)
+        collect.join(timeout=60)
+        reader.join(timeout=60)
+        out = "".join(chunks)
     finally:
         if proc.poll() is None:
             proc.kill()
-    return proc.returncode, out, err
+    rest = []
+    while not lines.empty():
+        ln = lines.get()
+        if ln is not None:
+            rest.append(ln)
+    return proc.returncode, out, "".join(seen + [line or ""] + rest)
 
 
 @pytest.mark.parametrize("phase", ["latency", "throughput"])

@@ -249,10 +249,9 @@ def test_prune_candidate_when_the_recipe_asks(models_dir, tmp_path):
     assert set(rows) == {"fp32", "prune-channels-0.25"}
     p = rows["prune-channels-0.25"]
     assert p["source"] == "onnxopt.prune" and not p["lossless"] and p["reason"]
-    if p["verified"]:  # a verified pruned model is smaller and scored against the input
-        assert p["size_bytes"] < rows["fp32"]["size_bytes"] and p["drop"] is not None
-    else:
-        assert p["reason"].startswith("over budget")
+    # seeded and deterministic: 25% of the channels, refitted, lose 0.25 points (of 1)
+    assert p["verified"] and p["drop"] == pytest.approx(0.25)
+    assert p["size_bytes"] < rows["fp32"]["size_bytes"]
     check_model(res.model)
 
 
@@ -286,3 +285,38 @@ def test_prune_blocks_recipe_needs_whole_numbers(models_dir, tmp_path):
     )
     with pytest.raises(RecipeError, match="whole numbers of blocks"):
         optimize(models_dir / "digits_resnet.onnx", recipe=r, **FAST)
+
+
+@pytest.mark.parametrize("fused_ratio, kept", [(1.3, True), (0.7, False)])
+def test_fusion_is_kept_or_dropped_by_its_timing(tmp_path, monkeypatch, fused_ratio, kept):
+    """Both branches of the timed fusion decision, pinned: the fused FP32 model's measured
+    ratio vs the unfused one decides which base every candidate is built from."""
+    import numpy as np
+
+    import onnxopt.optimize.api as oapi
+    from onnxopt.bench.timing import Speedup
+    from onnxopt.data import Dataset
+    from tests.optimize.opt_models import bert_like
+
+    class FixedFusionTimer(oapi.Timer):
+        def measure(self, names, **kw):
+            if names == ["fused"]:
+                return {"fused": (Speedup(fused_ratio, fused_ratio, fused_ratio), None, None)}
+            return super().measure(names, **kw)
+
+    monkeypatch.setattr(oapi, "Timer", FixedFusionTimer)
+    cal = Dataset("cal", arrays={"x": np.random.default_rng(0).standard_normal((16, 8, 32)).astype(np.float32)})
+    r = tmp_path / "bert.toml"
+    r.write_text(
+        'name = "b"\n[[steps]]\npass = "simplify"\n[[steps]]\npass = "transformer-fusion"\nmodel_type = "bert"\n'
+        '[optimize]\ncandidates = ["fp32"]\n'
+    )
+    rep = optimize(bert_like(), recipe=r, calibration=cal, **FAST).report
+    steps = {s["name"]: s for s in rep["steps"]}
+    note = next(n for n in rep["notes"] if n.startswith("transformer-fusion "))
+    if kept:
+        assert note.startswith(f"transformer-fusion kept: the fused FP32 model ran {fused_ratio:.2f}x")
+        assert steps["transformer-fusion"]["modified"]
+    else:
+        assert note.startswith(f"transformer-fusion dropped: the fused FP32 model ran {fused_ratio:.2f}x")
+        assert "transformer-fusion" not in steps and "simplify" in steps

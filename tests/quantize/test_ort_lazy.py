@@ -109,6 +109,24 @@ def test_a_read_ort_lazy_misses_falls_back_to_weights_in_memory(tmp_path, spy):
     _same(got, quantize_with_ort(oio.load_model(path), config))
 
 
+def test_any_failure_of_the_lazy_path_falls_back_to_ort_unpatched(tmp_path, spy, monkeypatch):
+    """An ORT whose internals differ from those ort_lazy replaces (here: a replacement that
+    raises TypeError, as a changed signature would) costs memory, never a result."""
+
+    def incompatible(original):
+        def quantize_nparray(*args, **kw):
+            raise TypeError("quantize_nparray() got an unexpected keyword argument")
+
+        return quantize_nparray
+
+    monkeypatch.setattr(ort_lazy, "_chunked", incompatible)
+    path, ranges = _saved(tmp_path)
+    config = QuantConfig(mode="dynamic")
+    got = quantize_with_ort(oio.load_model(path, lazy=True), config)
+    assert len(spy) == 1, "expected one fallback to the in-memory path"
+    _same(got, quantize_with_ort(oio.load_model(path), config))
+
+
 def test_patches_are_undone(tmp_path):
     from onnxruntime.quantization import base_quantizer, onnx_quantizer, quant_utils
 
