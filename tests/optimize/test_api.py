@@ -232,12 +232,18 @@ def test_shapes_checked_and_synthesized_budget_uses_many_samples(models_dir):
     assert "(64 samples)" in render_decision_table(res.report)
 
 
-def test_prune_candidate_when_the_recipe_asks(models_dir, tmp_path):
+def _prune_recipe(tmp_path, table: str):
+    """A recipe whose candidates are fp32 and the prune candidate ``[optimize.prune]`` sets."""
     r = tmp_path / "prune.toml"
     r.write_text(
         'name = "p"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "prune"]\n'
-        "[optimize.prune]\nratio = [0.25]\n"
+        f"[optimize.prune]\n{table}\n"
     )
+    return r
+
+
+def test_prune_candidate_when_the_recipe_asks(models_dir, tmp_path):
+    r = _prune_recipe(tmp_path, "ratio = [0.25]")
     res = optimize(
         models_dir / "digits_cnn.onnx",
         recipe=r,
@@ -257,11 +263,7 @@ def test_prune_candidate_when_the_recipe_asks(models_dir, tmp_path):
 
 def test_prune_blocks_candidate_removes_blocks(models_dir, tmp_path):
     """``method = "blocks"``: the recipe's value is a number of blocks, handed to prune as such."""
-    r = tmp_path / "blocks.toml"
-    r.write_text(
-        'name = "b"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "prune"]\n'
-        '[optimize.prune]\nmethod = "blocks"\nratio = [1]\n'
-    )
+    r = _prune_recipe(tmp_path, 'method = "blocks"\nratio = [1]')
     res = optimize(
         models_dir / "digits_resnet.onnx",
         recipe=r,
@@ -278,11 +280,7 @@ def test_prune_blocks_candidate_removes_blocks(models_dir, tmp_path):
 
 
 def test_prune_blocks_recipe_needs_whole_numbers(models_dir, tmp_path):
-    r = tmp_path / "blocks.toml"
-    r.write_text(
-        'name = "b"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "prune"]\n'
-        '[optimize.prune]\nmethod = "blocks"\nratio = [0.5]\n'
-    )
+    r = _prune_recipe(tmp_path, 'method = "blocks"\nratio = [0.5]')
     with pytest.raises(RecipeError, match="whole numbers of blocks"):
         optimize(models_dir / "digits_resnet.onnx", recipe=r, **FAST)
 
