@@ -23,12 +23,20 @@ from .errors import DataError, ModelError, VerificationError, blame
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
+__all__ = ["EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
 # an "exact" transform (simplify, fusion, dead-code removal) may move outputs by at most this
 EXACT_REL_L2 = 1e-4
+# ... or, for outputs so close to zero that relative L2 measures float rounding, this max abs error
+EXACT_MAX_ABS = 1e-6
+
+
+def is_exact(rel_l2: float, max_abs: float, *, limit: float = EXACT_REL_L2) -> bool:
+    """The one exact-transform rule: ``rel_l2 <= limit`` (default ``EXACT_REL_L2``, 1e-4) or
+    ``max_abs <= EXACT_MAX_ABS`` (1e-6).  Every exact step, parity check and cut uses it."""
+    return rel_l2 <= limit or max_abs <= EXACT_MAX_ABS
 
 
 @dataclass
@@ -145,6 +153,11 @@ class OutputComparison:
     ok: bool
     note: str = ""
 
+    @property
+    def exact(self) -> bool:
+        """Within the exact-transform rule (``is_exact``), with the same shape and NaN/Inf pattern."""
+        return not self.note.startswith("shape") and self.note != "NaN/Inf pattern differs" and is_exact(self.rel_l2, self.max_abs)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -165,6 +178,10 @@ class Comparison:
     @property
     def worst_rel_l2(self) -> float:
         return max((o.rel_l2 for o in self.outputs), default=0.0)
+
+    def inexact(self) -> list[OutputComparison]:
+        """The outputs that break the exact-transform rule, worst first."""
+        return sorted((o for o in self.outputs if not o.exact), key=lambda o: -o.rel_l2)
 
     def to_dict(self) -> dict:
         return {

@@ -154,3 +154,15 @@ def test_verify_refuses_a_shape_for_no_input(tmp_path):
     with pytest.raises(DataError, match="--shape names 'image'") as exc:
         verify(a, a, shapes={"image": (1, 3, 8, 8)})
     assert exc.value.path == str(a)
+
+
+def test_exact_rule_is_one_function():
+    from onnxopt.verify import EXACT_MAX_ABS, EXACT_REL_L2, compare_outputs, is_exact
+
+    assert is_exact(EXACT_REL_L2, 1.0) and is_exact(1.0, EXACT_MAX_ABS)
+    assert not is_exact(2 * EXACT_REL_L2, 2 * EXACT_MAX_ABS)
+    assert is_exact(5e-4, 1.0, limit=1e-3)
+    a = np.ones((4, 3), np.float32)
+    comp = compare_outputs(["x", "y", "z"], [a, a, a], [a, a * 1.01, a[:2]])
+    assert [o.name for o in comp.inexact()] == ["z", "y"]  # worst first (shape mismatch = inf)
+    assert comp.outputs[0].exact and not comp.outputs[1].exact

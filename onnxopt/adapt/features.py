@@ -24,7 +24,7 @@ import onnx
 
 from ..errors import VerificationError
 from ..runtime import create_session, run_batches
-from ..verify import EXACT_REL_L2
+from ..verify import is_exact
 
 __all__ = ["FeatureAgreement", "Extraction", "probe", "extract", "predictions"]
 
@@ -65,7 +65,7 @@ class FeatureAgreement:
 
     @property
     def ok(self) -> bool:
-        return not self.shape_mismatch and not self.nan_mismatch and (self.rel_l2 <= EXACT_REL_L2 or self.max_abs <= 1e-6)
+        return not self.shape_mismatch and not self.nan_mismatch and is_exact(self.rel_l2, self.max_abs)
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}

@@ -58,9 +58,9 @@ class StepVerifier:
         score = self.evaluator.score_outputs(outputs)
         record["metric"] = {"name": self.evaluator.metric, "reference": self.evaluator.reference_score, "score": score, "drop": self.evaluator.reference_score - score}
         if exact:
-            bad = [o for o in comp.outputs if not (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6)]
+            bad = comp.inexact()
             if bad:
-                worst = max(bad, key=lambda o: o.rel_l2)
+                worst = bad[0]
                 raise VerificationError(f"{label}: output '{worst.name}' moved by {worst.rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
         elif self.ctx.budget is not None:
             drop = record["metric"]["drop"]

@@ -33,7 +33,7 @@ import onnx
 
 from ..errors import VerificationError
 from ..runtime import concat_outputs, create_session
-from ..verify import EXACT_REL_L2, compare_outputs
+from ..verify import EXACT_REL_L2, compare_outputs, is_exact
 from .heads import Fusion, reference
 from .merge import Member
 
@@ -101,7 +101,7 @@ def ambiguous_samples(member_arrays: list[np.ndarray], votes: np.ndarray | None 
 
 
 def _passes(o, limit: float = EXACT_REL_L2) -> bool:
-    return not o.note.startswith("shape") and (o.rel_l2 <= limit or o.max_abs <= 1e-6) and o.note != "NaN/Inf pattern differs"
+    return not o.note.startswith("shape") and is_exact(o.rel_l2, o.max_abs, limit=limit) and o.note != "NaN/Inf pattern differs"
 
 
 def _limit(arrays) -> float:

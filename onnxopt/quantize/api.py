@@ -32,7 +32,7 @@ from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator
 from ..runtime import resolve_provider, run_dataset
 from ..stats import model_stats
-from ..verify import EXACT_REL_L2, check_model, compare_outputs
+from ..verify import check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import (
@@ -99,7 +99,7 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
         except OnnxoptError as exc:
             return str(exc)
         comp = compare_outputs(names, ref, out)
-        bad = [o for o in comp.outputs if not (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6)]
+        bad = comp.inexact()
         if bad:
             return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2"
         return None

@@ -131,7 +131,7 @@ class TransformerFusionPass(Pass):
             notes.append(f"fused model rejected ({exc}); model unchanged")
             return self.result(model, False, notes=notes)
         comp = compare_outputs([o.name for o in model.graph.output], ref, new)
-        bad = [o for o in comp.outputs if not (o.rel_l2 <= EXACT_REL_L2 or o.max_abs <= 1e-6)]
+        bad = comp.inexact()
         if bad:
             notes.append(f"fused model rejected: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g}); model unchanged")
             return self.result(model, False, notes=notes)
