@@ -13,7 +13,6 @@ from contextlib import contextmanager
 __all__ = [
     "blame",
     "blaming",
-    "blaming_members",
     "OnnxoptError",
     "UsageError",
     "InputError",
@@ -128,58 +127,3 @@ def blaming(param: str = "model"):
         return inner
 
     return wrap
-
-
-def blaming_members(param: str = "models"):
-    """Decorator for a public function that takes several models (paths or protos) in
-    argument ``param``: when it fails (with an ``OnnxoptError``, or an internal error that a
-    broken member can cause), each member given as a path is checked on its own (``onnx.checker`` by path, then an ONNX Runtime session), and the
-    first that fails is named instead (``error: MEMBER: invalid model: ...``).  A broken
-    member otherwise surfaces late, as a failure of the merged model or of a valid member's
-    opset conversion.  When every member is valid the original exception propagates
-    unchanged (a bug stays a traceback).  Costs nothing when the call succeeds."""
-    import functools
-    import inspect
-
-    def wrap(fn):
-        sig = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:  # an internal error caused by a broken member, too
-                srcs = sig.bind_partial(*args, **kwargs).arguments.get(param)
-                if isinstance(srcs, (str, os.PathLike)):
-                    srcs = [srcs]
-                culprit = _broken_member(srcs or [])
-                if culprit is not None and culprit is not exc:
-                    raise culprit from exc
-                raise
-
-        return inner
-
-    return wrap
-
-
-def _broken_member(srcs) -> OnnxoptError | None:
-    import onnx
-
-    from .io import load_model
-    from .runtime import create_session
-
-    for src in srcs:
-        if not isinstance(src, (str, os.PathLike)):
-            continue
-        try:
-            load_model(src, load_external=False)
-            try:
-                onnx.checker.check_model(os.fspath(src))
-            except Exception as exc:  # ValidationError, or protobuf errors from C++
-                raise ModelError(f"invalid model: {' '.join(str(exc).split())[:300]}", src) from None
-            create_session(src, "cpu", error=ModelError)
-        except ModelError as exc:
-            if exc.path is None:
-                exc.path = os.fspath(src)
-            return exc
-    return None

@@ -7,12 +7,17 @@ here that asks "is this value used" counts those outer-scope reads.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 __all__ = [
+    "Body",
+    "walk_bodies",
+    "iter_graphs",
     "subgraphs",
     "has_subgraphs",
     "used_names",
@@ -22,29 +27,74 @@ __all__ = [
     "initializer_map",
     "constant_value",
     "unique_name",
+    "outer_reads",
 ]
 
 
-def subgraphs(node: onnx.NodeProto):
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The bodies one node holds (If branches, Loop/Scan bodies), in attribute order."""
+    for _, g in _node_bodies(node):
+        yield g
+
+
+def _node_bodies(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
+            yield attr.name, attr.g
         elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
+            for g in attr.graphs:
+                yield attr.name, g
+
+
+@dataclass(frozen=True)
+class Body:
+    """A control-flow body found by ``walk_bodies``: the graph, the node and attribute that
+    hold it, the node's index in its graph, and the bodies enclosing it (outermost first)."""
+
+    graph: onnx.GraphProto
+    node: onnx.NodeProto
+    attribute: str
+    index: int
+    parents: tuple[Body, ...] = ()
+
+    @property
+    def node_label(self) -> str:
+        return self.node.name or f"{self.node.op_type}#{self.index}"
+
+    @property
+    def path(self) -> tuple[Body, ...]:
+        return (*self.parents, self)
+
+
+def walk_bodies(graph: onnx.GraphProto, _parents: tuple[Body, ...] = ()) -> Iterator[Body]:
+    """Every If/Loop/Scan body under ``graph``, nested ones included, depth first in node
+    order.  The one subgraph walk of onnxopt: stats, inspect and the pass runner use it."""
+    for i, node in enumerate(graph.node):
+        for name, g in _node_bodies(node):
+            body = Body(g, node, name, i, _parents)
+            yield body
+            yield from walk_bodies(g, body.path)
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph under it, depth first."""
+    yield graph
+    for body in walk_bodies(graph):
+        yield body.graph
 
 
 def has_subgraphs(graph: onnx.GraphProto) -> bool:
     return any(True for n in graph.node for _ in subgraphs(n))
 
 
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+def outer_reads(graph: onnx.GraphProto) -> set[str]:
     """Names a (sub)graph reads that it does not define itself."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
     reads = set()
     for n in graph.node:
         reads.update(x for x in n.input if x)
         for g in subgraphs(n):
-            reads |= _outer_reads(g)
+            reads |= outer_reads(g)
         defined.update(n.output)
     reads.update(o.name for o in graph.output)
     return reads - defined
@@ -56,7 +106,7 @@ def used_names(graph: onnx.GraphProto) -> set[str]:
     for n in graph.node:
         used.update(x for x in n.input if x)
         for g in subgraphs(n):
-            used |= _outer_reads(g)
+            used |= outer_reads(g)
     return used
 
 
@@ -66,7 +116,7 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     for n in graph.node:
         names = set(x for x in n.input if x)
         for g in subgraphs(n):
-            names |= _outer_reads(g)
+            names |= outer_reads(g)
         for x in names:
             out[x].append(n)
     return out

@@ -26,9 +26,9 @@ from onnx import helper, numpy_helper
 from .core.provenance import KEY as PROVENANCE_KEY
 from .core.provenance import read_provenance
 from .core.result import Result
-from .graph import subgraphs, used_names
+from .graph import iter_graphs, subgraphs, used_names, walk_bodies
 from .io import load_model
-from .stats import count_params, flops_by_node, iter_graphs
+from .stats import count_params, flops_by_node
 
 __all__ = ["inspect", "describe_type"]
 
@@ -43,7 +43,7 @@ def describe_type(tp: onnx.TypeProto) -> dict:
     which = tp.WhichOneof("value")
     if which in ("tensor_type", "sparse_tensor_type"):
         tt = getattr(tp, which)
-        dtype = _dtype_name(tt.elem_type)
+        dtype = dtype_name(tt.elem_type)
         shape = None
         if tt.HasField("shape"):
             shape = []
@@ -65,11 +65,11 @@ def describe_type(tp: onnx.TypeProto) -> dict:
         inner = describe_type(tp.optional_type.elem_type)
         return {"type": f"optional({inner.get('dtype') or inner.get('type')})"}
     if which == "map_type":
-        return {"type": f"map({_dtype_name(tp.map_type.key_type)})"}
+        return {"type": f"map({dtype_name(tp.map_type.key_type)})"}
     return {"type": which or "undefined"}
 
 
-def _dtype_name(elem_type: int) -> str:
+def dtype_name(elem_type: int) -> str:
     if not elem_type:
         return "undefined"
     try:
@@ -82,16 +82,13 @@ def _values(vis, skip=()) -> list[dict]:
     return [{"name": vi.name, **describe_type(vi.type)} for vi in vis if vi.name not in skip]
 
 
-def _subgraph_sites(graph: onnx.GraphProto, where: str, out: list[dict]) -> None:
-    for i, node in enumerate(graph.node):
-        for attr in node.attribute:
-            gs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-            for g in gs:
-                name = node.name or f"{node.op_type}#{i}"
-                site = f"{where}/{name}.{attr.name}"
-                nodes = sum(len(sg.node) for sg in iter_graphs(g))
-                out.append({"op_type": node.op_type, "node": name, "attribute": attr.name, "where": site, "nodes": nodes})
-                _subgraph_sites(g, site, out)
+def _subgraph_sites(graph: onnx.GraphProto, where: str) -> list[dict]:
+    sites = []
+    for body in walk_bodies(graph):
+        site = where + "".join(f"/{b.node_label}.{b.attribute}" for b in body.path)
+        nodes = sum(len(sg.node) for sg in iter_graphs(body.graph))
+        sites.append({"op_type": body.node.op_type, "node": body.node_label, "attribute": body.attribute, "where": site, "nodes": nodes})
+    return sites
 
 
 def _unused_initializers(model: onnx.ModelProto) -> list[dict]:
@@ -206,8 +203,7 @@ def inspect(model, *, flops: bool = True) -> Result:
     init_names = {t.name for t in g.initializer}
     params, per_dtype = count_params(m)
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for sg in iter_graphs(g) for n in sg.node)
-    sites: list[dict] = []
-    _subgraph_sites(g, "main", sites)
+    sites = _subgraph_sites(g, "main")
     unused = _unused_initializers(m)
     report = {
         "command": "inspect",

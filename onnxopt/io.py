@@ -27,6 +27,7 @@ from onnx import external_data_helper as edh
 from onnx import helper, numpy_helper
 
 from .errors import ModelError, UsageError
+from .graph import subgraphs
 
 __all__ = [
     "ModelSource",
@@ -46,6 +47,8 @@ __all__ = [
     "tensor_bytes",
     "tensor_array",
     "materialize",
+    "all_tensors",
+    "inline_nbytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,11 +66,11 @@ BASEPATH = "basepath"
 _COPY_CHUNK = 64 * 2**20
 
 
-def _all_tensors(model: onnx.ModelProto):
+def all_tensors(model: onnx.ModelProto):
     return edh._get_all_tensors(model)
 
 
-def _inline_nbytes(t: onnx.TensorProto) -> int:
+def inline_nbytes(t: onnx.TensorProto) -> int:
     """Bytes of an in-memory tensor's data, from its dims (reading ``raw_data`` would copy it)."""
     try:
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
@@ -86,11 +89,11 @@ def _external_info(t: onnx.TensorProto) -> dict[str, str]:
 def model_nbytes(model: onnx.ModelProto) -> int:
     """Bytes of tensor data held by the model (in memory or external)."""
     total = 0
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             total += int(_external_info(t).get("length", 0) or 0)
         elif t.HasField("raw_data") or t.dims:
-            total += _inline_nbytes(t)
+            total += inline_nbytes(t)
     return total
 
 
@@ -100,7 +103,7 @@ def exceeds_protobuf(model: onnx.ModelProto, margin: int = 0) -> bool:
     An estimate from tensor dims (``ByteSize()`` walks, and in upb encodes, the whole
     message: seconds for gigabytes); ``margin`` bytes of headroom are kept for the graph.
     Reads ``TWO_GB`` at call time, so tests can scale the limit down."""
-    inline = sum(_inline_nbytes(t) for t in _all_tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL)
+    inline = sum(inline_nbytes(t) for t in all_tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL)
     if inline + margin > TWO_GB:
         return True
     if inline + margin > TWO_GB // 2:  # close: pay for the exact figure
@@ -111,13 +114,13 @@ def exceeds_protobuf(model: onnx.ModelProto, margin: int = 0) -> bool:
 def is_lazy(model: onnx.ModelProto) -> bool:
     """Whether some tensors of ``model`` are left in their external-data files (lazy load):
     such tensors carry a ``basepath`` entry with the absolute folder of their file."""
-    return any(t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data) for t in _all_tensors(model))
+    return any(t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data) for t in all_tensors(model))
 
 
 def lazy_folders(model: onnx.ModelProto) -> set[str]:
     """The folders the lazy tensors of ``model`` live in."""
     out = set()
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             base = _external_info(t).get(BASEPATH)
             if base:
@@ -128,7 +131,7 @@ def lazy_folders(model: onnx.ModelProto) -> set[str]:
 def strip_basepath(model: onnx.ModelProto) -> onnx.ModelProto:
     """Remove the ``basepath`` entries in place (ONNX Runtime and the checker do not know
     the key); locations stay relative to the lazy folder."""
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
             keep = [(e.key, e.value) for e in t.external_data if e.key != BASEPATH]
             del t.external_data[:]
@@ -165,7 +168,7 @@ def tensor_array(t: onnx.TensorProto) -> np.ndarray:
 def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Read every lazy tensor into memory, in place (for code that needs the bytes of all
     weights, e.g. ONNX Runtime's quantizer).  Returns ``model``."""
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
             raw = tensor_bytes(t)
             del t.external_data[:]
@@ -177,7 +180,7 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _check_external(model: onnx.ModelProto, path: Path) -> None:
     base = path.parent.resolve()
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}
@@ -234,11 +237,8 @@ def _invalid_text(model: onnx.ModelProto) -> str | None:
             yield f"{where} tensor name of node '{n.name}'", v
         for a in n.attribute:
             yield f"{where} attribute name", a.name
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from graph(a.g, f"subgraph of '{n.name}':")
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for sg in a.graphs:
-                    yield from graph(sg, f"subgraph of '{n.name}':")
+        for sg in subgraphs(n):
+            yield from graph(sg, f"subgraph of '{n.name}':")
 
     def fields():
         yield "producer name", model.producer_name
@@ -295,7 +295,7 @@ def load_model(src, *, load_external: bool = True, lazy: bool | None = False) ->
     if bad:
         raise ModelError(f"corrupt model: {bad} is not valid UTF-8 text", path)
     _check_external(model, path)
-    external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [t for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     if external and load_external and (lazy or (lazy is None and sum(int(_external_info(t).get("length", 0) or 0) for t in external) >= LARGE_MODEL_BYTES)):
         base = str(path.parent.resolve())
         for t in external:
@@ -438,7 +438,7 @@ def _old_data_files(path: Path) -> set[str]:
     except Exception:
         return set()
     locs = set()
-    for t in _all_tensors(old):
+    for t in all_tensors(old):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             for e in t.external_data:
                 if e.key == "location":
@@ -538,10 +538,10 @@ def _typed_to_raw(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, onnx.T
     """Re-encode large in-memory tensors held in typed fields as ``raw_data``, in place;
     returns ``(tensor, original)`` pairs so that the caller can restore them."""
     typed = []
-    for t in _all_tensors(model):
+    for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL or t.HasField("raw_data") or t.data_type == onnx.TensorProto.STRING:
             continue
-        nbytes = _inline_nbytes(t)
+        nbytes = inline_nbytes(t)
         if nbytes < EXTERNAL_THRESHOLD:
             continue
         try:
@@ -585,8 +585,8 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     """
     big = [
         t
-        for t in _all_tensors(model)
-        if (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and _inline_nbytes(t) >= EXTERNAL_THRESHOLD)
+        for t in all_tensors(model)
+        if (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and inline_nbytes(t) >= EXTERNAL_THRESHOLD)
         or (t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data))
     ]
     if not big:  # nothing reaches the threshold: an empty data file would only confuse

@@ -14,21 +14,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .graph import iter_graphs
 from .io import exceeds_protobuf
 
-__all__ = ["ModelStats", "model_stats", "count_params", "iter_graphs", "flops_by_node"]
-
-
-def iter_graphs(graph: onnx.GraphProto):
-    """The graph and every subgraph (If/Loop/Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from iter_graphs(g)
+__all__ = ["ModelStats", "model_stats", "count_params", "flops_by_node"]
 
 
 def _numel(dims) -> int:

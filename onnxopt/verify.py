@@ -10,7 +10,10 @@ is within ``|b - a| <= atol + rtol * |a|`` elementwise (and shapes/dtypes agree)
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,11 +22,11 @@ import numpy as np
 import onnx
 
 from .data import check_shapes, dataset_for
-from .errors import DataError, ModelError, VerificationError, blame
+from .errors import DataError, ModelError, OnnxoptError, VerificationError, blame
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
+__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,11 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
     in a temporary folder (the checker looks at files and sizes, not at values)."""
     import copy
 
-    from .io import BASEPATH, _all_tensors
+    from .io import BASEPATH, all_tensors
 
     skeleton = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
-        for i, t in enumerate(_all_tensors(skeleton)):
+        for i, t in enumerate(all_tensors(skeleton)):
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             info = {e.key: e.value for e in t.external_data}
@@ -299,6 +302,55 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
     with blame(pb):
         new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
     return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+
+
+def blaming_members(param: str = "models"):
+    """Decorator for a public function that takes several models (paths or protos) in
+    argument ``param``: when it fails (with an ``OnnxoptError``, or an internal error that a
+    broken member can cause), each member given as a path is checked on its own (``onnx.checker`` by path, then an ONNX Runtime session), and the
+    first that fails is named instead (``error: MEMBER: invalid model: ...``).  A broken
+    member otherwise surfaces late, as a failure of the merged model or of a valid member's
+    opset conversion.  When every member is valid the original exception propagates
+    unchanged (a bug stays a traceback).  Costs nothing when the call succeeds."""
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # an internal error caused by a broken member, too
+                srcs = sig.bind_partial(*args, **kwargs).arguments.get(param)
+                if isinstance(srcs, (str, os.PathLike)):
+                    srcs = [srcs]
+                culprit = _broken_member(srcs or [])
+                if culprit is not None and culprit is not exc:
+                    raise culprit from exc
+                raise
+
+        return inner
+
+    return wrap
+
+
+def _broken_member(srcs) -> OnnxoptError | None:
+    from .io import load_model
+
+    for src in srcs:
+        if not isinstance(src, (str, os.PathLike)):
+            continue
+        try:
+            load_model(src, load_external=False)
+            try:
+                onnx.checker.check_model(os.fspath(src))
+            except Exception as exc:  # ValidationError, or protobuf errors from C++
+                raise ModelError(f"invalid model: {' '.join(str(exc).split())[:300]}", src) from None
+            create_session(src, "cpu", error=ModelError)
+        except ModelError as exc:
+            if exc.path is None:
+                exc.path = os.fspath(src)
+            return exc
+    return None
 
 
 # ``onnxopt.verify(...)`` is the public function even once this module is imported (imported

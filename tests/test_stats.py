@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.stats import count_params, flops_by_node, iter_graphs, model_stats
+from onnxopt.graph import iter_graphs
+from onnxopt.stats import count_params, flops_by_node, model_stats
 from tests.toy_models import if_model, messy_mlp, tiny_cnn
 
 

@@ -33,7 +33,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedError, UsageError
-from ..graph import _outer_reads, producers, subgraphs, unique_name
+from ..graph import outer_reads, producers, subgraphs, unique_name
 from ..simplify.dead import remove_unused
 
 __all__ = [
@@ -66,7 +66,7 @@ _PRODUCTS = {
     ("com.microsoft", "FusedMatMul"): (0, 1),
 }
 _QUANTIZERS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 def _domain(node: onnx.NodeProto) -> str:
@@ -101,7 +101,7 @@ def _constants(graph: onnx.GraphProto) -> set[str]:
     inputs = {i.name for i in graph.input}
     const = {t.name for t in graph.initializer if t.name not in inputs}
     for n in graph.node:
-        if n.op_type in _NONDETERMINISTIC or any(True for _ in subgraphs(n)):
+        if n.op_type in NONDETERMINISTIC or any(True for _ in subgraphs(n)):
             continue
         if all((not x) or x in const for x in n.input):
             const.update(o for o in n.output if o)
@@ -114,7 +114,7 @@ def _shape_only(graph: onnx.GraphProto, const: set[str]) -> set[str]:
     head's broadcast shapes from ``Shape(input)``)."""
     out: set[str] = set()
     for n in graph.node:
-        if n.op_type in _NONDETERMINISTIC or any(True for _ in subgraphs(n)):
+        if n.op_type in NONDETERMINISTIC or any(True for _ in subgraphs(n)):
             continue
         if _domain(n) == "" and n.op_type in ("Shape", "Size"):
             out.update(o for o in n.output if o)
@@ -150,7 +150,7 @@ def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[
         n = graph.node[i]
         stack.extend(x for x in n.input if x)
         for g in subgraphs(n):
-            stack.extend(_outer_reads(g))
+            stack.extend(outer_reads(g))
     return nodes, stray
 
 

@@ -35,10 +35,12 @@ import onnx
 from ..core.progress import progress
 from ..core.result import Result
 from ..data import DEFAULT_BATCH, Dataset, input_specs, load_data, synthesize
-from ..errors import DataError, ModelError, OnnxoptError, UsageError, blaming_members
+from ..errors import DataError, ModelError, OnnxoptError, UsageError
+from ..graph import iter_graphs
 from ..io import load_model
 from ..runtime import create_session, ort_message, resolve_provider, run_dataset
-from ..stats import iter_graphs, model_stats
+from ..stats import model_stats
+from ..verify import blaming_members
 from . import accuracy as acc
 from .environment import busy_warning, capture, load_average, oversubscription_warning
 from .feeds import SkipConfig, dataset_view, feed_batch, make_feed

@@ -1,7 +1,7 @@
 """Renderers of the bench report: terminal table, JSON, CSV, markdown.
 
 All take the report dict (``BenchResult.report``; schema in docs/readme/bench.md) and
-return text.  JSON is strict (non-finite floats become null), keys sorted.  CSV has one
+return text.  JSON is strict (non-finite floats as strings, ``onnxopt.render.json_safe``), keys sorted.  CSV has one
 row per model x configuration with the columns of ``CSV_COLUMNS``, in that order.
 """
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
+
+from ..render import human_bytes, human_count, json_safe, markdown_table, table
+from ..render import to_json as render_json
 
 __all__ = [
     "FORMATS",
@@ -49,20 +51,8 @@ def render(report: dict, fmt: str = "table") -> str:
     raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def to_json(report: dict) -> str:
-    return (
-        json.dumps(_finite(report), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
-    )
+    return render_json(report) + "\n"
 
 
 def _models_by_name(report: dict) -> dict:
@@ -114,7 +104,7 @@ def csv_rows(report: dict) -> list[dict]:
         }
         for k in ("min", "mean", "std", "p50", "p90", "p95", "p99", "p99.9", "max"):
             row[f"{k}_ms"] = lat.get(k)
-        out.append(_finite(row))
+        out.append(json_safe(row))
     return out
 
 
@@ -140,27 +130,6 @@ def _ms(v) -> str:
     return f"{v:.4f}"
 
 
-def _bytes(n, signed: bool = False) -> str:
-    if n is None:
-        return "-"
-    sign = ("+" if n >= 0 else "-") if signed else ("-" if n < 0 else "")
-    v = abs(float(n))
-    for unit in ("B", "KB", "MB", "GB"):
-        if v < 1024 or unit == "GB":
-            return f"{sign}{v:.0f} {unit}" if unit == "B" else f"{sign}{v:.1f} {unit}"
-        v /= 1024
-    return f"{sign}{v:.1f} GB"
-
-
-def _count(n) -> str:
-    if n is None:
-        return "-"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if n >= div:
-            return f"{n / div:.1f}{suffix}"
-    return str(int(n))
-
-
 def _pct(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -180,18 +149,6 @@ def _rate(th) -> str:
     return f"{th['samples_per_s']:,.0f}"
 
 
-def _grid(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-
-    def line(vals):
-        return "  ".join(
-            v.rjust(w) if i in right else v.ljust(w)
-            for i, (v, w) in enumerate(zip(vals, widths, strict=True))
-        ).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
-
-
 def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["model", "size", "params", "create ms", "RSS growth", "top1 %", "agree %", "rel-L2"]
     if report.get("provider") == "cuda":
@@ -203,16 +160,16 @@ def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         rel = a.get("rel_l2")
         row = [
             m["name"],
-            _bytes(m.get("file_bytes")),
-            _count(m.get("params")),
+            human_bytes(m.get("file_bytes")),
+            human_count(m.get("params")),
             _ms(m.get("session_create_ms")),
-            _bytes(mem.get("peak_rss_delta_bytes"), signed=True),
+            human_bytes(mem.get("peak_rss_delta_bytes"), signed=True),
             _pct(a.get("top1")),
             _pct(a.get("agreement")),
             "-" if rel is None else f"{rel:.1e}",
         ]
         if report.get("provider") == "cuda":
-            row.insert(5, _bytes(mem.get("gpu_delta_bytes"), signed=True))
+            row.insert(5, human_bytes(mem.get("gpu_delta_bytes"), signed=True))
         rows.append(row)
     return headers, rows
 
@@ -323,24 +280,14 @@ def _footer_lines(report: dict) -> list[str]:
 def to_table(report: dict) -> str:
     out = _header_lines(report) + [""]
     h, rows = _latency_rows(report)
-    out += _grid(h, rows, right={1, 2, 3, 4, 5, 8, 9})
+    out += table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n")
     out.append("")
     h, rows = _model_rows(report)
-    out += _grid(h, rows, right=set(range(1, len(h))))
+    out += table(h, rows, right=set(range(1, len(h)))).split("\n")
     foot = _footer_lines(report)
     if foot:
         out += [""] + foot
     return "\n".join(out) + "\n"
-
-
-def _md_table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    def esc(v: str) -> str:
-        return v.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in headers) + " |"]
-    lines.append("|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|")
-    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return lines
 
 
 def to_markdown(report: dict) -> str:
@@ -348,10 +295,10 @@ def to_markdown(report: dict) -> str:
     for line in _header_lines(report):
         out += [f"_{line}_", ""]
     h, rows = _latency_rows(report)
-    out += _md_table(h, rows, right={1, 2, 3, 4, 5, 8, 9})
+    out += markdown_table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n")
     out.append("")
     h, rows = _model_rows(report)
-    out += _md_table(h, rows, right=set(range(1, len(h))))
+    out += markdown_table(h, rows, right=set(range(1, len(h)))).split("\n")
     foot = _footer_lines(report)
     if foot:
         out += [""] + [f"- {line}" for line in foot]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..render import table
 from .options import json_option, output_option, provider_option, report_option
 from .outputs import check_outputs, write_result
-from .render import table
 from .types import ClassNames
 
 __all__ = ["command"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..render import fmt, table
 from .options import (
     data_option,
     json_option,
@@ -14,7 +15,6 @@ from .options import (
     shapes_dict,
 )
 from .outputs import check_outputs, write_result
-from .render import fmt, table
 from .types import NameMap
 
 __all__ = ["command"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .render import table
+from ..render import table
 
 __all__ = ["command"]
 

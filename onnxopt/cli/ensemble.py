@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..render import fmt, human_bytes, table
 from .options import (
     data_option,
     json_option,
@@ -15,7 +16,6 @@ from .options import (
     shapes_dict,
 )
 from .outputs import check_outputs, write_result
-from .render import fmt, human_bytes, table
 from .types import FloatList, NameMap
 
 __all__ = ["command"]

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import click
 
+from ..render import human_bytes, human_count, table
 from .options import json_option
-from .render import echo_json, human_bytes, table
+from .render import echo_json
 
-__all__ = ["command", "render_inspect", "human_count"]
-
-
-def human_count(n, unit: str = "") -> str:
-    """1234567 -> '1.23 M' (SI prefixes, three significant digits)."""
-    n = float(n or 0)
-    for prefix in ("", "K", "M", "G", "T", "P"):
-        if abs(n) < 1000 or prefix == "P":
-            text = f"{n:.0f}" if prefix == "" else f"{n:.3g}"
-            return f"{text} {prefix}{unit}".rstrip()
-        n /= 1000
-    return f"{n:.3g} P{unit}"
+__all__ = ["command", "render_inspect"]
 
 
 def _dims(v: dict) -> str:

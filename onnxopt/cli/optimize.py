@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..render import human_bytes
 from .options import (
     budget_options,
     calibration_option,
@@ -14,7 +15,6 @@ from .options import (
     shapes_dict,
 )
 from .outputs import check_outputs, write_result
-from .render import human_bytes
 
 __all__ = ["command"]
 

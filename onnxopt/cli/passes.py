@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..render import table
 from .options import json_option
-from .render import echo_json, table
+from .render import echo_json
 
 __all__ = ["command", "listing"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..render import human_bytes, table
 from .options import (
     budget_options,
     calibration_option,
@@ -15,7 +16,6 @@ from .options import (
     shapes_dict,
 )
 from .outputs import check_outputs, write_result
-from .render import human_bytes, table
 
 __all__ = ["command", "render_steps"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..render import fmt, table
 from .options import data_option, json_option, provider_option, shape_option, shapes_dict
-from .render import echo_json, fmt, table
+from .render import echo_json
 
 __all__ = ["command", "render_comparison"]
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import onnx
 
 from ..errors import RecipeError
+from ..graph import walk_bodies
 from ..stats import model_stats
 
 __all__ = ["Context", "PassReport", "PassResult", "Pass", "validate_config"]
@@ -198,16 +199,12 @@ class Pass:
 _MENTIONS_BODIES = re.compile(r"\b(If|Loop|Scan|subgraphs?|bod(y|ies))\b", re.IGNORECASE)
 
 
-def _bodies(graph: onnx.GraphProto, where: str = "") -> list[tuple[str, bytes]]:
+def _bodies(graph: onnx.GraphProto) -> list[tuple[str, bytes]]:
     """(label, serialized body) of every If/Loop/Scan body, nested ones included."""
     out = []
-    for n in graph.node:
-        for a in n.attribute:
-            gs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-            for g in gs:
-                label = f"{where}{n.op_type} '{n.name or (n.output[0] if n.output else '?')}' {a.name}"
-                out.append((label, g.SerializeToString(deterministic=True)))
-                out.extend(_bodies(g, f"{label} > "))
+    for body in walk_bodies(graph):
+        label = " > ".join(f"{b.node.op_type} '{b.node.name or (b.node.output[0] if b.node.output else '?')}' {b.attribute}" for b in body.path)
+        out.append((label, body.graph.SerializeToString(deterministic=True)))
     return out
 
 

@@ -9,11 +9,12 @@ on its own output appends to the earlier steps.
 from __future__ import annotations
 
 import json
-import math
 
 import onnx
 
-__all__ = ["KEY", "tool_versions", "read_provenance", "write_provenance", "rounded"]
+from ..render import json_safe
+
+__all__ = ["KEY", "tool_versions", "read_provenance", "write_provenance"]
 
 KEY = "onnxopt"
 
@@ -34,19 +35,6 @@ def tool_versions() -> dict:
     return versions
 
 
-def rounded(obj, digits: int = 6):
-    """Floats rounded to ``digits`` significant digits, recursively; inf/nan as strings."""
-    if isinstance(obj, float):
-        if math.isnan(obj) or math.isinf(obj):
-            return str(obj)
-        return float(f"{obj:.{digits}g}")
-    if isinstance(obj, dict):
-        return {k: rounded(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [rounded(v, digits) for v in obj]
-    return obj
-
-
 def read_provenance(model: onnx.ModelProto) -> dict | None:
     for p in model.metadata_props:
         if p.key == KEY:
@@ -63,12 +51,12 @@ def write_provenance(model: onnx.ModelProto, command: str, steps: list[dict], ex
     history = []
     if previous:
         history = list(previous.get("history", [])) + [{k: previous.get(k) for k in ("command", "steps") if k in previous}]
-    record = {"command": command, "versions": tool_versions(), "steps": rounded(steps)}
+    record = {"command": command, "versions": tool_versions(), "steps": json_safe(steps, digits=6)}
     if extra:
-        record.update(rounded(extra))
+        record.update(json_safe(extra, digits=6))
     if history:
         record["history"] = history
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
     kept = [p for p in model.metadata_props if p.key != KEY]
     del model.metadata_props[:]
     for p in kept:

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-__all__ = ["Result", "json_safe"]
+from ..render import to_json
 
-
-def json_safe(obj):
-    """``obj`` with non-finite floats as strings ("inf", "nan"), tuples as lists and numpy
-    scalars as Python numbers, so that ``json.dumps`` writes standard JSON."""
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
+__all__ = ["Result"]
 
 
 @dataclass
@@ -51,7 +36,7 @@ class Result:
         return save_model(self.model, path, guard=guard, external_data=external_data)
 
     def to_json(self, **kw) -> str:
-        return json.dumps(json_safe(self.report), indent=2, sort_keys=True, default=str, allow_nan=False, **kw)
+        return to_json(self.report, **kw)
 
     def save_report(self, path) -> Path:
         from ..io import atomic_write_text

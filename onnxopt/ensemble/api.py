@@ -36,26 +36,25 @@ from ..errors import (
     UsageError,
     VerificationError,
     blame,
-    blaming_members,
 )
 from ..graph import unique_name
 from ..metrics import METRICS, Budget
 from ..runtime import resolve_provider
 from ..simplify.dead import remove_unused
-from ..verify import check_model
+from ..verify import blaming_members, check_model
 from .fit import fit_stack_head, fit_weights, softmax
 from .heads import FUSIONS, STACK_HEADS, Fusion, HeadIO, build_head, output_names, reference
 from .merge import (
     Member,
-    _dtype_name,
-    _shape_str,
     assemble,
+    dtype_name,
     load_members,
     match_inputs,
     merge_shapes,
     namespace_member,
     reconcile_opsets,
     select_outputs,
+    shape_str,
     value_dtype,
     value_shape,
 )
@@ -122,20 +121,20 @@ def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
         for m, vi in zip(members, vis, strict=True):
             elem = value_dtype(vi)
             if elem not in _FLOAT_TYPES:
-                raise InputError(f"output '{vi.name}' is {_dtype_name(elem)}; fusing needs float scores (float32/float16/float64)", m.where)
+                raise InputError(f"output '{vi.name}' is {dtype_name(elem)}; fusing needs float scores (float32/float16/float64)", m.where)
             if elem != elem0:
-                raise InputError(f"output '{vi.name}' is {_dtype_name(elem)}, but {_dtype_name(elem0)} in {members[0].label}: incompatible dtypes", m.where)
+                raise InputError(f"output '{vi.name}' is {dtype_name(elem)}, but {dtype_name(elem0)} in {members[0].label}: incompatible dtypes", m.where)
         if fusion == "stack":
             for m, vi, shape in zip(members, vis, shapes, strict=True):
                 if shape is not None and len(shape) != 2:
-                    raise InputError(f"output '{vi.name}' has shape {_shape_str(shape)}; stacking needs [N, C] scores", m.where)
+                    raise InputError(f"output '{vi.name}' has shape {shape_str(shape)}; stacking needs [N, C] scores", m.where)
         else:
             merged = None
             for m, vi, shape in zip(members, vis, shapes, strict=True):
                 try:
                     merged = merge_shapes(merged, shape)
                 except ValueError as exc:
-                    raise InputError(f"output '{vi.name}' has shape {_shape_str(shape)}, incompatible with {_shape_str(merged)} of the members before it ({exc})", m.where) from None
+                    raise InputError(f"output '{vi.name}' has shape {shape_str(shape)}, incompatible with {shape_str(merged)} of the members before it ({exc})", m.where) from None
             if merged is not None and len(merged) == 0:
                 raise InputError(f"output '{vis[0].name}' is a scalar; fusing needs class scores", members[0].where)
         names = {m.outputs[p] for m in members}
@@ -358,7 +357,7 @@ def ensemble(
         "command": "ensemble",
         "fusion": spec.summary(),
         "members": [m.describe() for m in members],
-        "inputs": [{"name": i.name, "dtype": _dtype_name(value_dtype(i)), "shape": _shape_str(value_shape(i))} for i in inputs],
+        "inputs": [{"name": i.name, "dtype": dtype_name(value_dtype(i)), "shape": shape_str(value_shape(i))} for i in inputs],
         "outputs": [o.name for o in graph_outputs],
         "opset": opsets,
         "ir_version": ir_version,
@@ -520,13 +519,13 @@ def chain(models, *, map=None, data=None, shapes: dict | None = None, provider: 
         ds = dataset_for(model, data, shapes)
     from ..runtime import run_dataset
     from ..verify import compare_outputs
-    from .parity import LIMIT, _passes, _record
+    from .parity import LIMIT, parity_ok, parity_record
 
     got = run_dataset(model, ds, provider=provider, limit=LIMIT, error=VerificationError)
     ref = run_stages(stages, parts, ds, final_names, provider=provider, limit=LIMIT)
     comp = compare_outputs(final_names, ref, got)
-    records = [_record(o) for o in comp.outputs]
-    bad = [o for o in comp.outputs if not _passes(o)]
+    records = [parity_record(o) for o in comp.outputs]
+    bad = [o for o in comp.outputs if not parity_ok(o)]
     if bad:
         o = bad[0]
         raise VerificationError(f"parity check failed: output '{o.name}' differs from the stages run one after another: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")

@@ -24,11 +24,11 @@ from ..runtime import concat_outputs, create_session
 from .merge import (
     Member,
     Part,
-    _dtype_name,
-    _real_inputs,
-    _shape_str,
+    dtype_name,
     merge_shapes,
     namespace_member,
+    real_inputs,
+    shape_str,
     value_dtype,
     value_shape,
 )
@@ -66,7 +66,7 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
     first = stages[0]
     graph_inputs = {}
     first.input_rename = {}
-    for vi in _real_inputs(first.model.graph):
+    for vi in real_inputs(first.model.graph):
         first.input_rename[vi.name] = vi.name
         graph_inputs[vi.name] = vi
     parts: list[Part] = []
@@ -79,7 +79,7 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
         if k > 0:
             prev = stages[k - 1]
             prev_out = {o.name: o for o in prev.model.graph.output}
-            ins = _real_inputs(st.model.graph)
+            ins = real_inputs(st.model.graph)
             st.input_rename = {}
             unfed = []
             for vi in ins:
@@ -93,11 +93,11 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
                 if src is not None:
                     _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
                     st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-                    junctions.append({"stage": k, "from": src, "to": vi.name, "how": how, "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(prev_out[src]))})
+                    junctions.append({"stage": k, "from": src, "to": vi.name, "how": how, "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(prev_out[src]))})
                 elif vi.name in graph_inputs:
                     _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
                     st.input_rename[vi.name] = vi.name
-                    junctions.append({"stage": k, "from": f"input {vi.name}", "to": vi.name, "how": "shared input", "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(vi))})
+                    junctions.append({"stage": k, "from": f"input {vi.name}", "to": vi.name, "how": "shared input", "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(vi))})
                 else:
                     unfed.append(vi)
             if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
@@ -105,7 +105,7 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
                 src = next(iter(prev_out))
                 _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
                 st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-                junctions.append({"stage": k, "from": src, "to": vi.name, "how": "position", "dtype": _dtype_name(value_dtype(vi)), "shape": _shape_str(value_shape(prev_out[src]))})
+                junctions.append({"stage": k, "from": src, "to": vi.name, "how": "position", "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(prev_out[src]))})
             if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
                 raise UsageError(
                     f"stage {k - 1} outputs [{', '.join(prev_out)}] feed nothing in stage {k} (its inputs [{', '.join(v.name for v in ins)}] are chain inputs); connect them with --map OUT_NAME:IN_NAME",
@@ -136,11 +136,11 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
 def _check_junction(src_vi, dst_vi, st: Member, what: str) -> None:
     a, b = value_dtype(src_vi), value_dtype(dst_vi)
     if a and b and a != b:
-        raise InputError(f"{what}: dtype {_dtype_name(a)} does not match {_dtype_name(b)}", st.where)
+        raise InputError(f"{what}: dtype {dtype_name(a)} does not match {dtype_name(b)}", st.where)
     try:
         merge_shapes(value_shape(src_vi), value_shape(dst_vi))
     except ValueError as exc:
-        raise InputError(f"{what}: shape {_shape_str(value_shape(src_vi))} does not fit {_shape_str(value_shape(dst_vi))} ({exc})", st.where) from None
+        raise InputError(f"{what}: shape {shape_str(value_shape(src_vi))} does not fit {shape_str(value_shape(dst_vi))} ({exc})", st.where) from None
 
 
 def run_stages(stages: list[Member], parts: list[Part], dataset, final_names: list[str], *, provider: str = "cpu", limit: int | None = 512) -> list[np.ndarray]:

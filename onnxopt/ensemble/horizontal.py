@@ -875,9 +875,9 @@ class _Fuser:
         """``n0`` on per-member constants only (e.g. a Reshape of each member's bias), computed
         in numpy for each member: its outputs stay per-member constants that later stacked ops
         consume.  None where the node cannot be folded (then it runs per member)."""
-        from ..simplify.fold import _BLOAT, _NONDETERMINISTIC, evaluate_node
+        from ..simplify.fold import BLOAT_RATIO, NONDETERMINISTIC, evaluate_node
 
-        if n0.domain not in ("", "ai.onnx") or n0.op_type in _NONDETERMINISTIC or any(True for _ in subgraphs(n0)):
+        if n0.domain not in ("", "ai.onnx") or n0.op_type in NONDETERMINISTIC or any(True for _ in subgraphs(n0)):
             return None
         per = []
         try:
@@ -891,7 +891,7 @@ class _Fuser:
             return None
         in_bytes = sum(a.nbytes for s in ins if s is not None for a in s.arrays)
         out_bytes = sum(v.nbytes for vals in per for v in vals)
-        if out_bytes > 2**20 and out_bytes > _BLOAT * max(in_bytes, 1):
+        if out_bytes > 2**20 and out_bytes > BLOAT_RATIO * max(in_bytes, 1):
             return None  # a ConstantOfShape/Expand: storing M copies would bloat the file
         self.counts["folded_per_member"] += 1
         outs = []

@@ -51,6 +51,9 @@ __all__ = [
     "value_dtype",
     "merge_shapes",
     "assemble",
+    "dtype_name",
+    "shape_str",
+    "real_inputs",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ class Member:
             "prefix": self.prefix,
             "ir_version": int(self.original.ir_version),
             "opset": _opsets(self.original),
-            "inputs": [i.name for i in _real_inputs(self.original.graph)],
+            "inputs": [i.name for i in real_inputs(self.original.graph)],
             "outputs": [o.name for o in self.original.graph.output],
             "selected_outputs": list(self.outputs),
         }
@@ -115,7 +118,7 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     return [i for i in graph.input if i.name not in inits]
 
@@ -133,7 +136,7 @@ def load_members(models, *, min_members: int = 2, what: str = "an ensemble", pre
         label = path.name if path is not None else f"member{i}"
         if any(m.label == label for m in members):
             label = f"{label}#{i}"  # the same file twice: labels key the report's tables
-        if not _real_inputs(m.graph):
+        if not real_inputs(m.graph):
             raise ModelError("the model has no graph inputs", path or label)
         if not m.graph.output:
             raise ModelError("the model has no graph outputs", path or label)
@@ -146,7 +149,7 @@ def load_members(models, *, min_members: int = 2, what: str = "an ensemble", pre
 
 def _ops_changed(model: onnx.ModelProto, old: int, new: int) -> dict[str, str]:
     """Default-domain ops used by ``model`` whose schema differs between opsets old and new."""
-    from ..stats import iter_graphs
+    from ..graph import iter_graphs
 
     changed = {}
     ops = sorted({n.op_type for g in iter_graphs(model.graph) for n in g.node if n.domain in _DEFAULT_DOMAINS})
@@ -223,14 +226,14 @@ def value_dtype(vi: onnx.ValueInfoProto) -> int:
     return int(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else 0
 
 
-def _dtype_name(elem: int) -> str:
+def dtype_name(elem: int) -> str:
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
     except Exception:
         return f"type {elem}"
 
 
-def _shape_str(shape) -> str:
+def shape_str(shape) -> str:
     return "?" if shape is None else "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
 
@@ -287,7 +290,7 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     for m, mp in zip(members, maps, strict=True):
         names = []
         m.input_rename = {}
-        for vi in _real_inputs(m.model.graph):
+        for vi in real_inputs(m.model.graph):
             to = mp.get(vi.name, vi.name)
             if vi.name in mp:
                 used_keys.add(vi.name)
@@ -304,11 +307,11 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
                 continue
             elem0, shape0, m0 = shared[to]
             if elem != elem0:
-                raise InputError(f"input '{to}' is {_dtype_name(elem)}, but {_dtype_name(elem0)} in {m0.label}: incompatible dtypes", m.where)
+                raise InputError(f"input '{to}' is {dtype_name(elem)}, but {dtype_name(elem0)} in {m0.label}: incompatible dtypes", m.where)
             try:
                 shared[to] = (elem0, merge_shapes(shape0, shape), m0)
             except ValueError as exc:
-                raise InputError(f"input '{to}' has shape {_shape_str(shape)}, but {_shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where) from None
+                raise InputError(f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where) from None
         if first_names is None:
             first_names = (set(names), m)
         elif set(names) != first_names[0]:

@@ -37,7 +37,7 @@ from ..verify import EXACT_REL_L2, compare_outputs, is_exact
 from .heads import Fusion, reference
 from .merge import Member
 
-__all__ = ["ParityReport", "run_members", "check_parity", "ambiguous_samples", "accuracy"]
+__all__ = ["ParityReport", "run_members", "check_parity", "ambiguous_samples", "accuracy", "parity_ok", "parity_record"]
 
 LIMIT = 512
 FP16_REL_L2 = 4e-3
@@ -100,7 +100,7 @@ def ambiguous_samples(member_arrays: list[np.ndarray], votes: np.ndarray | None 
     return amb
 
 
-def _passes(o, limit: float = EXACT_REL_L2) -> bool:
+def parity_ok(o, limit: float = EXACT_REL_L2) -> bool:
     return not o.note.startswith("shape") and is_exact(o.rel_l2, o.max_abs, limit=limit) and o.note != "NaN/Inf pattern differs"
 
 
@@ -109,8 +109,8 @@ def _limit(arrays) -> float:
     return FP16_REL_L2 if any(np.asarray(a).dtype == np.float16 for a in arrays) else EXACT_REL_L2
 
 
-def _record(o, limit: float = EXACT_REL_L2, **extra) -> dict:
-    d = {"name": o.name, "max_abs": o.max_abs, "mean_abs": o.mean_abs, "rel_l2": o.rel_l2, "ok": _passes(o, limit)}
+def parity_record(o, limit: float = EXACT_REL_L2, **extra) -> dict:
+    d = {"name": o.name, "max_abs": o.max_abs, "mean_abs": o.mean_abs, "rel_l2": o.rel_l2, "ok": parity_ok(o, limit)}
     if limit != EXACT_REL_L2:
         d["limit_rel_l2"] = limit
     if o.note:
@@ -169,7 +169,7 @@ def check_parity(
         comp = compare_outputs(m.outputs, separate[j], [got[n] for n in member_values[j]])
         for o, ref in zip(comp.outputs, separate[j], strict=True):
             weak(o.name, ref)
-            rec = _record(o, member=m.label)
+            rec = parity_record(o, member=m.label)
             rep.members.append(rec)
             if not rec["ok"]:
                 rep.failures.append(f"member {m.label} output '{o.name}' differs inside the merged model: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
@@ -194,14 +194,14 @@ def check_parity(
                 rep.failures.append(f"output '{label_name}': {mism} labels differ from the numpy vote on unambiguous samples")
             comp = compare_outputs([votes_name], [ref[1][keep]], [got[votes_name][keep]])
             o = comp.outputs[0]
-            rec = _record(o, _limit(arrays), ambiguous_skipped=int(amb.sum()))
+            rec = parity_record(o, _limit(arrays), ambiguous_skipped=int(amb.sum()))
             rep.fused.append(rec)
             if not rec["ok"]:
                 rep.failures.append(f"output '{votes_name}' differs from the numpy vote: max abs {o.max_abs:.3g}")
         else:
             comp = compare_outputs(outs, ref, [got[n] for n in outs])
             for o in comp.outputs:
-                rec = _record(o, _limit(arrays))
+                rec = parity_record(o, _limit(arrays))
                 rep.fused.append(rec)
                 if not rec["ok"]:
                     rep.failures.append(f"output '{o.name}' differs from the numpy {fusion.kind}: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")

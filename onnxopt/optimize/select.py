@@ -374,7 +374,7 @@ def _fmt_ratio(row: dict) -> str:
 
 def render_decision_table(report: dict) -> str:
     """The decision table of an ``optimize`` report as aligned text (for the CLI and demo)."""
-    from ..cli.render import human_bytes, table
+    from ..render import human_bytes, table
 
     d = report.get("decision", report)
     rows = d.get("rows", [])

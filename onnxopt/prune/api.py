@@ -295,7 +295,7 @@ def _search(method, model, ctx, params, probe, path):
     from ..core.passes import Context
     from ..metrics import Evaluator
     from .blocks import find_blocks
-    from .passes import GRIDS, _no_point, input_dims, rank_blocks
+    from .passes import GRIDS, input_dims, no_point, rank_blocks
     from .search import search
 
     evaluator = Evaluator(
@@ -353,7 +353,7 @@ def _search(method, model, ctx, params, probe, path):
             raise NothingToDoError(
                 f"nothing to prune with --method {method}: {outcome.points[0].error}", path
             )
-        raise BudgetError(_no_point(_VALUE[method], outcome), path)
+        raise BudgetError(no_point(_VALUE[method], outcome), path)
     return outcome, ranking
 
 

@@ -411,9 +411,9 @@ class _Analyzer:
         for idx, node in enumerate(self.graph.node):
             sub = [g for g in subgraphs(node)]
             if sub:
-                from ..graph import _outer_reads
+                from ..graph import outer_reads
 
-                reads = set().union(*(_outer_reads(g) for g in sub))
+                reads = set().union(*(outer_reads(g) for g in sub))
                 for x in reads & set(self.layouts):
                     self.block(
                         self.layouts[x][0],

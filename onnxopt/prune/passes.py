@@ -42,6 +42,7 @@ __all__ = [
     "rank_blocks",
     "group_report",
     "input_dims",
+    "no_point",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,11 +181,11 @@ class PruneMagnitudePass(Pass):
             label="sparsity search",
         )
         if outcome.chosen is None:
-            raise BudgetError(_no_point("sparsity", outcome))
+            raise BudgetError(no_point("sparsity", outcome))
         return outcome
 
 
-def _no_point(what: str, outcome) -> str:
+def no_point(what: str, outcome) -> str:
     first = next((p for p in outcome.points if p.drop is not None), None)
     if first is None:
         return f"no {what} could be evaluated: {outcome.points[0].error if outcome.points else 'empty grid'}"
@@ -382,7 +383,7 @@ class PruneChannelsPass(Pass):
                 label="ratio search",
             )
             if outcome.chosen is None:
-                raise BudgetError(_no_point("ratio", outcome))
+                raise BudgetError(no_point("ratio", outcome))
             search_details = outcome.to_dict()
             ratio = outcome.chosen.value
         if ratio is None and not self.config.ratios:
@@ -500,7 +501,7 @@ class PruneBlocksPass(Pass):
                     label="block search",
                 )
                 if outcome.chosen is None:
-                    raise BudgetError(_no_point("number of blocks", outcome))
+                    raise BudgetError(no_point("number of blocks", outcome))
                 details["search"] = outcome.to_dict()
                 n = int(outcome.chosen.value)
             n = DEFAULTS["blocks"] if n is None else n

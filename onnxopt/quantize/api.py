@@ -63,12 +63,12 @@ log = logging.getLogger(__name__)
 UNBUDGETED_WARN_DROP = 1.0
 
 
-def _view(ds):
+def dataset_view(ds):
     """A Dataset handed in by a caller is validated on a view, never mutated."""
     return ds.view() if hasattr(ds, "view") else ds
 
 
-def _as_list(value) -> list[str]:
+def as_name_list(value) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -206,11 +206,11 @@ def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tu
     return prep, frozenset()
 
 
-def _candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40) -> CandidateResult:
+def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40) -> CandidateResult:
     m, _ = resolve_model(m)
     provider = resolve_provider(provider)
     ds = eval_data if eval_data is not None else calibration
-    ds = dataset_for(m, _view(ds)) if ds is not None else dataset_for(m, None)
+    ds = dataset_for(m, dataset_view(ds)) if ds is not None else dataset_for(m, None)
     _check_exclusions(m, config.exclude)
     prep = prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess)
     if config.exclude:
@@ -220,7 +220,7 @@ def _candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ran
     if config.mode == "static" and ranges is None:
         if calibration is None:
             raise UsageError("static quantization needs calibration data")
-        ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(calibration)), method=config.method, provider=provider).ranges
+        ranges = collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges
     base, converted = _build_base(prep.model, config, provider)
     feed = ds.first_batch(2)
     builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, _one(feed), provider=provider), converted_gemms=converted)
@@ -241,7 +241,7 @@ def _one(feed: dict):
     return ds
 
 
-def _finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
+def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
     if res.model is None:
         raise (BudgetError if res.status == "nothing to quantize" else VerificationError)(f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}")
     if res.within_budget is False:
@@ -259,9 +259,9 @@ def quantize_dynamic_candidate(model, *, op_types=None, per_channel: bool = Fals
     invalid; with ``max_accuracy_drop`` (and ``eval_data``) fitted to that budget.
     Raises ``BudgetError`` when nothing is quantizable or the budget cannot be met."""
     m, _ = resolve_model(model)
-    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
-    res = _candidate(m, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
-    return _finish_candidate(res)[0]
+    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
+    res = quantize_candidate(m, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return finish_candidate(res)[0]
 
 
 def quantize_static_candidate(model, calibration, *, format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude_nodes: Iterable[str] = (), provider: str = "cpu", ranges: dict | None = None, eval_data=None, max_accuracy_drop: float | None = None, metric: str | None = None, preprocess: bool = True) -> onnx.ModelProto:
@@ -270,10 +270,10 @@ def quantize_static_candidate(model, calibration, *, format: str = "qdq", method
     per-node per-tensor/float where ORT's graph is invalid, fitted to ``max_accuracy_drop``
     on ``eval_data`` (default: the calibration data) when given."""
     m, _ = resolve_model(model)
-    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
-    cal = dataset_for(m, _view(calibration))
-    res = _candidate(m, cfg, calibration=cal, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
-    return _finish_candidate(res)[0]
+    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
+    cal = dataset_for(m, dataset_view(calibration))
+    res = quantize_candidate(m, cfg, calibration=cal, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return finish_candidate(res)[0]
 
 
 def _pick(results: list[CandidateResult], min_speedup: float, allow_slower: bool, timing: bool = True) -> CandidateResult | None:
@@ -358,8 +358,8 @@ def quantize(
             raise UsageError("num_heads and hidden_size must be >= 0 (0: detect)")
     if not timing and not allow_slower:
         raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
-    ops = _as_list(op_types)
-    exclude = _as_list(exclude_nodes)
+    ops = as_name_list(op_types)
+    exclude = as_name_list(exclude_nodes)
     # a model with io.LARGE_MODEL_BYTES of external data is loaded lazily (weights left in
     # their files): every step below reads them from there, the quantizer once (ort_backend)
     m, path = resolve_model(model, lazy=None)
@@ -375,12 +375,12 @@ def quantize(
         raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
     if not configs:
         raise UsageError(f"no candidate to try: {'; '.join(notes)}", path)
-    cal = dataset_for(m, _view(calibration)) if calibration is not None else None
-    ev = dataset_for(m, _view(eval_data)) if eval_data is not None else None
+    cal = dataset_for(m, dataset_view(calibration)) if calibration is not None else None
+    ev = dataset_for(m, dataset_view(eval_data)) if eval_data is not None else None
     budget = Budget(float(max_accuracy_drop), metric) if max_accuracy_drop is not None else None
     if ev is None:
         if cal is not None:
-            ev = dataset_for(m, _view(cal))
+            ev = dataset_for(m, dataset_view(cal))
             notes.append("accuracy measured on the calibration data (no --eval given)")
         elif budget is not None:
             raise UsageError("--max-accuracy-drop needs --eval DATA (or --calibration DATA)", path)
@@ -404,7 +404,7 @@ def quantize(
 
     ranges = None
     if any(c.mode == "static" for c in configs):
-        ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(cal)), method=method, batch_size=calibration_batch, provider=provider)
+        ranges = collect_ranges(prep.model, dataset_for(prep.model, dataset_view(cal)), method=method, batch_size=calibration_batch, provider=provider)
         notes.extend(ranges.notes)
 
     results: list[CandidateResult] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import onnx
 
-from .api import _as_list, _candidate, _finish_candidate, _view
+from .api import as_name_list, dataset_view, finish_candidate, quantize_candidate
 from .config import QuantConfig
 
 __all__ = ["dynamic_candidate", "static_candidate"]
@@ -33,9 +33,9 @@ def dynamic_candidate(
     preprocess: bool = True,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Dynamic INT8 (MatMul / Gemm-as-MatMul / Attention / ...; Conv on CPU only when asked)."""
-    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
-    res = _candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
-    return _finish_candidate(res)
+    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
+    res = quantize_candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return finish_candidate(res)
 
 
 def static_candidate(
@@ -59,7 +59,7 @@ def static_candidate(
     """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path)."""
     from ..data import dataset_for
 
-    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(_as_list(op_types)) or None, exclude=frozenset(_as_list(exclude_nodes)))
-    cal = dataset_for(model, _view(calibration))
-    res = _candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
-    return _finish_candidate(res)
+    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
+    cal = dataset_for(model, dataset_view(calibration))
+    res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return finish_candidate(res)

@@ -62,7 +62,7 @@ def _info(t: onnx.TensorProto) -> dict[str, str]:
 
 
 def _lazy_tensors(model: onnx.ModelProto):
-    for t in oio._all_tensors(model):
+    for t in oio.all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data):
             yield t
 

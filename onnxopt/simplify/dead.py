@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import _outer_reads, subgraphs
+from ..graph import outer_reads, subgraphs
 
 __all__ = ["remove_unused"]
 
@@ -26,7 +26,7 @@ def _sweep(graph: onnx.GraphProto, counts: dict, keep_inputs: bool = True) -> No
             alive[i] = True
             live.update(x for x in n.input if x)
             for g in subgraphs(n):
-                live |= _outer_reads(g)
+                live |= outer_reads(g)
     removed_nodes = alive.count(False)
     if removed_nodes:
         keep = [n for n, a in zip(graph.node, alive, strict=True) if a]
@@ -74,7 +74,7 @@ def remove_unused(model: onnx.ModelProto) -> dict:
 def _drop_unused_functions(model: onnx.ModelProto, counts: dict) -> None:
     if not model.functions:
         return
-    from ..stats import iter_graphs
+    from ..graph import iter_graphs
 
     used = {(n.domain, n.op_type) for g in iter_graphs(model.graph) for n in g.node}
     # functions may call functions

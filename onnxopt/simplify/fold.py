@@ -17,14 +17,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import subgraphs
-from ..io import _inline_nbytes, tensor_array
+from ..io import inline_nbytes, tensor_array
 
-__all__ = ["commit_folded", "evaluate_node", "fold_constants"]
+__all__ = ["commit_folded", "evaluate_node", "fold_constants", "NONDETERMINISTIC", "BLOAT_RATIO"]
 
 log = logging.getLogger(__name__)
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-_BLOAT = 16
+NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+BLOAT_RATIO = 16
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -108,7 +108,7 @@ class _Constants:
         t = self._tensors[name]
         if t.data_location == onnx.TensorProto.EXTERNAL:
             return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
-        return _inline_nbytes(t)
+        return inline_nbytes(t)
 
 
 def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple[int, list[str]]:
@@ -124,7 +124,7 @@ def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple
     for node in g.node:
         foldable = (
             node.domain in ("", "ai.onnx")
-            and node.op_type not in _NONDETERMINISTIC
+            and node.op_type not in NONDETERMINISTIC
             and not any(True for _ in subgraphs(node))
             and not any(o in outputs for o in node.output)
             and node.output
@@ -152,7 +152,7 @@ def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple
             if vals is not None:
                 in_bytes = sum(known.nbytes(x) for x in node.input if x)
                 out_bytes = sum(v.nbytes for v in vals)
-                if out_bytes > max_bytes or (out_bytes > 2**20 and out_bytes > _BLOAT * max(in_bytes, 1)):
+                if out_bytes > max_bytes or (out_bytes > 2**20 and out_bytes > BLOAT_RATIO * max(in_bytes, 1)):
                     skipped_bloat += 1
                     vals = None
         if vals is None or len(vals) != len(node.output):
@@ -166,7 +166,7 @@ def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple
     if folded:
         commit_folded(model, keep, new_inits)
     if skipped_bloat:
-        notes.append(f"{skipped_bloat} node(s) not folded: the constant would grow the file by more than {_BLOAT}x their inputs")
+        notes.append(f"{skipped_bloat} node(s) not folded: the constant would grow the file by more than {BLOAT_RATIO}x their inputs")
     if any(True for n in g.node for _ in subgraphs(n)):
         notes.append("If/Loop/Scan bodies left intact by constant folding")
     return folded, notes

@@ -8,7 +8,7 @@ import pytest
 
 from onnxopt.ensemble.api import ensemble
 from onnxopt.errors import InputError, UsageError
-from onnxopt.stats import iter_graphs
+from onnxopt.graph import iter_graphs
 from onnxopt.verify import check_model
 from tests.ensemble.ensemble_models import (
     mlp,
