@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from onnxopt.adapt.api import adapt, evaluate
-from onnxopt.adapt.heads import stratified_split
 from onnxopt.data import Dataset
+from onnxopt.linear import stratified_split
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

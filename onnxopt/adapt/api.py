@@ -40,6 +40,8 @@ from ..errors import (
     blaming,
 )
 from ..io import resolve_model
+from ..linear import HEADS, cross_validate, fit_head, stratified_split
+from ..linear import softmax as _softmax
 from ..runtime import create_session, resolve_provider, run_dataset
 from ..verify import check_model, compare_outputs
 from .cut import (
@@ -54,8 +56,6 @@ from .cut import (
 )
 from .emit import append_head
 from .features import DEFAULT_BATCH, extract, predictions, probe
-from .heads import HEADS, cross_validate, fit_head, stratified_split
-from .heads import softmax as _softmax
 
 __all__ = ["adapt", "evaluate", "Evaluation"]
 

@@ -17,8 +17,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import unique_name
+from ..linear import LinearHead
 from .cut import all_names
-from .heads import LinearHead
 
 __all__ = ["CLASS_NAMES_KEY", "append_head", "read_class_names"]
 

@@ -11,10 +11,10 @@ import pytest
 
 from onnxopt.adapt.api import adapt, evaluate
 from onnxopt.adapt.emit import read_class_names
-from onnxopt.adapt.heads import softmax as np_softmax
 from onnxopt.core.provenance import read_provenance
 from onnxopt.data import Dataset
 from onnxopt.errors import DataError, UnsupportedError, UsageError
+from onnxopt.linear import softmax as np_softmax
 from tests.adapt.adapt_models import conv_classifier, features_of, linear_labels
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

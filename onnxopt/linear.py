@@ -1,4 +1,5 @@
-"""Linear classification heads fitted in pure numpy on extracted features.
+"""Linear classification heads fitted in pure numpy: the one linear-model module, used by
+``adapt`` (a new head on extracted features) and by ``ensemble``'s stacking head.
 
 Notation: ``X`` is ``[N, D]`` features, ``y`` integer labels in ``[0, K)``, ``Y`` their
 one-hot ``[N, K]``.  A head is ``scores = X W^T + b`` (``W`` ``[K, D]``, ``b`` ``[K]``),
@@ -68,6 +69,8 @@ __all__ = [
     "stratified_split",
     "stratified_folds",
     "softmax",
+    "log_softmax",
+    "one_hot",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,10 +121,24 @@ class CVResult:
         return {"l2": self.l2, "folds": self.folds, "scores": self.scores}
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def one_hot(y: np.ndarray, k: int) -> np.ndarray:
+    """``[N, k]`` float64 one-hot rows of integer labels ``y``."""
+    out = np.zeros((len(y), k))
+    out[np.arange(len(y)), y] = 1.0
+    return out
+
+
+def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    s = z - z.max(axis=axis, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
 
 
 def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +220,7 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, k: int, l2: float, *, init: np.nd
     """
     n, d = z.shape
     z1 = np.concatenate([z, np.ones((n, 1))], axis=1)
-    y1h = np.zeros((n, k))
-    y1h[np.arange(n), y] = 1.0
+    y1h = one_hot(y, k)
     theta = np.zeros((k, d + 1)) if init is None else np.array(init, dtype=np.float64)
     if solver == "auto":
         solver = "newton" if k * (d + 1) <= NEWTON_MAX_PARAMS else "lbfgs"
@@ -275,8 +291,7 @@ def _lbfgs(theta, z1, y1h, l2, k, tol, max_iter, memory: int = 10):
 def fit_ridge_path(z: np.ndarray, y: np.ndarray, k: int, l2s) -> list[np.ndarray]:
     """Ridge on one-hot targets for each l2 in ``l2s``: list of ``theta [K, D+1]``."""
     n, d = z.shape
-    y1h = np.zeros((n, k))
-    y1h[np.arange(n), y] = 1.0
+    y1h = one_hot(y, k)
     zm, ym = z.mean(axis=0), y1h.mean(axis=0)
     u, s, vt = np.linalg.svd(z - zm, full_matrices=False)
     uty = u.T @ (y1h - ym)
@@ -348,9 +363,7 @@ def _loss(kind: str, scores: np.ndarray, y: np.ndarray) -> float:
     if kind == "logistic":
         p = softmax(scores)
         return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, None))))
-    onehot = np.zeros_like(scores)
-    onehot[np.arange(len(y)), y] = 1.0
-    return float(np.mean(np.sum((scores - onehot) ** 2, axis=1)))
+    return float(np.mean(np.sum((scores - one_hot(y, scores.shape[1])) ** 2, axis=1)))
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

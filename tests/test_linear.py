@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxopt.adapt import heads as H
+from onnxopt import linear as H
 
 
 def _blobs(n=240, d=8, k=3, seed=0, sep=2.0):
@@ -122,3 +122,29 @@ def test_stratified_folds_are_disjoint_and_balanced():
     for c, n in ((0, 10), (1, 7), (2, 5)):
         counts = [int(np.sum(y[p] == c)) for p in parts]
         assert max(counts) - min(counts) <= 1 and sum(counts) == n
+
+
+def test_logistic_matches_scikit_learn():
+    """Same objective as sklearn's multinomial LogisticRegression with C = 1 / (N l2)
+    (intercept unpenalized): the predicted probabilities agree."""
+    lm = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 6))
+    y = np.argmax(x @ rng.standard_normal((6, 4)) + 0.7 * rng.standard_normal((200, 4)), axis=1)
+    l2 = 0.01
+    head = H.fit_head(x, y, 4, kind="logistic", l2=l2, standardize=False)
+    ref = lm.LogisticRegression(C=1.0 / (len(y) * l2), tol=1e-10, max_iter=10000).fit(x, y)
+    np.testing.assert_allclose(H.softmax(head.scores(x)), ref.predict_proba(x), atol=1e-5)
+
+
+def test_ridge_matches_scikit_learn():
+    """Ridge on one-hot targets: sklearn's Ridge with alpha = N l2 gives the same weights."""
+    lm = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((120, 5)) * np.array([1.0, 3.0, 0.5, 2.0, 1.0]) + 1.0
+    y = rng.integers(0, 3, 120)
+    l2 = 0.05
+    head = H.fit_head(x, y, 3, kind="linear", l2=l2, standardize=False)
+    ref = lm.Ridge(alpha=len(y) * l2).fit(x, H.one_hot(y, 3))
+    np.testing.assert_allclose(head.weight, ref.coef_, atol=1e-9)
+    np.testing.assert_allclose(head.bias, ref.intercept_, atol=1e-9)
