@@ -26,7 +26,7 @@ from .errors import DataError, ModelError, OnnxoptError, VerificationError, blam
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
+__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_arrays", "compare_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,10 @@ class OutputComparison:
     top1_agreement: float | None
     ok: bool
     note: str = ""
+    median_abs: float = 0.0  # quantiles of |b - a| over the finite elements (Polygraphy-style)
+    p90_abs: float = 0.0
+    p99_abs: float = 0.0
+    nonfinite: int = 0  # NaN/Inf elements in B
 
     @property
     def exact(self) -> bool:
@@ -198,34 +202,39 @@ class Comparison:
 
 
 @np.errstate(all="ignore")  # inf/NaN/overflow are figures in the report, not warnings on stderr
+def compare_arrays(name: str, a, b, *, atol: float = 1e-4, rtol: float = 1e-3) -> OutputComparison:
+    """Error statistics of ``b`` against the reference ``a``: max / mean / median / p90 / p99
+    absolute error, relative L2 ``||b - a|| / ||a||``, mean per-sample cosine, top-1
+    agreement for ``[N, C]`` scores, NaN/Inf count; ``ok`` when every element satisfies
+    ``|b - a| <= atol + rtol * |a|`` with the same NaN/Inf pattern."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return OutputComparison(name, list(b.shape), float("inf"), float("inf"), float("inf"), 0.0, None, False, f"shape {list(b.shape)} != {list(a.shape)}")
+    if a.dtype.kind not in "fiub":
+        same = bool(np.array_equal(a, b))
+        return OutputComparison(name, list(a.shape), 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, 100.0, None, same, f"dtype {a.dtype} compared for equality")
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(a64) & np.isfinite(b64)
+    nan_mismatch = bool(np.any(np.isnan(a64) != np.isnan(b64)) or np.any(np.isinf(a64) != np.isinf(b64)))
+    diff = np.abs(np.where(finite, b64 - a64, 0.0))
+    max_abs = float(diff.max()) if diff.size else 0.0
+    mean_abs = float(diff.mean()) if diff.size else 0.0
+    q50, q90, q99 = (float(v) for v in np.quantile(diff[finite], [0.5, 0.9, 0.99])) if finite.any() else (0.0, 0.0, 0.0)
+    na = float(np.linalg.norm(np.where(finite, a64, 0.0)))
+    rel = float(np.linalg.norm(diff) / na) if na > 0 else (0.0 if max_abs == 0 else float("inf"))
+    fa = a64.reshape(a64.shape[0], -1) if a64.ndim >= 1 and a64.shape[0] else a64.reshape(1, -1)
+    fa, fb = np.nan_to_num(fa), np.nan_to_num(b64.reshape(fa.shape))
+    nrm = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
+    cos = float(np.mean(np.where(nrm > 0, (fa * fb).sum(axis=1) / np.maximum(nrm, 1e-300), 1.0)))
+    top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if is_class_scores(a) else None
+    ok = (not nan_mismatch) and bool(np.all(diff <= atol + rtol * np.abs(np.where(finite, a64, 0.0))))
+    note = "NaN/Inf pattern differs" if nan_mismatch else ""
+    return OutputComparison(name, list(a.shape), max_abs, mean_abs, rel, cos, top1, ok, note, q50, q90, q99, int((~np.isfinite(b64)).sum()))
+
+
 def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, samples: int = 0, source: str = "") -> Comparison:
-    """Compare two lists of arrays output by output."""
-    comps = []
-    for name, a, b in zip(names, ref, new, strict=True):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.shape != b.shape:
-            comps.append(OutputComparison(name, list(b.shape), float("inf"), float("inf"), float("inf"), 0.0, None, False, f"shape {list(b.shape)} != {list(a.shape)}"))
-            continue
-        if a.dtype.kind not in "fiub":
-            same = bool(np.array_equal(a, b))
-            comps.append(OutputComparison(name, list(a.shape), 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, 100.0, None, same, f"dtype {a.dtype} compared for equality"))
-            continue
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        finite = np.isfinite(a64) & np.isfinite(b64)
-        nan_mismatch = bool(np.any(np.isnan(a64) != np.isnan(b64)) or np.any(np.isinf(a64) != np.isinf(b64)))
-        diff = np.abs(np.where(finite, b64 - a64, 0.0))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        mean_abs = float(diff.mean()) if diff.size else 0.0
-        na = float(np.linalg.norm(np.where(finite, a64, 0.0)))
-        rel = float(np.linalg.norm(diff) / na) if na > 0 else (0.0 if max_abs == 0 else float("inf"))
-        fa = a64.reshape(a64.shape[0], -1) if a64.ndim >= 1 and a64.shape[0] else a64.reshape(1, -1)
-        fb = b64.reshape(fa.shape)
-        fa, fb = np.nan_to_num(fa), np.nan_to_num(fb)
-        nrm = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
-        cos = float(np.mean(np.where(nrm > 0, (fa * fb).sum(axis=1) / np.maximum(nrm, 1e-300), 1.0)))
-        top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if is_class_scores(a) else None
-        ok = (not nan_mismatch) and bool(np.all(diff <= atol + rtol * np.abs(np.where(finite, a64, 0.0))))
-        comps.append(OutputComparison(name, list(a.shape), max_abs, mean_abs, rel, cos, top1, ok, "NaN/Inf pattern differs" if nan_mismatch else ""))
+    """Compare two lists of arrays output by output (``compare_arrays`` for each)."""
+    comps = [compare_arrays(name, a, b, atol=atol, rtol=rtol) for name, a, b in zip(names, ref, new, strict=True)]
     return Comparison(comps, atol, rtol, samples, source)
 
 

@@ -166,3 +166,16 @@ def test_exact_rule_is_one_function():
     comp = compare_outputs(["x", "y", "z"], [a, a, a], [a, a * 1.01, a[:2]])
     assert [o.name for o in comp.inexact()] == ["z", "y"]  # worst first (shape mismatch = inf)
     assert comp.outputs[0].exact and not comp.outputs[1].exact
+
+
+def test_comparison_carries_quantiles_and_nonfinite_counts():
+    from onnxopt.verify import compare_arrays
+
+    a = np.zeros((10, 100), np.float32)
+    b = a.copy()
+    b[0, :10] = 1.0  # 1% of the elements off by 1
+    b[1, 0] = np.nan
+    o = compare_arrays("y", a, b)
+    assert o.max_abs == 1.0 and o.median_abs == 0.0 and o.p90_abs == 0.0
+    assert 0.0 < o.p99_abs <= 1.0 and o.nonfinite == 1 and not o.ok
+    assert set(o.to_dict()) >= {"median_abs", "p90_abs", "p99_abs", "nonfinite"}

@@ -16,8 +16,8 @@ def render_comparison(comp: dict) -> str:
     rows = []
     for o in comp["outputs"]:
         top1 = None if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f}%"
-        rows.append([o["name"], "x".join(map(str, o["shape"])) or "scalar", o["max_abs"], o["mean_abs"], o["rel_l2"], o["cosine"], top1, "yes" if o["ok"] else "NO"])
-    text = table(["output", "shape", "max abs", "mean abs", "rel L2", "cosine", "top-1 agree", "ok"], rows)
+        rows.append([o["name"], "x".join(map(str, o["shape"])) or "scalar", o["max_abs"], o["mean_abs"], o.get("median_abs"), o.get("p99_abs"), o["rel_l2"], o["cosine"], top1, "yes" if o["ok"] else "NO"])
+    text = table(["output", "shape", "max abs", "mean abs", "median abs", "p99 abs", "rel L2", "cosine", "top-1 agree", "ok"], rows)
     notes = [f"note: {o['name']}: {o['note']}" for o in comp["outputs"] if o.get("note")]
     return "\n".join([text, *notes])
 
