@@ -210,7 +210,7 @@ def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types:
         from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
         m = update_opset_version(m, wt)
-        q = ONNXQuantizer(m, config.per_channel, config.reduce_range, QuantizationMode.IntegerOps, False, wt, _qtype("uint8"), None, only, excluded, op_types, {"MatMulConstBOnly": True})
+        q = ONNXQuantizer(model=m, per_channel=config.per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.IntegerOps, static=False, weight_qType=wt, activation_qType=_qtype("uint8"), tensors_range=None, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options={"MatMulConstBOnly": True})
     else:
         if ranges is None:
             raise ValueError("static quantization needs calibration ranges")
@@ -233,11 +233,11 @@ def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types:
         if fmt is QuantFormat.QDQ:
             from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-            q = QDQQuantizer(m, per_channel, config.reduce_range, wt, at, tensors, only, excluded, op_types, extra)
+            q = QDQQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
         else:
             from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
-            q = ONNXQuantizer(m, per_channel, config.reduce_range, QuantizationMode.QLinearOps, True, wt, at, tensors, only, excluded, op_types, extra)
+            q = ONNXQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.QLinearOps, static=True, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
     q.quantize_model()
     # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort
     q.model.topological_sort()

@@ -41,7 +41,7 @@ import onnx
 from .. import io as oio
 from ..errors import ModelError
 
-__all__ = ["CHUNK", "MARK", "working_copy", "unmark", "reading_lazily", "missed_read"]
+__all__ = ["CHUNK", "MARK", "TESTED_ORT", "ORT_INTERNALS", "internals_changed", "working_copy", "unmark", "reading_lazily", "missed_read"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,53 @@ CHUNK = 1 << 22
 _ORT = "onnxruntime.quantization."
 # the modules that import tensor_proto_to_array / save_and_reload_model_with_shape_infer by name
 _MODULES = ("quant_utils", "base_quantizer", "onnx_quantizer", "qdq_quantizer")
+# ORT versions (major.minor) whose internals this module and ``ort_backend`` were tested with
+# (tests/quantize/test_ort_internals.py, benchmarks/large_model.py); on any other version
+# the lazy path is skipped unless the internals below are unchanged
+TESTED_ORT = ("1.32",)
+# the ORT internals replaced here or called by keyword from ``ort_backend``: where -> the
+# parameter names they must keep
+ORT_INTERNALS = {
+    "quant_utils.tensor_proto_to_array": ("initializer",),
+    "quant_utils.save_and_reload_model_with_shape_infer": ("model",),
+    "quant_utils.quantize_nparray": ("qType", "arr", "scale", "zero_point", "low", "high"),
+    "quant_utils.add_infer_metadata": ("model",),
+    "onnx_quantizer.ONNXQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "mode", "static", "weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize", "nodes_to_exclude", "op_types_to_quantize", "extra_options"),
+    "qdq_quantizer.QDQQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize", "nodes_to_exclude", "op_types_to_quantize", "extra_options"),
+}
 _NP_DTYPES = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
+
+
+def internals_changed() -> list[str]:
+    """The entries of ``ORT_INTERNALS`` that the installed ORT lacks or whose parameters
+    differ, each as a short sentence; empty when everything is as tested."""
+    import inspect
+
+    problems = []
+    for where, params in ORT_INTERNALS.items():
+        module, _, path = where.partition(".")
+        try:
+            obj = importlib.import_module(_ORT + module)
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            found = tuple(inspect.signature(obj).parameters)
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:
+            problems.append(f"{where}: missing ({type(exc).__name__})")
+            continue
+        if found != params:
+            problems.append(f"{where}: parameters {found} (tested: {params})")
+    return problems
+
+
+def _usable() -> bool:
+    import onnxruntime
+
+    if ".".join(onnxruntime.__version__.split(".")[:2]) in TESTED_ORT:
+        return True
+    problems = internals_changed()
+    if problems:
+        log.info("onnxruntime %s: lazy weight reading off (%s)", onnxruntime.__version__, "; ".join(problems))
+    return not problems
 
 
 def _info(t: onnx.TensorProto) -> dict[str, str]:
@@ -165,6 +211,9 @@ def reading_lazily():
     # patched function it imported by name
     mods = {name: importlib.import_module(_ORT + name) for name in _MODULES}
     saved = []
+    if not _usable():  # untested ORT with changed internals: marked reads fail, the caller falls back
+        yield
+        return
     with _PATCH_LOCK:
         try:
             _patch(mods, saved)
