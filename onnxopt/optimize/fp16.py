@@ -18,6 +18,13 @@ topologically sorted; graph inputs and outputs keep their names and FP32 types.
 
 Guarantees: the input model is not modified; the same input gives byte-identical output.
 Refuses (``UnsupportedError``) when no node can run in FP16.
+
+Why not ``onnxruntime.transformers.float16.convert_float_to_float16`` with these rules as its
+``node_block_list`` (evaluated on onnxruntime 1.32 with ``keep_io_types=True``): it appends
+its Casts after the nodes (the graph must be sorted again), types LayerNormalization's
+Mean/InvStdDev outputs FLOAT16 (shape inference then rejects the model), and leaves an
+If branch reading an outer-scope tensor it renamed (the model no longer loads); the cases
+are tests in ``tests/optimize/test_fp16.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UnsupportedError
-from ..graph import subgraphs, used_names
+from ..graph import subgraphs, unique_name, used_names
 from ..simplify.dead import remove_unused
 
 __all__ = ["FP16_OPS", "SENSITIVE_OPS", "Fp16Report", "convert_to_fp16", "to_fp16_array"]
@@ -260,12 +267,7 @@ def convert_to_fp16(
     )
 
     def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            name = f"{base}_{i}"
-            i += 1
-        taken.add(name)
-        return name
+        return unique_name(base, taken)
 
     inits = {t.name: t for t in g.initializer}
     graph_inputs = {i.name for i in g.input}
