@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +72,7 @@ __all__ = [
     "softmax",
     "log_softmax",
     "one_hot",
+    "one_blas_thread",
 ]
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,20 @@ class CVResult:
 
     def to_dict(self) -> dict:
         return {"l2": self.l2, "folds": self.folds, "scores": self.scores}
+
+
+@contextmanager
+def one_blas_thread():
+    """Run numpy math on one BLAS thread (``threadpoolctl``): the matrices here are small,
+    multi-threaded OpenBLAS next to ONNX Runtime's threads was measured up to 10x slower on
+    a busy machine, and one thread makes results independent of the core count."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a declared dependency
+        yield False
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield True
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -39,7 +39,7 @@ from ..errors import (
     blaming,
 )
 from ..io import resolve_model
-from ..linear import HEADS, cross_validate, fit_head, stratified_split
+from ..linear import HEADS, cross_validate, fit_head, one_blas_thread, stratified_split
 from ..linear import softmax as _softmax
 from ..runtime import create_session, resolve_provider, run_dataset
 from ..verify import check_model, compare_outputs
@@ -89,20 +89,6 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@contextmanager
-def _blas_one_thread():
-    """Run the numpy fit with one BLAS thread when ``threadpoolctl`` is installed: the
-    matrices are small, and multi-threaded OpenBLAS on a busy machine was measured 10x
-    slower; one thread also makes the result independent of the core count."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield False
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield True
 
 
 def _accuracy(pred: np.ndarray, labels: np.ndarray, classes: int | None) -> Evaluation:
@@ -371,7 +357,7 @@ def _fit(x: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig, 
     train_idx, hold_idx = stratified_split(labels, float(cfg.holdout), cfg.seed)
     t0 = time.perf_counter()
     cv, l2 = None, cfg.l2
-    with _blas_one_thread():
+    with one_blas_thread():
         if l2 is None:
             cv = cross_validate(x[train_idx], labels[train_idx], num_classes, kind=cfg.head, standardize=cfg.standardize, seed=cfg.seed)
             l2 = cv.l2

@@ -13,7 +13,6 @@ so are grouped convolutions and ConvTranspose with ``output_shape`` or SAME padd
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import onnx
 from onnx import helper
 
 from ..core.progress import progress
+from ..linear import one_blas_thread
 from .groups import node_label
 from .reconstruct import (
     RidgeAccumulator,
@@ -81,170 +81,139 @@ def refit_layers(
     runs on one BLAS thread: the results do not depend on the machine's thread count, and
     BLAS threads spinning next to ONNX Runtime's made it an order of magnitude slower.
     """
-    with _one_blas_thread():
-        return _refit_layers(student, teacher, layers, dataset, provider=provider, options=options)
-
-
-def _one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a declared dependency
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-def _refit_layers(student, teacher, layers, dataset, *, provider, options):
     opts = options or RefitOptions()
     rng = np.random.default_rng(opts.seed)
     records, notes = [], []
-    for out_name, keep_out in progress(layers, desc="reconstruct", unit="layer"):
-        node = _find(student, out_name)
-        label = node_label(node)
-        ws = WeightStore(student)
-        w_name = node.input[1]
-        if not ws.is_const(w_name):
-            notes.append(f"'{label}' not reconstructed: its weight is not a constant")
-            continue
-        op = node.op_type
-        if op == "Gemm" and (
-            float(_attr(node, "alpha", 1.0)) != 1.0
-            or float(_attr(node, "beta", 1.0)) != 1.0
-            or int(_attr(node, "transA", 0))
-        ):
-            notes.append(f"'{label}' not reconstructed: Gemm with alpha/beta != 1 or transA")
-            continue
-        if op in ("Conv", "ConvTranspose") and int(_attr(node, "group", 1)) != 1:
-            notes.append(f"'{label}' not reconstructed: grouped {op}")
-            continue
-        if op == "ConvTranspose" and (
-            _attr(node, "output_shape") is not None
-            or _text(_attr(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")
-        ):
-            notes.append(
-                f"'{label}' not reconstructed: ConvTranspose with output_shape or SAME auto_pad"
-            )
-            continue
-        w = ws.array(w_name).astype(np.float64)
-        trans_b = int(_attr(node, "transB", 0)) if op == "Gemm" else 0
-        if op == "Conv":
-            m, d = w.shape[0], int(np.prod(w.shape[1:]))
-            w_flat = w.reshape(m, d).T
-        elif op == "ConvTranspose":
-            wc = conv_transpose_as_conv(w)  # [O, C, *k]
-            m, d = wc.shape[0], int(np.prod(wc.shape[1:]))
-            w_flat = wc.reshape(m, d).T
-        elif op == "Gemm":
-            w_flat = w.T if trans_b else w
-            d, m = w_flat.shape
-        else:
-            w_flat = w
-            d, m = w.shape
-        if d > opts.max_features:
-            notes.append(
-                f"'{label}' not reconstructed: {d} inputs per output exceed max_features={opts.max_features}"
-            )
-            continue
-        has_bias = op in ("Conv", "ConvTranspose", "Gemm")
-        b_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        bias = None
-        if has_bias and b_name:
-            if not ws.is_const(b_name):
-                notes.append(f"'{label}' not reconstructed: its bias is not a constant")
+    with one_blas_thread():
+        for out_name, keep_out in progress(layers, desc="reconstruct", unit="layer"):
+            node = _find(student, out_name)
+            ws = WeightStore(student)
+            layer = _layer(node, ws, opts)
+            if isinstance(layer, str):
+                notes.append(f"'{node_label(node)}' not reconstructed: {layer}")
                 continue
-            bias = np.broadcast_to(ws.array(b_name).astype(np.float64).reshape(-1), (m,)).copy()
-        x_name = node.input[0]
-        # sessions cut down to what each tensor needs: ONNX Runtime runs every node of a
-        # session whatever is fetched, and early layers need only the start of the model
-        teacher_sess = tap_session(teacher, [out_name], provider, only=True)
-        student_sess = tap_session(student, [x_name], provider, only=True)
-        acc = RidgeAccumulator(d, m, bias=has_bias)
-        conv = None
-        if op in ("Conv", "ConvTranspose"):
-            kernel = list(w.shape[2:])
-            r = len(kernel)
-            conv = {
-                "kernel": kernel,
-                "strides": list(_attr(node, "strides", [1] * r)),
-                "dilations": list(_attr(node, "dilations", [1] * r)),
-                "auto_pad": _text(_attr(node, "auto_pad", b"NOTSET")),
-                "pads": list(_attr(node, "pads", [0] * (2 * r))),
-                "output_padding": list(_attr(node, "output_padding", [0] * r)),
-            }
-        mismatch = None
-        # batches are streamed: only the normal equations stay in memory
-        for feed, acts in iter_taps(
-            student_sess, [x_name], dataset.batches(limit=opts.max_samples)
-        ):
-            x = acts[x_name]
-            y = teacher_sess.run([out_name], feed)[0]
-            if keep_out is not None:
-                y = np.take(y, keep_out, axis=1 if conv is not None else -1)
-            if op == "ConvTranspose":
-                r = len(conv["kernel"])
-                z = conv_transpose_input(
-                    x,
-                    conv["kernel"],
-                    conv["strides"],
-                    [0] * (2 * r) if conv["auto_pad"] == "VALID" else conv["pads"],
-                    conv["dilations"],
-                    conv["output_padding"],
-                )
-                pos = sample_positions(x.shape[0], y.shape[2:], opts.max_rows, rng)
-                rows, pos, out = conv_patches(
-                    z, conv["kernel"], [1] * r, [0] * (2 * r), conv["dilations"], pos
-                )
-                if list(out) != list(y.shape[2:]):
-                    mismatch = f"output {list(y.shape[2:])} != computed {list(out)}"
-                    break
-                acc.add(rows, gather_outputs(y, pos))
-            elif op == "Conv":
-                pads = conv_pads(
-                    conv["auto_pad"],
-                    conv["pads"],
-                    x.shape[2:],
-                    conv["kernel"],
-                    conv["strides"],
-                    conv["dilations"],
-                )
-                pos = sample_positions(x.shape[0], y.shape[2:], opts.max_rows, rng)
-                rows, pos, _ = conv_patches(
-                    x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos
-                )
-                acc.add(rows, gather_outputs(y, pos))
-            else:
-                acc.add(x.reshape(-1, d), y.reshape(-1, m))
-        if mismatch:
-            notes.append(f"'{label}' not reconstructed: ConvTranspose {mismatch}")
-            continue
-        if acc.n == 0:
-            notes.append(f"'{label}' not reconstructed: no calibration rows")
-            continue
-        before = acc.relative_error(w_flat, bias)
-        w_new, b_new = acc.solve(opts.ridge)
-        after = acc.relative_error(w_new, b_new)
-        applied = after < before
-        if applied:
-            _write(student, node, op, trans_b, w.shape, w_new, b_new, ws)
-        records.append(
-            {
-                "layer": label,
-                "op": op,
-                "features": d,
-                "outputs": m,
-                "rows": acc.n,
-                "error_before": before,
-                "error_after": after if applied else before,
-                "applied": bool(applied),
-            }
-        )
-        log.info(
-            "reconstructed %s: relative error %.4f -> %.4f%s",
-            label,
-            before,
-            after,
-            "" if applied else " (kept pruned weights)",
-        )
+            acc = _accumulate(layer, student, teacher, dataset, keep_out, provider=provider, opts=opts, rng=rng)
+            if isinstance(acc, str):
+                notes.append(f"'{layer.label}' not reconstructed: {acc}")
+                continue
+            records.append(_solve(student, layer, acc, ws, opts))
     return records, notes
+
+
+@dataclass
+class _Layer:
+    """A layer to refit: its weight as a ``[d inputs, m outputs]`` matrix (``w_flat``), bias,
+    and for Conv/ConvTranspose the geometry that turns its input into patches."""
+
+    node: onnx.NodeProto
+    label: str
+    w: np.ndarray
+    w_flat: np.ndarray
+    d: int
+    m: int
+    trans_b: int
+    has_bias: bool
+    bias: np.ndarray | None
+    conv: dict | None
+
+
+def _layer(node: onnx.NodeProto, ws: WeightStore, opts: RefitOptions) -> _Layer | str:
+    """The layer's matrices, or why it cannot be refitted."""
+    op, label = node.op_type, node_label(node)
+    if not ws.is_const(node.input[1]):
+        return "its weight is not a constant"
+    if op == "Gemm" and (float(_attr(node, "alpha", 1.0)) != 1.0 or float(_attr(node, "beta", 1.0)) != 1.0 or int(_attr(node, "transA", 0))):
+        return "Gemm with alpha/beta != 1 or transA"
+    if op in ("Conv", "ConvTranspose") and int(_attr(node, "group", 1)) != 1:
+        return f"grouped {op}"
+    if op == "ConvTranspose" and (_attr(node, "output_shape") is not None or _text(_attr(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")):
+        return "ConvTranspose with output_shape or SAME auto_pad"
+    w = ws.array(node.input[1]).astype(np.float64)
+    trans_b = int(_attr(node, "transB", 0)) if op == "Gemm" else 0
+    if op in ("Conv", "ConvTranspose"):
+        wc = conv_transpose_as_conv(w) if op == "ConvTranspose" else w  # [O, C, *k]
+        m, d = wc.shape[0], int(np.prod(wc.shape[1:]))
+        w_flat = wc.reshape(m, d).T
+    else:
+        w_flat = w.T if trans_b else w
+        d, m = w_flat.shape
+    if d > opts.max_features:
+        return f"{d} inputs per output exceed max_features={opts.max_features}"
+    has_bias = op in ("Conv", "ConvTranspose", "Gemm")
+    b_name = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    bias = None
+    if has_bias and b_name:
+        if not ws.is_const(b_name):
+            return "its bias is not a constant"
+        bias = np.broadcast_to(ws.array(b_name).astype(np.float64).reshape(-1), (m,)).copy()
+    conv = None
+    if op in ("Conv", "ConvTranspose"):
+        r = len(w.shape) - 2
+        conv = {
+            "kernel": list(w.shape[2:]),
+            "strides": list(_attr(node, "strides", [1] * r)),
+            "dilations": list(_attr(node, "dilations", [1] * r)),
+            "auto_pad": _text(_attr(node, "auto_pad", b"NOTSET")),
+            "pads": list(_attr(node, "pads", [0] * (2 * r))),
+            "output_padding": list(_attr(node, "output_padding", [0] * r)),
+        }
+    return _Layer(node, label, w, w_flat, d, m, trans_b, has_bias, bias, conv)
+
+
+def _accumulate(layer: _Layer, student, teacher, dataset, keep_out, *, provider: str, opts: RefitOptions, rng) -> RidgeAccumulator | str:
+    """The normal equations of the layer's input (pruned model) against the teacher's output,
+    streamed batch by batch; a string says why it could not be built."""
+    node, op, conv = layer.node, layer.node.op_type, layer.conv
+    out_name, x_name = node.output[0], node.input[0]
+    # sessions cut down to what each tensor needs: ONNX Runtime runs every node of a
+    # session whatever is fetched, and early layers need only the start of the model
+    teacher_sess = tap_session(teacher, [out_name], provider, only=True)
+    student_sess = tap_session(student, [x_name], provider, only=True)
+    acc = RidgeAccumulator(layer.d, layer.m, bias=layer.has_bias)
+    for feed, acts in iter_taps(student_sess, [x_name], dataset.batches(limit=opts.max_samples)):
+        x = acts[x_name]
+        y = teacher_sess.run([out_name], feed)[0]
+        if keep_out is not None:
+            y = np.take(y, keep_out, axis=1 if conv is not None else -1)
+        if conv is None:
+            acc.add(x.reshape(-1, layer.d), y.reshape(-1, layer.m))
+            continue
+        r = len(conv["kernel"])
+        pos = sample_positions(x.shape[0], y.shape[2:], opts.max_rows, rng)
+        if op == "ConvTranspose":
+            pads = [0] * (2 * r) if conv["auto_pad"] == "VALID" else conv["pads"]
+            z = conv_transpose_input(x, conv["kernel"], conv["strides"], pads, conv["dilations"], conv["output_padding"])
+            rows, pos, out = conv_patches(z, conv["kernel"], [1] * r, [0] * (2 * r), conv["dilations"], pos)
+            if list(out) != list(y.shape[2:]):
+                return f"ConvTranspose output {list(y.shape[2:])} != computed {list(out)}"
+        else:
+            pads = conv_pads(conv["auto_pad"], conv["pads"], x.shape[2:], conv["kernel"], conv["strides"], conv["dilations"])
+            rows, pos, _ = conv_patches(x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos)
+        acc.add(rows, gather_outputs(y, pos))
+    if acc.n == 0:
+        return "no calibration rows"
+    return acc
+
+
+def _solve(student, layer: _Layer, acc: RidgeAccumulator, ws: WeightStore, opts: RefitOptions) -> dict:
+    """Solve the ridge problem and write the weights when they fit the teacher better."""
+    before = acc.relative_error(layer.w_flat, layer.bias)
+    w_new, b_new = acc.solve(opts.ridge)
+    after = acc.relative_error(w_new, b_new)
+    applied = after < before
+    if applied:
+        _write(student, layer.node, layer.node.op_type, layer.trans_b, layer.w.shape, w_new, b_new, ws)
+    log.info("reconstructed %s: relative error %.4f -> %.4f%s", layer.label, before, after, "" if applied else " (kept pruned weights)")
+    return {
+        "layer": layer.label,
+        "op": layer.node.op_type,
+        "features": layer.d,
+        "outputs": layer.m,
+        "rows": acc.n,
+        "error_before": before,
+        "error_after": after if applied else before,
+        "applied": bool(applied),
+    }
 
 
 def _write(model, node, op, trans_b, w_shape, w_new, b_new, ws: WeightStore) -> None:
