@@ -211,136 +211,114 @@ def _converts(
     return True, ""
 
 
-def convert_to_fp16(
-    model: onnx.ModelProto, *, keep_fp32: set[str] | None = None
-) -> tuple[onnx.ModelProto, Fp16Report]:
+def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: set[str] | None = None) -> tuple[onnx.ModelProto, Fp16Report]:
     """An FP16 copy of ``model`` (FP32 graph inputs/outputs kept); see the module docstring."""
     model = copy.deepcopy(model)
-    g = model.graph
-    keep = set(keep_fp32 or ())
     types = _elem_types(model)
     opset = _opset(model)
     rep = Fp16Report()
+    plan = _plan(model.graph, types, set(keep_fp32 or ()), opset, rep)
+    if not rep.nodes_fp16:
+        raise UnsupportedError("no node can run in FP16 (no Conv/MatMul/Gemm/elementwise ops with known FLOAT types)")
+    _Rewriter(model.graph, types, opset, rep).rewrite(plan)
+    del model.graph.value_info[:]  # stale FP32 annotations; shape inference derives the new ones
+    remove_unused(model)
+    return model, rep
+
+
+def _plan(g: onnx.GraphProto, types: dict[str, int], keep: set[str], opset: int, rep: Fp16Report) -> list[bool]:
+    """Per node of ``g``: whether it runs in FP16; counts what stays FP32 and why in ``rep``."""
     plan = []
     half_made: set[str] = set()  # tensors an FP16 node will produce (nodes are in order)
+    counted = ("numerically sensitive", "no FP16 rule", "custom domain", "has a subgraph", "kept by name")
     for n in g.node:
-        if (
-            _domain(n) == ""
-            and n.op_type in SHAPE_READERS
-            and n.input
-            and n.input[0] in half_made
-            and not (n.name and n.name in keep)
-        ):
+        if _domain(n) == "" and n.op_type in SHAPE_READERS and n.input and n.input[0] in half_made and not (n.name and n.name in keep):
             ok, why = True, ""  # reads only the shape: takes the FP16 tensor as it is
         else:
             ok, why = _converts(n, types, keep, opset)
         plan.append(ok)
         if ok:
             stay = _fp32_outputs(n)
-            half_made.update(
-                y
-                for j, y in enumerate(n.output)
-                if y and j not in stay and types.get(y) == TensorProto.FLOAT
-            )
-        if not ok and why not in ("no float tensor",):
+            half_made.update(y for j, y in enumerate(n.output) if y and j not in stay and types.get(y) == TensorProto.FLOAT)
+        elif why in counted:
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-            if why in (
-                "numerically sensitive",
-                "no FP16 rule",
-                "custom domain",
-                "has a subgraph",
-                "kept by name",
-            ):
-                rep.kept_fp32[key] = rep.kept_fp32.get(key, 0) + 1
+            rep.kept_fp32[key] = rep.kept_fp32.get(key, 0) + 1
     rep.nodes_fp16 = sum(plan)
     rep.nodes_fp32 = len(plan) - rep.nodes_fp16
-    if not rep.nodes_fp16:
-        raise UnsupportedError(
-            "no node can run in FP16 (no Conv/MatMul/Gemm/elementwise ops with known FLOAT types)"
-        )
+    return plan
 
-    taken = (
-        {x for n in g.node for x in list(n.input) + list(n.output)}
-        | {i.name for i in g.input}
-        | {t.name for t in g.initializer}
-        | {o.name for o in g.output}
-    )
 
-    def fresh(base: str) -> str:
-        return unique_name(base, taken)
+class _Rewriter:
+    """Rewrites ``g`` in place for a plan: FP16 initializer copies, Casts in and out, FP16
+    tensors renamed ``NAME/fp16`` (see the module docstring)."""
 
-    inits = {t.name: t for t in g.initializer}
-    graph_inputs = {i.name for i in g.input}
-    # every FP32-side reader of a tensor: FP32 nodes (incl. subgraph outer reads) and graph outputs
-    fp32_readers: dict[str, int] = defaultdict(int)
-    for n, ok in zip(g.node, plan, strict=True):
-        reads = set(x for x in n.input if x)
-        for sg in subgraphs(n):
-            reads |= used_names(sg)
-        if not ok:
-            for x in reads:
-                fp32_readers[x] += 1
-        else:
-            skip = _float_inputs(n, opset)
-            for i, x in enumerate(n.input):
-                if x and i in skip:
-                    fp32_readers[x] += 1
-    for o in g.output:
-        fp32_readers[o.name] += 1
+    def __init__(self, g: onnx.GraphProto, types: dict[str, int], opset: int, rep: Fp16Report):
+        self.g, self.types, self.opset, self.rep = g, types, opset, rep
+        self.taken = {x for n in g.node for x in list(n.input) + list(n.output)} | {i.name for i in g.input} | {t.name for t in g.initializer} | {o.name for o in g.output}
+        self.inits = {t.name: t for t in g.initializer}
+        self.graph_inputs = {i.name for i in g.input}
+        self.half_name: dict[str, str] = {}  # FP32 tensor name -> its FP16 counterpart
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.new_inits: list[onnx.TensorProto] = []
 
-    half_name: dict[str, str] = {}  # FP32 tensor name -> its FP16 counterpart
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
+    def fp32_readers(self, plan: list[bool]) -> dict[str, int]:
+        """Every FP32-side reader of a tensor: FP32 nodes (subgraph outer reads included),
+        inputs that stay float in FP16 nodes, and graph outputs."""
+        readers: dict[str, int] = defaultdict(int)
+        for n, ok in zip(self.g.node, plan, strict=True):
+            if not ok:
+                reads = {x for x in n.input if x}
+                for sg in subgraphs(n):
+                    reads |= used_names(sg)
+                for x in reads:
+                    readers[x] += 1
+            else:
+                skip = _float_inputs(n, self.opset)
+                for i, x in enumerate(n.input):
+                    if x and i in skip:
+                        readers[x] += 1
+        for o in self.g.output:
+            readers[o.name] += 1
+        return readers
 
-    def half_of(x: str) -> str:
+    def half_of(self, x: str) -> str:
         """The FP16 version of FP32 tensor ``x`` (initializer copy, or a Cast emitted now)."""
-        if x in half_name:
-            return half_name[x]
-        if x in inits and x not in graph_inputs:
-            arr, clipped = to_fp16_array(numpy_helper.to_array(inits[x]))
-            name = fresh(f"{x}/fp16")
-            new_inits.append(numpy_helper.from_array(arr, name))
-            rep.initializers_converted += 1
-            rep.values_clipped += clipped
+        if x in self.half_name:
+            return self.half_name[x]
+        name = unique_name(f"{x}/fp16", self.taken)
+        if x in self.inits and x not in self.graph_inputs:
+            arr, clipped = to_fp16_array(numpy_helper.to_array(self.inits[x]))
+            self.new_inits.append(numpy_helper.from_array(arr, name))
+            self.rep.initializers_converted += 1
+            self.rep.values_clipped += clipped
         else:
-            name = fresh(f"{x}/fp16")
-            new_nodes.append(
-                helper.make_node(
-                    "Cast", [x], [name], name=fresh(f"{x}/cast_fp16"), to=TensorProto.FLOAT16
-                )
-            )
-            rep.casts_added += 1
-        half_name[x] = name
+            self.new_nodes.append(helper.make_node("Cast", [x], [name], name=unique_name(f"{x}/cast_fp16", self.taken), to=TensorProto.FLOAT16))
+            self.rep.casts_added += 1
+        self.half_name[x] = name
         return name
 
-    for n, ok in zip(g.node, plan, strict=True):
-        if not ok:
-            new_nodes.append(n)
-            continue
-        skip = _float_inputs(n, opset)
-        for i, x in enumerate(n.input):
-            if x and i not in skip and types.get(x) == TensorProto.FLOAT:
-                n.input[i] = half_of(x)
-        back = []
-        stay = _fp32_outputs(n)
-        for j, y in enumerate(n.output):
-            if y and j not in stay and types.get(y) == TensorProto.FLOAT:
-                h = fresh(f"{y}/fp16")
-                n.output[j] = h
-                half_name[y] = h
-                if fp32_readers.get(y):
-                    back.append(
-                        helper.make_node(
-                            "Cast", [h], [y], name=fresh(f"{y}/cast_fp32"), to=TensorProto.FLOAT
-                        )
-                    )
-        new_nodes.append(n)
-        new_nodes.extend(back)
-        rep.casts_added += len(back)
-
-    del g.node[:]
-    g.node.extend(new_nodes)
-    g.initializer.extend(new_inits)
-    del g.value_info[:]  # stale FP32 annotations; shape inference derives the new ones
-    remove_unused(model)
-    return model, rep
+    def rewrite(self, plan: list[bool]) -> None:
+        readers = self.fp32_readers(plan)
+        for n, ok in zip(self.g.node, plan, strict=True):
+            if not ok:
+                self.new_nodes.append(n)
+                continue
+            skip = _float_inputs(n, self.opset)
+            for i, x in enumerate(n.input):
+                if x and i not in skip and self.types.get(x) == TensorProto.FLOAT:
+                    n.input[i] = self.half_of(x)
+            back = []
+            stay = _fp32_outputs(n)
+            for j, y in enumerate(n.output):
+                if y and j not in stay and self.types.get(y) == TensorProto.FLOAT:
+                    h = unique_name(f"{y}/fp16", self.taken)
+                    n.output[j] = h
+                    self.half_name[y] = h
+                    if readers.get(y):
+                        back.append(helper.make_node("Cast", [h], [y], name=unique_name(f"{y}/cast_fp32", self.taken), to=TensorProto.FLOAT))
+            self.new_nodes.append(n)
+            self.new_nodes.extend(back)
+            self.rep.casts_added += len(back)
+        del self.g.node[:]
+        self.g.node.extend(self.new_nodes)
+        self.g.initializer.extend(self.new_inits)
