@@ -22,6 +22,7 @@ __all__ = [
     "RecipeError",
     "UnsupportedError",
     "ProviderError",
+    "MissingDependencyError",
     "VerificationError",
     "BudgetError",
     "NothingToDoError",
@@ -70,6 +71,11 @@ class UnsupportedError(InputError):
 
 class ProviderError(InputError):
     """The requested execution provider is not available."""
+
+
+class MissingDependencyError(UsageError):
+    """An optional dependency (a pip extra, e.g. ``onnxopt[plot]``) is not installed; the
+    message says what to install."""
 
 
 class VerificationError(OnnxoptError):
