@@ -55,20 +55,9 @@ def test_bench_api_plot_refused(no_matplotlib, tmp_path):
 
 def test_prune_plot_refused_before_any_work(invoke, models_dir, tmp_path, no_matplotlib):
     out, png = tmp_path / "p.onnx", tmp_path / "curve.png"
-    res = invoke(
-        "prune",
-        models_dir / "digits_resnet.onnx",
-        "-o",
-        out,
-        "--method",
-        "blocks",
-        "--eval",
-        models_dir / "digits_test.npz",
-        "--max-accuracy-drop",
-        "1",
-        "--plot",
-        png,
-    )
+    model, data = models_dir / "digits_resnet.onnx", models_dir / "digits_test.npz"
+    args = ["-o", out, "--method", "blocks", "--eval", data, "--max-accuracy-drop", "1"]
+    res = invoke("prune", model, *args, "--plot", png)
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [HINT_LINE]
     assert not out.exists() and not png.exists()
