@@ -21,6 +21,7 @@ __all__ = [
     "RecipeError",
     "UnsupportedError",
     "ProviderError",
+    "MissingDependencyError",
     "VerificationError",
     "BudgetError",
     "NothingToDoError",
@@ -69,6 +70,11 @@ class UnsupportedError(InputError):
 
 class ProviderError(InputError):
     """The requested execution provider is not available."""
+
+
+class MissingDependencyError(UsageError):
+    """An optional dependency (a pip extra, e.g. ``onnxopt[plot]``) is not installed; the
+    message says what to install."""
 
 
 class VerificationError(OnnxoptError):

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..io import atomic_write_bytes
+from ..plotting import require_matplotlib
 
 __all__ = ["PLOT_FORMATS", "check_plot_path", "plot_bytes", "plot_report"]
 
@@ -22,11 +23,14 @@ PLOT_FORMATS = (".png", ".svg", ".pdf")
 
 
 def check_plot_path(path) -> Path:
+    """The plot path, checked before any work: a known extension, not a folder, and
+    matplotlib installed (``MissingDependencyError`` otherwise)."""
     p = Path(path)
     if p.suffix.lower() not in PLOT_FORMATS:
         raise UsageError(f"plot file must end in {', '.join(PLOT_FORMATS)}", p)
     if p.is_dir():
         raise UsageError("plot path is a directory", p)
+    require_matplotlib()
     return p
 
 
@@ -37,7 +41,9 @@ def plot_report(report: dict, samples: dict, path) -> Path:
 
 
 def plot_bytes(report: dict, samples: dict, fmt: str = "png") -> bytes:
-    """The figure as ``fmt`` (png, svg, pdf) bytes; ``UsageError`` when nothing was measured."""
+    """The figure as ``fmt`` (png, svg, pdf) bytes; ``UsageError`` when nothing was measured,
+    ``MissingDependencyError`` without matplotlib."""
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

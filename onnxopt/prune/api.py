@@ -20,6 +20,7 @@ from ..core.runner import make_context
 from ..data import check_shapes
 from ..errors import BudgetError, NothingToDoError, UsageError, VerificationError, blaming
 from ..io import check_output_path, resolve_model
+from ..plotting import require_matplotlib
 from .measure import LatencyProbe, figures, timing_feed
 
 __all__ = ["METHODS", "prune"]
@@ -179,6 +180,7 @@ def prune(
     )
     if plot is not None:
         check_output_path(plot, [model])
+        require_matplotlib()
     m, path = resolve_model(model)
     check_shapes(m, shapes, path)
     ctx = make_context(

@@ -1,4 +1,5 @@
-"""The budget-search curve as a PNG (matplotlib, Agg backend; written atomically)."""
+"""The budget-search curve as a PNG (matplotlib, Agg backend; written atomically).
+matplotlib is optional (``onnxopt[plot]``): without it ``MissingDependencyError``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ def plot_curve(
     title: str = "",
 ) -> None:
     """Accuracy (left) and parameters / FLOPs / latency relative to the input (right)."""
-    import matplotlib
+    from ..plotting import require_matplotlib
+
+    matplotlib = require_matplotlib()
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
