@@ -32,6 +32,7 @@ CSV_COLUMNS = [
     "speedup", "ci95_low", "ci95_high", "verdict", "samples_per_s", "runs_per_s",
     "session_create_ms", "rss_delta_bytes", "peak_rss_delta_bytes", "gpu_delta_bytes",
     "file_bytes", "params", "top1", "agreement", "rel_l2", "interrupted",
+    "session_options", "cold_create_ms", "cold_first_run_ms", "cold_peak_rss_bytes",
 ]  # fmt: skip
 
 _VERDICT = {"faster": "faster", "slower": "slower", "same": "~same", "baseline": "baseline"}
@@ -81,6 +82,7 @@ def csv_rows(report: dict) -> list[dict]:
         th = r.get("throughput") or {}
         mem = m.get("memory") or {}
         a = m.get("accuracy") or {}
+        cold = m.get("cold_start") or {}
         row = {
             "model": r["model"],
             "path": m.get("path"),
@@ -111,6 +113,10 @@ def csv_rows(report: dict) -> list[dict]:
             "agreement": a.get("agreement"),
             "rel_l2": a.get("rel_l2"),
             "interrupted": report.get("interrupted"),
+            "session_options": _options_text(m),
+            "cold_create_ms": cold.get("create_ms"),
+            "cold_first_run_ms": cold.get("first_run_ms"),
+            "cold_peak_rss_bytes": cold.get("creation_peak_rss_bytes"),
         }
         for k in ("min", "mean", "std", "p50", "p90", "p95", "p99", "p99.9", "max"):
             row[f"{k}_ms"] = lat.get(k)
@@ -192,10 +198,24 @@ def _grid(headers: list[str], rows: list[list[str]], right: set[int]) -> list[st
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def _options_text(m: dict) -> str:
+    """``carried: intra 1, ...`` or ``default``."""
+    opts = m.get("session_options")
+    if not opts:
+        return "default"
+    from ..serving.options import SessionConfig
+
+    return "carried: " + SessionConfig.from_dict(opts).describe()
+
+
 def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["model", "size", "params", "create ms", "RSS growth", "top1 %", "agree %", "rel-L2"]
     if report.get("provider") == "cuda":
         headers.insert(5, "GPU mem")
+    cold = any(m.get("cold_start") for m in report["models"])
+    if cold:
+        headers += ["cold create ms", "cold 1st run ms", "cold RSS peak"]
+    headers.append("session options")
     rows = []
     for m in report["models"]:
         mem = m.get("memory") or {}
@@ -213,6 +233,10 @@ def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         ]
         if report.get("provider") == "cuda":
             row.insert(5, _bytes(mem.get("gpu_delta_bytes"), signed=True))
+        if cold:
+            c = m.get("cold_start") or {}
+            row += [_ms(c.get("create_ms")), _ms(c.get("first_run_ms")), _bytes(c.get("creation_peak_rss_bytes"))]
+        row.append(_options_text(m))
         rows.append(row)
     return headers, rows
 
@@ -326,7 +350,7 @@ def to_table(report: dict) -> str:
     out += _grid(h, rows, right={1, 2, 3, 4, 5, 8, 9})
     out.append("")
     h, rows = _model_rows(report)
-    out += _grid(h, rows, right=set(range(1, len(h))))
+    out += _grid(h, rows, right=set(range(1, len(h) - 1)))
     foot = _footer_lines(report)
     if foot:
         out += [""] + foot
@@ -351,7 +375,7 @@ def to_markdown(report: dict) -> str:
     out += _md_table(h, rows, right={1, 2, 3, 4, 5, 8, 9})
     out.append("")
     h, rows = _model_rows(report)
-    out += _md_table(h, rows, right=set(range(1, len(h))))
+    out += _md_table(h, rows, right=set(range(1, len(h) - 1)))
     foot = _footer_lines(report)
     if foot:
         out += [""] + [f"- {line}" for line in foot]
