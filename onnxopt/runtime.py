@@ -68,6 +68,7 @@ def create_session(
     sequential: bool = True,
     mem_pattern: bool = True,
     config=None,
+    optimized_path=None,
     error=ModelError,
 ):
     """An ``InferenceSession`` for a path or a proto; protos over 2 GB go through a temp file.
@@ -78,7 +79,8 @@ def create_session(
     (ModelError for user input; verification passes hand in VerificationError).
     ``mem_pattern=False`` turns off ORT's memory pattern, whose block is allocated on the
     second run beside the first run's arena chunks (peak memory of a many-output model, e.g.
-    an augmented calibration model, nearly doubles).
+    an augmented calibration model, nearly doubles).  ``optimized_path``: ORT also writes
+    the graph it optimized for this provider there (``optimized_model_filepath``).
     """
     import onnxruntime as ort
 
@@ -97,6 +99,8 @@ def create_session(
     so.log_severity_level = 3 if log.isEnabledFor(logging.DEBUG) else 4
     if not mem_pattern:
         so.enable_mem_pattern = False
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
     providers = providers_for(provider, cuda_options=cuda_options)
     path = None if isinstance(model, onnx.ModelProto) else Path(model)
     sess = _open_session(ort, model, path, so, providers, error)

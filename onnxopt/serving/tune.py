@@ -110,23 +110,25 @@ def branch_width(model: onnx.ModelProto) -> int:
     return max(per_level.values(), default=1)
 
 
-def candidate_configs(width: int, cores: int) -> list[SessionConfig]:
+def candidate_configs(width: int, cores: int, base: SessionConfig | None = None) -> list[SessionConfig]:
     """Stage 1 of the search: intra-op thread counts, and parallel execution where ``width``
-    (``branch_width``) allows it."""
+    (``branch_width``) allows it; other fields from ``base`` (default: ORT's defaults)."""
+    base = base or SessionConfig()
     threads = sorted({*(2**k for k in range(cores.bit_length()) if 2**k <= cores), cores})
-    out = [SessionConfig(intra_op_threads=t) for t in threads]
+    out = [replace(base, intra_op_threads=t, inter_op_threads=0, execution_mode="sequential") for t in threads]
     if width >= 2 and cores >= 2:
         for inter in range(2, min(width, cores) + 1):
-            out.append(SessionConfig(intra_op_threads=max(1, cores // inter), inter_op_threads=inter, execution_mode="parallel"))
+            out.append(replace(base, intra_op_threads=max(1, cores // inter), inter_op_threads=inter, execution_mode="parallel"))
             if cores // inter > 1:
-                out.append(SessionConfig(intra_op_threads=1, inter_op_threads=inter, execution_mode="parallel"))
-    return out
+                out.append(replace(base, intra_op_threads=1, inter_op_threads=inter, execution_mode="parallel"))
+    return [c for c in out if c != base]
 
 
 def _refinements(best: SessionConfig, cores: int) -> list[SessionConfig]:
-    """Stage 2: other optimization levels, and spinning off where a thread pool exists
-    (one intra-op thread and sequential execution have no pool threads to spin)."""
-    out = [replace(best, optimization_level="extended"), replace(best, optimization_level="basic")]
+    """Stage 2: lower optimization levels (not for a graph ORT already optimized, which
+    carries ``disable``), and spinning off where a thread pool exists (one intra-op thread
+    and sequential execution have no pool threads to spin)."""
+    out = [] if best.optimization_level == "disable" else [replace(best, optimization_level="extended"), replace(best, optimization_level="basic")]
     pooled = (best.intra_op_threads or cores) > 1 or best.execution_mode == "parallel"
     if pooled:
         out.append(replace(best, allow_spinning=False))
@@ -136,12 +138,12 @@ def _refinements(best: SessionConfig, cores: int) -> list[SessionConfig]:
 class _Search:
     """Sessions and reference outputs shared by the stages."""
 
-    def __init__(self, model, provider: str, feed: dict, check_feeds: list[dict]):
+    def __init__(self, model, provider: str, feed: dict, check_feeds: list[dict], base: SessionConfig):
         from ..runtime import create_session
 
         self.model, self.provider, self.feed, self.check_feeds = model, provider, feed, check_feeds
         self._create = create_session
-        self.default = create_session(model, provider, config=SessionConfig(), error=VerificationError)
+        self.default = create_session(model, provider, config=base, error=VerificationError)
         self.reference = [self.default.run(None, f) for f in check_feeds]
         self.names = [o.name for o in self.default.get_outputs()]
 
@@ -178,21 +180,24 @@ class _Search:
         self.default_ms = float(np.median(lat[0]) * 1e3)
 
 
-def search_options(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], settings: TuneSettings) -> TuneOutcome:
+def search_options(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], settings: TuneSettings, base: SessionConfig | None = None) -> TuneOutcome:
     """Run the search of the module docstring on ``model`` (``feed``: the timing feed;
-    ``check_feeds``: the inputs on which every configuration's outputs must match)."""
+    ``check_feeds``: the inputs on which every configuration's outputs must match).
+    ``base``: the options every configuration is rated against and starts from (default:
+    ORT's defaults; an offline-optimized graph passes its ``disable`` level)."""
+    base = base or SessionConfig()
     cores = settings.max_threads or machine_cores()
     width = branch_width(model)
-    search = _Search(model, settings.provider, feed, check_feeds)
-    rows = [TuneRow(_label(c), c, "threads") for c in candidate_configs(width, cores)]
+    search = _Search(model, settings.provider, feed, check_feeds, base)
+    rows = [TuneRow(_label(c), c, "threads") for c in candidate_configs(width, cores, base)]
     notes = [] if width >= 2 else ["no parallel branches (one heavy node per depth): ORT_PARALLEL not tried"]
     search.time(rows, settings.duration, settings.seed)
     best = _best(rows)
-    stage2 = [TuneRow(_label(c), c, "level/spinning") for c in _refinements(best.config if best else SessionConfig(), cores)]
+    stage2 = [TuneRow(_label(c), c, "level/spinning") for c in _refinements(best.config if best and best.ratio > 1 else base, cores)]
     rows += stage2
     search.time(stage2, settings.duration, settings.seed + 1)
     best = _best(rows)
-    chosen, confirm = SessionConfig(), None
+    chosen, confirm = base, None
     if best is None or best.ratio < 1 + settings.min_gain:
         notes.append(f"no configuration beat the defaults by {settings.min_gain:.0%}: defaults kept")
     else:
@@ -251,13 +256,16 @@ def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None,
     from ..data import check_shapes
     from ..io import resolve_model
     from ..runtime import resolve_provider
-    from .carry import carry_options, check_carried
+    from .carry import carried_options, carry_options, check_carried
 
     settings = TuneSettings(resolve_provider(provider), batch, duration, min_gain, max_threads, seed).check()
     m, path = resolve_model(model)
     check_shapes(m, shapes, path)
     feed, checks, source = _feeds(m, data, shapes, batch, seed)
-    outcome = search_options(m, feed, checks, settings)
+    prior = carried_options(m)
+    # a graph ORT already optimized offline stays unoptimized at load: rated against that
+    base = SessionConfig(optimization_level="disable") if prior is not None and prior.optimization_level == "disable" else None
+    outcome = search_options(m, feed, checks, settings, base)
     out = copy.deepcopy(m)
     carry_options(out, outcome.chosen)
     check_carried(out, settings.provider)
