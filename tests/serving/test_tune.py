@@ -93,3 +93,14 @@ def test_tune_cli_help_and_no_overwrite(invoke):
     assert invoke("tune", "--help").exit_code == 0
     r = invoke("tune", MODELS / "digits_mlp.onnx", "-o", MODELS / "digits_mlp.onnx")
     assert r.exit_code == 2
+
+
+@pytest.mark.cuda
+def test_tune_and_session_on_cuda():
+    from onnxopt.serving.carry import session
+
+    res = tune(tiny_cnn(), provider="cuda", duration=0.2)
+    assert res.report["provider"] == "cuda"
+    cfg = carried_options(res.model)
+    assert check_carried(res.model, "cuda") == cfg
+    assert session(res.model, "cuda").get_providers()[0] == "CUDAExecutionProvider"
