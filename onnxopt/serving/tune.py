@@ -31,7 +31,7 @@ import onnx
 from ..errors import UsageError, VerificationError, blaming
 from .options import SessionConfig, machine_cores
 
-__all__ = ["TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "tune"]
+__all__ = ["TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "measure_given", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,23 @@ def search_options(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], 
     return TuneOutcome(chosen, rows, getattr(search, "default_ms", None), confirm, width, cores, notes)
 
 
+def measure_given(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], settings: TuneSettings, given: SessionConfig) -> TuneOutcome:
+    """No search: ``given`` (validated: exit 2 for thread counts outside 1..cores or
+    unknown values) is checked exact and timed against the defaults, and chosen as given;
+    the report says when it is slower."""
+    given.validate()
+    search = _Search(model, settings.provider, feed, check_feeds, SessionConfig())
+    row = TuneRow(_label(given), given, "given")
+    search.time([row], settings.duration, settings.seed)
+    notes = []
+    if row.status == "refused":
+        raise VerificationError(f"the given session options change the outputs: {row.reason}")
+    row.status, row.reason = "chosen", "given by the user"
+    if row.ratio is not None and row.ratio < 1.0:
+        notes.append(f"the given options ran {row.ratio:.2f}x vs the defaults (slower): carried as asked")
+    return TuneOutcome(given, [row], getattr(search, "default_ms", None), row.ratio, branch_width(model), machine_cores(), notes)
+
+
 def _label(c: SessionConfig) -> str:
     return c.describe()
 
@@ -241,7 +258,7 @@ def _feeds(model, data, shapes, batch, seed):
 
 
 @blaming("model")
-def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None, batch: int | None = None, duration: float = 3.0, min_gain: float = 0.03, max_threads: int | None = None, seed: int = 0, report=None):
+def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None, batch: int | None = None, duration: float = 3.0, min_gain: float = 0.03, max_threads: int | None = None, seed: int = 0, report=None, options: SessionConfig | dict | None = None):
     """The model with the fastest verified ONNX Runtime session options carried in it.
 
     ``model``: path or ModelProto (already final: its graph is not changed).  Searches as the
@@ -250,7 +267,9 @@ def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None,
     Runtime applies them with ``ORT_LOAD_CONFIG_FROM_MODEL=1``; ``onnxopt.session`` always)
     and in its provenance.  The defaults are kept, and carried, when nothing wins.  Raises
     ``UsageError`` / ``ProviderError`` / ``ModelError`` / ``DataError`` (exit 2) for bad input,
-    ``VerificationError`` (exit 3) when ORT rejects the carried options."""
+    ``VerificationError`` (exit 3) when ORT rejects the carried options.  ``options`` (a
+    ``SessionConfig`` or its dict): no search; these options are validated, checked, timed
+    against the defaults and carried as given."""
     from ..core.provenance import write_provenance
     from ..core.result import Result
     from ..data import check_shapes
@@ -261,11 +280,14 @@ def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None,
     settings = TuneSettings(resolve_provider(provider), batch, duration, min_gain, max_threads, seed).check()
     m, path = resolve_model(model)
     check_shapes(m, shapes, path)
+    given = SessionConfig.from_dict(options) if isinstance(options, dict) else options
+    if given is not None:
+        given.validate()  # before any work
     feed, checks, source = _feeds(m, data, shapes, batch, seed)
     prior = carried_options(m)
     # a graph ORT already optimized offline stays unoptimized at load: rated against that
     base = SessionConfig(optimization_level="disable") if prior is not None and prior.optimization_level == "disable" else None
-    outcome = search_options(m, feed, checks, settings, base)
+    outcome = measure_given(m, feed, checks, settings, given) if given is not None else search_options(m, feed, checks, settings, base)
     out = copy.deepcopy(m)
     carry_options(out, outcome.chosen)
     check_carried(out, settings.provider)

@@ -104,3 +104,27 @@ def test_tune_and_session_on_cuda():
     cfg = carried_options(res.model)
     assert check_carried(res.model, "cuda") == cfg
     assert session(res.model, "cuda").get_providers()[0] == "CUDAExecutionProvider"
+
+
+def test_tune_given_options_skip_the_search(invoke, tmp_path):
+    out = tmp_path / "g.onnx"
+    r = invoke("tune", MODELS / "digits_mlp.onnx", "-o", out, "--time-budget", "0.2", "--intra-op-threads", "1", "--optimization-level", "basic", "--no-spinning")
+    assert r.exit_code == 0, r.output
+    assert carried_options(onnx.load(out)) == SessionConfig(intra_op_threads=1, optimization_level="basic", allow_spinning=False)
+    assert "given" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--intra-op-threads", "-1"], "intra_op_threads must be"),
+        (["--inter-op-threads", "100000"], "more than the"),
+        (["--execution-mode", "async"], "unknown execution mode"),
+        (["--optimization-level", "max"], "unknown optimization level"),
+    ],
+)
+def test_tune_given_options_validated(invoke, tmp_path, args, msg):
+    out = tmp_path / "g.onnx"
+    r = invoke("tune", MODELS / "digits_mlp.onnx", "-o", out, *args)
+    assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
