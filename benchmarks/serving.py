@@ -127,17 +127,17 @@ def section_members(seconds: float) -> None:
     ms = load_members(members)
     match_inputs(ms, None)
     select_outputs(ms, None)
-    print("| batch | separate sessions ms (sum) | merged sequential ms | merged parallel ms | parallel / separate | parallel / sequential | carried |")
+    print("| batch | separate sessions ms (sum) | merged sequential ms | merged parallel ms | parallel / separate | parallel / sequential | carried (why) |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for batch in (1, 8):
         feed, _ = make_feed(res.model, None, None, batch)
         model = onnx.ModelProto()
         model.CopyFrom(res.model)
-        c = parallel_options(model, ms, feed, duration=seconds * 2)
+        c = parallel_options(model, ms, feed, runs=200, duration=seconds * 3)
         if "parallel_ms" not in c:
             print(f"| {batch} | - | - | - | - | - | {c['reason']} |")
             continue
-        print(f"| {batch} | {c['separate_ms']:.3f} | {c['sequential_ms']:.3f} | {c['parallel_ms']:.3f} | {c['parallel_ms'] / c['separate_ms']:.2f}x | {c['parallel_ms'] / c['sequential_ms']:.2f}x | {c['carried']} |")
+        print(f"| {batch} | {c['separate_ms']:.3f} | {c['sequential_ms']:.3f} | {c['parallel_ms']:.3f} | {c['parallel_ms'] / c['separate_ms']:.2f}x | {c['parallel_ms'] / c['sequential_ms']:.2f}x | {c['carried']} ({c['reason']}) |")
 
 
 def section_cold(models, repeats: int) -> None:

@@ -21,7 +21,7 @@ def test_three_ways_reported_and_parallel_carried_only_when_it_wins():
     cfg = SessionConfig.from_dict(c["options"])
     assert cfg.execution_mode == "parallel" and cfg.inter_op_threads >= 2
     if c["carried"]:
-        assert c["parallel_vs_sequential"]["ci95"][0] > 1.0
+        assert c["parallel_vs_sequential"]["ratio"] >= 1.03 and c["confirm_ratio"] >= 1.03
         assert carried_options(res.model) == cfg and check_carried(res.model) == cfg
     else:
         assert carried_options(res.model) is None
