@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import os
 import re
@@ -103,7 +105,10 @@ def create_session(
         so.optimized_model_filepath = str(optimized_path)
     providers = providers_for(provider, cuda_options=cuda_options)
     path = None if isinstance(model, onnx.ModelProto) else Path(model)
-    sess = _open_session(ort, model, path, so, providers, error)
+    # onnxruntime's Python wrapper prints an "EP Error ... Falling back" banner on stdout when
+    # session options fail (a model's ort_config, for one); the failure is raised as one line
+    with contextlib.redirect_stdout(io.StringIO()):
+        sess = _open_session(ort, model, path, so, providers, error)
     wants_cuda = isinstance(providers[0], tuple) and providers[0][0] == "CUDAExecutionProvider"
     check_provider_active(sess, "cuda" if wants_cuda else "cpu", path)  # "auto" included
     return sess

@@ -150,10 +150,7 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
             row.drop, row.verification = _reference_check(cand, env, fp16_samples)
             row.score = ev.reference_score - row.drop
         else:
-            check_model(cand.model, provider=env.provider, label=cand.name)
-            from ..serving.carry import check_carried
-
-            check_carried(cand.model, env.provider)  # ORT must accept the options it carries
+            check_model(cand.model, provider=env.provider, label=cand.name)  # carried options too
             outputs = ev.outputs(cand.model)
             for r, c in zip(ev.ref_outputs, outputs, strict=True):
                 if np.shape(r) != np.shape(c):

@@ -82,3 +82,19 @@ def test_check_carried_accepts_and_refuses():
         check_carried(broken)
     with pytest.raises(ModelError):
         carried_options(broken)
+
+
+def test_every_verified_output_refuses_options_ort_rejects(invoke, tmp_path):
+    """verify.check_model (the one verification) loads carried options as ORT would: a
+    command whose output carries options ORT rejects fails (exit 3) and writes nothing."""
+    from onnxopt.verify import check_model
+
+    bad = tiny_cnn()
+    bad.metadata_props.add(key="ort_config", value=json.dumps({"session_options": {"execution_mode": 7}}))
+    with pytest.raises(VerificationError, match="execution_mode"):
+        check_model(bad)
+    src = tmp_path / "bad.onnx"
+    onnx.save(bad, src)
+    out = tmp_path / "out.onnx"
+    r = invoke("simplify", src, "-o", out)
+    assert r.exit_code in (2, 3) and "execution_mode" in r.output and not out.exists()
