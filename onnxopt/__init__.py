@@ -23,6 +23,8 @@ _API = {
     "bench": "onnxopt.bench.api:bench",
     "optimize": "onnxopt.optimize.api:optimize",
     "adapt": "onnxopt.adapt.api:adapt",
+    "tune": "onnxopt.serving.tune:tune",
+    "session": "onnxopt.serving.carry:session",
     "load_model": "onnxopt.io:load_model",
     "save_model": "onnxopt.io:save_model",
     "load_data": "onnxopt.data:load_data",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import os
 import re
@@ -67,38 +69,46 @@ def create_session(
     cuda_options: dict | None = None,
     sequential: bool = True,
     mem_pattern: bool = True,
+    config=None,
+    optimized_path=None,
     error=ModelError,
 ):
     """An ``InferenceSession`` for a path or a proto; protos over 2 GB go through a temp file.
 
-    Load failures are raised as ``error`` (ModelError for user input; verification passes
-    hand in VerificationError).  ``mem_pattern=False`` turns off ORT's memory pattern,
-    whose block is allocated on the second run beside the first run's arena chunks (peak
-    memory of a many-output model, e.g. an augmented calibration model, nearly doubles).
+    ``config``: a ``serving.SessionConfig`` (threads, execution mode, optimization level,
+    spinning); without it one is built from ``threads`` / ``inter_threads`` /
+    ``sequential`` / ``optimization_level``.  Load failures are raised as ``error``
+    (ModelError for user input; verification passes hand in VerificationError).
+    ``mem_pattern=False`` turns off ORT's memory pattern, whose block is allocated on the
+    second run beside the first run's arena chunks (peak memory of a many-output model, e.g.
+    an augmented calibration model, nearly doubles).  ``optimized_path``: ORT also writes
+    the graph it optimized for this provider there (``optimized_model_filepath``).
     """
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
+    from .serving.options import SessionConfig
+
+    if config is None:
+        config = SessionConfig(
+            intra_op_threads=int(threads or 0),
+            inter_op_threads=int(inter_threads or 0),
+            execution_mode="sequential" if sequential else "parallel",
+            optimization_level=optimization_level or "all",
+        )
+    so = config.session_options(ort)
     # 4 (fatal only): a load or run failure is raised as ``error`` with ORT's message, and
     # ORT's own ERROR lines on stderr would break the one-line error contract; -vv shows them
     so.log_severity_level = 3 if log.isEnabledFor(logging.DEBUG) else 4
     if not mem_pattern:
         so.enable_mem_pattern = False
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    if inter_threads:
-        so.inter_op_num_threads = int(inter_threads)
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if sequential else ort.ExecutionMode.ORT_PARALLEL
-    if optimization_level:
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization_level]
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
     providers = providers_for(provider, cuda_options=cuda_options)
     path = None if isinstance(model, onnx.ModelProto) else Path(model)
-    sess = _open_session(ort, model, path, so, providers, error)
+    # onnxruntime's Python wrapper prints an "EP Error ... Falling back" banner on stdout when
+    # session options fail (a model's ort_config, for one); the failure is raised as one line
+    with contextlib.redirect_stdout(io.StringIO()):
+        sess = _open_session(ort, model, path, so, providers, error)
     wants_cuda = isinstance(providers[0], tuple) and providers[0][0] == "CUDAExecutionProvider"
     check_provider_active(sess, "cuda" if wants_cuda else "cpu", path)  # "auto" included
     return sess

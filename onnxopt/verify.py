@@ -129,7 +129,8 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
 
 
 def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None) -> CheckRecord:
-    """Checker + ORT load.  Raises ``error`` naming ``label`` on failure."""
+    """Checker + ORT load (+ the session options the model carries, ``serving.carry``).
+    Raises ``error`` naming ``label`` on failure."""
     rec = CheckRecord(provider=provider)
     prefix = f"{label}: " if label else ""
     try:
@@ -139,6 +140,10 @@ def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=Verifica
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
     create_session(model, provider, error=error).get_providers()
     rec.ort_loaded = True
+    # session options the model carries (ort_config) must be accepted by ONNX Runtime as written
+    from .serving.carry import check_carried
+
+    check_carried(model, provider, error=error)
     if label:
         log.debug("%s: checker ok (strict=%s), ORT loaded", label, rec.strict_shape_inference)
     return rec

@@ -256,6 +256,8 @@ def bench(
     block: int = 5,
     throughput: bool = True,
     accuracy: bool = True,
+    model_options: bool = True,
+    cold_start: int = 0,
 ) -> BenchResult:
     """Benchmark ``models`` (paths or protos) side by side; see the module docstring.
 
@@ -263,11 +265,16 @@ def bench(
     (both: whichever comes first; neither: 200 runs capped at 10 s).  ``batches`` sweeps
     batch sizes (None: each model's own batch, 1 when symbolic).  ``io_binding`` defaults
     to True on CUDA.  ``baseline``: index, path, name or proto (not among ``models``: it is
-    added first); default the first model.  Raises ``ModelError`` / ``DataError`` /
+    added first); default the first model.  ``model_options``: each session is built with the
+    options its model carries (``onnxopt tune``; ``threads`` still overrides intra-op
+    threads), False: ORT's defaults for all.  ``cold_start``: repeats of the cold-start
+    measurement per model in fresh subprocesses (0: none).  Raises ``ModelError`` / ``DataError`` /
     ``ProviderError`` / ``UsageError`` for bad input before anything is measured.
     """
     t_start = time.perf_counter()
     _check_args(runs, duration, warmup, concurrency, threads, batches, block)
+    if not isinstance(cold_start, int) or cold_start < 0:
+        raise UsageError(f"cold_start must be a number of repeats >= 0, got {cold_start!r}")
     if runs is None and duration is None:
         runs_eff, duration_eff = DEFAULT_RUNS, DEFAULT_DURATION
     else:
@@ -343,6 +350,10 @@ def bench(
         log.info("%s", msg)
 
     infos = [_model_info(e) for e in entries]
+    configs = [_session_config(e, model_options, threads) for e in entries]
+    for i, cfg in enumerate(configs):
+        infos[i]["session_options"] = cfg.to_dict() if cfg is not None else None
+        infos[i]["session_options_source"] = "model" if cfg is not None else "default"
     sessions: list = [None] * n
     invokers: dict[tuple[int, int], Invoker] = {}
     first: dict[tuple[int, int], float] = {}
@@ -360,7 +371,7 @@ def bench(
                 gpu=prov == "cuda", device_id=cuda_options.get("device_id", 0)
             ) as probe:
                 sessions[i], secs = open_session(
-                    e.src, prov, threads=threads, cuda_options=cuda_options or None
+                    e.src, prov, threads=threads, cuda_options=cuda_options or None, config=configs[i]
                 )
                 infos[i]["session_create_ms"] = secs * 1e3
                 for c in range(len(cfgs)):
@@ -450,6 +461,10 @@ def bench(
                 ):
                     thr[(active[k], c)] = t
                 phase = "latency"
+        # cold start in fresh subprocesses, after the timed phases (it would disturb them)
+        if cold_start and not interrupted:
+            phase = "cold start"
+            _cold_start(entries, plan, configs, infos, prov, threads, cold_start)
         # phase 4: accuracy
         if accuracy and not interrupted:
             phase = "accuracy"
@@ -494,6 +509,8 @@ def bench(
             "warmup": warmup,
             "block": block,
             "throughput_rounds": THROUGHPUT_ROUNDS if throughput else 0,
+            "model_options": bool(model_options),
+            "cold_start_repeats": int(cold_start),
             "cuda_options": cuda_options or None,
             "seed": seed,
         },
@@ -508,6 +525,32 @@ def bench(
         "warnings": warnings,
     }
     return BenchResult(None, report, ok=not interrupted, samples=samples)
+
+
+def _session_config(e: _Entry, model_options: bool, threads: int | None):
+    """The options ``e`` carries (``threads`` overriding its intra-op threads), or None."""
+    from ..serving.carry import carried_options
+
+    if not model_options:
+        return None
+    try:
+        cfg = carried_options(e.proto)
+    except ModelError as exc:
+        raise ModelError(exc.message, e.path) from None
+    return cfg.with_threads(threads) if cfg is not None else None
+
+
+def _cold_start(entries, plan, configs, infos, prov, threads, repeats) -> None:
+    """Per model, ``serving.coldstart`` on its first configuration's feed."""
+    from ..serving.coldstart import measure_cold_start
+    from ..serving.options import SessionConfig
+
+    for i, e in progress(list(enumerate(entries)), desc="bench cold start", unit="model"):
+        item = next((row[i] for row in plan if isinstance(row[i], tuple)), None)
+        if item is None:
+            continue
+        cfg = configs[i] or (SessionConfig(intra_op_threads=threads) if threads else None)
+        infos[i]["cold_start"] = measure_cold_start(e.src, item[0], config=cfg, provider=prov, repeats=repeats)
 
 
 def _accuracy(entries, sessions, views, ds, shapes, base, seed) -> list[dict]:

@@ -34,6 +34,7 @@ CSV_COLUMNS = [
     "speedup", "ci95_low", "ci95_high", "verdict", "samples_per_s", "runs_per_s",
     "session_create_ms", "rss_delta_bytes", "peak_rss_delta_bytes", "gpu_delta_bytes",
     "file_bytes", "params", "top1", "agreement", "rel_l2", "interrupted",
+    "session_options", "cold_create_ms", "cold_first_run_ms", "cold_peak_rss_bytes",
 ]  # fmt: skip
 
 _VERDICT = {"faster": "faster", "slower": "slower", "same": "~same", "baseline": "baseline"}
@@ -71,6 +72,7 @@ def csv_rows(report: dict) -> list[dict]:
         th = r.get("throughput") or {}
         mem = m.get("memory") or {}
         a = m.get("accuracy") or {}
+        cold = m.get("cold_start") or {}
         row = {
             "model": r["model"],
             "path": m.get("path"),
@@ -101,6 +103,10 @@ def csv_rows(report: dict) -> list[dict]:
             "agreement": a.get("agreement"),
             "rel_l2": a.get("rel_l2"),
             "interrupted": report.get("interrupted"),
+            "session_options": _options_text(m),
+            "cold_create_ms": cold.get("create_ms"),
+            "cold_first_run_ms": cold.get("first_run_ms"),
+            "cold_peak_rss_bytes": cold.get("creation_peak_rss_bytes"),
         }
         for k in ("min", "mean", "std", "p50", "p90", "p95", "p99", "p99.9", "max"):
             row[f"{k}_ms"] = lat.get(k)
@@ -149,10 +155,24 @@ def _rate(th) -> str:
     return f"{th['samples_per_s']:,.0f}"
 
 
+def _options_text(m: dict) -> str:
+    """``carried: intra 1, ...`` or ``default``."""
+    opts = m.get("session_options")
+    if not opts:
+        return "default"
+    from ..serving.options import SessionConfig
+
+    return "carried: " + SessionConfig.from_dict(opts).describe()
+
+
 def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["model", "size", "params", "create ms", "RSS growth", "top1 %", "agree %", "rel-L2"]
     if report.get("provider") == "cuda":
         headers.insert(5, "GPU mem")
+    cold = any(m.get("cold_start") for m in report["models"])
+    if cold:
+        headers += ["cold create ms", "cold 1st run ms", "cold RSS peak"]
+    headers.append("session options")
     rows = []
     for m in report["models"]:
         mem = m.get("memory") or {}
@@ -170,6 +190,10 @@ def _model_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         ]
         if report.get("provider") == "cuda":
             row.insert(5, human_bytes(mem.get("gpu_delta_bytes"), signed=True))
+        if cold:
+            c = m.get("cold_start") or {}
+            row += [_ms(c.get("create_ms")), _ms(c.get("first_run_ms")), human_bytes(c.get("creation_peak_rss_bytes"))]
+        row.append(_options_text(m))
         rows.append(row)
     return headers, rows
 
@@ -283,7 +307,7 @@ def to_table(report: dict) -> str:
     out += table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n")
     out.append("")
     h, rows = _model_rows(report)
-    out += table(h, rows, right=set(range(1, len(h)))).split("\n")
+    out += table(h, rows, right=set(range(1, len(h) - 1))).split("\n")
     foot = _footer_lines(report)
     if foot:
         out += [""] + foot
@@ -298,7 +322,7 @@ def to_markdown(report: dict) -> str:
     out += markdown_table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n")
     out.append("")
     h, rows = _model_rows(report)
-    out += markdown_table(h, rows, right=set(range(1, len(h)))).split("\n")
+    out += markdown_table(h, rows, right=set(range(1, len(h) - 1))).split("\n")
     foot = _footer_lines(report)
     if foot:
         out += [""] + [f"- {line}" for line in foot]

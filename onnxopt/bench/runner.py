@@ -59,12 +59,13 @@ def prime_runtime(
 
 
 def open_session(
-    model, provider: str, *, threads: int | None = None, cuda_options: dict | None = None
+    model, provider: str, *, threads: int | None = None, cuda_options: dict | None = None, config=None
 ):
-    """``(session, seconds)``: an ORT session for a path or proto, and how long it took
-    (``ProviderError`` when CUDA was asked for and the session fell back to the CPU)."""
+    """``(session, seconds)``: an ORT session for a path or proto (``config``: a
+    ``SessionConfig``, else ``threads``), and how long it took (``ProviderError`` when CUDA
+    was asked for and the session fell back to the CPU)."""
     t0 = time.perf_counter()
-    sess = create_session(model, provider, threads=threads, cuda_options=cuda_options)
+    sess = create_session(model, provider, threads=threads, cuda_options=cuda_options, config=config)
     secs = time.perf_counter() - t0
     return sess, secs
 

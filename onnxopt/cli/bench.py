@@ -99,6 +99,20 @@ __all__ = ["command"]
 @click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
 @click.option("--no-accuracy", is_flag=True, help="Skip the accuracy check.")
 @click.option(
+    "--model-options/--no-model-options",
+    "model_options",
+    default=True,
+    show_default=True,
+    help="Build each session with the options its model carries (onnxopt tune), or with onnxruntime's defaults.",
+)
+@click.option(
+    "--cold-start",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Repeats of the cold-start measurement per model (session creation, first run, peak RSS; each in a fresh process).",
+)
+@click.option(
     "--seed",
     type=int,
     default=0,
@@ -124,6 +138,8 @@ def command(
     plot_path,
     no_throughput,
     no_accuracy,
+    model_options,
+    cold_start,
     seed,
 ):
     """Benchmark MODELs side by side: session creation, first run, steady-state latency
@@ -164,6 +180,8 @@ def command(
         seed=seed,
         throughput=not no_throughput,
         accuracy=not no_accuracy,
+        model_options=model_options,
+        cold_start=cold_start,
     )
     report = result.report
     if fmt in ("json", "csv") and not output:

@@ -41,10 +41,11 @@ __all__ = ["command"]
 @click.option("--metric", type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]), default=None, help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).")
 @shape_option
 @provider_option
+@click.option("--parallel/--no-parallel", default=True, show_default=True, help="Time members run separately vs the merged model run sequentially vs with its branches in parallel, and carry the parallel session options when they win.")
 @click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
 @json_option
 @report_option
-def command(models, output, recipe, fusion, weights, fit_data, head, l2, softmax, keep_member_outputs, output_name, input_map, fuse_members, data, max_accuracy_drop, metric, shapes, provider, external_data, as_json, report_path):
+def command(models, output, recipe, fusion, weights, fit_data, head, l2, softmax, keep_member_outputs, output_name, input_map, fuse_members, data, max_accuracy_drop, metric, shapes, provider, parallel, external_data, as_json, report_path):
     """Fuse N models into one .onnx whose outputs combine theirs.
 
     The members share one set of inputs; their graphs are namespaced, identical weights are
@@ -82,6 +83,7 @@ def command(models, output, recipe, fusion, weights, fit_data, head, l2, softmax
         recipe=recipe,
         max_accuracy_drop=max_accuracy_drop,
         metric=metric,
+        parallel=parallel,
     )
     if not write_result(result, output, inputs=list(models), report_path=report_path, as_json=as_json, external_data=external_data):
         return
@@ -132,8 +134,21 @@ def render(rep: dict) -> None:
     click.echo(f"parity vs members run separately on {par['data']} ({par['samples']} samples): worst relative L2 {fmt(worst)}" + (f", {amb} ambiguous vote(s) skipped" if amb else ""))
     if rep.get("recipe"):
         _render_recipe(rep)
+    _render_concurrency(rep.get("concurrency"))
     for note in rep["notes"]:
         click.echo(f"note: {note}")
+
+
+def _render_concurrency(c: dict | None) -> None:
+    if not c:
+        return
+    if "parallel_ms" in c:
+        pv = c["parallel_vs_separate"]["ratio"]
+        click.echo(
+            f"serving ({c['branch_width']} branches, {c['cores']} cores): members in separate sessions {c['separate_ms']:.3f} ms, "
+            f"merged sequential {c['sequential_ms']:.3f} ms, merged parallel {c['parallel_ms']:.3f} ms ({1 / pv:.2f}x the separate sessions' time)"
+        )
+    click.echo(f"session options: {'carried: parallel execution' if c['carried'] else 'none carried'} ({c['reason']})")
 
 
 def _render_recipe(rep: dict) -> None:

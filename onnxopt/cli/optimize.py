@@ -54,6 +54,18 @@ __all__ = ["command"]
     default=None,
     help="Seconds per timing round (default: the recipe's, 8).",
 )
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "cold-start", "size"]),
+    default=None,
+    help="What the choice weighs: steady-state latency, cold start (session creation + first run, fresh processes) or size (default: the recipe's, latency).",
+)
+@click.option(
+    "--session-options/--no-session-options",
+    "session_options",
+    default=None,
+    help="Search ONNX Runtime session options for the chosen model and carry the winner in it (default: the recipe's, on).",
+)
 @report_option
 @json_option
 def command(
@@ -69,6 +81,8 @@ def command(
     batch,
     threads,
     time_budget,
+    objective,
+    session_options,
     report_path,
     as_json,
 ):
@@ -98,6 +112,8 @@ def command(
         batch=batch,
         threads=threads,
         time_budget=time_budget,
+        objective=objective,
+        session_options=session_options,
     )
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return

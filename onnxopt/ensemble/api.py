@@ -254,6 +254,7 @@ def ensemble(
     recipe=None,
     max_accuracy_drop: float | None = None,
     metric: str | None = None,
+    parallel: bool = True,
 ) -> Result:
     """Fuse ``models`` (paths or protos) into one model computing ``fusion`` of their outputs.
 
@@ -274,6 +275,10 @@ def ensemble(
     ``data``, else ``fit``, else synthesized inputs; lossy steps within
     ``max_accuracy_drop`` points of ``metric`` (default: the table's; none: recorded only).
     A step that fails verification raises ``VerificationError`` / ``BudgetError`` (exit 3).
+
+    ``parallel``: time the members run separately, the merged model sequentially and with
+    parallel execution of its branches (``ensemble.concurrent``), and carry the parallel
+    session options in the model when they win (``report["concurrency"]``).
     """
     models = list(models or [])
     given = {"fusion": fusion, "weights": weights, "softmax": softmax, "head": head, "l2": l2, "keep_member_outputs": keep_member_outputs, "fuse_members": fuse_members, "output": output, "input_map": input_map, "max_accuracy_drop": max_accuracy_drop, "metric": metric}
@@ -416,8 +421,24 @@ def ensemble(
         notes.append("max_accuracy_drop / metric apply to a recipe's lossy steps: without --recipe they have no effect")
     if "accuracy" in report:
         extra["accuracy"] = {k: report["accuracy"][k] for k in ("members", "ensemble", "samples")}
+    if parallel:
+        report["concurrency"] = _concurrency(model, members, ds, shapes, provider)
+        if report["concurrency"]["carried"]:
+            extra["session_options"] = report["concurrency"]["options"]
     write_provenance(model, "ensemble", steps, extra)
     return Result(model, report, True)
+
+
+def _concurrency(model, members, ds, shapes, provider) -> dict:
+    """``concurrent.parallel_options`` on the model's own batch (1 when symbolic) of ``ds``."""
+    from ..bench.feeds import SkipConfig, dataset_view, make_feed
+    from .concurrent import parallel_options
+
+    try:
+        feed, _ = make_feed(model, dataset_view(ds).validate(model), shapes, None)
+    except (SkipConfig, DataError) as exc:
+        return {"carried": False, "reason": f"not measured: {exc}"}
+    return parallel_options(model, members, feed, provider=provider)
 
 
 def _blame_recipe(exc: UsageError, plan) -> None:

@@ -37,7 +37,7 @@ from ..verify import EXACT_REL_L2, compare_outputs, is_exact
 from .heads import Fusion, reference
 from .merge import Member
 
-__all__ = ["ParityReport", "run_members", "check_parity", "ambiguous_samples", "accuracy", "parity_ok", "parity_record"]
+__all__ = ["ParityReport", "member_feed", "run_members", "check_parity", "ambiguous_samples", "accuracy", "parity_ok", "parity_record"]
 
 LIMIT = 512
 FP16_REL_L2 = 4e-3
@@ -64,7 +64,8 @@ class ParityReport:
         return max(vals, default=0.0)
 
 
-def _member_feed(m: Member, feed: dict) -> dict:
+def member_feed(m: Member, feed: dict) -> dict:
+    """The feed of the merged model as member ``m`` names its inputs."""
     return {local: feed[shared] for local, shared in m.input_rename.items()}
 
 
@@ -76,7 +77,7 @@ def run_members(members: list[Member], dataset, *, provider: str = "cpu", limit:
         s = create_session(m.original, provider)
         for feed in dataset.batches(None, limit):
             try:
-                per[j].append(s.run(m.outputs, _member_feed(m, feed)))
+                per[j].append(s.run(m.outputs, member_feed(m, feed)))
             except Exception as exc:
                 from ..errors import ModelError
 

@@ -18,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..core.passes import Context
@@ -31,7 +32,7 @@ from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
 from ..stats import model_stats
 from .candidates import BuildEnv, build_candidates, is_bert_like
-from .plan import plan_from_recipe
+from .plan import OBJECTIVES, plan_from_recipe
 from .select import Timer, decide, render_decision_table, time_candidates, verify_candidate
 
 __all__ = ["TARGETS", "optimize", "render_decision_table"]
@@ -107,6 +108,40 @@ def _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duratio
     return pre
 
 
+def _cold_starts(rows, by_name, m, feed, provider, st) -> float:
+    """Cold start (session creation + first run, median of fresh processes) of the input and
+    of every eligible candidate, with the options each carries; returns the input's."""
+    from ..serving.carry import carried_options
+    from ..serving.coldstart import measure_cold_start
+    from .select import eligible_rows
+
+    eligible = eligible_rows(rows, st.min_ratio)
+    models = [m] + [by_name[r.name].model for r in eligible]
+    figures: list[list[float]] = [[] for _ in models]
+    for _ in range(st.cold_start_repeats):  # round-robin: machine noise hits every model alike
+        for k, model in enumerate(models):
+            c = measure_cold_start(model, feed, config=carried_options(model), provider=provider, repeats=1)
+            figures[k].append(c["create_ms"] + c["first_run_ms"])
+    medians = [float(np.median(f)) for f in figures]
+    for r, ms in zip(eligible, medians[1:], strict=True):
+        r.cold_start_ms = ms
+    return medians[0]
+
+
+def _tune_session(out, feed, dataset, provider, duration, seed):
+    """Search session options for the chosen model (``serving.tune``), carry the winner in
+    ``out`` (in place) and verify that ORT accepts it; returns the search outcome."""
+    from ..serving.carry import carried_options, carry_options, check_carried
+    from ..serving.tune import TuneSettings, search_options
+
+    settings = TuneSettings(provider, duration=min(duration, 2.0), seed=seed)
+    checks = list(dataset.batches(None, 64))
+    outcome = search_options(out, feed, checks, settings, carried_options(out))
+    carry_options(out, outcome.chosen)
+    check_carried(out, provider)
+    return outcome
+
+
 def _restore_input_provenance(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Replace the candidate's onnxopt metadata by the input's (so history stays the user's)."""
     kept = [(p.key, p.value) for p in model.metadata_props if p.key != PROVENANCE_KEY]
@@ -143,6 +178,8 @@ def optimize(
     time_budget: float | None = None,
     seed: int = 0,
     report=None,
+    objective: str | None = None,
+    session_options: bool | None = None,
 ) -> PipelineResult:
     """The fastest verified model for ``target`` within the accuracy budget.
 
@@ -153,6 +190,9 @@ def optimize(
     inputs.  ``max_accuracy_drop``: points of ``metric`` (default: the recipe's, 1.0).
     ``batch``, ``threads``, ``runs``, ``time_budget`` (seconds per timing round) override
     the recipe's timing settings.  ``report``: also write the JSON report there.
+    ``objective``: ``latency`` | ``cold-start`` | ``size`` (default: the recipe's, latency).
+    ``session_options``: search ONNX Runtime session options for the chosen model and
+    carry the winner in it (default: the recipe's, on).
 
     Returns a ``PipelineResult`` whose ``report["decision"]`` holds the decision table
     (``render_decision_table(report)`` prints it).  Raises ``UsageError`` / ``RecipeError``
@@ -164,9 +204,13 @@ def optimize(
         raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     if metric is not None and metric not in METRICS:
         raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    if objective is not None and objective not in OBJECTIVES:
+        raise UsageError(f"unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     rec = load_recipe(recipe if recipe is not None else (target or "cpu"))
     plan = plan_from_recipe(rec)
     st = plan.settings
+    objective = objective or st.objective
+    session_options = st.session_options if session_options is None else bool(session_options)
     target = target or rec.target
     notes: list[str] = []
     if rec.target != target:
@@ -229,13 +273,21 @@ def optimize(
     timer = Timer(m, feed, provider, threads=threads, runs=runs or st.runs, duration=duration)
     by_name = {c.name: c for c in cands}
     time_candidates(rows, by_name, timer, reference=m)
-    chosen = decide(rows, timer, min_ratio=st.min_ratio, min_gain=st.min_gain)
+    input_cold = _cold_starts(rows, by_name, m, feed, provider, st) if objective == "cold-start" else None
+    chosen = decide(rows, timer, min_ratio=st.min_ratio, min_gain=st.min_gain, objective=objective)
     t_time = time.perf_counter() - t0
     input_ms = timer.base_latency_ms
 
     # 5. the output model with provenance (nothing time-dependent in it)
     out = copy.deepcopy(by_name[chosen.name].model if chosen is not None else m)
     _restore_input_provenance(out, m)
+    if chosen is not None and chosen.kind == "ort-offline":
+        from ..serving.offline import CAVEAT
+
+        notes.append(f"ort-offline chosen: {CAVEAT}")
+    t0 = time.perf_counter()
+    tuned = _tune_session(out, feed, dataset, provider, duration, seed) if session_options else None
+    t_tune = time.perf_counter() - t0
     pre_steps = [r.to_dict(timing=False) for r in pre.steps]
     for s in pre_steps:
         s.pop("before", None)
@@ -253,12 +305,15 @@ def optimize(
             "drop": chosen.drop if chosen else 0.0,
         },
     }
-    write_provenance(
-        out,
-        "optimize",
-        pre_steps + [chosen_step],
-        {"target": target, "recipe": rec.name, "max_accuracy_drop": budget.max_drop},
-    )
+    extra = {"target": target, "recipe": rec.name, "max_accuracy_drop": budget.max_drop}
+    if objective != "latency":  # the default is not written (provenance stays free of timing words)
+        extra["objective"] = objective
+    from ..serving.carry import carried_options
+
+    carried = carried_options(out)
+    if carried is not None:
+        extra["session_options"] = carried.to_dict()
+    write_provenance(out, "optimize", pre_steps + [chosen_step], extra)
 
     decision = {
         "target": target,
@@ -271,7 +326,10 @@ def optimize(
         "max_accuracy_drop": budget.max_drop,
         "min_ratio": st.min_ratio,
         "min_gain": st.min_gain,
+        "objective": objective,
         "input_latency_ms": input_ms,
+        "input_cold_start_ms": input_cold,
+        "session_options": tuned.to_dict() if tuned is not None else None,
         "rows": [r.to_dict() for r in rows],
         "chosen": chosen.name if chosen is not None else "input",
         "summary": _summary(chosen, rows, evaluator.metric),
@@ -293,6 +351,7 @@ def optimize(
             "preprocess": round(t_pre, 3),
             "candidates": round(t_build, 3),
             "timing": round(t_time, 3),
+            "session_options": round(t_tune, 3),
             "total": round(time.perf_counter() - t_start, 3),
         },
     }

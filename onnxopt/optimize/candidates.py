@@ -574,12 +574,28 @@ def produce_recipe(
     ]
 
 
+def produce_ort_offline(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    """ONNX Runtime's own optimized graph for the target (``serving.offline``): exact up to
+    ORT's fusions, but bound to this machine, so it is weighed like a lossy candidate (it
+    must beat the FP32 model by ``min_gain`` on the objective)."""
+    from ..serving.offline import CAVEAT, ort_optimized
+
+    params = {"level": cfg.level}
+    try:
+        model = ort_optimized(base, env.provider, level=cfg.level)
+    except OnnxoptError as exc:
+        return [Candidate("ort-offline", "ort-offline", None, params=params, refused=_why(exc))]
+    notes = [CAVEAT, "carries graph_optimization_level=disable (the optimization is done)"]
+    return [Candidate("ort-offline", "ort-offline", model, params=params, notes=notes, source="onnxruntime")]
+
+
 PRODUCERS: dict[str, Callable] = {
     "fp32": produce_fp32,
     "int8-dynamic": produce_int8_dynamic,
     "int8-static": produce_int8_static,
     "prune": produce_prune,
     "fp16": produce_fp16,
+    "ort-offline": produce_ort_offline,
 }
 
 

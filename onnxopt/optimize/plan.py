@@ -25,9 +25,10 @@ from ..core.passes import validate_config
 from ..core.recipe import Recipe
 from ..errors import RecipeError
 
-__all__ = ["KINDS", "OptimizeSettings", "CandidateSpec", "Plan", "plan_from_recipe"]
+__all__ = ["KINDS", "OBJECTIVES", "OptimizeSettings", "CandidateSpec", "Plan", "plan_from_recipe"]
 
-KINDS = ("fp32", "int8-dynamic", "int8-static", "prune", "fp16")
+KINDS = ("fp32", "int8-dynamic", "int8-static", "prune", "fp16", "ort-offline")
+OBJECTIVES = ("latency", "cold-start", "size")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class OptimizeSettings:
     time_budget: float = 8.0
     eval_limit: int = 512
     allow_cpu_verification: bool = False
+    # what the choice weighs: steady-state latency, cold start (session creation + first
+    # run, in fresh processes) or file size; every choice stays >= min_ratio vs the input
+    objective: str = field(default="latency", metadata={"choices": OBJECTIVES})
+    # after the choice, search ONNX Runtime session options for it and carry the winner
+    session_options: bool = True
+    cold_start_repeats: int = 5
 
     def check(self):
         if not self.candidates:
@@ -64,6 +71,8 @@ class OptimizeSettings:
             return "batch, runs and eval_limit must be positive, threads >= 0"
         if self.time_budget <= 0:
             return "time_budget must be positive"
+        if self.cold_start_repeats < 1:
+            return "cold_start_repeats must be >= 1"
         return None
 
 
@@ -126,12 +135,20 @@ class RecipeCandidateConfig:
     pass
 
 
+@dataclass
+class OrtOfflineConfig:
+    """ONNX Runtime's optimized graph saved at ``level`` (``serving.offline``)."""
+
+    level: str = field(default="all", metadata={"choices": ("basic", "extended", "all")})
+
+
 CONFIGS = {
     "fp32": RecipeCandidateConfig,
     "int8-dynamic": Int8DynamicConfig,
     "int8-static": Int8StaticConfig,
     "prune": PruneConfig,
     "fp16": Fp16Config,
+    "ort-offline": OrtOfflineConfig,
 }
 
 

@@ -70,6 +70,7 @@ class Row:
     ci95: list | None = None
     latency_ms: float | None = None
     confirm_ratio: float | None = None
+    cold_start_ms: float | None = None  # session creation + first run, fresh processes (median)
     same_as_input: bool = False
     size_bytes: int | None = None
     build_seconds: float = 0.0
@@ -149,7 +150,7 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
             row.drop, row.verification = _reference_check(cand, env, fp16_samples)
             row.score = ev.reference_score - row.drop
         else:
-            check_model(cand.model, provider=env.provider, label=cand.name)
+            check_model(cand.model, provider=env.provider, label=cand.name)  # carried options too
             outputs = ev.outputs(cand.model)
             for r, c in zip(ev.ref_outputs, outputs, strict=True):
                 if np.shape(r) != np.shape(c):
@@ -194,10 +195,14 @@ class Timer:
         min_seconds: float = 1.0,
     ):
         from ..runtime import create_session
+        from ..serving.carry import carried_options
 
-        self._create = lambda m: create_session(
-            m, provider, threads=threads or None, error=VerificationError
-        )
+        def _create(m):
+            cfg = carried_options(m)  # a candidate carrying options is timed with them
+            cfg = cfg.with_threads(threads) if cfg is not None else None
+            return create_session(m, provider, threads=threads or None, config=cfg, error=VerificationError)
+
+        self._create = _create
         self.feed = feed
         self.runs = runs
         self.duration = duration
@@ -301,34 +306,56 @@ def time_candidates(
             r.latency_ms = float(np.median(lat) * 1e3)
 
 
-def decide(
-    rows: list[Row], timer: Timer | None, *, min_ratio: float = 0.97, min_gain: float = 0.05
-) -> Row | None:
-    """Mark the chosen row (see the module docstring); None = write the input unchanged."""
-    eligible = [
-        r for r in rows if r.verified and r.within_budget and r.timed and r.ratio is not None
-    ]
-    for r in eligible:
+def merit(r: Row, objective: str = "latency") -> float | None:
+    """What the choice maximizes: the latency ratio vs the input, or the inverse of the
+    cold start (ms) or of the size (bytes); None when the row lacks that figure."""
+    if objective == "cold-start":
+        return 1.0 / r.cold_start_ms if r.cold_start_ms else None
+    if objective == "size":
+        return 1.0 / r.size_bytes if r.size_bytes else None
+    return r.ratio
+
+
+def eligible_rows(rows: list[Row], min_ratio: float = 0.97) -> list[Row]:
+    """Verified, within budget, timed and not slower than ``min_ratio`` vs the input."""
+    ok = [r for r in rows if r.verified and r.within_budget and r.timed and r.ratio is not None]
+    for r in ok:
         if r.ratio < min_ratio:
             r.reason = f"slower than the input: {r.ratio:.3f}x < {min_ratio:g}"
-    eligible = [r for r in eligible if r.ratio >= min_ratio]
-    lossless = sorted((r for r in eligible if r.lossless), key=lambda r: -r.ratio)
-    base_ratio = lossless[0].ratio if lossless else 1.0
-    need = base_ratio * (1 + min_gain)
+    return [r for r in ok if r.ratio >= min_ratio]
+
+
+def decide(
+    rows: list[Row],
+    timer: Timer | None,
+    *,
+    min_ratio: float = 0.97,
+    min_gain: float = 0.05,
+    objective: str = "latency",
+) -> Row | None:
+    """Mark the chosen row (see the module docstring); None = write the input unchanged.
+    ``objective``: ``latency`` | ``cold-start`` | ``size`` (``merit``); with the latter two a
+    lossy candidate must beat the best lossless one by ``min_gain`` on that figure, and
+    every choice is still confirmed at ``min_ratio`` or better against the input."""
+    eligible = [r for r in eligible_rows(rows, min_ratio) if merit(r, objective) is not None]
+    what = {"latency": "faster", "cold-start": "quicker to start", "size": "smaller"}[objective]
+    lossless = sorted((r for r in eligible if r.lossless), key=lambda r: -merit(r, objective))
+    base_merit = merit(lossless[0], objective) if lossless else (1.0 if objective == "latency" else 0.0)
+    need = base_merit * (1 + min_gain)
     lossy = []
-    for r in sorted((r for r in eligible if not r.lossless), key=lambda r: -r.ratio):
-        if r.ratio >= need:
+    for r in sorted((r for r in eligible if not r.lossless), key=lambda r: -merit(r, objective)):
+        if merit(r, objective) >= need:
             lossy.append(r)
         else:
-            r.reason = f"{r.ratio:.2f}x is not {min_gain:.0%} faster than lossless {base_ratio:.2f}x; accuracy loss not justified"
+            r.reason = f"not {min_gain:.0%} {what} than the lossless model: accuracy loss not justified" if r.kind != "ort-offline" else f"not {min_gain:.0%} {what} than the lossless model: binding to this machine not justified"
     chosen = None
     for r in lossy + lossless:
         if r.same_as_input:
             r.confirm_ratio = 1.0
         elif timer is not None:
             r.confirm_ratio = timer.confirm(r.name)
-            # a lossy winner must also keep its margin over the lossless model when re-timed
-            floor = min_ratio if r.lossless else max(min_ratio, need)
+            # a lossy winner must also keep its latency margin over the lossless model when re-timed
+            floor = min_ratio if (r.lossless or objective != "latency") else max(min_ratio, need)
             if r.confirm_ratio < floor:
                 r.reason = f"confirmation run: {r.confirm_ratio:.2f}x < {floor:.2f}"
                 continue
@@ -347,15 +374,17 @@ def decide(
                     else "nothing beat the input by the required margin; simplified FP32 written"
                 )
             else:
+                best = "fastest" if objective == "latency" else f"best {objective}"
+                extra = f", cold start {r.cold_start_ms:.1f} ms" if objective == "cold-start" else ""
                 r.reason = (
-                    f"fastest within budget ({r.ratio:.2f}x, confirmed {r.confirm_ratio:.2f}x)"
+                    f"{best} within budget ({r.ratio:.2f}x, confirmed {r.confirm_ratio:.2f}x{extra})"
                     if r.confirm_ratio
-                    else f"fastest within budget ({r.ratio:.2f}x)"
+                    else f"{best} within budget ({r.ratio:.2f}x{extra})"
                 )
         elif r.status not in ("refused", "not timed"):
             if r in eligible and not r.reason:
                 r.status = "eligible"
-                r.reason = f"eligible but {chosen.name} is faster" if chosen else "eligible"
+                r.reason = f"eligible but {chosen.name} is {what}" if chosen else "eligible"
             elif r in eligible:
                 r.status = "eligible" if not r.reason.startswith("confirmation") else "rejected"
             else:
@@ -370,6 +399,18 @@ def _fmt_ratio(row: dict) -> str:
     lo, hi = row.get("ci95") or (None, None)
     ci = f" [{lo:.2f},{hi:.2f}]" if lo is not None else ""
     return f"{row['ratio']:.2f}x{ci}"
+
+
+def _session_rows(outcome: dict | None, width: int, cold: bool) -> list[list]:
+    """The session-option search (``serving.tune``) as decision-table rows."""
+    out = []
+    for r in (outcome or {}).get("rows", []):
+        ratio = _fmt_ratio(r)
+        line = ["options: " + r["describe"], r["status"], ratio, "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}", "-", "-", r.get("reason", "")]
+        if cold:
+            line.insert(4, "-")
+        out.append(line[:width])
+    return out
 
 
 def render_decision_table(report: dict) -> str:
@@ -387,25 +428,37 @@ def render_decision_table(report: dict) -> str:
         "size",
         "reason",
     ]
+    cold = any(r.get("cold_start_ms") is not None for r in rows)
+    if cold:
+        headers.insert(4, "cold start ms")
     body = []
     for r in rows:
         acc = "-" if r.get("score") is None else f"{r['score']:.2f} ({0.0 - r['drop'] + 0.0:+.2f})"
-        body.append(
-            [
-                r["name"],
-                r["status"],
-                _fmt_ratio(r),
-                "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
-                acc,
-                human_bytes(r["size_bytes"]) if r.get("size_bytes") else "-",
-                r.get("reason", ""),
-            ]
-        )
+        line = [
+            r["name"],
+            r["status"],
+            _fmt_ratio(r),
+            "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
+            acc,
+            human_bytes(r["size_bytes"]) if r.get("size_bytes") else "-",
+            r.get("reason", ""),
+        ]
+        if cold:
+            line.insert(4, "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f}")
+        body.append(line)
+    body += _session_rows(d.get("session_options"), len(headers), cold)
     head = (
         f"target {d.get('target')} (provider {d.get('provider')}), batch {d.get('batch')}, metric {d.get('metric')} "
         f"on {d.get('data')}{f' ({n} samples)' if (n := d.get('samples')) else ''}: input {d.get('reference_score', 0):.2f}, budget {d.get('max_accuracy_drop'):g} points; "
         f"input latency {d.get('input_latency_ms') or 0:.3f} ms"
     )
+    if cold and d.get("input_cold_start_ms") is not None:
+        head += f"; input cold start {d['input_cold_start_ms']:.1f} ms"
+    if d.get("objective", "latency") != "latency":
+        head += f"; objective {d['objective']}"
     lines = [head, table(headers, body)]
+    so = d.get("session_options")
+    if so:
+        lines.append(f"session options carried: {so['chosen_describe']} (rows 'options: ...' are rated against the chosen model with its starting options)")
     lines.append(d.get("summary", ""))
     return "\n".join(x for x in lines if x)

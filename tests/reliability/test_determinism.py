@@ -7,9 +7,12 @@ Every command that writes a model runs in two separate processes with different
 
 ``optimize`` chooses its candidate by timing, so its run uses a recipe that leaves one
 candidate (``candidates = ["fp32"]``, ``min_ratio`` low enough that timing noise cannot
-reject it): what is compared is everything else it writes (the simplified model and its
-provenance, which must not carry timings).  With more than one candidate the bytes are
-the same only when the same candidate wins.
+reject it) and no session-option search (``session_options = false``: the options it
+carries are a timing choice too): what is compared is everything else it writes (the
+simplified model and its provenance, which must not carry timings).  With more than one
+candidate the bytes are the same only when the same candidate wins.  ``ensemble`` runs
+with ``--no-parallel`` for the same reason (whether it carries parallel-execution options
+is decided by timing).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ pass = "simplify"
 candidates = ["fp32"]
 min_ratio = 0.01
 time_budget = 0.2
+session_options = false
 """
 
 
@@ -105,6 +109,7 @@ def jobs(out: Path, recipe: Path) -> dict[str, list[str]]:
             "stack",
             "--fit",
             m / "digits_calib.npz",
+            "--no-parallel",
         ],
         "ensemble-vote": [
             "ensemble",
@@ -115,6 +120,7 @@ def jobs(out: Path, recipe: Path) -> dict[str, list[str]]:
             out / "ensemble-vote.onnx",
             "--fusion",
             "vote",
+            "--no-parallel",
         ],
         "chain": ["chain", CORPUS.model, CORPUS.head, "-o", out / "chain.onnx"],
         "adapt": [
