@@ -35,10 +35,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.bench.api import bench
-from onnxopt.bench.environment import cpu_model, load_average, usable_cores
+from onnxopt.bench.environment import cpu_model, load_average
 from onnxopt.bench.runner import Invoker
 from onnxopt.bench.timing import measure_interleaved, speedup
 from onnxopt.runtime import create_session
+from onnxopt.session_options import machine_cores
 
 
 def matmul_chain(layers: int, width: int = 256, batch: int = 64, seed: int = 0) -> onnx.ModelProto:
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.runs, args.repeats = 2, 50, 2
     print(
-        f"machine: {cpu_model()}, {usable_cores()} usable cores, load average before {load_average()}, pid {os.getpid()}"
+        f"machine: {cpu_model()}, {machine_cores()} usable cores, load average before {load_average()}, pid {os.getpid()}"
     )
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
         path, ms = sized_model(args.target_ms, Path(tmp))

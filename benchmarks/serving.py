@@ -43,7 +43,7 @@ from onnxopt.runtime import create_session  # noqa: E402
 from onnxopt.serving.carry import carried_options, ort_loads_config  # noqa: E402
 from onnxopt.serving.coldstart import measure_cold_start  # noqa: E402
 from onnxopt.serving.offline import ort_optimized  # noqa: E402
-from onnxopt.serving.options import SessionConfig, machine_cores  # noqa: E402
+from onnxopt.session_options import SessionConfig, machine_cores  # noqa: E402
 
 MODELS = ROOT / "models"
 SHAPES = {

@@ -6,7 +6,6 @@ import contextlib
 import copy
 import io
 import logging
-import os
 import re
 import tempfile
 from collections.abc import Iterable
@@ -86,7 +85,7 @@ def create_session(
     """
     import onnxruntime as ort
 
-    from .serving.options import SessionConfig
+    from .session_options import SessionConfig
 
     if config is None:
         config = SessionConfig(
@@ -220,7 +219,3 @@ def run_dataset(model_or_session, dataset, *, provider: str = "cpu", batch_size:
             # symbolic dims synthesized as 1 are a common cause (a 3x3 Conv on a 1x1 image)
             exc.message += "; the inputs were synthesized (symbolic dims = 1): give --shape NAME:D1,D2,... or --data"
         raise
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1

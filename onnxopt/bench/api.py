@@ -543,7 +543,7 @@ def _session_config(e: _Entry, model_options: bool, threads: int | None):
 def _cold_start(entries, plan, configs, infos, prov, threads, repeats) -> None:
     """Per model, ``serving.coldstart`` on its first configuration's feed."""
     from ..serving.coldstart import measure_cold_start
-    from ..serving.options import SessionConfig
+    from ..session_options import SessionConfig
 
     for i, e in progress(list(enumerate(entries)), desc="bench cold start", unit="model"):
         item = next((row[i] for row in plan if isinstance(row[i], tuple)), None)

@@ -13,9 +13,10 @@ import platform
 import sys
 from pathlib import Path
 
+from ..session_options import machine_cores
+
 __all__ = [
     "cpu_model",
-    "usable_cores",
     "physical_cores",
     "effective_threads",
     "load_average",
@@ -39,14 +40,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def usable_cores() -> int:
-    """Logical CPUs this process may run on (affinity mask), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def physical_cores() -> int:
     try:
         import psutil
@@ -63,7 +56,7 @@ def effective_threads(threads: int | None, provider: str = "cpu") -> int:
     """Intra-op threads a CPU session will use (ORT default: physical cores, within affinity)."""
     if threads:
         return int(threads)
-    return max(1, min(physical_cores(), usable_cores()))
+    return max(1, min(physical_cores(), machine_cores()))
 
 
 def load_average() -> list[float] | None:
@@ -78,7 +71,7 @@ def oversubscription_warning(threads: int | None, concurrency: int, provider: st
     if provider != "cpu":
         return None
     eff = effective_threads(threads, provider)
-    cores = usable_cores()
+    cores = machine_cores()
     if eff * concurrency > cores:
         return f"{eff} intra-op thread(s) x {concurrency} concurrent worker(s) = {eff * concurrency} > {cores} usable cores: the throughput workers compete for cores (the latency phase runs one request at a time)"
     return None
@@ -87,7 +80,7 @@ def oversubscription_warning(threads: int | None, concurrency: int, provider: st
 def busy_warning() -> str | None:
     """A warning when the machine was already busy (1-minute load >= half the cores)."""
     load = load_average()
-    cores = usable_cores()
+    cores = machine_cores()
     if load and load[0] >= 0.5 * cores:
         return f"machine busy before the run: load average {load[0]} on {cores} usable cores; expect long tails and wider confidence intervals (--threads 1 suffers least from shared cores)"
     return None
@@ -191,7 +184,7 @@ def capture(
         "cpu": cpu_model(),
         "cores_logical": os.cpu_count(),
         "cores_physical": physical_cores(),
-        "cores_usable": usable_cores(),
+        "cores_usable": machine_cores(),
         "cpu_mhz": _cpu_freq_mhz(),
         "cpu_governor": _governor(),
         "load_average": load_average(),  # at the end of the run; see load_average_before

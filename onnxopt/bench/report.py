@@ -160,7 +160,7 @@ def _options_text(m: dict) -> str:
     opts = m.get("session_options")
     if not opts:
         return "default"
-    from ..serving.options import SessionConfig
+    from ..session_options import SessionConfig
 
     return "carried: " + SessionConfig.from_dict(opts).describe()
 

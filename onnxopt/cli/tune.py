@@ -20,7 +20,7 @@ __all__ = ["command", "render_tune"]
 
 def render_tune(report: dict) -> str:
     """The search table of a ``tune`` report."""
-    from .render import table
+    from ..render import table
 
     body = []
     for r in report["rows"]:

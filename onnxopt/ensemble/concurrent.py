@@ -33,7 +33,7 @@ MIN_GAIN = 0.03
 
 
 def _config_for(width: int, cores: int):
-    from ..serving.options import SessionConfig
+    from ..session_options import SessionConfig
 
     inter = min(width, cores)
     return SessionConfig(intra_op_threads=max(1, cores // inter), inter_op_threads=inter, execution_mode="parallel")
@@ -45,8 +45,8 @@ def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: s
     from ..bench.timing import measure_interleaved, speedup
     from ..runtime import create_session
     from ..serving.carry import carry_options, check_carried
-    from ..serving.options import SessionConfig, machine_cores
     from ..serving.tune import branch_width
+    from ..session_options import SessionConfig, machine_cores
     from ..verify import compare_outputs
     from .parity import member_feed
 

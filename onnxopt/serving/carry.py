@@ -28,7 +28,7 @@ import onnx
 
 from ..core.provenance import read_provenance
 from ..errors import ModelError, VerificationError
-from .options import SessionConfig
+from ..session_options import SessionConfig
 
 __all__ = ["ORT_CONFIG_KEY", "LOAD_ENV", "carry_options", "carried_options", "check_carried", "ort_loads_config", "session"]
 

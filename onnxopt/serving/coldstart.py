@@ -33,7 +33,7 @@ def _child(model_path: str, feed_path: str, config_json: str, provider: str) -> 
     t_import = time.perf_counter() - t0
     from ..bench.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
     from ..runtime import providers_for
-    from .options import SessionConfig
+    from ..session_options import SessionConfig
 
     config = SessionConfig.from_dict(json.loads(config_json)) if config_json != "null" else SessionConfig()
     so = config.session_options(ort)

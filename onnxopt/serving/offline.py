@@ -19,8 +19,8 @@ from pathlib import Path
 import onnx
 
 from ..errors import UnsupportedError, VerificationError
+from ..session_options import SessionConfig
 from .carry import carry_options
-from .options import SessionConfig
 
 __all__ = ["CAVEAT", "ort_optimized"]
 

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from ..errors import UsageError, VerificationError, blaming
-from .options import SessionConfig, machine_cores
+from ..session_options import SessionConfig, machine_cores
 
 __all__ = ["TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "measure_given", "tune"]
 

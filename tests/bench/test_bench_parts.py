@@ -12,7 +12,6 @@ from onnxopt.bench.environment import (
     capture,
     effective_threads,
     oversubscription_warning,
-    usable_cores,
 )
 from onnxopt.bench.feeds import SkipConfig, feed_batch, fixed_batch_conflict, make_feed
 from onnxopt.bench.memory import (
@@ -27,6 +26,7 @@ from onnxopt.data import load_data
 from onnxopt.errors import DataError
 from onnxopt.io import load_model
 from onnxopt.runtime import create_session
+from onnxopt.session_options import machine_cores
 from tests.bench.bench_toys import fixed_batch_mlp, mlp, two_input
 
 # --- feeds -------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_environment_and_oversubscription():
     env = capture("cpu", session=sess, threads=1, concurrency=1)
     assert (
         env["onnxruntime"]
-        and env["cores_usable"] == usable_cores()
+        and env["cores_usable"] == machine_cores()
         and env["ort_providers"] == ["CPUExecutionProvider"]
     )
     assert env["intra_op_threads_effective"] == 1 and env["gpu"] is None

@@ -10,7 +10,7 @@ from onnxopt.bench.api import bench
 from onnxopt.bench.report import CSV_COLUMNS, render
 from onnxopt.serving.carry import carry_options
 from onnxopt.serving.coldstart import COLD_FIELDS
-from onnxopt.serving.options import SessionConfig
+from onnxopt.session_options import SessionConfig
 from tests.toy_models import tiny_cnn
 
 CFG = SessionConfig(intra_op_threads=1, optimization_level="basic")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from onnxopt.ensemble.api import ensemble
 from onnxopt.serving.carry import carried_options, check_carried
-from onnxopt.serving.options import SessionConfig, machine_cores
+from onnxopt.session_options import SessionConfig, machine_cores
 from tests.ensemble.ensemble_models import mlp
 
 

@@ -8,7 +8,7 @@ from onnxopt.core.provenance import read_provenance
 from onnxopt.errors import UsageError
 from onnxopt.optimize.api import optimize, render_decision_table
 from onnxopt.serving.carry import carried_options, check_carried
-from onnxopt.serving.options import SessionConfig
+from onnxopt.session_options import SessionConfig
 from tests.conftest import MODELS
 
 

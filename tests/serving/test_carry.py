@@ -20,7 +20,7 @@ from onnxopt.serving.carry import (
     ort_loads_config,
     session,
 )
-from onnxopt.serving.options import SessionConfig
+from onnxopt.session_options import SessionConfig
 from tests.toy_models import tiny_cnn
 
 CFG = SessionConfig(intra_op_threads=1, inter_op_threads=2, execution_mode="parallel", optimization_level="basic", allow_spinning=False)

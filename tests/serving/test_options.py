@@ -6,7 +6,7 @@ import pytest
 
 from onnxopt.errors import UsageError
 from onnxopt.runtime import create_session
-from onnxopt.serving.options import SessionConfig, machine_cores
+from onnxopt.session_options import SessionConfig, machine_cores
 from tests.toy_models import tiny_cnn
 
 

@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.serving.carry import carried_options, check_carried
-from onnxopt.serving.options import SessionConfig
 from onnxopt.serving.tune import branch_width, candidate_configs, tune
+from onnxopt.session_options import SessionConfig
 from tests.conftest import MODELS
 from tests.toy_models import tiny_cnn
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = ["SessionConfig", "EXECUTION_MODES", "OPTIMIZATION_LEVELS", "ORT_LEVEL_CODES", "machine_cores"]
 
