@@ -23,6 +23,7 @@ _API = {
     "bench": "onnxopt.bench.api:bench",
     "optimize": "onnxopt.optimize.api:optimize",
     "adapt": "onnxopt.adapt.api:adapt",
+    "diagnose": "onnxopt.diagnose.api:diagnose",
     "load_model": "onnxopt.io:load_model",
     "save_model": "onnxopt.io:save_model",
     "load_data": "onnxopt.data:load_data",

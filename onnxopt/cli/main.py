@@ -33,6 +33,7 @@ COMMANDS = {
     "bench": "onnxopt.cli.bench:command",
     "optimize": "onnxopt.cli.optimize:command",
     "adapt": "onnxopt.cli.adapt:command",
+    "diagnose": "onnxopt.cli.diagnose:command",
     "demo": "onnxopt.cli.demo:command",
     "passes": "onnxopt.cli.passes:command",
 }
@@ -49,6 +50,7 @@ _HELP = {
     "bench": "Benchmark models side by side (latency, throughput, memory, accuracy).",
     "optimize": "Fastest verified model for a target within an accuracy budget.",
     "adapt": "Transfer learning: cut at a feature tensor, fit a new head.",
+    "diagnose": "Where two models part ways, which step broke it, why one is slower.",
     "demo": "Run the main job on the bundled models and print a summary.",
     "passes": "List the registered passes and bundled recipes.",
 }
