@@ -186,7 +186,7 @@ def diagnose(reference, candidate=None, data=None, *, shapes=None, recipe=None, 
                 if modes[0] == "ort":
                     from .bisect import bisect_ort
 
-                    out.ort = bisect_ort(ref, ds, provider=cfg.provider, limit=cfg.limit)
+                    out.ort = bisect_ort(ref, ds, provider=cfg.provider, limit=cfg.limit, rel_l2=cfg.threshold)
                 else:
                     from ..io import materialize
                     from .bisect import bisect_fp16

@@ -155,9 +155,10 @@ class OrtBisect:
         return asdict(self)
 
 
-def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64) -> OrtBisect:
+def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_l2: float | None = None) -> OrtBisect:
     """The first optimization level, then the first optimizer in it, that moves the outputs
-    beyond the exact rule against ONNX Runtime with every optimization off."""
+    beyond the exact rule (``rel_l2``: its relative-L2 limit) against ONNX Runtime with
+    every optimization off."""
     import onnxruntime as ort
 
     names = [o.name for o in _proto(model).graph.output]
@@ -166,7 +167,7 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64) -> O
     for level in LEVELS:
         comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=level))
         levels[level] = comp.worst_rel_l2
-        why = leaves(comp)
+        why = leaves(comp, rel_l2)
         if why:
             culprit_level = level
             break
@@ -176,7 +177,7 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64) -> O
     def bad(i: int) -> bool:
         disabled = list(ORT_OPTIMIZERS[i + 1 :])
         comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=culprit_level, disabled_optimizers=disabled))
-        return bool(leaves(comp))
+        return bool(leaves(comp, rel_l2))
 
     if bad(-1):
         return OrtBisect(levels, culprit_level, None, False, f"level '{culprit_level}' ({why}); the change comes from an optimizer outside onnxopt's list for onnxruntime {ort.__version__}", ort.__version__)
@@ -185,7 +186,7 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64) -> O
     confirmed = False
     if name is not None:
         comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=culprit_level, disabled_optimizers=[name]))
-        confirmed = not leaves(comp)
+        confirmed = not leaves(comp, rel_l2)
     reason = f"level '{culprit_level}' ({why}); first optimizer that breaks it: {name}" + ("" if confirmed else " (disabling it alone does not restore the outputs: more than one optimizer is involved)")
     return OrtBisect(levels, culprit_level, name, confirmed, reason, ort.__version__)
 
