@@ -27,7 +27,7 @@ from ..data import check_shapes, dataset_for
 from ..errors import DataError, ModelError, RecipeError, UsageError, blame
 from ..verify import EXACT_REL_L2
 
-__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "FP16_REL_L2"]
+__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "FP16_REL_L2"]
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +125,43 @@ def _profile(ref, cand, ds, ds_b, cfg):
     return diff_profiles(pa, pb, cpu_isa())
 
 
-def _recipe(model, recipe, data, shapes, cfg, path) -> Diagnosis:
-    from ..core.recipe import load_recipe
-    from ..core.runner import make_context
-    from .bisect import bisect_steps
+def sensitive_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, dataset, *, fit=None, top: int = 5, limit: int = 16, provider: str = "cpu") -> list[dict]:
+    """The ``top`` nodes that hurt ``candidate`` most: from a budget search's measured
+    sensitivity when there is one (``fit``), else by the error each node adds in a
+    layer-wise comparison on ``limit`` samples of ``dataset``.  [] when neither can be had."""
+    from ..errors import OnnxoptError
 
+    if fit is not None and fit.sensitivity:
+        ranked = sorted(fit.sensitivity, key=lambda e: (-e.gain, -e.rel_l2))[:top]
+        return [{"nodes": list(e.nodes), "gain": e.gain, "rel_l2": e.rel_l2, "how": "budget search: score gained when left in float"} for e in ranked]
+    cfg = DiagnoseConfig(top=top, limit=limit, provider=provider)
+    try:
+        lw = _layerwise(reference, candidate, dataset, dataset_for(candidate, dataset.view()), cfg)
+    except OnnxoptError as exc:
+        log.info("sensitive nodes not measured: %s", exc)
+        return []
+    return [{"nodes": [t.node], "op": t.op, "added": t.added, "rel_l2": t.rel_l2, "how": "diagnose: relative L2 added by the node"} for t in lw.top]
+
+
+def _passes(recipe):
+    """(the recipe's passes, its path): a recipe name or file, or one registered pass key
+    with its default parameters (``--recipe prune-channels``)."""
+    from ..core.recipe import bundled_recipes, load_recipe
+    from ..core.registry import PASSES, make_pass
+
+    if isinstance(recipe, str) and recipe in PASSES and recipe not in bundled_recipes():
+        return [make_pass(recipe, {}, where=f"pass '{recipe}'")], None
     rec = load_recipe(recipe)
     if not rec.steps:
         raise RecipeError("the recipe has no [[steps]]: nothing to diagnose", rec.path)
-    passes = rec.build()
+    return rec.build(), rec.path
+
+
+def _recipe(model, recipe, data, shapes, cfg, path) -> Diagnosis:
+    from ..core.runner import make_context
+    from .bisect import bisect_steps
+
+    passes, _ = _passes(recipe)
     with blame(path, data=True):
         check_shapes(model, shapes, path)
         ctx = make_context(model, calibration=data, shapes=shapes, provider=cfg.provider, seed=cfg.seed)

@@ -12,9 +12,13 @@ __all__ = ["diagnose_hint", "int8_speed_note"]
 
 
 def _arg(x) -> str | None:
-    if x is None or isinstance(x, onnx.ModelProto):
-        return None
-    return shlex.quote(os.fspath(x))
+    """A path (or a Dataset's source file) quoted for a shell; None for what has no path."""
+    if isinstance(x, (str, os.PathLike)):
+        return shlex.quote(os.fspath(x))
+    source = getattr(x, "source", None)  # a Dataset read from a file
+    if isinstance(source, str) and source and not source.startswith("<"):
+        return shlex.quote(source)
+    return None
 
 
 def diagnose_hint(*models, recipe=None, data=None, flag: str | None = None) -> str:
@@ -26,7 +30,7 @@ def diagnose_hint(*models, recipe=None, data=None, flag: str | None = None) -> s
         return ""
     parts = ["onnxopt diagnose"]
     if recipe is not None:
-        parts += ["--recipe", shlex.quote(os.fspath(recipe))]
+        parts += ["--recipe", _arg(recipe) or str(recipe)]
     if flag:
         parts.append(flag)
     parts += args

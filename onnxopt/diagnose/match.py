@@ -182,6 +182,8 @@ class _State:
             if n.op_type == "DequantizeLinear" and n.input and n.input[0] in self.cand_prod and self.cand_prod[n.input[0]].op_type == "QuantizeLinear":
                 self.dq_src[n.output[0]] = self.cand_prod[n.input[0]].input[0]
         self.index = _structural_index(cg, self.cand_const, self.dq_src)
+        # reference tensors it quantizes itself: matched by name, not to a DQ view
+        self.ref_quantized = {n.input[0] for n in ref.graph.node if n.op_type == "QuantizeLinear" and n.input}
         self.found: dict[str, tuple[str, str]] = {x: (x, "input") for x in inputs}
         self.claimed = set(inputs)
 
@@ -192,7 +194,7 @@ class _State:
         if view and view not in self.claimed:
             cand_name, how = view, ("qdq" if how == "name" else how)
         self.claimed.add(cand_name)
-        self.found[ref_name] = (cand_name, how.replace("qdq-skip", "name"))
+        self.found[ref_name] = (cand_name, "name" if how == "qdq-skip" and cand_name == ref_name else how.replace("qdq-skip", "structure"))
 
     def mapped(self, ref_name: str) -> str | None:
         hit = self.found.get(ref_name)
@@ -215,7 +217,7 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
     for n in nodes:  # names first: a name is stronger evidence than a structure
         for o in outs[id(n)]:
             if o in st.cand_prod or o in st.cand_outputs:
-                st.claim(o, o, "qdq-skip" if n.op_type == "QuantizeLinear" else "name")
+                st.claim(o, o, "qdq-skip" if o in st.ref_quantized else "name")
     for n in nodes:  # graph order: a node's inputs are settled before it
         if all(o in st.found for o in outs[id(n)]):
             continue
@@ -224,7 +226,7 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
         if len(hits) == 1 and len(hits[0].output) == len(n.output):
             for o, c in zip(n.output, hits[0].output, strict=True):
                 if o in outs[id(n)] and o not in st.found and c:
-                    st.claim(o, c, "structure")
+                    st.claim(o, c, "qdq-skip" if o in st.ref_quantized else "structure")
     pairs = [TensorPair(x, x, "input") for x in inputs]
     unmatched = []
     for n in nodes:

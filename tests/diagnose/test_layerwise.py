@@ -122,3 +122,10 @@ def test_data_is_compared_on_many_samples(tmp_path):
     np.savez(tmp_path / "d.npz", **feeds(40))
     lw = onnxopt.diagnose(ref, scaled(ref, "conv.w", 1.5, channel=0), tmp_path / "d.npz").layerwise
     assert lw.samples == 40 and math.isfinite(lw.first.rel_l2)
+
+
+def test_two_qdq_models_are_matched_tensor_for_tensor():
+    q = qdq(tiny_cnn())
+    m = match_tensors(q, q)
+    assert all(p.ref == p.cand for p in m.pairs) and m.unmatched_ref == [] and m.unmatched_cand == []
+    assert {"c", "c_DequantizeLinear_Output", "logits"} <= {p.ref for p in m.pairs}
