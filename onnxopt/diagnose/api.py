@@ -73,9 +73,15 @@ class Diagnosis:
 
 def _load(src, tmp: Path, tag: str) -> tuple[onnx.ModelProto, str]:
     """The model (lazy when large: weights stay in a file ORT reads) and its label."""
-    from ..io import is_lazy, load_model, model_nbytes, save_model
+    from ..io import is_lazy, load_model, load_offloaded, model_nbytes, save_model
 
     label = "<model>" if isinstance(src, onnx.ModelProto) else str(src)
+    if not isinstance(src, onnx.ModelProto) and Path(src).is_file() and Path(src).stat().st_size > OFFLOAD_BYTES:
+        folder = tmp / tag
+        folder.mkdir()
+        model = load_offloaded(src, folder)  # weights streamed to a file: no 2x peak
+        if model is not None:
+            return model, label
     with blame(None if isinstance(src, onnx.ModelProto) else src):
         model = load_model(src, lazy=None)
     if not is_lazy(model) and model_nbytes(model) > OFFLOAD_BYTES:

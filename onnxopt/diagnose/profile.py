@@ -134,10 +134,14 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
             continue
         ref_us = ref.per_op.get(fp, 0.0)
         vs = f" vs {_ms(ref_us)} for {fp} in the reference" if ref_us else ""
-        if not isa.get("vnni"):
-            out.append(f"no VNNI: dynamic INT8 {fp} runs as {op} ({share(us)}{vs}), slower than FP32 here; quantize {fp} statically (QDQ, --mode static) or leave it in FP32 (--op-types without {fp})")
+        fix = f"quantize {fp} statically (QDQ, --mode static --calibration DATA: fused into QLinear{fp}) or leave it in FP32 (--op-types without {fp})"
+        slower = ref_us and us > ref_us
+        if not isa.get("vnni") and not isa.get("arm_dotprod"):
+            out.append(f"no VNNI: dynamic INT8 {fp} runs as {op} ({share(us)}{vs}), slower than FP32 here; {fix}")
+        elif slower:
+            out.append(f"dynamic INT8 {fp} runs as {op} ({share(us)}{vs}): {us / ref_us:.1f}x the FP32 {fp} time even with VNNI on this CPU (ONNX Runtime's {op} kernel is not its optimized path); {fix}")
         else:
-            out.append(f"{op} kernels took {share(us)}{vs}; this CPU has VNNI, so the cost is the dynamic quantization around them")
+            out.append(f"{op} kernels took {share(us)}{vs}")
     dq = cand.per_op.get("DynamicQuantizeLinear", 0.0)
     if dq:
         out.append(f"{cand.count_op.get('DynamicQuantizeLinear', 0)} DynamicQuantizeLinear kernel(s) quantize activations at run time ({share(dq)}); static quantization with --calibration removes them")

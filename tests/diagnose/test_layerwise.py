@@ -129,3 +129,32 @@ def test_two_qdq_models_are_matched_tensor_for_tensor():
     m = match_tensors(q, q)
     assert all(p.ref == p.cand for p in m.pairs) and m.unmatched_ref == [] and m.unmatched_cand == []
     assert {"c", "c_DequantizeLinear_Output", "logits"} <= {p.ref for p in m.pairs}
+
+
+def test_large_models_are_streamed_to_a_weights_file(tmp_path, monkeypatch):
+    import onnx
+
+    from onnxopt.io import is_lazy, load_offloaded, materialize
+
+    q = qdq(tiny_cnn())
+    onnx.save(q, str(tmp_path / "q.onnx"))
+    (tmp_path / "o").mkdir()
+    lazy = load_offloaded(tmp_path / "q.onnx", tmp_path / "o", min_bytes=16)
+    assert is_lazy(lazy) and (tmp_path / "o" / "weights.bin").stat().st_size > 0
+    full = materialize(lazy)
+    from onnx.numpy_helper import to_array
+
+    assert [(t.name, to_array(t).tolist()) for t in full.graph.initializer] == [(t.name, to_array(t).tolist()) for t in q.graph.initializer]
+    full.graph.ClearField("initializer")
+    q.graph.ClearField("initializer")
+    assert full.SerializeToString(deterministic=True) == q.SerializeToString(deterministic=True)
+    (tmp_path / "o2").mkdir()
+    assert load_offloaded(tmp_path / "o" / "model.onnx", tmp_path / "o2") is None  # already external
+    # diagnose takes that route above OFFLOAD_BYTES, with the same figures
+    ref, cand = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(tiny_cnn(), str(ref))
+    onnx.save(scaled(tiny_cnn(), "bn.scale", 1.5, channel=1), str(cand))
+    direct = onnxopt.diagnose(ref, cand, shapes=SHAPES).layerwise
+    monkeypatch.setattr("onnxopt.diagnose.api.OFFLOAD_BYTES", 100)
+    streamed = onnxopt.diagnose(ref, cand, shapes=SHAPES).layerwise
+    assert streamed.first.node == "bn" and [t.rel_l2 for t in streamed.tensors] == [t.rel_l2 for t in direct.tensors]
