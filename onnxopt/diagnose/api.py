@@ -24,8 +24,8 @@ from pathlib import Path
 import onnx
 
 from ..data import check_shapes, dataset_for
-from ..errors import DataError, ModelError, RecipeError, UsageError, blame
-from ..verify import EXACT_REL_L2
+from ..errors import RecipeError, UsageError, blame
+from ..verify import EXACT_REL_L2, paired_datasets
 
 __all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "FP16_REL_L2"]
 
@@ -94,20 +94,6 @@ def _load(src, tmp: Path, tag: str) -> tuple[onnx.ModelProto, str]:
 
 def _path(src):
     return None if isinstance(src, onnx.ModelProto) else src
-
-
-def _datasets(ref, cand, data, shapes, cfg, pa, pb):
-    with blame(pa, data=True):
-        check_shapes(ref, shapes, pa)
-        ds = dataset_for(ref, data, shapes, seed=cfg.seed)
-    try:
-        with blame(pb):
-            ds_b = dataset_for(cand, ds.view())
-    except DataError as exc:
-        if data is not None:
-            raise
-        raise ModelError(f"inputs differ from the reference's ({exc.message})", pb) from exc
-    return ds, ds_b
 
 
 def _layerwise(ref, cand, ds, ds_b, cfg, pb=None):
@@ -207,7 +193,7 @@ def diagnose(reference, candidate=None, data=None, *, shapes=None, recipe=None, 
 
             with blame(pb):  # "nothing to match" first: it explains a data error too
                 check_inputs(ref, cand)
-            ds, ds_b = _datasets(ref, cand, data, shapes, cfg, pa, pb)
+            ds, ds_b = paired_datasets(ref, cand, data, shapes, seed=cfg.seed, paths=(pa, pb))
             out = Diagnosis("pair", label, label_b, layerwise=_layerwise(ref, cand, ds, ds_b, cfg, pb))
             if cfg.profile:
                 out.profile = _profile(ref, cand, ds, ds_b, cfg)
