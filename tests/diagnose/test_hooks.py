@@ -53,3 +53,19 @@ def test_quantize_report_lists_sensitive_nodes(tmp_path):
     nodes = r.report["sensitive_nodes"]
     assert nodes and all(n["how"].startswith("diagnose") for n in nodes)
     assert nodes[0]["nodes"][0] in {"conv", "fc", "bn", "relu", "pool", "flatten"} and nodes[0]["added"] > 0
+
+
+def test_quantize_budget_failure_ends_with_the_diagnose_command(tmp_path):
+    from onnxopt import quantize
+    from tests.quantize.quant_models import data_for, mlp
+
+    m = mlp(outlier=30.0, hidden=64, classes=8)
+    w = m.graph.initializer[0]
+    a = onnx.numpy_helper.to_array(w).copy()
+    a[0, 0] = 30.0
+    w.CopyFrom(onnx.numpy_helper.from_array(a, w.name))
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "ev.npz", **data_for(m, 300, labels=True))
+    with pytest.raises(BudgetError) as exc:
+        quantize(tmp_path / "m.onnx", mode="dynamic", eval_data=tmp_path / "ev.npz", max_accuracy_drop=0.0, metric="agreement", allow_slower=True, timing=False, preprocess=False)
+    assert exc.value.message.endswith(f"; explain: onnxopt diagnose --recipe cpu-int8 {tmp_path / 'm.onnx'} --data {tmp_path / 'ev.npz'}")
