@@ -85,3 +85,12 @@ def test_bad_input_exits_2_with_one_line(invoke, pair, tmp_path, args, code, tex
     assert r.exit_code == code, r.output
     assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_plot_without_matplotlib_is_refused_before_any_work(invoke, pair, tmp_path, monkeypatch):
+    import sys
+
+    a, b, d = pair
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    r = invoke("diagnose", a, b, "--data", d, "--plot", tmp_path / "p.png")
+    assert r.exit_code == 2 and "--plot needs matplotlib" in r.stderr and not (tmp_path / "p.png").exists()
