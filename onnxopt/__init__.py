@@ -25,6 +25,7 @@ _API = {
     "adapt": "onnxopt.adapt.api:adapt",
     "tune": "onnxopt.serving.tune:tune",
     "session": "onnxopt.serving.carry:session",
+    "diagnose": "onnxopt.diagnose.api:diagnose",
     "load_model": "onnxopt.io:load_model",
     "save_model": "onnxopt.io:save_model",
     "load_data": "onnxopt.data:load_data",

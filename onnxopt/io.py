@@ -33,6 +33,7 @@ __all__ = [
     "ModelSource",
     "TWO_GB",
     "load_model",
+    "load_offloaded",
     "resolve_model",
     "save_model",
     "atomic_write_bytes",
@@ -705,3 +706,117 @@ def _remove_stale(path: Path, names, protected: set[Path] = frozenset()) -> None
         real = stale.resolve()
         if os.path.commonpath([base, str(real)]) == base and real not in protected:
             stale.unlink(missing_ok=True)
+
+
+def _read_varint(f) -> tuple[int, bytes] | None:
+    """(value, its bytes) of a protobuf varint read from ``f``; None at end of file."""
+    raw = bytearray()
+    while True:
+        b = f.read(1)
+        if not b:
+            if raw:
+                raise ValueError("truncated varint")
+            return None
+        raw += b
+        if not b[0] & 0x80:
+            break
+    value = 0
+    for i, byte in enumerate(raw):
+        value |= (byte & 0x7F) << (7 * i)
+    return value, bytes(raw)
+
+
+def _fields(f, end: int | None = None):
+    """(field number, wire type, tag + length bytes, payload length or None, payload start)
+    of the protobuf fields read from ``f`` up to offset ``end``; length-delimited payloads are
+    left unread (the caller reads or skips them)."""
+    fixed = {0: None, 1: 8, 5: 4}
+    while end is None or f.tell() < end:
+        tag = _read_varint(f)
+        if tag is None:
+            return
+        field, wire = tag[0] >> 3, tag[0] & 7
+        if wire == 2:
+            length, lraw = _read_varint(f)
+            yield field, wire, tag[1] + lraw, length, f.tell()
+        elif wire == 0:
+            _, vraw = _read_varint(f)
+            yield field, wire, tag[1] + vraw, None, f.tell()
+        elif wire in fixed:
+            yield field, wire, tag[1] + f.read(fixed[wire]), None, f.tell()
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+class _HasExternal(Exception):
+    pass
+
+
+def _offload_tensor(payload: bytes, out, name: str, min_bytes: int) -> bytes:
+    t = onnx.TensorProto()
+    t.ParseFromString(payload)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        raise _HasExternal
+    data = t.raw_data if t.HasField("raw_data") else None
+    if data is None and t.data_type != onnx.TensorProto.STRING:
+        data = numpy_helper.to_array(t).tobytes() if int(np.prod(t.dims)) * 4 >= min_bytes else None
+    if data is None or len(data) < min_bytes:
+        return payload
+    offset = out.tell()
+    out.write(data)
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        t.ClearField(field)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", name), ("offset", str(offset)), ("length", str(len(data)))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t.SerializeToString()
+
+
+def load_offloaded(src, folder, *, min_bytes: int = 1024) -> onnx.ModelProto | None:
+    """Load the model file ``src`` with its inline initializers of ``min_bytes`` or more
+    written to ``folder/weights.bin`` one tensor at a time, and return it lazy (``is_lazy``:
+    ONNX Runtime reads them from that file).  Peak memory is about the largest tensor, not
+    the file size twice (its bytes plus the parsed proto, as ``load_model`` needs).  None
+    when the model already has external data or is not a plain model file (then use
+    ``load_model``)."""
+    folder = Path(folder)
+    name = "weights.bin"
+    rest, graph_rest = bytearray(), bytearray()
+    try:
+        with open(src, "rb") as f, open(folder / name, "wb") as out:
+            for field, wire, head, length, start in _fields(f):
+                if not (field == 7 and wire == 2):  # ModelProto.graph is field 7
+                    rest += head + (f.read(length) if length is not None else b"")
+                    continue
+                for gfield, gwire, ghead, glen, _ in _fields(f, start + length):
+                    payload = f.read(glen) if glen is not None else b""
+                    if gfield == 5 and gwire == 2:  # GraphProto.initializer
+                        payload = _offload_tensor(payload, out, name, min_bytes)
+                        graph_rest += _tag_len(gfield, len(payload)) + payload
+                    else:
+                        graph_rest += ghead + payload
+    except (_HasExternal, ValueError, OSError, TypeError):
+        return None
+    skeleton = onnx.ModelProto()
+    try:
+        skeleton.ParseFromString(bytes(rest))
+        skeleton.graph.ParseFromString(bytes(graph_rest))
+    except Exception:  # not a model: load_model reports it
+        return None
+    path = folder / "model.onnx"
+    path.write_bytes(skeleton.SerializeToString())
+    return load_model(path, lazy=True)
+
+
+def _tag_len(field: int, length: int) -> bytes:
+    def varint(v: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = v & 0x7F
+            v >>= 7
+            out.append(byte | (0x80 if v else 0))
+            if not v:
+                return bytes(out)
+
+    return varint(field << 3 | 2) + varint(length)

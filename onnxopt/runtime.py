@@ -70,6 +70,8 @@ def create_session(
     mem_pattern: bool = True,
     config=None,
     optimized_path=None,
+    disabled_optimizers: list[str] | None = None,
+    profile_prefix: str | None = None,
     error=ModelError,
 ):
     """An ``InferenceSession`` for a path or a proto; protos over 2 GB go through a temp file.
@@ -81,7 +83,10 @@ def create_session(
     ``mem_pattern=False`` turns off ORT's memory pattern, whose block is allocated on the
     second run beside the first run's arena chunks (peak memory of a many-output model, e.g.
     an augmented calibration model, nearly doubles).  ``optimized_path``: ORT also writes
-    the graph it optimized for this provider there (``optimized_model_filepath``).
+    the graph it optimized for this provider there (``optimized_model_filepath``).  ``disabled_optimizers``:
+    names of ONNX Runtime graph transformers or rewrite rules left out (unknown names are
+    ignored by ORT); ``profile_prefix``: ORT's profiler on, its JSON trace named after it
+    (``end_profiling``).
     """
     import onnxruntime as ort
 
@@ -102,21 +107,26 @@ def create_session(
         so.enable_mem_pattern = False
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
     providers = providers_for(provider, cuda_options=cuda_options)
     path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     # onnxruntime's Python wrapper prints an "EP Error ... Falling back" banner on stdout when
     # session options fail (a model's ort_config, for one); the failure is raised as one line
     with contextlib.redirect_stdout(io.StringIO()):
-        sess = _open_session(ort, model, path, so, providers, error)
+        sess = _open_session(ort, model, path, so, providers, error, extra)
     wants_cuda = isinstance(providers[0], tuple) and providers[0][0] == "CUDAExecutionProvider"
     check_provider_active(sess, "cuda" if wants_cuda else "cpu", path)  # "auto" included
     return sess
 
 
-def _open_session(ort, model, path, so, providers, error):
+def _open_session(ort, model, path, so, providers, error, extra=None):
+    extra = extra or {}
     try:
         if path is not None:
-            return ort.InferenceSession(str(path), so, providers=providers)
+            return ort.InferenceSession(str(path), so, providers=providers, **extra)
         from .io import exceeds_protobuf, is_lazy, lazy_folders, save_model, strip_basepath
 
         if is_lazy(model):
@@ -126,14 +136,14 @@ def _open_session(ort, model, path, so, providers, error):
                 # copy of a large model in this process, no temporary file)
                 skeleton = strip_basepath(copy.deepcopy(model))
                 so.add_session_config_entry("session.model_external_initializers_file_folder_path", folders.pop())
-                return ort.InferenceSession(skeleton.SerializeToString(), so, providers=providers)
+                return ort.InferenceSession(skeleton.SerializeToString(), so, providers=providers, **extra)
         elif not exceeds_protobuf(model, margin=2**20):
-            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            return ort.InferenceSession(model.SerializeToString(), so, providers=providers, **extra)
 
         with tempfile.TemporaryDirectory(prefix="onnxopt-") as tmp:
             tmp_path = Path(tmp) / "model.onnx"
             save_model(model, tmp_path, external_data=True)
-            return ort.InferenceSession(str(tmp_path), so, providers=providers)
+            return ort.InferenceSession(str(tmp_path), so, providers=providers, **extra)
     except ProviderError:
         raise
     except Exception as exc:

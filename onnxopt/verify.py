@@ -26,7 +26,7 @@ from .errors import DataError, ModelError, OnnxoptError, VerificationError, blam
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_arrays", "compare_outputs", "verify"]
+__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_arrays", "compare_outputs", "paired_datasets", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,24 @@ def _load_for_verify(src):
     return load_model(path, load_external=False), path, path
 
 
+def paired_datasets(ma: onnx.ModelProto, mb: onnx.ModelProto, data=None, shapes=None, *, seed: int = 0, paths=(None, None)):
+    """(dataset of A, the same samples validated for B): DATA or inputs synthesized from A.
+    DATA that fits neither is a ``DataError`` naming its file; synthesized inputs that B
+    does not take are a ``ModelError`` on B (its inputs differ from A's)."""
+    pa, pb = paths
+    with blame(pa, data=True):
+        check_shapes(ma, shapes, pa)
+        ds = dataset_for(ma, data, shapes, seed=seed)
+    try:
+        with blame(pb):
+            ds_b = dataset_for(mb, ds.view())
+    except DataError as exc:
+        if data is not None:
+            raise
+        raise ModelError(f"inputs differ from the first model's ({exc.message})", pb) from exc
+    return ds, ds_b
+
+
 def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = None, seed: int = 0) -> Comparison:
     """Public API of ``onnxopt verify``: run A and B on the same inputs and compare outputs.
 
@@ -300,16 +318,7 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
     names_a, names_b = _output_names(ma), _output_names(mb)
     if len(names_a) != len(names_b):
         raise ModelError(f"has {len(names_b)} output(s), the first model has {len(names_a)}", pb)
-    with blame(pa, data=True):
-        check_shapes(ma, shapes, pa)
-        ds = dataset_for(ma, data, shapes, seed=seed)
-    try:
-        with blame(pb):
-            ds_b = dataset_for(mb, ds.view())
-    except DataError as exc:
-        if data is not None:
-            raise
-        raise ModelError(f"inputs differ from the first model's ({exc.message})", pb) from exc
+    ds, ds_b = paired_datasets(ma, mb, data, shapes, seed=seed, paths=(pa, pb))
     with blame(pa):
         ref = run_dataset(create_session(load_a, provider, error=ModelError), ds, limit=limit, error=ModelError)
     samples = _fed(ds, limit)

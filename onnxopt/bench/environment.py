@@ -7,6 +7,7 @@ physical core.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -23,6 +24,8 @@ __all__ = [
     "capture",
     "oversubscription_warning",
     "gpu_info",
+    "cpu_isa",
+    "isa_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,43 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+# /proc/cpuinfo flag -> extension; x86 "flags", ARM "Features" (asimddp: dot product)
+_ISA_FLAGS = {
+    "avx2": ("avx2",),
+    "avx512": ("avx512f",),
+    "vnni": ("avx512_vnni", "avx_vnni", "avx512vnni"),
+    "amx": ("amx_int8", "amx_tile"),
+    "arm_dotprod": ("asimddp",),
+    "arm_i8mm": ("i8mm",),
+}
+_ISA_NAMES = {"avx2": "AVX2", "avx512": "AVX-512", "vnni": "VNNI", "amx": "AMX", "arm_dotprod": "ARM dot-product", "arm_i8mm": "ARM i8mm"}
+
+
+@functools.cache
+def cpu_isa() -> dict[str, bool]:
+    """The CPU's instruction-set extensions that decide INT8/FP16 speed, read once from
+    ``/proc/cpuinfo`` (all False where it cannot be read): AVX2, AVX-512, VNNI (AVX512-VNNI
+    or AVX-VNNI: INT8 dot products; without it ORT's ConvInteger/MatMulInteger are slow),
+    AMX, ARM dot-product and i8mm."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                flags.update(value.split())
+                break
+    except OSError:
+        pass
+    return {name: any(f in flags for f in wanted) for name, wanted in _ISA_FLAGS.items()}
+
+
+def isa_summary(isa: dict[str, bool] | None = None) -> str:
+    """"AVX2, AVX-512, VNNI" or "no AVX2/AVX-512/VNNI/AMX/dot-product" for a report line."""
+    isa = cpu_isa() if isa is None else isa
+    have = [_ISA_NAMES[k] for k, v in isa.items() if v]
+    return ", ".join(have) if have else "none of " + "/".join(_ISA_NAMES.values())
 
 
 def physical_cores() -> int:
@@ -182,6 +222,7 @@ def capture(
 
     env = {
         "cpu": cpu_model(),
+        "cpu_isa": isa_summary(),
         "cores_logical": os.cpu_count(),
         "cores_physical": physical_cores(),
         "cores_usable": machine_cores(),

@@ -34,6 +34,7 @@ COMMANDS = {
     "optimize": "onnxopt.cli.optimize:command",
     "tune": "onnxopt.cli.tune:command",
     "adapt": "onnxopt.cli.adapt:command",
+    "diagnose": "onnxopt.cli.diagnose:command",
     "demo": "onnxopt.cli.demo:command",
     "passes": "onnxopt.cli.passes:command",
 }
@@ -51,6 +52,7 @@ _HELP = {
     "optimize": "Fastest verified model for a target within an accuracy budget.",
     "tune": "Fastest verified ONNX Runtime session options, carried in the model.",
     "adapt": "Transfer learning: cut at a feature tensor, fit a new head.",
+    "diagnose": "Where two models part ways, which step broke it, why one is slower.",
     "demo": "Run the main job on the bundled models and print a summary.",
     "passes": "List the registered passes and bundled recipes.",
 }

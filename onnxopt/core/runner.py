@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import check_shapes, dataset_for
-from ..errors import RecipeError, blame
+from ..errors import BudgetError, RecipeError, VerificationError, blame
 from ..io import resolve_model
 from ..metrics import Budget
 from .passes import Context
@@ -37,7 +37,13 @@ def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provide
     with blame(path, data=True):
         check_shapes(m, shapes, path)
         ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
-        result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
+        try:
+            result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
+        except (VerificationError, BudgetError) as exc:
+            from ..diagnose.hints import diagnose_hint
+
+            exc.message += diagnose_hint(path, recipe=recipe, data=calibration if calibration is not None else eval_data) if path else ""
+            raise
     result.report.update(extra)
     result.report["recipe_file"] = str(Path(rec.path).name)
     return result

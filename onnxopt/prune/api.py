@@ -224,8 +224,11 @@ def prune(
     try:
         result = run_pipeline(m, [pass_], ctx, command="prune", extra={"method": method})
     except (BudgetError, VerificationError) as exc:
+        from ..diagnose.hints import diagnose_hint
+
         if exc.path is None and path is not None:
             exc.path = str(path)
+        exc.message += diagnose_hint(path, recipe=_KEYS[method], data=ctx.eval_data or ctx.data) if path else ""
         raise
     step = result.steps[0]
     if not step.modified:
@@ -355,7 +358,10 @@ def _search(method, model, ctx, params, probe, path):
             raise NothingToDoError(
                 f"nothing to prune with --method {method}: {outcome.points[0].error}", path
             )
-        raise BudgetError(no_point(_VALUE[method], outcome), path)
+        from ..diagnose.hints import diagnose_hint
+
+        hint = diagnose_hint(path, recipe=_KEYS[method], data=ctx.eval_data or ctx.data) if path else ""
+        raise BudgetError(no_point(_VALUE[method], outcome) + hint, path)
     return outcome, ranking
 
 

@@ -456,7 +456,11 @@ def quantize(
         return Result(out, report, True)
     if chosen is None:
         report["seconds"] = round(time.perf_counter() - t_start, 2)
-        raise _failure(results, budget, allow_slower, report, path, m)
+        from ..diagnose.hints import diagnose_hint
+
+        static = calibration is not None and mode != "dynamic"
+        hint = diagnose_hint(path, recipe="cpu-int8-static" if static else "cpu-int8", data=calibration if static else eval_data)
+        raise _failure(results, budget, allow_slower, report, path, m, hint)
     if chosen.model is None:  # pragma: no cover - _pick only returns timed (built) candidates
         raise VerificationError("internal: chosen candidate has no model")
     out = chosen.model
@@ -465,6 +469,9 @@ def quantize(
         # ORT's quantizer can collapse a model (a sigmoid map or a wide softmax quantized in
         # steps of 1/255); without a budget nothing refuses it, so say it loudly
         report["notes"].append(f"warning: {chosen.label} loses {chosen.drop:.2f} points of {evaluator.metric} on {ev.source} and no --max-accuracy-drop was given: check it, or pass a budget to leave the sensitive nodes in float")
+    from ..diagnose.api import sensitive_nodes
+
+    report["sensitive_nodes"] = sensitive_nodes(m, out, ev, fit=chosen.fit, provider=provider)
     report["after"] = model_stats(out)
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     step = {
@@ -483,7 +490,7 @@ def quantize(
     return Result(out, report, True)
 
 
-def _failure(results: list[CandidateResult], budget, allow_slower: bool, report: dict, path, m: onnx.ModelProto) -> OnnxoptError:
+def _failure(results: list[CandidateResult], budget, allow_slower: bool, report: dict, path, m: onnx.ModelProto, hint: str = "") -> OnnxoptError:
     built = [r for r in results if r.model is not None]
     if not built:
         if results and all(r.status == "nothing to quantize" for r in results):
@@ -495,10 +502,14 @@ def _failure(results: list[CandidateResult], budget, allow_slower: bool, report:
         best = max(built, key=lambda r: r.score if r.score is not None else float("-inf"))
         floated = f", {len(best.fit.excluded)} of {best.quantizable} node(s) left in float" if best.fit is not None and best.fit.excluded else ""
         return BudgetError(
-            f"accuracy budget of {budget.max_drop:g} points not met: best {best.label} drops {best.drop:.2f} points of {report['metric']['name']} ({best.score:.2f} vs {report['metric']['reference']:.2f}{floated})",
+            f"accuracy budget of {budget.max_drop:g} points not met: best {best.label} drops {best.drop:.2f} points of {report['metric']['name']} ({best.score:.2f} vs {report['metric']['reference']:.2f}{floated}){hint}",
             path,
             report=report,
         )
     best = max((r for r in in_budget if r.speed), key=lambda r: r.speed.ratio, default=None)
     fig = f"; best {best.label} at {best.speed.ratio:.2f}x" if best else ""
+    from ..diagnose.hints import int8_speed_note
+
+    why = next((n for n in (int8_speed_note(r.model) for r in in_budget) if n), "")
+    fig += f"; {why}" if why else ""
     return BudgetError(f"no INT8 candidate is faster than FP32 at batch {report['timing']['batch']}{fig} (pass --allow-slower to write it anyway)", path, report=report)
