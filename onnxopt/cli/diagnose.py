@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..render import fmt, table
 from .options import (
     data_option,
     json_option,
@@ -13,7 +14,7 @@ from .options import (
     shape_option,
     shapes_dict,
 )
-from .render import echo_json, fmt, table
+from .render import echo_json
 
 __all__ = ["command", "render_diagnosis"]
 
