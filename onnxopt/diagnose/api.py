@@ -62,6 +62,11 @@ class Diagnosis:
     profile: object = None
     cpu_isa: dict = field(default_factory=dict)
 
+    @property
+    def report(self) -> dict:
+        """The JSON-able report (``to_dict()``), as every public function's result has."""
+        return self.to_dict()
+
     def to_dict(self) -> dict:
         out = {"mode": self.mode, "reference": self.reference, "candidate": self.candidate, "cpu_isa": self.cpu_isa}
         for key in ("layerwise", "steps", "ort", "fp16", "profile"):

@@ -11,10 +11,19 @@ Matched, in the reference's graph order, by the first rule that applies:
    inputs are all matched is paired with the one candidate node of the same op type
    reading the matched tensors in the same order (constant inputs compared by shape only,
    weights behind a DequantizeLinear counted as constants); its outputs are matched
-   position by position.  Two candidates for one node: left unmatched (ambiguous).
+   position by position (through folds, below).  Two candidates for one node: left
+   unmatched (ambiguous).
 
 Fused ops keep their last output's name in ONNX Runtime and in onnxopt's passes, so rule 2
-matches the tensor after the fusion; the tensors inside it stay in ``unmatched``.
+matches the tensor after the fusion; the tensors inside it stay in ``unmatched``.  The
+other way round too: a BatchNormalization (or an Add / Sub / Mul / Div by a constant)
+folded into the node before it leaves that node's output *name* in the candidate holding
+what the folded node's output held (a Conv + BatchNormalization pair becomes one Conv
+named like the first, or, after ONNX Runtime's QDQ quantizer dropped the Relu too, like the
+Relu).  So when a reference tensor's only reader is such a node, and the candidate no
+longer produces that node's output, the candidate's tensor (found by name or by structure)
+is matched to the folded node's output (``folded``), and the reference tensor before the
+fold is left unmatched: comparing it would report a difference that is the fold itself.
 Constant-node outputs and tensors of non-float type (shapes, indices) are not compared.
 """
 
@@ -40,7 +49,7 @@ class TensorPair:
 
     ref: str
     cand: str
-    how: str  # input | name | qdq | structure
+    how: str  # input | name | qdq | structure | folded
     node: str = ""  # producing node in the reference ("" for graph inputs)
     op: str = ""
     inputs: list[str] = field(default_factory=list)  # reference tensors its producer reads
@@ -186,6 +195,7 @@ class _State:
         self.ref_quantized = {n.input[0] for n in ref.graph.node if n.op_type == "QuantizeLinear" and n.input}
         self.found: dict[str, tuple[str, str]] = {x: (x, "input") for x in inputs}
         self.claimed = set(inputs)
+        self.folded_away: set[str] = set()  # reference tensors whose candidate namesake holds a folded node's output
 
     def claim(self, ref_name: str, cand_name: str, how: str) -> None:
         if cand_name in self.claimed or not _is_float(cand_name, self.cand_types):
@@ -201,6 +211,43 @@ class _State:
         return None if hit is None else self.dq_src.get(hit[0], hit[0])
 
 
+_FOLDABLE = {"BatchNormalization", "Add", "Sub", "Mul", "Div"}
+
+
+def _cand_reader_ops(name: str, cons: dict) -> set[str]:
+    """Op types reading candidate tensor ``name``, looking through Q -> DQ pairs."""
+    ops = set()
+    for r in cons.get(name, []):
+        if r.op_type == "QuantizeLinear":
+            for d in cons.get(r.output[0], []):
+                for x in (cons.get(d.output[0], []) if d.op_type == "DequantizeLinear" else [d]):
+                    ops.add(x.op_type)
+        else:
+            ops.add(r.op_type)
+    return ops
+
+
+def _fold_target(name: str, cand_name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
+    """The reference tensor whose content candidate tensor ``cand_name`` (matched to
+    reference ``name``) holds: ``name``, or the output of the chain of foldable nodes after
+    it that the candidate folded away (their outputs gone, and no node of their op type
+    reading ``cand_name`` in the candidate)."""
+    seen = {name}
+    while True:
+        readers = ref_cons.get(name, [])
+        if len(readers) != 1:
+            return name
+        f = readers[0]
+        others = [x for x in f.input if x and x != name]
+        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in others):
+            return name
+        out = f.output[0]
+        if cand_has(out) or out in seen or f.op_type in cand_ops:
+            return name
+        seen.add(out)
+        name = out
+
+
 def _is_float(name: str, types: dict) -> bool:
     t = types.get(name)
     return t is None or t == 0 or t in _FLOATS
@@ -214,18 +261,35 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
     st = _State(ref, cand, inputs)
     nodes = [n for n in ref.graph.node if n.op_type != "Constant" and not all(o in st.ref_const for o in n.output if o)]
     outs = {id(n): [o for o in n.output if o and _is_float(o, st.ref_types)] for n in nodes}
+    ref_cons = consumers(ref.graph)
+
+    def cand_has(x: str) -> bool:
+        return x in st.cand_prod or x in st.cand_outputs
+
     for n in nodes:  # names first: a name is stronger evidence than a structure
         for o in outs[id(n)]:
-            if o in st.cand_prod or o in st.cand_outputs:
-                st.claim(o, o, "qdq-skip" if o in st.ref_quantized else "name")
+            if cand_has(o):
+                target = _fold_target(o, o, ref_cons, st.ref_const, cand_has, _cand_reader_ops(o, st.cand_cons))
+                if target != o:
+                    st.claim(target, o, "folded")
+                    st.folded_away.add(o)
+                else:
+                    st.claim(o, o, "qdq-skip" if o in st.ref_quantized else "name")
     for n in nodes:  # graph order: a node's inputs are settled before it
-        if all(o in st.found for o in outs[id(n)]):
+        if all(o in st.found or o in st.folded_away for o in outs[id(n)]):
             continue
         key = _key(n, st.ref_const, st.mapped)
         hits = st.index.get(key, []) if key is not None else []
         if len(hits) == 1 and len(hits[0].output) == len(n.output):
             for o, c in zip(n.output, hits[0].output, strict=True):
-                if o in outs[id(n)] and o not in st.found and c:
+                if o not in outs[id(n)] or o in st.found or not c:
+                    continue
+                target = _fold_target(o, c, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
+                if target != o:  # the candidate node absorbed the folds after it
+                    if target not in st.found:
+                        st.claim(target, c, "folded")
+                        st.folded_away.add(o)
+                else:
                     st.claim(o, c, "qdq-skip" if o in st.ref_quantized else "structure")
     pairs = [TensorPair(x, x, "input") for x in inputs]
     unmatched = []

@@ -158,3 +158,48 @@ def test_large_models_are_streamed_to_a_weights_file(tmp_path, monkeypatch):
     monkeypatch.setattr("onnxopt.diagnose.api.OFFLOAD_BYTES", 100)
     streamed = onnxopt.diagnose(ref, cand, shapes=SHAPES).layerwise
     assert streamed.first.node == "bn" and [t.rel_l2 for t in streamed.tensors] == [t.rel_l2 for t in direct.tensors]
+
+
+def _bundled_cnn():
+    import onnx
+
+    from tests.conftest import MODELS
+
+    return onnx.load(str(MODELS / "digits_cnn.onnx")), MODELS / "digits_test.npz"
+
+
+def test_folded_batchnorm_is_matched_to_the_fold_not_by_name():
+    """onnxsim folds each BatchNormalization into its Conv and keeps the Conv's output name:
+    that tensor holds the BN output now, so it is matched there (``folded``) and the
+    simplified model diverges nowhere."""
+    from onnxopt.diagnose.api import diagnose
+    from onnxopt.simplify.api import simplify
+
+    ref, x = _bundled_cnn()
+    sim = simplify(ref).model
+    m = match_tensors(ref, sim)
+    folded = [p for p in m.pairs if p.how == "folded"]
+    assert len(folded) == 3 and all(p.op == "BatchNormalization" and p.cand.endswith("Conv_output_0") for p in folded)
+    assert sum(r.endswith("Conv_output_0") for r in m.unmatched_ref) == 3
+    lw = diagnose(ref, sim, data=x).layerwise
+    assert lw.first is None
+
+
+def test_a_conv_with_its_batchnorm_folded_in_is_matched_to_the_fold():
+    """A static QDQ model of ``quantize`` (ORT's pre-processing folds each
+    BatchNormalization into its Conv; the QDQ quantizer drops the Relu into the
+    quantization, so the Conv writes the Relu's name): the Conv's raw output is the BN
+    output, its DequantizeLinear view the Relu output.  No pair compares a pre-BN tensor
+    with a post-BN one, so the first divergence is a quantization error, not the fold."""
+    from onnxopt.diagnose.api import diagnose
+    from onnxopt.quantize.api import quantize
+
+    ref, x = _bundled_cnn()
+    q = quantize(ref, mode="static", calibration=x, allow_slower=True).model
+    m = match_tensors(ref, q)
+    pairs = {p.ref: p for p in m.pairs}
+    assert not any(r.endswith("Conv_output_0") for r in pairs)
+    hows = sorted((r.rsplit("/", 1)[-1], p.how) for r, p in pairs.items() if "features" in r)
+    assert hows == [("BatchNormalization_output_0", "folded")] * 3 + [("Relu_output_0", "qdq")] * 3
+    first = diagnose(ref, q, data=x).layerwise.first
+    assert first is not None and first.rel_l2 < 0.1 and not first.ref.endswith("Conv_output_0")
