@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import onnxopt  # noqa: E402
-from onnxopt.cli.render import table  # noqa: E402
+from onnxopt.render import table  # noqa: E402
 from onnxopt.diagnose.api import DiagnoseConfig  # noqa: E402
 
 # real models: (name, input name, sample shape without the batch axis, dtype, samples)

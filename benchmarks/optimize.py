@@ -442,7 +442,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
-    from onnxopt.cli.render import human_bytes, table
+    from onnxopt.render import human_bytes, table
 
     rows = []
     t_all = time.perf_counter()
