@@ -99,6 +99,8 @@ class Dataset:
         self._arrays = dict(arrays) if arrays is not None else None
         self.labels = labels
         self.specs: list[InputSpec] | None = None
+        self.note = ""  # what the data is, for reports ("synthesized x[8,3,64,64] (...)")
+        self.alternatives: list[dict[str, tuple]] = []  # further shapes the model runs on
         # samples yielded by the latest ``batches()`` iteration (a model with a fixed batch
         # drops a final partial batch, so this can be less than ``len(self)``)
         self.fed = 0
@@ -175,7 +177,12 @@ class Dataset:
         (``validate`` remembers the model's specs and drops the keys it does not consume)."""
         other = Dataset(self.source, files=self._files, arrays=self._arrays, labels=self.labels, whole=self.whole)
         other.specs = self.specs
+        other.note, other.alternatives = self.note, self.alternatives
         return other
+
+    def describe(self) -> str:
+        """What these inputs are, for reports and logs."""
+        return self.note or self.source
 
     def first_batch(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
         return next(self.batches(batch_size))
@@ -378,33 +385,47 @@ def check_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None, pat
 
 
 def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None, *, batch: int | None = None, samples: int = 8, seed: int = 0) -> Dataset:
-    """Deterministic random inputs for every model input (``samples`` along the first axis
-    when it is symbolic).  Floats ~ N(0, 1); integers in [0, 10); bools random."""
+    """Deterministic inputs for every model input, shaped and drawn so that the model runs.
+
+    Symbolic dims come from ``shapes``, else from input discovery (``discover.discover``:
+    graph hints, then probing with ONNX Runtime); a symbolic batch axis holds ``samples``.
+    Values follow the graph's hints (ids below their table size, 0/1 masks, a constant a
+    scalar is compared with), else floats ~ N(0, 1), integers in [0, 10), random bools.
+    The Dataset's ``describe()`` says what was used; ``alternatives`` holds further working
+    shapes (for verification at several shapes)."""
+    from .discover import discover, draw
+
     check_shapes(model, shapes)
-    rng = np.random.default_rng(seed)
     specs = input_specs(model)
+    for s in specs:
+        if s.shape is None and not (shapes and s.name in shapes):
+            raise DataError(f"input '{s.name}' has unknown rank; give --shape {s.name}:D1,D2,...")
+        if s.dtype.kind == "O":
+            raise DataError(f"input '{s.name}' is a string tensor: onnxopt can neither synthesize it nor read strings from DATA")
+    disc = discover(model, shapes, seed=seed)
+    batched = _batched_inputs(specs, disc.batch_groups)
+    # inputs without a batch axis (scalars, fixed or shared first axes) make every feed
+    # whole: the batch axis then keeps the value the model ran with
+    whole = not specs or len(batched) < len(specs) or bool(shapes)
+    rng = np.random.default_rng(seed)
     arrays = {}
     for s in specs:
-        dims = _resolve_dims(s, shapes, batch)
-        symbolic_batch = s.shape is not None and len(s.shape) > 0 and not isinstance(s.shape[0], int)
-        if symbolic_batch and not (shapes and s.name in shapes):
-            dims = (samples,) + dims[1:]
-        if s.dtype.kind == "f":
-            arr = rng.standard_normal(dims).astype(s.dtype)
-        elif s.dtype.kind in "iu":
-            arr = rng.integers(0, 10, size=dims).astype(s.dtype)
-        elif s.dtype.kind == "b":
-            arr = rng.integers(0, 2, size=dims).astype(bool)
-        elif s.dtype.kind == "O":  # strings: numpy keeps them as objects, which DATA refuses
-            raise DataError(f"input '{s.name}' is a string tensor: onnxopt can neither synthesize it nor read strings from DATA")
-        else:
-            raise DataError(f"cannot synthesize input '{s.name}' of dtype {s.dtype}; pass --data")
-        arrays[s.name] = arr
-    # inputs whose first axis is not a symbolic batch axis are fed whole
-    whole = not specs or any(not s.shape or isinstance(s.shape[0], int) for s in specs) or bool(shapes)
+        dims = _resolve_dims(s, shapes, batch) if shapes and s.name in shapes else disc.shapes[s.name]
+        if s.name in batched and not whole:
+            dims = (samples,) + tuple(dims[1:])
+        arrays[s.name] = draw(s, tuple(dims), disc.hints.inputs.get(s.name), rng)
     ds = Dataset("<synthesized>", arrays=arrays, whole=whole)
     ds.specs = specs
+    ds.note = "synthesized " + disc.describe({k: list(v.shape) for k, v in arrays.items()})
+    ds.alternatives = [] if shapes else list(disc.extra)
     return ds
+
+
+def _batched_inputs(specs: list[InputSpec], batch_groups: set[str]) -> set[str]:
+    """Inputs whose first axis is a symbolic batch axis."""
+    from .discover import group_name
+
+    return {s.name for s in specs if s.shape and not isinstance(s.shape[0], int) and group_name(s.name, 0, s.shape[0]) in batch_groups}
 
 
 def dataset_for(model: onnx.ModelProto, data=None, shapes: Mapping[str, tuple] | None = None, *, seed: int = 0, samples: int = 8) -> Dataset:

@@ -244,7 +244,7 @@ def compare(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1
     ref = run_dataset(ma, ds, provider=provider, limit=limit, error=error)
     samples = _fed(ds, limit)
     new = run_dataset(mb, ds_b, provider=provider, limit=limit, error=error)
-    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.describe())
 
 
 def _fed(ds, limit: int | None) -> int:
@@ -298,7 +298,7 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
     samples = _fed(ds, limit)
     with blame(pb):
         new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
-    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.describe())
 
 
 # ``onnxopt.verify(...)`` is the public function even once this module is imported (imported

@@ -50,7 +50,7 @@ class StepVerifier:
         outputs = self.evaluator.outputs(model)
         if len(outputs) != len(self.names):
             raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
-        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.source)
+        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.describe())
         for o in comp.outputs:
             if o.note.startswith("shape"):
                 raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
