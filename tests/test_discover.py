@@ -9,7 +9,13 @@ import pytest
 from onnxopt import discover as disc
 from onnxopt.data import synthesize
 from onnxopt.errors import DataError
-from tests.discover_models import gather_ids, masked_mean, runs_on_nothing, scalar_rate, strided_detector
+from tests.discover_models import (
+    gather_ids,
+    masked_mean,
+    runs_on_nothing,
+    scalar_rate,
+    strided_detector,
+)
 
 
 def _runs(model, feed) -> list:
