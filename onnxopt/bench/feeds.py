@@ -124,20 +124,13 @@ def make_feed(
                 shp[s.name] = (batch,) + shp[s.name][1:]
     ds = synthesize(model, shp or None, batch=batch, samples=batch or 1, seed=seed)
     feed = next(ds.batches(max(len(ds), 1)))
-    return {k: np.ascontiguousarray(v) for k, v in feed.items()}, _defaulted_dims(specs, shp)
+    return {k: np.ascontiguousarray(v) for k, v in feed.items()}, _defaulted_dims(specs, shp, ds)
 
 
-def _defaulted_dims(specs, shapes: Mapping[str, tuple]) -> list[str]:
-    """Notes for synthesized inputs whose symbolic dims past the batch axis became 1: a
-    detector run on a 1x1 image is timed, but it is not the figure anyone wants."""
-    notes = []
-    for s in specs:
-        if s.name in shapes or not s.shape:
-            continue
-        axes = [str(i) for i, d in enumerate(s.shape) if i > 0 and not isinstance(d, int)]
-        if axes:
-            notes.append(
-                f"input '{s.name}': symbolic {'axes' if len(axes) > 1 else 'axis'} {', '.join(axes)} "
-                f"set to 1 (give --shape {s.name}:D1,D2,... for a realistic size)"
-            )
-    return notes
+def _defaulted_dims(specs, shapes: Mapping[str, tuple], ds: Dataset) -> list[str]:
+    """A note when symbolic dims past the batch axis were discovered rather than given: the
+    figure is timed at the smallest size the model runs on, not at a realistic one."""
+    free = [s.name for s in specs if s.name not in shapes and s.shape and any(i > 0 and not isinstance(d, int) for i, d in enumerate(s.shape))]
+    if not free:
+        return []
+    return [f"inputs {ds.describe()}; give --shape NAME:D1,D2,... for a realistic size"]
