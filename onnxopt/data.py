@@ -117,15 +117,15 @@ class Dataset:
         if self._arrays is not None:
             if not self._arrays:  # a model without inputs: one run with an empty feed
                 return 1
-            first = next(iter(self._arrays.values()))
-            return int(first.shape[0]) if first.ndim and not self.whole else 1
+            first = next((v for v in self._arrays.values() if v.ndim), None)
+            return int(first.shape[0]) if first is not None and not self.whole else 1
         n = 0
         for f in self._files:
             with _open_npz(f) as z:
-                k = next((k for k in z.files if k != LABELS_KEY), None)
-                if k is None:
+                keys = [k for k in z.files if k != LABELS_KEY]
+                if not keys:
                     raise DataError("no input arrays (only 'labels')", f)
-                shape = _npy_shape(z, k, f)
+                shape = next((sh for sh in (_npy_shape(z, k, f) for k in keys) if sh), ())
                 n += int(shape[0]) if shape else 1
         return n
 
@@ -158,7 +158,7 @@ class Dataset:
                     log.info("%s: dropping a final partial batch of %d samples (model batch is fixed to %d)", self.source, stop - start, fixed)
                     return
                 self.fed += stop - start
-                yield {k: np.ascontiguousarray(v[start:stop]) for k, v in self._arrays.items()}
+                yield {k: np.ascontiguousarray(v[start:stop]) if v.ndim else v for k, v in self._arrays.items()}
             return
         wanted = {s.name for s in self.specs} if self.specs else None  # keys the model consumes
         for f in self._files:
@@ -166,8 +166,8 @@ class Dataset:
                 return
             with _open_npz(f) as z:
                 feed = {k: _read_array(z, k, f) for k in z.files if k != LABELS_KEY and (wanted is None or k in wanted)}
-            first = next(iter(feed.values()), None) if feed else None
-            n = int(first.shape[0]) if first is not None and first.ndim else 1
+            first = next((v for v in feed.values() if v.ndim), None)
+            n = int(first.shape[0]) if first is not None else 1
             seen += n
             self.fed += n
             yield feed
@@ -204,6 +204,10 @@ class Dataset:
             shape, dtype = samples[s.name]
             if dtype != s.dtype:
                 raise DataError(f"key '{s.name}': expected dtype {s.dtype}, found {dtype}", self.source)
+            if s.shape is not None and (len(s.shape) == 0) != (len(shape) == 0):
+                if not s.shape:
+                    raise DataError(f"key '{s.name}': the model input is a scalar ({s.describe()}); store one value as a 0-d array, found shape {list(shape)}", self.source)
+                raise DataError(f"key '{s.name}' is a scalar, the model input is {s.describe()}", self.source)
             if s.shape is not None:
                 if len(shape) != len(s.shape):
                     raise DataError(f"key '{s.name}': expected rank {len(s.shape)} {s.describe()}, found shape {list(shape)}", self.source)
@@ -335,12 +339,13 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
         labels = arrays.pop(LABELS_KEY, None)
         if not arrays:
             raise DataError("no input arrays (only 'labels')", p)
-        lens = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
-        if None in lens.values() or len(set(lens.values())) != 1:
+        # 0-d arrays (a sample rate, a flag) are fed as they are with every batch
+        lens = {k: v.shape[0] for k, v in arrays.items() if v.ndim}
+        if len(set(lens.values())) > 1:
             raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
         if 0 in lens.values():
             raise DataError("holds no samples (the first axis is 0)", p)
-        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None)
+        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None, whole=not lens)
     if model is not None:
         ds.validate(model)
     return ds

@@ -51,20 +51,26 @@ def gather_ids(rows: int = 5) -> onnx.ModelProto:
     return _model(nodes, "gather_ids", [x], [y], [table])
 
 
-def scalar_rate() -> onnx.ModelProto:
-    """audio[batch, 8], sr int64 scalar: If(sr == 16000) audio * 2, else a Reshape that
-    fails (runs only with sr = 16000)."""
+def scalar_rate(seed: int = 0) -> onnx.ModelProto:
+    """audio[batch, 64], sr int64 scalar: h = Relu(audio @ W1) @ W2; If(sr == 16000) h * 2, else
+    a Reshape that fails (runs only with sr = 16000)."""
+    rng = np.random.default_rng(seed)
     two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    w1 = numpy_helper.from_array((rng.standard_normal((64, 64)) * 0.2).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array((rng.standard_normal((64, 8)) * 0.2).astype(np.float32), "W2")
     bad = numpy_helper.from_array(np.array([7, -1], np.int64), "bad")
-    then = helper.make_graph([helper.make_node("Mul", ["audio", "two"], ["t_out"])], "then", [], [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["batch", 8])])
-    other = helper.make_graph([helper.make_node("Reshape", ["audio", "bad"], ["e_out"])], "else", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["batch", 8])])
+    then = helper.make_graph([helper.make_node("Mul", ["h", "two"], ["t_out"])], "then", [], [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["batch", 8])])
+    other = helper.make_graph([helper.make_node("Reshape", ["h", "bad"], ["e_out"])], "else", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["batch", 8])])
     nodes = [
+        helper.make_node("MatMul", ["audio", "W1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "W2"], ["h"]),
         helper.make_node("Constant", [], ["rate"], value=numpy_helper.from_array(np.array(16000, np.int64))),
         helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
         helper.make_node("If", ["is16k"], ["y"], then_branch=then, else_branch=other),
     ]
-    inputs = [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 8]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
-    return _model(nodes, "scalar_rate", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [two, bad])
+    inputs = [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 64]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])]
+    return _model(nodes, "scalar_rate", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])], [two, bad, w1, w2])
 
 
 def masked_mean() -> onnx.ModelProto:

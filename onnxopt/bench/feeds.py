@@ -55,6 +55,8 @@ def feed_batch(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> int | 
 
 
 def _take(arr: np.ndarray, batch: int) -> np.ndarray:
+    if not arr.ndim:  # a 0-d input (a sample rate) is fed as it is
+        return arr
     n = arr.shape[0]
     if batch <= n:
         return np.ascontiguousarray(arr[:batch])
@@ -81,13 +83,14 @@ def _from_files(model, ds: Dataset, batch: int | None) -> tuple[dict, list[str]]
     for feed in ds.batches(None):
         for k in names:
             parts[k].append(feed[k])
-        have += int(feed[names[0]].shape[0]) if names and feed[names[0]].ndim else 1
+        batched = next((feed[k] for k in names if feed[k].ndim), None)
+        have += int(batched.shape[0]) if batched is not None else 1
         if batch is None or have >= batch:
             break
     if batch is None:
         return {k: np.ascontiguousarray(v[0]) for k, v in parts.items()}, []
     notes = []
-    joined = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    joined = {k: np.concatenate(v, axis=0) if v[0].ndim else v[0] for k, v in parts.items()}
     if have < batch:
         notes.append(f"DATA holds {have} samples; batch {batch} repeats them")
     return {k: _take(v, batch) for k, v in joined.items()}, notes
