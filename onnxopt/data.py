@@ -422,7 +422,8 @@ def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None
     ds = Dataset("<synthesized>", arrays=arrays, whole=whole)
     ds.specs = specs
     ds.note = "synthesized " + disc.describe({k: list(v.shape) for k, v in arrays.items()})
-    ds.alternatives = [] if shapes else list(disc.extra)
+    # further shapes for verification: discovery's, else the batch axis at 1 (not samples)
+    ds.alternatives = [] if shapes else list(disc.extra) or ([disc.shapes] if batched and not whole else [])
     return ds
 
 

@@ -23,7 +23,7 @@ from .errors import DataError, ModelError, VerificationError, blame
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
+__all__ = ["EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "frozen_dims", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,36 @@ def is_exact(rel_l2: float, max_abs: float, *, limit: float = EXACT_REL_L2) -> b
     """The one exact-transform rule: ``rel_l2 <= limit`` (default ``EXACT_REL_L2``, 1e-4) or
     ``max_abs <= EXACT_MAX_ABS`` (1e-6).  Every exact step, parity check and cut uses it."""
     return rel_l2 <= limit or max_abs <= EXACT_MAX_ABS
+
+
+def _dims(vi) -> list | None:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in tt.shape.dim]
+
+
+def frozen_dims(reference: onnx.ModelProto, model: onnx.ModelProto, *, fixed: frozenset | set = frozenset()) -> str:
+    """Why ``model`` no longer has ``reference``'s dynamic axes ("" when it keeps them): a
+    symbolic dim of a graph input or output of ``reference`` that ``model`` declares as a
+    number.  Inputs named in ``fixed`` (the user's ``--fix-shapes``) may be fixed, and then
+    so may the outputs."""
+    def table(m):
+        inits = {t.name for t in m.graph.initializer}
+        return [("input", vi.name, _dims(vi)) for vi in m.graph.input if vi.name not in inits] + [("output", vi.name, _dims(vi)) for vi in m.graph.output]
+
+    new = {(kind, name): dims for kind, name, dims in table(model)}
+    for kind, name, dims in table(reference):
+        if name in fixed or (kind == "output" and fixed):
+            continue
+        got = new.get((kind, name))
+        if not dims or not got or len(got) != len(dims):
+            continue
+        for axis, (want, have) in enumerate(zip(dims, got, strict=True)):
+            if isinstance(want, str) and isinstance(have, int):
+                label = "" if want == "?" else f" ({want})"
+                return f"{kind} '{name}' axis {axis}{label} was dynamic and is now fixed to {have} (give --fix-shapes {name}:... to ask for static shapes)"
+    return ""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
 from ..errors import ProviderError, UsageError, blaming
 from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
+from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from .candidates import BuildEnv, build_candidates, is_bert_like
 from .plan import plan_from_recipe
@@ -143,6 +144,7 @@ def optimize(
     time_budget: float | None = None,
     seed: int = 0,
     report=None,
+    fix_shapes: dict | None = None,
 ) -> PipelineResult:
     """The fastest verified model for ``target`` within the accuracy budget.
 
@@ -153,6 +155,8 @@ def optimize(
     inputs.  ``max_accuracy_drop``: points of ``metric`` (default: the recipe's, 1.0).
     ``batch``, ``threads``, ``runs``, ``time_budget`` (seconds per timing round) override
     the recipe's timing settings.  ``report``: also write the JSON report there.
+    ``fix_shapes`` ({input: dims}): those inputs are made static first (a verified step);
+    otherwise symbolic dims stay symbolic.
 
     Returns a ``PipelineResult`` whose ``report["decision"]`` holds the decision table
     (``render_decision_table(report)`` prints it).  Raises ``UsageError`` / ``RecipeError``
@@ -176,6 +180,9 @@ def optimize(
     m, path = resolve_model(model)
     check_shapes(m, shapes, path)
     provider = _provider_for(target, st.allow_cpu_verification, notes)
+    m, fixed = apply_fix_shapes(m, fix_shapes, provider=provider, path=path)
+    if fixed:
+        notes.append(f"inputs made static first (--fix-shapes {', '.join(fix_shapes)}; verified)")
     cal = dataset_for(m, calibration) if calibration is not None else None
     ev = dataset_for(m, eval_data) if eval_data is not None else None
     budget = Budget(
