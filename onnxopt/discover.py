@@ -42,7 +42,7 @@ MAX_TRIES = 40
 
 # ops that pass values through unchanged (an id stays an id, a mask stays a mask)
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose", "CastLike"}
-_STRIDED = {"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool", "ConvTranspose"}
+_STRIDED = {"Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"}
 _SHAPE_ONLY = {"Shape", "Size"}
 
 
@@ -154,6 +154,10 @@ def _strides(graph: onnx.GraphProto, name: str) -> tuple[int, int]:
             st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
             if len(st) == 2:
                 sh, sw = sh * st[0], sw * st[1]
+        elif n.op_type == "ConvTranspose":  # upsamples: the stride divides
+            st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
+            if len(st) == 2:
+                sh, sw = max(sh // st[0], 1), max(sw // st[1], 1)
         for o in n.output:
             if o:
                 acc[o] = (sh, sw)
