@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["strided_detector", "gather_ids", "scalar_rate", "masked_mean", "runs_on_nothing"]
+__all__ = ["strided_detector", "gather_ids", "scalar_rate", "masked_mean", "runs_on_nothing", "position_encoder"]
 
 OPSET = [helper.make_opsetid("", 17)]
 
@@ -91,3 +91,28 @@ def runs_on_nothing() -> onnx.ModelProto:
     shape = numpy_helper.from_array(np.array([3, 2000], np.int64), "shape")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])
     return _model([helper.make_node("Reshape", ["x", "shape"], ["y"])], "runs_on_nothing", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2000])], [shape])
+
+
+def position_encoder(max_len: int = 16, vocab: int = 50) -> onnx.ModelProto:
+    """input_ids[batch, seq] -> word embedding + position embedding of the first seq rows of
+    a [max_len, 4] table (positions sliced to the sequence length): seq <= max_len."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((vocab, 4)).astype(np.float32), "words"),
+        numpy_helper.from_array(rng.standard_normal((max_len, 4)).astype(np.float32), "positions"),
+        numpy_helper.from_array(np.arange(max_len, dtype=np.int64)[None, :], "position_ids"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["words", "input_ids"], ["w"]),
+        helper.make_node("Shape", ["input_ids"], ["shape"]),
+        helper.make_node("Slice", ["shape", "one", "two_ends"], ["seq"]),
+        helper.make_node("Slice", ["position_ids", "zero", "seq", "one"], ["pos"]),
+        helper.make_node("Gather", ["positions", "pos"], ["p"]),
+        helper.make_node("Add", ["w", "p"], ["y"]),
+    ]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "two_ends"))
+    x = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])
+    return _model(nodes, "position_encoder", [x], [y], inits)

@@ -12,6 +12,7 @@ from onnxopt.errors import DataError
 from tests.discover_models import (
     gather_ids,
     masked_mean,
+    position_encoder,
     runs_on_nothing,
     scalar_rate,
     strided_detector,
@@ -101,3 +102,23 @@ def test_cli_model_that_runs_on_nothing_exits_2(invoke, tmp_path):
     out = tmp_path / "out.onnx"
     res = invoke("simplify", src, "-o", out)
     assert res.exit_code == 2 and "runs on none of the probed inputs" in res.output and not out.exists()
+
+
+def test_a_position_table_bounds_the_sequence_axis():
+    m = position_encoder(max_len=16, vocab=50)
+    hints = disc.graph_hints(m)
+    assert hints.upper == {"seq": 16} and hints.inputs["input_ids"].high == 50
+    assert all(v <= 16 for v in disc._candidates("seq", hints))
+    ds = synthesize(m)
+    assert ds.first_batch()["input_ids"].shape[1] <= 16 and ds.first_batch()["input_ids"].max() < 50
+    _runs(m, ds.first_batch())
+    # every further shape runs too, and stays within the table
+    assert all(alt["input_ids"][1] <= 16 for alt in ds.alternatives)
+
+
+def test_verbose_cli_logs_what_discovery_found(invoke, tmp_path, monkeypatch):
+    monkeypatch.setattr(disc, "_CACHE", {})  # a new process: discovery runs (and logs) once
+    src = tmp_path / "det.onnx"
+    src.write_bytes(strided_detector().SerializeToString())
+    res = invoke("-v", "simplify", src, "-o", tmp_path / "o.onnx")
+    assert res.exit_code == 0 and "input discovery: images[1,3,32,32] (height/width found by probing)" in res.output
