@@ -26,11 +26,12 @@ from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
 from ..core.recipe import load_recipe
 from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
-from ..errors import ProviderError, UsageError, blaming
+from ..errors import ProviderError, UsageError, VerificationError, blaming
 from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
+from ..verify import frozen_dims
 from .candidates import BuildEnv, build_candidates, is_bert_like
 from .plan import plan_from_recipe
 from .select import Timer, decide, render_decision_table, time_candidates, verify_candidate
@@ -242,6 +243,9 @@ def optimize(
 
     # 5. the output model with provenance (nothing time-dependent in it)
     out = copy.deepcopy(by_name[chosen.name].model if chosen is not None else m)
+    frozen = frozen_dims(m, out)
+    if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
+        raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", path)
     _restore_input_provenance(out, m)
     pre_steps = [r.to_dict(timing=False) for r in pre.steps]
     for s in pre_steps:

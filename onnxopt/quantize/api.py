@@ -33,7 +33,7 @@ from ..metrics import Budget, Evaluator
 from ..runtime import resolve_provider, run_dataset
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
-from ..verify import check_model, compare_outputs
+from ..verify import check_model, compare_outputs, frozen_dims
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import (
@@ -466,6 +466,9 @@ def quantize(
     if chosen.model is None:  # pragma: no cover - _pick only returns timed (built) candidates
         raise VerificationError("internal: chosen candidate has no model")
     out = chosen.model
+    frozen = frozen_dims(m, out)
+    if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
+        raise VerificationError(f"{chosen.label}: {frozen}", path)
     report["chosen"] = chosen.label
     if budget is None and chosen.drop is not None and chosen.drop > UNBUDGETED_WARN_DROP:
         # ORT's quantizer can collapse a model (a sigmoid map or a wide softmax quantized in
