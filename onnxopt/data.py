@@ -341,14 +341,33 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
             raise DataError("no input arrays (only 'labels')", p)
         # 0-d arrays (a sample rate, a flag) are fed as they are with every batch
         lens = {k: v.shape[0] for k, v in arrays.items() if v.ndim}
+        whole = not lens
         if len(set(lens.values())) > 1:
-            raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+            # inputs without a batch axis (a state[2, batch, 128] beside input[batch, n]):
+            # the file is one complete feed when every array fits its input as it is
+            if model is None or not _one_feed(arrays, input_specs(model)):
+                raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+            whole = True
         if 0 in lens.values():
             raise DataError("holds no samples (the first axis is 0)", p)
-        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None, whole=not lens)
+        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None, whole=whole)
     if model is not None:
         ds.validate(model)
     return ds
+
+
+def _one_feed(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> bool:
+    """Whether ``arrays`` are one complete feed: every input has an array of its rank whose
+    fixed dims match, and some input has a fixed first axis (no common sample axis)."""
+    if not specs or not any(s.shape and isinstance(s.shape[0], int) for s in specs):
+        return False
+    for s in specs:
+        a = arrays.get(s.name)
+        if a is None or s.shape is None or a.ndim != len(s.shape):
+            return False
+        if any(isinstance(d, int) and d != n for d, n in zip(s.shape, a.shape, strict=True)):
+            return False
+    return True
 
 
 def _check_labels(labels: np.ndarray, path) -> np.ndarray:

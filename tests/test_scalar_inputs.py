@@ -88,3 +88,24 @@ def test_sort_nodes_counts_reads_of_subgraphs():
     onnx.checker.check_model(m, full_check=True)
     assert [n.op_type for n in g.node][-1] == "If"
     assert not sort_nodes(g)  # already in order: unchanged
+
+
+def test_a_data_file_with_a_batch_less_input_is_one_feed(tmp_path):
+    """state[2, batch, 128] has no sample axis: the file is one complete feed."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("ReduceSum", ["state"], ["s"], keepdims=0, axes=[0, 2]), helper.make_node("ReduceSum", ["x"], ["t"], keepdims=0, axes=[1]), helper.make_node("Add", ["s", "t"], ["y"])],
+        "stateful",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]), helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)])
+    data = tmp_path / "feed.npz"
+    np.savez(data, x=np.ones((1, 4), np.float32), state=np.ones((2, 1, 3), np.float32))
+    ds = load_data(data, m)
+    assert ds.whole and len(ds) == 1 and list(ds.batches(8))[0]["state"].shape == (2, 1, 3)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.ones((1, 4), np.float32), state=np.ones((3, 1, 3), np.float32))
+    with pytest.raises(DataError, match="arrays disagree on the number of samples"):
+        load_data(bad, m)
