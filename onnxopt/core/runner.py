@@ -38,13 +38,19 @@ def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provide
     with blame(path, data=True):
         check_shapes(m, shapes, path)
         if fix_shapes:
-            from ..simplify.fix_shapes import FixShapesPass, check_fix_shapes
+            from ..simplify.fix_shapes import FixShapesPass
 
-            check_fix_shapes(m, fix_shapes, path)
             passes.insert(0, FixShapesPass(shapes={k: list(v) for k, v in fix_shapes.items()}))
-            shapes = {**(shapes or {}), **fix_shapes}
+        # a fix-shapes step (from --fix-shapes or the recipe) sets the shapes every step is
+        # verified at, and the dims it may fix
+        fixed = {k: tuple(v) for p in passes if p.key == "fix-shapes" for k, v in p.config.shapes.items()}
+        if fixed:
+            from ..simplify.fix_shapes import check_fix_shapes
+
+            check_fix_shapes(m, fixed, path)
+            shapes = {**(shapes or {}), **fixed}
         ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
-        ctx.fixed_shapes = fix_shapes
+        ctx.fixed_shapes = fixed or None
         result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
     result.report.update(extra)
     result.report["recipe_file"] = str(Path(rec.path).name)

@@ -103,3 +103,14 @@ def test_cli_fix_shapes_bad_input_exits_2(invoke, tmp_path):
     assert res.exit_code == 2 and "--fix-shapes names 'image'" in res.output and not out.exists()
     res = invoke("quantize", src, "--fix-shapes", "images:1,3,64", "-o", out)
     assert res.exit_code == 2 and "rank 3" in res.output and not out.exists()
+
+
+def test_a_recipe_fix_shapes_step(invoke, tmp_path):
+    src = tmp_path / "det.onnx"
+    onnx.save(strided_detector(), str(src))
+    recipe = tmp_path / "static.toml"
+    recipe.write_text('[[steps]]\npass = "fix-shapes"\nshapes = {images = [1, 3, 64, 64]}\n\n[[steps]]\npass = "simplify"\n')
+    out = tmp_path / "o.onnx"
+    res = invoke("run", recipe, src, "-o", out)
+    assert res.exit_code == 0, res.output
+    assert [d.dim_value for d in onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim] == [1, 6, 4096]
