@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 
 from .data import check_shapes, dataset_for
-from .errors import DataError, ModelError, VerificationError, blame
+from .errors import DataError, ModelError, OnnxoptError, VerificationError, blame
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "frozen_dims", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
+__all__ = ["EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "frozen_dims", "verify_other_shapes", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_outputs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,38 @@ def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, 
         ok = (not nan_mismatch) and bool(np.all(diff <= atol + rtol * np.abs(np.where(finite, a64, 0.0))))
         comps.append(OutputComparison(name, list(a.shape), max_abs, mean_abs, rel, cos, top1, ok, "NaN/Inf pattern differs" if nan_mismatch else ""))
     return Comparison(comps, atol, rtol, samples, source)
+
+
+def verify_other_shapes(reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None) -> list[dict]:
+    """Run ``model`` against ``reference`` at each further shape input discovery found for
+    synthesized ``dataset`` (``Dataset.alternatives``; none for DATA or ``--shape``), so
+    that every symbolic axis is checked at two values at least.  Raises VerificationError
+    naming the shape when ``model`` fails to run there, changes an output's shape, or, for
+    an ``exact`` transform, breaks the exact rule.  ``cache`` keeps the reference outputs
+    between calls.  Returns one record per shape."""
+    from .data import synthesize
+
+    cache = {} if cache is None else cache
+    names = _output_names(reference)
+    records = []
+    for i, shapes in enumerate(getattr(dataset, "alternatives", None) or []):
+        if i not in cache:
+            ds = synthesize(reference, shapes, seed=seed + 1)
+            cache[i] = (ds, run_dataset(reference, ds, provider=provider, error=ModelError))
+        ds, ref = cache[i]
+        try:
+            outputs = run_dataset(model, ds, provider=provider, error=VerificationError)
+        except OnnxoptError as exc:
+            raise VerificationError(f"{label}: at {ds.describe()}: {exc.message}") from exc
+        comp = compare_outputs(names, ref, outputs, source=ds.describe())
+        for o in comp.outputs:
+            if o.note.startswith("shape"):
+                raise VerificationError(f"{label}: at {ds.describe()}: output '{o.name}' changed {o.note}")
+        bad = comp.inexact() if exact else []
+        if bad:
+            raise VerificationError(f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+        records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
+    return records
 
 
 def _output_names(model: onnx.ModelProto) -> list[str]:

@@ -21,8 +21,7 @@ import onnx
 
 from ..errors import BudgetError, ModelError, OnnxoptError, VerificationError
 from ..metrics import Evaluator
-from ..runtime import run_dataset
-from ..verify import EXACT_REL_L2, check_model, compare_outputs, frozen_dims
+from ..verify import EXACT_REL_L2, check_model, compare_outputs, frozen_dims, verify_other_shapes
 from .passes import Context, Pass, PassReport
 from .progress import progress
 from .provenance import write_provenance
@@ -47,34 +46,7 @@ class StepVerifier:
         self.dataset = ctx.inputs_for(reference, prefer_eval=True)
         self.names = [o.name for o in reference.graph.output]
         self.evaluator = Evaluator(reference, self.dataset, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=limit)
-        self.alternates = self._alternates(limit)
-
-    def _alternates(self, limit) -> list[tuple]:
-        """(dataset, reference outputs) at each further discovered shape."""
-        from ..data import synthesize
-
-        out = []
-        for shapes in getattr(self.dataset, "alternatives", None) or []:
-            ds = synthesize(self.reference, shapes, seed=self.ctx.seed + 1)
-            out.append((ds, run_dataset(self.reference, ds, provider=self.ctx.provider, limit=limit, error=ModelError)))
-        return out
-
-    def _check_alternates(self, model: onnx.ModelProto, label: str, exact: bool) -> list[dict]:
-        records = []
-        for ds, ref in self.alternates:
-            try:
-                outputs = run_dataset(model, ds, provider=self.ctx.provider, error=VerificationError)
-            except OnnxoptError as exc:
-                raise VerificationError(f"{label}: at {ds.describe()}: {exc.message}") from exc
-            comp = compare_outputs(self.names, ref, outputs, source=ds.describe())
-            for o in comp.outputs:
-                if o.note.startswith("shape"):
-                    raise VerificationError(f"{label}: at {ds.describe()}: output '{o.name}' changed {o.note}")
-            bad = comp.inexact() if exact else []
-            if bad:
-                raise VerificationError(f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
-            records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
-        return records
+        self.shape_cache: dict = {}  # reference outputs at the other shapes
 
     def __call__(self, model: onnx.ModelProto, label: str, *, exact: bool) -> dict:
         check = check_model(model, provider=self.ctx.provider, label=label)
@@ -100,8 +72,9 @@ class StepVerifier:
             drop = record["metric"]["drop"]
             if drop > self.ctx.budget.max_drop + 1e-9:
                 raise BudgetError(f"{label}: {self.evaluator.metric} dropped {drop:.2f} points (budget {self.ctx.budget.max_drop:g})")
-        if self.alternates:
-            record["other_shapes"] = self._check_alternates(model, label, exact)
+        others = verify_other_shapes(self.reference, model, self.dataset, exact=exact, label=label, provider=self.ctx.provider, seed=self.ctx.seed, cache=self.shape_cache)
+        if others:
+            record["other_shapes"] = others
         return record
 
 
