@@ -33,7 +33,7 @@ from ..metrics import Budget, Evaluator
 from ..runtime import resolve_provider, run_dataset
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
-from ..verify import check_model, compare_outputs, frozen_dims
+from ..verify import check_model, compare_outputs, frozen_dims, verify_other_shapes
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import (
@@ -469,6 +469,11 @@ def quantize(
     frozen = frozen_dims(m, out)
     if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
         raise VerificationError(f"{chosen.label}: {frozen}", path)
+    # synthesized inputs: the chosen model also runs, with the same output shapes, at the
+    # further shapes discovery found (every symbolic axis at two values)
+    others = verify_other_shapes(m, out, ev, exact=False, label=chosen.label, provider=provider, seed=seed)
+    if others:
+        report["other_shapes"] = others
     report["chosen"] = chosen.label
     if budget is None and chosen.drop is not None and chosen.drop > UNBUDGETED_WARN_DROP:
         # ORT's quantizer can collapse a model (a sigmoid map or a wide softmax quantized in

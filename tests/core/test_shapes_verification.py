@@ -114,3 +114,24 @@ def test_a_recipe_fix_shapes_step(invoke, tmp_path):
     res = invoke("run", recipe, src, "-o", out)
     assert res.exit_code == 0, res.output
     assert [d.dim_value for d in onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim] == [1, 6, 4096]
+
+
+def test_quantize_checks_the_chosen_model_at_the_other_shapes():
+    from onnx import TensorProto, numpy_helper
+
+    from onnxopt.quantize.api import quantize
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "seq_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 64])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    res = quantize(m, mode="dynamic", allow_slower=True, timing=False)
+    others = res.report["other_shapes"]
+    assert others and "x[1," in others[0]["data"]
+    assert frozen_dims(m, res.model) == ""
