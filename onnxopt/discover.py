@@ -99,19 +99,25 @@ def _small_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Integer/float constants of at most 64 elements (initializers and Constant nodes)."""
     from onnx import numpy_helper
 
+    def value(t):
+        try:  # a malformed tensor is no hint (the checker or ORT reports it)
+            return numpy_helper.to_array(t)
+        except Exception:
+            return None
+
     inputs = {i.name for i in graph.input}
     out = {}
     for t in graph.initializer:
         if t.name not in inputs and int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
-            out[t.name] = numpy_helper.to_array(t)
+            out[t.name] = value(t)
     for n in graph.node:
         if n.op_type == "Constant" and n.output:
             for a in n.attribute:
                 if a.name == "value" and int(np.prod(a.t.dims, dtype=np.int64)) <= 64:
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
+                    out[n.output[0]] = value(a.t)
                 elif a.name in ("value_int", "value_ints"):
                     out[n.output[0]] = np.asarray(onnx.helper.get_attribute_value(a))
-    return out
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _reach(start: str, consumers, through=_PASS_THROUGH):
