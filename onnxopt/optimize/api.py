@@ -31,7 +31,7 @@ from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
-from ..verify import frozen_dims
+from ..verify import frozen_dims, verify_other_shapes
 from .candidates import BuildEnv, build_candidates, is_bert_like
 from .plan import plan_from_recipe
 from .select import Timer, decide, render_decision_table, time_candidates, verify_candidate
@@ -246,6 +246,9 @@ def optimize(
     frozen = frozen_dims(m, out)
     if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
         raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", path)
+    # synthesized inputs: the written model also runs, with the same output shapes, at the
+    # further shapes discovery found (every symbolic axis at two values)
+    others = verify_other_shapes(m, out, synthesize(m, shapes, seed=seed), exact=False, label=chosen.name if chosen else "input", provider=provider, seed=seed) if synthesized else []
     _restore_input_provenance(out, m)
     pre_steps = [r.to_dict(timing=False) for r in pre.steps]
     for s in pre_steps:
@@ -286,6 +289,7 @@ def optimize(
         "rows": [r.to_dict() for r in rows],
         "chosen": chosen.name if chosen is not None else "input",
         "summary": _summary(chosen, rows, evaluator.metric),
+        "other_shapes": others,
     }
     result_report = {
         "command": "optimize",

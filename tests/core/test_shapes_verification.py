@@ -93,6 +93,11 @@ def test_cli_fix_shapes_and_dynamic_dims_kept(invoke, tmp_path):
         res = invoke(*args, "--fix-shapes", "images:1,3,32,32", "-o", path)
         assert res.exit_code == 0, res.output
         assert [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+    rep = tmp_path / "opt.json"
+    res = invoke("optimize", src, "--time-budget", "0.2", "-o", tmp_path / "dyn_opt.onnx", "--report", rep)
+    assert res.exit_code == 0, res.output
+    others = __import__("json").loads(rep.read_text())["decision"]["other_shapes"]
+    assert others and others[0]["data"].startswith("synthesized images[1,3,") and "32,32" not in others[0]["data"]
 
 
 def test_cli_fix_shapes_bad_input_exits_2(invoke, tmp_path):
