@@ -201,9 +201,10 @@ class Comparison:
     rtol: float
     samples: int
     source: str = ""
+    others: list = field(default_factory=list)  # Comparisons at further discovered shapes
 
     def __bool__(self) -> bool:
-        return all(o.ok for o in self.outputs)
+        return all(o.ok for o in self.outputs) and all(self.others)
 
     @property
     def worst_rel_l2(self) -> float:
@@ -221,6 +222,7 @@ class Comparison:
             "samples": self.samples,
             "data": self.source,
             "outputs": [o.to_dict() for o in self.outputs],
+            **({"other_shapes": [o.to_dict() for o in self.others]} if self.others else {}),
         }
 
 
@@ -356,11 +358,25 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
             raise
         raise ModelError(f"inputs differ from the first model's ({exc.message})", pb) from exc
     with blame(pa):
-        ref = run_dataset(create_session(load_a, provider, error=ModelError), ds, limit=limit, error=ModelError)
+        sess_a = create_session(load_a, provider, error=ModelError)
+        ref = run_dataset(sess_a, ds, limit=limit, error=ModelError)
     samples = _fed(ds, limit)
     with blame(pb):
-        new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
-    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.describe())
+        sess_b = create_session(load_b, provider, error=ModelError)
+        new = run_dataset(sess_b, ds_b, limit=limit, error=ModelError)
+    comp = compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.describe())
+    # synthesized inputs of a model with symbolic dims: also at discovery's further shapes
+    for shapes_alt in ds.alternatives if data is None else []:
+        from .data import synthesize
+
+        with blame(pa, data=True):
+            alt = synthesize(ma, shapes_alt, seed=seed + 1)
+        with blame(pa):
+            ref = run_dataset(sess_a, alt, error=ModelError)
+        with blame(pb):
+            new = run_dataset(sess_b, alt, error=ModelError)
+        comp.others.append(compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=_fed(alt, None), source=alt.describe()))
+    return comp
 
 
 # ``onnxopt.verify(...)`` is the public function even once this module is imported (imported

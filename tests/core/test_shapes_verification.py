@@ -140,3 +140,14 @@ def test_quantize_checks_the_chosen_model_at_the_other_shapes():
     others = res.report["other_shapes"]
     assert others and "x[1," in others[0]["data"]
     assert frozen_dims(m, res.model) == ""
+
+
+def test_verify_command_compares_at_the_other_shapes_too(invoke, tmp_path):
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx.save(gather_ids(), str(a))
+    wrong = SumNotMeanPass()(gather_ids(), Context()).model  # right at seq 1 only
+    onnx.save(wrong, str(b))
+    res = invoke("verify", a, a)
+    assert res.exit_code == 0 and "also at synthesized ids[1," in res.output
+    res = invoke("verify", a, b)
+    assert res.exit_code == 3 and "OUT OF TOLERANCE" in res.output and "y at synthesized ids[1," in res.output
