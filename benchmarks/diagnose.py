@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import onnxopt  # noqa: E402
-from onnxopt.render import table  # noqa: E402
 from onnxopt.diagnose.api import DiagnoseConfig  # noqa: E402
+from onnxopt.render import table  # noqa: E402
 
 # real models: (name, input name, sample shape without the batch axis, dtype, samples)
 REAL = [

@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnxopt.bench.timing import speedup, time_interleaved  # noqa: E402
-from onnxopt.render import human_bytes, table  # noqa: E402
 from onnxopt.ensemble.api import ensemble  # noqa: E402
+from onnxopt.render import human_bytes, table  # noqa: E402
 from onnxopt.runtime import create_session  # noqa: E402
 
 MODELS = ROOT / "models"

@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onnxopt.cli.main import cli  # noqa: E402
-from onnxopt.render import table  # noqa: E402
 from onnxopt.core.provenance import read_provenance  # noqa: E402
+from onnxopt.render import table  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 TEST_DATA = ROOT / "models" / "digits_test.npz"

@@ -29,9 +29,9 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnxopt.render import table  # noqa: E402
 from onnxopt.errors import NothingToDoError, OnnxoptError  # noqa: E402
 from onnxopt.prune.api import prune  # noqa: E402
+from onnxopt.render import table  # noqa: E402
 
 MODELS = ROOT / "models"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

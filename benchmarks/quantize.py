@@ -44,9 +44,9 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onnxopt.render import table  # noqa: E402
 from onnxopt.data import Dataset, load_data  # noqa: E402
 from onnxopt.quantize.api import quantize  # noqa: E402
+from onnxopt.render import table  # noqa: E402
 from onnxopt.verify import check_model  # noqa: E402
 
 MODELS = ROOT / "models"

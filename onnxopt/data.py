@@ -99,6 +99,8 @@ class Dataset:
         self._arrays = dict(arrays) if arrays is not None else None
         self.labels = labels
         self.specs: list[InputSpec] | None = None
+        self.note = ""  # what the data is, for reports ("synthesized x[8,3,64,64] (...)")
+        self.alternatives: list[dict[str, tuple]] = []  # further shapes the model runs on
         # samples yielded by the latest ``batches()`` iteration (a model with a fixed batch
         # drops a final partial batch, so this can be less than ``len(self)``)
         self.fed = 0
@@ -115,15 +117,15 @@ class Dataset:
         if self._arrays is not None:
             if not self._arrays:  # a model without inputs: one run with an empty feed
                 return 1
-            first = next(iter(self._arrays.values()))
-            return int(first.shape[0]) if first.ndim and not self.whole else 1
+            first = next((v for v in self._arrays.values() if v.ndim), None)
+            return int(first.shape[0]) if first is not None and not self.whole else 1
         n = 0
         for f in self._files:
             with _open_npz(f) as z:
-                k = next((k for k in z.files if k != LABELS_KEY), None)
-                if k is None:
+                keys = [k for k in z.files if k != LABELS_KEY]
+                if not keys:
                     raise DataError("no input arrays (only 'labels')", f)
-                shape = _npy_shape(z, k, f)
+                shape = next((sh for sh in (_npy_shape(z, k, f) for k in keys) if sh), ())
                 n += int(shape[0]) if shape else 1
         return n
 
@@ -156,7 +158,7 @@ class Dataset:
                     log.info("%s: dropping a final partial batch of %d samples (model batch is fixed to %d)", self.source, stop - start, fixed)
                     return
                 self.fed += stop - start
-                yield {k: np.ascontiguousarray(v[start:stop]) for k, v in self._arrays.items()}
+                yield {k: np.ascontiguousarray(v[start:stop]) if v.ndim else v for k, v in self._arrays.items()}
             return
         wanted = {s.name for s in self.specs} if self.specs else None  # keys the model consumes
         for f in self._files:
@@ -164,8 +166,8 @@ class Dataset:
                 return
             with _open_npz(f) as z:
                 feed = {k: _read_array(z, k, f) for k in z.files if k != LABELS_KEY and (wanted is None or k in wanted)}
-            first = next(iter(feed.values()), None) if feed else None
-            n = int(first.shape[0]) if first is not None and first.ndim else 1
+            first = next((v for v in feed.values() if v.ndim), None)
+            n = int(first.shape[0]) if first is not None else 1
             seen += n
             self.fed += n
             yield feed
@@ -175,7 +177,12 @@ class Dataset:
         (``validate`` remembers the model's specs and drops the keys it does not consume)."""
         other = Dataset(self.source, files=self._files, arrays=self._arrays, labels=self.labels, whole=self.whole)
         other.specs = self.specs
+        other.note, other.alternatives = self.note, self.alternatives
         return other
+
+    def describe(self) -> str:
+        """What these inputs are, for reports and logs."""
+        return self.note or self.source
 
     def first_batch(self, batch_size: int | None = None) -> dict[str, np.ndarray]:
         return next(self.batches(batch_size))
@@ -197,6 +204,10 @@ class Dataset:
             shape, dtype = samples[s.name]
             if dtype != s.dtype:
                 raise DataError(f"key '{s.name}': expected dtype {s.dtype}, found {dtype}", self.source)
+            if s.shape is not None and (len(s.shape) == 0) != (len(shape) == 0):
+                if not s.shape:
+                    raise DataError(f"key '{s.name}': the model input is a scalar ({s.describe()}); store one value as a 0-d array, found shape {list(shape)}", self.source)
+                raise DataError(f"key '{s.name}' is a scalar, the model input is {s.describe()}", self.source)
             if s.shape is not None:
                 if len(shape) != len(s.shape):
                     raise DataError(f"key '{s.name}': expected rank {len(s.shape)} {s.describe()}, found shape {list(shape)}", self.source)
@@ -328,15 +339,35 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
         labels = arrays.pop(LABELS_KEY, None)
         if not arrays:
             raise DataError("no input arrays (only 'labels')", p)
-        lens = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
-        if None in lens.values() or len(set(lens.values())) != 1:
-            raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+        # 0-d arrays (a sample rate, a flag) are fed as they are with every batch
+        lens = {k: v.shape[0] for k, v in arrays.items() if v.ndim}
+        whole = not lens
+        if len(set(lens.values())) > 1:
+            # inputs without a batch axis (a state[2, batch, 128] beside input[batch, n]):
+            # the file is one complete feed when every array fits its input as it is
+            if model is None or not _one_feed(arrays, input_specs(model)):
+                raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+            whole = True
         if 0 in lens.values():
             raise DataError("holds no samples (the first axis is 0)", p)
-        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None)
+        ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None, whole=whole)
     if model is not None:
         ds.validate(model)
     return ds
+
+
+def _one_feed(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> bool:
+    """Whether ``arrays`` are one complete feed: every input has an array of its rank whose
+    fixed dims match, and some input has a fixed first axis (no common sample axis)."""
+    if not specs or not any(s.shape and isinstance(s.shape[0], int) for s in specs):
+        return False
+    for s in specs:
+        a = arrays.get(s.name)
+        if a is None or s.shape is None or a.ndim != len(s.shape):
+            return False
+        if any(isinstance(d, int) and d != n for d, n in zip(s.shape, a.shape, strict=True)):
+            return False
+    return True
 
 
 def _check_labels(labels: np.ndarray, path) -> np.ndarray:
@@ -378,33 +409,48 @@ def check_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None, pat
 
 
 def synthesize(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None = None, *, batch: int | None = None, samples: int = 8, seed: int = 0) -> Dataset:
-    """Deterministic random inputs for every model input (``samples`` along the first axis
-    when it is symbolic).  Floats ~ N(0, 1); integers in [0, 10); bools random."""
+    """Deterministic inputs for every model input, shaped and drawn so that the model runs.
+
+    Symbolic dims come from ``shapes``, else from input discovery (``discover.discover``:
+    graph hints, then probing with ONNX Runtime); a symbolic batch axis holds ``samples``.
+    Values follow the graph's hints (ids below their table size, 0/1 masks, a constant a
+    scalar is compared with), else floats ~ N(0, 1), integers in [0, 10), random bools.
+    The Dataset's ``describe()`` says what was used; ``alternatives`` holds further working
+    shapes (for verification at several shapes)."""
+    from .discover import discover, draw
+
     check_shapes(model, shapes)
-    rng = np.random.default_rng(seed)
     specs = input_specs(model)
+    for s in specs:
+        if s.shape is None and not (shapes and s.name in shapes):
+            raise DataError(f"input '{s.name}' has unknown rank; give --shape {s.name}:D1,D2,...")
+        if s.dtype.kind == "O":
+            raise DataError(f"input '{s.name}' is a string tensor: onnxopt can neither synthesize it nor read strings from DATA")
+    disc = discover(model, shapes, seed=seed)
+    batched = _batched_inputs(specs, disc.batch_groups)
+    # inputs without a batch axis (scalars, fixed or shared first axes) make every feed
+    # whole: the batch axis then keeps the value the model ran with
+    whole = not specs or len(batched) < len(specs) or bool(shapes)
+    rng = np.random.default_rng(seed)
     arrays = {}
     for s in specs:
-        dims = _resolve_dims(s, shapes, batch)
-        symbolic_batch = s.shape is not None and len(s.shape) > 0 and not isinstance(s.shape[0], int)
-        if symbolic_batch and not (shapes and s.name in shapes):
-            dims = (samples,) + dims[1:]
-        if s.dtype.kind == "f":
-            arr = rng.standard_normal(dims).astype(s.dtype)
-        elif s.dtype.kind in "iu":
-            arr = rng.integers(0, 10, size=dims).astype(s.dtype)
-        elif s.dtype.kind == "b":
-            arr = rng.integers(0, 2, size=dims).astype(bool)
-        elif s.dtype.kind == "O":  # strings: numpy keeps them as objects, which DATA refuses
-            raise DataError(f"input '{s.name}' is a string tensor: onnxopt can neither synthesize it nor read strings from DATA")
-        else:
-            raise DataError(f"cannot synthesize input '{s.name}' of dtype {s.dtype}; pass --data")
-        arrays[s.name] = arr
-    # inputs whose first axis is not a symbolic batch axis are fed whole
-    whole = not specs or any(not s.shape or isinstance(s.shape[0], int) for s in specs) or bool(shapes)
+        dims = _resolve_dims(s, shapes, batch) if shapes and s.name in shapes else disc.shapes[s.name]
+        if s.name in batched and not whole:
+            dims = (samples,) + tuple(dims[1:])
+        arrays[s.name] = draw(s, tuple(dims), disc.hints.inputs.get(s.name), rng)
     ds = Dataset("<synthesized>", arrays=arrays, whole=whole)
     ds.specs = specs
+    ds.note = "synthesized " + disc.describe({k: list(v.shape) for k, v in arrays.items()})
+    # further shapes for verification: discovery's, else the batch axis at 1 (not samples)
+    ds.alternatives = [] if shapes else list(disc.extra) or ([disc.shapes] if batched and not whole else [])
     return ds
+
+
+def _batched_inputs(specs: list[InputSpec], batch_groups: set[str]) -> set[str]:
+    """Inputs whose first axis is a symbolic batch axis."""
+    from .discover import group_name
+
+    return {s.name for s in specs if s.shape and not isinstance(s.shape[0], int) and group_name(s.name, 0, s.shape[0]) in batch_groups}
 
 
 def dataset_for(model: onnx.ModelProto, data=None, shapes: Mapping[str, tuple] | None = None, *, seed: int = 0, samples: int = 8) -> Dataset:

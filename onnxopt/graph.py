@@ -28,6 +28,7 @@ __all__ = [
     "constant_value",
     "unique_name",
     "outer_reads",
+    "sort_nodes",
 ]
 
 
@@ -175,3 +176,41 @@ def unique_name(base: str, taken: set[str]) -> str:
         i += 1
     taken.add(name)
     return name
+
+
+def sort_nodes(graph: onnx.GraphProto) -> bool:
+    """Order ``graph``'s nodes topologically, counting the names a node's subgraphs read from
+    this graph as its inputs (an If body reading ``h`` must come after ``h``'s producer);
+    nodes already in order keep it.  Returns whether the order changed.  Leaves the graph
+    alone when it has a cycle or reads a name nothing defines."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = []
+    for n in nodes:
+        reads = {x for x in n.input if x}
+        for g in subgraphs(n):
+            reads |= outer_reads(g)
+        deps.append({producer[r] for r in reads if r in producer})
+    order, state = [], [0] * len(nodes)  # 0 new, 1 on the stack, 2 placed
+    for root in range(len(nodes)):
+        stack = [root]
+        while stack:
+            i = stack[-1]
+            if state[i] == 2:
+                stack.pop()
+                continue
+            state[i] = 1
+            todo = [d for d in sorted(deps[i]) if state[d] != 2]
+            if any(state[d] == 1 for d in todo):
+                return False  # a cycle: not ours to fix
+            if todo:
+                stack.extend(reversed(todo))
+            else:
+                state[i] = 2
+                order.append(i)
+                stack.pop()
+    if order == list(range(len(nodes))):
+        return False
+    graph.ClearField("node")
+    graph.node.extend(nodes[i] for i in order)
+    return True

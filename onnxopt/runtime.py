@@ -226,6 +226,6 @@ def run_dataset(model_or_session, dataset, *, provider: str = "cpu", batch_size:
         return concat_outputs(list(run_batches(sess, dataset.batches(batch_size, limit), error=error)))
     except OnnxoptError as exc:
         if getattr(dataset, "source", None) == "<synthesized>" and exc.message.startswith("onnxruntime failed to run"):
-            # symbolic dims synthesized as 1 are a common cause (a 3x3 Conv on a 1x1 image)
-            exc.message += "; the inputs were synthesized (symbolic dims = 1): give --shape NAME:D1,D2,... or --data"
+            # synthesized inputs are a common cause: say what they were
+            exc.message += f"; the inputs were {dataset.describe()}: give --shape NAME:D1,D2,... or --data"
         raise

@@ -26,7 +26,7 @@ from .errors import DataError, ModelError, OnnxoptError, VerificationError, blam
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_arrays", "compare_outputs", "paired_datasets", "verify"]
+__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "frozen_dims", "verify_other_shapes", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_arrays", "compare_outputs", "paired_datasets", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,36 @@ def is_exact(rel_l2: float, max_abs: float, *, limit: float = EXACT_REL_L2) -> b
     """The one exact-transform rule: ``rel_l2 <= limit`` (default ``EXACT_REL_L2``, 1e-4) or
     ``max_abs <= EXACT_MAX_ABS`` (1e-6).  Every exact step, parity check and cut uses it."""
     return rel_l2 <= limit or max_abs <= EXACT_MAX_ABS
+
+
+def _dims(vi) -> list | None:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in tt.shape.dim]
+
+
+def frozen_dims(reference: onnx.ModelProto, model: onnx.ModelProto, *, fixed: frozenset | set = frozenset()) -> str:
+    """Why ``model`` no longer has ``reference``'s dynamic axes ("" when it keeps them): a
+    symbolic dim of a graph input or output of ``reference`` that ``model`` declares as a
+    number.  Inputs named in ``fixed`` (the user's ``--fix-shapes``) may be fixed, and then
+    so may the outputs."""
+    def table(m):
+        inits = {t.name for t in m.graph.initializer}
+        return [("input", vi.name, _dims(vi)) for vi in m.graph.input if vi.name not in inits] + [("output", vi.name, _dims(vi)) for vi in m.graph.output]
+
+    new = {(kind, name): dims for kind, name, dims in table(model)}
+    for kind, name, dims in table(reference):
+        if name in fixed or (kind == "output" and fixed):
+            continue
+        got = new.get((kind, name))
+        if not dims or not got or len(got) != len(dims):
+            continue
+        for axis, (want, have) in enumerate(zip(dims, got, strict=True)):
+            if isinstance(want, str) and isinstance(have, int):
+                label = "" if want == "?" else f" ({want})"
+                return f"{kind} '{name}' axis {axis}{label} was dynamic and is now fixed to {have} (give --fix-shapes {name}:... to ask for static shapes)"
+    return ""
 
 
 @dataclass
@@ -183,9 +213,10 @@ class Comparison:
     rtol: float
     samples: int
     source: str = ""
+    others: list = field(default_factory=list)  # Comparisons at further discovered shapes
 
     def __bool__(self) -> bool:
-        return all(o.ok for o in self.outputs)
+        return all(o.ok for o in self.outputs) and all(self.others)
 
     @property
     def worst_rel_l2(self) -> float:
@@ -203,6 +234,7 @@ class Comparison:
             "samples": self.samples,
             "data": self.source,
             "outputs": [o.to_dict() for o in self.outputs],
+            **({"other_shapes": [o.to_dict() for o in self.others]} if self.others else {}),
         }
 
 
@@ -243,6 +275,38 @@ def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, 
     return Comparison(comps, atol, rtol, samples, source)
 
 
+def verify_other_shapes(reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None) -> list[dict]:
+    """Run ``model`` against ``reference`` at each further shape input discovery found for
+    synthesized ``dataset`` (``Dataset.alternatives``; none for DATA or ``--shape``), so
+    that every symbolic axis is checked at two values at least.  Raises VerificationError
+    naming the shape when ``model`` fails to run there, changes an output's shape, or, for
+    an ``exact`` transform, breaks the exact rule.  ``cache`` keeps the reference outputs
+    between calls.  Returns one record per shape."""
+    from .data import synthesize
+
+    cache = {} if cache is None else cache
+    names = _output_names(reference)
+    records = []
+    for i, shapes in enumerate(getattr(dataset, "alternatives", None) or []):
+        if i not in cache:
+            ds = synthesize(reference, shapes, seed=seed + 1)
+            cache[i] = (ds, run_dataset(reference, ds, provider=provider, error=ModelError))
+        ds, ref = cache[i]
+        try:
+            outputs = run_dataset(model, ds, provider=provider, error=VerificationError)
+        except OnnxoptError as exc:
+            raise VerificationError(f"{label}: at {ds.describe()}: {exc.message}") from exc
+        comp = compare_outputs(names, ref, outputs, source=ds.describe())
+        for o in comp.outputs:
+            if o.note.startswith("shape"):
+                raise VerificationError(f"{label}: at {ds.describe()}: output '{o.name}' changed {o.note}")
+        bad = comp.inexact() if exact else []
+        if bad:
+            raise VerificationError(f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+        records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
+    return records
+
+
 def _output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
 
@@ -261,7 +325,7 @@ def compare(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1
     ref = run_dataset(ma, ds, provider=provider, limit=limit, error=error)
     samples = _fed(ds, limit)
     new = run_dataset(mb, ds_b, provider=provider, limit=limit, error=error)
-    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.describe())
 
 
 def _fed(ds, limit: int | None) -> int:
@@ -320,11 +384,25 @@ def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e
         raise ModelError(f"has {len(names_b)} output(s), the first model has {len(names_a)}", pb)
     ds, ds_b = paired_datasets(ma, mb, data, shapes, seed=seed, paths=(pa, pb))
     with blame(pa):
-        ref = run_dataset(create_session(load_a, provider, error=ModelError), ds, limit=limit, error=ModelError)
+        sess_a = create_session(load_a, provider, error=ModelError)
+        ref = run_dataset(sess_a, ds, limit=limit, error=ModelError)
     samples = _fed(ds, limit)
     with blame(pb):
-        new = run_dataset(create_session(load_b, provider, error=ModelError), ds_b, limit=limit, error=ModelError)
-    return compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.source)
+        sess_b = create_session(load_b, provider, error=ModelError)
+        new = run_dataset(sess_b, ds_b, limit=limit, error=ModelError)
+    comp = compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=samples, source=ds.describe())
+    # synthesized inputs of a model with symbolic dims: also at discovery's further shapes
+    for shapes_alt in ds.alternatives if data is None else []:
+        from .data import synthesize
+
+        with blame(pa, data=True):
+            alt = synthesize(ma, shapes_alt, seed=seed + 1)
+        with blame(pa):
+            ref = run_dataset(sess_a, alt, error=ModelError)
+        with blame(pb):
+            new = run_dataset(sess_b, alt, error=ModelError)
+        comp.others.append(compare_outputs(names_a, ref, new, atol=atol, rtol=rtol, samples=_fed(alt, None), source=alt.describe()))
+    return comp
 
 
 def blaming_members(param: str = "models"):

@@ -82,7 +82,7 @@ def test_verify_public_api(tmp_path):
     a = tmp_path / "a.onnx"
     onnx.save(tiny_cnn(), str(a))
     comp = verify(a, tiny_cnn())
-    assert comp and comp.samples == 8 and comp.source == "<synthesized>"
+    assert comp and comp.samples == 8 and comp.source == "synthesized x[8,3,8,8]"
     assert comp.to_dict()["outputs"][0]["name"] == "logits"
     off = verify(a, _scaled(tiny_cnn(), 1.01))
     assert not off and 0.001 < off.worst_rel_l2 < 0.1

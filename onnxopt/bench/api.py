@@ -392,8 +392,8 @@ def bench(
                     except Exception as exc:
                         shp = {k: list(v.shape) for k, v in feed.items()}
                         hint = ""
-                        if any("set to 1" in x for x in plan[c][i][1]):
-                            hint = "; symbolic dims were synthesized as 1: give --shape NAME:D1,D2,... or --data"
+                        if any("for a realistic size" in x for x in plan[c][i][1]):
+                            hint = "; symbolic dims were discovered by probing the first model: give --shape NAME:D1,D2,... or --data"
                         raise ModelError(
                             f"onnxruntime failed to run the model on inputs {shp}: {ort_message(exc, 300)}{hint}",
                             e.path,

@@ -55,6 +55,8 @@ def feed_batch(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> int | 
 
 
 def _take(arr: np.ndarray, batch: int) -> np.ndarray:
+    if not arr.ndim:  # a 0-d input (a sample rate) is fed as it is
+        return arr
     n = arr.shape[0]
     if batch <= n:
         return np.ascontiguousarray(arr[:batch])
@@ -81,13 +83,14 @@ def _from_files(model, ds: Dataset, batch: int | None) -> tuple[dict, list[str]]
     for feed in ds.batches(None):
         for k in names:
             parts[k].append(feed[k])
-        have += int(feed[names[0]].shape[0]) if names and feed[names[0]].ndim else 1
+        batched = next((feed[k] for k in names if feed[k].ndim), None)
+        have += int(batched.shape[0]) if batched is not None else 1
         if batch is None or have >= batch:
             break
     if batch is None:
         return {k: np.ascontiguousarray(v[0]) for k, v in parts.items()}, []
     notes = []
-    joined = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+    joined = {k: np.concatenate(v, axis=0) if v[0].ndim else v[0] for k, v in parts.items()}
     if have < batch:
         notes.append(f"DATA holds {have} samples; batch {batch} repeats them")
     return {k: _take(v, batch) for k, v in joined.items()}, notes
@@ -124,20 +127,13 @@ def make_feed(
                 shp[s.name] = (batch,) + shp[s.name][1:]
     ds = synthesize(model, shp or None, batch=batch, samples=batch or 1, seed=seed)
     feed = next(ds.batches(max(len(ds), 1)))
-    return {k: np.ascontiguousarray(v) for k, v in feed.items()}, _defaulted_dims(specs, shp)
+    return {k: np.ascontiguousarray(v) for k, v in feed.items()}, _defaulted_dims(specs, shp, ds)
 
 
-def _defaulted_dims(specs, shapes: Mapping[str, tuple]) -> list[str]:
-    """Notes for synthesized inputs whose symbolic dims past the batch axis became 1: a
-    detector run on a 1x1 image is timed, but it is not the figure anyone wants."""
-    notes = []
-    for s in specs:
-        if s.name in shapes or not s.shape:
-            continue
-        axes = [str(i) for i, d in enumerate(s.shape) if i > 0 and not isinstance(d, int)]
-        if axes:
-            notes.append(
-                f"input '{s.name}': symbolic {'axes' if len(axes) > 1 else 'axis'} {', '.join(axes)} "
-                f"set to 1 (give --shape {s.name}:D1,D2,... for a realistic size)"
-            )
-    return notes
+def _defaulted_dims(specs, shapes: Mapping[str, tuple], ds: Dataset) -> list[str]:
+    """A note when symbolic dims past the batch axis were discovered rather than given: the
+    figure is timed at the smallest size the model runs on, not at a realistic one."""
+    free = [s.name for s in specs if s.name not in shapes and s.shape and any(i > 0 and not isinstance(d, int) for i, d in enumerate(s.shape))]
+    if not free:
+        return []
+    return [f"inputs {ds.describe()}; give --shape NAME:D1,D2,... for a realistic size"]

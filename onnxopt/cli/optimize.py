@@ -8,6 +8,7 @@ from ..render import human_bytes
 from .options import (
     budget_options,
     calibration_option,
+    fix_shapes_option,
     json_option,
     output_option,
     report_option,
@@ -36,6 +37,7 @@ __all__ = ["command"]
 @calibration_option
 @budget_options
 @shape_option
+@fix_shapes_option
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -78,6 +80,7 @@ def command(
     max_accuracy_drop,
     metric,
     shapes,
+    fix_shapes,
     batch,
     threads,
     time_budget,
@@ -109,6 +112,7 @@ def command(
         max_accuracy_drop=max_accuracy_drop,
         metric=metric,
         shapes=shapes_dict(shapes),
+        fix_shapes=shapes_dict(fix_shapes),
         batch=batch,
         threads=threads,
         time_budget=time_budget,

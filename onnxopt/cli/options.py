@@ -6,7 +6,7 @@ import click
 
 from .types import ShapeSpec
 
-__all__ = ["output_option", "data_option", "calibration_option", "shape_option", "provider_option", "budget_options", "report_option", "shapes_dict", "json_option"]
+__all__ = ["output_option", "data_option", "calibration_option", "shape_option", "fix_shapes_option", "provider_option", "budget_options", "report_option", "shapes_dict", "json_option"]
 
 
 def _stack(*decorators):
@@ -29,6 +29,14 @@ def data_option(name: str = "--data", help: str = "DATA: .npz keyed by input nam
 calibration_option = click.option("--calibration", type=click.Path(), default=None, help="Calibration DATA (.npz or folder of .npz).")
 
 shape_option = click.option("--shape", "shapes", type=ShapeSpec(), multiple=True, help="Value for symbolic input dims, NAME:D1,D2,... (repeatable; default 1).")
+
+fix_shapes_option = click.option(
+    "--fix-shapes",
+    "fix_shapes",
+    type=ShapeSpec(),
+    multiple=True,
+    help="Make input NAME static with dims D1,D2,... (repeatable). Without it, dynamic input/output dims stay dynamic and a step that fixes one fails verification.",
+)
 
 provider_option = click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True, help="ONNX Runtime execution provider.")
 

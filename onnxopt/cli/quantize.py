@@ -8,6 +8,7 @@ from ..render import fmt, human_bytes, table
 from .options import (
     budget_options,
     calibration_option,
+    fix_shapes_option,
     json_option,
     output_option,
     provider_option,
@@ -120,9 +121,10 @@ def _details(report: dict) -> list[str]:
 @click.option("--num-heads", type=click.IntRange(min=0), default=0, show_default=True, help="Attention heads for --model-type (0: detect).")
 @click.option("--hidden-size", type=click.IntRange(min=0), default=0, show_default=True, help="Hidden size for --model-type (0: detect).")
 @shape_option
+@fix_shapes_option
 @json_option
 @report_option
-def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, as_json, report_path):
+def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, fix_shapes, as_json, report_path):
     """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
     + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
     the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
@@ -159,6 +161,7 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
             metric=metric,
             allow_slower=allow_slower,
             shapes=shapes_dict(shapes),
+            fix_shapes=shapes_dict(fix_shapes),
             batch=batch,
             threads=threads,
             calibration_batch=calibration_batch,

@@ -50,10 +50,12 @@ def command(model_a, model_b, data, shapes, atol, rtol, limit, provider, as_json
     else:
         click.echo(render_comparison(report))
         click.echo(f"{comp.samples} sample(s) of {comp.source}; tolerance |b - a| <= {fmt(atol)} + {fmt(rtol)} * |a|")
+        for other in comp.others:
+            click.echo(f"also at {other.source}: {'ok' if other else 'OUT OF TOLERANCE'}, worst relative L2 {other.worst_rel_l2:.2e}")
     if not comp:
         from ..diagnose.hints import diagnose_hint
 
-        bad = [o.name for o in comp.outputs if not o.ok]
+        bad = [o.name for o in comp.outputs if not o.ok] or [f"{o.name} at {c.source}" for c in comp.others for o in c.outputs if not o.ok]
         raise VerificationError(f"{len(bad)} of {len(comp.outputs)} output(s) out of tolerance (atol {atol:g}, rtol {rtol:g}): {', '.join(bad)}" + diagnose_hint(model_a, model_b, data=data), model_b)
     if not as_json:
         click.echo("ok: all outputs within tolerance")

@@ -35,7 +35,8 @@ class Context:
 
     ``data``: calibration Dataset (or None); ``eval_data``: evaluation Dataset with labels
     (or None); ``shapes``: values for symbolic input dims; ``budget``: a metrics.Budget;
-    ``reference``: the pipeline's input model (teacher / FP32 reference).
+    ``reference``: the pipeline's input model (teacher / FP32 reference); ``fixed_shapes``:
+    inputs the user asked to make static, whose dims a step may fix.
     """
 
     data: Any = None
@@ -46,6 +47,7 @@ class Context:
     budget: Any = None
     reference: onnx.ModelProto | None = None
     options: dict = field(default_factory=dict)
+    fixed_shapes: dict | None = None  # inputs the user asked to make static (--fix-shapes)
 
     def inputs_for(self, model: onnx.ModelProto, *, prefer_eval: bool = False):
         """A Dataset fitting ``model``: eval/calibration data, else synthesized inputs."""

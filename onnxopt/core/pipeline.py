@@ -21,7 +21,7 @@ import onnx
 
 from ..errors import BudgetError, ModelError, OnnxoptError, VerificationError
 from ..metrics import Evaluator
-from ..verify import EXACT_REL_L2, check_model, compare_outputs
+from ..verify import EXACT_REL_L2, check_model, compare_outputs, frozen_dims, verify_other_shapes
 from .passes import Context, Pass, PassReport
 from .progress import progress
 from .provenance import write_provenance
@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 
 class StepVerifier:
-    """Verifies candidate models against one reference model on one dataset (outputs cached)."""
+    """Verifies candidate models against one reference model on one dataset (outputs cached).
+
+    With synthesized inputs and symbolic dims, every step is also run at the further shapes
+    input discovery found (``Dataset.alternatives``): each symbolic axis is checked at two
+    values or more, and an exact step must be exact at each.  A step may not fix a dynamic
+    input or output dim unless the user asked for it (``ctx.fixed_shapes``)."""
 
     def __init__(self, reference: onnx.ModelProto, ctx: Context, *, limit: int | None = 512):
         self.ctx = ctx
@@ -41,16 +46,17 @@ class StepVerifier:
         self.dataset = ctx.inputs_for(reference, prefer_eval=True)
         self.names = [o.name for o in reference.graph.output]
         self.evaluator = Evaluator(reference, self.dataset, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=limit)
+        self.shape_cache: dict = {}  # reference outputs at the other shapes
 
     def __call__(self, model: onnx.ModelProto, label: str, *, exact: bool) -> dict:
         check = check_model(model, provider=self.ctx.provider, label=label)
-        problem = interface_change(self.reference, model)
+        problem = interface_change(self.reference, model) or frozen_dims(self.reference, model, fixed=set(self.ctx.fixed_shapes or ()))
         if problem:
             raise VerificationError(f"{label}: {problem}")
         outputs = self.evaluator.outputs(model)
         if len(outputs) != len(self.names):
             raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
-        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.source)
+        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.describe())
         for o in comp.outputs:
             if o.note.startswith("shape"):
                 raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
@@ -66,6 +72,9 @@ class StepVerifier:
             drop = record["metric"]["drop"]
             if drop > self.ctx.budget.max_drop + 1e-9:
                 raise BudgetError(f"{label}: {self.evaluator.metric} dropped {drop:.2f} points (budget {self.ctx.budget.max_drop:g})")
+        others = verify_other_shapes(self.reference, model, self.dataset, exact=exact, label=label, provider=self.ctx.provider, seed=self.ctx.seed, cache=self.shape_cache)
+        if others:
+            record["other_shapes"] = others
         return record
 
 

@@ -21,6 +21,7 @@ PASSES: dict[str, str] = {
     "remove-unused": "onnxopt.simplify.passes:RemoveUnusedPass",
     "dedupe-initializers": "onnxopt.simplify.passes:DedupeInitializersPass",
     "infer-shapes": "onnxopt.simplify.passes:InferShapesPass",
+    "fix-shapes": "onnxopt.simplify.fix_shapes:FixShapesPass",
     "prune-magnitude": "onnxopt.prune.passes:PruneMagnitudePass",
     "prune-channels": "onnxopt.prune.passes:PruneChannelsPass",
     "prune-blocks": "onnxopt.prune.passes:PruneBlocksPass",

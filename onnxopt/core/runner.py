@@ -26,8 +26,9 @@ def make_context(model, *, calibration=None, eval_data=None, shapes=None, provid
     return Context(data=cal, eval_data=ev, shapes=shapes, provider=provider, seed=seed, budget=budget)
 
 
-def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None) -> PipelineResult:
-    """Run a recipe (bundled name or TOML path) on a model (path or proto)."""
+def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None, fix_shapes: dict | None = None) -> PipelineResult:
+    """Run a recipe (bundled name or TOML path) on a model (path or proto); ``fix_shapes``
+    ({input: dims}) adds a first step making those inputs static."""
     rec = load_recipe(recipe)
     if not rec.steps:
         raise RecipeError("the recipe has no [[steps]]: nothing to run", rec.path)
@@ -36,7 +37,20 @@ def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provide
     extra = {"recipe": rec.name, "input": str(path) if path else None}
     with blame(path, data=True):
         check_shapes(m, shapes, path)
+        if fix_shapes:
+            from ..simplify.fix_shapes import FixShapesPass
+
+            passes.insert(0, FixShapesPass(shapes={k: list(v) for k, v in fix_shapes.items()}))
+        # a fix-shapes step (from --fix-shapes or the recipe) sets the shapes every step is
+        # verified at, and the dims it may fix
+        fixed = {k: tuple(v) for p in passes if p.key == "fix-shapes" for k, v in p.config.shapes.items()}
+        if fixed:
+            from ..simplify.fix_shapes import check_fix_shapes
+
+            check_fix_shapes(m, fixed, path)
+            shapes = {**(shapes or {}), **fixed}
         ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
+        ctx.fixed_shapes = fixed or None
         try:
             result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})
         except (VerificationError, BudgetError) as exc:

@@ -27,10 +27,12 @@ from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
 from ..core.recipe import load_recipe
 from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
-from ..errors import ProviderError, UsageError, blaming
+from ..errors import ProviderError, UsageError, VerificationError, blaming
 from ..io import resolve_model
 from ..metrics import METRICS, Budget, Evaluator
+from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
+from ..verify import frozen_dims, verify_other_shapes
 from .candidates import BuildEnv, build_candidates, is_bert_like
 from .plan import OBJECTIVES, plan_from_recipe
 from .select import Timer, decide, render_decision_table, time_candidates, verify_candidate
@@ -180,6 +182,7 @@ def optimize(
     report=None,
     objective: str | None = None,
     session_options: bool | None = None,
+    fix_shapes: dict | None = None,
 ) -> PipelineResult:
     """The fastest verified model for ``target`` within the accuracy budget.
 
@@ -193,6 +196,8 @@ def optimize(
     ``objective``: ``latency`` | ``cold-start`` | ``size`` (default: the recipe's, latency).
     ``session_options``: search ONNX Runtime session options for the chosen model and
     carry the winner in it (default: the recipe's, on).
+    ``fix_shapes`` ({input: dims}): those inputs are made static first (a verified step);
+    otherwise symbolic dims stay symbolic.
 
     Returns a ``PipelineResult`` whose ``report["decision"]`` holds the decision table
     (``render_decision_table(report)`` prints it).  Raises ``UsageError`` / ``RecipeError``
@@ -220,6 +225,9 @@ def optimize(
     m, path = resolve_model(model)
     check_shapes(m, shapes, path)
     provider = _provider_for(target, st.allow_cpu_verification, notes)
+    m, fixed = apply_fix_shapes(m, fix_shapes, provider=provider, path=path)
+    if fixed:
+        notes.append(f"inputs made static first (--fix-shapes {', '.join(fix_shapes)}; verified)")
     cal = dataset_for(m, calibration) if calibration is not None else None
     ev = dataset_for(m, eval_data) if eval_data is not None else None
     budget = Budget(
@@ -280,6 +288,12 @@ def optimize(
 
     # 5. the output model with provenance (nothing time-dependent in it)
     out = copy.deepcopy(by_name[chosen.name].model if chosen is not None else m)
+    frozen = frozen_dims(m, out)
+    if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
+        raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", path)
+    # synthesized inputs: the written model also runs, with the same output shapes, at the
+    # further shapes discovery found (every symbolic axis at two values)
+    others = verify_other_shapes(m, out, synthesize(m, shapes, seed=seed), exact=False, label=chosen.name if chosen else "input", provider=provider, seed=seed) if synthesized else []
     _restore_input_provenance(out, m)
     if chosen is not None and chosen.kind == "ort-offline":
         from ..serving.offline import CAVEAT
@@ -333,6 +347,7 @@ def optimize(
         "rows": [r.to_dict() for r in rows],
         "chosen": chosen.name if chosen is not None else "input",
         "summary": _summary(chosen, rows, evaluator.metric),
+        "other_shapes": others,
     }
     result_report = {
         "command": "optimize",

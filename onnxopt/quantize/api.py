@@ -31,8 +31,9 @@ from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, Verifica
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator
 from ..runtime import resolve_provider, run_dataset
+from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
-from ..verify import check_model, compare_outputs
+from ..verify import check_model, compare_outputs, frozen_dims, verify_other_shapes
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import (
@@ -328,6 +329,7 @@ def quantize(
     model_type: str | None = None,
     num_heads: int = 0,
     hidden_size: int = 0,
+    fix_shapes: dict | None = None,
 ) -> Result:
     """Quantize ``model`` (path or proto) to INT8; see the module docstring.
 
@@ -341,7 +343,8 @@ def quantize(
     ``model_type`` (``bert``, ``gpt2``, ... see ``transformer.MODEL_TYPES``): the
     ``transformer-fusion`` pass runs first (``num_heads`` / ``hidden_size`` 0: detected);
     the fused model is what gets quantized, accuracy and speed are still measured against
-    the input model.
+    the input model.  ``fix_shapes`` ({input: dims}): those inputs are made static first
+    (a verified ``fix-shapes`` step); otherwise symbolic dims stay symbolic.
     """
     t_start = time.perf_counter()
     check_choice("mode", mode, MODES)
@@ -365,6 +368,7 @@ def quantize(
     m, path = resolve_model(model, lazy=None)
     check_shapes(m, shapes, path)
     provider = resolve_provider(provider)
+    m, fixed = apply_fix_shapes(m, fix_shapes, provider=provider, path=path)
     try:
         check_model(m, provider=provider, error=ModelError)
     except ModelError as exc:
@@ -373,6 +377,8 @@ def quantize(
     configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude)
     if mode == "static" and calibration is None:
         raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
+    if fixed:
+        notes.append(f"inputs made static first (--fix-shapes {', '.join(fix_shapes)}; verified)")
     if not configs:
         raise UsageError(f"no candidate to try: {'; '.join(notes)}", path)
     cal = dataset_for(m, dataset_view(calibration)) if calibration is not None else None
@@ -464,6 +470,14 @@ def quantize(
     if chosen.model is None:  # pragma: no cover - _pick only returns timed (built) candidates
         raise VerificationError("internal: chosen candidate has no model")
     out = chosen.model
+    frozen = frozen_dims(m, out)
+    if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
+        raise VerificationError(f"{chosen.label}: {frozen}", path)
+    # synthesized inputs: the chosen model also runs, with the same output shapes, at the
+    # further shapes discovery found (every symbolic axis at two values)
+    others = verify_other_shapes(m, out, ev, exact=False, label=chosen.label, provider=provider, seed=seed)
+    if others:
+        report["other_shapes"] = others
     report["chosen"] = chosen.label
     if budget is None and chosen.drop is not None and chosen.drop > UNBUDGETED_WARN_DROP:
         # ORT's quantizer can collapse a model (a sigmoid map or a wide softmax quantized in

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..graph import sort_nodes
 from ..io import is_lazy
 from . import ort_lazy
 from .config import QuantConfig
@@ -239,8 +240,10 @@ def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types:
 
             q = ONNXQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.QLinearOps, static=True, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
     q.quantize_model()
-    # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort
+    # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort; ORT's sort
+    # ignores what If/Loop bodies read from the graph, ``sort_nodes`` counts it
     q.model.topological_sort()
+    sort_nodes(q.model.model.graph)
     return q.model.model
 
 

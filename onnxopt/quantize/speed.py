@@ -40,7 +40,8 @@ def timing_feed(dataset, batch: int) -> dict[str, np.ndarray]:
     """One feed of ``batch`` samples from ``dataset`` (repeated when it holds fewer; a model
     with a fixed batch size gets that size)."""
     feed = dataset.first_batch(batch)
-    n = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
+    first = next((v for v in feed.values() if v.ndim), None)
+    n = first.shape[0] if first is not None else 1
     fixed = None
     if dataset.specs:
         sizes = {s.batch_fixed for s in dataset.specs}
@@ -48,7 +49,8 @@ def timing_feed(dataset, batch: int) -> dict[str, np.ndarray]:
     if fixed or n >= batch or getattr(dataset, "whole", False):
         return feed
     reps = -(-batch // n)
-    return {k: np.ascontiguousarray(np.concatenate([v] * reps, axis=0)[:batch]) for k, v in feed.items()}
+    # 0-d inputs (a sample rate) are fed as they are
+    return {k: np.ascontiguousarray(np.concatenate([v] * reps, axis=0)[:batch]) if v.ndim else v for k, v in feed.items()}
 
 
 def measure_speed(

@@ -13,7 +13,7 @@ from ..core.pipeline import interface_change
 from ..errors import OnnxoptError
 from ..io import exceeds_protobuf
 from ..runtime import run_dataset
-from ..verify import check_model, compare_outputs
+from ..verify import check_model, compare_outputs, frozen_dims
 from .constants import constants_to_initializers
 from .dead import remove_unused
 from .dedupe import dedupe_initializers
@@ -140,7 +140,7 @@ class SimplifyPass(Pass):
         def accept(candidate: onnx.ModelProto, label: str) -> bool:
             try:
                 check_model(candidate, provider=ctx.provider, label=label)
-                problem = interface_change(model, candidate)
+                problem = interface_change(model, candidate) or frozen_dims(model, candidate, fixed=set(ctx.fixed_shapes or ()))
                 if problem:
                     notes.append(f"{label} rejected: {problem}")
                     return False

@@ -198,13 +198,11 @@ def _image_model():
     return m
 
 
-def test_symbolic_dims_defaulted_to_one_are_noted():
+def test_discovered_symbolic_dims_are_noted():
     m = _image_model()
     feed, notes = make_feed(m, None, None, 2)
-    assert feed["x"].shape == (2, 3, 1, 1)
-    assert (
-        len(notes) == 1 and "symbolic axes 2, 3 set to 1" in notes[0] and "--shape x:" in notes[0]
-    )
+    assert feed["x"].shape == (2, 3, 1, 1)  # the smallest size the model runs on
+    assert len(notes) == 1 and "x[2,3,1,1] (H/W found by probing)" in notes[0] and "--shape" in notes[0]
     feed, notes = make_feed(m, None, {"x": (1, 3, 32, 48)}, 2)
     assert feed["x"].shape == (2, 3, 32, 48) and notes == []
     assert make_feed(mlp(), None, None, 4)[1] == []  # a symbolic batch axis alone is no news

@@ -328,34 +328,22 @@ def test_run_with_external_data(invoke, tmp_path):
     assert invoke("verify", MLP, out, "--data", TEST).exit_code == 0
 
 
-def _conv_without_padding(path):
-    """A 3x3 Conv on x[N,3,H,W]: synthesized with H = W = 1 it cannot run."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
-    g = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, "H2", "W2"])],
-        [w],
-    )
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 def test_model_that_cannot_run_on_synthesized_inputs(tmp_path):
     """A real process (ONNX Runtime's C++ logging goes to file descriptor 2): one error line
-    that points at --shape, exit 2, nothing written; with --shape it works."""
-    src = _conv_without_padding(tmp_path / "conv.onnx")
+    that says what input discovery tried and points at --shape, exit 2, nothing written;
+    with --shape it works."""
+    from tests.discover_models import runs_on_nothing
+
+    src = tmp_path / "reshape.onnx"
+    onnx.save(runs_on_nothing(), str(src))
     out = tmp_path / "o.onnx"
     for args in (["verify", src, src], ["simplify", src, "-o", out]):
         proc = subprocess.run([sys.executable, "-m", "onnxopt", *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-        assert lines[0].startswith(f"error: {src}: onnxruntime failed to run the model") and "give --shape" in lines[0]
+        assert lines[0].startswith(f"error: {src}: the model runs on none of the probed inputs (tried x[1,1];") and "give --shape" in lines[0]
     assert not out.exists()
-    proc = subprocess.run([sys.executable, "-m", "onnxopt", "simplify", str(src), "-o", str(out), "--shape", "x:1,3,8,8"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "onnxopt", "simplify", str(src), "-o", str(out), "--shape", "x:3,2000"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and out.is_file(), proc.stderr
 
 
