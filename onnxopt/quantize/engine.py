@@ -106,6 +106,11 @@ class CandidateBuilder:
         # reports name the input's op type: a Gemm rewritten as MatMul is still a Gemm there
         self.op_types.update({n: "Gemm" for n in converted_gemms if n in self.op_types})
         self.candidates = [n.name for n in base.graph.node if wanted(n) and n.name not in config.exclude]
+        if config.mode == "int4":  # only a MatMul with a constant 2-D weight becomes MatMulNBits
+            from .int4 import nbits_weight_nodes
+
+            nbits = set(nbits_weight_nodes(base))
+            self.candidates = [c for c in self.candidates if c in nbits]
         self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
         self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))
         inits = {t.name for t in base.graph.initializer}

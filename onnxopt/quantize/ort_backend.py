@@ -169,6 +169,8 @@ def quantize_with_ort(
     op_types = list(op_types) if op_types is not None else list(config.op_types_for(provider))
     excluded = sorted(set(exclude) | set(config.exclude))
     only = sorted(nodes_to_quantize) if nodes_to_quantize else []
+    if config.mode == "int4":
+        return _quantize_int4(model, config, only, excluded, notes)
     args = dict(ranges=ranges, op_types=op_types, only=only, excluded=excluded, per_tensor=set(per_tensor))
     large = is_lazy(model)  # weights in files: ORT reads them from there (ort_lazy), the result spilled to a file
     out = None
@@ -194,6 +196,24 @@ def quantize_with_ort(
     if large:
         out = _spill(out)
     return out
+
+
+def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str], excluded: list[str], notes: list[str]) -> onnx.ModelProto:
+    """Weight-only INT4 (``int4.quantize_nbits``); a lazily loaded model is read in once and
+    its result spilled to a file like the INT8 path's."""
+    from ..errors import UnsupportedError
+    from .int4 import quantize_nbits
+
+    large = is_lazy(model)
+    try:
+        with capture_ort_logging(notes):
+            out = quantize_nbits(_reload_large(model) if large else model, block_size=config.block_size, method=config.int4_method, nodes=only or None, exclude=excluded)
+    except UnsupportedError:
+        raise
+    except Exception as exc:
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+        raise QuantizerFailure(f"ONNX Runtime's MatMulNBits quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
+    return _spill(out) if large else out
 
 
 def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types: list[str], only: list[str], excluded: list[str], per_tensor: set[str]) -> onnx.ModelProto:
