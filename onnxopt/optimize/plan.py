@@ -27,7 +27,7 @@ from ..errors import RecipeError
 
 __all__ = ["KINDS", "OptimizeSettings", "CandidateSpec", "Plan", "plan_from_recipe"]
 
-KINDS = ("fp32", "int8-dynamic", "int8-static", "prune", "fp16")
+KINDS = ("fp32", "int8-dynamic", "int8-static", "int4", "prune", "fp16")
 
 
 @dataclass
@@ -93,6 +93,23 @@ class Int8StaticConfig:
 
 
 @dataclass
+class Int4Config:
+    """Weight-only INT4 (``MatMulNBits``), built only for MatMul-heavy models: at least
+    ``min_matmuls`` MatMul/Gemm nodes with a constant 2-D weight holding at least
+    ``min_weight_share`` of the model's weight elements."""
+
+    block_size: int = 32
+    method: str = field(default="rtn", metadata={"choices": ("rtn", "hqq")})
+    min_matmuls: int = 4
+    min_weight_share: float = 0.5
+
+    def check(self):
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            return "block_size must be a power of 2 >= 16"
+        return "min_weight_share must be in [0, 1]" if not 0 <= self.min_weight_share <= 1 else None
+
+
+@dataclass
 class PruneConfig:
     """``ratio``: the amounts to try, one candidate each: the channel ratio (``channels``),
     the sparsity (``magnitude``), both in (0, 1), or the number of residual blocks to remove
@@ -130,6 +147,7 @@ CONFIGS = {
     "fp32": RecipeCandidateConfig,
     "int8-dynamic": Int8DynamicConfig,
     "int8-static": Int8StaticConfig,
+    "int4": Int4Config,
     "prune": PruneConfig,
     "fp16": Fp16Config,
 }
