@@ -21,6 +21,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import onnx
 
@@ -54,6 +55,8 @@ __all__ = [
     "collapse_message",
     "diagnose_hint",
     "COLLAPSE_SCORE",
+    "EQUALIZE",
+    "equalized_candidates",
     "calibrate",
     "prepare_model",
     "quantize_dynamic_candidate",
@@ -65,6 +68,7 @@ log = logging.getLogger(__name__)
 
 # points of the metric lost, without a budget, above which the report carries a warning
 UNBUDGETED_WARN_DROP = 1.0
+EQUALIZE = ("auto", "always", "off")
 
 
 def _view(ds):
@@ -337,6 +341,7 @@ def quantize(
     block_size: int = 32,
     int4_method: str = "rtn",
     allow_collapse: bool = False,
+    equalize: str = "auto",
 ) -> Result:
     """Quantize ``model`` (path or proto) to INT8 (or weight-only INT4); see the module docstring.
 
@@ -354,13 +359,18 @@ def quantize(
     ``block_size`` weights, ``int4_method`` rtn | hqq) of every MatMul with a constant weight.
     A static or INT4 result that scores below ``COLLAPSE_SCORE`` against FP32 on the
     calibration data (top-1 agreement, or cosine for outputs that are not class scores) is
-    refused with ``BudgetError`` unless ``allow_collapse``.
+    refused with ``BudgetError`` unless ``allow_collapse``.  ``equalize``: ``auto`` adds, for
+    each static candidate that loses accuracy (over budget, nodes left in float for it, or
+    more than ``UNBUDGETED_WARN_DROP`` points without a budget), the same configuration built
+    from the model after the exact ``equalize`` and ``smooth-quant`` passes (row label
+    ``... equalized``); ``always`` adds it for every static candidate; ``off`` never.
     """
     t_start = time.perf_counter()
     check_choice("mode", mode, MODES)
     check_choice("format", format, FORMATS)
     check_choice("weight type", weight_type, INT_TYPES)
     check_choice("activation type", activation_type, INT_TYPES)
+    check_choice("equalize", equalize, EQUALIZE)
     if batch <= 0 or search_samples <= 0 or max_evals <= 0:
         raise UsageError("batch, search_samples and max_evals must be positive")
     if model_type is not None:
@@ -433,6 +443,9 @@ def quantize(
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, how=sensitivity, reference_bytes=model_nbytes(m))
         results.append(res)
+    if equalize != "off" and cal is not None:
+        run = _Shared(m, evaluator, budget, search, vfeed, vref, provider, max_evals, sensitivity)
+        results += equalized_candidates(src, cal, ev, results, run, always=equalize == "always", method=method, calibration_batch=calibration_batch, preprocess=preprocess, notes=notes)
     collapse = check_collapse(results, m, cal if cal is not None else ev, provider=provider, allow_collapse=allow_collapse, notes=notes, metric=evaluator.metric)
 
     feed = timing_feed(ev, batch)
@@ -576,3 +589,62 @@ def collapse_message(collapsed: list[CandidateResult], record: dict) -> str:
     scores = record.get("scores", {})
     each = ", ".join(f"{r.label} {scores.get(r.label, float('nan')):.2f}" for r in collapsed)
     return f"quantized model collapsed: {name} against FP32 on the calibration data {each} (below {COLLAPSE_SCORE / 100:g}); refused (pass --allow-collapse to write it anyway){diagnose_hint()}"
+
+
+@dataclass
+class _Shared:
+    """What every candidate of one ``quantize`` call is judged with."""
+
+    m: onnx.ModelProto
+    evaluator: Evaluator
+    budget: Budget | None
+    search: Evaluator | None
+    vfeed: dict
+    vref: list
+    provider: str
+    max_evals: int
+    how: str
+
+
+def _loses_accuracy(r: CandidateResult, budget) -> bool:
+    if r.config.mode != "static" or r.config.equalized:
+        return False
+    if r.model is None:
+        return r.status == "invalid"
+    if budget is not None:
+        return r.within_budget is False or bool(r.fit and r.fit.excluded)
+    return r.drop is not None and r.drop > UNBUDGETED_WARN_DROP
+
+
+def equalized_candidates(src: onnx.ModelProto, cal, ev, results: list[CandidateResult], run: _Shared, *, always: bool, method: str, calibration_batch, preprocess: bool, notes: list[str]) -> list[CandidateResult]:
+    """The static candidates of ``results`` that lose accuracy (all of them with ``always``)
+    built again from ``src`` after the ``equalize`` and ``smooth-quant`` passes (each verified
+    exact by the pipeline on the calibration data); [] when none needs it or nothing changed."""
+    from ..core.passes import Context
+    from ..core.pipeline import run_pipeline
+    from ..core.registry import make_pass
+
+    want = [r for r in results if r.config.mode == "static" and not r.config.equalized and (always or _loses_accuracy(r, run.budget))]
+    if not want:
+        return []
+    try:
+        eq = run_pipeline(src, [make_pass("equalize"), make_pass("smooth-quant")], Context(data=dataset_for(src, _view(cal)), provider=run.provider), command="equalize")
+    except OnnxoptError as exc:
+        notes.append(f"equalization not used: {exc}")
+        return []
+    counts = {s.name: dict(s.counts) for s in eq.steps}
+    if not eq.report["modified"]:
+        notes.append(f"equalization: nothing to equalize ({'; '.join(n for s in eq.steps for n in s.notes[:2])})")
+        return []
+    notes.append(f"equalization before static quantization: {counts['equalize'].get('pairs', 0)} layer pair(s) equalized ({counts['equalize'].get('bias_absorbed', 0)} with bias absorbed), {counts['smooth-quant'].get('smoothed', 0)} SmoothQuant site(s)")
+    prep = prepare_model(eq.model, ev, provider=run.provider, use_ort_preprocess=preprocess)
+    ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(cal)), method=method, batch_size=calibration_batch, provider=run.provider)
+    out = []
+    for r in want:
+        cfg = r.config.with_(equalized=True)
+        builder = CandidateBuilder(prep.model, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref)
+        log.info("candidate %s ...", cfg.label)
+        res = evaluate_candidate(builder, run.evaluator, budget=run.budget, search_evaluator=run.search, max_evals=run.max_evals, how=run.how, reference_bytes=model_nbytes(run.m))
+        res.notes[:0] = [n for s in eq.steps for n in s.notes[:4]]
+        out.append(res)
+    return out

@@ -96,6 +96,7 @@ class QuantConfig:
     exclude: frozenset[str] = field(default_factory=frozenset)
     block_size: int = 32  # int4: weights per quantization block along K (a power of 2, >= 16)
     int4_method: str = "rtn"  # int4: rtn | hqq
+    equalized: bool = False  # built from the model after the equalize + smooth-quant passes
 
     def __post_init__(self):
         check_choice("mode", self.mode, ("dynamic", "static", "int4"))
@@ -124,7 +125,7 @@ class QuantConfig:
         else:
             base = "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
-        return base + (" reduce-range" if self.reduce_range else "")
+        return base + (" reduce-range" if self.reduce_range else "") + (" equalized" if self.equalized else "")
 
     def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
         """The op types to quantize: explicit ``op_types``, else the mode's defaults.  On CPU,
@@ -153,6 +154,8 @@ class QuantConfig:
             d = {"mode": "int4", "block_size": self.block_size, "int4_method": self.int4_method}
         if self.op_types is not None:
             d["op_types"] = list(self.op_types)
+        if self.equalized:
+            d["equalized"] = True
         if self.exclude:
             d["exclude"] = sorted(self.exclude)
         return d

@@ -32,6 +32,7 @@ class _QuantizeConfig:
     block_size: int = 32
     int4_method: str = field(default="rtn", metadata={"choices": ("rtn", "hqq")})
     allow_collapse: bool = False
+    equalize: str = field(default="auto", metadata={"choices": ("auto", "always", "off")})
 
     def check(self):
         if self.batch <= 0:
@@ -94,6 +95,7 @@ class QuantizePass(Pass):
             block_size=c.block_size,
             int4_method=c.int4_method,
             allow_collapse=c.allow_collapse,
+            equalize=c.equalize,
         )
         rep = res.report
         chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)

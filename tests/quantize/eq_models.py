@@ -94,3 +94,20 @@ def gemm_chain(seed: int = 2) -> onnx.ModelProto:
         helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], name="fc2"),
     ]
     return _model(nodes, inits, ["N", 8], {"y": ["N", 4]})
+
+
+def ln_matmul(c: int = 32, outlier: float = 300.0, seed: int = 3) -> onnx.ModelProto:
+    """x[B,8,c] -> LayerNorm (gamma ``outlier`` on channel 3) -> MatMul -> y, the weight's row 3
+    small: per-tensor INT8 of the LayerNorm output rounds every other channel to a few steps,
+    so plain static quantization loses the output; SmoothQuant moves the outlier into W."""
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(c, np.float32)
+    gamma[3] = outlier
+    w = rng.standard_normal((c, c)).astype(np.float32) * 0.3
+    w[3] /= outlier
+    inits = {"gamma": gamma, "beta": np.zeros(c, np.float32), "w": w}
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["ln", "w"], ["y"], name="mm"),
+    ]
+    return _model(nodes, inits, ["B", 8, c], {"y": ["B", 8, c]})

@@ -165,3 +165,31 @@ def test_bias_absorption_with_calibration_data():
     rp = make_pass("equalize")(padded, Context(data=_data(padded, 16)))
     assert any("conv2 pads with zeros" in n for n in rp.report.notes)
     assert _rel(padded, rp.model, _data(padded, 16)) <= TIGHT
+
+
+def test_quantize_builds_an_equalized_candidate_when_static_loses(tmp_path, invoke):
+    """A LayerNorm outlier channel: plain static INT8 collapses (cosine ~0), the equalized
+    build of the same configuration keeps cosine >= 99 and is the one chosen."""
+    from onnxopt.errors import BudgetError
+    from onnxopt.quantize.api import quantize
+    from tests.conftest import save
+    from tests.quantize.eq_models import ln_matmul
+
+    m = ln_matmul()
+    x = np.random.default_rng(0).standard_normal((64, 8, 32)).astype(np.float32)
+    ds = Dataset("<x>", arrays={"x": x})
+    fast = dict(mode="static", calibration=ds, metric="cosine", allow_slower=True, timing=False)
+    r = quantize(m, **fast)
+    rows = {c["label"]: c for c in r.report["candidates"]}
+    assert rows["static per-tensor"]["status"] == "collapsed" and rows["static per-tensor"]["score"] < 10
+    assert rows["static per-tensor equalized"]["score"] >= 99 and r.report["chosen"] == "static per-tensor equalized"
+    assert rows["static per-tensor equalized"]["config"]["equalized"] is True
+    assert any("1 SmoothQuant site(s)" in n for n in r.report["notes"])
+    with pytest.raises(BudgetError, match="collapsed"):
+        quantize(m, equalize="off", **fast)
+    src, out, cal = save(m, tmp_path / "m.onnx"), tmp_path / "q.onnx", tmp_path / "d.npz"
+    np.savez(cal, x=x)
+    res = invoke("quantize", src, "-o", out, "--mode", "static", "--calibration", cal, "--metric", "cosine", "--allow-slower", "--batch", "8")
+    assert res.exit_code == 0 and "static per-tensor equalized" in res.output, res.output
+    res = invoke("quantize", src, "-o", tmp_path / "q2.onnx", "--mode", "static", "--calibration", cal, "--metric", "cosine", "--allow-slower", "--equalize", "off")
+    assert res.exit_code == 3 and "collapsed" in res.output and not (tmp_path / "q2.onnx").exists()
