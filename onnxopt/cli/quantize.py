@@ -101,7 +101,7 @@ def _details(report: dict) -> list[str]:
 @click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "int4"]), default="auto", show_default=True, help="auto: try dynamic, static per-tensor and static per-channel, keep the fastest within the budget; int4: weight-only INT4 of every MatMul with a constant weight (MatMulNBits).")
 @click.option("--format", "fmt_", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True, help="Static model format.")
 @calibration_option
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True, help="Calibration method (streamed statistics).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "auto"]), default="minmax", show_default=True, help="Calibration method (streamed statistics); auto: per tensor, the range of the three with the least quantization error.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weights (static mode; auto tries both).")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (helps u8s8 accuracy on CPUs without VNNI).")
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)

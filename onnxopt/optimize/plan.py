@@ -81,7 +81,7 @@ class Int8DynamicConfig:
 @dataclass
 class Int8StaticConfig:
     per_channel: list[bool] | bool = field(default_factory=lambda: [False, True])
-    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy")})
+    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy", "auto")})
     activation_type: str = field(default="uint8", metadata={"choices": ("int8", "uint8")})
     weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
     op_types: list[str] | None = None

@@ -28,11 +28,19 @@ from ..errors import DataError, VerificationError
 from ..runtime import create_session
 from .calibrate import DEFAULT_BINS, DEFAULT_PERCENTILE, DEFAULT_QUANTIZED_BINS, RangeStats
 
-__all__ = ["CalibrationRanges", "ChannelStats", "tensors_to_calibrate", "augment_for_calibration", "collect_ranges", "collect_channel_stats"]
+__all__ = ["method_counts", "CalibrationRanges", "ChannelStats", "tensors_to_calibrate", "augment_for_calibration", "collect_ranges", "collect_channel_stats"]
 
 log = logging.getLogger(__name__)
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16}
+
+
+def method_counts(choices: dict) -> dict[str, int]:
+    """How many tensors got each range method (``RangeStats.choices``)."""
+    out: dict[str, int] = {}
+    for c in choices.values():
+        out[c["method"]] = out.get(c["method"], 0) + 1
+    return out
 
 
 @dataclass
@@ -45,9 +53,14 @@ class CalibrationRanges:
     batches: int = 0
     tensors: int = 0
     notes: list[str] = field(default_factory=list)
+    choices: dict = field(default_factory=dict)  # auto / percentile: tensor -> {method, clipped}
 
     def summary(self) -> dict:
-        return {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": self.tensors, "notes": list(self.notes)}
+        d = {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": self.tensors, "notes": list(self.notes)}
+        if self.choices:
+            clipped = [c["clipped"] for c in self.choices.values()]
+            d["range_choice"] = {"methods": method_counts(self.choices), "clipped_max": max(clipped), "clipped_mean": sum(clipped) / len(clipped), "per_tensor": dict(self.choices)}
+        return d
 
 
 def _typed_values(model: onnx.ModelProto) -> dict[str, int]:
@@ -191,11 +204,15 @@ def collect_ranges(
     if batches == 0:
         raise DataError("calibration data yielded no batch (empty, or fewer samples than the model's fixed batch size)", getattr(dataset, "source", None))
     ranges = stats.ranges()
-    notes = []
+    notes = list(stats.warnings)
     missing = [n for n in names if n not in ranges]
     if missing:
         notes.append(f"{len(missing)} tensor(s) had no finite value in the calibration data and get no range: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    return CalibrationRanges(method, ranges, samples, batches, len(names), notes)
+    if stats.choices:
+        counts = method_counts(stats.choices)
+        worst = max(stats.choices.items(), key=lambda kv: kv[1]["clipped"])
+        notes.append(f"ranges ({method}): " + ", ".join(f"{k} for {v} tensor(s)" for k, v in sorted(counts.items())) + f"; clipped at most {worst[1]['clipped']:.3%} of a tensor's values ('{worst[0]}')")
+    return CalibrationRanges(method, ranges, samples, batches, len(names), notes, dict(stats.choices))
 
 
 @dataclass

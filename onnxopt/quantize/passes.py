@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class _QuantizeConfig:
     mode: str = field(default="dynamic", metadata={"choices": ("auto", "dynamic", "static", "int4")})
     format: str = field(default="qdq", metadata={"choices": ("qdq", "qoperator")})
-    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy")})
+    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy", "auto")})
     per_channel: bool = False
     reduce_range: bool = False
     weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
