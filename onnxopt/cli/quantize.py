@@ -113,6 +113,7 @@ def _details(report: dict) -> list[str]:
 @click.option("--allow-slower", is_flag=True, help="Write the best valid candidate even when it is not faster than FP32.")
 @click.option("--allow-collapse", is_flag=True, help="Write a static or INT4 result even when it scores below 0.5 against FP32 on the calibration data (top-1 agreement or cosine).")
 @click.option("--equalize", type=click.Choice(["auto", "always", "off"]), default="auto", show_default=True, help="Static candidates that lose accuracy are built again after the exact equalize + smooth-quant passes (auto); always; or never.")
+@click.option("--bias-correction", is_flag=True, help="Static QDQ: remove each quantized weight's expected output shift (on the calibration data) from its bias.")
 @click.option("--block-size", type=click.IntRange(min=16), default=32, show_default=True, help="--mode int4: weights per quantization block (a power of 2).")
 @click.option("--int4-method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True, help="--mode int4: round to nearest, or HQQ (needs torch).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size of the timing run.")
@@ -125,7 +126,7 @@ def _details(report: dict) -> list[str]:
 @shape_option
 @json_option
 @report_option
-def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, allow_collapse, equalize, block_size, int4_method, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, as_json, report_path):
+def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, allow_collapse, equalize, bias_correction, block_size, int4_method, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, as_json, report_path):
     """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
     + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
     the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
@@ -175,6 +176,7 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
             int4_method=int4_method,
             allow_collapse=allow_collapse,
             equalize=equalize,
+            bias_correction=bias_correction,
         )
     except (BudgetError, VerificationError) as exc:
         rep = exc.details.get("report")

@@ -171,7 +171,7 @@ def _map_exclusions(m: onnx.ModelProto, prep: Prepared, exclude, dataset, *, pro
     return prep, frozenset(x for v in found.values() for x in v), notes
 
 
-def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=(), block_size: int = 32, int4_method: str = "rtn") -> tuple[list[QuantConfig], list[str]]:
+def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=(), block_size: int = 32, int4_method: str = "rtn", bias_correction: bool = False) -> tuple[list[QuantConfig], list[str]]:
     """The configurations ``mode`` tries, and notes on what was skipped and why."""
     notes = []
     ops = tuple(op_types) if op_types else None
@@ -190,7 +190,7 @@ def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu"
     if mode == "dynamic":
         return [QuantConfig(mode="dynamic", per_channel=per_channel, op_types=ops, **common)], notes
     if mode == "static":
-        return [QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops, **common)], notes
+        return [QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops, bias_correction=bias_correction, **common)], notes
     configs = []
     if provider == "cuda":
         notes.append("dynamic candidate skipped: its integer ops have no CUDA kernels")
@@ -203,7 +203,7 @@ def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu"
     elif ops_of("static") == ():
         notes.append(f"static candidates skipped: static mode quantizes none of --op-types {', '.join(ops)}")
     else:
-        configs.extend(QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"), **common) for pc in (False, True))
+        configs.extend(QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"), bias_correction=bias_correction, **common) for pc in (False, True))
     return configs, notes
 
 
@@ -342,6 +342,7 @@ def quantize(
     int4_method: str = "rtn",
     allow_collapse: bool = False,
     equalize: str = "auto",
+    bias_correction: bool = False,
 ) -> Result:
     """Quantize ``model`` (path or proto) to INT8 (or weight-only INT4); see the module docstring.
 
@@ -363,7 +364,9 @@ def quantize(
     each static candidate that loses accuracy (over budget, nodes left in float for it, or
     more than ``UNBUDGETED_WARN_DROP`` points without a budget), the same configuration built
     from the model after the exact ``equalize`` and ``smooth-quant`` passes (row label
-    ``... equalized``); ``always`` adds it for every static candidate; ``off`` never.
+    ``... equalized``, with ``bias_correction`` in QDQ format); ``always`` adds it for every
+    static candidate; ``off`` never.  ``bias_correction``: static QDQ candidates get the
+    expected output shift of their quantized weights removed from the biases.
     """
     t_start = time.perf_counter()
     check_choice("mode", mode, MODES)
@@ -393,7 +396,7 @@ def quantize(
     except ModelError as exc:
         raise ModelError(exc.message, path) from None
     _check_exclusions(m, exclude, path)
-    configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude, block_size=block_size, int4_method=int4_method)
+    configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude, block_size=block_size, int4_method=int4_method, bias_correction=bias_correction)
     if mode == "static" and calibration is None:
         raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
     if not configs:
@@ -439,7 +442,7 @@ def quantize(
             if bases[key][1]:
                 notes.append(f"dynamic: {len(bases[key][1])} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
         base, converted = bases[key]
-        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted)
+        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted, calibration=cal)
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, how=sensitivity, reference_bytes=model_nbytes(m))
         results.append(res)
@@ -641,8 +644,8 @@ def equalized_candidates(src: onnx.ModelProto, cal, ev, results: list[CandidateR
     ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(cal)), method=method, batch_size=calibration_batch, provider=run.provider)
     out = []
     for r in want:
-        cfg = r.config.with_(equalized=True)
-        builder = CandidateBuilder(prep.model, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref)
+        cfg = r.config.with_(equalized=True, bias_correction=r.config.format == "qdq")
+        builder = CandidateBuilder(prep.model, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref, calibration=cal)
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, run.evaluator, budget=run.budget, search_evaluator=run.search, max_evals=run.max_evals, how=run.how, reference_bytes=model_nbytes(run.m))
         res.notes[:0] = [n for s in eq.steps for n in s.notes[:4]]

@@ -97,6 +97,7 @@ class QuantConfig:
     block_size: int = 32  # int4: weights per quantization block along K (a power of 2, >= 16)
     int4_method: str = "rtn"  # int4: rtn | hqq
     equalized: bool = False  # built from the model after the equalize + smooth-quant passes
+    bias_correction: bool = False  # static QDQ: expected output shift of each weight removed from its bias
 
     def __post_init__(self):
         check_choice("mode", self.mode, ("dynamic", "static", "int4"))
@@ -113,6 +114,8 @@ class QuantConfig:
             why = op_types_problem(self.op_types, self.mode)
             if why:
                 raise UsageError(why)
+        if self.bias_correction and (self.mode != "static" or self.format != "qdq"):
+            raise UsageError("bias correction applies to static QDQ models (--mode static --format qdq)")
         if self.mode == "static" and self.activation_type == "int8" and self.weight_type == "uint8":
             raise UsageError("int8 activations with uint8 weights is not supported by ONNX Runtime; use --weight-type int8")
 
@@ -125,7 +128,7 @@ class QuantConfig:
         else:
             base = "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
-        return base + (" reduce-range" if self.reduce_range else "") + (" equalized" if self.equalized else "")
+        return base + (" reduce-range" if self.reduce_range else "") + (" equalized" if self.equalized else "") + (" bias-corrected" if self.bias_correction else "")
 
     def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
         """The op types to quantize: explicit ``op_types``, else the mode's defaults.  On CPU,
@@ -156,6 +159,8 @@ class QuantConfig:
             d["op_types"] = list(self.op_types)
         if self.equalized:
             d["equalized"] = True
+        if self.bias_correction:
+            d["bias_correction"] = True
         if self.exclude:
             d["exclude"] = sorted(self.exclude)
         return d

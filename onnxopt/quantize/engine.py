@@ -88,8 +88,10 @@ class CandidateBuilder:
     the FP32 outputs on it for the run-time validity check.
     """
 
-    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset()):
+    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset(), calibration=None):
         self.base = base
+        self.calibration = calibration  # Dataset: per-channel input means for bias correction
+        self._means: dict | None = None
         self.config = config
         self.ranges = ranges
         self.provider = provider
@@ -142,7 +144,30 @@ class CandidateBuilder:
                 max_builds=self.max_builds,
                 label=self.config.label,
             )
+            if self.config.bias_correction:
+                self._cache[key] = (self._corrected(self._cache[key][0]), self._cache[key][1])
         return self._cache[key]
+
+    def _corrected(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` with its biases corrected (``bias_correction``), on a copy."""
+        import copy
+
+        from ..data import dataset_for
+        from .bias_correction import correct_biases, inputs_to_correct
+        from .collect import collect_channel_stats
+
+        if self.calibration is None:
+            raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
+        if self._means is None:
+            ds = self.calibration.view() if hasattr(self.calibration, "view") else self.calibration
+            stats = collect_channel_stats(self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
+            self._means = {k: v.mean for k, v in stats.items()}
+        out = copy.deepcopy(model)
+        done, notes = correct_biases(out, self.base, self._means)
+        line = f"bias correction: {done} layer(s) corrected" + (f"; {len(notes)} left alone ({notes[0]}{' ...' if len(notes) > 1 else ''})" if notes else "")
+        if line not in self.notes:
+            self.notes.append(line)
+        return out
 
     def __call__(self, excluded: frozenset = frozenset()) -> onnx.ModelProto:
         return self.build(excluded)[0]

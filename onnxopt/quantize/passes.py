@@ -33,6 +33,7 @@ class _QuantizeConfig:
     int4_method: str = field(default="rtn", metadata={"choices": ("rtn", "hqq")})
     allow_collapse: bool = False
     equalize: str = field(default="auto", metadata={"choices": ("auto", "always", "off")})
+    bias_correction: bool = False
 
     def check(self):
         if self.batch <= 0:
@@ -96,6 +97,7 @@ class QuantizePass(Pass):
             int4_method=c.int4_method,
             allow_collapse=c.allow_collapse,
             equalize=c.equalize,
+            bias_correction=c.bias_correction,
         )
         rep = res.report
         chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)
