@@ -182,8 +182,8 @@ def test_quantize_builds_an_equalized_candidate_when_static_loses(tmp_path, invo
     r = quantize(m, **fast)
     rows = {c["label"]: c for c in r.report["candidates"]}
     assert rows["static per-tensor"]["status"] == "collapsed" and rows["static per-tensor"]["score"] < 10
-    assert rows["static per-tensor equalized"]["score"] >= 99 and r.report["chosen"] == "static per-tensor equalized"
-    assert rows["static per-tensor equalized"]["config"]["equalized"] is True
+    assert rows["static per-tensor equalized bias-corrected"]["score"] >= 99 and r.report["chosen"] == "static per-tensor equalized bias-corrected"
+    assert rows["static per-tensor equalized bias-corrected"]["config"]["equalized"] is True
     assert any("1 SmoothQuant site(s)" in n for n in r.report["notes"])
     with pytest.raises(BudgetError, match="collapsed"):
         quantize(m, equalize="off", **fast)
