@@ -79,7 +79,8 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
             names = ", ".join(x["node"] for x in g[:3]) + (f", ... {g[-1]['node']}" if len(g) > 3 else "")
             what = f"{len(g)} nodes ({names})"
         how = f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""
-        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}")
+        tried = f"; remedies tried: {', '.join(e['remedies_tried'])}" if e.get("remedies_tried") else ""
+        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}{tried}")
     if len(lines) > max_lines:
         rest = len(lines) - max_lines + 1
         lines = lines[: max_lines - 1] + [f"{label}: ... {rest} more line(s) of left-in-float nodes (the full list: --report FILE or --json)"]
@@ -89,6 +90,8 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
 def _details(report: dict) -> list[str]:
     lines = []
     for c in report.get("candidates", []):
+        for e in c.get("remedied") or []:
+            lines.append(f"{c['label']}: {e['node']} ({e['op_type']}) kept quantized with remedy {e['remedy']} instead of float")
         lines += _excluded_lines(c["label"], c.get("excluded") or [])
         for f in c.get("fallbacks") or []:
             lines.append(f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}")

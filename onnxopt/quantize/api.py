@@ -435,6 +435,15 @@ def quantize(
 
     results: list[CandidateResult] = []
     bases: dict[str, tuple[onnx.ModelProto, frozenset]] = {}
+    alt_cache: dict = {}
+
+    def alt_ranges() -> dict:
+        """Per-tensor chosen ranges (method auto) for the budget search's "range" remedy,
+        measured once, on first use."""
+        if "r" not in alt_cache:
+            alt_cache["r"] = collect_ranges(prep.model, dataset_for(prep.model, _view(cal)), method="auto", batch_size=calibration_batch, provider=provider).ranges
+        return alt_cache["r"]
+
     for cfg in configs:
         key = cfg.mode
         if key not in bases:
@@ -442,7 +451,7 @@ def quantize(
             if bases[key][1]:
                 notes.append(f"dynamic: {len(bases[key][1])} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
         base, converted = bases[key]
-        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted, calibration=cal)
+        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted, calibration=cal, alt_ranges=alt_ranges if cfg.mode == "static" and method != "auto" else None)
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, how=sensitivity, reference_bytes=model_nbytes(m))
         results.append(res)
