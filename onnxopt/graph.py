@@ -22,6 +22,7 @@ __all__ = [
     "initializer_map",
     "constant_value",
     "unique_name",
+    "attribute",
 ]
 
 
@@ -125,3 +126,13 @@ def unique_name(base: str, taken: set[str]) -> str:
         i += 1
     taken.add(name)
     return name
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (``default`` when absent)."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default

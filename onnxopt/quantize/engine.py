@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import onnx
@@ -25,7 +26,9 @@ from .sensitivity import BudgetFit, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
 from .validity import Fallback, build_valid, validate_candidate
 
-__all__ = ["CandidateBuilder", "CandidateResult", "evaluate_candidate"]
+__all__ = ["CandidateBuilder", "CandidateResult", "evaluate_candidate", "CACHED_MODELS"]
+
+CACHED_MODELS = 4  # quantized models a CandidateBuilder keeps (LRU)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,9 @@ class CandidateBuilder:
         inits = {t.name for t in base.graph.initializer}
         self.node_tensors = {n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))} for n in base.graph.node if n.name in set(self.candidates)}
         self.notes: list[str] = []
-        self._cache: dict[frozenset, tuple[onnx.ModelProto, list[Fallback]]] = {}
+        # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
+        # large model must not hold every model it tried
+        self._cache: OrderedDict = OrderedDict()
         self.builds = 0
 
     def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None, remedies: dict | None = None) -> onnx.ModelProto:
@@ -169,12 +174,14 @@ class CandidateBuilder:
     def build(self, excluded: frozenset = frozenset(), remedies: dict | None = None) -> tuple[onnx.ModelProto, list[Fallback]]:
         rem = tuple(sorted((remedies or {}).items()))
         key = (frozenset(excluded), rem) if rem else frozenset(excluded)
-        if key not in self._cache:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
             can_per_tensor = self.config.mode == "static" and self.config.format == "qdq"
             raw = self.raw if not rem else (lambda ex, pt, only: self.raw(ex, pt, only, dict(rem)))
             self._cache[key] = build_valid(
                 raw,
-                [c for c in self.candidates if c not in key],
+                [c for c in self.candidates if c not in excluded],
                 validate=self.validate,
                 node_tensors=self.node_tensors,
                 op_types=self.op_types,
@@ -186,6 +193,8 @@ class CandidateBuilder:
             )
             if self.config.bias_correction:
                 self._cache[key] = (self._corrected(self._cache[key][0]), self._cache[key][1])
+            while len(self._cache) > CACHED_MODELS:
+                self._cache.popitem(last=False)
         return self._cache[key]
 
     def _corrected(self, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import consumers, producers, unique_name
+from ..graph import attribute, consumers, producers, unique_name
 
 __all__ = ["Layer", "WeightTable", "layer_of"]
 
@@ -55,13 +55,6 @@ class WeightTable:
         self.graph.initializer.append(t)
         self.inits[name] = self.graph.initializer[-1]
         return name
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 @dataclass
@@ -132,14 +125,14 @@ def layer_of(node: onnx.NodeProto, table: WeightTable) -> tuple[Layer | None, st
     dims = list(table.inits[w].dims)
     bias = node.input[2] if len(node.input) > 2 else ""
     if op == "Conv":
-        if _attr(node, "group", 1) != 1:
+        if attribute(node, "group", 1) != 1:
             return None, "grouped Conv (group > 1)"
         layer = Layer(node, w, 1, 0, bias)
         n_out = dims[0]
     elif op == "Gemm":
-        if _attr(node, "transA", 0) or len(dims) != 2:
+        if attribute(node, "transA", 0) or len(dims) != 2:
             return None, "Gemm with transA or a non-2-D weight"
-        layer = Layer(node, w, 1, 0, bias) if _attr(node, "transB", 0) else Layer(node, w, 0, 1, bias)
+        layer = Layer(node, w, 1, 0, bias) if attribute(node, "transB", 0) else Layer(node, w, 0, 1, bias)
         n_out = dims[layer.out_axis]
     else:
         if len(dims) != 2:

@@ -166,12 +166,15 @@ def fit_budget(
     """
     search = search_evaluator or evaluator
     op_types = op_types or {}
+    # the last model only: ``build`` (a CandidateBuilder) keeps its own small cache, and a
+    # dict of every model tried grows by one model per evaluation (GBs on an encoder)
     cache: dict[frozenset, onnx.ModelProto] = {}
     evals = 0
     history: list[dict] = []
 
     def get(excluded: frozenset) -> onnx.ModelProto:
         if excluded not in cache:
+            cache.clear()
             cache[excluded] = build(excluded)
         return cache[excluded]
 
