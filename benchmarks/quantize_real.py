@@ -42,7 +42,7 @@ from realdata import disk_files, encoder_feed, magika_features, ocr_lines, sente
 from realmodels import CACHE, fetch, npz  # noqa: E402
 
 from onnxopt.cli.render import table  # noqa: E402
-from onnxopt.data import Dataset  # noqa: E402
+from onnxopt.data import Dataset, dataset_for  # noqa: E402
 from onnxopt.metrics import Evaluator  # noqa: E402
 from onnxopt.quantize.api import quantize  # noqa: E402
 from onnxopt.quantize.speed import measure_speed  # noqa: E402
@@ -151,6 +151,7 @@ def onnxopt_rows(model: onnx.ModelProto, cal: Dataset, ev: Dataset, metric, *, i
             continue
         rows[label] = r.model
         notes[label] = f"chosen {r.report['chosen']} in {time.perf_counter() - t0:.0f}s"
+        print(f"  {label}: {notes[label]}; " + "; ".join(f"{c['label']} {c['status']} score {c['score']}" for c in r.report["candidates"]), file=sys.stderr, flush=True)
     return rows, notes
 
 
@@ -206,7 +207,7 @@ def run_real(*, n: int = 200, runs: int = 30, only: set[str] | None = None, rss:
             n_all = next(iter(arrays.values())).shape[0]
             cal_a, ev_a = _split(arrays, n_all // 2)
             model = onnx.load(str(path))
-            cal, ev = Dataset(f"{name}-cal", arrays=cal_a), Dataset(f"{name}-eval", arrays=ev_a)
+            cal, ev = (dataset_for(model, Dataset(f"{name}-{part}", arrays=a)) for part, a in (("cal", cal_a), ("eval", ev_a)))
             decoder = key == "gpt2-random"
             built = {} if decoder else ort_rows(path, cal_a, tmp)
             ours, notes = onnxopt_rows(model, cal, ev, metric, int4=key in ("minilm-l3", "gpt2-random"), static=not decoder)

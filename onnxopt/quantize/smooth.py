@@ -49,6 +49,7 @@ class SmoothSite:
     producer: object
     add_bias: str = ""
     duplicate: bool = False
+    via: onnx.NodeProto | None = None  # a channel-keeping Reshape between producer and x
 
     @property
     def names(self) -> str:
@@ -75,11 +76,20 @@ def _site_for(x: str, readers: list, table: WeightTable) -> tuple[SmoothSite | N
         else:
             others.append(n)
     p = table.producer.get(x)
+    via = None
+    if p is not None and p.op_type == "Reshape" and not others and _keeps_channels(p, table, layers):
+        # [B, S, C] -> [B*S, C] before a Gemm: the channels stay on the last axis
+        via, x_in = p, p.input[0]
+        p = table.producer.get(x_in)
+        others = [n for n in table.readers.get(x_in, []) if n is not via and n != via]
     if p is None:
         return None, "a graph input: nothing to fold 1/s into"
+    channels = table.inits[layers[0].weight].dims[layers[0].in_axis] if layers else 0
     if p.op_type == "LayerNormalization":
+        if via is not None and (len(p.input) < 2 or p.input[1] not in table.inits or int(np.prod(table.inits[p.input[1]].dims)) != channels):
+            return None, f"Reshape '{via.name}' after LayerNormalization '{p.name}' moves the channels"
         dup, why = _layernorm_fold(p, table, bool(others))
-        return (None, why) if why else (SmoothSite(x, layers, "layernorm", p, duplicate=dup), "")
+        return (None, why) if why else (SmoothSite(x, layers, "layernorm", p, duplicate=dup, via=via), "")
     if others:
         return None, f"also read by {others[0].op_type} '{others[0].name}' (only a layer norm is duplicated)"
     bias = ""
@@ -95,7 +105,20 @@ def _site_for(x: str, readers: list, table: WeightTable) -> tuple[SmoothSite | N
     lay, why = layer_of(p, table) if p.op_type in ("MatMul", "Gemm") else (None, f"produced by {p.op_type} '{p.name}': no weight to fold 1/s into")
     if lay is None:
         return None, why
-    return SmoothSite(x, layers, "linear", lay, add_bias=bias), ""
+    if via is not None and table.inits[lay.weight].dims[lay.out_axis] != channels:
+        return None, f"Reshape '{via.name}' after {p.op_type} '{p.name}' moves the channels"
+    return SmoothSite(x, layers, "linear", lay, add_bias=bias, via=via), ""
+
+
+def _keeps_channels(reshape: onnx.NodeProto, table: WeightTable, layers: list[Layer]) -> bool:
+    """A Reshape to a constant shape whose last dimension is the layers' input channels
+    (its input's last axis is checked by the fold target: a layer norm's scale or a
+    weight's output channels of that size)."""
+    if not layers or len(reshape.input) < 2 or reshape.input[1] not in table.inits:
+        return False
+    shape = table.array(reshape.input[1]).reshape(-1)
+    channels = table.inits[layers[0].weight].dims[layers[0].in_axis]
+    return shape.size >= 1 and int(shape[-1]) == channels
 
 
 def smooth_sites(model: onnx.ModelProto) -> tuple[list[SmoothSite], list[str], WeightTable]:
@@ -134,8 +157,11 @@ def _duplicate_layernorm(site: SmoothSite, table: WeightTable) -> onnx.NodeProto
     graph = table.graph
     at = next(i for i, n in enumerate(graph.node) if n is ln or n == ln)
     graph.node.insert(at + 1, new)
-    for lay in site.layers:
-        lay.node.input[0] = new.output[0]
+    if site.via is not None:
+        site.via.input[0] = new.output[0]
+    else:
+        for lay in site.layers:
+            lay.node.input[0] = new.output[0]
     return graph.node[at + 1]
 
 

@@ -111,3 +111,30 @@ def ln_matmul(c: int = 32, outlier: float = 300.0, seed: int = 3) -> onnx.ModelP
         helper.make_node("MatMul", ["ln", "w"], ["y"], name="mm"),
     ]
     return _model(nodes, inits, ["B", 8, c], {"y": ["B", 8, c]})
+
+
+def ln_reshape_gemm(c: int = 16, seed: int = 4) -> onnx.ModelProto:
+    """x[2,4,c] -> LayerNorm (outlier channel) -> Reshape [-1, c] -> Gemm q, Gemm k (as
+    exporters feed a Gemm), the LayerNorm output also read by a residual Add."""
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(c, np.float32)
+    gamma[5] = 50.0
+    inits = {
+        "gamma": gamma,
+        "beta": np.zeros(c, np.float32),
+        "flat": np.array([-1, c], np.int64),
+        "back": np.array([2, 4, c], np.int64),
+        "wq": rng.standard_normal((c, c)).astype(np.float32) * 0.2,
+        "wk": rng.standard_normal((c, c)).astype(np.float32) * 0.2,
+        "bq": rng.standard_normal(c).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+        helper.make_node("Reshape", ["ln", "flat"], ["ln2d"], name="flatten"),
+        helper.make_node("Gemm", ["ln2d", "wq", "bq"], ["q"], name="q"),
+        helper.make_node("Gemm", ["ln2d", "wk"], ["k"], name="k"),
+        helper.make_node("Add", ["q", "k"], ["qk"], name="sum"),
+        helper.make_node("Reshape", ["qk", "back"], ["qk3"], name="unflatten"),
+        helper.make_node("Add", ["qk3", "ln"], ["y"], name="residual"),
+    ]
+    return _model(nodes, inits, [2, 4, c], {"y": [2, 4, c]})

@@ -193,3 +193,18 @@ def test_quantize_builds_an_equalized_candidate_when_static_loses(tmp_path, invo
     assert res.exit_code == 0 and "static per-tensor equalized" in res.output, res.output
     res = invoke("quantize", src, "-o", tmp_path / "q2.onnx", "--mode", "static", "--calibration", cal, "--metric", "cosine", "--allow-slower", "--equalize", "off")
     assert res.exit_code == 3 and "collapsed" in res.output and not (tmp_path / "q2.onnx").exists()
+
+
+def test_smooth_quant_folds_through_a_channel_keeping_reshape():
+    from tests.quantize.eq_models import ln_reshape_gemm
+
+    m = ln_reshape_gemm()
+    ds = Dataset("<x>", arrays={"x": np.random.default_rng(0).standard_normal((32, 4, 16)).astype(np.float32)})
+    from onnxopt.data import dataset_for
+
+    ds = dataset_for(m, ds)
+    res = make_pass("smooth-quant")(m, Context(data=ds))
+    assert res.report.counts["smoothed"] == 1, res.report.notes
+    assert _rel(m, res.model, ds) <= TIGHT
+    nodes = {n.name: n for n in res.model.graph.node}
+    assert nodes["flatten"].input[0] != "ln" and nodes["residual"].input[1] == "ln"  # the Reshape reads the smoothed copy
