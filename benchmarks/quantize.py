@@ -269,11 +269,13 @@ def main(argv=None) -> int:
     ap.add_argument("--real", action="store_true", help="only the real models on real data (quantize_real.py): ORT defaults vs onnxopt, INT4, optimize RSS")
     ap.add_argument("--real-only", default="", help="with --real: comma list of minilm-l3, magika, ppocr-rec, gpt2-random")
     ap.add_argument("--real-n", type=int, default=200, help="with --real: samples (half calibration, half evaluation)")
+    ap.add_argument("--real-no-auto", action="store_true", help="with --real: skip the mode=auto budget-search row (minutes on the recognizer)")
+    ap.add_argument("--real-no-rss", action="store_true", help="with --real: skip the optimize peak-RSS run on the encoder")
     args = ap.parse_args(argv)
     if args.real:
         from quantize_real import run_real
 
-        res = run_real(n=args.real_n, runs=args.runs, only=set(filter(None, args.real_only.split(","))) or None)
+        res = run_real(n=args.real_n, runs=args.runs, only=set(filter(None, args.real_only.split(","))) or None, rss=not args.real_no_rss, auto=not args.real_no_auto)
         if args.json:
             args.json.write_text(json.dumps(res, indent=1, default=str))
         return 0

@@ -133,12 +133,13 @@ def ort_rows(path: Path, cal: dict, tmp: Path) -> dict[str, onnx.ModelProto]:
     return out
 
 
-def onnxopt_rows(model: onnx.ModelProto, cal: Dataset, ev: Dataset, metric, *, int4: bool, static: bool = True) -> tuple[dict, dict]:
+def onnxopt_rows(model: onnx.ModelProto, cal: Dataset, ev: Dataset, metric, *, int4: bool, static: bool = True, auto: bool = True) -> tuple[dict, dict]:
     rows, notes = {}, {}
     fast = dict(allow_slower=True, timing=False, allow_collapse=True, metric=metric)
     jobs = []
     if static:
         jobs += [("onnxopt-static-plain", dict(mode="static", equalize="off")), ("onnxopt-static", dict(mode="static", equalize="auto"))]
+    if static and auto:
         jobs += [("onnxopt-auto-1pt", dict(mode="auto", max_accuracy_drop=1.0, eval_data=ev, max_evals=16, search_samples=100))]
     if int4:
         jobs += [("onnxopt-int4", dict(mode="int4", block_size=32))]
@@ -183,7 +184,7 @@ def optimize_rss(path: Path, cal_npz: Path, tmp: Path) -> list:
     return [path.stem, round(size, 1), None if peak is None else round(peak), None if peak is None else round(peak / size, 1), round(wall), r.returncode, tail]
 
 
-def run_real(*, n: int = 200, runs: int = 30, only: set[str] | None = None, rss: bool = True) -> dict:
+def run_real(*, n: int = 200, runs: int = 30, only: set[str] | None = None, rss: bool = True, auto: bool = True) -> dict:
     """The real-model tables (printed and returned)."""
     import onnxruntime
 
@@ -210,7 +211,7 @@ def run_real(*, n: int = 200, runs: int = 30, only: set[str] | None = None, rss:
             cal, ev = (dataset_for(model, Dataset(f"{name}-{part}", arrays=a)) for part, a in (("cal", cal_a), ("eval", ev_a)))
             decoder = key == "gpt2-random"
             built = {} if decoder else ort_rows(path, cal_a, tmp)
-            ours, notes = onnxopt_rows(model, cal, ev, metric, int4=key in ("minilm-l3", "gpt2-random"), static=not decoder)
+            ours, notes = onnxopt_rows(model, cal, ev, metric, int4=key in ("minilm-l3", "gpt2-random"), static=not decoder, auto=auto)
             built.update(ours)
             results += score_and_time(name, path, model, built, notes, ev, metric, runs=runs)
             if key == "minilm-l3" and rss:
