@@ -9,7 +9,12 @@ data; ``1/s`` is folded into what produces ``X`` and ``s`` into the rows of each
   other readers too (a residual ``Add``), or ``gamma`` / ``beta`` are shared, the layer norm
   is duplicated for the site's MatMuls and the original keeps feeding the others;
 - a MatMul / Gemm with a constant weight (``W0[:, j] / s_j``, its bias too), possibly through
-  an ``Add`` of a constant bias (``bias / s``), when ``X`` has no other reader.
+  an ``Add`` of a constant bias (``bias / s``), when ``X`` has no other reader;
+- a decomposed layer norm's affine tail, ``Mul(., gamma)`` or ``Add(Mul(., gamma), beta)``
+  with per-channel constants (as jax2tf exports it), when ``X`` has no other reader.
+
+A ``Reshape`` to a constant shape whose last dimension is the channel count may sit between
+the producer and ``X`` (exporters flatten ``[B, S, C]`` to ``[B*S, C]`` before a Gemm).
 
 ``alpha`` is searched per site (``equalize.choose_alpha``: the quantized layer's output error
 on sampled rows of ``X``); a site where no alpha beats leaving it alone is not changed.
@@ -39,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class SmoothSite:
     """``x``: the smoothed activation; ``layers``: its MatMul / Gemm readers; ``fold``:
-    ``layernorm`` | ``linear``; ``producer``: the layer-norm node or the producing ``Layer``;
+    ``layernorm`` | ``linear`` | ``affine``; ``producer``: the layer-norm node, the producing ``Layer``, or the affine constants;
     ``add_bias``: the bias of an ``Add`` between producer and ``x``; ``duplicate``: the layer
     norm is copied for the site's readers."""
 
@@ -92,6 +97,9 @@ def _site_for(x: str, readers: list, table: WeightTable) -> tuple[SmoothSite | N
         return (None, why) if why else (SmoothSite(x, layers, "layernorm", p, duplicate=dup, via=via), "")
     if others:
         return None, f"also read by {others[0].op_type} '{others[0].name}' (only a layer norm is duplicated)"
+    affine = _affine_consts(p, table, channels)
+    if affine:
+        return SmoothSite(x, layers, "affine", affine, via=via), ""
     bias = ""
     if p.op_type == "Add":
         const = [i for i in p.input if i in table.inits]
@@ -108,6 +116,33 @@ def _site_for(x: str, readers: list, table: WeightTable) -> tuple[SmoothSite | N
     if via is not None and table.inits[lay.weight].dims[lay.out_axis] != channels:
         return None, f"Reshape '{via.name}' after {p.op_type} '{p.name}' moves the channels"
     return SmoothSite(x, layers, "linear", lay, add_bias=bias, via=via), ""
+
+
+def _per_channel_const(n: onnx.NodeProto, table: WeightTable, channels: int) -> str:
+    """The private constant of a Mul / Add with one value per channel on the last axis."""
+    const = [i for i in n.input if i in table.inits and i not in table.inputs]
+    if len(const) != 1 or len(n.input) != 2 or not table.private(const[0]):
+        return ""
+    dims = list(table.inits[const[0]].dims)
+    return const[0] if dims and dims[-1] == channels and int(np.prod(dims)) == channels else ""
+
+
+def _affine_consts(p: onnx.NodeProto, table: WeightTable, channels: int) -> list[str]:
+    """The per-channel constants of a decomposed layer norm's affine tail producing ``x``:
+    ``Mul(., gamma)`` or ``Add(Mul(., gamma), beta)`` (the Mul read by the Add only);
+    [] when ``p`` is not that."""
+    if p.op_type == "Mul":
+        g = _per_channel_const(p, table, channels)
+        return [g] if g else []
+    if p.op_type != "Add":
+        return []
+    b = _per_channel_const(p, table, channels)
+    src = next((i for i in p.input if i != b), "")
+    m = table.producer.get(src)
+    if not b or m is None or m.op_type != "Mul" or len(table.readers.get(src, [])) != 1:
+        return []
+    g = _per_channel_const(m, table, channels)
+    return [g, b] if g else []
 
 
 def _keeps_channels(reshape: onnx.NodeProto, table: WeightTable, layers: list[Layer]) -> bool:
@@ -174,6 +209,10 @@ def apply_smoothing(site: SmoothSite, s: np.ndarray, table: WeightTable) -> None
             if len(ln.input) > i and ln.input[i]:
                 v = table.array(ln.input[i]).astype(np.float64)
                 table.set(ln.input[i], v * inv.reshape(v.shape) if v.size == inv.size else v * inv)
+    elif site.fold == "affine":
+        for name in site.producer:
+            v = table.array(name).astype(np.float64)
+            table.set(name, (v.reshape(-1) * inv).reshape(v.shape))
     else:
         site.producer.scale_out(table, inv)
         if site.add_bias:

@@ -208,3 +208,25 @@ def test_smooth_quant_folds_through_a_channel_keeping_reshape():
     assert _rel(m, res.model, ds) <= TIGHT
     nodes = {n.name: n for n in res.model.graph.node}
     assert nodes["flatten"].input[0] != "ln" and nodes["residual"].input[1] == "ln"  # the Reshape reads the smoothed copy
+
+
+def test_smooth_quant_folds_into_a_decomposed_layernorm_affine_tail():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    gamma = np.ones(16, np.float32)
+    gamma[2] = 60.0
+    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "beta"), numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")]
+    nodes = [
+        helper.make_node("Tanh", ["x"], ["t"], name="norm"),
+        helper.make_node("Mul", ["t", "gamma"], ["g"], name="scale"),
+        helper.make_node("Add", ["g", "beta"], ["h"], name="shift"),
+        helper.make_node("MatMul", ["h", "w"], ["y"], name="dense"),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ds = Dataset("<x>", arrays={"x": rng.standard_normal((128, 16)).astype(np.float32)})
+    res = make_pass("smooth-quant")(m, Context(data=ds))
+    assert res.report.counts["smoothed"] == 1 and res.report.details["sites"][0]["fold"] == "affine"
+    assert _rel(m, res.model, ds) <= TIGHT
+    assert _w(res.model, "gamma")[2] < 60.0
