@@ -457,7 +457,7 @@ def quantize(
         results.append(res)
     if equalize != "off" and cal is not None:
         run = _Shared(m, evaluator, budget, search, vfeed, vref, provider, max_evals, sensitivity)
-        results += equalized_candidates(src, cal, ev, results, run, always=equalize == "always", method=method, calibration_batch=calibration_batch, preprocess=preprocess, notes=notes)
+        results += equalized_candidates(prep.model, cal, results, run, always=equalize == "always", method=method, calibration_batch=calibration_batch, notes=notes)
     collapse = check_collapse(results, m, cal if cal is not None else ev, provider=provider, allow_collapse=allow_collapse, notes=notes, metric=evaluator.metric)
 
     feed = timing_feed(ev, batch)
@@ -628,10 +628,11 @@ def _loses_accuracy(r: CandidateResult, budget) -> bool:
     return r.drop is not None and r.drop > UNBUDGETED_WARN_DROP
 
 
-def equalized_candidates(src: onnx.ModelProto, cal, ev, results: list[CandidateResult], run: _Shared, *, always: bool, method: str, calibration_batch, preprocess: bool, notes: list[str]) -> list[CandidateResult]:
+def equalized_candidates(src: onnx.ModelProto, cal, results: list[CandidateResult], run: _Shared, *, always: bool, method: str, calibration_batch, notes: list[str]) -> list[CandidateResult]:
     """The static candidates of ``results`` that lose accuracy (all of them with ``always``)
-    built again from ``src`` after the ``equalize`` and ``smooth-quant`` passes (each verified
-    exact by the pipeline on the calibration data); [] when none needs it or nothing changed."""
+    built again from ``src`` (the pre-processed model: weights as initializers, BN folded)
+    after the ``equalize`` and ``smooth-quant`` passes (each verified exact by the pipeline
+    on the calibration data); [] when none needs it or nothing changed."""
     from ..core.passes import Context
     from ..core.pipeline import run_pipeline
     from ..core.registry import make_pass
@@ -649,12 +650,12 @@ def equalized_candidates(src: onnx.ModelProto, cal, ev, results: list[CandidateR
         notes.append(f"equalization: nothing to equalize ({'; '.join(n for s in eq.steps for n in s.notes[:2])})")
         return []
     notes.append(f"equalization before static quantization: {counts['equalize'].get('pairs', 0)} layer pair(s) equalized ({counts['equalize'].get('bias_absorbed', 0)} with bias absorbed), {counts['smooth-quant'].get('smoothed', 0)} SmoothQuant site(s)")
-    prep = prepare_model(eq.model, ev, provider=run.provider, use_ort_preprocess=preprocess)
-    ranges = collect_ranges(prep.model, dataset_for(prep.model, _view(cal)), method=method, batch_size=calibration_batch, provider=run.provider)
+    base = eq.model
+    ranges = collect_ranges(base, dataset_for(base, _view(cal)), method=method, batch_size=calibration_batch, provider=run.provider)
     out = []
     for r in want:
         cfg = r.config.with_(equalized=True, bias_correction=r.config.format == "qdq")
-        builder = CandidateBuilder(prep.model, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref, calibration=cal)
+        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref, calibration=cal)
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, run.evaluator, budget=run.budget, search_evaluator=run.search, max_evals=run.max_evals, how=run.how, reference_bytes=model_nbytes(run.m))
         res.notes[:0] = [n for s in eq.steps for n in s.notes[:4]]
