@@ -104,6 +104,9 @@ def correct_biases(qmodel: onnx.ModelProto, fp_model: onnx.ModelProto, means: di
         from ..io import tensor_array
 
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Conv" and attrs.get("group", 1) != 1:
+            notes.append(f"{n.name}: grouped Conv, bias not corrected")
+            continue
         shift = weight_shift(n.op_type, wq - tensor_array(fp_inits[f.input[1]]).astype(np.float64), means[f.input[0]], trans_b=bool(attrs.get("transB", 0)))
         if n.op_type == "Gemm":
             shift = shift * float(attrs.get("alpha", 1.0)) / float(attrs.get("beta", 1.0))

@@ -152,8 +152,8 @@ def equalize_pairs(pairs: list[Pair], table: WeightTable, *, tol: float = 1e-4) 
 
 
 def _spread(p: Pair, table: WeightTable) -> float:
-    r = np.concatenate([p.a.out_range(table), p.b.in_range(table)])
-    r = r[r > 0]
+    r = np.concatenate([p.a.out_range(table), p.b.in_range(table)]).astype(np.float64)
+    r = r[r > 1e-30]
     return float(r.max() / r.min()) if r.size else 1.0
 
 

@@ -70,3 +70,18 @@ def test_bias_correction_needs_static_qdq():
         QuantConfig(mode="dynamic", bias_correction=True)
     with pytest.raises(UsageError, match="static QDQ"):
         QuantConfig(mode="static", format="qoperator", bias_correction=True)
+
+
+def test_grouped_conv_is_left_alone():
+    from onnxopt.quantize.bias_correction import correct_biases
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="dw", group=4, pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = Dataset("<x>", arrays={"x": rng.standard_normal((16, 4, 6, 6)).astype(np.float32)})
+    q = quantize(m, mode="static", calibration=x, allow_slower=True, timing=False, equalize="off", preprocess=False, allow_collapse=True)
+    done, notes = correct_biases(q.model, m, {"x": np.ones(4)})
+    assert done == 0 and any("grouped Conv" in n for n in notes)
