@@ -87,7 +87,8 @@ def correct_biases(qmodel: onnx.ModelProto, fp_model: onnx.ModelProto, means: di
     ``qmodel`` whose float counterpart (same node name in ``fp_model``) has a mean in
     ``means``; returns (layers corrected, notes on the ones left alone)."""
     table = WeightTable(qmodel.graph)
-    fp = {n.name: n for n in fp_model.graph.node}
+    names = [n.name for n in fp_model.graph.node]
+    fp = {n.name: n for n in fp_model.graph.node if n.name and names.count(n.name) == 1}
     fp_inits = {t.name: t for t in fp_model.graph.initializer}
     prod = producers(qmodel.graph)
     done, notes = 0, []
@@ -107,7 +108,12 @@ def correct_biases(qmodel: onnx.ModelProto, fp_model: onnx.ModelProto, means: di
         if n.op_type == "Conv" and attrs.get("group", 1) != 1:
             notes.append(f"{n.name}: grouped Conv, bias not corrected")
             continue
-        shift = weight_shift(n.op_type, wq - tensor_array(fp_inits[f.input[1]]).astype(np.float64), means[f.input[0]], trans_b=bool(attrs.get("transB", 0)))
+        w = tensor_array(fp_inits[f.input[1]]).astype(np.float64)
+        in_axis = 1 if n.op_type == "Conv" or (n.op_type == "Gemm" and attrs.get("transB", 0)) else 0
+        if wq.shape != w.shape or w.ndim < 2 or np.size(means[f.input[0]]) != w.shape[in_axis]:
+            notes.append(f"{n.name}: weight or input channels do not match the float model's, bias not corrected")
+            continue
+        shift = weight_shift(n.op_type, wq - w, means[f.input[0]], trans_b=bool(attrs.get("transB", 0)))
         if n.op_type == "Gemm":
             shift = shift * float(attrs.get("alpha", 1.0)) / float(attrs.get("beta", 1.0))
         if len(n.input) < 3 or not n.input[2]:
