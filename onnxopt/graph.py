@@ -29,6 +29,7 @@ __all__ = [
     "unique_name",
     "outer_reads",
     "sort_nodes",
+    "attribute",
 ]
 
 
@@ -214,3 +215,11 @@ def sort_nodes(graph: onnx.GraphProto) -> bool:
     graph.ClearField("node")
     graph.node.extend(nodes[i] for i in order)
     return True
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of ``node``'s attribute ``name`` (``default`` when absent)."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default

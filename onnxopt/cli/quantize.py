@@ -81,7 +81,8 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
             names = ", ".join(x["node"] for x in g[:3]) + (f", ... {g[-1]['node']}" if len(g) > 3 else "")
             what = f"{len(g)} nodes ({names})"
         how = f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""
-        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}")
+        tried = f"; remedies tried: {', '.join(e['remedies_tried'])}" if e.get("remedies_tried") else ""
+        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}{tried}")
     if len(lines) > max_lines:
         rest = len(lines) - max_lines + 1
         lines = lines[: max_lines - 1] + [f"{label}: ... {rest} more line(s) of left-in-float nodes (the full list: --report FILE or --json)"]
@@ -91,6 +92,8 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
 def _details(report: dict) -> list[str]:
     lines = []
     for c in report.get("candidates", []):
+        for e in c.get("remedied") or []:
+            lines.append(f"{c['label']}: {e['node']} ({e['op_type']}) kept quantized with remedy {e['remedy']} instead of float")
         lines += _excluded_lines(c["label"], c.get("excluded") or [])
         for f in c.get("fallbacks") or []:
             lines.append(f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}")
@@ -100,10 +103,10 @@ def _details(report: dict) -> list[str]:
 @click.command("quantize")
 @click.argument("model", type=click.Path())
 @output_option()
-@click.option("--mode", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True, help="auto: try dynamic, static per-tensor and static per-channel, keep the fastest within the budget.")
+@click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "int4"]), default="auto", show_default=True, help="auto: try dynamic, static per-tensor and static per-channel, keep the fastest within the budget; int4: weight-only INT4 of every MatMul with a constant weight (MatMulNBits).")
 @click.option("--format", "fmt_", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True, help="Static model format.")
 @calibration_option
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax", show_default=True, help="Calibration method (streamed statistics).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "auto"]), default="minmax", show_default=True, help="Calibration method (streamed statistics); auto: per tensor, the range of the three with the least quantization error.")
 @click.option("--per-channel", is_flag=True, help="Per-channel weights (static mode; auto tries both).")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (helps u8s8 accuracy on CPUs without VNNI).")
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
@@ -113,6 +116,11 @@ def _details(report: dict) -> list[str]:
 @provider_option
 @budget_options
 @click.option("--allow-slower", is_flag=True, help="Write the best valid candidate even when it is not faster than FP32.")
+@click.option("--allow-collapse", is_flag=True, help="Write a static or INT4 result even when it scores below 0.5 against FP32 on the calibration data (top-1 agreement or cosine).")
+@click.option("--equalize", type=click.Choice(["auto", "always", "off"]), default="auto", show_default=True, help="Static candidates that lose accuracy are built again after the exact equalize + smooth-quant passes (auto); always; or never.")
+@click.option("--bias-correction", is_flag=True, help="Static QDQ: remove each quantized weight's expected output shift (on the calibration data) from its bias.")
+@click.option("--block-size", type=click.IntRange(min=16), default=32, show_default=True, help="--mode int4: weights per quantization block (a power of 2).")
+@click.option("--int4-method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True, help="--mode int4: round to nearest, or HQQ (needs torch).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size of the timing run.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the timing sessions (default: ONNX Runtime's; 1 is steadier on a loaded machine).")
 @click.option("--calibration-batch", type=click.IntRange(min=1), default=None, help="Batch size of the calibration runs (default 32).")
@@ -124,7 +132,7 @@ def _details(report: dict) -> list[str]:
 @fix_shapes_option
 @json_option
 @report_option
-def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, fix_shapes, as_json, report_path):
+def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, allow_collapse, equalize, bias_correction, block_size, int4_method, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, fix_shapes, as_json, report_path):
     """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
     + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
     the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
@@ -137,6 +145,8 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
       onnxopt quantize model.onnx -o q.onnx --calibration calib.npz --eval test.npz --max-accuracy-drop 1
 
       onnxopt quantize bert.onnx -o bert.int8.onnx --mode dynamic --model-type bert
+
+      onnxopt quantize llm.onnx -o llm.int4.onnx --mode int4 --block-size 32 --batch 1
     """
     from ..errors import BudgetError, VerificationError
     from ..quantize.api import quantize
@@ -169,6 +179,11 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
             model_type=model_type,
             num_heads=num_heads,
             hidden_size=hidden_size,
+            block_size=block_size,
+            int4_method=int4_method,
+            allow_collapse=allow_collapse,
+            equalize=equalize,
+            bias_correction=bias_correction,
         )
     except (BudgetError, VerificationError) as exc:
         rep = exc.details.get("report")

@@ -27,6 +27,8 @@ PASSES: dict[str, str] = {
     "prune-blocks": "onnxopt.prune.passes:PruneBlocksPass",
     "quantize": "onnxopt.quantize.passes:QuantizePass",
     "transformer-fusion": "onnxopt.quantize.transformer:TransformerFusionPass",
+    "smooth-quant": "onnxopt.quantize.smooth:SmoothQuantPass",
+    "equalize": "onnxopt.quantize.cle:EqualizePass",
 }
 
 

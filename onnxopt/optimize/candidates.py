@@ -521,6 +521,37 @@ def produce_prune(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     return out
 
 
+def matmul_weight_share(model: onnx.ModelProto) -> tuple[int, float]:
+    """(MatMul/Gemm nodes with a constant 2-D float weight, the share of the model's float
+    weight elements they hold): how MatMul-heavy the model is for weight-only INT4."""
+    import numpy as np
+
+    inits = {t.name: t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    total = sum(int(np.prod(t.dims)) for t in inits.values()) or 1
+    names = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
+    nodes = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in names)
+    return nodes, sum(int(np.prod(inits[w].dims)) for w in names) / total
+
+
+def produce_int4(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    """``int4``: weight-only INT4 (``MatMulNBits``) from ``onnxopt.quantize`` for
+    MatMul-heavy models (``Int4Config``), fitted to the budget like the INT8 candidates."""
+    name = "int4"
+    params = dataclasses.asdict(cfg)
+    count, share = matmul_weight_share(base)
+    if count < cfg.min_matmuls or share < cfg.min_weight_share:
+        why = f"not MatMul-heavy: {count} MatMul/Gemm with a constant weight holding {share:.0%} of the weights (needs >= {cfg.min_matmuls} and >= {cfg.min_weight_share:.0%})"
+        return [Candidate(name, name, None, params=params, refused=why)]
+    qmod = _quantize_module("candidates")
+    if qmod is None or not hasattr(qmod, "int4_candidate"):
+        return [Candidate(name, name, None, params=params, refused="onnxopt.quantize has no int4 candidate")]
+    try:
+        model, notes = qmod.int4_candidate(base, block_size=cfg.block_size, method=cfg.method, provider=env.provider, eval_data=env.evaluator.dataset, max_accuracy_drop=env.budget.max_drop, metric=env.evaluator.metric)
+    except OnnxoptError as exc:
+        return [Candidate(name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize")]
+    return [Candidate(name, name, model, params=params, notes=list(notes)[:6], source="onnxopt.quantize")]
+
+
 def produce_fp16(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     from .fp16 import convert_to_fp16
 
@@ -593,6 +624,7 @@ PRODUCERS: dict[str, Callable] = {
     "fp32": produce_fp32,
     "int8-dynamic": produce_int8_dynamic,
     "int8-static": produce_int8_static,
+    "int4": produce_int4,
     "prune": produce_prune,
     "fp16": produce_fp16,
     "ort-offline": produce_ort_offline,

@@ -27,7 +27,7 @@ from ..errors import RecipeError
 
 __all__ = ["KINDS", "OBJECTIVES", "OptimizeSettings", "CandidateSpec", "Plan", "plan_from_recipe"]
 
-KINDS = ("fp32", "int8-dynamic", "int8-static", "prune", "fp16", "ort-offline")
+KINDS = ("fp32", "int8-dynamic", "int8-static", "int4", "prune", "fp16", "ort-offline")
 OBJECTIVES = ("latency", "cold-start", "size")
 
 
@@ -90,7 +90,7 @@ class Int8DynamicConfig:
 @dataclass
 class Int8StaticConfig:
     per_channel: list[bool] | bool = field(default_factory=lambda: [False, True])
-    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy")})
+    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy", "auto")})
     activation_type: str = field(default="uint8", metadata={"choices": ("int8", "uint8")})
     weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
     op_types: list[str] | None = None
@@ -99,6 +99,23 @@ class Int8StaticConfig:
 
     def check(self):
         return "calibration_samples must be positive" if self.calibration_samples <= 0 else None
+
+
+@dataclass
+class Int4Config:
+    """Weight-only INT4 (``MatMulNBits``), built only for MatMul-heavy models: at least
+    ``min_matmuls`` MatMul/Gemm nodes with a constant 2-D weight holding at least
+    ``min_weight_share`` of the model's weight elements."""
+
+    block_size: int = 32
+    method: str = field(default="rtn", metadata={"choices": ("rtn", "hqq")})
+    min_matmuls: int = 4
+    min_weight_share: float = 0.5
+
+    def check(self):
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            return "block_size must be a power of 2 >= 16"
+        return "min_weight_share must be in [0, 1]" if not 0 <= self.min_weight_share <= 1 else None
 
 
 @dataclass
@@ -146,6 +163,7 @@ CONFIGS = {
     "fp32": RecipeCandidateConfig,
     "int8-dynamic": Int8DynamicConfig,
     "int8-static": Int8StaticConfig,
+    "int4": Int4Config,
     "prune": PruneConfig,
     "fp16": Fp16Config,
     "ort-offline": OrtOfflineConfig,

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .weights import WeightStore
 
@@ -282,13 +281,6 @@ def _with_input_dims(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
     return out
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _prod(dims) -> int | None:
     if any(d is None for d in dims):
         return None
@@ -478,7 +470,7 @@ class _Analyzer:
         if w in self.layouts or (b and b in self.layouts):
             self.block_inputs(node, f"{node.op_type} '{name}' computes its weight from activations")
             return
-        group = int(_attr(node, "group", 1))
+        group = int(attribute(node, "group", 1))
         bias_ok = not b or self.ws.is_const(b)
         if group == 1:
             in_axis, out_axis_w = (0, 1) if transpose else (1, 0)
@@ -544,7 +536,7 @@ class _Analyzer:
         c = node.input[2] if len(node.input) > 2 else ""
         name = node_label(node)
         lay = self.layouts.get(a)
-        trans_a, trans_b = int(_attr(node, "transA", 0)), int(_attr(node, "transB", 0))
+        trans_a, trans_b = int(attribute(node, "transA", 0)), int(attribute(node, "transB", 0))
         if not self.ws.is_const(b) or trans_a or b in self.layouts or (c and c in self.layouts):
             self.block_inputs(
                 node,
@@ -737,7 +729,7 @@ class _Analyzer:
         if r is None:
             self.block_inputs(node, f"Concat '{name}' output has unknown rank")
             return
-        axis = int(_attr(node, "axis", 1)) % r
+        axis = int(attribute(node, "axis", 1)) % r
         chans = {self.layouts[x][1] for x in lay_in}
         if len(chans) != 1 or any(self.rank(x) != r for x in lay_in):
             self.block_inputs(node, f"Concat '{name}' combines channels on different axes")
@@ -776,7 +768,7 @@ class _Analyzer:
         if s is None:
             self.block(layout, f"Flatten '{name}' input of unknown shape")
             return
-        a = int(_attr(node, "axis", 1)) % max(len(s), 1) if len(s) else 0
+        a = int(attribute(node, "axis", 1)) % max(len(s), 1) if len(s) else 0
         inner, after = _prod(s[a:c]), _prod(s[c + 1 :])
         if c < a or inner != 1 or after is None:
             self.block(layout, f"Flatten '{name}' interleaves the channels with other axes")
@@ -821,7 +813,7 @@ class _Analyzer:
             return
         layout, c = self.layouts[x]
         r = self.rank(x)
-        perm = _attr(node, "perm")
+        perm = attribute(node, "perm")
         perm = list(perm) if perm is not None else (list(range(r))[::-1] if r is not None else None)
         if perm is None:
             self.block(layout, f"Transpose '{node_label(node)}' of unknown rank")
@@ -829,7 +821,7 @@ class _Analyzer:
         self.layouts[node.output[0]] = (layout, perm.index(c))
 
     def _axes(self, node, r_norm: int | None) -> list[int] | None:
-        axes = _attr(node, "axes")
+        axes = attribute(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
             axes = self.const_ints(node.input[1])
             if axes is None:
@@ -870,11 +862,11 @@ class _Analyzer:
         layout, c = self.layouts[x]
         r = self.rank(x)
         axes = self._axes(node, r)
-        noop = int(_attr(node, "noop_with_empty_axes", 0))
+        noop = int(attribute(node, "noop_with_empty_axes", 0))
         if axes is None or (not axes and not noop) or c in axes:
             self.block(layout, f"{node.op_type} '{node_label(node)}' reduces over the channels")
             return
-        keep = int(_attr(node, "keepdims", 1))
+        keep = int(attribute(node, "keepdims", 1))
         self.layouts[node.output[0]] = (layout, c if keep else c - sum(1 for a in axes if a < c))
 
     def op_Softmax(self, idx, node):
@@ -886,7 +878,7 @@ class _Analyzer:
         if r is None:
             self.block(layout, f"{node.op_type} '{node_label(node)}' of unknown rank")
             return
-        axis = int(_attr(node, "axis", -1 if self.opset >= 13 else 1)) % r
+        axis = int(attribute(node, "axis", -1 if self.opset >= 13 else 1)) % r
         if (self.opset >= 13 and axis == c) or (self.opset < 13 and c >= axis):
             self.block(layout, f"{node.op_type} '{node_label(node)}' normalizes over the channels")
             return
@@ -901,7 +893,7 @@ class _Analyzer:
             return
         layout, c = self.layouts[x]
         r = self.rank(x)
-        pads = _attr(node, "pads")
+        pads = attribute(node, "pads")
         if pads is None and len(node.input) > 1:
             pads = self.const_ints(node.input[1])
         axes_given = len(node.input) > 3 and node.input[3]
@@ -932,7 +924,7 @@ class _Analyzer:
             sizes
             or (scales_name and scales is None)
             or (scales and (len(scales) <= c or scales[c] != 1.0))
-            or _attr(node, "axes") is not None
+            or attribute(node, "axes") is not None
         ):
             self.block(layout, f"{node.op_type} '{node_label(node)}' may resize the channel axis")
             return

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..core.progress import progress
+from ..graph import attribute
 from ..linear import one_blas_thread
 from .groups import node_label
 from .reconstruct import (
@@ -48,13 +48,6 @@ class RefitOptions:
     max_rows: int = 1024  # sampled output positions per batch (conv)
     max_features: int = 8192
     seed: int = 0
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _text(v) -> str:
@@ -122,14 +115,14 @@ def _layer(node: onnx.NodeProto, ws: WeightStore, opts: RefitOptions) -> _Layer 
     op, label = node.op_type, node_label(node)
     if not ws.is_const(node.input[1]):
         return "its weight is not a constant"
-    if op == "Gemm" and (float(_attr(node, "alpha", 1.0)) != 1.0 or float(_attr(node, "beta", 1.0)) != 1.0 or int(_attr(node, "transA", 0))):
+    if op == "Gemm" and (float(attribute(node, "alpha", 1.0)) != 1.0 or float(attribute(node, "beta", 1.0)) != 1.0 or int(attribute(node, "transA", 0))):
         return "Gemm with alpha/beta != 1 or transA"
-    if op in ("Conv", "ConvTranspose") and int(_attr(node, "group", 1)) != 1:
+    if op in ("Conv", "ConvTranspose") and int(attribute(node, "group", 1)) != 1:
         return f"grouped {op}"
-    if op == "ConvTranspose" and (_attr(node, "output_shape") is not None or _text(_attr(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")):
+    if op == "ConvTranspose" and (attribute(node, "output_shape") is not None or _text(attribute(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")):
         return "ConvTranspose with output_shape or SAME auto_pad"
     w = ws.array(node.input[1]).astype(np.float64)
-    trans_b = int(_attr(node, "transB", 0)) if op == "Gemm" else 0
+    trans_b = int(attribute(node, "transB", 0)) if op == "Gemm" else 0
     if op in ("Conv", "ConvTranspose"):
         wc = conv_transpose_as_conv(w) if op == "ConvTranspose" else w  # [O, C, *k]
         m, d = wc.shape[0], int(np.prod(wc.shape[1:]))
@@ -151,11 +144,11 @@ def _layer(node: onnx.NodeProto, ws: WeightStore, opts: RefitOptions) -> _Layer 
         r = len(w.shape) - 2
         conv = {
             "kernel": list(w.shape[2:]),
-            "strides": list(_attr(node, "strides", [1] * r)),
-            "dilations": list(_attr(node, "dilations", [1] * r)),
-            "auto_pad": _text(_attr(node, "auto_pad", b"NOTSET")),
-            "pads": list(_attr(node, "pads", [0] * (2 * r))),
-            "output_padding": list(_attr(node, "output_padding", [0] * r)),
+            "strides": list(attribute(node, "strides", [1] * r)),
+            "dilations": list(attribute(node, "dilations", [1] * r)),
+            "auto_pad": _text(attribute(node, "auto_pad", b"NOTSET")),
+            "pads": list(attribute(node, "pads", [0] * (2 * r))),
+            "output_padding": list(attribute(node, "output_padding", [0] * r)),
         }
     return _Layer(node, label, w, w_flat, d, m, trans_b, has_bias, bias, conv)
 

@@ -21,6 +21,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import onnx
 
@@ -51,6 +52,12 @@ from .speed import measure_speed, timing_feed
 
 __all__ = [
     "quantize",
+    "check_collapse",
+    "collapse_message",
+    "diagnose_hint",
+    "COLLAPSE_SCORE",
+    "EQUALIZE",
+    "equalized_candidates",
     "calibrate",
     "prepare_model",
     "quantize_dynamic_candidate",
@@ -62,6 +69,7 @@ log = logging.getLogger(__name__)
 
 # points of the metric lost, without a budget, above which the report carries a warning
 UNBUDGETED_WARN_DROP = 1.0
+EQUALIZE = ("auto", "always", "off")
 
 
 def dataset_view(ds):
@@ -164,7 +172,7 @@ def _map_exclusions(m: onnx.ModelProto, prep: Prepared, exclude, dataset, *, pro
     return prep, frozenset(x for v in found.values() for x in v), notes
 
 
-def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=()) -> tuple[list[QuantConfig], list[str]]:
+def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=(), block_size: int = 32, int4_method: str = "rtn", bias_correction: bool = False) -> tuple[list[QuantConfig], list[str]]:
     """The configurations ``mode`` tries, and notes on what was skipped and why."""
     notes = []
     ops = tuple(op_types) if op_types else None
@@ -178,10 +186,12 @@ def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu"
         return None if ops is None else tuple(t for t in ops if t in op_types_for_mode(m))
 
     common = dict(reduce_range=reduce_range, weight_type=weight_type, exclude=frozenset(exclude))
+    if mode == "int4":
+        return [QuantConfig(mode="int4", block_size=block_size, int4_method=int4_method, op_types=ops, exclude=frozenset(exclude))], notes
     if mode == "dynamic":
         return [QuantConfig(mode="dynamic", per_channel=per_channel, op_types=ops, **common)], notes
     if mode == "static":
-        return [QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops, **common)], notes
+        return [QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops, bias_correction=bias_correction, **common)], notes
     configs = []
     if provider == "cuda":
         notes.append("dynamic candidate skipped: its integer ops have no CUDA kernels")
@@ -194,14 +204,14 @@ def candidate_configs(mode: str, *, has_calibration: bool, provider: str = "cpu"
     elif ops_of("static") == ():
         notes.append(f"static candidates skipped: static mode quantizes none of --op-types {', '.join(ops)}")
     else:
-        configs.extend(QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"), **common) for pc in (False, True))
+        configs.extend(QuantConfig(mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"), bias_correction=bias_correction, **common) for pc in (False, True))
     return configs, notes
 
 
 def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tuple[onnx.ModelProto, frozenset]:
-    """The model ORT quantizes; in dynamic mode Gemm nodes become MatMul + Add (their names
+    """The model ORT quantizes; in dynamic and int4 mode Gemm nodes become MatMul + Add (their names
     are returned so that ``--op-types Gemm`` still selects them)."""
-    if config.mode == "dynamic" and "Gemm" in config.op_types_for(provider):
+    if config.mode in ("dynamic", "int4") and "Gemm" in config.op_types_for(provider):
         base = copy.deepcopy(prep)
         return base, frozenset(gemm_to_matmul(base))
     return prep, frozenset()
@@ -283,7 +293,7 @@ def _pick(results: list[CandidateResult], min_speedup: float, allow_slower: bool
     Without timing: the most accurate valid candidate within the budget."""
     order = {id(r): i for i, r in enumerate(results)}
     if not timing:
-        ok = [r for r in results if r.model is not None and r.within_budget is not False]
+        ok = [r for r in results if r.model is not None and r.within_budget is not False and r.status != "collapsed"]
         return max(ok, key=lambda r: (round(r.score or 0.0, 6), -order[id(r)])) if ok else None
     timed = [r for r in results if r.speed is not None]
     pool = [r for r in timed if r.speed.ratio >= min_speedup] or (timed if allow_slower else [])
@@ -330,8 +340,13 @@ def quantize(
     num_heads: int = 0,
     hidden_size: int = 0,
     fix_shapes: dict | None = None,
+    block_size: int = 32,
+    int4_method: str = "rtn",
+    allow_collapse: bool = False,
+    equalize: str = "auto",
+    bias_correction: bool = False,
 ) -> Result:
-    """Quantize ``model`` (path or proto) to INT8; see the module docstring.
+    """Quantize ``model`` (path or proto) to INT8 (or weight-only INT4); see the module docstring.
 
     ``mode``: ``auto`` (dynamic, static per-tensor, static per-channel: the fastest valid
     candidate within the budget), ``dynamic`` or ``static`` (needs ``calibration``).
@@ -345,12 +360,24 @@ def quantize(
     the fused model is what gets quantized, accuracy and speed are still measured against
     the input model.  ``fix_shapes`` ({input: dims}): those inputs are made static first
     (a verified ``fix-shapes`` step); otherwise symbolic dims stay symbolic.
+    the input model.  ``mode="int4"``: weight-only INT4 (``MatMulNBits``, blocks of
+    ``block_size`` weights, ``int4_method`` rtn | hqq) of every MatMul with a constant weight.
+    A static or INT4 result that scores below ``COLLAPSE_SCORE`` against FP32 on the
+    calibration data (top-1 agreement, or cosine for outputs that are not class scores) is
+    refused with ``BudgetError`` unless ``allow_collapse``.  ``equalize``: ``auto`` adds, for
+    each static candidate that loses accuracy (over budget, nodes left in float for it, or
+    more than ``UNBUDGETED_WARN_DROP`` points without a budget), the same configuration built
+    from the model after the exact ``equalize`` and ``smooth-quant`` passes (row label
+    ``... equalized``, with ``bias_correction`` in QDQ format); ``always`` adds it for every
+    static candidate; ``off`` never.  ``bias_correction``: static QDQ candidates get the
+    expected output shift of their quantized weights removed from the biases.
     """
     t_start = time.perf_counter()
     check_choice("mode", mode, MODES)
     check_choice("format", format, FORMATS)
     check_choice("weight type", weight_type, INT_TYPES)
     check_choice("activation type", activation_type, INT_TYPES)
+    check_choice("equalize", equalize, EQUALIZE)
     if batch <= 0 or search_samples <= 0 or max_evals <= 0:
         raise UsageError("batch, search_samples and max_evals must be positive")
     if model_type is not None:
@@ -374,7 +401,7 @@ def quantize(
     except ModelError as exc:
         raise ModelError(exc.message, path) from None
     _check_exclusions(m, exclude, path)
-    configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude)
+    configs, notes = candidate_configs(mode, has_calibration=calibration is not None, provider=provider, format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=ops or None, exclude=exclude, block_size=block_size, int4_method=int4_method, bias_correction=bias_correction)
     if mode == "static" and calibration is None:
         raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
     if fixed:
@@ -415,20 +442,33 @@ def quantize(
 
     results: list[CandidateResult] = []
     bases: dict[str, tuple[onnx.ModelProto, frozenset]] = {}
+    alt_cache: dict = {}
+
+    def alt_ranges() -> dict:
+        """Per-tensor chosen ranges (method auto) for the budget search's "range" remedy,
+        measured once, on first use."""
+        if "r" not in alt_cache:
+            alt_cache["r"] = collect_ranges(prep.model, dataset_for(prep.model, dataset_view(cal)), method="auto", batch_size=calibration_batch, provider=provider).ranges
+        return alt_cache["r"]
+
     for cfg in configs:
-        key = "dynamic" if cfg.mode == "dynamic" else "static"
+        key = cfg.mode
         if key not in bases:
             bases[key] = _build_base(prep.model, cfg, provider)
             if bases[key][1]:
                 notes.append(f"dynamic: {len(bases[key][1])} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
         base, converted = bases[key]
-        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted)
+        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges if ranges else None, provider=provider, feed=vfeed, reference=vref, converted_gemms=converted, calibration=cal, alt_ranges=alt_ranges if cfg.mode == "static" and method != "auto" else None)
         log.info("candidate %s ...", cfg.label)
         res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, how=sensitivity, reference_bytes=model_nbytes(m))
         results.append(res)
+    if equalize != "off" and cal is not None:
+        run = _Shared(m, evaluator, budget, search, vfeed, vref, provider, max_evals, sensitivity)
+        results += equalized_candidates(prep.model, cal, results, run, always=equalize == "always", method=method, calibration_batch=calibration_batch, notes=notes)
+    collapse = check_collapse(results, m, cal if cal is not None else ev, provider=provider, allow_collapse=allow_collapse, notes=notes, metric=evaluator.metric)
 
     feed = timing_feed(ev, batch)
-    timed = {r.label: r.model for r in results if r.model is not None and r.within_budget is not False}
+    timed = {r.label: r.model for r in results if r.model is not None and r.within_budget is not False and r.status != "collapsed"}
     speeds = measure_speed(m, timed, feed, provider=provider, runs=timing_runs, duration=timing_seconds, threads=threads) if timing else {}
     for r in results:
         r.speed = speeds.get(r.label)
@@ -447,12 +487,13 @@ def quantize(
         "budget": {"max_drop": budget.max_drop} if budget else None,
         "timing": {"batch": int(next(iter(feed.values())).shape[0]) if feed else None, "runs": timing_runs if timing else 0, "threads": threads, "min_speedup": min_speedup},
         "candidates": [r.to_dict() for r in results],
+        "collapse_check": collapse,
         "notes": notes,
         "before": model_stats(m),
     }
 
     chosen = _pick(results, min_speedup, allow_slower, timing)
-    if chosen is None and allow_slower and results and all(r.status == "nothing to quantize" for r in results):
+    if chosen is None and allow_slower and mode != "int4" and results and all(r.status == "nothing to quantize" for r in results):
         out = copy.deepcopy(m)
         report["chosen"] = None
         report["notes"].append("nothing to quantize: the input model is returned unchanged (--allow-slower)")
@@ -508,9 +549,15 @@ def _failure(results: list[CandidateResult], budget, allow_slower: bool, report:
     built = [r for r in results if r.model is not None]
     if not built:
         if results and all(r.status == "nothing to quantize" for r in results):
+            if all(r.config.mode == "int4" for r in results):
+                return BudgetError("nothing to quantize: no MatMul (or Gemm) with a constant 2-D weight for MatMulNBits", path, report=report)
             return BudgetError("nothing to quantize: no node of a quantizable op type (see --op-types) was quantized", path, report=report)
         why = "; ".join(f"{r.label}: {r.notes[-1] if r.notes else r.status}" for r in results) or "no candidate"
         return VerificationError(f"no valid quantized model: {why}", path, report=report)
+    collapsed = [r for r in built if r.status == "collapsed"]
+    built = [r for r in built if r.status != "collapsed"]
+    if collapsed and not built:
+        return BudgetError(collapse_message(collapsed, report.get("collapse_check") or {}), path, report=report)
     in_budget = [r for r in built if r.within_budget is not False]
     if not in_budget:
         best = max(built, key=lambda r: r.score if r.score is not None else float("-inf"))
@@ -527,3 +574,116 @@ def _failure(results: list[CandidateResult], budget, allow_slower: bool, report:
     why = next((n for n in (int8_speed_note(r.model) for r in in_budget) if n), "")
     fig += f"; {why}" if why else ""
     return BudgetError(f"no INT8 candidate is faster than FP32 at batch {report['timing']['batch']}{fig} (pass --allow-slower to write it anyway)", path, report=report)
+
+
+# the score (points, 0-100) against FP32 on the calibration data below which a static or
+# INT4 result has collapsed (the issue's 0.5: top-1 agreement, or cosine)
+COLLAPSE_SCORE = 50.0
+COLLAPSE_SAMPLES = 256  # calibration samples the check runs on
+
+
+def check_collapse(results: list[CandidateResult], m: onnx.ModelProto, data, *, provider: str, allow_collapse: bool, notes: list[str], metric: str | None = None) -> dict | None:
+    """Score each built static / INT4 candidate against FP32 on ``data`` (the calibration
+    data) with top-1 agreement (cosine for outputs that are not class scores, or when the
+    run's ``metric`` is ``cosine`` / ``rel-l2``); below
+    ``COLLAPSE_SCORE`` its status becomes ``collapsed`` (never timed nor chosen) unless
+    ``allow_collapse``, which keeps it with a warning note.  Returns the check's record
+    (None when no candidate needed it)."""
+    from ..metrics import is_class_scores
+
+    todo = [r for r in results if r.model is not None and r.config.mode in ("static", "int4")]
+    if not todo:
+        return None
+    ev = Evaluator(m, dataset_for(m, dataset_view(data)), "cosine" if metric in ("cosine", "rel-l2") else "agreement", provider=provider, limit=COLLAPSE_SAMPLES)
+    kinds = {is_class_scores(o) and ev.metric == "agreement" for o in ev.ref_outputs}
+    name = "top-1 agreement" if kinds == {True} else "cosine" if kinds == {False} else "top-1 agreement / cosine"
+    record = {"metric": name, "threshold": COLLAPSE_SCORE / 100, "data": ev.dataset.source, "scores": {}}
+    for r in todo:
+        s = ev.score(r.model) / 100
+        record["scores"][r.label] = round(s, 4)
+        if s >= COLLAPSE_SCORE / 100:
+            continue
+        if allow_collapse:
+            notes.append(f"warning: {r.label} has collapsed ({name} {s:.2f} against FP32 on {ev.dataset.source}, below {COLLAPSE_SCORE / 100:g}); kept because of --allow-collapse")
+        else:
+            r.status = "collapsed"
+            r.notes.append(f"collapsed: {name} {s:.2f} against FP32 on the calibration data (< {COLLAPSE_SCORE / 100:g})")
+    return record
+
+
+def diagnose_hint() -> str:
+    """Where to look next after a collapse: the ``onnxopt diagnose`` command, where it exists
+    (its package ``onnxopt.diagnose`` is added by the diagnose feature; '' until then)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxopt.diagnose") is None:
+        return ""
+    return "; run 'onnxopt diagnose MODEL --calibration DATA' to see which tensors lose it"
+
+
+def collapse_message(collapsed: list[CandidateResult], record: dict) -> str:
+    """The refusal of collapsed candidates: each one's score named."""
+    name = record.get("metric", "score")
+    scores = record.get("scores", {})
+    each = ", ".join(f"{r.label} {scores.get(r.label, float('nan')):.2f}" for r in collapsed)
+    return f"quantized model collapsed: {name} against FP32 on the calibration data {each} (below {COLLAPSE_SCORE / 100:g}); refused (pass --allow-collapse to write it anyway){diagnose_hint()}"
+
+
+@dataclass
+class _Shared:
+    """What every candidate of one ``quantize`` call is judged with."""
+
+    m: onnx.ModelProto
+    evaluator: Evaluator
+    budget: Budget | None
+    search: Evaluator | None
+    vfeed: dict
+    vref: list
+    provider: str
+    max_evals: int
+    how: str
+
+
+def _loses_accuracy(r: CandidateResult, budget) -> bool:
+    if r.config.mode != "static" or r.config.equalized:
+        return False
+    if r.model is None:
+        return r.status == "invalid"
+    if budget is not None:
+        return r.within_budget is False or bool(r.fit and r.fit.excluded)
+    return r.drop is not None and r.drop > UNBUDGETED_WARN_DROP
+
+
+def equalized_candidates(src: onnx.ModelProto, cal, results: list[CandidateResult], run: _Shared, *, always: bool, method: str, calibration_batch, notes: list[str]) -> list[CandidateResult]:
+    """The static candidates of ``results`` that lose accuracy (all of them with ``always``)
+    built again from ``src`` (the pre-processed model: weights as initializers, BN folded)
+    after the ``equalize`` and ``smooth-quant`` passes (each verified exact by the pipeline
+    on the calibration data); [] when none needs it or nothing changed."""
+    from ..core.passes import Context
+    from ..core.pipeline import run_pipeline
+    from ..core.registry import make_pass
+
+    want = [r for r in results if r.config.mode == "static" and not r.config.equalized and (always or _loses_accuracy(r, run.budget))]
+    if not want:
+        return []
+    try:
+        eq = run_pipeline(src, [make_pass("equalize"), make_pass("smooth-quant")], Context(data=dataset_for(src, dataset_view(cal)), provider=run.provider), command="equalize")
+    except OnnxoptError as exc:
+        notes.append(f"equalization not used: {exc}")
+        return []
+    counts = {s.name: dict(s.counts) for s in eq.steps}
+    if not eq.report["modified"]:
+        notes.append(f"equalization: nothing to equalize ({'; '.join(n for s in eq.steps for n in s.notes[:2])})")
+        return []
+    notes.append(f"equalization before static quantization: {counts['equalize'].get('pairs', 0)} layer pair(s) equalized ({counts['equalize'].get('bias_absorbed', 0)} with bias absorbed), {counts['smooth-quant'].get('smoothed', 0)} SmoothQuant site(s)")
+    base = eq.model
+    ranges = collect_ranges(base, dataset_for(base, dataset_view(cal)), method=method, batch_size=calibration_batch, provider=run.provider)
+    out = []
+    for r in want:
+        cfg = r.config.with_(equalized=True, bias_correction=r.config.format == "qdq")
+        builder = CandidateBuilder(base, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref, calibration=cal)
+        log.info("candidate %s ...", cfg.label)
+        res = evaluate_candidate(builder, run.evaluator, budget=run.budget, search_evaluator=run.search, max_evals=run.max_evals, how=run.how, reference_bytes=model_nbytes(run.m))
+        res.notes[:0] = [n for s in eq.steps for n in s.notes[:4]]
+        out.append(res)
+    return out

@@ -21,6 +21,15 @@ memory does not grow with the number of calibration samples.
   bins).  Both are smoothed (zeros get ``eps``, taken from the non-zero bins) and
   normalized; the window minimizing ``KL(P || Q) = sum P log(P / Q)`` gives the range,
   clipped to the observed ``[min, max]``.
+- ``auto`` (per tensor): the MinMax, percentile and entropy ranges of each tensor's
+  histogram are scored by the expected squared error of 8-bit quantization with that range
+  (``quant_error``): ``step^2 / 12`` for each value inside (``step = (hi - lo) / 255``, the
+  range widened to hold 0) plus the squared distance to the range for each value clipped;
+  the range with the smallest error wins.  For a layer that reads the tensor (``y = x W``),
+  uniform quantization noise of variance ``e`` adds ``e * ||W||_F^2`` to its output's
+  squared error, so this order is the order of the layer's output error under that model.
+- A percentile needs ``ceil(200 / (100 - p))`` values to cut at least one value per side
+  (``percentile_needs``); with fewer, the tensor gets its MinMax range and a warning.
 """
 
 from __future__ import annotations
@@ -39,9 +48,14 @@ __all__ = [
     "smooth_distribution",
     "kl_divergence",
     "RangeStats",
+    "percentile_needs",
+    "quant_error",
+    "clipped_fraction",
+    "choose_range",
+    "few_values_warning",
 ]
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = ("minmax", "percentile", "entropy", "auto")
 DEFAULT_BINS = 2048
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_QUANTIZED_BINS = 128
@@ -156,6 +170,57 @@ def percentile_range(hist: Histogram, percentile: float = DEFAULT_PERCENTILE) ->
     return max(lo, rng[0]), min(hi, rng[1])
 
 
+def percentile_needs(percentile: float) -> int:
+    """Values a ``percentile`` range needs to cut at least one value on each side."""
+    return 1 if percentile >= 100 else math.ceil(200.0 / (100.0 - percentile))
+
+
+def _bins(hist: Histogram) -> tuple[np.ndarray, np.ndarray]:
+    e = hist.edges
+    return (e[:-1] + e[1:]) / 2.0, hist.counts.astype(np.float64)
+
+
+def quant_error(hist: Histogram, lo: float, hi: float, levels: int = 256) -> float:
+    """Expected squared error per value of quantizing ``hist``'s values to ``levels`` steps
+    over ``[lo, hi]`` (widened to hold 0): rounding inside, clipping outside."""
+    if hist.counts is None or hist.total == 0:
+        return 0.0
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    step = (hi - lo) / (levels - 1)
+    centers, counts = _bins(hist)
+    clip = np.where(centers < lo, lo - centers, np.where(centers > hi, centers - hi, 0.0))
+    inside = clip == 0
+    err = counts[inside].sum() * step**2 / 12.0 + (counts * clip**2).sum()
+    return float(err / counts.sum())
+
+
+def clipped_fraction(hist: Histogram, lo: float, hi: float) -> float:
+    """Share of ``hist``'s values outside ``[lo, hi]``."""
+    if hist.counts is None or hist.total == 0:
+        return 0.0
+    centers, counts = _bins(hist)
+    return float(counts[(centers < lo) | (centers > hi)].sum() / counts.sum())
+
+
+def choose_range(hist: Histogram, percentile: float = DEFAULT_PERCENTILE, num_quantized_bins: int = DEFAULT_QUANTIZED_BINS) -> dict | None:
+    """The MinMax, percentile or entropy range of ``hist`` with the smallest ``quant_error``:
+    ``{"method", "range", "error", "clipped", "errors"}`` (None without values).  The
+    percentile candidate is left out when the histogram has fewer values than it needs."""
+    mm = hist.minmax.range()
+    if mm is None:
+        return None
+    cands = {"minmax": mm}
+    if hist.total >= percentile_needs(percentile):
+        cands["percentile"] = percentile_range(hist, percentile)
+    ent = entropy_range(hist, num_quantized_bins) if hist.counts is not None else None
+    if ent is not None:
+        cands["entropy"] = ent
+    errors = {k: quant_error(hist, *r) for k, r in cands.items() if r is not None}
+    best = min(errors, key=lambda k: (errors[k], k != "minmax"))
+    r = cands[best]
+    return {"method": best, "range": (float(r[0]), float(r[1])), "error": errors[best], "clipped": clipped_fraction(hist, *r), "errors": errors}
+
+
 def smooth_distribution(p: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
     """Give zero bins ``eps`` of mass, taken evenly from the non-zero bins (None if all zero)."""
     p = np.asarray(p, dtype=np.float64)
@@ -242,6 +307,8 @@ class RangeStats:
     percentile: float = DEFAULT_PERCENTILE
     num_quantized_bins: int = DEFAULT_QUANTIZED_BINS
     stats: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # filled by ranges()
+    choices: dict = field(default_factory=dict)  # auto / percentile: tensor -> what was chosen
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -263,15 +330,41 @@ class RangeStats:
         target.update_range(lo, hi)
 
     def ranges(self) -> dict[str, tuple[float, float]]:
+        """``{name: (lo, hi)}``; fills ``warnings`` (tensors with too few values for the
+        percentile) and, for ``auto`` / ``percentile``, ``choices`` (method and clipped
+        fraction per tensor)."""
         out = {}
+        self.choices, few = {}, {}
+        need = percentile_needs(self.percentile)
         for name in sorted(self.stats):
             st = self.stats[name]
             if isinstance(st, MinMax):
                 r = st.range()
+            elif self.method == "auto":
+                if 0 < st.total < need:
+                    few[name] = st.total  # choose_range leaves the percentile out
+                c = choose_range(st, self.percentile, self.num_quantized_bins)
+                r = None if c is None else c["range"]
+                if c is not None:
+                    self.choices[name] = {"method": c["method"], "clipped": c["clipped"]}
             elif self.method == "percentile":
-                r = percentile_range(st, self.percentile)
+                if 0 < st.total < need:
+                    few[name] = st.total
+                    r, used = st.minmax.range(), "minmax"
+                else:
+                    r, used = percentile_range(st, self.percentile), "percentile"
+                if r is not None:
+                    self.choices[name] = {"method": used, "clipped": clipped_fraction(st, *r)}
             else:
                 r = entropy_range(st, self.num_quantized_bins)
             if r is not None:
                 out[name] = (float(r[0]), float(r[1]))
+        self.warnings = [few_values_warning(few, self.percentile, self.method)] if few else []
         return out
+
+
+def few_values_warning(few: dict[str, int], percentile: float, method: str) -> str:
+    """One warning naming the tensors with fewer values than the percentile needs."""
+    names = ", ".join(f"'{k}' ({v} values)" for k, v in list(few.items())[:5]) + (f", +{len(few) - 5} more" if len(few) > 5 else "")
+    used = "MinMax or entropy range chosen instead" if method == "auto" else "MinMax range used"
+    return f"warning: {len(few)} tensor(s) have fewer calibration values than the {percentile:g} percentile needs ({percentile_needs(percentile)}): {used} for {names}"

@@ -15,7 +15,7 @@ import onnx
 from .api import as_name_list, dataset_view, finish_candidate, quantize_candidate
 from .config import QuantConfig
 
-__all__ = ["dynamic_candidate", "static_candidate"]
+__all__ = ["dynamic_candidate", "static_candidate", "int4_candidate"]
 
 
 def dynamic_candidate(
@@ -62,4 +62,22 @@ def static_candidate(
     cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
     cal = dataset_for(model, dataset_view(calibration))
     res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return finish_candidate(res)
+
+
+def int4_candidate(
+    model: onnx.ModelProto,
+    *,
+    block_size: int = 32,
+    method: str = "rtn",
+    exclude_nodes=(),
+    eval_data=None,
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    provider: str = "cpu",
+    preprocess: bool = True,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Weight-only INT4 (``MatMulNBits``) of every MatMul / Gemm with a constant 2-D weight."""
+    cfg = QuantConfig(mode="int4", block_size=block_size, int4_method=method, exclude=frozenset(as_name_list(exclude_nodes)))
+    res = quantize_candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
     return finish_candidate(res)

@@ -28,11 +28,19 @@ from ..errors import DataError, VerificationError
 from ..runtime import create_session
 from .calibrate import DEFAULT_BINS, DEFAULT_PERCENTILE, DEFAULT_QUANTIZED_BINS, RangeStats
 
-__all__ = ["CalibrationRanges", "tensors_to_calibrate", "augment_for_calibration", "collect_ranges"]
+__all__ = ["method_counts", "CalibrationRanges", "ChannelStats", "tensors_to_calibrate", "augment_for_calibration", "collect_ranges", "collect_channel_stats"]
 
 log = logging.getLogger(__name__)
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16}
+
+
+def method_counts(choices: dict) -> dict[str, int]:
+    """How many tensors got each range method (``RangeStats.choices``)."""
+    out: dict[str, int] = {}
+    for c in choices.values():
+        out[c["method"]] = out.get(c["method"], 0) + 1
+    return out
 
 
 @dataclass
@@ -45,9 +53,14 @@ class CalibrationRanges:
     batches: int = 0
     tensors: int = 0
     notes: list[str] = field(default_factory=list)
+    choices: dict = field(default_factory=dict)  # auto / percentile: tensor -> {method, clipped}
 
     def summary(self) -> dict:
-        return {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": self.tensors, "notes": list(self.notes)}
+        d = {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": self.tensors, "notes": list(self.notes)}
+        if self.choices:
+            clipped = [c["clipped"] for c in self.choices.values()]
+            d["range_choice"] = {"methods": method_counts(self.choices), "clipped_max": max(clipped), "clipped_mean": sum(clipped) / len(clipped), "per_tensor": dict(self.choices)}
+        return d
 
 
 def _typed_values(model: onnx.ModelProto) -> dict[str, int]:
@@ -191,8 +204,89 @@ def collect_ranges(
     if batches == 0:
         raise DataError("calibration data yielded no batch (empty, or fewer samples than the model's fixed batch size)", getattr(dataset, "source", None))
     ranges = stats.ranges()
-    notes = []
+    notes = list(stats.warnings)
     missing = [n for n in names if n not in ranges]
     if missing:
         notes.append(f"{len(missing)} tensor(s) had no finite value in the calibration data and get no range: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    return CalibrationRanges(method, ranges, samples, batches, len(names), notes)
+    if stats.choices:
+        counts = method_counts(stats.choices)
+        worst = max(stats.choices.items(), key=lambda kv: kv[1]["clipped"])
+        notes.append(f"ranges ({method}): " + ", ".join(f"{k} for {v} tensor(s)" for k, v in sorted(counts.items())) + f"; clipped at most {worst[1]['clipped']:.3%} of a tensor's values ('{worst[0]}')")
+    return CalibrationRanges(method, ranges, samples, batches, len(names), notes, dict(stats.choices))
+
+
+@dataclass
+class ChannelStats:
+    """Per-channel statistics of one tensor over the calibration data: ``lo`` / ``hi`` /
+    ``absmax`` / ``mean`` / ``std`` per channel, and up to ``max_rows`` sampled rows
+    ``[rows, C]`` (each row: one position's values across the channels)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    absmax: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    rows: np.ndarray
+    count: int
+
+
+class _ChannelAccumulator:
+    def __init__(self, max_rows: int, rng: np.random.Generator):
+        self.max_rows, self.rng = max_rows, rng
+        self.lo = self.hi = self.sum = self.sumsq = None
+        self.count = 0
+        self.keys = np.zeros(0)
+        self.pool: np.ndarray | None = None
+
+    def update(self, flat: np.ndarray) -> None:
+        flat = flat.astype(np.float64)
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        if self.lo is None:
+            self.lo, self.hi, self.sum, self.sumsq = lo, hi, flat.sum(axis=0), (flat**2).sum(axis=0)
+        else:
+            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+            self.sum += flat.sum(axis=0)
+            self.sumsq += (flat**2).sum(axis=0)
+        self.count += flat.shape[0]
+        if self.max_rows:
+            # a uniform sample of every row seen: each row gets a random key, the smallest
+            # max_rows keys stay (bottom-k sampling)
+            keys = np.concatenate([self.keys, self.rng.random(flat.shape[0])])
+            pool = np.concatenate([self.pool, flat.astype(np.float32)]) if self.pool is not None else flat.astype(np.float32)
+            if keys.size > self.max_rows:
+                keep = np.argpartition(keys, self.max_rows)[: self.max_rows]
+                keys, pool = keys[keep], pool[keep]
+            self.keys, self.pool = keys, pool
+
+    def stats(self) -> ChannelStats:
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.sumsq / self.count - mean**2, 0.0))
+        rows = self.pool if self.pool is not None else np.zeros((0, self.lo.size), np.float32)
+        return ChannelStats(self.lo, self.hi, np.maximum(np.abs(self.lo), np.abs(self.hi)), mean, std, rows, self.count)
+
+
+def collect_channel_stats(model: onnx.ModelProto, dataset, tensors: dict[str, int], *, provider: str = "cpu", limit: int | None = None, batch_size: int | None = None, max_rows: int = 0, seed: int = 0) -> dict[str, ChannelStats]:
+    """Per-channel statistics of ``tensors`` (name -> channel axis) over ``dataset``,
+    streamed batch by batch (the equalization passes' input).  Raises ``DataError`` when the
+    dataset yields no batch."""
+    types = _typed_values(model)
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    inputs = {i.name for i in aug.graph.input}
+    outputs = {o.name for o in aug.graph.output}
+    for name in tensors:
+        if name not in inputs and name not in outputs:
+            aug.graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
+    sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
+    fetch = [n for n in tensors if n not in inputs]
+    rng = np.random.default_rng(seed)
+    acc = {n: _ChannelAccumulator(max_rows, rng) for n in tensors}
+    for feed in dataset.batches(batch_size, limit):
+        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
+        values.update({n: feed[n] for n in tensors if n in inputs})
+        for name, axis in tensors.items():
+            v = np.asarray(values[name])
+            acc[name].update(np.moveaxis(v, axis, -1).reshape(-1, v.shape[axis]))
+    if any(a.count == 0 for a in acc.values()):
+        raise DataError("calibration data yielded no batch", getattr(dataset, "source", None))
+    return {n: a.stats() for n, a in acc.items()}

@@ -10,17 +10,20 @@ __all__ = [
     "MODES",
     "FORMATS",
     "INT_TYPES",
+    "INT4_METHODS",
     "QuantConfig",
     "WEIGHTED_OP_TYPES",
     "dynamic_op_types",
     "static_op_types",
     "known_op_types",
     "op_types_for_mode",
+    "int4_op_types",
     "op_types_problem",
     "check_choice",
 ]
 
-MODES = ("auto", "dynamic", "static")
+MODES = ("auto", "dynamic", "static", "int4")
+INT4_METHODS = ("rtn", "hqq")  # ONNX Runtime's DefaultWeightOnlyQuantConfig (round to nearest) / HQQ
 FORMATS = ("qdq", "qoperator")
 INT_TYPES = ("int8", "uint8")
 
@@ -49,14 +52,20 @@ def known_op_types() -> tuple[str, ...]:
 
 def op_types_for_mode(mode: str) -> tuple[str, ...]:
     """What ``mode`` (dynamic | static | auto) can quantize."""
-    return {"dynamic": dynamic_op_types, "static": static_op_types}.get(mode, known_op_types)()
+    return {"dynamic": dynamic_op_types, "static": static_op_types, "int4": int4_op_types}.get(mode, known_op_types)()
+
+
+def int4_op_types() -> tuple[str, ...]:
+    """What ``int4`` mode quantizes: MatMul with a constant 2-D weight (``MatMulNBits``),
+    and Gemm with a constant weight once onnxopt rewrote it as MatMul + Add."""
+    return ("Gemm", "MatMul")
 
 
 def op_types_problem(op_types, mode: str = "auto") -> str | None:
     """Why ``op_types`` cannot be asked of ``mode`` (None: fine).  An op type no mode knows
     is unknown; one that only the other mode quantizes (``Relu`` in dynamic mode,
     ``LSTM`` in static mode) is refused too: that mode would silently leave it in float."""
-    known = set(known_op_types())
+    known = set(known_op_types()) | set(int4_op_types())
     bad = [t for t in op_types if t not in known]
     if bad:
         return f"unknown op type(s) {', '.join(bad)} for --op-types (quantizable: {', '.join(sorted(known))})"
@@ -76,7 +85,7 @@ def check_choice(name: str, value, choices) -> None:
 class QuantConfig:
     """What to quantize and how.  ``op_types`` None: the mode's defaults (see ``op_types_for``)."""
 
-    mode: str = "dynamic"  # dynamic | static
+    mode: str = "dynamic"  # dynamic | static | int4 (weight-only MatMulNBits)
     format: str = "qdq"  # qdq | qoperator (static only; dynamic is always operator-based)
     method: str = "minmax"  # minmax | percentile | entropy (static only)
     per_channel: bool = False
@@ -85,9 +94,16 @@ class QuantConfig:
     activation_type: str = "uint8"
     op_types: tuple[str, ...] | None = None
     exclude: frozenset[str] = field(default_factory=frozenset)
+    block_size: int = 32  # int4: weights per quantization block along K (a power of 2, >= 16)
+    int4_method: str = "rtn"  # int4: rtn | hqq
+    equalized: bool = False  # built from the model after the equalize + smooth-quant passes
+    bias_correction: bool = False  # static QDQ: expected output shift of each weight removed from its bias
 
     def __post_init__(self):
-        check_choice("mode", self.mode, ("dynamic", "static"))
+        check_choice("mode", self.mode, ("dynamic", "static", "int4"))
+        check_choice("int4 method", self.int4_method, INT4_METHODS)
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UsageError(f"--block-size must be a power of 2 >= 16, got {self.block_size}")
         check_choice("format", self.format, FORMATS)
         from .calibrate import METHODS
 
@@ -98,23 +114,29 @@ class QuantConfig:
             why = op_types_problem(self.op_types, self.mode)
             if why:
                 raise UsageError(why)
+        if self.bias_correction and (self.mode != "static" or self.format != "qdq"):
+            raise UsageError("bias correction applies to static QDQ models (--mode static --format qdq)")
         if self.mode == "static" and self.activation_type == "int8" and self.weight_type == "uint8":
             raise UsageError("int8 activations with uint8 weights is not supported by ONNX Runtime; use --weight-type int8")
 
     @property
     def label(self) -> str:
+        if self.mode == "int4":
+            return f"int4 {self.int4_method} block {self.block_size}"
         if self.mode == "dynamic":
             base = "dynamic"
         else:
             base = "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
-        return base + (" reduce-range" if self.reduce_range else "")
+        return base + (" reduce-range" if self.reduce_range else "") + (" equalized" if self.equalized else "") + (" bias-corrected" if self.bias_correction else "")
 
     def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
         """The op types to quantize: explicit ``op_types``, else the mode's defaults.  On CPU,
         dynamic mode leaves Conv alone (ConvInteger is usually slower than FP32 there)."""
         if self.op_types is not None:
             return tuple(self.op_types)
+        if self.mode == "int4":
+            return int4_op_types()
         if self.mode == "dynamic":
             return tuple(t for t in dynamic_op_types() if not (t == "Conv" and provider == "cpu"))
         return static_op_types()
@@ -131,8 +153,14 @@ class QuantConfig:
         }
         if self.mode == "static":
             d.update(format=self.format, method=self.method, activation_type=self.activation_type)
+        if self.mode == "int4":
+            d = {"mode": "int4", "block_size": self.block_size, "int4_method": self.int4_method}
         if self.op_types is not None:
             d["op_types"] = list(self.op_types)
+        if self.equalized:
+            d["equalized"] = True
+        if self.bias_correction:
+            d["bias_correction"] = True
         if self.exclude:
             d["exclude"] = sorted(self.exclude)
         return d

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import onnx
@@ -21,11 +22,13 @@ from ..metrics import Budget, Evaluator
 from .config import WEIGHTED_OP_TYPES, QuantConfig
 from .ort_backend import quantize_with_ort, touched_nodes
 from .preprocess import WEIGHT_INPUTS
-from .sensitivity import BudgetFit, fit_budget, score_model
+from .sensitivity import BudgetFit, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
 from .validity import Fallback, build_valid, validate_candidate
 
-__all__ = ["CandidateBuilder", "CandidateResult", "evaluate_candidate"]
+__all__ = ["CandidateBuilder", "CandidateResult", "evaluate_candidate", "CACHED_MODELS"]
+
+CACHED_MODELS = 4  # quantized models a CandidateBuilder keeps (LRU)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class CandidateResult:
         if self.fit is not None:
             d["budget_search"] = self.fit.to_dict()
             d["excluded"] = self.fit.excluded
+            d["remedied"] = self.fit.remedied
         if timing:
             d["seconds"] = round(self.seconds, 3)
             d["speed"] = self.speed.to_dict() if self.speed else None
@@ -88,8 +92,12 @@ class CandidateBuilder:
     the FP32 outputs on it for the run-time validity check.
     """
 
-    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset()):
+    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset(), calibration=None, alt_ranges=None):
         self.base = base
+        self.calibration = calibration  # Dataset: per-channel input means for bias correction
+        self._means: dict | None = None
+        self.alt_ranges = alt_ranges  # callable -> {tensor: (lo, hi)}: the "range" remedy's ranges
+        self._alt: dict | None = None
         self.config = config
         self.ranges = ranges
         self.provider = provider
@@ -106,38 +114,109 @@ class CandidateBuilder:
         # reports name the input's op type: a Gemm rewritten as MatMul is still a Gemm there
         self.op_types.update({n: "Gemm" for n in converted_gemms if n in self.op_types})
         self.candidates = [n.name for n in base.graph.node if wanted(n) and n.name not in config.exclude]
+        if config.mode == "int4":  # only a MatMul with a constant 2-D weight becomes MatMulNBits
+            from .int4 import nbits_weight_nodes
+
+            nbits = set(nbits_weight_nodes(base))
+            self.candidates = [c for c in self.candidates if c in nbits]
         self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
         self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))
         inits = {t.name for t in base.graph.initializer}
         self.node_tensors = {n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))} for n in base.graph.node if n.name in set(self.candidates)}
         self.notes: list[str] = []
-        self._cache: dict[frozenset, tuple[onnx.ModelProto, list[Fallback]]] = {}
+        # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
+        # large model must not hold every model it tried
+        self._cache: OrderedDict = OrderedDict()
         self.builds = 0
 
-    def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None) -> onnx.ModelProto:
+    def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None, remedies: dict | None = None) -> onnx.ModelProto:
         self.builds += 1
-        return quantize_with_ort(self.base, self.config, ranges=self.ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude | self.implicit_exclude, per_tensor=per_tensor, op_types=self.ort_op_types, notes=self.notes)
+        remedies = remedies or {}
+        ranges = self.ranges
+        ranged = [n for n, r in remedies.items() if r == "range"]
+        if ranged:
+            alt = self._alt_ranges()
+            ranges = {**ranges, **{t: alt[t] for n in ranged for t in self._activations(n) if t in alt}}
+        per_channel = frozenset(n for n, r in remedies.items() if r == "per-channel")
+        return quantize_with_ort(self.base, self.config, ranges=ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude | self.implicit_exclude, per_tensor=per_tensor, op_types=self.ort_op_types, notes=self.notes, per_channel_nodes=per_channel)
+
+    def _activations(self, node: str) -> list[str]:
+        inits = {t.name for t in self.base.graph.initializer}
+        n = next((x for x in self.base.graph.node if x.name == node), None)
+        return [] if n is None else [t for t in list(n.input) + list(n.output) if t and t not in inits]
+
+    def _alt_ranges(self) -> dict:
+        if self._alt is None:
+            self._alt = dict(self.alt_ranges()) if self.alt_ranges is not None else {}
+        return self._alt
+
+    def remedy_options(self, node: str) -> list[str]:
+        """What the budget search may try for ``node`` before leaving it in float: its weight
+        per-channel (a per-tensor static QDQ model), its activations' per-tensor chosen
+        ranges (``--method auto``) where they differ from the model's."""
+        if self.config.mode != "static":
+            return []
+        out = []
+        if self.config.format == "qdq" and not self.config.per_channel and self.op_types.get(node) in WEIGHTED_OP_TYPES and node in self.node_tensors and self.node_tensors[node]:
+            out.append("per-channel")
+        if self.alt_ranges is not None and self.ranges:
+            alt = self._alt_ranges()
+            for t in self._activations(node):
+                a, b = alt.get(t), self.ranges.get(t)
+                if a and b and (abs(a[0] - b[0]) + abs(a[1] - b[1])) > 0.01 * max(b[1] - b[0], 1e-12):
+                    out.append("range")
+                    break
+        return out
 
     def validate(self, model: onnx.ModelProto) -> str | None:
         return validate_candidate(model, provider=self.provider, feed=self.feed, reference=self.reference)
 
-    def build(self, excluded: frozenset = frozenset()) -> tuple[onnx.ModelProto, list[Fallback]]:
-        key = frozenset(excluded)
-        if key not in self._cache:
+    def build(self, excluded: frozenset = frozenset(), remedies: dict | None = None) -> tuple[onnx.ModelProto, list[Fallback]]:
+        rem = tuple(sorted((remedies or {}).items()))
+        key = (frozenset(excluded), rem) if rem else frozenset(excluded)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
             can_per_tensor = self.config.mode == "static" and self.config.format == "qdq"
+            raw = self.raw if not rem else (lambda ex, pt, only: self.raw(ex, pt, only, dict(rem)))
             self._cache[key] = build_valid(
-                self.raw,
-                [c for c in self.candidates if c not in key],
+                raw,
+                [c for c in self.candidates if c not in excluded],
                 validate=self.validate,
                 node_tensors=self.node_tensors,
                 op_types=self.op_types,
                 per_channel=self.config.per_channel,
                 can_per_tensor=can_per_tensor,
-                exclude=key,
+                exclude=frozenset(excluded),
                 max_builds=self.max_builds,
                 label=self.config.label,
             )
+            if self.config.bias_correction:
+                self._cache[key] = (self._corrected(self._cache[key][0]), self._cache[key][1])
+            while len(self._cache) > CACHED_MODELS:
+                self._cache.popitem(last=False)
         return self._cache[key]
+
+    def _corrected(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """``model`` with its biases corrected (``bias_correction``), on a copy."""
+        import copy
+
+        from ..data import dataset_for
+        from .bias_correction import correct_biases, inputs_to_correct
+        from .collect import collect_channel_stats
+
+        if self.calibration is None:
+            raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
+        if self._means is None:
+            ds = self.calibration.view() if hasattr(self.calibration, "view") else self.calibration
+            stats = collect_channel_stats(self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
+            self._means = {k: v.mean for k, v in stats.items()}
+        out = copy.deepcopy(model)
+        done, notes = correct_biases(out, self.base, self._means)
+        line = f"bias correction: {done} layer(s) corrected" + (f"; {len(notes)} left alone ({notes[0]}{' ...' if len(notes) > 1 else ''})" if notes else "")
+        if line not in self.notes:
+            self.notes.append(line)
+        return out
 
     def __call__(self, excluded: frozenset = frozenset()) -> onnx.ModelProto:
         return self.build(excluded)[0]
@@ -189,10 +268,12 @@ def evaluate_candidate(
     try:
         if budget is not None:
             fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, search_evaluator=search_evaluator, max_evals=max_evals, how=how, op_types=builder.op_types)
+            if fit.excluded:
+                fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
             res.fit = fit
             model = fit.model
             excluded = frozenset(e["node"] for e in fit.excluded)
-            fallbacks = builder.build(excluded)[1]
+            fallbacks = builder.build(excluded, fit.remedies)[1]
             res.quantized = touched_nodes(builder.base, model, builder.candidates)
             res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
             res.rel_l2 = score_model(evaluator, model)[1]

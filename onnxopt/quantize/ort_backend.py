@@ -113,8 +113,9 @@ def _names_in_traceback(exc: BaseException) -> set[str]:
     return names
 
 
-def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nodes_to_quantize, exclude, per_tensor) -> dict:
-    """Per-channel overrides ``{weight: [{"axis": k}]}`` for the weighted nodes to quantize."""
+def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nodes_to_quantize, exclude, per_tensor, per_channel_nodes=None) -> dict:
+    """Per-channel overrides ``{weight: [{"axis": k}]}`` for the weighted nodes to quantize
+    (only those of ``per_channel_nodes`` when given: a per-tensor model's remedied nodes)."""
     inits = {t.name: t for t in model.graph.initializer}
     uses: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
@@ -125,6 +126,8 @@ def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nod
         if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or n.op_type not in op_types:
             continue
         if n.name in exclude or (nodes_to_quantize and n.name not in nodes_to_quantize) or len(n.input) < 2:
+            continue
+        if per_channel_nodes is not None and n.name not in per_channel_nodes:
             continue
         w = n.input[1]
         if w not in inits:
@@ -156,12 +159,14 @@ def quantize_with_ort(
     per_tensor: set[str] | frozenset = frozenset(),
     op_types: list[str] | None = None,
     notes: list[str] | None = None,
+    per_channel_nodes: set[str] | frozenset = frozenset(),
 ) -> onnx.ModelProto:
     """Quantize ``model`` (prepared: weights as initializers, shapes inferred) with ORT.
 
     Static mode needs ``ranges``.  ``exclude`` (plus ``config.exclude``) stay in float;
     ``nodes_to_quantize`` restricts to those nodes; ``per_tensor`` are weighted nodes that
-    must not be per-channel; ``op_types`` overrides ``config.op_types_for(provider)``.
+    must not be per-channel; ``per_channel_nodes`` get per-channel weights in a per-tensor
+    QDQ model (a budget-search remedy); ``op_types`` overrides ``config.op_types_for(provider)``.
     ORT errors become ``QuantizerFailure``.
     """
     from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
@@ -170,7 +175,9 @@ def quantize_with_ort(
     op_types = list(op_types) if op_types is not None else list(config.op_types_for(provider))
     excluded = sorted(set(exclude) | set(config.exclude))
     only = sorted(nodes_to_quantize) if nodes_to_quantize else []
-    args = dict(ranges=ranges, op_types=op_types, only=only, excluded=excluded, per_tensor=set(per_tensor))
+    if config.mode == "int4":
+        return _quantize_int4(model, config, only, excluded, notes)
+    args = dict(ranges=ranges, op_types=op_types, only=only, excluded=excluded, per_tensor=set(per_tensor), per_channel_nodes=set(per_channel_nodes))
     large = is_lazy(model)  # weights in files: ORT reads them from there (ort_lazy), the result spilled to a file
     out = None
     try:
@@ -197,7 +204,25 @@ def quantize_with_ort(
     return out
 
 
-def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types: list[str], only: list[str], excluded: list[str], per_tensor: set[str]) -> onnx.ModelProto:
+def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str], excluded: list[str], notes: list[str]) -> onnx.ModelProto:
+    """Weight-only INT4 (``int4.quantize_nbits``); a lazily loaded model is read in once and
+    its result spilled to a file like the INT8 path's."""
+    from ..errors import UnsupportedError
+    from .int4 import quantize_nbits
+
+    large = is_lazy(model)
+    try:
+        with capture_ort_logging(notes):
+            out = quantize_nbits(_reload_large(model) if large else model, block_size=config.block_size, method=config.int4_method, nodes=only or None, exclude=excluded)
+    except UnsupportedError:
+        raise
+    except Exception as exc:
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+        raise QuantizerFailure(f"ONNX Runtime's MatMulNBits quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
+    return _spill(out) if large else out
+
+
+def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types: list[str], only: list[str], excluded: list[str], per_tensor: set[str], per_channel_nodes: set[str] = frozenset()) -> onnx.ModelProto:
     """ORT's ``ONNXQuantizer`` / ``QDQQuantizer`` on ``m`` (shape-inferred, ORT's "inferred"
     mark set); returns ORT's model (``m`` may be changed)."""
     from onnxruntime.quantization.quant_utils import (
@@ -228,6 +253,8 @@ def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types:
         if config.format == "qdq" and config.per_channel:
             extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor)
             per_channel = False
+        elif config.format == "qdq" and per_channel_nodes:
+            extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor, per_channel_nodes)
         fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
         m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
         check_static_quant_arguments(fmt, at, wt)

@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _QuantizeConfig:
-    mode: str = field(default="dynamic", metadata={"choices": ("auto", "dynamic", "static")})
+    mode: str = field(default="dynamic", metadata={"choices": ("auto", "dynamic", "static", "int4")})
     format: str = field(default="qdq", metadata={"choices": ("qdq", "qoperator")})
-    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy")})
+    method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy", "auto")})
     per_channel: bool = False
     reduce_range: bool = False
     weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
@@ -29,6 +29,11 @@ class _QuantizeConfig:
     allow_slower: bool = True
     batch: int = 32
     preprocess: bool = True
+    block_size: int = 32
+    int4_method: str = field(default="rtn", metadata={"choices": ("rtn", "hqq")})
+    allow_collapse: bool = False
+    equalize: str = field(default="auto", metadata={"choices": ("auto", "always", "off")})
+    bias_correction: bool = False
 
     def check(self):
         if self.batch <= 0:
@@ -41,7 +46,7 @@ class _QuantizeConfig:
 
 
 class QuantizePass(Pass):
-    """INT8 quantization with ONNX Runtime (dynamic / static / auto), repaired to validity.
+    """INT8 quantization with ONNX Runtime (dynamic / static / auto; int4 weight-only), repaired to validity.
 
     Static mode needs calibration data in the context (``onnxopt run --calibration``;
     dynamic mode, the default, runs without it: it is listed in ``needs`` for static); with
@@ -88,6 +93,11 @@ class QuantizePass(Pass):
             preprocess=c.preprocess,
             timing=c.mode == "auto" or not c.allow_slower,
             seed=ctx.seed,
+            block_size=c.block_size,
+            int4_method=c.int4_method,
+            allow_collapse=c.allow_collapse,
+            equalize=c.equalize,
+            bias_correction=c.bias_correction,
         )
         rep = res.report
         chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)

@@ -36,7 +36,9 @@ import onnx
 
 from ..metrics import Budget, Evaluator
 
-__all__ = ["NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "fit_budget"]
+__all__ = ["NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES"]
+
+MAX_REMEDY_TRIES = 12  # models built and scored by apply_remedies at most
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,12 @@ class BudgetFit:
     search_samples: int = 0
     samples: int = 0
     history: list[dict] = field(default_factory=list)
+    remedies: dict[str, str] = field(default_factory=dict)  # node -> remedy that kept it quantized
+    remedied: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
+            "remedied": self.remedied,
             "met": self.met,
             "metric": self.metric,
             "reference_score": self.reference_score,
@@ -161,12 +166,15 @@ def fit_budget(
     """
     search = search_evaluator or evaluator
     op_types = op_types or {}
+    # the last model only: ``build`` (a CandidateBuilder) keeps its own small cache, and a
+    # dict of every model tried grows by one model per evaluation (GBs on an encoder)
     cache: dict[frozenset, onnx.ModelProto] = {}
     evals = 0
     history: list[dict] = []
 
     def get(excluded: frozenset) -> onnx.ModelProto:
         if excluded not in cache:
+            cache.clear()
             cache[excluded] = build(excluded)
         return cache[excluded]
 
@@ -261,6 +269,57 @@ def fit_budget(
         if comparable and (sc > best[1] or (sc == best[1] and len(ex) < len(best[0]))):
             best = (ex, sc)
     return result(best[0], best[1], False, effects)
+
+
+def apply_remedies(
+    fit: BudgetFit,
+    build: Callable[[frozenset, dict], onnx.ModelProto],
+    options: Callable[[str], list[str]],
+    budget: Budget,
+    evaluator: Evaluator,
+    *,
+    max_tries: int = MAX_REMEDY_TRIES,
+) -> BudgetFit:
+    """Try to quantize the nodes ``fit`` left in float, most sensitive first, with a remedy
+    instead (``options(node)``: ``per-channel``, ``range``): a remedy is kept when the model
+    with the node quantized that way still meets the budget (when ``fit`` met it) or scores
+    higher (when it did not), on the full evaluation data.  Each excluded entry gets
+    ``remedy`` (what was kept, or ``float``) and ``remedies_tried``; remedied nodes move to
+    ``fit.remedied``.  At most ``max_tries`` models are built and scored."""
+    excluded = {e["node"] for e in fit.excluded}
+    remedies: dict[str, str] = {}
+    score, model, tries = fit.score, fit.model, 0
+    order = sorted(fit.excluded, key=lambda e: -(e.get("gain") or 0.0))
+    for e in order:
+        e["remedy"], e["remedies_tried"] = "float", []
+        for remedy in options(e["node"]):
+            if tries >= max_tries:
+                break
+            tries += 1
+            trial_ex, trial_rem = frozenset(excluded - {e["node"]}), {**remedies, e["node"]: remedy}
+            try:
+                m = build(trial_ex, trial_rem)
+                s = evaluator.score(m)
+            except Exception as exc:  # a remedy the quantizer cannot build is just not taken
+                log.info("remedy %s for %s not built: %s", remedy, e["node"], exc)
+                e["remedies_tried"].append(remedy)
+                continue
+            e["remedies_tried"].append(remedy)
+            good = (evaluator.reference_score - s <= budget.max_drop + 1e-9) if fit.met else s > score
+            if good:
+                excluded, remedies, score, model = set(trial_ex), trial_rem, s, m
+                e["remedy"] = remedy
+                break
+    fit.evaluations += tries
+    if not remedies:
+        return fit
+    fit.remedied = [{**e, "score_after": score} for e in fit.excluded if e["node"] in remedies]
+    fit.excluded = [e for e in fit.excluded if e["node"] not in remedies]
+    fit.remedies, fit.model, fit.score = remedies, model, score
+    fit.drop = fit.reference_score - score
+    fit.met = fit.drop <= budget.max_drop + 1e-9
+    fit.history.append({"remedied": len(remedies), "score": score})
+    return fit
 
 
 def _samples(ev: Evaluator) -> int:

@@ -38,6 +38,7 @@ def test_mlp_guarantee_and_table(mlp_result):
         "int8-dynamic-ort",
         "int8-static",
         "int8-static-per-channel",
+        "int4",
         "ort-offline",
     ]
     chosen = [r for r in d["rows"] if r["status"] == "chosen"]

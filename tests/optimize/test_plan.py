@@ -33,7 +33,7 @@ def _write(tmp_path, body):
 @pytest.mark.parametrize(
     "body, match",
     [
-        ('[optimize]\ncandidates = ["int4"]\n', "unknown candidate"),
+        ('[optimize]\ncandidates = ["int2"]\n', "unknown candidate"),
         ("[optimize]\nmin_ratio = 0\n", "min_ratio"),
         ('[optimize]\nbatch = "x"\n', "wrong type"),
         (
@@ -42,6 +42,7 @@ def _write(tmp_path, body):
         ),
         ('[optimize]\n[optimize.int8-static]\nmethod = "histo"\n', "not one of"),
         ("[optimize]\n[optimize.bogus]\nx = 1\n", "unknown table"),
+        ('[optimize]\ncandidates = ["int4"]\n[optimize.int4]\nblock_size = 24\n', "power of 2"),
     ],
 )
 def test_bad_tables(tmp_path, body, match):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onnxopt.data import Dataset, load_data
-from onnxopt.errors import UsageError
+from onnxopt.errors import BudgetError, UsageError
 from onnxopt.quantize.api import quantize
 from onnxopt.quantize.collect import _batch_count
 from onnxopt.quantize.preprocess import map_node_names, node_names, prepare
@@ -93,18 +93,32 @@ def test_generated_node_names_can_be_excluded():
         quantize(m, mode="dynamic", exclude_nodes=["MatMul_9"], **FAST)
 
 
-def test_a_collapse_without_budget_is_written_with_a_warning(tmp_path, invoke):
+def test_a_collapse_is_refused_unless_allowed(tmp_path, invoke):
+    """Static INT8 of a 1000-class Softmax collapses (cosine < 0.5 against FP32 on the
+    calibration data): refused with exit 3 and the score named, written with a warning
+    under --allow-collapse; within a budget the Softmax stays in float instead."""
     m = wide_softmax()
     np.savez(tmp_path / "d.npz", **data_for(m, 32))
-    r = quantize(m, mode="static", calibration=tmp_path / "d.npz", metric="cosine", preprocess=False, **FAST)
+    with pytest.raises(BudgetError, match=r"collapsed: cosine against FP32 on the calibration data static per-tensor 0\.[0-4]\d") as err:
+        quantize(m, mode="static", calibration=tmp_path / "d.npz", metric="cosine", preprocess=False, **FAST)
+    rep = err.value.details["report"]
+    assert rep["candidates"][0]["status"] == "collapsed" and rep["collapse_check"]["scores"]["static per-tensor"] < 0.5
+    r = quantize(m, mode="static", calibration=tmp_path / "d.npz", metric="cosine", preprocess=False, allow_collapse=True, **FAST)
     assert r.report["candidates"][0]["drop"] > 50
+    assert any(n.startswith("warning: static per-tensor has collapsed") for n in r.report["notes"])
     assert any(n.startswith("warning: static per-tensor loses") for n in r.report["notes"])
     src, out = save(m, tmp_path / "m.onnx"), tmp_path / "q.onnx"
-    res = invoke("quantize", src, "-o", out, "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric", "cosine", "--allow-slower", "--no-preprocess")
-    assert res.exit_code == 0 and "warning: static per-tensor loses" in res.output
+    args = ("quantize", src, "-o", out, "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric", "cosine", "--allow-slower", "--no-preprocess")
+    res = invoke(*args)
+    assert res.exit_code == 3 and "collapsed" in res.output and "--allow-collapse" in res.output, res.output
+    assert not out.exists()
+    res = invoke(*args, "--allow-collapse")
+    assert res.exit_code == 0 and "warning: static per-tensor has collapsed" in res.output, res.output
+    assert out.exists()
     # within a budget: no warning (the Softmax stays in float instead)
     ok = quantize(m, mode="static", calibration=tmp_path / "d.npz", metric="cosine", max_accuracy_drop=1.0, preprocess=False, **FAST)
     assert not any(n.startswith("warning:") for n in ok.report["notes"])
+    assert ok.report["collapse_check"]["scores"]["static per-tensor"] >= 0.99
 
 
 def test_model_type_fuses_before_quantizing():
