@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from realdata import disk_files, encoder_feed, magika_features, ocr_lines, sentences  # noqa: E402
 from realmodels import CACHE, fetch, npz  # noqa: E402
 
-from onnxopt.render import table  # noqa: E402
 from onnxopt.data import Dataset, dataset_for  # noqa: E402
 from onnxopt.metrics import Evaluator  # noqa: E402
 from onnxopt.quantize.api import quantize  # noqa: E402
 from onnxopt.quantize.speed import measure_speed  # noqa: E402
+from onnxopt.render import table  # noqa: E402
 
 __all__ = ["run_real"]
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..graph import attribute
 from .weights import WeightStore
 
 __all__ = [
