@@ -20,13 +20,14 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from ..core.provenance import write_provenance
+from ..core.public import check_options
 from ..core.result import Result
 from ..data import Dataset, load_data
 from ..errors import (
@@ -235,10 +236,7 @@ def adapt(model, data, *, eval_data=None, **options) -> Result:
     ``DataError`` / ``UnsupportedError`` (exit 2) for bad input and ``VerificationError``
     (exit 3) when the emitted model fails verification.
     """
-    unknown = sorted(set(options) - {f.name for f in fields(AdaptConfig)})
-    if unknown:
-        raise TypeError(f"adapt() got unexpected keyword argument(s) {', '.join(unknown)}")
-    cfg = AdaptConfig(**options).validate()
+    cfg = AdaptConfig(**check_options(AdaptConfig, "adapt", options)).validate()
     t_start = time.perf_counter()
     m, path = resolve_model(model)
     if not m.graph.output:

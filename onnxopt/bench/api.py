@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from ..core.progress import progress
+from ..core.public import check_options
 from ..core.result import Result
 from ..data import DEFAULT_BATCH, Dataset, input_specs, load_data, synthesize
 from ..errors import DataError, ModelError, OnnxoptError, UsageError
@@ -57,6 +58,7 @@ from .timing import MIN_PAIRED_BLOCKS, latency_summary, measure_interleaved, spe
 
 __all__ = [
     "bench",
+    "BenchConfig",
     "compare_latency",
     "BenchResult",
     "SCHEMA_VERSION",
@@ -235,31 +237,9 @@ def _model_info(e: _Entry) -> dict:
     }
 
 
-@blaming_members("models")
-def bench(
-    models,
-    *,
-    provider: str = "cpu",
-    data=None,
-    shapes: dict | None = None,
-    batches: list[int] | None = None,
-    threads: int | None = None,
-    runs: int | None = None,
-    duration: float | None = None,
-    warmup: int = 10,
-    concurrency: int = 1,
-    io_binding: bool | None = None,
-    baseline=None,
-    cudnn_conv_algo_search: str | None = None,
-    seed: int = 0,
-    names: list[str] | None = None,
-    block: int = 5,
-    throughput: bool = True,
-    accuracy: bool = True,
-    model_options: bool = True,
-    cold_start: int = 0,
-) -> BenchResult:
-    """Benchmark ``models`` (paths or protos) side by side; see the module docstring.
+@dataclass
+class BenchConfig:
+    """The options of ``bench`` (see its docstring); ``validate`` checks them (exit 2).
 
     ``runs`` timed runs per model and batch, or for ``duration`` seconds per batch size
     (both: whichever comes first; neither: 200 runs capped at 10 s).  ``batches`` sweeps
@@ -268,263 +248,334 @@ def bench(
     added first); default the first model.  ``model_options``: each session is built with the
     options its model carries (``onnxopt tune``; ``threads`` still overrides intra-op
     threads), False: ORT's defaults for all.  ``cold_start``: repeats of the cold-start
-    measurement per model in fresh subprocesses (0: none).  Raises ``ModelError`` / ``DataError`` /
-    ``ProviderError`` / ``UsageError`` for bad input before anything is measured.
+    measurement per model in fresh subprocesses (0: none).
     """
-    t_start = time.perf_counter()
-    _check_args(runs, duration, warmup, concurrency, threads, batches, block)
-    if not isinstance(cold_start, int) or cold_start < 0:
-        raise UsageError(f"cold_start must be a number of repeats >= 0, got {cold_start!r}")
-    if runs is None and duration is None:
-        runs_eff, duration_eff = DEFAULT_RUNS, DEFAULT_DURATION
-    else:
-        runs_eff, duration_eff = runs, duration
-    prov = resolve_provider(provider)
+
+    provider: str = "cpu"
+    data: object = None
+    shapes: dict | None = None
+    batches: list[int] | None = None
+    threads: int | None = None
+    runs: int | None = None
+    duration: float | None = None
+    warmup: int = 10
+    concurrency: int = 1
+    io_binding: bool | None = None
+    baseline: object = None
+    cudnn_conv_algo_search: str | None = None
+    seed: int = 0
+    names: list[str] | None = None
+    block: int = 5
+    throughput: bool = True
+    accuracy: bool = True
+    model_options: bool = True
+    cold_start: int = 0
+
+    def validate(self) -> BenchConfig:
+        _check_args(self.runs, self.duration, self.warmup, self.concurrency, self.threads, self.batches, self.block)
+        if not isinstance(self.cold_start, int) or self.cold_start < 0:
+            raise UsageError(f"cold_start must be a number of repeats >= 0, got {self.cold_start!r}")
+        return self
+
+
+@dataclass
+class _Device:
+    """The provider resolved, and what follows from it (CUDA options, I/O binding)."""
+
+    provider: str
+    io_binding: bool
+    cuda_options: dict
+    notes: list[str]
+
+    @property
+    def name(self) -> str:
+        return "cuda" if self.provider == "cuda" else "cpu"
+
+    def invoker(self, session, feed) -> Invoker:
+        return Invoker(session, feed, io_binding=self.io_binding, device=self.name, device_id=self.cuda_options.get("device_id", 0))
+
+
+def _device(cfg: BenchConfig) -> _Device:
+    prov = resolve_provider(cfg.provider)
     notes: list[str] = []
-    warnings: list[str] = []
-    if cudnn_conv_algo_search is not None:
-        cudnn_conv_algo_search = str(cudnn_conv_algo_search).upper()
-        if cudnn_conv_algo_search not in CUDNN_SEARCH:
-            raise UsageError(
-                f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH)}, got {cudnn_conv_algo_search!r}"
-            )
+    search = cfg.cudnn_conv_algo_search
+    if search is not None:
+        search = str(search).upper()
+        if search not in CUDNN_SEARCH:
+            raise UsageError(f"cudnn_conv_algo_search must be one of {', '.join(CUDNN_SEARCH)}, got {search!r}")
         if prov != "cuda":
-            if (provider or "cpu").lower() == "cpu":
+            if (cfg.provider or "cpu").lower() == "cpu":
                 raise UsageError("cudnn_conv_algo_search applies to --provider cuda only")
             notes.append("cudnn_conv_algo_search ignored: 'auto' resolved to the CPU provider")
     cuda_options: dict = {}
     if prov == "cuda":
         cuda_options["device_id"] = 0
-        if cudnn_conv_algo_search is not None and prov == "cuda":
-            cuda_options["cudnn_conv_algo_search"] = cudnn_conv_algo_search
-    if io_binding is None:
-        io_binding = prov == "cuda"
-    device = "cuda" if prov == "cuda" else "cpu"
+        if search is not None:
+            cuda_options["cudnn_conv_algo_search"] = search
+    io_binding = prov == "cuda" if cfg.io_binding is None else cfg.io_binding
     if prov == "cuda" and not io_binding:
-        notes.append(
-            "CUDA without I/O binding: every run copies inputs to the device and outputs back (included in the latency)"
-        )
+        notes.append("CUDA without I/O binding: every run copies inputs to the device and outputs back (included in the latency)")
+    return _Device(prov, io_binding, cuda_options, notes)
 
-    entries, base = _load_entries(models, names, baseline)
-    n = len(entries)
+
+@dataclass
+class _Plan:
+    """What will be measured: the models, DATA and its view per model, the batch
+    configurations, and per (configuration, model) a ``(feed, notes)`` or the reason it is
+    skipped."""
+
+    entries: list[_Entry]
+    base: int
+    ds: Dataset | None
+    views: list
+    cfgs: list
+    shapes: dict | None
+    feeds: list[list]
+
+
+def _plan(models, cfg: BenchConfig) -> _Plan:
+    """Load the models and DATA and build every feed, before anything is timed (bad input
+    fails here)."""
+    entries, base = _load_entries(models, cfg.names, cfg.baseline)
     ds = None
-    views: list = [None] * n
-    if data is not None:
-        ds = data if isinstance(data, Dataset) else load_data(data)
+    views: list = [None] * len(entries)
+    if cfg.data is not None:
+        ds = cfg.data if isinstance(cfg.data, Dataset) else load_data(cfg.data)
         for i, e in enumerate(entries):
             try:
                 views[i] = dataset_view(ds).validate(e.proto)
             except DataError as exc:
-                raise DataError(
-                    f"does not fit model '{e.name}': {exc.message}", exc.path or data
-                ) from exc
-    cfgs = list(dict.fromkeys(int(b) for b in batches)) if batches else [None]
-    shapes = {k: tuple(v) for k, v in shapes.items()} if shapes else None
-
-    # feeds of every configuration, before anything is timed (bad input fails here)
-    plan: list[list] = []
+                raise DataError(f"does not fit model '{e.name}': {exc.message}", exc.path or cfg.data) from exc
+    cfgs = list(dict.fromkeys(int(b) for b in cfg.batches)) if cfg.batches else [None]
+    shapes = {k: tuple(v) for k, v in cfg.shapes.items()} if cfg.shapes else None
+    feeds: list[list] = []
     for b in cfgs:
         row = []
         for i, e in enumerate(entries):
             try:
-                feed, fnotes = make_feed(e.proto, views[i], shapes, b, seed=seed)
-                row.append((feed, fnotes))
+                row.append(make_feed(e.proto, views[i], shapes, b, seed=cfg.seed))
             except SkipConfig as skip:
                 row.append(str(skip))
             except DataError as exc:
                 raise DataError(f"model '{e.name}': {exc.message}", exc.path) from exc
-        plan.append(row)
-    if not any(isinstance(x, tuple) for row in plan for x in row):
-        reasons = sorted({x for row in plan for x in row if isinstance(x, str)})
+        feeds.append(row)
+    if not any(isinstance(x, tuple) for row in feeds for x in row):
+        reasons = sorted({x for row in feeds for x in row if isinstance(x, str)})
         raise UsageError("every configuration was skipped: " + "; ".join(reasons))
+    return _Plan(entries, base, ds, views, cfgs, shapes, feeds)
 
-    load_before = load_average()
-    peaks = [peak_rss_bytes()]  # the probes reset the kernel's counter: keep the maximum
-    w = oversubscription_warning(threads, concurrency, prov)
-    if w:
-        warnings.append(w)
-    w = busy_warning()
-    if w:
-        warnings.append(w)
-    for msg in warnings:
-        log.info("%s", msg)
 
-    infos = [_model_info(e) for e in entries]
-    configs = [_session_config(e, model_options, threads) for e in entries]
-    for i, cfg in enumerate(configs):
-        infos[i]["session_options"] = cfg.to_dict() if cfg is not None else None
-        infos[i]["session_options_source"] = "model" if cfg is not None else "default"
-    sessions: list = [None] * n
-    invokers: dict[tuple[int, int], Invoker] = {}
-    first: dict[tuple[int, int], float] = {}
-    measured: dict[int, tuple[list[int], object]] = {}
-    thr: dict[tuple[int, int], dict] = {}
-    acc_blocks: list[dict] | None = None
-    interrupted = False
-    prime_s = None
-    phase = "sessions"
-    try:
-        # phase 2: sessions, first run at every shape, memory growth
-        prime_s = prime_runtime(prov, threads=threads, cuda_options=cuda_options or None)
-        for i, e in progress(list(enumerate(entries)), desc="bench sessions", unit="model"):
-            with MemoryProbe(
-                gpu=prov == "cuda", device_id=cuda_options.get("device_id", 0)
-            ) as probe:
-                sessions[i], secs = open_session(
-                    e.src, prov, threads=threads, cuda_options=cuda_options or None, config=configs[i]
-                )
-                infos[i]["session_create_ms"] = secs * 1e3
-                for c in range(len(cfgs)):
-                    if not isinstance(plan[c][i], tuple):
-                        continue
-                    feed = plan[c][i][0]
-                    try:
-                        inv = Invoker(
-                            sessions[i],
-                            feed,
-                            io_binding=io_binding,
-                            device=device,
-                            device_id=cuda_options.get("device_id", 0),
-                        )
-                        first[(i, c)] = time_once(inv.call)
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:
-                        shp = {k: list(v.shape) for k, v in feed.items()}
-                        hint = ""
-                        if any("for a realistic size" in x for x in plan[c][i][1]):
-                            hint = "; symbolic dims were discovered by probing the first model: give --shape NAME:D1,D2,... or --data"
-                        raise ModelError(
-                            f"onnxruntime failed to run the model on inputs {shp}: {ort_message(exc, 300)}{hint}",
-                            e.path,
-                        ) from exc
-                    invokers[(i, c)] = inv
-            infos[i]["memory"] = probe.to_dict()
-            peaks.append(infos[i]["memory"]["peak_rss_bytes"])
-        # phase 3: per batch size, warm-up then interleaved latency, then throughput
-        phase = "latency"
-        for c, b in enumerate(cfgs):
-            active = [i for i in range(n) if (i, c) in invokers]
-            if not active:
-                continue
-            for i in active:
-                warm(invokers[(i, c)].call, warmup)
-            calls = [invokers[(i, c)].call for i in active]
-            m = measure_interleaved(
-                lambda k, calls=calls: calls[k](),
-                len(active),
-                runs=runs_eff,
-                duration=duration_eff,
-                block=block,
-                shuffle_seed=seed + c,
-                catch_interrupt=True,
-                progress_desc=f"bench batch {b if b is not None else 'default'}",
-            )
-            measured[c] = (active, m)
-            if len(active) > 1 and m.rounds < MIN_PAIRED_BLOCKS:
-                notes.append(
-                    f"batch {b if b is not None else 'default'}: {m.rounds} complete round(s) of {block} runs "
-                    f"(< {MIN_PAIRED_BLOCKS}): each CI is the union of the paired-block and the "
-                    "independent bootstrap intervals (wider, still approximate); more --runs or "
-                    "--duration give tighter ones"
-                )
-            if m.interrupted:
-                interrupted = True
-                notes.append(
-                    f"interrupted by Ctrl-C while timing batch {b if b is not None else 'default'}: "
-                    f"{min(len(x) for x in m.latencies)} to {max(len(x) for x in m.latencies)} runs per model measured"
-                )
-                break
-            if throughput:
-                phase = "throughput"
-                workers = []
-                for i in active:
-                    feed = plan[c][i][0]
-                    extra = [
-                        Invoker(
-                            sessions[i],
-                            feed,
-                            io_binding=io_binding,
-                            device=device,
-                            device_id=cuda_options.get("device_id", 0),
-                        ).call
-                        for _ in range(concurrency - 1)
-                    ]
-                    workers.append([invokers[(i, c)].call, *extra])
-                bsz = [feed_batch(entries[i].proto, plan[c][i][0]) or 1 for i in active]
-                iters = [
-                    max(2, math.ceil(len(m.latencies[k]) / (THROUGHPUT_ROUNDS * concurrency)))
-                    for k in range(len(active))
-                ]
-                for k, t in enumerate(
-                    measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=seed + c)
-                ):
-                    thr[(active[k], c)] = t
-                phase = "latency"
-        # cold start in fresh subprocesses, after the timed phases (it would disturb them)
-        if cold_start and not interrupted:
-            phase = "cold start"
-            _cold_start(entries, plan, configs, infos, prov, threads, cold_start)
-        # phase 4: accuracy
-        if accuracy and not interrupted:
-            phase = "accuracy"
-            acc_blocks = _accuracy(entries, sessions, views, ds, shapes, base, seed)
-    except KeyboardInterrupt:
-        interrupted = True
-        notes.append(
-            f"interrupted by Ctrl-C during the {phase} phase: figures below are what was measured until then"
+@blaming_members("models")
+def bench(models, **options) -> BenchResult:
+    """Benchmark ``models`` (paths or protos) side by side; see the module docstring.
+
+    Options (``BenchConfig``): ``provider``, ``data``, ``shapes``, ``batches``, ``threads``,
+    ``runs``, ``duration``, ``warmup``, ``concurrency``, ``io_binding``, ``baseline``,
+    ``cudnn_conv_algo_search``, ``seed``, ``names``, ``block``, ``throughput``,
+    ``accuracy``, ``model_options``, ``cold_start``.
+
+    Stages: check the options and resolve the provider, plan (models, DATA, every feed),
+    measure (sessions and first runs, interleaved latency and throughput per batch size, cold
+    start, accuracy; a Ctrl-C ends it with what was measured), report.  Raises
+    ``ModelError`` / ``DataError`` / ``ProviderError`` / ``UsageError`` for bad input before
+    anything is measured.
+    """
+    t_start = time.perf_counter()
+    cfg = BenchConfig(**check_options(BenchConfig, "bench", options)).validate()
+    dev = _device(cfg)
+    plan = _plan(models, cfg)
+    run = _Run(cfg, dev, plan)
+    run.measure()
+    results, samples = _results(plan.entries, plan.cfgs, plan.feeds, run.first, run.measured, run.thr, plan.base, cfg.block, cfg.seed)
+    report = run.report(results, time.perf_counter() - t_start)
+    return BenchResult(None, report, ok=not run.interrupted, samples=samples)
+
+
+class _Run:
+    """The measuring phases of one ``bench`` call and what they measured."""
+
+    def __init__(self, cfg: BenchConfig, dev: _Device, plan: _Plan):
+        self.cfg, self.dev, self.plan = cfg, dev, plan
+        if cfg.runs is None and cfg.duration is None:
+            self.runs, self.duration = DEFAULT_RUNS, DEFAULT_DURATION
+        else:
+            self.runs, self.duration = cfg.runs, cfg.duration
+        self.notes: list[str] = list(dev.notes)
+        self.load_before = load_average()
+        self.peaks = [peak_rss_bytes()]  # the probes reset the kernel's counter: keep the maximum
+        self.warnings = [w for w in (oversubscription_warning(cfg.threads, cfg.concurrency, dev.provider), busy_warning()) if w]
+        for msg in self.warnings:
+            log.info("%s", msg)
+        self.infos = [_model_info(e) for e in plan.entries]
+        self.configs = [_session_config(e, cfg.model_options, cfg.threads) for e in plan.entries]
+        for info, sc in zip(self.infos, self.configs, strict=True):
+            info["session_options"] = sc.to_dict() if sc is not None else None
+            info["session_options_source"] = "model" if sc is not None else "default"
+        self.sessions: list = [None] * len(plan.entries)
+        self.invokers: dict[tuple[int, int], Invoker] = {}
+        self.first: dict[tuple[int, int], float] = {}
+        self.measured: dict[int, tuple[list[int], object]] = {}
+        self.thr: dict[tuple[int, int], dict] = {}
+        self.acc_blocks: list[dict] | None = None
+        self.interrupted = False
+        self.prime_s = None
+        self.phase = "sessions"
+
+    def measure(self) -> None:
+        """Phases 2-4 (module docstring); a Ctrl-C ends them, keeping what was measured."""
+        cfg, plan = self.cfg, self.plan
+        try:
+            self.prime_s = prime_runtime(self.dev.provider, threads=cfg.threads, cuda_options=self.dev.cuda_options or None)
+            for i, e in progress(list(enumerate(plan.entries)), desc="bench sessions", unit="model"):
+                self.open(i, e)
+            self.phase = "latency"
+            for c, b in enumerate(plan.cfgs):
+                if not self.time_batch(c, b):
+                    break
+            # cold start in fresh subprocesses, after the timed phases (it would disturb them)
+            if cfg.cold_start and not self.interrupted:
+                self.phase = "cold start"
+                _cold_start(plan.entries, plan.feeds, self.configs, self.infos, self.dev.provider, cfg.threads, cfg.cold_start)
+            if cfg.accuracy and not self.interrupted:
+                self.phase = "accuracy"
+                self.acc_blocks = _accuracy(plan.entries, self.sessions, plan.views, plan.ds, plan.shapes, plan.base, cfg.seed)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.notes.append(f"interrupted by Ctrl-C during the {self.phase} phase: figures below are what was measured until then")
+
+    def open(self, i: int, e: _Entry) -> None:
+        """Model ``i``'s session (timed) and its first run at every shape, inside a memory probe."""
+        dev, plan = self.dev, self.plan
+        with MemoryProbe(gpu=dev.provider == "cuda", device_id=dev.cuda_options.get("device_id", 0)) as probe:
+            self.sessions[i], secs = open_session(e.src, dev.provider, threads=self.cfg.threads, cuda_options=dev.cuda_options or None, config=self.configs[i])
+            self.infos[i]["session_create_ms"] = secs * 1e3
+            for c in range(len(plan.cfgs)):
+                item = plan.feeds[c][i]
+                if not isinstance(item, tuple):
+                    continue
+                try:
+                    inv = dev.invoker(self.sessions[i], item[0])
+                    self.first[(i, c)] = time_once(inv.call)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    raise _run_failed(exc, item, e) from exc
+                self.invokers[(i, c)] = inv
+        self.infos[i]["memory"] = probe.to_dict()
+        self.peaks.append(self.infos[i]["memory"]["peak_rss_bytes"])
+
+    def time_batch(self, c: int, b) -> bool:
+        """Warm-up, interleaved latency, then throughput at configuration ``c``; False when
+        interrupted."""
+        cfg = self.cfg
+        active = [i for i in range(len(self.plan.entries)) if (i, c) in self.invokers]
+        if not active:
+            return True
+        for i in active:
+            warm(self.invokers[(i, c)].call, cfg.warmup)
+        calls = [self.invokers[(i, c)].call for i in active]
+        label = b if b is not None else "default"
+        m = measure_interleaved(
+            lambda k, calls=calls: calls[k](),
+            len(active),
+            runs=self.runs,
+            duration=self.duration,
+            block=cfg.block,
+            shuffle_seed=cfg.seed + c,
+            catch_interrupt=True,
+            progress_desc=f"bench batch {label}",
         )
-    env = capture(
-        prov,
-        session=next((s for s in sessions if s is not None), None),
-        threads=threads,
-        concurrency=concurrency,
-        io_binding=io_binding,
-        cuda_options=cuda_options,
-    )
-    env["load_average_before"] = load_before
-    env["runtime_setup_ms"] = prime_s * 1e3 if prime_s is not None else None
-    if acc_blocks is not None:
-        for i, a in enumerate(acc_blocks):
-            infos[i]["accuracy"] = a
+        self.measured[c] = (active, m)
+        if len(active) > 1 and m.rounds < MIN_PAIRED_BLOCKS:
+            self.notes.append(
+                f"batch {label}: {m.rounds} complete round(s) of {cfg.block} runs "
+                f"(< {MIN_PAIRED_BLOCKS}): each CI is the union of the paired-block and the "
+                "independent bootstrap intervals (wider, still approximate); more --runs or "
+                "--duration give tighter ones"
+            )
+        if m.interrupted:
+            self.interrupted = True
+            self.notes.append(
+                f"interrupted by Ctrl-C while timing batch {label}: "
+                f"{min(len(x) for x in m.latencies)} to {max(len(x) for x in m.latencies)} runs per model measured"
+            )
+            return False
+        if cfg.throughput:
+            self.phase = "throughput"
+            self.time_throughput(c, active, m)
+            self.phase = "latency"
+        return True
 
-    results, samples = _results(entries, cfgs, plan, first, measured, thr, base, block, seed)
-    report = {
-        "command": "bench",
-        "schema_version": SCHEMA_VERSION,
-        "interrupted": interrupted,
-        "provider": prov,
-        "baseline": entries[base].name,
-        "settings": {
-            "provider_requested": provider,
-            "provider": prov,
-            "data": ds.source if ds is not None else None,
-            "shapes": {k: list(v) for k, v in shapes.items()} if shapes else None,
-            "batches": cfgs,
-            "threads": threads,
-            "concurrency": concurrency,
-            "io_binding": bool(io_binding),
-            "runs": runs_eff,
-            "duration_s": duration_eff,
-            "warmup": warmup,
-            "block": block,
-            "throughput_rounds": THROUGHPUT_ROUNDS if throughput else 0,
-            "model_options": bool(model_options),
-            "cold_start_repeats": int(cold_start),
-            "cuda_options": cuda_options or None,
-            "seed": seed,
-        },
-        "environment": env,
-        "models": infos,
-        "results": results,
-        "peak_rss_bytes": max(
-            (p for p in [*peaks, peak_rss_bytes()] if p is not None), default=None
-        ),
-        "seconds": time.perf_counter() - t_start,
-        "notes": notes,
-        "warnings": warnings,
-    }
-    return BenchResult(None, report, ok=not interrupted, samples=samples)
+    def time_throughput(self, c: int, active: list[int], m) -> None:
+        """``concurrency`` threads sharing each session, as many calls as the latency phase made."""
+        cfg, plan = self.cfg, self.plan
+        workers = []
+        for i in active:
+            extra = [self.dev.invoker(self.sessions[i], plan.feeds[c][i][0]).call for _ in range(cfg.concurrency - 1)]
+            workers.append([self.invokers[(i, c)].call, *extra])
+        bsz = [feed_batch(plan.entries[i].proto, plan.feeds[c][i][0]) or 1 for i in active]
+        iters = [max(2, math.ceil(len(m.latencies[k]) / (THROUGHPUT_ROUNDS * cfg.concurrency))) for k in range(len(active))]
+        for k, t in enumerate(measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=cfg.seed + c)):
+            self.thr[(active[k], c)] = t
+
+    def report(self, results: list[dict], seconds: float) -> dict:
+        cfg, dev, plan = self.cfg, self.dev, self.plan
+        env = capture(
+            dev.provider,
+            session=next((s for s in self.sessions if s is not None), None),
+            threads=cfg.threads,
+            concurrency=cfg.concurrency,
+            io_binding=dev.io_binding,
+            cuda_options=dev.cuda_options,
+        )
+        env["load_average_before"] = self.load_before
+        env["runtime_setup_ms"] = self.prime_s * 1e3 if self.prime_s is not None else None
+        for i, a in enumerate(self.acc_blocks or []):
+            self.infos[i]["accuracy"] = a
+        settings = {
+            "provider_requested": cfg.provider,
+            "provider": dev.provider,
+            "data": plan.ds.source if plan.ds is not None else None,
+            "shapes": {k: list(v) for k, v in plan.shapes.items()} if plan.shapes else None,
+            "batches": plan.cfgs,
+            "threads": cfg.threads,
+            "concurrency": cfg.concurrency,
+            "io_binding": bool(dev.io_binding),
+            "runs": self.runs,
+            "duration_s": self.duration,
+            "warmup": cfg.warmup,
+            "block": cfg.block,
+            "throughput_rounds": THROUGHPUT_ROUNDS if cfg.throughput else 0,
+            "model_options": bool(cfg.model_options),
+            "cold_start_repeats": int(cfg.cold_start),
+            "cuda_options": dev.cuda_options or None,
+            "seed": cfg.seed,
+        }
+        peak = max((p for p in [*self.peaks, peak_rss_bytes()] if p is not None), default=None)
+        return {
+            "command": "bench",
+            "schema_version": SCHEMA_VERSION,
+            "interrupted": self.interrupted,
+            "provider": dev.provider,
+            "baseline": plan.entries[plan.base].name,
+            "settings": settings,
+            "environment": env,
+            "models": self.infos,
+            "results": results,
+            "peak_rss_bytes": peak,
+            "seconds": seconds,
+            "notes": self.notes,
+            "warnings": self.warnings,
+        }
+
+
+def _run_failed(exc: Exception, item: tuple, e: _Entry) -> ModelError:
+    """The error for a model ORT cannot run on its feed (with a hint when the shapes were probed)."""
+    shp = {k: list(v.shape) for k, v in item[0].items()}
+    hint = ""
+    if any("for a realistic size" in x for x in item[1]):
+        hint = "; symbolic dims were discovered by probing the first model: give --shape NAME:D1,D2,... or --data"
+    return ModelError(f"onnxruntime failed to run the model on inputs {shp}: {ort_message(exc, 300)}{hint}", e.path)
 
 
 def _session_config(e: _Entry, model_options: bool, threads: int | None):

@@ -119,29 +119,7 @@ __all__ = ["command"]
     show_default=True,
     help="Seed of synthesized inputs, run order shuffling and the bootstrap.",
 )
-def command(
-    models,
-    provider,
-    data,
-    shapes,
-    batches,
-    threads,
-    runs,
-    duration,
-    warmup,
-    concurrency,
-    io_binding,
-    baseline,
-    cudnn_conv_algo_search,
-    fmt,
-    output,
-    plot_path,
-    no_throughput,
-    no_accuracy,
-    model_options,
-    cold_start,
-    seed,
-):
+def command(models, fmt, output, plot_path, no_throughput, no_accuracy, **options):
     """Benchmark MODELs side by side: session creation, first run, steady-state latency
     percentiles, measured throughput, memory, size and accuracy.  Models run interleaved so
     that machine noise hits all alike; each ratio to the baseline comes with a bootstrap 95%
@@ -155,7 +133,7 @@ def command(
     from ..errors import UsageError
     from ..io import atomic_write_bytes, atomic_write_text, check_output_path
 
-    inputs = list(models) + ([baseline] if baseline else [])
+    inputs = list(models) + ([options["baseline"]] if options["baseline"] else [])
     if output:
         check_output_path(output, inputs)
     if plot_path:
@@ -163,26 +141,8 @@ def command(
         check_output_path(plot_path, inputs)
     if output and plot_path and Path(output).resolve() == plot_path.resolve():
         raise UsageError("-o and --plot name the same file", output)
-    result = bench(
-        list(models),
-        provider=provider,
-        data=data,
-        shapes=shapes_dict(shapes),
-        batches=batches,
-        threads=threads,
-        runs=runs,
-        duration=duration,
-        warmup=warmup,
-        concurrency=concurrency,
-        io_binding=io_binding,
-        baseline=baseline,
-        cudnn_conv_algo_search=cudnn_conv_algo_search,
-        seed=seed,
-        throughput=not no_throughput,
-        accuracy=not no_accuracy,
-        model_options=model_options,
-        cold_start=cold_start,
-    )
+    options["shapes"] = shapes_dict(options["shapes"])
+    result = bench(list(models), throughput=not no_throughput, accuracy=not no_accuracy, **options)
     report = result.report
     if fmt in ("json", "csv") and not output:
         # stdout carries data for a program, not the table that lists them: tell the user here

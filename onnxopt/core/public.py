@@ -11,11 +11,12 @@ calls to its public function, so both spellings work whatever was imported first
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import types
 
-__all__ = ["callable_module"]
+__all__ = ["callable_module", "check_options"]
 
 
 class _CallableModule(types.ModuleType):
@@ -33,3 +34,13 @@ def callable_module(name: str, target: str) -> None:
     module = sys.modules[name]
     module.__onnxopt_call__ = target
     module.__class__ = _CallableModule
+
+
+def check_options(config_cls, function: str, options: dict) -> dict:
+    """``options`` when every name is a field of the dataclass ``config_cls``; else the
+    ``TypeError`` Python raises for an unknown keyword argument of ``function``.  Public
+    functions whose options are a config take ``**options`` and keep their keyword API."""
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword argument(s) {', '.join(unknown)}")
+    return options
