@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from ..core.passes import Context
 from ..core.pipeline import run_pipeline
 from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
+from ..core.public import check_options
 from ..core.result import Result
 from ..data import dataset_for
 from ..errors import (
@@ -62,7 +64,7 @@ from .parity import accuracy, check_parity, run_members
 from .recipe import resolve_settings
 from .share import share_initializers
 
-__all__ = ["ensemble", "chain"]
+__all__ = ["ensemble", "chain", "EnsembleConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -234,40 +236,76 @@ def _build_parts(members: list[Member], fuse_members: bool, provider: str):
     return parts, horizontal, prefixes
 
 
+@dataclass
+class EnsembleConfig:
+    """The options of ``ensemble`` (see its docstring).  Those left None take the recipe's
+    ``[ensemble]`` table's value, else ``EnsembleSettings``' default."""
+
+    fusion: str | None = None
+    weights: list | None = None
+    fit: object = None
+    softmax: bool | None = None
+    keep_member_outputs: bool | None = None
+    output: object = None
+    input_map: dict | None = None
+    fuse_members: bool | None = None
+    data: object = None
+    shapes: dict | None = None
+    provider: str = "cpu"
+    head: str | None = None
+    l2: float | None = None
+    recipe: object = None
+    max_accuracy_drop: float | None = None
+    metric: str | None = None
+    parallel: bool = True
+
+    def given(self) -> dict:
+        """The settings a recipe's table may also set, where the caller gave them."""
+        names = ("fusion", "weights", "softmax", "head", "l2", "keep_member_outputs", "fuse_members", "output", "input_map", "max_accuracy_drop", "metric")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+@dataclass
+class _Members:
+    """The members loaded and matched: shared inputs, opsets, the outputs fused (K positions)."""
+
+    members: list[Member]
+    opsets: dict
+    ir_version: int
+    conversions: list
+    notes: list[str]
+    inputs: list
+    K: int
+    positions: list[dict]
+
+
+@dataclass
+class _Built:
+    """The merged model and where its values come from."""
+
+    model: onnx.ModelProto
+    graph_outputs: list
+    fused_names: list[list[str]]
+    member_values: list[list[str]]
+    types_of: dict
+    shared: dict
+    horizontal: dict
+
+
 @blaming_members("models")
-def ensemble(
-    models,
-    *,
-    fusion: str | None = None,
-    weights=None,
-    fit=None,
-    softmax: bool | None = None,
-    keep_member_outputs: bool | None = None,
-    output=None,
-    input_map=None,
-    fuse_members: bool | None = None,
-    data=None,
-    shapes: dict | None = None,
-    provider: str = "cpu",
-    head: str | None = None,
-    l2: float | None = None,
-    recipe=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    parallel: bool = True,
-) -> Result:
+def ensemble(models, **options) -> Result:
     """Fuse ``models`` (paths or protos) into one model computing ``fusion`` of their outputs.
 
-    ``fusion``: ``mean`` (default) | ``weighted`` (``weights`` or ``fit``) | ``vote``
-    (optional ``weights``) | ``stack`` (needs ``fit``: DATA with labels; ``head`` logistic
-    (default) or ridge, ``l2`` strength or None for cross-validation).  ``softmax`` normalises
-    member scores first; ``keep_member_outputs`` also exposes each member's output; ``output``
-    picks one output per member (name or position; else all, position-wise); ``input_map``
-    renames member inputs ``{FROM: TO}``; ``fuse_members`` fuses members of one architecture
-    into one wider network.  The result is compared with the members run separately on
-    ``data`` (or synthesized inputs shaped by ``shapes``); the report carries members,
-    conversions, shared weights, parity, fitted parameters and, with labels, member vs
-    ensemble accuracy.
+    Options (``EnsembleConfig``): ``fusion``: ``mean`` (default) | ``weighted``
+    (``weights`` or ``fit``) | ``vote`` (optional ``weights``) | ``stack`` (needs ``fit``:
+    DATA with labels; ``head`` logistic (default) or ridge, ``l2`` strength or None for
+    cross-validation).  ``softmax`` normalises member scores first; ``keep_member_outputs``
+    also exposes each member's output; ``output`` picks one output per member (name or
+    position; else all, position-wise); ``input_map`` renames member inputs ``{FROM: TO}``;
+    ``fuse_members`` fuses members of one architecture into one wider network.  The result
+    is compared with the members run separately on ``data`` (or synthesized inputs shaped by
+    ``shapes``) on ``provider``; the report carries members, conversions, shared weights,
+    parity, fitted parameters and, with labels, member vs ensemble accuracy.
 
     ``recipe`` (bundled name or TOML path): settings from its ``[ensemble]`` table (see
     ``onnxopt.ensemble.recipe``) for every argument left ``None``; after the parity check its
@@ -279,154 +317,186 @@ def ensemble(
     ``parallel``: time the members run separately, the merged model sequentially and with
     parallel execution of its branches (``ensemble.concurrent``), and carry the parallel
     session options in the model when they win (``report["concurrency"]``).
+
+    Stages: settings (recipe table + arguments), members (load, opsets, inputs, outputs),
+    fusion (fitted when ``fit``), build, parity check, report, recipe steps, provenance.
     """
+    cfg = EnsembleConfig(**check_options(EnsembleConfig, "ensemble", options))
     models = list(models or [])
-    given = {"fusion": fusion, "weights": weights, "softmax": softmax, "head": head, "l2": l2, "keep_member_outputs": keep_member_outputs, "fuse_members": fuse_members, "output": output, "input_map": input_map, "max_accuracy_drop": max_accuracy_drop, "metric": metric}
-    plan = resolve_settings({k: v for k, v in given.items() if v is not None}, recipe, fit=fit, members=len(models))
+    plan = resolve_settings(cfg.given(), cfg.recipe, fit=cfg.fit, members=len(models))
     st = plan.settings
-    fusion, weights, softmax, head, l2 = st.fusion, st.weights, st.softmax, st.head, st.l2
-    keep_member_outputs, fuse_members, output, input_map = st.keep_member_outputs, st.fuse_members, st.output, st.input_map
     try:
-        weights = _check_options(len(models), fusion, weights, fit, head, l2)
+        weights = _check_options(len(models), st.fusion, st.weights, cfg.fit, st.head, st.l2)
         budget = _budget(st.max_accuracy_drop, st.metric)
     except UsageError as exc:
         _blame_recipe(exc, plan)
         raise
-    provider = resolve_provider(provider)
-    members = load_members(models)
-    opsets, ir_version, conversions, notes = reconcile_opsets(members)
-    inputs = match_inputs(members, input_map)
-    K = select_outputs(members, output)
-    positions = _positions(members, K, fusion)
-    if fusion == "vote":
-        for pos in positions:
-            cs = {s[-1] for s in pos["shapes"] if s and isinstance(s[-1], int)}
-            if len(cs) > 1:
-                raise InputError(f"members output different numbers of classes {sorted(cs)}; voting needs equal ones")
-        if softmax:
-            notes.append("--softmax has no effect on votes (argmax is unchanged by it)")
-
-    fit_info, stack_head, fit_run = None, None, None
-    if fit is not None:
-        fitted, stack_head, fit_info, fit_run = _fit(members, fusion, fit, inputs, softmax, head, l2, provider, K)
-        if fitted is not None:
-            weights = fitted
-    if fusion == "weighted":
-        total = float(sum(weights))
-        weights = [float(w) / total for w in weights]
-    spec = Fusion(fusion, weights, softmax, stack_head)
-
-    # --- build ---------------------------------------------------------------------------------
-    parts, horizontal, prefixes = _build_parts(members, fuse_members, provider)
-    outputs_of = {}
-    types_of = {}
-    for part in parts:
-        outputs_of.update(part.outputs)
-        types_of.update(part.output_info)
-    member_values = [[outputs_of[(m.index, name)] for name in m.outputs] for m in members]
-
-    taken = {i.name for i in inputs}
-    for part in parts:
-        taken.update(o for n in part.nodes for o in n.output)
-        taken.update(t.name for t in part.initializers)
-    head_nodes, head_inits, graph_outputs, fused_names = [], [], [], []
-    for p, pos in enumerate(positions):
-        names = [unique_name(n, taken) for n in output_names(fusion, pos["base"], K)]
-        fused_names.append(names)
-        io = HeadIO([member_values[j][p] for j in range(len(members))], pos["elem"], pos["shapes"], names)
-        nodes, inits, outs = build_head(spec, io, prefix=f"ensemble/p{p}/" if K > 1 else "ensemble/", taken=taken)
-        head_nodes += nodes
-        head_inits += inits
-        graph_outputs += outs
-    if keep_member_outputs:
-        graph_outputs += [types_of[n] for vals in member_values for n in vals]
-    model = assemble(parts, inputs, graph_outputs, opsets, ir_version, name="ensemble", extra_nodes=head_nodes, extra_initializers=head_inits, doc=f"onnxopt ensemble ({fusion}) of {', '.join(m.label for m in members)}")
-    shared = share_initializers(model, prefixes)
-    dead = remove_unused(model)
-    if dead.get("nodes"):
-        notes.append(f"removed {dead['nodes']} node(s) that only computed outputs not fused")
-
-    # --- verify --------------------------------------------------------------------------------
+    provider = resolve_provider(cfg.provider)
+    mem = _load(models, st)
+    spec, fit_info, fit_run = _fusion(mem, st, weights, cfg.fit, provider)
+    built = _build(mem, spec, st, provider)
+    model, notes = built.model, mem.notes
     check = check_model(model, provider=provider, label="merged model")
-    with blame(members[0].path, data=True):  # a --shape naming no input: about the inputs the members share
-        ds = dataset_for(model, data, shapes)
-    parity, arrays = check_parity(model, members, spec, member_values, types_of, fused_names, ds, provider=provider)
+    with blame(mem.members[0].path, data=True):  # a --shape naming no input: about the inputs the members share
+        ds = dataset_for(model, cfg.data, cfg.shapes)
+    parity, arrays = check_parity(model, mem.members, spec, built.member_values, built.types_of, built.fused_names, ds, provider=provider)
     if not parity.ok:
         more = f" (and {len(parity.failures) - 1} more)" if len(parity.failures) > 1 else ""
         raise VerificationError(f"parity check failed: {parity.failures[0]}{more}")
     if parity.weak:
         notes.append(f"the parity check says little about member output(s) {', '.join(parity.weak)}: every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)")
-
-    # --- report --------------------------------------------------------------------------------
-    report = {
-        "command": "ensemble",
-        "fusion": spec.summary(),
-        "members": [m.describe() for m in members],
-        "inputs": [{"name": i.name, "dtype": dtype_name(value_dtype(i)), "shape": shape_str(value_shape(i))} for i in inputs],
-        "outputs": [o.name for o in graph_outputs],
-        "opset": opsets,
-        "ir_version": ir_version,
-        "conversions": conversions,
-        "shared_initializers": shared,
-        "horizontal": horizontal,
-        "check": check.to_dict(),
-        "parity": parity.to_dict(),
-        "notes": notes,
-    }
-    if fit_info is not None:
-        report["fit"] = fit_info
-    sizes = [_size(m) for m in members]
-    report["size"] = {"members": sizes, "members_total": sum(sizes), "merged": int(model.ByteSize()), "ratio": model.ByteSize() / max(1, sum(sizes))}
-    labels = ds.label_array(parity.samples) if ds.labels is not None else None
-    if labels is not None and K == 1:
-        accs = _member_accuracy(members, [a[0] for a in arrays["members"]], labels)
-        fused = arrays["fused"][fused_names[0][0]]
-        ens = accuracy(fused, labels)
-        if accs is not None and ens is not None:
-            report["accuracy"] = {"data": ds.source, "samples": int(len(labels)), "members": accs, "ensemble": ens, "best_member": max(accs.values())}
-    if fit_run is not None:
-        fds, fouts, flabels = fit_run
-        accs = _member_accuracy(members, [o[0] for o in fouts], flabels)
-        ref = reference(spec, [o[0] for o in fouts])[0]
-        ens = accuracy(ref, flabels)
-        if accs is not None and ens is not None:
-            report["fit_accuracy"] = {"data": fds.source, "samples": int(len(flabels)), "members": accs, "ensemble": ens, "note": "in-sample (the data the ensemble was fitted on)"}
-
-    steps = [
-        {"name": "merge", "members": [m.label for m in members], "opset": opsets, "conversions": conversions},
-        {"name": "share-initializers", "counts": {k: shared[k] for k in ("initializers_merged", "bytes_saved")}},
-    ]
-    if fuse_members:
-        steps.append({"name": "fuse-members", "groups": [{k: g[k] for k in g if k != "counts"} for g in horizontal["groups"]]})
-    steps.append({"name": "head", "fusion": spec.summary()})
-    extra = {
-        "ensemble": {"fusion": fusion, "members": [m.label for m in members], "outputs": report["outputs"]},
-        "parity": {"ok": parity.ok, "samples": parity.samples, "data": Path(parity.data).name, "worst_rel_l2": parity.worst_rel_l2, "outputs": parity.fused},
-    }
+    report = _report(mem, built, spec, check, parity, fit_info)
+    labels = _accuracies(report, mem, built, spec, ds, parity, arrays, fit_run)
+    steps, extra = _provenance(mem, built, spec, parity, report, st.fuse_members)
     notes.extend(plan.notes)
     if plan.recipe is not None:
         if plan.recipe.target == "cuda" and provider != "cuda":
             notes.append(f"recipe '{plan.recipe.name}' is written for target cuda; its steps were verified on {provider}")
-        model, step_reports = _run_recipe_steps(model, plan, budget, ds, fit_run, data, shapes, provider)
+        model, step_reports = _run_recipe_steps(model, plan, budget, ds, fit_run, cfg.data, cfg.shapes, provider)
         report["recipe"] = plan.describe()
         report["steps"] = [r.to_dict() for r in step_reports]
         if budget is not None:
             report["recipe"]["budget"] = {"max_accuracy_drop": budget.max_drop, "metric": budget.metric}
             extra["max_accuracy_drop"] = budget.max_drop
         if any(r.modified for r in step_reports):
-            _after_steps(report, model, ds, labels, fused_names, K, provider)
+            _after_steps(report, model, ds, labels, built.fused_names, mem.K, provider)
         steps += _step_records(step_reports)
         extra["recipe"] = {k: report["recipe"][k] for k in ("name", "file", "settings", "overridden", "steps")}
     elif st.max_accuracy_drop is not None or st.metric is not None:
         notes.append("max_accuracy_drop / metric apply to a recipe's lossy steps: without --recipe they have no effect")
     if "accuracy" in report:
         extra["accuracy"] = {k: report["accuracy"][k] for k in ("members", "ensemble", "samples")}
-    if parallel:
-        report["concurrency"] = _concurrency(model, members, ds, shapes, provider)
+    if cfg.parallel:
+        report["concurrency"] = _concurrency(model, mem.members, ds, cfg.shapes, provider)
         if report["concurrency"]["carried"]:
             extra["session_options"] = report["concurrency"]["options"]
     write_provenance(model, "ensemble", steps, extra)
     return Result(model, report, True)
+
+
+def _load(models: list, st) -> _Members:
+    """Load the members, reconcile their opsets, match their inputs and the outputs fused."""
+    members = load_members(models)
+    opsets, ir_version, conversions, notes = reconcile_opsets(members)
+    inputs = match_inputs(members, st.input_map)
+    K = select_outputs(members, st.output)
+    positions = _positions(members, K, st.fusion)
+    if st.fusion == "vote":
+        for pos in positions:
+            cs = {s[-1] for s in pos["shapes"] if s and isinstance(s[-1], int)}
+            if len(cs) > 1:
+                raise InputError(f"members output different numbers of classes {sorted(cs)}; voting needs equal ones")
+        if st.softmax:
+            notes.append("--softmax has no effect on votes (argmax is unchanged by it)")
+    return _Members(members, opsets, ir_version, conversions, notes, inputs, K, positions)
+
+
+def _fusion(mem: _Members, st, weights, fit, provider: str):
+    """The fusion spec (weights / stacking head fitted on ``fit`` when given):
+    ``(Fusion, fit info, (fit dataset, member outputs, labels))``."""
+    fit_info, stack_head, fit_run = None, None, None
+    if fit is not None:
+        fitted, stack_head, fit_info, fit_run = _fit(mem.members, st.fusion, fit, mem.inputs, st.softmax, st.head, st.l2, provider, mem.K)
+        if fitted is not None:
+            weights = fitted
+    if st.fusion == "weighted":
+        total = float(sum(weights))
+        weights = [float(w) / total for w in weights]
+    return Fusion(st.fusion, weights, st.softmax, stack_head), fit_info, fit_run
+
+
+def _build(mem: _Members, spec: Fusion, st, provider: str) -> _Built:
+    """Namespace (or fuse) the members, add the head per output position, share identical
+    weights and drop what no output needs."""
+    members, K = mem.members, mem.K
+    parts, horizontal, prefixes = _build_parts(members, st.fuse_members, provider)
+    outputs_of, types_of = {}, {}
+    for part in parts:
+        outputs_of.update(part.outputs)
+        types_of.update(part.output_info)
+    member_values = [[outputs_of[(m.index, name)] for name in m.outputs] for m in members]
+    taken = {i.name for i in mem.inputs}
+    for part in parts:
+        taken.update(o for n in part.nodes for o in n.output)
+        taken.update(t.name for t in part.initializers)
+    head_nodes, head_inits, graph_outputs, fused_names = [], [], [], []
+    for p, pos in enumerate(mem.positions):
+        names = [unique_name(n, taken) for n in output_names(spec.kind, pos["base"], K)]
+        fused_names.append(names)
+        io = HeadIO([member_values[j][p] for j in range(len(members))], pos["elem"], pos["shapes"], names)
+        nodes, inits, outs = build_head(spec, io, prefix=f"ensemble/p{p}/" if K > 1 else "ensemble/", taken=taken)
+        head_nodes += nodes
+        head_inits += inits
+        graph_outputs += outs
+    if st.keep_member_outputs:
+        graph_outputs += [types_of[n] for vals in member_values for n in vals]
+    doc = f"onnxopt ensemble ({spec.kind}) of {', '.join(m.label for m in members)}"
+    model = assemble(parts, mem.inputs, graph_outputs, mem.opsets, mem.ir_version, name="ensemble", extra_nodes=head_nodes, extra_initializers=head_inits, doc=doc)
+    shared = share_initializers(model, prefixes)
+    dead = remove_unused(model)
+    if dead.get("nodes"):
+        mem.notes.append(f"removed {dead['nodes']} node(s) that only computed outputs not fused")
+    return _Built(model, graph_outputs, fused_names, member_values, types_of, shared, horizontal)
+
+
+def _report(mem: _Members, built: _Built, spec: Fusion, check, parity, fit_info) -> dict:
+    members, model = mem.members, built.model
+    report = {
+        "command": "ensemble",
+        "fusion": spec.summary(),
+        "members": [m.describe() for m in members],
+        "inputs": [{"name": i.name, "dtype": dtype_name(value_dtype(i)), "shape": shape_str(value_shape(i))} for i in mem.inputs],
+        "outputs": [o.name for o in built.graph_outputs],
+        "opset": mem.opsets,
+        "ir_version": mem.ir_version,
+        "conversions": mem.conversions,
+        "shared_initializers": built.shared,
+        "horizontal": built.horizontal,
+        "check": check.to_dict(),
+        "parity": parity.to_dict(),
+        "notes": mem.notes,
+    }
+    if fit_info is not None:
+        report["fit"] = fit_info
+    sizes = [_size(m) for m in members]
+    report["size"] = {"members": sizes, "members_total": sum(sizes), "merged": int(model.ByteSize()), "ratio": model.ByteSize() / max(1, sum(sizes))}
+    return report
+
+
+def _accuracies(report: dict, mem: _Members, built: _Built, spec: Fusion, ds, parity, arrays, fit_run):
+    """Member vs ensemble accuracy on ``ds`` (with labels, one fused output) and on the fit
+    data (in-sample) into ``report``; returns the labels of ``ds`` (or None)."""
+    members = mem.members
+    labels = ds.label_array(parity.samples) if ds.labels is not None else None
+    if labels is not None and mem.K == 1:
+        accs = _member_accuracy(members, [a[0] for a in arrays["members"]], labels)
+        ens = accuracy(arrays["fused"][built.fused_names[0][0]], labels)
+        if accs is not None and ens is not None:
+            report["accuracy"] = {"data": ds.source, "samples": int(len(labels)), "members": accs, "ensemble": ens, "best_member": max(accs.values())}
+    if fit_run is not None:
+        fds, fouts, flabels = fit_run
+        accs = _member_accuracy(members, [o[0] for o in fouts], flabels)
+        ens = accuracy(reference(spec, [o[0] for o in fouts])[0], flabels)
+        if accs is not None and ens is not None:
+            report["fit_accuracy"] = {"data": fds.source, "samples": int(len(flabels)), "members": accs, "ensemble": ens, "note": "in-sample (the data the ensemble was fitted on)"}
+    return labels
+
+
+def _provenance(mem: _Members, built: _Built, spec: Fusion, parity, report: dict, fuse_members: bool) -> tuple[list[dict], dict]:
+    """The provenance steps (merge, share, fuse, head) and extra record of the merged model."""
+    members, shared = mem.members, built.shared
+    steps = [
+        {"name": "merge", "members": [m.label for m in members], "opset": mem.opsets, "conversions": mem.conversions},
+        {"name": "share-initializers", "counts": {k: shared[k] for k in ("initializers_merged", "bytes_saved")}},
+    ]
+    if fuse_members:
+        steps.append({"name": "fuse-members", "groups": [{k: g[k] for k in g if k != "counts"} for g in built.horizontal["groups"]]})
+    steps.append({"name": "head", "fusion": spec.summary()})
+    extra = {
+        "ensemble": {"fusion": spec.kind, "members": [m.label for m in members], "outputs": report["outputs"]},
+        "parity": {"ok": parity.ok, "samples": parity.samples, "data": Path(parity.data).name, "worst_rel_l2": parity.worst_rel_l2, "outputs": parity.fused},
+    }
+    return steps, extra
 
 
 def _concurrency(model, members, ds, shapes, provider) -> dict:
