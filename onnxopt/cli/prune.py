@@ -199,132 +199,74 @@ def command(
 
 
 def render(rep: dict) -> None:
-    method = rep["method"]
-    before, after = rep["figures"]["before"], rep["figures"]["after"]
-    rows = [
-        [
-            "parameters",
-            before["params"],
-            after["params"],
-            _ratio(after["params"], before["params"]),
-        ],
-        ["FLOPs", before["flops"], after["flops"], _ratio(after["flops"], before["flops"])],
-        [
-            "file size",
-            human_bytes(before["file_bytes"]),
-            human_bytes(after["file_bytes"]),
-            _ratio(after["file_bytes"], before["file_bytes"]),
-        ],
-    ]
-    if "zip_bytes" in before:
-        rows.append(
-            [
-                "zipped size",
-                human_bytes(before["zip_bytes"]),
-                human_bytes(after["zip_bytes"]),
-                _ratio(after["zip_bytes"], before["zip_bytes"]),
-            ]
-        )
-    lat = rep.get("latency")
-    if lat:
-        rows.append(
-            [
-                "latency (ms, median)",
-                f"{lat['base_ms']:.3g}",
-                f"{lat['ms']:.3g}",
-                f"{lat['speedup']:.2f}x faster [{lat['ci95'][0]:.2f}, {lat['ci95'][1]:.2f}]",
-            ]
-        )
-    click.echo(table(["", "before", "after", "change"], rows))
+    """The before/after table, what the method did, the budget search, verification, notes."""
+    _render_figures(rep)
     d = rep.get("details", {})
-    if method == "magnitude":
-        click.echo(f"\nsparsity {rep.get('value')} ({d.get('scope')}):")
-        click.echo(
-            table(
-                ["initializer", "layer", "params", "sparsity"],
-                [
-                    [r["initializer"], r["layer"], r["params"], f"{100 * r['sparsity']:.1f}%"]
-                    for r in d.get("initializers", [])
-                ],
-            )
-        )
-        for s in d.get("skipped", []):
-            click.echo(f"skipped {s['initializer']}: {s['reason']}")
-    elif method == "channels":
-        g = d.get("groups", {})
-        value = rep.get("value")
-        click.echo(
-            f"\n{'per-layer ratios' if value is None else f'ratio {value}'}, importance {d.get('importance')}: {len(g.get('pruned', []))} channel group(s) pruned, {len(g.get('intact', []))} left intact"
-        )
-        if g.get("pruned"):
-            click.echo(
-                table(
-                    ["group", "channels", "kept"],
-                    [[p["group"], p["channels"], p["kept"]] for p in g["pruned"]],
-                )
-            )
-        rec = d.get("reconstruction")
-        if rec:
-            click.echo("\nreconstruction (relative output error vs the input model):")
-            click.echo(
-                table(
-                    ["layer", "rows", "before", "after"],
-                    [
-                        [
-                            r["layer"],
-                            r["rows"],
-                            f"{r['error_before']:.3f}",
-                            f"{r['error_after']:.3f}",
-                        ]
-                        for r in rec
-                    ],
-                )
-            )
-    else:
-        ranking = d.get("ranking") or []
-        if ranking:
-            click.echo("\nresidual blocks, least harmful first (metric when removed alone):")
-            click.echo(
-                table(
-                    ["block", "params", "score", "drop"],
-                    [
-                        [e["block"], e["params"], f"{e['score']:.2f}", f"{e['drop']:.2f}"]
-                        for e in ranking
-                    ],
-                )
-            )
-        click.echo(f"removed: {', '.join(d.get('removed', [])) or 'none'}")
+    {"magnitude": _render_magnitude, "channels": _render_channels}.get(rep["method"], _render_blocks)(rep, d)
     search = rep.get("search")
     if search:
-        click.echo(
-            f"\nbudget search ({search['metric']}, max drop {search['max_drop']:g}; chosen {search['chosen']}):"
-        )
-        click.echo(
-            table(
-                ["value", "score", "drop", "params", "FLOPs", "speedup", "within"],
-                [
-                    [
-                        p["value"],
-                        _f(p["score"]),
-                        _f(p["drop"]),
-                        p["params"],
-                        p["flops"],
-                        _x(p["speedup"]),
-                        p["within"] if p["error"] is None else p["error"][:40],
-                    ]
-                    for p in search["curve"]
-                ],
-            )
-        )
+        click.echo(f"\nbudget search ({search['metric']}, max drop {search['max_drop']:g}; chosen {search['chosen']}):")
+        rows = [
+            [p["value"], _f(p["score"]), _f(p["drop"]), p["params"], p["flops"], _x(p["speedup"]), p["within"] if p["error"] is None else p["error"][:40]]
+            for p in search["curve"]
+        ]
+        click.echo(table(["value", "score", "drop", "params", "FLOPs", "speedup", "within"], rows))
     m = rep.get("metric")
     if m:
-        click.echo(
-            f"\nverified: {m['name']} {m['score']:.2f} (input {m['reference']:.2f}, drop {m['drop']:.2f})"
-        )
+        click.echo(f"\nverified: {m['name']} {m['score']:.2f} (input {m['reference']:.2f}, drop {m['drop']:.2f})")
     for note in rep.get("notes", []):
         click.echo(f"note: {note}")
     if rep.get("plot"):
         click.echo(f"plot: {rep['plot']}")
+
+
+def _render_figures(rep: dict) -> None:
+    before, after = rep["figures"]["before"], rep["figures"]["after"]
+    rows = [
+        ["parameters", before["params"], after["params"], _ratio(after["params"], before["params"])],
+        ["FLOPs", before["flops"], after["flops"], _ratio(after["flops"], before["flops"])],
+        ["file size", human_bytes(before["file_bytes"]), human_bytes(after["file_bytes"]), _ratio(after["file_bytes"], before["file_bytes"])],
+    ]
+    if "zip_bytes" in before:
+        rows.append(["zipped size", human_bytes(before["zip_bytes"]), human_bytes(after["zip_bytes"]), _ratio(after["zip_bytes"], before["zip_bytes"])])
+    lat = rep.get("latency")
+    if lat:
+        change = f"{lat['speedup']:.2f}x faster [{lat['ci95'][0]:.2f}, {lat['ci95'][1]:.2f}]"
+        rows.append(["latency (ms, median)", f"{lat['base_ms']:.3g}", f"{lat['ms']:.3g}", change])
+    click.echo(table(["", "before", "after", "change"], rows))
+
+
+def _render_magnitude(rep: dict, d: dict) -> None:
+    click.echo(f"\nsparsity {rep.get('value')} ({d.get('scope')}):")
+    rows = [[r["initializer"], r["layer"], r["params"], f"{100 * r['sparsity']:.1f}%"] for r in d.get("initializers", [])]
+    click.echo(table(["initializer", "layer", "params", "sparsity"], rows))
+    for s in d.get("skipped", []):
+        click.echo(f"skipped {s['initializer']}: {s['reason']}")
+
+
+def _render_channels(rep: dict, d: dict) -> None:
+    g = d.get("groups", {})
+    value = rep.get("value")
+    click.echo(
+        f"\n{'per-layer ratios' if value is None else f'ratio {value}'}, importance {d.get('importance')}: "
+        f"{len(g.get('pruned', []))} channel group(s) pruned, {len(g.get('intact', []))} left intact"
+    )
+    if g.get("pruned"):
+        click.echo(table(["group", "channels", "kept"], [[p["group"], p["channels"], p["kept"]] for p in g["pruned"]]))
+    rec = d.get("reconstruction")
+    if rec:
+        click.echo("\nreconstruction (relative output error vs the input model):")
+        rows = [[r["layer"], r["rows"], f"{r['error_before']:.3f}", f"{r['error_after']:.3f}"] for r in rec]
+        click.echo(table(["layer", "rows", "before", "after"], rows))
+
+
+def _render_blocks(rep: dict, d: dict) -> None:
+    ranking = d.get("ranking") or []
+    if ranking:
+        click.echo("\nresidual blocks, least harmful first (metric when removed alone):")
+        rows = [[e["block"], e["params"], f"{e['score']:.2f}", f"{e['drop']:.2f}"] for e in ranking]
+        click.echo(table(["block", "params", "score", "drop"], rows))
+    click.echo(f"removed: {', '.join(d.get('removed', [])) or 'none'}")
 
 
 def _ratio(a, b) -> str:

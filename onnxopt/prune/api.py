@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 
 from ..core.pipeline import PipelineResult, run_pipeline
+from ..core.public import check_options
 from ..core.registry import make_pass
 from ..core.runner import make_context
 from ..data import check_shapes
@@ -23,7 +25,7 @@ from ..io import check_output_path, resolve_model
 from ..plotting import require_matplotlib
 from .measure import LatencyProbe, figures, timing_feed
 
-__all__ = ["METHODS", "prune"]
+__all__ = ["METHODS", "prune", "PruneConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -113,116 +115,120 @@ def _check_args(
             )
 
 
+@dataclass
+class PruneConfig:
+    """The options of ``prune`` (see its docstring); ``validate`` checks them (exit 2)."""
+
+    method: str = "channels"
+    sparsity: float | None = None
+    scope: str = "global"
+    min_params: int = 1024
+    skip_first_last: bool = True
+    ratio: float | None = None
+    ratios: dict | None = None
+    importance: str = "l1"
+    align: int = 8
+    reconstruct: bool = True
+    calibration: object = None
+    blocks: int | None = None
+    eval_data: object = None
+    max_accuracy_drop: float | None = None
+    metric: str | None = None
+    grid: list[float] | None = None
+    plot: object = None
+    provider: str = "cpu"
+    shapes: dict | None = None
+    timing_runs: int = 30
+    timing_threads: int | None = None
+
+    def validate(self) -> PruneConfig:
+        self.method = _ALIASES.get(self.method, self.method)
+        # method-specific options given a non-default value with another method would be ignored
+        specific = [
+            ("--scope", self.scope, "global", "magnitude"),
+            ("--min-params", int(self.min_params), 1024, "magnitude"),
+            ("--include-first-last", not self.skip_first_last, False, "magnitude"),
+            ("--importance", self.importance, "l1", "channels"),
+            ("--align", int(self.align), 8, "channels"),
+            ("--no-reconstruct", not self.reconstruct, False, "channels"),
+        ]
+        _check_args(self.method, self.sparsity, self.ratio, self.ratios, self.blocks, self.importance, self.scope, self.plot, self.max_accuracy_drop, self.calibration, self.grid, specific)
+        return self
+
+    def pass_params(self) -> dict:
+        """The parameters of the method's pass (its value left out when it is searched)."""
+        if self.method == "magnitude":
+            p = {"sparsity": self.sparsity, "scope": self.scope, "min_params": int(self.min_params), "skip_first_last": bool(self.skip_first_last)}
+        elif self.method == "channels":
+            p = {"ratio": self.ratio, "importance": self.importance, "align": int(self.align), "reconstruct": bool(self.reconstruct)}
+            if self.ratios:
+                p["ratios"] = {str(k): float(v) for k, v in self.ratios.items()}
+        else:
+            p = {"blocks": int(self.blocks) if self.blocks is not None else None}
+        if self.grid is not None:
+            p["grid"] = [float(g) for g in self.grid]
+        return {k: v for k, v in p.items() if v is not None}
+
+
 @blaming("model")
-def prune(
-    model,
-    *,
-    method: str = "channels",
-    sparsity: float | None = None,
-    scope: str = "global",
-    min_params: int = 1024,
-    skip_first_last: bool = True,
-    ratio: float | None = None,
-    ratios: dict | None = None,
-    importance: str = "l1",
-    align: int = 8,
-    reconstruct: bool = True,
-    calibration=None,
-    blocks: int | None = None,
-    eval_data=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    grid: list[float] | None = None,
-    plot=None,
-    provider: str = "cpu",
-    shapes: dict | None = None,
-    timing_runs: int = 30,
-    timing_threads: int | None = None,
-) -> PipelineResult:
+def prune(model, **options) -> PipelineResult:
     """Prune ``model`` (path or proto); returns the verified model and its report.
 
-    ``method``: ``magnitude`` (``sparsity``, default 0.5; ``scope``, ``min_params``,
-    ``skip_first_last``), ``channels`` (``ratio``, default 0.3, or per-layer ``ratios``
-    ``{layer: ratio}``; ``importance`` ``l1`` / ``activation``; kept channel counts
-    rounded to multiples of ``align`` (1: exact counts); with ``calibration`` the
-    layers after removed channels are refitted unless ``reconstruct=False``) or
-    ``blocks`` (``blocks``, default 1).  ``max_accuracy_drop`` (points of ``metric`` on
-    ``eval_data``, else calibration data, else synthesized inputs) searches the value when
-    it is not given, and is enforced either way; ``plot`` writes the search curve (PNG).
+    Options (``PruneConfig``): ``method``: ``magnitude`` (``sparsity``, default 0.5;
+    ``scope``, ``min_params``, ``skip_first_last``), ``channels`` (``ratio``, default 0.3,
+    or per-layer ``ratios`` ``{layer: ratio}``; ``importance`` ``l1`` / ``activation``;
+    kept channel counts rounded to multiples of ``align`` (1: exact counts); with
+    ``calibration`` the layers after removed channels are refitted unless
+    ``reconstruct=False``) or ``blocks`` (``blocks``, default 1).  ``max_accuracy_drop``
+    (points of ``metric`` on ``eval_data``, else calibration data, else synthesized inputs
+    shaped by ``shapes``) searches the value (over ``grid`` when given) when it is not
+    given, and is enforced either way; ``plot`` writes the search curve (PNG).
     ``timing_runs=0`` skips the latency measurement; ``timing_threads`` sets ONNX Runtime's
-    intra-op threads for it (default: ORT's).
+    intra-op threads for it (default: ORT's); ``provider``.
 
-    Raises ``UsageError`` / ``DataError`` / ``ModelError`` (exit 2) for bad arguments,
-    data or models, ``NothingToDoError`` (exit 3) when nothing can be pruned, and
-    ``BudgetError`` (exit 3) when no value stays within the budget.
+    Stages: check the options, search the value within the budget (when asked), run the
+    pass through the pipeline (which verifies it), report, plot.  Raises ``UsageError`` /
+    ``DataError`` / ``ModelError`` (exit 2) for bad arguments, data or models,
+    ``NothingToDoError`` (exit 3) when nothing can be pruned, and ``BudgetError`` (exit 3)
+    when no value stays within the budget.
     """
-    method = _ALIASES.get(method, method)
-    _check_args(
-        method,
-        sparsity,
-        ratio,
-        ratios,
-        blocks,
-        importance,
-        scope,
-        plot,
-        max_accuracy_drop,
-        calibration,
-        grid,
-        [
-            ("--scope", scope, "global", "magnitude"),
-            ("--min-params", int(min_params), 1024, "magnitude"),
-            ("--include-first-last", not skip_first_last, False, "magnitude"),
-            ("--importance", importance, "l1", "channels"),
-            ("--align", int(align), 8, "channels"),
-            ("--no-reconstruct", not reconstruct, False, "channels"),
-        ],
-    )
-    if plot is not None:
-        check_output_path(plot, [model])
+    cfg = PruneConfig(**check_options(PruneConfig, "prune", options)).validate()
+    method = cfg.method
+    if cfg.plot is not None:
+        check_output_path(cfg.plot, [model])
         require_matplotlib()
     m, path = resolve_model(model)
-    check_shapes(m, shapes, path)
-    ctx = make_context(
-        m,
-        calibration=calibration,
-        eval_data=eval_data,
-        shapes=shapes,
-        provider=provider,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-    )
-    params = _pass_params(
-        method,
-        sparsity,
-        scope,
-        min_params,
-        skip_first_last,
-        ratio,
-        ratios,
-        importance,
-        align,
-        reconstruct,
-        blocks,
-        grid,
-    )
-    value = params.get(_VALUE[method])
-    feed = timing_feed(ctx.inputs_for(m, prefer_eval=True)) if timing_runs else None
-    probe = (
-        LatencyProbe(m, feed, provider=ctx.provider, runs=timing_runs, threads=timing_threads)
-        if timing_runs
-        else None
-    )
+    check_shapes(m, cfg.shapes, path)
+    ctx = make_context(m, calibration=cfg.calibration, eval_data=cfg.eval_data, shapes=cfg.shapes, provider=cfg.provider, max_accuracy_drop=cfg.max_accuracy_drop, metric=cfg.metric)
+    params = cfg.pass_params()
+    probe = None
+    if cfg.timing_runs:
+        feed = timing_feed(ctx.inputs_for(m, prefer_eval=True))
+        probe = LatencyProbe(m, feed, provider=ctx.provider, runs=cfg.timing_runs, threads=cfg.timing_threads)
     outcome, ranking = None, None
-    if max_accuracy_drop is not None and value is None and not ratios:
+    if cfg.max_accuracy_drop is not None and params.get(_VALUE[method]) is None and not cfg.ratios:
         outcome, ranking = _search(method, m, ctx, params, probe, path)
         if method == "blocks":
             params = {"names": [e["output"] for e in ranking[: int(outcome.chosen.value)]]}
         else:
             params[_VALUE[method]] = outcome.chosen.value
+    result = _run(m, path, method, params, ctx)
+    step = result.steps[0]
+    if not step.modified:
+        why = step.details.get("nothing_to_prune") or "; ".join(step.notes) or "no change"
+        raise NothingToDoError(f"nothing to prune with --method {method}: {why}", path)
+    _report(result, m, path, method, step, outcome, ranking, probe)
+    if cfg.plot is not None and outcome is not None:
+        _plot(result, outcome, method, cfg.plot)
+    return result
+
+
+def _run(m, path, method: str, params: dict, ctx) -> PipelineResult:
+    """The method's pass through the pipeline (verified there); a failure names the diagnose
+    command that explains it."""
     pass_ = make_pass(_KEYS[method], params, where=f"prune --method {method}", error=UsageError)
     try:
-        result = run_pipeline(m, [pass_], ctx, command="prune", extra={"method": method})
+        return run_pipeline(m, [pass_], ctx, command="prune", extra={"method": method})
     except (BudgetError, VerificationError) as exc:
         from ..diagnose.hints import diagnose_hint
 
@@ -230,69 +236,15 @@ def prune(
             exc.path = str(path)
         exc.message += diagnose_hint(path, recipe=_KEYS[method], data=ctx.eval_data or ctx.data) if path else ""
         raise
-    step = result.steps[0]
-    if not step.modified:
-        raise NothingToDoError(
-            f"nothing to prune with --method {method}: {step.details.get('nothing_to_prune') or '; '.join(step.notes) or 'no change'}",
-            path,
-        )
-    _report(result, m, path, method, step, outcome, ranking, probe)
-    if plot is not None and outcome is not None:
-        from .plot import plot_curve
-
-        xlabel = {
-            "magnitude": "sparsity",
-            "channels": "channel ratio removed",
-            "blocks": "residual blocks removed",
-        }[method]
-        before = result.report["figures"]["before"]
-        plot_curve(
-            outcome,
-            plot,
-            xlabel=xlabel,
-            base_params=before["params"],
-            base_flops=before["flops"],
-            title=f"prune --method {method}",
-        )
-        result.report["plot"] = str(plot)
-    return result
 
 
-def _pass_params(
-    method,
-    sparsity,
-    scope,
-    min_params,
-    skip_first_last,
-    ratio,
-    ratios,
-    importance,
-    align,
-    reconstruct,
-    blocks,
-    grid,
-) -> dict:
-    if method == "magnitude":
-        p = {
-            "sparsity": sparsity,
-            "scope": scope,
-            "min_params": int(min_params),
-            "skip_first_last": bool(skip_first_last),
-        }
-    elif method == "channels":
-        p = {
-            "ratio": ratio,
-            "importance": importance,
-            "align": int(align),
-            "reconstruct": bool(reconstruct),
-        }
-        if ratios:
-            p["ratios"] = {str(k): float(v) for k, v in ratios.items()}
-    else:
-        p = {"blocks": int(blocks) if blocks is not None else None}
-    if grid is not None:
-        p["grid"] = [float(g) for g in grid]
-    return {k: v for k, v in p.items() if v is not None}
+def _plot(result: PipelineResult, outcome, method: str, plot) -> None:
+    from .plot import plot_curve
+
+    xlabel = {"magnitude": "sparsity", "channels": "channel ratio removed", "blocks": "residual blocks removed"}[method]
+    before = result.report["figures"]["before"]
+    plot_curve(outcome, plot, xlabel=xlabel, base_params=before["params"], base_flops=before["flops"], title=f"prune --method {method}")
+    result.report["plot"] = str(plot)
 
 
 def _search(method, model, ctx, params, probe, path):
