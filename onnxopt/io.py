@@ -571,6 +571,73 @@ def _save_external(model: onnx.ModelProto, path: Path, guard=()) -> Path:
             t.CopyFrom(orig)
 
 
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """The tensors that go to the data file: inline ones of ``EXTERNAL_THRESHOLD`` bytes or
+    more, and lazy ones (still in their source file)."""
+    return [
+        t
+        for t in all_tensors(model)
+        if (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and inline_nbytes(t) >= EXTERNAL_THRESHOLD)
+        or (t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data))
+    ]
+
+
+def _data_name(path: Path, big: list[onnx.TensorProto]) -> str:
+    """``NAME.<hash of the tensors' names and bytes>.data``."""
+    digest = hashlib.blake2b(digest_size=8)
+    for t in big:
+        digest.update(t.name.encode())
+        for chunk in _chunks(t):
+            digest.update(chunk)
+    return f"{path.name}.{digest.hexdigest()}.data"
+
+
+def _write_data(fh, big: list[onnx.TensorProto], data_name: str, moved: list, relinked: list) -> None:
+    """Write ``big`` to ``fh`` (4 KiB aligned, fsynced) and point each tensor at it; the
+    in-memory ones go to ``moved`` (tensor, offset, length), the lazy ones to ``relinked``
+    (tensor, old references)."""
+    os.fchmod(fh.fileno(), _new_file_mode())
+    offset = 0
+    for t in big:
+        pad = (-offset) % 4096
+        if pad:
+            fh.write(b"\0" * pad)
+            offset += pad
+        length = 0
+        for chunk in _chunks(t):
+            fh.write(chunk)
+            length += len(chunk)
+            chunk = None  # noqa: PLW2901 - drop a tensor-sized copy before the next one
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            relinked.append((t, [(e.key, e.value) for e in t.external_data]))
+        else:
+            moved.append((t, offset, length))
+        del t.external_data[:]
+        for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        t.data_location = onnx.TensorProto.EXTERNAL
+        t.ClearField("raw_data")
+        offset += length
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _restore(reader, moved: list, relinked: list) -> None:
+    """The caller's model gets its bytes back, from the open file (not by name)."""
+    with reader:
+        for t, off, length in moved:
+            reader.seek(off)
+            t.raw_data = reader.read(length)
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+    for t, refs in relinked:
+        del t.external_data[:]
+        for k, v in refs:
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+
+
 def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     """Weights to ``NAME.<content hash>.data`` (4 KiB aligned), then the model.
 
@@ -584,21 +651,11 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     read back into the caller's model from the still-open temporary file at the end; lazy
     tensors are copied file to file in chunks and keep their references.
     """
-    big = [
-        t
-        for t in all_tensors(model)
-        if (t.data_location != onnx.TensorProto.EXTERNAL and t.HasField("raw_data") and inline_nbytes(t) >= EXTERNAL_THRESHOLD)
-        or (t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data))
-    ]
+    big = _external_tensors(model)
     if not big:  # nothing reaches the threshold: an empty data file would only confuse
         _commit_single(path, model.SerializeToString(deterministic=True), guard)
         return path
-    digest = hashlib.blake2b(digest_size=8)
-    for t in big:
-        digest.update(t.name.encode())
-        for chunk in _chunks(t):
-            digest.update(chunk)
-    data_name = f"{path.name}.{digest.hexdigest()}.data"
+    data_name = _data_name(path, big)
     data_path = path.parent / data_name
     moved: list[tuple[onnx.TensorProto, int, int]] = []  # in-memory tensors, to read back
     relinked: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []  # lazy ones, old refs
@@ -609,31 +666,7 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     renamed = committed = False
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), _new_file_mode())
-            offset = 0
-            for t in big:
-                pad = (-offset) % 4096
-                if pad:
-                    fh.write(b"\0" * pad)
-                    offset += pad
-                length = 0
-                for chunk in _chunks(t):
-                    fh.write(chunk)
-                    length += len(chunk)
-                    chunk = None  # noqa: PLW2901 - drop a tensor-sized copy before the next one
-                if t.data_location == onnx.TensorProto.EXTERNAL:
-                    relinked.append((t, [(e.key, e.value) for e in t.external_data]))
-                else:
-                    moved.append((t, offset, length))
-                del t.external_data[:]
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = key, value
-                t.data_location = onnx.TensorProto.EXTERNAL
-                t.ClearField("raw_data")
-                offset += length
-            fh.flush()
-            os.fsync(fh.fileno())
+            _write_data(fh, big, data_name, moved, relinked)
         proto = model.SerializeToString(deterministic=True)
         tmp_model = _write_temp(path.parent, path.name, [proto])
         del proto
@@ -658,18 +691,7 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
                     data_path.unlink(missing_ok=True)
         raise
     finally:
-        # the caller's model gets its bytes back, from the open file (not by name)
-        with reader:
-            for t, off, length in moved:
-                reader.seek(off)
-                t.raw_data = reader.read(length)
-                del t.external_data[:]
-                t.data_location = onnx.TensorProto.DEFAULT
-        for t, refs in relinked:
-            del t.external_data[:]
-            for k, v in refs:
-                entry = t.external_data.add()
-                entry.key, entry.value = k, v
+        _restore(reader, moved, relinked)
     log.debug("saved %s with external data %s", path, data_name)
     return path
 
