@@ -139,6 +139,42 @@ def check_parity(
     ``fused_outputs[p]``: the fused output names of position ``p``.  ``outputs`` holds the
     arrays for accuracy figures: ``{"members": separate, "fused": {name: array}}``.
     """
+    got = _run_probe(merged, member_values, probe_types, dataset, provider, limit)
+    if separate is None:
+        separate = run_members(members, dataset, provider=provider, limit=limit)
+    samples = int(next(iter(got.values())).shape[0]) if got and next(iter(got.values())).ndim else 1
+    rep = ParityReport(True, samples, dataset.source)
+
+    for j, m in enumerate(members):
+        comp = compare_outputs(m.outputs, separate[j], [got[n] for n in member_values[j]])
+        for o, ref in zip(comp.outputs, separate[j], strict=True):
+            _note_weak(rep, o.name, ref)
+            rec = parity_record(o, member=m.label)
+            rep.members.append(rec)
+            if not rec["ok"]:
+                rep.failures.append(f"member {m.label} output '{o.name}' differs inside the merged model: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
+    fused_arrays = {}
+    for p, outs in enumerate(fused_outputs):
+        arrays = [separate[j][p] for j in range(len(members))]
+        ref = reference(fusion, arrays)
+        if fusion.kind == "vote":
+            if not _check_vote(rep, arrays, ref, outs, got, fusion):
+                continue
+        else:
+            comp = compare_outputs(outs, ref, [got[n] for n in outs])
+            for o in comp.outputs:
+                rec = parity_record(o, _limit(arrays))
+                rep.fused.append(rec)
+                if not rec["ok"]:
+                    rep.failures.append(f"output '{o.name}' differs from the numpy {fusion.kind}: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
+        for n in outs:
+            fused_arrays[n] = got[n]
+    rep.ok = not rep.failures
+    return rep, {"members": separate, "fused": fused_arrays}
+
+
+def _run_probe(merged, member_values, probe_types, dataset, provider: str, limit) -> dict[str, np.ndarray]:
+    """A copy of ``merged`` that also exposes every member's values, run once over ``dataset``."""
     probe = copy.deepcopy(merged)
     have = {o.name for o in probe.graph.output}
     for names in member_values:
@@ -154,62 +190,37 @@ def check_parity(
             batches.append(sess.run(names, feed))
         except Exception as exc:
             raise VerificationError(f"onnxruntime failed to run the merged model: {' '.join(str(exc).split())[:300]}") from exc
-    got = dict(zip(names, concat_outputs(batches), strict=True))
-    del sess  # before the members' sessions: large models are not held twice
-    if separate is None:
-        separate = run_members(members, dataset, provider=provider, limit=limit)
-    samples = int(next(iter(got.values())).shape[0]) if got and next(iter(got.values())).ndim else 1
-    rep = ParityReport(True, samples, dataset.source)
+    return dict(zip(names, concat_outputs(batches), strict=True))  # the session goes: large models are not held twice
 
-    def weak(name: str, ref) -> None:
-        a = np.asarray(ref)
-        if a.dtype.kind == "f" and a.size and float(np.nanmax(np.abs(a))) <= 1e-6 and name not in rep.weak:
-            rep.weak.append(name)
 
-    for j, m in enumerate(members):
-        comp = compare_outputs(m.outputs, separate[j], [got[n] for n in member_values[j]])
-        for o, ref in zip(comp.outputs, separate[j], strict=True):
-            weak(o.name, ref)
-            rec = parity_record(o, member=m.label)
-            rep.members.append(rec)
-            if not rec["ok"]:
-                rep.failures.append(f"member {m.label} output '{o.name}' differs inside the merged model: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
-    fused_arrays = {}
-    for p, outs in enumerate(fused_outputs):
-        arrays = [separate[j][p] for j in range(len(members))]
-        ref = reference(fusion, arrays)
-        if fusion.kind == "vote":
-            amb = ambiguous_samples(arrays, ref[1], fusion.weights)
-            keep = ~amb
-            label_name, votes_name = outs
-            lab_ref, lab_got = ref[0], got[label_name]
-            if lab_ref.shape != lab_got.shape:
-                rep.failures.append(f"output '{label_name}' has shape {list(lab_got.shape)}, expected {list(lab_ref.shape)}")
-                rep.fused.append({"name": label_name, "ok": False, "note": "shape"})
-                continue
-            mism = int(np.sum((lab_ref != lab_got) & keep))
-            agree = float(100.0 * np.mean(lab_ref == lab_got)) if lab_ref.size else 100.0
-            rec = {"name": label_name, "mismatches": mism, "agreement": agree, "ambiguous_skipped": int(amb.sum()), "ok": mism == 0}
-            rep.fused.append(rec)
-            if mism:
-                rep.failures.append(f"output '{label_name}': {mism} labels differ from the numpy vote on unambiguous samples")
-            comp = compare_outputs([votes_name], [ref[1][keep]], [got[votes_name][keep]])
-            o = comp.outputs[0]
-            rec = parity_record(o, _limit(arrays), ambiguous_skipped=int(amb.sum()))
-            rep.fused.append(rec)
-            if not rec["ok"]:
-                rep.failures.append(f"output '{votes_name}' differs from the numpy vote: max abs {o.max_abs:.3g}")
-        else:
-            comp = compare_outputs(outs, ref, [got[n] for n in outs])
-            for o in comp.outputs:
-                rec = parity_record(o, _limit(arrays))
-                rep.fused.append(rec)
-                if not rec["ok"]:
-                    rep.failures.append(f"output '{o.name}' differs from the numpy {fusion.kind}: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
-        for n in outs:
-            fused_arrays[n] = got[n]
-    rep.ok = not rep.failures
-    return rep, {"members": separate, "fused": fused_arrays}
+def _note_weak(rep: ParityReport, name: str, ref) -> None:
+    a = np.asarray(ref)
+    if a.dtype.kind == "f" and a.size and float(np.nanmax(np.abs(a))) <= 1e-6 and name not in rep.weak:
+        rep.weak.append(name)
+
+
+def _check_vote(rep: ParityReport, arrays, ref, outs, got, fusion: Fusion) -> bool:
+    """Vote labels equal except on ambiguous samples, vote totals exact on the others;
+    False when the label shapes differ (nothing more to compare)."""
+    amb = ambiguous_samples(arrays, ref[1], fusion.weights)
+    keep = ~amb
+    label_name, votes_name = outs
+    lab_ref, lab_got = ref[0], got[label_name]
+    if lab_ref.shape != lab_got.shape:
+        rep.failures.append(f"output '{label_name}' has shape {list(lab_got.shape)}, expected {list(lab_ref.shape)}")
+        rep.fused.append({"name": label_name, "ok": False, "note": "shape"})
+        return False
+    mism = int(np.sum((lab_ref != lab_got) & keep))
+    agree = float(100.0 * np.mean(lab_ref == lab_got)) if lab_ref.size else 100.0
+    rep.fused.append({"name": label_name, "mismatches": mism, "agreement": agree, "ambiguous_skipped": int(amb.sum()), "ok": mism == 0})
+    if mism:
+        rep.failures.append(f"output '{label_name}': {mism} labels differ from the numpy vote on unambiguous samples")
+    o = compare_outputs([votes_name], [ref[1][keep]], [got[votes_name][keep]]).outputs[0]
+    rec = parity_record(o, _limit(arrays), ambiguous_skipped=int(amb.sum()))
+    rep.fused.append(rec)
+    if not rec["ok"]:
+        rep.failures.append(f"output '{votes_name}' differs from the numpy vote: max abs {o.max_abs:.3g}")
+    return True
 
 
 def accuracy(scores_or_labels: np.ndarray, labels: np.ndarray) -> float | None:

@@ -144,84 +144,84 @@ def fold_weight_expressions(model: onnx.ModelProto, max_bytes: int = 64 * 2**20)
     ``Flatten``, ``Identity``) of a ``ConstantOfShape`` fill becomes a fill of the new shape
     (still not materialized).  Returns the number of nodes folded."""
     g = model.graph
-    ws = WeightStore(model)
-    known = dict(ws.inits)
-    fills = {name: ws.fill(name) for name in ws.fills}
+    folder = _Folder(model, max_bytes)
     outputs = {o.name for o in g.output}
-    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
-    taken |= {i.name for i in g.input} | used_names(g)
-    values: dict[str, np.ndarray] = {}
-    keep, new, folded = [], [], 0
     for node in g.node:
-        ins = [x for x in node.input if x]
-        if (
-            node.op_type not in _FOLDABLE
-            or node.domain not in ("", "ai.onnx")
-            or len(node.output) != 1
-            or node.output[0] in outputs
-            or not ins
-        ):
-            keep.append(node)
-            continue
+        foldable = (
+            node.op_type in _FOLDABLE
+            and node.domain in ("", "ai.onnx")
+            and len(node.output) == 1
+            and node.output[0] not in outputs
+            and any(x for x in node.input)
+        )
+        if not (foldable and (folder.fold_fill(node) or folder.fold_constant(node))):
+            folder.keep.append(node)
+    if folder.folded:
+        commit_folded(model, folder.keep, folder.new)
+    return folder.folded
+
+
+class _Folder:
+    """The state of one ``fold_weight_expressions``: the constants known so far (initializers,
+    folded values, fills), the nodes kept and the initializers made."""
+
+    def __init__(self, model: onnx.ModelProto, max_bytes: int):
+        g = model.graph
+        ws = WeightStore(model)
+        self.model, self.max_bytes = model, max_bytes
+        self.known = dict(ws.inits)
+        self.fills = {name: ws.fill(name) for name in ws.fills}
+        self.taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+        self.taken |= {i.name for i in g.input} | used_names(g)
+        self.values: dict[str, np.ndarray] = {}
+        self.keep: list = []
+        self.new: list = []
+        self.folded = 0
+
+    def _array(self, x: str):
+        return (self.values[x] if x in self.values else numpy_helper.to_array(self.known[x])) if x else None
+
+    def fold_fill(self, node) -> bool:
+        """A reshape of a ``ConstantOfShape`` fill becomes a fill of the new shape."""
         name = node.output[0]
-        fill = fills.get(node.input[0])
-        if (
-            fill is not None
-            and node.op_type in _RESHAPES
-            and all(x in known for x in node.input[1:] if x)
-            and fill.size <= 2**22
-        ):
-            arrays = [np.zeros(fill.shape, dtype=fill.value.dtype)] + [
-                (values[x] if x in values else numpy_helper.to_array(known[x])) if x else None
-                for x in node.input[1:]
-            ]
-            try:
-                (out,) = evaluate_node(node, arrays, model.opset_import)
-            except Exception:
-                keep.append(node)
-                continue
-            shape_name = unique_name(f"{name}_shape", taken)
-            t = numpy_helper.from_array(np.array(out.shape, dtype=np.int64), shape_name)
-            known[shape_name] = t
-            new.append(t)
-            keep.append(
-                helper.make_node(
-                    "ConstantOfShape",
-                    [shape_name],
-                    [name],
-                    name=node.name or unique_name(f"{name}_fill", taken),
-                    value=numpy_helper.from_array(fill.value.reshape(1)),
-                )
-            )
-            fills[name] = Fill(tuple(int(d) for d in out.shape), fill.value)
-            folded += 1
-            continue
-        if not all(x in known for x in ins):
-            keep.append(node)
-            continue
-        arrays = [
-            (values[x] if x in values else numpy_helper.to_array(known[x])) if x else None
-            for x in node.input
-        ]
-        in_bytes = sum(a.nbytes for a in arrays if a is not None)
-        if in_bytes > max_bytes:
-            keep.append(node)
-            continue
+        fill = self.fills.get(node.input[0])
+        if fill is None or node.op_type not in _RESHAPES or not all(x in self.known for x in node.input[1:] if x) or fill.size > 2**22:
+            return False
+        arrays = [np.zeros(fill.shape, dtype=fill.value.dtype)] + [self._array(x) for x in node.input[1:]]
         try:
-            (out,) = evaluate_node(node, arrays, model.opset_import)
-            t = numpy_helper.from_array(np.ascontiguousarray(out), name)
+            (out,) = evaluate_node(node, arrays, self.model.opset_import)
+        except Exception:
+            self.keep.append(node)
+            return True
+        shape_name = unique_name(f"{name}_shape", self.taken)
+        t = numpy_helper.from_array(np.array(out.shape, dtype=np.int64), shape_name)
+        self.known[shape_name] = t
+        self.new.append(t)
+        value = numpy_helper.from_array(fill.value.reshape(1))
+        self.keep.append(helper.make_node("ConstantOfShape", [shape_name], [name], name=node.name or unique_name(f"{name}_fill", self.taken), value=value))
+        self.fills[name] = Fill(tuple(int(d) for d in out.shape), fill.value)
+        self.folded += 1
+        return True
+
+    def fold_constant(self, node) -> bool:
+        """A node of constant inputs becomes an initializer, unless it grows the bytes."""
+        if not all(x in self.known for x in node.input if x):
+            return False
+        arrays = [self._array(x) for x in node.input]
+        in_bytes = sum(a.nbytes for a in arrays if a is not None)
+        if in_bytes > self.max_bytes:
+            return False
+        try:
+            (out,) = evaluate_node(node, arrays, self.model.opset_import)
+            t = numpy_helper.from_array(np.ascontiguousarray(out), node.output[0])
         except Exception:  # an input or a type the reference evaluator refuses: keep the node
-            keep.append(node)
-            continue
+            return False
         if out.nbytes > in_bytes:
-            keep.append(node)
-            continue
-        values[name], known[name] = out, t
-        new.append(t)
-        folded += 1
-    if folded:
-        commit_folded(model, keep, new)
-    return folded
+            return False
+        self.values[node.output[0]], self.known[node.output[0]] = out, t
+        self.new.append(t)
+        self.folded += 1
+        return True
 
 
 def _read_count(graph: onnx.GraphProto, name: str) -> int:
