@@ -5,6 +5,12 @@ and called as ``pass_(model, ctx) -> PassResult``.  Subclasses implement ``call`
 ``__call__`` copies the model (passes are functional: the input is never mutated), times
 the call and fills the report's before/after statistics.  Passes never print, never exit
 and never read files.
+
+A pass whose outputs no longer mean what its input's did (a new head, a chain of stages
+built from several models: ``own_reference = True``) says what they must be instead: its
+result carries an ``Expected`` (the outputs on a dataset and how they are judged), which
+the pipeline verifies the new model against.  Such a pass may be a *source*: called with
+``model=None``, it builds the model from its configuration.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from ..errors import RecipeError
 from ..graph import walk_bodies
 from ..stats import model_stats
 
-__all__ = ["Context", "PassReport", "PassResult", "Pass", "validate_config"]
+__all__ = ["Context", "Expected", "PassReport", "PassResult", "Pass", "validate_config"]
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +89,36 @@ class PassReport:
 
 
 @dataclass
+class Expected:
+    """What a step's outputs must be when they are not the input model's.
+
+    ``outputs[k]``: output ``k`` of the new model on ``dataset`` (run with ``batch_size``,
+    at most ``limit`` samples).  Either may be a function, called once the new model passed
+    the checker (``dataset()``; ``outputs(dataset)``), so that a model that fails the check
+    fails there first.  ``exact``: each output within the exact-transform rule
+    (``verify.OutputComparison.exact``), else within the comparison's tolerance
+    (``OutputComparison.ok``).  ``label`` names the model in the check's errors;
+    ``failure`` is the message of an output that differs (format fields: ``name``,
+    ``rel_l2``, ``max_abs``, ``note``).  ``verified``: the new model's outputs, set by the
+    pipeline once they passed.
+    """
+
+    dataset: Any
+    outputs: Any
+    label: str
+    failure: str = "{label}: output '{name}' differs from the expected outputs: relative L2 {rel_l2:.3g}, max abs {max_abs:.3g}"
+    exact: bool = True
+    limit: int | None = None
+    batch_size: int | None = None
+    verified: list | None = None
+
+
+@dataclass
 class PassResult:
     model: onnx.ModelProto
     modified: bool
     report: PassReport
+    expected: Expected | None = None  # set by passes with ``own_reference``
 
 
 def _type_ok(value, hint) -> bool:
@@ -146,12 +178,15 @@ class Pass:
     ``needs``: what the pass requires in the context ("calibration", "labels", ...).
     ``exact``: output must match the input within 1e-4 relative L2 (else it is lossy and
     judged by the accuracy metric).  ``idempotent``: a second run changes nothing.
+    ``own_reference``: the outputs change meaning; ``call`` returns ``self.result(...,
+    expected=Expected(...))`` and the pipeline verifies against that (module docstring).
     """
 
     key: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
     exact: ClassVar[bool] = True
     idempotent: ClassVar[bool] = True
+    own_reference: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -171,21 +206,26 @@ class Pass:
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def result(self, model: onnx.ModelProto, modified: bool, *, counts=None, notes=None, details=None) -> PassResult:
+    def result(self, model: onnx.ModelProto, modified: bool, *, counts=None, notes=None, details=None, expected: Expected | None = None) -> PassResult:
         """Helper for ``call``: a PassResult whose report the base class completes."""
-        return PassResult(model, modified, PassReport(self.key, counts=dict(counts or {}), notes=list(notes or []), details=dict(details or {})))
+        report = PassReport(self.key, counts=dict(counts or {}), notes=list(notes or []), details=dict(details or {}))
+        return PassResult(model, modified, report, expected)
 
-    def __call__(self, model: onnx.ModelProto, ctx: Context | None = None, *, inplace: bool = False) -> PassResult:
+    def __call__(self, model: onnx.ModelProto | None, ctx: Context | None = None, *, inplace: bool = False) -> PassResult:
         """Run the pass.  The input model is left untouched unless ``inplace`` (the caller
-        gives up the model, e.g. to keep peak memory at one copy of a large model)."""
+        gives up the model, e.g. to keep peak memory at one copy of a large model); None for a
+        source pass."""
         ctx = ctx or Context()
-        bodies = _bodies(model.graph)  # before the call: an in-place pass changes ``model``
-        work = model if inplace else copy.deepcopy(model)
-        before = model_stats(model)
+        source = model is None  # a source builds the model from its configuration
+        bodies = [] if source else _bodies(model.graph)  # before the call: an in-place pass changes ``model``
+        work = model if inplace or source else copy.deepcopy(model)
+        before = {} if source else model_stats(model)
         t0 = time.perf_counter()
         res = self.call(work, ctx)
         seconds = time.perf_counter() - t0
         rep = res.report
+        if self.own_reference and res.expected is None:
+            raise TypeError(f"pass '{self.key}' has own_reference but returned no Expected outputs")
         if bodies:
             _note_intact_bodies(bodies, res.model, rep)
         rep.name = self.key

@@ -8,6 +8,11 @@ context's data (evaluation data, else calibration data, else synthesized inputs)
 - lossy passes (quantize, prune, ...) keep output shapes; their metric score against the
   input is recorded and, when the context has a budget, must stay within it.
 
+A step whose outputs change meaning (``Pass.own_reference``: a new head, a chain built
+from several models) is checked against the outputs it says it must give instead
+(``check_expected``); the steps after it are verified against the model it made.  Such a
+step may be a source (``model=None``: it builds the model).
+
 The first failing step stops the run with a VerificationError (exit 3) naming the step.
 The output carries provenance (see ``provenance``).
 """
@@ -21,13 +26,14 @@ import onnx
 
 from ..errors import BudgetError, ModelError, OnnxoptError, VerificationError
 from ..metrics import Evaluator
+from ..runtime import run_dataset
 from ..verify import EXACT_REL_L2, check_model, compare_outputs, frozen_dims, verify_other_shapes
-from .passes import Context, Pass, PassReport
+from .passes import Context, Expected, Pass, PassReport
 from .progress import progress
 from .provenance import write_provenance
 from .result import Result
 
-__all__ = ["PipelineResult", "StepVerifier", "interface_change", "run_pipeline"]
+__all__ = ["PipelineResult", "StepVerifier", "check_expected", "interface_change", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,27 @@ class StepVerifier:
         return record
 
 
+def check_expected(model: onnx.ModelProto, expected: Expected, *, provider: str = "cpu") -> dict:
+    """``model`` against the outputs its step said it must give: checker + ORT load, then
+    every output on ``expected.dataset`` (``Expected.exact``: the exact-transform rule, else
+    the comparison's tolerance).  The first output that differs raises ``VerificationError``
+    with ``expected.failure``."""
+    check = check_model(model, provider=provider, label=expected.label)
+    ds = expected.dataset() if callable(expected.dataset) else expected.dataset
+    got = run_dataset(model, ds, provider=provider, batch_size=expected.batch_size, limit=expected.limit, error=VerificationError)
+    ref = expected.outputs(ds) if callable(expected.outputs) else expected.outputs
+    names = [o.name for o in model.graph.output]
+    samples = int(got[0].shape[0]) if got and got[0].ndim else 1
+    comp = compare_outputs(names, ref, got, samples=samples, source=getattr(ds, "source", ""))
+    expected.dataset, expected.outputs = ds, ref
+    bad = [o for o in comp.outputs if not (o.exact if expected.exact else o.ok)]
+    if bad:
+        o = bad[0]
+        raise VerificationError(expected.failure.format(label=expected.label, name=o.name, rel_l2=o.rel_l2, max_abs=o.max_abs, note=o.note).strip())
+    expected.verified = got
+    return {"check": check.to_dict(), "comparison": comp.to_dict()}
+
+
 def _inputs(model: onnx.ModelProto) -> tuple[dict[str, int], set[str]]:
     """({real input: elem_type}, {inputs that an initializer backs})."""
     inits = {t.name for t in model.graph.initializer}
@@ -111,18 +138,26 @@ def interface_change(reference: onnx.ModelProto, model: onnx.ModelProto) -> str:
 
 @dataclass
 class PipelineResult(Result):
+    """``steps``: the reports of the passes; ``expected``: the ``Expected`` of the last step
+    that had one (its ``verified`` holds that step's model outputs), else None."""
+
     steps: list[PassReport] = field(default_factory=list)
+    expected: Expected | None = None
 
 
-def run_pipeline(model: onnx.ModelProto, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None) -> PipelineResult:
-    """Apply ``passes`` in order, verifying after each; returns the final model + report."""
+def run_pipeline(model: onnx.ModelProto | None, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None) -> PipelineResult:
+    """Apply ``passes`` in order, verifying after each; returns the final model + report.
+
+    ``model`` None: the first pass is a source and builds the model (see the module docstring)."""
     ctx = ctx or Context()
     if ctx.reference is None:
         ctx.reference = model
-    verifier = StepVerifier(model, ctx) if verify else None
-    if verifier is not None:
+    own = bool(passes) and passes[0].own_reference
+    verifier = StepVerifier(model, ctx) if verify and not own else None
+    if verify and model is not None:
         check_model(model, provider=ctx.provider, label="input model", error=ModelError)
-    current = model
+    base = current = model
+    expected = None
     reports: list[PassReport] = []
     for i, p in enumerate(progress(passes, desc=command, unit="step"), start=1):
         label = f"step {i} '{p.key}'"
@@ -133,7 +168,13 @@ def run_pipeline(model: onnx.ModelProto, passes: list[Pass], ctx: Context | None
             if len(passes) > 1 and not exc.message.startswith(label):
                 exc.message = f"{label}: {exc.message}"
             raise
-        if verifier is not None:
+        if verify and res.expected is not None:
+            res.report.verification = check_expected(res.model, res.expected, provider=ctx.provider)
+            expected = res.expected
+            base, verifier = res.model, None  # later steps: against the model this step made
+            ctx.reference = ctx.reference if ctx.reference is not None else res.model
+        elif verify:
+            verifier = verifier or StepVerifier(base, ctx)
             res.report.verification = verifier(res.model, label, exact=p.exact)
         reports.append(res.report)
         current = res.model
@@ -152,5 +193,5 @@ def run_pipeline(model: onnx.ModelProto, passes: list[Pass], ctx: Context | None
     if reports:
         report["before"] = reports[0].before
         report["after"] = reports[-1].after
-    return PipelineResult(current, report, True, reports)
+    return PipelineResult(current, report, True, reports, expected)
 

@@ -586,59 +586,29 @@ def chain(models, *, map=None, data=None, shapes: dict | None = None, provider: 
     """Chain ``models`` serially: stage k's outputs feed stage k+1 (``map``: ``OUT:IN`` pairs).
 
     Junctions are checked for dtype and shape; the result is compared with the stages run one
-    after the other in separate sessions on ``data`` (or synthesized inputs).
+    after the other in separate sessions on ``data`` (or synthesized inputs).  The chain is
+    one source pass (``ChainStagesPass``) run by ``core.run_pipeline``, which verifies it and
+    writes the provenance.
     """
-    from .chain import run_stages, wire_chain
+    from .chain import ChainStagesPass
 
     models = list(models or [])
     if len(models) < 2:
         raise UsageError(f"a chain needs at least 2 models, got {len(models)}")
-    provider = resolve_provider(provider)
-    stages = load_members(models, what="a chain", prefix="s")
-    opsets, ir_version, conversions, notes = reconcile_opsets(stages, min_default=1)
-    inputs, parts, junctions, final_names = wire_chain(stages, map)
-    last = stages[-1]
-    typed = {o.name: o for o in last.model.graph.output}
-    outputs = [typed[n] for n in final_names]
-    model = assemble(parts, inputs, outputs, opsets, ir_version, name="chain", doc=f"onnxopt chain of {' -> '.join(s.label for s in stages)}")
-    shared = share_initializers(model, {s.prefix: s.label for s in stages})
-    dead = remove_unused(model)
-    if dead.get("nodes"):
-        notes.append(f"removed {dead['nodes']} node(s) computing intermediate outputs nobody reads")
-    check = check_model(model, provider=provider, label="chained model")
-    with blame(stages[0].path, data=True):  # the chain's inputs are the first stage's
-        ds = dataset_for(model, data, shapes)
-    from ..runtime import run_dataset
-    from ..verify import compare_outputs
-    from .parity import LIMIT, parity_ok, parity_record
-
-    got = run_dataset(model, ds, provider=provider, limit=LIMIT, error=VerificationError)
-    ref = run_stages(stages, parts, ds, final_names, provider=provider, limit=LIMIT)
-    comp = compare_outputs(final_names, ref, got)
-    records = [parity_record(o) for o in comp.outputs]
-    bad = [o for o in comp.outputs if not parity_ok(o)]
-    if bad:
-        o = bad[0]
-        raise VerificationError(f"parity check failed: output '{o.name}' differs from the stages run one after another: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
-    samples = int(got[0].shape[0]) if got and got[0].ndim else 1
-    parity = {"ok": True, "samples": samples, "data": ds.source, "outputs": records}
-    weak = [n for n, a in zip(final_names, ref, strict=True) if np.asarray(a).dtype.kind == "f" and np.asarray(a).size and float(np.nanmax(np.abs(a))) <= 1e-6]
-    if weak:
-        notes.append(f"the parity check says little about output(s) {', '.join(weak)}: every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)")
+    ctx = Context(data=data, shapes=shapes, provider=resolve_provider(provider))
+    mapping = map if map is None or isinstance(map, (list, dict)) else list(map)
+    step = ChainStagesPass(_where="chain", _error=UsageError, models=models, map=mapping)
+    res = run_pipeline(None, [step], ctx, command="chain")
+    rep, d = res.steps[0], res.steps[0].details
+    comp = rep.verification["comparison"]
+    records = [{k: o[k] for k in ("name", "max_abs", "mean_abs", "rel_l2")} | {"ok": True} | ({"note": o["note"]} if o["note"] else {}) for o in comp["outputs"]]
+    files = [None if isinstance(src, onnx.ModelProto) else str(Path(src)) for src in models]
     report = {
         "command": "chain",
-        "stages": [s.describe() for s in stages],
-        "junctions": junctions,
-        "inputs": [i.name for i in inputs],
-        "outputs": final_names,
-        "opset": opsets,
-        "ir_version": ir_version,
-        "conversions": conversions,
-        "shared_initializers": shared,
-        "check": check.to_dict(),
-        "parity": parity,
-        "notes": notes,
+        "stages": [{"index": s["index"], "file": f, **s} for s, f in zip(d["stages"], files, strict=True)],
+        **{k: d[k] for k in ("junctions", "inputs", "outputs", "opset", "ir_version", "conversions", "shared_initializers")},
+        "check": rep.verification["check"],
+        "parity": {"ok": True, "samples": comp["samples"], "data": comp["data"], "outputs": records},
+        "notes": rep.notes,
     }
-    steps = [{"name": "chain", "stages": [s.label for s in stages], "junctions": junctions, "conversions": conversions}]
-    write_provenance(model, "chain", steps, {"parity": {**parity, "data": Path(ds.source).name}})
-    return Result(model, report, True)
+    return Result(res.model, report, True)

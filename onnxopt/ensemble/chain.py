@@ -13,27 +13,99 @@ whose outputs feeds the next one (it would be dropped silently).  At every junct
 dtype must be equal and the shapes compatible (same rank, fixed dims equal).  Stages are
 namespaced ``s0/``, ``s1/`` ...; the chain's inputs are stage 0's inputs and its outputs are
 the last stage's outputs under their own names.  Intermediate outputs nobody reads are dropped.
+
+``ChainStagesPass`` is the chain as a source pass: it builds the chained model from its
+stages, and its ``Expected`` outputs are the stages run one after another in separate
+sessions (``run_stages``), which ``core.run_pipeline`` checks the model against (exact
+rule, ``verify.OutputComparison.exact``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
-from ..errors import InputError, UnsupportedError, UsageError
+from ..core.passes import Context, Expected, Pass, PassResult
+from ..data import dataset_for
+from ..errors import InputError, UnsupportedError, UsageError, blame
 from ..runtime import concat_outputs, create_session
+from ..simplify.dead import remove_unused
 from .merge import (
     Member,
     Part,
+    assemble,
     dtype_name,
+    load_members,
     merge_shapes,
     namespace_member,
     real_inputs,
+    reconcile_opsets,
     shape_str,
     value_dtype,
     value_shape,
 )
+from .parity import LIMIT
+from .share import share_initializers
 
-__all__ = ["wire_chain", "run_stages"]
+__all__ = ["ChainStagesPass", "wire_chain", "run_stages"]
+
+PARITY_FAILED = "parity check failed: output '{name}' differs from the stages run one after another: relative L2 {rel_l2:.3g}, max abs {max_abs:.3g}"
+
+
+class ChainStagesPass(Pass):
+    """Wire models serially into one graph (a source: called with no model, it builds one).
+
+    ``models``: paths or protos, at least 2; ``map``: ``OUT:IN`` pairs (see the module
+    docstring).  Details: the stages (without their files), junctions, the chain's inputs
+    and outputs, opsets, conversions and shared initializers."""
+
+    key = "chain"
+    own_reference = True
+    idempotent = False
+
+    @dataclass
+    class Config:
+        models: list
+        map: list | dict | None = None
+
+    def call(self, model, ctx: Context) -> PassResult:
+        stages = load_members(self.config.models, what="a chain", prefix="s")
+        opsets, ir_version, conversions, notes = reconcile_opsets(stages, min_default=1)
+        inputs, parts, junctions, final_names = wire_chain(stages, self.config.map)
+        typed = {o.name: o for o in stages[-1].model.graph.output}
+        outputs = [typed[n] for n in final_names]
+        built = assemble(parts, inputs, outputs, opsets, ir_version, name="chain", doc=f"onnxopt chain of {' -> '.join(s.label for s in stages)}")
+        shared = share_initializers(built, {s.prefix: s.label for s in stages})
+        dead = remove_unused(built)
+        if dead.get("nodes"):
+            notes.append(f"removed {dead['nodes']} node(s) computing intermediate outputs nobody reads")
+        details = {
+            "stages": [{k: v for k, v in s.describe().items() if k != "file"} for s in stages],
+            "junctions": junctions,
+            "inputs": [i.name for i in inputs],
+            "outputs": final_names,
+            "opset": opsets,
+            "ir_version": ir_version,
+            "conversions": conversions,
+            "shared_initializers": shared,
+        }
+        res = self.result(built, True, notes=notes, details=details)
+
+        def dataset():
+            with blame(stages[0].path, data=True):  # the chain's inputs are the first stage's
+                return dataset_for(built, ctx.data, ctx.shapes)
+
+        def reference(ds) -> list[np.ndarray]:
+            ref = run_stages(stages, parts, ds, final_names, provider=ctx.provider, limit=LIMIT)
+            weak = [n for n, a in zip(final_names, ref, strict=True) if np.asarray(a).dtype.kind == "f" and np.asarray(a).size and float(np.nanmax(np.abs(a))) <= 1e-6]
+            if weak:
+                res.report.notes.append(f"the parity check says little about output(s) {', '.join(weak)}: every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)")
+            return ref
+
+        res.expected = Expected(dataset, reference, "chained model", failure=PARITY_FAILED, limit=LIMIT)
+        return res
 
 
 def _normalize_pairs(mapping) -> list[tuple[str, str]]:
