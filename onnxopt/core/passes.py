@@ -42,7 +42,8 @@ class Context:
     ``data``: calibration Dataset (or None); ``eval_data``: evaluation Dataset with labels
     (or None); ``shapes``: values for symbolic input dims; ``budget``: a metrics.Budget;
     ``reference``: the pipeline's input model (teacher / FP32 reference); ``fixed_shapes``:
-    inputs the user asked to make static, whose dims a step may fix.
+    inputs the user asked to make static, whose dims a step may fix; ``path``: the input
+    model's file, for errors about it.
     """
 
     data: Any = None
@@ -54,6 +55,7 @@ class Context:
     reference: onnx.ModelProto | None = None
     options: dict = field(default_factory=dict)
     fixed_shapes: dict | None = None  # inputs the user asked to make static (--fix-shapes)
+    path: str | None = None
 
     def inputs_for(self, model: onnx.ModelProto, *, prefer_eval: bool = False):
         """A Dataset fitting ``model``: eval/calibration data, else synthesized inputs."""
@@ -68,7 +70,10 @@ class Context:
 
 @dataclass
 class PassReport:
-    """What one pass did: counts of what changed, stats before/after, seconds, notes."""
+    """What one pass did: counts of what changed, stats before/after, seconds, notes.
+
+    ``extras``: in-memory by-products for the caller (arrays, fitted objects, timings); never
+    in ``to_dict``, so neither in reports nor in provenance."""
 
     name: str
     params: dict = field(default_factory=dict)
@@ -80,9 +85,11 @@ class PassReport:
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     verification: dict | None = None
+    extras: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self, *, timing: bool = True) -> dict:
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, extras={}))
+        d.pop("extras")
         if not timing:
             d.pop("seconds")
         return d
@@ -217,7 +224,9 @@ class Pass:
         source pass."""
         ctx = ctx or Context()
         source = model is None  # a source builds the model from its configuration
-        bodies = [] if source else _bodies(model.graph)  # before the call: an in-place pass changes ``model``
+        # before the call (an in-place pass changes ``model``); a pass with its own reference
+        # builds a new model around the old one: nothing of it is "left unchanged" by a skip
+        bodies = [] if source or self.own_reference else _bodies(model.graph)
         work = model if inplace or source else copy.deepcopy(model)
         before = {} if source else model_stats(model)
         t0 = time.perf_counter()

@@ -145,16 +145,20 @@ class PipelineResult(Result):
     expected: Expected | None = None
 
 
-def run_pipeline(model: onnx.ModelProto | None, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None) -> PipelineResult:
+def run_pipeline(
+    model: onnx.ModelProto | None, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None, check_input: bool = True
+) -> PipelineResult:
     """Apply ``passes`` in order, verifying after each; returns the final model + report.
 
-    ``model`` None: the first pass is a source and builds the model (see the module docstring)."""
+    ``model`` None: the first pass is a source and builds the model (see the module
+    docstring).  ``check_input=False``: the caller has checked the input model already (it
+    had to, before reading DATA against it)."""
     ctx = ctx or Context()
     if ctx.reference is None:
         ctx.reference = model
     own = bool(passes) and passes[0].own_reference
     verifier = StepVerifier(model, ctx) if verify and not own else None
-    if verify and model is not None:
+    if verify and check_input and model is not None:
         check_model(model, provider=ctx.provider, label="input model", error=ModelError)
     base = current = model
     expected = None
