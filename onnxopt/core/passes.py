@@ -94,6 +94,14 @@ class PassReport:
             d.pop("seconds")
         return d
 
+    def record(self) -> dict:
+        """What provenance keeps of the step: ``to_dict`` without seconds or the before/after
+        statistics (identical runs write identical files)."""
+        d = self.to_dict(timing=False)
+        d.pop("before", None)
+        d.pop("after", None)
+        return d
+
 
 @dataclass
 class Expected:

@@ -146,13 +146,14 @@ class PipelineResult(Result):
 
 
 def run_pipeline(
-    model: onnx.ModelProto | None, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None, check_input: bool = True
+    model: onnx.ModelProto | None, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None, check_input: bool = True, provenance: bool = True
 ) -> PipelineResult:
     """Apply ``passes`` in order, verifying after each; returns the final model + report.
 
     ``model`` None: the first pass is a source and builds the model (see the module
     docstring).  ``check_input=False``: the caller has checked the input model already (it
-    had to, before reading DATA against it)."""
+    had to, before reading DATA against it).  ``provenance=False``: the caller writes one
+    record with these steps and its own (``ensemble``: the merge, then a recipe's steps)."""
     ctx = ctx or Context()
     if ctx.reference is None:
         ctx.reference = model
@@ -182,11 +183,8 @@ def run_pipeline(
             res.report.verification = verifier(res.model, label, exact=p.exact)
         reports.append(res.report)
         current = res.model
-    steps = [r.to_dict(timing=False) for r in reports]
-    for s in steps:
-        s.pop("before", None)
-        s.pop("after", None)
-    write_provenance(current, command, steps, extra)
+    if provenance:
+        write_provenance(current, command, [r.record() for r in reports], extra)
     report = {
         "command": command,
         "steps": [r.to_dict() for r in reports],

@@ -26,7 +26,6 @@ from onnx import helper
 
 from ..core.passes import Context
 from ..core.pipeline import run_pipeline
-from ..core.provenance import KEY as PROVENANCE_KEY
 from ..core.provenance import write_provenance
 from ..core.public import check_options
 from ..core.result import Result
@@ -360,7 +359,7 @@ def ensemble(models, **options) -> Result:
             extra["max_accuracy_drop"] = budget.max_drop
         if any(r.modified for r in step_reports):
             _after_steps(report, model, ds, labels, built.fused_names, mem.K, provider)
-        steps += _step_records(step_reports)
+        steps += [r.record() for r in step_reports]
         extra["recipe"] = {k: report["recipe"][k] for k in ("name", "file", "settings", "overridden", "steps")}
     elif st.max_accuracy_drop is not None or st.metric is not None:
         notes.append("max_accuracy_drop / metric apply to a recipe's lossy steps: without --recipe they have no effect")
@@ -538,28 +537,12 @@ def _run_recipe_steps(model, plan, budget, ds, fit_run, data, shapes, provider):
     eval_ds = ds if data is not None else None
     ctx = Context(data=fit_ds if fit_ds is not None else eval_ds, eval_data=eval_ds, shapes=shapes, provider=provider, budget=budget)
     try:
-        res = run_pipeline(model, plan.passes, ctx, command="ensemble")
+        res = run_pipeline(model, plan.passes, ctx, command="ensemble", provenance=False)
     except OnnxoptError as exc:
         where = "" if exc.message.startswith("step ") else f"step 1 '{plan.passes[0].key}': "
         exc.message = f"recipe '{plan.recipe.name}' {where}{exc.message}"
         raise
-    out = res.model
-    kept = [(p.key, p.value) for p in out.metadata_props if p.key != PROVENANCE_KEY]
-    del out.metadata_props[:]  # the ensemble's own record is written once, with every step
-    for k, v in kept:
-        out.metadata_props.add(key=k, value=v)
-    return out, res.steps
-
-
-def _step_records(step_reports) -> list[dict]:
-    """Provenance entries of the recipe steps (as ``run_pipeline`` writes them)."""
-    records = []
-    for r in step_reports:
-        d = r.to_dict(timing=False)
-        d.pop("before", None)
-        d.pop("after", None)
-        records.append(d)
-    return records
+    return res.model, res.steps  # the ensemble's own record is written once, with every step
 
 
 def _after_steps(report, model, ds, labels, fused_names, K: int, provider: str) -> None:
