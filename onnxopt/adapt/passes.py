@@ -187,7 +187,9 @@ def _fit(x: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig, 
         head = fit_head(x[train_idx], labels[train_idx], num_classes, kind=cfg.head, l2=float(l2), standardize=cfg.standardize)
     seconds = time.perf_counter() - t0
     if head.info.get("absent_classes"):
-        notes.append(f"classes {head.info['absent_classes']} have no training sample: score fixed at {head.bias[head.info['absent_classes'][0]]:g}, never predicted")
+        notes.append(
+            f"classes {head.info['absent_classes']} have no training sample: score fixed at {head.bias[head.info['absent_classes'][0]]:g}, never predicted"
+        )
     if head.info.get("converged") is False:
         notes.append(f"the solver stopped before convergence (max |grad| {head.info['grad_max']:.2g})")
     return _Fit(head, cv, float(l2), train_idx, hold_idx, seconds)
@@ -271,5 +273,3 @@ def _cut_report(site: _Site, cfg: AdaptConfig, pooled: str, cut_counts: dict) ->
         "width": site.width,
         **cut_counts,
     }
-
-

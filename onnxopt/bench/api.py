@@ -46,25 +46,10 @@ from . import accuracy as acc
 from .environment import busy_warning, capture, load_average, oversubscription_warning
 from .feeds import SkipConfig, dataset_view, feed_batch, make_feed
 from .memory import MemoryProbe, peak_rss_bytes
-from .runner import (
-    Invoker,
-    measure_throughput,
-    open_session,
-    prime_runtime,
-    time_once,
-    warm,
-)
+from .runner import Invoker, measure_throughput, open_session, prime_runtime, time_once, warm
 from .timing import MIN_PAIRED_BLOCKS, latency_summary, measure_interleaved, speedup
 
-__all__ = [
-    "bench",
-    "BenchConfig",
-    "compare_latency",
-    "BenchResult",
-    "SCHEMA_VERSION",
-    "DEFAULT_RUNS",
-    "DEFAULT_DURATION",
-]
+__all__ = ["bench", "BenchConfig", "compare_latency", "BenchResult", "SCHEMA_VERSION", "DEFAULT_RUNS", "DEFAULT_DURATION"]
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +113,7 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
         # and bench needs only the graph (inputs, parameter counts from dims)
         proto = load_model(src, load_external=False)
         path = None if isinstance(src, onnx.ModelProto) else Path(src)
-        entries.append(
-            _Entry(
-                names[i] if names else _name_of(src, proto, i),
-                proto if path is None else str(path),
-                proto,
-                path,
-            )
-        )
+        entries.append(_Entry(names[i] if names else _name_of(src, proto, i), proto if path is None else str(path), proto, path))
     _dedupe(entries)
     n_given = len(entries)
     base = 0
@@ -155,22 +133,13 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
             entries.insert(0, _Entry(_name_of(baseline, baseline, 0), baseline, baseline, None))
     else:
         bpath = Path(baseline)
-        hit = [
-            i
-            for i, e in enumerate(entries)
-            if e.path is not None
-            and bpath.exists()
-            and e.path.exists()
-            and os.path.samefile(e.path, bpath)
-        ]
+        hit = [i for i, e in enumerate(entries) if e.path is not None and bpath.exists() and e.path.exists() and os.path.samefile(e.path, bpath)]
         if not hit and not bpath.exists():
             hit = [i for i, e in enumerate(entries) if e.name == str(baseline)]
         if hit:
             base = hit[0]
         else:
-            entries.insert(
-                0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath)
-            )
+            entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath))
     if len(entries) > n_given:
         _dedupe(entries)
     return entries, base
@@ -630,13 +599,9 @@ def _accuracy(entries, sessions, views, ds, shapes, base, seed) -> list[dict]:
     for i, why in failed.items():
         blocks[i]["note"] = why
     for i in range(n):
-        same = feeds[i].keys() == feeds[base].keys() and all(
-            np.array_equal(feeds[i][k], feeds[base][k]) for k in feeds[i]
-        )
+        same = feeds[i].keys() == feeds[base].keys() and all(np.array_equal(feeds[i][k], feeds[base][k]) for k in feeds[i])
         if not same:
-            blocks[i].update(
-                agreement=None, rel_l2=None, note="inputs differ from the baseline's: no comparison"
-            )
+            blocks[i].update(agreement=None, rel_l2=None, note="inputs differ from the baseline's: no comparison")
     return blocks
 
 
@@ -681,12 +646,7 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed):
             if base_lat is None or base_lat.size == 0:
                 row["notes"].append("no ratio: the baseline was not measured in this configuration")
             elif i == base:
-                row["speedup"] = {
-                    "ratio": 1.0,
-                    "ci95": [1.0, 1.0],
-                    "verdict": "baseline",
-                    "ci_method": None,
-                }
+                row["speedup"] = {"ratio": 1.0, "ci95": [1.0, 1.0], "verdict": "baseline", "ci_method": None}
             else:
                 s = speedup(base_lat, x, block=block, seed=seed)
                 row["speedup"] = {**s.to_dict(), "verdict": s.verdict, "ci_method": s.method}
@@ -731,26 +691,13 @@ def compare_latency(
             labels.append(f"model{k}")
         else:
             proto = load_model(it, load_external=False)
-            sess = create_session(
-                it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads
-            )
+            sess = create_session(it if not isinstance(it, onnx.ModelProto) else proto, prov, threads=threads)
             sessions.append(sess)
             labels.append(_name_of(it, proto, k))
     if names is not None:
         labels = list(names)
-    calls = [
-        Invoker(s, f, io_binding=io_binding or prov == "cuda", device=device).call
-        for s, f in zip(sessions, feeds, strict=True)
-    ]
-    m = measure_interleaved(
-        lambda k: calls[k](),
-        len(calls),
-        runs=runs,
-        warmup=warmup,
-        block=block,
-        duration=duration,
-        shuffle_seed=seed,
-    )
+    calls = [Invoker(s, f, io_binding=io_binding or prov == "cuda", device=device).call for s, f in zip(sessions, feeds, strict=True)]
+    m = measure_interleaved(lambda k: calls[k](), len(calls), runs=runs, warmup=warmup, block=block, duration=duration, shuffle_seed=seed)
     out = []
     for k, x in enumerate(m.latencies):
         ms = x * 1e3

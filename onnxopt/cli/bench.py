@@ -17,57 +17,18 @@ __all__ = ["command"]
 @provider_option
 @data_option()
 @shape_option
+@click.option("--batch", "batches", type=IntList(), default=None, help="Batch sizes to sweep, e.g. 1,8,32 (default: each model's own batch, 1 when symbolic).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per session (default: onnxruntime's, one per physical core).")
+@click.option("--runs", type=click.IntRange(min=1), default=None, help="Timed runs per model and batch [default: 200, capped at 10 s per batch].")
 @click.option(
-    "--batch",
-    "batches",
-    type=IntList(),
-    default=None,
-    help="Batch sizes to sweep, e.g. 1,8,32 (default: each model's own batch, 1 when symbolic).",
+    "--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds of timed runs per batch size (with --runs: whichever ends first)."
 )
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs per model at every input shape before timing.")
 @click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Intra-op threads per session (default: onnxruntime's, one per physical core).",
+    "--concurrency", type=click.IntRange(min=1), default=1, show_default=True, help="Worker threads sharing one session for the throughput measurement."
 )
-@click.option(
-    "--runs",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Timed runs per model and batch [default: 200, capped at 10 s per batch].",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Seconds of timed runs per batch size (with --runs: whichever ends first).",
-)
-@click.option(
-    "--warmup",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Untimed runs per model at every input shape before timing.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker threads sharing one session for the throughput measurement.",
-)
-@click.option(
-    "--io-binding/--no-io-binding",
-    "io_binding",
-    default=None,
-    help="Bind inputs/outputs on the device (default: on with CUDA, off on CPU).",
-)
-@click.option(
-    "--baseline",
-    type=click.Path(),
-    default=None,
-    help="Model the ratios are relative to (default: the first MODEL; added if not among them).",
-)
+@click.option("--io-binding/--no-io-binding", "io_binding", default=None, help="Bind inputs/outputs on the device (default: on with CUDA, off on CPU).")
+@click.option("--baseline", type=click.Path(), default=None, help="Model the ratios are relative to (default: the first MODEL; added if not among them).")
 @click.option(
     "--cudnn-conv-algo-search",
     type=click.Choice(["EXHAUSTIVE", "HEURISTIC", "DEFAULT"], case_sensitive=False),
@@ -83,18 +44,10 @@ __all__ = ["command"]
     help="Report format (printed, or written with -o).",
 )
 @click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the report in --format to this file (atomically); the table is printed.",
+    "-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the report in --format to this file (atomically); the table is printed."
 )
 @click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a plot (.png/.svg/.pdf): latency distributions and ratios with CI.",
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a plot (.png/.svg/.pdf): latency distributions and ratios with CI."
 )
 @click.option("--no-throughput", is_flag=True, help="Skip the throughput measurement.")
 @click.option("--no-accuracy", is_flag=True, help="Skip the accuracy check.")
@@ -112,13 +65,7 @@ __all__ = ["command"]
     show_default=True,
     help="Repeats of the cold-start measurement per model (session creation, first run, peak RSS; each in a fresh process).",
 )
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of synthesized inputs, run order shuffling and the bootstrap.",
-)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthesized inputs, run order shuffling and the bootstrap.")
 def command(models, fmt, output, plot_path, no_throughput, no_accuracy, **options):
     """Benchmark MODELs side by side: session creation, first run, steady-state latency
     percentiles, measured throughput, memory, size and accuracy.  Models run interleaved so

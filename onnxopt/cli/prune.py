@@ -21,8 +21,6 @@ from .types import FloatList, Fraction, LayerRatio
 __all__ = ["command", "render"]
 
 
-
-
 @click.command("prune")
 @click.argument("model", type=click.Path())
 @output_option()
@@ -33,12 +31,7 @@ __all__ = ["command", "render"]
     show_default=True,
     help="magnitude: zero small weights; channels: remove output channels; blocks: remove residual blocks.",
 )
-@click.option(
-    "--sparsity",
-    type=Fraction(),
-    default=None,
-    help="magnitude: fraction of weights zeroed (default 0.5, or searched with --max-accuracy-drop).",
-)
+@click.option("--sparsity", type=Fraction(), default=None, help="magnitude: fraction of weights zeroed (default 0.5, or searched with --max-accuracy-drop).")
 @click.option(
     "--scope",
     type=click.Choice(["global", "layer"]),
@@ -46,24 +39,9 @@ __all__ = ["command", "render"]
     show_default=True,
     help="magnitude: one threshold for all weights, or the same fraction per layer.",
 )
-@click.option(
-    "--min-params",
-    type=click.IntRange(min=0),
-    default=1024,
-    show_default=True,
-    help="magnitude: skip weights with fewer elements.",
-)
-@click.option(
-    "--include-first-last",
-    is_flag=True,
-    help="magnitude: also prune the first and last weight layers.",
-)
-@click.option(
-    "--ratio",
-    type=Fraction(),
-    default=None,
-    help="channels: fraction of each group's channels removed (default 0.3, or searched).",
-)
+@click.option("--min-params", type=click.IntRange(min=0), default=1024, show_default=True, help="magnitude: skip weights with fewer elements.")
+@click.option("--include-first-last", is_flag=True, help="magnitude: also prune the first and last weight layers.")
+@click.option("--ratio", type=Fraction(), default=None, help="channels: fraction of each group's channels removed (default 0.3, or searched).")
 @click.option(
     "--layer-ratio",
     "layer_ratios",
@@ -79,50 +57,16 @@ __all__ = ["command", "render"]
     help="channels: weight L1 norm (x BatchNorm scale), or mean |activation| on --calibration.",
 )
 @click.option(
-    "--align",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="channels: round kept channel counts to multiples of this (1: exact ratio).",
+    "--align", type=click.IntRange(min=1), default=8, show_default=True, help="channels: round kept channel counts to multiples of this (1: exact ratio)."
 )
-@click.option(
-    "--no-reconstruct",
-    is_flag=True,
-    help="channels: do not refit the next layers on --calibration.",
-)
+@click.option("--no-reconstruct", is_flag=True, help="channels: do not refit the next layers on --calibration.")
 @calibration_option
-@click.option(
-    "--blocks",
-    type=click.IntRange(min=1),
-    default=None,
-    help="blocks: number of residual blocks removed (default 1, or searched).",
-)
+@click.option("--blocks", type=click.IntRange(min=1), default=None, help="blocks: number of residual blocks removed (default 1, or searched).")
 @budget_options
-@click.option(
-    "--grid",
-    type=FloatList(),
-    default=None,
-    help="Values tried by the budget search, e.g. 0.1,0.2,0.3.",
-)
-@click.option(
-    "--plot",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Draw the budget search curve to this PNG.",
-)
-@click.option(
-    "--timing-runs",
-    type=click.IntRange(min=0),
-    default=30,
-    show_default=True,
-    help="Interleaved latency runs against MODEL (0: skip timing).",
-)
-@click.option(
-    "--timing-threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="ONNX Runtime intra-op threads for the latency runs (default: ORT's).",
-)
+@click.option("--grid", type=FloatList(), default=None, help="Values tried by the budget search, e.g. 0.1,0.2,0.3.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Draw the budget search curve to this PNG.")
+@click.option("--timing-runs", type=click.IntRange(min=0), default=30, show_default=True, help="Interleaved latency runs against MODEL (0: skip timing).")
+@click.option("--timing-threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads for the latency runs (default: ORT's).")
 @shape_option
 @provider_option
 @json_option

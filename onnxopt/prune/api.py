@@ -35,20 +35,7 @@ _VALUE = {"magnitude": "sparsity", "channels": "ratio", "blocks": "blocks"}
 _ALIASES = {"channel": "channels", "block": "blocks"}
 
 
-def _check_args(
-    method,
-    sparsity,
-    ratio,
-    ratios,
-    blocks,
-    importance,
-    scope,
-    plot,
-    max_accuracy_drop,
-    calibration,
-    grid,
-    options=None,
-) -> None:
+def _check_args(method, sparsity, ratio, ratios, blocks, importance, scope, plot, max_accuracy_drop, calibration, grid, options=None) -> None:
     if method not in METHODS:
         raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     for name, v in (("--sparsity", sparsity), ("--ratio", ratio)):
@@ -66,11 +53,7 @@ def _check_args(
     }[method]
     given = [n for n, v in wrong if v is not None]
     # method-specific options given a non-default value with another method would be ignored
-    given += [
-        flag
-        for flag, value, default, owner in (options or [])
-        if owner != method and value != default
-    ]
+    given += [flag for flag, value, default, owner in (options or []) if owner != method and value != default]
     if given:
         raise UsageError(f"{', '.join(given)} does not apply to --method {method}")
     if importance not in ("l1", "activation"):
@@ -80,39 +63,23 @@ def _check_args(
     if scope not in ("global", "layer"):
         raise UsageError(f"unknown scope '{scope}' (choose from global, layer)")
     if plot is not None and max_accuracy_drop is None:
-        raise UsageError(
-            "--plot draws the budget search curve: give --max-accuracy-drop (and --eval)"
-        )
-    explicit = {"magnitude": sparsity, "channels": ratio if ratio is not None else ratios}.get(
-        method, blocks
-    )
+        raise UsageError("--plot draws the budget search curve: give --max-accuracy-drop (and --eval)")
+    explicit = {"magnitude": sparsity, "channels": ratio if ratio is not None else ratios}.get(method, blocks)
     if plot is not None and explicit:
-        flag = {"magnitude": "--sparsity", "channels": "--ratio / --layer-ratio"}.get(
-            method, "--blocks"
-        )
-        raise UsageError(
-            f"--plot draws the budget search curve, which is not run with an explicit {flag}"
-        )
+        flag = {"magnitude": "--sparsity", "channels": "--ratio / --layer-ratio"}.get(method, "--blocks")
+        raise UsageError(f"--plot draws the budget search curve, which is not run with an explicit {flag}")
     if grid is not None and method == "blocks":
-        raise UsageError(
-            "--grid does not apply to --method blocks (every number of blocks is tried)"
-        )
+        raise UsageError("--grid does not apply to --method blocks (every number of blocks is tried)")
     if grid is not None:
         if not grid:
             raise UsageError("--grid must list at least one value")
         bad = [g for g in grid if not (0 < float(g) < 1)]
         if bad:
-            raise UsageError(
-                f"--grid values must be in (0, 1), got {', '.join(f'{float(g):g}' for g in bad)}"
-            )
+            raise UsageError(f"--grid values must be in (0, 1), got {', '.join(f'{float(g):g}' for g in bad)}")
         if max_accuracy_drop is None:
-            raise UsageError(
-                "--grid lists the values of the budget search: give --max-accuracy-drop"
-            )
+            raise UsageError("--grid lists the values of the budget search: give --max-accuracy-drop")
         if explicit:
-            raise UsageError(
-                f"--grid does not apply with an explicit --{'sparsity' if method == 'magnitude' else 'ratio'}"
-            )
+            raise UsageError(f"--grid does not apply with an explicit --{'sparsity' if method == 'magnitude' else 'ratio'}")
 
 
 @dataclass
@@ -152,7 +119,20 @@ class PruneConfig:
             ("--align", int(self.align), 8, "channels"),
             ("--no-reconstruct", not self.reconstruct, False, "channels"),
         ]
-        _check_args(self.method, self.sparsity, self.ratio, self.ratios, self.blocks, self.importance, self.scope, self.plot, self.max_accuracy_drop, self.calibration, self.grid, specific)
+        _check_args(
+            self.method,
+            self.sparsity,
+            self.ratio,
+            self.ratios,
+            self.blocks,
+            self.importance,
+            self.scope,
+            self.plot,
+            self.max_accuracy_drop,
+            self.calibration,
+            self.grid,
+            specific,
+        )
         return self
 
     def pass_params(self) -> dict:
@@ -199,7 +179,15 @@ def prune(model, **options) -> PipelineResult:
         require_matplotlib()
     m, path = resolve_model(model)
     check_shapes(m, cfg.shapes, path)
-    ctx = make_context(m, calibration=cfg.calibration, eval_data=cfg.eval_data, shapes=cfg.shapes, provider=cfg.provider, max_accuracy_drop=cfg.max_accuracy_drop, metric=cfg.metric)
+    ctx = make_context(
+        m,
+        calibration=cfg.calibration,
+        eval_data=cfg.eval_data,
+        shapes=cfg.shapes,
+        provider=cfg.provider,
+        max_accuracy_drop=cfg.max_accuracy_drop,
+        metric=cfg.metric,
+    )
     params = cfg.pass_params()
     probe = None
     if cfg.timing_runs:
@@ -255,40 +243,20 @@ def _search(method, model, ctx, params, probe, path):
     from .passes import GRIDS, input_dims, no_point, rank_blocks
     from .search import search
 
-    evaluator = Evaluator(
-        model,
-        ctx.inputs_for(model, prefer_eval=True),
-        ctx.budget.metric,
-        provider=ctx.provider,
-        limit=512,
-    )
-    plain = Context(
-        data=ctx.data,
-        eval_data=ctx.eval_data,
-        shapes=ctx.shapes,
-        provider=ctx.provider,
-        seed=ctx.seed,
-        reference=model,
-    )
+    evaluator = Evaluator(model, ctx.inputs_for(model, prefer_eval=True), ctx.budget.metric, provider=ctx.provider, limit=512)
+    plain = Context(data=ctx.data, eval_data=ctx.eval_data, shapes=ctx.shapes, provider=ctx.provider, seed=ctx.seed, reference=model)
     ranking = None
     if method == "blocks":
         dims = input_dims(ctx)
         found, refusals = find_blocks(model, dims)
         if not found:
             why = refusals[0] if refusals else "the model has no Add of two activations"
-            raise NothingToDoError(
-                f"nothing to prune with --method blocks: no residual blocks (y = x + f(x) with matching shapes): {why}",
-                path,
-            )
+            raise NothingToDoError(f"nothing to prune with --method blocks: no residual blocks (y = x + f(x) with matching shapes): {why}", path)
         ranking = rank_blocks(model, found, evaluator, dims)
         values = list(range(1, len(ranking) + 1))
 
         def build(k):
-            p = make_pass(
-                "prune-blocks",
-                {"names": [e["output"] for e in ranking[: int(k)]]},
-                error=UsageError,
-            )
+            p = make_pass("prune-blocks", {"names": [e["output"] for e in ranking[: int(k)]]}, error=UsageError)
             return p(model, plain).model
     else:
         values = params.get("grid") or GRIDS[method]
@@ -297,19 +265,13 @@ def _search(method, model, ctx, params, probe, path):
         def build(v):
             res = make_pass(key, {**params, _VALUE[method]: v}, error=UsageError)(model, plain)
             if not res.modified:
-                raise NothingToDoError(
-                    res.report.details.get("nothing_to_prune") or "nothing pruned", path
-                )
+                raise NothingToDoError(res.report.details.get("nothing_to_prune") or "nothing pruned", path)
             return res.model
 
-    outcome = search(
-        values, build, evaluator, ctx.budget.max_drop, probe=probe, label=f"{_VALUE[method]} search"
-    )
+    outcome = search(values, build, evaluator, ctx.budget.max_drop, probe=probe, label=f"{_VALUE[method]} search")
     if outcome.chosen is None:
         if outcome.points and all(p.error for p in outcome.points):
-            raise NothingToDoError(
-                f"nothing to prune with --method {method}: {outcome.points[0].error}", path
-            )
+            raise NothingToDoError(f"nothing to prune with --method {method}: {outcome.points[0].error}", path)
         from ..diagnose.hints import diagnose_hint
 
         hint = diagnose_hint(path, recipe=_KEYS[method], data=ctx.eval_data or ctx.data) if path else ""

@@ -66,12 +66,7 @@ class WeightStore:
         self.inits = {t.name: t for t in g.initializer if t.name not in overridable}
         self.fills: dict[str, tuple[int, onnx.NodeProto]] = {}
         for i, n in enumerate(g.node):
-            if (
-                n.op_type == "ConstantOfShape"
-                and n.domain in ("", "ai.onnx")
-                and n.input
-                and n.input[0] in self.inits
-            ):
+            if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx") and n.input and n.input[0] in self.inits:
                 self.fills[n.output[0]] = (i, n)
         self._cache: dict[str, np.ndarray] = {}
 
@@ -238,11 +233,7 @@ class WeightWriter:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.graph = model.graph
-        self.taken = (
-            {t.name for t in self.graph.initializer}
-            | {o for n in self.graph.node for o in n.output}
-            | {i.name for i in self.graph.input}
-        )
+        self.taken = {t.name for t in self.graph.initializer} | {o for n in self.graph.node for o in n.output} | {i.name for i in self.graph.input}
         self.taken |= used_names(self.graph)
         self._fill_nodes: list[onnx.NodeProto] = []
         self._fills_made: dict[tuple, str] = {}
@@ -258,9 +249,7 @@ class WeightWriter:
                 return node.input[index]
             shape_name = unique_name(f"{base or old}_shape", self.taken)
             out = unique_name(base or f"{old}_pruned", self.taken)
-            g.initializer.append(
-                numpy_helper.from_array(np.array(value.shape, dtype=np.int64), shape_name)
-            )
+            g.initializer.append(numpy_helper.from_array(np.array(value.shape, dtype=np.int64), shape_name))
             self._declare(shape_name)
             self._fill_nodes.append(
                 helper.make_node(
@@ -278,9 +267,7 @@ class WeightWriter:
         inits = {t.name: t for t in g.initializer}
         if old in inits and _read_count(g, old) == 1 and not any(o.name == old for o in g.output):
             t = inits[old]
-            t.CopyFrom(
-                numpy_helper.from_array(arr.astype(numpy_helper.to_array(t).dtype, copy=False), old)
-            )
+            t.CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(t).dtype, copy=False), old))
             self._declare(old, update=True)
             return old
         name = unique_name(base or f"{old}_pruned", self.taken)
