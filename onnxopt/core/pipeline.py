@@ -146,7 +146,15 @@ class PipelineResult(Result):
 
 
 def run_pipeline(
-    model: onnx.ModelProto | None, passes: list[Pass], ctx: Context | None = None, *, verify: bool = True, command: str = "run", extra: dict | None = None, check_input: bool = True, provenance: bool = True
+    model: onnx.ModelProto | None,
+    passes: list[Pass],
+    ctx: Context | None = None,
+    *,
+    verify: bool = True,
+    command: str = "run",
+    extra: dict | None = None,
+    check_input: bool = True,
+    provenance: bool = True,
 ) -> PipelineResult:
     """Apply ``passes`` in order, verifying after each; returns the final model + report.
 
@@ -177,7 +185,8 @@ def run_pipeline(
             res.report.verification = check_expected(res.model, res.expected, provider=ctx.provider)
             expected = res.expected
             base, verifier = res.model, None  # later steps: against the model this step made
-            ctx.reference = ctx.reference if ctx.reference is not None else res.model
+            if ctx.reference is None:  # a source: later steps' teacher is the model it built
+                ctx.reference = res.model
         elif verify:
             verifier = verifier or StepVerifier(base, ctx)
             res.report.verification = verifier(res.model, label, exact=p.exact)

@@ -343,7 +343,10 @@ def ensemble(models, **options) -> Result:
         more = f" (and {len(parity.failures) - 1} more)" if len(parity.failures) > 1 else ""
         raise VerificationError(f"parity check failed: {parity.failures[0]}{more}")
     if parity.weak:
-        notes.append(f"the parity check says little about member output(s) {', '.join(parity.weak)}: every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)")
+        notes.append(
+            f"the parity check says little about member output(s) {', '.join(parity.weak)}: "
+            f"every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)"
+        )
     report = _report(mem, built, spec, check, parity, fit_info)
     labels = _accuracies(report, mem, built, spec, ds, parity, arrays, fit_run)
     steps, extra = _provenance(mem, built, spec, parity, report, st.fuse_members)
@@ -430,7 +433,8 @@ def _build(mem: _Members, spec: Fusion, st, provider: str) -> _Built:
     if st.keep_member_outputs:
         graph_outputs += [types_of[n] for vals in member_values for n in vals]
     doc = f"onnxopt ensemble ({spec.kind}) of {', '.join(m.label for m in members)}"
-    model = assemble(parts, mem.inputs, graph_outputs, mem.opsets, mem.ir_version, name="ensemble", extra_nodes=head_nodes, extra_initializers=head_inits, doc=doc)
+    heads = {"extra_nodes": head_nodes, "extra_initializers": head_inits}
+    model = assemble(parts, mem.inputs, graph_outputs, mem.opsets, mem.ir_version, name="ensemble", doc=doc, **heads)
     shared = share_initializers(model, prefixes)
     dead = remove_unused(model)
     if dead.get("nodes"):
@@ -584,7 +588,8 @@ def chain(models, *, map=None, data=None, shapes: dict | None = None, provider: 
     res = run_pipeline(None, [step], ctx, command="chain")
     rep, d = res.steps[0], res.steps[0].details
     comp = rep.verification["comparison"]
-    records = [{k: o[k] for k in ("name", "max_abs", "mean_abs", "rel_l2")} | {"ok": True} | ({"note": o["note"]} if o["note"] else {}) for o in comp["outputs"]]
+    keys = ("name", "max_abs", "mean_abs", "rel_l2")
+    records = [{k: o[k] for k in keys} | {"ok": True} | ({"note": o["note"]} if o["note"] else {}) for o in comp["outputs"]]
     files = [None if isinstance(src, onnx.ModelProto) else str(Path(src)) for src in models]
     report = {
         "command": "chain",
