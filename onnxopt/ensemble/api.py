@@ -237,8 +237,19 @@ def _build_parts(members: list[Member], fuse_members: bool, provider: str):
 
 @dataclass
 class EnsembleConfig:
-    """The options of ``ensemble`` (see its docstring).  Those left None take the recipe's
-    ``[ensemble]`` table's value, else ``EnsembleSettings``' default."""
+    """The options of ``ensemble``.  Those left None take the recipe's ``[ensemble]`` table's
+    value, else ``EnsembleSettings``' default.
+
+    ``fusion``: ``mean`` (default) | ``weighted`` (``weights`` or ``fit``) | ``vote``
+    (optional ``weights``) | ``stack`` (needs ``fit``: DATA with labels; ``head`` logistic
+    (default) or ridge, ``l2`` strength or None for cross-validation).  ``softmax`` normalises
+    member scores first; ``keep_member_outputs`` also exposes each member's output; ``output``
+    picks one output per member (name or position; else all, position-wise); ``input_map``
+    renames member inputs ``{FROM: TO}``; ``fuse_members`` fuses members of one architecture
+    into one wider network.  ``data`` (or synthesized inputs shaped by ``shapes``): the
+    inputs of the parity check, on ``provider``.  ``recipe``, ``max_accuracy_drop``,
+    ``metric``, ``parallel``: see ``ensemble``.
+    """
 
     fusion: str | None = None
     weights: list | None = None
@@ -295,16 +306,9 @@ class _Built:
 def ensemble(models, **options) -> Result:
     """Fuse ``models`` (paths or protos) into one model computing ``fusion`` of their outputs.
 
-    Options (``EnsembleConfig``): ``fusion``: ``mean`` (default) | ``weighted``
-    (``weights`` or ``fit``) | ``vote`` (optional ``weights``) | ``stack`` (needs ``fit``:
-    DATA with labels; ``head`` logistic (default) or ridge, ``l2`` strength or None for
-    cross-validation).  ``softmax`` normalises member scores first; ``keep_member_outputs``
-    also exposes each member's output; ``output`` picks one output per member (name or
-    position; else all, position-wise); ``input_map`` renames member inputs ``{FROM: TO}``;
-    ``fuse_members`` fuses members of one architecture into one wider network.  The result
-    is compared with the members run separately on ``data`` (or synthesized inputs shaped by
-    ``shapes``) on ``provider``; the report carries members, conversions, shared weights,
-    parity, fitted parameters and, with labels, member vs ensemble accuracy.
+    Options: ``EnsembleConfig``.  The result is compared with the members run separately on
+    ``data`` (or synthesized inputs); the report carries members, conversions, shared
+    weights, parity, fitted parameters and, with labels, member vs ensemble accuracy.
 
     ``recipe`` (bundled name or TOML path): settings from its ``[ensemble]`` table (see
     ``onnxopt.ensemble.recipe``) for every argument left ``None``; after the parity check its
