@@ -45,7 +45,7 @@ __all__ = ["command"]
 @click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
 @json_option
 @report_option
-def command(models, output, recipe, fusion, weights, fit_data, head, l2, softmax, keep_member_outputs, output_name, input_map, fuse_members, data, max_accuracy_drop, metric, shapes, provider, parallel, external_data, as_json, report_path):
+def command(models, output, fit_data, output_name, input_map, shapes, external_data, as_json, report_path, **options):
     """Fuse N models into one .onnx whose outputs combine theirs.
 
     The members share one set of inputs; their graphs are namespaced, identical weights are
@@ -65,26 +65,8 @@ def command(models, output, recipe, fusion, weights, fit_data, head, l2, softmax
     """
     from ..ensemble.api import ensemble
     check_outputs(output, models, report_path)
-    result = ensemble(
-        list(models),
-        fusion=fusion,
-        weights=weights,
-        fit=fit_data,
-        softmax=softmax,
-        keep_member_outputs=keep_member_outputs,
-        output=output_name.split(",") if output_name and "," in output_name else output_name,
-        input_map=dict(input_map) if input_map else None,
-        fuse_members=fuse_members,
-        data=data,
-        shapes=shapes_dict(shapes),
-        provider=provider,
-        head=head,
-        l2=l2,
-        recipe=recipe,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        parallel=parallel,
-    )
+    output_name = output_name.split(",") if output_name and "," in output_name else output_name
+    result = ensemble(list(models), fit=fit_data, output=output_name, input_map=dict(input_map) if input_map else None, shapes=shapes_dict(shapes), **options)
     if not write_result(result, output, inputs=list(models), report_path=report_path, as_json=as_json, external_data=external_data):
         return
     render(result.report)

@@ -71,33 +71,7 @@ __all__ = ["command", "render"]
 @provider_option
 @json_option
 @report_option
-def command(
-    model,
-    output,
-    method,
-    sparsity,
-    scope,
-    min_params,
-    include_first_last,
-    ratio,
-    layer_ratios,
-    importance,
-    align,
-    no_reconstruct,
-    calibration,
-    blocks,
-    eval_data,
-    max_accuracy_drop,
-    metric,
-    grid,
-    plot,
-    timing_runs,
-    timing_threads,
-    shapes,
-    provider,
-    as_json,
-    report_path,
-):
+def command(model, output, include_first_last, layer_ratios, no_reconstruct, shapes, as_json, report_path, **options):
     """Prune MODEL: zero the smallest weights (magnitude), remove whole output channels by
     dependency group and rewire the graph (channels; with --calibration the next layers
     are refitted by least squares to match MODEL), or remove residual blocks (blocks).
@@ -111,31 +85,9 @@ def command(
     """
     from ..prune.api import prune
 
-    check_outputs(output, [model], report_path, plot)
-    result = prune(
-        model,
-        method=method,
-        sparsity=sparsity,
-        scope=scope,
-        min_params=min_params,
-        skip_first_last=not include_first_last,
-        ratio=ratio,
-        ratios=dict(layer_ratios) or None,
-        importance=importance,
-        align=align,
-        reconstruct=not no_reconstruct,
-        calibration=calibration,
-        blocks=blocks,
-        eval_data=eval_data,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        grid=grid,
-        plot=plot,
-        provider=provider,
-        shapes=shapes_dict(shapes),
-        timing_runs=timing_runs,
-        timing_threads=timing_threads,
-    )
+    check_outputs(output, [model], report_path, options["plot"])
+    flags = {"skip_first_last": not include_first_last, "ratios": dict(layer_ratios) or None, "reconstruct": not no_reconstruct}
+    result = prune(model, shapes=shapes_dict(shapes), **flags, **options)
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
     render(result.report)
