@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from ..core.passes import Context, Expected, Pass, PassResult
 from ..data import dataset_for
@@ -69,6 +70,11 @@ class ChainStagesPass(Pass):
     class Config:
         models: list
         map: list | dict | None = None
+
+    def __init__(self, _where: str | None = None, _error=UsageError, **params):
+        super().__init__(_where, _error, **params)
+        # the report and provenance name the stages; they do not hold them
+        self.params["models"] = [m.graph.name or f"model{i}" if isinstance(m, onnx.ModelProto) else Path(m).name for i, m in enumerate(self.config.models)]
 
     def call(self, model, ctx: Context) -> PassResult:
         stages = load_members(self.config.models, what="a chain", prefix="s")

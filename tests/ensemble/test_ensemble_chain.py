@@ -97,3 +97,16 @@ def test_later_stages_may_also_read_chain_inputs():
     res = chain([a, b])
     assert sorted(j["how"] for j in res.report["junctions"]) == ["name", "shared input"]
     assert [i.name for i in res.model.graph.input] == ["x"] and res.report["parity"]["ok"]
+
+
+def test_provenance_names_the_stages_and_holds_the_parity_check(tmp_path):
+    from onnxopt.core.provenance import read_provenance
+
+    a, b = two_outputs(0), stage2()
+    onnx.save(a, tmp_path / "a.onnx")
+    res = chain([tmp_path / "a.onnx", b])
+    (step,) = read_provenance(res.model)["steps"]
+    assert step["name"] == "chain" and step["params"]["models"] == ["a.onnx", b.graph.name]
+    assert step["details"]["junctions"][0]["how"] == "name" and "file" not in step["details"]["stages"][0]
+    assert step["verification"]["comparison"]["ok"] and step["verification"]["check"]["ort_loaded"]
+    assert res.report["stages"][0]["file"] == str(tmp_path / "a.onnx") and res.report["stages"][1]["file"] is None
