@@ -526,7 +526,7 @@ def quantize(
         report["notes"].append(f"warning: {chosen.label} loses {chosen.drop:.2f} points of {evaluator.metric} on {ev.source} and no --max-accuracy-drop was given: check it, or pass a budget to leave the sensitive nodes in float")
     from ..diagnose.api import sensitive_nodes
 
-    report["sensitive_nodes"] = sensitive_nodes(m, out, ev, fit=chosen.fit, provider=provider)
+    report["sensitive_nodes"] = sensitive_nodes(m, out, ev, fit=chosen.fit, provider=provider, metric=evaluator.metric)
     report["after"] = model_stats(out)
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     step = {
