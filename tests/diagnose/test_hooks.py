@@ -123,3 +123,14 @@ def test_optimize_hint_per_kind():
     mem = Row("fp16", "fp16", False, reason="over budget: x")
     explain_rejections([mem], None, "d.npz")  # a model only in memory: no command names it
     assert mem.explain == "" and mem.reason == "over budget: x"
+
+
+def test_quantize_collapse_ends_with_the_diagnose_command(tmp_path, invoke):
+    from tests.quantize.quant_models import data_for, wide_softmax
+
+    m = wide_softmax()
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **data_for(m, 32))
+    r = invoke("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric", "cosine", "--allow-slower", "--no-preprocess")
+    assert r.exit_code == 3 and "collapsed" in r.output
+    assert r.stderr.strip().splitlines()[-1].endswith(f"; explain: onnxopt diagnose --recipe cpu-int8-static {tmp_path / 'm.onnx'} --data {tmp_path / 'd.npz'}")
