@@ -202,8 +202,11 @@ def section_budget(tmp: Path) -> None:
             met["added"] += ok_a
             met["search"] += ok_q
             print(f"  {name} {metric} budget {budget}: outputs {ok_o}, added {ok_a}, search {ok_q}", file=sys.stderr, flush=True)
-            rows.append([name, metric, f"{drop0:.3g}", budget, f"{', '.join(by_outputs) or '-'} ({secs:.0f} s)", f"{drop_out:.3g}", "yes" if ok_o else "no", f"{drop_add:.3g}", "yes" if ok_a else "no", own, "yes" if ok_q else "no"])
-    heads = ["model", "metric", "full INT8 drop", "budget", "diagnose top-3 by outputs", "drop", "met", "top-3 by error added: drop", "met", "quantize --max-accuracy-drop search", "met"]
+            picked = f"{', '.join(by_outputs) or '-'} ({secs:.0f} s)"
+            yes = {True: "yes", False: "no"}
+            rows.append([name, metric, f"{drop0:.3g}", budget, picked, f"{drop_out:.3g}", yes[ok_o], f"{drop_add:.3g}", yes[ok_a], own, yes[ok_q]])
+    heads = ["model", "metric", "full INT8 drop", "budget", "diagnose top-3 by outputs", "drop", "met"]
+    heads += ["top-3 by error added: drop", "met", "quantize --max-accuracy-drop search", "met"]
     print(table(heads, rows))
     print(
         f"budgets met: leaving diagnose's top-3 (ranked by the outputs) in float {met['outputs']}/{total}; its top-3 by error added {met['added']}/{total}; "

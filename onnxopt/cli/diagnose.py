@@ -114,12 +114,18 @@ def render_diagnosis(rep: dict, top: int = 5) -> str:
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None, help="Relative L2 past which a tensor diverges (default 1e-4, the exact-transform rule; 1e-2 with --fp16).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Nodes listed by error added.")
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="Samples of DATA compared.")
-@click.option("--metric", type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]), default=None, help="QDQ candidate: the score of the outputs nodes are ranked by when left in float (default: agreement for [N,C] scores, else cosine).")
+@click.option(
+    "--metric",
+    type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
+    default=None,
+    help="QDQ candidate: the score of the outputs nodes are ranked by when left in float (default: agreement for [N,C] scores, else cosine).",
+)
 @provider_option
 @json_option
 @report_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Draw the error per node (log scale) and the op-time diff to this PNG/SVG/PDF.")
-def command(reference, candidate, data, shapes, recipe, ort_optimizers, fp16, profile, threshold, top, limit, metric, provider, as_json, report_path, plot_path):
+def command(reference, candidate, data, shapes, recipe, ort_optimizers, fp16, profile, threshold, top, limit, metric, provider, as_json, report_path,
+            plot_path):
     """Explain a difference between models.  With REFERENCE and CANDIDATE: match their
     tensors (by name, through Q/DQ pairs, renames by structure), compare every matched
     tensor on the same inputs and name the first diverging node and the nodes that add the

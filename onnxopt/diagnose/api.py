@@ -144,7 +144,10 @@ def output_ranking(ref, cand, ds, ds_b, lw, *, top: int = 5, metric: str | None 
     return rank_by_outputs(ref, cand, evaluator, nodes, top=top)
 
 
-def sensitive_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, dataset, *, fit=None, top: int = 5, limit: int = 16, provider: str = "cpu", metric: str | None = None) -> list[dict]:
+def sensitive_nodes(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, dataset, *, fit=None, top: int = 5, limit: int = 16, provider: str = "cpu",
+    metric: str | None = None,
+) -> list[dict]:
     """The ``top`` nodes that hurt ``candidate`` most: from a budget search's measured
     sensitivity when there is one (``fit``); else, for a QDQ candidate, by the score of
     the outputs (``metric``) with each node left in float (``output_ranking``, greedy); else
@@ -164,7 +167,11 @@ def sensitive_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, data
         log.info("sensitive nodes not measured: %s", exc)
         return []
     if effects:
-        return [{"nodes": [e.reference_node or e.node], "candidate_node": e.node, "op": e.op, "score": e.score, "gain": e.gain, "rel_l2": e.rel_l2, "metric": e.metric, "how": e.how} for e in effects]
+        return [
+            {"nodes": [e.reference_node or e.node], "candidate_node": e.node, "op": e.op, "score": e.score, "gain": e.gain, "rel_l2": e.rel_l2,
+             "metric": e.metric, "how": e.how}
+            for e in effects
+        ]
     return [{"nodes": [t.node], "op": t.op, "added": t.added, "rel_l2": t.rel_l2, "how": "diagnose: relative L2 added by the node"} for t in lw.top]
 
 

@@ -616,7 +616,10 @@ def collapse_message(collapsed: list[CandidateResult], record: dict, hint: str =
     name = record.get("metric", "score")
     scores = record.get("scores", {})
     each = ", ".join(f"{r.label} {scores.get(r.label, float('nan')):.2f}" for r in collapsed)
-    return f"quantized model collapsed: {name} against FP32 on the calibration data {each} (below {COLLAPSE_SCORE / 100:g}); refused (pass --allow-collapse to write it anyway){hint}"
+    return (
+        f"quantized model collapsed: {name} against FP32 on the calibration data {each} (below {COLLAPSE_SCORE / 100:g}); "
+        f"refused (pass --allow-collapse to write it anyway){hint}"
+    )
 
 
 @dataclass

@@ -47,15 +47,21 @@ def test_a_folded_batchnorm_weight_is_found_by_its_channel_scale():
     folded = w * s[:, None, None, None]
     scale = np.abs(folded).reshape(4, -1).max(1) / 127
     q = np.round(folded / scale[:, None, None, None]).astype(np.int8)
-    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "r", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])], "r", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
     finder = FloatReference(helper.make_model(graph))
-    inits = {"wq": numpy_helper.from_array(q, "wq"), "ws": numpy_helper.from_array(scale.astype(np.float32), "ws"), "wz": numpy_helper.from_array(np.zeros(4, np.int8), "wz")}
+    arrays = {"wq": q, "ws": scale.astype(np.float32), "wz": np.zeros(4, np.int8)}
+    inits = {k: numpy_helper.from_array(v, k) for k, v in arrays.items()}
     dq = helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["conv.w_dq"], axis=0)
     got = finder.find(dq, inits)
     dequantized = (q.astype(np.float32)) * scale[:, None, None, None]
     assert got is not None and got.shape == w.shape
     assert _rel(folded, got) < _rel(folded, dequantized) / 4  # the float weight (a channel scale off by ~1e-3), not the rounded one
-    other = FloatReference(helper.make_model(helper.make_graph([], "r", [], [], [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "v")])))
+    other = FloatReference(
+        helper.make_model(helper.make_graph([], "r", [], [], [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "v")])),
+    )
     assert other.find(dq, inits) is None  # nothing of that shape fits: the weight stays quantized
 
 

@@ -81,7 +81,10 @@ def test_optimize_over_budget_rows_end_with_the_diagnose_command(tmp_path):
     from onnxopt import optimize
 
     model, ev = MODELS / "digits_mlp.onnx", MODELS / "digits_test.npz"
-    res = optimize(model, recipe=_int8_recipe(tmp_path), eval_data=ev, max_accuracy_drop=0.0, metric="rel-l2", threads=1, time_budget=0.3, session_options=False)
+    res = optimize(
+        model, recipe=_int8_recipe(tmp_path), eval_data=ev, max_accuracy_drop=0.0, metric="rel-l2", threads=1, time_budget=0.3,
+        session_options=False,
+    )
     rows = {r["name"]: r for r in res.report["decision"]["rows"]}
     over = [r for r in rows.values() if r["reason"].startswith("over budget")]
     assert over, rows
@@ -94,7 +97,10 @@ def test_optimize_over_budget_rows_end_with_the_diagnose_command(tmp_path):
 def test_optimize_cli_table_names_the_diagnose_command(invoke, tmp_path):
     model, ev = MODELS / "digits_mlp.onnx", MODELS / "digits_test.npz"
     out = tmp_path / "o.onnx"
-    r = invoke("optimize", model, "-o", out, "--recipe", _int8_recipe(tmp_path), "--eval", ev, "--max-accuracy-drop", "0", "--metric", "rel-l2", "--threads", "1", "--time-budget", "0.3", "--no-session-options")
+    r = invoke(
+        "optimize", model, "-o", out, "--recipe", _int8_recipe(tmp_path), "--eval", ev, "--max-accuracy-drop", "0", "--metric", "rel-l2",
+        "--threads", "1", "--time-budget", "0.3", "--no-session-options",
+    )
     assert r.exit_code == 0, r.output  # the budget holds: the FP32 model is written
     assert f"explain: onnxopt diagnose --recipe cpu-int8 {model} --data {ev}" in " ".join(r.output.split())
 
@@ -131,6 +137,9 @@ def test_quantize_collapse_ends_with_the_diagnose_command(tmp_path, invoke):
     m = wide_softmax()
     onnx.save(m, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "d.npz", **data_for(m, 32))
-    r = invoke("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric", "cosine", "--allow-slower", "--no-preprocess")
+    r = invoke(
+        "quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric", "cosine",
+        "--allow-slower", "--no-preprocess",
+    )
     assert r.exit_code == 3 and "collapsed" in r.output
     assert r.stderr.strip().splitlines()[-1].endswith(f"; explain: onnxopt diagnose --recipe cpu-int8-static {tmp_path / 'm.onnx'} --data {tmp_path / 'd.npz'}")
