@@ -42,6 +42,21 @@ def _render_layerwise(lw: dict, top: int) -> list[str]:
     return lines
 
 
+def _render_sensitive(rows: list[dict]) -> list[str]:
+    """Nodes ranked by the outputs (``exclude.rank_by_outputs``)."""
+    if not rows:
+        return []
+    metric = rows[0]["metric"]
+    body = [[r["node"], r["op"], r["reference_node"], r["score"], r["gain"], r["rel_l2"], r["weights"]] for r in rows]
+    names = ",".join(dict.fromkeys(r["reference_node"] or r["node"] for r in rows))
+    return [
+        "",
+        f"top {len(rows)} node(s) by the outputs: each left in float (emulated on the candidate, with the ones above it), {metric} against the reference:",
+        table(["node", "op", "reference node", metric, "gained", "rel L2 of outputs", "weights"], body),
+        f"to leave them in float: onnxopt quantize ... --exclude-nodes {names}",
+    ]
+
+
 def _render_steps(st: dict) -> list[str]:
     rows = [[s["index"], s["key"], "exact" if s["exact"] else "lossy", s["rel_l2"], s["rel_l2_total"], s["problem"] or "ok"] for s in st["steps"]]
     lines = [table(["step", "pass", "kind", "rel L2 (step)", "rel L2 (total)", "check"], rows)]
@@ -80,6 +95,7 @@ def render_diagnosis(rep: dict, top: int = 5) -> str:
         if lines:
             lines += ["", "inside the pinned step:"]
         lines += _render_layerwise(rep["layerwise"], top)
+        lines += _render_sensitive(rep.get("sensitive", []))
     if "profile" in rep:
         lines += _render_profile(rep["profile"])
     lines.append(f"CPU instruction sets: {isa_summary(rep['cpu_isa'])}")
@@ -98,15 +114,23 @@ def render_diagnosis(rep: dict, top: int = 5) -> str:
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None, help="Relative L2 past which a tensor diverges (default 1e-4, the exact-transform rule; 1e-2 with --fp16).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Nodes listed by error added.")
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="Samples of DATA compared.")
+@click.option(
+    "--metric",
+    type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
+    default=None,
+    help="QDQ candidate: the score of the outputs nodes are ranked by when left in float (default: agreement for [N,C] scores, else cosine).",
+)
 @provider_option
 @json_option
 @report_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Draw the error per node (log scale) and the op-time diff to this PNG/SVG/PDF.")
-def command(reference, candidate, data, shapes, recipe, ort_optimizers, fp16, profile, threshold, top, limit, provider, as_json, report_path, plot_path):
+def command(reference, candidate, data, shapes, recipe, ort_optimizers, fp16, profile, threshold, top, limit, metric, provider, as_json, report_path,
+            plot_path):
     """Explain a difference between models.  With REFERENCE and CANDIDATE: match their
     tensors (by name, through Q/DQ pairs, renames by structure), compare every matched
     tensor on the same inputs and name the first diverging node and the nodes that add the
-    most error; --profile adds ONNX Runtime's kernel times and why the candidate is slower.
+    most error; for a QDQ candidate, also the nodes whose leaving in float helps its
+    outputs most (--metric); --profile adds ONNX Runtime's kernel times and why the candidate is slower.
     With --recipe R: run R on REFERENCE step by step, pin the step that breaks it and
     compare inside it.  --ort-optimizers and --fp16 bisect ONNX Runtime's optimizers and an
     FP16 conversion.  Never writes a model.
@@ -133,7 +157,7 @@ def command(reference, candidate, data, shapes, recipe, ort_optimizers, fp16, pr
 
         check_plot_path(plot_path)
         require_matplotlib()
-    cfg = DiagnoseConfig(threshold=threshold, top=top, limit=limit, provider=provider, profile=profile)
+    cfg = DiagnoseConfig(threshold=threshold, top=top, limit=limit, provider=provider, profile=profile, metric=metric)
     result = diagnose(reference, candidate, data, shapes=shapes_dict(shapes), recipe=recipe, ort_optimizers=ort_optimizers, fp16=fp16, config=cfg)
     rep = result.to_dict()
     if report_path:

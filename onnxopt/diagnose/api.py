@@ -27,7 +27,7 @@ from ..data import check_shapes, dataset_for
 from ..errors import RecipeError, UsageError, blame
 from ..verify import EXACT_REL_L2, paired_datasets
 
-__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "FP16_REL_L2"]
+__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "output_ranking", "FP16_REL_L2"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class DiagnoseConfig:
     seed: int = 0
     slice_tensors: int = 48
     slice_bytes: int = 128 * 2**20
+    metric: str | None = None  # of the outputs, for ranking nodes in float (None: metrics.default_metric)
+    rank_outputs: bool = True  # QDQ candidate: rank nodes by the outputs with each left in float
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Diagnosis:
     ort: object = None
     fp16: object = None
     profile: object = None
+    sensitive: list = field(default_factory=list)  # exclude.OutputEffect: nodes hurting the outputs most
     cpu_isa: dict = field(default_factory=dict)
 
     @property
@@ -73,6 +76,8 @@ class Diagnosis:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value.to_dict()
+        if self.sensitive:
+            out["sensitive"] = [e.to_dict() for e in self.sensitive]
         return out
 
 
@@ -122,10 +127,32 @@ def _profile(ref, cand, ds, ds_b, cfg):
     return diff_profiles(pa, pb, cpu_isa())
 
 
-def sensitive_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, dataset, *, fit=None, top: int = 5, limit: int = 16, provider: str = "cpu") -> list[dict]:
+def output_ranking(ref, cand, ds, ds_b, lw, *, top: int = 5, metric: str | None = None, limit: int | None = 64, provider: str = "cpu") -> list:
+    """Up to ``top`` nodes of a QDQ ``cand`` whose leaving in float helps its outputs most
+    (``exclude.rank_by_outputs``), tried among the nodes ``lw`` (a ``Divergence``) finds
+    adding the most error; [] when ``cand`` has no Q/DQ pair or nothing diverges."""
+    from ..metrics import Evaluator
+    from .exclude import candidate_nodes, is_qdq, rank_by_outputs
+
+    if lw is None or lw.first is None or not is_qdq(cand):
+        return []
+    nodes = candidate_nodes(ref, cand, lw.tensors)
+    if not nodes:
+        return []
+    evaluator = Evaluator(ref, ds, metric, provider=provider, limit=limit)
+    evaluator.dataset = ds_b  # the same samples, as the candidate takes them
+    return rank_by_outputs(ref, cand, evaluator, nodes, top=top)
+
+
+def sensitive_nodes(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, dataset, *, fit=None, top: int = 5, limit: int = 16, provider: str = "cpu",
+    metric: str | None = None,
+) -> list[dict]:
     """The ``top`` nodes that hurt ``candidate`` most: from a budget search's measured
-    sensitivity when there is one (``fit``), else by the error each node adds in a
-    layer-wise comparison on ``limit`` samples of ``dataset``.  [] when neither can be had."""
+    sensitivity when there is one (``fit``); else, for a QDQ candidate, by the score of
+    the outputs (``metric``) with each node left in float (``output_ranking``, greedy); else
+    by the error each node adds in a layer-wise comparison; on ``limit`` samples of
+    ``dataset``.  [] when none can be had."""
     from ..errors import OnnxoptError
 
     if fit is not None and fit.sensitivity:
@@ -133,10 +160,18 @@ def sensitive_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, data
         return [{"nodes": list(e.nodes), "gain": e.gain, "rel_l2": e.rel_l2, "how": "budget search: score gained when left in float"} for e in ranked]
     cfg = DiagnoseConfig(top=top, limit=limit, provider=provider)
     try:
-        lw = _layerwise(reference, candidate, dataset, dataset_for(candidate, dataset.view()), cfg)
+        ds_b = dataset_for(candidate, dataset.view())
+        lw = _layerwise(reference, candidate, dataset, ds_b, cfg)
+        effects = output_ranking(reference, candidate, dataset, ds_b, lw, top=top, metric=metric, limit=limit, provider=provider)
     except OnnxoptError as exc:
         log.info("sensitive nodes not measured: %s", exc)
         return []
+    if effects:
+        return [
+            {"nodes": [e.reference_node or e.node], "candidate_node": e.node, "op": e.op, "score": e.score, "gain": e.gain, "rel_l2": e.rel_l2,
+             "metric": e.metric, "how": e.how}
+            for e in effects
+        ]
     return [{"nodes": [t.node], "op": t.op, "added": t.added, "rel_l2": t.rel_l2, "how": "diagnose: relative L2 added by the node"} for t in lw.top]
 
 
@@ -200,6 +235,8 @@ def diagnose(reference, candidate=None, data=None, *, shapes=None, recipe=None, 
                 check_inputs(ref, cand)
             ds, ds_b = paired_datasets(ref, cand, data, shapes, seed=cfg.seed, paths=(pa, pb))
             out = Diagnosis("pair", label, label_b, layerwise=_layerwise(ref, cand, ds, ds_b, cfg, pb))
+            if cfg.rank_outputs:
+                out.sensitive = output_ranking(ref, cand, ds, ds_b, out.layerwise, top=cfg.top, metric=cfg.metric, limit=cfg.limit, provider=cfg.provider)
             if cfg.profile:
                 out.profile = _profile(ref, cand, ds, ds_b, cfg)
         else:

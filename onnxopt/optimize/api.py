@@ -283,6 +283,9 @@ def optimize(
     time_candidates(rows, by_name, timer, reference=m)
     input_cold = _cold_starts(rows, by_name, m, feed, provider, st) if objective == "cold-start" else None
     chosen = decide(rows, timer, min_ratio=st.min_ratio, min_gain=st.min_gain, objective=objective)
+    from .select import explain_rejections  # rows over budget name the diagnose command
+
+    explain_rejections(rows, path, calibration if calibration is not None else eval_data, rec)
     t_time = time.perf_counter() - t0
     input_ms = timer.base_latency_ms
 

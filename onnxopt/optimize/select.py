@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -43,7 +44,7 @@ from ..errors import OnnxoptError, VerificationError
 from ..metrics import score as metric_score
 from .candidates import BuildEnv, Candidate
 
-__all__ = ["Row", "verify_candidate", "time_candidates", "decide", "render_decision_table"]
+__all__ = ["Row", "verify_candidate", "time_candidates", "decide", "explain_rejections", "render_decision_table"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Row:
     same_as_input: bool = False
     size_bytes: int | None = None
     build_seconds: float = 0.0
+    explain: str = ""  # the ``onnxopt diagnose`` command that explains a rejection
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +179,43 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
         row.status = "not timed"
         row.reason = row.reason or "verified but not timed (FP16 is timed on CUDA only)"
     return row
+
+
+# how ``onnxopt diagnose`` rebuilds a candidate that is not on disk from the input model:
+# kind -> (recipe or pass key run with --recipe, or None; one-model flag, or None)
+_EXPLAIN = {
+    "int8-dynamic": ("cpu-int8", None),
+    "int8-static": ("cpu-int8-static", None),
+    "fp16": (None, "--fp16"),
+    "ort-offline": (None, "--ort-optimizers"),
+}
+
+
+def explain_rejections(rows: list[Row], model, data, recipe=None) -> None:
+    """End the reason of each row over the accuracy budget or failing verification with the
+    ``onnxopt diagnose`` command that explains it (``diagnose.hints.diagnose_hint``): the
+    rejected model is not on disk, so the command rebuilds it from the input ``model`` (a
+    path; nothing when it is only in memory) with the recipe, pass or flag of its kind,
+    on ``data`` (a path or a Dataset read from one).  ``recipe``: the ``core.recipe.Recipe``
+    a ``recipe:`` candidate comes from.  Kinds with no such rebuild (int4) get none."""
+    from ..core.recipe import bundled_recipes
+    from ..diagnose.hints import diagnose_hint
+
+    for r in rows:
+        if not r.reason.startswith(("over budget", "failed verification")):
+            continue
+        rec, flag = _EXPLAIN.get(r.kind, (None, None))
+        if r.kind == "prune":
+            rec = f"prune-{r.params.get('method', 'magnitude')}"
+        elif r.kind == "recipe" and recipe is not None:
+            stem = Path(recipe.path).stem
+            rec = stem if bundled_recipes().get(stem) == Path(recipe.path) else recipe.path
+        if rec is None and flag is None:
+            continue
+        hint = diagnose_hint(model, recipe=rec, data=data, flag=flag)
+        if hint:
+            r.explain = hint.removeprefix("; explain: ")
+            r.reason += hint
 
 
 class Timer:

@@ -54,7 +54,6 @@ __all__ = [
     "quantize",
     "check_collapse",
     "collapse_message",
-    "diagnose_hint",
     "COLLAPSE_SCORE",
     "EQUALIZE",
     "equalized_candidates",
@@ -526,7 +525,7 @@ def quantize(
         report["notes"].append(f"warning: {chosen.label} loses {chosen.drop:.2f} points of {evaluator.metric} on {ev.source} and no --max-accuracy-drop was given: check it, or pass a budget to leave the sensitive nodes in float")
     from ..diagnose.api import sensitive_nodes
 
-    report["sensitive_nodes"] = sensitive_nodes(m, out, ev, fit=chosen.fit, provider=provider)
+    report["sensitive_nodes"] = sensitive_nodes(m, out, ev, fit=chosen.fit, provider=provider, metric=evaluator.metric)
     report["after"] = model_stats(out)
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     step = {
@@ -557,7 +556,7 @@ def _failure(results: list[CandidateResult], budget, allow_slower: bool, report:
     collapsed = [r for r in built if r.status == "collapsed"]
     built = [r for r in built if r.status != "collapsed"]
     if collapsed and not built:
-        return BudgetError(collapse_message(collapsed, report.get("collapse_check") or {}), path, report=report)
+        return BudgetError(collapse_message(collapsed, report.get("collapse_check") or {}, hint), path, report=report)
     in_budget = [r for r in built if r.within_budget is not False]
     if not in_budget:
         best = max(built, key=lambda r: r.score if r.score is not None else float("-inf"))
@@ -611,22 +610,16 @@ def check_collapse(results: list[CandidateResult], m: onnx.ModelProto, data, *, 
     return record
 
 
-def diagnose_hint() -> str:
-    """Where to look next after a collapse: the ``onnxopt diagnose`` command, where it exists
-    (its package ``onnxopt.diagnose`` is added by the diagnose feature; '' until then)."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnxopt.diagnose") is None:
-        return ""
-    return "; run 'onnxopt diagnose MODEL --calibration DATA' to see which tensors lose it"
-
-
-def collapse_message(collapsed: list[CandidateResult], record: dict) -> str:
-    """The refusal of collapsed candidates: each one's score named."""
+def collapse_message(collapsed: list[CandidateResult], record: dict, hint: str = "") -> str:
+    """The refusal of collapsed candidates: each one's score named, then ``hint`` (the
+    ``onnxopt diagnose`` command, ``diagnose.hints.diagnose_hint``)."""
     name = record.get("metric", "score")
     scores = record.get("scores", {})
     each = ", ".join(f"{r.label} {scores.get(r.label, float('nan')):.2f}" for r in collapsed)
-    return f"quantized model collapsed: {name} against FP32 on the calibration data {each} (below {COLLAPSE_SCORE / 100:g}); refused (pass --allow-collapse to write it anyway){diagnose_hint()}"
+    return (
+        f"quantized model collapsed: {name} against FP32 on the calibration data {each} (below {COLLAPSE_SCORE / 100:g}); "
+        f"refused (pass --allow-collapse to write it anyway){hint}"
+    )
 
 
 @dataclass

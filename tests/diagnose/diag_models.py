@@ -46,19 +46,21 @@ def feeds(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)}
 
 
-def qdq(model: onnx.ModelProto | None = None) -> onnx.ModelProto:
-    """Static QDQ INT8 of ``tiny_cnn`` by ONNX Runtime's quantizer (MinMax on ``feeds``)."""
+def qdq(model: onnx.ModelProto | None = None, x: np.ndarray | None = None) -> onnx.ModelProto:
+    """Static QDQ INT8 (per-tensor) of ``model`` (default ``tiny_cnn``) by ONNX Runtime's
+    quantizer (MinMax on 32 samples of ``x``, default ``feeds``)."""
     import tempfile
     from pathlib import Path
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     model = model or tiny_cnn()
-    x = feeds(32)["x"]
+    x = feeds(32)["x"] if x is None else x
+    name = model.graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"x": x[i : i + 8]} for i in range(0, 32, 8)])
+            self.it = iter([{name: x[i : i + 8]} for i in range(0, 32, 8)])
 
         def get_next(self):
             return next(self.it, None)

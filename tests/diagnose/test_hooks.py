@@ -69,3 +69,77 @@ def test_quantize_budget_failure_ends_with_the_diagnose_command(tmp_path):
     with pytest.raises(BudgetError) as exc:
         quantize(tmp_path / "m.onnx", mode="dynamic", eval_data=tmp_path / "ev.npz", max_accuracy_drop=0.0, metric="agreement", allow_slower=True, timing=False, preprocess=False)
     assert exc.value.message.endswith(f"; explain: onnxopt diagnose --recipe cpu-int8 {tmp_path / 'm.onnx'} --data {tmp_path / 'ev.npz'}")
+
+
+def _int8_recipe(tmp_path):
+    r = tmp_path / "r.toml"
+    r.write_text('name = "r"\n[[steps]]\npass = "simplify"\n[optimize]\ncandidates = ["fp32", "int8-dynamic"]\n[optimize.int8-dynamic]\nplain_ort = true\n')
+    return r
+
+
+def test_optimize_over_budget_rows_end_with_the_diagnose_command(tmp_path):
+    from onnxopt import optimize
+
+    model, ev = MODELS / "digits_mlp.onnx", MODELS / "digits_test.npz"
+    res = optimize(
+        model, recipe=_int8_recipe(tmp_path), eval_data=ev, max_accuracy_drop=0.0, metric="rel-l2", threads=1, time_budget=0.3,
+        session_options=False,
+    )
+    rows = {r["name"]: r for r in res.report["decision"]["rows"]}
+    over = [r for r in rows.values() if r["reason"].startswith("over budget")]
+    assert over, rows
+    for r in over:  # the model is not on disk: rebuilt from the input by the recipe it came from
+        assert r["explain"] == f"onnxopt diagnose --recipe cpu-int8 {model} --data {ev}"
+        assert r["reason"].endswith("; explain: " + r["explain"])
+    assert rows["fp32"]["explain"] == "" and res.report["decision"]["chosen"] in ("fp32", "input")
+
+
+def test_optimize_cli_table_names_the_diagnose_command(invoke, tmp_path):
+    model, ev = MODELS / "digits_mlp.onnx", MODELS / "digits_test.npz"
+    out = tmp_path / "o.onnx"
+    r = invoke(
+        "optimize", model, "-o", out, "--recipe", _int8_recipe(tmp_path), "--eval", ev, "--max-accuracy-drop", "0", "--metric", "rel-l2",
+        "--threads", "1", "--time-budget", "0.3", "--no-session-options",
+    )
+    assert r.exit_code == 0, r.output  # the budget holds: the FP32 model is written
+    assert f"explain: onnxopt diagnose --recipe cpu-int8 {model} --data {ev}" in " ".join(r.output.split())
+
+
+def test_optimize_hint_per_kind():
+    from onnxopt.core.recipe import load_recipe
+    from onnxopt.optimize.select import Row, explain_rejections
+
+    rows = [
+        Row("fp16", "fp16", False, reason="over budget: cosine drop 3.00 > 1 points"),
+        Row("ort-offline", "ort-offline", False, reason="failed verification: out of tolerance"),
+        Row("prune-blocks-2", "prune", False, params={"method": "blocks"}, reason="over budget: x"),
+        Row("recipe:simplify", "recipe", False, reason="over budget: x"),
+        Row("int4", "int4", False, reason="over budget: x"),
+        Row("int8-static", "int8-static", False, reason="slower than the input: 0.9x < 0.97"),
+    ]
+    explain_rejections(rows, "m.onnx", "d.npz", load_recipe("simplify"))
+    assert [r.explain for r in rows] == [
+        "onnxopt diagnose --fp16 m.onnx --data d.npz",
+        "onnxopt diagnose --ort-optimizers m.onnx --data d.npz",
+        "onnxopt diagnose --recipe prune-blocks m.onnx --data d.npz",
+        "onnxopt diagnose --recipe simplify m.onnx --data d.npz",
+        "",
+        "",
+    ]
+    mem = Row("fp16", "fp16", False, reason="over budget: x")
+    explain_rejections([mem], None, "d.npz")  # a model only in memory: no command names it
+    assert mem.explain == "" and mem.reason == "over budget: x"
+
+
+def test_quantize_collapse_ends_with_the_diagnose_command(tmp_path, invoke):
+    from tests.quantize.quant_models import data_for, wide_softmax
+
+    m = wide_softmax()
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "d.npz", **data_for(m, 32))
+    r = invoke(
+        "quantize", tmp_path / "m.onnx", "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric", "cosine",
+        "--allow-slower", "--no-preprocess",
+    )
+    assert r.exit_code == 3 and "collapsed" in r.output
+    assert r.stderr.strip().splitlines()[-1].endswith(f"; explain: onnxopt diagnose --recipe cpu-int8-static {tmp_path / 'm.onnx'} --data {tmp_path / 'd.npz'}")

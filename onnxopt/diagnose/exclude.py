@@ -1,0 +1,268 @@
+"""Which nodes of a QDQ model hurt its *outputs* most: leaving each in float, emulated.
+
+The error a node adds to the tensor it produces (``layerwise``) predicts the outputs badly:
+an error early in the graph may wash out, one before a Softmax may decide the class.  So
+the nodes with the largest error added (a short list, ``candidates``) are tried one by one
+in float, on the same data, and scored on the model's *outputs*.
+
+**Leaving a node in float** is emulated on the candidate model the way ONNX Runtime's QDQ
+quantizer leaves a node out (``nodes_to_exclude``), without rerunning it:
+
+- its weights are read in float instead of through their DequantizeLinear: the reference's
+  initializer of the same name (the DequantizeLinear's output, or its input without
+  ``_quantized``), else the reference weight of the same shape that, scaled per output
+  channel, matches the dequantized weight within ``WEIGHT_FIT`` (relative L2; a
+  BatchNormalization folded into the weight rescales its channels) -- if none does, the
+  weight stays quantized and the node's entry says so;
+- a QuantizeLinear -> DequantizeLinear pair on one of its input or output tensors is
+  removed (its readers read the float tensor) only when no other *quantized* node needs
+  it: the quantizer quantizes a tensor when its producer or any of its readers is
+  quantized.  A node is quantized when it is of a type the quantizer handles
+  (``config.static_op_types``) and reads a DequantizeLinear output.
+
+**Ranking** reuses the budget search's ``sensitivity.measure_sensitivity`` with an
+``metrics.Evaluator`` (the metric given, or the default for the outputs): each candidate's
+score with it in float, ranked by score gained, ties by the worst output's relative L2.
+The pick is greedy: the best node is kept in float, the others are measured again with it
+(the best ``RESCORE`` of them), up to ``top`` nodes.  At most one emulated model exists at
+a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..graph import consumers, initializer_map, producers, unique_name
+from ..io import tensor_array
+
+__all__ = ["OutputEffect", "FloatReference", "leave_in_float", "is_qdq", "rank_by_outputs", "CANDIDATES", "WEIGHT_FIT", "RESCORE"]
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = 12  # nodes by error added tried in float
+RESCORE = 6  # of the ranking, measured again after each pick
+WEIGHT_FIT = 0.05  # relative L2 of a per-channel-scaled reference weight to the dequantized one
+
+
+@dataclass
+class OutputEffect:
+    """One node left in float (with those picked before it): the outputs' score then."""
+
+    node: str
+    op: str
+    score: float  # metric against the reference outputs with this node (and the ones before) in float
+    gain: float  # score gained over the model before this pick
+    rel_l2: float  # worst output's relative L2 then
+    metric: str
+    weights: str = "float"  # float | quantized (no float copy found) | none
+    reference_node: str = ""  # its name in the reference: what `quantize --exclude-nodes` takes
+    how: str = "diagnose: outputs with the node left in float (emulated)"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_qdq(model: onnx.ModelProto) -> bool:
+    """True when ``model`` holds QuantizeLinear/DequantizeLinear pairs on activations."""
+    prod = producers(model.graph)
+    return any(n.op_type == "DequantizeLinear" and getattr(prod.get(n.input[0]), "op_type", "") == "QuantizeLinear" for n in model.graph.node)
+
+
+class FloatReference:
+    """What the reference model holds in float: the weight behind a weight
+    DequantizeLinear (``find``, module docstring), and which op produced each tensor (a
+    Relu the quantizer folded into a QuantizeLinear's range)."""
+
+    def __init__(self, reference: onnx.ModelProto):
+        self.ops = {o: n.op_type for n in reference.graph.node for o in n.output}
+        self.inits = initializer_map(reference.graph)
+        for n in reference.graph.node:  # exporters (paddle2onnx) keep weights in Constant nodes
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+                for a in n.attribute:
+                    if a.name == "value":
+                        self.inits[n.output[0]] = a.t
+        self.by_shape: dict[tuple, list[str]] = {}
+        for name, t in self.inits.items():
+            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) and len(t.dims) >= 2:
+                self.by_shape.setdefault(tuple(t.dims), []).append(name)
+
+    def find(self, dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+        """The float value of ``dq``'s output; None when the reference holds none that fits."""
+        q_name = dq.input[0]
+        for name in (dq.output[0], q_name[: -len("_quantized")] if q_name.endswith("_quantized") else None):
+            if name and name in self.inits:
+                return tensor_array(self.inits[name]).astype(np.float32)
+        deq = _dequantize(dq, inits)
+        if deq is None or deq.ndim < 2 or inits[dq.input[0]].data_type == onnx.TensorProto.INT32:
+            return None
+        best, best_err = None, WEIGHT_FIT
+        for name in self.by_shape.get(tuple(deq.shape), []):
+            w = tensor_array(self.inits[name]).astype(np.float32)
+            fitted, err = _fit_channels(w, deq)
+            if err < best_err:
+                best, best_err = fitted, err
+        return best
+
+
+def _dequantize(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+    if any(x not in inits for x in dq.input if x):
+        return None
+    q = tensor_array(inits[dq.input[0]]).astype(np.float32)
+    scale = tensor_array(inits[dq.input[1]]).astype(np.float32)
+    zp = tensor_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+    if scale.size > 1:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q - zp) * scale
+
+
+def _fit_channels(w: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    """``w`` scaled per channel (axis 0, or the last axis) to fit ``target`` by least squares:
+    (the scaled ``w``, relative L2 of the fit); the better axis wins."""
+    norm = float(np.linalg.norm(target)) or 1.0
+    best = (w, float(np.linalg.norm(w - target)) / norm)
+    for axis in (0, w.ndim - 1):
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        den = np.sum(w * w, axis=other, keepdims=True)
+        s = np.where(den > 0, np.sum(w * target, axis=other, keepdims=True) / np.where(den > 0, den, 1.0), 0.0)
+        fitted = (w * s).astype(np.float32)
+        err = float(np.linalg.norm(fitted - target)) / norm
+        if err < best[1]:
+            best = (fitted, err)
+    return best
+
+
+def _key(node: onnx.NodeProto) -> tuple:
+    """A node's identity within its graph (protobuf wrappers are not stable objects)."""
+    return tuple(node.output)
+
+
+def _quantized_nodes(graph: onnx.GraphProto, op_types: set[str]) -> set[tuple]:
+    prod = producers(graph)
+    return {_key(n) for n in graph.node if n.op_type in op_types and any(getattr(prod.get(x), "op_type", "") == "DequantizeLinear" for x in n.input if x)}
+
+
+def _float_weights(graph, nodes, weights: FloatReference, notes: dict) -> None:
+    """Each excluded node reads its constant inputs (weights, biases, scales) in float where
+    they are found; ``notes[node]``: float | quantized (one not found) | none (no constant
+    behind a DequantizeLinear).  An INT32 bias not found keeps its dequantized value: its
+    step (input scale x weight scale) is below the float rounding of the sums it joins."""
+    prod, inits = producers(graph), initializer_map(graph)
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    for n in nodes:
+        found, missing = 0, 0
+        for i, x in enumerate(n.input):
+            dq = prod.get(x)
+            if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+                continue
+            w = weights.find(dq, inits)
+            if w is None:
+                missing += inits[dq.input[0]].data_type != onnx.TensorProto.INT32
+                continue
+            name = unique_name(f"{x}_float", taken)
+            graph.initializer.append(numpy_helper.from_array(w, name))
+            n.input[i] = name
+            found += 1
+        notes[n.name] = "quantized (no float copy in the reference)" if missing else ("float" if found else "none")
+
+
+def _drop_pairs(graph, excluded: set[tuple], quantized: set[tuple], ref: FloatReference) -> None:
+    """Remove the activation Q -> DQ pairs that only excluded nodes need: the
+    DequantizeLinear becomes an Identity of the float tensor (its name, a graph output's
+    too, stays) -- or a Relu where the reference's tensor comes from a Relu the candidate
+    no longer has (ONNX Runtime's quantizer folds a Relu into the range of the pair after
+    it); a folded Clip keeps its pair."""
+    prod, cons = producers(graph), consumers(graph)
+    for dq in graph.node:
+        q = prod.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        src = prod.get(q.input[0])
+        near = [n for n in [src, *cons.get(dq.output[0], [])] if n is not None]
+        needers = [n for n in near if _key(n) in quantized]
+        if not needers or not any(_key(n) in excluded for n in near) or not all(_key(n) in excluded for n in needers):
+            continue
+        folded = ref.ops.get(q.input[0]) if src is None or src.op_type != ref.ops.get(q.input[0]) else None
+        if folded == "Clip":
+            continue
+        dq.op_type, dq.domain = ("Relu" if folded == "Relu" else "Identity"), ""
+        dq.input[:] = [q.input[0]]
+        del dq.attribute[:]
+
+
+def leave_in_float(candidate: onnx.ModelProto, nodes, weights: FloatReference, op_types: set[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of the QDQ ``candidate`` with ``nodes`` (names) left in float as the quantizer
+    would leave them (module docstring), and per weighted node what its weights became."""
+    out = copy.deepcopy(candidate)
+    g = out.graph
+    quantized = _quantized_nodes(g, op_types)
+    chosen = [n for n in g.node if n.name in set(nodes)]
+    notes: dict[str, str] = {}
+    _drop_pairs(g, {_key(n) for n in chosen}, quantized, weights)
+    _float_weights(g, chosen, weights, notes)
+    return out, notes
+
+
+def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tensors, n: int = CANDIDATES) -> dict[str, str]:
+    """The ``n`` quantized nodes of ``candidate`` producing the ``tensors``
+    (``layerwise.TensorError``) that add the most error (through their Q -> DQ pair), each
+    with its name in ``reference`` (the same name when it is there, else the reference
+    node whose tensor it was matched to): ``{candidate node: reference node}``."""
+    from ..quantize.config import static_op_types
+
+    g = candidate.graph
+    prod = producers(g)
+    quantized = _quantized_nodes(g, set(static_op_types()))
+    ref_names = {x.name for x in reference.graph.node}
+    out: dict[str, str] = {}
+    for t in sorted((t for t in tensors if t.diverged), key=lambda t: -t.added):
+        node = prod.get(t.cand)
+        while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear") and _key(node) not in quantized:
+            node = prod.get(node.input[0])
+        if node is not None and _key(node) in quantized and node.name and node.name not in out:
+            out[node.name] = node.name if node.name in ref_names else t.node
+        if len(out) >= n:
+            break
+    return out
+
+
+def rank_by_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto, evaluator, nodes: dict[str, str], *, top: int = 3) -> list[OutputEffect]:
+    """Greedy pick of up to ``top`` of ``nodes`` (``candidate_nodes``: candidate node name ->
+    reference node name, best guesses first) whose leaving in float raises ``evaluator``'s
+    score of ``candidate`` most (module docstring).  ``evaluator``: a ``metrics.Evaluator`` whose reference is ``reference``."""
+    from ..quantize.config import static_op_types
+    from ..quantize.sensitivity import measure_sensitivity, score_model
+
+    op_types = set(static_op_types())
+    weights = FloatReference(reference)
+    ops = {n.name: n.op_type for n in candidate.graph.node}
+    notes: dict[str, str] = {}
+
+    def build(excluded: frozenset) -> onnx.ModelProto:
+        m, got = leave_in_float(candidate, picked | excluded, weights, op_types)
+        notes.update(got)
+        return m
+
+    picked: frozenset = frozenset()
+    score, rel = score_model(evaluator, candidate)
+    todo = [n for n in nodes if n in ops]
+    out: list[OutputEffect] = []
+    while todo and len(out) < top:
+        effects = measure_sensitivity(build, todo, evaluator, base_score=score, max_units=len(todo))
+        best = effects[0]
+        if best.gain < 0 or (best.gain <= 1e-9 and best.rel_l2 >= rel):
+            break  # nothing left improves the outputs
+        node = best.nodes[0]
+        picked |= {node}
+        out.append(OutputEffect(node, ops[node], best.score, best.gain, best.rel_l2, evaluator.metric, notes.get(node, "none"), nodes[node]))
+        score, rel = best.score, best.rel_l2
+        todo = [e.nodes[0] for e in effects[1 : RESCORE + 1]]
+    return out

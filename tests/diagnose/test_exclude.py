@@ -1,0 +1,116 @@
+"""Ranking nodes by the outputs: leaving nodes of a QDQ model in float, emulated
+(``onnxopt.diagnose.exclude``), and the greedy pick ``diagnose`` and ``quantize`` report."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxopt.diagnose.api import DiagnoseConfig, diagnose
+from onnxopt.diagnose.exclude import FloatReference, candidate_nodes, is_qdq, leave_in_float
+from onnxopt.quantize.config import static_op_types
+from tests.diagnose.diag_models import feeds, qdq
+from tests.quantize.quant_models import mlp
+from tests.toy_models import tiny_cnn
+
+
+def _run(model, x):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(b - a) / np.linalg.norm(a))
+
+
+def test_every_node_in_float_is_the_float_model():
+    ref = tiny_cnn()
+    cand = qdq(ref)
+    ops = set(static_op_types())
+    quantized = [n.name for n in cand.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    out, notes = leave_in_float(cand, quantized, FloatReference(ref), ops)
+    onnx.checker.check_model(out, full_check=True)
+    x = feeds(16, seed=3)["x"]
+    assert is_qdq(cand) and _rel(_run(ref, x), _run(cand, x)) > 1e-3
+    assert _rel(_run(ref, x), _run(out, x)) < 1e-5  # no Q/DQ pair and no quantized weight left in use
+    assert {k: v for k, v in notes.items() if v != "none"} == {"conv": "float", "bn": "float", "fc": "float"}
+    assert len(cand.graph.node) == len(qdq(ref).graph.node)  # the candidate itself is untouched
+
+
+def test_a_folded_batchnorm_weight_is_found_by_its_channel_scale():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    s = np.array([0.5, 2.0, 1.5, 0.25], np.float32)
+    folded = w * s[:, None, None, None]
+    scale = np.abs(folded).reshape(4, -1).max(1) / 127
+    q = np.round(folded / scale[:, None, None, None]).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])], "r", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    finder = FloatReference(helper.make_model(graph))
+    arrays = {"wq": q, "ws": scale.astype(np.float32), "wz": np.zeros(4, np.int8)}
+    inits = {k: numpy_helper.from_array(v, k) for k, v in arrays.items()}
+    dq = helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["conv.w_dq"], axis=0)
+    got = finder.find(dq, inits)
+    dequantized = (q.astype(np.float32)) * scale[:, None, None, None]
+    assert got is not None and got.shape == w.shape
+    assert _rel(folded, got) < _rel(folded, dequantized) / 4  # the float weight (a channel scale off by ~1e-3), not the rounded one
+    other = FloatReference(
+        helper.make_model(helper.make_graph([], "r", [], [], [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "v")])),
+    )
+    assert other.find(dq, inits) is None  # nothing of that shape fits: the weight stays quantized
+
+
+@pytest.fixture(scope="module")
+def outlier_pair():
+    """An MLP whose second layer holds one huge weight: per-tensor INT8 ruins that layer."""
+    ref = mlp(hidden=64, classes=8, outlier=30.0)
+    x = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    return ref, qdq(ref, x), {"x": x}
+
+
+def test_diagnose_names_the_node_whose_quantization_hurts_the_outputs(outlier_pair, tmp_path):
+    ref, cand, data = outlier_pair
+    np.savez(tmp_path / "d.npz", **data)
+    d = diagnose(ref, cand, tmp_path / "d.npz", config=DiagnoseConfig(top=2, metric="cosine"))
+    assert d.sensitive, d.layerwise.top
+    first = d.sensitive[0]
+    assert (first.node, first.op, first.weights, first.reference_node) == ("fc2", "Gemm", "float", "fc2")
+    assert first.gain > 0 and first.metric == "cosine"
+    base = 1 - np.mean([np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(_run(ref, data["x"]), _run(cand, data["x"]), strict=True)])
+    assert 100 - first.score < 100 * base  # the outputs are closer with fc2 in float
+    assert [e.node for e in d.sensitive] == list(dict.fromkeys(e.node for e in d.sensitive))
+    assert d.to_dict()["sensitive"][0]["node"] == "fc2"
+    assert "fc2" in candidate_nodes(ref, cand, d.layerwise.tensors)
+
+
+def test_cli_lists_nodes_by_the_outputs(outlier_pair, invoke, tmp_path):
+    ref, cand, data = outlier_pair
+    onnx.save(ref, str(tmp_path / "a.onnx"))
+    onnx.save(cand, str(tmp_path / "b.onnx"))
+    np.savez(tmp_path / "d.npz", **data)
+    r = invoke("diagnose", tmp_path / "a.onnx", tmp_path / "b.onnx", "--data", tmp_path / "d.npz", "--top", "2", "--metric", "cosine")
+    assert r.exit_code == 0, r.output
+    assert "left in float" in r.output and "onnxopt quantize ... --exclude-nodes fc2" in r.output
+
+
+def test_not_a_qdq_model_has_no_output_ranking(tmp_path):
+    from tests.diagnose.diag_models import scaled
+
+    np.savez(tmp_path / "d.npz", **feeds(8))
+    d = diagnose(tiny_cnn(), scaled(tiny_cnn(), "conv.w", 1.5), tmp_path / "d.npz")
+    assert d.layerwise.first is not None and d.sensitive == [] and "sensitive" not in d.to_dict()
+
+
+def test_quantize_report_ranks_static_nodes_by_the_outputs(outlier_pair, tmp_path):
+    from onnxopt import quantize
+
+    ref, _, data = outlier_pair
+    np.savez(tmp_path / "d.npz", **data)
+    r = quantize(ref, mode="static", calibration=tmp_path / "d.npz", metric="cosine", allow_slower=True, timing=False, preprocess=False)
+    nodes = r.report["sensitive_nodes"]
+    assert nodes and nodes[0]["how"].startswith("diagnose: outputs") and nodes[0]["nodes"] == ["fc2"] and nodes[0]["gain"] > 0
