@@ -13,7 +13,12 @@ from onnxopt.runtime import create_session, is_ort_format
 from onnxopt.serving.carry import carry_options, session
 from onnxopt.serving.coldstart import BREAKDOWN_FIELDS, COLD_FIELDS, measure_cold_start
 from onnxopt.serving.offline import ort_optimized
-from onnxopt.serving.ortformat import ort_format, ort_format_metadata, ort_format_options, ort_format_path
+from onnxopt.serving.ortformat import (
+    ort_format,
+    ort_format_metadata,
+    ort_format_options,
+    ort_format_path,
+)
 from onnxopt.session_options import SessionConfig
 from tests.conftest import MODELS
 from tests.toy_models import tiny_cnn
