@@ -424,7 +424,7 @@ def ensemble(
     if parallel:
         report["concurrency"] = _concurrency(model, members, ds, shapes, provider)
         if report["concurrency"]["carried"]:
-            extra["session_options"] = report["concurrency"]["options"]
+            extra["session_options"] = report["concurrency"]["carried_options"]
     write_provenance(model, "ensemble", steps, extra)
     return Result(model, report, True)
 
