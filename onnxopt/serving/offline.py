@@ -8,8 +8,8 @@ The saved graph holds ``com.microsoft`` / ``com.microsoft.nchwc`` kernels chosen
 provider and this CPU's instruction set: it is bound to them (ORT warns so itself), and
 ``optimize`` chooses it only where it wins on the objective, with that caveat in its
 report.  The candidate is saved as ONNX: the same graph in ORT's ``.ort`` flatbuffer format
-(``ortformat.py``, ``optimize --ort-format``) started no faster on a full ONNX Runtime build
-(measured on magika and PP-OCR); that format is for ORT's minimal and mobile builds.
+(``ortformat.py``, ``optimize --ort-format``) gave no consistent cold-start gain on a full
+ONNX Runtime build (magika, PP-OCR); that format is for ORT's minimal and mobile builds.
 """
 
 from __future__ import annotations
