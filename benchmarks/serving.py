@@ -109,58 +109,144 @@ def _perturbed(path: Path, seed: int, scale: float = 0.05) -> onnx.ModelProto:
     return m
 
 
-def section_members(seconds: float) -> None:
-    from onnxopt.ensemble.api import ensemble
-    from onnxopt.ensemble.concurrent import parallel_options
+def _member_ways(merged: onnx.ModelProto, ms, feed: dict) -> tuple[list[str], object]:
+    """The ways timed in section 2, as (names, run_one(i)): the members in three sessions
+    with ORT's defaults called back to back, the same with spinning off, and the merged model
+    with the options it carries, ORT's defaults, one intra-op thread, spinning off, and
+    ORT_PARALLEL (inter 2, intra 1)."""
+    from onnxopt.ensemble.parity import member_feed
 
-    print("\n## 2. three magika members (weights perturbed 5%, seeds 1-3) in one file\n")
+    carried = carried_options(merged)
+    configs = {
+        "merged, carried options": carried or SessionConfig(),
+        "merged, ORT defaults": SessionConfig(),
+        "merged, intra 1": SessionConfig(intra_op_threads=1),
+        "merged, spinning off": SessionConfig(allow_spinning=False),
+        "merged, parallel inter 2 intra 1": SessionConfig(intra_op_threads=1, inter_op_threads=2, execution_mode="parallel"),
+    }
+    sessions = [create_session(merged, config=c) for c in configs.values()]
+    separate = {
+        "3 sessions, ORT defaults": [(create_session(m.original), m.outputs, member_feed(m, feed)) for m in ms],
+        "3 sessions, spinning off": [(create_session(m.original, config=SessionConfig(allow_spinning=False)), m.outputs, member_feed(m, feed)) for m in ms],
+    }
+    names = list(separate) + list(configs)
+    calls = list(separate.values())
+
+    def run_one(i: int) -> None:
+        if i < len(calls):
+            for sess, outs, f in calls[i]:
+                sess.run(outs, f)
+        else:
+            sessions[i - len(calls)].run(None, feed)
+
+    return names, run_one
+
+
+def section_members(seconds: float, rounds: int) -> None:
+    from onnxopt.bench.timing import measure_interleaved
+    from onnxopt.ensemble.api import ensemble
+    from onnxopt.ensemble.merge import load_members, match_inputs, select_outputs
+
+    print(f"\n## 2. three magika members (weights perturbed 5%, seeds 1-3) in one file: {rounds} rounds, ratios vs the separate sessions with ORT's defaults\n")
     path = fetch("magika")
     if path is None:
         print("skip: magika not available")
         return
     members = [_perturbed(path, s) for s in (1, 2, 3)]
-    res = ensemble(members, parallel=False)
-    # the report's members (with their input renames) come from the API: re-run the
-    # measurement for longer than the default, on the merged model as written
-    from onnxopt.ensemble.merge import load_members, match_inputs, select_outputs
-
+    res = ensemble(members)  # as a user gets it: the options the concurrency rule carries
+    conc = res.report.get("concurrency", {})
+    print(f"ensemble carried: {conc.get('carried')} ({conc.get('reason', '')}); options {carried_options(res.model).describe() if carried_options(res.model) else 'none'}\n")
     ms = load_members(members)
     match_inputs(ms, None)
     select_outputs(ms, None)
-    print("| batch | separate sessions ms (sum) | merged sequential ms | merged parallel ms | parallel / separate | parallel / sequential | carried (why) |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
     for batch in (1, 8):
         feed, _ = make_feed(res.model, None, None, batch)
-        model = onnx.ModelProto()
-        model.CopyFrom(res.model)
-        c = parallel_options(model, ms, feed, runs=200, duration=seconds * 3)
-        if "parallel_ms" not in c:
-            print(f"| {batch} | - | - | - | - | - | {c['reason']} |")
-            continue
-        print(f"| {batch} | {c['separate_ms']:.3f} | {c['sequential_ms']:.3f} | {c['parallel_ms']:.3f} | {c['parallel_ms'] / c['separate_ms']:.2f}x | {c['parallel_ms'] / c['sequential_ms']:.2f}x | {c['carried']} ({c['reason']}) |")
+        names, run_one = _member_ways(res.model, ms, feed)
+        per: dict[str, list] = {k: [] for k in names}
+        loads = [os.getloadavg()[0]]
+        for r in range(rounds):
+            m = measure_interleaved(run_one, len(names), runs=60, warmup=2, block=5, duration=seconds, shuffle_seed=r)
+            for k, lat in zip(names, m.latencies, strict=True):
+                per[k].append(float(np.median(lat)) * 1e3)
+            loads.append(os.getloadavg()[0])
+        print(f"batch {batch}: load {min(loads):.1f}-{max(loads):.1f} during the rounds\n")
+        print("| way | median ms | ratio vs 3 sessions (defaults): median [min, max] | vs 3 sessions, spinning off |")
+        print("|---|---:|---|---|")
+        base, quiet = np.array(per[names[0]]), np.array(per[names[1]])
+        for k in names:
+            r0, r1 = np.array(per[k]) / base, np.array(per[k]) / quiet
+            print(f"| {k} | {np.median(per[k]):.2f} | {np.median(r0):.2f}x [{r0.min():.2f}, {r0.max():.2f}] | {np.median(r1):.2f}x [{r1.min():.2f}, {r1.max():.2f}] |")
+        print()
 
 
-def section_cold(models, repeats: int) -> None:
-    print(f"\n## 3. cold start (fresh processes, {repeats} round-robin repeats, medians)\n")
-    print("| model | variant | create ms | first run ms | create + first ms | creation peak RSS | cut |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+COLD_VARIANTS = ("fp32", "fp32 intra 1", "ort-offline", "ort-offline intra 1", "ort-offline .ort")
+
+
+def _cold_variants(name: str, path: Path, tmp: Path) -> dict[str, tuple]:
+    """(model path, SessionConfig) per variant: the input with ORT's defaults and with one
+    intra-op thread, ORT's offline-optimized graph (carrying ``disable``) likewise, and the
+    same graph in ORT's .ort format."""
+    from onnxopt.serving.ortformat import ort_format, ort_format_options
+
+    off = ort_optimized(onnx.load(str(path)))
+    off_path = tmp / f"{name}.offline.onnx"
+    onnx.save(off, str(off_path))
+    ort_path = ort_format(off).save(tmp / f"{name}.offline.ort")
+    off_cfg = carried_options(off)
+    return {
+        "fp32": (path, None),
+        "fp32 intra 1": (path, SessionConfig(intra_op_threads=1)),
+        "ort-offline": (off_path, off_cfg),
+        "ort-offline intra 1": (off_path, off_cfg.with_threads(1)),
+        "ort-offline .ort": (ort_path, ort_format_options(ort_path)),
+    }
+
+
+def _cold_row(name: str, variant: str, runs: list[dict], base: list[dict] | None, like: list[dict] | None) -> str:
+    def med(key: str) -> float:
+        return float(np.median([r[key] or 0 for r in runs]))
+
+    wall = np.array([r["create_ms"] + r["first_run_ms"] for r in runs])
+    cpu = np.array([r["create_cpu_ms"] + r["first_run_cpu_ms"] for r in runs])
+
+    def cut(ref: list[dict] | None) -> str:
+        if ref is None:
+            return ""
+        per_round = np.array([r["create_ms"] + r["first_run_ms"] for r in ref]) / wall
+        ref_cpu = np.median([r["create_cpu_ms"] + r["first_run_cpu_ms"] for r in ref])
+        return f"{np.median(per_round):.2f}x [{np.percentile(per_round, 25):.2f}, {np.percentile(per_round, 75):.2f}] (CPU {ref_cpu / np.median(cpu):.2f}x)"
+
+    split = f"{med('load_ms'):.1f} / {med('initialize_ms'):.1f} / {med('other_ms'):.1f}" if "load_ms" in runs[0] else "-"
+    return (
+        f"| {name} | {variant} | {med('create_ms'):.1f} | {split} | {med('first_run_ms'):.1f} | {np.median(wall):.1f} | {np.median(cpu):.1f} | "
+        f"{med('creation_peak_rss_bytes') / 2**20:.1f} MiB | {cut(base)} | {cut(like)} |"
+    )
+
+
+def section_cold(models, repeats: int, breakdown: bool) -> None:
+    import random
+
+    print(f"\n## 3. cold start (fresh processes, {repeats} rounds in shuffled order, medians; load {os.getloadavg()[0]:.2f} at start)\n")
+    print("cut vs fp32 = median over rounds of fp32's create + first run / the variant's, [quartiles], and the ratio of CPU times; like-for-like = vs fp32 with the same threads\n")
+    print("| model | variant | create ms | load / init / other ms | first run ms | create + first ms | CPU ms | creation peak RSS | cut vs fp32 | like-for-like |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---|---|")
+    tmp = Path(tempfile.mkdtemp(prefix="serving-cold-"))
     for name, path, shapes in models:
-        m = onnx.load(str(path))
-        feed, _ = make_feed(m, None, shapes, None)
-        off = ort_optimized(m)
-        figs: dict[str, list] = {"fp32 (ORT defaults)": [], "ort-offline (opt disable)": []}
+        feed, _ = make_feed(onnx.load(str(path)), None, shapes, None)
+        variants = _cold_variants(name, path, tmp)
+        figs: dict[str, list] = {k: [] for k in variants}
+        order = random.Random(0)
         for _ in range(repeats):
-            figs["fp32 (ORT defaults)"].append(measure_cold_start(path, feed, repeats=1))
-            figs["ort-offline (opt disable)"].append(measure_cold_start(off, feed, config=carried_options(off), repeats=1))
-        total = {}
-        for variant, runs in figs.items():
-            create = float(np.median([r["create_ms"] for r in runs]))
-            first = float(np.median([r["first_run_ms"] for r in runs]))
-            both = float(np.median([r["create_ms"] + r["first_run_ms"] for r in runs]))
-            rss = float(np.median([r["creation_peak_rss_bytes"] or 0 for r in runs]))
-            total[variant] = both
-            cut = "" if variant.startswith("fp32") else f"{total['fp32 (ORT defaults)'] / both:.2f}x"
-            print(f"| {name} | {variant} | {create:.1f} | {first:.2f} | {both:.1f} | {rss / 2**20:.1f} MiB | {cut} |")
+            keys = list(variants)
+            order.shuffle(keys)  # no variant always runs right after the same neighbour
+            for k in keys:
+                model, cfg = variants[k]
+                figs[k].append(measure_cold_start(model, feed, config=cfg, repeats=1, breakdown=breakdown)["runs"][0])
+        like = {"ort-offline": "fp32", "ort-offline .ort": "fp32", "ort-offline intra 1": "fp32 intra 1"}
+        for k, runs in figs.items():
+            base = figs["fp32"] if k != "fp32" else None
+            print(_cold_row(name, k, runs, base, figs[like[k]] if k in like else None))
+    print(f"\nload at the end of section 3: {os.getloadavg()[0]:.2f}")
 
 
 def section_honoured(tuned: list[Path], seconds: float) -> None:
@@ -190,17 +276,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer models and repeats")
     ap.add_argument("--tune-seconds", type=float, default=2.0, help="seconds per timed tune stage")
     ap.add_argument("--sections", default="1234", help="which sections to run, e.g. 13")
+    ap.add_argument("--cold-repeats", type=int, default=9, help="section 3: rounds of fresh processes per variant")
+    ap.add_argument("--breakdown", action="store_true", help="section 3: ORT's profiler splits creation into load / initialization / other")
+    ap.add_argument("--member-rounds", type=int, default=7, help="section 2: interleaved rounds (median ratio and its spread)")
+    ap.add_argument("--only", default=None, help="comma-separated model names to keep (e.g. magika)")
     args = ap.parse_args()
     models = _models(args.quick)
+    if args.only:
+        models = [m for m in models if m[0] in args.only.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# serving benchmark: {platform.processor() or platform.machine()}, {machine_cores()} usable cores, load {load:.2f} at start, onnxruntime {ort.__version__}, Python {platform.python_version()}")
     tuned: list[Path] = []
     if "1" in args.sections:
         tuned = section_tune(models, args.tune_seconds)
     if "2" in args.sections:
-        section_members(args.tune_seconds)
+        section_members(max(args.tune_seconds, 2.0), args.member_rounds)
     if "3" in args.sections:
-        section_cold([x for x in models if x[0] in ("digits_resnet", "magika", "ppocr-det", "ppocr-rec")], 3 if args.quick else 7)
+        section_cold([x for x in models if x[0] in ("digits_resnet", "magika", "ppocr-det", "ppocr-rec")], 3 if args.quick else args.cold_repeats, args.breakdown)
     if "4" in args.sections and tuned:
         section_honoured([p for p in tuned if p.name.split(".")[0] in ("digits_cnn", "magika", "ppocr-cls")], args.tune_seconds)
     print(f"\nload at end {os.getloadavg()[0]:.2f} (2 cores shared with other engineers: expect noise)")

@@ -16,7 +16,7 @@ import onnx
 
 from .errors import ModelError, OnnxoptError, ProviderError
 
-__all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "check_provider_active", "run_batches", "run_dataset"]
+__all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "check_provider_active", "run_batches", "run_dataset", "is_ort_format"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,39 @@ def providers_for(provider: str = "cpu", *, cuda_options: dict | None = None) ->
     return ["CPUExecutionProvider"]
 
 
+_ORT_IDENTIFIER = b"ORTM"  # the flatbuffer file identifier of onnxruntime's InferenceSession table
+
+
+def is_ort_format(src) -> bool:
+    """True for an ONNX Runtime ``.ort`` model, a path or bytes: the flatbuffer identifier
+    ``ORTM`` at offset 4, whatever the file is named."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        head = bytes(src[:8])
+    elif isinstance(src, (str, Path)):
+        try:
+            with open(src, "rb") as fh:
+                head = fh.read(8)
+        except OSError:
+            return False
+    else:
+        return False
+    return len(head) == 8 and head[4:8] == _ORT_IDENTIFIER
+
+
+@contextlib.contextmanager
+def _config_from_model_off():
+    """ONNX Runtime 1.32 parses a model as protobuf to read its ``ort_config`` when
+    ``ORT_LOAD_CONFIG_FROM_MODEL=1``, which fails on an ``.ort`` flatbuffer: off meanwhile."""
+    import os
+
+    before = os.environ.pop("ORT_LOAD_CONFIG_FROM_MODEL", None)
+    try:
+        yield
+    finally:
+        if before is not None:
+            os.environ["ORT_LOAD_CONFIG_FROM_MODEL"] = before
+
+
 def resolve_provider(provider: str) -> str:
     """'auto' -> 'cuda' or 'cpu'; validates the others."""
     first = providers_for(provider)[0]
@@ -72,9 +105,11 @@ def create_session(
     optimized_path=None,
     disabled_optimizers: list[str] | None = None,
     profile_prefix: str | None = None,
+    save_ort_format: bool = False,
     error=ModelError,
 ):
     """An ``InferenceSession`` for a path or a proto; protos over 2 GB go through a temp file.
+    An ONNX Runtime ``.ort`` model (a path or its bytes, ``is_ort_format``) is loaded as one.
 
     ``config``: a ``serving.SessionConfig`` (threads, execution mode, optimization level,
     spinning); without it one is built from ``threads`` / ``inter_threads`` /
@@ -86,7 +121,8 @@ def create_session(
     the graph it optimized for this provider there (``optimized_model_filepath``).  ``disabled_optimizers``:
     names of ONNX Runtime graph transformers or rewrite rules left out (unknown names are
     ignored by ORT); ``profile_prefix``: ORT's profiler on, its JSON trace named after it
-    (``end_profiling``).
+    (``end_profiling``); ``save_ort_format``: the graph at ``optimized_path`` is written in
+    ONNX Runtime's ``.ort`` format (``session.save_model_format = ORT``).
     """
     import onnxruntime as ort
 
@@ -107,15 +143,20 @@ def create_session(
         so.enable_mem_pattern = False
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
+        if save_ort_format:
+            so.add_session_config_entry("session.save_model_format", "ORT")
+    ort_format = is_ort_format(model)
+    if ort_format:
+        so.add_session_config_entry("session.load_model_format", "ORT")
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)
     providers = providers_for(provider, cuda_options=cuda_options)
-    path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    path = None if isinstance(model, (onnx.ModelProto, bytes, bytearray)) else Path(model)
     extra = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
     # onnxruntime's Python wrapper prints an "EP Error ... Falling back" banner on stdout when
     # session options fail (a model's ort_config, for one); the failure is raised as one line
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), (_config_from_model_off() if ort_format else contextlib.nullcontext()):
         sess = _open_session(ort, model, path, so, providers, error, extra)
     wants_cuda = isinstance(providers[0], tuple) and providers[0][0] == "CUDAExecutionProvider"
     check_provider_active(sess, "cuda" if wants_cuda else "cpu", path)  # "auto" included
@@ -127,6 +168,8 @@ def _open_session(ort, model, path, so, providers, error, extra=None):
     try:
         if path is not None:
             return ort.InferenceSession(str(path), so, providers=providers, **extra)
+        if isinstance(model, (bytes, bytearray)):  # an .ort model's bytes
+            return ort.InferenceSession(bytes(model), so, providers=providers, **extra)
         from .io import exceeds_protobuf, is_lazy, lazy_folders, save_model, strip_basepath
 
         if is_lazy(model):

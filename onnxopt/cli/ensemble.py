@@ -129,8 +129,10 @@ def _render_concurrency(c: dict | None) -> None:
         click.echo(
             f"serving ({c['branch_width']} branches, {c['cores']} cores): members in separate sessions {c['separate_ms']:.3f} ms, "
             f"merged sequential {c['sequential_ms']:.3f} ms, merged parallel {c['parallel_ms']:.3f} ms ({1 / pv:.2f}x the separate sessions' time)"
+            + (f", merged one thread {c['one_thread_ms']:.3f} ms ({1 / c['one_thread_vs_separate']['ratio']:.2f}x)" if "one_thread_ms" in c else "")
         )
-    click.echo(f"session options: {'carried: parallel execution' if c['carried'] else 'none carried'} ({c['reason']})")
+    carried = f"carried: {c.get('carried_way', '').replace('_', ' ')}" if c["carried"] else "none carried"
+    click.echo(f"session options: {carried} ({c['reason']})")
 
 
 def _render_recipe(rep: dict) -> None:

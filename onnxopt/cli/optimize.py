@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from ..errors import UsageError
 from ..render import human_bytes
 from .options import (
     budget_options,
@@ -68,6 +71,13 @@ __all__ = ["command"]
     default=None,
     help="Search ONNX Runtime session options for the chosen model and carry the winner in it (default: the recipe's, on).",
 )
+@click.option(
+    "--ort-format",
+    "ort_format",
+    is_flag=True,
+    default=False,
+    help="Also write ONNX Runtime's optimized graph of the written model in its .ort format beside OUTPUT (OUTPUT with the suffix .ort), verified against it.",
+)
 @report_option
 @json_option
 def command(
@@ -86,6 +96,7 @@ def command(
     time_budget,
     objective,
     session_options,
+    ort_format,
     report_path,
     as_json,
 ):
@@ -101,8 +112,12 @@ def command(
     Example: onnxopt optimize model.onnx -o model.opt.onnx --calibration calib.npz --eval test.npz --max-accuracy-drop 1
     """
     from ..optimize.api import optimize, render_decision_table
+    from ..serving.ortformat import ort_format_path
 
-    check_outputs(output, [model], report_path)
+    ort_path = ort_format_path(output) if ort_format else None
+    if ort_path is not None and ort_path == Path(output):
+        raise UsageError("with --ort-format, -o names the ONNX model (e.g. model.opt.onnx); the .ort file is written beside it", output)
+    check_outputs(output, [model], report_path, ort_path)
     result = optimize(
         model,
         target=target,
@@ -119,7 +134,11 @@ def command(
         objective=objective,
         session_options=session_options,
     )
-    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
+    packed = _ort_format(result) if ort_path is not None else None
+    shown = write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json)
+    if packed is not None:
+        packed.save(ort_path, guard=[model])
+    if not shown:
         return
     rep = result.report
     click.echo(
@@ -133,3 +152,16 @@ def command(
     for note in rep.get("notes", []):
         click.echo(f"note: {note}")
     click.echo(f"wrote {output}")
+    if packed is not None:
+        r = packed.report
+        click.echo(f"wrote {ort_path} (ONNX Runtime .ort format, {human_bytes(r['bytes'])}, optimized at {r['optimized_at']}; outputs equal to {output}'s on {r['feeds']} feeds)")
+
+
+def _ort_format(result):
+    """The written model in ONNX Runtime's .ort format, verified; its report block joins the
+    optimize report (``ort_format``)."""
+    from ..serving.ortformat import ort_format
+
+    packed = ort_format(result.model, result.report["provider"])
+    result.report["ort_format"] = dict(packed.report)
+    return packed

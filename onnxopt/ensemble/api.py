@@ -375,7 +375,7 @@ def ensemble(models, **options) -> Result:
     if cfg.parallel:
         report["concurrency"] = _concurrency(model, mem.members, ds, cfg.shapes, provider)
         if report["concurrency"]["carried"]:
-            extra["session_options"] = report["concurrency"]["options"]
+            extra["session_options"] = report["concurrency"]["carried_options"]
     write_provenance(model, "ensemble", steps, extra)
     return Result(model, report, True)
 

@@ -1,21 +1,24 @@
-"""Members that run at once: parallel-execution options for a merged ensemble, measured.
+"""Members that run at once: session options for a merged ensemble, measured.
 
 Members merged into one graph but not fused horizontally are independent branches, which
 ONNX Runtime runs one after another unless the session runs with ``ORT_PARALLEL`` and
-inter-op threads.  Three ways to serve the same members are timed interleaved
+inter-op threads.  Four ways to serve the same members are timed interleaved
 (``bench.timing.measure_interleaved``) on one feed:
 
 - **separate**: each member in its own session (default options), called one after another;
 - **sequential**: the merged model, ORT's default options;
 - **parallel**: the merged model with ``inter_op_threads = min(width, cores)``,
-  ``intra_op_threads = max(1, cores // inter)``, ``ORT_PARALLEL`` (width: ``serving.tune.branch_width``).
+  ``intra_op_threads = max(1, cores // inter)``, ``ORT_PARALLEL`` (width: ``serving.tune.branch_width``);
+- **one thread**: the merged model with one intra-op thread, sequential: no pool thread,
+  so none that spins and competes with the run when the cores are busy (on a loaded 2-core
+  machine this beat both others; on an idle one parallel execution should win).
 
 Each way gets ``runs`` timed runs (60: 12 interleaved rounds of 5), capped at ``duration``
-seconds.  The parallel options are carried in the merged model (``serving.carry``) only
-when their outputs equal the sequential session's (the exact-transform rule) and
-``median(sequential) / median(parallel)`` is at least ``1 + MIN_GAIN`` both in that run and
-in a fresh confirmation run of the two (the rule ``serving.tune`` keeps); otherwise nothing
-is carried and the report says why.
+seconds.  The faster of parallel and one thread is carried in the merged model
+(``serving.carry``) only when its outputs equal the sequential session's (the exact-transform
+rule) and ``median(sequential) / median(it)`` is at least ``1 + MIN_GAIN`` both in that run
+and in a fresh confirmation run of the two (the rule ``serving.tune`` keeps); otherwise
+nothing is carried and the report says why.
 """
 
 from __future__ import annotations
@@ -39,63 +42,88 @@ def _config_for(width: int, cores: int):
     return SessionConfig(intra_op_threads=max(1, cores // inter), inter_op_threads=inter, execution_mode="parallel")
 
 
-def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: str = "cpu", runs: int = 60, duration: float = 3.0, seed: int = 0) -> dict:
-    """Measure the three ways (module docstring) and carry the parallel options in ``model``
-    (in place) when they win; returns the report block."""
-    from ..bench.timing import measure_interleaved, speedup
+def _ways(model, members, feed, provider, width, cores):
+    """Sessions of the four ways (module docstring), the candidate configs, and ``run_one``;
+    a candidate whose outputs differ from the sequential session's is dropped (named in
+    ``refused``)."""
     from ..runtime import create_session
-    from ..serving.carry import carry_options, check_carried
-    from ..serving.tune import branch_width
-    from ..session_options import SessionConfig, machine_cores
+    from ..session_options import SessionConfig
     from ..verify import compare_outputs
     from .parity import member_feed
 
-    width, cores = branch_width(model), machine_cores()
-    block = {"branch_width": width, "cores": cores, "carried": False}
-    if width < 2 or cores < 2:
-        block["reason"] = "one branch (members fused horizontally, or a single heavy path)" if width < 2 else "one core: nothing to run at once"
-        return block
-    par_cfg = _config_for(width, cores)
-    block["options"] = par_cfg.to_dict()
     seq = create_session(model, provider, config=SessionConfig())
-    par = create_session(model, provider, config=par_cfg)
-    comp = compare_outputs([o.name for o in seq.get_outputs()], seq.run(None, feed), par.run(None, feed))
-    if comp.inexact():
-        block["reason"] = f"parallel execution changed output {comp.inexact()[0].name}"
-        return block
+    ref = seq.run(None, feed)
+    names = [o.name for o in seq.get_outputs()]
+    configs = {"parallel": _config_for(width, cores), "one_thread": SessionConfig(intra_op_threads=1)}
+    sessions, refused = {}, {}
+    for key, cfg in configs.items():
+        sess = create_session(model, provider, config=cfg)
+        bad = compare_outputs(names, ref, sess.run(None, feed)).inexact()
+        if bad:
+            refused[key] = f"{key.replace('_', ' ')} changed output {bad[0].name}"
+        else:
+            sessions[key] = sess
     calls = [(create_session(m.original, provider), m.outputs, member_feed(m, feed)) for m in members]
+    order = [None, seq] + [sessions[k] for k in sessions]
 
     def run_one(i: int) -> None:
         if i == 0:
             for s, outs, f in calls:
                 s.run(outs, f)
         else:
-            (seq if i == 1 else par).run(None, feed)
+            order[i].run(None, feed)
 
-    meas = measure_interleaved(run_one, 3, runs=runs, warmup=3, block=5, duration=duration, shuffle_seed=seed)
-    sep, sq, pl = meas.latencies
-    vs_seq = speedup(sq, pl, block=5, seed=seed)
-    block.update(
-        separate_ms=float(np.median(sep) * 1e3),
-        sequential_ms=float(np.median(sq) * 1e3),
-        parallel_ms=float(np.median(pl) * 1e3),
-        parallel_vs_sequential=vs_seq.to_dict(),
-        parallel_vs_separate=speedup(sep, pl, block=5, seed=seed).to_dict(),
-        sequential_vs_separate=speedup(sep, sq, block=5, seed=seed).to_dict(),
-        rounds=meas.rounds,
-    )
-    need = 1 + MIN_GAIN
-    if vs_seq.ratio < need:
-        block["reason"] = f"parallel {vs_seq.ratio:.2f}x vs sequential (< {need:.2f}): nothing carried"
+    return list(sessions), configs, refused, run_one
+
+
+def _confirm(run_one, k: int, runs: int, duration: float, seed: int) -> float:
+    """A fresh interleaved run of sequential (way 1) against way ``k``: median ratio."""
+    from ..bench.timing import measure_interleaved, speedup
+
+    again = measure_interleaved(lambda i: run_one(1 if i == 0 else k), 2, runs=runs, warmup=1, block=5, duration=duration, shuffle_seed=seed + 1)
+    return speedup(again.latencies[0], again.latencies[1], block=5, seed=seed).ratio
+
+
+def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: str = "cpu", runs: int = 60, duration: float = 3.0, seed: int = 0) -> dict:
+    """Measure the four ways (module docstring) and carry the faster of parallel execution
+    and one thread in ``model`` (in place) when it wins; returns the report block."""
+    from ..bench.timing import measure_interleaved, speedup
+    from ..serving.carry import carry_options, check_carried
+    from ..serving.tune import branch_width
+    from ..session_options import machine_cores
+
+    width, cores = branch_width(model), machine_cores()
+    block = {"branch_width": width, "cores": cores, "carried": False}
+    if width < 2 or cores < 2:
+        block["reason"] = "one branch (members fused horizontally, or a single heavy path)" if width < 2 else "one core: nothing to run at once"
         return block
-    again = measure_interleaved(lambda i: run_one(i + 1), 2, runs=runs, warmup=1, block=5, duration=duration, shuffle_seed=seed + 1)
-    confirm = speedup(again.latencies[0], again.latencies[1], block=5, seed=seed).ratio
+    keys, configs, refused, run_one = _ways(model, members, feed, provider, width, cores)
+    block["options"] = configs["parallel"].to_dict()
+    if "parallel" not in keys:
+        block["reason"] = refused["parallel"]
+        return block
+    meas = measure_interleaved(run_one, 2 + len(keys), runs=runs, warmup=3, block=5, duration=duration, shuffle_seed=seed)
+    sep, sq = meas.latencies[:2]
+    lat = dict(zip(keys, meas.latencies[2:], strict=True))
+    vs = {k: speedup(sq, v, block=5, seed=seed) for k, v in lat.items()}
+    block.update(separate_ms=float(np.median(sep) * 1e3), sequential_ms=float(np.median(sq) * 1e3), rounds=meas.rounds)
+    block.update(sequential_vs_separate=speedup(sep, sq, block=5, seed=seed).to_dict())
+    for k in keys:
+        prefix = "parallel" if k == "parallel" else "one_thread"
+        block.update({f"{prefix}_ms": float(np.median(lat[k]) * 1e3), f"{prefix}_vs_sequential": vs[k].to_dict(), f"{prefix}_vs_separate": speedup(sep, lat[k], block=5, seed=seed).to_dict()})
+    best = max(keys, key=lambda k: vs[k].ratio)
+    label = best.replace("_", " ")
+    need = 1 + MIN_GAIN
+    if vs[best].ratio < need:
+        block["reason"] = f"{label} {vs[best].ratio:.2f}x vs sequential (< {need:.2f}): nothing carried"
+        return block
+    confirm = _confirm(run_one, 2 + keys.index(best), runs, duration, seed)
     block["confirm_ratio"] = confirm
     if confirm < need:
-        block["reason"] = f"parallel {vs_seq.ratio:.2f}x vs sequential, not confirmed in a fresh run ({confirm:.2f}x < {need:.2f}): nothing carried"
+        block["reason"] = f"{label} {vs[best].ratio:.2f}x vs sequential, not confirmed in a fresh run ({confirm:.2f}x < {need:.2f}): nothing carried"
         return block
-    carry_options(model, par_cfg)
+    carry_options(model, configs[best])
     check_carried(model, provider)
-    block["carried"] = True
-    block["reason"] = f"parallel {vs_seq.ratio:.2f}x vs sequential, confirmed {confirm:.2f}x in a fresh run"
+    block.update(carried=True, carried_options=configs[best].to_dict(), carried_way=best)
+    block["reason"] = f"{label} {vs[best].ratio:.2f}x vs sequential, confirmed {confirm:.2f}x in a fresh run"
     return block

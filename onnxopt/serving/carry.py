@@ -132,13 +132,18 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
 
 
 def session(model, provider: str = "cpu", *, model_options: bool = True, config: SessionConfig | None = None):
-    """An ``onnxruntime.InferenceSession`` for ``model`` (path or proto) built with the
-    session options it carries (``model_options=False``: ORT's defaults); ``config``
-    overrides both."""
+    """An ``onnxruntime.InferenceSession`` for ``model`` (path or proto, or an ``.ort``
+    file: ``serving.ortformat``) built with the session options it carries
+    (``model_options=False``: ORT's defaults); ``config`` overrides both."""
     from ..io import load_model
-    from ..runtime import create_session
+    from ..runtime import create_session, is_ort_format
 
     if config is None and model_options:
-        proto = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external=False)
-        config = carried_options(proto)
+        if is_ort_format(model):
+            from .ortformat import ort_format_options
+
+            config = ort_format_options(model)
+        else:
+            proto = model if isinstance(model, onnx.ModelProto) else load_model(model, load_external=False)
+            config = carried_options(proto)
     return create_session(model, provider, config=config)

@@ -7,8 +7,9 @@ disable`` with it moves the work from every start of a serving process to build 
 The saved graph holds ``com.microsoft`` / ``com.microsoft.nchwc`` kernels chosen for this
 provider and this CPU's instruction set: it is bound to them (ORT warns so itself), and
 ``optimize`` chooses it only where it wins on the objective, with that caveat in its
-report.  The ``.ort`` flatbuffer format serves ORT's minimal builds; a full ORT build loads
-the ONNX form as fast, so this candidate is saved as ONNX.
+report.  The candidate is saved as ONNX: the same graph in ORT's ``.ort`` flatbuffer format
+(``ortformat.py``, ``optimize --ort-format``) gave no consistent cold-start gain on a full
+ONNX Runtime build (magika, PP-OCR); that format is for ORT's minimal and mobile builds.
 """
 
 from __future__ import annotations

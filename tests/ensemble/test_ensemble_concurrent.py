@@ -1,4 +1,4 @@
-"""ensemble: members timed separately vs merged sequential vs merged parallel; options carried."""
+"""ensemble: members timed separately vs merged sequential / parallel / one thread; options carried."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ def test_three_ways_reported_and_parallel_carried_only_when_it_wins():
     assert {"parallel_vs_sequential", "parallel_vs_separate", "sequential_vs_separate"} <= set(c)
     cfg = SessionConfig.from_dict(c["options"])
     assert cfg.execution_mode == "parallel" and cfg.inter_op_threads >= 2
+    assert c["one_thread_ms"] > 0 and "one_thread_vs_separate" in c
     if c["carried"]:
-        assert c["parallel_vs_sequential"]["ratio"] >= 1.03 and c["confirm_ratio"] >= 1.03
-        assert carried_options(res.model) == cfg and check_carried(res.model) == cfg
+        way = c["carried_way"]
+        assert way in ("parallel", "one_thread") and c[f"{way}_vs_sequential"]["ratio"] >= 1.03 and c["confirm_ratio"] >= 1.03
+        carried = SessionConfig.from_dict(c["carried_options"])
+        assert carried == (cfg if way == "parallel" else SessionConfig(intra_op_threads=1))
+        assert carried_options(res.model) == carried and check_carried(res.model) == carried
     else:
         assert carried_options(res.model) is None
 
