@@ -71,3 +71,19 @@ def test_static_candidates_share_preprocessing_ranges_and_ranking():
     # the dynamic candidate takes the same pre-processed model, and ranks its own nodes
     dynamic_candidate(m, eval_data=ev_ds, max_accuracy_drop=1.0, shared=work, evaluator=ev, preprocess=False)
     assert work.reused.count("prepared:(False,)") == 2
+
+
+def test_check_model_can_hand_back_its_session_and_validation_uses_it():
+    import numpy as np
+
+    from onnxopt.quantize.validity import validate_candidate
+
+    m = mlp(hidden=8, classes=4)
+    rec = check_model(m, keep_session=True)
+    feed = {"x": data_for(m, 4)["x"]}
+    assert rec.session is not None and rec.session.run(None, feed)[0].shape[0] == 4
+    assert "session" not in rec.to_dict() and check_model(m).session is None
+    ref = rec.session.run(None, feed)
+    assert validate_candidate(m, feed=feed, reference=ref) is None
+    bad = [np.full_like(ref[0], np.nan)]  # NaN in the reference: not blamed on the candidate
+    assert validate_candidate(m, feed=feed, reference=bad) is None
