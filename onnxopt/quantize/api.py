@@ -217,12 +217,12 @@ def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tu
     return prep, frozenset()
 
 
-def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40, shared=None, evaluator=None) -> CandidateResult:
+def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40, shared=None, evaluator=None, gate=None) -> CandidateResult:
     """One candidate of ``config``, fitted to the budget when given.  ``shared``
     (``engine.SharedWork``): pre-processing, ranges, search subset and sensitivity ranking
     are taken from it (and put there) instead of measured again; ``evaluator``: an
     ``Evaluator`` of ``m`` on ``eval_data`` the caller already has (its reference outputs
-    are not computed again)."""
+    are not computed again); ``gate``: see ``engine.evaluate_candidate``."""
     from .engine import SharedWork
 
     m, _ = resolve_model(m)
@@ -252,7 +252,7 @@ def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=N
     if budget is not None and len(ds) > search_samples:
         search = work.get("search", search_samples, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=search_samples))
     ranking = work.rankings.get(config.mode) if budget is not None else None
-    res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking)
+    res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate)
     if ranking:
         notes.append(f"budget search: the sensitivity ranking measured for an earlier {config.mode} candidate reused ({len(ranking)} units)")
     elif res.fit is not None and res.fit.sensitivity:
@@ -270,7 +270,7 @@ def _one(feed: dict):
 
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
     if res.model is None:
-        raise (BudgetError if res.status == "nothing to quantize" else VerificationError)(f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}")
+        raise (BudgetError if res.status in ("nothing to quantize", "cannot win") else VerificationError)(f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}")
     if res.within_budget is False:
         raise BudgetError(f"{res.label}: accuracy budget not met (best drop {res.drop:.2f} points of {res.fit.metric if res.fit else 'the metric'})")
     notes = list(res.notes)

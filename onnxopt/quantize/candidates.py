@@ -61,6 +61,7 @@ def static_candidate(
     shared=None,
     evaluator=None,
     search_samples: int = 200,
+    gate=None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path).
 
@@ -69,12 +70,14 @@ def static_candidate(
     per-channel variant then costs its builds and the bisection only); ``evaluator``: the
     caller's ``Evaluator`` on ``eval_data`` (reference outputs not recomputed);
     ``search_samples``: the budget search ranks and bisects on that many samples of the
-    evaluation data, then confirms on all of it."""
+    evaluation data, then confirms on all of it; ``gate(model) -> reason | None``: asked
+    with the fully quantized model before the budget search, a reason raises
+    ``BudgetError`` ("cannot win: ...") instead of searching."""
     from ..data import dataset_for
 
     cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
     cal = dataset_for(model, dataset_view(calibration))
-    res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, shared=shared, evaluator=evaluator, search_samples=search_samples)
+    res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, shared=shared, evaluator=evaluator, search_samples=search_samples, gate=gate)
     return finish_candidate(res)
 
 

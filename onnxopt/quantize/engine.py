@@ -266,10 +266,15 @@ def evaluate_candidate(
     how: str = "float-one",
     reference_bytes: int | None = None,
     ranking: list | None = None,
+    gate=None,
 ) -> CandidateResult:
     """Build, validate, score (and fit to ``budget``) one candidate; never raises for a
     candidate-level failure (the row's status says what happened).  ``ranking``: another
-    candidate's sensitivity ranking of the same nodes, reused by the budget search."""
+    candidate's sensitivity ranking of the same nodes, reused by the budget search.
+    ``gate(model) -> reason | None``: asked with the fully quantized model before the budget
+    search; a reason stops the candidate there (status ``cannot win``: leaving nodes in
+    float only makes it slower, so a caller that already holds a faster model within the
+    budget need not search)."""
     res = CandidateResult(builder.config)
     t0 = time.perf_counter()
     res.quantizable = len(builder.candidates)
@@ -288,6 +293,12 @@ def evaluate_candidate(
     if not res.quantized:
         res.status = "nothing to quantize"
         res.notes.append("ONNX Runtime's quantizer left every node in float")
+        res.seconds = time.perf_counter() - t0
+        return res
+    why = gate(model) if gate is not None and budget is not None else None
+    if why:
+        res.status = "cannot win"
+        res.notes.append(why)
         res.seconds = time.perf_counter() - t0
         return res
     try:

@@ -87,3 +87,26 @@ def test_check_model_can_hand_back_its_session_and_validation_uses_it():
     assert validate_candidate(m, feed=feed, reference=ref) is None
     bad = [np.full_like(ref[0], np.nan)]  # NaN in the reference: not blamed on the candidate
     assert validate_candidate(m, feed=feed, reference=bad) is None
+
+
+def test_a_gate_reason_stops_the_candidate_before_the_search():
+    import pytest
+
+    from onnxopt.errors import BudgetError
+
+    m = mlp(outlier=30.0, hidden=64, classes=8)
+    d = data_for(m, 200, labels=True)
+    ds = Dataset("<ev>", arrays={"x": d["x"]}, labels=d["labels"])
+    ds.validate(m)
+    seen = []
+
+    def gate(full):
+        seen.append(full)
+        return "slower than the rival"
+
+    with pytest.raises(BudgetError, match="static per-tensor: cannot win: slower than the rival"):
+        static_candidate(m, calibration=ds, eval_data=ds, max_accuracy_drop=1.0, gate=gate, preprocess=False)
+    assert len(seen) == 1 and any(n.op_type == "QuantizeLinear" for n in seen[0].graph.node)
+    # without a budget there is no search to skip: the gate is not asked
+    static_candidate(m, calibration=ds, gate=gate, preprocess=False)
+    assert len(seen) == 1
