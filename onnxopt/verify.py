@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +79,10 @@ class CheckRecord:
     ort_loaded: bool = False
     provider: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    session: object | None = field(default=None, repr=False, compare=False)  # check_model(keep_session=True)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(replace(self, session=None)).items() if k != "session"}
 
 
 def _checker(model: onnx.ModelProto, notes: list[str]) -> bool:
@@ -158,9 +159,10 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
         return False
 
 
-def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None) -> CheckRecord:
+def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None, keep_session: bool = False) -> CheckRecord:
     """Checker + ORT load (+ the session options the model carries, ``serving.carry``).
-    Raises ``error`` naming ``label`` on failure."""
+    Raises ``error`` naming ``label`` on failure.  ``keep_session``: the session ORT loaded
+    is returned in ``record.session`` (a caller that runs the model next needs no second one)."""
     rec = CheckRecord(provider=provider)
     prefix = f"{label}: " if label else ""
     try:
@@ -168,8 +170,11 @@ def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=Verifica
         rec.checker = True
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
-    create_session(model, provider, error=error).get_providers()
+    sess = create_session(model, provider, error=error)
     rec.ort_loaded = True
+    if keep_session:
+        rec.session = sess
+    del sess
     # session options the model carries (ort_config) must be accepted by ONNX Runtime as written
     from .serving.carry import check_carried
 

@@ -263,7 +263,7 @@ def optimize(
     t_pre = time.perf_counter() - t0
     evaluator = Evaluator(m, dataset, budget.metric, provider=provider, limit=st.eval_limit)
     eval_samples = int(dataset.fed or 0)
-    env = BuildEnv(target, provider, cal, evaluator, budget, shapes, seed, reference=m)
+    env = BuildEnv(target, provider, cal, evaluator, budget, shapes, seed, reference=m, feed=feed, threads=threads or 0)
 
     # 3. candidates, each verified and scored
     t0 = time.perf_counter()

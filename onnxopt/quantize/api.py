@@ -216,13 +216,21 @@ def _build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tu
     return prep, frozenset()
 
 
-def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40) -> CandidateResult:
+def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None, metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40, shared=None, evaluator=None, gate=None) -> CandidateResult:
+    """One candidate of ``config``, fitted to the budget when given.  ``shared``
+    (``engine.SharedWork``): pre-processing, ranges, search subset and sensitivity ranking
+    are taken from it (and put there) instead of measured again; ``evaluator``: an
+    ``Evaluator`` of ``m`` on ``eval_data`` the caller already has (its reference outputs
+    are not computed again); ``gate``: see ``engine.evaluate_candidate``."""
+    from .engine import SharedWork
+
     m, _ = resolve_model(m)
     provider = resolve_provider(provider)
     ds = eval_data if eval_data is not None else calibration
     ds = dataset_for(m, dataset_view(ds)) if ds is not None else dataset_for(m, None)
     _check_exclusions(m, config.exclude)
-    prep = prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess)
+    work = shared if shared is not None and not config.exclude else SharedWork()
+    prep = work.get("prepared", (preprocess,), lambda: prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess))
     if config.exclude:
         prep, mapped, more = _map_exclusions(m, prep, config.exclude, ds, provider=provider)
         prep.notes.extend(more)
@@ -230,17 +238,25 @@ def quantize_candidate(m: onnx.ModelProto, config: QuantConfig, *, calibration=N
     if config.mode == "static" and ranges is None:
         if calibration is None:
             raise UsageError("static quantization needs calibration data")
-        ranges = collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges
+        ranges = work.get("ranges", config.method, lambda: collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges)
     base, converted = _build_base(prep.model, config, provider)
     feed = ds.first_batch(2)
     builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, _one(feed), provider=provider), converted_gemms=converted)
+    notes = list(prep.notes)
     if converted:
-        prep.notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
-    evaluator = Evaluator(m, ds, metric, provider=provider)
+        notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+    evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
-    search = Evaluator(m, ds, evaluator.metric, provider=provider, limit=search_samples) if budget is not None and len(ds) > search_samples else None
-    res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m))
-    res.notes[:0] = prep.notes
+    search = None
+    if budget is not None and len(ds) > search_samples:
+        search = work.get("search", search_samples, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=search_samples))
+    ranking = work.rankings.get(config.mode) if budget is not None else None
+    res = evaluate_candidate(builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate)
+    if ranking:
+        notes.append(f"budget search: the sensitivity ranking measured for an earlier {config.mode} candidate reused ({len(ranking)} units)")
+    elif res.fit is not None and res.fit.sensitivity:
+        work.rankings[config.mode] = res.fit.sensitivity
+    res.notes[:0] = notes
     return res
 
 
@@ -253,7 +269,7 @@ def _one(feed: dict):
 
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
     if res.model is None:
-        raise (BudgetError if res.status == "nothing to quantize" else VerificationError)(f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}")
+        raise (BudgetError if res.status in ("nothing to quantize", "cannot win") else VerificationError)(f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}")
     if res.within_budget is False:
         raise BudgetError(f"{res.label}: accuracy budget not met (best drop {res.drop:.2f} points of {res.fit.metric if res.fit else 'the metric'})")
     notes = list(res.notes)

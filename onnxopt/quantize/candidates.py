@@ -31,10 +31,13 @@ def dynamic_candidate(
     max_accuracy_drop: float | None = None,
     metric: str | None = None,
     preprocess: bool = True,
+    shared=None,
+    evaluator=None,
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """Dynamic INT8 (MatMul / Gemm-as-MatMul / Attention / ...; Conv on CPU only when asked)."""
+    """Dynamic INT8 (MatMul / Gemm-as-MatMul / Attention / ...; Conv on CPU only when asked).
+    ``shared`` / ``evaluator``: as for ``static_candidate``."""
     cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
-    res = quantize_candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    res = quantize_candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, shared=shared, evaluator=evaluator)
     return finish_candidate(res)
 
 
@@ -55,13 +58,26 @@ def static_candidate(
     metric: str | None = None,
     provider: str = "cpu",
     preprocess: bool = True,
+    shared=None,
+    evaluator=None,
+    search_samples: int = 200,
+    gate=None,
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path)."""
+    """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path).
+
+    ``shared`` (``engine.SharedWork``, one per model and run): the pre-processed model,
+    the ranges and the sensitivity ranking of an earlier candidate are reused (a second,
+    per-channel variant then costs its builds and the bisection only); ``evaluator``: the
+    caller's ``Evaluator`` on ``eval_data`` (reference outputs not recomputed);
+    ``search_samples``: the budget search ranks and bisects on that many samples of the
+    evaluation data, then confirms on all of it; ``gate(model) -> reason | None``: asked
+    with the fully quantized model before the budget search, a reason raises
+    ``BudgetError`` ("cannot win: ...") instead of searching."""
     from ..data import dataset_for
 
     cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
     cal = dataset_for(model, dataset_view(calibration))
-    res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, shared=shared, evaluator=evaluator, search_samples=search_samples, gate=gate)
     return finish_candidate(res)
 
 

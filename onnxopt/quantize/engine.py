@@ -26,7 +26,7 @@ from .sensitivity import BudgetFit, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
 from .validity import Fallback, build_valid, validate_candidate
 
-__all__ = ["CandidateBuilder", "CandidateResult", "evaluate_candidate", "CACHED_MODELS"]
+__all__ = ["CandidateBuilder", "CandidateResult", "SharedWork", "evaluate_candidate", "CACHED_MODELS"]
 
 CACHED_MODELS = 4  # quantized models a CandidateBuilder keeps (LRU)
 
@@ -82,6 +82,29 @@ class CandidateResult:
             d["seconds"] = round(self.seconds, 3)
             d["speed"] = self.speed.to_dict() if self.speed else None
         return d
+
+
+@dataclass
+class SharedWork:
+    """What the candidates of one model share within a run (``optimize`` builds several):
+    the pre-processed model, the calibration ranges per method, the search evaluator and
+    the static sensitivity ranking, each computed once, on first use.  Keyed by the
+    model object: a run holds one ``SharedWork`` per input model."""
+
+    prepared: dict = field(default_factory=dict)  # (preprocess,) -> Prepared
+    ranges: dict = field(default_factory=dict)  # method -> {tensor: (lo, hi)}
+    search: dict = field(default_factory=dict)  # samples -> Evaluator on the first samples
+    rankings: dict = field(default_factory=dict)  # mode -> [NodeEffect] (most sensitive first)
+    reused: list[str] = field(default_factory=list)  # what was taken from here, for the notes
+
+    def get(self, table: str, key, make):
+        """``self.<table>[key]``, made by ``make()`` the first time."""
+        store = getattr(self, table)
+        if key in store:
+            self.reused.append(f"{table}:{key}")
+        else:
+            store[key] = make()
+        return store[key]
 
 
 class CandidateBuilder:
@@ -242,9 +265,16 @@ def evaluate_candidate(
     max_evals: int = 40,
     how: str = "float-one",
     reference_bytes: int | None = None,
+    ranking: list | None = None,
+    gate=None,
 ) -> CandidateResult:
     """Build, validate, score (and fit to ``budget``) one candidate; never raises for a
-    candidate-level failure (the row's status says what happened)."""
+    candidate-level failure (the row's status says what happened).  ``ranking``: another
+    candidate's sensitivity ranking of the same nodes, reused by the budget search.
+    ``gate(model) -> reason | None``: asked with the fully quantized model before the budget
+    search; a reason stops the candidate there (status ``cannot win``: leaving nodes in
+    float only makes it slower, so a caller that already holds a faster model within the
+    budget need not search)."""
     res = CandidateResult(builder.config)
     t0 = time.perf_counter()
     res.quantizable = len(builder.candidates)
@@ -265,9 +295,15 @@ def evaluate_candidate(
         res.notes.append("ONNX Runtime's quantizer left every node in float")
         res.seconds = time.perf_counter() - t0
         return res
+    why = gate(model) if gate is not None and budget is not None else None
+    if why:
+        res.status = "cannot win"
+        res.notes.append(why)
+        res.seconds = time.perf_counter() - t0
+        return res
     try:
         if budget is not None:
-            fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, search_evaluator=search_evaluator, max_evals=max_evals, how=how, op_types=builder.op_types)
+            fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, search_evaluator=search_evaluator, max_evals=max_evals, how=how, op_types=builder.op_types, ranking=ranking)
             if fit.excluded:
                 fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
             res.fit = fit

@@ -36,7 +36,7 @@ import onnx
 
 from ..metrics import Budget, Evaluator
 
-__all__ = ["NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES"]
+__all__ = ["NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "reuse_ranking", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES"]
 
 MAX_REMEDY_TRIES = 12  # models built and scored by apply_remedies at most
 
@@ -147,6 +147,21 @@ def measure_sensitivity(
     return effects
 
 
+def reuse_ranking(ranking: list[NodeEffect], nodes: list[str]) -> list[NodeEffect]:
+    """``ranking`` (most sensitive first) restricted to ``nodes``: units keep their order
+    and measured figures, nodes outside ``nodes`` are dropped, and ``nodes`` the ranking
+    never measured come last, one unit each (gain 0: nothing known about them)."""
+    want = set(nodes)
+    out, seen = [], set()
+    for e in ranking:
+        kept = [n for n in e.nodes if n in want and n not in seen]
+        if kept:
+            out.append(NodeEffect(kept, e.score, e.gain, e.rel_l2))
+            seen.update(kept)
+    out += [NodeEffect([n], math.nan, 0.0, math.nan) for n in nodes if n not in seen]
+    return out
+
+
 def fit_budget(
     build: Callable[[frozenset], onnx.ModelProto],
     nodes: list[str],
@@ -157,12 +172,15 @@ def fit_budget(
     max_evals: int = 40,
     how: str = "float-one",
     op_types: dict[str, str] | None = None,
+    ranking: list[NodeEffect] | None = None,
 ) -> BudgetFit:
     """Exclude the most sensitive nodes until ``budget`` holds (see the module docstring).
 
     ``build(excluded)`` must return a valid model (``validity.build_valid`` does); ``nodes``
     are the quantized nodes the search may leave in float; ``search_evaluator`` scores on a
     subset (default: ``evaluator`` itself).  Costs at most ``max_evals`` model scorings.
+    ``ranking``: the sensitivity ranking of another candidate of the same model (static
+    per-tensor for per-channel): reused (``reuse_ranking``) instead of measured again.
     """
     search = search_evaluator or evaluator
     op_types = op_types or {}
@@ -218,11 +236,14 @@ def fit_budget(
         full = confirm(none)
         return result(none, full, False, [])
     budget_units = max(2, (max_evals - 4) // 2)
-    effects = measure_sensitivity(lambda ex: get(ex), nodes, search, how=how, base_score=s0, max_units=budget_units)
-    evals += len(effects)
+    if ranking:
+        effects = reuse_ranking(ranking, nodes)
+    else:
+        effects = measure_sensitivity(lambda ex: get(ex), nodes, search, how=how, base_score=s0, max_units=budget_units)
+        evals += len(effects)
     units = [frozenset(e.nodes) for e in effects]
     everything = frozenset(nodes)
-    for e in effects:  # each measurement is a scored exclusion set too
+    for e in [] if ranking else effects:  # each measurement is a scored exclusion set too (not another candidate's)
         seen.setdefault(frozenset(e.nodes) if how == "float-one" else everything - set(e.nodes), e.score)
 
     def prefix(k: int) -> frozenset:

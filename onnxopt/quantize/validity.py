@@ -29,7 +29,6 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxoptError, VerificationError
-from ..runtime import create_session
 from ..verify import check_model
 from .ort_backend import QuantizerFailure
 
@@ -55,8 +54,8 @@ class Fallback:
 
 def validate_candidate(model: onnx.ModelProto, *, provider: str = "cpu", feed: dict | None = None, reference: list | None = None) -> str | None:
     """None when ``model`` is valid, else the reason (one line)."""
-    try:
-        check_model(model, provider=provider, error=VerificationError)
+    try:  # the session the check loads runs the feed too (one session per candidate build)
+        sess = check_model(model, provider=provider, error=VerificationError, keep_session=feed is not None).session
     except OnnxoptError as exc:
         return str(exc)
     if feed is None:
@@ -64,7 +63,6 @@ def validate_candidate(model: onnx.ModelProto, *, provider: str = "cpu", feed: d
     try:
         import onnxruntime as ort
 
-        sess = create_session(model, provider, error=VerificationError)
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # the failure is reported here, not on stderr
         outs = sess.run(None, feed, quiet)

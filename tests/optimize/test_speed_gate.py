@@ -1,0 +1,59 @@
+"""``optimize``'s speed gate: a static candidate whose fully quantized model is clearly
+slower than a candidate already fitted to the budget skips its budget search."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.data import Dataset
+from onnxopt.metrics import Budget, Evaluator
+from onnxopt.optimize.candidates import BuildEnv, Candidate, speed_gate
+
+
+def stack(layers: int, width: int = 256, seed: int = 0) -> onnx.ModelProto:
+    """x[N,width] -> (MatMul -> Relu) x layers (more layers: slower, same interface)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        out = "y" if i == layers - 1 else f"r{i}"
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [out], name=f"act{i}"))
+        prev = out
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _env(reference, rivals):
+    x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
+    ds = Dataset("<x>", arrays={"x": x})
+    env = BuildEnv("cpu", "cpu", ds, Evaluator(reference, ds, "cosine"), Budget(1.0, "cosine"), reference=reference, feed={"x": x}, threads=1)
+    env.built = rivals
+    return env
+
+
+def test_a_clearly_slower_candidate_cannot_win_and_a_faster_one_goes_on():
+    small, large = stack(2), stack(24)
+    fast_rival = Candidate("int8-dynamic", "int8-dynamic", small, source="onnxopt.quantize")
+    why = speed_gate(_env(small, [fast_rival]), "int8-static")(large)
+    assert why is not None and why.startswith("fully quantized it runs") and "int8-dynamic (within budget)" in why
+    slow_rival = Candidate("int8-dynamic", "int8-dynamic", large, source="onnxopt.quantize")
+    assert speed_gate(_env(large, [slow_rival]), "int8-static")(small) is None
+
+
+def test_no_gate_without_a_rival_fitted_to_the_budget():
+    m = stack(2)
+    assert speed_gate(_env(m, []), "int8-static") is None
+    ort_plain = Candidate("int8-dynamic-ort", "int8-dynamic", m, source="onnxruntime.quantization")
+    fp32 = Candidate("fp32", "fp32", m, lossless=True)
+    assert speed_gate(_env(m, [ort_plain, fp32]), "int8-static") is None
+
+
+def test_the_table_reason_of_a_candidate_that_cannot_win():
+    from onnxopt.errors import BudgetError
+    from onnxopt.optimize.candidates import _why
+
+    assert _why(BudgetError("static per-tensor: cannot win: fully quantized it runs 1.2x")) == "static per-tensor: cannot win: fully quantized it runs 1.2x"
+    assert _why(BudgetError("static: accuracy budget not met")).startswith("over budget: ")
