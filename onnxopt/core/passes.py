@@ -116,6 +116,12 @@ class Expected:
     ``failure`` is the message of an output that differs (format fields: ``name``,
     ``rel_l2``, ``max_abs``, ``note``).  ``verified``: the new model's outputs, set by the
     pipeline once they passed.
+
+    ``judge``: where a plain output comparison cannot decide (``ensemble``'s parity: the
+    members' values inside the merged graph, float16 limits, ambiguous votes), a function
+    ``judge(model, dataset) -> dict`` called instead of the comparison, once the model passed
+    the checker; it raises ``VerificationError`` when the model fails and returns the record
+    the step's verification keeps (``outputs`` is then unused).
     """
 
     dataset: Any
@@ -126,6 +132,7 @@ class Expected:
     limit: int | None = None
     batch_size: int | None = None
     verified: list | None = None
+    judge: Any = None
 
 
 @dataclass

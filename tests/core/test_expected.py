@@ -105,3 +105,38 @@ def test_an_own_reference_pass_must_return_expected_outputs():
 
     with pytest.raises(TypeError, match="no Expected"):
         run_pipeline(None, [NoExpectedPass()], Context())
+
+
+class JudgedScalePass(BuildScalePass):
+    """The same source, judged by its own function instead of an output comparison."""
+
+    key = "judged-scale"
+    judged: list = []
+
+    def call(self, model, ctx):
+        res = super().call(model, ctx)
+
+        def judge(built, ds):
+            y = numpy_helper.to_array(built.graph.initializer[0]) * next(ds.batches())["x"]
+            JudgedScalePass.judged.append(ds.source)
+            if not np.allclose(y, X * np.float32(self.config.claim)):
+                raise VerificationError("judged: the scale is not the one claimed")
+            return {"judged": {"ok": True, "samples": len(y)}}
+
+        res.expected.outputs, res.expected.judge = None, judge
+        return res
+
+
+def test_a_judge_decides_instead_of_the_comparison_after_the_checker():
+    JudgedScalePass.judged.clear()
+    res = run_pipeline(None, [JudgedScalePass()], Context())
+    (step,) = res.steps
+    assert step.verification["judged"] == {"ok": True, "samples": 6} and step.verification["check"]["ort_loaded"]
+    assert "comparison" not in step.verification and JudgedScalePass.judged == ["x.npz"]
+    assert read_provenance(res.model)["steps"][0]["verification"]["judged"]["ok"]
+    with pytest.raises(VerificationError, match="^judged: the scale is not the one claimed$"):
+        run_pipeline(None, [JudgedScalePass(claim=1.0)], Context())
+    JudgedScalePass.judged.clear()
+    with pytest.raises(VerificationError, match="built model"):  # the checker first: the judge never runs
+        run_pipeline(None, [JudgedScalePass(broken=True)], Context())
+    assert JudgedScalePass.judged == []

@@ -92,7 +92,10 @@ def test_deterministic_bytes_and_provenance(tmp_path):
     assert a.model.SerializeToString(deterministic=True) == b.model.SerializeToString(deterministic=True)
     prov = read_provenance(a.model)
     assert prov["command"] == "ensemble" and prov["parity"]["ok"]
-    assert [s["name"] for s in prov["steps"]] == ["merge", "share-initializers", "head"]
+    (step,) = prov["steps"]  # the merge pass's record: members named, weights shared, the head, the parity check
+    assert step["name"] == "merge" and step["params"]["models"] == ["m", "m"] and step["params"]["fit"] == "fit.npz"
+    assert set(step["details"]["shared_initializers"]) == {"initializers_merged", "bytes_saved"} and step["details"]["fusion"]["kind"] == "stack"
+    assert step["verification"]["check"]["ort_loaded"] and step["verification"]["parity"]["ok"]
     json.dumps(a.report, default=str)
     out = a.save(tmp_path / "e.onnx")
     assert out.read_bytes() == b.model.SerializeToString(deterministic=True)
