@@ -182,114 +182,145 @@ def fit_budget(
     ``ranking``: the sensitivity ranking of another candidate of the same model (static
     per-tensor for per-channel): reused (``reuse_ranking``) instead of measured again.
     """
-    search = search_evaluator or evaluator
-    op_types = op_types or {}
-    # the last model only: ``build`` (a CandidateBuilder) keeps its own small cache, and a
-    # dict of every model tried grows by one model per evaluation (GBs on an encoder)
-    cache: dict[frozenset, onnx.ModelProto] = {}
-    evals = 0
-    history: list[dict] = []
+    s = _Search(build, nodes, budget, evaluator, search_evaluator or evaluator, op_types or {})
+    none = frozenset()
+    s0, _ = s.search_score(none)
+    s.history.append({"excluded": 0, "search_score": s0})
+    if s.ok(s0, s.search):
+        full = s.confirm(none)
+        s.history[-1]["score"] = full
+        if s.ok(full, evaluator):
+            return s.result(none, full, True, [])
+    if not nodes:
+        full = s.confirm(none)
+        return s.result(none, full, False, [])
+    effects = _ranking(s, ranking, how, s0, max_evals)
+    units = [frozenset(e.nodes) for e in effects]
+    best = (none, s0 if s.search is evaluator else s.confirm(none))
+    k = _bisect(s, units, max_evals)
+    best, met = _grow(s, units, k, best, max_evals)
+    if met:
+        return s.result(best[0], best[1], True, effects)
+    best = _best_reached(s, best, max_evals)
+    return s.result(best[0], best[1], False, effects)
 
-    def get(excluded: frozenset) -> onnx.ModelProto:
-        if excluded not in cache:
-            cache.clear()
-            cache[excluded] = build(excluded)
-        return cache[excluded]
 
-    def ok(score: float, ev: Evaluator) -> bool:
-        return ev.reference_score - score <= budget.max_drop + 1e-9
+class _Search:
+    """The state of one ``fit_budget`` run: the last model built, the scorings spent, the
+    history, and every exclusion set scored on the search data (``seen``)."""
 
-    seen: dict[frozenset, float] = {}  # every exclusion set scored on the search data
+    def __init__(self, build, nodes: list[str], budget: Budget, evaluator: Evaluator, search: Evaluator, op_types: dict[str, str]):
+        self.build, self.nodes, self.budget, self.evaluator, self.search, self.op_types = build, nodes, budget, evaluator, search, op_types
+        # the last model only: ``build`` (a CandidateBuilder) keeps its own small cache, and a
+        # dict of every model tried grows by one model per evaluation (GBs on an encoder)
+        self.cache: dict[frozenset, onnx.ModelProto] = {}
+        self.evals = 0
+        self.history: list[dict] = []
+        self.seen: dict[frozenset, float] = {}
 
-    def search_score(excluded: frozenset) -> tuple[float, float]:
-        nonlocal evals
-        evals += 1
-        s, rel = score_model(search, get(excluded))
-        seen[excluded] = s
+    def get(self, excluded: frozenset) -> onnx.ModelProto:
+        if excluded not in self.cache:
+            self.cache.clear()
+            self.cache[excluded] = self.build(excluded)
+        return self.cache[excluded]
+
+    def ok(self, score: float, ev: Evaluator) -> bool:
+        return ev.reference_score - score <= self.budget.max_drop + 1e-9
+
+    def search_score(self, excluded: frozenset) -> tuple[float, float]:
+        self.evals += 1
+        s, rel = score_model(self.search, self.get(excluded))
+        self.seen[excluded] = s
         return s, rel
 
-    def confirm(excluded: frozenset) -> float:
-        nonlocal evals
-        if search is evaluator:
-            return search_score(excluded)[0]
-        evals += 1
-        return score_model(evaluator, get(excluded))[0]
+    def confirm(self, excluded: frozenset) -> float:
+        if self.search is self.evaluator:
+            return self.search_score(excluded)[0]
+        self.evals += 1
+        return score_model(self.evaluator, self.get(excluded))[0]
 
-    def result(excluded: frozenset, score: float, met: bool, effects: list[NodeEffect]) -> BudgetFit:
+    def result(self, excluded: frozenset, score: float, met: bool, effects: list[NodeEffect]) -> BudgetFit:
         by_node = {n: e for e in effects for n in e.nodes}
         ex = []
-        for n in nodes:
+        for n in self.nodes:
             if n in excluded:
                 e = by_node.get(n)
-                ex.append({"node": n, "op_type": op_types.get(n, "?"), "gain": e.gain if e else None, "rel_l2_when_float": e.rel_l2 if e else None, "group_size": len(e.nodes) if e else 1})
-        return BudgetFit(get(excluded), met, score, evaluator.reference_score - score, evaluator.reference_score, evaluator.metric, ex, effects, evals, _samples(search), _samples(evaluator), history)
+                gain, rel = (e.gain, e.rel_l2) if e else (None, None)
+                ex.append({"node": n, "op_type": self.op_types.get(n, "?"), "gain": gain, "rel_l2_when_float": rel, "group_size": len(e.nodes) if e else 1})
+        ev = self.evaluator
+        model, drop = self.get(excluded), ev.reference_score - score
+        return BudgetFit(model, met, score, drop, ev.reference_score, ev.metric, ex, effects, self.evals, _samples(self.search), _samples(ev), self.history)
 
-    none = frozenset()
-    s0, _ = search_score(none)
-    history.append({"excluded": 0, "search_score": s0})
-    if ok(s0, search):
-        full = confirm(none)
-        history[-1]["score"] = full
-        if ok(full, evaluator):
-            return result(none, full, True, [])
-    if not nodes:
-        full = confirm(none)
-        return result(none, full, False, [])
-    budget_units = max(2, (max_evals - 4) // 2)
+
+def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, max_evals: int) -> list[NodeEffect]:
+    """The units ranked by sensitivity: another candidate's ranking reused, else measured
+    (each measurement then counts as a scored exclusion set)."""
     if ranking:
-        effects = reuse_ranking(ranking, nodes)
-    else:
-        effects = measure_sensitivity(lambda ex: get(ex), nodes, search, how=how, base_score=s0, max_units=budget_units)
-        evals += len(effects)
-    units = [frozenset(e.nodes) for e in effects]
-    everything = frozenset(nodes)
-    for e in [] if ranking else effects:  # each measurement is a scored exclusion set too (not another candidate's)
-        seen.setdefault(frozenset(e.nodes) if how == "float-one" else everything - set(e.nodes), e.score)
+        return reuse_ranking(ranking, s.nodes)
+    budget_units = max(2, (max_evals - 4) // 2)
+    effects = measure_sensitivity(lambda ex: s.get(ex), s.nodes, s.search, how=how, base_score=s0, max_units=budget_units)
+    s.evals += len(effects)
+    everything = frozenset(s.nodes)
+    for e in effects:
+        s.seen.setdefault(frozenset(e.nodes) if how == "float-one" else everything - set(e.nodes), e.score)
+    return effects
 
-    def prefix(k: int) -> frozenset:
-        out: set[str] = set()
-        for u in units[:k]:
-            out |= u
-        return frozenset(out)
 
-    best = (none, s0 if search is evaluator else confirm(none))
+def _prefix(units: list[frozenset], k: int) -> frozenset:
+    out: set[str] = set()
+    for u in units[:k]:
+        out |= u
+    return frozenset(out)
+
+
+def _bisect(s: _Search, units: list[frozenset], max_evals: int) -> int:
+    """The smallest prefix of ``units`` meeting the budget on the search data (bisection)."""
     lo, hi = 0, len(units)  # lo: known to fail; hi: all in float (not a quantized model)
-    scores: dict[int, float] = {}
-    while hi - lo > 1 and evals < max_evals:
+    while hi - lo > 1 and s.evals < max_evals:
         mid = (lo + hi) // 2
-        s, _ = search_score(prefix(mid))
-        scores[mid] = s
-        history.append({"excluded": len(prefix(mid)), "search_score": s})
-        if ok(s, search):
+        score, _ = s.search_score(_prefix(units, mid))
+        s.history.append({"excluded": len(_prefix(units, mid)), "search_score": score})
+        if s.ok(score, s.search):
             hi = mid
         else:
             lo = mid
-    k = hi
-    while k < len(units) and evals < max_evals:
-        excluded = prefix(k)
-        full = confirm(excluded)
-        history.append({"excluded": len(excluded), "score": full})
+    return hi
+
+
+def _grow(s: _Search, units: list[frozenset], k: int, best: tuple, max_evals: int) -> tuple[tuple, bool]:
+    """Confirm prefix ``k`` on the full evaluation set, growing it one unit at a time until
+    it meets the budget; returns ((excluded, score), met): the set that met it, else the best
+    confirmed one."""
+    while k < len(units) and s.evals < max_evals:
+        excluded = _prefix(units, k)
+        full = s.confirm(excluded)
+        s.history.append({"excluded": len(excluded), "score": full})
         if full > best[1] or (full == best[1] and len(excluded) < len(best[0])):
             best = (excluded, full)
-        if ok(full, evaluator):
-            return result(excluded, full, True, effects)
+        if s.ok(full, s.evaluator):
+            return (excluded, full), True
         k += 1
-    # not met: the best figures reached are the best exclusion set scored anywhere above
-    # (sensitivity units, bisection prefixes), confirmed on the full set when the search
-    # ran on a subset
-    tried = [(sc, ex) for ex, sc in seen.items() if ex != everything]
-    if tried:
-        sc, ex = max(tried, key=lambda t: (t[0], -len(t[1])))
-        # a subset score is comparable with ``best`` only once confirmed on the full set,
-        # and the confirmation is one more scoring: only within ``max_evals``
-        comparable = search is evaluator or ex == best[0]
-        if not comparable and evals < max_evals:
-            sc = confirm(ex)
-            history.append({"excluded": len(ex), "score": sc})
-            comparable = True
-        if comparable and (sc > best[1] or (sc == best[1] and len(ex) < len(best[0]))):
-            best = (ex, sc)
-    return result(best[0], best[1], False, effects)
+    return best, False
+
+
+def _best_reached(s: _Search, best: tuple, max_evals: int) -> tuple:
+    """Budget not met: the best exclusion set scored anywhere (sensitivity units, bisection
+    prefixes), confirmed on the full set when the search ran on a subset."""
+    everything = frozenset(s.nodes)
+    tried = [(sc, ex) for ex, sc in s.seen.items() if ex != everything]
+    if not tried:
+        return best
+    sc, ex = max(tried, key=lambda t: (t[0], -len(t[1])))
+    # a subset score is comparable with ``best`` only once confirmed on the full set,
+    # and the confirmation is one more scoring: only within ``max_evals``
+    comparable = s.search is s.evaluator or ex == best[0]
+    if not comparable and s.evals < max_evals:
+        sc = s.confirm(ex)
+        s.history.append({"excluded": len(ex), "score": sc})
+        comparable = True
+    if comparable and (sc > best[1] or (sc == best[1] and len(ex) < len(best[0]))):
+        best = (ex, sc)
+    return best
 
 
 def apply_remedies(
