@@ -16,7 +16,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -53,11 +55,13 @@ def _provider_for(target: str, allow_cpu: bool, notes: list[str]) -> str:
         return "cuda"
     if allow_cpu:
         notes.append(
-            "CUDA is not available: candidates verified and timed on CPU (the recipe allows CPU verification); FP16 checked with the reference evaluator (else onnxruntime/cpu), not timed"
+            "CUDA is not available: candidates verified and timed on CPU (the recipe allows CPU verification); "
+            "FP16 checked with the reference evaluator (else onnxruntime/cpu), not timed"
         )
         return "cpu"
     raise ProviderError(
-        "--target cuda needs onnxruntime's CUDAExecutionProvider, which this onnxruntime build lacks (install onnxruntime-gpu, or use a recipe with allow_cpu_verification = true)"
+        "--target cuda needs onnxruntime's CUDAExecutionProvider, which this onnxruntime build lacks "
+        "(install onnxruntime-gpu, or use a recipe with allow_cpu_verification = true)"
     )
 
 
@@ -205,6 +209,70 @@ def optimize(
     ``VerificationError`` (exit 3) when the preprocessing itself cannot be verified.
     """
     t_start = time.perf_counter()
+    run = _setup(model, target, recipe, calibration, eval_data, max_accuracy_drop, metric, shapes, batch, objective, session_options, fix_shapes, seed)
+    threads = threads if threads is not None else run.st.threads
+    duration = time_budget or run.st.time_budget
+    pre, t_pre = _preprocess(run, threads, duration)
+    evaluator = Evaluator(run.m, run.dataset, run.budget.metric, provider=run.provider, limit=run.st.eval_limit)
+    run.samples = int(run.dataset.fed or 0)  # what the evaluator read (later reads reset it)
+    env = BuildEnv(run.target, run.provider, run.cal, evaluator, run.budget, shapes, seed, reference=run.m, feed=run.feed, threads=threads or 0)
+    t0 = time.perf_counter()  # 3. candidates, each verified and scored
+    cands = build_candidates(pre.model, env, run.plan.candidates, recipe_tail=run.plan.recipe_tail, recipe_name=run.rec.name)
+    fp16_samples = next((c.config.reference_samples for c in run.plan.candidates if c.kind == "fp16"), 8)
+    rows = [verify_candidate(c, env, fp16_samples=fp16_samples) for c in cands]
+    t_build = time.perf_counter() - t0
+    t0 = time.perf_counter()  # 4. timing against the input on the target provider, then the decision
+    timer = Timer(run.m, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration)
+    by_name = {c.name: c for c in cands}
+    time_candidates(rows, by_name, timer, reference=run.m)
+    input_cold = _cold_starts(rows, by_name, run.m, run.feed, run.provider, run.st) if run.objective == "cold-start" else None
+    chosen = decide(rows, timer, min_ratio=run.st.min_ratio, min_gain=run.st.min_gain, objective=run.objective)
+    from .select import explain_rejections  # rows over budget name the diagnose command
+
+    explain_rejections(rows, run.path, calibration if calibration is not None else eval_data, run.rec)
+    t_time = time.perf_counter() - t0
+    t0 = time.perf_counter()  # 5. the output model with provenance (nothing time-dependent in it)
+    out, others, tuned = _output(run, chosen, by_name, duration)
+    t_tune = time.perf_counter() - t0
+    _write_provenance(run, out, pre, chosen, evaluator)
+    decision = _decision(run, rows, chosen, evaluator, timer.base_latency_ms, input_cold, tuned, others)
+    seconds = {"preprocess": t_pre, "candidates": t_build, "timing": t_time, "session_options": t_tune, "total": time.perf_counter() - t_start}
+    result = PipelineResult(out, _report(run, pre, out, decision, seconds), True, list(pre.steps))
+    if report is not None:
+        result.save_report(report)
+    return result
+
+
+@dataclass
+class _Run:
+    """What the stages of ``optimize`` share: the recipe and its settings, the input model,
+    the data, the budget, and (after preprocessing) the reference dataset and timing feed."""
+
+    rec: Any
+    plan: Any
+    st: Any
+    target: str
+    objective: str
+    session_options: bool
+    notes: list[str]
+    m: onnx.ModelProto
+    path: Any
+    provider: str
+    cal: Any
+    ev: Any
+    budget: Budget
+    batch: int
+    shapes: dict | None
+    seed: int
+    dataset: Any = None
+    synthesized: bool = False
+    feed: dict | None = None
+    samples: int = 0
+
+
+def _setup(model, target, recipe, calibration, eval_data, max_accuracy_drop, metric, shapes, batch, objective, session_options, fix_shapes, seed) -> _Run:
+    """Check the options, load the recipe, the model (made static where ``fix_shapes`` asks)
+    and the data; the budget and the batch."""
     if target is not None and target not in TARGETS:
         raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     if metric is not None and metric not in METRICS:
@@ -219,9 +287,7 @@ def optimize(
     target = target or rec.target
     notes: list[str] = []
     if rec.target != target:
-        notes.append(
-            f"recipe '{rec.name}' is written for target {rec.target}; used for target {target}"
-        )
+        notes.append(f"recipe '{rec.name}' is written for target {rec.target}; used for target {target}")
     m, path = resolve_model(model)
     check_shapes(m, shapes, path)
     provider = _provider_for(target, st.allow_cpu_verification, notes)
@@ -230,85 +296,61 @@ def optimize(
         notes.append(f"inputs made static first (--fix-shapes {', '.join(fix_shapes)}; verified)")
     cal = dataset_for(m, calibration) if calibration is not None else None
     ev = dataset_for(m, eval_data) if eval_data is not None else None
-    budget = Budget(
-        st.max_accuracy_drop if max_accuracy_drop is None else float(max_accuracy_drop),
-        metric or st.metric,
-    )
+    budget = Budget(st.max_accuracy_drop if max_accuracy_drop is None else float(max_accuracy_drop), metric or st.metric)
     batch = int(batch or st.batch)
     if batch <= 0:
         raise UsageError(f"batch must be positive, got {batch}")
+    return _Run(rec, plan, st, target, objective, session_options, notes, m, path, provider, cal, ev, budget, batch, shapes, seed)
 
-    # 1. preprocessing: the recipe's exact steps, verified step by step
+
+def _preprocess(run: _Run, threads, duration):
+    """The recipe's exact steps, verified step by step (transformer fusion only on a BERT-like
+    graph, and kept only when not slower); sets the reference dataset (eval, else calibration,
+    else synthesized) and the timing feed.  Returns (pipeline result, seconds)."""
     t0 = time.perf_counter()
     passes = []
-    for p in plan.preprocess:
-        if p.key == "transformer-fusion" and not is_bert_like(m):
-            notes.append("transformer-fusion skipped: the graph is not BERT-like")
+    for p in run.plan.preprocess:
+        if p.key == "transformer-fusion" and not is_bert_like(run.m):
+            run.notes.append("transformer-fusion skipped: the graph is not BERT-like")
             continue
         passes.append(p)
-    ctx = Context(
-        data=cal, eval_data=ev, shapes=shapes, provider=provider, seed=seed, budget=budget
-    )
-    pre = run_pipeline(m, passes, ctx, command="optimize")
+    ctx = Context(data=run.cal, eval_data=run.ev, shapes=run.shapes, provider=run.provider, seed=run.seed, budget=run.budget)
+    pre = run_pipeline(run.m, passes, ctx, command="optimize")
+    run.dataset = run.ev or run.cal
+    run.synthesized = run.dataset is None
+    if run.synthesized:
+        run.dataset = _synthesized_eval(run.m, run.shapes, max(run.batch, 64), run.seed)
+    run.feed = _timing_feed(run.m, run.dataset, run.synthesized, run.shapes, run.batch, run.seed)
+    pre = _keep_fusion_if_faster(run.m, pre, passes, ctx, run.feed, run.provider, threads, duration, run.notes)
+    return pre, time.perf_counter() - t0
 
-    # 2. the reference: the input model's outputs on eval, else calibration, else synthesized data
-    dataset = ev or cal
-    synthesized = dataset is None
-    if synthesized:
-        dataset = _synthesized_eval(m, shapes, max(batch, 64), seed)
-    feed = _timing_feed(m, dataset, synthesized, shapes, batch, seed)
-    threads = threads if threads is not None else st.threads
-    duration = time_budget or st.time_budget
-    pre = _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duration, notes)
-    t_pre = time.perf_counter() - t0
-    evaluator = Evaluator(m, dataset, budget.metric, provider=provider, limit=st.eval_limit)
-    eval_samples = int(dataset.fed or 0)
-    env = BuildEnv(target, provider, cal, evaluator, budget, shapes, seed, reference=m, feed=feed, threads=threads or 0)
 
-    # 3. candidates, each verified and scored
-    t0 = time.perf_counter()
-    cands = build_candidates(
-        pre.model, env, plan.candidates, recipe_tail=plan.recipe_tail, recipe_name=rec.name
-    )
-    fp16_samples = next(
-        (c.config.reference_samples for c in plan.candidates if c.kind == "fp16"), 8
-    )
-    rows = [verify_candidate(c, env, fp16_samples=fp16_samples) for c in cands]
-    t_build = time.perf_counter() - t0
-
-    # 4. timing against the input on the target provider, then the decision
-    t0 = time.perf_counter()
-    timer = Timer(m, feed, provider, threads=threads, runs=runs or st.runs, duration=duration)
-    by_name = {c.name: c for c in cands}
-    time_candidates(rows, by_name, timer, reference=m)
-    input_cold = _cold_starts(rows, by_name, m, feed, provider, st) if objective == "cold-start" else None
-    chosen = decide(rows, timer, min_ratio=st.min_ratio, min_gain=st.min_gain, objective=objective)
-    from .select import explain_rejections  # rows over budget name the diagnose command
-
-    explain_rejections(rows, path, calibration if calibration is not None else eval_data, rec)
-    t_time = time.perf_counter() - t0
-    input_ms = timer.base_latency_ms
-
-    # 5. the output model with provenance (nothing time-dependent in it)
+def _output(run: _Run, chosen, by_name, duration):
+    """The model written: the chosen candidate (else the input), its dynamic axes kept, run at
+    the further shapes discovery found (synthesized inputs), the input's provenance history,
+    session options searched and carried.  Returns (model, other shapes, tune outcome)."""
+    m = run.m
     out = copy.deepcopy(by_name[chosen.name].model if chosen is not None else m)
     frozen = frozen_dims(m, out)
     if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
-        raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", path)
+        raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", run.path)
     # synthesized inputs: the written model also runs, with the same output shapes, at the
     # further shapes discovery found (every symbolic axis at two values)
-    others = verify_other_shapes(m, out, synthesize(m, shapes, seed=seed), exact=False, label=chosen.name if chosen else "input", provider=provider, seed=seed) if synthesized else []
+    others = []
+    if run.synthesized:
+        label = chosen.name if chosen else "input"
+        others = verify_other_shapes(m, out, synthesize(m, run.shapes, seed=run.seed), exact=False, label=label, provider=run.provider, seed=run.seed)
     _restore_input_provenance(out, m)
     if chosen is not None and chosen.kind == "ort-offline":
         from ..serving.offline import CAVEAT
 
-        notes.append(f"ort-offline chosen: {CAVEAT}")
-    t0 = time.perf_counter()
-    tuned = _tune_session(out, feed, dataset, provider, duration, seed) if session_options else None
-    t_tune = time.perf_counter() - t0
-    pre_steps = [r.to_dict(timing=False) for r in pre.steps]
-    for s in pre_steps:
-        s.pop("before", None)
-        s.pop("after", None)
+        run.notes.append(f"ort-offline chosen: {CAVEAT}")
+    tuned = _tune_session(out, run.feed, run.dataset, run.provider, duration, run.seed) if run.session_options else None
+    return out, others, tuned
+
+
+def _write_provenance(run: _Run, out, pre, chosen, evaluator) -> None:
+    """The preprocessing steps' records, the choice, and the settings (no timings)."""
     chosen_step = {
         "name": "optimize-choice",
         "candidate": chosen.name if chosen is not None else "input",
@@ -322,28 +364,32 @@ def optimize(
             "drop": chosen.drop if chosen else 0.0,
         },
     }
-    extra = {"target": target, "recipe": rec.name, "max_accuracy_drop": budget.max_drop}
-    if objective != "latency":  # the default is not written (provenance stays free of timing words)
-        extra["objective"] = objective
+    extra = {"target": run.target, "recipe": run.rec.name, "max_accuracy_drop": run.budget.max_drop}
+    if run.objective != "latency":  # the default is not written (provenance stays free of timing words)
+        extra["objective"] = run.objective
     from ..serving.carry import carried_options
 
     carried = carried_options(out)
     if carried is not None:
         extra["session_options"] = carried.to_dict()
-    write_provenance(out, "optimize", pre_steps + [chosen_step], extra)
+    write_provenance(out, "optimize", [r.record() for r in pre.steps] + [chosen_step], extra)
 
-    decision = {
-        "target": target,
-        "provider": provider,
-        "batch": batch,
+
+def _decision(run: _Run, rows, chosen, evaluator, input_ms, input_cold, tuned, others) -> dict:
+    """The decision table of the report (``render_decision_table`` prints it)."""
+    st = run.st
+    return {
+        "target": run.target,
+        "provider": run.provider,
+        "batch": run.batch,
         "metric": evaluator.metric,
-        "data": dataset.source,
-        "samples": eval_samples,
+        "data": run.dataset.source,
+        "samples": run.samples,
         "reference_score": evaluator.reference_score,
-        "max_accuracy_drop": budget.max_drop,
+        "max_accuracy_drop": run.budget.max_drop,
         "min_ratio": st.min_ratio,
         "min_gain": st.min_gain,
-        "objective": objective,
+        "objective": run.objective,
         "input_latency_ms": input_ms,
         "input_cold_start_ms": input_cold,
         "session_options": tuned.to_dict() if tuned is not None else None,
@@ -352,28 +398,21 @@ def optimize(
         "summary": _summary(chosen, rows, evaluator.metric),
         "other_shapes": others,
     }
-    result_report = {
+
+
+def _report(run: _Run, pre, out, decision: dict, seconds: dict) -> dict:
+    return {
         "command": "optimize",
-        "input": str(path) if path else None,
-        "target": target,
-        "provider": provider,
-        "recipe": rec.name,
-        "recipe_file": str(Path(rec.path).name),
-        "plan": plan.describe(),
+        "input": str(run.path) if run.path else None,
+        "target": run.target,
+        "provider": run.provider,
+        "recipe": run.rec.name,
+        "recipe_file": str(Path(run.rec.path).name),
+        "plan": run.plan.describe(),
         "steps": [r.to_dict() for r in pre.steps],
         "decision": decision,
-        "notes": notes,
-        "before": model_stats(m),
+        "notes": run.notes,
+        "before": model_stats(run.m),
         "after": model_stats(out),
-        "seconds": {
-            "preprocess": round(t_pre, 3),
-            "candidates": round(t_build, 3),
-            "timing": round(t_time, 3),
-            "session_options": round(t_tune, 3),
-            "total": round(time.perf_counter() - t_start, 3),
-        },
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-    result = PipelineResult(out, result_report, True, list(pre.steps))
-    if report is not None:
-        result.save_report(report)
-    return result
