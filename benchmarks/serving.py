@@ -93,7 +93,11 @@ def section_tune(models, seconds: float) -> list[Path]:
         feed, _ = make_feed(m, None, shapes, None)
         lat, outs = _versus(str(path), feed, [SessionConfig(), cfg], max(seconds, 2.0))
         sp = speedup(lat[0], lat[1], block=5)
-        print(f"| {name} | {res.report['branch_width']} | {cfg.describe()} | {np.median(lat[0]) * 1e3:.3f} | {np.median(lat[1]) * 1e3:.3f} | {sp.ratio:.2f}x [{sp.low:.2f}, {sp.high:.2f}] | {_rel_l2(outs[0], outs[1]):.1e} |")
+        print(
+            f"| {name} | {res.report['branch_width']} | {cfg.describe()} | {np.median(lat[0]) * 1e3:.3f} | "
+            f"{np.median(lat[1]) * 1e3:.3f} | {sp.ratio:.2f}x [{sp.low:.2f}, {sp.high:.2f}] | "
+            f"{_rel_l2(outs[0], outs[1]):.1e} |"
+        )
     return tuned_paths
 
 
@@ -155,7 +159,10 @@ def section_members(seconds: float, rounds: int) -> None:
     members = [_perturbed(path, s) for s in (1, 2, 3)]
     res = ensemble(members)  # as a user gets it: the options the concurrency rule carries
     conc = res.report.get("concurrency", {})
-    print(f"ensemble carried: {conc.get('carried')} ({conc.get('reason', '')}); options {carried_options(res.model).describe() if carried_options(res.model) else 'none'}\n")
+    print(
+        f"ensemble carried: {conc.get('carried')} ({conc.get('reason', '')}); options "
+        f"{carried_options(res.model).describe() if carried_options(res.model) else 'none'}\n"
+    )
     ms = load_members(members)
     match_inputs(ms, None)
     select_outputs(ms, None)
@@ -175,7 +182,10 @@ def section_members(seconds: float, rounds: int) -> None:
         base, quiet = np.array(per[names[0]]), np.array(per[names[1]])
         for k in names:
             r0, r1 = np.array(per[k]) / base, np.array(per[k]) / quiet
-            print(f"| {k} | {np.median(per[k]):.2f} | {np.median(r0):.2f}x [{r0.min():.2f}, {r0.max():.2f}] | {np.median(r1):.2f}x [{r1.min():.2f}, {r1.max():.2f}] |")
+            print(
+                f"| {k} | {np.median(per[k]):.2f} | {np.median(r0):.2f}x [{r0.min():.2f}, {r0.max():.2f}] | "
+                f"{np.median(r1):.2f}x [{r1.min():.2f}, {r1.max():.2f}] |"
+            )
         print()
 
 
@@ -227,8 +237,13 @@ def section_cold(models, repeats: int, breakdown: bool) -> None:
     import random
 
     print(f"\n## 3. cold start (fresh processes, {repeats} rounds in shuffled order, medians; load {os.getloadavg()[0]:.2f} at start)\n")
-    print("cut vs fp32 = median over rounds of fp32's create + first run / the variant's, [quartiles], and the ratio of CPU times; like-for-like = vs fp32 with the same threads\n")
-    print("| model | variant | create ms | load / init / other ms | first run ms | create + first ms | CPU ms | creation peak RSS | cut vs fp32 | like-for-like |")
+    print(
+        "cut vs fp32 = median over rounds of fp32's create + first run / the variant's, [quartiles], and the ratio of "
+        "CPU times; like-for-like = vs fp32 with the same threads\n"
+    )
+    print(
+        "| model | variant | create ms | load / init / other ms | first run ms | create + first ms | CPU ms | creation peak RSS | cut vs fp32 | like-for-like |"
+    )
     print("|---|---|---:|---|---:|---:|---:|---:|---|---|")
     tmp = Path(tempfile.mkdtemp(prefix="serving-cold-"))
     for name, path, shapes in models:
@@ -285,14 +300,19 @@ def main() -> None:
     if args.only:
         models = [m for m in models if m[0] in args.only.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# serving benchmark: {platform.processor() or platform.machine()}, {machine_cores()} usable cores, load {load:.2f} at start, onnxruntime {ort.__version__}, Python {platform.python_version()}")
+    print(
+        f"# serving benchmark: {platform.processor() or platform.machine()}, {machine_cores()} usable cores, load "
+        f"{load:.2f} at start, onnxruntime {ort.__version__}, Python {platform.python_version()}"
+    )
     tuned: list[Path] = []
     if "1" in args.sections:
         tuned = section_tune(models, args.tune_seconds)
     if "2" in args.sections:
         section_members(max(args.tune_seconds, 2.0), args.member_rounds)
     if "3" in args.sections:
-        section_cold([x for x in models if x[0] in ("digits_resnet", "magika", "ppocr-det", "ppocr-rec")], 3 if args.quick else args.cold_repeats, args.breakdown)
+        section_cold(
+            [x for x in models if x[0] in ("digits_resnet", "magika", "ppocr-det", "ppocr-rec")], 3 if args.quick else args.cold_repeats, args.breakdown
+        )
     if "4" in args.sections and tuned:
         section_honoured([p for p in tuned if p.name.split(".")[0] in ("digits_cnn", "magika", "ppocr-cls")], args.tune_seconds)
     print(f"\nload at end {os.getloadavg()[0]:.2f} (2 cores shared with other engineers: expect noise)")

@@ -115,7 +115,20 @@ class CandidateBuilder:
     the FP32 outputs on it for the run-time validity check.
     """
 
-    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset(), calibration=None, alt_ranges=None):
+    def __init__(
+        self,
+        base: onnx.ModelProto,
+        config: QuantConfig,
+        *,
+        ranges=None,
+        provider: str = "cpu",
+        feed=None,
+        reference=None,
+        max_builds: int = 32,
+        converted_gemms: frozenset = frozenset(),
+        calibration=None,
+        alt_ranges=None,
+    ):
         self.base = base
         self.calibration = calibration  # Dataset: per-channel input means for bias correction
         self._means: dict | None = None
@@ -145,7 +158,11 @@ class CandidateBuilder:
         self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
         self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))
         inits = {t.name for t in base.graph.initializer}
-        self.node_tensors = {n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))} for n in base.graph.node if n.name in set(self.candidates)}
+        self.node_tensors = {
+            n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))}
+            for n in base.graph.node
+            if n.name in set(self.candidates)
+        }
         self.notes: list[str] = []
         # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
         # large model must not hold every model it tried
@@ -161,7 +178,18 @@ class CandidateBuilder:
             alt = self._alt_ranges()
             ranges = {**ranges, **{t: alt[t] for n in ranged for t in self._activations(n) if t in alt}}
         per_channel = frozenset(n for n, r in remedies.items() if r == "per-channel")
-        return quantize_with_ort(self.base, self.config, ranges=ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude | self.implicit_exclude, per_tensor=per_tensor, op_types=self.ort_op_types, notes=self.notes, per_channel_nodes=per_channel)
+        return quantize_with_ort(
+            self.base,
+            self.config,
+            ranges=ranges,
+            provider=self.provider,
+            nodes_to_quantize=set(only) if only else None,
+            exclude=exclude | self.implicit_exclude,
+            per_tensor=per_tensor,
+            op_types=self.ort_op_types,
+            notes=self.notes,
+            per_channel_nodes=per_channel,
+        )
 
     def _activations(self, node: str) -> list[str]:
         inits = {t.name for t in self.base.graph.initializer}
@@ -180,7 +208,13 @@ class CandidateBuilder:
         if self.config.mode != "static":
             return []
         out = []
-        if self.config.format == "qdq" and not self.config.per_channel and self.op_types.get(node) in WEIGHTED_OP_TYPES and node in self.node_tensors and self.node_tensors[node]:
+        if (
+            self.config.format == "qdq"
+            and not self.config.per_channel
+            and self.op_types.get(node) in WEIGHTED_OP_TYPES
+            and node in self.node_tensors
+            and self.node_tensors[node]
+        ):
             out.append("per-channel")
         if self.alt_ranges is not None and self.ranges:
             alt = self._alt_ranges()
@@ -232,7 +266,9 @@ class CandidateBuilder:
             raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
         if self._means is None:
             ds = self.calibration.view() if hasattr(self.calibration, "view") else self.calibration
-            stats = collect_channel_stats(self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
+            stats = collect_channel_stats(
+                self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256
+            )
             self._means = {k: v.mean for k, v in stats.items()}
         out = copy.deepcopy(model)
         done, notes = correct_biases(out, self.base, self._means)
@@ -303,7 +339,17 @@ def evaluate_candidate(
         return res
     try:
         if budget is not None:
-            fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, search_evaluator=search_evaluator, max_evals=max_evals, how=how, op_types=builder.op_types, ranking=ranking)
+            fit = fit_budget(
+                builder,
+                builder.search_nodes(res.quantized),
+                budget,
+                evaluator,
+                search_evaluator=search_evaluator,
+                max_evals=max_evals,
+                how=how,
+                op_types=builder.op_types,
+                ranking=ranking,
+            )
             if fit.excluded:
                 fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
             res.fit = fit

@@ -213,7 +213,9 @@ def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str],
     large = is_lazy(model)
     try:
         with capture_ort_logging(notes):
-            out = quantize_nbits(_reload_large(model) if large else model, block_size=config.block_size, method=config.int4_method, nodes=only or None, exclude=excluded)
+            out = quantize_nbits(
+                _reload_large(model) if large else model, block_size=config.block_size, method=config.int4_method, nodes=only or None, exclude=excluded
+            )
     except UnsupportedError:
         raise
     except Exception as exc:
@@ -222,7 +224,17 @@ def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str],
     return _spill(out) if large else out
 
 
-def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types: list[str], only: list[str], excluded: list[str], per_tensor: set[str], per_channel_nodes: set[str] = frozenset()) -> onnx.ModelProto:
+def _run_quantizer(
+    m: onnx.ModelProto,
+    config: QuantConfig,
+    *,
+    ranges,
+    op_types: list[str],
+    only: list[str],
+    excluded: list[str],
+    per_tensor: set[str],
+    per_channel_nodes: set[str] = frozenset(),
+) -> onnx.ModelProto:
     """ORT's ``ONNXQuantizer`` / ``QDQQuantizer`` on ``m`` (shape-inferred, ORT's "inferred"
     mark set); returns ORT's model (``m`` may be changed)."""
     from onnxruntime.quantization.quant_utils import (
@@ -236,7 +248,20 @@ def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types:
         from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
         m = update_opset_version(m, wt)
-        q = ONNXQuantizer(model=m, per_channel=config.per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.IntegerOps, static=False, weight_qType=wt, activation_qType=_qtype("uint8"), tensors_range=None, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options={"MatMulConstBOnly": True})
+        q = ONNXQuantizer(
+            model=m,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            mode=QuantizationMode.IntegerOps,
+            static=False,
+            weight_qType=wt,
+            activation_qType=_qtype("uint8"),
+            tensors_range=None,
+            nodes_to_quantize=only,
+            nodes_to_exclude=excluded,
+            op_types_to_quantize=op_types,
+            extra_options={"MatMulConstBOnly": True},
+        )
     else:
         if ranges is None:
             raise ValueError("static quantization needs calibration ranges")
@@ -261,11 +286,35 @@ def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types:
         if fmt is QuantFormat.QDQ:
             from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-            q = QDQQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
+            q = QDQQuantizer(
+                model=m,
+                per_channel=per_channel,
+                reduce_range=config.reduce_range,
+                weight_qType=wt,
+                activation_qType=at,
+                tensors_range=tensors,
+                nodes_to_quantize=only,
+                nodes_to_exclude=excluded,
+                op_types_to_quantize=op_types,
+                extra_options=extra,
+            )
         else:
             from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
 
-            q = ONNXQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.QLinearOps, static=True, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
+            q = ONNXQuantizer(
+                model=m,
+                per_channel=per_channel,
+                reduce_range=config.reduce_range,
+                mode=QuantizationMode.QLinearOps,
+                static=True,
+                weight_qType=wt,
+                activation_qType=at,
+                tensors_range=tensors,
+                nodes_to_quantize=only,
+                nodes_to_exclude=excluded,
+                op_types_to_quantize=op_types,
+                extra_options=extra,
+            )
     q.quantize_model()
     # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort; ORT's sort
     # ignores what If/Loop bodies read from the graph, ``sort_nodes`` counts it
