@@ -320,53 +320,20 @@ def evaluate_candidate(
         return res
     try:
         model, fallbacks = builder.build(frozenset())
-    except OnnxoptError as exc:
-        res.status = "invalid"
-        res.notes.append(str(exc))
-        res.seconds = time.perf_counter() - t0
-        return res
-    res.quantized = touched_nodes(builder.base, model, builder.candidates)
-    if not res.quantized:
-        res.status = "nothing to quantize"
-        res.notes.append("ONNX Runtime's quantizer left every node in float")
-        res.seconds = time.perf_counter() - t0
-        return res
-    why = gate(model) if gate is not None and budget is not None else None
-    if why:
-        res.status = "cannot win"
-        res.notes.append(why)
-        res.seconds = time.perf_counter() - t0
-        return res
-    try:
+        res.quantized = touched_nodes(builder.base, model, builder.candidates)
+        if not res.quantized:
+            return _stopped(res, "nothing to quantize", "ONNX Runtime's quantizer left every node in float", t0)
+        why = gate(model) if gate is not None and budget is not None else None
+        if why:
+            return _stopped(res, "cannot win", why, t0)
         if budget is not None:
-            fit = fit_budget(
-                builder,
-                builder.search_nodes(res.quantized),
-                budget,
-                evaluator,
-                search_evaluator=search_evaluator,
-                max_evals=max_evals,
-                how=how,
-                op_types=builder.op_types,
-                ranking=ranking,
-            )
-            if fit.excluded:
-                fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
-            res.fit = fit
-            model = fit.model
-            excluded = frozenset(e["node"] for e in fit.excluded)
-            fallbacks = builder.build(excluded, fit.remedies)[1]
-            res.quantized = touched_nodes(builder.base, model, builder.candidates)
-            res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
-            res.rel_l2 = score_model(evaluator, model)[1]
+            search = dict(search_evaluator=search_evaluator, max_evals=max_evals, how=how, ranking=ranking)
+            model, fallbacks = _fit_to_budget(builder, res, budget, evaluator, search)
         else:
             res.score, res.rel_l2 = score_model(evaluator, model)
             res.drop = evaluator.reference_score - res.score
     except OnnxoptError as exc:
-        res.status = "invalid"
-        res.notes.append(str(exc))
-        res.seconds = time.perf_counter() - t0
-        return res
+        return _stopped(res, "invalid", str(exc), t0)
     res.model = model
     res.fallbacks = list(fallbacks)
     res.size_bytes = model_nbytes(model)
@@ -376,3 +343,26 @@ def evaluate_candidate(
     res.notes.extend(n for n in builder.notes[:5] if n not in res.notes)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _stopped(res: CandidateResult, status: str, note: str, t0: float) -> CandidateResult:
+    """The candidate stops here with ``status`` (no model): the row says why."""
+    res.status = status
+    res.notes.append(note)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _fit_to_budget(builder: CandidateBuilder, res: CandidateResult, budget: Budget, evaluator: Evaluator, search: dict):
+    """The budget search (nodes left in float), then remedies for those nodes; fills ``res``'s
+    scores and returns the fitted model and its fallbacks."""
+    fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, op_types=builder.op_types, **search)
+    if fit.excluded:
+        fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
+    res.fit = fit
+    excluded = frozenset(e["node"] for e in fit.excluded)
+    fallbacks = builder.build(excluded, fit.remedies)[1]
+    res.quantized = touched_nodes(builder.base, fit.model, builder.candidates)
+    res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
+    res.rel_l2 = score_model(evaluator, fit.model)[1]
+    return fit.model, fallbacks
