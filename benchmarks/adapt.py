@@ -102,7 +102,10 @@ def main(argv=None) -> int:
     n_values = (50, 100, 200, 400) + ((500,) if split is not None else ())
 
     base = evaluate(BASE, test)
-    print(f"input model digits_cnn04 (5 classes) on digits_test: {base.accuracy:.2f}% of 400; {base.in_label_space['accuracy']:.2f}% of the {base.in_label_space['samples']} samples labelled 0-4")
+    print(
+        f"input model digits_cnn04 (5 classes) on digits_test: {base.accuracy:.2f}% of 400; "
+        f"{base.in_label_space['accuracy']:.2f}% of the {base.in_label_space['samples']} samples labelled 0-4"
+    )
     print()
     rows = []
     configs = [
@@ -123,7 +126,20 @@ def main(argv=None) -> int:
                 l2s.append(res.report["head"]["l2"])
                 sizes.append(len(y))
             feat = {None: "fc input [64]", LAYER2: "layer-2 ReLU, mean-pooled [64]", "image": "raw pixels, flattened [64]"}[features]
-            rows.append((head, feat, f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}", len(draws), statistics.mean(accs), min(accs), max(accs), ",".join(f"{v:g}" for v in sorted(set(l2s))), statistics.median(fits), statistics.median(totals)))
+            rows.append(
+                (
+                    head,
+                    feat,
+                    f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}",
+                    len(draws),
+                    statistics.mean(accs),
+                    min(accs),
+                    max(accs),
+                    ",".join(f"{v:g}" for v in sorted(set(l2s))),
+                    statistics.median(fits),
+                    statistics.median(totals),
+                )
+            )
             print(f"  {head:8s} {feat:31s} n={n:3d}: {statistics.mean(accs):.2f}% ({len(draws)} draw(s)), fit {statistics.median(fits):.2f} s", file=sys.stderr)
 
     header = ["head", "features", "labelled", "draws", "test acc % (mean)", "min", "max", "l2 (CV)", "fit s (median)", "total s"]

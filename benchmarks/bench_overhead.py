@@ -253,7 +253,9 @@ def main(argv=None) -> int:
             )
         n = aa["repeats"]
         print(
-            f"  coverage of 1.0 over {n} repetitions: bench's CI ({aa['method']}) {aa['cover_block']}/{n} (median CI width {aa['width_block']:.4f}); iid bootstrap on the same samples {aa['cover_iid']}/{n} (width {aa['width_iid']:.4f})"
+            f"  coverage of 1.0 over {n} repetitions: bench's CI ({aa['method']}) {aa['cover_block']}/{n} (median CI width "
+            f"{aa['width_block']:.4f}); iid bootstrap on the same samples {aa['cover_iid']}/{n} (width "
+            f"{aa['width_iid']:.4f})"
         )
         print(f"\nload average after {load_average()}; {time.perf_counter() - t0:.0f} s")
     return 0

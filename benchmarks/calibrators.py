@@ -94,7 +94,9 @@ def main(argv=None) -> int:
             res = {}
             for engine in ("onnxopt", "ort"):
                 out = Path(tmp) / f"{engine}-{method}.json"
-                r = subprocess.run([sys.executable, __file__, "--child", engine, method, str(model), str(args.samples), str(out)], capture_output=True, text=True)
+                r = subprocess.run(
+                    [sys.executable, __file__, "--child", engine, method, str(model), str(args.samples), str(out)], capture_output=True, text=True
+                )
                 if r.returncode:
                     last = [line for line in r.stderr.strip().splitlines() if line.strip()][-1:]
                     res[engine] = {"peak": float("nan"), "ranges": {}, "error": last[0] if last else f"exit {r.returncode}"}

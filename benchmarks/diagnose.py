@@ -123,7 +123,16 @@ def section_fault(tmp: Path) -> list[list]:
             secs = time.perf_counter() - t0
             lw = d.layerwise
             got = lw.first.node if lw.first else None
-            rows.append([f"{name} ({label})", node, got or "-", "yes" if got == node else "NO", f"{lw.matching.to_dict()['matched']}/{len(lw.matching.unmatched_ref)}", f"{secs:.1f}"])
+            rows.append(
+                [
+                    f"{name} ({label})",
+                    node,
+                    got or "-",
+                    "yes" if got == node else "NO",
+                    f"{lw.matching.to_dict()['matched']}/{len(lw.matching.unmatched_ref)}",
+                    f"{secs:.1f}",
+                ]
+            )
     print(table(["model (fault)", "planted at", "first diverging", "named", "matched/unmatched", "s"], rows))
     return rows
 
@@ -252,12 +261,29 @@ def section_recipe(tmp: Path) -> None:
         from onnxopt.diagnose.api import _layerwise  # the same call diagnose --recipe makes
 
         lw = _layerwise(res.before, res.after, ds, ds.view(), DiagnoseConfig())
-        rows.append([name, "remove-unused, buggy-exact, infer-shapes", f"{res.culprit.index} '{res.culprit.key}'", f"{lw.first.node if lw.first else '-'} (planted: {node})"])
+        rows.append(
+            [
+                name,
+                "remove-unused, buggy-exact, infer-shapes",
+                f"{res.culprit.index} '{res.culprit.key}'",
+                f"{lw.first.node if lw.first else '-'} (planted: {node})",
+            ]
+        )
         recipe = tmp / "mid.toml"
-        recipe.write_text('name = "mid"\n[[steps]]\npass = "simplify"\n[[steps]]\npass = "quantize"\nmode = "dynamic"\nop_types = ["MatMul", "Gemm", "Conv"]\n[[steps]]\npass = "remove-unused"\n')
+        recipe.write_text(
+            'name = "mid"\n[[steps]]\npass = "simplify"\n[[steps]]\npass = "quantize"\nmode = "dynamic"\nop_types = '
+            '["MatMul", "Gemm", "Conv"]\n[[steps]]\npass = "remove-unused"\n'
+        )
         d = onnxopt.diagnose(path, recipe=recipe, data=tmp / f"r-{name}.npz")
         c = d.steps.culprit
-        rows.append([name, "simplify, quantize (dynamic), remove-unused", f"{c.index} '{c.key}'" if c else "-", f"{d.layerwise.first.node if d.layerwise and d.layerwise.first else '-'} (first quantized node)"])
+        rows.append(
+            [
+                name,
+                "simplify, quantize (dynamic), remove-unused",
+                f"{c.index} '{c.key}'" if c else "-",
+                f"{d.layerwise.first.node if d.layerwise and d.layerwise.first else '-'} (first quantized node)",
+            ]
+        )
     print(table(["model", "steps", "pinned step", "first diverging node inside it"], rows))
 
 
@@ -296,7 +322,13 @@ def _mlp(layers: int = 25, width: int = 1024, seed: int = 0) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
         nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"h{i}"], name=f"tanh{i}"))
         x = f"h{i}"
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])], [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -320,7 +352,10 @@ def section_rss(tmp: Path) -> None:
     base = kb["base"]
     print(out["diagnose"].splitlines()[0], f"(planted at {node})")
     mb = 2**20
-    rows = [[what, f"{kb[k] / mb:.0f} MB", f"{(kb[k] - base) / mb:.0f} MB", f"{(kb[k] - base) / size:.2f}x", f"{kb[k] / size:.2f}x"] for k, what in (("base", "imports + data"), ("load", "loading both models"), ("diagnose", "whole diagnosis"))]
+    rows = [
+        [what, f"{kb[k] / mb:.0f} MB", f"{(kb[k] - base) / mb:.0f} MB", f"{(kb[k] - base) / size:.2f}x", f"{kb[k] / size:.2f}x"]
+        for k, what in (("base", "imports + data"), ("load", "loading both models"), ("diagnose", "whole diagnosis"))
+    ]
     print(f"model size {size / mb:.0f} MB (each of the two)")
     print(table(["peak RSS of", "peak", "minus baseline", "/ model size", "peak / model size"], rows))
 
@@ -357,7 +392,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     args = ap.parse_args(argv)
-    print(f"{time.strftime('%Y-%m-%d')} · {cpu_model()} ({isa_summary()}) · {os.cpu_count()} cores · load {load_average()} · onnxruntime {onnxruntime.__version__} · onnx {onnx.__version__}")
+    print(
+        f"{time.strftime('%Y-%m-%d')} · {cpu_model()} ({isa_summary()}) · {os.cpu_count()} cores · load "
+        f"{load_average()} · onnxruntime {onnxruntime.__version__} · onnx {onnx.__version__}"
+    )
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-diagnose-") as tmp:
         for s in args.sections.split(","):
             print(f"\n== {s} ==")

@@ -219,7 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default=f"1,{os.cpu_count() or 1}", help="intra-op thread counts to measure (comma-separated; default 1 and one per core)")
     ap.add_argument("--batches", default="1,64", help="batch sizes (comma-separated)")
     ap.add_argument("--seconds", type=float, default=5.0, help="timing budget per member set and batch size")
-    ap.add_argument("--extra", action="append", default=[], metavar="MODEL:D1,D2,...", help="also time 3 perturbed copies of MODEL on one input of this shape (repeatable)")
+    ap.add_argument(
+        "--extra", action="append", default=[], metavar="MODEL:D1,D2,...", help="also time 3 perturbed copies of MODEL on one input of this shape (repeatable)"
+    )
     ap.add_argument("--skip-digits", action="store_true", help="only the --extra models (no digits member sets, no accuracy table)")
     args = ap.parse_args(argv)
     extras = [parse_extra(e) for e in args.extra]
@@ -247,7 +249,16 @@ def main(argv=None) -> int:
         for key, b in built.items():
             merged = b["merged"].stat().st_size
             fused = b["fused"].stat().st_size if b["fused"] else None
-            rows.append([key, human_bytes(b["member_bytes"]), human_bytes(merged), merged / b["member_bytes"], human_bytes(fused) if fused else "-", (fused / b["member_bytes"]) if fused else None])
+            rows.append(
+                [
+                    key,
+                    human_bytes(b["member_bytes"]),
+                    human_bytes(merged),
+                    merged / b["member_bytes"],
+                    human_bytes(fused) if fused else "-",
+                    (fused / b["member_bytes"]) if fused else None,
+                ]
+            )
         print(table(["member set", "3 member files", "merged", "merged/sum", "fused", "fused/sum"], rows))
     if not args.skip_digits:
         print("\n## Accuracy on digits_test.npz (400 samples; fits on digits_calib.npz)")

@@ -195,7 +195,25 @@ def main(argv=None) -> int:
             round(t_run, 2),
         ])
         print(f"done {name}", file=sys.stderr, flush=True)
-    print(table(["model", "nodes", "nodes after", "params", "params after", "engine", "rel-L2 simplify", "rel-L2 run", "rel-L2 ORT-opt-off", "s inspect", "s simplify", "s run"], rows))
+    print(
+        table(
+            [
+                "model",
+                "nodes",
+                "nodes after",
+                "params",
+                "params after",
+                "engine",
+                "rel-L2 simplify",
+                "rel-L2 run",
+                "rel-L2 ORT-opt-off",
+                "s inspect",
+                "s simplify",
+                "s run",
+            ],
+            rows,
+        )
+    )
     print(f"\n{len(rows)} models; outputs in {out}")
     for f in failures:
         print(f"FAIL {f}")

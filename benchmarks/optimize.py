@@ -164,7 +164,10 @@ def bert_encoder_graph(cfg: dict, seq: int = 128, seed: int = 0) -> onnx.ModelPr
     graph = helper.make_graph(
         nodes,
         "bert_like",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq]), helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", seq])],
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", seq]),
+        ],
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", seq, h])],
         inits,
     )
@@ -459,7 +462,10 @@ def main(argv=None) -> int:
             rows.append(r)
             vs = "-" if r["opt_vs_ort"] is None else f"{r['opt_vs_ort']:.2f}"
             print(
-                f"... {case.name}: {r['chosen']} {r['hh_opt_ratio']:.2f}x, drop {r['drop']:.2f}, ORT best {r['ort_best']}, opt/ORT {vs} ({time.perf_counter() - t_case:.0f} s)",
+                (
+                    f"... {case.name}: {r['chosen']} {r['hh_opt_ratio']:.2f}x, drop {r['drop']:.2f}, ORT best {r['ort_best']}, "
+                    f"opt/ORT {vs} ({time.perf_counter() - t_case:.0f} s)"
+                ),
                 flush=True,
             )
         except Exception as exc:  # a benchmark reports failures and goes on

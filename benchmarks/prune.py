@@ -120,7 +120,9 @@ def digits(args) -> dict:
     b, a = mag.report["figures"]["before"], mag.report["figures"]["after"]
     m = mag.report["metric"]
     print(
-        f"\nmagnitude 0.8 (global, first/last layers kept) on digits_mlp: zip {b['zip_bytes']} -> {a['zip_bytes']} bytes (x{a['zip_bytes'] / b['zip_bytes']:.3f}), top1 {m['reference']:.2f} -> {m['score']:.2f}, speedup {mag.report['latency']['speedup']:.2f}x (zeros do not make dense kernels faster)"
+        f"\nmagnitude 0.8 (global, first/last layers kept) on digits_mlp: zip {b['zip_bytes']} -> {a['zip_bytes']} "
+        f"bytes (x{a['zip_bytes'] / b['zip_bytes']:.3f}), top1 {m['reference']:.2f} -> {m['score']:.2f}, speedup "
+        f"{mag.report['latency']['speedup']:.2f}x (zeros do not make dense kernels faster)"
     )
     return facts
 
@@ -296,7 +298,8 @@ def main(argv=None) -> int:
         )
     print(table(["target", "measured", ""], rows))
     print(
-        f"\ntotal {time.perf_counter() - t0:.0f} s; latency: intra-op threads {args.threads}, medians of interleaved runs, speedup = input / pruned with 95% bootstrap CI"
+        f"\ntotal {time.perf_counter() - t0:.0f} s; latency: intra-op threads {args.threads}, medians of interleaved "
+        "runs, speedup = input / pruned with 95% bootstrap CI"
     )
     return 0
 

@@ -60,7 +60,15 @@ def bert_like(path: Path, *, hidden: int = 256, layers: int = 4, heads: int = 4,
     import torch
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=2 * seq, attn_implementation="eager")
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=2 * seq,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     bert = BertModel(cfg).eval()
 
@@ -74,8 +82,22 @@ def bert_like(path: Path, *, hidden: int = 256, layers: int = 4, heads: int = 4,
             return o.last_hidden_state, o.pooler_output
 
     ids = torch.randint(0, vocab, (2, seq))
-    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "last_hidden_state": {0: "batch", 1: "seq"}, "pooler_output": {0: "batch"}}
-    torch.onnx.export(Encoder(bert), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state", "pooler_output"], dynamic_axes=dyn, opset_version=17, dynamo=False)
+    dyn = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "seq"},
+        "last_hidden_state": {0: "batch", 1: "seq"},
+        "pooler_output": {0: "batch"},
+    }
+    torch.onnx.export(
+        Encoder(bert),
+        (ids, torch.ones_like(ids)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state", "pooler_output"],
+        dynamic_axes=dyn,
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -137,7 +159,18 @@ def run_case(name, model, cal, ev, batch, metric=None, *, runs: int = 20, thread
     t0 = time.perf_counter()
     result = None
     try:
-        result = quantize(model, calibration=cal, eval_data=ev, max_accuracy_drop=1.0, metric=metric, batch=batch, allow_slower=True, timing_runs=runs, timing_seconds=30, threads=threads)
+        result = quantize(
+            model,
+            calibration=cal,
+            eval_data=ev,
+            max_accuracy_drop=1.0,
+            metric=metric,
+            batch=batch,
+            allow_slower=True,
+            timing_runs=runs,
+            timing_seconds=30,
+            threads=threads,
+        )
         rep = result.report
     except OnnxoptError as exc:  # the measured table comes with the error: report it
         rep = exc.details.get("report")
@@ -156,8 +189,34 @@ def run_case(name, model, cal, ev, batch, metric=None, *, runs: int = 20, thread
         speed = f"{sp['ratio']:.2f}x [{sp['ci95'][0]:.2f},{sp['ci95'][1]:.2f}]" if sp else "-"
         excl = len(c.get("excluded") or [])
         fb = len(c.get("fallbacks") or [])
-        rows.append([name, c["label"], c["status"] + (f" (-{excl} float)" if excl else "") + (f" ({fb} fallbacks)" if fb else ""), valid, None if c["score"] is None else round(c["score"], 2), None if c["drop"] is None else round(c["drop"], 2), speed, None if c["size_ratio"] is None else round(c["size_ratio"], 3), round(c.get("seconds", 0.0), 1), decision])
-    rows.append([name, f"(total {total:.0f}s, metric {rep['metric']['name']}, FP32 {rep['metric']['reference']:.2f}, batch {rep['timing']['batch']})", "", "", None, None, "", None, None, ""])
+        rows.append(
+            [
+                name,
+                c["label"],
+                c["status"] + (f" (-{excl} float)" if excl else "") + (f" ({fb} fallbacks)" if fb else ""),
+                valid,
+                None if c["score"] is None else round(c["score"], 2),
+                None if c["drop"] is None else round(c["drop"], 2),
+                speed,
+                None if c["size_ratio"] is None else round(c["size_ratio"], 3),
+                round(c.get("seconds", 0.0), 1),
+                decision,
+            ]
+        )
+    rows.append(
+        [
+            name,
+            f"(total {total:.0f}s, metric {rep['metric']['name']}, FP32 {rep['metric']['reference']:.2f}, batch {rep['timing']['batch']})",
+            "",
+            "",
+            None,
+            None,
+            "",
+            None,
+            None,
+            "",
+        ]
+    )
     if result is not None:
         check_model(result.model)
     return rows
@@ -223,7 +282,13 @@ def write_batches(folder: Path, arrays: dict, batch: int = 16) -> Path:
 
 def rss(model_path: Path, data: Path, method: str, ort: bool = False) -> tuple[float, float]:
     script = _ORT_RSS_SCRIPT if ort else _RSS_SCRIPT
-    out = subprocess.run([sys.executable, "-c", script, str(model_path), str(data), method], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(model_path), str(data), method],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if out.returncode:
         raise RuntimeError(out.stderr[-500:])
     before, peak, _ = out.stdout.split()[-3:]
@@ -264,7 +329,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rss-only", action="store_true", help="only the calibration RSS table")
     ap.add_argument("--ort-baseline", action="store_true", help="also measure ORT's own calibrator's peak RSS")
     ap.add_argument("--runs", type=int, default=20, help="timing runs per model per candidate")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of the timed sessions (0: ORT default); 1 avoids thread-pool stalls on a shared machine")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="intra-op threads of the timed sessions (0: ORT default); 1 avoids thread-pool stalls on a shared machine"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the tables as JSON")
     ap.add_argument("--real", action="store_true", help="only the real models on real data (quantize_real.py): ORT defaults vs onnxopt, INT4, optimize RSS")
     ap.add_argument("--real-only", default="", help="with --real: comma list of minilm-l3, magika, ppocr-rec, gpt2-random")
@@ -275,14 +342,19 @@ def main(argv=None) -> int:
     if args.real:
         from quantize_real import run_real
 
-        res = run_real(n=args.real_n, runs=args.runs, only=set(filter(None, args.real_only.split(","))) or None, rss=not args.real_no_rss, auto=not args.real_no_auto)
+        res = run_real(
+            n=args.real_n, runs=args.runs, only=set(filter(None, args.real_only.split(","))) or None, rss=not args.real_no_rss, auto=not args.real_no_auto
+        )
         if args.json:
             args.json.write_text(json.dumps(res, indent=1, default=str))
         return 0
     t_all = time.perf_counter()
     import onnxruntime
 
-    print(f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, timing threads {args.threads or 'ORT default'}; speed = median(FP32)/median(INT8), interleaved, 95% CI")
+    print(
+        f"onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, timing threads {args.threads or 'ORT default'}; "
+        "speed = median(FP32)/median(INT8), interleaved, 95% CI"
+    )
     rows: list[list] = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-qbench-") as tmpd:
         tmp = Path(tmpd)
@@ -303,7 +375,9 @@ def main(argv=None) -> int:
         rss_table = []
         if not args.quick and not args.no_rss:
             print("... calibration RSS", file=sys.stderr, flush=True)
-            rss_cases = [("digits_cnn", MODELS / "digits_cnn.onnx", lambda n: {"image": np.resize(np.load(MODELS / "digits_calib.npz")["image"], (n, 1, 8, 8))}, 0)]
+            rss_cases = [
+                ("digits_cnn", MODELS / "digits_cnn.onnx", lambda n: {"image": np.resize(np.load(MODELS / "digits_calib.npz")["image"], (n, 1, 8, 8))}, 0)
+            ]
             if (tmp / "bert.sim.onnx").exists():
                 rss_cases.append(("bert-like", tmp / "bert.sim.onnx", lambda n: bert_data(n), 0))
             rss_table = rss_rows(tmp, rss_cases, ("minmax", "entropy"), args.ort_baseline)

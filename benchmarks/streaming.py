@@ -151,7 +151,8 @@ def main(argv=None) -> int:
         for name, peaks in rows:
             a, b = peaks[args.small], peaks[args.samples]
             print(
-                f"{name:32s} {a['peak_rss'] / 2**20:12.0f}Mi {b['peak_rss'] / 2**20:14.0f}Mi {b['peak_rss'] / a['peak_rss']:6.2f} {(b['peak_rss'] - a['peak_rss']) / 2**20:10.0f} {b['seconds']:9.1f}"
+                f"{name:32s} {a['peak_rss'] / 2**20:12.0f}Mi {b['peak_rss'] / 2**20:14.0f}Mi "
+                f"{b['peak_rss'] / a['peak_rss']:6.2f} {(b['peak_rss'] - a['peak_rss']) / 2**20:10.0f} {b['seconds']:9.1f}"
             )
         per_batch = 32 * int(np.prod(SHAPE)) * 4
         print(

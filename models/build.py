@@ -182,7 +182,10 @@ SPECS = {
         epochs=30,
         lr=2e-3,
         keep_bn=True,
-        doc="Digits 8x8 CNN trained on digits 0-4 only (5 classes), same architecture as digits_cnn; explicit BatchNormalization nodes. Base model for transfer learning.",
+        doc=(
+            "Digits 8x8 CNN trained on digits 0-4 only (5 classes), same architecture as digits_cnn; explicit "
+            "BatchNormalization nodes. Base model for transfer learning."
+        ),
         arch="3x [Conv3x3(pad1)-BatchNorm-ReLU] (1->32->64->64) -> GlobalAveragePool -> Flatten -> Linear(64,5)",
     ),
 }

@@ -200,13 +200,17 @@ class Dataset:
         samples = self._sample_arrays()
         for s in specs:
             if s.name not in samples:
-                raise DataError(f"missing key '{s.name}' (model inputs: {', '.join(sorted(names))}; found: {', '.join(sorted(samples)) or 'none'})", self.source)
+                raise DataError(
+                    f"missing key '{s.name}' (model inputs: {', '.join(sorted(names))}; found: {', '.join(sorted(samples)) or 'none'})", self.source
+                )
             shape, dtype = samples[s.name]
             if dtype != s.dtype:
                 raise DataError(f"key '{s.name}': expected dtype {s.dtype}, found {dtype}", self.source)
             if s.shape is not None and (len(s.shape) == 0) != (len(shape) == 0):
                 if not s.shape:
-                    raise DataError(f"key '{s.name}': the model input is a scalar ({s.describe()}); store one value as a 0-d array, found shape {list(shape)}", self.source)
+                    raise DataError(
+                        f"key '{s.name}': the model input is a scalar ({s.describe()}); store one value as a 0-d array, found shape {list(shape)}", self.source
+                    )
                 raise DataError(f"key '{s.name}' is a scalar, the model input is {s.describe()}", self.source)
             if s.shape is not None:
                 if len(shape) != len(s.shape):

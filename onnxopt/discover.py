@@ -233,7 +233,11 @@ def graph_hints(model: onnx.ModelProto) -> GraphHints:
                     hints.multiple[g] = max(hints.multiple.get(g, 1), mult)
     # position tables: a Gather on a weight whose indices no input's values reach
     tainted = _value_tainted(graph, {s.name for s in specs})
-    tables = [int(dims[n.input[0]][0]) for n in graph.node if n.op_type == "Gather" and n.input[0] in dims and dims[n.input[0]] and len(n.input) > 1 and n.input[1] not in tainted and n.input[1] not in consts]
+    tables = [
+        int(dims[n.input[0]][0])
+        for n in graph.node
+        if n.op_type == "Gather" and n.input[0] in dims and dims[n.input[0]] and len(n.input) > 1 and n.input[1] not in tainted and n.input[1] not in consts
+    ]
     if tables:
         seq_groups = {g for g, uses in groups.items() if g not in batch and any(hints.inputs[name].high for name, _ in uses)}
         for g in seq_groups:

@@ -163,7 +163,13 @@ def _flops(model: onnx.ModelProto) -> dict:
     present = sum(1 for n in model.graph.node if n.op_type in counted)
     # the estimate covers the main graph: If/Loop/Scan bodies run a data-dependent number of times
     in_bodies = sum(1 for g in iter_graphs(model.graph) if g is not model.graph for n in g.node if n.op_type in counted)
-    return {"total": int(sum(per_node.values())), "by_op": dict(sorted(by_op.items())), "nodes_counted": len(per_node), "nodes_of_counted_ops": present, "nodes_in_subgraphs": in_bodies}
+    return {
+        "total": int(sum(per_node.values())),
+        "by_op": dict(sorted(by_op.items())),
+        "nodes_counted": len(per_node),
+        "nodes_of_counted_ops": present,
+        "nodes_in_subgraphs": in_bodies,
+    }
 
 
 def _metadata(model: onnx.ModelProto) -> dict:

@@ -228,7 +228,9 @@ def _armijo(theta, direction, value, grad, z1, y1h, l2, k, max_halvings: int = 4
     return theta, 0.0, value, grad, None
 
 
-def fit_logistic(z: np.ndarray, y: np.ndarray, k: int, l2: float, *, init: np.ndarray | None = None, solver: str = "auto", tol: float = 1e-8, max_iter: int | None = None):
+def fit_logistic(
+    z: np.ndarray, y: np.ndarray, k: int, l2: float, *, init: np.ndarray | None = None, solver: str = "auto", tol: float = 1e-8, max_iter: int | None = None
+):
     """Multinomial logistic regression on ``z`` (see the module docstring).
 
     Returns ``(theta [K, D+1], info)``; ``info`` holds the solver, iterations, final
@@ -368,7 +370,9 @@ def _fit_path(x: np.ndarray, y: np.ndarray, k: int, kind: str, l2s, standardize:
     return heads
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, num_classes: int, *, kind: str = "logistic", l2: float = 1e-2, standardize: bool = True, solver: str = "auto") -> LinearHead:
+def fit_head(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, kind: str = "logistic", l2: float = 1e-2, standardize: bool = True, solver: str = "auto"
+) -> LinearHead:
     """Fit one head on features ``x`` ``[N, D]`` and labels ``y`` in ``[0, num_classes)``."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -411,7 +415,9 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarra
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def cross_validate(x: np.ndarray, y: np.ndarray, num_classes: int, *, kind: str = "logistic", grid=None, standardize: bool = True, seed: int = 0, max_folds: int = 5) -> CVResult:
+def cross_validate(
+    x: np.ndarray, y: np.ndarray, num_classes: int, *, kind: str = "logistic", grid=None, standardize: bool = True, seed: int = 0, max_folds: int = 5
+) -> CVResult:
     """Choose l2 from ``grid`` by stratified k-fold CV (see the module docstring)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)

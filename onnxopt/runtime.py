@@ -16,7 +16,17 @@ import onnx
 
 from .errors import ModelError, OnnxoptError, ProviderError
 
-__all__ = ["ort_message", "PROVIDERS", "available_providers", "providers_for", "create_session", "check_provider_active", "run_batches", "run_dataset", "is_ort_format"]
+__all__ = [
+    "ort_message",
+    "PROVIDERS",
+    "available_providers",
+    "providers_for",
+    "create_session",
+    "check_provider_active",
+    "run_batches",
+    "run_dataset",
+    "is_ort_format",
+]
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +272,9 @@ def concat_outputs(per_batch: list[list[np.ndarray]]) -> list[np.ndarray]:
     return out
 
 
-def run_dataset(model_or_session, dataset, *, provider: str = "cpu", batch_size: int | None = None, limit: int | None = None, error=ModelError) -> list[np.ndarray]:
+def run_dataset(
+    model_or_session, dataset, *, provider: str = "cpu", batch_size: int | None = None, limit: int | None = None, error=ModelError
+) -> list[np.ndarray]:
     """Run a model (path, proto or session) over a Dataset; outputs concatenated per output."""
     sess = model_or_session if hasattr(model_or_session, "run") else create_session(model_or_session, provider, error=error)
     try:

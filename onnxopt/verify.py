@@ -26,7 +26,23 @@ from .errors import DataError, ModelError, OnnxoptError, VerificationError, blam
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
-__all__ = ["blaming_members", "EXACT_REL_L2", "EXACT_MAX_ABS", "is_exact", "frozen_dims", "verify_other_shapes", "CheckRecord", "OutputComparison", "Comparison", "check_model", "compare", "compare_arrays", "compare_outputs", "paired_datasets", "verify"]
+__all__ = [
+    "blaming_members",
+    "EXACT_REL_L2",
+    "EXACT_MAX_ABS",
+    "is_exact",
+    "frozen_dims",
+    "verify_other_shapes",
+    "CheckRecord",
+    "OutputComparison",
+    "Comparison",
+    "check_model",
+    "compare",
+    "compare_arrays",
+    "compare_outputs",
+    "paired_datasets",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +270,9 @@ def compare_arrays(name: str, a, b, *, atol: float = 1e-4, rtol: float = 1e-3) -
         return OutputComparison(name, list(b.shape), float("inf"), float("inf"), float("inf"), 0.0, None, False, f"shape {list(b.shape)} != {list(a.shape)}")
     if a.dtype.kind not in "fiub":
         same = bool(np.array_equal(a, b))
-        return OutputComparison(name, list(a.shape), 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, 100.0, None, same, f"dtype {a.dtype} compared for equality")
+        return OutputComparison(
+            name, list(a.shape), 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, 100.0, None, same, f"dtype {a.dtype} compared for equality"
+        )
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     finite = np.isfinite(a64) & np.isfinite(b64)
     nan_mismatch = bool(np.any(np.isnan(a64) != np.isnan(b64)) or np.any(np.isinf(a64) != np.isinf(b64)))
@@ -280,7 +298,9 @@ def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, 
     return Comparison(comps, atol, rtol, samples, source)
 
 
-def verify_other_shapes(reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None) -> list[dict]:
+def verify_other_shapes(
+    reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None
+) -> list[dict]:
     """Run ``model`` against ``reference`` at each further shape input discovery found for
     synthesized ``dataset`` (``Dataset.alternatives``; none for DATA or ``--shape``), so
     that every symbolic axis is checked at two values at least.  Raises VerificationError
@@ -307,7 +327,9 @@ def verify_other_shapes(reference: onnx.ModelProto, model: onnx.ModelProto, data
                 raise VerificationError(f"{label}: at {ds.describe()}: output '{o.name}' changed {o.note}")
         bad = comp.inexact() if exact else []
         if bad:
-            raise VerificationError(f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+            raise VerificationError(
+                f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)"
+            )
         records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
     return records
 
@@ -316,7 +338,19 @@ def _output_names(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in model.graph.output]
 
 
-def compare(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = 256, seed: int = 0, error=VerificationError) -> Comparison:
+def compare(
+    a,
+    b,
+    data=None,
+    *,
+    shapes=None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    provider: str = "cpu",
+    limit: int | None = 256,
+    seed: int = 0,
+    error=VerificationError,
+) -> Comparison:
     """Run A and B on the same inputs (DATA, a Dataset, or synthesized) and compare outputs."""
     from .io import resolve_model
 
@@ -370,7 +404,9 @@ def paired_datasets(ma: onnx.ModelProto, mb: onnx.ModelProto, data=None, shapes=
     return ds, ds_b
 
 
-def verify(a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = None, seed: int = 0) -> Comparison:
+def verify(
+    a, b, data=None, *, shapes=None, atol: float = 1e-4, rtol: float = 1e-3, provider: str = "cpu", limit: int | None = None, seed: int = 0
+) -> Comparison:
     """Public API of ``onnxopt verify``: run A and B on the same inputs and compare outputs.
 
     Inputs: DATA (validated against both models) or inputs synthesized from A's input specs

@@ -59,8 +59,12 @@ def scalar_rate(seed: int = 0) -> onnx.ModelProto:
     w1 = numpy_helper.from_array((rng.standard_normal((64, 64)) * 0.2).astype(np.float32), "W1")
     w2 = numpy_helper.from_array((rng.standard_normal((64, 8)) * 0.2).astype(np.float32), "W2")
     bad = numpy_helper.from_array(np.array([7, -1], np.int64), "bad")
-    then = helper.make_graph([helper.make_node("Mul", ["h", "two"], ["t_out"])], "then", [], [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["batch", 8])])
-    other = helper.make_graph([helper.make_node("Reshape", ["h", "bad"], ["e_out"])], "else", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["batch", 8])])
+    then = helper.make_graph(
+        [helper.make_node("Mul", ["h", "two"], ["t_out"])], "then", [], [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, ["batch", 8])]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Reshape", ["h", "bad"], ["e_out"])], "else", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, ["batch", 8])]
+    )
     nodes = [
         helper.make_node("MatMul", ["audio", "W1"], ["h1"]),
         helper.make_node("Relu", ["h1"], ["r1"]),
@@ -82,7 +86,10 @@ def masked_mean() -> onnx.ModelProto:
         helper.make_node("ReduceSum", ["xm", "axes"], ["y"], keepdims=0),
     ]
     inits = [numpy_helper.from_array(np.array([2], np.int64), "axis"), numpy_helper.from_array(np.array([1], np.int64), "axes")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4]), helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+    ]
     return _model(nodes, "masked_mean", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
 
 
@@ -90,7 +97,13 @@ def runs_on_nothing() -> onnx.ModelProto:
     """x[batch, n] -> Reshape [3, 2000]: needs n = 6000 / batch, which nothing probes."""
     shape = numpy_helper.from_array(np.array([3, 2000], np.int64), "shape")
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])
-    return _model([helper.make_node("Reshape", ["x", "shape"], ["y"])], "runs_on_nothing", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2000])], [shape])
+    return _model(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "runs_on_nothing",
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2000])],
+        [shape],
+    )
 
 
 def position_encoder(max_len: int = 16, vocab: int = 50) -> onnx.ModelProto:

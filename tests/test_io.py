@@ -178,7 +178,13 @@ def test_check_output_path(tmp_path):
 def _wide(seed: int) -> onnx.ModelProto:
     """x[N,64] @ W[64,64] (16 KB of weights: over the external-data threshold)."""
     w = np.random.default_rng(seed).standard_normal((64, 64)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "wide", [helper.make_tensor_value_info("x", 1, ["N", 64])], [helper.make_tensor_value_info("y", 1, ["N", 64])], [numpy_helper.from_array(w, "W")])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", 1, ["N", 64])],
+        [helper.make_tensor_value_info("y", 1, ["N", 64])],
+        [numpy_helper.from_array(w, "W")],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -212,7 +218,13 @@ def _typed_mlp() -> onnx.ModelProto:
     """x[N,64] @ W[64,64] with W held in ``float_data`` (as PaddlePaddle's exporter writes it)."""
     w = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
     t = helper.make_tensor("W", onnx.TensorProto.FLOAT, [64, 64], w.reshape(-1).tolist(), raw=False)
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "typed", [helper.make_tensor_value_info("x", 1, ["N", 64])], [helper.make_tensor_value_info("y", 1, ["N", 64])], [t])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "typed",
+        [helper.make_tensor_value_info("x", 1, ["N", 64])],
+        [helper.make_tensor_value_info("y", 1, ["N", 64])],
+        [t],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 

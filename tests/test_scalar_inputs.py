@@ -95,7 +95,11 @@ def test_a_data_file_with_a_batch_less_input_is_one_feed(tmp_path):
     from onnx import TensorProto, helper
 
     g = helper.make_graph(
-        [helper.make_node("ReduceSum", ["state"], ["s"], keepdims=0, axes=[0, 2]), helper.make_node("ReduceSum", ["x"], ["t"], keepdims=0, axes=[1]), helper.make_node("Add", ["s", "t"], ["y"])],
+        [
+            helper.make_node("ReduceSum", ["state"], ["s"], keepdims=0, axes=[0, 2]),
+            helper.make_node("ReduceSum", ["x"], ["t"], keepdims=0, axes=[1]),
+            helper.make_node("Add", ["s", "t"], ["y"]),
+        ],
         "stateful",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]), helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])],

@@ -45,7 +45,13 @@ def tiny_cnn(seed: int = 0, classes: int = 5) -> onnx.ModelProto:
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
     ]
-    g = helper.make_graph(nodes, "tiny_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    g = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=OPSET, producer_name="onnxopt-tests")
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
@@ -79,7 +85,13 @@ def messy_mlp(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Add", ["h3", "b_keep"], ["h4"], name="add2"),
         helper.make_node("Add", ["h4", "b_dup"], ["y"], name="add3"),
     ]
-    g = helper.make_graph(nodes, "messy_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    g = helper.make_graph(
+        nodes,
+        "messy_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=OPSET, producer_name="onnxopt-tests")
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)

@@ -170,5 +170,10 @@ def _accuracies(got: np.ndarray, labels: np.ndarray, fit, num_classes: int, ext)
     if ext.reference_predictions is not None:
         idx = fit.hold_idx if len(fit.hold_idx) else fit.train_idx
         ev = _accuracy(ext.reference_predictions[idx], labels[idx], ext.reference_classes)
-        original = {"split": "holdout" if len(fit.hold_idx) else "train", "classes": ext.reference_classes, "same_label_space": ext.reference_classes == num_classes, **ev.to_dict()}
+        original = {
+            "split": "holdout" if len(fit.hold_idx) else "train",
+            "classes": ext.reference_classes,
+            "same_label_space": ext.reference_classes == num_classes,
+            **ev.to_dict(),
+        }
     return {"train": train_acc.accuracy, "holdout": hold_acc.accuracy if hold_acc else None, "original": original}

@@ -171,7 +171,9 @@ def find_head(model: onnx.ModelProto) -> HeadMatch:
     products = [i for i in sorted(ancestors, reverse=True) if (_domain(graph.node[i]), graph.node[i].op_type) in _PRODUCTS]
     if not products:
         ops = sorted({graph.node[i].op_type for i in ancestors})
-        raise UnsupportedError(f"no Gemm/MatMul head produces output '{out}' (its ancestors use {', '.join(ops) or 'no ops'}); pass --features NAME to choose the feature tensor")
+        raise UnsupportedError(
+            f"no Gemm/MatMul head produces output '{out}' (its ancestors use {', '.join(ops) or 'no ops'}); pass --features NAME to choose the feature tensor"
+        )
     node = graph.node[products[0]]
     act, weight = _PRODUCTS[(_domain(node), node.op_type)]
     label = f"{node.op_type} '{node.name or node.output[0]}'"

@@ -107,7 +107,9 @@ def probe(reference_session, dataset, feature: str, *, batch_size: int = 8) -> n
     return np.asarray(next(iter(run_batches(reference_session, [feed], [feature])))[0])
 
 
-def extract(reference_session, extractor: onnx.ModelProto, dataset, *, feature: str, pooled: str, provider: str = "cpu", batch_size: int = DEFAULT_BATCH) -> Extraction:
+def extract(
+    reference_session, extractor: onnx.ModelProto, dataset, *, feature: str, pooled: str, provider: str = "cpu", batch_size: int = DEFAULT_BATCH
+) -> Extraction:
     """Run both models over ``dataset`` batch by batch (see the module docstring).
 
     ``reference_session``: a session of the input model that also outputs ``feature``.
@@ -139,6 +141,10 @@ def extract(reference_session, extractor: onnx.ModelProto, dataset, *, feature: 
     if not feats:
         raise VerificationError("DATA yielded no batches")
     if not agreement.ok:
-        why = agreement.shape_mismatch and f"shape {agreement.shape_mismatch}" or ("NaN/Inf pattern differs" if agreement.nan_mismatch else f"max abs {agreement.max_abs:.3g}, relative L2 {agreement.rel_l2:.3g}")
+        why = (
+            agreement.shape_mismatch
+            and f"shape {agreement.shape_mismatch}"
+            or ("NaN/Inf pattern differs" if agreement.nan_mismatch else f"max abs {agreement.max_abs:.3g}, relative L2 {agreement.rel_l2:.3g}")
+        )
         raise VerificationError(f"the cut model does not reproduce feature tensor '{feature}' ({why})")
     return Extraction(np.concatenate(feats), np.concatenate(preds) if usable_preds and preds else None, classes, agreement)

@@ -113,7 +113,10 @@ def oversubscription_warning(threads: int | None, concurrency: int, provider: st
     eff = effective_threads(threads, provider)
     cores = machine_cores()
     if eff * concurrency > cores:
-        return f"{eff} intra-op thread(s) x {concurrency} concurrent worker(s) = {eff * concurrency} > {cores} usable cores: the throughput workers compete for cores (the latency phase runs one request at a time)"
+        return (
+            f"{eff} intra-op thread(s) x {concurrency} concurrent worker(s) = {eff * concurrency} > {cores} usable cores: "
+            "the throughput workers compete for cores (the latency phase runs one request at a time)"
+        )
     return None
 
 
@@ -122,7 +125,10 @@ def busy_warning() -> str | None:
     load = load_average()
     cores = machine_cores()
     if load and load[0] >= 0.5 * cores:
-        return f"machine busy before the run: load average {load[0]} on {cores} usable cores; expect long tails and wider confidence intervals (--threads 1 suffers least from shared cores)"
+        return (
+            f"machine busy before the run: load average {load[0]} on {cores} usable cores; expect long tails and wider "
+            "confidence intervals (--threads 1 suffers least from shared cores)"
+        )
     return None
 
 

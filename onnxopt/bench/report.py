@@ -267,7 +267,9 @@ def _header_lines(report: dict) -> list[str]:
     load = env.get("load_average_before") or env.get("load_average")
     prov = env.get("ort_providers") or [report.get("provider")]
     lines = [
-        f"{env.get('cpu', '?')}" + (f" ({env['cpu_isa']})" if env.get("cpu_isa") else "") + f" · {env.get('cores_usable', '?')} usable cores · load {load[0] if load else '?'} · onnxruntime {env.get('onnxruntime', '?')} · {prov[0]}"
+        f"{env.get('cpu', '?')}"
+        + (f" ({env['cpu_isa']})" if env.get("cpu_isa") else "")
+        + f" · {env.get('cores_usable', '?')} usable cores · load {load[0] if load else '?'} · onnxruntime {env.get('onnxruntime', '?')} · {prov[0]}"
         + (f" · GPU {env['gpu']['name']}" if env.get("gpu") else ""),
         f"intra-op threads {thr} · concurrency {env.get('concurrency', 1)} · I/O binding {'on' if env.get('io_binding') else 'off'} · "
         + (f"{s.get('runs')} runs" if s.get("runs") else "")

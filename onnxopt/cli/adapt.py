@@ -23,11 +23,29 @@ def _pct(v) -> str:
 @output_option()
 @click.option("--data", required=True, type=click.Path(), help="Labelled DATA (.npz or folder of .npz) with a 'labels' array: the new task.")
 @click.option("--features", default=None, metavar="TENSOR", help="Cut at this tensor (default: the input of the last Gemm/MatMul before the output).")
-@click.option("--pool", type=click.Choice(["mean", "max", "flatten"]), default="mean", show_default=True, help="How spatial features [N,C,...] become [N,C]: GlobalAveragePool, GlobalMaxPool, or Flatten only.")
-@click.option("--head", type=click.Choice(["logistic", "linear"]), default="logistic", show_default=True, help="Multinomial logistic regression, or closed-form ridge on one-hot targets.")
+@click.option(
+    "--pool",
+    type=click.Choice(["mean", "max", "flatten"]),
+    default="mean",
+    show_default=True,
+    help="How spatial features [N,C,...] become [N,C]: GlobalAveragePool, GlobalMaxPool, or Flatten only.",
+)
+@click.option(
+    "--head",
+    type=click.Choice(["logistic", "linear"]),
+    default="logistic",
+    show_default=True,
+    help="Multinomial logistic regression, or closed-form ridge on one-hot targets.",
+)
 @click.option("--classes", type=click.IntRange(min=1), default=None, help="Number of classes K (labels in [0, K)); default max(label)+1.")
 @click.option("--l2", type=float, default=None, help="L2 penalty; default chosen by stratified k-fold cross-validation on the training split.")
-@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True, help="Fraction of each class kept out of the fit to measure accuracy (0: fit on all).")
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Fraction of each class kept out of the fit to measure accuracy (0: fit on all).",
+)
 @click.option("--no-standardize", is_flag=True, help="Fit on raw features (default: standardized, folded into the head's weights).")
 @click.option("--class-names", type=ClassNames(), default=None, help="Class names stored in the model's metadata (comma-separated or @FILE).")
 @click.option("--softmax/--no-softmax", "softmax", default=None, help="End the head with Softmax (default: as the input model's head did).")
@@ -37,7 +55,26 @@ def _pct(v) -> str:
 @provider_option
 @json_option
 @report_option
-def command(model, output, data, features, pool, head, classes, l2, holdout, no_standardize, class_names, softmax, eval_data, seed, batch_size, provider, as_json, report_path):
+def command(
+    model,
+    output,
+    data,
+    features,
+    pool,
+    head,
+    classes,
+    l2,
+    holdout,
+    no_standardize,
+    class_names,
+    softmax,
+    eval_data,
+    seed,
+    batch_size,
+    provider,
+    as_json,
+    report_path,
+):
     """Transfer learning: keep MODEL's feature extractor, fit a new classification head on
     DATA's labels (numpy, no training framework), and write one deployable model.  The cut
     is checked to reproduce MODEL's feature tensor and the new head to match the numpy fit.
@@ -78,7 +115,11 @@ def _render(rep: dict) -> None:
     src = f"{hd['cv']['folds']}-fold CV" if hd["cv"] else "given"
     solver = hd["solver"].get("solver")
     its = hd["solver"].get("iterations")
-    click.echo(f"head: {hd['kind']}, {hd['classes']} classes, l2 {hd['l2']:g} ({src}), {'standardized' if hd['standardize'] else 'raw features'}, {solver}{f' {its} iterations' if its is not None else ''}{', softmax' if hd['softmax'] else ''}")
+    click.echo(
+        f"head: {hd['kind']}, {hd['classes']} classes, l2 {hd['l2']:g} ({src}), "
+        f"{'standardized' if hd['standardize'] else 'raw features'}, "
+        f"{solver}{f' {its} iterations' if its is not None else ''}{', softmax' if hd['softmax'] else ''}"
+    )
     if hd["cv"]:
         rows = [[f"{s['l2']:g}" + (" *" if s["l2"] == hd["l2"] else ""), f"{s['accuracy']:.2f}", f"{s['loss']:.4f}"] for s in hd["cv"]["scores"]]
         click.echo(table(["l2", "cv accuracy %", "cv loss"], rows))
@@ -104,6 +145,8 @@ def _render(rep: dict) -> None:
     ver = rep["verification"]
     f, h = ver["features"], ver["head"]["outputs"][0]
     same = "bit for bit" if f["bitwise_equal"] else f"max abs {f['max_abs']:.2e}"
-    click.echo(f"verified: cut reproduces '{f['tensor']}' {same} on {f['samples']} samples; head matches numpy (max abs {h['max_abs']:.2e}); checker + onnxruntime ok")
+    click.echo(
+        f"verified: cut reproduces '{f['tensor']}' {same} on {f['samples']} samples; head matches numpy (max abs {h['max_abs']:.2e}); checker + onnxruntime ok"
+    )
     for note in rep["notes"]:
         click.echo(f"note: {note}")

@@ -23,7 +23,13 @@ __all__ = ["command"]
 @click.command("chain")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @output_option()
-@click.option("--map", "pairs", type=NameMap(), multiple=True, help="Connect an output of one stage to an input of the next, OUT_NAME:IN_NAME (repeatable; default: by name).")
+@click.option(
+    "--map",
+    "pairs",
+    type=NameMap(),
+    multiple=True,
+    help="Connect an output of one stage to an input of the next, OUT_NAME:IN_NAME (repeatable; default: by name).",
+)
 @data_option(help="DATA for the parity check (inputs of the first stage); default: synthesized inputs.")
 @shape_option
 @provider_option

@@ -11,7 +11,9 @@ __all__ = ["command"]
 
 @click.command("demo")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None, help="Folder of the bundled models (default: the repo's models/).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="onnxopt-demo", show_default=True, help="Where the demo writes its models and reports.")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), default="onnxopt-demo", show_default=True, help="Where the demo writes its models and reports."
+)
 @click.option("--quick", is_flag=True, help="Fewer timing runs (for CI smoke tests).")
 def command(models_dir, out_dir, quick):
     """Inspect, simplify, verify, quantize, prune, ensemble, adapt, optimize and bench the

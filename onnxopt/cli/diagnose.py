@@ -25,7 +25,12 @@ def _node(t: dict) -> str:
 
 def _render_layerwise(lw: dict, top: int) -> list[str]:
     m = lw["matching"]
-    lines = [f"matched {m['matched']} tensor(s) ({', '.join(f'{k} {v}' for k, v in sorted(m['by'].items()))}) in {lw['slices']} slice(s); {lw['samples']} sample(s) of {lw['data']}"]
+    lines = [
+        (
+            f"matched {m['matched']} tensor(s) ({', '.join(f'{k} {v}' for k, v in sorted(m['by'].items()))}) in "
+            f"{lw['slices']} slice(s); {lw['samples']} sample(s) of {lw['data']}"
+        )
+    ]
     for side, key in (("reference", "unmatched_reference"), ("candidate", "unmatched_candidate")):
         n = m[f"{key}_count"]
         if n:
@@ -35,9 +40,19 @@ def _render_layerwise(lw: dict, top: int) -> list[str]:
     if first is None:
         lines.append(f"no tensor diverges: every matched tensor is within the exact rule (relative L2 <= {fmt(lw['threshold'])})")
         return lines
-    lines.append(f"first diverging node: {_node(first)}, tensor '{first['ref']}': relative L2 {fmt(first['rel_l2'])} while its inputs are within {fmt(lw['threshold'])}" + (f" ({first['note']})" if first["note"] else ""))
-    rows = [[t["node"], t["op"], t["ref"], t["error_in"], t["rel_l2"], t["added"], t["max_abs"], t["cosine"], f"{t['nan_cand']}/{t['inf_cand']}"] for t in lw["top"][:top]]
-    lines += ["", f"top {len(rows)} node(s) by error added (relative L2 out minus in):", table(["node", "op", "tensor", "rel L2 in", "rel L2 out", "added", "max abs", "cosine", "NaN/Inf"], rows)]
+    lines.append(
+        f"first diverging node: {_node(first)}, tensor '{first['ref']}': relative L2 {fmt(first['rel_l2'])} while its inputs are within {fmt(lw['threshold'])}"
+        + (f" ({first['note']})" if first["note"] else "")
+    )
+    rows = [
+        [t["node"], t["op"], t["ref"], t["error_in"], t["rel_l2"], t["added"], t["max_abs"], t["cosine"], f"{t['nan_cand']}/{t['inf_cand']}"]
+        for t in lw["top"][:top]
+    ]
+    lines += [
+        "",
+        f"top {len(rows)} node(s) by error added (relative L2 out minus in):",
+        table(["node", "op", "tensor", "rel L2 in", "rel L2 out", "added", "max abs", "cosine", "NaN/Inf"], rows),
+    ]
     lines.append("every tensor in graph order: --json or --report FILE; the curve: --plot FILE")
     return lines
 
@@ -75,7 +90,11 @@ def _render_ort(o: dict) -> list[str]:
 def _render_profile(p: dict) -> list[str]:
     rows = [[r["op"], r["reference_kernels"], r["reference_ms"], r["candidate_kernels"], r["candidate_ms"], r["added_ms"]] for r in p["per_op"][:12]]
     ratio = p["ratio"]
-    lines = ["", f"kernel time per run: reference {fmt(p['reference']['total_ms'])} ms, candidate {fmt(p['candidate']['total_ms'])} ms" + (f" ({ratio:.2f}x)" if ratio else "")]
+    lines = [
+        "",
+        f"kernel time per run: reference {fmt(p['reference']['total_ms'])} ms, candidate {fmt(p['candidate']['total_ms'])} ms"
+        + (f" ({ratio:.2f}x)" if ratio else ""),
+    ]
     lines.append(table(["op", "ref kernels", "ref ms", "cand kernels", "cand ms", "added ms"], rows))
     lines += [f"why: {e}" for e in p["explanations"]] or ["why: no slowdown pattern found (Q/DQ, integer kernels, Casts, provider fallbacks)"]
     return lines
@@ -111,7 +130,12 @@ def render_diagnosis(rep: dict, top: int = 5) -> str:
 @click.option("--ort-optimizers", is_flag=True, help="Bisect ONNX Runtime's optimization levels and graph optimizers on REFERENCE.")
 @click.option("--fp16", is_flag=True, help="Find the first node whose FP16 conversion takes REFERENCE's outputs out (--threshold, default 1e-2).")
 @click.option("--profile", is_flag=True, help="Also profile both models with ONNX Runtime's profiler and explain the time difference.")
-@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None, help="Relative L2 past which a tensor diverges (default 1e-4, the exact-transform rule; 1e-2 with --fp16).")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Relative L2 past which a tensor diverges (default 1e-4, the exact-transform rule; 1e-2 with --fp16).",
+)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Nodes listed by error added.")
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="Samples of DATA compared.")
 @click.option(
@@ -123,7 +147,9 @@ def render_diagnosis(rep: dict, top: int = 5) -> str:
 @provider_option
 @json_option
 @report_option
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Draw the error per node (log scale) and the op-time diff to this PNG/SVG/PDF.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Draw the error per node (log scale) and the op-time diff to this PNG/SVG/PDF."
+)
 def command(reference, candidate, data, shapes, recipe, ort_optimizers, fp16, profile, threshold, top, limit, metric, provider, as_json, report_path,
             plot_path):
     """Explain a difference between models.  With REFERENCE and CANDIDATE: match their

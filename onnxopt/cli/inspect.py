@@ -40,7 +40,10 @@ def render_inspect(r: dict) -> str:
     lines.append("ops: " + (", ".join(f"{k} {v}" for k, v in r["ops"].items()) or "none"))
     par = r["parameters"]
     constants = r["ops"].get("Constant", 0)
-    lines.append(f"parameters: {par['total']:,} ({human_bytes(par['bytes'])}) in {r['initializers']} initializers" + (f" and {constants} Constant nodes" if constants else ""))
+    lines.append(
+        f"parameters: {par['total']:,} ({human_bytes(par['bytes'])}) in {r['initializers']} initializers"
+        + (f" and {constants} Constant nodes" if constants else "")
+    )
     if par["per_dtype"]:
         rows = [[dt, e["params"], human_bytes(e["bytes"])] for dt, e in par["per_dtype"].items()]
         lines.append(table(["dtype", "params", "bytes"], rows))

@@ -6,7 +6,18 @@ import click
 
 from .types import ShapeSpec
 
-__all__ = ["output_option", "data_option", "calibration_option", "shape_option", "fix_shapes_option", "provider_option", "budget_options", "report_option", "shapes_dict", "json_option"]
+__all__ = [
+    "output_option",
+    "data_option",
+    "calibration_option",
+    "shape_option",
+    "fix_shapes_option",
+    "provider_option",
+    "budget_options",
+    "report_option",
+    "shapes_dict",
+    "json_option",
+]
 
 
 def _stack(*decorators):
@@ -35,10 +46,15 @@ fix_shapes_option = click.option(
     "fix_shapes",
     type=ShapeSpec(),
     multiple=True,
-    help="Make input NAME static with dims D1,D2,... (repeatable). Without it, dynamic input/output dims stay dynamic and a step that fixes one fails verification.",
+    help=(
+        "Make input NAME static with dims D1,D2,... (repeatable). Without it, dynamic input/output dims stay dynamic "
+        "and a step that fixes one fails verification."
+    ),
 )
 
-provider_option = click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True, help="ONNX Runtime execution provider.")
+provider_option = click.option(
+    "--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True, help="ONNX Runtime execution provider."
+)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 
@@ -49,7 +65,12 @@ def budget_options(f):
     return _stack(
         click.option("--eval", "eval_data", type=click.Path(), default=None, help="Evaluation DATA (with 'labels' for top1)."),
         click.option("--max-accuracy-drop", type=float, default=None, help="Allowed loss in points of --metric against the input model."),
-        click.option("--metric", type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]), default=None, help="Accuracy metric (default: top1 with labels, agreement for [N,C] scores, else cosine)."),
+        click.option(
+            "--metric",
+            type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
+            default=None,
+            help="Accuracy metric (default: top1 with labels, agreement for [N,C] scores, else cosine).",
+        ),
     )(f)
 
 

@@ -42,4 +42,7 @@ def command(as_json):
     click.echo("")
     rows = [[r["name"], r["target"] or "-", " > ".join(r["steps"]), r["description"]] for r in info["recipes"]]
     click.echo(table(["recipe", "target", "steps", "description"], rows) if rows else "no bundled recipes")
-    click.echo(f"\nrecipes in {info['recipes_dir']}; run one with: onnxopt run NAME MODEL -o OUT (optimize --recipe / ensemble --recipe use their [optimize] / [ensemble] tables)")
+    click.echo(
+        f"\nrecipes in {info['recipes_dir']}; run one with: onnxopt run NAME MODEL -o OUT (optimize --recipe / ensemble "
+        "--recipe use their [optimize] / [ensemble] tables)"
+    )

@@ -38,7 +38,18 @@ def render_steps(report: dict) -> str:
     rows = []
     for i, s in enumerate(report.get("steps", []), 1):
         worst, metric = _verification_cells(s)
-        rows.append([i, s["name"], "yes" if s["modified"] else "no", s["before"].get("nodes"), s["after"].get("nodes"), worst, metric, round(float(s.get("seconds", 0.0)), 2)])
+        rows.append(
+            [
+                i,
+                s["name"],
+                "yes" if s["modified"] else "no",
+                s["before"].get("nodes"),
+                s["after"].get("nodes"),
+                worst,
+                metric,
+                round(float(s.get("seconds", 0.0)), 2),
+            ]
+        )
     return table(["#", "pass", "modified", "nodes before", "nodes after", "worst rel-L2", "metric", "s"], rows)
 
 
@@ -65,7 +76,17 @@ def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, me
     from ..core.runner import run
 
     check_outputs(output, [model], report_path)
-    result = run(recipe, model, calibration=calibration, eval_data=eval_data, shapes=shapes_dict(shapes), provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric, fix_shapes=shapes_dict(fix_shapes))
+    result = run(
+        recipe,
+        model,
+        calibration=calibration,
+        eval_data=eval_data,
+        shapes=shapes_dict(shapes),
+        provider=provider,
+        max_accuracy_drop=max_accuracy_drop,
+        metric=metric,
+        fix_shapes=shapes_dict(fix_shapes),
+    )
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json, external_data=external_data):
         return
     rep = result.report
@@ -73,7 +94,10 @@ def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, me
     click.echo(render_steps(rep))
     before, after = rep.get("before", {}), rep.get("after", {})
     if before:
-        click.echo(f"model: nodes {before['nodes']} -> {after['nodes']}, params {before['params']:,} -> {after['params']:,}, weights {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}")
+        click.echo(
+            f"model: nodes {before['nodes']} -> {after['nodes']}, params {before['params']:,} -> {after['params']:,}, "
+            f"weights {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}"
+        )
     for i, s in enumerate(rep["steps"], 1):
         for note in s.get("notes", []):
             click.echo(f"note: step {i} '{s['name']}': {note}")

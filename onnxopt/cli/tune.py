@@ -26,7 +26,10 @@ def render_tune(report: dict) -> str:
     for r in report["rows"]:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x [{r['ci95'][0]:.2f},{r['ci95'][1]:.2f}]"
         body.append([r["describe"], r["stage"], r["status"], ratio, "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}", r["reason"]])
-    head = f"provider {report['provider']}, {report['cores']} cores, branch width {report['branch_width']}, inputs {report['feed_shapes']}; defaults {report['default_latency_ms'] or 0:.3f} ms"
+    head = (
+        f"provider {report['provider']}, {report['cores']} cores, branch width {report['branch_width']}, inputs "
+        f"{report['feed_shapes']}; defaults {report['default_latency_ms'] or 0:.3f} ms"
+    )
     return "\n".join([head, table(["options", "stage", "status", "speed vs defaults [95% CI]", "latency ms", "reason"], body)])
 
 
@@ -37,7 +40,14 @@ def render_tune(report: dict) -> str:
 @data_option()
 @shape_option
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size of the timing feed (default: the model's, 1 when symbolic).")
-@click.option("--time-budget", "duration", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True, help="Seconds per timed stage (two stages and a confirmation run).")
+@click.option(
+    "--time-budget",
+    "duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Seconds per timed stage (two stages and a confirmation run).",
+)
 @click.option("--max-threads", type=click.IntRange(min=1), default=None, help="Most intra-op threads to try (default: the cores of this machine).")
 @click.option("--intra-op-threads", type=int, default=None, help="No search: carry these intra-op threads (1 .. cores), with the other given options.")
 @click.option("--inter-op-threads", type=int, default=None, help="No search: inter-op threads (1 .. cores; used by --execution-mode parallel).")
@@ -46,7 +56,23 @@ def render_tune(report: dict) -> str:
 @click.option("--spinning/--no-spinning", "spinning", default=None, help="No search: whether idle pool threads spin.")
 @report_option
 @json_option
-def command(model, output, provider, data, shapes, batch, duration, max_threads, intra_op_threads, inter_op_threads, execution_mode, optimization_level, spinning, report_path, as_json):
+def command(
+    model,
+    output,
+    provider,
+    data,
+    shapes,
+    batch,
+    duration,
+    max_threads,
+    intra_op_threads,
+    inter_op_threads,
+    execution_mode,
+    optimization_level,
+    spinning,
+    report_path,
+    as_json,
+):
     """Search ONNX Runtime session options for MODEL on this machine (intra-op threads,
     parallel execution of independent branches, optimization level, spinning), each timed
     interleaved against the defaults with its outputs checked unchanged, and write MODEL with
@@ -64,10 +90,18 @@ def command(model, output, provider, data, shapes, batch, duration, max_threads,
     check_outputs(output, [model], report_path)
     given = {
         k: v
-        for k, v in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads), ("execution_mode", execution_mode), ("optimization_level", optimization_level), ("allow_spinning", spinning))
+        for k, v in (
+            ("intra_op_threads", intra_op_threads),
+            ("inter_op_threads", inter_op_threads),
+            ("execution_mode", execution_mode),
+            ("optimization_level", optimization_level),
+            ("allow_spinning", spinning),
+        )
         if v is not None
     }
-    result = tune(model, provider=provider, data=data, shapes=shapes_dict(shapes), batch=batch, duration=duration, max_threads=max_threads, options=given or None)
+    result = tune(
+        model, provider=provider, data=data, shapes=shapes_dict(shapes), batch=batch, duration=duration, max_threads=max_threads, options=given or None
+    )
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
     rep = result.report

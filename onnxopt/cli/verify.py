@@ -16,7 +16,20 @@ def render_comparison(comp: dict) -> str:
     rows = []
     for o in comp["outputs"]:
         top1 = None if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f}%"
-        rows.append([o["name"], "x".join(map(str, o["shape"])) or "scalar", o["max_abs"], o["mean_abs"], o.get("median_abs"), o.get("p99_abs"), o["rel_l2"], o["cosine"], top1, "yes" if o["ok"] else "NO"])
+        rows.append(
+            [
+                o["name"],
+                "x".join(map(str, o["shape"])) or "scalar",
+                o["max_abs"],
+                o["mean_abs"],
+                o.get("median_abs"),
+                o.get("p99_abs"),
+                o["rel_l2"],
+                o["cosine"],
+                top1,
+                "yes" if o["ok"] else "NO",
+            ]
+        )
     text = table(["output", "shape", "max abs", "mean abs", "median abs", "p99 abs", "rel L2", "cosine", "top-1 agree", "ok"], rows)
     notes = [f"note: {o['name']}: {o['note']}" for o in comp["outputs"] if o.get("note")]
     return "\n".join([text, *notes])
@@ -28,7 +41,9 @@ def render_comparison(comp: dict) -> str:
 @data_option()
 @shape_option
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Absolute tolerance.")
-@click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True, help="Relative tolerance: each element must satisfy |b - a| <= atol + rtol * |a|.")
+@click.option(
+    "--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True, help="Relative tolerance: each element must satisfy |b - a| <= atol + rtol * |a|."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Compare on at most this many samples of DATA.")
 @provider_option
 @json_option
@@ -56,6 +71,10 @@ def command(model_a, model_b, data, shapes, atol, rtol, limit, provider, as_json
         from ..diagnose.hints import diagnose_hint
 
         bad = [o.name for o in comp.outputs if not o.ok] or [f"{o.name} at {c.source}" for c in comp.others for o in c.outputs if not o.ok]
-        raise VerificationError(f"{len(bad)} of {len(comp.outputs)} output(s) out of tolerance (atol {atol:g}, rtol {rtol:g}): {', '.join(bad)}" + diagnose_hint(model_a, model_b, data=data), model_b)
+        raise VerificationError(
+            f"{len(bad)} of {len(comp.outputs)} output(s) out of tolerance (atol {atol:g}, rtol {rtol:g}): {', '.join(bad)}"
+            + diagnose_hint(model_a, model_b, data=data),
+            model_b,
+        )
     if not as_json:
         click.echo("ok: all outputs within tolerance")

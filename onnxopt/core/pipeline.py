@@ -62,28 +62,34 @@ class StepVerifier:
         outputs = self.evaluator.outputs(model)
         if len(outputs) != len(self.names):
             raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
-        samples = len(outputs[0]) if outputs and outputs[0].ndim else 1
-        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=samples, source=self.dataset.describe())
+        comp = compare_outputs(
+            self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.describe()
+        )
         for o in comp.outputs:
             if o.note.startswith("shape"):
                 raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
         record = {"check": check.to_dict(), "comparison": comp.to_dict()}
         score = self.evaluator.score_outputs(outputs)
-        ref_score = self.evaluator.reference_score
-        record["metric"] = {"name": self.evaluator.metric, "reference": ref_score, "score": score, "drop": ref_score - score}
+        record["metric"] = {
+            "name": self.evaluator.metric,
+            "reference": self.evaluator.reference_score,
+            "score": score,
+            "drop": self.evaluator.reference_score - score,
+        }
         if exact:
             bad = comp.inexact()
             if bad:
                 worst = bad[0]
-                limit = f"limit {EXACT_REL_L2:g} for an exact transform"
-                raise VerificationError(f"{label}: output '{worst.name}' moved by {worst.rel_l2:.3g} relative L2 ({limit})")
+                raise VerificationError(
+                    f"{label}: output '{worst.name}' moved by {worst.rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)"
+                )
         elif self.ctx.budget is not None:
             drop = record["metric"]["drop"]
             if drop > self.ctx.budget.max_drop + 1e-9:
                 raise BudgetError(f"{label}: {self.evaluator.metric} dropped {drop:.2f} points (budget {self.ctx.budget.max_drop:g})")
-        ctx = self.ctx
-        at = {"provider": ctx.provider, "seed": ctx.seed, "cache": self.shape_cache}
-        others = verify_other_shapes(self.reference, model, self.dataset, exact=exact, label=label, **at)
+        others = verify_other_shapes(
+            self.reference, model, self.dataset, exact=exact, label=label, provider=self.ctx.provider, seed=self.ctx.seed, cache=self.shape_cache
+        )
         if others:
             record["other_shapes"] = others
         return record

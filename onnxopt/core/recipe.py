@@ -119,7 +119,14 @@ def load_recipe(name_or_path, *, validate: bool = True) -> Recipe:
     target = doc.get("target", "cpu")
     if target not in ("cpu", "cuda"):
         raise RecipeError(f"target must be 'cpu' or 'cuda', found {target!r}", path)
-    recipe = Recipe(str(doc.get("name", path.stem)), path, str(doc.get("description", "")), target, steps, {k: v for k, v in doc.items() if k not in ("name", "description", "target", "steps")})
+    recipe = Recipe(
+        str(doc.get("name", path.stem)),
+        path,
+        str(doc.get("description", "")),
+        target,
+        steps,
+        {k: v for k, v in doc.items() if k not in ("name", "description", "target", "steps")},
+    )
     if validate:
         recipe.build()  # validates every step and its parameters
     return recipe

@@ -29,6 +29,7 @@ PASSES: dict[str, str] = {
     "transformer-fusion": "onnxopt.quantize.transformer:TransformerFusionPass",
     "smooth-quant": "onnxopt.quantize.smooth:SmoothQuantPass",
     "equalize": "onnxopt.quantize.cle:EqualizePass",
+    "fp16": "onnxopt.optimize.fp16:Fp16Pass",
 }
 
 

@@ -15,7 +15,17 @@ from .recipe import load_recipe
 __all__ = ["run", "make_context"]
 
 
-def make_context(model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None, seed: int = 0) -> Context:
+def make_context(
+    model,
+    *,
+    calibration=None,
+    eval_data=None,
+    shapes=None,
+    provider: str = "cpu",
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    seed: int = 0,
+) -> Context:
     """A Context with DATA validated against ``model``."""
     from ..runtime import resolve_provider
 
@@ -26,7 +36,18 @@ def make_context(model, *, calibration=None, eval_data=None, shapes=None, provid
     return Context(data=cal, eval_data=ev, shapes=shapes, provider=provider, seed=seed, budget=budget)
 
 
-def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None, fix_shapes: dict | None = None) -> PipelineResult:
+def run(
+    recipe,
+    model,
+    *,
+    calibration=None,
+    eval_data=None,
+    shapes=None,
+    provider: str = "cpu",
+    max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    fix_shapes: dict | None = None,
+) -> PipelineResult:
     """Run a recipe (bundled name or TOML path) on a model (path or proto); ``fix_shapes``
     ({input: dims}) adds a first step making those inputs static."""
     rec = load_recipe(recipe)
@@ -49,7 +70,9 @@ def run(recipe, model, *, calibration=None, eval_data=None, shapes=None, provide
 
             check_fix_shapes(m, fixed, path)
             shapes = {**(shapes or {}), **fixed}
-        ctx = make_context(m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric)
+        ctx = make_context(
+            m, calibration=calibration, eval_data=eval_data, shapes=shapes, provider=provider, max_accuracy_drop=max_accuracy_drop, metric=metric
+        )
         ctx.fixed_shapes = fixed or None
         try:
             result = run_pipeline(m, passes, ctx, command=f"run {rec.name}", extra={"recipe": rec.name})

@@ -52,7 +52,13 @@ def foundation(dlog, mdir: Path, out: Path, names) -> dict:
         def verify_step(src=src, name=name):
             comp = onnxopt.verify(src, simplified[name], data=test)
             o = comp.outputs[0]
-            return {"model": src.name, "result": f"{'ok' if comp else 'MISMATCH'}: rel-L2 {o.rel_l2:.1e}, top-1 agreement {100 * (o.top1_agreement or 0):.1f}%, accuracy {accuracy(src, test):.2f}%"}
+            return {
+                "model": src.name,
+                "result": (
+                    f"{'ok' if comp else 'MISMATCH'}: rel-L2 {o.rel_l2:.1e}, top-1 agreement {100 * (o.top1_agreement or 0):.1f}%, "
+                    f"accuracy {accuracy(src, test):.2f}%"
+                ),
+            }
 
         dlog.step(f"inspect {name}", inspect_step)
         dlog.step(f"simplify {name}", simplify_step)
@@ -78,7 +84,10 @@ def quantize_step(dlog, mdir: Path, out: Path, runs: int) -> None:
             sp = c.get("speed") or {}
             rows.append(f"{c['label']:28s} {c['status']:10s} drop {c['drop'] if c['drop'] is not None else '-'}  speedup {sp.get('ratio', float('nan')):.2f}x")
         dlog.sections.append(("quantize digits_mlp (auto, budget 1 point top-1, batch 64)", "\n".join(rows)))
-        return {"model": src.name, "result": f"{res.report['chosen']}: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, {_size(src)} -> {_size(dst)}"}
+        return {
+            "model": src.name,
+            "result": f"{res.report['chosen']}: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, {_size(src)} -> {_size(dst)}",
+        }
 
     dlog.step("quantize digits_mlp", step)
 
@@ -91,12 +100,24 @@ def prune_step(dlog, mdir: Path, out: Path, runs: int) -> None:
     def blocks():
         res = onnxopt.prune(src, method="blocks", eval_data=test, max_accuracy_drop=1.0, timing_runs=runs)
         dst = res.save(out / "digits_resnet.blocks.onnx", guard=[src])
-        return {"model": src.name, "result": f"residual blocks trimmed within 1 point: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, params {res.report['before']['params']:,} -> {res.report['after']['params']:,}"}
+        return {
+            "model": src.name,
+            "result": (
+                f"residual blocks trimmed within 1 point: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, "
+                f"params {res.report['before']['params']:,} -> {res.report['after']['params']:,}"
+            ),
+        }
 
     def channels():
         res = onnxopt.prune(src, method="channels", ratio=0.3, calibration=calib, eval_data=test, timing_runs=runs)
         dst = res.save(out / "digits_resnet.channels.onnx", guard=[src])
-        return {"model": src.name, "result": f"30% channels + least-squares reconstruction: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, params {res.report['before']['params']:,} -> {res.report['after']['params']:,}"}
+        return {
+            "model": src.name,
+            "result": (
+                f"30% channels + least-squares reconstruction: accuracy {accuracy(src, test):.2f}% -> "
+                f"{accuracy(dst, test):.2f}%, params {res.report['before']['params']:,} -> {res.report['after']['params']:,}"
+            ),
+        }
 
     dlog.step("prune blocks digits_resnet", blocks)
     dlog.step("prune channels digits_resnet", channels)
@@ -140,7 +161,10 @@ def adapt_step(dlog, mdir: Path, out: Path) -> None:
         res = onnxopt.adapt(src, calib, eval_data=test)
         res.save(out / "digits_cnn04.adapted.onnx", guard=[src])
         ev = res.report["evaluation"]
-        return {"model": src.name, "result": f"0-4 model adapted to 10 digits: accuracy on all ten {ev['original']['accuracy']:.2f}% -> {ev['adapted']['accuracy']:.2f}%"}
+        return {
+            "model": src.name,
+            "result": f"0-4 model adapted to 10 digits: accuracy on all ten {ev['original']['accuracy']:.2f}% -> {ev['adapted']['accuracy']:.2f}%",
+        }
 
     dlog.step("adapt digits_cnn04", step)
 
@@ -162,7 +186,12 @@ def optimize_step(dlog, mdir: Path, out: Path, names, runs: int) -> dict:
             dst = res.save(out / f"{name}.opt.onnx", guard=[src])
             written[name] = dst
             dlog.sections.append((f"optimize {name} (cpu, budget 1 point top-1)", render_decision_table(res.report)))
-            return {"model": src.name, "result": f"chose {res.report['decision']['chosen']}: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, {_size(src)} -> {_size(dst)}"}
+            return {
+                "model": src.name,
+                "result": (
+                    f"chose {res.report['decision']['chosen']}: accuracy {accuracy(src, test):.2f}% -> {accuracy(dst, test):.2f}%, {_size(src)} -> {_size(dst)}"
+                ),
+            }
 
         dlog.step(f"optimize {name}", step)
     return written
@@ -176,7 +205,9 @@ def bench_step(dlog, mdir: Path, names, optimized: dict, runs: int) -> None:
         for n in names:
             if n not in optimized:
                 continue
-            res = onnxopt.bench([mdir / f"{n}.onnx", optimized[n]], data=mdir / "digits_test.npz", runs=runs, names=[n, f"{n}.opt"], batches=[32], throughput=False, threads=1)
+            res = onnxopt.bench(
+                [mdir / f"{n}.onnx", optimized[n]], data=mdir / "digits_test.npz", runs=runs, names=[n, f"{n}.opt"], batches=[32], throughput=False, threads=1
+            )
             texts.append(res.render("table"))
             ratios.append(f"{n} {res.report['results'][1]['speedup']['ratio']:.2f}x" if _has_speedup(res.report) else n)
         dlog.sections.append(("bench: each input vs its optimized variant (batch 32, interleaved)", "\n\n".join(texts)))

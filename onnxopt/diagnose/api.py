@@ -112,7 +112,9 @@ def _layerwise(ref, cand, ds, ds_b, cfg, pb=None):
 
     with blame(pb):
         matching = match_tensors(ref, cand)
-    lw = LayerwiseConfig(cfg.threshold if cfg.threshold is not None else EXACT_REL_L2, cfg.top, cfg.limit, None, cfg.slice_tensors, cfg.slice_bytes, cfg.provider)
+    lw = LayerwiseConfig(
+        cfg.threshold if cfg.threshold is not None else EXACT_REL_L2, cfg.top, cfg.limit, None, cfg.slice_tensors, cfg.slice_bytes, cfg.provider
+    )
     return compare_layers(ref, cand, ds, ds_b, matching, lw)
 
 
@@ -206,7 +208,9 @@ def _recipe(model, recipe, data, shapes, cfg, path) -> Diagnosis:
     return out
 
 
-def diagnose(reference, candidate=None, data=None, *, shapes=None, recipe=None, ort_optimizers: bool = False, fp16: bool = False, config: DiagnoseConfig | None = None) -> Diagnosis:
+def diagnose(
+    reference, candidate=None, data=None, *, shapes=None, recipe=None, ort_optimizers: bool = False, fp16: bool = False, config: DiagnoseConfig | None = None
+) -> Diagnosis:
     """Diagnose a model pair, a recipe run, ONNX Runtime's optimizers or an FP16 conversion
     (see the module docstring).  ``reference``/``candidate``: paths or protos; ``data``:
     DATA (.npz, folder, or a Dataset) or None for synthesized inputs (``shapes``)."""

@@ -138,7 +138,9 @@ def bisect_steps(model: onnx.ModelProto, passes: list, ctx, ds, *, limit: int | 
         current, prev = res.model, outs
     if worst is not None and worst[0].rel_l2 > 0:
         c = worst[0]
-        return StepBisect(checks, c, f"no step broke its promise; lossy step {c.index} '{c.key}' moved the outputs most ({c.rel_l2:.3g} relative L2)", worst[1], worst[2])
+        return StepBisect(
+            checks, c, f"no step broke its promise; lossy step {c.index} '{c.key}' moved the outputs most ({c.rel_l2:.3g} relative L2)", worst[1], worst[2]
+        )
     return StepBisect(checks, None, "every step kept its promise")
 
 
@@ -180,14 +182,23 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_
         return bool(leaves(comp, rel_l2))
 
     if bad(-1):
-        return OrtBisect(levels, culprit_level, None, False, f"level '{culprit_level}' ({why}); the change comes from an optimizer outside onnxopt's list for onnxruntime {ort.__version__}", ort.__version__)
+        return OrtBisect(
+            levels,
+            culprit_level,
+            None,
+            False,
+            f"level '{culprit_level}' ({why}); the change comes from an optimizer outside onnxopt's list for onnxruntime {ort.__version__}",
+            ort.__version__,
+        )
     i = bisect_first(len(ORT_OPTIMIZERS), bad)
     name = ORT_OPTIMIZERS[i] if i is not None else None
     confirmed = False
     if name is not None:
         comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=culprit_level, disabled_optimizers=[name]))
         confirmed = not leaves(comp, rel_l2)
-    reason = f"level '{culprit_level}' ({why}); first optimizer that breaks it: {name}" + ("" if confirmed else " (disabling it alone does not restore the outputs: more than one optimizer is involved)")
+    reason = f"level '{culprit_level}' ({why}); first optimizer that breaks it: {name}" + (
+        "" if confirmed else " (disabling it alone does not restore the outputs: more than one optimizer is involved)"
+    )
     return OrtBisect(levels, culprit_level, name, confirmed, reason, ort.__version__)
 
 
@@ -244,5 +255,7 @@ def bisect_fp16(model: onnx.ModelProto, ds, *, limit_rel_l2: float = 1e-2, provi
     res.node, res.op, res.index = node.name, node.op_type, i
     m, _ = convert_to_fp16(model, keep_fp32={node.name})
     res.confirmed = not leaves(compare_outputs(names, ref, _outputs(m, ds, provider, limit)), limit_rel_l2)
-    res.reason = f"converting node '{node.name}' ({node.op_type}) to FP16 takes the outputs out ({full})" + ("; keeping it in FP32 fixes the model" if res.confirmed else "; keeping only it in FP32 is not enough")
+    res.reason = f"converting node '{node.name}' ({node.op_type}) to FP16 takes the outputs out ({full})" + (
+        "; keeping it in FP32 fixes the model" if res.confirmed else "; keeping only it in FP32 is not enough"
+    )
     return res

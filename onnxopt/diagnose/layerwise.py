@@ -134,7 +134,22 @@ class _Acc:
             rel = math.sqrt(self.sq_diff) / math.sqrt(self.sq_ref)
         else:
             rel = 0.0 if self.max_abs == 0 else math.inf
-        t = TensorError(pair.ref, pair.cand, pair.how, pair.node, pair.op, self.shape, rel, self.max_abs, self.cos_sum / max(self.rows, 1), self.nan_ref, self.nan_cand, self.inf_ref, self.inf_cand, note=self.note)
+        t = TensorError(
+            pair.ref,
+            pair.cand,
+            pair.how,
+            pair.node,
+            pair.op,
+            self.shape,
+            rel,
+            self.max_abs,
+            self.cos_sum / max(self.rows, 1),
+            self.nan_ref,
+            self.nan_cand,
+            self.inf_ref,
+            self.inf_cand,
+            note=self.note,
+        )
         if (t.nan_ref, t.inf_ref) != (t.nan_cand, t.inf_cand) and not t.note:
             t.note = "NaN/Inf count differs"
         return t
@@ -210,7 +225,9 @@ def _compare_slice(ref, cand, ds_ref, ds_cand, pairs: list[TensorPair], cfg: Lay
     return [acc.result(p) for acc, p in zip(accs, pairs, strict=True)]
 
 
-def attribute(tensors: list[TensorError], pairs: list[TensorPair], ref_graph: onnx.GraphProto, threshold: float, top: int) -> tuple[TensorError | None, list[TensorError]]:
+def attribute(
+    tensors: list[TensorError], pairs: list[TensorPair], ref_graph: onnx.GraphProto, threshold: float, top: int
+) -> tuple[TensorError | None, list[TensorError]]:
     """Fill each tensor's input error, error added and divergence; return the first
     diverging tensor and the ``top`` tensors by error added."""
     by_ref = {t.ref: t for t in tensors}

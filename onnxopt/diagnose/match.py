@@ -302,5 +302,7 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
                 unmatched.append(o)
     cg = cand.graph
     q_internal = {o for n in cg.node if n.op_type in _QDQ for o in n.output}
-    unmatched_cand = [o for n in cg.node for o in n.output if o and o not in st.claimed and o not in q_internal and o not in st.cand_const and _is_float(o, st.cand_types)]
+    unmatched_cand = [
+        o for n in cg.node for o in n.output if o and o not in st.claimed and o not in q_internal and o not in st.cand_const and _is_float(o, st.cand_types)
+    ]
     return Matching(pairs, unmatched, unmatched_cand)

@@ -127,7 +127,11 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
     qdq = sum(cand.per_op.get(k, 0.0) for k in ("QuantizeLinear", "DequantizeLinear"))
     n_qdq = sum(cand.count_op.get(k, 0) for k in ("QuantizeLinear", "DequantizeLinear"))
     if n_qdq:
-        out.append(f"{n_qdq} QuantizeLinear/DequantizeLinear kernel(s) ran on their own ({share(qdq)}): these Q/DQ pairs were not fused into QLinear* kernels (an op without an INT8 kernel, or a Q/DQ pair around a float op); leave those nodes in float (--exclude-nodes) or quantize their neighbours too")
+        out.append(
+            f"{n_qdq} QuantizeLinear/DequantizeLinear kernel(s) ran on their own ({share(qdq)}): these Q/DQ pairs were not "
+            "fused into QLinear* kernels (an op without an INT8 kernel, or a Q/DQ pair around a float op); leave those "
+            "nodes in float (--exclude-nodes) or quantize their neighbours too"
+        )
     for op, fp in (("ConvInteger", "Conv"), ("MatMulInteger", "MatMul")):
         us = cand.per_op.get(op, 0.0)
         if not us:
@@ -139,21 +143,33 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
         if not isa.get("vnni") and not isa.get("arm_dotprod"):
             out.append(f"no VNNI: dynamic INT8 {fp} runs as {op} ({share(us)}{vs}), slower than FP32 here; {fix}")
         elif slower:
-            out.append(f"dynamic INT8 {fp} runs as {op} ({share(us)}{vs}): {us / ref_us:.1f}x the FP32 {fp} time even with VNNI on this CPU (ONNX Runtime's {op} kernel is not its optimized path); {fix}")
+            out.append(
+                f"dynamic INT8 {fp} runs as {op} ({share(us)}{vs}): {us / ref_us:.1f}x the FP32 {fp} time even with VNNI on "
+                f"this CPU (ONNX Runtime's {op} kernel is not its optimized path); {fix}"
+            )
         else:
             out.append(f"{op} kernels took {share(us)}{vs}")
     dq = cand.per_op.get("DynamicQuantizeLinear", 0.0)
     if dq:
-        out.append(f"{cand.count_op.get('DynamicQuantizeLinear', 0)} DynamicQuantizeLinear kernel(s) quantize activations at run time ({share(dq)}); static quantization with --calibration removes them")
+        out.append(
+            f"{cand.count_op.get('DynamicQuantizeLinear', 0)} DynamicQuantizeLinear kernel(s) quantize activations at run "
+            f"time ({share(dq)}); static quantization with --calibration removes them"
+        )
     extra_casts = cand.count_op.get("Cast", 0) - ref.count_op.get("Cast", 0)
     if extra_casts > 0:
-        out.append(f"{extra_casts} Cast kernel(s) the reference does not have ({share(cand.per_op.get('Cast', 0.0))}): conversions inserted between precisions; keep neighbouring nodes in one precision")
+        out.append(
+            f"{extra_casts} Cast kernel(s) the reference does not have ({share(cand.per_op.get('Cast', 0.0))}): conversions "
+            "inserted between precisions; keep neighbouring nodes in one precision"
+        )
     ref_providers = set(ref.provider_of.values())
     moved = {n: p for n, p in cand.provider_of.items() if p and ref_providers and p not in ref_providers}
     if moved:
         us = sum(cand.per_node.get(n, 0.0) for n in moved)
         provs = ", ".join(sorted(set(moved.values())))
-        out.append(f"{len(moved)} node(s) ran on {provs}, not on the reference's {', '.join(sorted(ref_providers))} ({share(us)}): ops without a kernel for that provider or precision")
+        out.append(
+            f"{len(moved)} node(s) ran on {provs}, not on the reference's {', '.join(sorted(ref_providers))} ({share(us)}): "
+            "ops without a kernel for that provider or precision"
+        )
     return out
 
 
@@ -161,7 +177,14 @@ def diff_profiles(ref: Profile, cand: Profile, isa: dict) -> ProfileDiff:
     """Per op type: reference ms, candidate ms, added ms (largest first), plus explanations."""
     ops = set(ref.per_op) | set(cand.per_op)
     rows = [
-        {"op": op, "reference_ms": ref.per_op.get(op, 0.0) / 1e3, "candidate_ms": cand.per_op.get(op, 0.0) / 1e3, "added_ms": (cand.per_op.get(op, 0.0) - ref.per_op.get(op, 0.0)) / 1e3, "reference_kernels": ref.count_op.get(op, 0), "candidate_kernels": cand.count_op.get(op, 0)}
+        {
+            "op": op,
+            "reference_ms": ref.per_op.get(op, 0.0) / 1e3,
+            "candidate_ms": cand.per_op.get(op, 0.0) / 1e3,
+            "added_ms": (cand.per_op.get(op, 0.0) - ref.per_op.get(op, 0.0)) / 1e3,
+            "reference_kernels": ref.count_op.get(op, 0),
+            "candidate_kernels": cand.count_op.get(op, 0),
+        }
         for op in ops
     ]
     rows.sort(key=lambda r: -r["added_ms"])

@@ -609,16 +609,19 @@ def produce_int4(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
 
 
 def produce_fp16(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
-    from .fp16 import convert_to_fp16
+    from ..core.passes import Context
+    from .fp16 import Fp16Pass
 
     params = dataclasses.asdict(cfg)
     try:
-        model, rep = convert_to_fp16(base, keep_fp32=set(cfg.keep_fp32))
+        res = Fp16Pass(keep_fp32=list(cfg.keep_fp32)).call(base, Context(provider=env.provider))
     except OnnxoptError as exc:
         return [Candidate("fp16", "fp16", None, params=params, refused=str(exc))]
-    kept = ", ".join(f"{k} x{v}" for k, v in rep.to_dict()["kept_fp32"].items())
+    model, n = res.model, res.report.counts
+    kept = ", ".join(f"{k} x{v}" for k, v in res.report.details["kept_fp32"].items())
     notes = [
-        f"{rep.nodes_fp16} nodes FP16, {rep.nodes_fp32} FP32{' (' + kept + ')' if kept else ''}, {rep.casts_added} Casts, {rep.values_clipped} weights clipped"
+        f"{n['nodes_fp16']} nodes FP16, {n['nodes_fp32']} FP32{' (' + kept + ')' if kept else ''}, {n['casts_added']} Casts, "
+        f"{n['values_clipped']} weights clipped"
     ]
     timeable = env.provider == "cuda"
     if not timeable:

@@ -38,11 +38,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..core.passes import Context, Pass, PassResult
 from ..errors import UnsupportedError
 from ..graph import subgraphs, unique_name, used_names
 from ..simplify.dead import remove_unused
 
-__all__ = ["FP16_OPS", "SENSITIVE_OPS", "Fp16Report", "convert_to_fp16", "to_fp16_array"]
+__all__ = ["FP16_OPS", "SENSITIVE_OPS", "Fp16Report", "convert_to_fp16", "to_fp16_array", "Fp16Pass"]
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,12 @@ class _Rewriter:
 
     def __init__(self, g: onnx.GraphProto, types: dict[str, int], opset: int, rep: Fp16Report):
         self.g, self.types, self.opset, self.rep = g, types, opset, rep
-        self.taken = {x for n in g.node for x in list(n.input) + list(n.output)} | {i.name for i in g.input} | {t.name for t in g.initializer} | {o.name for o in g.output}
+        self.taken = (
+            {x for n in g.node for x in list(n.input) + list(n.output)}
+            | {i.name for i in g.input}
+            | {t.name for t in g.initializer}
+            | {o.name for o in g.output}
+        )
         self.inits = {t.name: t for t in g.initializer}
         self.graph_inputs = {i.name for i in g.input}
         self.half_name: dict[str, str] = {}  # FP32 tensor name -> its FP16 counterpart
@@ -322,3 +328,29 @@ class _Rewriter:
         del self.g.node[:]
         self.g.node.extend(self.new_nodes)
         self.g.initializer.extend(self.new_inits)
+
+
+@dataclass
+class _Fp16Config:
+    keep_fp32: list[str] | None = None
+
+
+class Fp16Pass(Pass):
+    """FP16 weights and compute, FP32 inputs/outputs; sensitive ops and ``keep_fp32`` nodes stay FP32 (lossy).
+
+    Meant for the CUDA provider.  ONNX Runtime's CPU provider runs the FP16 nodes it has no
+    kernel for upcast to FP32, so a CPU run verifies the numbers but says nothing of the
+    speed.  Refused (exit 3) when no node can run in FP16.
+    """
+
+    key = "fp16"
+    exact = False
+    idempotent = False
+    Config = _Fp16Config
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        out, rep = convert_to_fp16(model, keep_fp32=set(self.config.keep_fp32 or ()))
+        info = rep.to_dict()
+        kept = info.pop("kept_fp32")
+        notes = [f"kept in FP32: {', '.join(f'{k} x{v}' for k, v in kept.items())}"] if kept else []
+        return self.result(out, True, counts=info, notes=notes, details={"kept_fp32": kept})

@@ -367,4 +367,7 @@ def few_values_warning(few: dict[str, int], percentile: float, method: str) -> s
     """One warning naming the tensors with fewer values than the percentile needs."""
     names = ", ".join(f"'{k}' ({v} values)" for k, v in list(few.items())[:5]) + (f", +{len(few) - 5} more" if len(few) > 5 else "")
     used = "MinMax or entropy range chosen instead" if method == "auto" else "MinMax range used"
-    return f"warning: {len(few)} tensor(s) have fewer calibration values than the {percentile:g} percentile needs ({percentile_needs(percentile)}): {used} for {names}"
+    return (
+        f"warning: {len(few)} tensor(s) have fewer calibration values than the {percentile:g} percentile needs "
+        f"({percentile_needs(percentile)}): {used} for {names}"
+    )

@@ -36,8 +36,25 @@ def dynamic_candidate(
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Dynamic INT8 (MatMul / Gemm-as-MatMul / Attention / ...; Conv on CPU only when asked).
     ``shared`` / ``evaluator``: as for ``static_candidate``."""
-    cfg = QuantConfig(mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
-    res = quantize_candidate(model, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, shared=shared, evaluator=evaluator)
+    cfg = QuantConfig(
+        mode="dynamic",
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=weight_type,
+        op_types=tuple(as_name_list(op_types)) or None,
+        exclude=frozenset(as_name_list(exclude_nodes)),
+    )
+    res = quantize_candidate(
+        model,
+        cfg,
+        eval_data=eval_data,
+        max_accuracy_drop=max_accuracy_drop,
+        metric=metric,
+        provider=provider,
+        preprocess=preprocess,
+        shared=shared,
+        evaluator=evaluator,
+    )
     return finish_candidate(res)
 
 
@@ -75,9 +92,32 @@ def static_candidate(
     ``BudgetError`` ("cannot win: ...") instead of searching."""
     from ..data import dataset_for
 
-    cfg = QuantConfig(mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)))
+    cfg = QuantConfig(
+        mode="static",
+        format=format,
+        method=method,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=weight_type,
+        activation_type=activation_type,
+        op_types=tuple(as_name_list(op_types)) or None,
+        exclude=frozenset(as_name_list(exclude_nodes)),
+    )
     cal = dataset_for(model, dataset_view(calibration))
-    res = quantize_candidate(model, cfg, calibration=cal, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, shared=shared, evaluator=evaluator, search_samples=search_samples, gate=gate)
+    res = quantize_candidate(
+        model,
+        cfg,
+        calibration=cal,
+        eval_data=eval_data,
+        max_accuracy_drop=max_accuracy_drop,
+        metric=metric,
+        provider=provider,
+        preprocess=preprocess,
+        shared=shared,
+        evaluator=evaluator,
+        search_samples=search_samples,
+        gate=gate,
+    )
     return finish_candidate(res)
 
 

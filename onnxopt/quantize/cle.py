@@ -36,7 +36,24 @@ __all__ = ["EqualizePass", "Pair", "find_pairs", "equalize_pairs", "absorb_biase
 log = logging.getLogger(__name__)
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
-NOT_HOMOGENEOUS = ("Sigmoid", "Tanh", "Gelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish", "Clip", "Erf", "Mish", "Exp", "Log", "Softmax")
+NOT_HOMOGENEOUS = (
+    "Sigmoid",
+    "Tanh",
+    "Gelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "HardSigmoid",
+    "HardSwish",
+    "Clip",
+    "Erf",
+    "Mish",
+    "Exp",
+    "Log",
+    "Softmax",
+)
 MAX_SWEEPS = 8
 
 
@@ -250,12 +267,26 @@ class EqualizePass(Pass):
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         pairs, skipped, table = find_pairs(model)
         if not pairs:
-            return self.result(model, False, counts={"pairs": 0, "skipped": len(skipped)}, notes=skipped or ["no pair of weighted layers joined by a positive-homogeneous activation"])
+            return self.result(
+                model,
+                False,
+                counts={"pairs": 0, "skipped": len(skipped)},
+                notes=skipped or ["no pair of weighted layers joined by a positive-homogeneous activation"],
+            )
         before = {p.label: _spread(p, table) for p in pairs}
         sweeps, after = equalize_pairs(pairs, table)
         absorbed, notes = 0, []
         if self.config.absorb_bias and ctx.data is not None:
             absorbed, notes = absorb_biases(pairs, model, table, ctx.inputs_for(model), provider=ctx.provider, limit=self.config.limit)
-        details = {"pairs": [{"pair": k, "range_spread_before": round(before[k], 4), "range_spread_after": round(after[k], 4)} for k in before], "sweeps": sweeps}
+        details = {
+            "pairs": [{"pair": k, "range_spread_before": round(before[k], 4), "range_spread_after": round(after[k], 4)} for k in before],
+            "sweeps": sweeps,
+        }
         lines = [f"{k}: channel range spread {before[k]:.3g} -> {after[k]:.3g}" for k in before]
-        return self.result(model, True, counts={"pairs": len(pairs), "bias_absorbed": absorbed, "skipped": len(skipped), "sweeps": sweeps}, notes=lines + notes + skipped, details=details)
+        return self.result(
+            model,
+            True,
+            counts={"pairs": len(pairs), "bias_absorbed": absorbed, "skipped": len(skipped), "sweeps": sweeps},
+            notes=lines + notes + skipped,
+            details=details,
+        )

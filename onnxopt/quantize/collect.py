@@ -59,7 +59,12 @@ class CalibrationRanges:
         d = {"method": self.method, "samples": self.samples, "batches": self.batches, "tensors": self.tensors, "notes": list(self.notes)}
         if self.choices:
             clipped = [c["clipped"] for c in self.choices.values()]
-            d["range_choice"] = {"methods": method_counts(self.choices), "clipped_max": max(clipped), "clipped_mean": sum(clipped) / len(clipped), "per_tensor": dict(self.choices)}
+            d["range_choice"] = {
+                "methods": method_counts(self.choices),
+                "clipped_max": max(clipped),
+                "clipped_mean": sum(clipped) / len(clipped),
+                "per_tensor": dict(self.choices),
+            }
         return d
 
 
@@ -95,7 +100,9 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types=None) -> list[str]:
     return out
 
 
-def augment_for_calibration(model: onnx.ModelProto, tensors: list[str], method: str, types: dict[str, int] | None = None) -> tuple[onnx.ModelProto, list[tuple[str, str, str]]]:
+def augment_for_calibration(
+    model: onnx.ModelProto, tensors: list[str], method: str, types: dict[str, int] | None = None
+) -> tuple[onnx.ModelProto, list[tuple[str, str, str]]]:
     """A copy of ``model`` exposing the statistics of ``tensors``.
 
     Returns the augmented model and, per calibrated tensor that is not a graph input, the
@@ -207,11 +214,18 @@ def collect_ranges(
     notes = list(stats.warnings)
     missing = [n for n in names if n not in ranges]
     if missing:
-        notes.append(f"{len(missing)} tensor(s) had no finite value in the calibration data and get no range: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        notes.append(
+            f"{len(missing)} tensor(s) had no finite value in the calibration data and get no range: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     if stats.choices:
         counts = method_counts(stats.choices)
         worst = max(stats.choices.items(), key=lambda kv: kv[1]["clipped"])
-        notes.append(f"ranges ({method}): " + ", ".join(f"{k} for {v} tensor(s)" for k, v in sorted(counts.items())) + f"; clipped at most {worst[1]['clipped']:.3%} of a tensor's values ('{worst[0]}')")
+        notes.append(
+            f"ranges ({method}): "
+            + ", ".join(f"{k} for {v} tensor(s)" for k, v in sorted(counts.items()))
+            + f"; clipped at most {worst[1]['clipped']:.3%} of a tensor's values ('{worst[0]}')"
+        )
     return CalibrationRanges(method, ranges, samples, batches, len(names), notes, dict(stats.choices))
 
 
@@ -265,7 +279,17 @@ class _ChannelAccumulator:
         return ChannelStats(self.lo, self.hi, np.maximum(np.abs(self.lo), np.abs(self.hi)), mean, std, rows, self.count)
 
 
-def collect_channel_stats(model: onnx.ModelProto, dataset, tensors: dict[str, int], *, provider: str = "cpu", limit: int | None = None, batch_size: int | None = None, max_rows: int = 0, seed: int = 0) -> dict[str, ChannelStats]:
+def collect_channel_stats(
+    model: onnx.ModelProto,
+    dataset,
+    tensors: dict[str, int],
+    *,
+    provider: str = "cpu",
+    limit: int | None = None,
+    batch_size: int | None = None,
+    max_rows: int = 0,
+    seed: int = 0,
+) -> dict[str, ChannelStats]:
     """Per-channel statistics of ``tensors`` (name -> channel axis) over ``dataset``,
     streamed batch by batch (the equalization passes' input).  Raises ``DataError`` when the
     dataset yields no batch."""

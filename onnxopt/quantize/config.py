@@ -128,7 +128,12 @@ class QuantConfig:
         else:
             base = "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
-        return base + (" reduce-range" if self.reduce_range else "") + (" equalized" if self.equalized else "") + (" bias-corrected" if self.bias_correction else "")
+        return (
+            base
+            + (" reduce-range" if self.reduce_range else "")
+            + (" equalized" if self.equalized else "")
+            + (" bias-corrected" if self.bias_correction else "")
+        )
 
     def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
         """The op types to quantize: explicit ``op_types``, else the mode's defaults.  On CPU,

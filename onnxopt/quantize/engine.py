@@ -115,7 +115,20 @@ class CandidateBuilder:
     the FP32 outputs on it for the run-time validity check.
     """
 
-    def __init__(self, base: onnx.ModelProto, config: QuantConfig, *, ranges=None, provider: str = "cpu", feed=None, reference=None, max_builds: int = 32, converted_gemms: frozenset = frozenset(), calibration=None, alt_ranges=None):
+    def __init__(
+        self,
+        base: onnx.ModelProto,
+        config: QuantConfig,
+        *,
+        ranges=None,
+        provider: str = "cpu",
+        feed=None,
+        reference=None,
+        max_builds: int = 32,
+        converted_gemms: frozenset = frozenset(),
+        calibration=None,
+        alt_ranges=None,
+    ):
         self.base = base
         self.calibration = calibration  # Dataset: per-channel input means for bias correction
         self._means: dict | None = None
@@ -145,7 +158,11 @@ class CandidateBuilder:
         self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
         self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))
         inits = {t.name for t in base.graph.initializer}
-        self.node_tensors = {n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))} for n in base.graph.node if n.name in set(self.candidates)}
+        self.node_tensors = {
+            n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))}
+            for n in base.graph.node
+            if n.name in set(self.candidates)
+        }
         self.notes: list[str] = []
         # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
         # large model must not hold every model it tried
@@ -161,7 +178,18 @@ class CandidateBuilder:
             alt = self._alt_ranges()
             ranges = {**ranges, **{t: alt[t] for n in ranged for t in self._activations(n) if t in alt}}
         per_channel = frozenset(n for n, r in remedies.items() if r == "per-channel")
-        return quantize_with_ort(self.base, self.config, ranges=ranges, provider=self.provider, nodes_to_quantize=set(only) if only else None, exclude=exclude | self.implicit_exclude, per_tensor=per_tensor, op_types=self.ort_op_types, notes=self.notes, per_channel_nodes=per_channel)
+        return quantize_with_ort(
+            self.base,
+            self.config,
+            ranges=ranges,
+            provider=self.provider,
+            nodes_to_quantize=set(only) if only else None,
+            exclude=exclude | self.implicit_exclude,
+            per_tensor=per_tensor,
+            op_types=self.ort_op_types,
+            notes=self.notes,
+            per_channel_nodes=per_channel,
+        )
 
     def _activations(self, node: str) -> list[str]:
         inits = {t.name for t in self.base.graph.initializer}
@@ -180,7 +208,13 @@ class CandidateBuilder:
         if self.config.mode != "static":
             return []
         out = []
-        if self.config.format == "qdq" and not self.config.per_channel and self.op_types.get(node) in WEIGHTED_OP_TYPES and node in self.node_tensors and self.node_tensors[node]:
+        if (
+            self.config.format == "qdq"
+            and not self.config.per_channel
+            and self.op_types.get(node) in WEIGHTED_OP_TYPES
+            and node in self.node_tensors
+            and self.node_tensors[node]
+        ):
             out.append("per-channel")
         if self.alt_ranges is not None and self.ranges:
             alt = self._alt_ranges()
@@ -232,7 +266,9 @@ class CandidateBuilder:
             raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
         if self._means is None:
             ds = self.calibration.view() if hasattr(self.calibration, "view") else self.calibration
-            stats = collect_channel_stats(self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
+            stats = collect_channel_stats(
+                self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256
+            )
             self._means = {k: v.mean for k, v in stats.items()}
         out = copy.deepcopy(model)
         done, notes = correct_biases(out, self.base, self._means)
@@ -284,43 +320,20 @@ def evaluate_candidate(
         return res
     try:
         model, fallbacks = builder.build(frozenset())
-    except OnnxoptError as exc:
-        res.status = "invalid"
-        res.notes.append(str(exc))
-        res.seconds = time.perf_counter() - t0
-        return res
-    res.quantized = touched_nodes(builder.base, model, builder.candidates)
-    if not res.quantized:
-        res.status = "nothing to quantize"
-        res.notes.append("ONNX Runtime's quantizer left every node in float")
-        res.seconds = time.perf_counter() - t0
-        return res
-    why = gate(model) if gate is not None and budget is not None else None
-    if why:
-        res.status = "cannot win"
-        res.notes.append(why)
-        res.seconds = time.perf_counter() - t0
-        return res
-    try:
+        res.quantized = touched_nodes(builder.base, model, builder.candidates)
+        if not res.quantized:
+            return _stopped(res, "nothing to quantize", "ONNX Runtime's quantizer left every node in float", t0)
+        why = gate(model) if gate is not None and budget is not None else None
+        if why:
+            return _stopped(res, "cannot win", why, t0)
         if budget is not None:
-            fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, search_evaluator=search_evaluator, max_evals=max_evals, how=how, op_types=builder.op_types, ranking=ranking)
-            if fit.excluded:
-                fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
-            res.fit = fit
-            model = fit.model
-            excluded = frozenset(e["node"] for e in fit.excluded)
-            fallbacks = builder.build(excluded, fit.remedies)[1]
-            res.quantized = touched_nodes(builder.base, model, builder.candidates)
-            res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
-            res.rel_l2 = score_model(evaluator, model)[1]
+            search = dict(search_evaluator=search_evaluator, max_evals=max_evals, how=how, ranking=ranking)
+            model, fallbacks = _fit_to_budget(builder, res, budget, evaluator, search)
         else:
             res.score, res.rel_l2 = score_model(evaluator, model)
             res.drop = evaluator.reference_score - res.score
     except OnnxoptError as exc:
-        res.status = "invalid"
-        res.notes.append(str(exc))
-        res.seconds = time.perf_counter() - t0
-        return res
+        return _stopped(res, "invalid", str(exc), t0)
     res.model = model
     res.fallbacks = list(fallbacks)
     res.size_bytes = model_nbytes(model)
@@ -330,3 +343,26 @@ def evaluate_candidate(
     res.notes.extend(n for n in builder.notes[:5] if n not in res.notes)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _stopped(res: CandidateResult, status: str, note: str, t0: float) -> CandidateResult:
+    """The candidate stops here with ``status`` (no model): the row says why."""
+    res.status = status
+    res.notes.append(note)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _fit_to_budget(builder: CandidateBuilder, res: CandidateResult, budget: Budget, evaluator: Evaluator, search: dict):
+    """The budget search (nodes left in float), then remedies for those nodes; fills ``res``'s
+    scores and returns the fitted model and its fallbacks."""
+    fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, op_types=builder.op_types, **search)
+    if fit.excluded:
+        fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
+    res.fit = fit
+    excluded = frozenset(e["node"] for e in fit.excluded)
+    fallbacks = builder.build(excluded, fit.remedies)[1]
+    res.quantized = touched_nodes(builder.base, fit.model, builder.candidates)
+    res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
+    res.rel_l2 = score_model(evaluator, fit.model)[1]
+    return fit.model, fallbacks

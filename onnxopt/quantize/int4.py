@@ -58,7 +58,9 @@ def _algo(mnb, method: str, block_size: int):
         try:
             import torch  # noqa: F401  (ORT's HQQ quantizer computes with torch)
         except ImportError:
-            raise UnsupportedError("--int4-method hqq needs torch (ONNX Runtime's HQQ quantizer computes with it): pip install torch, or use --int4-method rtn") from None
+            raise UnsupportedError(
+                "--int4-method hqq needs torch (ONNX Runtime's HQQ quantizer computes with it): pip install torch, or use --int4-method rtn"
+            ) from None
         return mnb.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4, op_types_to_quantize=("MatMul",))
     return mnb.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=("MatMul",), bits=4)
 
@@ -71,7 +73,16 @@ def quantize_nbits(model: onnx.ModelProto, *, block_size: int = 32, method: str 
     wanted = set(nbits_weight_nodes(model) if nodes is None else nodes) - set(exclude)
     skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
     algo = _algo(mnb, method, block_size)
-    q = mnb.MatMulNBitsQuantizer(copy.deepcopy(model), bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=skip, nodes_to_include=sorted(wanted) or None, op_types_to_quantize=("MatMul",), algo_config=algo)
+    q = mnb.MatMulNBitsQuantizer(
+        copy.deepcopy(model),
+        bits=4,
+        block_size=block_size,
+        is_symmetric=True,
+        nodes_to_exclude=skip,
+        nodes_to_include=sorted(wanted) or None,
+        op_types_to_quantize=("MatMul",),
+        algo_config=algo,
+    )
     # ORT's module logs every node at INFO through a handler of its own: keep that out of stdout
     ort_log = logging.getLogger(mnb.__name__)
     saved = ort_log.level

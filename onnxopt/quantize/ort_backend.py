@@ -213,7 +213,9 @@ def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str],
     large = is_lazy(model)
     try:
         with capture_ort_logging(notes):
-            out = quantize_nbits(_reload_large(model) if large else model, block_size=config.block_size, method=config.int4_method, nodes=only or None, exclude=excluded)
+            out = quantize_nbits(
+                _reload_large(model) if large else model, block_size=config.block_size, method=config.int4_method, nodes=only or None, exclude=excluded
+            )
     except UnsupportedError:
         raise
     except Exception as exc:
@@ -222,56 +224,87 @@ def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str],
     return _spill(out) if large else out
 
 
-def _run_quantizer(m: onnx.ModelProto, config: QuantConfig, *, ranges, op_types: list[str], only: list[str], excluded: list[str], per_tensor: set[str], per_channel_nodes: set[str] = frozenset()) -> onnx.ModelProto:
+def _run_quantizer(
+    m: onnx.ModelProto,
+    config: QuantConfig,
+    *,
+    ranges,
+    op_types: list[str],
+    only: list[str],
+    excluded: list[str],
+    per_tensor: set[str],
+    per_channel_nodes: set[str] = frozenset(),
+) -> onnx.ModelProto:
     """ORT's ``ONNXQuantizer`` / ``QDQQuantizer`` on ``m`` (shape-inferred, ORT's "inferred"
     mark set); returns ORT's model (``m`` may be changed)."""
-    from onnxruntime.quantization.quant_utils import (
-        QuantFormat,
-        QuantizationMode,
-        update_opset_version,
-    )
-
-    wt, at = _qtype(config.weight_type), _qtype(config.activation_type)
+    scope = {"nodes_to_quantize": only, "nodes_to_exclude": excluded, "op_types_to_quantize": op_types}
     if config.mode == "dynamic":
-        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-
-        m = update_opset_version(m, wt)
-        q = ONNXQuantizer(model=m, per_channel=config.per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.IntegerOps, static=False, weight_qType=wt, activation_qType=_qtype("uint8"), tensors_range=None, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options={"MatMulConstBOnly": True})
+        q = _dynamic_quantizer(m, config, scope)
     else:
         if ranges is None:
             raise ValueError("static quantization needs calibration ranges")
-        from onnxruntime.quantization.calibrate import (
-            CalibrationMethod,
-            TensorData,
-            TensorsData,
-        )
-        from onnxruntime.quantization.quantize import check_static_quant_arguments
-
-        tensors = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()})
-        extra: dict = {}
-        per_channel = config.per_channel
-        if config.format == "qdq" and config.per_channel:
-            extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor)
-            per_channel = False
-        elif config.format == "qdq" and per_channel_nodes:
-            extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor, per_channel_nodes)
-        fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
-        m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
-        check_static_quant_arguments(fmt, at, wt)
-        if fmt is QuantFormat.QDQ:
-            from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-
-            q = QDQQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
-        else:
-            from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-
-            q = ONNXQuantizer(model=m, per_channel=per_channel, reduce_range=config.reduce_range, mode=QuantizationMode.QLinearOps, static=True, weight_qType=wt, activation_qType=at, tensors_range=tensors, nodes_to_quantize=only, nodes_to_exclude=excluded, op_types_to_quantize=op_types, extra_options=extra)
+        q = _static_quantizer(m, config, scope, ranges=ranges, per_tensor=per_tensor, per_channel_nodes=per_channel_nodes)
     q.quantize_model()
     # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort; ORT's sort
     # ignores what If/Loop bodies read from the graph, ``sort_nodes`` counts it
     q.model.topological_sort()
     sort_nodes(q.model.model.graph)
     return q.model.model
+
+
+def _dynamic_quantizer(m: onnx.ModelProto, config: QuantConfig, scope: dict):
+    """ORT's ``ONNXQuantizer`` in IntegerOps mode (dynamic), constant-B MatMuls only."""
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode, update_opset_version
+
+    wt = _qtype(config.weight_type)
+    return ONNXQuantizer(
+        model=update_opset_version(m, wt),
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        mode=QuantizationMode.IntegerOps,
+        static=False,
+        weight_qType=wt,
+        activation_qType=_qtype("uint8"),
+        tensors_range=None,
+        extra_options={"MatMulConstBOnly": True},
+        **scope,
+    )
+
+
+def _static_quantizer(m: onnx.ModelProto, config: QuantConfig, scope: dict, *, ranges, per_tensor: set[str], per_channel_nodes: set[str]):
+    """ORT's ``QDQQuantizer`` (QDQ) or ``ONNXQuantizer`` in QLinearOps mode (QOperator) with
+    ``ranges`` as the tensors' ranges; per-channel QDQ weights through TensorQuantOverrides."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.quant_utils import (
+        QuantFormat,
+        QuantizationMode,
+        update_opset_version,
+    )
+    from onnxruntime.quantization.quantize import check_static_quant_arguments
+
+    wt, at = _qtype(config.weight_type), _qtype(config.activation_type)
+    tensors = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()})
+    extra: dict = {}
+    per_channel = config.per_channel
+    only, excluded, op_types = scope["nodes_to_quantize"], scope["nodes_to_exclude"], scope["op_types_to_quantize"]
+    if config.format == "qdq" and config.per_channel:
+        extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor)
+        per_channel = False
+    elif config.format == "qdq" and per_channel_nodes:
+        extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor, per_channel_nodes)
+    fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
+    m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
+    check_static_quant_arguments(fmt, at, wt)
+    common = dict(model=m, per_channel=per_channel, reduce_range=config.reduce_range, weight_qType=wt, activation_qType=at)
+    common.update(tensors_range=tensors, extra_options=extra)
+    if fmt is QuantFormat.QDQ:
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+        return QDQQuantizer(**common, **scope)
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+    return ONNXQuantizer(mode=QuantizationMode.QLinearOps, static=True, **common, **scope)
 
 
 def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -65,8 +65,34 @@ ORT_INTERNALS = {
     "quant_utils.save_and_reload_model_with_shape_infer": ("model",),
     "quant_utils.quantize_nparray": ("qType", "arr", "scale", "zero_point", "low", "high"),
     "quant_utils.add_infer_metadata": ("model",),
-    "onnx_quantizer.ONNXQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "mode", "static", "weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize", "nodes_to_exclude", "op_types_to_quantize", "extra_options"),
-    "qdq_quantizer.QDQQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize", "nodes_to_exclude", "op_types_to_quantize", "extra_options"),
+    "onnx_quantizer.ONNXQuantizer.__init__": (
+        "self",
+        "model",
+        "per_channel",
+        "reduce_range",
+        "mode",
+        "static",
+        "weight_qType",
+        "activation_qType",
+        "tensors_range",
+        "nodes_to_quantize",
+        "nodes_to_exclude",
+        "op_types_to_quantize",
+        "extra_options",
+    ),
+    "qdq_quantizer.QDQQuantizer.__init__": (
+        "self",
+        "model",
+        "per_channel",
+        "reduce_range",
+        "weight_qType",
+        "activation_qType",
+        "tensors_range",
+        "nodes_to_quantize",
+        "nodes_to_exclude",
+        "op_types_to_quantize",
+        "extra_options",
+    ),
 }
 _NP_DTYPES = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
 
@@ -178,7 +204,16 @@ def _chunked(original):
         arr = np.asarray(arr)
         # elementwise with a scalar scale and zero point: slices give the same integers;
         # whatever else ORT passes (low, high, ...) goes through unchanged
-        if arr.ndim == 0 or arr.size <= CHUNK or np.size(scale) != 1 or np.size(zero_point) != 1 or np.ndim(scale) > 1 or np.ndim(zero_point) > 1 or arr.dtype.kind != "f" or not _integer(qType):
+        if (
+            arr.ndim == 0
+            or arr.size <= CHUNK
+            or np.size(scale) != 1
+            or np.size(zero_point) != 1
+            or np.ndim(scale) > 1
+            or np.ndim(zero_point) > 1
+            or arr.dtype.kind != "f"
+            or not _integer(qType)
+        ):
             return original(qType, arr, scale, zero_point, *rest, **kw)
         flat = arr.reshape(-1)
         first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, *rest, **kw))

@@ -145,7 +145,11 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
             out = oio.tensor_array(inits[name])
         elif name in producers and depth < _MAX_EVAL_DEPTH:
             node = producers[name]
-            if node.domain in ("", "ai.onnx") and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) and not node.op_type.startswith("Random"):
+            if (
+                node.domain in ("", "ai.onnx")
+                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+                and not node.op_type.startswith("Random")
+            ):
                 vals = []
                 for x in node.input:
                     v = value(x, depth + 1) if x else None

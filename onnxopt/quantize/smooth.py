@@ -255,8 +255,12 @@ class SmoothQuantPass(Pass):
         c = self.config
         sites, skipped, table = smooth_sites(model)
         if not sites:
-            return self.result(model, False, counts={"smoothed": 0, "skipped": len(skipped)}, notes=skipped or ["no MatMul/Gemm reads an activation with a foldable producer"])
-        stats = collect_channel_stats(model, ctx.inputs_for(model), {s.x: -1 for s in sites}, provider=ctx.provider, limit=c.limit, max_rows=c.max_rows, seed=ctx.seed)
+            return self.result(
+                model, False, counts={"smoothed": 0, "skipped": len(skipped)}, notes=skipped or ["no MatMul/Gemm reads an activation with a foldable producer"]
+            )
+        stats = collect_channel_stats(
+            model, ctx.inputs_for(model), {s.x: -1 for s in sites}, provider=ctx.provider, limit=c.limit, max_rows=c.max_rows, seed=ctx.seed
+        )
         done, details = 0, []
         for site in sites:
             st = stats[site.x]
@@ -267,7 +271,14 @@ class SmoothQuantPass(Pass):
             else:
                 alpha, s = c.alpha, smooth_scales(st.absmax, np.abs(w).max(axis=1), c.alpha)
                 before, after = smooth_error(st.rows, w, per_channel=c.per_channel), smooth_error(st.rows, w, s, per_channel=c.per_channel)
-            rec = {"tensor": site.x, "layers": [lay.node.name for lay in site.layers], "fold": site.fold, "alpha": alpha, "error_before": round(before, 6), "error_after": None if after is None else round(after, 6)}
+            rec = {
+                "tensor": site.x,
+                "layers": [lay.node.name for lay in site.layers],
+                "fold": site.fold,
+                "alpha": alpha,
+                "error_before": round(before, 6),
+                "error_after": None if after is None else round(after, 6),
+            }
             details.append(rec)
             if s is None or after >= before:
                 skipped.append(f"{site.x} -> {site.names}: skipped: no alpha lowers the quantized layer's error ({before:.4f})")
@@ -275,5 +286,9 @@ class SmoothQuantPass(Pass):
             apply_smoothing(site, s, table)
             done += 1
             log.info("smooth-quant %s: alpha %s, error %.4f -> %.4f", site.x, alpha, before, after)
-        notes = [f"{d['tensor']} -> {', '.join(d['layers'])}: alpha {d['alpha']}, quantized error {d['error_before']:.4f} -> {d['error_after']:.4f}" for d in details if d["alpha"] is not None and d["error_after"] is not None and d["error_after"] < d["error_before"]]
+        notes = [
+            f"{d['tensor']} -> {', '.join(d['layers'])}: alpha {d['alpha']}, quantized error {d['error_before']:.4f} -> {d['error_after']:.4f}"
+            for d in details
+            if d["alpha"] is not None and d["error_after"] is not None and d["error_after"] < d["error_before"]
+        ]
         return self.result(model, done > 0, counts={"smoothed": done, "skipped": len(skipped)}, notes=notes + skipped, details={"sites": details})

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 MODEL_TYPES = ("bart", "bert", "bert_keras", "bert_tf", "clip", "conformer", "gpt2", "gpt2_tf", "gpt_neox", "phi", "swin", "t5", "tnlr", "vit")
 
 
-def fuse_transformer(model: onnx.ModelProto, *, model_type: str = "bert", num_heads: int = 0, hidden_size: int = 0, opt_level: int = 1, use_gpu: bool = False) -> tuple[onnx.ModelProto, dict, list[str]]:
+def fuse_transformer(
+    model: onnx.ModelProto, *, model_type: str = "bert", num_heads: int = 0, hidden_size: int = 0, opt_level: int = 1, use_gpu: bool = False
+) -> tuple[onnx.ModelProto, dict, list[str]]:
     """Run ORT's transformer optimizer; returns ``(model, fused op counts, notes)``.
 
     ``num_heads`` / ``hidden_size`` 0: detected from the graph.  ``opt_level`` 0: Python
@@ -114,7 +116,9 @@ class TransformerFusionPass(Pass):
         c = self.config
         notes: list[str] = []
         try:
-            fused, stats, more = fuse_transformer(model, model_type=c.model_type, num_heads=c.num_heads, hidden_size=c.hidden_size, opt_level=c.opt_level, use_gpu=ctx.provider == "cuda")
+            fused, stats, more = fuse_transformer(
+                model, model_type=c.model_type, num_heads=c.num_heads, hidden_size=c.hidden_size, opt_level=c.opt_level, use_gpu=ctx.provider == "cuda"
+            )
         except Exception as exc:  # ORT's optimizer raises assorted errors on unexpected graphs
             notes.append(f"ORT transformer optimizer failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); model unchanged")
             return self.result(model, False, notes=notes)

@@ -25,7 +25,10 @@ from .carry import carry_options
 
 __all__ = ["CAVEAT", "ort_optimized"]
 
-CAVEAT = "ONNX Runtime's optimized graph is bound to the provider and CPU features it was built on (NCHWc layout, fused kernels): rebuild it for another machine or ORT version"
+CAVEAT = (
+    "ONNX Runtime's optimized graph is bound to the provider and CPU features it was built on (NCHWc layout, fused "
+    "kernels): rebuild it for another machine or ORT version"
+)
 
 
 def ort_optimized(model: onnx.ModelProto, provider: str = "cpu", *, level: str = "all") -> onnx.ModelProto:

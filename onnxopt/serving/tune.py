@@ -36,7 +36,26 @@ __all__ = ["TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_
 log = logging.getLogger(__name__)
 
 # nodes whose work dominates a CPU run; parallel execution pays only when these overlap
-HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "Attention", "FusedConv", "FusedMatMul", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits"})
+HEAVY_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "MatMul",
+        "Gemm",
+        "Einsum",
+        "LSTM",
+        "GRU",
+        "RNN",
+        "Attention",
+        "FusedConv",
+        "FusedMatMul",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulNBits",
+    }
+)
 
 
 @dataclass
@@ -78,7 +97,19 @@ class TuneRow:
     reason: str = ""
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "options": self.config.to_dict(), "describe": self.config.describe(), "stage": self.stage, "status": self.status, "exact": self.exact, "rel_l2": self.rel_l2, "ratio": self.ratio, "ci95": self.ci95, "latency_ms": self.latency_ms, "reason": self.reason}
+        return {
+            "name": self.name,
+            "options": self.config.to_dict(),
+            "describe": self.config.describe(),
+            "stage": self.stage,
+            "status": self.status,
+            "exact": self.exact,
+            "rel_l2": self.rel_l2,
+            "ratio": self.ratio,
+            "ci95": self.ci95,
+            "latency_ms": self.latency_ms,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -92,7 +123,16 @@ class TuneOutcome:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"chosen": self.chosen.to_dict(), "chosen_describe": self.chosen.describe(), "default_latency_ms": self.default_latency_ms, "confirm_ratio": self.confirm_ratio, "branch_width": self.branch_width, "cores": self.cores, "rows": [r.to_dict() for r in self.rows], "notes": self.notes}
+        return {
+            "chosen": self.chosen.to_dict(),
+            "chosen_describe": self.chosen.describe(),
+            "default_latency_ms": self.default_latency_ms,
+            "confirm_ratio": self.confirm_ratio,
+            "branch_width": self.branch_width,
+            "cores": self.cores,
+            "rows": [r.to_dict() for r in self.rows],
+            "notes": self.notes,
+        }
 
 
 def branch_width(model: onnx.ModelProto) -> int:
@@ -208,7 +248,10 @@ def search_options(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], 
             chosen = best.config
             best.status, best.reason = "chosen", f"{best.ratio:.2f}x, confirmed {confirm:.2f}x in a fresh run"
             if not chosen.allow_spinning:
-                notes.append("spinning off is applied by onnxopt.session and bench; ORT's ort_config has no key for it, so a plain InferenceSession must set session.intra_op.allow_spinning=0 itself")
+                notes.append(
+                    "spinning off is applied by onnxopt.session and bench; ORT's ort_config has no key for it, so a plain "
+                    "InferenceSession must set session.intra_op.allow_spinning=0 itself"
+                )
         else:
             best.reason = f"not confirmed: {confirm:.2f}x in a fresh run < {1 + settings.min_gain:.2f}; defaults kept"
             notes.append(best.reason)
@@ -258,7 +301,20 @@ def _feeds(model, data, shapes, batch, seed):
 
 
 @blaming("model")
-def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None, batch: int | None = None, duration: float = 3.0, min_gain: float = 0.03, max_threads: int | None = None, seed: int = 0, report=None, options: SessionConfig | dict | None = None):
+def tune(
+    model,
+    *,
+    provider: str = "cpu",
+    data=None,
+    shapes: dict | None = None,
+    batch: int | None = None,
+    duration: float = 3.0,
+    min_gain: float = 0.03,
+    max_threads: int | None = None,
+    seed: int = 0,
+    report=None,
+    options: SessionConfig | dict | None = None,
+):
     """The model with the fastest verified ONNX Runtime session options carried in it.
 
     ``model``: path or ModelProto (already final: its graph is not changed).  Searches as the
@@ -291,9 +347,21 @@ def tune(model, *, provider: str = "cpu", data=None, shapes: dict | None = None,
     out = copy.deepcopy(m)
     carry_options(out, outcome.chosen)
     check_carried(out, settings.provider)
-    step = {"name": "tune-session-options", "params": {"duration": duration, "min_gain": min_gain}, "chosen": outcome.chosen.describe(), "confirm_ratio": outcome.confirm_ratio}
+    step = {
+        "name": "tune-session-options",
+        "params": {"duration": duration, "min_gain": min_gain},
+        "chosen": outcome.chosen.describe(),
+        "confirm_ratio": outcome.confirm_ratio,
+    }
     write_provenance(out, "tune", [step], {"session_options": outcome.chosen.to_dict()})
-    rep = {"command": "tune", "input": str(path) if path else None, "provider": settings.provider, "data": source, "feed_shapes": {k: list(v.shape) for k, v in feed.items()}, **outcome.to_dict()}
+    rep = {
+        "command": "tune",
+        "input": str(path) if path else None,
+        "provider": settings.provider,
+        "data": source,
+        "feed_shapes": {k: list(v.shape) for k, v in feed.items()},
+        **outcome.to_dict(),
+    }
     result = Result(out, rep, True)
     if report is not None:
         result.save_report(report)

@@ -14,7 +14,9 @@ from .passes import SimplifyPass
 __all__ = ["simplify"]
 
 
-def simplify(model, *, data=None, shapes: dict | None = None, provider: str = "cpu", use_onnxsim: bool = True, fix_shapes: dict | None = None) -> PipelineResult:
+def simplify(
+    model, *, data=None, shapes: dict | None = None, provider: str = "cpu", use_onnxsim: bool = True, fix_shapes: dict | None = None
+) -> PipelineResult:
     """Simplify ``model`` (path or proto): onnxsim with fallback to onnxopt's own passes.
 
     The output is verified against the input (checker, ORT load, outputs within 1e-4
@@ -29,7 +31,12 @@ def simplify(model, *, data=None, shapes: dict | None = None, provider: str = "c
         if fix_shapes:
             check_fix_shapes(m, fix_shapes, path)
             passes.insert(0, FixShapesPass(shapes={k: list(v) for k, v in fix_shapes.items()}))
-        ctx = Context(data=dataset_for(m, data) if data is not None else None, shapes={**(shapes or {}), **(fix_shapes or {})} or None, provider=provider, fixed_shapes=fix_shapes)
+        ctx = Context(
+            data=dataset_for(m, data) if data is not None else None,
+            shapes={**(shapes or {}), **(fix_shapes or {})} or None,
+            provider=provider,
+            fixed_shapes=fix_shapes,
+        )
         result = run_pipeline(m, passes, ctx, command="simplify")
     result.report["input"] = str(path) if path else None
     return result

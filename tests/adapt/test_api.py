@@ -145,7 +145,9 @@ def test_non_float_features_and_headless_models_are_refused(tmp_path):
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=1), helper.make_node("Cast", ["idx"], ["y"], to=TensorProto.FLOAT)]
-    g = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    g = helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])]
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     path = tmp_path / "nohead.onnx"

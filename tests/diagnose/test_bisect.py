@@ -71,7 +71,9 @@ def test_refusing_step_is_pinned_with_its_message():
 
 def test_recipe_pins_the_lossy_step_and_names_its_nodes(tmp_path, invoke):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('name = "r"\n[[steps]]\npass = "simplify"\n[[steps]]\npass = "quantize"\nmode = "dynamic"\nop_types = ["Gemm"]\n[[steps]]\npass = "remove-unused"\n')
+    recipe.write_text(
+        'name = "r"\n[[steps]]\npass = "simplify"\n[[steps]]\npass = "quantize"\nmode = "dynamic"\nop_types = ["Gemm"]\n[[steps]]\npass = "remove-unused"\n'
+    )
     model = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), str(model))
     d = onnxopt.diagnose(model, recipe=recipe, shapes=SHAPES)

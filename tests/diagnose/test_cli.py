@@ -79,7 +79,15 @@ def test_bad_input_exits_2_with_one_line(invoke, pair, tmp_path, args, code, tex
     other.graph.node[0].input[0] = "image"
     onnx.save(other, str(tmp_path / "o.onnx"))
     np.savez(tmp_path / "bad.npz", y=np.zeros((2, 3), np.float32))
-    subs = {"a": a, "b": b, "missing": tmp_path / "nope.onnx", "garbage": tmp_path / "g.onnx", "other": tmp_path / "o.onnx", "bad_data": tmp_path / "bad.npz", "tmp": tmp_path}
+    subs = {
+        "a": a,
+        "b": b,
+        "missing": tmp_path / "nope.onnx",
+        "garbage": tmp_path / "g.onnx",
+        "other": tmp_path / "o.onnx",
+        "bad_data": tmp_path / "bad.npz",
+        "tmp": tmp_path,
+    }
     before = sorted(p.name for p in tmp_path.iterdir())
     r = invoke("diagnose", *[x.format(**subs) for x in args])
     assert r.exit_code == code, r.output

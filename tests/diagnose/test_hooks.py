@@ -67,7 +67,16 @@ def test_quantize_budget_failure_ends_with_the_diagnose_command(tmp_path):
     onnx.save(m, str(tmp_path / "m.onnx"))
     np.savez(tmp_path / "ev.npz", **data_for(m, 300, labels=True))
     with pytest.raises(BudgetError) as exc:
-        quantize(tmp_path / "m.onnx", mode="dynamic", eval_data=tmp_path / "ev.npz", max_accuracy_drop=0.0, metric="agreement", allow_slower=True, timing=False, preprocess=False)
+        quantize(
+            tmp_path / "m.onnx",
+            mode="dynamic",
+            eval_data=tmp_path / "ev.npz",
+            max_accuracy_drop=0.0,
+            metric="agreement",
+            allow_slower=True,
+            timing=False,
+            preprocess=False,
+        )
     assert exc.value.message.endswith(f"; explain: onnxopt diagnose --recipe cpu-int8 {tmp_path / 'm.onnx'} --data {tmp_path / 'ev.npz'}")
 
 

@@ -40,7 +40,15 @@ def test_demo_command_summary_and_exit_codes(invoke, tmp_path, monkeypatch):
     monkeypatch.setattr(steps, "run_all", only_foundation)
     res = invoke("demo", "--out", tmp_path / "demo", "--quick")
     assert res.exit_code == 0, res.stderr
-    for text in ("== a section ==", "its text", "== summary ==", "inspect digits_mlp", "simplify digits_mlp", "verify digits_mlp", f"outputs in {tmp_path / 'demo'}/"):
+    for text in (
+        "== a section ==",
+        "its text",
+        "== summary ==",
+        "inspect digits_mlp",
+        "simplify digits_mlp",
+        "verify digits_mlp",
+        f"outputs in {tmp_path / 'demo'}/",
+    ):
         assert text in res.stdout, text
     assert (tmp_path / "demo" / "digits_mlp.sim.onnx").is_file()
 

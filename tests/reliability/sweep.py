@@ -132,7 +132,8 @@ def render(report: dict) -> str:
         total += r["runs"]
         bad += len(r["problems"])
     lines.append(
-        f"{report['cases']} corpus cases; {total} subprocess invocations; {bad} problems; modified inputs: {len(report['modified'])}; pickle payload executed: {report['unpickled']}"
+        f"{report['cases']} corpus cases; {total} subprocess invocations; {bad} problems; modified inputs: "
+        f"{len(report['modified'])}; pickle payload executed: {report['unpickled']}"
     )
     for cmd, why in report["skipped"].items():
         lines.append(f"skipped {cmd}: {why}")

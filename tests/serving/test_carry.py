@@ -41,7 +41,9 @@ def _applied(sess) -> tuple:
 def test_ort_config_is_orts_own_form_and_round_trips(tmp_path):
     m = _carrying()
     meta = {p.key: p.value for p in m.metadata_props}
-    assert json.loads(meta["ort_config"]) == {"session_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 2, "execution_mode": 1, "graph_optimization_level": 1}}
+    assert json.loads(meta["ort_config"]) == {
+        "session_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 2, "execution_mode": 1, "graph_optimization_level": 1}
+    }
     onnx.save(m, tmp_path / "m.onnx")
     assert carried_options(onnx.load(tmp_path / "m.onnx")) == CFG  # spinning from the mirror
     assert carried_options(tiny_cnn()) is None

@@ -92,7 +92,20 @@ def test_cold_start_of_an_ort_file_with_breakdown(tmp_path):
 def test_optimize_ort_format_cli(invoke, tmp_path):
     out = tmp_path / "o.onnx"
     rep = tmp_path / "r.json"
-    args = ["optimize", MODELS / "digits_mlp.onnx", "-o", out, "--ort-format", "--no-session-options", "--threads", "1", "--time-budget", "0.2", "--report", rep]
+    args = [
+        "optimize",
+        MODELS / "digits_mlp.onnx",
+        "-o",
+        out,
+        "--ort-format",
+        "--no-session-options",
+        "--threads",
+        "1",
+        "--time-budget",
+        "0.2",
+        "--report",
+        rep,
+    ]
     r = invoke(*args)
     assert r.exit_code == 0, r.output
     ort_path = tmp_path / "o.ort"

@@ -22,11 +22,24 @@ def three_branches() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     nodes, inits, outs = [], [], []
     for k in range(3):
-        inits += [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), f"w{k}a"), numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), f"w{k}b")]
-        nodes += [helper.make_node("MatMul", ["x", f"w{k}a"], [f"h{k}"]), helper.make_node("Relu", [f"h{k}"], [f"r{k}"]), helper.make_node("MatMul", [f"r{k}", f"w{k}b"], [f"y{k}"])]
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), f"w{k}a"),
+            numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), f"w{k}b"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{k}a"], [f"h{k}"]),
+            helper.make_node("Relu", [f"h{k}"], [f"r{k}"]),
+            helper.make_node("MatMul", [f"r{k}", f"w{k}b"], [f"y{k}"]),
+        ]
         outs.append(f"y{k}")
     nodes.append(helper.make_node("Sum", outs, ["y"]))
-    g = helper.make_graph(nodes, "three", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    g = helper.make_graph(
+        nodes,
+        "three",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -108,7 +121,9 @@ def test_tune_and_session_on_cuda():
 
 def test_tune_given_options_skip_the_search(invoke, tmp_path):
     out = tmp_path / "g.onnx"
-    r = invoke("tune", MODELS / "digits_mlp.onnx", "-o", out, "--time-budget", "0.2", "--intra-op-threads", "1", "--optimization-level", "basic", "--no-spinning")
+    r = invoke(
+        "tune", MODELS / "digits_mlp.onnx", "-o", out, "--time-budget", "0.2", "--intra-op-threads", "1", "--optimization-level", "basic", "--no-spinning"
+    )
     assert r.exit_code == 0, r.output
     assert carried_options(onnx.load(out)) == SessionConfig(intra_op_threads=1, optimization_level="basic", allow_spinning=False)
     assert "given" in r.output

@@ -106,7 +106,11 @@ def test_fold_refuses_bloat_random_overridable_and_graph_outputs():
 
 
 def test_fold_static_shape_and_subgraph_note():
-    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "sf"], ["y"])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["x", "sf"], ["y"]),
+    ]
     m = _model(nodes, [_vi("x", [2])], [_vi("y", [2])])
     n, _ = fold_constants(m)
     assert n == 2 and _ops(m) == ["Add"]
