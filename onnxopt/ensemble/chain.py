@@ -174,11 +174,29 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
                 if src is not None:
                     _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
                     st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-                    junctions.append({"stage": k, "from": src, "to": vi.name, "how": how, "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(prev_out[src]))})
+                    junctions.append(
+                        {
+                            "stage": k,
+                            "from": src,
+                            "to": vi.name,
+                            "how": how,
+                            "dtype": dtype_name(value_dtype(vi)),
+                            "shape": shape_str(value_shape(prev_out[src])),
+                        }
+                    )
                 elif vi.name in graph_inputs:
                     _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
                     st.input_rename[vi.name] = vi.name
-                    junctions.append({"stage": k, "from": f"input {vi.name}", "to": vi.name, "how": "shared input", "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(vi))})
+                    junctions.append(
+                        {
+                            "stage": k,
+                            "from": f"input {vi.name}",
+                            "to": vi.name,
+                            "how": "shared input",
+                            "dtype": dtype_name(value_dtype(vi)),
+                            "shape": shape_str(value_shape(vi)),
+                        }
+                    )
                 else:
                     unfed.append(vi)
             if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
@@ -186,10 +204,20 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
                 src = next(iter(prev_out))
                 _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
                 st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-                junctions.append({"stage": k, "from": src, "to": vi.name, "how": "position", "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(prev_out[src]))})
+                junctions.append(
+                    {
+                        "stage": k,
+                        "from": src,
+                        "to": vi.name,
+                        "how": "position",
+                        "dtype": dtype_name(value_dtype(vi)),
+                        "shape": shape_str(value_shape(prev_out[src])),
+                    }
+                )
             if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
                 raise UsageError(
-                    f"stage {k - 1} outputs [{', '.join(prev_out)}] feed nothing in stage {k} (its inputs [{', '.join(v.name for v in ins)}] are chain inputs); connect them with --map OUT_NAME:IN_NAME",
+                    f"stage {k - 1} outputs [{', '.join(prev_out)}] feed nothing in stage {k} "
+                    f"(its inputs [{', '.join(v.name for v in ins)}] are chain inputs); connect them with --map OUT_NAME:IN_NAME",
                     st.where,
                 )
             if unfed:
@@ -210,7 +238,12 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
     unused = [f"{a}:{b}" for a, b in pairs if (a, b) not in used_pairs]
     if unused:
         raise UsageError(f"--map {', '.join(unused)} matches no junction (an output of one stage and an input of the next)")
-    inputs = [helper.make_tensor_value_info(vi.name, value_dtype(vi), None if value_shape(vi) is None else list(value_shape(vi))) for vi in graph_inputs.values()]
+    inputs = [
+        helper.make_tensor_value_info(
+            vi.name, value_dtype(vi), None if value_shape(vi) is None else list(value_shape(vi))
+        )
+        for vi in graph_inputs.values()
+    ]
     return inputs, parts, junctions, final_names
 
 
