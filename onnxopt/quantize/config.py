@@ -20,12 +20,15 @@ __all__ = [
     "int4_op_types",
     "op_types_problem",
     "check_choice",
+    "EQUALIZE",
+    "QuantizeConfig",
 ]
 
 MODES = ("auto", "dynamic", "static", "int4")
 INT4_METHODS = ("rtn", "hqq")  # ONNX Runtime's DefaultWeightOnlyQuantConfig (round to nearest) / HQQ
 FORMATS = ("qdq", "qoperator")
 INT_TYPES = ("int8", "uint8")
+EQUALIZE = ("auto", "always", "off")
 
 # Ops with weights: the nodes whose exclusion the accuracy-budget search decides.
 WEIGHTED_OP_TYPES = ("Attention", "Conv", "ConvTranspose", "Gemm", "LSTM", "MatMul")
@@ -128,7 +131,12 @@ class QuantConfig:
         else:
             base = "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
-        return base + (" reduce-range" if self.reduce_range else "") + (" equalized" if self.equalized else "") + (" bias-corrected" if self.bias_correction else "")
+        return (
+            base
+            + (" reduce-range" if self.reduce_range else "")
+            + (" equalized" if self.equalized else "")
+            + (" bias-corrected" if self.bias_correction else "")
+        )
 
     def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
         """The op types to quantize: explicit ``op_types``, else the mode's defaults.  On CPU,
@@ -164,3 +172,83 @@ class QuantConfig:
         if self.exclude:
             d["exclude"] = sorted(self.exclude)
         return d
+
+
+@dataclass
+class QuantizeConfig:
+    """The options of ``onnxopt.quantize`` (see its docstring), as keyword arguments.
+
+    ``mode``: ``auto`` (dynamic, static per-tensor, static per-channel: the fastest valid
+    candidate within the budget), ``dynamic``, ``static`` (needs ``calibration``) or
+    ``int4`` (weight-only ``MatMulNBits``, blocks of ``block_size`` weights, ``int4_method``
+    rtn | hqq).  ``format``, ``method`` (calibration), ``per_channel``, ``reduce_range``,
+    ``weight_type``, ``activation_type``, ``op_types`` and ``exclude_nodes`` (names, or
+    comma-separated text) shape the candidates.  ``calibration`` / ``eval_data``: DATA
+    paths or ``Dataset``; ``max_accuracy_drop``: points of ``metric`` allowed against FP32
+    on ``eval_data`` (default: the calibration data).  ``batch``: the timing batch;
+    ``timing_runs`` / ``timing_seconds`` / ``threads``: the timing sessions;
+    ``min_speedup``; ``timing=False`` (only with ``allow_slower``) skips timing.
+    ``calibration_batch``, ``search_samples``, ``max_evals`` and ``sensitivity`` tune the
+    calibration and the budget search.  ``model_type`` (with ``num_heads`` /
+    ``hidden_size``, 0: detected) runs ``transformer-fusion`` first; ``fix_shapes``
+    ({input: dims}) makes those inputs static first; ``shapes``: values of symbolic dims
+    for synthesized inputs.  ``allow_collapse``, ``equalize`` (auto | always | off),
+    ``bias_correction``, ``preprocess``, ``provider``, ``seed``.  ``validate`` checks them
+    (``UsageError``, exit 2).
+    """
+
+    mode: str = "auto"
+    format: str = "qdq"
+    calibration: object = None
+    method: str = "minmax"
+    per_channel: bool = False
+    reduce_range: bool = False
+    weight_type: str = "int8"
+    activation_type: str = "uint8"
+    op_types: object = None
+    exclude_nodes: object = None
+    provider: str = "cpu"
+    max_accuracy_drop: float | None = None
+    eval_data: object = None
+    metric: str | None = None
+    allow_slower: bool = False
+    shapes: dict | None = None
+    batch: int = 32
+    calibration_batch: int | None = None
+    search_samples: int = 200
+    max_evals: int = 40
+    sensitivity: str = "float-one"
+    timing_runs: int = 30
+    timing_seconds: float | None = 20.0
+    threads: int | None = None
+    min_speedup: float = 1.0
+    preprocess: bool = True
+    timing: bool = True
+    seed: int = 0
+    model_type: str | None = None
+    num_heads: int = 0
+    hidden_size: int = 0
+    fix_shapes: dict | None = None
+    block_size: int = 32
+    int4_method: str = "rtn"
+    allow_collapse: bool = False
+    equalize: str = "auto"
+    bias_correction: bool = False
+
+    def validate(self) -> QuantizeConfig:
+        check_choice("mode", self.mode, MODES)
+        check_choice("format", self.format, FORMATS)
+        check_choice("weight type", self.weight_type, INT_TYPES)
+        check_choice("activation type", self.activation_type, INT_TYPES)
+        check_choice("equalize", self.equalize, EQUALIZE)
+        if self.batch <= 0 or self.search_samples <= 0 or self.max_evals <= 0:
+            raise UsageError("batch, search_samples and max_evals must be positive")
+        if self.model_type is not None:
+            from .transformer import MODEL_TYPES
+
+            check_choice("model type", self.model_type, MODEL_TYPES)
+            if self.num_heads < 0 or self.hidden_size < 0:
+                raise UsageError("num_heads and hidden_size must be >= 0 (0: detect)")
+        if not self.timing and not self.allow_slower:
+            raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
+        return self
