@@ -45,15 +45,9 @@ def render_candidates(report: dict) -> str:
         excluded = len(c.get("excluded") or [])
         fallbacks = len(c.get("fallbacks") or [])
         rows.append([
-            c["label"],
-            c["status"],
-            f"{c['quantized_nodes']}/{c['quantizable_nodes']}",
-            c.get("score"),
-            None if c.get("drop") is None else round(c["drop"], 3),
-            _speed(c),
-            None if c.get("size_ratio") is None else round(c["size_ratio"], 3),
-            excluded,
-            fallbacks,
+            c["label"], c["status"], f"{c['quantized_nodes']}/{c['quantizable_nodes']}", c.get("score"),
+            None if c.get("drop") is None else round(c["drop"], 3), _speed(c), None if c.get("size_ratio") is None else round(c["size_ratio"], 3),
+            excluded, fallbacks,
         ])  # fmt: skip
     return table(["candidate", "status", "quantized", metric, "drop", "speed vs FP32", "size", "excluded", "fallbacks"], rows)
 
@@ -122,10 +116,7 @@ def _details(report: dict) -> list[str]:
 @click.option("--format", "fmt_", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True, help="Static model format.")
 @calibration_option
 @click.option(
-    "--method",
-    type=click.Choice(["minmax", "percentile", "entropy", "auto"]),
-    default="minmax",
-    show_default=True,
+    "--method", type=click.Choice(["minmax", "percentile", "entropy", "auto"]), default="minmax", show_default=True,
     help="Calibration method (streamed statistics); auto: per tensor, the range of the three with the least quantization error.",
 )
 @click.option("--per-channel", is_flag=True, help="Per-channel weights (static mode; auto tries both).")
@@ -138,15 +129,11 @@ def _details(report: dict) -> list[str]:
 @budget_options
 @click.option("--allow-slower", is_flag=True, help="Write the best valid candidate even when it is not faster than FP32.")
 @click.option(
-    "--allow-collapse",
-    is_flag=True,
+    "--allow-collapse", is_flag=True,
     help="Write a static or INT4 result even when it scores below 0.5 against FP32 on the calibration data (top-1 agreement or cosine).",
 )
 @click.option(
-    "--equalize",
-    type=click.Choice(["auto", "always", "off"]),
-    default="auto",
-    show_default=True,
+    "--equalize", type=click.Choice(["auto", "always", "off"]), default="auto", show_default=True,
     help="Static candidates that lose accuracy are built again after the exact equalize + smooth-quant passes (auto); always; or never.",
 )
 @click.option(
@@ -158,17 +145,13 @@ def _details(report: dict) -> list[str]:
 )
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size of the timing run.")
 @click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
+    "--threads", type=click.IntRange(min=1), default=None,
     help="Intra-op threads of the timing sessions (default: ONNX Runtime's; 1 is steadier on a loaded machine).",
 )
 @click.option("--calibration-batch", type=click.IntRange(min=1), default=None, help="Batch size of the calibration runs (default 32).")
 @click.option("--no-preprocess", is_flag=True, help="Skip ORT's quant_pre_process (onnxopt's own pre-processing still runs).")
 @click.option(
-    "--model-type",
-    type=click.Choice(MODEL_TYPES),
-    default=None,
+    "--model-type", type=click.Choice(MODEL_TYPES), default=None,
     help="Run the transformer-fusion pass (ORT's transformer optimizer, verified) for this architecture before quantizing.",
 )
 @click.option("--num-heads", type=click.IntRange(min=0), default=0, show_default=True, help="Attention heads for --model-type (0: detect).")

@@ -42,21 +42,8 @@ from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
 from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
 
 __all__ = [
-    "quantize",
-    "QuantizeConfig",
-    "calibrate",
-    "prepare_model",
-    "quantize_candidate",
-    "quantize_dynamic_candidate",
-    "quantize_static_candidate",
-    "candidate_configs",
-    "check_exclusions",
-    "map_exclusions",
-    "build_base",
-    "feed_dataset",
-    "finish_candidate",
-    "dataset_view",
-    "as_name_list",
+    "quantize", "QuantizeConfig", "calibrate", "prepare_model", "quantize_candidate", "quantize_dynamic_candidate", "quantize_static_candidate",
+    "candidate_configs", "check_exclusions", "map_exclusions", "build_base", "feed_dataset", "finish_candidate", "dataset_view", "as_name_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,13 +63,7 @@ def as_name_list(value) -> list[str]:
 
 
 def calibrate(
-    model,
-    data,
-    *,
-    method: str = "minmax",
-    batch_size: int | None = None,
-    limit: int | None = None,
-    provider: str = "cpu",
+    model, data, *, method: str = "minmax", batch_size: int | None = None, limit: int | None = None, provider: str = "cpu",
     percentile: float = DEFAULT_PERCENTILE,
 ) -> CalibrationRanges:
     """Activation ranges of ``model`` over DATA (path or Dataset), streamed batch by batch."""
@@ -161,21 +142,9 @@ def map_exclusions(
 
 
 def candidate_configs(
-    mode: str,
-    *,
-    has_calibration: bool,
-    provider: str = "cpu",
-    format: str = "qdq",
-    method: str = "minmax",
-    per_channel: bool = False,
-    reduce_range: bool = False,
-    weight_type: str = "int8",
-    activation_type: str = "uint8",
-    op_types=None,
-    exclude=(),
-    block_size: int = 32,
-    int4_method: str = "rtn",
-    bias_correction: bool = False,
+    mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False,
+    reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=(), block_size: int = 32,
+    int4_method: str = "rtn", bias_correction: bool = False,
 ) -> tuple[list[QuantConfig], list[str]]:
     """The configurations ``mode`` tries, and notes on what was skipped and why."""
     notes = []
@@ -197,14 +166,8 @@ def candidate_configs(
     if mode == "static":
         return [
             QuantConfig(
-                mode="static",
-                format=format,
-                method=method,
-                per_channel=per_channel,
-                activation_type=activation_type,
-                op_types=ops,
-                bias_correction=bias_correction,
-                **common,
+                mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops,
+                bias_correction=bias_correction, **common,
             )
         ], notes
     configs = []
@@ -221,14 +184,8 @@ def candidate_configs(
     else:
         configs.extend(
             QuantConfig(
-                mode="static",
-                format=format,
-                method=method,
-                per_channel=pc,
-                activation_type=activation_type,
-                op_types=ops_of("static"),
-                bias_correction=bias_correction,
-                **common,
+                mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"),
+                bias_correction=bias_correction, **common,
             )
             for pc in (False, True)
         )
@@ -245,21 +202,8 @@ def build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tup
 
 
 def quantize_candidate(
-    m: onnx.ModelProto,
-    config: QuantConfig,
-    *,
-    calibration=None,
-    ranges=None,
-    provider: str = "cpu",
-    eval_data=None,
-    max_accuracy_drop=None,
-    metric=None,
-    preprocess: bool = True,
-    search_samples: int = 200,
-    max_evals: int = 40,
-    shared=None,
-    evaluator=None,
-    gate=None,
+    m: onnx.ModelProto, config: QuantConfig, *, calibration=None, ranges=None, provider: str = "cpu", eval_data=None, max_accuracy_drop=None,
+    metric=None, preprocess: bool = True, search_samples: int = 200, max_evals: int = 40, shared=None, evaluator=None, gate=None,
 ) -> CandidateResult:
     """One candidate of ``config``, fitted to the budget when given.  ``shared``
     (``engine.SharedWork``): pre-processing, ranges, search subset and sensitivity ranking
@@ -283,8 +227,7 @@ def quantize_candidate(
         if calibration is None:
             raise UsageError("static quantization needs calibration data")
         ranges = work.get(
-            "ranges",
-            config.method,
+            "ranges", config.method,
             lambda: collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges,
         )
     base, converted = build_base(prep.model, config, provider)
@@ -334,18 +277,8 @@ def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
 
 
 def quantize_dynamic_candidate(
-    model,
-    *,
-    op_types=None,
-    per_channel: bool = False,
-    reduce_range: bool = False,
-    weight_type: str = "int8",
-    exclude_nodes: Iterable[str] = (),
-    provider: str = "cpu",
-    eval_data=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    preprocess: bool = True,
+    model, *, op_types=None, per_channel: bool = False, reduce_range: bool = False, weight_type: str = "int8", exclude_nodes: Iterable[str] = (),
+    provider: str = "cpu", eval_data=None, max_accuracy_drop: float | None = None, metric: str | None = None, preprocess: bool = True,
 ) -> onnx.ModelProto:
     """A verified dynamically quantized model (weights INT8, activations quantized at run
     time): pre-processed, Gemm rewritten to MatMul, repaired per node where ORT's output is
@@ -353,11 +286,7 @@ def quantize_dynamic_candidate(
     Raises ``BudgetError`` when nothing is quantizable or the budget cannot be met."""
     m, _ = resolve_model(model)
     cfg = QuantConfig(
-        mode="dynamic",
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        weight_type=weight_type,
-        op_types=tuple(as_name_list(op_types)) or None,
+        mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None,
         exclude=frozenset(as_name_list(exclude_nodes)),
     )
     res = quantize_candidate(m, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
@@ -365,23 +294,9 @@ def quantize_dynamic_candidate(
 
 
 def quantize_static_candidate(
-    model,
-    calibration,
-    *,
-    format: str = "qdq",
-    method: str = "minmax",
-    per_channel: bool = False,
-    reduce_range: bool = False,
-    weight_type: str = "int8",
-    activation_type: str = "uint8",
-    op_types=None,
-    exclude_nodes: Iterable[str] = (),
-    provider: str = "cpu",
-    ranges: dict | None = None,
-    eval_data=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    preprocess: bool = True,
+    model, calibration, *, format: str = "qdq", method: str = "minmax", per_channel: bool = False, reduce_range: bool = False,
+    weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude_nodes: Iterable[str] = (), provider: str = "cpu",
+    ranges: dict | None = None, eval_data=None, max_accuracy_drop: float | None = None, metric: str | None = None, preprocess: bool = True,
 ) -> onnx.ModelProto:
     """A verified statically quantized model: ranges streamed from ``calibration`` (path or
     Dataset; or given as ``ranges`` for the pre-processed model), per-channel repaired or
@@ -389,26 +304,12 @@ def quantize_static_candidate(
     on ``eval_data`` (default: the calibration data) when given."""
     m, _ = resolve_model(model)
     cfg = QuantConfig(
-        mode="static",
-        format=format,
-        method=method,
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        weight_type=weight_type,
-        activation_type=activation_type,
-        op_types=tuple(as_name_list(op_types)) or None,
-        exclude=frozenset(as_name_list(exclude_nodes)),
+        mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
+        activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)),
     )
     cal = dataset_for(m, dataset_view(calibration))
     res = quantize_candidate(
-        m,
-        cfg,
-        calibration=cal,
-        ranges=ranges,
-        eval_data=eval_data,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        provider=provider,
+        m, cfg, calibration=cal, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider,
         preprocess=preprocess,
     )
     return finish_candidate(res)[0]

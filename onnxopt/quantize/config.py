@@ -7,21 +7,8 @@ from dataclasses import dataclass, field, replace
 from ..errors import UsageError
 
 __all__ = [
-    "MODES",
-    "FORMATS",
-    "INT_TYPES",
-    "INT4_METHODS",
-    "QuantConfig",
-    "WEIGHTED_OP_TYPES",
-    "dynamic_op_types",
-    "static_op_types",
-    "known_op_types",
-    "op_types_for_mode",
-    "int4_op_types",
-    "op_types_problem",
-    "check_choice",
-    "EQUALIZE",
-    "QuantizeConfig",
+    "MODES", "FORMATS", "INT_TYPES", "INT4_METHODS", "QuantConfig", "WEIGHTED_OP_TYPES", "dynamic_op_types", "static_op_types", "known_op_types",
+    "op_types_for_mode", "int4_op_types", "op_types_problem", "check_choice", "EQUALIZE", "QuantizeConfig",
 ]
 
 MODES = ("auto", "dynamic", "static", "int4")
@@ -153,12 +140,7 @@ class QuantConfig:
         return replace(self, **kw)
 
     def to_dict(self) -> dict:
-        d = {
-            "mode": self.mode,
-            "per_channel": self.per_channel,
-            "reduce_range": self.reduce_range,
-            "weight_type": self.weight_type,
-        }
+        d = {"mode": self.mode, "per_channel": self.per_channel, "reduce_range": self.reduce_range, "weight_type": self.weight_type}
         if self.mode == "static":
             d.update(format=self.format, method=self.method, activation_type=self.activation_type)
         if self.mode == "int4":

@@ -44,24 +44,8 @@ from .preprocess import Prepared
 from .speed import measure_speed, timing_feed
 
 __all__ = [
-    "COLLAPSE_SCORE",
-    "Inputs",
-    "Run",
-    "UNBUDGETED_WARN_DROP",
-    "add_equalized",
-    "build_candidates",
-    "check_collapse",
-    "check_inputs",
-    "choose",
-    "collapse",
-    "collapse_message",
-    "equalized_candidates",
-    "failure",
-    "load_input",
-    "measure_ranges",
-    "pick",
-    "prepare",
-    "time_candidates",
+    "COLLAPSE_SCORE", "Inputs", "Run", "UNBUDGETED_WARN_DROP", "add_equalized", "build_candidates", "check_collapse", "check_inputs", "choose",
+    "collapse", "collapse_message", "equalized_candidates", "failure", "load_input", "measure_ranges", "pick", "prepare", "time_candidates",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,8 +220,7 @@ def build_candidates(run: Run) -> None:
         base, converted = bases[c.mode]
         builder = CandidateBuilder(
             base, c, ranges=run.ranges.ranges if run.ranges else None, provider=run.provider, feed=run.vfeed, reference=run.vref,
-            converted_gemms=converted, calibration=run.inputs.cal,
-            alt_ranges=alt_ranges if c.mode == "static" and cfg.method != "auto" else None,
+            converted_gemms=converted, calibration=run.inputs.cal, alt_ranges=alt_ranges if c.mode == "static" and cfg.method != "auto" else None,
         )  # fmt: skip
         log.info("candidate %s ...", c.label)
         res = evaluate_candidate(
@@ -292,17 +275,12 @@ def _report(run: Run) -> dict:
         "transformer_fusion": run.fusion,
         "calibration": run.ranges.summary() if run.ranges else None,
         "metric": {
-            "name": ev.metric,
-            "reference": ev.reference_score,
-            "data": ev_.source,
-            "samples": len(ev_),
+            "name": ev.metric, "reference": ev.reference_score, "data": ev_.source, "samples": len(ev_),
             "search_samples": cfg.search_samples if run.search is not None else None,
         },  # fmt: skip
         "budget": {"max_drop": run.inputs.budget.max_drop} if run.inputs.budget else None,
         "timing": {
-            "batch": int(next(iter(feed.values())).shape[0]) if feed else None,
-            "runs": cfg.timing_runs if cfg.timing else 0,
-            "threads": cfg.threads,
+            "batch": int(next(iter(feed.values())).shape[0]) if feed else None, "runs": cfg.timing_runs if cfg.timing else 0, "threads": cfg.threads,
             "min_speedup": cfg.min_speedup,
         },  # fmt: skip
         "candidates": [r.to_dict() for r in run.results],
