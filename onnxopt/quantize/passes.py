@@ -96,6 +96,12 @@ class QuantizePass(Pass):
         step.settings, step.inputs = cfg, inputs
         return step
 
+    def __call__(self, model: onnx.ModelProto | None, ctx: Context | None = None, *, inplace: bool = False) -> PassResult:
+        """As ``Pass.__call__``, without the copy of the input: no stage changes it (each
+        works on a copy of what it changes), and a model up to ``io.LARGE_MODEL_BYTES``
+        costs one copy less at the peak."""
+        return super().__call__(model, ctx, inplace=True)
+
     def _recipe_settings(self, ctx: Context) -> QuantizeConfig:
         """The recipe step's options: its parameters, and data, provider, shapes, seed and
         budget from the context (evaluated on the calibration data under a budget without

@@ -13,6 +13,7 @@ quantizable and slower is allowed; ``failure`` otherwise).  Each stage reads and
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -318,7 +319,7 @@ def choose(run: Run) -> tuple[onnx.ModelProto, CandidateResult | None]:
     if chosen is None and cfg.allow_slower and cfg.mode != "int4" and nothing:
         run.report["chosen"] = None
         run.report["notes"].append("nothing to quantize: the input model is returned unchanged (--allow-slower)")
-        return _finished(run, run.m), None
+        return _finished(run, copy.deepcopy(run.m)), None  # the input is never the output
     if chosen is None:
         run.report["seconds"] = round(time.perf_counter() - run.t_start, 2)
         from ..diagnose.hints import diagnose_hint
