@@ -11,7 +11,7 @@ report holds the chosen candidate's counts, the notes and the candidates without
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 import onnx
@@ -126,7 +126,8 @@ class QuantizePass(Pass):
 
         cfg = self.settings or self._recipe_settings(ctx)
         provider = resolve_provider(cfg.provider)
-        inputs = self.inputs or stages.check_inputs(model, cfg, provider, ctx.path)
+        # the checked inputs' notes are the run's first ones (copied: a second call starts afresh)
+        inputs = replace(self.inputs, notes=list(self.inputs.notes)) if self.inputs else stages.check_inputs(model, cfg, provider, ctx.path)
         run = stages.Run(cfg, model, inputs, provider)
         for stage in (stages.prepare, stages.measure_ranges, stages.build_candidates, stages.add_equalized, stages.collapse, stages.time_candidates):
             stage(run)
