@@ -342,7 +342,12 @@ def quantize(model, **options) -> Result:
     from the model after the exact ``equalize`` and ``smooth-quant`` passes (row label
     ``... equalized``, with ``bias_correction`` in QDQ format); ``always`` adds it for every
     static candidate; ``off`` never.  ``bias_correction``: static QDQ candidates get the
-    expected output shift of their quantized weights removed from the biases.
+    expected output shift of their quantized weights removed from the biases.  Also:
+    ``format``, ``method`` (calibration), ``per_channel``, ``reduce_range``, ``weight_type``,
+    ``activation_type``, ``op_types``, ``exclude_nodes``, ``provider``, ``shapes`` (symbolic
+    dims of synthesized inputs), ``calibration_batch``, ``search_samples`` / ``max_evals`` /
+    ``sensitivity`` (the budget search), ``timing_runs`` / ``timing_seconds`` /
+    ``min_speedup``, ``preprocess``, ``seed``.
 
     Stages: check the options, load and check the model (``stages.load_input``), the
     candidates and the data (``stages.check_inputs``: every user error before any work),

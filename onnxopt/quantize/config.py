@@ -158,26 +158,10 @@ class QuantConfig:
 
 @dataclass
 class QuantizeConfig:
-    """The options of ``onnxopt.quantize`` (see its docstring), as keyword arguments.
-
-    ``mode``: ``auto`` (dynamic, static per-tensor, static per-channel: the fastest valid
-    candidate within the budget), ``dynamic``, ``static`` (needs ``calibration``) or
-    ``int4`` (weight-only ``MatMulNBits``, blocks of ``block_size`` weights, ``int4_method``
-    rtn | hqq).  ``format``, ``method`` (calibration), ``per_channel``, ``reduce_range``,
-    ``weight_type``, ``activation_type``, ``op_types`` and ``exclude_nodes`` (names, or
-    comma-separated text) shape the candidates.  ``calibration`` / ``eval_data``: DATA
-    paths or ``Dataset``; ``max_accuracy_drop``: points of ``metric`` allowed against FP32
-    on ``eval_data`` (default: the calibration data).  ``batch``: the timing batch;
-    ``timing_runs`` / ``timing_seconds`` / ``threads``: the timing sessions;
-    ``min_speedup``; ``timing=False`` (only with ``allow_slower``) skips timing.
-    ``calibration_batch``, ``search_samples``, ``max_evals`` and ``sensitivity`` tune the
-    calibration and the budget search.  ``model_type`` (with ``num_heads`` /
-    ``hidden_size``, 0: detected) runs ``transformer-fusion`` first; ``fix_shapes``
-    ({input: dims}) makes those inputs static first; ``shapes``: values of symbolic dims
-    for synthesized inputs.  ``allow_collapse``, ``equalize`` (auto | always | off),
-    ``bias_correction``, ``preprocess``, ``provider``, ``seed``.  ``validate`` checks them
-    (``UsageError``, exit 2).
-    """
+    """The options of ``onnxopt.quantize`` (see its docstring), with its defaults;
+    ``validate`` checks them (``UsageError``, exit 2).  ``calibration`` / ``eval_data``:
+    DATA paths or ``Dataset``; ``op_types`` / ``exclude_nodes``: names, or comma-separated
+    text."""
 
     mode: str = "auto"
     format: str = "qdq"
