@@ -20,7 +20,7 @@ from .outputs import check_outputs, write_result
 from .render import echo_json
 from .types import CsvList
 
-__all__ = ["command", "render_candidates", "MODEL_TYPES"]
+__all__ = ["command", "render", "render_candidates", "MODEL_TYPES"]
 
 # onnxopt.quantize.transformer.MODEL_TYPES, spelled out so that --help imports no onnx
 # (tests/quantize/test_cli.py checks that the two agree)
@@ -45,15 +45,9 @@ def render_candidates(report: dict) -> str:
         excluded = len(c.get("excluded") or [])
         fallbacks = len(c.get("fallbacks") or [])
         rows.append([
-            c["label"],
-            c["status"],
-            f"{c['quantized_nodes']}/{c['quantizable_nodes']}",
-            c.get("score"),
-            None if c.get("drop") is None else round(c["drop"], 3),
-            _speed(c),
-            None if c.get("size_ratio") is None else round(c["size_ratio"], 3),
-            excluded,
-            fallbacks,
+            c["label"], c["status"], f"{c['quantized_nodes']}/{c['quantizable_nodes']}", c.get("score"),
+            None if c.get("drop") is None else round(c["drop"], 3), _speed(c), None if c.get("size_ratio") is None else round(c["size_ratio"], 3),
+            excluded, fallbacks,
         ])  # fmt: skip
     return table(["candidate", "status", "quantized", metric, "drop", "speed vs FP32", "size", "excluded", "fallbacks"], rows)
 
@@ -68,7 +62,13 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
     groups: list[list[dict]] = []
     for e in excluded:
         last = groups[-1][-1] if groups else None
-        if last is not None and e.get("group_size", 1) > 1 and last.get("group_size") == e.get("group_size") and last.get("gain") == e.get("gain") and len(groups[-1]) < e["group_size"]:
+        if (
+            last is not None
+            and e.get("group_size", 1) > 1
+            and last.get("group_size") == e.get("group_size")
+            and last.get("gain") == e.get("gain")
+            and len(groups[-1]) < e["group_size"]
+        ):
             groups[-1].append(e)
         else:
             groups.append([e])
@@ -103,10 +103,22 @@ def _details(report: dict) -> list[str]:
 @click.command("quantize")
 @click.argument("model", type=click.Path())
 @output_option()
-@click.option("--mode", type=click.Choice(["auto", "dynamic", "static", "int4"]), default="auto", show_default=True, help="auto: try dynamic, static per-tensor and static per-channel, keep the fastest within the budget; int4: weight-only INT4 of every MatMul with a constant weight (MatMulNBits).")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "dynamic", "static", "int4"]),
+    default="auto",
+    show_default=True,
+    help=(
+        "auto: try dynamic, static per-tensor and static per-channel, keep the fastest within the budget; "
+        "int4: weight-only INT4 of every MatMul with a constant weight (MatMulNBits)."
+    ),
+)
 @click.option("--format", "fmt_", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True, help="Static model format.")
 @calibration_option
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy", "auto"]), default="minmax", show_default=True, help="Calibration method (streamed statistics); auto: per tensor, the range of the three with the least quantization error.")
+@click.option(
+    "--method", type=click.Choice(["minmax", "percentile", "entropy", "auto"]), default="minmax", show_default=True,
+    help="Calibration method (streamed statistics); auto: per tensor, the range of the three with the least quantization error.",
+)
 @click.option("--per-channel", is_flag=True, help="Per-channel weights (static mode; auto tries both).")
 @click.option("--reduce-range", is_flag=True, help="7-bit weights (helps u8s8 accuracy on CPUs without VNNI).")
 @click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
@@ -116,23 +128,39 @@ def _details(report: dict) -> list[str]:
 @provider_option
 @budget_options
 @click.option("--allow-slower", is_flag=True, help="Write the best valid candidate even when it is not faster than FP32.")
-@click.option("--allow-collapse", is_flag=True, help="Write a static or INT4 result even when it scores below 0.5 against FP32 on the calibration data (top-1 agreement or cosine).")
-@click.option("--equalize", type=click.Choice(["auto", "always", "off"]), default="auto", show_default=True, help="Static candidates that lose accuracy are built again after the exact equalize + smooth-quant passes (auto); always; or never.")
-@click.option("--bias-correction", is_flag=True, help="Static QDQ: remove each quantized weight's expected output shift (on the calibration data) from its bias.")
+@click.option(
+    "--allow-collapse", is_flag=True,
+    help="Write a static or INT4 result even when it scores below 0.5 against FP32 on the calibration data (top-1 agreement or cosine).",
+)
+@click.option(
+    "--equalize", type=click.Choice(["auto", "always", "off"]), default="auto", show_default=True,
+    help="Static candidates that lose accuracy are built again after the exact equalize + smooth-quant passes (auto); always; or never.",
+)
+@click.option(
+    "--bias-correction", is_flag=True, help="Static QDQ: remove each quantized weight's expected output shift (on the calibration data) from its bias."
+)
 @click.option("--block-size", type=click.IntRange(min=16), default=32, show_default=True, help="--mode int4: weights per quantization block (a power of 2).")
-@click.option("--int4-method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True, help="--mode int4: round to nearest, or HQQ (needs torch).")
+@click.option(
+    "--int4-method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True, help="--mode int4: round to nearest, or HQQ (needs torch)."
+)
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size of the timing run.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads of the timing sessions (default: ONNX Runtime's; 1 is steadier on a loaded machine).")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="Intra-op threads of the timing sessions (default: ONNX Runtime's; 1 is steadier on a loaded machine).",
+)
 @click.option("--calibration-batch", type=click.IntRange(min=1), default=None, help="Batch size of the calibration runs (default 32).")
 @click.option("--no-preprocess", is_flag=True, help="Skip ORT's quant_pre_process (onnxopt's own pre-processing still runs).")
-@click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None, help="Run the transformer-fusion pass (ORT's transformer optimizer, verified) for this architecture before quantizing.")
+@click.option(
+    "--model-type", type=click.Choice(MODEL_TYPES), default=None,
+    help="Run the transformer-fusion pass (ORT's transformer optimizer, verified) for this architecture before quantizing.",
+)
 @click.option("--num-heads", type=click.IntRange(min=0), default=0, show_default=True, help="Attention heads for --model-type (0: detect).")
 @click.option("--hidden-size", type=click.IntRange(min=0), default=0, show_default=True, help="Hidden size for --model-type (0: detect).")
 @shape_option
 @fix_shapes_option
 @json_option
 @report_option
-def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_range, weight_type, activation_type, op_types, exclude_nodes, provider, eval_data, max_accuracy_drop, metric, allow_slower, allow_collapse, equalize, bias_correction, block_size, int4_method, batch, threads, calibration_batch, no_preprocess, model_type, num_heads, hidden_size, shapes, fix_shapes, as_json, report_path):
+def command(model, output, fmt_, no_preprocess, shapes, fix_shapes, as_json, report_path, **options):
     """Quantize MODEL to INT8 with ONNX Runtime, and write it only when it is valid (checker
     + ORT session), within --max-accuracy-drop points of --metric on --eval, and faster than
     the FP32 model (timed side by side), unless --allow-slower.  Exit 3 with the measured
@@ -148,70 +176,54 @@ def command(model, output, mode, fmt_, calibration, method, per_channel, reduce_
 
       onnxopt quantize llm.onnx -o llm.int4.onnx --mode int4 --block-size 32 --batch 1
     """
+    check_outputs(output, [model], report_path)
+    shaped = {"shapes": shapes_dict(shapes), "fix_shapes": shapes_dict(fix_shapes)}
+    result = _quantize(model, as_json, format=fmt_, preprocess=not no_preprocess, **shaped, **options)
+    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
+        return
+    render(result.report)
+    click.echo(f"wrote {output}")
+
+
+def _quantize(model, as_json: bool, **options):
+    """``onnxopt.quantize``; a refusal with a measured table (exit 3) prints it first."""
     from ..errors import BudgetError, VerificationError
     from ..quantize.api import quantize
 
-    check_outputs(output, [model], report_path)
     try:
-        result = quantize(
-            model,
-            mode=mode,
-            format=fmt_,
-            calibration=calibration,
-            method=method,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            weight_type=weight_type,
-            activation_type=activation_type,
-            op_types=op_types,
-            exclude_nodes=exclude_nodes,
-            provider=provider,
-            max_accuracy_drop=max_accuracy_drop,
-            eval_data=eval_data,
-            metric=metric,
-            allow_slower=allow_slower,
-            shapes=shapes_dict(shapes),
-            fix_shapes=shapes_dict(fix_shapes),
-            batch=batch,
-            threads=threads,
-            calibration_batch=calibration_batch,
-            preprocess=not no_preprocess,
-            model_type=model_type,
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            block_size=block_size,
-            int4_method=int4_method,
-            allow_collapse=allow_collapse,
-            equalize=equalize,
-            bias_correction=bias_correction,
-        )
+        return quantize(model, **options)
     except (BudgetError, VerificationError) as exc:
         rep = exc.details.get("report")
-        if rep:
-            if as_json:
-                echo_json(rep)
-            else:
-                click.echo(render_candidates(rep))
-                for line in _details(rep):
-                    click.echo(line)
+        if rep and as_json:
+            echo_json(rep)
+        elif rep:
+            _render_table(rep)
         raise
-    if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
-        return
-    rep = result.report
+
+
+def _render_table(rep: dict) -> None:
     click.echo(render_candidates(rep))
     for line in _details(rep):
         click.echo(line)
+
+
+def render(rep: dict) -> None:
+    """The candidates table and details, the metric, the transformer fusion, the notes
+    (warnings on stderr) and the chosen candidate."""
+    _render_table(rep)
     m = rep["metric"]
-    click.echo(f"metric: {m['name']} on {m['data']} ({m['samples']} samples); FP32 {m['reference']:.2f}" + (f"; budget {rep['budget']['max_drop']:g} points" if rep.get("budget") else "; no budget (--max-accuracy-drop)"))
+    budget = f"; budget {rep['budget']['max_drop']:g} points" if rep.get("budget") else "; no budget (--max-accuracy-drop)"
+    click.echo(f"metric: {m['name']} on {m['data']} ({m['samples']} samples); FP32 {m['reference']:.2f}" + budget)
     tf = rep.get("transformer_fusion")
     if tf:
-        fused = {k[len("fused_"):]: v for k, v in tf["counts"].items() if k.startswith("fused_") and k != "fused_ops"}
-        click.echo(f"transformer-fusion ({tf['model_type']}): " + (", ".join(f"{k} {v}" for k, v in fused.items()) + " fused" if tf["modified"] else "model unchanged"))
+        fused = {k[len("fused_") :]: v for k, v in tf["counts"].items() if k.startswith("fused_") and k != "fused_ops"}
+        what = ", ".join(f"{k} {v}" for k, v in fused.items()) + " fused" if tf["modified"] else "model unchanged"
+        click.echo(f"transformer-fusion ({tf['model_type']}): " + what)
     for note in rep.get("notes", []):
         if note.startswith("warning: "):
             click.echo(note, err=True)
         else:
             click.echo(f"note: {note}")
     before, after = rep["before"], rep["after"]
-    click.echo(f"chosen: {rep.get('chosen') or 'none (input unchanged)'}; size {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}; timing batch {rep['timing']['batch']}")
-    click.echo(f"wrote {output}")
+    size = f"size {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}"
+    click.echo(f"chosen: {rep.get('chosen') or 'none (input unchanged)'}; {size}; timing batch {rep['timing']['batch']}")

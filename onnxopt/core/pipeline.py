@@ -20,6 +20,7 @@ The output carries provenance (see ``provenance``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx
@@ -62,20 +63,15 @@ class StepVerifier:
         outputs = self.evaluator.outputs(model)
         if len(outputs) != len(self.names):
             raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
-        comp = compare_outputs(
-            self.names, self.evaluator.ref_outputs, outputs, samples=len(outputs[0]) if outputs and outputs[0].ndim else 1, source=self.dataset.describe()
-        )
+        samples = len(outputs[0]) if outputs and outputs[0].ndim else 1
+        comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=samples, source=self.dataset.describe())
         for o in comp.outputs:
             if o.note.startswith("shape"):
                 raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
         record = {"check": check.to_dict(), "comparison": comp.to_dict()}
         score = self.evaluator.score_outputs(outputs)
-        record["metric"] = {
-            "name": self.evaluator.metric,
-            "reference": self.evaluator.reference_score,
-            "score": score,
-            "drop": self.evaluator.reference_score - score,
-        }
+        ref = self.evaluator.reference_score
+        record["metric"] = {"name": self.evaluator.metric, "reference": ref, "score": score, "drop": ref - score}
         if exact:
             bad = comp.inexact()
             if bad:
@@ -167,7 +163,7 @@ def run_pipeline(
     *,
     verify: bool = True,
     command: str = "run",
-    extra: dict | None = None,
+    extra: dict | Callable[[list[PassReport]], dict] | None = None,
     check_input: bool = True,
     provenance: bool = True,
 ) -> PipelineResult:
@@ -175,8 +171,11 @@ def run_pipeline(
 
     ``model`` None: the first pass is a source and builds the model (see the module
     docstring).  ``check_input=False``: the caller has checked the input model already (it
-    had to, before reading DATA against it).  ``provenance=False``: the caller writes one
-    record with these steps and its own (``ensemble``: the merge, then a recipe's steps)."""
+    had to, before reading DATA against it).  ``extra``: entries added to the provenance
+    record and the report; a function of the steps' reports when they depend on what the
+    steps chose (``quantize``: the chosen candidate).  ``provenance=False``: the caller
+    writes one record with these steps and its own (``ensemble``: the merge, then a
+    recipe's steps)."""
     ctx = ctx or Context()
     if ctx.reference is None:
         ctx.reference = model
@@ -207,6 +206,8 @@ def run_pipeline(
             res.report.verification = verifier(res.model, label, exact=p.exact)
         reports.append(res.report)
         current = res.model
+    if callable(extra):
+        extra = extra(reports)
     if provenance:
         write_provenance(current, command, [r.record() for r in reports], extra)
     report = {

@@ -7,25 +7,15 @@ from dataclasses import dataclass, field, replace
 from ..errors import UsageError
 
 __all__ = [
-    "MODES",
-    "FORMATS",
-    "INT_TYPES",
-    "INT4_METHODS",
-    "QuantConfig",
-    "WEIGHTED_OP_TYPES",
-    "dynamic_op_types",
-    "static_op_types",
-    "known_op_types",
-    "op_types_for_mode",
-    "int4_op_types",
-    "op_types_problem",
-    "check_choice",
+    "MODES", "FORMATS", "INT_TYPES", "INT4_METHODS", "QuantConfig", "WEIGHTED_OP_TYPES", "dynamic_op_types", "static_op_types", "known_op_types",
+    "op_types_for_mode", "int4_op_types", "op_types_problem", "check_choice", "EQUALIZE", "QuantizeConfig",
 ]
 
 MODES = ("auto", "dynamic", "static", "int4")
 INT4_METHODS = ("rtn", "hqq")  # ONNX Runtime's DefaultWeightOnlyQuantConfig (round to nearest) / HQQ
 FORMATS = ("qdq", "qoperator")
 INT_TYPES = ("int8", "uint8")
+EQUALIZE = ("auto", "always", "off")
 
 # Ops with weights: the nodes whose exclusion the accuracy-budget search decides.
 WEIGHTED_OP_TYPES = ("Attention", "Conv", "ConvTranspose", "Gemm", "LSTM", "MatMul")
@@ -150,12 +140,7 @@ class QuantConfig:
         return replace(self, **kw)
 
     def to_dict(self) -> dict:
-        d = {
-            "mode": self.mode,
-            "per_channel": self.per_channel,
-            "reduce_range": self.reduce_range,
-            "weight_type": self.weight_type,
-        }
+        d = {"mode": self.mode, "per_channel": self.per_channel, "reduce_range": self.reduce_range, "weight_type": self.weight_type}
         if self.mode == "static":
             d.update(format=self.format, method=self.method, activation_type=self.activation_type)
         if self.mode == "int4":
@@ -169,3 +154,67 @@ class QuantConfig:
         if self.exclude:
             d["exclude"] = sorted(self.exclude)
         return d
+
+
+@dataclass
+class QuantizeConfig:
+    """The options of ``onnxopt.quantize`` (see its docstring), with its defaults;
+    ``validate`` checks them (``UsageError``, exit 2).  ``calibration`` / ``eval_data``:
+    DATA paths or ``Dataset``; ``op_types`` / ``exclude_nodes``: names, or comma-separated
+    text."""
+
+    mode: str = "auto"
+    format: str = "qdq"
+    calibration: object = None
+    method: str = "minmax"
+    per_channel: bool = False
+    reduce_range: bool = False
+    weight_type: str = "int8"
+    activation_type: str = "uint8"
+    op_types: object = None
+    exclude_nodes: object = None
+    provider: str = "cpu"
+    max_accuracy_drop: float | None = None
+    eval_data: object = None
+    metric: str | None = None
+    allow_slower: bool = False
+    shapes: dict | None = None
+    batch: int = 32
+    calibration_batch: int | None = None
+    search_samples: int = 200
+    max_evals: int = 40
+    sensitivity: str = "float-one"
+    timing_runs: int = 30
+    timing_seconds: float | None = 20.0
+    threads: int | None = None
+    min_speedup: float = 1.0
+    preprocess: bool = True
+    timing: bool = True
+    seed: int = 0
+    model_type: str | None = None
+    num_heads: int = 0
+    hidden_size: int = 0
+    fix_shapes: dict | None = None
+    block_size: int = 32
+    int4_method: str = "rtn"
+    allow_collapse: bool = False
+    equalize: str = "auto"
+    bias_correction: bool = False
+
+    def validate(self) -> QuantizeConfig:
+        check_choice("mode", self.mode, MODES)
+        check_choice("format", self.format, FORMATS)
+        check_choice("weight type", self.weight_type, INT_TYPES)
+        check_choice("activation type", self.activation_type, INT_TYPES)
+        check_choice("equalize", self.equalize, EQUALIZE)
+        if self.batch <= 0 or self.search_samples <= 0 or self.max_evals <= 0:
+            raise UsageError("batch, search_samples and max_evals must be positive")
+        if self.model_type is not None:
+            from .transformer import MODEL_TYPES
+
+            check_choice("model type", self.model_type, MODEL_TYPES)
+            if self.num_heads < 0 or self.hidden_size < 0:
+                raise UsageError("num_heads and hidden_size must be >= 0 (0: detect)")
+        if not self.timing and not self.allow_slower:
+            raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
+        return self

@@ -1,14 +1,27 @@
-"""The ``quantize`` pass: ``onnxopt.quantize`` as a recipe step (lossy)."""
+"""The ``quantize`` pass (lossy): one quantize run, as a recipe step and as the one step
+that ``onnxopt.quantize`` runs through the pipeline.
+
+``QuantizePass.call`` runs the stages of ``stages`` (candidates and data checked,
+prepare, ranges, candidates, equalized candidates, collapse check, timing, choice); the
+pipeline verifies the model it returns and writes the provenance.  The run's full report
+(the candidates table, timings) goes to ``PassReport.extras["report"]``; the step's own
+report holds the chosen candidate's counts, the notes and the candidates without timings.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # the quantize modules are imported when the pass runs (``onnxopt passes`` stays light)
+    from .config import QuantizeConfig
+    from .stages import Inputs
 
 __all__ = ["QuantizePass"]
 
@@ -54,6 +67,7 @@ class QuantizePass(Pass):
     evaluation data, else the calibration data).  ``allow_slower = false`` makes the step
     fail (exit 3) when no candidate beats FP32 at ``batch``; by default a single-mode step
     is not timed, so its output is deterministic (``mode = "auto"`` always times).
+    ``onnxopt.quantize`` runs it with every option (``configured``).
     """
 
     key = "quantize"
@@ -63,56 +77,74 @@ class QuantizePass(Pass):
 
     Config = _QuantizeConfig
 
-    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
-        from .api import quantize
+    settings: QuantizeConfig | None = None  # every option, when ``onnxopt.quantize`` runs it
+    inputs: Inputs | None = None  # what ``onnxopt.quantize`` checked before the pipeline
+
+    @classmethod
+    def configured(cls, cfg: QuantizeConfig, inputs: Inputs | None = None) -> QuantizePass:
+        """The pass of ``onnxopt.quantize``: ``cfg`` (checked), and ``inputs`` (its model's
+        candidates and data, ``stages.check_inputs``) when already checked.  Its recipe
+        parameters (report, provenance) are ``cfg``'s."""
+        from .api import as_name_list
+
+        # the recipe's types (a caller's 1 for True, a tuple for a list, "a,b" for names)
+        params = {f.name: type(f.default)(getattr(cfg, f.name)) for f in fields(_QuantizeConfig) if isinstance(f.default, (bool, int))}
+        params.update({f.name: getattr(cfg, f.name) for f in fields(_QuantizeConfig) if isinstance(f.default, str)})
+        params["op_types"] = as_name_list(cfg.op_types) or None
+        params["exclude_nodes"] = as_name_list(cfg.exclude_nodes) or None
+        step = cls(_where="quantize", _error=UsageError, **params)
+        step.settings, step.inputs = cfg, inputs
+        return step
+
+    def __call__(self, model: onnx.ModelProto | None, ctx: Context | None = None, *, inplace: bool = False) -> PassResult:
+        """As ``Pass.__call__``, without the copy of the input: no stage changes it (each
+        works on a copy of what it changes), and a model up to ``io.LARGE_MODEL_BYTES``
+        costs one copy less at the peak."""
+        return super().__call__(model, ctx, inplace=True)
+
+    def _recipe_settings(self, ctx: Context) -> QuantizeConfig:
+        """The recipe step's options: its parameters, and data, provider, shapes, seed and
+        budget from the context (evaluated on the calibration data under a budget without
+        evaluation data)."""
+        from .config import QuantizeConfig
 
         c = self.config
         if c.mode == "static" and ctx.data is None:
             raise UsageError("step 'quantize' (mode static) needs calibration data: pass --calibration DATA")
         budget = ctx.budget
         eval_data = ctx.eval_data if ctx.eval_data is not None else (ctx.data if budget is not None else None)
-        res = quantize(
-            model,
-            mode=c.mode,
-            format=c.format,
-            calibration=ctx.data,
-            method=c.method,
-            per_channel=c.per_channel,
-            reduce_range=c.reduce_range,
-            weight_type=c.weight_type,
-            activation_type=c.activation_type,
-            op_types=c.op_types,
-            exclude_nodes=c.exclude_nodes,
-            provider=ctx.provider,
-            max_accuracy_drop=budget.max_drop if budget is not None else None,
-            eval_data=eval_data,
-            metric=getattr(budget, "metric", None),
-            allow_slower=c.allow_slower,
-            shapes=ctx.shapes,
-            batch=c.batch,
-            preprocess=c.preprocess,
+        params = {f.name: getattr(c, f.name) for f in fields(_QuantizeConfig)}
+        return QuantizeConfig(
+            **params, calibration=ctx.data, provider=ctx.provider, eval_data=eval_data, shapes=ctx.shapes, seed=ctx.seed,
+            max_accuracy_drop=budget.max_drop if budget is not None else None, metric=getattr(budget, "metric", None),
             timing=c.mode == "auto" or not c.allow_slower,
-            seed=ctx.seed,
-            block_size=c.block_size,
-            int4_method=c.int4_method,
-            allow_collapse=c.allow_collapse,
-            equalize=c.equalize,
-            bias_correction=c.bias_correction,
-        )
-        rep = res.report
-        chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)
-        counts = {"chosen": rep.get("chosen") or "none", "quantized_nodes": chosen["quantized_nodes"] if chosen else 0}
-        if chosen:
-            counts["excluded_nodes"] = len(chosen.get("excluded") or [])
-            counts["fallbacks"] = len(chosen.get("fallbacks") or [])
-        notes = list(rep.get("notes", []))
-        details = {"candidates": [{k: v for k, v in x.items() if k not in ("seconds", "speed")} for x in rep["candidates"]], "metric": rep["metric"], "preprocess": rep["preprocess"]}
-        # the pipeline writes its own provenance: put back the input's (if any)
-        original = {p.key: p.value for p in model.metadata_props}
-        kept = [(p.key, p.value) for p in res.model.metadata_props if p.key != "onnxopt"]
-        if "onnxopt" in original:
-            kept.append(("onnxopt", original["onnxopt"]))
-        del res.model.metadata_props[:]
-        for k, v in kept:
-            res.model.metadata_props.add(key=k, value=v)
-        return self.result(res.model, bool(rep.get("chosen")), counts=counts, notes=notes, details=details)
+        ).validate()  # fmt: skip
+
+    def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
+        from ..runtime import resolve_provider
+        from . import stages
+
+        cfg = self.settings or self._recipe_settings(ctx)
+        provider = resolve_provider(cfg.provider)
+        # the checked inputs' notes are the run's first ones (copied: a second call starts afresh)
+        inputs = replace(self.inputs, notes=list(self.inputs.notes)) if self.inputs else stages.check_inputs(model, cfg, provider, ctx.path)
+        run = stages.Run(cfg, model, inputs, provider)
+        for stage in (stages.prepare, stages.measure_ranges, stages.build_candidates, stages.add_equalized, stages.collapse, stages.time_candidates):
+            stage(run)
+        out, chosen = stages.choose(run)
+        counts, notes, details = _summary(run.report)
+        res = self.result(out, chosen is not None, counts=counts, notes=notes, details=details)
+        res.report.extras.update(report=run.report, chosen=chosen)
+        return res
+
+
+def _summary(rep: dict) -> tuple[dict, list[str], dict]:
+    """(counts, notes, details) of the step's report (and provenance) from the run's report:
+    the chosen candidate's counts, the notes, and the candidates table without timings."""
+    chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)
+    counts = {"chosen": rep.get("chosen") or "none", "quantized_nodes": chosen["quantized_nodes"] if chosen else 0}
+    if chosen:
+        counts["excluded_nodes"] = len(chosen.get("excluded") or [])
+        counts["fallbacks"] = len(chosen.get("fallbacks") or [])
+    candidates = [{k: v for k, v in x.items() if k not in ("seconds", "speed")} for x in rep["candidates"]]
+    return counts, list(rep.get("notes", [])), {"candidates": candidates, "metric": rep["metric"], "preprocess": rep["preprocess"]}

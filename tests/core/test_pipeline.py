@@ -106,6 +106,12 @@ def test_pipeline_is_deterministic_and_provenance_accumulates():
     assert prov["command"] == "second" and [h["command"] for h in prov["history"]] == ["first"]
 
 
+def test_extra_may_be_a_function_of_the_steps():
+    """``extra`` computed from the steps' reports (``quantize``: the chosen candidate)."""
+    res = run_pipeline(messy_mlp(), [FoldConstantsPass()], command="t", extra=lambda steps: {"folded": steps[0].counts["nodes_folded"]})
+    assert read_provenance(res.model)["folded"] == res.report["folded"] == 1
+
+
 def test_exact_step_that_moves_outputs_fails_naming_the_step():
     with pytest.raises(VerificationError, match=r"step 2 'scale-head': output 'logits' moved by .* relative L2"):
         run_pipeline(tiny_cnn(), [RemoveUnusedPass(), ScaleHeadPass(factor=1.01)])

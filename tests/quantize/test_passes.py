@@ -7,11 +7,13 @@ import pytest
 
 from onnxopt.core.passes import Context
 from onnxopt.core.pipeline import run_pipeline
+from onnxopt.core.provenance import read_provenance
 from onnxopt.core.recipe import load_recipe
 from onnxopt.core.registry import make_pass, pass_class
 from onnxopt.core.runner import run
 from onnxopt.data import Dataset
 from onnxopt.errors import RecipeError, UsageError
+from onnxopt.quantize.api import quantize
 from onnxopt.verify import check_model
 from tests.conftest import MODELS
 from tests.quantize.quant_models import data_for, ffn_block, mlp
@@ -35,6 +37,32 @@ def test_quantize_pass_in_a_pipeline_is_deterministic():
     step = run_pipeline(m, [make_pass("quantize")], ctx, command="t").steps[0]
     assert step.counts["chosen"] == "dynamic" and step.counts["quantized_nodes"] == 2
     assert step.verification["metric"]["drop"] <= 5.0
+
+
+def test_the_api_is_the_pass_run_by_the_pipeline():
+    """``quantize()`` runs one ``QuantizePass``: the same model as the recipe step with the
+    same options, the pipeline's verification and provenance, the input left as it was."""
+    m = mlp()
+    ds = Dataset("<x>", arrays={"x": data_for(m, 32)["x"]})
+    before = m.SerializeToString(deterministic=True)
+    api = quantize(m, mode="dynamic", calibration=ds, allow_slower=True, timing=False)
+    step = run_pipeline(m, [make_pass("quantize", {"mode": "dynamic"})], Context(data=ds), command="t").model
+    assert api.model.graph.SerializeToString(deterministic=True) == step.graph.SerializeToString(deterministic=True)
+    assert m.SerializeToString(deterministic=True) == before
+    prov = read_provenance(api.model)
+    (rec,) = prov["steps"]
+    assert prov["command"] == "quantize" and prov["mode"] == "dynamic" and prov["chosen"] == api.report["chosen"] == "dynamic"
+    assert rec["name"] == "quantize" and rec["params"]["mode"] == "dynamic" and rec["counts"]["quantized_nodes"] == 2
+    assert rec["verification"]["check"]["ort_loaded"] and api.report["verification"]["comparison"]["outputs"]
+
+
+def test_the_api_options_are_a_config():
+    with pytest.raises(TypeError, match="unexpected keyword argument.*nope"):
+        quantize(mlp(), nope=1)
+    with pytest.raises(UsageError, match="mode must be one of"):
+        quantize(mlp(), mode="fast")
+    with pytest.raises(UsageError, match="timing=False needs allow_slower=True"):
+        quantize(mlp(), timing=False)
 
 
 def test_static_step_without_calibration_is_refused():
