@@ -25,23 +25,62 @@ __all__ = ["command"]
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 # -o only: --output is the issue's name for picking a member output (see --output below)
 @click.option("-o", "output", type=click.Path(dir_okay=False), required=True, help="Output model path (written atomically; never an input model).")
-@click.option("--recipe", default=None, metavar="NAME|FILE", help="Recipe (ensemble-cpu, ensemble-stack, ensemble-vote, ... or a TOML file): settings from its [ensemble] table (options given here override them), then its [[steps]] on the merged model, each verified.")
-@click.option("--fusion", type=click.Choice(["mean", "weighted", "vote", "stack"]), default=None, help="How member outputs are combined (default: the recipe's, else mean).")
+@click.option(
+    "--recipe",
+    default=None,
+    metavar="NAME|FILE",
+    help=(
+        "Recipe (ensemble-cpu, ensemble-stack, ensemble-vote, ... or a TOML file): settings from its [ensemble] table "
+        "(options given here override them), then its [[steps]] on the merged model, each verified."
+    ),
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["mean", "weighted", "vote", "stack"]),
+    default=None,
+    help="How member outputs are combined (default: the recipe's, else mean).",
+)
 @click.option("--weights", type=FloatList(), default=None, help="Member weights W1,W2,... (weighted: normalised to sum 1; vote: weighted votes).")
 @click.option("--fit", "fit_data", type=click.Path(), default=None, help="DATA with 'labels' to fit the weights (weighted) or the head (stack).")
 @click.option("--head", type=click.Choice(["logistic", "ridge"]), default=None, help="Stacking head: multinomial logistic regression (default) or ridge.")
 @click.option("--l2", type=float, default=None, help="L2 strength of the stacking head (default: 5-fold cross-validation).")
 @click.option("--softmax/--no-softmax", default=None, help="Normalise each member's scores with softmax before fusing (default: the recipe's, else no).")
 @click.option("--keep-member-outputs/--no-keep-member-outputs", default=None, help="Also expose each member's output (named m<i>/<output>).")
-@click.option("--output", "output_name", metavar="NAME[,NAME...]", default=None, help="The member output to fuse, when members have several: one NAME for all members, or one per member, comma-separated (default: all, position-wise).")
+@click.option(
+    "--output",
+    "output_name",
+    metavar="NAME[,NAME...]",
+    default=None,
+    help="The member output to fuse, when members have several: one NAME for all members, or one per member, comma-separated (default: all, position-wise).",
+)
 @click.option("--input-map", "input_map", type=NameMap(), multiple=True, help="Rename a member input FROM:TO so members share inputs (repeatable).")
 @click.option("--fuse-members/--no-fuse-members", default=None, help="Fuse members of one architecture into one wider network (batched MatMul, grouped Conv).")
-@data_option(help="DATA for the parity check and the recipe steps' verification (and member vs ensemble accuracy when it has 'labels'); default: synthesized inputs.")
-@click.option("--max-accuracy-drop", type=float, default=None, help="Budget of the recipe's lossy steps: points of --metric against the merged model (default: the recipe's; none: recorded only).")
-@click.option("--metric", type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]), default=None, help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).")
+@data_option(
+    help="DATA for the parity check and the recipe steps' verification (and member vs ensemble accuracy when it has 'labels'); default: synthesized inputs."
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    help="Budget of the recipe's lossy steps: points of --metric against the merged model (default: the recipe's; none: recorded only).",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
+    default=None,
+    help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).",
+)
 @shape_option
 @provider_option
-@click.option("--parallel/--no-parallel", default=True, show_default=True, help="Time members run separately vs the merged model run sequentially vs with its branches in parallel, and carry the parallel session options when they win.")
+@click.option(
+    "--parallel/--no-parallel",
+    default=True,
+    show_default=True,
+    help=(
+        "Time members run separately vs the merged model run sequentially vs with its branches in parallel, and carry "
+        "the parallel session options when they win."
+    ),
+)
 @click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
 @json_option
 @report_option
@@ -89,7 +128,11 @@ def render(rep: dict) -> None:
     if "fit" in rep:
         f = rep["fit"]
         if "kind" in f:
-            click.echo(f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of {f['data']}")
+            click.echo(
+                f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} "
+                f"iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of "
+                f"{f['data']}"
+            )
         else:
             click.echo(f"weights fitted on {f['samples']} samples of {f['data']}: NLL {f['nll_uniform']:.4g} (uniform) -> {f['nll']:.4g}")
     if acc:
@@ -100,7 +143,9 @@ def render(rep: dict) -> None:
         click.echo(f"converted {c['member']}: opset {c['from']} -> {c['to']}; {changed}")
     sh = rep["shared_initializers"]
     if sh["initializers_merged"]:
-        click.echo(f"shared weights: {sh['initializers_merged']} duplicate tensors (initializers, Constant nodes) stored once, {human_bytes(sh['bytes_saved'])} saved")
+        click.echo(
+            f"shared weights: {sh['initializers_merged']} duplicate tensors (initializers, Constant nodes) stored once, {human_bytes(sh['bytes_saved'])} saved"
+        )
     for g in rep["horizontal"]["groups"]:
         if g["applied"]:
             counts = ", ".join(f"{k} {v}" for k, v in g["counts"].items())
@@ -113,7 +158,10 @@ def render(rep: dict) -> None:
     par = rep["parity"]
     worst = max((o.get("rel_l2", 0.0) for o in par["members"] + par["fused"]), default=0.0)
     amb = sum(o.get("ambiguous_skipped", 0) for o in par["fused"] if "mismatches" in o)
-    click.echo(f"parity vs members run separately on {par['data']} ({par['samples']} samples): worst relative L2 {fmt(worst)}" + (f", {amb} ambiguous vote(s) skipped" if amb else ""))
+    click.echo(
+        f"parity vs members run separately on {par['data']} ({par['samples']} samples): worst relative L2 {fmt(worst)}"
+        + (f", {amb} ambiguous vote(s) skipped" if amb else "")
+    )
     if rep.get("recipe"):
         _render_recipe(rep)
     _render_concurrency(rep.get("concurrency"))
@@ -139,7 +187,9 @@ def _render_recipe(rep: dict) -> None:
     from .run import render_steps
 
     rec = rep["recipe"]
-    settings = ", ".join(f"{k} = {json.dumps(v)}" for k, v in rec["settings"].items()) or ("no [ensemble] table: default settings" if not rec["table"] else "no setting applied")
+    settings = ", ".join(f"{k} = {json.dumps(v)}" for k, v in rec["settings"].items()) or (
+        "no [ensemble] table: default settings" if not rec["table"] else "no setting applied"
+    )
     line = f"recipe {rec['name']} ({rec['file']}): {settings}"
     if rec["overridden"]:
         line += f"; overridden by options: {', '.join(rec['overridden'])}"

@@ -147,14 +147,18 @@ def command(
     click.echo(render_decision_table(rep))
     before, after = rep["before"], rep["after"]
     click.echo(
-        f"model: nodes {before['nodes']} -> {after['nodes']}, weights {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}; {rep['seconds']['total']:.1f} s"
+        f"model: nodes {before['nodes']} -> {after['nodes']}, weights {human_bytes(before['bytes'])} -> "
+        f"{human_bytes(after['bytes'])}; {rep['seconds']['total']:.1f} s"
     )
     for note in rep.get("notes", []):
         click.echo(f"note: {note}")
     click.echo(f"wrote {output}")
     if packed is not None:
         r = packed.report
-        click.echo(f"wrote {ort_path} (ONNX Runtime .ort format, {human_bytes(r['bytes'])}, optimized at {r['optimized_at']}; outputs equal to {output}'s on {r['feeds']} feeds)")
+        click.echo(
+            f"wrote {ort_path} (ONNX Runtime .ort format, {human_bytes(r['bytes'])}, optimized at {r['optimized_at']}; "
+            f"outputs equal to {output}'s on {r['feeds']} feeds)"
+        )
 
 
 def _ort_format(result):

@@ -110,7 +110,13 @@ def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: s
     block.update(sequential_vs_separate=speedup(sep, sq, block=5, seed=seed).to_dict())
     for k in keys:
         prefix = "parallel" if k == "parallel" else "one_thread"
-        block.update({f"{prefix}_ms": float(np.median(lat[k]) * 1e3), f"{prefix}_vs_sequential": vs[k].to_dict(), f"{prefix}_vs_separate": speedup(sep, lat[k], block=5, seed=seed).to_dict()})
+        block.update(
+            {
+                f"{prefix}_ms": float(np.median(lat[k]) * 1e3),
+                f"{prefix}_vs_sequential": vs[k].to_dict(),
+                f"{prefix}_vs_separate": speedup(sep, lat[k], block=5, seed=seed).to_dict(),
+            }
+        )
     best = max(keys, key=lambda k: vs[k].ratio)
     label = best.replace("_", " ")
     need = 1 + MIN_GAIN

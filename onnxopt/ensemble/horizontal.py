@@ -344,7 +344,9 @@ class _Fuser:
             return self._cache[key]
         base = st.name.removeprefix(self.prefix)
         if st.kind == "concat":
-            names = self.emit("Split", [st.name, self.small([st.block] * self.M)], f"{base}/member", attrs=[helper.make_attribute("axis", st.axis)], n_out=self.M)
+            names = self.emit(
+                "Split", [st.name, self.small([st.block] * self.M)], f"{base}/member", attrs=[helper.make_attribute("axis", st.axis)], n_out=self.M
+            )
         else:
             names = [self.emit("Gather", [st.name, self.small(j)], f"{base}/member_{j}", attrs=[helper.make_attribute("axis", 0)])[0] for j in range(self.M)]
         self.counts["layout_changes"] += 1
@@ -367,7 +369,13 @@ class _Fuser:
                     names.append(self.shared_name(s) if s.identical else self.init(f"{s.src}/m{j}", s.arrays[j]))
                 else:
                     names.append(s.names[j])
-            node = helper.make_node(n0.op_type, names, [self.fresh(f"{o}/m{j}") if o else "" for o in n0.output], name=self.fresh(f"{n0.name or n0.op_type}/m{j}"), domain=n0.domain or None)
+            node = helper.make_node(
+                n0.op_type,
+                names,
+                [self.fresh(f"{o}/m{j}") if o else "" for o in n0.output],
+                name=self.fresh(f"{n0.name or n0.op_type}/m{j}"),
+                domain=n0.domain or None,
+            )
             node.attribute.extend(n0.attribute)
             self.nodes.append(node)
             for i, o in enumerate(node.output):

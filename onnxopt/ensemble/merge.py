@@ -187,7 +187,9 @@ def reconcile_opsets(members: list[Member], *, min_default: int = MIN_OPSET) -> 
         try:
             converted = onnx.version_converter.convert_version(m.model, target[""])
         except Exception as exc:
-            raise UnsupportedError(f"cannot convert opset {old} to {target['']} (needed to merge with the other members): {' '.join(str(exc).split())[:300]}", m.where) from exc
+            raise UnsupportedError(
+                f"cannot convert opset {old} to {target['']} (needed to merge with the other members): {' '.join(str(exc).split())[:300]}", m.where
+            ) from exc
         conversions.append({
             "member": m.label,
             "domain": "ai.onnx",
@@ -311,7 +313,9 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
             try:
                 shared[to] = (elem0, merge_shapes(shape0, shape), m0)
             except ValueError as exc:
-                raise InputError(f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where) from None
+                raise InputError(
+                    f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where
+                ) from None
         if first_names is None:
             first_names = (set(names), m)
         elif set(names) != first_names[0]:

@@ -126,7 +126,10 @@ def speed_gate(env: BuildEnv, name: str):
         mine = got[name][0]
         best, sp = max(((c.name, got[c.name][0]) for c in rivals), key=lambda t: t[1].ratio)
         if mine.high < sp.ratio:
-            return f"fully quantized it runs {mine.ratio:.2f}x [{mine.low:.2f}, {mine.high:.2f}] vs the input, {best} (within budget) {sp.ratio:.2f}x; nodes left in float only slow it, so the budget search was skipped"
+            return (
+                f"fully quantized it runs {mine.ratio:.2f}x [{mine.low:.2f}, {mine.high:.2f}] vs the input, {best} (within "
+                f"budget) {sp.ratio:.2f}x; nodes left in float only slow it, so the budget search was skipped"
+            )
         log.info("%s: fully quantized %.2fx vs %s %.2fx: budget search goes on", name, mine.ratio, best, sp.ratio)
         return None
 
@@ -584,7 +587,11 @@ def matmul_weight_share(model: onnx.ModelProto) -> tuple[int, float]:
 
     inits = {t.name: t for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
     total = sum(int(np.prod(t.dims)) for t in inits.values()) or 1
-    names = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) == 2}
+    names = {
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
+    }
     nodes = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in names)
     return nodes, sum(int(np.prod(inits[w].dims)) for w in names) / total
 
@@ -596,13 +603,24 @@ def produce_int4(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     params = dataclasses.asdict(cfg)
     count, share = matmul_weight_share(base)
     if count < cfg.min_matmuls or share < cfg.min_weight_share:
-        why = f"not MatMul-heavy: {count} MatMul/Gemm with a constant weight holding {share:.0%} of the weights (needs >= {cfg.min_matmuls} and >= {cfg.min_weight_share:.0%})"
+        why = (
+            f"not MatMul-heavy: {count} MatMul/Gemm with a constant weight holding {share:.0%} of the weights (needs >= "
+            f"{cfg.min_matmuls} and >= {cfg.min_weight_share:.0%})"
+        )
         return [Candidate(name, name, None, params=params, refused=why)]
     qmod = _quantize_module("candidates")
     if qmod is None or not hasattr(qmod, "int4_candidate"):
         return [Candidate(name, name, None, params=params, refused="onnxopt.quantize has no int4 candidate")]
     try:
-        model, notes = qmod.int4_candidate(base, block_size=cfg.block_size, method=cfg.method, provider=env.provider, eval_data=env.evaluator.dataset, max_accuracy_drop=env.budget.max_drop, metric=env.evaluator.metric)
+        model, notes = qmod.int4_candidate(
+            base,
+            block_size=cfg.block_size,
+            method=cfg.method,
+            provider=env.provider,
+            eval_data=env.evaluator.dataset,
+            max_accuracy_drop=env.budget.max_drop,
+            metric=env.evaluator.metric,
+        )
     except OnnxoptError as exc:
         return [Candidate(name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize")]
     return [Candidate(name, name, model, params=params, notes=list(notes)[:6], source="onnxopt.quantize")]

@@ -20,7 +20,8 @@ Rules (each row of the decision table records which one applied):
 6. **Confirmation**: the chosen model is timed once more against the input, interleaved (a
    run below 1.0x is repeated once and both runs' samples pooled, so one burst of machine
    noise cannot decide); if the ratio is below ``min_ratio`` -- for a lossy candidate, below
-   its required margin over the lossless one -- it is rejected and the next one is tried.  If even the simplified FP32 model fails, the input is written unchanged.
+   its required margin over the lossless one -- it is rejected and the next one is tried.  If
+   even the simplified FP32 model fails, the input is written unchanged.
 
 Fast models get more runs: each timing round lasts about a second at least (capped by
 ``time_budget``), because a ratio from 200 runs of 20 us is a coin toss on a busy machine.
@@ -387,7 +388,11 @@ def decide(
         if merit(r, objective) >= need:
             lossy.append(r)
         else:
-            r.reason = f"not {min_gain:.0%} {what} than the lossless model: accuracy loss not justified" if r.kind != "ort-offline" else f"not {min_gain:.0%} {what} than the lossless model: binding to this machine not justified"
+            r.reason = (
+                f"not {min_gain:.0%} {what} than the lossless model: accuracy loss not justified"
+                if r.kind != "ort-offline"
+                else f"not {min_gain:.0%} {what} than the lossless model: binding to this machine not justified"
+            )
     chosen = None
     for r in lossy + lossless:
         if r.same_as_input:
@@ -446,7 +451,15 @@ def _session_rows(outcome: dict | None, width: int, cold: bool) -> list[list]:
     out = []
     for r in (outcome or {}).get("rows", []):
         ratio = _fmt_ratio(r)
-        line = ["options: " + r["describe"], r["status"], ratio, "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}", "-", "-", r.get("reason", "")]
+        line = [
+            "options: " + r["describe"],
+            r["status"],
+            ratio,
+            "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
+            "-",
+            "-",
+            r.get("reason", ""),
+        ]
         if cold:
             line.insert(4, "-")
         out.append(line[:width])
@@ -489,7 +502,8 @@ def render_decision_table(report: dict) -> str:
     body += _session_rows(d.get("session_options"), len(headers), cold)
     head = (
         f"target {d.get('target')} (provider {d.get('provider')}), batch {d.get('batch')}, metric {d.get('metric')} "
-        f"on {d.get('data')}{f' ({n} samples)' if (n := d.get('samples')) else ''}: input {d.get('reference_score', 0):.2f}, budget {d.get('max_accuracy_drop'):g} points; "
+        f"on {d.get('data')}{f' ({n} samples)' if (n := d.get('samples')) else ''}: input "
+        f"{d.get('reference_score', 0):.2f}, budget {d.get('max_accuracy_drop'):g} points; "
         f"input latency {d.get('input_latency_ms') or 0:.3f} ms"
     )
     if cold and d.get("input_cold_start_ms") is not None:

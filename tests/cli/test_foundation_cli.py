@@ -120,7 +120,22 @@ def test_run_bundled_recipe_with_report(invoke, tmp_path):
 
 def test_run_recipe_file_json_and_budget(invoke, tmp_path):
     out = tmp_path / "r.onnx"
-    res = invoke("run", ROOT / "passes" / "simplify.toml", MLP, "-o", out, "--calibration", TEST, "--eval", TEST, "--max-accuracy-drop", "0.5", "--metric", "top1", "--json")
+    res = invoke(
+        "run",
+        ROOT / "passes" / "simplify.toml",
+        MLP,
+        "-o",
+        out,
+        "--calibration",
+        TEST,
+        "--eval",
+        TEST,
+        "--max-accuracy-drop",
+        "0.5",
+        "--metric",
+        "top1",
+        "--json",
+    )
     assert res.exit_code == 0, res.stderr
     rep = json.loads(res.stdout)
     assert rep["steps"][0]["verification"]["metric"]["name"] == "top1"
@@ -236,7 +251,11 @@ def test_output_equal_to_input_is_refused(invoke, tmp_path):
     src = tmp_path / "m.onnx"
     src.write_bytes(MLP.read_bytes())
     before = src.read_bytes()
-    for args in (["simplify", src, "-o", src], ["run", "simplify", src, "-o", tmp_path / "." / "m.onnx"], ["run", "simplify", src, "-o", tmp_path / "o.onnx", "--report", src]):
+    for args in (
+        ["simplify", src, "-o", src],
+        ["run", "simplify", src, "-o", tmp_path / "." / "m.onnx"],
+        ["run", "simplify", src, "-o", tmp_path / "o.onnx", "--report", src],
+    ):
         line = _one_error_line(invoke(*args))
         assert "refusing to overwrite the input model" in line
     assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
@@ -343,7 +362,13 @@ def test_model_that_cannot_run_on_synthesized_inputs(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"error: {src}: the model runs on none of the probed inputs (tried x[1,1];") and "give --shape" in lines[0]
     assert not out.exists()
-    proc = subprocess.run([sys.executable, "-m", "onnxopt", "simplify", str(src), "-o", str(out), "--shape", "x:3,2000"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "simplify", str(src), "-o", str(out), "--shape", "x:3,2000"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0 and out.is_file(), proc.stderr
 
 

@@ -54,7 +54,11 @@ def test_a_transform_right_at_one_shape_only_fails_at_the_other():
 
 
 def test_each_step_records_its_other_shapes():
-    res = run_pipeline(strided_detector(), [FixShapesPass(shapes={"images": [1, 3, 64, 64]})], Context(shapes={"images": (1, 3, 64, 64)}, fixed_shapes={"images": [1, 3, 64, 64]}))
+    res = run_pipeline(
+        strided_detector(),
+        [FixShapesPass(shapes={"images": [1, 3, 64, 64]})],
+        Context(shapes={"images": (1, 3, 64, 64)}, fixed_shapes={"images": [1, 3, 64, 64]}),
+    )
     assert res.report["steps"][0]["verification"]["comparison"]["ok"]
     from onnxopt.simplify.api import simplify
 

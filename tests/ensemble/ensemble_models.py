@@ -15,13 +15,26 @@ def _t(rng, shape, name, scale=0.5):
 
 def _model(nodes, inputs, outputs, inits, opset=17, functions=(), name="m"):
     g = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)] + ([helper.make_opsetid("local", 1)] if functions else []), functions=list(functions))
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)] + ([helper.make_opsetid("local", 1)] if functions else []), functions=list(functions)
+    )
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     return m
 
 
-def mlp(seed: int = 0, *, features: int = 6, hidden: int = 8, classes: int = 4, in_name: str = "x", out_name: str = "y", dtype=F32, opset: int = 17, head_seed: int | None = None) -> onnx.ModelProto:
+def mlp(
+    seed: int = 0,
+    *,
+    features: int = 6,
+    hidden: int = 8,
+    classes: int = 4,
+    in_name: str = "x",
+    out_name: str = "y",
+    dtype=F32,
+    opset: int = 17,
+    head_seed: int | None = None,
+) -> onnx.ModelProto:
     """x[N,features] -> Gemm -> Relu -> Gemm -> y[N,classes]; ``head_seed`` re-draws only the last Gemm."""
     rng = np.random.default_rng(seed)
     inits = [_t(rng, (hidden, features), "fc1.w"), _t(rng, (hidden,), "fc1.b", 0.1)]
@@ -35,7 +48,9 @@ def mlp(seed: int = 0, *, features: int = 6, hidden: int = 8, classes: int = 4, 
         helper.make_node("Relu", ["h"], ["a"], name="relu"),
         helper.make_node("Gemm", ["a", "fc2.w", "fc2.b"], [out_name], name="fc2", transB=1),
     ]
-    return _model(nodes, [helper.make_tensor_value_info(in_name, dtype, ["N", features])], [helper.make_tensor_value_info(out_name, dtype, ["N", classes])], inits, opset)
+    return _model(
+        nodes, [helper.make_tensor_value_info(in_name, dtype, ["N", features])], [helper.make_tensor_value_info(out_name, dtype, ["N", classes])], inits, opset
+    )
 
 
 def convnet(seed: int = 0, *, channels: int = 4, classes: int = 3, head_seed: int | None = None) -> onnx.ModelProto:
@@ -74,8 +89,12 @@ def with_if_and_function(seed: int = 0, *, act: str = "Relu") -> onnx.ModelProto
     """
     rng = np.random.default_rng(seed)
     inits = [_t(rng, (4, 6), "w"), _t(rng, (4,), "b", 0.1), numpy_helper.from_array(np.float32(1.5 + seed), "scale")]
-    then_g = helper.make_graph([helper.make_node("Mul", ["h", "scale"], ["t_out"], name="then_mul")], "then", [], [helper.make_tensor_value_info("t_out", F32, ["N", 4])])
-    else_g = helper.make_graph([helper.make_node("Act", ["h"], ["e_out"], name="else_act", domain="local")], "else", [], [helper.make_tensor_value_info("e_out", F32, ["N", 4])])
+    then_g = helper.make_graph(
+        [helper.make_node("Mul", ["h", "scale"], ["t_out"], name="then_mul")], "then", [], [helper.make_tensor_value_info("t_out", F32, ["N", 4])]
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Act", ["h"], ["e_out"], name="else_act", domain="local")], "else", [], [helper.make_tensor_value_info("e_out", F32, ["N", 4])]
+    )
     fn = helper.make_function("local", "Act", ["X"], ["Y"], [helper.make_node(act, ["X"], ["Y"])], [helper.make_opsetid("", 17)])
     nodes = [
         helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
@@ -120,7 +139,13 @@ def reduce_head(seed: int = 0) -> onnx.ModelProto:
     """x[N,6] -> Gemm -> [N,4,2] -> CumSum(axis 2) -> ReduceMax(axis 2) -> y[N,4]: CumSum has no
     stacked form, so it and the ReduceMax after it run per member."""
     rng = np.random.default_rng(seed)
-    inits = [_t(rng, (8, 6), "w"), _t(rng, (8,), "b", 0.1), numpy_helper.from_array(np.array([0, 4, 2], np.int64), "shape3"), numpy_helper.from_array(np.array([2], np.int64), "axes"), numpy_helper.from_array(np.array(2, np.int64), "axis")]
+    inits = [
+        _t(rng, (8, 6), "w"),
+        _t(rng, (8,), "b", 0.1),
+        numpy_helper.from_array(np.array([0, 4, 2], np.int64), "shape3"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes"),
+        numpy_helper.from_array(np.array(2, np.int64), "axis"),
+    ]
     nodes = [
         helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc", transB=1),
         helper.make_node("Reshape", ["h", "shape3"], ["h3"], name="reshape"),
@@ -196,7 +221,9 @@ def paddle_like(seed: int = 0, *, channels: int = 4, classes: int = 3, opset: in
         helper.make_node("MatMul", ["flat", "wfc"], ["mm"], name="fc"),
         helper.make_node("Add", ["mm", "bfc"], ["y"], name="fc_bias"),
     ]
-    g = helper.make_graph(nodes, "paddle_like", [helper.make_tensor_value_info("x", F32, [-1, 2, 5, 5])], [helper.make_tensor_value_info("y", F32, [-1, classes])])
+    g = helper.make_graph(
+        nodes, "paddle_like", [helper.make_tensor_value_info("x", F32, [-1, 2, 5, 5])], [helper.make_tensor_value_info("y", F32, [-1, classes])]
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 7
     onnx.checker.check_model(m)
@@ -241,7 +268,9 @@ def norm_block(seed: int = 0, *, opset: int = 17) -> onnx.ModelProto:
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
         helper.make_node("Reshape", ["h", "shape3"], ["h3"], name="split_heads"),
-        helper.make_node("ReduceMean", ["h3", "last"], ["mu"], name="mean", keepdims=1) if opset >= 18 else helper.make_node("ReduceMean", ["h3"], ["mu"], name="mean", axes=[-1], keepdims=1),
+        helper.make_node("ReduceMean", ["h3", "last"], ["mu"], name="mean", keepdims=1)
+        if opset >= 18
+        else helper.make_node("ReduceMean", ["h3"], ["mu"], name="mean", axes=[-1], keepdims=1),
         helper.make_node("Sub", ["h3", "mu"], ["c"], name="center"),
         helper.make_node("ReduceSum", ["c", "rest"], ["tot"], name="total", keepdims=1),
         helper.make_node("Expand", ["tot", "bshape"], ["tb"], name="broadcast"),

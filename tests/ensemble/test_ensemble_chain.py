@@ -18,7 +18,9 @@ def stage2(in_name="feat", features=8, classes=3, dtype=TensorProto.FLOAT, seed=
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     inits = [numpy_helper.from_array(rng.standard_normal((classes, features)).astype(np_dtype), "w"), numpy_helper.from_array(np.zeros(classes, np_dtype), "b")]
     nodes = [helper.make_node("Gemm", [in_name, "w", "b"], [out_name], name="fc", transB=1)]
-    g = helper.make_graph(nodes, "s2", [helper.make_tensor_value_info(in_name, dtype, ["N", features])], [helper.make_tensor_value_info(out_name, dtype, ["N", classes])], inits)
+    g = helper.make_graph(
+        nodes, "s2", [helper.make_tensor_value_info(in_name, dtype, ["N", features])], [helper.make_tensor_value_info(out_name, dtype, ["N", classes])], inits
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -91,7 +93,13 @@ def test_later_stages_may_also_read_chain_inputs():
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.standard_normal((6, 6)).astype(np.float32), "w")]
     nodes = [helper.make_node("MatMul", ["y", "w"], ["t"]), helper.make_node("Add", ["t", "x"], ["out"])]
-    g = helper.make_graph(nodes, "side", [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]), helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6])], inits)
+    g = helper.make_graph(
+        nodes,
+        "side",
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]), helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6])],
+        inits,
+    )
     b = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     b.ir_version = 8
     res = chain([a, b])

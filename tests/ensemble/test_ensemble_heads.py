@@ -96,7 +96,10 @@ def test_output_names():
 
 
 @pytest.mark.parametrize("dtype", [TensorProto.DOUBLE, TensorProto.FLOAT16])
-@pytest.mark.parametrize("fusion,kw", [("mean", {}), ("mean", {"softmax": True}), ("weighted", {"weights": [1, 3]}), ("vote", {}), ("vote", {"weights": [0.3, 0.7]}), ("stack", {"fit": True})])
+@pytest.mark.parametrize(
+    "fusion,kw",
+    [("mean", {}), ("mean", {"softmax": True}), ("weighted", {"weights": [1, 3]}), ("vote", {}), ("vote", {"weights": [0.3, 0.7]}), ("stack", {"fit": True})],
+)
 def test_float64_and_float16_members(tmp_path, dtype, fusion, kw):
     # ORT's CPU provider has no float64 Mean / OneHot kernels; float16 heads round per op
     from onnxopt.ensemble.api import ensemble
@@ -121,7 +124,14 @@ def test_float64_and_float16_members(tmp_path, dtype, fusion, kw):
     got = sess.run(None, {"x": d["x"].astype(np_dtype)})
     if fusion != "stack":
         xs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": d["x"].astype(np_dtype)})[0] for m in members]
-        ref = reference(Fusion(fusion, [w / sum(kw["weights"]) for w in kw["weights"]] if fusion == "weighted" else kw.get("weights"), kw.get("softmax", False)), xs)
-        np.testing.assert_allclose(got[-1].astype(np.float64), ref[-1].astype(np.float64), rtol=4e-3 if dtype == TensorProto.FLOAT16 else 1e-12, atol=1e-3 if dtype == TensorProto.FLOAT16 else 1e-12)
+        ref = reference(
+            Fusion(fusion, [w / sum(kw["weights"]) for w in kw["weights"]] if fusion == "weighted" else kw.get("weights"), kw.get("softmax", False)), xs
+        )
+        np.testing.assert_allclose(
+            got[-1].astype(np.float64),
+            ref[-1].astype(np.float64),
+            rtol=4e-3 if dtype == TensorProto.FLOAT16 else 1e-12,
+            atol=1e-3 if dtype == TensorProto.FLOAT16 else 1e-12,
+        )
         if fusion == "vote":
             np.testing.assert_array_equal(got[0], ref[0])

@@ -27,7 +27,13 @@ def matmul_stack(layers: int = 4, width: int = 64, seed: int = 0) -> onnx.ModelP
         out = "y" if i == layers - 1 else f"r{i}"
         nodes.append(helper.make_node("Relu" if i < layers - 1 else "Identity", [f"h{i}"], [out], name=f"act{i}"))
         prev = out
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 

@@ -22,7 +22,13 @@ def stack(layers: int, width: int = 256, seed: int = 0) -> onnx.ModelProto:
         out = "y" if i == layers - 1 else f"r{i}"
         nodes.append(helper.make_node("Relu", [f"h{i}"], [out], name=f"act{i}"))
         prev = out
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
