@@ -29,8 +29,10 @@ __all__ = ["command"]
     "--recipe",
     default=None,
     metavar="NAME|FILE",
-    help="Recipe (ensemble-cpu, ensemble-stack, ensemble-vote, ... or a TOML file): settings from its [ensemble] table "
-    "(options given here override them), then its [[steps]] on the merged model, each verified.",
+    help=(
+        "Recipe (ensemble-cpu, ensemble-stack, ensemble-vote, ... or a TOML file): settings from its [ensemble] table "
+        "(options given here override them), then its [[steps]] on the merged model, each verified."
+    ),
 )
 @click.option(
     "--fusion",
@@ -74,8 +76,10 @@ __all__ = ["command"]
     "--parallel/--no-parallel",
     default=True,
     show_default=True,
-    help="Time members run separately vs the merged model run sequentially vs with its branches in parallel, "
-    "and carry the parallel session options when they win.",
+    help=(
+        "Time members run separately vs the merged model run sequentially vs with its branches in parallel, and carry "
+        "the parallel session options when they win."
+    ),
 )
 @click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
 @json_option
@@ -125,8 +129,9 @@ def render(rep: dict) -> None:
         f = rep["fit"]
         if "kind" in f:
             click.echo(
-                f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, "
-                f"{f['iterations']} iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of {f['data']}"
+                f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} "
+                f"iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of "
+                f"{f['data']}"
             )
         else:
             click.echo(f"weights fitted on {f['samples']} samples of {f['data']}: NLL {f['nll_uniform']:.4g} (uniform) -> {f['nll']:.4g}")

@@ -147,8 +147,8 @@ def command(
     click.echo(render_decision_table(rep))
     before, after = rep["before"], rep["after"]
     click.echo(
-        f"model: nodes {before['nodes']} -> {after['nodes']}, "
-        f"weights {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}; {rep['seconds']['total']:.1f} s"
+        f"model: nodes {before['nodes']} -> {after['nodes']}, weights {human_bytes(before['bytes'])} -> "
+        f"{human_bytes(after['bytes'])}; {rep['seconds']['total']:.1f} s"
     )
     for note in rep.get("notes", []):
         click.echo(f"note: {note}")

@@ -158,7 +158,7 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
     for k, st in enumerate(stages):
         st.outputs = [o.name for o in st.model.graph.output]
         if k > 0:
-            junctions += _wire_stage(k, st, stages[k - 1], parts[k - 1], pairs, used_pairs, graph_inputs)
+            _feed_stage(k, stages, parts, pairs, used_pairs, graph_inputs, junctions)
         overrides = None
         if k == last:
             overrides = {}
@@ -172,24 +172,21 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
     if unused:
         raise UsageError(f"--map {', '.join(unused)} matches no junction (an output of one stage and an input of the next)")
     inputs = [
-        helper.make_tensor_value_info(
-            vi.name, value_dtype(vi), None if value_shape(vi) is None else list(value_shape(vi))
-        )
-        for vi in graph_inputs.values()
+        helper.make_tensor_value_info(vi.name, value_dtype(vi), None if value_shape(vi) is None else list(value_shape(vi))) for vi in graph_inputs.values()
     ]
     return inputs, parts, junctions, final_names
 
 
-def _junction(k: int, src: str, vi, how: str, shape_of) -> dict:
-    return {"stage": k, "from": src, "to": vi.name, "how": how, "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(shape_of))}
-
-
-def _wire_stage(k: int, st: Member, prev: Member, prev_part: Part, pairs, used_pairs: set, graph_inputs: dict) -> list[dict]:
-    """Feed stage ``k``'s inputs (the rules of the module docstring, in order); its junctions."""
+def _feed_stage(k: int, stages: list[Member], parts: list[Part], pairs, used_pairs: set, graph_inputs: dict, junctions: list[dict]) -> None:
+    """Wire stage ``k``'s inputs: from the previous stage's outputs (``--map`` pairs, same
+    names, or by position for a single output and input) or from the chain inputs; records
+    each junction and refuses a stage the previous one does not feed."""
+    st = stages[k]
+    prev = stages[k - 1]
     prev_out = {o.name: o for o in prev.model.graph.output}
     ins = real_inputs(st.model.graph)
     st.input_rename = {}
-    unfed, junctions = [], []
+    unfed = []
     for vi in ins:
         src, how = None, ""
         explicit = [(a, b) for a, b in pairs if b == vi.name and a in prev_out]
@@ -200,24 +197,53 @@ def _wire_stage(k: int, st: Member, prev: Member, prev_part: Part, pairs, used_p
             src, how = vi.name, "name"
         if src is not None:
             _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
-            st.input_rename[vi.name] = prev_part.outputs[(k - 1, src)]
-            junctions.append(_junction(k, src, vi, how, prev_out[src]))
+            st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
+            junctions.append(
+                {
+                    "stage": k,
+                    "from": src,
+                    "to": vi.name,
+                    "how": how,
+                    "dtype": dtype_name(value_dtype(vi)),
+                    "shape": shape_str(value_shape(prev_out[src])),
+                }
+            )
         elif vi.name in graph_inputs:
             _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
             st.input_rename[vi.name] = vi.name
-            junctions.append(_junction(k, f"input {vi.name}", vi, "shared input", vi))
+            junctions.append(
+                {
+                    "stage": k,
+                    "from": f"input {vi.name}",
+                    "to": vi.name,
+                    "how": "shared input",
+                    "dtype": dtype_name(value_dtype(vi)),
+                    "shape": shape_str(value_shape(vi)),
+                }
+            )
         else:
             unfed.append(vi)
     if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
         vi = unfed.pop()
         src = next(iter(prev_out))
         _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
-        st.input_rename[vi.name] = prev_part.outputs[(k - 1, src)]
-        junctions.append(_junction(k, src, vi, "position", prev_out[src]))
-    if not unfed and not any(j["how"] != "shared input" for j in junctions):
+        st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
+        junctions.append(
+            {
+                "stage": k,
+                "from": src,
+                "to": vi.name,
+                "how": "position",
+                "dtype": dtype_name(value_dtype(vi)),
+                "shape": shape_str(value_shape(prev_out[src])),
+            }
+        )
+    if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
         raise UsageError(
-            f"stage {k - 1} outputs [{', '.join(prev_out)}] feed nothing in stage {k} "
-            f"(its inputs [{', '.join(v.name for v in ins)}] are chain inputs); connect them with --map OUT_NAME:IN_NAME",
+            (
+                f"stage {k - 1} outputs [{', '.join(prev_out)}] feed nothing in stage {k} (its inputs "
+                f"[{', '.join(v.name for v in ins)}] are chain inputs); connect them with --map OUT_NAME:IN_NAME"
+            ),
             st.where,
         )
     if unfed:
@@ -226,7 +252,6 @@ def _wire_stage(k: int, st: Member, prev: Member, prev_part: Part, pairs, used_p
             f"stage {k} input(s) {names} are fed by nothing: stage {k - 1} outputs [{', '.join(prev_out)}]; connect them with --map OUT_NAME:IN_NAME",
             st.where,
         )
-    return junctions
 
 
 def _check_junction(src_vi, dst_vi, st: Member, what: str) -> None:

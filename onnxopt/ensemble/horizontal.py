@@ -345,11 +345,7 @@ class _Fuser:
         base = st.name.removeprefix(self.prefix)
         if st.kind == "concat":
             names = self.emit(
-                "Split",
-                [st.name, self.small([st.block] * self.M)],
-                f"{base}/member",
-                attrs=[helper.make_attribute("axis", st.axis)],
-                n_out=self.M,
+                "Split", [st.name, self.small([st.block] * self.M)], f"{base}/member", attrs=[helper.make_attribute("axis", st.axis)], n_out=self.M
             )
         else:
             names = [self.emit("Gather", [st.name, self.small(j)], f"{base}/member_{j}", attrs=[helper.make_attribute("axis", 0)])[0] for j in range(self.M)]

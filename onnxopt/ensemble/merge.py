@@ -188,8 +188,7 @@ def reconcile_opsets(members: list[Member], *, min_default: int = MIN_OPSET) -> 
             converted = onnx.version_converter.convert_version(m.model, target[""])
         except Exception as exc:
             raise UnsupportedError(
-                f"cannot convert opset {old} to {target['']} (needed to merge with the other members): {' '.join(str(exc).split())[:300]}",
-                m.where,
+                f"cannot convert opset {old} to {target['']} (needed to merge with the other members): {' '.join(str(exc).split())[:300]}", m.where
             ) from exc
         conversions.append({
             "member": m.label,
@@ -315,8 +314,7 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
                 shared[to] = (elem0, merge_shapes(shape0, shape), m0)
             except ValueError as exc:
                 raise InputError(
-                    f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes",
-                    m.where,
+                    f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where
                 ) from None
         if first_names is None:
             first_names = (set(names), m)

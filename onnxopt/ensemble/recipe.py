@@ -73,11 +73,7 @@ class EnsembleSettings:
         if isinstance(self.output, bool) or (isinstance(self.output, int) and self.output < 0):
             return "output must be an output name, a position >= 0, or one name per member"
         if isinstance(self.output, list) and (
-            not self.output
-            or not all(
-                isinstance(o, str) or (isinstance(o, int) and not isinstance(o, bool) and o >= 0)
-                for o in self.output
-            )
+            not self.output or not all(isinstance(o, str) or (isinstance(o, int) and not isinstance(o, bool) and o >= 0) for o in self.output)
         ):
             return "output must be a non-empty list of output names (or positions), one per member"
         if self.input_map is not None and not all(isinstance(k, str) and isinstance(v, str) and v for k, v in self.input_map.items()):

@@ -127,8 +127,8 @@ def speed_gate(env: BuildEnv, name: str):
         best, sp = max(((c.name, got[c.name][0]) for c in rivals), key=lambda t: t[1].ratio)
         if mine.high < sp.ratio:
             return (
-                f"fully quantized it runs {mine.ratio:.2f}x [{mine.low:.2f}, {mine.high:.2f}] vs the input, {best} (within budget) {sp.ratio:.2f}x; "
-                "nodes left in float only slow it, so the budget search was skipped"
+                f"fully quantized it runs {mine.ratio:.2f}x [{mine.low:.2f}, {mine.high:.2f}] vs the input, {best} (within "
+                f"budget) {sp.ratio:.2f}x; nodes left in float only slow it, so the budget search was skipped"
             )
         log.info("%s: fully quantized %.2fx vs %s %.2fx: budget search goes on", name, mine.ratio, best, sp.ratio)
         return None
@@ -590,10 +590,7 @@ def matmul_weight_share(model: onnx.ModelProto) -> tuple[int, float]:
     names = {
         n.input[1]
         for n in model.graph.node
-        if n.op_type in ("MatMul", "Gemm")
-        and len(n.input) > 1
-        and n.input[1] in inits
-        and len(inits[n.input[1]].dims) == 2
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
     }
     nodes = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in names)
     return nodes, sum(int(np.prod(inits[w].dims)) for w in names) / total
@@ -607,8 +604,8 @@ def produce_int4(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     count, share = matmul_weight_share(base)
     if count < cfg.min_matmuls or share < cfg.min_weight_share:
         why = (
-            f"not MatMul-heavy: {count} MatMul/Gemm with a constant weight holding {share:.0%} of the weights "
-            f"(needs >= {cfg.min_matmuls} and >= {cfg.min_weight_share:.0%})"
+            f"not MatMul-heavy: {count} MatMul/Gemm with a constant weight holding {share:.0%} of the weights (needs >= "
+            f"{cfg.min_matmuls} and >= {cfg.min_weight_share:.0%})"
         )
         return [Candidate(name, name, None, params=params, refused=why)]
     qmod = _quantize_module("candidates")

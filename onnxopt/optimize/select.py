@@ -502,8 +502,8 @@ def render_decision_table(report: dict) -> str:
     body += _session_rows(d.get("session_options"), len(headers), cold)
     head = (
         f"target {d.get('target')} (provider {d.get('provider')}), batch {d.get('batch')}, metric {d.get('metric')} "
-        f"on {d.get('data')}{f' ({n} samples)' if (n := d.get('samples')) else ''}: "
-        f"input {d.get('reference_score', 0):.2f}, budget {d.get('max_accuracy_drop'):g} points; "
+        f"on {d.get('data')}{f' ({n} samples)' if (n := d.get('samples')) else ''}: input "
+        f"{d.get('reference_score', 0):.2f}, budget {d.get('max_accuracy_drop'):g} points; "
         f"input latency {d.get('input_latency_ms') or 0:.3f} ms"
     )
     if cold and d.get("input_cold_start_ms") is not None:

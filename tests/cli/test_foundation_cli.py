@@ -363,17 +363,7 @@ def test_model_that_cannot_run_on_synthesized_inputs(tmp_path):
         assert lines[0].startswith(f"error: {src}: the model runs on none of the probed inputs (tried x[1,1];") and "give --shape" in lines[0]
     assert not out.exists()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onnxopt",
-            "simplify",
-            str(src),
-            "-o",
-            str(out),
-            "--shape",
-            "x:3,2000",
-        ],
+        [sys.executable, "-m", "onnxopt", "simplify", str(src), "-o", str(out), "--shape", "x:3,2000"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

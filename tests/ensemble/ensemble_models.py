@@ -16,10 +16,7 @@ def _t(rng, shape, name, scale=0.5):
 def _model(nodes, inputs, outputs, inits, opset=17, functions=(), name="m"):
     g = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
     m = helper.make_model(
-        g,
-        opset_imports=[helper.make_opsetid("", opset)]
-        + ([helper.make_opsetid("local", 1)] if functions else []),
-        functions=list(functions),
+        g, opset_imports=[helper.make_opsetid("", opset)] + ([helper.make_opsetid("local", 1)] if functions else []), functions=list(functions)
     )
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
@@ -52,11 +49,7 @@ def mlp(
         helper.make_node("Gemm", ["a", "fc2.w", "fc2.b"], [out_name], name="fc2", transB=1),
     ]
     return _model(
-        nodes,
-        [helper.make_tensor_value_info(in_name, dtype, ["N", features])],
-        [helper.make_tensor_value_info(out_name, dtype, ["N", classes])],
-        inits,
-        opset,
+        nodes, [helper.make_tensor_value_info(in_name, dtype, ["N", features])], [helper.make_tensor_value_info(out_name, dtype, ["N", classes])], inits, opset
     )
 
 
@@ -97,16 +90,10 @@ def with_if_and_function(seed: int = 0, *, act: str = "Relu") -> onnx.ModelProto
     rng = np.random.default_rng(seed)
     inits = [_t(rng, (4, 6), "w"), _t(rng, (4,), "b", 0.1), numpy_helper.from_array(np.float32(1.5 + seed), "scale")]
     then_g = helper.make_graph(
-        [helper.make_node("Mul", ["h", "scale"], ["t_out"], name="then_mul")],
-        "then",
-        [],
-        [helper.make_tensor_value_info("t_out", F32, ["N", 4])],
+        [helper.make_node("Mul", ["h", "scale"], ["t_out"], name="then_mul")], "then", [], [helper.make_tensor_value_info("t_out", F32, ["N", 4])]
     )
     else_g = helper.make_graph(
-        [helper.make_node("Act", ["h"], ["e_out"], name="else_act", domain="local")],
-        "else",
-        [],
-        [helper.make_tensor_value_info("e_out", F32, ["N", 4])],
+        [helper.make_node("Act", ["h"], ["e_out"], name="else_act", domain="local")], "else", [], [helper.make_tensor_value_info("e_out", F32, ["N", 4])]
     )
     fn = helper.make_function("local", "Act", ["X"], ["Y"], [helper.make_node(act, ["X"], ["Y"])], [helper.make_opsetid("", 17)])
     nodes = [
@@ -235,10 +222,7 @@ def paddle_like(seed: int = 0, *, channels: int = 4, classes: int = 3, opset: in
         helper.make_node("Add", ["mm", "bfc"], ["y"], name="fc_bias"),
     ]
     g = helper.make_graph(
-        nodes,
-        "paddle_like",
-        [helper.make_tensor_value_info("x", F32, [-1, 2, 5, 5])],
-        [helper.make_tensor_value_info("y", F32, [-1, classes])],
+        nodes, "paddle_like", [helper.make_tensor_value_info("x", F32, [-1, 2, 5, 5])], [helper.make_tensor_value_info("y", F32, [-1, classes])]
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 7

@@ -19,11 +19,7 @@ def stage2(in_name="feat", features=8, classes=3, dtype=TensorProto.FLOAT, seed=
     inits = [numpy_helper.from_array(rng.standard_normal((classes, features)).astype(np_dtype), "w"), numpy_helper.from_array(np.zeros(classes, np_dtype), "b")]
     nodes = [helper.make_node("Gemm", [in_name, "w", "b"], [out_name], name="fc", transB=1)]
     g = helper.make_graph(
-        nodes,
-        "s2",
-        [helper.make_tensor_value_info(in_name, dtype, ["N", features])],
-        [helper.make_tensor_value_info(out_name, dtype, ["N", classes])],
-        inits,
+        nodes, "s2", [helper.make_tensor_value_info(in_name, dtype, ["N", features])], [helper.make_tensor_value_info(out_name, dtype, ["N", classes])], inits
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -100,10 +96,7 @@ def test_later_stages_may_also_read_chain_inputs():
     g = helper.make_graph(
         nodes,
         "side",
-        [
-            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6]),
-        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]), helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6])],
         inits,
     )

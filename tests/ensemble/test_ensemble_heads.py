@@ -98,14 +98,7 @@ def test_output_names():
 @pytest.mark.parametrize("dtype", [TensorProto.DOUBLE, TensorProto.FLOAT16])
 @pytest.mark.parametrize(
     "fusion,kw",
-    [
-        ("mean", {}),
-        ("mean", {"softmax": True}),
-        ("weighted", {"weights": [1, 3]}),
-        ("vote", {}),
-        ("vote", {"weights": [0.3, 0.7]}),
-        ("stack", {"fit": True}),
-    ],
+    [("mean", {}), ("mean", {"softmax": True}), ("weighted", {"weights": [1, 3]}), ("vote", {}), ("vote", {"weights": [0.3, 0.7]}), ("stack", {"fit": True})],
 )
 def test_float64_and_float16_members(tmp_path, dtype, fusion, kw):
     # ORT's CPU provider has no float64 Mean / OneHot kernels; float16 heads round per op
@@ -132,14 +125,7 @@ def test_float64_and_float16_members(tmp_path, dtype, fusion, kw):
     if fusion != "stack":
         xs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": d["x"].astype(np_dtype)})[0] for m in members]
         ref = reference(
-            Fusion(
-                fusion,
-                [w / sum(kw["weights"]) for w in kw["weights"]]
-                if fusion == "weighted"
-                else kw.get("weights"),
-                kw.get("softmax", False),
-            ),
-            xs,
+            Fusion(fusion, [w / sum(kw["weights"]) for w in kw["weights"]] if fusion == "weighted" else kw.get("weights"), kw.get("softmax", False)), xs
         )
         np.testing.assert_allclose(
             got[-1].astype(np.float64),

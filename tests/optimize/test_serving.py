@@ -52,13 +52,7 @@ def test_cold_start_objective_offline_candidate_and_carried_options(tmp_path):
 def test_size_objective_and_no_session_options(tmp_path):
     recipe = _recipe(tmp_path, 'candidates = ["fp32", "int8-dynamic"]\nmin_gain = 0.05\nmax_accuracy_drop = 100.0\n')
     res = optimize(
-        MODELS / "digits_mlp.onnx",
-        recipe=recipe,
-        eval_data=MODELS / "digits_test.npz",
-        objective="size",
-        session_options=False,
-        threads=1,
-        time_budget=0.3,
+        MODELS / "digits_mlp.onnx", recipe=recipe, eval_data=MODELS / "digits_test.npz", objective="size", session_options=False, threads=1, time_budget=0.3
     )
     d = res.report["decision"]
     assert d["session_options"] is None and carried_options(res.model) is None

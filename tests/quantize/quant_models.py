@@ -35,7 +35,12 @@ def mlp(rng=None, *, hidden: int = 32, classes: int = 4, opset: int = 17, outlie
         helper.make_node("Relu", ["h"], ["r"], name="relu1"),
         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
     ]
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(hidden, np.float32), "b1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(classes, np.float32), "b2")]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(np.zeros(hidden, np.float32), "b1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "b2"),
+    ]
     return _model(nodes, inits, ["N", 16], ["N", classes], opset)
 
 

@@ -49,7 +49,9 @@ def test_dynamic_is_deterministic_and_rewrites_gemm():
 
 
 def test_static_cnn_per_channel_with_entropy():
-    r = quantize(CNN, mode="static", per_channel=True, method="entropy", calibration=CAL, eval_data=TEST, max_accuracy_drop=1.0, allow_slower=True, timing=False)
+    r = quantize(
+        CNN, mode="static", per_channel=True, method="entropy", calibration=CAL, eval_data=TEST, max_accuracy_drop=1.0, allow_slower=True, timing=False
+    )
     c = r.report["candidates"][0]
     assert c["label"] == "static per-channel" and c["drop"] <= 1.0
     assert r.report["calibration"]["method"] == "entropy" and r.report["calibration"]["samples"] == 400

@@ -34,13 +34,20 @@ def shifted_gemm(seed: int = 0) -> onnx.ModelProto:
     w1 = rng.standard_normal((32, 32)).astype(np.float32) * 0.05
     w1[0, 0] = 3.0
     w2 = rng.standard_normal((8, 32)).astype(np.float32) * 0.2
-    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(32, np.float32), "b1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.full(8, 0.5, np.float32), "b2")]
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "b1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(np.full(8, 0.5, np.float32), "b2"),
+    ]
     nodes = [
         helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -79,7 +86,13 @@ def test_grouped_conv_is_left_alone():
     w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="dw", group=4, pads=[1, 1, 1, 1])]
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     x = Dataset("<x>", arrays={"x": rng.standard_normal((16, 4, 6, 6)).astype(np.float32)})
     q = quantize(m, mode="static", calibration=x, allow_slower=True, timing=False, equalize="off", preprocess=False, allow_collapse=True)

@@ -18,7 +18,26 @@ TEST = MODELS / "digits_test.npz"
 def test_help(invoke):
     r = invoke("quantize", "--help")
     assert r.exit_code == 0
-    for opt in ("--mode", "--calibration", "--method", "--per-channel", "--op-types", "--exclude-nodes", "--max-accuracy-drop", "--allow-slower", "--batch", "--report", "--weight-type", "--activation-type", "--reduce-range", "--format", "--provider", "--eval", "--metric", "--model-type"):
+    for opt in (
+        "--mode",
+        "--calibration",
+        "--method",
+        "--per-channel",
+        "--op-types",
+        "--exclude-nodes",
+        "--max-accuracy-drop",
+        "--allow-slower",
+        "--batch",
+        "--report",
+        "--weight-type",
+        "--activation-type",
+        "--reduce-range",
+        "--format",
+        "--provider",
+        "--eval",
+        "--metric",
+        "--model-type",
+    ):
         assert opt in r.output
 
 

@@ -191,7 +191,9 @@ def test_quantize_builds_an_equalized_candidate_when_static_loses(tmp_path, invo
     np.savez(cal, x=x)
     res = invoke("quantize", src, "-o", out, "--mode", "static", "--calibration", cal, "--metric", "cosine", "--allow-slower", "--batch", "8")
     assert res.exit_code == 0 and "static per-tensor equalized" in res.output, res.output
-    res = invoke("quantize", src, "-o", tmp_path / "q2.onnx", "--mode", "static", "--calibration", cal, "--metric", "cosine", "--allow-slower", "--equalize", "off")
+    res = invoke(
+        "quantize", src, "-o", tmp_path / "q2.onnx", "--mode", "static", "--calibration", cal, "--metric", "cosine", "--allow-slower", "--equalize", "off"
+    )
     assert res.exit_code == 3 and "collapsed" in res.output and not (tmp_path / "q2.onnx").exists()
 
 
@@ -216,14 +218,20 @@ def test_smooth_quant_folds_into_a_decomposed_layernorm_affine_tail():
     rng = np.random.default_rng(3)
     gamma = np.ones(16, np.float32)
     gamma[2] = 60.0
-    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "beta"), numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")]
+    inits = [
+        numpy_helper.from_array(gamma, "gamma"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"),
+    ]
     nodes = [
         helper.make_node("Tanh", ["x"], ["t"], name="norm"),
         helper.make_node("Mul", ["t", "gamma"], ["g"], name="scale"),
         helper.make_node("Add", ["g", "beta"], ["h"], name="shift"),
         helper.make_node("MatMul", ["h", "w"], ["y"], name="dense"),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     ds = Dataset("<x>", arrays={"x": rng.standard_normal((128, 16)).astype(np.float32)})
     res = make_pass("smooth-quant")(m, Context(data=ds))

@@ -63,7 +63,13 @@ def test_int4_mode_rewrites_gemm_and_reports():
 def _activation_matmul() -> onnx.ModelProto:
     w3 = numpy_helper.from_array(np.ones((2, 16, 16), np.float32), "w3")
     nodes = [helper.make_node("MatMul", ["x", "x"], ["h"], name="self"), helper.make_node("MatMul", ["h", "w3"], ["y"], name="bmm")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16, 16])], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 16, 16])], [w3])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 16, 16])],
+        [w3],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 

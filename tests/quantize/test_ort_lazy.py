@@ -41,7 +41,13 @@ def _mlp(gemm: bool = False) -> onnx.ModelProto:
         helper.make_node("Relu", ["hb"], ["r"], name="relu"),
         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1) if gemm else helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
     ]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -130,11 +136,21 @@ def test_any_failure_of_the_lazy_path_falls_back_to_ort_unpatched(tmp_path, spy,
 def test_patches_are_undone(tmp_path):
     from onnxruntime.quantization import base_quantizer, onnx_quantizer, quant_utils
 
-    before = (quant_utils.quantize_nparray, quant_utils.tensor_proto_to_array, base_quantizer.tensor_proto_to_array, onnx_quantizer.save_and_reload_model_with_shape_infer)
+    before = (
+        quant_utils.quantize_nparray,
+        quant_utils.tensor_proto_to_array,
+        base_quantizer.tensor_proto_to_array,
+        onnx_quantizer.save_and_reload_model_with_shape_infer,
+    )
     with pytest.raises(RuntimeError), ort_lazy.reading_lazily():
         assert quant_utils.quantize_nparray is not before[0]
         raise RuntimeError("boom")
-    assert (quant_utils.quantize_nparray, quant_utils.tensor_proto_to_array, base_quantizer.tensor_proto_to_array, onnx_quantizer.save_and_reload_model_with_shape_infer) == before
+    assert (
+        quant_utils.quantize_nparray,
+        quant_utils.tensor_proto_to_array,
+        base_quantizer.tensor_proto_to_array,
+        onnx_quantizer.save_and_reload_model_with_shape_infer,
+    ) == before
 
 
 def test_chunked_quantize_nparray_equals_ort_on_odd_sizes(monkeypatch):
