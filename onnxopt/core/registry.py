@@ -30,6 +30,7 @@ PASSES: dict[str, str] = {
     "smooth-quant": "onnxopt.quantize.smooth:SmoothQuantPass",
     "equalize": "onnxopt.quantize.cle:EqualizePass",
     "fp16": "onnxopt.optimize.fp16:Fp16Pass",
+    "session-options": "onnxopt.serving.passes:SessionOptionsPass",
 }
 
 

@@ -49,8 +49,8 @@ def _set_meta(model: onnx.ModelProto, key: str, value: str | None) -> None:
 
 def carry_options(model: onnx.ModelProto, config: SessionConfig) -> None:
     """Write ``config`` into ``model``'s ``ort_config`` metadata (in place).  The
-    provenance mirror is written by the command (``write_provenance(...,
-    {"session_options": config.to_dict()})``)."""
+    provenance mirror is the ``session-options`` step's details (``passes.SessionOptionsPass``)
+    or a command's ``session_options`` entry (``optimize``, ``ensemble``)."""
     text = json.dumps({"session_options": config.ort_session_options()}, sort_keys=True, separators=(",", ":"))
     _set_meta(model, ORT_CONFIG_KEY, text)
 
@@ -63,6 +63,10 @@ def _mirrored(model: onnx.ModelProto) -> dict | None:
         opts = entry.get("session_options")
         if isinstance(opts, dict):
             return opts
+        for step in reversed(entry.get("steps") or []):  # a 'session-options' recipe step
+            opts = (step.get("details") or {}).get("session_options") if isinstance(step, dict) else None
+            if isinstance(opts, dict):
+                return opts
     return None
 
 

@@ -21,7 +21,6 @@ a configuration that changes them is refused and never timed.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field, replace
 
@@ -326,12 +325,14 @@ def tune(
     ``VerificationError`` (exit 3) when ORT rejects the carried options.  ``options`` (a
     ``SessionConfig`` or its dict): no search; these options are validated, checked, timed
     against the defaults and carried as given."""
-    from ..core.provenance import write_provenance
+    from ..core.passes import Context
+    from ..core.pipeline import run_pipeline
     from ..core.result import Result
     from ..data import check_shapes
     from ..io import resolve_model
     from ..runtime import resolve_provider
-    from .carry import carried_options, carry_options, check_carried
+    from .carry import carried_options
+    from .passes import SessionOptionsPass
 
     settings = TuneSettings(resolve_provider(provider), batch, duration, min_gain, max_threads, seed).check()
     m, path = resolve_model(model)
@@ -344,16 +345,10 @@ def tune(
     # a graph ORT already optimized offline stays unoptimized at load: rated against that
     base = SessionConfig(optimization_level="disable") if prior is not None and prior.optimization_level == "disable" else None
     outcome = measure_given(m, feed, checks, settings, given) if given is not None else search_options(m, feed, checks, settings, base)
-    out = copy.deepcopy(m)
-    carry_options(out, outcome.chosen)
-    check_carried(out, settings.provider)
-    step = {
-        "name": "tune-session-options",
-        "params": {"duration": duration, "min_gain": min_gain},
-        "chosen": outcome.chosen.describe(),
-        "confirm_ratio": outcome.confirm_ratio,
-    }
-    write_provenance(out, "tune", [step], {"session_options": outcome.chosen.to_dict()})
+    search = {"duration": duration, "min_gain": min_gain, "confirm_ratio": outcome.confirm_ratio}
+    carry = SessionOptionsPass(**outcome.chosen.to_dict())
+    ctx = Context(provider=settings.provider, shapes=shapes, seed=seed)
+    out = run_pipeline(m, [carry], ctx, command="tune", extra={"session_options": outcome.chosen.to_dict(), "search": search}, check_input=False).model
     rep = {
         "command": "tune",
         "input": str(path) if path else None,
