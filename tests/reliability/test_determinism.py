@@ -266,6 +266,7 @@ def quick_jobs(out: Path, recipe: Path) -> dict[str, list]:
             "stack",
             "--fit",
             c.data,
+            "--no-parallel",
         ],
         "chain": ["chain", c.model, c.head, "-o", out / "chain.onnx"],
         "adapt": ["adapt", c.model, "-o", out / "adapt.onnx", "--data", c.data],
