@@ -199,6 +199,8 @@ def ensemble(models, **options) -> Result:
     if cfg.parallel:
         report["concurrency"] = _concurrency(model, x["members"].members, x["dataset"], cfg.shapes, provider)
         if report["concurrency"]["carried"]:
+            model, carried = _carry(model, report["concurrency"]["carried_options"], x["dataset"], cfg.shapes, provider)
+            steps.append(carried.record())
             extra["session_options"] = report["concurrency"]["carried_options"]
     # one record for the merge, the recipe's steps and the session options carried after them
     write_provenance(model, "ensemble", steps, extra)
@@ -272,6 +274,17 @@ def _concurrency(model, members, ds, shapes, provider) -> dict:
     except (SkipConfig, DataError) as exc:
         return {"carried": False, "reason": f"not measured: {exc}"}
     return parallel_options(model, members, feed, provider=provider)
+
+
+def _carry(model, options: dict, ds, shapes, provider) -> tuple[onnx.ModelProto, PassReport]:
+    """The ``session-options`` pass with the options the concurrency measurement chose, run
+    and verified by ``run_pipeline`` (ORT must apply them as written)."""
+    from ..serving.passes import SessionOptionsPass
+
+    ctx = Context(data=ds, shapes=shapes, provider=provider)
+    carry = SessionOptionsPass(_where="ensemble", _error=UsageError, **options)
+    res = run_pipeline(model, [carry], ctx, command="ensemble", check_input=False, provenance=False)
+    return res.model, res.steps[0]
 
 
 def _blame_recipe(exc: UsageError, plan) -> None:

@@ -85,10 +85,10 @@ def _confirm(run_one, k: int, runs: int, duration: float, seed: int) -> float:
 
 
 def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: str = "cpu", runs: int = 60, duration: float = 3.0, seed: int = 0) -> dict:
-    """Measure the four ways (module docstring) and carry the faster of parallel execution
-    and one thread in ``model`` (in place) when it wins; returns the report block."""
+    """Measure the four ways (module docstring); returns the report block, which names the
+    faster of parallel execution and one thread as ``carried_options`` when it wins (the
+    caller carries them with the ``session-options`` pass)."""
     from ..bench.timing import measure_interleaved, speedup
-    from ..serving.carry import carry_options, check_carried
     from ..serving.tune import branch_width
     from ..session_options import machine_cores
 
@@ -128,8 +128,6 @@ def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: s
     if confirm < need:
         block["reason"] = f"{label} {vs[best].ratio:.2f}x vs sequential, not confirmed in a fresh run ({confirm:.2f}x < {need:.2f}): nothing carried"
         return block
-    carry_options(model, configs[best])
-    check_carried(model, provider)
     block.update(carried=True, carried_options=configs[best].to_dict(), carried_way=best)
     block["reason"] = f"{label} {vs[best].ratio:.2f}x vs sequential, confirmed {confirm:.2f}x in a fresh run"
     return block

@@ -54,3 +54,18 @@ def test_cli_reports_the_three(invoke, tmp_path):
     assert "session options:" in r.output
     if machine_cores() >= 2:
         assert "members in separate sessions" in r.output and "merged parallel" in r.output
+
+
+def test_chosen_options_carried_by_the_session_options_step(monkeypatch):
+    """Whatever the timing decides, what it decides is carried by the verified pass and recorded."""
+    from onnxopt.core.provenance import read_provenance
+    from onnxopt.ensemble import concurrent
+
+    one = SessionConfig(intra_op_threads=1, allow_spinning=False)
+    block = {"branch_width": 2, "carried": True, "carried_options": one.to_dict(), "carried_way": "one_thread", "reason": "chosen (test)"}
+    monkeypatch.setattr(concurrent, "parallel_options", lambda *a, **k: dict(block))
+    res = ensemble([mlp(0), mlp(1)])
+    assert carried_options(res.model) == one and check_carried(res.model) == one
+    prov = read_provenance(res.model)
+    assert [s["name"] for s in prov["steps"]] == ["merge", "session-options"]
+    assert prov["session_options"] == one.to_dict()
