@@ -69,19 +69,36 @@ def _rel_l2(a: list, b: list) -> float:
     return (num / den) ** 0.5 if den else num**0.5
 
 
-def _versus(model, feed, configs: list, seconds: float) -> tuple[list, list]:
-    """Interleaved latencies (s) of one session per config, and each session's outputs."""
+def _versus(model, feed, configs: list, seconds: float) -> tuple[list, list, list]:
+    """Interleaved latencies (s) of one session per config, each session's outputs, and the
+    sessions."""
     sessions = [create_session(model, config=c) for c in configs]
     outs = [s.run(None, feed) for s in sessions]
-    return time_interleaved(sessions, [feed] * len(sessions), runs=100_000, duration=seconds, block=5, shuffle_seed=0), outs
+    return time_interleaved(sessions, [feed] * len(sessions), runs=100_000, duration=seconds, block=5, shuffle_seed=0), outs, sessions
+
+
+def _alone_ratios(a, b, feed: dict, seconds: float, rounds: int = 6) -> np.ndarray:
+    """median(a) / median(b) per round, each session timed alone (``_alone_ms``), the order
+    alternating between rounds: two live sessions timed in turn disturb each other (a
+    spinning pool thread takes the other's core), which interleaving cannot remove."""
+    out = []
+    for r in range(rounds):
+        first, second = (a, b) if r % 2 == 0 else (b, a)
+        t1, t2 = _alone_ms(first, feed, seconds), _alone_ms(second, feed, seconds)
+        ta, tb = (t1, t2) if r % 2 == 0 else (t2, t1)
+        out.append(ta / tb)
+    return np.array(out)
 
 
 def section_tune(models, seconds: float) -> list[Path]:
     from onnxopt.serving.tune import tune
 
     print("\n## 1. tune vs defaults (fresh interleaved run after the search)\n")
-    print("| model | branch width | carried options | default ms | tuned ms | ratio [95% CI] | outputs rel-L2 |")
-    print("|---|---|---|---:|---:|---|---:|")
+    print(
+        "| model | branch width | carried options | default ms | tuned ms | interleaved ratio [95% CI] "
+        "| alone, 6 alternating rounds: median [min, max] | outputs rel-L2 |"
+    )
+    print("|---|---|---|---:|---:|---|---|---:|")
     tuned_paths = []
     tmp = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     for name, path, shapes in models:
@@ -92,12 +109,13 @@ def section_tune(models, seconds: float) -> list[Path]:
         cfg = carried_options(res.model)
         m = onnx.load(str(path))
         feed, _ = make_feed(m, None, shapes, None)
-        lat, outs = _versus(str(path), feed, [SessionConfig(), cfg], max(seconds, 2.0))
+        lat, outs, sessions = _versus(str(path), feed, [SessionConfig(), cfg], max(seconds, 2.0))
         sp = speedup(lat[0], lat[1], block=5)
+        alone = _alone_ratios(*sessions, feed, max(seconds, 2.0) / 2)
         print(
             f"| {name} | {res.report['branch_width']} | {cfg.describe()} | {np.median(lat[0]) * 1e3:.3f} | "
             f"{np.median(lat[1]) * 1e3:.3f} | {sp.ratio:.2f}x [{sp.low:.2f}, {sp.high:.2f}] | "
-            f"{_rel_l2(outs[0], outs[1]):.1e} |"
+            f"{np.median(alone):.2f}x [{alone.min():.2f}, {alone.max():.2f}] | {_rel_l2(outs[0], outs[1]):.1e} |"
         )
     return tuned_paths
 
