@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from .options import (
     data_option,
     json_option,
@@ -88,6 +89,9 @@ def command(
     from ..serving.tune import tune
 
     check_outputs(output, [model], report_path)
+    for flag, v in (("--intra-op-threads", intra_op_threads), ("--inter-op-threads", inter_op_threads)):
+        if v is not None and v < 1:  # 0 means ORT's default in SessionConfig: leave the flag out for that
+            raise UsageError(f"{flag} must be >= 1 (leave it out for onnxruntime's default), got {v}")
     given = {
         k: v
         for k, v in (

@@ -132,7 +132,9 @@ def test_tune_given_options_skip_the_search(invoke, tmp_path):
 @pytest.mark.parametrize(
     "args, msg",
     [
-        (["--intra-op-threads", "-1"], "intra_op_threads must be"),
+        (["--intra-op-threads", "-1"], "--intra-op-threads must be >= 1"),
+        (["--intra-op-threads", "0"], "--intra-op-threads must be >= 1"),
+        (["--inter-op-threads", "0"], "--inter-op-threads must be >= 1"),
         (["--inter-op-threads", "100000"], "more than the"),
         (["--execution-mode", "async"], "unknown execution mode"),
         (["--optimization-level", "max"], "unknown optimization level"),
