@@ -198,29 +198,11 @@ def _feed_stage(k: int, stages: list[Member], parts: list[Part], pairs, used_pai
         if src is not None:
             _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
             st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-            junctions.append(
-                {
-                    "stage": k,
-                    "from": src,
-                    "to": vi.name,
-                    "how": how,
-                    "dtype": dtype_name(value_dtype(vi)),
-                    "shape": shape_str(value_shape(prev_out[src])),
-                }
-            )
+            junctions.append(_junction(k, src, vi, how, prev_out[src]))
         elif vi.name in graph_inputs:
             _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
             st.input_rename[vi.name] = vi.name
-            junctions.append(
-                {
-                    "stage": k,
-                    "from": f"input {vi.name}",
-                    "to": vi.name,
-                    "how": "shared input",
-                    "dtype": dtype_name(value_dtype(vi)),
-                    "shape": shape_str(value_shape(vi)),
-                }
-            )
+            junctions.append(_junction(k, f"input {vi.name}", vi, "shared input", vi))
         else:
             unfed.append(vi)
     if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
@@ -228,16 +210,7 @@ def _feed_stage(k: int, stages: list[Member], parts: list[Part], pairs, used_pai
         src = next(iter(prev_out))
         _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
         st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-        junctions.append(
-            {
-                "stage": k,
-                "from": src,
-                "to": vi.name,
-                "how": "position",
-                "dtype": dtype_name(value_dtype(vi)),
-                "shape": shape_str(value_shape(prev_out[src])),
-            }
-        )
+        junctions.append(_junction(k, src, vi, "position", prev_out[src]))
     if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
         raise UsageError(
             (
@@ -252,6 +225,11 @@ def _feed_stage(k: int, stages: list[Member], parts: list[Part], pairs, used_pai
             f"stage {k} input(s) {names} are fed by nothing: stage {k - 1} outputs [{', '.join(prev_out)}]; connect them with --map OUT_NAME:IN_NAME",
             st.where,
         )
+
+
+def _junction(k: int, src: str, vi, how: str, shape_of) -> dict:
+    """The report's record of one junction into stage ``k`` (the shape is ``shape_of``'s)."""
+    return {"stage": k, "from": src, "to": vi.name, "how": how, "dtype": dtype_name(value_dtype(vi)), "shape": shape_str(value_shape(shape_of))}
 
 
 def _check_junction(src_vi, dst_vi, st: Member, what: str) -> None:
