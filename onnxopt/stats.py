@@ -17,7 +17,7 @@ from onnx import helper
 from .graph import iter_graphs
 from .io import exceeds_protobuf
 
-__all__ = ["ModelStats", "model_stats", "count_params", "flops_by_node"]
+__all__ = ["ModelStats", "model_stats", "count_params", "flops_by_node", "activation_bytes"]
 
 
 def _numel(dims) -> int:
@@ -100,6 +100,36 @@ def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
                 if a.name == "value":
                     shapes[n.output[0]] = list(a.t.dims)
     return shapes
+
+
+def activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, int]:
+    """Bytes per sample of each tensor in ``names``, from shape inference with ``feed``'s input
+    shapes on a weightless skeleton of ``model``; a size shape inference leaves unknown counts
+    as the largest known one (4096 bytes when none is known)."""
+    sk = _shape_skeleton(model)
+    for i in sk.graph.input:
+        if i.name in feed and i.type.HasField("tensor_type"):
+            shape = i.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in np.shape(feed[i.name]):
+                shape.dim.add(dim_value=int(d))
+    try:
+        sk = onnx.shape_inference.infer_shapes(sk)
+    except Exception:
+        pass
+    batch = max((int(v.shape[0]) for v in feed.values() if np.ndim(v)), default=1) or 1
+    sizes = {}
+    for v in list(sk.graph.value_info) + list(sk.graph.output):
+        tt = v.type.tensor_type
+        dims = tt.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            try:
+                item = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+            except Exception:
+                item = 4
+            sizes[v.name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64)) * item // batch
+    fallback = max(sizes.values(), default=4096)
+    return {n: sizes.get(n, fallback) for n in names}
 
 
 def flops_by_node(model: onnx.ModelProto) -> dict[str, int]:

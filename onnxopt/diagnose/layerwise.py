@@ -30,8 +30,9 @@ import onnx
 from ..errors import ModelError
 from ..graph import producers
 from ..runtime import create_session, run_batches
+from ..stats import activation_bytes
 from ..verify import EXACT_REL_L2, compare_outputs, is_exact
-from .match import Matching, TensorPair, weightless
+from .match import Matching, TensorPair
 
 __all__ = ["LayerwiseConfig", "TensorError", "Divergence", "compare_layers", "attribute"]
 
@@ -155,30 +156,6 @@ class _Acc:
         return t
 
 
-def _per_sample_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, int]:
-    """Bytes per sample of each tensor from shape inference with the feed's shapes (a
-    weightless copy; unknown sizes count as the largest known one)."""
-    sk = weightless(model)
-    for i in sk.graph.input:
-        if i.name in feed and i.type.HasField("tensor_type"):
-            shape = i.type.tensor_type.shape
-            shape.ClearField("dim")
-            for d in feed[i.name].shape:
-                shape.dim.add(dim_value=int(d))
-    try:
-        sk = onnx.shape_inference.infer_shapes(sk)
-    except Exception:
-        pass
-    batch = max((int(v.shape[0]) for v in feed.values() if v.ndim), default=1) or 1
-    sizes = {}
-    for v in sk.graph.value_info:
-        dims = v.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            sizes[v.name] = int(np.prod([d.dim_value for d in dims])) * 4 // batch
-    fallback = max(sizes.values(), default=4096)
-    return {n: sizes.get(n, fallback) for n in names}
-
-
 def plan_slices(pairs: list[TensorPair], per_sample: dict[str, int], samples: int, cfg: LayerwiseConfig) -> list[list[TensorPair]]:
     """Consecutive slices of at most ``slice_tensors`` tensors and ``slice_bytes`` of
     reference activations (a tensor larger than that alone gets a slice of its own)."""
@@ -267,7 +244,7 @@ def compare_layers(ref: onnx.ModelProto, cand: onnx.ModelProto, ds_ref, ds_cand,
     first_feed = next(iter(ds_ref.batches(cfg.batch_size, cfg.limit)), {})
     samples = len(ds_ref) if not cfg.limit else min(len(ds_ref), cfg.limit)
     batch = max((int(v.shape[0]) for v in first_feed.values() if v.ndim), default=1) or 1
-    per_sample = _per_sample_bytes(ref, first_feed, [p.ref for p in pairs]) if pairs else {}
+    per_sample = activation_bytes(ref, first_feed, [p.ref for p in pairs]) if pairs else {}
     slices = plan_slices(pairs, per_sample, max(samples, batch), cfg)
     tensors: list[TensorError] = []
     for k, sl in enumerate(slices, 1):

@@ -51,3 +51,41 @@ def test_histogram_methods_stay_inside_minmax_and_do_not_depend_on_batch_count()
     assert [n.op_type for n in aug.graph.node[-2:]] == ["ReduceMin", "ReduceMax"]
     assert reads == [("c1", reads[0][1], reads[0][2])]
     assert np.isscalar(create_session(aug).run([reads[0][1]], ds.first_batch(4))[0].item())
+
+
+def test_batch_bounded_by_the_calibrated_tensors_bytes(monkeypatch):
+    """ORT keeps every calibrated tensor of a batch alive: the default batch shrinks to fit
+    ``CALIBRATION_BYTES``, with a note; MinMax ranges do not change."""
+    from onnxopt.quantize import collect
+    from onnxopt.stats import activation_bytes
+
+    m = infer_shapes(conv_net())
+    ds = _dataset(m)
+    names = tensors_to_calibrate(m)
+    per = sum(activation_bytes(m, ds.first_batch(1), names).values())
+    assert per > 0
+    free = collect_ranges(m, ds, method="minmax")
+    assert free.batches == 2 and not any("calibration batch" in n for n in free.notes)  # 40 samples at the default 32
+    monkeypatch.setattr(collect, "CALIBRATION_BYTES", 3 * per)
+    bounded = collect_ranges(m, ds, method="minmax")
+    assert bounded.batches == 14 and bounded.samples == 40  # batches of 3
+    assert any(n.startswith("calibration batch 3:") for n in bounded.notes)
+    assert bounded.ranges == free.ranges
+    # a batch the caller asked for is kept
+    assert collect_ranges(m, ds, method="minmax", batch_size=20).batches == 2
+
+
+def test_activation_bytes_from_inferred_shapes():
+    from onnxopt.stats import activation_bytes
+
+    m = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 8] x) => (float[N, 16] y) {
+            h = Relu(x)
+            y = Concat<axis = 1>(h, h)
+        }
+        """
+    )
+    sizes = activation_bytes(m, {"x": np.zeros((5, 8), np.float32)}, ["h", "y", "unknown"])
+    assert sizes == {"h": 8 * 4, "y": 16 * 4, "unknown": 16 * 4}
