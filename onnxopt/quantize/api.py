@@ -40,6 +40,7 @@ from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig, op_types_for_mode, op_types_problem
 from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
 from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
+from .sensitivity import search_size
 
 __all__ = [
     "quantize", "QuantizeConfig", "calibrate", "prepare_model", "quantize_candidate", "quantize_dynamic_candidate", "quantize_static_candidate",
@@ -241,8 +242,9 @@ def quantize_candidate(
     evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
     search = None
-    if budget is not None and len(ds) > search_samples:
-        search = work.get("search", search_samples, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=search_samples))
+    n_search = search_size(search_samples, evaluator.metric, budget) if budget is not None else search_samples
+    if budget is not None and len(ds) > n_search:
+        search = work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
     ranking = work.rankings.get(config.mode) if budget is not None else None
     res = evaluate_candidate(
         builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate

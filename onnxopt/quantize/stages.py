@@ -42,6 +42,7 @@ from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig
 from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
 from .preprocess import Prepared
+from .sensitivity import search_size
 from .speed import measure_speed, timing_feed
 
 __all__ = [
@@ -180,8 +181,10 @@ def prepare(run: Run) -> None:
         run.notes.extend(more)
         run.configs = [c.with_(exclude=mapped) for c in run.configs]
     run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
-    if run.inputs.budget is not None and len(ev) > cfg.search_samples:
-        run.search = Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=cfg.search_samples)
+    budget = run.inputs.budget
+    n_search = search_size(cfg.search_samples, run.evaluator.metric, budget) if budget is not None else cfg.search_samples
+    if budget is not None and len(ev) > n_search:
+        run.search = Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
     run.vfeed = ev.first_batch(2)
     run.vref = run_dataset(m, feed_dataset(run.vfeed), provider=run.provider)
 
@@ -277,7 +280,7 @@ def _report(run: Run) -> dict:
         "calibration": run.ranges.summary() if run.ranges else None,
         "metric": {
             "name": ev.metric, "reference": ev.reference_score, "data": ev_.source, "samples": len(ev_),
-            "search_samples": cfg.search_samples if run.search is not None else None,
+            "search_samples": run.search.limit if run.search is not None else None,
         },  # fmt: skip
         "budget": {"max_drop": run.inputs.budget.max_drop} if run.inputs.budget else None,
         "timing": {

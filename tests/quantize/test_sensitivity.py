@@ -111,3 +111,16 @@ def test_unmet_budget_reports_the_best_exclusion_reached():
     # on a search subset the best set is confirmed on the full data
     fit2 = fit_budget(b, ["fc1", "fc2"], Budget(0.0), ev, search_evaluator=Evaluator(m, ds, "agreement", limit=100), max_evals=10)
     assert not fit2.met and fit2.score == ev.score(fit2.model) and fit2.score > full
+
+
+def test_search_subset_resolves_the_budget_for_per_sample_metrics():
+    from onnxopt.metrics import Budget
+    from onnxopt.quantize.sensitivity import search_size
+
+    # one sample of top-1 / agreement is 100/n points: n must resolve half the budget
+    assert search_size(32, "agreement", Budget(1.0, "agreement")) == 200
+    assert search_size(32, "top1", Budget(0.5, "top1")) == 400
+    assert search_size(500, "top1", Budget(1.0, "top1")) == 500
+    # continuous metrics and a zero budget keep the requested subset
+    assert search_size(32, "cosine", Budget(1.0, "cosine")) == 32
+    assert search_size(32, "agreement", Budget(0.0, "agreement")) == 32
