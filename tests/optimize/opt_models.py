@@ -84,3 +84,20 @@ def bert_like(hidden: int = 32, heads: int = 2, ffn: int = 64, seed: int = 0) ->
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def matmul_stack(layers: int = 4, width: int = 64, seed: int = 0, last: str = "Identity") -> onnx.ModelProto:
+    """x[N,width] -> (MatMul -> Relu) x layers, the last activation ``last``: every weight is
+    a MatMul's (more layers: slower, same interface)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        out = "y" if i == layers - 1 else f"r{i}"
+        nodes.append(helper.make_node("Relu" if i < layers - 1 else last, [f"h{i}"], [out], name=f"act{i}"))
+        prev = out
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
+    g = helper.make_graph(nodes, "g", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -4,32 +4,11 @@ slower than a candidate already fitted to the budget skips its budget search."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.data import Dataset
 from onnxopt.metrics import Budget, Evaluator
 from onnxopt.optimize.candidates import BuildEnv, Candidate, speed_gate
-
-
-def stack(layers: int, width: int = 256, seed: int = 0) -> onnx.ModelProto:
-    """x[N,width] -> (MatMul -> Relu) x layers (more layers: slower, same interface)."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, prev = [], [], "x"
-    for i in range(layers):
-        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"))
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
-        out = "y" if i == layers - 1 else f"r{i}"
-        nodes.append(helper.make_node("Relu", [f"h{i}"], [out], name=f"act{i}"))
-        prev = out
-    g = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
-        inits,
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+from tests.optimize.opt_models import matmul_stack
 
 
 def _env(reference, rivals):
@@ -41,7 +20,7 @@ def _env(reference, rivals):
 
 
 def test_a_clearly_slower_candidate_cannot_win_and_a_faster_one_goes_on():
-    small, large = stack(2), stack(24)
+    small, large = matmul_stack(2, 256, last="Relu"), matmul_stack(24, 256, last="Relu")
     fast_rival = Candidate("int8-dynamic", "int8-dynamic", small, source="onnxopt.quantize")
     why = speed_gate(_env(small, [fast_rival]), "int8-static")(large)
     assert why is not None and why.startswith("fully quantized it runs") and "int8-dynamic (within budget)" in why
@@ -50,7 +29,7 @@ def test_a_clearly_slower_candidate_cannot_win_and_a_faster_one_goes_on():
 
 
 def test_no_gate_without_a_rival_fitted_to_the_budget():
-    m = stack(2)
+    m = matmul_stack(2, 256, last="Relu")
     assert speed_gate(_env(m, []), "int8-static") is None
     ort_plain = Candidate("int8-dynamic-ort", "int8-dynamic", m, source="onnxruntime.quantization")
     fp32 = Candidate("fp32", "fp32", m, lossless=True)

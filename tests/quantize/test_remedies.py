@@ -42,46 +42,13 @@ def test_a_node_no_remedy_saves_stays_in_float_with_what_was_tried(tmp_path, inv
     assert c["remedied"] == []
     src, out, cal = save(m, tmp_path / "m.onnx"), tmp_path / "q.onnx", tmp_path / "d.npz"
     np.savez(cal, x=data_for(m, 256)["x"])
-    res = invoke(
-        "quantize",
-        src,
-        "-o",
-        out,
-        "--mode",
-        "static",
-        "--calibration",
-        cal,
-        "--metric",
-        "cosine",
-        "--max-accuracy-drop",
-        "0.5",
-        "--allow-slower",
-        "--equalize",
-        "off",
-        "--no-preprocess",
-        "--json",
-    )
+    static = ["--mode", "static", "--calibration", cal, "--metric", "cosine", "--max-accuracy-drop", "0.5"]
+    static += ["--allow-slower", "--equalize", "off", "--no-preprocess"]
+    res = invoke("quantize", src, "-o", out, *static, "--json")
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
     assert rep["candidates"][0]["excluded"][0]["remedies_tried"] == ["per-channel"]
     m20 = mlp(hidden=32, outlier=20.0)
     src2 = save(m20, tmp_path / "m20.onnx")
-    res = invoke(
-        "quantize",
-        src2,
-        "-o",
-        tmp_path / "q20.onnx",
-        "--mode",
-        "static",
-        "--calibration",
-        cal,
-        "--metric",
-        "cosine",
-        "--max-accuracy-drop",
-        "0.5",
-        "--allow-slower",
-        "--equalize",
-        "off",
-        "--no-preprocess",
-    )
+    res = invoke("quantize", src2, "-o", tmp_path / "q20.onnx", *static)
     assert res.exit_code == 0 and "fc2 (Gemm) kept quantized with remedy per-channel instead of float" in res.output, res.output
