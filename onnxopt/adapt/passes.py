@@ -12,7 +12,6 @@ the fit, the extraction and the seconds each took, for ``adapt``'s report.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from contextlib import contextmanager
@@ -245,7 +244,7 @@ class AdaptHeadPass(Pass):
         use_softmax = bool(site.match.softmax) if cfg.softmax is None and site.match is not None else bool(cfg.softmax)
         if cfg.softmax is None and site.match is not None and site.match.softmax:
             notes.append("the input model's head ended in Softmax: so does the new one")
-        adapted = copy.deepcopy(extractor)
+        adapted = extractor  # not used again after extract()
         append_head(adapted, pooled, site.feat.elem_type, fit.head, output=out.name, batch_dim=batch_dim(m), softmax=use_softmax, class_names=cfg.class_names)
         expected = fit.head.as_float32().scores(x)
         if use_softmax:

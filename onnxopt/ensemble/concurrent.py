@@ -108,13 +108,12 @@ def parallel_options(model: onnx.ModelProto, members, feed: dict, *, provider: s
     vs = {k: speedup(sq, v, block=5, seed=seed) for k, v in lat.items()}
     block.update(separate_ms=float(np.median(sep) * 1e3), sequential_ms=float(np.median(sq) * 1e3), rounds=meas.rounds)
     block.update(sequential_vs_separate=speedup(sep, sq, block=5, seed=seed).to_dict())
-    for k in keys:
-        prefix = "parallel" if k == "parallel" else "one_thread"
+    for k in keys:  # "parallel" / "one_thread"
         block.update(
             {
-                f"{prefix}_ms": float(np.median(lat[k]) * 1e3),
-                f"{prefix}_vs_sequential": vs[k].to_dict(),
-                f"{prefix}_vs_separate": speedup(sep, lat[k], block=5, seed=seed).to_dict(),
+                f"{k}_ms": float(np.median(lat[k]) * 1e3),
+                f"{k}_vs_sequential": vs[k].to_dict(),
+                f"{k}_vs_separate": speedup(sep, lat[k], block=5, seed=seed).to_dict(),
             }
         )
     best = max(keys, key=lambda k: vs[k].ratio)

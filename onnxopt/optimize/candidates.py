@@ -96,12 +96,18 @@ def is_bert_like(model: onnx.ModelProto) -> bool:
 # --- helpers ------------------------------------------------------------------------
 
 
+def _budget_args(env: BuildEnv) -> dict:
+    """The provider, evaluation data and budget a quantize candidate is fitted with."""
+    return {"provider": env.provider, "eval_data": env.evaluator.dataset, "max_accuracy_drop": env.budget.max_drop, "metric": env.evaluator.metric}
+
+
 def _why(exc: OnnxoptError) -> str:
     """A producer's failure as a table reason; budget failures read "over budget: ..."
     (a candidate stopped because it cannot win says so instead)."""
     from ..errors import BudgetError
+    from ..quantize.engine import CANNOT_WIN
 
-    return f"over budget: {exc}" if isinstance(exc, BudgetError) and "cannot win:" not in str(exc) else str(exc)
+    return f"over budget: {exc}" if isinstance(exc, BudgetError) and f"{CANNOT_WIN}:" not in str(exc) else str(exc)
 
 
 def speed_gate(env: BuildEnv, name: str):
@@ -274,10 +280,7 @@ def produce_int8_dynamic(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Cand
                 weight_type=cfg.weight_type,
                 per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range,
-                provider=env.provider,
-                eval_data=env.evaluator.dataset,
-                max_accuracy_drop=env.budget.max_drop,
-                metric=env.evaluator.metric,
+                **_budget_args(env),
                 shared=_shared(env),
                 evaluator=env.evaluator,
             )
@@ -616,10 +619,7 @@ def produce_int4(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
             base,
             block_size=cfg.block_size,
             method=cfg.method,
-            provider=env.provider,
-            eval_data=env.evaluator.dataset,
-            max_accuracy_drop=env.budget.max_drop,
-            metric=env.evaluator.metric,
+            **_budget_args(env),
         )
     except OnnxoptError as exc:
         return [Candidate(name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize")]

@@ -38,9 +38,9 @@ from ..verify import check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig, op_types_for_mode, op_types_problem
-from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
+from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, evaluate_candidate
 from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
-from .sensitivity import search_size
+from .sensitivity import search_limit
 
 __all__ = [
     "quantize", "QuantizeConfig", "calibrate", "prepare_model", "quantize_candidate", "quantize_dynamic_candidate", "quantize_static_candidate",
@@ -242,8 +242,8 @@ def quantize_candidate(
     evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
     search = None
-    n_search = search_size(search_samples, evaluator.metric, budget) if budget is not None else search_samples
-    if budget is not None and len(ds) > n_search:
+    n_search = search_limit(search_samples, evaluator.metric, budget, len(ds))
+    if n_search is not None:
         search = work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
     ranking = work.rankings.get(config.mode) if budget is not None else None
     res = evaluate_candidate(
@@ -266,7 +266,7 @@ def feed_dataset(feed: dict):
 
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
     if res.model is None:
-        raise (BudgetError if res.status in ("nothing to quantize", "cannot win") else VerificationError)(
+        raise (BudgetError if res.status in ("nothing to quantize", CANNOT_WIN) else VerificationError)(
             f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}"
         )
     if res.within_budget is False:

@@ -26,11 +26,13 @@ from .sensitivity import BudgetFit, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
 from .validity import Fallback, build_valid, validate_candidate
 
-__all__ = ["CandidateBuilder", "CandidateResult", "SharedWork", "evaluate_candidate", "CACHED_MODELS"]
+__all__ = ["CandidateBuilder", "CandidateResult", "SharedWork", "evaluate_candidate", "CACHED_MODELS", "CANNOT_WIN"]
 
 CACHED_MODELS = 4  # quantized models a CandidateBuilder keeps (LRU)
 
 log = logging.getLogger(__name__)
+
+CANNOT_WIN = "cannot win"  # the status of a candidate the speed gate stopped (optimize reads it in the message)
 
 
 @dataclass
@@ -325,7 +327,7 @@ def evaluate_candidate(
             return _stopped(res, "nothing to quantize", "ONNX Runtime's quantizer left every node in float", t0)
         why = gate(model) if gate is not None and budget is not None else None
         if why:
-            return _stopped(res, "cannot win", why, t0)
+            return _stopped(res, CANNOT_WIN, why, t0)
         if budget is not None:
             search = dict(search_evaluator=search_evaluator, max_evals=max_evals, how=how, ranking=ranking)
             model, fallbacks = _fit_to_budget(builder, res, budget, evaluator, search)

@@ -36,7 +36,10 @@ import onnx
 
 from ..metrics import Budget, Evaluator
 
-__all__ = ["NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "reuse_ranking", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES", "search_size"]
+__all__ = [
+    "NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "reuse_ranking", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES",
+    "search_size", "search_limit",
+]
 
 MAX_REMEDY_TRIES = 12  # models built and scored by apply_remedies at most
 
@@ -103,6 +106,16 @@ def search_size(requested: int, metric: str | None, budget: Budget) -> int:
     if metric in ("top1", "agreement") and budget.max_drop > 0:
         return max(requested, math.ceil(200 / budget.max_drop))
     return requested
+
+
+def search_limit(requested: int, metric: str | None, budget: Budget | None, samples: int) -> int | None:
+    """The sample count of the budget search's subset of ``samples`` evaluation samples, or
+    None when it searches on all of them (no budget, or no fewer samples than
+    ``search_size`` asks)."""
+    if budget is None:
+        return None
+    n = search_size(requested, metric, budget)
+    return n if samples > n else None
 
 
 def _rel_l2(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
@@ -289,8 +302,9 @@ def _bisect(s: _Search, units: list[frozenset], max_evals: int) -> int:
     lo, hi = 0, len(units)  # lo: known to fail; hi: all in float (not a quantized model)
     while hi - lo > 1 and s.evals < max_evals:
         mid = (lo + hi) // 2
-        score, _ = s.search_score(_prefix(units, mid))
-        s.history.append({"excluded": len(_prefix(units, mid)), "search_score": score})
+        excluded = _prefix(units, mid)
+        score, _ = s.search_score(excluded)
+        s.history.append({"excluded": len(excluded), "search_score": score})
         if s.ok(score, s.search):
             hi = mid
         else:

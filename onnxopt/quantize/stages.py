@@ -42,7 +42,7 @@ from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig
 from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
 from .preprocess import Prepared
-from .sensitivity import search_size
+from .sensitivity import search_limit
 from .speed import measure_speed, timing_feed
 
 __all__ = [
@@ -181,9 +181,8 @@ def prepare(run: Run) -> None:
         run.notes.extend(more)
         run.configs = [c.with_(exclude=mapped) for c in run.configs]
     run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
-    budget = run.inputs.budget
-    n_search = search_size(cfg.search_samples, run.evaluator.metric, budget) if budget is not None else cfg.search_samples
-    if budget is not None and len(ev) > n_search:
+    n_search = search_limit(cfg.search_samples, run.evaluator.metric, run.inputs.budget, len(ev))
+    if n_search is not None:
         run.search = Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
     run.vfeed = ev.first_batch(2)
     run.vref = run_dataset(m, feed_dataset(run.vfeed), provider=run.provider)

@@ -8,7 +8,6 @@ the provenance (``carry.carried_options`` reads spinning from there: ORT has no 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import onnx
@@ -61,10 +60,9 @@ class SessionOptionsPass(Pass):
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         from .carry import carried_options, carry_options, check_carried
 
-        cfg = self.config.session_config()
-        out = copy.deepcopy(model)
+        cfg = self.config.session_config()  # ``model`` is the pipeline's copy (Pass.__call__)
         if carried_options(model) == cfg:
-            return self.result(out, False, notes=[f"already carried: {cfg.describe()}"], details={"session_options": cfg.to_dict()})
-        carry_options(out, cfg)
-        check_carried(out, ctx.provider)
-        return self.result(out, True, notes=[f"carried: {cfg.describe()}"], details={"session_options": cfg.to_dict()})
+            return self.result(model, False, notes=[f"already carried: {cfg.describe()}"], details={"session_options": cfg.to_dict()})
+        carry_options(model, cfg)
+        check_carried(model, ctx.provider)
+        return self.result(model, True, notes=[f"carried: {cfg.describe()}"], details={"session_options": cfg.to_dict()})
