@@ -23,10 +23,8 @@ rule, ``verify.OutputComparison.exact``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ..core.passes import Context, Expected, Pass, PassResult
 from ..data import dataset_for
@@ -44,10 +42,11 @@ from .merge import (
     real_inputs,
     reconcile_opsets,
     shape_str,
+    source_names,
     value_dtype,
     value_shape,
 )
-from .parity import LIMIT, says_little
+from .parity import LIMIT, says_little, weak_note
 from .share import share_initializers
 
 __all__ = ["ChainStagesPass", "wire_chain", "run_stages"]
@@ -74,7 +73,7 @@ class ChainStagesPass(Pass):
     def __init__(self, _where: str | None = None, _error=UsageError, **params):
         super().__init__(_where, _error, **params)
         # the report and provenance name the stages; they do not hold them
-        self.params["models"] = [m.graph.name or f"model{i}" if isinstance(m, onnx.ModelProto) else Path(m).name for i, m in enumerate(self.config.models)]
+        self.params["models"] = source_names(self.config.models)
 
     def call(self, model, ctx: Context) -> PassResult:
         stages = load_members(self.config.models, what="a chain", prefix="s")
@@ -107,10 +106,7 @@ class ChainStagesPass(Pass):
             ref = run_stages(stages, parts, ds, final_names, provider=ctx.provider, limit=LIMIT)
             weak = [n for n, a in zip(final_names, ref, strict=True) if says_little(a)]
             if weak:
-                res.report.notes.append(
-                    f"the parity check says little about output(s) {', '.join(weak)}: "
-                    f"every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)"
-                )
+                res.report.notes.append(weak_note(weak, ds))
             return ref
 
         res.expected = Expected(dataset, reference, "chained model", failure=PARITY_FAILED, limit=LIMIT)

@@ -54,9 +54,16 @@ __all__ = [
     "dtype_name",
     "shape_str",
     "real_inputs",
+    "source_names",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def source_names(models) -> list[str]:
+    """What reports and provenance call each of ``models``: a path's file name, a proto's
+    graph name (else ``model<i>``); they never hold the models themselves."""
+    return [m.graph.name or f"model{i}" if isinstance(m, onnx.ModelProto) else Path(m).name for i, m in enumerate(models)]
 
 MIN_OPSET = 13
 _DEFAULT_DOMAINS = ("", "ai.onnx")

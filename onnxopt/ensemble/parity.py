@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -37,7 +38,10 @@ from ..verify import EXACT_REL_L2, compare_outputs, is_exact
 from .heads import Fusion, reference
 from .merge import Member
 
-__all__ = ["ParityReport", "member_feed", "run_members", "check_parity", "ambiguous_samples", "accuracy", "parity_ok", "parity_record", "says_little"]
+__all__ = [
+    "ParityReport", "member_feed", "run_members", "check_parity", "ambiguous_samples", "accuracy", "parity_ok", "parity_record", "says_little",
+    "weak_note",
+]
 
 LIMIT = 512
 FP16_REL_L2 = 4e-3
@@ -198,6 +202,14 @@ def says_little(ref) -> bool:
     the absolute floor, whatever the model computes (module docstring)."""
     a = np.asarray(ref)
     return a.dtype.kind == "f" and a.size > 0 and float(np.nanmax(np.abs(a))) <= 1e-6
+
+
+def weak_note(names, ds, what: str = "output(s)") -> str:
+    """The note for outputs ``says_little`` flags on ``ds``."""
+    return (
+        f"the parity check says little about {what} {', '.join(names)}: "
+        f"every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)"
+    )
 
 
 def _note_weak(rep: ParityReport, name: str, ref) -> None:

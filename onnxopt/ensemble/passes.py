@@ -45,10 +45,11 @@ from .merge import (
     reconcile_opsets,
     select_outputs,
     shape_str,
+    source_names,
     value_dtype,
     value_shape,
 )
-from .parity import check_parity, run_members
+from .parity import check_parity, run_members, weak_note
 from .share import share_initializers
 
 __all__ = ["MergeMembersPass", "Members", "Built"]
@@ -77,7 +78,7 @@ class MergeMembersPass(Pass):
     def __init__(self, _where: str | None = None, _error=UsageError, **params):
         super().__init__(_where, _error, **params)
         cfg = self.config
-        names = [m.graph.name or f"model{i}" if isinstance(m, onnx.ModelProto) else Path(m).name for i, m in enumerate(cfg.models)]
+        names = source_names(cfg.models)
         settings = {k: v for k, v in dataclasses.asdict(cfg.settings).items() if k not in ("max_accuracy_drop", "metric")}
         fit = None if cfg.fit is None else Path(cfg.fit).name if isinstance(cfg.fit, (str, Path)) else getattr(cfg.fit, "source", "data")
         self.params = {"models": names, **settings, "weights": cfg.weights, "fit": fit}
@@ -111,10 +112,7 @@ class MergeMembersPass(Pass):
                 more = f" (and {len(parity.failures) - 1} more)" if len(parity.failures) > 1 else ""
                 raise VerificationError(f"parity check failed: {parity.failures[0]}{more}")
             if parity.weak:
-                res.report.notes.append(
-                    f"the parity check says little about member output(s) {', '.join(parity.weak)}: "
-                    f"every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)"
-                )
+                res.report.notes.append(weak_note(parity.weak, ds, "member output(s)"))
             res.report.extras.update(parity=parity, arrays=arrays, dataset=ds)
             return {"parity": parity.to_dict()}
 
