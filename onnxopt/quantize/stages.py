@@ -188,11 +188,11 @@ def prepare(run: Run) -> None:
     run.vref = run_dataset(m, feed_dataset(run.vfeed), provider=run.provider)
 
 
-def _calibration_ranges(run: Run, method: str) -> CalibrationRanges:
+def _calibration_ranges(run: Run, method: str, model: onnx.ModelProto | None = None) -> CalibrationRanges:
+    """Ranges of ``model`` (default: the pre-processed model) on the calibration data."""
+    model = run.prep.model if model is None else model
     cal = run.inputs.cal
-    return collect_ranges(
-        run.prep.model, dataset_for(run.prep.model, dataset_view(cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider
-    )
+    return collect_ranges(model, dataset_for(model, dataset_view(cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
 
 
 def measure_ranges(run: Run) -> None:
@@ -237,10 +237,7 @@ def add_equalized(run: Run) -> None:
     """``equalized_candidates`` (``equalize`` auto / always; static candidates only)."""
     cfg, cal = run.cfg, run.inputs.cal
     if cfg.equalize != "off" and cal is not None:
-        run.results += equalized_candidates(
-            run.prep.model, cal, run.results, run, always=cfg.equalize == "always", method=cfg.method,
-            calibration_batch=cfg.calibration_batch, notes=run.notes,
-        )  # fmt: skip
+        run.results += equalized_candidates(run, always=cfg.equalize == "always")
 
 
 def collapse(run: Run) -> None:
@@ -459,19 +456,17 @@ def _loses_accuracy(r: CandidateResult, budget) -> bool:
     return r.drop is not None and r.drop > UNBUDGETED_WARN_DROP
 
 
-def equalized_candidates(
-    src: onnx.ModelProto, cal, results: list[CandidateResult], run: Run, *, always: bool, method: str, calibration_batch, notes: list[str]
-) -> list[CandidateResult]:
-    """The static candidates of ``results`` that lose accuracy (all of them with ``always``)
-    built again from ``src`` (the pre-processed model: weights as initializers, BN folded)
+def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
+    """The static candidates of ``run.results`` that lose accuracy (all of them with ``always``)
+    built again from the pre-processed model (weights as initializers, BN folded)
     after the ``equalize`` and ``smooth-quant`` passes (each verified exact by the pipeline
     on the calibration data); [] when none needs it or nothing changed."""
     from ..core.passes import Context
     from ..core.pipeline import run_pipeline
     from ..core.registry import make_pass
 
-    budget = run.inputs.budget
-    want = [r for r in results if r.config.mode == "static" and not r.config.equalized and (always or _loses_accuracy(r, budget))]
+    src, cal, notes, budget = run.prep.model, run.inputs.cal, run.notes, run.inputs.budget
+    want = [r for r in run.results if r.config.mode == "static" and not r.config.equalized and (always or _loses_accuracy(r, budget))]
     if not want:
         return []
     try:
@@ -487,7 +482,7 @@ def equalized_candidates(
     pairs, absorbed, smoothed = counts["equalize"].get("pairs", 0), counts["equalize"].get("bias_absorbed", 0), counts["smooth-quant"].get("smoothed", 0)
     notes.append(f"equalization before static quantization: {pairs} layer pair(s) equalized ({absorbed} with bias absorbed), {smoothed} SmoothQuant site(s)")
     base = eq.model
-    ranges = collect_ranges(base, dataset_for(base, dataset_view(cal)), method=method, batch_size=calibration_batch, provider=run.provider)
+    ranges = _calibration_ranges(run, run.cfg.method, base)
     out = []
     for r in want:
         cfg = r.config.with_(equalized=True, bias_correction=r.config.format == "qdq")
