@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,11 +123,11 @@ def _cold_starts(rows, by_name, m, feed, provider, st) -> float:
     from .select import eligible_rows
 
     eligible = eligible_rows(rows, st.min_ratio)
-    models = [m] + [by_name[r.name].model for r in eligible]
+    models = [(m, carried_options(m))] + [(by_name[r.name].runnable(), by_name[r.name].carried()) for r in eligible]
     figures: list[list[float]] = [[] for _ in models]
     for _ in range(st.cold_start_repeats):  # round-robin: machine noise hits every model alike
-        for k, model in enumerate(models):
-            c = measure_cold_start(model, feed, config=carried_options(model), provider=provider, repeats=1)
+        for k, (model, config) in enumerate(models):
+            c = measure_cold_start(model, feed, config=config, provider=provider, repeats=1)
             figures[k].append(c["create_ms"] + c["first_run_ms"])
     medians = [float(np.median(f)) for f in figures]
     for r, ms in zip(eligible, medians[1:], strict=True):
@@ -216,31 +217,47 @@ def optimize(
     evaluator = Evaluator(run.m, run.dataset, run.budget.metric, provider=run.provider, limit=run.st.eval_limit)
     run.samples = int(run.dataset.fed or 0)  # what the evaluator read (later reads reset it)
     env = BuildEnv(run.target, run.provider, run.cal, evaluator, run.budget, shapes, seed, reference=run.m, feed=run.feed, threads=threads or 0)
-    t0 = time.perf_counter()  # 3. candidates, each verified and scored
-    cands = build_candidates(pre.model, env, run.plan.candidates, recipe_tail=run.plan.recipe_tail, recipe_name=run.rec.name)
-    fp16_samples = next((c.config.reference_samples for c in run.plan.candidates if c.kind == "fp16"), 8)
-    rows = [verify_candidate(c, env, fp16_samples=fp16_samples) for c in cands]
-    t_build = time.perf_counter() - t0
-    t0 = time.perf_counter()  # 4. timing against the input on the target provider, then the decision
-    timer = Timer(run.m, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration)
-    by_name = {c.name: c for c in cands}
-    time_candidates(rows, by_name, timer, reference=run.m)
-    input_cold = _cold_starts(rows, by_name, run.m, run.feed, run.provider, run.st) if run.objective == "cold-start" else None
-    chosen = decide(rows, timer, min_ratio=run.st.min_ratio, min_gain=run.st.min_gain, objective=run.objective)
-    from .select import explain_rejections  # rows over budget name the diagnose command
-
-    explain_rejections(rows, run.path, calibration if calibration is not None else eval_data, run.rec)
-    t_time = time.perf_counter() - t0
+    data = calibration if calibration is not None else eval_data
+    rows, chosen, out, input_ms, input_cold, t_build, t_time = _build_and_choose(run, env, pre, threads, runs, duration, data)
     t0 = time.perf_counter()  # 5. the output model with provenance (nothing time-dependent in it)
-    out, others, tuned = _output(run, chosen, by_name, duration)
+    out, others, tuned = _output(run, chosen, out, duration)
     t_tune = time.perf_counter() - t0
     _write_provenance(run, out, pre, chosen, evaluator)
-    decision = _decision(run, rows, chosen, evaluator, timer.base_latency_ms, input_cold, tuned, others)
+    decision = _decision(run, rows, chosen, evaluator, input_ms, input_cold, tuned, others)
     seconds = {"preprocess": t_pre, "candidates": t_build, "timing": t_time, "session_options": t_tune, "total": time.perf_counter() - t_start}
     result = PipelineResult(out, _report(run, pre, out, decision, seconds), True, list(pre.steps))
     if report is not None:
         result.save_report(report)
     return result
+
+
+def _build_and_choose(run: _Run, env: BuildEnv, pre, threads, runs, duration, data):
+    """Stages 3 and 4: the candidates, each verified and scored as soon as it is built, then
+    kept on disk (sessions load the files; timing holds two sessions at a time, so memory
+    stays bounded however many candidates there are); timed against the input; the choice.
+    Returns (rows, chosen row, the model to write, input ms, input cold start, seconds to
+    build, seconds to time)."""
+    with tempfile.TemporaryDirectory(prefix="onnxopt-candidates-") as store:
+        env.store = Path(store)
+        t0 = time.perf_counter()
+        fp16_samples = next((c.config.reference_samples for c in run.plan.candidates if c.kind == "fp16"), 8)
+        rows: list = []
+        check = lambda c: rows.append(verify_candidate(c, env, fp16_samples=fp16_samples))  # noqa: E731
+        cands = build_candidates(pre.model, env, run.plan.candidates, recipe_tail=run.plan.recipe_tail, recipe_name=run.rec.name, check=check)
+        env.shared = pre.model = None  # the INT8 candidates' shared work and the base are done with
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        timer = Timer(run.m, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration)
+        by_name = {c.name: c for c in cands}
+        time_candidates(rows, by_name, timer, reference=run.m)
+        input_cold = _cold_starts(rows, by_name, run.m, run.feed, run.provider, run.st) if run.objective == "cold-start" else None
+        chosen = decide(rows, timer, min_ratio=run.st.min_ratio, min_gain=run.st.min_gain, objective=run.objective)
+        from .select import explain_rejections  # rows over budget name the diagnose command
+
+        explain_rejections(rows, run.path, data, run.rec)
+        t_time = time.perf_counter() - t0
+        out = by_name[chosen.name].load() if chosen is not None else copy.deepcopy(run.m)
+    return rows, chosen, out, timer.base_latency_ms, input_cold, t_build, t_time
 
 
 @dataclass
@@ -325,12 +342,12 @@ def _preprocess(run: _Run, threads, duration):
     return pre, time.perf_counter() - t0
 
 
-def _output(run: _Run, chosen, by_name, duration):
-    """The model written: the chosen candidate (else the input), its dynamic axes kept, run at
-    the further shapes discovery found (synthesized inputs), the input's provenance history,
-    session options searched and carried.  Returns (model, other shapes, tune outcome)."""
+def _output(run: _Run, chosen, out, duration):
+    """The model written: ``out`` (the chosen candidate's, else a copy of the input) with its
+    dynamic axes kept, run at the further shapes discovery found (synthesized inputs), the
+    input's provenance history, session options searched and carried.  Returns (model,
+    other shapes, tune outcome)."""
     m = run.m
-    out = copy.deepcopy(by_name[chosen.name].model if chosen is not None else m)
     frozen = frozen_dims(m, out)
     if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
         raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", run.path)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -58,6 +59,37 @@ class Candidate:
     source: str = "onnxopt"
     build_seconds: float = 0.0
     steps: list = field(default_factory=list)  # PassReports of recipe candidates
+    stored: Path | None = None  # the model on disk after ``spill`` (``model`` is then None)
+    options: Any = None  # the session options the model carries (read when spilled)
+
+    @property
+    def built(self) -> bool:
+        return self.model is not None or self.stored is not None
+
+    def spill(self, folder: Path) -> None:
+        """Write the model into ``folder`` and let go of the proto: ``optimize`` holds one
+        candidate proto at a time, and sessions load the file."""
+        if self.model is None:
+            return
+        from ..io import save_model
+
+        self.options = self.carried()
+        self.stored = save_model(self.model, Path(folder) / f"{len(list(Path(folder).iterdir()))}.onnx")
+        self.model = None
+
+    def load(self) -> onnx.ModelProto | None:
+        """The model (read back from disk when spilled); None when it was not built."""
+        return self.model if self.model is not None or self.stored is None else _load_out(self.stored)
+
+    def runnable(self):
+        """What a session loads: the proto, else the spilled file's path."""
+        return self.model if self.model is not None else self.stored
+
+    def carried(self):
+        """The session options the model carries (``serving.carry``), or None."""
+        from ..serving.carry import carried_options
+
+        return self.options if self.model is None else carried_options(self.model)
 
 
 @dataclass
@@ -77,6 +109,8 @@ class BuildEnv:
     feed: dict | None = None  # the timing feed: with it, a static candidate that cannot win skips its budget search
     threads: int = 0
     built: list = field(default_factory=list)  # candidates built so far (build_candidates appends)
+    gate_ratios: dict = field(default_factory=dict)  # speed_gate: rival name -> Speedup vs the input
+    store: Path | None = None  # a folder: each candidate is spilled there once ``check`` has seen it
 
 
 def is_bert_like(model: onnx.ModelProto) -> bool:
@@ -113,11 +147,12 @@ def _why(exc: OnnxoptError) -> str:
 def speed_gate(env: BuildEnv, name: str):
     """``gate(model) -> reason | None`` for a static candidate's budget search, or None when
     nothing built so far could make the search moot.  The fully quantized model is timed
-    against the input, interleaved with the candidates already fitted to the budget
-    (``onnxopt.quantize`` INT8/INT4); when even the upper end of its 95% CI is below the
-    fastest of those, leaving nodes in float (which only adds float ops and Q/DQ
-    boundaries) cannot make it win, and the search is skipped."""
-    rivals = [c for c in env.built if c.model is not None and c.source == "onnxopt.quantize" and not c.lossless]
+    against the input, and so is each candidate already fitted to the budget
+    (``onnxopt.quantize`` INT8/INT4; each timed once per run, one pair of sessions at a
+    time); when even the upper end of its 95% CI is below the fastest of those, leaving
+    nodes in float (which only adds float ops and Q/DQ boundaries) cannot make it win, and
+    the search is skipped."""
+    rivals = [c for c in env.built if c.built and c.source == "onnxopt.quantize" and not c.lossless]
     if not rivals or env.reference is None or env.feed is None:
         return None
 
@@ -126,11 +161,12 @@ def speed_gate(env: BuildEnv, name: str):
 
         timer = Timer(env.reference, env.feed, env.provider, threads=env.threads, duration=GATE_SECONDS)
         for c in rivals:
-            timer.add(c.name, c.model)
+            if c.name not in env.gate_ratios:
+                timer.add(c.name, c.runnable(), c.carried())
+                env.gate_ratios[c.name] = timer.measure([c.name])[c.name][0]
         timer.add(name, full)
-        got = timer.measure([c.name for c in rivals] + [name])
-        mine = got[name][0]
-        best, sp = max(((c.name, got[c.name][0]) for c in rivals), key=lambda t: t[1].ratio)
+        mine = timer.measure([name])[name][0]
+        best, sp = max(((c.name, env.gate_ratios[c.name]) for c in rivals), key=lambda t: t[1].ratio)
         if mine.high < sp.ratio:
             return (
                 f"fully quantized it runs {mine.ratio:.2f}x [{mine.low:.2f}, {mine.high:.2f}] vs the input, {best} (within "
@@ -708,10 +744,10 @@ PRODUCERS: dict[str, Callable] = {
 }
 
 
-def build_candidates(
-    base: onnx.ModelProto, env: BuildEnv, specs, *, recipe_tail=None, recipe_name: str = ""
-) -> list[Candidate]:
-    """Every candidate of ``specs`` (plan order), each with its build time."""
+def build_candidates(base: onnx.ModelProto, env: BuildEnv, specs, *, recipe_tail=None, recipe_name: str = "", check=None) -> list[Candidate]:
+    """Every candidate of ``specs`` (plan order), each with its build time.  ``check(c)`` is
+    called on each as soon as it is built (``optimize`` verifies and scores it there); then,
+    with ``env.store``, the candidate is spilled to that folder."""
     out: list[Candidate] = []
     for spec in specs:
         t0 = time.perf_counter()
@@ -729,6 +765,10 @@ def build_candidates(
         for c in made:
             c.build_seconds = round(dt, 3)
             log.info("candidate %s: %s", c.name, c.refused or "built")
+            if check is not None:
+                check(c)
+            if env.store is not None:
+                c.spill(env.store)
         out.extend(made)
         env.built.extend(made)
     return out

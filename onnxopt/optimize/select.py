@@ -220,7 +220,11 @@ def explain_rejections(rows: list[Row], model, data, recipe=None) -> None:
 
 
 class Timer:
-    """Sessions of the input and the candidates on the target provider, one shared feed."""
+    """The input's session and the candidates on the target provider, one shared feed.
+
+    ``add`` only registers a model (a proto, or a path with the options it carries); its
+    session lives only while ``measure`` times it, so timing one candidate at a time holds
+    two sessions however many candidates a run has."""
 
     BLOCK = 5  # runs per session per interleaved round
 
@@ -235,25 +239,27 @@ class Timer:
         duration: float = 8.0,
         min_seconds: float = 1.0,
     ):
-        from ..runtime import create_session
-        from ..serving.carry import carried_options
-
-        def _create(m):
-            cfg = carried_options(m)  # a candidate carrying options is timed with them
-            cfg = cfg.with_threads(threads) if cfg is not None else None
-            return create_session(m, provider, threads=threads or None, config=cfg, error=VerificationError)
-
-        self._create = _create
+        self.provider, self.threads = provider, threads
         self.feed = feed
         self.runs = runs
         self.duration = duration
         self.min_seconds = min(min_seconds, duration)
+        self.models: dict[str, tuple] = {}
         self.base = self._create(input_model)
-        self.sessions: dict[str, object] = {}
         self.base_latency_ms: float | None = None
 
-    def add(self, name: str, model: onnx.ModelProto) -> None:
-        self.sessions[name] = self._create(model)
+    def _create(self, model, config=None):
+        from ..runtime import create_session
+        from ..serving.carry import carried_options
+
+        if isinstance(model, onnx.ModelProto):
+            config = carried_options(model)  # a candidate carrying options is timed with them
+        config = config.with_threads(self.threads) if config is not None else None
+        return create_session(model, self.provider, threads=self.threads or None, config=config, error=VerificationError)
+
+    def add(self, name: str, model, config=None) -> None:
+        """Register ``model`` (a proto, or a spilled file's path with its carried ``config``)."""
+        self.models[name] = (model, config)
 
     def _runs_for(self, n_sessions: int, min_seconds: float | None = None) -> int:
         """At least ``runs`` per session, more for fast models: about ``min_seconds`` in all,
@@ -271,7 +277,7 @@ class Timer:
         """name -> (Speedup vs input, candidate latencies, input latencies); one interleaved run."""
         from ..bench.timing import speedup, time_interleaved
 
-        sess = [self.base] + [self.sessions[n] for n in names]
+        sess = [self.base] + [self._create(*self.models[n]) for n in names]
         runs = self._runs_for(len(sess), min_seconds)
         lat = time_interleaved(
             sess,
@@ -308,35 +314,29 @@ def same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     ) == b.graph.SerializeToString(deterministic=True)
 
 
-def time_candidates(
-    rows: list[Row],
-    cands: dict[str, Candidate],
-    timer: Timer,
-    reference: onnx.ModelProto | None = None,
-) -> None:
-    """Time every verified, timeable candidate against the input in one interleaved run.
+def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, reference: onnx.ModelProto | None = None) -> None:
+    """Time every verified, timeable candidate against the input, one at a time (each in its
+    own interleaved run with the input, sharing the timer's duration as one run of all would),
+    so that two sessions are alive at once however many candidates there are.
 
     A lossless candidate whose graph is the input's (preprocessing changed nothing) is not
     timed: its ratio is 1 by construction, and timing it would only measure noise."""
     names = []
     for r in rows:
-        if not (r.verified and cands[r.name].timeable):
+        c = cands[r.name]
+        if not (r.verified and c.timeable):
             continue
-        if reference is not None and r.lossless and same_graph(cands[r.name].model, reference):
+        if reference is not None and r.lossless and same_graph(c.load(), reference):
             r.timed, r.same_as_input = True, True
             r.ratio, r.ci95 = 1.0, [1.0, 1.0]
             r.notes.append("same graph as the input: ratio 1 by construction (not timed)")
             continue
         names.append(r.name)
+        timer.add(r.name, c.runnable(), c.carried())
+    res = {} if names else timer.measure([])
+    share = max(timer.duration * 2 / (len(names) + 1), timer.min_seconds)
     for n in names:
-        timer.add(n, cands[n].model)
-    if not names:
-        timer.measure([])
-        for r in rows:
-            if r.same_as_input:
-                r.latency_ms = timer.base_latency_ms
-        return
-    res = timer.measure(names)
+        res.update(timer.measure([n], duration=share))
     for r in rows:
         if r.same_as_input:
             r.latency_ms = timer.base_latency_ms

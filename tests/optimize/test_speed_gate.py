@@ -42,3 +42,15 @@ def test_the_table_reason_of_a_candidate_that_cannot_win():
 
     assert _why(BudgetError("static per-tensor: cannot win: fully quantized it runs 1.2x")) == "static per-tensor: cannot win: fully quantized it runs 1.2x"
     assert _why(BudgetError("static: accuracy budget not met")).startswith("over budget: ")
+
+
+def test_a_rival_is_timed_once_per_run_and_a_spilled_one_from_its_file(tmp_path):
+    small, large = matmul_stack(2, 256, last="Relu"), matmul_stack(24, 256, last="Relu")
+    rival = Candidate("int8-dynamic", "int8-dynamic", small, source="onnxopt.quantize")
+    rival.spill(tmp_path)
+    assert rival.model is None and rival.stored.is_file() and rival.built
+    env = _env(small, [rival])
+    assert speed_gate(env, "int8-static")(large) is not None
+    first = env.gate_ratios["int8-dynamic"]
+    assert speed_gate(env, "int8-static-per-channel")(large) is not None
+    assert env.gate_ratios["int8-dynamic"] is first  # not timed again for the second static candidate
