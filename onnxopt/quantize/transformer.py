@@ -24,7 +24,7 @@ from ..core.passes import Context, Pass, PassResult
 from ..errors import OnnxoptError
 from ..runtime import run_dataset
 from ..verify import EXACT_REL_L2, check_model, compare_outputs
-from .ort_backend import capture_ort_logging
+from .ort_backend import capture_ort_logging, drop_unused_opsets
 
 __all__ = ["MODEL_TYPES", "fuse_transformer", "TransformerFusionPass"]
 
@@ -62,11 +62,7 @@ def fuse_transformer(
             from onnx.external_data_helper import load_external_data_for_model
 
             load_external_data_for_model(out, tmp)
-    # ORT's optimizer may add opset imports no node uses
-    used = {n.domain or "" for n in out.graph.node}
-    keep = [o for o in out.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
-    del out.opset_import[:]
-    out.opset_import.extend(keep)
+    drop_unused_opsets(out)
     return out, stats, notes
 
 
