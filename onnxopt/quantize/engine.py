@@ -60,7 +60,7 @@ class CandidateResult:
     def label(self) -> str:
         return self.config.label
 
-    def to_dict(self, *, timing: bool = True) -> dict:
+    def to_dict(self) -> dict:
         d = {
             "label": self.label,
             "config": self.config.to_dict(),
@@ -77,12 +77,8 @@ class CandidateResult:
             "notes": list(self.notes),
         }
         if self.fit is not None:
-            d["budget_search"] = self.fit.to_dict()
-            d["excluded"] = self.fit.excluded
-            d["remedied"] = self.fit.remedied
-        if timing:
-            d["seconds"] = round(self.seconds, 3)
-            d["speed"] = self.speed.to_dict() if self.speed else None
+            d.update(budget_search=self.fit.to_dict(), excluded=self.fit.excluded, remedied=self.fit.remedied)
+        d.update(seconds=round(self.seconds, 3), speed=self.speed.to_dict() if self.speed else None)
         return d
 
 
@@ -126,7 +122,6 @@ class CandidateBuilder:
         provider: str = "cpu",
         feed=None,
         reference=None,
-        max_builds: int = 32,
         converted_gemms: frozenset = frozenset(),
         calibration=None,
         alt_ranges=None,
@@ -141,7 +136,6 @@ class CandidateBuilder:
         self.provider = provider
         self.feed = feed
         self.reference = reference
-        self.max_builds = max_builds
         types = set(config.op_types_for(provider))
 
         def wanted(n: onnx.NodeProto) -> bool:
@@ -169,10 +163,8 @@ class CandidateBuilder:
         # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
         # large model must not hold every model it tried
         self._cache: OrderedDict = OrderedDict()
-        self.builds = 0
 
     def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None, remedies: dict | None = None) -> onnx.ModelProto:
-        self.builds += 1
         remedies = remedies or {}
         ranges = self.ranges
         ranged = [n for n, r in remedies.items() if r == "range"]
@@ -210,13 +202,7 @@ class CandidateBuilder:
         if self.config.mode != "static":
             return []
         out = []
-        if (
-            self.config.format == "qdq"
-            and not self.config.per_channel
-            and self.op_types.get(node) in WEIGHTED_OP_TYPES
-            and node in self.node_tensors
-            and self.node_tensors[node]
-        ):
+        if self.config.format == "qdq" and not self.config.per_channel and self.op_types.get(node) in WEIGHTED_OP_TYPES and self.node_tensors.get(node):
             out.append("per-channel")
         if self.alt_ranges is not None and self.ranges:
             alt = self._alt_ranges()
@@ -247,11 +233,10 @@ class CandidateBuilder:
                 per_channel=self.config.per_channel,
                 can_per_tensor=can_per_tensor,
                 exclude=frozenset(excluded),
-                max_builds=self.max_builds,
                 label=self.config.label,
             )
-            if self.config.bias_correction:
-                self._cache[key] = (self._corrected(self._cache[key][0]), self._cache[key][1])
+            model, fallbacks = self._cache[key]
+            self._cache[key] = (self._corrected(model) if self.config.bias_correction else model, fallbacks)
             while len(self._cache) > CACHED_MODELS:
                 self._cache.popitem(last=False)
         return self._cache[key]
@@ -261,16 +246,15 @@ class CandidateBuilder:
         import copy
 
         from ..data import dataset_for
+        from .api import dataset_view
         from .bias_correction import correct_biases, inputs_to_correct
         from .collect import collect_channel_stats
 
         if self.calibration is None:
             raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
         if self._means is None:
-            ds = self.calibration.view() if hasattr(self.calibration, "view") else self.calibration
-            stats = collect_channel_stats(
-                self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256
-            )
+            ds = dataset_for(self.base, dataset_view(self.calibration))
+            stats = collect_channel_stats(self.base, ds, inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
             self._means = {k: v.mean for k, v in stats.items()}
         out = copy.deepcopy(model)
         done, notes = correct_biases(out, self.base, self._means)
