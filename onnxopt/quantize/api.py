@@ -160,17 +160,11 @@ def candidate_configs(
         return None if ops is None else tuple(t for t in ops if t in op_types_for_mode(m))
 
     common = dict(reduce_range=reduce_range, weight_type=weight_type, exclude=frozenset(exclude))
+    static = dict(mode="static", format=format, method=method, activation_type=activation_type, bias_correction=bias_correction, **common)
     if mode == "int4":
         return [QuantConfig(mode="int4", block_size=block_size, int4_method=int4_method, op_types=ops, exclude=frozenset(exclude))], notes
-    if mode == "dynamic":
-        return [QuantConfig(mode="dynamic", per_channel=per_channel, op_types=ops, **common)], notes
-    if mode == "static":
-        return [
-            QuantConfig(
-                mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops,
-                bias_correction=bias_correction, **common,
-            )
-        ], notes
+    if mode in ("dynamic", "static"):
+        return [QuantConfig(per_channel=per_channel, op_types=ops, **(static if mode == "static" else dict(mode="dynamic", **common)))], notes
     configs = []
     if provider == "cuda":
         notes.append("dynamic candidate skipped: its integer ops have no CUDA kernels")
@@ -183,13 +177,7 @@ def candidate_configs(
     elif ops_of("static") == ():
         notes.append(f"static candidates skipped: static mode quantizes none of --op-types {', '.join(ops)}")
     else:
-        configs.extend(
-            QuantConfig(
-                mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"),
-                bias_correction=bias_correction, **common,
-            )
-            for pc in (False, True)
-        )
+        configs.extend(QuantConfig(per_channel=pc, op_types=ops_of("static"), **static) for pc in (False, True))
     return configs, notes
 
 
@@ -260,8 +248,7 @@ def quantize_candidate(
 def feed_dataset(feed: dict):
     from ..data import Dataset
 
-    ds = Dataset("<feed>", arrays=feed, whole=True)
-    return ds
+    return Dataset("<feed>", arrays=feed, whole=True)
 
 
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
@@ -286,13 +273,10 @@ def quantize_dynamic_candidate(
     time): pre-processed, Gemm rewritten to MatMul, repaired per node where ORT's output is
     invalid; with ``max_accuracy_drop`` (and ``eval_data``) fitted to that budget.
     Raises ``BudgetError`` when nothing is quantizable or the budget cannot be met."""
-    m, _ = resolve_model(model)
-    cfg = QuantConfig(
-        mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None,
-        exclude=frozenset(as_name_list(exclude_nodes)),
-    )
-    res = quantize_candidate(m, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
-    return finish_candidate(res)[0]
+    from .candidates import dynamic_candidate
+
+    kw = dict(op_types=op_types, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, exclude_nodes=exclude_nodes, provider=provider)
+    return dynamic_candidate(model, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, preprocess=preprocess, **kw)[0]
 
 
 def quantize_static_candidate(
@@ -304,17 +288,11 @@ def quantize_static_candidate(
     Dataset; or given as ``ranges`` for the pre-processed model), per-channel repaired or
     per-node per-tensor/float where ORT's graph is invalid, fitted to ``max_accuracy_drop``
     on ``eval_data`` (default: the calibration data) when given."""
-    m, _ = resolve_model(model)
-    cfg = QuantConfig(
-        mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
-        activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)),
-    )
-    cal = dataset_for(m, dataset_view(calibration))
-    res = quantize_candidate(
-        m, cfg, calibration=cal, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider,
-        preprocess=preprocess,
-    )
-    return finish_candidate(res)[0]
+    from .candidates import static_candidate
+
+    kw = dict(format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type)
+    kw.update(op_types=op_types, exclude_nodes=exclude_nodes, provider=provider, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
+    return static_candidate(resolve_model(model)[0], calibration=calibration, metric=metric, preprocess=preprocess, **kw)[0]
 
 
 @blaming("model")
