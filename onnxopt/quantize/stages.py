@@ -225,12 +225,15 @@ def build_candidates(run: Run) -> None:
             base, c, ranges=run.ranges.ranges if run.ranges else None, provider=run.provider, feed=run.vfeed, reference=run.vref,
             converted_gemms=converted, calibration=run.inputs.cal, alt_ranges=alt_ranges if c.mode == "static" and cfg.method != "auto" else None,
         )  # fmt: skip
-        log.info("candidate %s ...", c.label)
-        res = evaluate_candidate(
-            builder, run.evaluator, budget=run.inputs.budget, search_evaluator=run.search, max_evals=cfg.max_evals,
-            how=cfg.sensitivity, reference_bytes=model_nbytes(run.m),
-        )  # fmt: skip
-        run.results.append(res)
+        run.results.append(_evaluate(run, builder))
+
+
+def _evaluate(run: Run, builder: CandidateBuilder) -> CandidateResult:
+    log.info("candidate %s ...", builder.config.label)
+    return evaluate_candidate(
+        builder, run.evaluator, budget=run.inputs.budget, search_evaluator=run.search, max_evals=run.cfg.max_evals, how=run.cfg.sensitivity,
+        reference_bytes=model_nbytes(run.m),
+    )  # fmt: skip
 
 
 def add_equalized(run: Run) -> None:
@@ -487,11 +490,7 @@ def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
     for r in want:
         cfg = r.config.with_(equalized=True, bias_correction=r.config.format == "qdq")
         builder = CandidateBuilder(base, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref, calibration=cal)
-        log.info("candidate %s ...", cfg.label)
-        res = evaluate_candidate(
-            builder, run.evaluator, budget=budget, search_evaluator=run.search, max_evals=run.cfg.max_evals, how=run.cfg.sensitivity,
-            reference_bytes=model_nbytes(run.m),
-        )  # fmt: skip
+        res = _evaluate(run, builder)
         res.notes[:0] = [n for s in eq.steps for n in s.notes[:4]]
         out.append(res)
     return out
