@@ -65,8 +65,7 @@ def inputs_to_correct(fp_model: onnx.ModelProto, nodes: list[str]) -> dict[str, 
 def _subtract(table: WeightTable, prod: dict, bias: str, shift: np.ndarray) -> str:
     """Subtract ``shift`` from the bias ``bias``; '' or why not."""
     if bias in table.inits:
-        b = table.array(bias).astype(np.float64)
-        table.set(bias, (b.reshape(-1) - shift).reshape(b.shape))
+        table.channelwise(bias, lambda b: b - shift)
         return ""
     dq = prod.get(bias)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in table.inits or dq.input[1] not in table.inits:

@@ -74,10 +74,7 @@ class Pair:
 
 def _private_bias(n: onnx.NodeProto, table: WeightTable, channels: int) -> str:
     const = [i for i in n.input if i in table.inits]
-    if len(const) != 1 or not table.private(const[0]):
-        return ""
-    dims = list(table.inits[const[0]].dims)
-    return const[0] if int(np.prod(dims)) == channels and max(dims, default=1) == channels else ""
+    return const[0] if len(const) == 1 and table.per_channel(const[0], channels) else ""
 
 
 def _bn_ok(n: onnx.NodeProto, table: WeightTable) -> bool:
@@ -147,8 +144,7 @@ def _scale_first(pair: Pair, table: WeightTable, factor: np.ndarray) -> None:
     pair.a.scale_out(table, factor)
     names = ([pair.add_bias] if pair.add_bias else []) + [x for bn in pair.bns for x in (bn.input[2], bn.input[3])]
     for name in names:  # Add bias; BN bias and mean
-        v = table.array(name).astype(np.float64)
-        table.set(name, (v.reshape(-1) * factor).reshape(v.shape))
+        table.channelwise(name, lambda v: v * factor)
 
 
 def equalize_pairs(pairs: list[Pair], table: WeightTable, *, tol: float = 1e-4) -> tuple[int, dict[str, float]]:
@@ -234,9 +230,8 @@ def absorb_biases(pairs: list[Pair], model: onnx.ModelProto, table: WeightTable,
         b1 = p.add_bias or _bias_target(p.a, table, model.graph)[0]
         w2 = table.array(p.b.weight).astype(np.float64)
         delta = w2.reshape(w2.shape[0], w2.shape[1], -1).sum(axis=2) @ c if p.b.node.op_type == "Conv" else c @ p.b.weight_in_by_out(table).astype(np.float64)
-        v1, v2 = table.array(b1).astype(np.float64), table.array(b2).astype(np.float64)
-        table.set(b1, (v1.reshape(-1) - c).reshape(v1.shape))
-        table.set(b2, (v2.reshape(-1) + delta).reshape(v2.shape))
+        table.channelwise(b1, lambda v, c=c: v - c)
+        table.channelwise(b2, lambda v, delta=delta: v + delta)
         done += 1
         notes.append(f"{p.label}: {int((c > 0).sum())} channel(s) of bias absorbed")
     return done, notes

@@ -40,6 +40,16 @@ class WeightTable:
         reads = sum(1 for n in self.readers.get(name, []) for x in n.input if x == name)
         return reads == 1
 
+    def per_channel(self, name: str, channels: int) -> bool:
+        """A private initializer of ``channels`` values along one axis (the other dims 1)."""
+        dims = list(self.inits[name].dims) if name in self.inits else []
+        return self.private(name) and int(np.prod(dims)) == channels and max(dims, default=1) == channels
+
+    def channelwise(self, name: str, fn) -> None:
+        """Replace the values of ``name`` by ``fn`` of them (flat, float64); shape and type kept."""
+        v = self.array(name).astype(np.float64)
+        self.set(name, fn(v.reshape(-1)).reshape(v.shape))
+
     def array(self, name: str) -> np.ndarray:
         from ..io import tensor_array
 
@@ -91,25 +101,12 @@ class Layer:
         w = table.array(self.weight).astype(np.float64)
         table.set(self.weight, w * factor.reshape(self._bshape(w, self.out_axis)))
         if self.bias:
-            b = table.array(self.bias).astype(np.float64)
-            table.set(self.bias, (b.reshape(-1) * factor).reshape(b.shape))
+            table.channelwise(self.bias, lambda b: b * factor)
 
     def scale_in(self, table: WeightTable, factor: np.ndarray) -> None:
         """Multiply input channel ``j`` of the weight by ``factor[j]``."""
         w = table.array(self.weight).astype(np.float64)
         table.set(self.weight, w * factor.reshape(self._bshape(w, self.in_axis)))
-
-    @property
-    def channels_out(self) -> str:
-        return "axis 1" if self.node.op_type == "Conv" else "last axis"
-
-
-def _bias_ok(table: WeightTable, name: str, n_out: int) -> bool:
-    if not name:
-        return True
-    if not table.private(name):
-        return False
-    return int(np.prod(table.inits[name].dims)) == n_out and max(table.inits[name].dims, default=1) == n_out
 
 
 def layer_of(node: onnx.NodeProto, table: WeightTable) -> tuple[Layer | None, str]:
@@ -139,6 +136,6 @@ def layer_of(node: onnx.NodeProto, table: WeightTable) -> tuple[Layer | None, st
             return None, "MatMul weight is not 2-D"
         layer = Layer(node, w, 0, 1)
         n_out = dims[1]
-    if not _bias_ok(table, bias, n_out):
+    if bias and not table.per_channel(bias, n_out):
         return None, f"bias '{bias}' is shared or not one value per output channel"
     return layer, ""

@@ -211,13 +211,11 @@ def apply_smoothing(site: SmoothSite, s: np.ndarray, table: WeightTable) -> None
                 table.set(ln.input[i], v * inv.reshape(v.shape) if v.size == inv.size else v * inv)
     elif site.fold == "affine":
         for name in site.producer:
-            v = table.array(name).astype(np.float64)
-            table.set(name, (v.reshape(-1) * inv).reshape(v.shape))
+            table.channelwise(name, lambda v: v * inv)
     else:
         site.producer.scale_out(table, inv)
         if site.add_bias:
-            b = table.array(site.add_bias).astype(np.float64)
-            table.set(site.add_bias, (b.reshape(-1) * inv).reshape(b.shape))
+            table.channelwise(site.add_bias, lambda b: b * inv)
     for lay in site.layers:
         lay.scale_in(table, s.astype(np.float64))
 
