@@ -40,6 +40,7 @@ from onnx import numpy_helper
 
 from ..graph import consumers, initializer_map, producers, unique_name
 from ..io import tensor_array
+from ..quantize.bias_correction import dequantized
 
 __all__ = ["OutputEffect", "FloatReference", "leave_in_float", "is_qdq", "rank_by_outputs", "CANDIDATES", "WEIGHT_FIT", "RESCORE"]
 
@@ -98,7 +99,7 @@ class FloatReference:
         for name in (dq.output[0], q_name[: -len("_quantized")] if q_name.endswith("_quantized") else None):
             if name and name in self.inits:
                 return tensor_array(self.inits[name]).astype(np.float32)
-        deq = _dequantize(dq, inits)
+        deq = dequantized(dq, inits)
         if deq is None or deq.ndim < 2 or inits[dq.input[0]].data_type == onnx.TensorProto.INT32:
             return None
         best, best_err = None, WEIGHT_FIT
@@ -108,20 +109,6 @@ class FloatReference:
             if err < best_err:
                 best, best_err = fitted, err
         return best
-
-
-def _dequantize(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
-    if any(x not in inits for x in dq.input if x):
-        return None
-    q = tensor_array(inits[dq.input[0]]).astype(np.float32)
-    scale = tensor_array(inits[dq.input[1]]).astype(np.float32)
-    zp = tensor_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    if scale.size > 1:
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return (q - zp) * scale
 
 
 def _fit_channels(w: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:

@@ -24,7 +24,7 @@ from onnx import helper
 from ..graph import producers
 from .layers import WeightTable
 
-__all__ = ["weight_shift", "correct_biases", "inputs_to_correct"]
+__all__ = ["weight_shift", "correct_biases", "inputs_to_correct", "dequantized"]
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,18 @@ def weight_shift(op_type: str, dw: np.ndarray, mean: np.ndarray, *, trans_b: boo
     return m @ dw
 
 
-def _dequantize(table: WeightTable, dq: onnx.NodeProto) -> np.ndarray | None:
-    if any(x and x not in table.inits for x in dq.input):
+def dequantized(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+    """The float64 value of a ``DequantizeLinear`` of initializers (``inits``: name ->
+    TensorProto), per tensor or per channel along its ``axis``; None when an input is not one."""
+    from ..io import tensor_array
+
+    if any(x and x not in inits for x in dq.input):
         return None
-    q = table.array(dq.input[0]).astype(np.float64)
-    scale = table.array(dq.input[1]).astype(np.float64)
-    zp = table.array(dq.input[2]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
-    if scale.ndim == 1 and scale.size > 1:
+    q, scale = (tensor_array(inits[x]).astype(np.float64) for x in dq.input[:2])
+    zp = tensor_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+    if scale.size > 1:
         shape = [1] * q.ndim
-        shape[axis] = scale.size
+        shape[next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     return (q - zp) * scale
 
@@ -98,7 +100,7 @@ def correct_biases(qmodel: onnx.ModelProto, fp_model: onnx.ModelProto, means: di
         dq = prod.get(n.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or f.input[1] not in fp_inits:
             continue
-        wq = _dequantize(table, dq)
+        wq = dequantized(dq, table.inits)
         if wq is None:
             continue
         from ..io import tensor_array
