@@ -84,8 +84,7 @@ class MinMax:
         a = _finite(x)
         if not a.size:
             return
-        lo, hi = float(a.min()), float(a.max())
-        self.update_range(lo, hi, a.size)
+        self.update_range(float(a.min()), float(a.max()), a.size)
 
     def update_range(self, lo: float, hi: float, count: int = 1) -> None:
         """Merge an already reduced ``(min, max)`` pair (e.g. from ReduceMin/ReduceMax)."""
@@ -315,19 +314,16 @@ class RangeStats:
             raise ValueError(f"unknown calibration method '{self.method}' (choose from {', '.join(METHODS)})")
 
     def _get(self, name: str):
-        st = self.stats.get(name)
-        if st is None:
-            st = MinMax() if self.method == "minmax" else Histogram(self.bins)
-            self.stats[name] = st
-        return st
+        if name not in self.stats:
+            self.stats[name] = MinMax() if self.method == "minmax" else Histogram(self.bins)
+        return self.stats[name]
 
     def update(self, name: str, values) -> None:
         self._get(name).update(values)
 
     def update_range(self, name: str, lo: float, hi: float) -> None:
         st = self._get(name)
-        target = st if isinstance(st, MinMax) else st.minmax
-        target.update_range(lo, hi)
+        (st if isinstance(st, MinMax) else st.minmax).update_range(lo, hi)
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """``{name: (lo, hi)}``; fills ``warnings`` (tensors with too few values for the
@@ -338,21 +334,17 @@ class RangeStats:
         need = percentile_needs(self.percentile)
         for name in sorted(self.stats):
             st = self.stats[name]
+            if self.method in ("auto", "percentile") and 0 < st.total < need:
+                few[name] = st.total  # auto: choose_range leaves the percentile out
             if isinstance(st, MinMax):
                 r = st.range()
             elif self.method == "auto":
-                if 0 < st.total < need:
-                    few[name] = st.total  # choose_range leaves the percentile out
                 c = choose_range(st, self.percentile, self.num_quantized_bins)
                 r = None if c is None else c["range"]
                 if c is not None:
                     self.choices[name] = {"method": c["method"], "clipped": c["clipped"]}
             elif self.method == "percentile":
-                if 0 < st.total < need:
-                    few[name] = st.total
-                    r, used = st.minmax.range(), "minmax"
-                else:
-                    r, used = percentile_range(st, self.percentile), "percentile"
+                r, used = (st.minmax.range(), "minmax") if name in few else (percentile_range(st, self.percentile), "percentile")
                 if r is not None:
                     self.choices[name] = {"method": used, "clipped": clipped_fraction(st, *r)}
             else:

@@ -17,6 +17,7 @@ the second batch).  Graph inputs are read from the feed itself.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,10 +49,7 @@ CALIBRATION_BYTES = 1 << 30  # the calibrated tensors one calibration batch may 
 
 def method_counts(choices: dict) -> dict[str, int]:
     """How many tensors got each range method (``RangeStats.choices``)."""
-    out: dict[str, int] = {}
-    for c in choices.values():
-        out[c["method"]] = out.get(c["method"], 0) + 1
-    return out
+    return dict(Counter(c["method"] for c in choices.values()))
 
 
 @dataclass

@@ -35,6 +35,7 @@ from onnx import helper, numpy_helper
 
 from .. import io as oio
 from ..errors import OnnxoptError
+from ..graph import unique_name
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
 from ..simplify.fold import evaluate_node, fold_constants
@@ -277,15 +278,6 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
     graph_inputs = {i.name for i in g.input}
     taken = {t.name for t in g.initializer} | {x for n in g.node for x in list(n.input) + list(n.output)} | graph_inputs
     new_nodes, done = [], []
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
-
     for n in g.node:
         if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or (only is not None and n.name not in only):
             new_nodes.append(n)
@@ -306,19 +298,19 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
             b = b.T
         if alpha != 1.0:
             b = b * np.asarray(alpha, dtype=b.dtype)
-        w = numpy_helper.from_array(np.ascontiguousarray(b), fresh(f"{b_name}_matmul"))
+        w = numpy_helper.from_array(np.ascontiguousarray(b), unique_name(f"{b_name}_matmul", taken))
         g.initializer.append(w)
         out = n.output[0]
         if c_name:
-            mm_out = fresh(f"{out}_matmul")
+            mm_out = unique_name(f"{out}_matmul", taken)
             new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
             bias = c_name
             if beta != 1.0:
                 c = oio.tensor_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
-                ct = numpy_helper.from_array(np.ascontiguousarray(c), fresh(f"{c_name}_scaled"))
+                ct = numpy_helper.from_array(np.ascontiguousarray(c), unique_name(f"{c_name}_scaled", taken))
                 g.initializer.append(ct)
                 bias = ct.name
-            new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=fresh(f"{n.name}/bias")))
+            new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=unique_name(f"{n.name}/bias", taken)))
         else:
             new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [out], name=n.name))
         done.append(n.name)

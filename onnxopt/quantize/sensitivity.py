@@ -164,10 +164,8 @@ def measure_sensitivity(
         s, rel = score_model(evaluator, build(excluded))
         gain = s - base_score if how == "float-one" else evaluator.reference_score - s
         effects.append(NodeEffect(list(unit), s, gain, rel))
-    if how == "float-one":
-        effects.sort(key=lambda e: (-round(e.gain, 9), e.rel_l2))
-    else:
-        effects.sort(key=lambda e: (-round(e.gain, 9), -e.rel_l2))
+    sign = 1 if how == "float-one" else -1
+    effects.sort(key=lambda e: (-round(e.gain, 9), sign * e.rel_l2))
     return effects
 
 
@@ -291,10 +289,7 @@ def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, 
 
 
 def _prefix(units: list[frozenset], k: int) -> frozenset:
-    out: set[str] = set()
-    for u in units[:k]:
-        out |= u
-    return frozenset(out)
+    return frozenset().union(*units[:k])
 
 
 def _bisect(s: _Search, units: list[frozenset], max_evals: int) -> int:
@@ -373,15 +368,14 @@ def apply_remedies(
             if tries >= max_tries:
                 break
             tries += 1
+            e["remedies_tried"].append(remedy)
             trial_ex, trial_rem = frozenset(excluded - {e["node"]}), {**remedies, e["node"]: remedy}
             try:
                 m = build(trial_ex, trial_rem)
                 s = evaluator.score(m)
             except Exception as exc:  # a remedy the quantizer cannot build is just not taken
                 log.info("remedy %s for %s not built: %s", remedy, e["node"], exc)
-                e["remedies_tried"].append(remedy)
                 continue
-            e["remedies_tried"].append(remedy)
             good = (evaluator.reference_score - s <= budget.max_drop + 1e-9) if fit.met else s > score
             if good:
                 excluded, remedies, score, model = set(trial_ex), trial_rem, s, m
