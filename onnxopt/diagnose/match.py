@@ -29,6 +29,7 @@ Constant-node outputs and tensors of non-float type (shapes, indices) are not co
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx
@@ -62,12 +63,9 @@ class Matching:
     unmatched_cand: list[str]
 
     def to_dict(self, limit: int = 50) -> dict:
-        hows: dict[str, int] = {}
-        for p in self.pairs:
-            hows[p.how] = hows.get(p.how, 0) + 1
         return {
             "matched": len(self.pairs),
-            "by": hows,
+            "by": dict(Counter(p.how for p in self.pairs)),
             "unmatched_reference": self.unmatched_ref[:limit],
             "unmatched_reference_count": len(self.unmatched_ref),
             "unmatched_candidate": self.unmatched_cand[:limit],

@@ -286,20 +286,15 @@ class ChannelStats:
 class _ChannelAccumulator:
     def __init__(self, max_rows: int, rng: np.random.Generator):
         self.max_rows, self.rng = max_rows, rng
-        self.lo = self.hi = self.sum = self.sumsq = None
+        self.lo, self.hi, self.sum, self.sumsq = np.inf, -np.inf, 0.0, 0.0  # arrays after the first batch
         self.count = 0
         self.keys = np.zeros(0)
         self.pool: np.ndarray | None = None
 
     def update(self, flat: np.ndarray) -> None:
         flat = flat.astype(np.float64)
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
-        if self.lo is None:
-            self.lo, self.hi, self.sum, self.sumsq = lo, hi, flat.sum(axis=0), (flat**2).sum(axis=0)
-        else:
-            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
-            self.sum += flat.sum(axis=0)
-            self.sumsq += (flat**2).sum(axis=0)
+        self.lo, self.hi = np.minimum(self.lo, flat.min(axis=0)), np.maximum(self.hi, flat.max(axis=0))
+        self.sum, self.sumsq = self.sum + flat.sum(axis=0), self.sumsq + (flat**2).sum(axis=0)
         self.count += flat.shape[0]
         if self.max_rows:
             # a uniform sample of every row seen: each row gets a random key, the smallest

@@ -90,16 +90,15 @@ class QuantConfig:
     bias_correction: bool = False  # static QDQ: expected output shift of each weight removed from its bias
 
     def __post_init__(self):
-        check_choice("mode", self.mode, ("dynamic", "static", "int4"))
-        check_choice("int4 method", self.int4_method, INT4_METHODS)
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise UsageError(f"--block-size must be a power of 2 >= 16, got {self.block_size}")
-        check_choice("format", self.format, FORMATS)
         from .calibrate import METHODS
 
-        check_choice("method", self.method, METHODS)
-        check_choice("weight type", self.weight_type, INT_TYPES)
-        check_choice("activation type", self.activation_type, INT_TYPES)
+        for name, value, choices in (
+            ("mode", self.mode, ("dynamic", "static", "int4")), ("int4 method", self.int4_method, INT4_METHODS), ("format", self.format, FORMATS),
+            ("method", self.method, METHODS), ("weight type", self.weight_type, INT_TYPES), ("activation type", self.activation_type, INT_TYPES),
+        ):
+            check_choice(name, value, choices)
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UsageError(f"--block-size must be a power of 2 >= 16, got {self.block_size}")
         if self.op_types is not None:
             why = op_types_problem(self.op_types, self.mode)
             if why:
@@ -202,11 +201,11 @@ class QuantizeConfig:
     bias_correction: bool = False
 
     def validate(self) -> QuantizeConfig:
-        check_choice("mode", self.mode, MODES)
-        check_choice("format", self.format, FORMATS)
-        check_choice("weight type", self.weight_type, INT_TYPES)
-        check_choice("activation type", self.activation_type, INT_TYPES)
-        check_choice("equalize", self.equalize, EQUALIZE)
+        for name, value, choices in (
+            ("mode", self.mode, MODES), ("format", self.format, FORMATS), ("weight type", self.weight_type, INT_TYPES),
+            ("activation type", self.activation_type, INT_TYPES), ("equalize", self.equalize, EQUALIZE),
+        ):
+            check_choice(name, value, choices)
         if self.batch <= 0 or self.search_samples <= 0 or self.max_evals <= 0:
             raise UsageError("batch, search_samples and max_evals must be positive")
         if self.model_type is not None:

@@ -42,11 +42,8 @@ def timing_feed(dataset, batch: int) -> dict[str, np.ndarray]:
     feed = dataset.first_batch(batch)
     first = next((v for v in feed.values() if v.ndim), None)
     n = first.shape[0] if first is not None else 1
-    fixed = None
-    if dataset.specs:
-        sizes = {s.batch_fixed for s in dataset.specs}
-        fixed = sizes.pop() if len(sizes) == 1 else None
-    if fixed or n >= batch or getattr(dataset, "whole", False):
+    sizes = {s.batch_fixed for s in dataset.specs or ()}
+    if (len(sizes) == 1 and sizes.pop()) or n >= batch or getattr(dataset, "whole", False):
         return feed
     reps = -(-batch // n)
     # 0-d inputs (a sample rate) are fed as they are
