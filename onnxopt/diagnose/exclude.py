@@ -83,11 +83,9 @@ class FloatReference:
     def __init__(self, reference: onnx.ModelProto):
         self.ops = {o: n.op_type for n in reference.graph.node for o in n.output}
         self.inits = initializer_map(reference.graph)
-        for n in reference.graph.node:  # exporters (paddle2onnx) keep weights in Constant nodes
-            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
-                for a in n.attribute:
-                    if a.name == "value":
-                        self.inits[n.output[0]] = a.t
+        # exporters (paddle2onnx) keep weights in Constant nodes
+        consts = [n for n in reference.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output]
+        self.inits.update({n.output[0]: a.t for n in consts for a in n.attribute if a.name == "value"})
         self.by_shape: dict[tuple, list[str]] = {}
         for name, t in self.inits.items():
             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) and len(t.dims) >= 2:

@@ -88,11 +88,8 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
             out = run_dataset(candidate, ds, provider=provider, limit=64, error=VerificationError)
         except OnnxoptError as exc:
             return str(exc)
-        comp = compare_outputs(names, ref, out)
-        bad = comp.inexact()
-        if bad:
-            return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2"
-        return None
+        bad = compare_outputs(names, ref, out).inexact()
+        return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2" if bad else None
 
     prep = prepare(model, use_ort_preprocess=use_ort_preprocess, check=check)
     why = check(prep.model, "pre-processed model")

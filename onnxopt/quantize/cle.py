@@ -191,12 +191,7 @@ def _bias_target(layer: Layer, table: WeightTable, graph: onnx.GraphProto) -> tu
 
 
 def _pads_zero(node: onnx.NodeProto) -> bool:
-    for a in node.attribute:
-        if a.name == "pads" and any(a.ints):
-            return False
-        if a.name == "auto_pad" and a.s not in (b"", b"NOTSET", b"VALID"):
-            return False
-    return True
+    return not any((a.name == "pads" and any(a.ints)) or (a.name == "auto_pad" and a.s not in (b"", b"NOTSET", b"VALID")) for a in node.attribute)
 
 
 def absorb_biases(pairs: list[Pair], model: onnx.ModelProto, table: WeightTable, dataset, *, provider: str = "cpu", limit: int = 256) -> tuple[int, list[str]]:

@@ -35,10 +35,8 @@ class WeightTable:
         self.taken = set(self.inits) | self.inputs | {x for n in graph.node for x in list(n.input) + list(n.output)}
 
     def private(self, name: str) -> bool:
-        if name not in self.inits or name in self.inputs:
-            return False
         reads = sum(1 for n in self.readers.get(name, []) for x in n.input if x == name)
-        return reads == 1
+        return name in self.inits and name not in self.inputs and reads == 1
 
     def per_channel(self, name: str, channels: int) -> bool:
         """A private initializer of ``channels`` values along one axis (the other dims 1)."""

@@ -171,12 +171,8 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
     done = set()
     for node in list(g.node):
         for pos in WEIGHT_INPUTS.get(node.op_type, ()):
-            if pos >= len(node.input) or not node.input[pos]:
-                continue
-            name = node.input[pos]
-            if name in done or (name in inits and name not in graph_inputs):
-                continue
-            if name not in producers:
+            name = node.input[pos] if pos < len(node.input) else ""
+            if not name or name in done or (name in inits and name not in graph_inputs) or name not in producers:
                 continue
             v = value(name)
             if v is None or v.dtype.kind != "f":
@@ -341,13 +337,11 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     counts["nodes_named"] = name_nodes(work)
     counts["constants_converted"] = constants_to_initializers(work)
     try:
-        folded, more = fold_constants(work)
-        counts["nodes_folded"] = folded
+        counts["nodes_folded"], more = fold_constants(work)
         notes.extend(more[:3])
     except OnnxoptError as exc:
         notes.append(f"constant folding skipped: {exc}")
-    n, more = materialize_weights(work)
-    counts["weights_materialized"] = n
+    counts["weights_materialized"], more = materialize_weights(work)
     notes.extend(more[:3])
     counts["nodes_named"] += name_nodes(work)  # nodes the folding added without a name
     work, note = upgrade_opset(work, opset)

@@ -90,9 +90,7 @@ class _FusionConfig:
     opt_level: int = field(default=1, metadata={"choices": (0, 1)})
 
     def check(self):
-        if self.num_heads < 0 or self.hidden_size < 0:
-            return "num_heads and hidden_size must be >= 0 (0: detect)"
-        return None
+        return "num_heads and hidden_size must be >= 0 (0: detect)" if self.num_heads < 0 or self.hidden_size < 0 else None
 
 
 class TransformerFusionPass(Pass):
