@@ -264,15 +264,21 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
     def cand_has(x: str) -> bool:
         return x in st.cand_prod or x in st.cand_outputs
 
+    def settle(o: str, c: str, how: str, keep_found: bool) -> None:
+        """Match reference ``o`` to candidate ``c`` by ``how``, or, when the candidate
+        node absorbed the folds after ``o``, the folded output to ``c`` (``keep_found``: not
+        over a match already made)."""
+        target = _fold_target(o, c, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
+        if target == o:
+            st.claim(o, c, "qdq-skip" if o in st.ref_quantized else how)
+        elif not (keep_found and target in st.found):
+            st.claim(target, c, "folded")
+            st.folded_away.add(o)
+
     for n in nodes:  # names first: a name is stronger evidence than a structure
         for o in outs[id(n)]:
             if cand_has(o):
-                target = _fold_target(o, o, ref_cons, st.ref_const, cand_has, _cand_reader_ops(o, st.cand_cons))
-                if target != o:
-                    st.claim(target, o, "folded")
-                    st.folded_away.add(o)
-                else:
-                    st.claim(o, o, "qdq-skip" if o in st.ref_quantized else "name")
+                settle(o, o, "name", False)
     for n in nodes:  # graph order: a node's inputs are settled before it
         if all(o in st.found or o in st.folded_away for o in outs[id(n)]):
             continue
@@ -280,15 +286,8 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
         hits = st.index.get(key, []) if key is not None else []
         if len(hits) == 1 and len(hits[0].output) == len(n.output):
             for o, c in zip(n.output, hits[0].output, strict=True):
-                if o not in outs[id(n)] or o in st.found or not c:
-                    continue
-                target = _fold_target(o, c, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
-                if target != o:  # the candidate node absorbed the folds after it
-                    if target not in st.found:
-                        st.claim(target, c, "folded")
-                        st.folded_away.add(o)
-                else:
-                    st.claim(o, c, "qdq-skip" if o in st.ref_quantized else "structure")
+                if o in outs[id(n)] and o not in st.found and c:
+                    settle(o, c, "structure", True)
     pairs = [TensorPair(x, x, "input") for x in inputs]
     unmatched = []
     for n in nodes:

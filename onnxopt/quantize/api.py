@@ -124,18 +124,15 @@ def map_exclusions(
         return prep, frozenset(), []
     original = node_names(m)
     found, missing = map_node_names(prep.model, exclude, original)
-    notes = []
     if missing and prep.counts.get("ort_pre_process"):
         alt = prepare_model(source if source is not None else m, dataset, provider=provider, use_ort_preprocess=False)
         found2, missing2 = map_node_names(alt.model, exclude, original)
         if len(missing2) < len(missing):
             alt.notes.append(f"ORT quant_pre_process not used: it removes --exclude-nodes {', '.join(sorted(set(missing) - set(missing2)))}")
             prep, found, missing = alt, found2, missing2
-    for name in missing:
-        notes.append(f"--exclude-nodes {name}: removed by pre-processing (a constant computation or dead node): nothing to quantize there")
-    for name, nodes in found.items():
-        if nodes != [name]:
-            notes.append(f"--exclude-nodes {name}: pre-processing fused it into {', '.join(nodes)}, which stays in float")
+    notes = [f"--exclude-nodes {name}: removed by pre-processing (a constant computation or dead node): nothing to quantize there" for name in missing]
+    fused = {name: nodes for name, nodes in found.items() if nodes != [name]}
+    notes += [f"--exclude-nodes {name}: pre-processing fused it into {', '.join(nodes)}, which stays in float" for name, nodes in fused.items()]
     return prep, frozenset(x for v in found.values() for x in v), notes
 
 

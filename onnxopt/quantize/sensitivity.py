@@ -263,12 +263,13 @@ class _Search:
 
     def result(self, excluded: frozenset, score: float, met: bool, effects: list[NodeEffect]) -> BudgetFit:
         by_node = {n: e for e in effects for n in e.nodes}
-        ex = []
-        for n in self.nodes:
-            if n in excluded:
-                e = by_node.get(n)
-                gain, rel = (e.gain, e.rel_l2) if e else (None, None)
-                ex.append({"node": n, "op_type": self.op_types.get(n, "?"), "gain": gain, "rel_l2_when_float": rel, "group_size": len(e.nodes) if e else 1})
+        ex = [
+            {"node": n, "op_type": self.op_types.get(n, "?"), "gain": e.gain if e else None, "rel_l2_when_float": e.rel_l2 if e else None,
+             "group_size": len(e.nodes) if e else 1}
+            for n in self.nodes
+            if n in excluded
+            for e in [by_node.get(n)]
+        ]
         ev = self.evaluator
         model, drop = self.get(excluded), ev.reference_score - score
         return BudgetFit(model, met, score, drop, ev.reference_score, ev.metric, ex, effects, self.evals, _samples(self.search), _samples(ev), self.history)
