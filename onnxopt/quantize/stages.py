@@ -14,6 +14,7 @@ quantizable and slower is allowed; ``failure`` otherwise).  Each stage reads and
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -191,8 +192,7 @@ def prepare(run: Run) -> None:
 def _calibration_ranges(run: Run, method: str, model: onnx.ModelProto | None = None) -> CalibrationRanges:
     """Ranges of ``model`` (default: the pre-processed model) on the calibration data."""
     model = run.prep.model if model is None else model
-    cal = run.inputs.cal
-    return collect_ranges(model, dataset_for(model, dataset_view(cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
+    return collect_ranges(model, dataset_for(model, dataset_view(run.inputs.cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
 
 
 def measure_ranges(run: Run) -> None:
@@ -206,14 +206,12 @@ def build_candidates(run: Run) -> None:
     """Each configuration built, repaired to validity and fitted to the budget."""
     cfg = run.cfg
     bases: dict[str, tuple[onnx.ModelProto, frozenset]] = {}
-    alt_cache: dict = {}
 
+    @functools.cache
     def alt_ranges() -> dict:
         """Per-tensor chosen ranges (method auto) for the budget search's "range" remedy,
         measured once, on first use."""
-        if "r" not in alt_cache:
-            alt_cache["r"] = _calibration_ranges(run, "auto").ranges
-        return alt_cache["r"]
+        return _calibration_ranges(run, "auto").ranges
 
     for c in run.configs:
         if c.mode not in bases:
