@@ -159,14 +159,10 @@ def _batch_count(dataset, batch_size: int | None, limit: int | None) -> int | No
         files = getattr(dataset, "_files", None)
         if files is not None:
             return None if limit is not None else len(files)  # one feed per file
-        n = len(dataset)
-        if limit is not None:
-            n = min(n, limit)
-        sizes = {s.batch_fixed for s in dataset.specs} if getattr(dataset, "specs", None) else set()
+        n = len(dataset) if limit is None else min(len(dataset), limit)
+        sizes = {s.batch_fixed for s in getattr(dataset, "specs", None) or ()}
         fixed = sizes.pop() if len(sizes) == 1 else None
-        if fixed:
-            return n // fixed  # a final partial batch is dropped
-        return -(-n // (batch_size or DEFAULT_BATCH))
+        return n // fixed if fixed else -(-n // (batch_size or DEFAULT_BATCH))  # a fixed batch drops a final partial one
     except Exception:  # a Dataset-like object without these attributes
         return None
 
@@ -193,9 +189,9 @@ def bounded_batch(model: onnx.ModelProto, dataset, names: list[str], budget: int
         log.debug("calibration batch not bounded: %s", exc)
         return DEFAULT_BATCH, None
     fit = max(1, min(DEFAULT_BATCH, budget // max(per, 1)))
-    if fit >= DEFAULT_BATCH:
-        return DEFAULT_BATCH, None
-    return fit, f"calibration batch {fit}: the {len(names)} calibrated tensors take {per / 2**20:.0f} MiB per sample (bound {budget / 2**30:g} GiB)"
+    return fit, None if fit >= DEFAULT_BATCH else (
+        f"calibration batch {fit}: the {len(names)} calibrated tensors take {per / 2**20:.0f} MiB per sample (bound {budget / 2**30:g} GiB)"
+    )
 
 
 def collect_ranges(
@@ -218,9 +214,7 @@ def collect_ranges(
     """
     stats = RangeStats(method, bins=bins, percentile=percentile, num_quantized_bins=num_quantized_bins)
     names = tensors if tensors is not None else tensors_to_calibrate(model)
-    bound_note = None
-    if batch_size is None:
-        batch_size, bound_note = bounded_batch(model, dataset, names)
+    batch_size, bound_note = bounded_batch(model, dataset, names) if batch_size is None else (batch_size, None)
     aug, reads = augment_for_calibration(model, names, method)
     # no memory pattern: with it ORT allocates a second arena block on the second run
     sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
