@@ -240,10 +240,7 @@ def smooth_distribution(p: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """``sum p log(p / q)`` of the normalized distributions (inf when q lacks p's support)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p = p / p.sum()
-    q = q / q.sum()
+    p, q = (a / a.sum() for a in (np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)))
     mask = p > 0
     if np.any(q[mask] <= 0):
         return math.inf
