@@ -35,14 +35,8 @@ def nbits_weight_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the main graph's MatMul nodes that ``MatMulNBits`` can replace: weight
     input ``B`` a 2-D float initializer."""
     inits = {t.name: t for t in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        if n.op_type != "MatMul" or len(n.input) < 2:
-            continue
-        w = inits.get(n.input[1])
-        if w is not None and len(w.dims) == 2 and w.data_type in _FLOATS:
-            out.append(n.name)
-    return out
+    weights = [(n.name, inits.get(n.input[1])) for n in model.graph.node if n.op_type == "MatMul" and len(n.input) >= 2]
+    return [name for name, w in weights if w is not None and len(w.dims) == 2 and w.data_type in _FLOATS]
 
 
 def _module():

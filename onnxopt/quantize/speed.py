@@ -70,8 +70,7 @@ def measure_speed(
     if not candidates:
         return {}
     labels = list(candidates)
-    sessions = [create_session(fp32, provider, threads=threads, error=VerificationError)]
-    sessions += [create_session(candidates[k], provider, threads=threads, error=VerificationError) for k in labels]
+    sessions = [create_session(m, provider, threads=threads, error=VerificationError) for m in [fp32, *candidates.values()]]
     lat = time_interleaved(sessions, [feed] * len(sessions), runs=runs, warmup=warmup, block=block, duration=duration, shuffle_seed=0)
     base = lat[0]
     out = {}

@@ -90,17 +90,12 @@ def culprits_in(text: str, extra_names: set[str], node_tensors: dict[str, set[st
     with one of those followed by ``_`` (ORT names derived nodes ``<node>_quant``,
     ``<weight>_DequantizeLinear``).
     """
-    tokens = set(extra_names)
-    for m in _TOKENS.finditer(text or ""):
-        tokens.add(next(g for g in m.groups() if g))
-    found = set()
-    for node, tensors in node_tensors.items():
-        keys = {node} | tensors
-        for t in tokens:
-            if t in keys or any(t.startswith(k + "_") for k in keys if k):
-                found.add(node)
-                break
-    return found
+    tokens = set(extra_names) | {next(g for g in m.groups() if g) for m in _TOKENS.finditer(text or "")}
+
+    def named(keys: set[str]) -> bool:
+        return any(t in keys or any(t.startswith(k + "_") for k in keys if k) for t in tokens)
+
+    return {node for node, tensors in node_tensors.items() if named({node} | tensors)}
 
 
 def build_valid(
