@@ -159,19 +159,16 @@ class _Acc:
 def plan_slices(pairs: list[TensorPair], per_sample: dict[str, int], samples: int, cfg: LayerwiseConfig) -> list[list[TensorPair]]:
     """Consecutive slices of at most ``slice_tensors`` tensors and ``slice_bytes`` of
     reference activations (a tensor larger than that alone gets a slice of its own)."""
-    slices: list[list[TensorPair]] = []
-    cur: list[TensorPair] = []
+    slices: list[list[TensorPair]] = [[]]
     used = 0
     for p in pairs:
         need = per_sample.get(p.ref, 0) * max(samples, 1)
-        if cur and (len(cur) >= cfg.slice_tensors or used + need > cfg.slice_bytes):
-            slices.append(cur)
-            cur, used = [], 0
-        cur.append(p)
+        if slices[-1] and (len(slices[-1]) >= cfg.slice_tensors or used + need > cfg.slice_bytes):
+            slices.append([])
+            used = 0
+        slices[-1].append(p)
         used += need
-    if cur:
-        slices.append(cur)
-    return slices
+    return [s for s in slices if s]
 
 
 def _session_with_outputs(model: onnx.ModelProto, names: list[str], provider: str):
@@ -183,8 +180,7 @@ def _session_with_outputs(model: onnx.ModelProto, names: list[str], provider: st
     try:
         return create_session(model, provider, error=ModelError)
     finally:
-        for _ in added:
-            del model.graph.output[-1]
+        del model.graph.output[len(model.graph.output) - len(added) :]
 
 
 def _compare_slice(ref, cand, ds_ref, ds_cand, pairs: list[TensorPair], cfg: LayerwiseConfig) -> list[TensorError]:
