@@ -124,8 +124,7 @@ def _profile(ref, cand, ds, ds_b, cfg):
 
     feed_a = ds.first_batch()
     feed_b = {k: v for k, v in feed_a.items() if k in {i.name for i in cand.graph.input}}
-    pa = profile_model(ref, feed_a, runs=cfg.profile_runs, provider=cfg.provider)
-    pb = profile_model(cand, feed_b, runs=cfg.profile_runs, provider=cfg.provider)
+    pa, pb = (profile_model(m, feed, runs=cfg.profile_runs, provider=cfg.provider) for m, feed in ((ref, feed_a), (cand, feed_b)))
     return diff_profiles(pa, pb, cpu_isa())
 
 

@@ -265,9 +265,8 @@ class EqualizePass(Pass):
             )
         before = {p.label: _spread(p, table) for p in pairs}
         sweeps, after = equalize_pairs(pairs, table)
-        absorbed, notes = 0, []
-        if self.config.absorb_bias and ctx.data is not None:
-            absorbed, notes = absorb_biases(pairs, model, table, ctx.inputs_for(model), provider=ctx.provider, limit=self.config.limit)
+        absorb = self.config.absorb_bias and ctx.data is not None
+        absorbed, notes = absorb_biases(pairs, model, table, ctx.inputs_for(model), provider=ctx.provider, limit=self.config.limit) if absorb else (0, [])
         details = {
             "pairs": [{"pair": k, "range_spread_before": round(before[k], 4), "range_spread_after": round(after[k], 4)} for k in before],
             "sweeps": sweeps,
