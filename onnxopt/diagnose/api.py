@@ -202,8 +202,7 @@ def _recipe(model, recipe, data, shapes, cfg, path) -> Diagnosis:
     steps = bisect_steps(model, passes, ctx, ds, limit=cfg.limit)
     out = Diagnosis("recipe", str(path or "<model>"), None, steps=steps)
     if steps.before is not None and steps.after is not None:
-        ds_b = dataset_for(steps.after, ds.view())
-        out.layerwise = _layerwise(steps.before, steps.after, ds, ds_b, cfg)
+        out.layerwise = _layerwise(steps.before, steps.after, ds, dataset_for(steps.after, ds.view()), cfg)
     return out
 
 

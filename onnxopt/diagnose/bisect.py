@@ -83,8 +83,7 @@ def leaves(comp, limit: float | None = None) -> str:
 
 
 def _outputs(model, ds, provider: str, limit: int | None, **session) -> list[np.ndarray]:
-    sess = create_session(model, provider, error=VerificationError, **session)
-    return run_dataset(sess, ds, limit=limit, error=VerificationError)
+    return run_dataset(create_session(model, provider, error=VerificationError, **session), ds, limit=limit, error=VerificationError)
 
 
 @dataclass
@@ -128,8 +127,7 @@ def bisect_steps(model: onnx.ModelProto, passes: list, ctx, ds, *, limit: int | 
             check.problem = f"refused: {exc.message}"
             return StepBisect(checks, check, check.problem, current, None)
         step = compare_outputs(names, prev, outs)
-        total = compare_outputs(names, first, outs)
-        check.rel_l2, check.rel_l2_total = step.worst_rel_l2, total.worst_rel_l2
+        check.rel_l2, check.rel_l2_total = step.worst_rel_l2, compare_outputs(names, first, outs).worst_rel_l2
         check.problem = leaves(step) if p.exact else next((f"output '{o.name}': {o.note}" for o in step.outputs if o.note), "")
         if check.problem:
             return StepBisect(checks, check, check.problem, current, res.model)

@@ -102,8 +102,7 @@ class FloatReference:
             return None
         best, best_err = None, WEIGHT_FIT
         for name in self.by_shape.get(tuple(deq.shape), []):
-            w = tensor_array(self.inits[name]).astype(np.float32)
-            fitted, err = _fit_channels(w, deq)
+            fitted, err = _fit_channels(tensor_array(self.inits[name]).astype(np.float32), deq)
             if err < best_err:
                 best, best_err = fitted, err
         return best

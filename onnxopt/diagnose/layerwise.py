@@ -192,8 +192,7 @@ def _compare_slice(ref, cand, ds_ref, ds_cand, pairs: list[TensorPair], cfg: Lay
     accs = [_Acc() for _ in pairs]
     for i, outs in enumerate(run_batches(sess, ds_cand.batches(cfg.batch_size, cfg.limit), names_cand)):
         ref_outs, kept[i] = kept[i], None  # freed as soon as compared
-        comp = compare_outputs(names_ref, ref_outs, outs)
-        for acc, c, a, b in zip(accs, comp.outputs, ref_outs, outs, strict=True):
+        for acc, c, a, b in zip(accs, compare_outputs(names_ref, ref_outs, outs).outputs, ref_outs, outs, strict=True):
             acc.add(c, np.asarray(a), np.asarray(b))
     return [acc.result(p) for acc, p in zip(accs, pairs, strict=True)]
 
@@ -230,8 +229,7 @@ def attribute(
         t.inputs_diverged = any(d for _, d in ins)
         t.added = t.rel_l2 - t.error_in if math.isfinite(t.rel_l2) else math.inf
     first = next((t for t in tensors if t.diverged and not t.inputs_diverged), None)
-    ranked = sorted((t for t in tensors if t.diverged), key=lambda t: -t.added)
-    return first, ranked[:top]
+    return first, sorted((t for t in tensors if t.diverged), key=lambda t: -t.added)[:top]
 
 
 def compare_layers(ref: onnx.ModelProto, cand: onnx.ModelProto, ds_ref, ds_cand, matching: Matching, cfg: LayerwiseConfig) -> Divergence:
@@ -247,5 +245,4 @@ def compare_layers(ref: onnx.ModelProto, cand: onnx.ModelProto, ds_ref, ds_cand,
         log.info("layer-wise slice %d/%d: %d tensor(s)", k, len(slices), len(sl))
         tensors.extend(_compare_slice(ref, cand, ds_ref, ds_cand, sl, cfg))
     first, top = attribute(tensors, pairs, ref.graph, cfg.threshold, cfg.top)
-    fed = getattr(ds_ref, "fed", 0) or samples
-    return Divergence(tensors, matching, cfg.threshold, int(fed), ds_ref.source, first, top, len(slices))
+    return Divergence(tensors, matching, cfg.threshold, int(getattr(ds_ref, "fed", 0) or samples), ds_ref.source, first, top, len(slices))

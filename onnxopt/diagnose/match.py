@@ -157,8 +157,7 @@ def _structural_index(cand: onnx.GraphProto, const: dict, dq_src: dict[str, str]
         if n.op_type in _QDQ or n.op_type == "Constant":
             continue
         # a DequantizeLinear output of an activation stands for the tensor it dequantizes
-        key = _key(n, const, lambda x: dq_src.get(x, x))
-        index.setdefault(key, []).append(n)
+        index.setdefault(_key(n, const, lambda x: dq_src.get(x, x)), []).append(n)
     return index
 
 
@@ -236,8 +235,7 @@ def _fold_target(name: str, cand_name: str, ref_cons: dict, ref_const: dict, can
         if len(readers) != 1:
             return name
         f = readers[0]
-        others = [x for x in f.input if x and x != name]
-        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in others):
+        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in f.input if x and x != name):
             return name
         out = f.output[0]
         if cand_has(out) or out in seen or f.op_type in cand_ops:

@@ -89,8 +89,7 @@ def profile_model(model, feed: dict, *, runs: int = 10, provider: str = "cpu") -
         sess = create_session(model, provider, profile_prefix=str(Path(tmp) / "trace"), error=ModelError)
         for _ in range(runs + 1):
             sess.run(None, feed)
-        trace = sess.end_profiling()
-        events = json.loads(Path(trace).read_text())
+        events = json.loads(Path(sess.end_profiling()).read_text())
     return parse_trace(events)
 
 
@@ -175,7 +174,6 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
 
 def diff_profiles(ref: Profile, cand: Profile, isa: dict) -> ProfileDiff:
     """Per op type: reference ms, candidate ms, added ms (largest first), plus explanations."""
-    ops = set(ref.per_op) | set(cand.per_op)
     rows = [
         {
             "op": op,
@@ -185,7 +183,7 @@ def diff_profiles(ref: Profile, cand: Profile, isa: dict) -> ProfileDiff:
             "reference_kernels": ref.count_op.get(op, 0),
             "candidate_kernels": cand.count_op.get(op, 0),
         }
-        for op in ops
+        for op in set(ref.per_op) | set(cand.per_op)
     ]
     rows.sort(key=lambda r: -r["added_ms"])
     return ProfileDiff(ref, cand, rows, _explain(ref, cand, isa), isa)

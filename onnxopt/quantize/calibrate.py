@@ -259,15 +259,13 @@ def entropy_range(hist: Histogram, num_quantized_bins: int = DEFAULT_QUANTIZED_B
     if hist.counts is None or hist.total == 0:
         return rng
     counts = hist.counts.astype(np.float64)
-    nbins = hist.bins
-    centre = nbins // 2
+    centre = hist.bins // 2
     half_q = max(1, num_quantized_bins // 2)
     if half_q >= centre:
         return rng
     edges = hist.edges
     cands = np.arange(half_q, centre + 1)
-    stride = max(1, math.ceil(cands.size / max_candidates))
-    cands = cands[::stride]
+    cands = cands[:: max(1, math.ceil(cands.size / max_candidates))]
     if cands[-1] != centre:
         cands = np.append(cands, centre)
     cumsum = np.concatenate([[0.0], np.cumsum(counts)])

@@ -91,7 +91,7 @@ def _walk(a: Layer, table: WeightTable, outputs: set[str]) -> tuple[Pair | None,
         if t in outputs or not readers:
             return None, ""
         if len(readers) > 1:
-            weighted = [r for r in readers if layer_of(r, table)[0] is not None]
+            weighted = any(layer_of(r, table)[0] is not None for r in readers)
             return None, (f"{a.node.name}: output '{t}' read by {len(readers)} nodes" if weighted else "")
         n = readers[0]
         op = n.op_type

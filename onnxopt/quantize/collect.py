@@ -183,8 +183,7 @@ def bounded_batch(model: onnx.ModelProto, dataset, names: list[str], budget: int
 
     budget = CALIBRATION_BYTES if budget is None else budget
     try:
-        feed = dataset.first_batch(1)
-        per = sum(activation_bytes(model, feed, names).values())
+        per = sum(activation_bytes(model, dataset.first_batch(1), names).values())
     except Exception as exc:  # a dataset-like object without first_batch, or odd shapes
         log.debug("calibration batch not bounded: %s", exc)
         return DEFAULT_BATCH, None
@@ -218,8 +217,7 @@ def collect_ranges(
     aug, reads = augment_for_calibration(model, names, method)
     # no memory pattern: with it ORT allocates a second arena block on the second run
     sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
-    out_names = [o.name for o in sess.get_outputs()]
-    wanted = sorted({r[1] for r in reads} | {r[2] for r in reads if r[2]}, key=out_names.index)
+    wanted = sorted({r[1] for r in reads} | {r[2] for r in reads if r[2]}, key=[o.name for o in sess.get_outputs()].index)
     input_names = {i.name for i in sess.get_inputs()}
     graph_inputs = [n for n in names if n in input_names]
     samples = batches = 0

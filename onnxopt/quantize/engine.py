@@ -171,7 +171,6 @@ class CandidateBuilder:
         if ranged:
             alt = self._alt_ranges()
             ranges = {**ranges, **{t: alt[t] for n in ranged for t in self._activations(n) if t in alt}}
-        per_channel = frozenset(n for n, r in remedies.items() if r == "per-channel")
         return quantize_with_ort(
             self.base,
             self.config,
@@ -182,7 +181,7 @@ class CandidateBuilder:
             per_tensor=per_tensor,
             op_types=self.ort_op_types,
             notes=self.notes,
-            per_channel_nodes=per_channel,
+            per_channel_nodes=frozenset(n for n, r in remedies.items() if r == "per-channel"),
         )
 
     def _activations(self, node: str) -> list[str]:
@@ -273,8 +272,7 @@ class CandidateBuilder:
         quantized node, since an activation-only node can be the culprit (a 1000-class
         Softmax output quantized in steps of 1/255 is all zeros)."""
         if self.config.mode == "dynamic":
-            weighted = [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES]
-            return weighted or list(quantized)
+            return [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES] or list(quantized)
         return list(quantized)
 
 
@@ -346,8 +344,7 @@ def _fit_to_budget(builder: CandidateBuilder, res: CandidateResult, budget: Budg
     if fit.excluded:
         fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
     res.fit = fit
-    excluded = frozenset(e["node"] for e in fit.excluded)
-    fallbacks = builder.build(excluded, fit.remedies)[1]
+    fallbacks = builder.build(frozenset(e["node"] for e in fit.excluded), fit.remedies)[1]
     res.quantized = touched_nodes(builder.base, fit.model, builder.candidates)
     res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
     res.rel_l2 = score_model(evaluator, fit.model)[1]

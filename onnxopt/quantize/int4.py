@@ -66,7 +66,6 @@ def quantize_nbits(model: onnx.ModelProto, *, block_size: int = 32, method: str 
     mnb = _module()
     wanted = set(nbits_weight_nodes(model) if nodes is None else nodes) - set(exclude)
     skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
-    algo = _algo(mnb, method, block_size)
     q = mnb.MatMulNBitsQuantizer(
         copy.deepcopy(model),
         bits=4,
@@ -75,7 +74,7 @@ def quantize_nbits(model: onnx.ModelProto, *, block_size: int = 32, method: str 
         nodes_to_exclude=skip,
         nodes_to_include=sorted(wanted) or None,
         op_types_to_quantize=("MatMul",),
-        algo_config=algo,
+        algo_config=_algo(mnb, method, block_size),
     )
     # ORT's module logs every node at INFO through a handler of its own: keep that out of stdout
     ort_log = logging.getLogger(mnb.__name__)

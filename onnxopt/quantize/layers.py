@@ -59,8 +59,7 @@ class WeightTable:
 
     def add(self, base: str, value: np.ndarray) -> str:
         name = unique_name(base, self.taken)
-        t = numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
-        self.graph.initializer.append(t)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
         self.inits[name] = self.graph.initializer[-1]
         return name
 

@@ -160,8 +160,7 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
                     vals.append(v)
                 if vals is not None:
                     try:
-                        res = evaluate_node(node, vals, model.opset_import)
-                        out = res[list(node.output).index(name)]
+                        out = evaluate_node(node, vals, model.opset_import)[list(node.output).index(name)]
                     except Exception as exc:  # an op the reference evaluator cannot run
                         notes.append(f"weight '{name}' left computed: {node.op_type} not evaluable ({' '.join(str(exc).split())[:80]})")
         cache[name] = out
@@ -185,8 +184,7 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
             if len(prod.output) == 1:
                 g.node.remove(prod)
             else:
-                idx = list(prod.output).index(name)
-                prod.output[idx] = f"{name}__unused"
+                prod.output[list(prod.output).index(name)] = f"{name}__unused"
             done.add(name)
             count += 1
     if count:

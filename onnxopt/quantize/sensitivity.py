@@ -219,8 +219,7 @@ def fit_budget(
     effects = _ranking(s, ranking, how, s0, max_evals)
     units = [frozenset(e.nodes) for e in effects]
     best = (none, s0 if s.search is evaluator else s.confirm(none))
-    k = _bisect(s, units, max_evals)
-    best, met = _grow(s, units, k, best, max_evals)
+    best, met = _grow(s, units, _bisect(s, units, max_evals), best, max_evals)
     if met:
         return s.result(best[0], best[1], True, effects)
     best = _best_reached(s, best, max_evals)
@@ -280,8 +279,7 @@ def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, 
     (each measurement then counts as a scored exclusion set)."""
     if ranking:
         return reuse_ranking(ranking, s.nodes)
-    budget_units = max(2, (max_evals - 4) // 2)
-    effects = measure_sensitivity(lambda ex: s.get(ex), s.nodes, s.search, how=how, base_score=s0, max_units=budget_units)
+    effects = measure_sensitivity(lambda ex: s.get(ex), s.nodes, s.search, how=how, base_score=s0, max_units=max(2, (max_evals - 4) // 2))
     s.evals += len(effects)
     everything = frozenset(s.nodes)
     for e in effects:
@@ -362,8 +360,7 @@ def apply_remedies(
     excluded = {e["node"] for e in fit.excluded}
     remedies: dict[str, str] = {}
     score, model, tries = fit.score, fit.model, 0
-    order = sorted(fit.excluded, key=lambda e: -(e.get("gain") or 0.0))
-    for e in order:
+    for e in sorted(fit.excluded, key=lambda e: -(e.get("gain") or 0.0)):
         e["remedy"], e["remedies_tried"] = "float", []
         for remedy in options(e["node"]):
             if tries >= max_tries:

@@ -45,9 +45,8 @@ def timing_feed(dataset, batch: int) -> dict[str, np.ndarray]:
     sizes = {s.batch_fixed for s in dataset.specs or ()}
     if (len(sizes) == 1 and sizes.pop()) or n >= batch or getattr(dataset, "whole", False):
         return feed
-    reps = -(-batch // n)
     # 0-d inputs (a sample rate) are fed as they are
-    return {k: np.ascontiguousarray(np.concatenate([v] * reps, axis=0)[:batch]) if v.ndim else v for k, v in feed.items()}
+    return {k: np.ascontiguousarray(np.concatenate([v] * -(-batch // n), axis=0)[:batch]) if v.ndim else v for k, v in feed.items()}
 
 
 def measure_speed(

@@ -161,8 +161,7 @@ def _fuse(run: Run) -> onnx.ModelProto:
     from ..core.registry import make_pass
 
     cfg = run.cfg
-    params = {"model_type": cfg.model_type, "num_heads": cfg.num_heads, "hidden_size": cfg.hidden_size}
-    step = make_pass("transformer-fusion", params, error=UsageError)
+    step = make_pass("transformer-fusion", {"model_type": cfg.model_type, "num_heads": cfg.num_heads, "hidden_size": cfg.hidden_size}, error=UsageError)
     res = step(run.m, Context(data=run.inputs.ev, provider=run.provider, shapes=cfg.shapes, seed=cfg.seed))
     rep = res.report
     run.fusion = {"model_type": cfg.model_type, "modified": bool(res.modified), "counts": dict(rep.counts), "notes": list(rep.notes)}

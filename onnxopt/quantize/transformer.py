@@ -77,8 +77,7 @@ def _ort_basic_optimize(src: str, dst: str, external: bool, use_gpu: bool) -> st
     if external:
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else ["CPUExecutionProvider"]
-    ort.InferenceSession(src, so, providers=providers)
+    ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else ["CPUExecutionProvider"])
     return dst
 
 
