@@ -183,10 +183,8 @@ class _State:
         self.ref_const, self.cand_const = _constants(ref.graph), _constants(cg)
         self.cand_prod, self.cand_cons = producers(cg), consumers(cg)
         self.cand_outputs = {o.name for o in cg.output}
-        self.dq_src = {}  # DQ output -> the activation its Q read
-        for n in cg.node:
-            if n.op_type == "DequantizeLinear" and n.input and n.input[0] in self.cand_prod and self.cand_prod[n.input[0]].op_type == "QuantizeLinear":
-                self.dq_src[n.output[0]] = self.cand_prod[n.input[0]].input[0]
+        dqs = [n for n in cg.node if n.op_type == "DequantizeLinear" and n.input and getattr(self.cand_prod.get(n.input[0]), "op_type", "") == "QuantizeLinear"]
+        self.dq_src = {n.output[0]: self.cand_prod[n.input[0]].input[0] for n in dqs}  # DQ output -> the activation its Q read
         self.index = _structural_index(cg, self.cand_const, self.dq_src)
         # reference tensors it quantizes itself: matched by name, not to a DQ view
         self.ref_quantized = {n.input[0] for n in ref.graph.node if n.op_type == "QuantizeLinear" and n.input}

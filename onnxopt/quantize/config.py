@@ -112,10 +112,7 @@ class QuantConfig:
     def label(self) -> str:
         if self.mode == "int4":
             return f"int4 {self.int4_method} block {self.block_size}"
-        if self.mode == "dynamic":
-            base = "dynamic"
-        else:
-            base = "static" if self.format == "qdq" else "static qoperator"
+        base = "dynamic" if self.mode == "dynamic" else "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
         return (
             base
@@ -144,15 +141,11 @@ class QuantConfig:
             d.update(format=self.format, method=self.method, activation_type=self.activation_type)
         if self.mode == "int4":
             d = {"mode": "int4", "block_size": self.block_size, "int4_method": self.int4_method}
-        if self.op_types is not None:
-            d["op_types"] = list(self.op_types)
-        if self.equalized:
-            d["equalized"] = True
-        if self.bias_correction:
-            d["bias_correction"] = True
-        if self.exclude:
-            d["exclude"] = sorted(self.exclude)
-        return d
+        optional = {
+            "op_types": None if self.op_types is None else list(self.op_types), "equalized": self.equalized or None,
+            "bias_correction": self.bias_correction or None, "exclude": sorted(self.exclude) or None,
+        }
+        return {**d, **{k: v for k, v in optional.items() if v is not None}}
 
 
 @dataclass

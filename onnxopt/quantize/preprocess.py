@@ -295,9 +295,9 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
         w = numpy_helper.from_array(np.ascontiguousarray(b), unique_name(f"{b_name}_matmul", taken))
         g.initializer.append(w)
         out = n.output[0]
+        mm_out = unique_name(f"{out}_matmul", taken) if c_name else out
+        new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
         if c_name:
-            mm_out = unique_name(f"{out}_matmul", taken)
-            new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
             bias = c_name
             if beta != 1.0:
                 c = oio.tensor_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
@@ -305,8 +305,6 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
                 g.initializer.append(ct)
                 bias = ct.name
             new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=unique_name(f"{n.name}/bias", taken)))
-        else:
-            new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [out], name=n.name))
         done.append(n.name)
     if done:
         del g.node[:]

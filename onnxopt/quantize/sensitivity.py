@@ -214,8 +214,7 @@ def fit_budget(
         if s.ok(full, evaluator):
             return s.result(none, full, True, [])
     if not nodes:
-        full = s.confirm(none)
-        return s.result(none, full, False, [])
+        return s.result(none, s.confirm(none), False, [])
     effects = _ranking(s, ranking, how, s0, max_evals)
     units = [frozenset(e.nodes) for e in effects]
     best = (none, s0 if s.search is evaluator else s.confirm(none))
