@@ -182,9 +182,7 @@ def quantize_with_ort(
     except Exception as exc:
         raise _failure("quantizer", config, exc) from exc
     drop_unused_opsets(out)
-    if large:
-        out = _spill(out)
-    return out
+    return _spill(out) if large else out
 
 
 def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str], excluded: list[str], notes: list[str]) -> onnx.ModelProto:
@@ -225,12 +223,11 @@ def _run_quantizer(
     """ORT's ``ONNXQuantizer`` / ``QDQQuantizer`` on ``m`` (shape-inferred, ORT's "inferred"
     mark set); returns ORT's model (``m`` may be changed)."""
     scope = {"nodes_to_quantize": only, "nodes_to_exclude": excluded, "op_types_to_quantize": op_types}
-    if config.mode == "dynamic":
-        q = _dynamic_quantizer(m, config, scope)
-    else:
-        if ranges is None:
-            raise ValueError("static quantization needs calibration ranges")
-        q = _static_quantizer(m, config, scope, ranges=ranges, per_tensor=per_tensor, per_channel_nodes=per_channel_nodes)
+    if config.mode != "dynamic" and ranges is None:
+        raise ValueError("static quantization needs calibration ranges")
+    q = _dynamic_quantizer(m, config, scope) if config.mode == "dynamic" else (
+        _static_quantizer(m, config, scope, ranges=ranges, per_tensor=per_tensor, per_channel_nodes=per_channel_nodes)
+    )
     q.quantize_model()
     # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort; ORT's sort
     # ignores what If/Loop bodies read from the graph, ``sort_nodes`` counts it

@@ -134,9 +134,7 @@ def _info(t: onnx.TensorProto) -> dict[str, str]:
 
 
 def _lazy_tensors(model: onnx.ModelProto):
-    for t in oio.all_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data):
-            yield t
+    return [t for t in oio.all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data)]
 
 
 def _set_location(t: onnx.TensorProto, location: str) -> None:
