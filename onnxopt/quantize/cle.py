@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from ..core.passes import Context, Pass, PassResult
+from .bias_correction import weight_shift
 from .equalize import absorb_amounts, cle_scales
 from .layers import Layer, WeightTable, layer_of
 
@@ -183,11 +184,8 @@ def _bias_target(layer: Layer, table: WeightTable, graph: onnx.GraphProto) -> tu
         layer.bias = name
         return name, ""
     readers = table.readers.get(layer.node.output[0], [])
-    if len(readers) == 1 and readers[0].op_type == "Add":
-        b = _private_bias(readers[0], table, n_out)
-        if b:
-            return b, ""
-    return "", "no bias to absorb into"
+    b = _private_bias(readers[0], table, n_out) if len(readers) == 1 and readers[0].op_type == "Add" else ""
+    return (b, "") if b else ("", "no bias to absorb into")
 
 
 def _pads_zero(node: onnx.NodeProto) -> bool:
@@ -223,8 +221,7 @@ def absorb_biases(pairs: list[Pair], model: onnx.ModelProto, table: WeightTable,
             notes.append(f"{p.label}: bias absorption skipped: {p.b.node.name}: {why}")
             continue
         b1 = p.add_bias or _bias_target(p.a, table, model.graph)[0]
-        w2 = table.array(p.b.weight).astype(np.float64)
-        delta = w2.reshape(w2.shape[0], w2.shape[1], -1).sum(axis=2) @ c if p.b.node.op_type == "Conv" else c @ p.b.weight_in_by_out(table).astype(np.float64)
+        delta = weight_shift(p.b.node.op_type, table.array(p.b.weight), c, trans_b=p.b.in_axis == 1)  # W2 @ c
         table.channelwise(b1, lambda v, c=c: v - c)
         table.channelwise(b2, lambda v, delta=delta: v + delta)
         done += 1

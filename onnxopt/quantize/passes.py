@@ -144,7 +144,6 @@ def _summary(rep: dict) -> tuple[dict, list[str], dict]:
     chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)
     counts = {"chosen": rep.get("chosen") or "none", "quantized_nodes": chosen["quantized_nodes"] if chosen else 0}
     if chosen:
-        counts["excluded_nodes"] = len(chosen.get("excluded") or [])
-        counts["fallbacks"] = len(chosen.get("fallbacks") or [])
+        counts.update(excluded_nodes=len(chosen.get("excluded") or []), fallbacks=len(chosen.get("fallbacks") or []))
     candidates = [{k: v for k, v in x.items() if k not in ("seconds", "speed")} for x in rep["candidates"]]
     return counts, list(rep.get("notes", [])), {"candidates": candidates, "metric": rep["metric"], "preprocess": rep["preprocess"]}
