@@ -72,10 +72,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         out = {"mode": self.mode, "reference": self.reference, "candidate": self.candidate, "cpu_isa": self.cpu_isa}
-        for key in ("layerwise", "steps", "ort", "fp16", "profile"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value.to_dict()
+        out.update({key: getattr(self, key).to_dict() for key in ("layerwise", "steps", "ort", "fp16", "profile") if getattr(self, key) is not None})
         if self.sensitive:
             out["sensitive"] = [e.to_dict() for e in self.sensitive]
         return out
