@@ -115,7 +115,7 @@ def _layerwise(ref, cand, ds, ds_b, cfg, pb=None):
     return compare_layers(ref, cand, ds, ds_b, matching, lw)
 
 
-def _profile(ref, cand, ds, ds_b, cfg):
+def _profile(ref, cand, ds, cfg):
     from ..bench.environment import cpu_isa
     from .profile import diff_profiles, profile_model
 
@@ -237,7 +237,7 @@ def diagnose(
             if cfg.rank_outputs:
                 out.sensitive = output_ranking(ref, cand, ds, ds_b, out.layerwise, top=cfg.top, metric=cfg.metric, limit=cfg.limit, provider=cfg.provider)
             if cfg.profile:
-                out.profile = _profile(ref, cand, ds, ds_b, cfg)
+                out.profile = _profile(ref, cand, ds, cfg)
         else:
             with blame(pa, data=True):
                 check_shapes(ref, shapes, pa)

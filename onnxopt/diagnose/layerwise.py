@@ -131,10 +131,7 @@ class _Acc:
         self.shape = [int(d) for d in a.shape[1:]]
 
     def result(self, pair: TensorPair) -> TensorError:
-        if self.sq_ref > 0:
-            rel = math.sqrt(self.sq_diff) / math.sqrt(self.sq_ref)
-        else:
-            rel = 0.0 if self.max_abs == 0 else math.inf
+        rel = math.sqrt(self.sq_diff) / math.sqrt(self.sq_ref) if self.sq_ref > 0 else 0.0 if self.max_abs == 0 else math.inf
         t = TensorError(
             pair.ref,
             pair.cand,

@@ -222,11 +222,11 @@ def _cand_reader_ops(name: str, cons: dict) -> set[str]:
     return ops
 
 
-def _fold_target(name: str, cand_name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
-    """The reference tensor whose content candidate tensor ``cand_name`` (matched to
-    reference ``name``) holds: ``name``, or the output of the chain of foldable nodes after
+def _fold_target(name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
+    """The reference tensor whose content the candidate tensor matched to reference ``name``
+    (read by ``cand_ops``) holds: ``name``, or the output of the chain of foldable nodes after
     it that the candidate folded away (their outputs gone, and no node of their op type
-    reading ``cand_name`` in the candidate)."""
+    reading that tensor in the candidate)."""
     seen = {name}
     while True:
         readers = ref_cons.get(name, [])
@@ -264,7 +264,7 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
         """Match reference ``o`` to candidate ``c`` by ``how``, or, when the candidate
         node absorbed the folds after ``o``, the folded output to ``c`` (``keep_found``: not
         over a match already made)."""
-        target = _fold_target(o, c, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
+        target = _fold_target(o, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
         if target == o:
             st.claim(o, c, "qdq-skip" if o in st.ref_quantized else how)
         elif not (keep_found and target in st.found):

@@ -171,7 +171,7 @@ def _spread(p: Pair, table: WeightTable) -> float:
     return float(r.max() / r.min()) if r.size else 1.0
 
 
-def _bias_target(layer: Layer, table: WeightTable, graph: onnx.GraphProto) -> tuple[str, str]:
+def _bias_target(layer: Layer, table: WeightTable) -> tuple[str, str]:
     """(name of a private bias of ``layer`` to write, why not) - created for Conv / Gemm."""
     n_out = table.inits[layer.weight].dims[layer.out_axis]
     if layer.bias:
@@ -216,11 +216,11 @@ def absorb_biases(pairs: list[Pair], model: onnx.ModelProto, table: WeightTable,
         c = absorb_amounts(st.lo, st.mean, st.std).astype(np.float64)
         if not (c > 0).any():
             continue
-        b2, why = _bias_target(p.b, table, model.graph)
+        b2, why = _bias_target(p.b, table)
         if not b2:
             notes.append(f"{p.label}: bias absorption skipped: {p.b.node.name}: {why}")
             continue
-        b1 = p.add_bias or _bias_target(p.a, table, model.graph)[0]
+        b1 = p.add_bias or _bias_target(p.a, table)[0]
         delta = weight_shift(p.b.node.op_type, table.array(p.b.weight), c, trans_b=p.b.in_axis == 1)  # W2 @ c
         table.channelwise(b1, lambda v, c=c: v - c)
         table.channelwise(b2, lambda v, delta=delta: v + delta)

@@ -325,7 +325,7 @@ def choose(run: Run) -> tuple[onnx.ModelProto, CandidateResult | None]:
 
         static = cfg.calibration is not None and cfg.mode != "dynamic"
         hint = diagnose_hint(run.path, recipe="cpu-int8-static" if static else "cpu-int8", data=cfg.calibration if static else cfg.eval_data)
-        raise failure(results, run.inputs.budget, cfg.allow_slower, run.report, run.path, run.m, hint)
+        raise failure(results, run.inputs.budget, run.report, run.path, hint)
     if chosen.model is None:  # pragma: no cover - pick only returns timed (built) candidates
         raise VerificationError("internal: chosen candidate has no model")
     return _finished(run, _checked(run, chosen)), chosen
@@ -363,7 +363,7 @@ def _finished(run: Run, out: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def failure(results: list[CandidateResult], budget, allow_slower: bool, report: dict, path, m: onnx.ModelProto, hint: str = "") -> OnnxoptError:
+def failure(results: list[CandidateResult], budget, report: dict, path, hint: str = "") -> OnnxoptError:
     """The error refusing the run (exit 3, ``details["report"]`` the measured table):
     nothing quantizable, no valid model, every candidate collapsed, over the budget, or
     none faster than FP32."""
