@@ -187,10 +187,9 @@ def leave_in_float(candidate: onnx.ModelProto, nodes, weights: FloatReference, o
     would leave them (module docstring), and per weighted node what its weights became."""
     out = copy.deepcopy(candidate)
     g = out.graph
-    quantized = _quantized_nodes(g, op_types)
     chosen = [n for n in g.node if n.name in set(nodes)]
     notes: dict[str, str] = {}
-    _drop_pairs(g, {_key(n) for n in chosen}, quantized, weights)
+    _drop_pairs(g, {_key(n) for n in chosen}, _quantized_nodes(g, op_types), weights)
     _float_weights(g, chosen, weights, notes)
     return out, notes
 

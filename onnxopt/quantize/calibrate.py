@@ -146,8 +146,7 @@ class Histogram:
             self._pending_zeros = 0
         elif amax > self.bound:
             self._grow(amax)
-        hist, _ = np.histogram(a, bins=self.bins, range=(-self.bound, self.bound))
-        self.counts += hist
+        self.counts += np.histogram(a, bins=self.bins, range=(-self.bound, self.bound))[0]
 
 
 def percentile_range(hist: Histogram, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float] | None:

@@ -90,8 +90,7 @@ class QuantizePass(Pass):
         # the recipe's types (a caller's 1 for True, a tuple for a list, "a,b" for names)
         params = {f.name: type(f.default)(getattr(cfg, f.name)) for f in fields(_QuantizeConfig) if isinstance(f.default, (bool, int))}
         params.update({f.name: getattr(cfg, f.name) for f in fields(_QuantizeConfig) if isinstance(f.default, str)})
-        params["op_types"] = as_name_list(cfg.op_types) or None
-        params["exclude_nodes"] = as_name_list(cfg.exclude_nodes) or None
+        params.update(op_types=as_name_list(cfg.op_types) or None, exclude_nodes=as_name_list(cfg.exclude_nodes) or None)
         step = cls(_where="quantize", _error=UsageError, **params)
         step.settings, step.inputs = cfg, inputs
         return step
