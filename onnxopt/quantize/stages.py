@@ -264,8 +264,7 @@ def time_candidates(run: Run) -> None:
 
 
 def _report(run: Run) -> dict:
-    cfg, ev, ev_ = run.cfg, run.evaluator, run.inputs.ev
-    feed = run.feed
+    cfg, ev, ev_, feed = run.cfg, run.evaluator, run.inputs.ev, run.feed
     return {
         "command": "quantize",
         "input": run.path,
