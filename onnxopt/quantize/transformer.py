@@ -22,8 +22,7 @@ import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import OnnxoptError
-from ..runtime import run_dataset
-from ..verify import EXACT_REL_L2, check_model, compare_outputs
+from ..verify import EXACT_REL_L2, check_model, compare
 from .ort_backend import capture_ort_logging, drop_unused_opsets
 
 __all__ = ["MODEL_TYPES", "fuse_transformer", "TransformerFusionPass"]
@@ -121,13 +120,10 @@ class TransformerFusionPass(Pass):
             return self.result(model, False, counts={"fused_ops": 0}, notes=notes)
         try:
             check_model(fused, provider=ctx.provider, label="fused model")
-            feeds = ctx.inputs_for(model)
-            ref = run_dataset(model, feeds, provider=ctx.provider, limit=64)
-            new = run_dataset(fused, feeds, provider=ctx.provider, limit=64)
+            comp = compare(model, fused, ctx.inputs_for(model), provider=ctx.provider, limit=64)
         except OnnxoptError as exc:
             notes.append(f"fused model rejected ({exc}); model unchanged")
             return self.result(model, False, notes=notes)
-        comp = compare_outputs([o.name for o in model.graph.output], ref, new)
         bad = comp.inexact()
         if bad:
             notes.append(f"fused model rejected: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g}); model unchanged")
