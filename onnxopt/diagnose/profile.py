@@ -138,10 +138,9 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
         ref_us = ref.per_op.get(fp, 0.0)
         vs = f" vs {_ms(ref_us)} for {fp} in the reference" if ref_us else ""
         fix = f"quantize {fp} statically (QDQ, --mode static --calibration DATA: fused into QLinear{fp}) or leave it in FP32 (--op-types without {fp})"
-        slower = ref_us and us > ref_us
         if not isa.get("vnni") and not isa.get("arm_dotprod"):
             out.append(f"no VNNI: dynamic INT8 {fp} runs as {op} ({share(us)}{vs}), slower than FP32 here; {fix}")
-        elif slower:
+        elif ref_us and us > ref_us:
             out.append(
                 f"dynamic INT8 {fp} runs as {op} ({share(us)}{vs}): {us / ref_us:.1f}x the FP32 {fp} time even with VNNI on "
                 f"this CPU (ONNX Runtime's {op} kernel is not its optimized path); {fix}"

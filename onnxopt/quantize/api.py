@@ -197,8 +197,7 @@ def quantize_candidate(
 
     m, _ = resolve_model(m)
     provider = resolve_provider(provider)
-    ds = eval_data if eval_data is not None else calibration
-    ds = dataset_for(m, dataset_view(ds)) if ds is not None else dataset_for(m, None)
+    ds = dataset_for(m, dataset_view(eval_data if eval_data is not None else calibration))  # None: synthesized
     check_exclusions(m, config.exclude)
     work = shared if shared is not None and not config.exclude else SharedWork()
     prep = work.get("prepared", (preprocess,), lambda: prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess))
@@ -223,10 +222,8 @@ def quantize_candidate(
         notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
     evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
-    search = None
     n_search = search_limit(search_samples, evaluator.metric, budget, len(ds))
-    if n_search is not None:
-        search = work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
+    search = None if n_search is None else work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
     ranking = work.rankings.get(config.mode) if budget is not None else None
     res = evaluate_candidate(
         builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate
