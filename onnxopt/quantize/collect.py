@@ -96,17 +96,8 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types=None) -> list[str]:
     graph order; ``op_types`` restricts to the inputs/outputs of those op types."""
     inits = {t.name for t in model.graph.initializer}
     types = _typed_values(model)
-    seen, out = set(), []
-    for node in model.graph.node:
-        if op_types and node.op_type not in op_types:
-            continue
-        for name in list(node.input) + list(node.output):
-            if not name or name in seen or name in inits:
-                continue
-            seen.add(name)
-            if types.get(name) in _FLOATS:
-                out.append(name)
-    return out
+    names = dict.fromkeys(x for n in model.graph.node if not op_types or n.op_type in op_types for x in [*n.input, *n.output] if x and x not in inits)
+    return [x for x in names if types.get(x) in _FLOATS]
 
 
 def augment_for_calibration(
@@ -324,9 +315,7 @@ def collect_channel_stats(
     aug.CopyFrom(model)
     inputs = {i.name for i in aug.graph.input}
     outputs = {o.name for o in aug.graph.output}
-    for name in tensors:
-        if name not in inputs and name not in outputs:
-            aug.graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
+    aug.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in tensors if n not in inputs and n not in outputs)
     sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
     fetch = [n for n in tensors if n not in inputs]
     rng = np.random.default_rng(seed)
