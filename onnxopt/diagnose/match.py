@@ -211,15 +211,10 @@ _FOLDABLE = {"BatchNormalization", "Add", "Sub", "Mul", "Div"}
 
 def _cand_reader_ops(name: str, cons: dict) -> set[str]:
     """Op types reading candidate tensor ``name``, looking through Q -> DQ pairs."""
-    ops = set()
-    for r in cons.get(name, []):
-        if r.op_type == "QuantizeLinear":
-            for d in cons.get(r.output[0], []):
-                for x in (cons.get(d.output[0], []) if d.op_type == "DequantizeLinear" else [d]):
-                    ops.add(x.op_type)
-        else:
-            ops.add(r.op_type)
-    return ops
+    readers = cons.get(name, [])
+    behind_q = [d for r in readers if r.op_type == "QuantizeLinear" for d in cons.get(r.output[0], [])]
+    through_dq = [x for d in behind_q for x in (cons.get(d.output[0], []) if d.op_type == "DequantizeLinear" else [d])]
+    return {r.op_type for r in readers if r.op_type != "QuantizeLinear"} | {x.op_type for x in through_dq}
 
 
 def _fold_target(name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
