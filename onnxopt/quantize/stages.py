@@ -182,8 +182,7 @@ def prepare(run: Run) -> None:
         run.configs = [c.with_(exclude=mapped) for c in run.configs]
     run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
     n_search = search_limit(cfg.search_samples, run.evaluator.metric, run.inputs.budget, len(ev))
-    if n_search is not None:
-        run.search = Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
+    run.search = None if n_search is None else Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
     run.vfeed = ev.first_batch(2)
     run.vref = run_dataset(m, feed_dataset(run.vfeed), provider=run.provider)
 
@@ -254,9 +253,8 @@ def time_candidates(run: Run) -> None:
     cfg = run.cfg
     run.feed = timing_feed(run.inputs.ev, cfg.batch)
     timed = {r.label: r.model for r in run.results if r.model is not None and r.within_budget is not False and r.status != "collapsed"}
-    speeds = {}
-    if cfg.timing:
-        speeds = measure_speed(run.m, timed, run.feed, provider=run.provider, runs=cfg.timing_runs, duration=cfg.timing_seconds, threads=cfg.threads)
+    timing = dict(provider=run.provider, runs=cfg.timing_runs, duration=cfg.timing_seconds, threads=cfg.threads)
+    speeds = measure_speed(run.m, timed, run.feed, **timing) if cfg.timing else {}
     for r in run.results:
         r.speed = speeds.get(r.label)
         if r.speed is not None and r.speed.ratio < cfg.min_speedup and r.status == "ok":
