@@ -78,7 +78,7 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
     outputs within 1e-4 relative L2 on up to 64 samples of ``dataset`` or synthesized
     inputs).  Falls back to the steps without ORT's pre-processing; raises
     ``VerificationError`` when even those change the outputs."""
-    ds = dataset_for(model, dataset, shapes) if dataset is not None else dataset_for(model, None, shapes)
+    ds = dataset_for(model, dataset, shapes)
     names = [o.name for o in model.graph.output]
     ref = run_dataset(model, ds, provider=provider, limit=64)
 

@@ -295,13 +295,10 @@ def evaluate_candidate(
     search; a reason stops the candidate there (status ``cannot win``: leaving nodes in
     float only makes it slower, so a caller that already holds a faster model within the
     budget need not search)."""
-    res = CandidateResult(builder.config)
+    res = CandidateResult(builder.config, quantizable=len(builder.candidates))
     t0 = time.perf_counter()
-    res.quantizable = len(builder.candidates)
     if not builder.candidates:
-        res.status = "nothing to quantize"
-        res.notes.append(f"no node of the op types {', '.join(builder.config.op_types_for(builder.provider))}")
-        return res
+        return _stopped(res, "nothing to quantize", f"no node of the op types {', '.join(builder.config.op_types_for(builder.provider))}", t0)
     try:
         model, fallbacks = builder.build(frozenset())
         res.quantized = touched_nodes(builder.base, model, builder.candidates)

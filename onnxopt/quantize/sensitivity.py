@@ -137,9 +137,7 @@ def score_model(evaluator: Evaluator, model: onnx.ModelProto) -> tuple[float, fl
 
 
 def _units(nodes: list[str], max_units: int) -> list[list[str]]:
-    if len(nodes) <= max_units:
-        return [[n] for n in nodes]
-    size = math.ceil(len(nodes) / max_units)
+    size = max(1, math.ceil(len(nodes) / max_units))  # one node per unit while they fit
     return [nodes[i : i + size] for i in range(0, len(nodes), size)]
 
 
