@@ -207,13 +207,9 @@ def choose_range(hist: Histogram, percentile: float = DEFAULT_PERCENTILE, num_qu
     mm = hist.minmax.range()
     if mm is None:
         return None
-    cands = {"minmax": mm}
-    if hist.total >= percentile_needs(percentile):
-        cands["percentile"] = percentile_range(hist, percentile)
-    ent = entropy_range(hist, num_quantized_bins) if hist.counts is not None else None
-    if ent is not None:
-        cands["entropy"] = ent
-    errors = {k: quant_error(hist, *r) for k, r in cands.items() if r is not None}
+    cands = {"minmax": mm, "percentile": percentile_range(hist, percentile) if hist.total >= percentile_needs(percentile) else None}
+    cands["entropy"] = entropy_range(hist, num_quantized_bins) if hist.counts is not None else None
+    errors = {k: quant_error(hist, *r) for k, r in cands.items() if r is not None}  # a missing candidate is None
     best = min(errors, key=lambda k: (errors[k], k != "minmax"))
     r = cands[best]
     return {"method": best, "range": (float(r[0]), float(r[1])), "error": errors[best], "clipped": clipped_fraction(hist, *r), "errors": errors}
