@@ -172,8 +172,7 @@ def _session_with_outputs(model: onnx.ModelProto, names: list[str], provider: st
     """A session of ``model`` whose outputs are ``names`` too (the proto is restored after)."""
     present = {o.name for o in model.graph.output}
     added = [n for n in names if n not in present]
-    for n in added:
-        model.graph.output.add(name=n)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in added)
     try:
         return create_session(model, provider, error=ModelError)
     finally:

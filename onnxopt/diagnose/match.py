@@ -81,21 +81,10 @@ def real_inputs(model: onnx.ModelProto) -> list[str]:
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose initializers keep name, type and dims but no data (no copy
     of the weights is made: the graph is rebuilt field by field)."""
-    skeleton = onnx.ModelProto()
-    inits = list(model.graph.initializer)
     g = model.graph
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    sg = skeleton.graph
-    sg.name = g.name
-    sg.node.extend(g.node)
-    sg.input.extend(g.input)
-    sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
-    for t in inits:
-        sg.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-    return skeleton
+    inits = [onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) for t in g.initializer]
+    sg = onnx.GraphProto(name=g.name, node=g.node, input=g.input, output=g.output, value_info=g.value_info, initializer=inits)
+    return onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions, graph=sg)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:

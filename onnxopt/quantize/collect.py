@@ -84,11 +84,9 @@ def _typed_values(model: onnx.ModelProto) -> dict[str, int]:
     except Exception as exc:  # keep what the model already declares
         log.debug("shape inference failed for calibration: %s", exc)
         inferred = model
-    types = {}
-    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
+    g = inferred.graph
+    typed = [vi for vi in [*g.input, *g.value_info, *g.output] if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type]
+    return {vi.name: vi.type.tensor_type.elem_type for vi in typed}
 
 
 def tensors_to_calibrate(model: onnx.ModelProto, op_types=None) -> list[str]:
