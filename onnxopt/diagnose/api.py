@@ -23,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+from ..bench.environment import cpu_isa
 from ..data import check_shapes, dataset_for
 from ..errors import RecipeError, UsageError, blame
 from ..verify import EXACT_REL_L2, paired_datasets
@@ -116,7 +117,6 @@ def _layerwise(ref, cand, ds, ds_b, cfg, pb=None):
 
 
 def _profile(ref, cand, ds, cfg):
-    from ..bench.environment import cpu_isa
     from .profile import diff_profiles, profile_model
 
     feed_a = ds.first_batch()
@@ -209,7 +209,6 @@ def diagnose(
     """Diagnose a model pair, a recipe run, ONNX Runtime's optimizers or an FP16 conversion
     (see the module docstring).  ``reference``/``candidate``: paths or protos; ``data``:
     DATA (.npz, folder, or a Dataset) or None for synthesized inputs (``shapes``)."""
-    from ..bench.environment import cpu_isa
     from ..runtime import resolve_provider
 
     cfg = config or DiagnoseConfig()

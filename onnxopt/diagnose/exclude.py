@@ -41,6 +41,7 @@ from onnx import numpy_helper
 from ..graph import consumers, initializer_map, producers, unique_name
 from ..io import tensor_array
 from ..quantize.bias_correction import dequantized
+from ..quantize.config import static_op_types
 
 __all__ = ["OutputEffect", "FloatReference", "leave_in_float", "is_qdq", "rank_by_outputs", "CANDIDATES", "WEIGHT_FIT", "RESCORE"]
 
@@ -199,8 +200,6 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
     (``layerwise.TensorError``) that add the most error (through their Q -> DQ pair), each
     with its name in ``reference`` (the same name when it is there, else the reference
     node whose tensor it was matched to): ``{candidate node: reference node}``."""
-    from ..quantize.config import static_op_types
-
     g = candidate.graph
     prod = producers(g)
     quantized = _quantized_nodes(g, set(static_op_types()))
@@ -221,7 +220,6 @@ def rank_by_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto, eval
     """Greedy pick of up to ``top`` of ``nodes`` (``candidate_nodes``: candidate node name ->
     reference node name, best guesses first) whose leaving in float raises ``evaluator``'s
     score of ``candidate`` most (module docstring).  ``evaluator``: a ``metrics.Evaluator`` whose reference is ``reference``."""
-    from ..quantize.config import static_op_types
     from ..quantize.sensitivity import measure_sensitivity, score_model
 
     op_types = set(static_op_types())

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper
 
 from ..graph import producers
+from ..io import tensor_array
 from .layers import WeightTable
 
 __all__ = ["weight_shift", "correct_biases", "inputs_to_correct", "dequantized"]
@@ -44,8 +45,6 @@ def weight_shift(op_type: str, dw: np.ndarray, mean: np.ndarray, *, trans_b: boo
 def dequantized(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
     """The float64 value of a ``DequantizeLinear`` of initializers (``inits``: name ->
     TensorProto), per tensor or per channel along its ``axis``; None when an input is not one."""
-    from ..io import tensor_array
-
     if any(x and x not in inits for x in dq.input):
         return None
     q, scale = (tensor_array(inits[x]).astype(np.float64) for x in dq.input[:2])
@@ -103,8 +102,6 @@ def correct_biases(qmodel: onnx.ModelProto, fp_model: onnx.ModelProto, means: di
         wq = dequantized(dq, table.inits)
         if wq is None:
             continue
-        from ..io import tensor_array
-
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         if n.op_type == "Conv" and attrs.get("group", 1) != 1:
             notes.append(f"{n.name}: grouped Conv, bias not corrected")

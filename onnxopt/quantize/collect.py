@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..core.progress import progress
+from ..data import DEFAULT_BATCH
 from ..errors import DataError, VerificationError
 from ..runtime import create_session
 from .calibrate import DEFAULT_BINS, DEFAULT_PERCENTILE, DEFAULT_QUANTIZED_BINS, RangeStats
@@ -140,8 +141,6 @@ def augment_for_calibration(
 def _batch_count(dataset, batch_size: int | None, limit: int | None) -> int | None:
     """How many feeds ``dataset.batches(batch_size, limit)`` yields (for the progress bar),
     None when that is not known without reading the data."""
-    from ..data import DEFAULT_BATCH
-
     try:
         if getattr(dataset, "whole", False):
             return 1
@@ -167,7 +166,6 @@ def bounded_batch(model: onnx.ModelProto, dataset, names: list[str], budget: int
     the reductions next to their producers or joining them into one output did not change
     it; a smaller batch does (MinMax ranges do not depend on the batch).
     """
-    from ..data import DEFAULT_BATCH
     from ..stats import activation_bytes
 
     budget = CALIBRATION_BYTES if budget is None else budget

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ..core.passes import Context
+from ..core.registry import make_pass
 from ..data import check_shapes, dataset_for
 from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError
 from ..io import model_nbytes, resolve_model
@@ -157,9 +159,6 @@ class Run:
 def _fuse(run: Run) -> onnx.ModelProto:
     """The ``transformer-fusion`` pass on the input (it verifies itself against it and
     returns it unchanged when the fusion fails or moves the outputs)."""
-    from ..core.passes import Context
-    from ..core.registry import make_pass
-
     cfg = run.cfg
     step = make_pass("transformer-fusion", {"model_type": cfg.model_type, "num_heads": cfg.num_heads, "hidden_size": cfg.hidden_size}, error=UsageError)
     res = step(run.m, Context(data=run.inputs.ev, provider=run.provider, shapes=cfg.shapes, seed=cfg.seed))
@@ -458,9 +457,7 @@ def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
     built again from the pre-processed model (weights as initializers, BN folded)
     after the ``equalize`` and ``smooth-quant`` passes (each verified exact by the pipeline
     on the calibration data); [] when none needs it or nothing changed."""
-    from ..core.passes import Context
     from ..core.pipeline import run_pipeline
-    from ..core.registry import make_pass
 
     src, cal, notes, budget = run.prep.model, run.inputs.cal, run.notes, run.inputs.budget
     want = [r for r in run.results if r.config.mode == "static" and not r.config.equalized and (always or _loses_accuracy(r, budget))]
