@@ -25,7 +25,7 @@ import onnx
 
 from ..bench.environment import cpu_isa
 from ..data import check_shapes, dataset_for
-from ..errors import RecipeError, UsageError, blame
+from ..errors import OnnxoptError, RecipeError, UsageError, blame
 from ..verify import EXACT_REL_L2, paired_datasets
 
 __all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "output_ranking", "FP16_REL_L2"]
@@ -151,8 +151,6 @@ def sensitive_nodes(
     the outputs (``metric``) with each node left in float (``output_ranking``, greedy); else
     by the error each node adds in a layer-wise comparison; on ``limit`` samples of
     ``dataset``.  [] when none can be had."""
-    from ..errors import OnnxoptError
-
     if fit is not None and fit.sensitivity:
         ranked = sorted(fit.sensitivity, key=lambda e: (-e.gain, -e.rel_l2))[:top]
         return [{"nodes": list(e.nodes), "gain": e.gain, "rel_l2": e.rel_l2, "how": "budget search: score gained when left in float"} for e in ranked]

@@ -29,7 +29,7 @@ import onnx
 
 from ..core.public import check_options
 from ..core.result import Result
-from ..data import dataset_for
+from ..data import Dataset, dataset_for
 from ..errors import BudgetError, OnnxoptError, UsageError, VerificationError, blaming
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator
@@ -38,7 +38,7 @@ from ..verify import check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig, op_types_for_mode, op_types_problem
-from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, evaluate_candidate
+from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, SharedWork, evaluate_candidate
 from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
 from .sensitivity import search_limit
 
@@ -193,8 +193,6 @@ def quantize_candidate(
     are taken from it (and put there) instead of measured again; ``evaluator``: an
     ``Evaluator`` of ``m`` on ``eval_data`` the caller already has (its reference outputs
     are not computed again); ``gate``: see ``engine.evaluate_candidate``."""
-    from .engine import SharedWork
-
     m, _ = resolve_model(m)
     provider = resolve_provider(provider)
     ds = dataset_for(m, dataset_view(eval_data if eval_data is not None else calibration))  # None: synthesized
@@ -237,8 +235,6 @@ def quantize_candidate(
 
 
 def feed_dataset(feed: dict):
-    from ..data import Dataset
-
     return Dataset("<feed>", arrays=feed, whole=True)
 
 

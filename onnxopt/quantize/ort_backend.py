@@ -29,7 +29,7 @@ import onnx
 from onnx import helper
 
 from ..graph import consumers, producers, sort_nodes
-from ..io import is_lazy
+from ..io import is_lazy, load_model, materialize, save_model
 from . import ort_lazy
 from .config import QuantConfig
 
@@ -296,8 +296,6 @@ def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:
     read in once.  ORT's version deep-copies, saves and reloads the whole model (three
     copies of the weights at its peak).  The fallback of the lazy path (``ort_lazy``): with
     the weights in memory, dynamic mode's ``ONNXQuantizer`` still reloads the model itself."""
-    from ..io import materialize
-
     return materialize(ort_lazy.inferred_copy(model))
 
 
@@ -309,8 +307,6 @@ def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
     import shutil
     import tempfile
     from pathlib import Path
-
-    from ..io import load_model, save_model
 
     folder = Path(tempfile.mkdtemp(prefix="onnxopt-quant-"))
     atexit.register(shutil.rmtree, folder, True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
 from .. import io as oio
 from ..errors import OnnxoptError
@@ -209,8 +209,6 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[o
         work.graph.input.extend(keep)
         work.ir_version = 4
     try:
-        from onnx import version_converter
-
         out = version_converter.convert_version(work, target)
     except Exception as exc:
         return model, f"opset {cur} kept: the version converter failed ({' '.join(str(exc).split())[:160]})"

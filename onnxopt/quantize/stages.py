@@ -26,7 +26,7 @@ from ..core.registry import make_pass
 from ..data import check_shapes, dataset_for
 from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError
 from ..io import model_nbytes, resolve_model
-from ..metrics import Budget, Evaluator
+from ..metrics import Budget, Evaluator, is_class_scores
 from ..runtime import resolve_provider, run_dataset
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
@@ -404,8 +404,6 @@ def check_collapse(
     ``COLLAPSE_SCORE`` its status becomes ``collapsed`` (never timed nor chosen) unless
     ``allow_collapse``, which keeps it with a warning note.  Returns the check's record
     (None when no candidate needed it)."""
-    from ..metrics import is_class_scores
-
     todo = [r for r in results if r.model is not None and r.config.mode in ("static", "int4")]
     if not todo:
         return None
