@@ -16,9 +16,7 @@ def _arg(x) -> str | None:
     if isinstance(x, (str, os.PathLike)):
         return shlex.quote(os.fspath(x))
     source = getattr(x, "source", None)  # a Dataset read from a file
-    if isinstance(source, str) and source and not source.startswith("<"):
-        return shlex.quote(source)
-    return None
+    return shlex.quote(source) if isinstance(source, str) and source and not source.startswith("<") else None
 
 
 def diagnose_hint(*models, recipe=None, data=None, flag: str | None = None) -> str:

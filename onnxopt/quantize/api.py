@@ -58,9 +58,7 @@ def dataset_view(ds):
 def as_name_list(value) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [str(v) for v in value]
 
 
 def calibrate(

@@ -37,9 +37,7 @@ def weight_shift(op_type: str, dw: np.ndarray, mean: np.ndarray, *, trans_b: boo
     m = np.asarray(mean, dtype=np.float64)
     if op_type == "Conv":
         return dw.reshape(dw.shape[0], dw.shape[1], -1).sum(axis=2) @ m
-    if op_type == "Gemm" and trans_b:
-        return dw @ m
-    return m @ dw
+    return dw @ m if op_type == "Gemm" and trans_b else m @ dw
 
 
 def dequantized(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:

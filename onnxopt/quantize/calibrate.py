@@ -237,9 +237,7 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """``sum p log(p / q)`` of the normalized distributions (inf when q lacks p's support)."""
     p, q = (a / a.sum() for a in (np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)))
     mask = p > 0
-    if np.any(q[mask] <= 0):
-        return math.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    return math.inf if np.any(q[mask] <= 0) else float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
 def entropy_range(hist: Histogram, num_quantized_bins: int = DEFAULT_QUANTIZED_BINS, max_candidates: int = 256) -> tuple[float, float] | None:

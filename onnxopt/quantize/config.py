@@ -61,9 +61,7 @@ def op_types_problem(op_types, mode: str = "auto") -> str | None:
         return f"unknown op type(s) {', '.join(bad)} for --op-types (quantizable: {', '.join(sorted(known))})"
     allowed = set(op_types_for_mode(mode))
     bad = [t for t in op_types if t not in allowed]
-    if bad:
-        return f"--op-types {', '.join(bad)}: not quantizable in {mode} mode (it quantizes: {', '.join(sorted(allowed))})"
-    return None
+    return f"--op-types {', '.join(bad)}: not quantizable in {mode} mode (it quantizes: {', '.join(sorted(allowed))})" if bad else None
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -128,9 +126,7 @@ class QuantConfig:
             return tuple(self.op_types)
         if self.mode == "int4":
             return int4_op_types()
-        if self.mode == "dynamic":
-            return tuple(t for t in dynamic_op_types() if not (t == "Conv" and provider == "cpu"))
-        return static_op_types()
+        return tuple(t for t in dynamic_op_types() if not (t == "Conv" and provider == "cpu")) if self.mode == "dynamic" else static_op_types()
 
     def with_(self, **kw) -> QuantConfig:
         return replace(self, **kw)

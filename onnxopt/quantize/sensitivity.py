@@ -103,9 +103,7 @@ def search_size(requested: int, metric: str | None, budget: Budget) -> int:
     points: the subset must resolve half the budget (``n >= 200 / max_drop``), else every
     partial exclusion looks over budget on it (magika on 32 samples with a 1-point budget:
     the search left everything in float and reported a 55-point drop)."""
-    if metric in ("top1", "agreement") and budget.max_drop > 0:
-        return max(requested, math.ceil(200 / budget.max_drop))
-    return requested
+    return max(requested, math.ceil(200 / budget.max_drop)) if metric in ("top1", "agreement") and budget.max_drop > 0 else requested
 
 
 def search_limit(requested: int, metric: str | None, budget: Budget | None, samples: int) -> int | None:
