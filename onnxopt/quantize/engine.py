@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 
 import onnx
 
@@ -212,9 +213,6 @@ class CandidateBuilder:
                     break
         return out
 
-    def validate(self, model: onnx.ModelProto) -> str | None:
-        return validate_candidate(model, provider=self.provider, feed=self.feed, reference=self.reference)
-
     def build(self, excluded: frozenset = frozenset(), remedies: dict | None = None) -> tuple[onnx.ModelProto, list[Fallback]]:
         rem = tuple(sorted((remedies or {}).items()))
         key = (frozenset(excluded), rem) if rem else frozenset(excluded)
@@ -226,7 +224,7 @@ class CandidateBuilder:
             self._cache[key] = build_valid(
                 raw,
                 [c for c in self.candidates if c not in excluded],
-                validate=self.validate,
+                validate=partial(validate_candidate, provider=self.provider, feed=self.feed, reference=self.reference),
                 node_tensors=self.node_tensors,
                 op_types=self.op_types,
                 per_channel=self.config.per_channel,

@@ -26,9 +26,8 @@ import traceback
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from ..graph import consumers, producers, sort_nodes
+from ..graph import attribute, consumers, producers, sort_nodes
 from ..io import is_lazy, load_model, materialize, save_model
 from . import ort_lazy
 from .config import QuantConfig
@@ -79,15 +78,11 @@ def _qtype(name: str):
     return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def per_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
     """The output-channel axis of a node's weight (input 1), None when per-channel makes no sense."""
     if weight_rank < 2:
         return None
-    trans_b = node.op_type == "Gemm" and _attrs(node).get("transB", 0)
+    trans_b = node.op_type == "Gemm" and attribute(node, "transB", 0)
     return {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else 1, "MatMul": weight_rank - 1}.get(node.op_type)
 
 
