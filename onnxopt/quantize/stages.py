@@ -24,7 +24,7 @@ import onnx
 from ..core.passes import Context
 from ..core.registry import make_pass
 from ..data import check_shapes, dataset_for
-from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError
+from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError, blame
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator, is_class_scores
 from ..runtime import resolve_provider, run_dataset
@@ -71,10 +71,8 @@ def load_input(model, cfg: QuantizeConfig) -> tuple[onnx.ModelProto, str | None,
     check_shapes(m, cfg.shapes, path)
     provider = resolve_provider(cfg.provider)
     m, fixed = apply_fix_shapes(m, cfg.fix_shapes, provider=provider, path=path)
-    try:
+    with blame(path):
         check_model(m, provider=provider, error=ModelError)
-    except ModelError as exc:
-        raise ModelError(exc.message, path) from None
     return m, (str(path) if path is not None else None), provider, bool(fixed)
 
 
