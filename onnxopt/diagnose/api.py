@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,8 +215,8 @@ def diagnose(
         raise UsageError("give exactly one of: a CANDIDATE model, --recipe, --ort-optimizers, --fp16" + (f" (got {', '.join(modes)})" if modes else ""))
     if cfg.profile and modes[0] != "pair":
         raise UsageError("--profile compares two models: give REFERENCE and CANDIDATE")
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxopt-diagnose-")))
+    with tempfile.TemporaryDirectory(prefix="onnxopt-diagnose-") as tmpdir:
+        tmp = Path(tmpdir)
         ref, label = _load(reference, tmp, "reference")
         pa = _path(reference)
         if modes[0] == "recipe":
