@@ -44,7 +44,7 @@ from .sensitivity import search_limit
 
 __all__ = [
     "quantize", "QuantizeConfig", "calibrate", "prepare_model", "quantize_candidate", "quantize_dynamic_candidate", "quantize_static_candidate",
-    "candidate_configs", "check_exclusions", "map_exclusions", "build_base", "feed_dataset", "finish_candidate", "dataset_view", "as_name_list",
+    "candidate_configs", "check_exclusions", "map_exclusions", "build_base", "validity_feed", "finish_candidate", "dataset_view", "as_name_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,16 @@ def candidate_configs(
     return configs, notes
 
 
-def build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tuple[onnx.ModelProto, frozenset]:
+def build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str, notes: list[str] | None = None) -> tuple[onnx.ModelProto, frozenset]:
     """The model ORT quantizes; in dynamic and int4 mode Gemm nodes become MatMul + Add (their names
-    are returned so that ``--op-types Gemm`` still selects them)."""
-    if config.mode in ("dynamic", "int4") and "Gemm" in config.op_types_for(provider):
-        base = copy.deepcopy(prep)
-        return base, frozenset(gemm_to_matmul(base))
-    return prep, frozenset()
+    are returned so that ``--op-types Gemm`` still selects them; ``notes`` gets a line saying so)."""
+    if config.mode not in ("dynamic", "int4") or "Gemm" not in config.op_types_for(provider):
+        return prep, frozenset()
+    base = copy.deepcopy(prep)
+    converted = frozenset(gemm_to_matmul(base))
+    if converted and notes is not None:
+        notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+    return base, converted
 
 
 def quantize_candidate(
@@ -208,14 +211,10 @@ def quantize_candidate(
             "ranges", config.method,
             lambda: collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges,
         )
-    base, converted = build_base(prep.model, config, provider)
-    feed = ds.first_batch(2)
-    builder = CandidateBuilder(
-        base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, feed_dataset(feed), provider=provider), converted_gemms=converted
-    )
     notes = list(prep.notes)
-    if converted:
-        notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+    base, converted = build_base(prep.model, config, provider, notes)
+    feed, reference = validity_feed(m, ds, provider)
+    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=reference, converted_gemms=converted)
     evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
     n_search = search_limit(search_samples, evaluator.metric, budget, len(ds))
@@ -232,8 +231,10 @@ def quantize_candidate(
     return res
 
 
-def feed_dataset(feed: dict):
-    return Dataset("<feed>", arrays=feed, whole=True)
+def validity_feed(m: onnx.ModelProto, ds, provider: str) -> tuple[dict, list]:
+    """Two samples of ``ds`` and ``m``'s outputs on them: the run-time check of each candidate build."""
+    feed = ds.first_batch(2)
+    return feed, run_dataset(m, Dataset("<feed>", arrays=feed, whole=True), provider=provider)
 
 
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:

@@ -27,7 +27,7 @@ from ..data import check_shapes, dataset_for
 from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError, blame
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator, is_class_scores
-from ..runtime import resolve_provider, run_dataset
+from ..runtime import resolve_provider
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from ..verify import check_model, frozen_dims, verify_other_shapes
@@ -37,9 +37,9 @@ from .api import (
     candidate_configs,
     check_exclusions,
     dataset_view,
-    feed_dataset,
     map_exclusions,
     prepare_model,
+    validity_feed,
 )
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig
@@ -180,8 +180,7 @@ def prepare(run: Run) -> None:
     run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
     n_search = search_limit(cfg.search_samples, run.evaluator.metric, run.inputs.budget, len(ev))
     run.search = None if n_search is None else Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
-    run.vfeed = ev.first_batch(2)
-    run.vref = run_dataset(m, feed_dataset(run.vfeed), provider=run.provider)
+    run.vfeed, run.vref = validity_feed(m, ev, run.provider)
 
 
 def _calibration_ranges(run: Run, method: str, model: onnx.ModelProto | None = None) -> CalibrationRanges:
@@ -210,9 +209,7 @@ def build_candidates(run: Run) -> None:
 
     for c in run.configs:
         if c.mode not in bases:
-            bases[c.mode] = build_base(run.prep.model, c, run.provider)
-            if bases[c.mode][1]:
-                run.notes.append(f"dynamic: {len(bases[c.mode][1])} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+            bases[c.mode] = build_base(run.prep.model, c, run.provider, run.notes)
         base, converted = bases[c.mode]
         builder = CandidateBuilder(
             base, c, ranges=run.ranges.ranges if run.ranges else None, provider=run.provider, feed=run.vfeed, reference=run.vref,
