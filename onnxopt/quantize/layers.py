@@ -122,17 +122,14 @@ def layer_of(node: onnx.NodeProto, table: WeightTable) -> tuple[Layer | None, st
         if attribute(node, "group", 1) != 1:
             return None, "grouped Conv (group > 1)"
         layer = Layer(node, w, 1, 0, bias)
-        n_out = dims[0]
     elif op == "Gemm":
         if attribute(node, "transA", 0) or len(dims) != 2:
             return None, "Gemm with transA or a non-2-D weight"
         layer = Layer(node, w, 1, 0, bias) if attribute(node, "transB", 0) else Layer(node, w, 0, 1, bias)
-        n_out = dims[layer.out_axis]
     else:
         if len(dims) != 2:
             return None, "MatMul weight is not 2-D"
         layer = Layer(node, w, 0, 1)
-        n_out = dims[1]
-    if bias and not table.per_channel(bias, n_out):
+    if bias and not table.per_channel(bias, dims[layer.out_axis]):
         return None, f"bias '{bias}' is shared or not one value per output channel"
     return layer, ""
