@@ -268,7 +268,7 @@ def _static_quantizer(m: onnx.ModelProto, config: QuantConfig, scope: dict, *, r
     per_channel = config.per_channel
     only, excluded, op_types = scope["nodes_to_quantize"], scope["nodes_to_exclude"], scope["op_types_to_quantize"]
     if config.format == "qdq" and (config.per_channel or per_channel_nodes):
-        # per-channel weights one by one (a per-tensor model's remedied nodes only)
+        # per-channel weights set one by one (in a per-tensor model: its remedied nodes only)
         extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor, None if per_channel else per_channel_nodes)
         per_channel = False
     fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
