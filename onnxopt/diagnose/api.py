@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
+from ..bench.environment import cpu_isa
 from ..data import check_shapes, dataset_for
-from ..errors import RecipeError, UsageError, blame
+from ..errors import OnnxoptError, RecipeError, UsageError, blame
 from ..verify import EXACT_REL_L2, paired_datasets
 
 __all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "output_ranking", "FP16_REL_L2"]
@@ -72,10 +72,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         out = {"mode": self.mode, "reference": self.reference, "candidate": self.candidate, "cpu_isa": self.cpu_isa}
-        for key in ("layerwise", "steps", "ort", "fp16", "profile"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value.to_dict()
+        out.update({key: getattr(self, key).to_dict() for key in ("layerwise", "steps", "ort", "fp16", "profile") if getattr(self, key) is not None})
         if self.sensitive:
             out["sensitive"] = [e.to_dict() for e in self.sensitive]
         return out
@@ -118,14 +115,12 @@ def _layerwise(ref, cand, ds, ds_b, cfg, pb=None):
     return compare_layers(ref, cand, ds, ds_b, matching, lw)
 
 
-def _profile(ref, cand, ds, ds_b, cfg):
-    from ..bench.environment import cpu_isa
+def _profile(ref, cand, ds, cfg):
     from .profile import diff_profiles, profile_model
 
     feed_a = ds.first_batch()
     feed_b = {k: v for k, v in feed_a.items() if k in {i.name for i in cand.graph.input}}
-    pa = profile_model(ref, feed_a, runs=cfg.profile_runs, provider=cfg.provider)
-    pb = profile_model(cand, feed_b, runs=cfg.profile_runs, provider=cfg.provider)
+    pa, pb = (profile_model(m, feed, runs=cfg.profile_runs, provider=cfg.provider) for m, feed in ((ref, feed_a), (cand, feed_b)))
     return diff_profiles(pa, pb, cpu_isa())
 
 
@@ -155,8 +150,6 @@ def sensitive_nodes(
     the outputs (``metric``) with each node left in float (``output_ranking``, greedy); else
     by the error each node adds in a layer-wise comparison; on ``limit`` samples of
     ``dataset``.  [] when none can be had."""
-    from ..errors import OnnxoptError
-
     if fit is not None and fit.sensitivity:
         ranked = sorted(fit.sensitivity, key=lambda e: (-e.gain, -e.rel_l2))[:top]
         return [{"nodes": list(e.nodes), "gain": e.gain, "rel_l2": e.rel_l2, "how": "budget search: score gained when left in float"} for e in ranked]
@@ -203,8 +196,7 @@ def _recipe(model, recipe, data, shapes, cfg, path) -> Diagnosis:
     steps = bisect_steps(model, passes, ctx, ds, limit=cfg.limit)
     out = Diagnosis("recipe", str(path or "<model>"), None, steps=steps)
     if steps.before is not None and steps.after is not None:
-        ds_b = dataset_for(steps.after, ds.view())
-        out.layerwise = _layerwise(steps.before, steps.after, ds, ds_b, cfg)
+        out.layerwise = _layerwise(steps.before, steps.after, ds, dataset_for(steps.after, ds.view()), cfg)
     return out
 
 
@@ -214,7 +206,6 @@ def diagnose(
     """Diagnose a model pair, a recipe run, ONNX Runtime's optimizers or an FP16 conversion
     (see the module docstring).  ``reference``/``candidate``: paths or protos; ``data``:
     DATA (.npz, folder, or a Dataset) or None for synthesized inputs (``shapes``)."""
-    from ..bench.environment import cpu_isa
     from ..runtime import resolve_provider
 
     cfg = config or DiagnoseConfig()
@@ -224,8 +215,8 @@ def diagnose(
         raise UsageError("give exactly one of: a CANDIDATE model, --recipe, --ort-optimizers, --fp16" + (f" (got {', '.join(modes)})" if modes else ""))
     if cfg.profile and modes[0] != "pair":
         raise UsageError("--profile compares two models: give REFERENCE and CANDIDATE")
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxopt-diagnose-")))
+    with tempfile.TemporaryDirectory(prefix="onnxopt-diagnose-") as tmpdir:
+        tmp = Path(tmpdir)
         ref, label = _load(reference, tmp, "reference")
         pa = _path(reference)
         if modes[0] == "recipe":
@@ -242,7 +233,7 @@ def diagnose(
             if cfg.rank_outputs:
                 out.sensitive = output_ranking(ref, cand, ds, ds_b, out.layerwise, top=cfg.top, metric=cfg.metric, limit=cfg.limit, provider=cfg.provider)
             if cfg.profile:
-                out.profile = _profile(ref, cand, ds, ds_b, cfg)
+                out.profile = _profile(ref, cand, ds, cfg)
         else:
             with blame(pa, data=True):
                 check_shapes(ref, shapes, pa)

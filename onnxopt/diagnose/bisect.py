@@ -83,8 +83,7 @@ def leaves(comp, limit: float | None = None) -> str:
 
 
 def _outputs(model, ds, provider: str, limit: int | None, **session) -> list[np.ndarray]:
-    sess = create_session(model, provider, error=VerificationError, **session)
-    return run_dataset(sess, ds, limit=limit, error=VerificationError)
+    return run_dataset(create_session(model, provider, error=VerificationError, **session), ds, limit=limit, error=VerificationError)
 
 
 @dataclass
@@ -128,8 +127,7 @@ def bisect_steps(model: onnx.ModelProto, passes: list, ctx, ds, *, limit: int | 
             check.problem = f"refused: {exc.message}"
             return StepBisect(checks, check, check.problem, current, None)
         step = compare_outputs(names, prev, outs)
-        total = compare_outputs(names, first, outs)
-        check.rel_l2, check.rel_l2_total = step.worst_rel_l2, total.worst_rel_l2
+        check.rel_l2, check.rel_l2_total = step.worst_rel_l2, compare_outputs(names, first, outs).worst_rel_l2
         check.problem = leaves(step) if p.exact else next((f"output '{o.name}': {o.note}" for o in step.outputs if o.note), "")
         if check.problem:
             return StepBisect(checks, check, check.problem, current, res.model)
@@ -165,11 +163,15 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_
 
     names = [o.name for o in _proto(model).graph.output]
     ref = _outputs(model, ds, provider, limit, optimization_level="disable")
+
+    def run(level: str, disabled=()) -> tuple[float, str]:
+        """(worst rel-L2, why it leaves the rule) at ``level`` with ``disabled`` optimizers off."""
+        comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=level, disabled_optimizers=list(disabled)))
+        return comp.worst_rel_l2, leaves(comp, rel_l2)
+
     levels, culprit_level, why = {}, None, ""
     for level in LEVELS:
-        comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=level))
-        levels[level] = comp.worst_rel_l2
-        why = leaves(comp, rel_l2)
+        levels[level], why = run(level)
         if why:
             culprit_level = level
             break
@@ -177,9 +179,7 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_
         return OrtBisect(levels, None, None, True, "every optimization level keeps the outputs within the exact rule", ort.__version__)
 
     def bad(i: int) -> bool:
-        disabled = list(ORT_OPTIMIZERS[i + 1 :])
-        comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=culprit_level, disabled_optimizers=disabled))
-        return bool(leaves(comp, rel_l2))
+        return bool(run(culprit_level, ORT_OPTIMIZERS[i + 1 :])[1])
 
     if bad(-1):
         return OrtBisect(
@@ -192,10 +192,7 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_
         )
     i = bisect_first(len(ORT_OPTIMIZERS), bad)
     name = ORT_OPTIMIZERS[i] if i is not None else None
-    confirmed = False
-    if name is not None:
-        comp = compare_outputs(names, ref, _outputs(model, ds, provider, limit, optimization_level=culprit_level, disabled_optimizers=[name]))
-        confirmed = not leaves(comp, rel_l2)
+    confirmed = name is not None and not run(culprit_level, [name])[1]
     reason = f"level '{culprit_level}' ({why}); first optimizer that breaks it: {name}" + (
         "" if confirmed else " (disabling it alone does not restore the outputs: more than one optimizer is involved)"
     )
@@ -238,23 +235,22 @@ def bisect_fp16(model: onnx.ModelProto, ds, *, limit_rel_l2: float = 1e-2, provi
     names = [o.name for o in model.graph.output]
     ref = _outputs(model, ds, provider, limit)
 
-    def why(first_k: int) -> str:
-        m, _ = convert_to_fp16(model, keep_fp32=set(order[first_k:]))
+    def why(keep_fp32: set) -> str:
+        m, _ = convert_to_fp16(model, keep_fp32=keep_fp32)
         return leaves(compare_outputs(names, ref, _outputs(m, ds, provider, limit)), limit_rel_l2)
 
-    full = why(len(order))
+    full = why(set())
     res = Fp16Bisect(len(order), limit_rel_l2, full)
     if not full:
         res.reason = f"the FP16 model stays within {limit_rel_l2:g} relative L2"
         return res
-    i = bisect_first(len(order), lambda k: bool(why(k + 1)))
+    i = bisect_first(len(order), lambda k: bool(why(set(order[k + 1 :]))))
     if i is None:
         res.reason = "no prefix of nodes reproduces the failure"
         return res
     node = model.graph.node[i]
     res.node, res.op, res.index = node.name, node.op_type, i
-    m, _ = convert_to_fp16(model, keep_fp32={node.name})
-    res.confirmed = not leaves(compare_outputs(names, ref, _outputs(m, ds, provider, limit)), limit_rel_l2)
+    res.confirmed = not why({node.name})
     res.reason = f"converting node '{node.name}' ({node.op_type}) to FP16 takes the outputs out ({full})" + (
         "; keeping it in FP32 fixes the model" if res.confirmed else "; keeping only it in FP32 is not enough"
     )

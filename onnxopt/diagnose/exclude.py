@@ -40,6 +40,8 @@ from onnx import numpy_helper
 
 from ..graph import consumers, initializer_map, producers, unique_name
 from ..io import tensor_array
+from ..quantize.bias_correction import dequantized
+from ..quantize.config import static_op_types
 
 __all__ = ["OutputEffect", "FloatReference", "leave_in_float", "is_qdq", "rank_by_outputs", "CANDIDATES", "WEIGHT_FIT", "RESCORE"]
 
@@ -82,11 +84,9 @@ class FloatReference:
     def __init__(self, reference: onnx.ModelProto):
         self.ops = {o: n.op_type for n in reference.graph.node for o in n.output}
         self.inits = initializer_map(reference.graph)
-        for n in reference.graph.node:  # exporters (paddle2onnx) keep weights in Constant nodes
-            if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
-                for a in n.attribute:
-                    if a.name == "value":
-                        self.inits[n.output[0]] = a.t
+        # exporters (paddle2onnx) keep weights in Constant nodes
+        consts = [n for n in reference.graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output]
+        self.inits.update({n.output[0]: a.t for n in consts for a in n.attribute if a.name == "value"})
         self.by_shape: dict[tuple, list[str]] = {}
         for name, t in self.inits.items():
             if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) and len(t.dims) >= 2:
@@ -98,30 +98,15 @@ class FloatReference:
         for name in (dq.output[0], q_name[: -len("_quantized")] if q_name.endswith("_quantized") else None):
             if name and name in self.inits:
                 return tensor_array(self.inits[name]).astype(np.float32)
-        deq = _dequantize(dq, inits)
+        deq = dequantized(dq, inits)
         if deq is None or deq.ndim < 2 or inits[dq.input[0]].data_type == onnx.TensorProto.INT32:
             return None
         best, best_err = None, WEIGHT_FIT
         for name in self.by_shape.get(tuple(deq.shape), []):
-            w = tensor_array(self.inits[name]).astype(np.float32)
-            fitted, err = _fit_channels(w, deq)
+            fitted, err = _fit_channels(tensor_array(self.inits[name]).astype(np.float32), deq)
             if err < best_err:
                 best, best_err = fitted, err
         return best
-
-
-def _dequantize(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
-    if any(x not in inits for x in dq.input if x):
-        return None
-    q = tensor_array(inits[dq.input[0]]).astype(np.float32)
-    scale = tensor_array(inits[dq.input[1]]).astype(np.float32)
-    zp = tensor_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    if scale.size > 1:
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return (q - zp) * scale
 
 
 def _fit_channels(w: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
@@ -203,10 +188,9 @@ def leave_in_float(candidate: onnx.ModelProto, nodes, weights: FloatReference, o
     would leave them (module docstring), and per weighted node what its weights became."""
     out = copy.deepcopy(candidate)
     g = out.graph
-    quantized = _quantized_nodes(g, op_types)
     chosen = [n for n in g.node if n.name in set(nodes)]
     notes: dict[str, str] = {}
-    _drop_pairs(g, {_key(n) for n in chosen}, quantized, weights)
+    _drop_pairs(g, {_key(n) for n in chosen}, _quantized_nodes(g, op_types), weights)
     _float_weights(g, chosen, weights, notes)
     return out, notes
 
@@ -216,8 +200,6 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
     (``layerwise.TensorError``) that add the most error (through their Q -> DQ pair), each
     with its name in ``reference`` (the same name when it is there, else the reference
     node whose tensor it was matched to): ``{candidate node: reference node}``."""
-    from ..quantize.config import static_op_types
-
     g = candidate.graph
     prod = producers(g)
     quantized = _quantized_nodes(g, set(static_op_types()))
@@ -238,7 +220,6 @@ def rank_by_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto, eval
     """Greedy pick of up to ``top`` of ``nodes`` (``candidate_nodes``: candidate node name ->
     reference node name, best guesses first) whose leaving in float raises ``evaluator``'s
     score of ``candidate`` most (module docstring).  ``evaluator``: a ``metrics.Evaluator`` whose reference is ``reference``."""
-    from ..quantize.config import static_op_types
     from ..quantize.sensitivity import measure_sensitivity, score_model
 
     op_types = set(static_op_types())

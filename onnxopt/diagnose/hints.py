@@ -16,9 +16,7 @@ def _arg(x) -> str | None:
     if isinstance(x, (str, os.PathLike)):
         return shlex.quote(os.fspath(x))
     source = getattr(x, "source", None)  # a Dataset read from a file
-    if isinstance(source, str) and source and not source.startswith("<"):
-        return shlex.quote(source)
-    return None
+    return shlex.quote(source) if isinstance(source, str) and source and not source.startswith("<") else None
 
 
 def diagnose_hint(*models, recipe=None, data=None, flag: str | None = None) -> str:
@@ -47,8 +45,5 @@ def int8_speed_note(model: onnx.ModelProto) -> str:
     ops = {n.op_type for n in model.graph.node}
     if cpu_isa().get("vnni") or cpu_isa().get("arm_dotprod"):
         return ""
-    if "ConvInteger" in ops:
-        return "no VNNI: dynamic INT8 Conv runs as ConvInteger, slower than FP32 here"
-    if "MatMulInteger" in ops:
-        return "no VNNI: dynamic INT8 MatMul runs as MatMulInteger, slower than FP32 here"
-    return ""
+    slow = [(op, fp) for op, fp in (("ConvInteger", "Conv"), ("MatMulInteger", "MatMul")) if op in ops]
+    return f"no VNNI: dynamic INT8 {slow[0][1]} runs as {slow[0][0]}, slower than FP32 here" if slow else ""

@@ -131,10 +131,7 @@ class _Acc:
         self.shape = [int(d) for d in a.shape[1:]]
 
     def result(self, pair: TensorPair) -> TensorError:
-        if self.sq_ref > 0:
-            rel = math.sqrt(self.sq_diff) / math.sqrt(self.sq_ref)
-        else:
-            rel = 0.0 if self.max_abs == 0 else math.inf
+        rel = math.sqrt(self.sq_diff) / math.sqrt(self.sq_ref) if self.sq_ref > 0 else 0.0 if self.max_abs == 0 else math.inf
         t = TensorError(
             pair.ref,
             pair.cand,
@@ -159,32 +156,27 @@ class _Acc:
 def plan_slices(pairs: list[TensorPair], per_sample: dict[str, int], samples: int, cfg: LayerwiseConfig) -> list[list[TensorPair]]:
     """Consecutive slices of at most ``slice_tensors`` tensors and ``slice_bytes`` of
     reference activations (a tensor larger than that alone gets a slice of its own)."""
-    slices: list[list[TensorPair]] = []
-    cur: list[TensorPair] = []
+    slices: list[list[TensorPair]] = [[]]
     used = 0
     for p in pairs:
         need = per_sample.get(p.ref, 0) * max(samples, 1)
-        if cur and (len(cur) >= cfg.slice_tensors or used + need > cfg.slice_bytes):
-            slices.append(cur)
-            cur, used = [], 0
-        cur.append(p)
+        if slices[-1] and (len(slices[-1]) >= cfg.slice_tensors or used + need > cfg.slice_bytes):
+            slices.append([])
+            used = 0
+        slices[-1].append(p)
         used += need
-    if cur:
-        slices.append(cur)
-    return slices
+    return [s for s in slices if s]
 
 
 def _session_with_outputs(model: onnx.ModelProto, names: list[str], provider: str):
     """A session of ``model`` whose outputs are ``names`` too (the proto is restored after)."""
     present = {o.name for o in model.graph.output}
     added = [n for n in names if n not in present]
-    for n in added:
-        model.graph.output.add(name=n)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in added)
     try:
         return create_session(model, provider, error=ModelError)
     finally:
-        for _ in added:
-            del model.graph.output[-1]
+        del model.graph.output[len(model.graph.output) - len(added) :]
 
 
 def _compare_slice(ref, cand, ds_ref, ds_cand, pairs: list[TensorPair], cfg: LayerwiseConfig) -> list[TensorError]:
@@ -196,8 +188,7 @@ def _compare_slice(ref, cand, ds_ref, ds_cand, pairs: list[TensorPair], cfg: Lay
     accs = [_Acc() for _ in pairs]
     for i, outs in enumerate(run_batches(sess, ds_cand.batches(cfg.batch_size, cfg.limit), names_cand)):
         ref_outs, kept[i] = kept[i], None  # freed as soon as compared
-        comp = compare_outputs(names_ref, ref_outs, outs)
-        for acc, c, a, b in zip(accs, comp.outputs, ref_outs, outs, strict=True):
+        for acc, c, a, b in zip(accs, compare_outputs(names_ref, ref_outs, outs).outputs, ref_outs, outs, strict=True):
             acc.add(c, np.asarray(a), np.asarray(b))
     return [acc.result(p) for acc, p in zip(accs, pairs, strict=True)]
 
@@ -234,8 +225,7 @@ def attribute(
         t.inputs_diverged = any(d for _, d in ins)
         t.added = t.rel_l2 - t.error_in if math.isfinite(t.rel_l2) else math.inf
     first = next((t for t in tensors if t.diverged and not t.inputs_diverged), None)
-    ranked = sorted((t for t in tensors if t.diverged), key=lambda t: -t.added)
-    return first, ranked[:top]
+    return first, sorted((t for t in tensors if t.diverged), key=lambda t: -t.added)[:top]
 
 
 def compare_layers(ref: onnx.ModelProto, cand: onnx.ModelProto, ds_ref, ds_cand, matching: Matching, cfg: LayerwiseConfig) -> Divergence:
@@ -251,5 +241,4 @@ def compare_layers(ref: onnx.ModelProto, cand: onnx.ModelProto, ds_ref, ds_cand,
         log.info("layer-wise slice %d/%d: %d tensor(s)", k, len(slices), len(sl))
         tensors.extend(_compare_slice(ref, cand, ds_ref, ds_cand, sl, cfg))
     first, top = attribute(tensors, pairs, ref.graph, cfg.threshold, cfg.top)
-    fed = getattr(ds_ref, "fed", 0) or samples
-    return Divergence(tensors, matching, cfg.threshold, int(fed), ds_ref.source, first, top, len(slices))
+    return Divergence(tensors, matching, cfg.threshold, int(getattr(ds_ref, "fed", 0) or samples), ds_ref.source, first, top, len(slices))

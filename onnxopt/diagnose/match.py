@@ -29,6 +29,7 @@ Constant-node outputs and tensors of non-float type (shapes, indices) are not co
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import onnx
@@ -62,12 +63,9 @@ class Matching:
     unmatched_cand: list[str]
 
     def to_dict(self, limit: int = 50) -> dict:
-        hows: dict[str, int] = {}
-        for p in self.pairs:
-            hows[p.how] = hows.get(p.how, 0) + 1
         return {
             "matched": len(self.pairs),
-            "by": hows,
+            "by": dict(Counter(p.how for p in self.pairs)),
             "unmatched_reference": self.unmatched_ref[:limit],
             "unmatched_reference_count": len(self.unmatched_ref),
             "unmatched_candidate": self.unmatched_cand[:limit],
@@ -83,21 +81,10 @@ def real_inputs(model: onnx.ModelProto) -> list[str]:
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose initializers keep name, type and dims but no data (no copy
     of the weights is made: the graph is rebuilt field by field)."""
-    skeleton = onnx.ModelProto()
-    inits = list(model.graph.initializer)
     g = model.graph
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    sg = skeleton.graph
-    sg.name = g.name
-    sg.node.extend(g.node)
-    sg.input.extend(g.input)
-    sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
-    for t in inits:
-        sg.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
-    return skeleton
+    inits = [onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) for t in g.initializer]
+    sg = onnx.GraphProto(name=g.name, node=g.node, input=g.input, output=g.output, value_info=g.value_info, initializer=inits)
+    return onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions, graph=sg)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -159,8 +146,7 @@ def _structural_index(cand: onnx.GraphProto, const: dict, dq_src: dict[str, str]
         if n.op_type in _QDQ or n.op_type == "Constant":
             continue
         # a DequantizeLinear output of an activation stands for the tensor it dequantizes
-        key = _key(n, const, lambda x: dq_src.get(x, x))
-        index.setdefault(key, []).append(n)
+        index.setdefault(_key(n, const, lambda x: dq_src.get(x, x)), []).append(n)
     return index
 
 
@@ -186,10 +172,8 @@ class _State:
         self.ref_const, self.cand_const = _constants(ref.graph), _constants(cg)
         self.cand_prod, self.cand_cons = producers(cg), consumers(cg)
         self.cand_outputs = {o.name for o in cg.output}
-        self.dq_src = {}  # DQ output -> the activation its Q read
-        for n in cg.node:
-            if n.op_type == "DequantizeLinear" and n.input and n.input[0] in self.cand_prod and self.cand_prod[n.input[0]].op_type == "QuantizeLinear":
-                self.dq_src[n.output[0]] = self.cand_prod[n.input[0]].input[0]
+        dqs = [n for n in cg.node if n.op_type == "DequantizeLinear" and n.input and getattr(self.cand_prod.get(n.input[0]), "op_type", "") == "QuantizeLinear"]
+        self.dq_src = {n.output[0]: self.cand_prod[n.input[0]].input[0] for n in dqs}  # DQ output -> the activation its Q read
         self.index = _structural_index(cg, self.cand_const, self.dq_src)
         # reference tensors it quantizes itself: matched by name, not to a DQ view
         self.ref_quantized = {n.input[0] for n in ref.graph.node if n.op_type == "QuantizeLinear" and n.input}
@@ -216,30 +200,24 @@ _FOLDABLE = {"BatchNormalization", "Add", "Sub", "Mul", "Div"}
 
 def _cand_reader_ops(name: str, cons: dict) -> set[str]:
     """Op types reading candidate tensor ``name``, looking through Q -> DQ pairs."""
-    ops = set()
-    for r in cons.get(name, []):
-        if r.op_type == "QuantizeLinear":
-            for d in cons.get(r.output[0], []):
-                for x in (cons.get(d.output[0], []) if d.op_type == "DequantizeLinear" else [d]):
-                    ops.add(x.op_type)
-        else:
-            ops.add(r.op_type)
-    return ops
+    readers = cons.get(name, [])
+    behind_q = [d for r in readers if r.op_type == "QuantizeLinear" for d in cons.get(r.output[0], [])]
+    through_dq = [x for d in behind_q for x in (cons.get(d.output[0], []) if d.op_type == "DequantizeLinear" else [d])]
+    return {r.op_type for r in readers if r.op_type != "QuantizeLinear"} | {x.op_type for x in through_dq}
 
 
-def _fold_target(name: str, cand_name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
-    """The reference tensor whose content candidate tensor ``cand_name`` (matched to
-    reference ``name``) holds: ``name``, or the output of the chain of foldable nodes after
+def _fold_target(name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
+    """The reference tensor whose content the candidate tensor matched to reference ``name``
+    (read by ``cand_ops``) holds: ``name``, or the output of the chain of foldable nodes after
     it that the candidate folded away (their outputs gone, and no node of their op type
-    reading ``cand_name`` in the candidate)."""
+    reading that tensor in the candidate)."""
     seen = {name}
     while True:
         readers = ref_cons.get(name, [])
         if len(readers) != 1:
             return name
         f = readers[0]
-        others = [x for x in f.input if x and x != name]
-        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in others):
+        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in f.input if x and x != name):
             return name
         out = f.output[0]
         if cand_has(out) or out in seen or f.op_type in cand_ops:
@@ -266,15 +244,21 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
     def cand_has(x: str) -> bool:
         return x in st.cand_prod or x in st.cand_outputs
 
+    def settle(o: str, c: str, how: str, keep_found: bool) -> None:
+        """Match reference ``o`` to candidate ``c`` by ``how``, or, when the candidate
+        node absorbed the folds after ``o``, the folded output to ``c`` (``keep_found``: not
+        over a match already made)."""
+        target = _fold_target(o, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
+        if target == o:
+            st.claim(o, c, "qdq-skip" if o in st.ref_quantized else how)
+        elif not (keep_found and target in st.found):
+            st.claim(target, c, "folded")
+            st.folded_away.add(o)
+
     for n in nodes:  # names first: a name is stronger evidence than a structure
         for o in outs[id(n)]:
             if cand_has(o):
-                target = _fold_target(o, o, ref_cons, st.ref_const, cand_has, _cand_reader_ops(o, st.cand_cons))
-                if target != o:
-                    st.claim(target, o, "folded")
-                    st.folded_away.add(o)
-                else:
-                    st.claim(o, o, "qdq-skip" if o in st.ref_quantized else "name")
+                settle(o, o, "name", False)
     for n in nodes:  # graph order: a node's inputs are settled before it
         if all(o in st.found or o in st.folded_away for o in outs[id(n)]):
             continue
@@ -282,15 +266,8 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
         hits = st.index.get(key, []) if key is not None else []
         if len(hits) == 1 and len(hits[0].output) == len(n.output):
             for o, c in zip(n.output, hits[0].output, strict=True):
-                if o not in outs[id(n)] or o in st.found or not c:
-                    continue
-                target = _fold_target(o, c, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
-                if target != o:  # the candidate node absorbed the folds after it
-                    if target not in st.found:
-                        st.claim(target, c, "folded")
-                        st.folded_away.add(o)
-                else:
-                    st.claim(o, c, "qdq-skip" if o in st.ref_quantized else "structure")
+                if o in outs[id(n)] and o not in st.found and c:
+                    settle(o, c, "structure", True)
     pairs = [TensorPair(x, x, "input") for x in inputs]
     unmatched = []
     for n in nodes:

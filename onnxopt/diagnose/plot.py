@@ -18,8 +18,7 @@ __all__ = ["plot_diagnosis"]
 def _errors_axes(ax, lw: dict) -> None:
     tensors = lw["tensors"]
     xs = list(range(len(tensors)))
-    floor = 1e-12
-    ys = [max(min(t["rel_l2"], 1e6), floor) for t in tensors]
+    ys = [max(min(t["rel_l2"], 1e6), 1e-12) for t in tensors]
     ax.semilogy(xs, ys, marker=".", linewidth=0.8)
     ax.axhline(lw["threshold"], color="grey", linestyle="--", linewidth=0.8, label=f"threshold {lw['threshold']:g}")
     first = lw.get("first_diverging")
@@ -60,8 +59,7 @@ def plot_diagnosis(report: dict, path) -> Path:
         raise UsageError("nothing to plot: no layer-wise comparison and no profile in this diagnosis", path)
     fig = Figure(figsize=(10, 4 * len(panels)), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, squeeze=False)
-    for ax, (kind, part) in zip(axes[:, 0], panels, strict=True):
+    for ax, (kind, part) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True):
         (_errors_axes if kind == "errors" else _profile_axes)(ax, part)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -89,8 +89,7 @@ def profile_model(model, feed: dict, *, runs: int = 10, provider: str = "cpu") -
         sess = create_session(model, provider, profile_prefix=str(Path(tmp) / "trace"), error=ModelError)
         for _ in range(runs + 1):
             sess.run(None, feed)
-        trace = sess.end_profiling()
-        events = json.loads(Path(trace).read_text())
+        events = json.loads(Path(sess.end_profiling()).read_text())
     return parse_trace(events)
 
 
@@ -139,10 +138,9 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
         ref_us = ref.per_op.get(fp, 0.0)
         vs = f" vs {_ms(ref_us)} for {fp} in the reference" if ref_us else ""
         fix = f"quantize {fp} statically (QDQ, --mode static --calibration DATA: fused into QLinear{fp}) or leave it in FP32 (--op-types without {fp})"
-        slower = ref_us and us > ref_us
         if not isa.get("vnni") and not isa.get("arm_dotprod"):
             out.append(f"no VNNI: dynamic INT8 {fp} runs as {op} ({share(us)}{vs}), slower than FP32 here; {fix}")
-        elif slower:
+        elif ref_us and us > ref_us:
             out.append(
                 f"dynamic INT8 {fp} runs as {op} ({share(us)}{vs}): {us / ref_us:.1f}x the FP32 {fp} time even with VNNI on "
                 f"this CPU (ONNX Runtime's {op} kernel is not its optimized path); {fix}"
@@ -175,7 +173,6 @@ def _explain(ref: Profile, cand: Profile, isa: dict) -> list[str]:
 
 def diff_profiles(ref: Profile, cand: Profile, isa: dict) -> ProfileDiff:
     """Per op type: reference ms, candidate ms, added ms (largest first), plus explanations."""
-    ops = set(ref.per_op) | set(cand.per_op)
     rows = [
         {
             "op": op,
@@ -185,7 +182,7 @@ def diff_profiles(ref: Profile, cand: Profile, isa: dict) -> ProfileDiff:
             "reference_kernels": ref.count_op.get(op, 0),
             "candidate_kernels": cand.count_op.get(op, 0),
         }
-        for op in ops
+        for op in set(ref.per_op) | set(cand.per_op)
     ]
     rows.sort(key=lambda r: -r["added_ms"])
     return ProfileDiff(ref, cand, rows, _explain(ref, cand, isa), isa)

@@ -29,7 +29,7 @@ import onnx
 
 from ..core.public import check_options
 from ..core.result import Result
-from ..data import dataset_for
+from ..data import Dataset, dataset_for
 from ..errors import BudgetError, OnnxoptError, UsageError, VerificationError, blaming
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget, Evaluator
@@ -38,13 +38,13 @@ from ..verify import check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig, op_types_for_mode, op_types_problem
-from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, evaluate_candidate
+from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, SharedWork, evaluate_candidate
 from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
 from .sensitivity import search_limit
 
 __all__ = [
     "quantize", "QuantizeConfig", "calibrate", "prepare_model", "quantize_candidate", "quantize_dynamic_candidate", "quantize_static_candidate",
-    "candidate_configs", "check_exclusions", "map_exclusions", "build_base", "feed_dataset", "finish_candidate", "dataset_view", "as_name_list",
+    "candidate_configs", "check_exclusions", "map_exclusions", "build_base", "validity_feed", "finish_candidate", "dataset_view", "as_name_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,7 @@ def dataset_view(ds):
 def as_name_list(value) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else [str(v) for v in value]
 
 
 def calibrate(
@@ -78,7 +76,7 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
     outputs within 1e-4 relative L2 on up to 64 samples of ``dataset`` or synthesized
     inputs).  Falls back to the steps without ORT's pre-processing; raises
     ``VerificationError`` when even those change the outputs."""
-    ds = dataset_for(model, dataset, shapes) if dataset is not None else dataset_for(model, None, shapes)
+    ds = dataset_for(model, dataset, shapes)
     names = [o.name for o in model.graph.output]
     ref = run_dataset(model, ds, provider=provider, limit=64)
 
@@ -88,11 +86,8 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
             out = run_dataset(candidate, ds, provider=provider, limit=64, error=VerificationError)
         except OnnxoptError as exc:
             return str(exc)
-        comp = compare_outputs(names, ref, out)
-        bad = comp.inexact()
-        if bad:
-            return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2"
-        return None
+        bad = compare_outputs(names, ref, out).inexact()
+        return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2" if bad else None
 
     prep = prepare(model, use_ort_preprocess=use_ort_preprocess, check=check)
     why = check(prep.model, "pre-processed model")
@@ -127,18 +122,15 @@ def map_exclusions(
         return prep, frozenset(), []
     original = node_names(m)
     found, missing = map_node_names(prep.model, exclude, original)
-    notes = []
     if missing and prep.counts.get("ort_pre_process"):
         alt = prepare_model(source if source is not None else m, dataset, provider=provider, use_ort_preprocess=False)
         found2, missing2 = map_node_names(alt.model, exclude, original)
         if len(missing2) < len(missing):
             alt.notes.append(f"ORT quant_pre_process not used: it removes --exclude-nodes {', '.join(sorted(set(missing) - set(missing2)))}")
             prep, found, missing = alt, found2, missing2
-    for name in missing:
-        notes.append(f"--exclude-nodes {name}: removed by pre-processing (a constant computation or dead node): nothing to quantize there")
-    for name, nodes in found.items():
-        if nodes != [name]:
-            notes.append(f"--exclude-nodes {name}: pre-processing fused it into {', '.join(nodes)}, which stays in float")
+    notes = [f"--exclude-nodes {name}: removed by pre-processing (a constant computation or dead node): nothing to quantize there" for name in missing]
+    fused = {name: nodes for name, nodes in found.items() if nodes != [name]}
+    notes += [f"--exclude-nodes {name}: pre-processing fused it into {', '.join(nodes)}, which stays in float" for name, nodes in fused.items()]
     return prep, frozenset(x for v in found.values() for x in v), notes
 
 
@@ -160,17 +152,11 @@ def candidate_configs(
         return None if ops is None else tuple(t for t in ops if t in op_types_for_mode(m))
 
     common = dict(reduce_range=reduce_range, weight_type=weight_type, exclude=frozenset(exclude))
+    static = dict(mode="static", format=format, method=method, activation_type=activation_type, bias_correction=bias_correction, **common)
     if mode == "int4":
         return [QuantConfig(mode="int4", block_size=block_size, int4_method=int4_method, op_types=ops, exclude=frozenset(exclude))], notes
-    if mode == "dynamic":
-        return [QuantConfig(mode="dynamic", per_channel=per_channel, op_types=ops, **common)], notes
-    if mode == "static":
-        return [
-            QuantConfig(
-                mode="static", format=format, method=method, per_channel=per_channel, activation_type=activation_type, op_types=ops,
-                bias_correction=bias_correction, **common,
-            )
-        ], notes
+    if mode in ("dynamic", "static"):
+        return [QuantConfig(per_channel=per_channel, op_types=ops, **(static if mode == "static" else dict(mode="dynamic", **common)))], notes
     configs = []
     if provider == "cuda":
         notes.append("dynamic candidate skipped: its integer ops have no CUDA kernels")
@@ -183,23 +169,20 @@ def candidate_configs(
     elif ops_of("static") == ():
         notes.append(f"static candidates skipped: static mode quantizes none of --op-types {', '.join(ops)}")
     else:
-        configs.extend(
-            QuantConfig(
-                mode="static", format=format, method=method, per_channel=pc, activation_type=activation_type, op_types=ops_of("static"),
-                bias_correction=bias_correction, **common,
-            )
-            for pc in (False, True)
-        )
+        configs.extend(QuantConfig(per_channel=pc, op_types=ops_of("static"), **static) for pc in (False, True))
     return configs, notes
 
 
-def build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str) -> tuple[onnx.ModelProto, frozenset]:
+def build_base(prep: onnx.ModelProto, config: QuantConfig, provider: str, notes: list[str] | None = None) -> tuple[onnx.ModelProto, frozenset]:
     """The model ORT quantizes; in dynamic and int4 mode Gemm nodes become MatMul + Add (their names
-    are returned so that ``--op-types Gemm`` still selects them)."""
-    if config.mode in ("dynamic", "int4") and "Gemm" in config.op_types_for(provider):
-        base = copy.deepcopy(prep)
-        return base, frozenset(gemm_to_matmul(base))
-    return prep, frozenset()
+    are returned so that ``--op-types Gemm`` still selects them; ``notes`` gets a line saying so)."""
+    if config.mode not in ("dynamic", "int4") or "Gemm" not in config.op_types_for(provider):
+        return prep, frozenset()
+    base = copy.deepcopy(prep)
+    converted = frozenset(gemm_to_matmul(base))
+    if converted and notes is not None:
+        notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+    return base, converted
 
 
 def quantize_candidate(
@@ -211,12 +194,9 @@ def quantize_candidate(
     are taken from it (and put there) instead of measured again; ``evaluator``: an
     ``Evaluator`` of ``m`` on ``eval_data`` the caller already has (its reference outputs
     are not computed again); ``gate``: see ``engine.evaluate_candidate``."""
-    from .engine import SharedWork
-
     m, _ = resolve_model(m)
     provider = resolve_provider(provider)
-    ds = eval_data if eval_data is not None else calibration
-    ds = dataset_for(m, dataset_view(ds)) if ds is not None else dataset_for(m, None)
+    ds = dataset_for(m, dataset_view(eval_data if eval_data is not None else calibration))  # None: synthesized
     check_exclusions(m, config.exclude)
     work = shared if shared is not None and not config.exclude else SharedWork()
     prep = work.get("prepared", (preprocess,), lambda: prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess))
@@ -231,20 +211,14 @@ def quantize_candidate(
             "ranges", config.method,
             lambda: collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges,
         )
-    base, converted = build_base(prep.model, config, provider)
-    feed = ds.first_batch(2)
-    builder = CandidateBuilder(
-        base, config, ranges=ranges, provider=provider, feed=feed, reference=run_dataset(m, feed_dataset(feed), provider=provider), converted_gemms=converted
-    )
     notes = list(prep.notes)
-    if converted:
-        notes.append(f"dynamic: {len(converted)} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+    base, converted = build_base(prep.model, config, provider, notes)
+    feed, reference = validity_feed(m, ds, provider)
+    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=reference, converted_gemms=converted)
     evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
     budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
-    search = None
     n_search = search_limit(search_samples, evaluator.metric, budget, len(ds))
-    if n_search is not None:
-        search = work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
+    search = None if n_search is None else work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
     ranking = work.rankings.get(config.mode) if budget is not None else None
     res = evaluate_candidate(
         builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate
@@ -257,11 +231,10 @@ def quantize_candidate(
     return res
 
 
-def feed_dataset(feed: dict):
-    from ..data import Dataset
-
-    ds = Dataset("<feed>", arrays=feed, whole=True)
-    return ds
+def validity_feed(m: onnx.ModelProto, ds, provider: str) -> tuple[dict, list]:
+    """Two samples of ``ds`` and ``m``'s outputs on them: the run-time check of each candidate build."""
+    feed = ds.first_batch(2)
+    return feed, run_dataset(m, Dataset("<feed>", arrays=feed, whole=True), provider=provider)
 
 
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
@@ -286,13 +259,10 @@ def quantize_dynamic_candidate(
     time): pre-processed, Gemm rewritten to MatMul, repaired per node where ORT's output is
     invalid; with ``max_accuracy_drop`` (and ``eval_data``) fitted to that budget.
     Raises ``BudgetError`` when nothing is quantizable or the budget cannot be met."""
-    m, _ = resolve_model(model)
-    cfg = QuantConfig(
-        mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None,
-        exclude=frozenset(as_name_list(exclude_nodes)),
-    )
-    res = quantize_candidate(m, cfg, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
-    return finish_candidate(res)[0]
+    from .candidates import dynamic_candidate
+
+    kw = dict(op_types=op_types, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, exclude_nodes=exclude_nodes, provider=provider)
+    return dynamic_candidate(model, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, preprocess=preprocess, **kw)[0]
 
 
 def quantize_static_candidate(
@@ -304,17 +274,11 @@ def quantize_static_candidate(
     Dataset; or given as ``ranges`` for the pre-processed model), per-channel repaired or
     per-node per-tensor/float where ORT's graph is invalid, fitted to ``max_accuracy_drop``
     on ``eval_data`` (default: the calibration data) when given."""
-    m, _ = resolve_model(model)
-    cfg = QuantConfig(
-        mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
-        activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)),
-    )
-    cal = dataset_for(m, dataset_view(calibration))
-    res = quantize_candidate(
-        m, cfg, calibration=cal, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider,
-        preprocess=preprocess,
-    )
-    return finish_candidate(res)[0]
+    from .candidates import static_candidate
+
+    kw = dict(format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, activation_type=activation_type)
+    kw.update(op_types=op_types, exclude_nodes=exclude_nodes, provider=provider, ranges=ranges, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
+    return static_candidate(resolve_model(model)[0], calibration=calibration, metric=metric, preprocess=preprocess, **kw)[0]
 
 
 @blaming("model")

@@ -22,9 +22,10 @@ import onnx
 from onnx import helper
 
 from ..graph import producers
+from ..io import tensor_array
 from .layers import WeightTable
 
-__all__ = ["weight_shift", "correct_biases", "inputs_to_correct"]
+__all__ = ["weight_shift", "correct_biases", "inputs_to_correct", "dequantized"]
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,19 @@ def weight_shift(op_type: str, dw: np.ndarray, mean: np.ndarray, *, trans_b: boo
     m = np.asarray(mean, dtype=np.float64)
     if op_type == "Conv":
         return dw.reshape(dw.shape[0], dw.shape[1], -1).sum(axis=2) @ m
-    if op_type == "Gemm" and trans_b:
-        return dw @ m
-    return m @ dw
+    return dw @ m if op_type == "Gemm" and trans_b else m @ dw
 
 
-def _dequantize(table: WeightTable, dq: onnx.NodeProto) -> np.ndarray | None:
-    if any(x and x not in table.inits for x in dq.input):
+def dequantized(dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+    """The float64 value of a ``DequantizeLinear`` of initializers (``inits``: name ->
+    TensorProto), per tensor or per channel along its ``axis``; None when an input is not one."""
+    if any(x and x not in inits for x in dq.input):
         return None
-    q = table.array(dq.input[0]).astype(np.float64)
-    scale = table.array(dq.input[1]).astype(np.float64)
-    zp = table.array(dq.input[2]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
-    if scale.ndim == 1 and scale.size > 1:
+    q, scale = (tensor_array(inits[x]).astype(np.float64) for x in dq.input[:2])
+    zp = tensor_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
+    if scale.size > 1:
         shape = [1] * q.ndim
-        shape[axis] = scale.size
+        shape[next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     return (q - zp) * scale
 
@@ -65,8 +64,7 @@ def inputs_to_correct(fp_model: onnx.ModelProto, nodes: list[str]) -> dict[str, 
 def _subtract(table: WeightTable, prod: dict, bias: str, shift: np.ndarray) -> str:
     """Subtract ``shift`` from the bias ``bias``; '' or why not."""
     if bias in table.inits:
-        b = table.array(bias).astype(np.float64)
-        table.set(bias, (b.reshape(-1) - shift).reshape(b.shape))
+        table.channelwise(bias, lambda b: b - shift)
         return ""
     dq = prod.get(bias)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in table.inits or dq.input[1] not in table.inits:
@@ -99,11 +97,9 @@ def correct_biases(qmodel: onnx.ModelProto, fp_model: onnx.ModelProto, means: di
         dq = prod.get(n.input[1])
         if dq is None or dq.op_type != "DequantizeLinear" or f.input[1] not in fp_inits:
             continue
-        wq = _dequantize(table, dq)
+        wq = dequantized(dq, table.inits)
         if wq is None:
             continue
-        from ..io import tensor_array
-
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         if n.op_type == "Conv" and attrs.get("group", 1) != 1:
             notes.append(f"{n.name}: grouped Conv, bias not corrected")

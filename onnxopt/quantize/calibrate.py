@@ -84,8 +84,7 @@ class MinMax:
         a = _finite(x)
         if not a.size:
             return
-        lo, hi = float(a.min()), float(a.max())
-        self.update_range(lo, hi, a.size)
+        self.update_range(float(a.min()), float(a.max()), a.size)
 
     def update_range(self, lo: float, hi: float, count: int = 1) -> None:
         """Merge an already reduced ``(min, max)`` pair (e.g. from ReduceMin/ReduceMax)."""
@@ -147,8 +146,7 @@ class Histogram:
             self._pending_zeros = 0
         elif amax > self.bound:
             self._grow(amax)
-        hist, _ = np.histogram(a, bins=self.bins, range=(-self.bound, self.bound))
-        self.counts += hist
+        self.counts += np.histogram(a, bins=self.bins, range=(-self.bound, self.bound))[0]
 
 
 def percentile_range(hist: Histogram, percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float] | None:
@@ -209,13 +207,9 @@ def choose_range(hist: Histogram, percentile: float = DEFAULT_PERCENTILE, num_qu
     mm = hist.minmax.range()
     if mm is None:
         return None
-    cands = {"minmax": mm}
-    if hist.total >= percentile_needs(percentile):
-        cands["percentile"] = percentile_range(hist, percentile)
-    ent = entropy_range(hist, num_quantized_bins) if hist.counts is not None else None
-    if ent is not None:
-        cands["entropy"] = ent
-    errors = {k: quant_error(hist, *r) for k, r in cands.items() if r is not None}
+    cands = {"minmax": mm, "percentile": percentile_range(hist, percentile) if hist.total >= percentile_needs(percentile) else None}
+    cands["entropy"] = entropy_range(hist, num_quantized_bins) if hist.counts is not None else None
+    errors = {k: quant_error(hist, *r) for k, r in cands.items() if r is not None}  # a missing candidate is None
     best = min(errors, key=lambda k: (errors[k], k != "minmax"))
     r = cands[best]
     return {"method": best, "range": (float(r[0]), float(r[1])), "error": errors[best], "clipped": clipped_fraction(hist, *r), "errors": errors}
@@ -241,14 +235,9 @@ def smooth_distribution(p: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """``sum p log(p / q)`` of the normalized distributions (inf when q lacks p's support)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p = p / p.sum()
-    q = q / q.sum()
+    p, q = (a / a.sum() for a in (np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)))
     mask = p > 0
-    if np.any(q[mask] <= 0):
-        return math.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    return math.inf if np.any(q[mask] <= 0) else float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
 def entropy_range(hist: Histogram, num_quantized_bins: int = DEFAULT_QUANTIZED_BINS, max_candidates: int = 256) -> tuple[float, float] | None:
@@ -263,15 +252,13 @@ def entropy_range(hist: Histogram, num_quantized_bins: int = DEFAULT_QUANTIZED_B
     if hist.counts is None or hist.total == 0:
         return rng
     counts = hist.counts.astype(np.float64)
-    nbins = hist.bins
-    centre = nbins // 2
+    centre = hist.bins // 2
     half_q = max(1, num_quantized_bins // 2)
     if half_q >= centre:
         return rng
     edges = hist.edges
     cands = np.arange(half_q, centre + 1)
-    stride = max(1, math.ceil(cands.size / max_candidates))
-    cands = cands[::stride]
+    cands = cands[:: max(1, math.ceil(cands.size / max_candidates))]
     if cands[-1] != centre:
         cands = np.append(cands, centre)
     cumsum = np.concatenate([[0.0], np.cumsum(counts)])
@@ -315,19 +302,16 @@ class RangeStats:
             raise ValueError(f"unknown calibration method '{self.method}' (choose from {', '.join(METHODS)})")
 
     def _get(self, name: str):
-        st = self.stats.get(name)
-        if st is None:
-            st = MinMax() if self.method == "minmax" else Histogram(self.bins)
-            self.stats[name] = st
-        return st
+        if name not in self.stats:
+            self.stats[name] = MinMax() if self.method == "minmax" else Histogram(self.bins)
+        return self.stats[name]
 
     def update(self, name: str, values) -> None:
         self._get(name).update(values)
 
     def update_range(self, name: str, lo: float, hi: float) -> None:
         st = self._get(name)
-        target = st if isinstance(st, MinMax) else st.minmax
-        target.update_range(lo, hi)
+        (st if isinstance(st, MinMax) else st.minmax).update_range(lo, hi)
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """``{name: (lo, hi)}``; fills ``warnings`` (tensors with too few values for the
@@ -338,21 +322,17 @@ class RangeStats:
         need = percentile_needs(self.percentile)
         for name in sorted(self.stats):
             st = self.stats[name]
+            if self.method in ("auto", "percentile") and 0 < st.total < need:
+                few[name] = st.total  # auto: choose_range leaves the percentile out
             if isinstance(st, MinMax):
                 r = st.range()
             elif self.method == "auto":
-                if 0 < st.total < need:
-                    few[name] = st.total  # choose_range leaves the percentile out
                 c = choose_range(st, self.percentile, self.num_quantized_bins)
                 r = None if c is None else c["range"]
                 if c is not None:
                     self.choices[name] = {"method": c["method"], "clipped": c["clipped"]}
             elif self.method == "percentile":
-                if 0 < st.total < need:
-                    few[name] = st.total
-                    r, used = st.minmax.range(), "minmax"
-                else:
-                    r, used = percentile_range(st, self.percentile), "percentile"
+                r, used = (st.minmax.range(), "minmax") if name in few else (percentile_range(st, self.percentile), "percentile")
                 if r is not None:
                     self.choices[name] = {"method": used, "clipped": clipped_fraction(st, *r)}
             else:

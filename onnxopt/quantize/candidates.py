@@ -79,6 +79,7 @@ def static_candidate(
     evaluator=None,
     search_samples: int = 200,
     gate=None,
+    ranges: dict | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path).
 
@@ -89,7 +90,8 @@ def static_candidate(
     ``search_samples``: the budget search ranks and bisects on that many samples of the
     evaluation data, then confirms on all of it; ``gate(model) -> reason | None``: asked
     with the fully quantized model before the budget search, a reason raises
-    ``BudgetError`` ("cannot win: ...") instead of searching."""
+    ``BudgetError`` ("cannot win: ...") instead of searching; ``ranges``: the calibration
+    ranges of the pre-processed model, when already measured."""
     from ..data import dataset_for
 
     cfg = QuantConfig(
@@ -103,11 +105,11 @@ def static_candidate(
         op_types=tuple(as_name_list(op_types)) or None,
         exclude=frozenset(as_name_list(exclude_nodes)),
     )
-    cal = dataset_for(model, dataset_view(calibration))
     res = quantize_candidate(
         model,
         cfg,
-        calibration=cal,
+        calibration=dataset_for(model, dataset_view(calibration)),
+        ranges=ranges,
         eval_data=eval_data,
         max_accuracy_drop=max_accuracy_drop,
         metric=metric,

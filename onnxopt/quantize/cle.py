@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from ..core.passes import Context, Pass, PassResult
+from .bias_correction import weight_shift
 from .equalize import absorb_amounts, cle_scales
 from .layers import Layer, WeightTable, layer_of
 
@@ -74,10 +75,7 @@ class Pair:
 
 def _private_bias(n: onnx.NodeProto, table: WeightTable, channels: int) -> str:
     const = [i for i in n.input if i in table.inits]
-    if len(const) != 1 or not table.private(const[0]):
-        return ""
-    dims = list(table.inits[const[0]].dims)
-    return const[0] if int(np.prod(dims)) == channels and max(dims, default=1) == channels else ""
+    return const[0] if len(const) == 1 and table.per_channel(const[0], channels) else ""
 
 
 def _bn_ok(n: onnx.NodeProto, table: WeightTable) -> bool:
@@ -94,7 +92,7 @@ def _walk(a: Layer, table: WeightTable, outputs: set[str]) -> tuple[Pair | None,
         if t in outputs or not readers:
             return None, ""
         if len(readers) > 1:
-            weighted = [r for r in readers if layer_of(r, table)[0] is not None]
+            weighted = any(layer_of(r, table)[0] is not None for r in readers)
             return None, (f"{a.node.name}: output '{t}' read by {len(readers)} nodes" if weighted else "")
         n = readers[0]
         op = n.op_type
@@ -147,8 +145,7 @@ def _scale_first(pair: Pair, table: WeightTable, factor: np.ndarray) -> None:
     pair.a.scale_out(table, factor)
     names = ([pair.add_bias] if pair.add_bias else []) + [x for bn in pair.bns for x in (bn.input[2], bn.input[3])]
     for name in names:  # Add bias; BN bias and mean
-        v = table.array(name).astype(np.float64)
-        table.set(name, (v.reshape(-1) * factor).reshape(v.shape))
+        table.channelwise(name, lambda v: v * factor)
 
 
 def equalize_pairs(pairs: list[Pair], table: WeightTable, *, tol: float = 1e-4) -> tuple[int, dict[str, float]]:
@@ -174,7 +171,7 @@ def _spread(p: Pair, table: WeightTable) -> float:
     return float(r.max() / r.min()) if r.size else 1.0
 
 
-def _bias_target(layer: Layer, table: WeightTable, graph: onnx.GraphProto) -> tuple[str, str]:
+def _bias_target(layer: Layer, table: WeightTable) -> tuple[str, str]:
     """(name of a private bias of ``layer`` to write, why not) - created for Conv / Gemm."""
     n_out = table.inits[layer.weight].dims[layer.out_axis]
     if layer.bias:
@@ -187,20 +184,12 @@ def _bias_target(layer: Layer, table: WeightTable, graph: onnx.GraphProto) -> tu
         layer.bias = name
         return name, ""
     readers = table.readers.get(layer.node.output[0], [])
-    if len(readers) == 1 and readers[0].op_type == "Add":
-        b = _private_bias(readers[0], table, n_out)
-        if b:
-            return b, ""
-    return "", "no bias to absorb into"
+    b = _private_bias(readers[0], table, n_out) if len(readers) == 1 and readers[0].op_type == "Add" else ""
+    return (b, "") if b else ("", "no bias to absorb into")
 
 
 def _pads_zero(node: onnx.NodeProto) -> bool:
-    for a in node.attribute:
-        if a.name == "pads" and any(a.ints):
-            return False
-        if a.name == "auto_pad" and a.s not in (b"", b"NOTSET", b"VALID"):
-            return False
-    return True
+    return not any((a.name == "pads" and any(a.ints)) or (a.name == "auto_pad" and a.s not in (b"", b"NOTSET", b"VALID")) for a in node.attribute)
 
 
 def absorb_biases(pairs: list[Pair], model: onnx.ModelProto, table: WeightTable, dataset, *, provider: str = "cpu", limit: int = 256) -> tuple[int, list[str]]:
@@ -227,16 +216,14 @@ def absorb_biases(pairs: list[Pair], model: onnx.ModelProto, table: WeightTable,
         c = absorb_amounts(st.lo, st.mean, st.std).astype(np.float64)
         if not (c > 0).any():
             continue
-        b2, why = _bias_target(p.b, table, model.graph)
+        b2, why = _bias_target(p.b, table)
         if not b2:
             notes.append(f"{p.label}: bias absorption skipped: {p.b.node.name}: {why}")
             continue
-        b1 = p.add_bias or _bias_target(p.a, table, model.graph)[0]
-        w2 = table.array(p.b.weight).astype(np.float64)
-        delta = w2.reshape(w2.shape[0], w2.shape[1], -1).sum(axis=2) @ c if p.b.node.op_type == "Conv" else c @ p.b.weight_in_by_out(table).astype(np.float64)
-        v1, v2 = table.array(b1).astype(np.float64), table.array(b2).astype(np.float64)
-        table.set(b1, (v1.reshape(-1) - c).reshape(v1.shape))
-        table.set(b2, (v2.reshape(-1) + delta).reshape(v2.shape))
+        b1 = p.add_bias or _bias_target(p.a, table)[0]
+        delta = weight_shift(p.b.node.op_type, table.array(p.b.weight), c, trans_b=p.b.in_axis == 1)  # W2 @ c
+        table.channelwise(b1, lambda v, c=c: v - c)
+        table.channelwise(b2, lambda v, delta=delta: v + delta)
         done += 1
         notes.append(f"{p.label}: {int((c > 0).sum())} channel(s) of bias absorbed")
     return done, notes
@@ -275,9 +262,8 @@ class EqualizePass(Pass):
             )
         before = {p.label: _spread(p, table) for p in pairs}
         sweeps, after = equalize_pairs(pairs, table)
-        absorbed, notes = 0, []
-        if self.config.absorb_bias and ctx.data is not None:
-            absorbed, notes = absorb_biases(pairs, model, table, ctx.inputs_for(model), provider=ctx.provider, limit=self.config.limit)
+        absorb = self.config.absorb_bias and ctx.data is not None
+        absorbed, notes = absorb_biases(pairs, model, table, ctx.inputs_for(model), provider=ctx.provider, limit=self.config.limit) if absorb else (0, [])
         details = {
             "pairs": [{"pair": k, "range_spread_before": round(before[k], 4), "range_spread_after": round(after[k], 4)} for k in before],
             "sweeps": sweeps,

@@ -17,6 +17,7 @@ the second batch).  Graph inputs are read from the feed itself.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..core.progress import progress
+from ..data import DEFAULT_BATCH
 from ..errors import DataError, VerificationError
 from ..runtime import create_session
 from .calibrate import DEFAULT_BINS, DEFAULT_PERCENTILE, DEFAULT_QUANTIZED_BINS, RangeStats
@@ -48,10 +50,7 @@ CALIBRATION_BYTES = 1 << 30  # the calibrated tensors one calibration batch may 
 
 def method_counts(choices: dict) -> dict[str, int]:
     """How many tensors got each range method (``RangeStats.choices``)."""
-    out: dict[str, int] = {}
-    for c in choices.values():
-        out[c["method"]] = out.get(c["method"], 0) + 1
-    return out
+    return dict(Counter(c["method"] for c in choices.values()))
 
 
 @dataclass
@@ -86,11 +85,9 @@ def _typed_values(model: onnx.ModelProto) -> dict[str, int]:
     except Exception as exc:  # keep what the model already declares
         log.debug("shape inference failed for calibration: %s", exc)
         inferred = model
-    types = {}
-    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
+    g = inferred.graph
+    typed = [vi for vi in [*g.input, *g.value_info, *g.output] if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type]
+    return {vi.name: vi.type.tensor_type.elem_type for vi in typed}
 
 
 def tensors_to_calibrate(model: onnx.ModelProto, op_types=None) -> list[str]:
@@ -98,17 +95,8 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types=None) -> list[str]:
     graph order; ``op_types`` restricts to the inputs/outputs of those op types."""
     inits = {t.name for t in model.graph.initializer}
     types = _typed_values(model)
-    seen, out = set(), []
-    for node in model.graph.node:
-        if op_types and node.op_type not in op_types:
-            continue
-        for name in list(node.input) + list(node.output):
-            if not name or name in seen or name in inits:
-                continue
-            seen.add(name)
-            if types.get(name) in _FLOATS:
-                out.append(name)
-    return out
+    names = dict.fromkeys(x for n in model.graph.node if not op_types or n.op_type in op_types for x in [*n.input, *n.output] if x and x not in inits)
+    return [x for x in names if types.get(x) in _FLOATS]
 
 
 def augment_for_calibration(
@@ -153,22 +141,16 @@ def augment_for_calibration(
 def _batch_count(dataset, batch_size: int | None, limit: int | None) -> int | None:
     """How many feeds ``dataset.batches(batch_size, limit)`` yields (for the progress bar),
     None when that is not known without reading the data."""
-    from ..data import DEFAULT_BATCH
-
     try:
         if getattr(dataset, "whole", False):
             return 1
         files = getattr(dataset, "_files", None)
         if files is not None:
             return None if limit is not None else len(files)  # one feed per file
-        n = len(dataset)
-        if limit is not None:
-            n = min(n, limit)
-        sizes = {s.batch_fixed for s in dataset.specs} if getattr(dataset, "specs", None) else set()
+        n = len(dataset) if limit is None else min(len(dataset), limit)
+        sizes = {s.batch_fixed for s in getattr(dataset, "specs", None) or ()}
         fixed = sizes.pop() if len(sizes) == 1 else None
-        if fixed:
-            return n // fixed  # a final partial batch is dropped
-        return -(-n // (batch_size or DEFAULT_BATCH))
+        return n // fixed if fixed else -(-n // (batch_size or DEFAULT_BATCH))  # a fixed batch drops a final partial one
     except Exception:  # a Dataset-like object without these attributes
         return None
 
@@ -184,20 +166,18 @@ def bounded_batch(model: onnx.ModelProto, dataset, names: list[str], budget: int
     the reductions next to their producers or joining them into one output did not change
     it; a smaller batch does (MinMax ranges do not depend on the batch).
     """
-    from ..data import DEFAULT_BATCH
     from ..stats import activation_bytes
 
     budget = CALIBRATION_BYTES if budget is None else budget
     try:
-        feed = dataset.first_batch(1)
-        per = sum(activation_bytes(model, feed, names).values())
+        per = sum(activation_bytes(model, dataset.first_batch(1), names).values())
     except Exception as exc:  # a dataset-like object without first_batch, or odd shapes
         log.debug("calibration batch not bounded: %s", exc)
         return DEFAULT_BATCH, None
     fit = max(1, min(DEFAULT_BATCH, budget // max(per, 1)))
-    if fit >= DEFAULT_BATCH:
-        return DEFAULT_BATCH, None
-    return fit, f"calibration batch {fit}: the {len(names)} calibrated tensors take {per / 2**20:.0f} MiB per sample (bound {budget / 2**30:g} GiB)"
+    return fit, None if fit >= DEFAULT_BATCH else (
+        f"calibration batch {fit}: the {len(names)} calibrated tensors take {per / 2**20:.0f} MiB per sample (bound {budget / 2**30:g} GiB)"
+    )
 
 
 def collect_ranges(
@@ -220,14 +200,11 @@ def collect_ranges(
     """
     stats = RangeStats(method, bins=bins, percentile=percentile, num_quantized_bins=num_quantized_bins)
     names = tensors if tensors is not None else tensors_to_calibrate(model)
-    bound_note = None
-    if batch_size is None:
-        batch_size, bound_note = bounded_batch(model, dataset, names)
+    batch_size, bound_note = bounded_batch(model, dataset, names) if batch_size is None else (batch_size, None)
     aug, reads = augment_for_calibration(model, names, method)
     # no memory pattern: with it ORT allocates a second arena block on the second run
     sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
-    out_names = [o.name for o in sess.get_outputs()]
-    wanted = sorted({r[1] for r in reads} | {r[2] for r in reads if r[2]}, key=out_names.index)
+    wanted = sorted({r[1] for r in reads} | {r[2] for r in reads if r[2]}, key=[o.name for o in sess.get_outputs()].index)
     input_names = {i.name for i in sess.get_inputs()}
     graph_inputs = [n for n in names if n in input_names]
     samples = batches = 0
@@ -288,20 +265,15 @@ class ChannelStats:
 class _ChannelAccumulator:
     def __init__(self, max_rows: int, rng: np.random.Generator):
         self.max_rows, self.rng = max_rows, rng
-        self.lo = self.hi = self.sum = self.sumsq = None
+        self.lo, self.hi, self.sum, self.sumsq = np.inf, -np.inf, 0.0, 0.0  # arrays after the first batch
         self.count = 0
         self.keys = np.zeros(0)
         self.pool: np.ndarray | None = None
 
     def update(self, flat: np.ndarray) -> None:
         flat = flat.astype(np.float64)
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
-        if self.lo is None:
-            self.lo, self.hi, self.sum, self.sumsq = lo, hi, flat.sum(axis=0), (flat**2).sum(axis=0)
-        else:
-            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
-            self.sum += flat.sum(axis=0)
-            self.sumsq += (flat**2).sum(axis=0)
+        self.lo, self.hi = np.minimum(self.lo, flat.min(axis=0)), np.maximum(self.hi, flat.max(axis=0))
+        self.sum, self.sumsq = self.sum + flat.sum(axis=0), self.sumsq + (flat**2).sum(axis=0)
         self.count += flat.shape[0]
         if self.max_rows:
             # a uniform sample of every row seen: each row gets a random key, the smallest
@@ -339,9 +311,7 @@ def collect_channel_stats(
     aug.CopyFrom(model)
     inputs = {i.name for i in aug.graph.input}
     outputs = {o.name for o in aug.graph.output}
-    for name in tensors:
-        if name not in inputs and name not in outputs:
-            aug.graph.output.append(helper.make_tensor_value_info(name, types.get(name, TensorProto.FLOAT), None))
+    aug.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in tensors if n not in inputs and n not in outputs)
     sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
     fetch = [n for n in tensors if n not in inputs]
     rng = np.random.default_rng(seed)

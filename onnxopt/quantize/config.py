@@ -61,9 +61,7 @@ def op_types_problem(op_types, mode: str = "auto") -> str | None:
         return f"unknown op type(s) {', '.join(bad)} for --op-types (quantizable: {', '.join(sorted(known))})"
     allowed = set(op_types_for_mode(mode))
     bad = [t for t in op_types if t not in allowed]
-    if bad:
-        return f"--op-types {', '.join(bad)}: not quantizable in {mode} mode (it quantizes: {', '.join(sorted(allowed))})"
-    return None
+    return f"--op-types {', '.join(bad)}: not quantizable in {mode} mode (it quantizes: {', '.join(sorted(allowed))})" if bad else None
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -90,16 +88,15 @@ class QuantConfig:
     bias_correction: bool = False  # static QDQ: expected output shift of each weight removed from its bias
 
     def __post_init__(self):
-        check_choice("mode", self.mode, ("dynamic", "static", "int4"))
-        check_choice("int4 method", self.int4_method, INT4_METHODS)
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise UsageError(f"--block-size must be a power of 2 >= 16, got {self.block_size}")
-        check_choice("format", self.format, FORMATS)
         from .calibrate import METHODS
 
-        check_choice("method", self.method, METHODS)
-        check_choice("weight type", self.weight_type, INT_TYPES)
-        check_choice("activation type", self.activation_type, INT_TYPES)
+        for name, value, choices in (
+            ("mode", self.mode, ("dynamic", "static", "int4")), ("int4 method", self.int4_method, INT4_METHODS), ("format", self.format, FORMATS),
+            ("method", self.method, METHODS), ("weight type", self.weight_type, INT_TYPES), ("activation type", self.activation_type, INT_TYPES),
+        ):
+            check_choice(name, value, choices)
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise UsageError(f"--block-size must be a power of 2 >= 16, got {self.block_size}")
         if self.op_types is not None:
             why = op_types_problem(self.op_types, self.mode)
             if why:
@@ -113,10 +110,7 @@ class QuantConfig:
     def label(self) -> str:
         if self.mode == "int4":
             return f"int4 {self.int4_method} block {self.block_size}"
-        if self.mode == "dynamic":
-            base = "dynamic"
-        else:
-            base = "static" if self.format == "qdq" else "static qoperator"
+        base = "dynamic" if self.mode == "dynamic" else "static" if self.format == "qdq" else "static qoperator"
         base += " per-channel" if self.per_channel else (" per-tensor" if self.mode == "static" else "")
         return (
             base
@@ -132,9 +126,7 @@ class QuantConfig:
             return tuple(self.op_types)
         if self.mode == "int4":
             return int4_op_types()
-        if self.mode == "dynamic":
-            return tuple(t for t in dynamic_op_types() if not (t == "Conv" and provider == "cpu"))
-        return static_op_types()
+        return tuple(t for t in dynamic_op_types() if not (t == "Conv" and provider == "cpu")) if self.mode == "dynamic" else static_op_types()
 
     def with_(self, **kw) -> QuantConfig:
         return replace(self, **kw)
@@ -145,15 +137,11 @@ class QuantConfig:
             d.update(format=self.format, method=self.method, activation_type=self.activation_type)
         if self.mode == "int4":
             d = {"mode": "int4", "block_size": self.block_size, "int4_method": self.int4_method}
-        if self.op_types is not None:
-            d["op_types"] = list(self.op_types)
-        if self.equalized:
-            d["equalized"] = True
-        if self.bias_correction:
-            d["bias_correction"] = True
-        if self.exclude:
-            d["exclude"] = sorted(self.exclude)
-        return d
+        optional = {
+            "op_types": None if self.op_types is None else list(self.op_types), "equalized": self.equalized or None,
+            "bias_correction": self.bias_correction or None, "exclude": sorted(self.exclude) or None,
+        }
+        return {**d, **{k: v for k, v in optional.items() if v is not None}}
 
 
 @dataclass
@@ -202,11 +190,11 @@ class QuantizeConfig:
     bias_correction: bool = False
 
     def validate(self) -> QuantizeConfig:
-        check_choice("mode", self.mode, MODES)
-        check_choice("format", self.format, FORMATS)
-        check_choice("weight type", self.weight_type, INT_TYPES)
-        check_choice("activation type", self.activation_type, INT_TYPES)
-        check_choice("equalize", self.equalize, EQUALIZE)
+        for name, value, choices in (
+            ("mode", self.mode, MODES), ("format", self.format, FORMATS), ("weight type", self.weight_type, INT_TYPES),
+            ("activation type", self.activation_type, INT_TYPES), ("equalize", self.equalize, EQUALIZE),
+        ):
+            check_choice(name, value, choices)
         if self.batch <= 0 or self.search_samples <= 0 or self.max_evals <= 0:
             raise UsageError("batch, search_samples and max_evals must be positive")
         if self.model_type is not None:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 
 import onnx
 
@@ -60,7 +61,7 @@ class CandidateResult:
     def label(self) -> str:
         return self.config.label
 
-    def to_dict(self, *, timing: bool = True) -> dict:
+    def to_dict(self) -> dict:
         d = {
             "label": self.label,
             "config": self.config.to_dict(),
@@ -77,12 +78,8 @@ class CandidateResult:
             "notes": list(self.notes),
         }
         if self.fit is not None:
-            d["budget_search"] = self.fit.to_dict()
-            d["excluded"] = self.fit.excluded
-            d["remedied"] = self.fit.remedied
-        if timing:
-            d["seconds"] = round(self.seconds, 3)
-            d["speed"] = self.speed.to_dict() if self.speed else None
+            d.update(budget_search=self.fit.to_dict(), excluded=self.fit.excluded, remedied=self.fit.remedied)
+        d.update(seconds=round(self.seconds, 3), speed=self.speed.to_dict() if self.speed else None)
         return d
 
 
@@ -126,7 +123,6 @@ class CandidateBuilder:
         provider: str = "cpu",
         feed=None,
         reference=None,
-        max_builds: int = 32,
         converted_gemms: frozenset = frozenset(),
         calibration=None,
         alt_ranges=None,
@@ -141,7 +137,6 @@ class CandidateBuilder:
         self.provider = provider
         self.feed = feed
         self.reference = reference
-        self.max_builds = max_builds
         types = set(config.op_types_for(provider))
 
         def wanted(n: onnx.NodeProto) -> bool:
@@ -169,17 +164,14 @@ class CandidateBuilder:
         # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
         # large model must not hold every model it tried
         self._cache: OrderedDict = OrderedDict()
-        self.builds = 0
 
     def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None, remedies: dict | None = None) -> onnx.ModelProto:
-        self.builds += 1
         remedies = remedies or {}
         ranges = self.ranges
         ranged = [n for n, r in remedies.items() if r == "range"]
         if ranged:
             alt = self._alt_ranges()
             ranges = {**ranges, **{t: alt[t] for n in ranged for t in self._activations(n) if t in alt}}
-        per_channel = frozenset(n for n, r in remedies.items() if r == "per-channel")
         return quantize_with_ort(
             self.base,
             self.config,
@@ -190,7 +182,7 @@ class CandidateBuilder:
             per_tensor=per_tensor,
             op_types=self.ort_op_types,
             notes=self.notes,
-            per_channel_nodes=per_channel,
+            per_channel_nodes=frozenset(n for n, r in remedies.items() if r == "per-channel"),
         )
 
     def _activations(self, node: str) -> list[str]:
@@ -210,13 +202,7 @@ class CandidateBuilder:
         if self.config.mode != "static":
             return []
         out = []
-        if (
-            self.config.format == "qdq"
-            and not self.config.per_channel
-            and self.op_types.get(node) in WEIGHTED_OP_TYPES
-            and node in self.node_tensors
-            and self.node_tensors[node]
-        ):
+        if self.config.format == "qdq" and not self.config.per_channel and self.op_types.get(node) in WEIGHTED_OP_TYPES and self.node_tensors.get(node):
             out.append("per-channel")
         if self.alt_ranges is not None and self.ranges:
             alt = self._alt_ranges()
@@ -226,9 +212,6 @@ class CandidateBuilder:
                     out.append("range")
                     break
         return out
-
-    def validate(self, model: onnx.ModelProto) -> str | None:
-        return validate_candidate(model, provider=self.provider, feed=self.feed, reference=self.reference)
 
     def build(self, excluded: frozenset = frozenset(), remedies: dict | None = None) -> tuple[onnx.ModelProto, list[Fallback]]:
         rem = tuple(sorted((remedies or {}).items()))
@@ -241,17 +224,16 @@ class CandidateBuilder:
             self._cache[key] = build_valid(
                 raw,
                 [c for c in self.candidates if c not in excluded],
-                validate=self.validate,
+                validate=partial(validate_candidate, provider=self.provider, feed=self.feed, reference=self.reference),
                 node_tensors=self.node_tensors,
                 op_types=self.op_types,
                 per_channel=self.config.per_channel,
                 can_per_tensor=can_per_tensor,
                 exclude=frozenset(excluded),
-                max_builds=self.max_builds,
                 label=self.config.label,
             )
-            if self.config.bias_correction:
-                self._cache[key] = (self._corrected(self._cache[key][0]), self._cache[key][1])
+            model, fallbacks = self._cache[key]
+            self._cache[key] = (self._corrected(model) if self.config.bias_correction else model, fallbacks)
             while len(self._cache) > CACHED_MODELS:
                 self._cache.popitem(last=False)
         return self._cache[key]
@@ -261,16 +243,15 @@ class CandidateBuilder:
         import copy
 
         from ..data import dataset_for
+        from .api import dataset_view
         from .bias_correction import correct_biases, inputs_to_correct
         from .collect import collect_channel_stats
 
         if self.calibration is None:
             raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
         if self._means is None:
-            ds = self.calibration.view() if hasattr(self.calibration, "view") else self.calibration
-            stats = collect_channel_stats(
-                self.base, dataset_for(self.base, ds), inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256
-            )
+            ds = dataset_for(self.base, dataset_view(self.calibration))
+            stats = collect_channel_stats(self.base, ds, inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
             self._means = {k: v.mean for k, v in stats.items()}
         out = copy.deepcopy(model)
         done, notes = correct_biases(out, self.base, self._means)
@@ -289,8 +270,7 @@ class CandidateBuilder:
         quantized node, since an activation-only node can be the culprit (a 1000-class
         Softmax output quantized in steps of 1/255 is all zeros)."""
         if self.config.mode == "dynamic":
-            weighted = [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES]
-            return weighted or list(quantized)
+            return [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES] or list(quantized)
         return list(quantized)
 
 
@@ -313,13 +293,10 @@ def evaluate_candidate(
     search; a reason stops the candidate there (status ``cannot win``: leaving nodes in
     float only makes it slower, so a caller that already holds a faster model within the
     budget need not search)."""
-    res = CandidateResult(builder.config)
+    res = CandidateResult(builder.config, quantizable=len(builder.candidates))
     t0 = time.perf_counter()
-    res.quantizable = len(builder.candidates)
     if not builder.candidates:
-        res.status = "nothing to quantize"
-        res.notes.append(f"no node of the op types {', '.join(builder.config.op_types_for(builder.provider))}")
-        return res
+        return _stopped(res, "nothing to quantize", f"no node of the op types {', '.join(builder.config.op_types_for(builder.provider))}", t0)
     try:
         model, fallbacks = builder.build(frozenset())
         res.quantized = touched_nodes(builder.base, model, builder.candidates)
@@ -362,8 +339,7 @@ def _fit_to_budget(builder: CandidateBuilder, res: CandidateResult, budget: Budg
     if fit.excluded:
         fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator)
     res.fit = fit
-    excluded = frozenset(e["node"] for e in fit.excluded)
-    fallbacks = builder.build(excluded, fit.remedies)[1]
+    fallbacks = builder.build(frozenset(e["node"] for e in fit.excluded), fit.remedies)[1]
     res.quantized = touched_nodes(builder.base, fit.model, builder.candidates)
     res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
     res.rel_l2 = score_model(evaluator, fit.model)[1]

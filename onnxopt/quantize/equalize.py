@@ -59,8 +59,7 @@ def smooth_scales(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> n
     where either maximum is 0 get ``s = 1``."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    x = np.asarray(x_absmax, dtype=np.float64)
-    w = np.asarray(w_absmax, dtype=np.float64)
+    x, w = np.asarray(x_absmax, dtype=np.float64), np.asarray(w_absmax, dtype=np.float64)
     ok = (x > 0) & (w > 0)
     s = np.ones_like(x)
     s[ok] = x[ok] ** alpha / w[ok] ** (1.0 - alpha)
@@ -90,8 +89,7 @@ def fake_quant(a: np.ndarray, *, symmetric: bool, bits: int = 8, axis: int | Non
 def smooth_error(x: np.ndarray, w: np.ndarray, s: np.ndarray | None = None, *, per_channel: bool = False) -> float:
     """Relative L2 error of ``fq(X / s) @ fq(s W)`` against ``X @ W`` (``x[rows, C]``,
     ``w[C, N]``; ``s`` None: no smoothing)."""
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
+    x, w = np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64)
     ref = x @ w
     if s is not None:
         s = np.asarray(s, dtype=np.float64)
@@ -120,8 +118,7 @@ def choose_alpha(x: np.ndarray, w: np.ndarray, alphas=ALPHAS, *, per_channel: bo
 def cle_scales(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
     """``s_i = sqrt(r1_i / r2_i)`` (``r1``: layer 1's range per output channel, ``r2``: layer
     2's per input channel); channels with a zero range keep ``s = 1``."""
-    r1 = np.asarray(r1, dtype=np.float64)
-    r2 = np.asarray(r2, dtype=np.float64)
+    r1, r2 = np.asarray(r1, dtype=np.float64), np.asarray(r2, dtype=np.float64)
     ok = (r1 > 0) & (r2 > 0)
     s = np.ones_like(r1)
     s[ok] = np.sqrt(r1[ok] / r2[ok])

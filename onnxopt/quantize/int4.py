@@ -35,14 +35,8 @@ def nbits_weight_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the main graph's MatMul nodes that ``MatMulNBits`` can replace: weight
     input ``B`` a 2-D float initializer."""
     inits = {t.name: t for t in model.graph.initializer}
-    out = []
-    for n in model.graph.node:
-        if n.op_type != "MatMul" or len(n.input) < 2:
-            continue
-        w = inits.get(n.input[1])
-        if w is not None and len(w.dims) == 2 and w.data_type in _FLOATS:
-            out.append(n.name)
-    return out
+    weights = [(n.name, inits.get(n.input[1])) for n in model.graph.node if n.op_type == "MatMul" and len(n.input) >= 2]
+    return [name for name, w in weights if w is not None and len(w.dims) == 2 and w.data_type in _FLOATS]
 
 
 def _module():
@@ -72,7 +66,6 @@ def quantize_nbits(model: onnx.ModelProto, *, block_size: int = 32, method: str 
     mnb = _module()
     wanted = set(nbits_weight_nodes(model) if nodes is None else nodes) - set(exclude)
     skip = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
-    algo = _algo(mnb, method, block_size)
     q = mnb.MatMulNBitsQuantizer(
         copy.deepcopy(model),
         bits=4,
@@ -81,7 +74,7 @@ def quantize_nbits(model: onnx.ModelProto, *, block_size: int = 32, method: str 
         nodes_to_exclude=skip,
         nodes_to_include=sorted(wanted) or None,
         op_types_to_quantize=("MatMul",),
-        algo_config=algo,
+        algo_config=_algo(mnb, method, block_size),
     )
     # ORT's module logs every node at INFO through a handler of its own: keep that out of stdout
     ort_log = logging.getLogger(mnb.__name__)

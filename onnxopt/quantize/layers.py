@@ -35,10 +35,18 @@ class WeightTable:
         self.taken = set(self.inits) | self.inputs | {x for n in graph.node for x in list(n.input) + list(n.output)}
 
     def private(self, name: str) -> bool:
-        if name not in self.inits or name in self.inputs:
-            return False
         reads = sum(1 for n in self.readers.get(name, []) for x in n.input if x == name)
-        return reads == 1
+        return name in self.inits and name not in self.inputs and reads == 1
+
+    def per_channel(self, name: str, channels: int) -> bool:
+        """A private initializer of ``channels`` values along one axis (the other dims 1)."""
+        dims = list(self.inits[name].dims) if name in self.inits else []
+        return self.private(name) and int(np.prod(dims)) == channels and max(dims, default=1) == channels
+
+    def channelwise(self, name: str, fn) -> None:
+        """Replace the values of ``name`` by ``fn`` of them (flat, float64); shape and type kept."""
+        v = self.array(name).astype(np.float64)
+        self.set(name, fn(v.reshape(-1)).reshape(v.shape))
 
     def array(self, name: str) -> np.ndarray:
         from ..io import tensor_array
@@ -51,8 +59,7 @@ class WeightTable:
 
     def add(self, base: str, value: np.ndarray) -> str:
         name = unique_name(base, self.taken)
-        t = numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
-        self.graph.initializer.append(t)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
         self.inits[name] = self.graph.initializer[-1]
         return name
 
@@ -91,25 +98,12 @@ class Layer:
         w = table.array(self.weight).astype(np.float64)
         table.set(self.weight, w * factor.reshape(self._bshape(w, self.out_axis)))
         if self.bias:
-            b = table.array(self.bias).astype(np.float64)
-            table.set(self.bias, (b.reshape(-1) * factor).reshape(b.shape))
+            table.channelwise(self.bias, lambda b: b * factor)
 
     def scale_in(self, table: WeightTable, factor: np.ndarray) -> None:
         """Multiply input channel ``j`` of the weight by ``factor[j]``."""
         w = table.array(self.weight).astype(np.float64)
         table.set(self.weight, w * factor.reshape(self._bshape(w, self.in_axis)))
-
-    @property
-    def channels_out(self) -> str:
-        return "axis 1" if self.node.op_type == "Conv" else "last axis"
-
-
-def _bias_ok(table: WeightTable, name: str, n_out: int) -> bool:
-    if not name:
-        return True
-    if not table.private(name):
-        return False
-    return int(np.prod(table.inits[name].dims)) == n_out and max(table.inits[name].dims, default=1) == n_out
 
 
 def layer_of(node: onnx.NodeProto, table: WeightTable) -> tuple[Layer | None, str]:
@@ -128,17 +122,14 @@ def layer_of(node: onnx.NodeProto, table: WeightTable) -> tuple[Layer | None, st
         if attribute(node, "group", 1) != 1:
             return None, "grouped Conv (group > 1)"
         layer = Layer(node, w, 1, 0, bias)
-        n_out = dims[0]
     elif op == "Gemm":
         if attribute(node, "transA", 0) or len(dims) != 2:
             return None, "Gemm with transA or a non-2-D weight"
         layer = Layer(node, w, 1, 0, bias) if attribute(node, "transB", 0) else Layer(node, w, 0, 1, bias)
-        n_out = dims[layer.out_axis]
     else:
         if len(dims) != 2:
             return None, "MatMul weight is not 2-D"
         layer = Layer(node, w, 0, 1)
-        n_out = dims[1]
-    if not _bias_ok(table, bias, n_out):
+    if bias and not table.per_channel(bias, dims[layer.out_axis]):
         return None, f"bias '{bias}' is shared or not one value per output channel"
     return layer, ""

@@ -26,14 +26,13 @@ import traceback
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from ..graph import sort_nodes
-from ..io import is_lazy
+from ..graph import attribute, consumers, producers, sort_nodes
+from ..io import is_lazy, load_model, materialize, save_model
 from . import ort_lazy
 from .config import QuantConfig
 
-__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging"]
+__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging", "drop_unused_opsets"]
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +78,12 @@ def _qtype(name: str):
     return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def per_channel_axis(node: onnx.NodeProto, weight_rank: int) -> int | None:
     """The output-channel axis of a node's weight (input 1), None when per-channel makes no sense."""
     if weight_rank < 2:
         return None
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if _attrs(node).get("transB", 0) else 1
-    if node.op_type == "MatMul":
-        return weight_rank - 1
-    return None
+    trans_b = node.op_type == "Gemm" and attribute(node, "transB", 0)
+    return {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else 1, "MatMul": weight_rank - 1}.get(node.op_type)
 
 
 def _names_in_traceback(exc: BaseException) -> set[str]:
@@ -117,23 +105,17 @@ def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nod
     """Per-channel overrides ``{weight: [{"axis": k}]}`` for the weighted nodes to quantize
     (only those of ``per_channel_nodes`` when given: a per-tensor model's remedied nodes)."""
     inits = {t.name: t for t in model.graph.initializer}
-    uses: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for x in n.input:
-            uses.setdefault(x, []).append(n)
+    uses = consumers(model.graph)
     overrides = {}
     for n in model.graph.node:
-        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or n.op_type not in op_types:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or n.op_type not in op_types or len(n.input) < 2 or n.name in exclude:
             continue
-        if n.name in exclude or (nodes_to_quantize and n.name not in nodes_to_quantize) or len(n.input) < 2:
-            continue
-        if per_channel_nodes is not None and n.name not in per_channel_nodes:
+        if (nodes_to_quantize and n.name not in nodes_to_quantize) or (per_channel_nodes is not None and n.name not in per_channel_nodes):
             continue
         w = n.input[1]
         if w not in inits:
             continue
-        users = uses.get(w, [])
-        if any(u.name in per_tensor for u in users):
+        if any(u.name in per_tensor for u in uses.get(w, [])):
             continue  # a shared weight goes per-tensor when any of its users must
         axis = per_channel_axis(n, len(inits[w].dims))
         if axis is None:
@@ -141,10 +123,7 @@ def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nod
         if w in overrides and overrides[w][0]["axis"] != axis:
             overrides.pop(w)  # users disagree on the axis: per-tensor
             continue
-        entry = {"axis": axis}
-        if config.reduce_range:
-            entry["reduce_range"] = True
-        overrides[w] = [entry]
+        overrides[w] = [{"axis": axis, "reduce_range": True} if config.reduce_range else {"axis": axis}]
     return overrides
 
 
@@ -196,12 +175,9 @@ def quantize_with_ort(
             if out is None:
                 out = _run_quantizer(_reload_large(model) if large else save_and_reload_model_with_shape_infer(copy.deepcopy(model)), config, **args)
     except Exception as exc:
-        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
-        raise QuantizerFailure(f"ONNX Runtime's quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
-    _clean(out)
-    if large:
-        out = _spill(out)
-    return out
+        raise _failure("quantizer", config, exc) from exc
+    drop_unused_opsets(out)
+    return _spill(out) if large else out
 
 
 def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str], excluded: list[str], notes: list[str]) -> onnx.ModelProto:
@@ -219,9 +195,13 @@ def _quantize_int4(model: onnx.ModelProto, config: QuantConfig, only: list[str],
     except UnsupportedError:
         raise
     except Exception as exc:
-        msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
-        raise QuantizerFailure(f"ONNX Runtime's MatMulNBits quantizer failed ({config.label}): {msg}", _names_in_traceback(exc)) from exc
+        raise _failure("MatMulNBits quantizer", config, exc) from exc
     return _spill(out) if large else out
+
+
+def _failure(what: str, config: QuantConfig, exc: BaseException) -> QuantizerFailure:
+    msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:400]
+    return QuantizerFailure(f"ONNX Runtime's {what} failed ({config.label}): {msg}", _names_in_traceback(exc))
 
 
 def _run_quantizer(
@@ -238,12 +218,11 @@ def _run_quantizer(
     """ORT's ``ONNXQuantizer`` / ``QDQQuantizer`` on ``m`` (shape-inferred, ORT's "inferred"
     mark set); returns ORT's model (``m`` may be changed)."""
     scope = {"nodes_to_quantize": only, "nodes_to_exclude": excluded, "op_types_to_quantize": op_types}
-    if config.mode == "dynamic":
-        q = _dynamic_quantizer(m, config, scope)
-    else:
-        if ranges is None:
-            raise ValueError("static quantization needs calibration ranges")
-        q = _static_quantizer(m, config, scope, ranges=ranges, per_tensor=per_tensor, per_channel_nodes=per_channel_nodes)
+    if config.mode != "dynamic" and ranges is None:
+        raise ValueError("static quantization needs calibration ranges")
+    q = _dynamic_quantizer(m, config, scope) if config.mode == "dynamic" else (
+        _static_quantizer(m, config, scope, ranges=ranges, per_tensor=per_tensor, per_channel_nodes=per_channel_nodes)
+    )
     q.quantize_model()
     # what ORT's save_model_to_file does: Q/DQ nodes are appended, so sort; ORT's sort
     # ignores what If/Loop bodies read from the graph, ``sort_nodes`` counts it
@@ -288,11 +267,10 @@ def _static_quantizer(m: onnx.ModelProto, config: QuantConfig, scope: dict, *, r
     extra: dict = {}
     per_channel = config.per_channel
     only, excluded, op_types = scope["nodes_to_quantize"], scope["nodes_to_exclude"], scope["op_types_to_quantize"]
-    if config.format == "qdq" and config.per_channel:
-        extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor)
+    if config.format == "qdq" and (config.per_channel or per_channel_nodes):
+        # per-channel weights set one by one (in a per-tensor model: its remedied nodes only)
+        extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor, None if per_channel else per_channel_nodes)
         per_channel = False
-    elif config.format == "qdq" and per_channel_nodes:
-        extra["TensorQuantOverrides"] = _weight_overrides(m, config, op_types, only, set(excluded), per_tensor, per_channel_nodes)
     fmt = QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator
     m = update_opset_version(m, wt, at, tensor_quant_overrides=extra.get("TensorQuantOverrides"))
     check_static_quant_arguments(fmt, at, wt)
@@ -313,14 +291,7 @@ def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:
     read in once.  ORT's version deep-copies, saves and reloads the whole model (three
     copies of the weights at its peak).  The fallback of the lazy path (``ort_lazy``): with
     the weights in memory, dynamic mode's ``ONNXQuantizer`` still reloads the model itself."""
-    from onnxruntime.quantization.quant_utils import add_infer_metadata
-
-    from ..io import materialize
-
-    m = onnx.shape_inference.infer_shapes(model)  # a new proto; the weights stay in files
-    materialize(m)
-    add_infer_metadata(m)
-    return m
+    return materialize(ort_lazy.inferred_copy(model))
 
 
 def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -332,8 +303,6 @@ def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
     import tempfile
     from pathlib import Path
 
-    from ..io import load_model, save_model
-
     folder = Path(tempfile.mkdtemp(prefix="onnxopt-quant-"))
     atexit.register(shutil.rmtree, folder, True)
     path = save_model(model, folder / "quantized.onnx", external_data=True)
@@ -341,8 +310,8 @@ def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
     return load_model(path, lazy=True)
 
 
-def _clean(model: onnx.ModelProto) -> None:
-    """Drop opset imports no node uses (ORT adds several) and sort nothing else."""
+def drop_unused_opsets(model: onnx.ModelProto) -> None:
+    """Drop the opset imports no node uses (ORT's quantizer and optimizer add several), in place."""
     used = {n.domain or "" for n in model.graph.node}
     for f in model.functions:
         used |= {n.domain or "" for n in f.node}
@@ -359,26 +328,20 @@ def touched_nodes(fp_model: onnx.ModelProto, q_model: onnx.ModelProto, candidate
     ``DequantizeLinear`` or its output feeds a ``QuantizeLinear``.
     """
     q_by_name = {n.name: n for n in q_model.graph.node}
-    producers = {o: n for n in q_model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in q_model.graph.node:
-        for x in n.input:
-            consumers.setdefault(x, []).append(n)
+    prod, cons = producers(q_model.graph), consumers(q_model.graph)
     fp_ops = {n.name: n.op_type for n in fp_model.graph.node}
+
+    def from_dq(x: str) -> bool:
+        return getattr(prod.get(x), "op_type", "") == "DequantizeLinear"
+
     out = []
     for name in candidates:
         qn = q_by_name.get(name)
         if qn is None or qn.op_type != fp_ops.get(name):
             out.append(name)
-            continue
-        def from_dq(x: str) -> bool:
-            return producers.get(x) is not None and producers[x].op_type == "DequantizeLinear"
-
-        if qn.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(qn.input) > 1:
+        elif qn.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(qn.input) > 1:
             if from_dq(qn.input[1]):
                 out.append(name)
-            continue
-        to_q = any(c.op_type == "QuantizeLinear" for o in qn.output for c in consumers.get(o, []))
-        if to_q and any(from_dq(x) for x in qn.input):
+        elif any(c.op_type == "QuantizeLinear" for o in qn.output for c in cons.get(o, [])) and any(from_dq(x) for x in qn.input):
             out.append(name)
     return out

@@ -41,7 +41,7 @@ import onnx
 from .. import io as oio
 from ..errors import ModelError
 
-__all__ = ["CHUNK", "MARK", "TESTED_ORT", "ORT_INTERNALS", "internals_changed", "working_copy", "unmark", "reading_lazily", "missed_read"]
+__all__ = ["CHUNK", "MARK", "TESTED_ORT", "ORT_INTERNALS", "internals_changed", "inferred_copy", "working_copy", "unmark", "reading_lazily", "missed_read"]
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,7 @@ def _info(t: onnx.TensorProto) -> dict[str, str]:
 
 
 def _lazy_tensors(model: onnx.ModelProto):
-    for t in oio.all_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data):
-            yield t
+    return [t for t in oio.all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data)]
 
 
 def _set_location(t: onnx.TensorProto, location: str) -> None:
@@ -148,10 +146,7 @@ def _set_location(t: onnx.TensorProto, location: str) -> None:
 def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """What ORT's ``save_and_reload_model_with_shape_infer`` gives (shapes inferred, ORT's
     "inferred" mark), as a new small proto whose lazy tensors are marked (``MARK``)."""
-    from onnxruntime.quantization.quant_utils import add_infer_metadata
-
-    m = onnx.shape_inference.infer_shapes(model)  # a new proto; the weights stay in files
-    add_infer_metadata(m)
+    m = inferred_copy(model)
     for t in _lazy_tensors(m):
         _set_location(t, f"{MARK}/{_info(t)['location']}")
     return m
@@ -190,8 +185,9 @@ def _lazy_reader(original):
     return tensor_proto_to_array
 
 
-def _reload(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``save_and_reload_model_with_shape_infer`` for a small (lazy) proto."""
+def inferred_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``save_and_reload_model_with_shape_infer`` for a small (lazy) proto: a new proto with
+    shapes inferred and ORT's "inferred" mark; the weights stay in their files."""
     from onnxruntime.quantization.quant_utils import add_infer_metadata
 
     m = onnx.shape_inference.infer_shapes(model)
@@ -204,16 +200,8 @@ def _chunked(original):
         arr = np.asarray(arr)
         # elementwise with a scalar scale and zero point: slices give the same integers;
         # whatever else ORT passes (low, high, ...) goes through unchanged
-        if (
-            arr.ndim == 0
-            or arr.size <= CHUNK
-            or np.size(scale) != 1
-            or np.size(zero_point) != 1
-            or np.ndim(scale) > 1
-            or np.ndim(zero_point) > 1
-            or arr.dtype.kind != "f"
-            or not _integer(qType)
-        ):
+        scalar = all(np.size(x) == 1 and np.ndim(x) <= 1 for x in (scale, zero_point))
+        if arr.ndim == 0 or arr.size <= CHUNK or not scalar or arr.dtype.kind != "f" or not _integer(qType):
             return original(qType, arr, scale, zero_point, *rest, **kw)
         flat = arr.reshape(-1)
         first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, *rest, **kw))
@@ -260,17 +248,12 @@ def reading_lazily():
 
 def _patch(mods, saved) -> None:
     """Install the replacements, recording ``(module, name, original)`` in ``saved``."""
-    for mod in mods.values():
-        if hasattr(mod, "tensor_proto_to_array"):
-            saved.append((mod, "tensor_proto_to_array", mod.tensor_proto_to_array))
-            mod.tensor_proto_to_array = _lazy_reader(mod.tensor_proto_to_array)
-        if hasattr(mod, "save_and_reload_model_with_shape_infer"):
-            saved.append((mod, "save_and_reload_model_with_shape_infer", mod.save_and_reload_model_with_shape_infer))
-            mod.save_and_reload_model_with_shape_infer = _reload
-    qu = mods["quant_utils"]
-    if hasattr(qu, "quantize_nparray"):
-        saved.append((qu, "quantize_nparray", qu.quantize_nparray))
-        qu.quantize_nparray = _chunked(qu.quantize_nparray)
+    each = {"tensor_proto_to_array": _lazy_reader, "save_and_reload_model_with_shape_infer": lambda _: inferred_copy}
+    targets = [(mod, attr, make) for mod in mods.values() for attr, make in each.items()] + [(mods["quant_utils"], "quantize_nparray", _chunked)]
+    for mod, attr, make in targets:
+        if hasattr(mod, attr):
+            saved.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, make(getattr(mod, attr)))
 
 
 def missed_read(exc: BaseException) -> bool:

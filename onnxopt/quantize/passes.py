@@ -90,8 +90,7 @@ class QuantizePass(Pass):
         # the recipe's types (a caller's 1 for True, a tuple for a list, "a,b" for names)
         params = {f.name: type(f.default)(getattr(cfg, f.name)) for f in fields(_QuantizeConfig) if isinstance(f.default, (bool, int))}
         params.update({f.name: getattr(cfg, f.name) for f in fields(_QuantizeConfig) if isinstance(f.default, str)})
-        params["op_types"] = as_name_list(cfg.op_types) or None
-        params["exclude_nodes"] = as_name_list(cfg.exclude_nodes) or None
+        params.update(op_types=as_name_list(cfg.op_types) or None, exclude_nodes=as_name_list(cfg.exclude_nodes) or None)
         step = cls(_where="quantize", _error=UsageError, **params)
         step.settings, step.inputs = cfg, inputs
         return step
@@ -144,7 +143,6 @@ def _summary(rep: dict) -> tuple[dict, list[str], dict]:
     chosen = next((x for x in rep["candidates"] if x["label"] == rep.get("chosen")), None)
     counts = {"chosen": rep.get("chosen") or "none", "quantized_nodes": chosen["quantized_nodes"] if chosen else 0}
     if chosen:
-        counts["excluded_nodes"] = len(chosen.get("excluded") or [])
-        counts["fallbacks"] = len(chosen.get("fallbacks") or [])
+        counts.update(excluded_nodes=len(chosen.get("excluded") or []), fallbacks=len(chosen.get("fallbacks") or []))
     candidates = [{k: v for k, v in x.items() if k not in ("seconds", "speed")} for x in rep["candidates"]]
     return counts, list(rep.get("notes", [])), {"candidates": candidates, "metric": rep["metric"], "preprocess": rep["preprocess"]}

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, version_converter
 
 from .. import io as oio
 from ..errors import OnnxoptError
+from ..graph import unique_name
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
 from ..simplify.fold import evaluate_node, fold_constants
@@ -159,8 +160,7 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
                     vals.append(v)
                 if vals is not None:
                     try:
-                        res = evaluate_node(node, vals, model.opset_import)
-                        out = res[list(node.output).index(name)]
+                        out = evaluate_node(node, vals, model.opset_import)[list(node.output).index(name)]
                     except Exception as exc:  # an op the reference evaluator cannot run
                         notes.append(f"weight '{name}' left computed: {node.op_type} not evaluable ({' '.join(str(exc).split())[:80]})")
         cache[name] = out
@@ -170,12 +170,8 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
     done = set()
     for node in list(g.node):
         for pos in WEIGHT_INPUTS.get(node.op_type, ()):
-            if pos >= len(node.input) or not node.input[pos]:
-                continue
-            name = node.input[pos]
-            if name in done or (name in inits and name not in graph_inputs):
-                continue
-            if name not in producers:
+            name = node.input[pos] if pos < len(node.input) else ""
+            if not name or name in done or (name in inits and name not in graph_inputs) or name not in producers:
                 continue
             v = value(name)
             if v is None or v.dtype.kind != "f":
@@ -188,8 +184,7 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
             if len(prod.output) == 1:
                 g.node.remove(prod)
             else:
-                idx = list(prod.output).index(name)
-                prod.output[idx] = f"{name}__unused"
+                prod.output[list(prod.output).index(name)] = f"{name}__unused"
             done.add(name)
             count += 1
     if count:
@@ -214,8 +209,6 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[o
         work.graph.input.extend(keep)
         work.ir_version = 4
     try:
-        from onnx import version_converter
-
         out = version_converter.convert_version(work, target)
     except Exception as exc:
         return model, f"opset {cur} kept: the version converter failed ({' '.join(str(exc).split())[:160]})"
@@ -277,15 +270,6 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
     graph_inputs = {i.name for i in g.input}
     taken = {t.name for t in g.initializer} | {x for n in g.node for x in list(n.input) + list(n.output)} | graph_inputs
     new_nodes, done = [], []
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
-
     for n in g.node:
         if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or (only is not None and n.name not in only):
             new_nodes.append(n)
@@ -306,21 +290,19 @@ def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list
             b = b.T
         if alpha != 1.0:
             b = b * np.asarray(alpha, dtype=b.dtype)
-        w = numpy_helper.from_array(np.ascontiguousarray(b), fresh(f"{b_name}_matmul"))
+        w = numpy_helper.from_array(np.ascontiguousarray(b), unique_name(f"{b_name}_matmul", taken))
         g.initializer.append(w)
         out = n.output[0]
+        mm_out = unique_name(f"{out}_matmul", taken) if c_name else out
+        new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
         if c_name:
-            mm_out = fresh(f"{out}_matmul")
-            new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [mm_out], name=n.name))
             bias = c_name
             if beta != 1.0:
                 c = oio.tensor_array(inits[c_name]) * np.asarray(beta, dtype=b.dtype)
-                ct = numpy_helper.from_array(np.ascontiguousarray(c), fresh(f"{c_name}_scaled"))
+                ct = numpy_helper.from_array(np.ascontiguousarray(c), unique_name(f"{c_name}_scaled", taken))
                 g.initializer.append(ct)
                 bias = ct.name
-            new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=fresh(f"{n.name}/bias")))
-        else:
-            new_nodes.append(helper.make_node("MatMul", [n.input[0], w.name], [out], name=n.name))
+            new_nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=unique_name(f"{n.name}/bias", taken)))
         done.append(n.name)
     if done:
         del g.node[:]
@@ -349,13 +331,11 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     counts["nodes_named"] = name_nodes(work)
     counts["constants_converted"] = constants_to_initializers(work)
     try:
-        folded, more = fold_constants(work)
-        counts["nodes_folded"] = folded
+        counts["nodes_folded"], more = fold_constants(work)
         notes.extend(more[:3])
     except OnnxoptError as exc:
         notes.append(f"constant folding skipped: {exc}")
-    n, more = materialize_weights(work)
-    counts["weights_materialized"] = n
+    counts["weights_materialized"], more = materialize_weights(work)
     notes.extend(more[:3])
     counts["nodes_named"] += name_nodes(work)  # nodes the folding added without a name
     work, note = upgrade_opset(work, opset)

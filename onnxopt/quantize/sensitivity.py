@@ -103,9 +103,7 @@ def search_size(requested: int, metric: str | None, budget: Budget) -> int:
     points: the subset must resolve half the budget (``n >= 200 / max_drop``), else every
     partial exclusion looks over budget on it (magika on 32 samples with a 1-point budget:
     the search left everything in float and reported a 55-point drop)."""
-    if metric in ("top1", "agreement") and budget.max_drop > 0:
-        return max(requested, math.ceil(200 / budget.max_drop))
-    return requested
+    return max(requested, math.ceil(200 / budget.max_drop)) if metric in ("top1", "agreement") and budget.max_drop > 0 else requested
 
 
 def search_limit(requested: int, metric: str | None, budget: Budget | None, samples: int) -> int | None:
@@ -137,9 +135,7 @@ def score_model(evaluator: Evaluator, model: onnx.ModelProto) -> tuple[float, fl
 
 
 def _units(nodes: list[str], max_units: int) -> list[list[str]]:
-    if len(nodes) <= max_units:
-        return [[n] for n in nodes]
-    size = math.ceil(len(nodes) / max_units)
+    size = max(1, math.ceil(len(nodes) / max_units))  # one node per unit while they fit
     return [nodes[i : i + size] for i in range(0, len(nodes), size)]
 
 
@@ -164,10 +160,8 @@ def measure_sensitivity(
         s, rel = score_model(evaluator, build(excluded))
         gain = s - base_score if how == "float-one" else evaluator.reference_score - s
         effects.append(NodeEffect(list(unit), s, gain, rel))
-    if how == "float-one":
-        effects.sort(key=lambda e: (-round(e.gain, 9), e.rel_l2))
-    else:
-        effects.sort(key=lambda e: (-round(e.gain, 9), -e.rel_l2))
+    sign = 1 if how == "float-one" else -1
+    effects.sort(key=lambda e: (-round(e.gain, 9), sign * e.rel_l2))
     return effects
 
 
@@ -216,13 +210,11 @@ def fit_budget(
         if s.ok(full, evaluator):
             return s.result(none, full, True, [])
     if not nodes:
-        full = s.confirm(none)
-        return s.result(none, full, False, [])
+        return s.result(none, s.confirm(none), False, [])
     effects = _ranking(s, ranking, how, s0, max_evals)
     units = [frozenset(e.nodes) for e in effects]
     best = (none, s0 if s.search is evaluator else s.confirm(none))
-    k = _bisect(s, units, max_evals)
-    best, met = _grow(s, units, k, best, max_evals)
+    best, met = _grow(s, units, _bisect(s, units, max_evals), best, max_evals)
     if met:
         return s.result(best[0], best[1], True, effects)
     best = _best_reached(s, best, max_evals)
@@ -265,12 +257,13 @@ class _Search:
 
     def result(self, excluded: frozenset, score: float, met: bool, effects: list[NodeEffect]) -> BudgetFit:
         by_node = {n: e for e in effects for n in e.nodes}
-        ex = []
-        for n in self.nodes:
-            if n in excluded:
-                e = by_node.get(n)
-                gain, rel = (e.gain, e.rel_l2) if e else (None, None)
-                ex.append({"node": n, "op_type": self.op_types.get(n, "?"), "gain": gain, "rel_l2_when_float": rel, "group_size": len(e.nodes) if e else 1})
+        ex = [
+            {"node": n, "op_type": self.op_types.get(n, "?"), "gain": e.gain if e else None, "rel_l2_when_float": e.rel_l2 if e else None,
+             "group_size": len(e.nodes) if e else 1}
+            for n in self.nodes
+            if n in excluded
+            for e in [by_node.get(n)]
+        ]
         ev = self.evaluator
         model, drop = self.get(excluded), ev.reference_score - score
         return BudgetFit(model, met, score, drop, ev.reference_score, ev.metric, ex, effects, self.evals, _samples(self.search), _samples(ev), self.history)
@@ -281,8 +274,7 @@ def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, 
     (each measurement then counts as a scored exclusion set)."""
     if ranking:
         return reuse_ranking(ranking, s.nodes)
-    budget_units = max(2, (max_evals - 4) // 2)
-    effects = measure_sensitivity(lambda ex: s.get(ex), s.nodes, s.search, how=how, base_score=s0, max_units=budget_units)
+    effects = measure_sensitivity(lambda ex: s.get(ex), s.nodes, s.search, how=how, base_score=s0, max_units=max(2, (max_evals - 4) // 2))
     s.evals += len(effects)
     everything = frozenset(s.nodes)
     for e in effects:
@@ -291,10 +283,7 @@ def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, 
 
 
 def _prefix(units: list[frozenset], k: int) -> frozenset:
-    out: set[str] = set()
-    for u in units[:k]:
-        out |= u
-    return frozenset(out)
+    return frozenset().union(*units[:k])
 
 
 def _bisect(s: _Search, units: list[frozenset], max_evals: int) -> int:
@@ -366,22 +355,20 @@ def apply_remedies(
     excluded = {e["node"] for e in fit.excluded}
     remedies: dict[str, str] = {}
     score, model, tries = fit.score, fit.model, 0
-    order = sorted(fit.excluded, key=lambda e: -(e.get("gain") or 0.0))
-    for e in order:
+    for e in sorted(fit.excluded, key=lambda e: -(e.get("gain") or 0.0)):
         e["remedy"], e["remedies_tried"] = "float", []
         for remedy in options(e["node"]):
             if tries >= max_tries:
                 break
             tries += 1
+            e["remedies_tried"].append(remedy)
             trial_ex, trial_rem = frozenset(excluded - {e["node"]}), {**remedies, e["node"]: remedy}
             try:
                 m = build(trial_ex, trial_rem)
                 s = evaluator.score(m)
             except Exception as exc:  # a remedy the quantizer cannot build is just not taken
                 log.info("remedy %s for %s not built: %s", remedy, e["node"], exc)
-                e["remedies_tried"].append(remedy)
                 continue
-            e["remedies_tried"].append(remedy)
             good = (evaluator.reference_score - s <= budget.max_drop + 1e-9) if fit.met else s > score
             if good:
                 excluded, remedies, score, model = set(trial_ex), trial_rem, s, m

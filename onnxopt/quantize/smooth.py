@@ -73,13 +73,8 @@ def _layernorm_fold(p: onnx.NodeProto, table: WeightTable, has_others: bool) -> 
 
 
 def _site_for(x: str, readers: list, table: WeightTable) -> tuple[SmoothSite | None, str]:
-    layers, others = [], []
-    for n in readers:
-        lay = layer_of(n, table)[0] if n.op_type in ("MatMul", "Gemm") and n.input[0] == x else None
-        if lay is not None:
-            layers.append(lay)
-        else:
-            others.append(n)
+    found = [(n, layer_of(n, table)[0] if n.op_type in ("MatMul", "Gemm") and n.input[0] == x else None) for n in readers]
+    layers, others = [lay for _, lay in found if lay is not None], [n for n, lay in found if lay is None]
     p = table.producer.get(x)
     via = None
     if p is not None and p.op_type == "Reshape" and not others and _keeps_channels(p, table, layers):
@@ -103,7 +98,7 @@ def _site_for(x: str, readers: list, table: WeightTable) -> tuple[SmoothSite | N
     bias = ""
     if p.op_type == "Add":
         const = [i for i in p.input if i in table.inits]
-        if len(const) != 1 or not table.private(const[0]) or int(np.prod(table.inits[const[0]].dims)) != max(table.inits[const[0]].dims, default=1):
+        if len(const) != 1 or not table.per_channel(const[0], max(table.inits[const[0]].dims, default=1)):
             return None, f"produced by Add '{p.name}' without one private per-channel bias"
         bias = const[0]
         src = next(i for i in p.input if i != bias)
@@ -211,13 +206,11 @@ def apply_smoothing(site: SmoothSite, s: np.ndarray, table: WeightTable) -> None
                 table.set(ln.input[i], v * inv.reshape(v.shape) if v.size == inv.size else v * inv)
     elif site.fold == "affine":
         for name in site.producer:
-            v = table.array(name).astype(np.float64)
-            table.set(name, (v.reshape(-1) * inv).reshape(v.shape))
+            table.channelwise(name, lambda v: v * inv)
     else:
         site.producer.scale_out(table, inv)
         if site.add_bias:
-            b = table.array(site.add_bias).astype(np.float64)
-            table.set(site.add_bias, (b.reshape(-1) * inv).reshape(b.shape))
+            table.channelwise(site.add_bias, lambda b: b * inv)
     for lay in site.layers:
         lay.scale_in(table, s.astype(np.float64))
 

@@ -42,15 +42,11 @@ def timing_feed(dataset, batch: int) -> dict[str, np.ndarray]:
     feed = dataset.first_batch(batch)
     first = next((v for v in feed.values() if v.ndim), None)
     n = first.shape[0] if first is not None else 1
-    fixed = None
-    if dataset.specs:
-        sizes = {s.batch_fixed for s in dataset.specs}
-        fixed = sizes.pop() if len(sizes) == 1 else None
-    if fixed or n >= batch or getattr(dataset, "whole", False):
+    sizes = {s.batch_fixed for s in dataset.specs or ()}
+    if (len(sizes) == 1 and sizes.pop()) or n >= batch or getattr(dataset, "whole", False):
         return feed
-    reps = -(-batch // n)
     # 0-d inputs (a sample rate) are fed as they are
-    return {k: np.ascontiguousarray(np.concatenate([v] * reps, axis=0)[:batch]) if v.ndim else v for k, v in feed.items()}
+    return {k: np.ascontiguousarray(np.concatenate([v] * -(-batch // n), axis=0)[:batch]) if v.ndim else v for k, v in feed.items()}
 
 
 def measure_speed(
@@ -73,8 +69,7 @@ def measure_speed(
     if not candidates:
         return {}
     labels = list(candidates)
-    sessions = [create_session(fp32, provider, threads=threads, error=VerificationError)]
-    sessions += [create_session(candidates[k], provider, threads=threads, error=VerificationError) for k in labels]
+    sessions = [create_session(m, provider, threads=threads, error=VerificationError) for m in [fp32, *candidates.values()]]
     lat = time_interleaved(sessions, [feed] * len(sessions), runs=runs, warmup=warmup, block=block, duration=duration, shuffle_seed=0)
     base = lat[0]
     out = {}

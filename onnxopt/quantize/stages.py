@@ -14,17 +14,20 @@ quantizable and slower is allowed; ``failure`` otherwise).  Each stage reads and
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
 import onnx
 
+from ..core.passes import Context
+from ..core.registry import make_pass
 from ..data import check_shapes, dataset_for
-from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError
+from ..errors import BudgetError, ModelError, OnnxoptError, UsageError, VerificationError, blame
 from ..io import model_nbytes, resolve_model
-from ..metrics import Budget, Evaluator
-from ..runtime import resolve_provider, run_dataset
+from ..metrics import Budget, Evaluator, is_class_scores
+from ..runtime import resolve_provider
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from ..verify import check_model, frozen_dims, verify_other_shapes
@@ -34,9 +37,9 @@ from .api import (
     candidate_configs,
     check_exclusions,
     dataset_view,
-    feed_dataset,
     map_exclusions,
     prepare_model,
+    validity_feed,
 )
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig
@@ -68,10 +71,8 @@ def load_input(model, cfg: QuantizeConfig) -> tuple[onnx.ModelProto, str | None,
     check_shapes(m, cfg.shapes, path)
     provider = resolve_provider(cfg.provider)
     m, fixed = apply_fix_shapes(m, cfg.fix_shapes, provider=provider, path=path)
-    try:
+    with blame(path):
         check_model(m, provider=provider, error=ModelError)
-    except ModelError as exc:
-        raise ModelError(exc.message, path) from None
     return m, (str(path) if path is not None else None), provider, bool(fixed)
 
 
@@ -156,12 +157,8 @@ class Run:
 def _fuse(run: Run) -> onnx.ModelProto:
     """The ``transformer-fusion`` pass on the input (it verifies itself against it and
     returns it unchanged when the fusion fails or moves the outputs)."""
-    from ..core.passes import Context
-    from ..core.registry import make_pass
-
     cfg = run.cfg
-    params = {"model_type": cfg.model_type, "num_heads": cfg.num_heads, "hidden_size": cfg.hidden_size}
-    step = make_pass("transformer-fusion", params, error=UsageError)
+    step = make_pass("transformer-fusion", {"model_type": cfg.model_type, "num_heads": cfg.num_heads, "hidden_size": cfg.hidden_size}, error=UsageError)
     res = step(run.m, Context(data=run.inputs.ev, provider=run.provider, shapes=cfg.shapes, seed=cfg.seed))
     rep = res.report
     run.fusion = {"model_type": cfg.model_type, "modified": bool(res.modified), "counts": dict(rep.counts), "notes": list(rep.notes)}
@@ -182,17 +179,14 @@ def prepare(run: Run) -> None:
         run.configs = [c.with_(exclude=mapped) for c in run.configs]
     run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
     n_search = search_limit(cfg.search_samples, run.evaluator.metric, run.inputs.budget, len(ev))
-    if n_search is not None:
-        run.search = Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
-    run.vfeed = ev.first_batch(2)
-    run.vref = run_dataset(m, feed_dataset(run.vfeed), provider=run.provider)
+    run.search = None if n_search is None else Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
+    run.vfeed, run.vref = validity_feed(m, ev, run.provider)
 
 
 def _calibration_ranges(run: Run, method: str, model: onnx.ModelProto | None = None) -> CalibrationRanges:
     """Ranges of ``model`` (default: the pre-processed model) on the calibration data."""
     model = run.prep.model if model is None else model
-    cal = run.inputs.cal
-    return collect_ranges(model, dataset_for(model, dataset_view(cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
+    return collect_ranges(model, dataset_for(model, dataset_view(run.inputs.cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
 
 
 def measure_ranges(run: Run) -> None:
@@ -206,31 +200,30 @@ def build_candidates(run: Run) -> None:
     """Each configuration built, repaired to validity and fitted to the budget."""
     cfg = run.cfg
     bases: dict[str, tuple[onnx.ModelProto, frozenset]] = {}
-    alt_cache: dict = {}
 
+    @functools.cache
     def alt_ranges() -> dict:
         """Per-tensor chosen ranges (method auto) for the budget search's "range" remedy,
         measured once, on first use."""
-        if "r" not in alt_cache:
-            alt_cache["r"] = _calibration_ranges(run, "auto").ranges
-        return alt_cache["r"]
+        return _calibration_ranges(run, "auto").ranges
 
     for c in run.configs:
         if c.mode not in bases:
-            bases[c.mode] = build_base(run.prep.model, c, run.provider)
-            if bases[c.mode][1]:
-                run.notes.append(f"dynamic: {len(bases[c.mode][1])} Gemm node(s) rewritten as MatMul + Add (ORT has no integer Gemm)")
+            bases[c.mode] = build_base(run.prep.model, c, run.provider, run.notes)
         base, converted = bases[c.mode]
         builder = CandidateBuilder(
             base, c, ranges=run.ranges.ranges if run.ranges else None, provider=run.provider, feed=run.vfeed, reference=run.vref,
             converted_gemms=converted, calibration=run.inputs.cal, alt_ranges=alt_ranges if c.mode == "static" and cfg.method != "auto" else None,
         )  # fmt: skip
-        log.info("candidate %s ...", c.label)
-        res = evaluate_candidate(
-            builder, run.evaluator, budget=run.inputs.budget, search_evaluator=run.search, max_evals=cfg.max_evals,
-            how=cfg.sensitivity, reference_bytes=model_nbytes(run.m),
-        )  # fmt: skip
-        run.results.append(res)
+        run.results.append(_evaluate(run, builder))
+
+
+def _evaluate(run: Run, builder: CandidateBuilder) -> CandidateResult:
+    log.info("candidate %s ...", builder.config.label)
+    return evaluate_candidate(
+        builder, run.evaluator, budget=run.inputs.budget, search_evaluator=run.search, max_evals=run.cfg.max_evals, how=run.cfg.sensitivity,
+        reference_bytes=model_nbytes(run.m),
+    )  # fmt: skip
 
 
 def add_equalized(run: Run) -> None:
@@ -254,9 +247,8 @@ def time_candidates(run: Run) -> None:
     cfg = run.cfg
     run.feed = timing_feed(run.inputs.ev, cfg.batch)
     timed = {r.label: r.model for r in run.results if r.model is not None and r.within_budget is not False and r.status != "collapsed"}
-    speeds = {}
-    if cfg.timing:
-        speeds = measure_speed(run.m, timed, run.feed, provider=run.provider, runs=cfg.timing_runs, duration=cfg.timing_seconds, threads=cfg.threads)
+    timing = dict(provider=run.provider, runs=cfg.timing_runs, duration=cfg.timing_seconds, threads=cfg.threads)
+    speeds = measure_speed(run.m, timed, run.feed, **timing) if cfg.timing else {}
     for r in run.results:
         r.speed = speeds.get(r.label)
         if r.speed is not None and r.speed.ratio < cfg.min_speedup and r.status == "ok":
@@ -264,8 +256,7 @@ def time_candidates(run: Run) -> None:
 
 
 def _report(run: Run) -> dict:
-    cfg, ev, ev_ = run.cfg, run.evaluator, run.inputs.ev
-    feed = run.feed
+    cfg, ev, ev_, feed = run.cfg, run.evaluator, run.inputs.ev, run.feed
     return {
         "command": "quantize",
         "input": run.path,
@@ -325,7 +316,7 @@ def choose(run: Run) -> tuple[onnx.ModelProto, CandidateResult | None]:
 
         static = cfg.calibration is not None and cfg.mode != "dynamic"
         hint = diagnose_hint(run.path, recipe="cpu-int8-static" if static else "cpu-int8", data=cfg.calibration if static else cfg.eval_data)
-        raise failure(results, run.inputs.budget, cfg.allow_slower, run.report, run.path, run.m, hint)
+        raise failure(results, run.inputs.budget, run.report, run.path, hint)
     if chosen.model is None:  # pragma: no cover - pick only returns timed (built) candidates
         raise VerificationError("internal: chosen candidate has no model")
     return _finished(run, _checked(run, chosen)), chosen
@@ -363,7 +354,7 @@ def _finished(run: Run, out: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def failure(results: list[CandidateResult], budget, allow_slower: bool, report: dict, path, m: onnx.ModelProto, hint: str = "") -> OnnxoptError:
+def failure(results: list[CandidateResult], budget, report: dict, path, hint: str = "") -> OnnxoptError:
     """The error refusing the run (exit 3, ``details["report"]`` the measured table):
     nothing quantizable, no valid model, every candidate collapsed, over the budget, or
     none faster than FP32."""
@@ -408,8 +399,6 @@ def check_collapse(
     ``COLLAPSE_SCORE`` its status becomes ``collapsed`` (never timed nor chosen) unless
     ``allow_collapse``, which keeps it with a warning note.  Returns the check's record
     (None when no candidate needed it)."""
-    from ..metrics import is_class_scores
-
     todo = [r for r in results if r.model is not None and r.config.mode in ("static", "int4")]
     if not todo:
         return None
@@ -461,9 +450,7 @@ def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
     built again from the pre-processed model (weights as initializers, BN folded)
     after the ``equalize`` and ``smooth-quant`` passes (each verified exact by the pipeline
     on the calibration data); [] when none needs it or nothing changed."""
-    from ..core.passes import Context
     from ..core.pipeline import run_pipeline
-    from ..core.registry import make_pass
 
     src, cal, notes, budget = run.prep.model, run.inputs.cal, run.notes, run.inputs.budget
     want = [r for r in run.results if r.config.mode == "static" and not r.config.equalized and (always or _loses_accuracy(r, budget))]
@@ -487,11 +474,7 @@ def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
     for r in want:
         cfg = r.config.with_(equalized=True, bias_correction=r.config.format == "qdq")
         builder = CandidateBuilder(base, cfg, ranges=ranges.ranges, provider=run.provider, feed=run.vfeed, reference=run.vref, calibration=cal)
-        log.info("candidate %s ...", cfg.label)
-        res = evaluate_candidate(
-            builder, run.evaluator, budget=budget, search_evaluator=run.search, max_evals=run.cfg.max_evals, how=run.cfg.sensitivity,
-            reference_bytes=model_nbytes(run.m),
-        )  # fmt: skip
+        res = _evaluate(run, builder)
         res.notes[:0] = [n for s in eq.steps for n in s.notes[:4]]
         out.append(res)
     return out

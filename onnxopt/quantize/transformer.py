@@ -22,9 +22,8 @@ import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import OnnxoptError
-from ..runtime import run_dataset
-from ..verify import EXACT_REL_L2, check_model, compare_outputs
-from .ort_backend import capture_ort_logging
+from ..verify import EXACT_REL_L2, check_model, compare
+from .ort_backend import capture_ort_logging, drop_unused_opsets
 
 __all__ = ["MODEL_TYPES", "fuse_transformer", "TransformerFusionPass"]
 
@@ -62,11 +61,7 @@ def fuse_transformer(
             from onnx.external_data_helper import load_external_data_for_model
 
             load_external_data_for_model(out, tmp)
-    # ORT's optimizer may add opset imports no node uses
-    used = {n.domain or "" for n in out.graph.node}
-    keep = [o for o in out.opset_import if (o.domain or "") in used or o.domain in ("", "ai.onnx")]
-    del out.opset_import[:]
-    out.opset_import.extend(keep)
+    drop_unused_opsets(out)
     return out, stats, notes
 
 
@@ -81,8 +76,7 @@ def _ort_basic_optimize(src: str, dst: str, external: bool, use_gpu: bool) -> st
     if external:
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else ["CPUExecutionProvider"]
-    ort.InferenceSession(src, so, providers=providers)
+    ort.InferenceSession(src, so, providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if use_gpu else ["CPUExecutionProvider"])
     return dst
 
 
@@ -94,9 +88,7 @@ class _FusionConfig:
     opt_level: int = field(default=1, metadata={"choices": (0, 1)})
 
     def check(self):
-        if self.num_heads < 0 or self.hidden_size < 0:
-            return "num_heads and hidden_size must be >= 0 (0: detect)"
-        return None
+        return "num_heads and hidden_size must be >= 0 (0: detect)" if self.num_heads < 0 or self.hidden_size < 0 else None
 
 
 class TransformerFusionPass(Pass):
@@ -128,13 +120,10 @@ class TransformerFusionPass(Pass):
             return self.result(model, False, counts={"fused_ops": 0}, notes=notes)
         try:
             check_model(fused, provider=ctx.provider, label="fused model")
-            feeds = ctx.inputs_for(model)
-            ref = run_dataset(model, feeds, provider=ctx.provider, limit=64)
-            new = run_dataset(fused, feeds, provider=ctx.provider, limit=64)
+            comp = compare(model, fused, ctx.inputs_for(model), provider=ctx.provider, limit=64)
         except OnnxoptError as exc:
             notes.append(f"fused model rejected ({exc}); model unchanged")
             return self.result(model, False, notes=notes)
-        comp = compare_outputs([o.name for o in model.graph.output], ref, new)
         bad = comp.inexact()
         if bad:
             notes.append(f"fused model rejected: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g}); model unchanged")

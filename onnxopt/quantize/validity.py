@@ -90,17 +90,12 @@ def culprits_in(text: str, extra_names: set[str], node_tensors: dict[str, set[st
     with one of those followed by ``_`` (ORT names derived nodes ``<node>_quant``,
     ``<weight>_DequantizeLinear``).
     """
-    tokens = set(extra_names)
-    for m in _TOKENS.finditer(text or ""):
-        tokens.add(next(g for g in m.groups() if g))
-    found = set()
-    for node, tensors in node_tensors.items():
-        keys = {node} | tensors
-        for t in tokens:
-            if t in keys or any(t.startswith(k + "_") for k in keys if k):
-                found.add(node)
-                break
-    return found
+    tokens = set(extra_names) | {next(g for g in m.groups() if g) for m in _TOKENS.finditer(text or "")}
+
+    def named(keys: set[str]) -> bool:
+        return any(t in keys or any(t.startswith(k + "_") for k in keys if k) for t in tokens)
+
+    return {node for node, tensors in node_tensors.items() if named({node} | tensors)}
 
 
 def build_valid(
@@ -135,13 +130,10 @@ def build_valid(
             return None, str(exc), exc.names
         return q, validate(q), set()
 
-    def fails(subset: list[str]) -> bool:
-        return attempt(frozenset(subset))[1] is not None
-
     def isolate(nodes: list[str]) -> list[str]:
         """Nodes that fail on their own (bisection); a failing group whose halves both pass
         is returned whole (an interaction the quantizer cannot build)."""
-        if not nodes or not fails(nodes):
+        if not nodes or attempt(frozenset(nodes))[1] is None:
             return []
         if len(nodes) == 1 or builds >= max_builds:
             return nodes
@@ -156,20 +148,18 @@ def build_valid(
         if builds >= max_builds:
             break
         active = [c for c in candidates if c not in excluded]
-        bad = culprits_in(reason, names, {c: node_tensors.get(c, set()) for c in active})
-        bad = [c for c in active if c in bad]
-        if not bad:
-            bad = isolate(active)
+        named = culprits_in(reason, names, {c: node_tensors.get(c, set()) for c in active})
+        bad = [c for c in active if c in named] or isolate(active)
         if not bad:
             break
         log.info("%s: repairing %d node(s): %s", label, len(bad), reason)
         for node in bad:
             weighted = op_types.get(node) in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-            if per_channel and can_per_tensor and weighted and node not in per_tensor:
+            action = "per-tensor" if per_channel and can_per_tensor and weighted and node not in per_tensor else "float"
+            if action == "per-tensor":
                 per_tensor.add(node)
-                fallbacks.append(Fallback(node, op_types.get(node, "?"), "per-tensor", reason[:300]))
             else:
                 excluded.add(node)
                 per_tensor.discard(node)
-                fallbacks.append(Fallback(node, op_types.get(node, "?"), "float", reason[:300]))
+            fallbacks.append(Fallback(node, op_types.get(node, "?"), action, reason[:300]))
     raise VerificationError(f"{label}: no valid quantized model after {builds} attempts ({len(fallbacks)} node fallbacks): {reason}")
