@@ -101,8 +101,9 @@ class CheckRecord:
         return {k: v for k, v in asdict(replace(self, session=None)).items() if k != "session"}
 
 
-def _checker(model: onnx.ModelProto, notes: list[str]) -> bool:
-    """Full check with strict shape inference; falls back to non-strict with a note."""
+def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True) -> bool:
+    """Full check with strict shape inference (``strict=False``: without that last pass);
+    falls back to non-strict with a note."""
     from .io import exceeds_protobuf, is_lazy
 
     if is_lazy(model):
@@ -124,6 +125,8 @@ def _checker(model: onnx.ModelProto, notes: list[str]) -> bool:
     except Exception as exc:  # InferenceError from full_check
         onnx.checker.check_model(model, full_check=False)
         notes.append(f"shape inference failed ({' '.join(str(exc).split())[:200]}); structural check only")
+        return False
+    if not strict:
         return False
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
@@ -175,14 +178,18 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
         return False
 
 
-def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None, keep_session: bool = False) -> CheckRecord:
+def check_model(
+    model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None, keep_session: bool = False, strict: bool = True
+) -> CheckRecord:
     """Checker + ORT load (+ the session options the model carries, ``serving.carry``).
     Raises ``error`` naming ``label`` on failure.  ``keep_session``: the session ORT loaded
-    is returned in ``record.session`` (a caller that runs the model next needs no second one)."""
+    is returned in ``record.session`` (a caller that runs the model next needs no second one).
+    ``strict=False`` leaves out the strict shape-inference pass (a search's trial models,
+    whose final model gets the whole check)."""
     rec = CheckRecord(provider=provider)
     prefix = f"{label}: " if label else ""
     try:
-        rec.strict_shape_inference = _checker(model, rec.notes)
+        rec.strict_shape_inference = _checker(model, rec.notes, strict)
         rec.checker = True
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
