@@ -125,13 +125,13 @@ def _profile(ref, cand, ds, cfg):
 
 
 def output_ranking(ref, cand, ds, ds_b, lw, *, top: int = 5, metric: str | None = None, limit: int | None = 64, provider: str = "cpu") -> list:
-    """Up to ``top`` nodes of a QDQ ``cand`` whose leaving in float helps its outputs most
-    (``exclude.rank_by_outputs``), tried among the nodes ``lw`` (a ``Divergence``) finds
-    adding the most error; [] when ``cand`` has no Q/DQ pair or nothing diverges."""
+    """Up to ``top`` nodes of a static INT8 ``cand`` (QDQ or QOperator) whose leaving in float
+    helps its outputs most (``exclude.rank_by_outputs``), tried among the nodes ``lw`` (a
+    ``Divergence``) finds adding the most error; [] when ``cand`` is neither or nothing diverges."""
     from ..metrics import Evaluator
-    from .exclude import candidate_nodes, is_qdq, rank_by_outputs
+    from .exclude import candidate_nodes, is_static_int8, rank_by_outputs
 
-    if lw is None or lw.first is None or not is_qdq(cand):
+    if lw is None or lw.first is None or not is_static_int8(cand):
         return []
     nodes = candidate_nodes(ref, cand, lw.tensors)
     if not nodes:

@@ -1,4 +1,5 @@
-"""Which nodes of a QDQ model hurt its *outputs* most: leaving each in float, emulated.
+"""Which nodes of a static INT8 model (QDQ or QOperator) hurt its *outputs* most: leaving
+each in float, emulated.
 
 The error a node adds to the tensor it produces (``layerwise``) predicts the outputs badly:
 an error early in the graph may wash out, one before a Softmax may decide the class.  So
@@ -43,13 +44,15 @@ from ..io import tensor_array
 from ..quantize.bias_correction import dequantized
 from ..quantize.config import static_op_types
 
-__all__ = ["OutputEffect", "FloatReference", "leave_in_float", "is_qdq", "rank_by_outputs", "CANDIDATES", "WEIGHT_FIT", "RESCORE"]
+__all__ = ["OutputEffect", "FloatReference", "leave_in_float", "is_qdq", "is_static_int8", "rank_by_outputs", "CANDIDATES", "WEIGHT_FIT", "RESCORE", "QLINEAR"]
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = 12  # nodes by error added tried in float
 RESCORE = 6  # of the ranking, measured again after each pick
 WEIGHT_FIT = 0.05  # relative L2 of a per-channel-scaled reference weight to the dequantized one
+# QOperator node -> (the float op it stands for, index of its INT32 bias, of its output scale)
+QLINEAR = {"QLinearConv": ("Conv", 8, 6), "QLinearMatMul": ("MatMul", 0, 6), "QGemm": ("Gemm", 6, 7)}
 
 
 @dataclass
@@ -74,6 +77,12 @@ def is_qdq(model: onnx.ModelProto) -> bool:
     """True when ``model`` holds QuantizeLinear/DequantizeLinear pairs on activations."""
     prod = producers(model.graph)
     return any(n.op_type == "DequantizeLinear" and getattr(prod.get(n.input[0]), "op_type", "") == "QuantizeLinear" for n in model.graph.node)
+
+
+def is_static_int8(model: onnx.ModelProto) -> bool:
+    """A static INT8 model whose nodes ``leave_in_float`` can emulate: QDQ, or QOperator
+    (``QLinearConv`` / ``QLinearMatMul`` / ``QGemm``)."""
+    return is_qdq(model) or any(n.op_type in QLINEAR for n in model.graph.node)
 
 
 class FloatReference:
@@ -132,7 +141,8 @@ def _key(node: onnx.NodeProto) -> tuple:
 
 def _quantized_nodes(graph: onnx.GraphProto, op_types: set[str]) -> set[tuple]:
     prod = producers(graph)
-    return {_key(n) for n in graph.node if n.op_type in op_types and any(getattr(prod.get(x), "op_type", "") == "DequantizeLinear" for x in n.input if x)}
+    qdq = {_key(n) for n in graph.node if n.op_type in op_types and any(getattr(prod.get(x), "op_type", "") == "DequantizeLinear" for x in n.input if x)}
+    return qdq | {_key(n) for n in graph.node if n.op_type in QLINEAR}
 
 
 def _float_weights(graph, nodes, weights: FloatReference, notes: dict) -> None:
@@ -183,15 +193,96 @@ def _drop_pairs(graph, excluded: set[tuple], quantized: set[tuple], ref: FloatRe
         del dq.attribute[:]
 
 
+def _float_operator(g, node: onnx.NodeProto, weights: FloatReference, inits: dict, taken: set) -> tuple[list, str]:
+    """A QOperator node (``QLINEAR``) as ONNX Runtime's QOperator quantizer writes a node it
+    leaves out: DequantizeLinear of its input, the float op on the reference's weight (else
+    the dequantized one) and bias (else the INT32 bias times input scale x weight scale),
+    QuantizeLinear to its output (a QGemm without an output scale gives float already).
+    Returns (the nodes, what its weight became)."""
+    from onnx import helper
+
+    op, at_bias, at_y = QLINEAR[node.op_type]
+    x, xs, xz, w, ws, wz = node.input[:6]
+    ys = node.input[at_y] if len(node.input) > at_y else ""
+    name = lambda base: unique_name(base, taken)  # noqa: E731
+    xf, wf, yf = name(f"{x}_float"), name(f"{w}_float"), name(f"{node.output[0]}_float") if ys else node.output[0]
+    nodes = [helper.make_node("DequantizeLinear", [x, xs, xz], [xf], name=name(f"{node.name}_DequantizeLinear"))]
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    axis = {"axis": 0 if op == "Conv" or trans_b else 1} if w in inits and tensor_array(inits[ws]).size > 1 else {}
+    dq = helper.make_node("DequantizeLinear", [w, ws, wz], [wf], name=name(f"{node.name}_weight_DequantizeLinear"), **axis)
+    found = weights.find(dq, inits) if w in inits else None
+    value = found if found is not None else (dequantized(dq, inits) if w in inits else None)
+    if value is None:  # a weight computed in the graph: dequantized there
+        nodes.append(dq)
+    else:
+        g.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), wf))
+    how = "float" if found is not None else ("quantized (no float copy in the reference)" if w in inits else "none")
+    ins = [xf, wf]
+    b = node.input[at_bias] if at_bias and len(node.input) > at_bias else ""
+    if b:
+        plain = b[: -len("_quantized")] if b.endswith("_quantized") else b
+        if plain in weights.inits:
+            bias = tensor_array(weights.inits[plain]).astype(np.float32)
+        else:
+            bias = (tensor_array(inits[b]) * np.ravel(tensor_array(inits[xs])) * np.ravel(tensor_array(inits[ws]))).astype(np.float32)
+        ins.append(name(f"{plain}_float"))
+        g.initializer.append(numpy_helper.from_array(bias, ins[-1]))
+    fl = helper.make_node(op, ins, [yf], name=name(f"{node.name}_float"))
+    fl.attribute.extend(node.attribute)
+    nodes.append(fl)
+    if ys:
+        nodes.append(helper.make_node("QuantizeLinear", [yf, ys, node.input[at_y + 1]], [node.output[0]], name=name(f"{node.name}_QuantizeLinear")))
+    return nodes, how
+
+
+def _operators_in_float(g, names: set, weights: FloatReference, notes: dict) -> None:
+    """The QOperator nodes ``names`` in float (``_float_operator``); then a QuantizeLinear ->
+    DequantizeLinear pair around them that no quantized node reads any more is bypassed, as
+    the quantizer leaves a tensor in float when no quantized node needs it."""
+    inits = initializer_map(g)
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {n.name for n in g.node}
+    new, made = [], set()
+    for n in g.node:
+        if n.name in names and n.op_type in QLINEAR:
+            repl, notes[n.name] = _float_operator(g, n, weights, inits, taken)
+            new.extend(repl)
+            made.update(_key(r) for r in repl)
+        else:
+            new.append(n)
+    del g.node[:]
+    g.node.extend(new)
+    prod, cons = producers(g), consumers(g)
+    outputs = {o.name for o in g.output}
+    for dq in new:
+        q = prod.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or not (_key(q) in made or _key(dq) in made) or list(q.input[1:]) != list(dq.input[1:]):
+            continue
+        if q.output[0] not in outputs and all(c.op_type == "DequantizeLinear" and list(c.input[1:]) == list(q.input[1:]) for c in cons[q.output[0]]):
+            dq.op_type, dq.domain = "Identity", ""
+            dq.input[:] = [q.input[0]]
+            del dq.attribute[:]
+    read = {x for n in new for x in n.input} | outputs
+    kept = [n for n in new if n.op_type != "QuantizeLinear" or n.output[0] in read]
+    del g.node[:]
+    g.node.extend(kept)
+    read = {x for n in kept for x in n.input} | outputs
+    unused = [t for t in g.initializer if t.name not in read]
+    for t in unused:
+        g.initializer.remove(t)
+
+
 def leave_in_float(candidate: onnx.ModelProto, nodes, weights: FloatReference, op_types: set[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """A copy of the QDQ ``candidate`` with ``nodes`` (names) left in float as the quantizer
-    would leave them (module docstring), and per weighted node what its weights became."""
+    """A copy of the quantized ``candidate`` with ``nodes`` (names) left in float as the
+    quantizer would leave them (module docstring: QDQ; a QOperator node becomes
+    DequantizeLinear -> float op -> QuantizeLinear), and per weighted node what its weights
+    became."""
     out = copy.deepcopy(candidate)
     g = out.graph
-    chosen = [n for n in g.node if n.name in set(nodes)]
+    chosen = [n for n in g.node if n.name in set(nodes) and n.op_type not in QLINEAR]
     notes: dict[str, str] = {}
     _drop_pairs(g, {_key(n) for n in chosen}, _quantized_nodes(g, op_types), weights)
     _float_weights(g, chosen, weights, notes)
+    _operators_in_float(g, set(nodes), weights, notes)
     return out, notes
 
 

@@ -46,9 +46,10 @@ def feeds(n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)}
 
 
-def qdq(model: onnx.ModelProto | None = None, x: np.ndarray | None = None) -> onnx.ModelProto:
+def qdq(model: onnx.ModelProto | None = None, x: np.ndarray | None = None, qoperator: bool = False, exclude=()) -> onnx.ModelProto:
     """Static QDQ INT8 (per-tensor) of ``model`` (default ``tiny_cnn``) by ONNX Runtime's
-    quantizer (MinMax on 32 samples of ``x``, default ``feeds``)."""
+    quantizer (MinMax on 32 samples of ``x``, default ``feeds``); ``qoperator``: in the
+    QOperator format instead; ``exclude``: nodes it leaves in float."""
     import tempfile
     from pathlib import Path
 
@@ -68,5 +69,6 @@ def qdq(model: onnx.ModelProto | None = None, x: np.ndarray | None = None) -> on
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         onnx.save(model, str(src))
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ)
+        fmt = QuantFormat.QOperator if qoperator else QuantFormat.QDQ
+        quantize_static(str(src), str(dst), Reader(), quant_format=fmt, nodes_to_exclude=list(exclude))
         return onnx.load(str(dst))

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from onnxopt.diagnose import exclude
 from onnxopt.diagnose.api import DiagnoseConfig, diagnose
 from onnxopt.diagnose.exclude import FloatReference, candidate_nodes, is_qdq, leave_in_float
 from onnxopt.quantize.config import static_op_types
@@ -114,3 +115,27 @@ def test_quantize_report_ranks_static_nodes_by_the_outputs(outlier_pair, tmp_pat
     r = quantize(ref, mode="static", calibration=tmp_path / "d.npz", metric="cosine", allow_slower=True, timing=False, preprocess=False)
     nodes = r.report["sensitive_nodes"]
     assert nodes and nodes[0]["how"].startswith("diagnose: outputs") and nodes[0]["nodes"] == ["fc2"] and nodes[0]["gain"] > 0
+
+
+@pytest.mark.parametrize("net, node", [("cnn", "conv"), ("cnn", "fc"), ("mlp", "fc1"), ("mlp", "fc2")])
+def test_a_qoperator_node_in_float_is_what_the_quantizer_writes_without_it(net, node):
+    """QLinearConv / QGemm left in float, emulated, runs exactly as ONNX Runtime's QOperator
+    quantizer's own model with that node excluded (same calibration)."""
+    ref = tiny_cnn() if net == "cnn" else mlp(hidden=64, classes=8, outlier=30.0)
+    x = feeds(32)["x"] if net == "cnn" else np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    cand = qdq(ref, x, qoperator=True)
+    assert not is_qdq(cand) and exclude.is_static_int8(cand)
+    emulated, notes = leave_in_float(cand, [f"{node}_quant"], FloatReference(ref), set(static_op_types()))
+    onnx.checker.check_model(emulated, full_check=True)
+    real = _run(qdq(ref, x, qoperator=True, exclude=[node]), x)
+    assert _rel(real, _run(emulated, x)) < 1e-6 < _rel(real, _run(cand, x))
+    assert notes == {f"{node}_quant": "float"}
+
+
+def test_diagnose_ranks_a_qoperator_model_by_the_outputs(outlier_pair, tmp_path):
+    ref, _, data = outlier_pair
+    cand = qdq(ref, data["x"], qoperator=True)
+    np.savez(tmp_path / "d.npz", **data)
+    d = diagnose(ref, cand, tmp_path / "d.npz", config=DiagnoseConfig(top=2, metric="cosine"))
+    first = d.sensitive[0]
+    assert (first.node, first.op, first.weights, first.reference_node) == ("fc2_quant", "QGemm", "float", "fc2") and first.gain > 0
