@@ -170,16 +170,27 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
     except Exception:
         inferred = model
     g = inferred.graph
-    out = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        out[vi.name] = value_shape(vi)
-    for t in g.initializer:
-        out[t.name] = tuple(int(d) for d in t.dims)
-    return out
+    out = {vi.name: value_shape(vi) for vi in (*g.input, *g.value_info, *g.output)}
+    return out | {t.name: tuple(int(d) for d in t.dims) for t in g.initializer}
 
 
 def _static(dims) -> bool:
     return all(isinstance(d, int) and d > 0 for d in dims)
+
+
+def _reshape_dims(st: _St, start: int, where: str) -> list[int]:
+    """``st``'s dims from ``start`` on as a Reshape target: its one unknown dim as -1."""
+    dims = [d if isinstance(d, int) else -1 for d in st.shape[start:]]
+    if dims.count(-1) > 1:
+        raise Refused(f"'{st.name}': several unknown dims after {where}")
+    return dims
+
+
+def _rank(n0, x: _St, ok: bool = True) -> int:
+    """The rank of ``n0``'s input ``x`` (refused when unknown or not ``ok``)."""
+    if x.rank is None or not ok:
+        raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+    return x.rank
 
 
 def _axes_of(n0, ins, att) -> list[int] | None:
@@ -234,8 +245,7 @@ class _Fuser:
     def emit(self, op: str, inputs: list[str], base: str, *, attrs=None, n_out: int = 1, domain: str = "") -> list[str]:
         outs = [self.fresh(f"{base}" if n_out == 1 else f"{base}_{i}") for i in range(n_out)]
         node = helper.make_node(op, inputs, outs, name=self.fresh(f"{op}"), domain=domain or None)
-        for a in attrs or []:
-            node.attribute.append(a)
+        node.attribute.extend(attrs or [])
         self.nodes.append(node)
         return outs
 
@@ -243,9 +253,7 @@ class _Fuser:
         """Copy ``n0`` (op, domain, attributes) with new inputs/outputs; attributes overridden."""
         attrs = [a for a in n0.attribute if a.name not in overrides and a.name not in drop]
         attrs += [helper.make_attribute(k, v) for k, v in overrides.items()]
-        outs = []
-        for o in n0.output:
-            outs.append(self.fresh(o) if o else "")
+        outs = [self.fresh(o) if o else "" for o in n0.output]
         node = helper.make_node(n0.op_type, inputs, outs, name=self.fresh(n0.name or n0.op_type), domain=n0.domain or None)
         node.attribute.extend(attrs)
         self.nodes.append(node)
@@ -286,13 +294,7 @@ class _Fuser:
         r, a = st.rank, st.axis
         if r is None:
             raise Refused(f"rank of '{st.name}' unknown")
-        trailing = list(st.shape[a + 1 :])
-        unknown = [i for i, d in enumerate(trailing) if not isinstance(d, int)]
-        if len(unknown) > 1:
-            raise Refused(f"'{st.name}': several unknown dims after the stacked axis")
-        for i in unknown:
-            trailing[i] = -1
-        target = [0] * a + [self.M, st.block] + trailing
+        target = [0] * a + [self.M, st.block] + _reshape_dims(st, a + 1, "the stacked axis")
         (resh,) = self.emit("Reshape", [st.name, self.small(target)], f"{st.name.removeprefix(self.prefix)}/split_members")
         perm = [a] + list(range(a)) + list(range(a + 1, r + 1))
         (tr,) = self.emit("Transpose", [resh], f"{st.name.removeprefix(self.prefix)}/batched", attrs=[helper.make_attribute("perm", perm)])
@@ -315,12 +317,7 @@ class _Fuser:
         block = st.shape[axis]
         if not isinstance(block, int):
             raise Refused(f"'{st.name}': size of axis {axis} unknown")
-        trailing = list(st.shape[axis + 1 :])
-        if not _static(trailing):
-            unknown = [i for i, d in enumerate(trailing) if not isinstance(d, int)]
-            if len(unknown) > 1:
-                raise Refused(f"'{st.name}': several unknown dims after axis {axis}")
-            trailing[unknown[0]] = -1
+        trailing = _reshape_dims(st, axis + 1, f"axis {axis}")
         base = st.name.removeprefix(self.prefix) if st.name else "value"
         if st.kind == "shared":
             (out,) = self.emit("Concat", [st.name] * self.M, f"{base}/replicated", attrs=[helper.make_attribute("axis", axis)])
@@ -538,9 +535,7 @@ class _Fuser:
 
     def h_softmax(self, n0, ins):
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         axis = next((a.i for a in n0.attribute if a.name == "axis"), -1)
         axis = axis % r
         if x.kind == "concat" and x.axis != axis:
@@ -554,9 +549,7 @@ class _Fuser:
         """A reduction on the ``batched`` layout over the same axes shifted by one (the member
         axis 0 is never reduced); "all axes" becomes axes ``1..r``."""
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         att = {a.name: a for a in n0.attribute}
         axes = _axes_of(n0, ins, att) or []
         if not axes:
@@ -582,9 +575,7 @@ class _Fuser:
         """``Slice`` (opset >= 10) on the ``batched`` layout: the same starts/ends/steps (one
         value for all members), axes shifted past the member axis."""
         x = ins[0]
-        r = x.rank
-        if r is None or len(n0.input) < 3:
-            raise Refused(f"Slice node '{n0.name}': rank unknown")
+        r = _rank(n0, x, len(n0.input) >= 3)
         names = self._shared_rest(n0, [ins[1], ins[2]] + ([ins[4]] if len(ins) > 4 else []))
         if len(ins) > 3 and ins[3] is not None:
             if ins[3].kind != "const" or not ins[3].identical:
@@ -608,9 +599,7 @@ class _Fuser:
         """``Squeeze`` / ``Unsqueeze`` on the ``batched`` layout, axes shifted past the member
         axis (negative axes first resolved against the member's rank)."""
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         att = {a.name: a for a in n0.attribute}
         axes = _axes_of(n0, ins, att)
         xb = self.to_batched(x)
@@ -630,9 +619,7 @@ class _Fuser:
         is shorter than the value); a value of lower rank than the target is unsqueezed after
         the member axis first."""
         x, s = ins[0], ins[1]
-        r = x.rank
-        if r is None or s is None:
-            raise Refused(f"Expand node '{n0.name}': rank unknown")
+        r = _rank(n0, x, s is not None)
         if s.kind == "const" and s.identical:
             L = int(s.arrays[0].size)
         elif s.kind == "shared" and s.shape is not None and len(s.shape) == 1 and isinstance(s.shape[0], int):
@@ -653,9 +640,7 @@ class _Fuser:
 
     def h_transpose(self, n0, ins):
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"Transpose node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         perm = next((list(a.ints) for a in n0.attribute if a.name == "perm"), list(range(r))[::-1])
         shape = self.out_shape(n0)
         if x.kind == "concat":
@@ -669,9 +654,7 @@ class _Fuser:
         value's: the stacked axis divided by M (``concat``) or the member axis dropped
         (``batched``); a ``shared`` result, so what is computed from it runs once."""
         x = ins[0]
-        r = x.rank
-        if r is None or not x.stacked:
-            raise Refused(f"Shape node '{n0.name}': rank unknown")
+        r = _rank(n0, x, x.stacked)
         base = n0.output[0]
         (full,) = self.emit("Shape", [x.name], f"{base}/stacked")
         if x.kind == "concat":
@@ -749,7 +732,7 @@ class _Fuser:
         transB = bool(att["transB"].i) if "transB" in att else False
         dtype = Bs[0].dtype
         Ws = [((b.T if transB else b).astype(np.float64) * alpha).astype(dtype) if alpha != 1.0 else np.ascontiguousarray(b.T if transB else b) for b in Bs]
-        fan_in, fan_out = Ws[0].shape
+        fan_out = Ws[0].shape[1]
         cs = None
         if Cs is not None:
             cs = []
@@ -757,58 +740,59 @@ class _Fuser:
                 if c.size not in (1, fan_out) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
                     raise Refused(f"Gemm node '{n0.name}': bias of shape {list(c.shape)} is not per output")
                 cs.append(np.broadcast_to((c.astype(np.float64) * beta).astype(dtype) if beta != 1.0 else c, (1, fan_out)).reshape(fan_out).copy())
-        shape = self.out_shape(n0)
-        base = ins[1].src
+        return self._dense(n0, ins, A, Ws, cs, (ins[1].src, ins[2].src if cs is not None else None))
+
+    def _dense(self, n0, ins, A: _St, Ws: list[np.ndarray], cs, srcs):
+        """``A`` times per-member weights ``Ws`` ``[F, O]`` (plus biases ``cs``: Gemm only):
+        stacked weights on a shared input, a block diagonal on a small ``concat`` one, else per
+        member (``wide="split"``) or one batched MatMul.  ``srcs``: the weight's and bias's names."""
+        fan_in, fan_out = Ws[0].shape
+        gemm = n0.op_type == "Gemm"
         A = self._small_block_operand(A, fan_in, fan_out)
-        if shape is None and A.rank == 2:
-            shape = (A.shape[0], fan_out)
-        if A.kind == "shared" or (A.kind == "concat" and A.axis == 1 and A.rank == 2 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX):
-            if A.kind == "shared":
-                w = np.concatenate(Ws, axis=1)
-                self.counts["gemms_stacked"] += 1
-            else:
-                w = self._block_diagonal(Ws)
-                self.counts["gemms_block_diagonal"] += 1
-            inputs = [A.name, self.init(f"{base}/stacked", w)]
+        shape = self.out_shape(n0)
+        if shape is None and A.rank is not None and A.rank >= 2:
+            shape = tuple(A.shape[:-1]) + (fan_out,)
+        if A.kind == "shared" and A.rank is None and not gemm:
+            raise Refused(f"MatMul node '{n0.name}': rank unknown")
+        block = (
+            A.kind == "concat"
+            and A.rank == 2
+            and A.axis == 1
+            and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX
+        )
+        if A.kind == "shared" or block:
+            how = "block_diagonal" if block else "stacked"
+            self.counts[f"{'gemms' if gemm else 'matmuls'}_{how}"] += 1
+            w = self._block_diagonal(Ws) if block else np.concatenate(Ws, axis=1)
+            inputs = [A.name, self.init(f"{srcs[0]}/stacked", w)]
             if cs is not None:
-                inputs.append(self.init(f"{(ins[2].src)}/stacked", np.concatenate(cs)))
-            (out,) = self.emit("Gemm", inputs, n0.output[0])
-            return [_St("concat", out, axis=1, block=fan_out, shape=shape)]
+                inputs.append(self.init(f"{srcs[1]}/stacked", np.concatenate(cs)))
+            (out,) = self.emit(n0.op_type, inputs, n0.output[0])
+            return [
+                _St(
+                    "concat",
+                    out,
+                    axis=1 if block or gemm else A.rank - 1,
+                    block=fan_out,
+                    shape=shape,
+                )
+            ]
+        if not gemm and (A.rank is None or A.rank < 2):
+            raise Refused(f"MatMul node '{n0.name}': stacked operand of rank < 2")
         if self.wide == "split":
             self.counts["wide_per_member"] += 1
             return self.h_per_member(n0, ins)
-        return [self._stacked_matmul(A, Ws, cs, base, shape)]
+        return [self._stacked_matmul(A, Ws, cs, srcs[0], shape)]
 
     def h_matmul(self, n0, ins):
         A, B = ins
-        shape = self.out_shape(n0)
         if B.kind == "const":
-            Ws = B.arrays
-            if Ws[0].ndim != 2:
-                raise Refused(f"MatMul node '{n0.name}': weight of rank {Ws[0].ndim}")
-            fan_in, fan_out = Ws[0].shape
+            if B.arrays[0].ndim != 2:
+                raise Refused(f"MatMul node '{n0.name}': weight of rank {B.arrays[0].ndim}")
             if A.kind == "const":
                 raise Refused(f"MatMul node '{n0.name}': left operand is a per-member constant")
-            A = self._small_block_operand(A, fan_in, fan_out)
-            if shape is None and A.rank is not None and A.rank >= 2:
-                shape = tuple(A.shape[:-1]) + (fan_out,)
-            if A.kind == "shared":
-                r = A.rank
-                if r is None:
-                    raise Refused(f"MatMul node '{n0.name}': rank unknown")
-                (out,) = self.emit_like(n0, [A.name, self.init(f"{B.src}/stacked", np.concatenate(Ws, axis=1))])
-                self.counts["matmuls_stacked"] += 1
-                return [_St("concat", out, axis=r - 1, block=fan_out, shape=shape)]
-            if A.kind == "concat" and A.rank == 2 and A.axis == 1 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX:
-                (out,) = self.emit_like(n0, [A.name, self.init(f"{B.src}/stacked", self._block_diagonal(Ws))])
-                self.counts["matmuls_block_diagonal"] += 1
-                return [_St("concat", out, axis=1, block=fan_out, shape=shape)]
-            if A.rank is None or A.rank < 2:
-                raise Refused(f"MatMul node '{n0.name}': stacked operand of rank < 2")
-            if self.wide == "split":
-                self.counts["wide_per_member"] += 1
-                return self.h_per_member(n0, ins)
-            return [self._stacked_matmul(A, Ws, None, B.src, shape)]
+            return self._dense(n0, ins, A, B.arrays, None, (B.src,))
+        shape = self.out_shape(n0)
         if A.kind == "const" or not (A.stacked or B.stacked):
             raise Refused(f"MatMul node '{n0.name}': per-member constant on the left")
         if (A.rank or 0) < 2 or (B.rank or 0) < 2:
