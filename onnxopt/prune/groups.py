@@ -331,9 +331,7 @@ class _Analyzer:
 
     # --- helpers -------------------------------------------------------------
     def rank(self, name: str) -> int | None:
-        s = self.shapes.get(name)
-        if s is None and self.ws.is_const(name):
-            s = self.ws.shape(name)
+        s = self.shape(name)
         return None if s is None else len(s)
 
     def shape(self, name: str) -> tuple | None:
@@ -418,17 +416,20 @@ class _Analyzer:
                 )
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
+            move = getattr(
+                self, f"move_{node.op_type}", self.move_reduce if node.op_type in REDUCE else None
+            )
             has_layout = any(x in self.layouts for x in node.input if x)
             if handler is not None:
                 handler(idx, node)
+            elif move is not None:
+                self.follow(idx, node, move)
             elif node.op_type in UNARY:
                 self.unary(idx, node, spatial=False)
             elif node.op_type in SPATIAL:
                 self.unary(idx, node, spatial=True)
             elif node.op_type in TIES:
                 self.tie(idx, node)
-            elif node.op_type in REDUCE:
-                self.reduce(idx, node)
             elif has_layout:
                 self.block_inputs(
                     node,
@@ -758,35 +759,36 @@ class _Analyzer:
             segs.append(Segment(None, int(s[c])))
         self.layouts[out] = (tuple(segs), c)
 
-    # --- layout changes -------------------------------------------------------
-    def op_Flatten(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        name = node_label(node)
-        s = self.shape(x)
-        if s is None:
-            self.block(layout, f"Flatten '{name}' input of unknown shape")
-            return
-        a = int(attribute(node, "axis", 1)) % max(len(s), 1) if len(s) else 0
-        inner, after = _prod(s[a:c]), _prod(s[c + 1 :])
-        if c < a or inner != 1 or after is None:
-            self.block(layout, f"Flatten '{name}' interleaves the channels with other axes")
-            return
-        self.layouts[node.output[0]] = (_scale(layout, after), 1)
-
-    def op_Reshape(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            if len(node.input) > 1 and node.input[1] in self.layouts:
+    # --- layout changes: ``move_<op>(idx, node, layout, c)`` on the first input's layout -----
+    def follow(self, idx, node, move) -> None:
+        """The first input's layout moved by ``move``: ``(layout, axis)`` of the output, or the
+        reason its sources are blocked."""
+        lay = self.layouts.get(node.input[0])
+        if not lay:
+            if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in self.layouts:
                 self.block_inputs(
                     node, f"Reshape '{node_label(node)}' shape computed from activations"
                 )
             return
-        layout, c = self.layouts[x]
+        moved = move(idx, node, *lay)
+        if isinstance(moved, str):
+            self.block(lay[0], moved)
+        else:
+            self.layouts[node.output[0]] = moved
+
+    def move_Flatten(self, idx, node, layout, c):
         name = node_label(node)
-        sin, sout = self.shape(x), self.shape(node.output[0])
+        s = self.shape(node.input[0])
+        if s is None:
+            return f"Flatten '{name}' input of unknown shape"
+        a = int(attribute(node, "axis", 1)) % max(len(s), 1) if len(s) else 0
+        inner, after = _prod(s[a:c]), _prod(s[c + 1 :])
+        if c < a or inner != 1 or after is None:
+            return f"Flatten '{name}' interleaves the channels with other axes"
+        return _scale(layout, after), 1
+
+    def move_Reshape(self, idx, node, layout, c):
+        sin, sout = self.shape(node.input[0]), self.shape(node.output[0])
         target = self.const_ints(node.input[1]) if len(node.input) > 1 else None
         ok = (
             target is not None
@@ -801,25 +803,19 @@ class _Analyzer:
             and len(target) == len(sout)
         )
         if not ok:
-            self.block(layout, f"Reshape '{name}' is not a flatten of the channels")
-            return
+            return f"Reshape '{node_label(node)}' is not a flatten of the channels"
         new = _scale(layout, _prod(sin[2:]))
         if target[1] > 0:
             self.out.shape_slots.append(ShapeSlot(idx, 1, 1, new))
-        self.layouts[node.output[0]] = (new, 1)
+        return new, 1
 
-    def op_Transpose(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
+    def move_Transpose(self, idx, node, layout, c):
+        r = self.rank(node.input[0])
         perm = attribute(node, "perm")
         perm = list(perm) if perm is not None else (list(range(r))[::-1] if r is not None else None)
         if perm is None:
-            self.block(layout, f"Transpose '{node_label(node)}' of unknown rank")
-            return
-        self.layouts[node.output[0]] = (layout, perm.index(c))
+            return f"Transpose '{node_label(node)}' of unknown rank"
+        return layout, perm.index(c)
 
     def _axes(self, node, r_norm: int | None) -> list[int] | None:
         axes = attribute(node, "axes")
@@ -833,67 +829,41 @@ class _Analyzer:
             return None
         return sorted(int(a) % r_norm for a in axes)
 
-    def op_Squeeze(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        axes = self._axes(node, self.rank(x))
+    def move_Squeeze(self, idx, node, layout, c):
+        axes = self._axes(node, self.rank(node.input[0]))
         if axes is None or not axes or c in axes:
-            self.block(layout, f"Squeeze '{node_label(node)}' may remove the channel axis")
-            return
-        self.layouts[node.output[0]] = (layout, c - sum(1 for a in axes if a < c))
+            return f"Squeeze '{node_label(node)}' may remove the channel axis"
+        return layout, c - sum(1 for a in axes if a < c)
 
-    def op_Unsqueeze(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
+    def move_Unsqueeze(self, idx, node, layout, c):
         axes = self._axes(node, self.rank(node.output[0]))
         if axes is None:
-            self.block(layout, f"Unsqueeze '{node_label(node)}' with computed axes")
-            return
+            return f"Unsqueeze '{node_label(node)}' with computed axes"
         kept = [i for i in range(self.rank(node.output[0])) if i not in axes]
-        self.layouts[node.output[0]] = (layout, kept[c])
+        return layout, kept[c]
 
-    def reduce(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
-        axes = self._axes(node, r)
+    def move_reduce(self, idx, node, layout, c):
+        axes = self._axes(node, self.rank(node.input[0]))
         noop = int(attribute(node, "noop_with_empty_axes", 0))
         if axes is None or (not axes and not noop) or c in axes:
-            self.block(layout, f"{node.op_type} '{node_label(node)}' reduces over the channels")
-            return
+            return f"{node.op_type} '{node_label(node)}' reduces over the channels"
         keep = int(attribute(node, "keepdims", 1))
-        self.layouts[node.output[0]] = (layout, c if keep else c - sum(1 for a in axes if a < c))
+        return layout, c if keep else c - sum(1 for a in axes if a < c)
 
-    def op_Softmax(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
+    def move_Softmax(self, idx, node, layout, c):
+        r = self.rank(node.input[0])
         if r is None:
-            self.block(layout, f"{node.op_type} '{node_label(node)}' of unknown rank")
-            return
+            return f"{node.op_type} '{node_label(node)}' of unknown rank"
         axis = int(attribute(node, "axis", -1 if self.opset >= 13 else 1)) % r
         if (self.opset >= 13 and axis == c) or (self.opset < 13 and c >= axis):
-            self.block(layout, f"{node.op_type} '{node_label(node)}' normalizes over the channels")
-            return
-        self.layouts[node.output[0]] = (layout, c)
+            return f"{node.op_type} '{node_label(node)}' normalizes over the channels"
+        return layout, c
 
-    op_LogSoftmax = op_Softmax
-    op_Hardmax = op_Softmax
+    move_LogSoftmax = move_Softmax
+    move_Hardmax = move_Softmax
 
-    def op_Pad(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
+    def move_Pad(self, idx, node, layout, c):
+        r = self.rank(node.input[0])
         pads = attribute(node, "pads")
         if pads is None and len(node.input) > 1:
             pads = self.const_ints(node.input[1])
@@ -906,15 +876,10 @@ class _Analyzer:
             or pads[c] != 0
             or pads[c + r] != 0
         ):
-            self.block(layout, f"Pad '{node_label(node)}' may pad the channel axis")
-            return
-        self.layouts[node.output[0]] = (layout, c)
+            return f"Pad '{node_label(node)}' may pad the channel axis"
+        return layout, c
 
-    def op_Resize(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
+    def move_Resize(self, idx, node, layout, c):
         sizes = node.input[3] if len(node.input) > 3 else ""
         at = 2 if node.op_type == "Resize" and self.opset >= 11 else 1
         scales_name = node.input[at] if len(node.input) > at else ""
@@ -927,11 +892,10 @@ class _Analyzer:
             or (scales and (len(scales) <= c or scales[c] != 1.0))
             or attribute(node, "axes") is not None
         ):
-            self.block(layout, f"{node.op_type} '{node_label(node)}' may resize the channel axis")
-            return
-        self.layouts[node.output[0]] = (layout, c)
+            return f"{node.op_type} '{node_label(node)}' may resize the channel axis"
+        return layout, c
 
-    op_Upsample = op_Resize
+    move_Upsample = move_Resize
 
 
 def analyze(model: onnx.ModelProto, inputs: dict | None = None) -> Analysis:
