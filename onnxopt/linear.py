@@ -334,38 +334,33 @@ def _present(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_path(x: np.ndarray, y: np.ndarray, k: int, kind: str, l2s, standardize: bool, solver: str = "auto", tol: float = 1e-8) -> list[LinearHead]:
     """Heads for each l2 of ``l2s`` (fitted largest l2 first, warm-started)."""
-    if standardize:
-        mu, sd = standardization(x)
-    else:
-        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    mu, sd = standardization(x) if standardize else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
     z = (x - mu) / sd
     classes, yr = _present(y, k)
     kp = len(classes)
-    order = sorted(range(len(l2s)), key=lambda i: -l2s[i])
-    thetas: dict[int, np.ndarray] = {}
-    infos: dict[int, dict] = {}
+    fits: dict[int, tuple[np.ndarray, dict]] = {}
     if kind == "logistic":
         prev = None
-        for i in order:
-            theta, info = fit_logistic(z, yr, kp, float(l2s[i]), init=prev, solver=solver, tol=tol)
-            thetas[i], infos[i] = theta, info
-            prev = theta
+        for i in sorted(range(len(l2s)), key=lambda i: -l2s[i]):
+            fits[i] = fit_logistic(z, yr, kp, float(l2s[i]), init=prev, solver=solver, tol=tol)
+            prev = fits[i][0]
     elif kind == "linear":
-        for i, theta in enumerate(fit_ridge_path(z, yr, kp, [float(v) for v in l2s])):
-            thetas[i], infos[i] = theta, {"solver": "svd"}
+        fits = {
+            i: (theta, {"solver": "svd"})
+            for i, theta in enumerate(fit_ridge_path(z, yr, kp, [float(v) for v in l2s]))
+        }
     else:
         raise ValueError(f"unknown head {kind!r}")
+    absent = sorted(set(range(k)) - set(classes.tolist()))
     heads = []
     for i in range(len(l2s)):
-        w_z, b_z = thetas[i][:, :-1], thetas[i][:, -1]
-        w_raw, b_raw = _fold(w_z, b_z, mu, sd)
+        theta, info = fits[i]
         weight = np.zeros((k, x.shape[1]))
         bias = np.full(k, ABSENT_SCORE)
-        weight[classes], bias[classes] = w_raw, b_raw
-        info = dict(infos[i], l2=float(l2s[i]), standardized=bool(standardize))
-        absent = sorted(set(range(k)) - set(classes.tolist()))
+        weight[classes], bias[classes] = _fold(theta[:, :-1], theta[:, -1], mu, sd)
+        info = dict(info, l2=float(l2s[i]), standardized=bool(standardize))
         if absent:
-            info["absent_classes"] = absent
+            info["absent_classes"] = list(absent)
         heads.append(LinearHead(weight, bias, info))
     return heads
 

@@ -35,6 +35,7 @@ from onnx import helper
 from ..errors import UnsupportedError, UsageError
 from ..graph import outer_reads, producers, subgraphs, unique_name
 from ..simplify.dead import remove_unused
+from ..simplify.fold import NONDETERMINISTIC
 
 __all__ = [
     "POOLS",
@@ -66,7 +67,6 @@ _PRODUCTS = {
     ("com.microsoft", "FusedMatMul"): (0, 1),
 }
 _QUANTIZERS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 def _domain(node: onnx.NodeProto) -> str:

@@ -152,7 +152,8 @@ def check_parity(
     for j, m in enumerate(members):
         comp = compare_outputs(m.outputs, separate[j], [got[n] for n in member_values[j]])
         for o, ref in zip(comp.outputs, separate[j], strict=True):
-            _note_weak(rep, o.name, ref)
+            if says_little(ref) and o.name not in rep.weak:
+                rep.weak.append(o.name)
             rec = parity_record(o, member=m.label)
             rep.members.append(rec)
             if not rec["ok"]:
@@ -181,11 +182,11 @@ def _run_probe(merged, member_values, probe_types, dataset, provider: str, limit
     """A copy of ``merged`` that also exposes every member's values, run once over ``dataset``."""
     probe = copy.deepcopy(merged)
     have = {o.name for o in probe.graph.output}
-    for names in member_values:
-        for n in names:
-            if n not in have:
-                probe.graph.output.append(probe_types[n])
-                have.add(n)
+    probe.graph.output.extend(
+        probe_types[n]
+        for n in dict.fromkeys(n for names in member_values for n in names)
+        if n not in have
+    )
     names = [o.name for o in probe.graph.output]
     sess = create_session(probe, provider, error=VerificationError)
     batches = []
@@ -210,11 +211,6 @@ def weak_note(names, ds, what: str = "output(s)") -> str:
         f"the parity check says little about {what} {', '.join(names)}: "
         f"every value is within 1e-6 of 0 on {Path(ds.source).name} (give --data with real inputs)"
     )
-
-
-def _note_weak(rep: ParityReport, name: str, ref) -> None:
-    if says_little(ref) and name not in rep.weak:
-        rep.weak.append(name)
 
 
 def _check_vote(rep: ParityReport, arrays, ref, outs, got, fusion: Fusion) -> bool:

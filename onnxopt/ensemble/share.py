@@ -31,11 +31,7 @@ def _file_region(t: onnx.TensorProto) -> tuple | None:
 def _nbytes(t: onnx.TensorProto) -> int:
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
-    if t.HasField("raw_data"):
-        return len(t.raw_data)
-    from onnx import numpy_helper
-
-    return int(numpy_helper.to_array(t).nbytes)
+    return len(_payload(t))
 
 
 def _payload(t: onnx.TensorProto) -> bytes:
