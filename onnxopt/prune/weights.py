@@ -64,10 +64,14 @@ class WeightStore:
         inputs = {i.name for i in g.input}
         overridable = inputs if model.ir_version >= 4 else set()
         self.inits = {t.name: t for t in g.initializer if t.name not in overridable}
-        self.fills: dict[str, tuple[int, onnx.NodeProto]] = {}
-        for i, n in enumerate(g.node):
-            if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx") and n.input and n.input[0] in self.inits:
-                self.fills[n.output[0]] = (i, n)
+        self.fills: dict[str, tuple[int, onnx.NodeProto]] = {
+            n.output[0]: (i, n)
+            for i, n in enumerate(g.node)
+            if n.op_type == "ConstantOfShape"
+            and n.domain in ("", "ai.onnx")
+            and n.input
+            and n.input[0] in self.inits
+        }
         self._cache: dict[str, np.ndarray] = {}
 
     def is_const(self, name: str) -> bool:
@@ -85,31 +89,24 @@ class WeightStore:
             return None
         node = self.fills[name][1]
         shape = tuple(int(d) for d in numpy_helper.to_array(self.inits[node.input[0]]).reshape(-1))
-        value = np.zeros((), dtype=np.float32)
-        for a in node.attribute:
-            if a.name == "value":
-                value = numpy_helper.to_array(a.t).reshape(())
-        return Fill(shape, value)
+        values = [
+            numpy_helper.to_array(a.t).reshape(()) for a in node.attribute if a.name == "value"
+        ]
+        return Fill(shape, values[-1] if values else np.zeros((), dtype=np.float32))
 
     def tensor(self, name: str):
         """The constant as an array, or as a ``Fill`` (never materialized here)."""
         f = self.fill(name)
-        if f is not None:
-            return f
-        return self.array(name)
+        return f if f is not None else self.array(name)
 
     def array(self, name: str) -> np.ndarray:
         """The constant as an array (fills are materialized)."""
-        if name in self._cache:
-            return self._cache[name]
-        if name in self.inits:
-            arr = numpy_helper.to_array(self.inits[name])
-        elif name in self.fills:
-            arr = self.fill(name).materialize()
-        else:
-            raise KeyError(name)
-        self._cache[name] = arr
-        return arr
+        if name not in self._cache:
+            f = self.fill(name)
+            self._cache[name] = (
+                f.materialize() if f is not None else numpy_helper.to_array(self.inits[name])
+            )
+        return self._cache[name]
 
     def abs_sum(self, name: str, axis: int) -> np.ndarray:
         """Per-index L1 norm of the constant along ``axis`` (cheap for fills)."""
