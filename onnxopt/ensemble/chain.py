@@ -184,29 +184,25 @@ def _feed_stage(k: int, stages: list[Member], parts: list[Part], pairs, used_pai
     st.input_rename = {}
     unfed = []
     for vi in ins:
-        src, how = None, ""
         explicit = [(a, b) for a, b in pairs if b == vi.name and a in prev_out]
         if explicit:
             src, how = explicit[0][0], "map"
             used_pairs.add(explicit[0])
         elif vi.name in prev_out:
             src, how = vi.name, "name"
-        if src is not None:
-            _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
-            st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-            junctions.append(_junction(k, src, vi, how, prev_out[src]))
         elif vi.name in graph_inputs:
             _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
             st.input_rename[vi.name] = vi.name
             junctions.append(_junction(k, f"input {vi.name}", vi, "shared input", vi))
+            continue
+        elif len(ins) == 1 and len(prev_out) == 1:
+            src, how = next(iter(prev_out)), "position"
         else:
             unfed.append(vi)
-    if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
-        vi = unfed.pop()
-        src = next(iter(prev_out))
+            continue
         _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
         st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-        junctions.append(_junction(k, src, vi, "position", prev_out[src]))
+        junctions.append(_junction(k, src, vi, how, prev_out[src]))
     if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
         raise UsageError(
             (

@@ -198,27 +198,11 @@ def group_report(analysis: Analysis, keep: dict | None = None, ratios: dict | No
     for g in analysis.groups:
         layers = [analysis.sources[s].label for s in g.sources]
         weights = [analysis.sources[s].weight for s in g.sources]
+        base = {"group": g.label, "layers": layers, "weights": weights, "channels": g.channels}
         if not g.prunable:
-            intact.append(
-                {
-                    "group": g.label,
-                    "layers": layers,
-                    "weights": weights,
-                    "channels": g.channels,
-                    "reason": g.blocked,
-                }
-            )
+            intact.append({**base, "reason": g.blocked})
         elif g.id in keep and len(keep[g.id]) < g.channels:
-            pruned.append(
-                {
-                    "group": g.label,
-                    "layers": layers,
-                    "weights": weights,
-                    "channels": g.channels,
-                    "kept": int(len(keep[g.id])),
-                    "ratio": (ratios or {}).get(g.id),
-                }
-            )
+            pruned.append({**base, "kept": int(len(keep[g.id])), "ratio": (ratios or {}).get(g.id)})
         else:
             untouched.append({"group": g.label, "layers": layers, "channels": g.channels})
     return {"pruned": pruned, "intact": intact, "unchanged": untouched}
