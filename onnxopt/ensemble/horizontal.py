@@ -356,19 +356,9 @@ class _Fuser:
         ins = [None if s is None else self.to_split(s) for s in ins]
         outs = [[] for _ in n0.output]
         for j in range(self.M):
-            names = []
-            for s in ins:
-                if s is None:
-                    names.append("")
-                elif s.kind == "shared":
-                    names.append(s.name)
-                elif s.kind == "const":
-                    names.append(self.shared_name(s) if s.identical else self.init(f"{s.src}/m{j}", s.arrays[j]))
-                else:
-                    names.append(s.names[j])
             node = helper.make_node(
                 n0.op_type,
-                names,
+                [self.member_name(s, j) for s in ins],
                 [self.fresh(f"{o}/m{j}") if o else "" for o in n0.output],
                 name=self.fresh(f"{n0.name or n0.op_type}/m{j}"),
                 domain=n0.domain or None,
@@ -379,6 +369,16 @@ class _Fuser:
                 outs[i].append(o)
         self.counts["per_member_nodes"] += 1
         return [_St("split", names=o, shape=self.out_shape(n0, i)) if n0.output[i] else None for i, o in enumerate(outs)]
+
+    def member_name(self, s: _St | None, j: int) -> str:
+        """Member ``j``'s tensor of an input already split (or shared, or constant)."""
+        if s is None:
+            return ""
+        if s.kind == "split":
+            return s.names[j]
+        if s.kind == "const" and not s.identical:
+            return self.init(f"{s.src}/m{j}", s.arrays[j])
+        return self.shared_name(s)
 
     # --- node handlers ------------------------------------------------------------------------
     def out_shape(self, n0, j: int = 0):
@@ -846,9 +846,9 @@ class _Fuser:
                     self.state[o] = st
         part = Part()
         for j, m in enumerate(self.members):
-            typed = {o.name: o for o in self.models[j].graph.output}
+            outputs = self.models[j].graph.output
             for local in m.outputs:
-                p = [o.name for o in self.models[j].graph.output].index(local)
+                p = [o.name for o in outputs].index(local)
                 name0 = g0.output[p].name
                 target = m.prefix + local
                 st = self.state.get(name0)
@@ -856,8 +856,7 @@ class _Fuser:
                     st = _St("const", arrays=[numpy_helper.to_array(self.inits_by[i][self.models[i].graph.output[p].name]) for i in range(self.M)], src=name0)
                 self.extract(st, j, target)
                 part.outputs[(m.index, local)] = target
-                vi = onnx.ValueInfoProto()
-                vi.CopyFrom(typed[local])
+                vi = copy.deepcopy(outputs[p])
                 vi.name = target
                 part.output_info[target] = vi
         part.nodes, part.initializers = self.nodes, self.inits
