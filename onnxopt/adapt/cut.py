@@ -126,11 +126,7 @@ def _shape_only(graph: onnx.GraphProto, const: set[str]) -> set[str]:
 def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[str]):
     """Nodes (indices) on paths from ``source`` to ``output``; ``(nodes, None)``, or
     ``(nodes, name)`` when ``output`` also reads ``name``, a graph input other than ``source``."""
-    index = {}
-    for i, n in enumerate(graph.node):
-        for o in n.output:
-            if o:
-                index[o] = i
+    index = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
     nodes: set[int] = set()
     seen: set[str] = set()
     stack = [output]

@@ -464,10 +464,10 @@ class _Fuser:
         if r is None:
             raise Refused(f"{n0.op_type} node '{n0.name}': output rank unknown")
         layouts = {(s.kind, s.axis, s.block, s.rank) for s in stacked}
-        if stacked and len(layouts) == 1 and stacked[0].kind == "concat" and stacked[0].rank == r:
-            target = stacked[0]
-        else:
-            target = _St("batched")
+        one_concat = (
+            stacked and len(layouts) == 1 and stacked[0].kind == "concat" and stacked[0].rank == r
+        )
+        target = stacked[0] if one_concat else _St("batched")
         names = [self.operand(n0, s, target, r) for s in ins]
         (out,) = self.emit_like(n0, names)[:1]
         return [_St(target.kind, out, axis=target.axis, block=target.block, shape=shape or stacked[0].shape)]

@@ -132,10 +132,7 @@ def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
     """Per fused position: dtype, member shapes and the base output name; checks compatibility."""
     out = []
     for p in range(K):
-        vis = []
-        for m in members:
-            typed = {o.name: o for o in m.model.graph.output}
-            vis.append(typed[m.outputs[p]])
+        vis = [next(o for o in m.model.graph.output if o.name == m.outputs[p]) for m in members]
         elem0 = value_dtype(vis[0])
         shapes = [value_shape(v) for v in vis]
         for m, vi in zip(members, vis, strict=True):

@@ -109,11 +109,11 @@ def activation_importance(
     limit: int | None = 512,
 ) -> dict[int, np.ndarray]:
     ws = WeightStore(model)
-    ends = {}
-    for g in analysis.prunable:
-        for sid in g.sources:
-            src = analysis.sources[sid]
-            ends[sid] = chain_end(model, src, ws)[0]
+    ends = {
+        sid: chain_end(model, analysis.sources[sid], ws)[0]
+        for g in analysis.prunable
+        for sid in g.sources
+    }
     names = sorted(set(ends.values()))
     sums = {n: None for n in names}
     sess = tap_session(model, names, provider)

@@ -257,13 +257,12 @@ class PruneChannelsPass(Pass):
             raise UsageError(
                 f"ratios name unknown layer(s) {', '.join(unknown)} (layers are named by node, output or weight, e.g. {sample})"
             )
-        out = {}
-        for g in analysis.prunable:
-            if g.id in found:
-                out[g.id] = min(found[g.id])  # tied layers named differently: the gentler ratio
-            elif base is not None:
-                out[g.id] = base
-        return out
+        # tied layers named differently: the gentler ratio
+        return {
+            g.id: min(found[g.id]) if g.id in found else base
+            for g in analysis.prunable
+            if g.id in found or base is not None
+        }
 
     def prune(
         self, model: onnx.ModelProto, ctx: Context, ratio: float | None
@@ -295,11 +294,8 @@ class PruneChannelsPass(Pass):
             )
         else:
             imp = l1_importance(work, analysis)
-        keep = {}
-        for gid, r in ratios.items():
-            k = select_keep(imp[gid], r, self.config.align)
-            if len(k) < analysis.groups[gid].channels:
-                keep[gid] = k
+        keep = {gid: select_keep(imp[gid], r, self.config.align) for gid, r in ratios.items()}
+        keep = {gid: k for gid, k in keep.items() if len(k) < analysis.groups[gid].channels}
         details["groups"] = group_report(analysis, keep, ratios)
         if not keep:
             details["nothing_to_prune"] = (
