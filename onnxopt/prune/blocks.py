@@ -19,6 +19,7 @@ output) and drops the branch as dead code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import onnx
@@ -75,9 +76,10 @@ def find_blocks(
     consts = _constant_names(g)
     outputs = {o.name for o in g.output}
     shapes = static_shapes(model, inputs)
-    sizes = {t.name: int(_numel(t.dims)) for t in g.initializer}
     ws = WeightStore(model)
-    fill_sizes = {name: ws.fill(name).size for name in ws.fills}
+    sizes = {t.name: math.prod(int(d) for d in t.dims) for t in g.initializer} | {
+        name: ws.fill(name).size for name in ws.fills
+    }
     blocks, refusals = [], []
     for node in g.node:
         if (
@@ -107,9 +109,7 @@ def find_blocks(
             if not any(n.op_type in _WEIGHT_OPS for n in res):
                 why.append("the branch holds no weight layer (Conv / Gemm / MatMul)")
                 continue
-            params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes}) + sum(
-                fill_sizes[x] for x in {x for n in res for x in n.input if x in fill_sizes}
-            )
+            params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes})
             found = Block(
                 node.output[0], node_label(node), skip, branch, [n.output[0] for n in res], params
             )
@@ -121,13 +121,6 @@ def find_blocks(
                 f"{node.op_type} '{node_label(node)}' is not a residual block: {why[0] if why else 'no shortcut'}"
             )
     return blocks, refusals
-
-
-def _numel(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
 
 
 def _branch(skip, branch, add_node, prod, cons, consts, outputs):
