@@ -242,62 +242,52 @@ def fit_logistic(
     theta = np.zeros((k, d + 1)) if init is None else np.array(init, dtype=np.float64)
     if solver == "auto":
         solver = "newton" if k * (d + 1) <= NEWTON_MAX_PARAMS else "lbfgs"
-    if solver == "newton":
-        theta, it, value, gnorm = _newton(theta, z1, y1h, l2, k, tol, max_iter or 100)
-    elif solver == "lbfgs":
-        theta, it, value, gnorm = _lbfgs(theta, z1, y1h, l2, k, tol, max_iter or 2000)
-    else:
+    if solver not in ("newton", "lbfgs"):
         raise ValueError(f"unknown solver {solver!r}")
+    newton = solver == "newton"
+    theta, it, value, gnorm = _minimize(
+        theta, z1, y1h, l2, k, tol, max_iter or (100 if newton else 2000), newton=newton
+    )
     theta[:, -1] -= theta[:, -1].mean()
     return theta, {"solver": solver, "iterations": int(it), "objective": float(value), "grad_max": float(gnorm), "converged": bool(gnorm < tol * 10)}
 
 
-def _newton(theta, z1, y1h, l2, k, tol, max_iter):
+def _minimize(theta, z1, y1h, l2, k, tol, max_iter, *, newton: bool, memory: int = 10):
+    """Newton steps (exact Hessian) or L-BFGS steps (two-loop recursion over the last
+    ``memory`` curvature pairs), each with Armijo backtracking, until max |grad| < tol."""
+    s_hist: list[np.ndarray] = []
+    y_hist: list[np.ndarray] = []
     value, grad, p = _objective(theta, z1, y1h, l2, k)
     gnorm = float(np.abs(grad).max())
     it = 0
     while gnorm >= tol and it < max_iter:
         it += 1
-        step = np.linalg.solve(_hessian(z1, p, l2), -grad.reshape(-1)).reshape(theta.shape)
-        theta, t, value, grad, p = _armijo(theta, step, value, grad, z1, y1h, l2, k)
-        if t == 0.0:
-            break
-        gnorm = float(np.abs(grad).max())
-    return theta, it, value, gnorm
-
-
-def _lbfgs(theta, z1, y1h, l2, k, tol, max_iter, memory: int = 10):
-    s_hist: list[np.ndarray] = []
-    y_hist: list[np.ndarray] = []
-    value, grad, _ = _objective(theta, z1, y1h, l2, k)
-    gnorm = float(np.abs(grad).max())
-    it = 0
-    while gnorm >= tol and it < max_iter:
-        it += 1
-        q = grad.reshape(-1).copy()
-        alphas = []
-        for s, yv in zip(reversed(s_hist), reversed(y_hist), strict=True):
-            rho = 1.0 / float(yv @ s)
-            a = rho * float(s @ q)
-            alphas.append((a, rho))
-            q -= a * yv
-        if s_hist:
-            q *= float(s_hist[-1] @ y_hist[-1]) / float(y_hist[-1] @ y_hist[-1])
+        if newton:
+            step = np.linalg.solve(_hessian(z1, p, l2), -grad.reshape(-1))
         else:
-            q /= max(1.0, float(np.linalg.norm(q)))
-        for (a, rho), s, yv in zip(reversed(alphas), s_hist, y_hist, strict=True):
-            q += (a - rho * float(yv @ q)) * s
-        new_theta, t, new_value, new_grad, _ = _armijo(theta, -q.reshape(theta.shape), value, grad, z1, y1h, l2, k)
+            q = grad.reshape(-1).copy()
+            alphas = []
+            for s, yv in zip(reversed(s_hist), reversed(y_hist), strict=True):
+                rho = 1.0 / float(yv @ s)
+                a = rho * float(s @ q)
+                alphas.append((a, rho))
+                q -= a * yv
+            if s_hist:
+                q *= float(s_hist[-1] @ y_hist[-1]) / float(y_hist[-1] @ y_hist[-1])
+            else:
+                q /= max(1.0, float(np.linalg.norm(q)))
+            for (a, rho), s, yv in zip(reversed(alphas), s_hist, y_hist, strict=True):
+                q += (a - rho * float(yv @ q)) * s
+            step = -q
+        new_theta, t, new_value, new_grad, p = _armijo(
+            theta, step.reshape(theta.shape), value, grad, z1, y1h, l2, k
+        )
         if t == 0.0:
             break
         s = (new_theta - theta).reshape(-1)
         yv = (new_grad - grad).reshape(-1)
-        if float(s @ yv) > 1e-12 * float(yv @ yv):
-            s_hist.append(s)
-            y_hist.append(yv)
-            if len(s_hist) > memory:
-                s_hist.pop(0)
-                y_hist.pop(0)
+        if not newton and float(s @ yv) > 1e-12 * float(yv @ yv):
+            s_hist, y_hist = (s_hist + [s])[-memory:], (y_hist + [yv])[-memory:]
         theta, value, grad = new_theta, new_value, new_grad
         gnorm = float(np.abs(grad).max())
     return theta, it, value, gnorm
