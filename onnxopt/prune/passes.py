@@ -92,6 +92,23 @@ def _search_budget(ctx: Context, model: onnx.ModelProto):
     )
 
 
+def _budget_value(
+    value, values, build, model, ctx: Context, what: str, details: dict, evaluator=None
+):
+    """``value`` when given; else, with a budget, the largest of ``values`` whose model
+    (``build(v)``) stays within it (the search goes in ``details["search"]``); else None."""
+    if value is not None or ctx.budget is None:
+        return value
+    label = "block search" if what == "number of blocks" else f"{what} search"
+    outcome = search(
+        values, build, evaluator or _search_budget(ctx, model), ctx.budget.max_drop, label=label
+    )
+    if outcome.chosen is None:
+        raise BudgetError(no_point(what, outcome))
+    details["search"] = outcome.to_dict()
+    return outcome.chosen.value
+
+
 class PruneMagnitudePass(Pass):
     """Unstructured magnitude pruning: zero the smallest weights (smaller zip, not faster)."""
 
@@ -126,11 +143,15 @@ class PruneMagnitudePass(Pass):
         constants_to_initializers(model)
         fold_weight_expressions(model)
         details: dict = {}
-        sparsity = self.config.sparsity
-        if sparsity is None and ctx.budget is not None:
-            outcome = self._search(model, ctx)
-            details["search"] = outcome.to_dict()
-            sparsity = outcome.chosen.value
+
+        def build(v):
+            m = copy.deepcopy(model)
+            if not self._prune(m, v)[0]:
+                raise UsageError("no prunable weights")
+            return m
+
+        grid = self.config.grid or GRIDS["magnitude"]
+        sparsity = _budget_value(self.config.sparsity, grid, build, model, ctx, "sparsity", details)
         sparsity = DEFAULTS["magnitude"] if sparsity is None else sparsity
         records, skipped = self._prune(model, sparsity)
         details.update(
@@ -162,27 +183,6 @@ class PruneMagnitudePass(Pass):
             notes=[_ZEROS_NOTE],
             details=details,
         )
-
-    def _search(self, model, ctx):
-        evaluator = _search_budget(ctx, model)
-
-        def build(v):
-            m = copy.deepcopy(model)
-            records, _ = self._prune(m, v)
-            if not records:
-                raise UsageError("no prunable weights")
-            return m
-
-        outcome = search(
-            self.config.grid or GRIDS["magnitude"],
-            build,
-            evaluator,
-            ctx.budget.max_drop,
-            label="sparsity search",
-        )
-        if outcome.chosen is None:
-            raise BudgetError(no_point("sparsity", outcome))
-        return outcome
 
 
 def no_point(what: str, outcome) -> str:
@@ -351,27 +351,16 @@ class PruneChannelsPass(Pass):
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)
         fold_weight_expressions(model)
-        ratio = self.config.ratio
-        search_details = None
-        if ratio is None and not self.config.ratios and ctx.budget is not None:
-            evaluator = _search_budget(ctx, model)
-            outcome = search(
-                self.config.grid or GRIDS["channels"],
-                lambda v: self._checked(model, ctx, v),
-                evaluator,
-                ctx.budget.max_drop,
-                label="ratio search",
+        ratio, searched = self.config.ratio, {}
+        if not self.config.ratios:
+            grid = self.config.grid or GRIDS["channels"]
+            ratio = _budget_value(
+                ratio, grid, lambda v: self._checked(model, ctx, v), model, ctx, "ratio", searched
             )
-            if outcome.chosen is None:
-                raise BudgetError(no_point("ratio", outcome))
-            search_details = outcome.to_dict()
-            ratio = outcome.chosen.value
-        if ratio is None and not self.config.ratios:
-            ratio = DEFAULTS["channels"]
+            ratio = DEFAULTS["channels"] if ratio is None else ratio
         out, details, notes = self.prune(model, ctx, ratio)
         details["ratio"] = ratio
-        if search_details:
-            details["search"] = search_details
+        details.update(searched)
         if "nothing_to_prune" in details:
             return self.result(model, False, notes=notes, details=details)
         g = details["groups"]
@@ -465,26 +454,24 @@ class PruneBlocksPass(Pass):
             evaluator = _search_budget(ctx, model)
             ranking = rank_blocks(model, found, evaluator, dims)
             details["ranking"] = ranking
-            n = self.config.blocks
-            if n is None and ctx.budget is not None:
 
-                def build(k):
-                    m = copy.deepcopy(model)
-                    remove_blocks(m, [e["output"] for e in ranking[: int(k)]], dims)
-                    return m
+            def build(k):
+                m = copy.deepcopy(model)
+                remove_blocks(m, [e["output"] for e in ranking[: int(k)]], dims)
+                return m
 
-                outcome = search(
-                    list(range(1, len(ranking) + 1)),
-                    build,
-                    evaluator,
-                    ctx.budget.max_drop,
-                    label="block search",
-                )
-                if outcome.chosen is None:
-                    raise BudgetError(no_point("number of blocks", outcome))
-                details["search"] = outcome.to_dict()
-                n = int(outcome.chosen.value)
-            n = DEFAULTS["blocks"] if n is None else n
+            counts = list(range(1, len(ranking) + 1))
+            n = _budget_value(
+                self.config.blocks,
+                counts,
+                build,
+                model,
+                ctx,
+                "number of blocks",
+                details,
+                evaluator,
+            )
+            n = DEFAULTS["blocks"] if n is None else int(n)
             if n > len(found):
                 raise UsageError(
                     f"asked to remove {n} blocks, the model has {len(found)} residual blocks"
