@@ -391,6 +391,18 @@ class _Analyzer:
         self.layouts[node.output[0]] = (seg, out_axis)
         return sid
 
+    def consume(self, idx: int, node: onnx.NodeProto, lay, ok: bool, axis: int) -> None:
+        """``node`` reads the layout ``lay`` with its weight input 1, whose ``axis`` then loses
+        the removed channels; blocked unless ``ok`` (the channels on the axis it reduces)."""
+        if not lay:
+            return
+        if ok:
+            self.out.slots.append(Slot(idx, 1, axis, lay[0], "consumer"))
+        else:
+            self.block(
+                lay[0], f"{node.op_type} '{node_label(node)}' reads the channels on another axis"
+            )
+
     def other_outputs_used(self, node: onnx.NodeProto) -> bool:
         return any(o and (self.used.get(o) or o in self.graph_outputs) for o in node.output[1:])
 
@@ -476,15 +488,8 @@ class _Analyzer:
         bias_ok = not b or self.ws.is_const(b)
         if group == 1:
             in_axis, out_axis_w = (0, 1) if transpose else (1, 0)
-            cin = wshape[in_axis]
-            if lay:
-                layout, c = lay
-                if c != 1 or layout_size(layout) != cin:
-                    self.block(
-                        layout, f"{node.op_type} '{name}' reads the channels on another axis"
-                    )
-                else:
-                    self.out.slots.append(Slot(idx, 1, in_axis, layout, "consumer"))
+            ok = lay and lay[1] == 1 and layout_size(lay[0]) == wshape[in_axis]
+            self.consume(idx, node, lay, ok, in_axis)
             slots = [(1, out_axis_w)] + ([(2, 0)] if b else [])
             self.new_source(
                 idx,
@@ -549,16 +554,9 @@ class _Analyzer:
         if len(bshape) != 2:
             self.block_inputs(node, f"Gemm '{name}' weight is not 2-D")
             return
-        if lay:
-            layout, ax = lay
-            if (
-                ax != 1
-                or self.rank(a) != 2
-                or layout_size(layout) != (bshape[1] if trans_b else bshape[0])
-            ):
-                self.block(layout, f"Gemm '{name}' reads the channels on another axis")
-            else:
-                self.out.slots.append(Slot(idx, 1, 1 if trans_b else 0, layout, "consumer"))
+        fan_in = bshape[1] if trans_b else bshape[0]
+        ok = lay and lay[1] == 1 and self.rank(a) == 2 and layout_size(lay[0]) == fan_in
+        self.consume(idx, node, lay, ok, 1 if trans_b else 0)
         n_out = bshape[0] if trans_b else bshape[1]
         slots = [(1, 0 if trans_b else 1)]
         blocked = None
@@ -583,12 +581,8 @@ class _Analyzer:
         ra = self.rank(a)
         lay = self.layouts.get(a)
         bshape = self.ws.shape(b)
-        if lay:
-            layout, ax = lay
-            if ra is None or ax != ra - 1 or layout_size(layout) != bshape[0]:
-                self.block(layout, f"MatMul '{name}' reads the channels on another axis")
-            else:
-                self.out.slots.append(Slot(idx, 1, 0, layout, "consumer"))
+        ok = lay and ra is not None and lay[1] == ra - 1 and layout_size(lay[0]) == bshape[0]
+        self.consume(idx, node, lay, ok, 0)
         ro = self.rank(node.output[0])
         if ro is None:
             return
@@ -650,16 +644,10 @@ class _Analyzer:
         name = node_label(node)
         out = node.output[0]
         r = self.rank(out)
-        lay_in, const_in, other_in = [], [], []
-        for i, x in enumerate(node.input):
-            if not x:
-                continue
-            if x in self.layouts:
-                lay_in.append((i, x))
-            elif self.ws.is_const(x):
-                const_in.append((i, x))
-            else:
-                other_in.append((i, x))
+        ins = [(i, x) for i, x in enumerate(node.input) if x]
+        lay_in = [(i, x) for i, x in ins if x in self.layouts]
+        const_in = [(i, x) for i, x in ins if x not in self.layouts and self.ws.is_const(x)]
+        other_in = [(i, x) for i, x in ins if x not in self.layouts and not self.ws.is_const(x)]
         if not lay_in:
             return
         if r is None or any(self.rank(x) is None for _, x in lay_in):
