@@ -206,8 +206,9 @@ def _build_parts(members: list[Member], fuse_members: bool, provider: str):
         from .horizontal import Refused, fuse_group, group_members
 
         groups, reasons = group_members(members)
-        for label, why in reasons.items():
-            horizontal["notes"].append(f"{label} cannot be fused: {why}")
+        horizontal["notes"].extend(
+            f"{label} cannot be fused: {why}" for label, why in reasons.items()
+        )
         gi = 0
         for grp in groups:
             if len(grp) < 2:
