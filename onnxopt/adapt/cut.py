@@ -236,9 +236,11 @@ def tensor_info(model: onnx.ModelProto, name: str) -> TensorInfo:
     if vi is None or not vi.type.HasField("tensor_type"):
         return TensorInfo(name)
     tt = vi.type.tensor_type
-    dims = None
-    if tt.HasField("shape"):
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    dims = (
+        [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        if tt.HasField("shape")
+        else None
+    )
     return TensorInfo(name, tt.elem_type, dims)
 
 
@@ -252,9 +254,9 @@ def with_outputs(model: onnx.ModelProto, extra: list[TensorInfo]) -> onnx.ModelP
     """A copy of ``model`` that also outputs the tensors in ``extra`` (the reference run)."""
     m = copy.deepcopy(model)
     have = {o.name for o in m.graph.output}
-    for t in extra:
-        if t.name not in have:
-            m.graph.output.append(_value_info(t.name, t.elem_type, t.dims))
+    m.graph.output.extend(
+        _value_info(t.name, t.elem_type, t.dims) for t in extra if t.name not in have
+    )
     return m
 
 

@@ -43,7 +43,8 @@ class Fill:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
-    def take(self, axis: int, positions: np.ndarray) -> Fill:
+    def take(self, positions: np.ndarray, axis: int) -> Fill:
+        """``numpy.take`` of the fill (also a fill)."""
         shape = list(self.shape)
         shape[axis] = len(positions)
         return Fill(tuple(shape), self.value)
