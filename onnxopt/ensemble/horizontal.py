@@ -485,15 +485,11 @@ class _Fuser:
         B = self._weights(n0, ins[2] if len(ins) > 2 else None, "the bias")
         g = next((a.i for a in n0.attribute if a.name == "group"), 1)
         cout = W[0].shape[0]
-        if x.kind == "shared" and g != 1:
+        grouped = x.kind != "shared" or g != 1  # else one Conv with the weights stacked
+        if grouped:
             x = self.to_concat(x, 1)
-        if x.kind == "shared":
-            group = 1
-            self.counts["convs_stacked"] += 1
-        else:
-            x = self.to_concat(x, 1)
-            group = self.M * g
-            self.counts["convs_grouped"] += 1
+        self.counts["convs_grouped" if grouped else "convs_stacked"] += 1
+        group = self.M * g if grouped else 1
         bias = np.concatenate(B if B is not None else [np.zeros(cout, dtype=W[0].dtype)] * self.M)
         w = self.init(f"{ins[1].src}/stacked", np.concatenate(W, axis=0))
         b = self.init(f"{(ins[2].src if B is not None else ins[1].src + '_bias')}/stacked", bias)
@@ -536,8 +532,7 @@ class _Fuser:
     def h_softmax(self, n0, ins):
         x = ins[0]
         r = _rank(n0, x)
-        axis = next((a.i for a in n0.attribute if a.name == "axis"), -1)
-        axis = axis % r
+        axis = next((a.i for a in n0.attribute if a.name == "axis"), -1) % r
         if x.kind == "concat" and x.axis != axis:
             (out,) = self.emit_like(n0, [x.name])
             return [_St("concat", out, axis=x.axis, block=x.block, shape=x.shape)]
