@@ -313,7 +313,6 @@ class _UnionFind:
 
 class _Analyzer:
     def __init__(self, model: onnx.ModelProto, inputs: dict | None = None):
-        self.model = model
         self.graph = model.graph
         self.ws = WeightStore(model)
         self.shapes = static_shapes(model, inputs)
@@ -323,11 +322,7 @@ class _Analyzer:
         self.layouts: dict[str, tuple[Layout, int]] = {}
         self.uf = _UnionFind()
         self.out = Analysis()
-        self.used: dict[str, int] = {}
-        for n in self.graph.node:
-            for x in n.input:
-                if x:
-                    self.used[x] = self.used.get(x, 0) + 1
+        self.used = {x for n in self.graph.node for x in n.input if x}
 
     # --- helpers -------------------------------------------------------------
     def rank(self, name: str) -> int | None:
@@ -404,7 +399,7 @@ class _Analyzer:
             )
 
     def other_outputs_used(self, node: onnx.NodeProto) -> bool:
-        return any(o and (self.used.get(o) or o in self.graph_outputs) for o in node.output[1:])
+        return any(o and (o in self.used or o in self.graph_outputs) for o in node.output[1:])
 
     # --- the walk ------------------------------------------------------------
     def run(self) -> Analysis:
