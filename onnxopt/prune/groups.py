@@ -292,6 +292,14 @@ def _scale(layout: Layout, repeat: int) -> Layout:
     return tuple(Segment(s.source, s.channels, s.repeat * repeat) for s in layout)
 
 
+# a mover's reason to block the other inputs' layouts when its first input has none
+_ORPHANED = {
+    "move_Reshape": "shape computed from activations",
+    "move_BatchNormalization": "normalizes with computed statistics",
+    "move_unary": "mixes channels with other inputs",
+}
+
+
 class _UnionFind:
     def __init__(self):
         self.parent: dict[int, int] = {}
@@ -323,6 +331,9 @@ class _Analyzer:
         self.uf = _UnionFind()
         self.out = Analysis()
         self.used = {x for n in self.graph.node for x in n.input if x}
+        self.moves = dict.fromkeys(REDUCE, self.move_reduce) | dict.fromkeys(
+            UNARY | SPATIAL, self.move_unary
+        )
 
     # --- helpers -------------------------------------------------------------
     def rank(self, name: str) -> int | None:
@@ -423,18 +434,12 @@ class _Analyzer:
                 )
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
-            move = getattr(
-                self, f"move_{node.op_type}", self.move_reduce if node.op_type in REDUCE else None
-            )
+            move = getattr(self, f"move_{node.op_type}", None) or self.moves.get(node.op_type)
             has_layout = any(x in self.layouts for x in node.input if x)
             if handler is not None:
                 handler(idx, node)
             elif move is not None:
                 self.follow(idx, node, move)
-            elif node.op_type in UNARY:
-                self.unary(idx, node, spatial=False)
-            elif node.op_type in SPATIAL:
-                self.unary(idx, node, spatial=True)
             elif node.op_type in TIES:
                 self.tie(idx, node)
             elif has_layout:
@@ -584,56 +589,40 @@ class _Analyzer:
         self.new_source(idx, node, bshape[1], b, 1, ro - 1, [(1, 1)])
 
     # --- per-channel parameters ---------------------------------------------
-    def op_BatchNormalization(self, idx, node, params=(1, 2, 3, 4)):
-        lay = self.layouts.get(node.input[0])
-        name = node_label(node)
-        if not lay:
-            self.block_inputs(node, f"{node.op_type} '{name}' normalizes with computed statistics")
-            return
-        layout, c = lay
+    def move_BatchNormalization(self, idx, node, layout, c):
+        """Per-channel parameters (BatchNormalization's 4, InstanceNormalization's 2) are sliced."""
+        n_params = 2 if node.op_type == "InstanceNormalization" else 4
+        params = [i for i in range(1, n_params + 1) if i < len(node.input)]
+        name = f"{node.op_type} '{node_label(node)}'"
         if (
             c != 1
             or self.other_outputs_used(node)
-            or any(node.input[i] in self.layouts for i in params if i < len(node.input))
+            or any(node.input[i] in self.layouts for i in params)
         ):
-            self.block(layout, f"{node.op_type} '{name}' cannot follow removed channels")
-            return
-        for i in params:
-            if i < len(node.input) and node.input[i]:
-                if not self.ws.is_const(node.input[i]):
-                    self.block(layout, f"{node.op_type} '{name}' has non-constant parameters")
-                    return
-                self.out.slots.append(Slot(idx, i, 0, layout, "param"))
-        self.layouts[node.output[0]] = (layout, c)
+            return f"{name} cannot follow removed channels"
+        params = [i for i in params if node.input[i]]
+        if not all(self.ws.is_const(node.input[i]) for i in params):
+            return f"{name} has non-constant parameters"
+        self.out.slots.extend(Slot(idx, i, 0, layout, "param") for i in params)
+        return layout, c
 
-    def op_InstanceNormalization(self, idx, node):
-        self.op_BatchNormalization(idx, node, params=(1, 2))
+    move_InstanceNormalization = move_BatchNormalization
 
     # --- pass-through ---------------------------------------------------------
-    def unary(self, idx, node, *, spatial: bool):
-        x = node.input[0] if node.input else ""
-        lay = self.layouts.get(x)
-        name = node_label(node)
-        if not lay:
-            self.block_inputs(node, f"{node.op_type} '{name}' mixes channels with other inputs")
-            return
-        layout, c = lay
-        if any(i and i in self.layouts for i in node.input[1:]) or any(
-            i and not self.ws.is_const(i) for i in node.input[1:]
-        ):
-            self.block(layout, f"{node.op_type} '{name}' has non-constant parameters")
-            return
-        if spatial and c != 1:
-            self.block(layout, f"{node.op_type} '{name}' pools over the channel axis")
-            return
+    def move_unary(self, idx, node, layout, c):
+        """Elementwise and pooling ops (``UNARY``, ``SPATIAL``) keep the layout."""
+        name = f"{node.op_type} '{node_label(node)}'"
+        if any(i and (i in self.layouts or not self.ws.is_const(i)) for i in node.input[1:]):
+            return f"{name} has non-constant parameters"
+        if node.op_type in SPATIAL and c != 1:
+            return f"{name} pools over the channel axis"
         if self.other_outputs_used(node):
-            self.block(layout, f"{node.op_type} '{name}' second output is used")
-            return
+            return f"{name} second output is used"
         if node.op_type == "LRN":
             self.out.notes.append(
-                f"LRN '{name}' normalizes across neighbouring channels: removed channels change its window"
+                f"LRN '{node_label(node)}' normalizes across neighbouring channels: removed channels change its window"
             )
-        self.layouts[node.output[0]] = (layout, c)
+        return layout, c
 
     def tie(self, idx, node):
         name = node_label(node)
@@ -746,12 +735,11 @@ class _Analyzer:
     def follow(self, idx, node, move) -> None:
         """The first input's layout moved by ``move``: ``(layout, axis)`` of the output, or the
         reason its sources are blocked."""
-        lay = self.layouts.get(node.input[0])
-        if not lay:
-            if node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in self.layouts:
-                self.block_inputs(
-                    node, f"Reshape '{node_label(node)}' shape computed from activations"
-                )
+        lay = self.layouts.get(node.input[0]) if node.input else None
+        if not lay:  # another input has one (the first has none): blocked with this reason
+            why = _ORPHANED.get(move.__name__)
+            if why:
+                self.block_inputs(node, f"{node.op_type} '{node_label(node)}' {why}")
             return
         moved = move(idx, node, *lay)
         if isinstance(moved, str):
