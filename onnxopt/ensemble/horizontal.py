@@ -762,7 +762,7 @@ class _Fuser:
             inputs = [A.name, self.init(f"{srcs[0]}/stacked", w)]
             if cs is not None:
                 inputs.append(self.init(f"{srcs[1]}/stacked", np.concatenate(cs)))
-            (out,) = self.emit(n0.op_type, inputs, n0.output[0])
+            (out,) = self.emit("Gemm", inputs, n0.output[0]) if gemm else self.emit_like(n0, inputs)
             return [
                 _St(
                     "concat",
