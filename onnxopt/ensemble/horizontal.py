@@ -537,8 +537,7 @@ class _Fuser:
             (out,) = self.emit_like(n0, [x.name])
             return [_St("concat", out, axis=x.axis, block=x.block, shape=x.shape)]
         xb = self.to_batched(x)
-        (out,) = self.emit_like(n0, [xb.name], axis=axis + 1)
-        return [_St("batched", out, shape=x.shape)]
+        return self.as_batched(n0, [xb.name], axis=axis + 1, shape=x.shape)
 
     def h_reduce(self, n0, ins):
         """A reduction on the ``batched`` layout over the same axes shifted by one (the member
@@ -561,10 +560,8 @@ class _Fuser:
         opset = next((o.version for o in self.models[0].opset_import if o.domain in ("", "ai.onnx")), 1)
         axes_input = len(n0.input) > 1 and n0.input[1] or len(onnx.defs.get_schema(n0.op_type, opset, "").inputs) > 1
         if axes_input:
-            (out,) = self.emit_like(n0, [xb.name, self.small(shifted)], drop=("axes",))
-        else:
-            (out,) = self.emit_like(n0, [xb.name], axes=shifted)
-        return [_St("batched", out, shape=shape)]
+            return self.as_batched(n0, [xb.name, self.small(shifted)], drop=("axes",), shape=shape)
+        return self.as_batched(n0, [xb.name], axes=shifted, shape=shape)
 
     def h_slice(self, n0, ins):
         """``Slice`` (opset >= 10) on the ``batched`` layout: the same starts/ends/steps (one
@@ -587,8 +584,7 @@ class _Fuser:
             raise Refused(f"Slice node '{n0.name}': index type of the computed starts unknown")
         xb = self.to_batched(x)
         inputs = [xb.name, names[0], names[1], self.small([a % r + 1 for a in axes], dtype=typed)] + names[2:]
-        (out,) = self.emit_like(n0, inputs)
-        return [_St("batched", out, shape=self.out_shape(n0))]
+        return self.as_batched(n0, inputs)
 
     def h_squeeze(self, n0, ins):
         """``Squeeze`` / ``Unsqueeze`` on the ``batched`` layout, axes shifted past the member
@@ -599,15 +595,12 @@ class _Fuser:
         axes = _axes_of(n0, ins, att)
         xb = self.to_batched(x)
         if axes is None:  # Squeeze of every 1-dim: the member axis (M >= 2) is never one
-            (out,) = self.emit_like(n0, [xb.name])
-            return [_St("batched", out, shape=self.out_shape(n0))]
+            return self.as_batched(n0, [xb.name])
         rank = r + len(axes) if n0.op_type == "Unsqueeze" else r
         shifted = sorted(a % rank + 1 for a in axes)
         if len(n0.input) > 1 and n0.input[1]:
-            (out,) = self.emit_like(n0, [xb.name, self.small(shifted)])
-        else:
-            (out,) = self.emit_like(n0, [xb.name], axes=shifted)
-        return [_St("batched", out, shape=self.out_shape(n0))]
+            return self.as_batched(n0, [xb.name, self.small(shifted)])
+        return self.as_batched(n0, [xb.name], axes=shifted)
 
     def h_expand(self, n0, ins):
         """``Expand`` on the ``batched`` layout: the target gets ``M`` in front (and 1s where it
@@ -630,8 +623,7 @@ class _Fuser:
             target = self.small(pad + [int(v) for v in s.arrays[0].reshape(-1)])
         else:
             (target,) = self.emit("Concat", [self.small(pad), s.name], f"{n0.output[0]}/target", attrs=[helper.make_attribute("axis", 0)])
-        (out,) = self.emit_like(n0, [name, target])
-        return [_St("batched", out, shape=self.out_shape(n0))]
+        return self.as_batched(n0, [name, target])
 
     def h_transpose(self, n0, ins):
         x = ins[0]
@@ -641,8 +633,7 @@ class _Fuser:
         if x.kind == "concat":
             (out,) = self.emit_like(n0, [x.name])
             return [_St("concat", out, axis=perm.index(x.axis), block=x.block, shape=shape)]
-        (out,) = self.emit_like(n0, [x.name], perm=[0] + [p + 1 for p in perm])
-        return [_St("batched", out, shape=shape)]
+        return self.as_batched(n0, [x.name], perm=[0] + [p + 1 for p in perm], shape=shape)
 
     def h_shape(self, n0, ins):
         """The members' shape (equal for all: same architecture, same inputs) from the stacked
@@ -682,8 +673,15 @@ class _Fuser:
         if any(a.name == "allowzero" and a.i for a in n0.attribute) and 0 in target:
             raise Refused(f"Reshape node '{n0.name}': allowzero with a zero dim")
         xb = self.to_batched(x)
-        (out,) = self.emit_like(n0, [xb.name, self.small([self.M] + target)])
-        return [_St("batched", out, shape=self.out_shape(n0) or tuple(target))]
+        return self.as_batched(
+            n0, [xb.name, self.small([self.M] + target)], shape=self.out_shape(n0) or tuple(target)
+        )
+
+    def as_batched(self, n0, inputs: list[str], *, shape=None, **overrides) -> list[_St]:
+        """``n0`` emitted like itself on ``inputs``: its one output, ``batched`` (of ``shape``, else
+        the inferred one)."""
+        (out,) = self.emit_like(n0, inputs, **overrides)
+        return [_St("batched", out, shape=shape if shape is not None else self.out_shape(n0))]
 
     def _stacked_matmul(self, a: _St, Ws: list[np.ndarray], cs: list[np.ndarray] | None, base: str, shape) -> _St:
         ab = self.to_batched(a)
@@ -794,8 +792,7 @@ class _Fuser:
             raise Refused(f"MatMul node '{n0.name}': operands of rank < 2")
         r = max(A.rank, B.rank)
         names = [self.operand(n0, s, _St("batched"), r) for s in (A, B)]
-        (out,) = self.emit_like(n0, names)
-        return [_St("batched", out, shape=shape)]
+        return self.as_batched(n0, names, shape=shape)
 
     def handler(self, n0):
         op = n0.op_type
