@@ -166,12 +166,6 @@ def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, sd
 
 
-def _fold(w: np.ndarray, b: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Standardized-space head -> raw-feature head (see the module docstring)."""
-    w_raw = w / sd[None, :]
-    return w_raw, b - w_raw @ mu
-
-
 # ----------------------------------------------------------------------------- logistic
 
 
@@ -347,7 +341,8 @@ def _fit_path(x: np.ndarray, y: np.ndarray, k: int, kind: str, l2s, standardize:
         theta, info = fits[i]
         weight = np.zeros((k, x.shape[1]))
         bias = np.full(k, ABSENT_SCORE)
-        weight[classes], bias[classes] = _fold(theta[:, :-1], theta[:, -1], mu, sd)
+        w_raw = theta[:, :-1] / sd[None, :]  # the standardization folded in (module docstring)
+        weight[classes], bias[classes] = w_raw, theta[:, -1] - w_raw @ mu
         info = dict(info, l2=float(l2s[i]), standardized=bool(standardize))
         if absent:
             info["absent_classes"] = list(absent)

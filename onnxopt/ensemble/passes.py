@@ -122,10 +122,6 @@ class MergeMembersPass(Pass):
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
-def _interface(inputs) -> onnx.ModelProto:
-    """A node-less model with the shared inputs, to validate DATA against."""
-    g = helper.make_graph([], "interface", list(inputs), [])
-    return helper.make_model(g)
 
 
 def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
@@ -161,15 +157,13 @@ def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
     return out
 
 
-def _classes_of(arrays: list[np.ndarray]) -> list[int]:
-    return [int(a.shape[-1]) for a in arrays]
-
-
 def _fit(members, fusion_kind, fit, inputs, softmax_flag: bool, head: str, l2, provider, K: int):
     """Run the members on the fit data and fit weights / the stacking head."""
     if K != 1:
         raise UsageError(f"--fit needs one fused output; the members have {K}: pick one with --output NAME")
-    ds = dataset_for(_interface(inputs), fit)
+    # a node-less model with the shared inputs, to check DATA against
+    interface = helper.make_model(helper.make_graph([], "interface", list(inputs), []))
+    ds = dataset_for(interface, fit)
     if ds.labels is None:
         raise DataError("--fit data has no 'labels' array", getattr(ds, "source", fit))
     outs = run_members(members, ds, provider=provider, limit=None)
@@ -178,7 +172,7 @@ def _fit(members, fusion_kind, fit, inputs, softmax_flag: bool, head: str, l2, p
     for m, a in zip(members, arrays, strict=True):
         if a.ndim != 2:
             raise InputError(f"output '{m.outputs[0]}' has shape {list(a.shape)}; fitting needs [N, C] scores", m.where)
-    classes = _classes_of(arrays)
+    classes = [int(a.shape[-1]) for a in arrays]
     C = max(classes)
     if labels.min() < 0 or labels.max() >= C:
         raise DataError(f"'labels' range over [{labels.min()}, {labels.max()}] but the members output {C} classes", ds.source)
