@@ -140,12 +140,8 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
 
     pairs = _normalize_pairs(mapping)
     used_pairs: set[tuple[str, str]] = set()
-    first = stages[0]
-    graph_inputs = {}
-    first.input_rename = {}
-    for vi in real_inputs(first.model.graph):
-        first.input_rename[vi.name] = vi.name
-        graph_inputs[vi.name] = vi
+    graph_inputs = {vi.name: vi for vi in real_inputs(stages[0].model.graph)}
+    stages[0].input_rename = {name: name for name in graph_inputs}
     parts: list[Part] = []
     junctions: list[dict] = []
     last = len(stages) - 1
