@@ -55,12 +55,8 @@ GRIDS = {
 _ZEROS_NOTE = "magnitude pruning only writes zeros: the file compresses better, but dense kernels do not run faster"
 
 
-def _fraction(name: str, v, *, allow_none: bool = True) -> str | None:
-    if v is None:
-        return None if allow_none else f"{name} is required"
-    if not (0 < float(v) < 1):
-        return f"{name} must be in (0, 1), got {v}"
-    return None
+def _fraction(name: str, v) -> str | None:
+    return None if v is None or 0 < float(v) < 1 else f"{name} must be in (0, 1), got {v}"
 
 
 def _grid_problem(grid) -> str | None:
@@ -92,14 +88,23 @@ def _search_budget(ctx: Context, model: onnx.ModelProto):
     )
 
 
+# what each method searches, and the search's label
+_SEARCHED = {
+    "magnitude": ("sparsity", "sparsity search"),
+    "channels": ("ratio", "ratio search"),
+    "blocks": ("number of blocks", "block search"),
+}
+
+
 def _budget_value(
-    value, values, build, model, ctx: Context, what: str, details: dict, evaluator=None
+    value, values, build, model, ctx: Context, method: str, details: dict, evaluator=None
 ):
     """``value`` when given; else, with a budget, the largest of ``values`` whose model
-    (``build(v)``) stays within it (the search goes in ``details["search"]``); else None."""
+    (``build(v)``) stays within it (the search goes in ``details["search"]``); else the
+    method's default (``DEFAULTS``)."""
     if value is not None or ctx.budget is None:
-        return value
-    label = "block search" if what == "number of blocks" else f"{what} search"
+        return DEFAULTS[method] if value is None else value
+    what, label = _SEARCHED[method]
     outcome = search(
         values, build, evaluator or _search_budget(ctx, model), ctx.budget.max_drop, label=label
     )
@@ -151,8 +156,9 @@ class PruneMagnitudePass(Pass):
             return m
 
         grid = self.config.grid or GRIDS["magnitude"]
-        sparsity = _budget_value(self.config.sparsity, grid, build, model, ctx, "sparsity", details)
-        sparsity = DEFAULTS["magnitude"] if sparsity is None else sparsity
+        sparsity = _budget_value(
+            self.config.sparsity, grid, build, model, ctx, "magnitude", details
+        )
         records, skipped = self._prune(model, sparsity)
         details.update(
             {
@@ -355,9 +361,14 @@ class PruneChannelsPass(Pass):
         if not self.config.ratios:
             grid = self.config.grid or GRIDS["channels"]
             ratio = _budget_value(
-                ratio, grid, lambda v: self._checked(model, ctx, v), model, ctx, "ratio", searched
+                ratio,
+                grid,
+                lambda v: self._checked(model, ctx, v),
+                model,
+                ctx,
+                "channels",
+                searched,
             )
-            ratio = DEFAULTS["channels"] if ratio is None else ratio
         out, details, notes = self.prune(model, ctx, ratio)
         details["ratio"] = ratio
         details.update(searched)
@@ -461,17 +472,11 @@ class PruneBlocksPass(Pass):
                 return m
 
             counts = list(range(1, len(ranking) + 1))
-            n = _budget_value(
-                self.config.blocks,
-                counts,
-                build,
-                model,
-                ctx,
-                "number of blocks",
-                details,
-                evaluator,
+            n = int(
+                _budget_value(
+                    self.config.blocks, counts, build, model, ctx, "blocks", details, evaluator
+                )
             )
-            n = DEFAULTS["blocks"] if n is None else int(n)
             if n > len(found):
                 raise UsageError(
                     f"asked to remove {n} blocks, the model has {len(found)} residual blocks"
