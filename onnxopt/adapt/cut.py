@@ -145,8 +145,7 @@ def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[
         nodes.add(i)
         n = graph.node[i]
         stack.extend(x for x in n.input if x)
-        for g in subgraphs(n):
-            stack.extend(outer_reads(g))
+        stack.extend(x for g in subgraphs(n) for x in outer_reads(g))
     return nodes, stray
 
 

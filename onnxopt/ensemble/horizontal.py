@@ -129,9 +129,9 @@ def signature(model: onnx.ModelProto, input_rename: dict[str, str]) -> tuple[str
     if model.functions:
         return None, "has local functions"
     g = model.graph
-    pos: dict[str, str] = {name: f"in:{to}" for name, to in input_rename.items()}
-    for t in g.initializer:
-        pos[t.name] = f"init:{t.data_type}:{tuple(t.dims)}"
+    pos = {name: f"in:{to}" for name, to in input_rename.items()} | {
+        t.name: f"init:{t.data_type}:{tuple(t.dims)}" for t in g.initializer
+    }
     items = []
     for k, n in enumerate(g.node):
         if any(True for _ in subgraphs(n)):
@@ -143,9 +143,7 @@ def signature(model: onnx.ModelProto, input_rename: dict[str, str]) -> tuple[str
             ins.append(pos.get(x, ""))
         attrs = sorted((a.name, a.SerializeToString(deterministic=True).hex()) for a in n.attribute)
         items.append((n.domain, n.op_type, attrs, ins, [bool(o) for o in n.output]))
-        for j, o in enumerate(n.output):
-            if o:
-                pos[o] = f"n{k}:{j}"
+        pos.update({o: f"n{k}:{j}" for j, o in enumerate(n.output) if o})
     outs = [pos.get(o.name, "?") for o in g.output]
     return hashlib.blake2b(repr((items, outs)).encode(), digest_size=16).hexdigest(), ""
 

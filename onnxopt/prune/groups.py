@@ -392,8 +392,7 @@ class _Analyzer:
         )
         self.uf.add(sid)
         seg = (Segment(sid, int(channels)),)
-        for i, ax in slots:
-            self.out.slots.append(Slot(idx, i, ax, seg, "producer"))
+        self.out.slots.extend(Slot(idx, i, ax, seg, "producer") for i, ax in slots)
         self.layouts[node.output[0]] = (seg, out_axis)
         return sid
 
@@ -468,8 +467,7 @@ class _Analyzer:
             if grp.prunable and grp.channels < 2:
                 grp.blocked = "a single channel"
             self.out.groups.append(grp)
-            for i in sids:
-                self.out.group_of[i] = gid
+            self.out.group_of.update(dict.fromkeys(sids, gid))
 
     # --- layers --------------------------------------------------------------
     def op_Conv(self, idx, node, transpose: bool = False):
