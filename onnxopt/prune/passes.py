@@ -275,8 +275,7 @@ class PruneChannelsPass(Pass):
     ) -> tuple[onnx.ModelProto, dict, list[str]]:
         """Prune a copy of ``model`` at ``ratio`` (named ``ratios`` override); returns
         (model, details, notes).  ``model`` must have its Constant nodes as initializers."""
-        teacher = model
-        work = copy.deepcopy(model)
+        work = copy.deepcopy(model)  # model stays the teacher of the reconstruction
         analysis = analyze(work, input_dims(ctx))
         notes = [f"channel group {g.label} left intact: {g.blocked}" for g in analysis.intact]
         notes += analysis.notes
@@ -308,10 +307,9 @@ class PruneChannelsPass(Pass):
                 f"ratio {ratio} removes no channel (groups too small for it, channel counts rounded to multiples of align={self.config.align})"
             )
             return work, details, notes
-        counts = apply_keep(work, analysis, keep)
-        details["rewiring"] = counts
+        details["rewiring"] = apply_keep(work, analysis, keep)
         if self.config.reconstruct and ctx.data is not None:
-            layers = self._refit_targets(teacher, analysis, keep)
+            layers = self._refit_targets(model, analysis, keep)
             opts = RefitOptions(
                 ridge=self.config.ridge,
                 max_samples=self.config.max_samples,
@@ -319,7 +317,7 @@ class PruneChannelsPass(Pass):
                 seed=ctx.seed,
             )
             records, more = refit_layers(
-                work, teacher, layers, ctx.data, provider=ctx.provider, options=opts
+                work, model, layers, ctx.data, provider=ctx.provider, options=opts
             )
             details["reconstruction"] = records
             notes += more
