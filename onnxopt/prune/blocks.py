@@ -91,7 +91,7 @@ def find_blocks(
         a, b = node.input
         if a in consts or b in consts or a == b:
             continue
-        found, why = None, []
+        why = []
         for skip, branch in ((a, b), (b, a)):
             res = _branch(skip, branch, node, prod, cons, consts, outputs)
             if isinstance(res, str):
@@ -110,12 +110,9 @@ def find_blocks(
                 why.append("the branch holds no weight layer (Conv / Gemm / MatMul)")
                 continue
             params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes})
-            found = Block(
-                node.output[0], node_label(node), skip, branch, [n.output[0] for n in res], params
-            )
+            nodes = [n.output[0] for n in res]
+            blocks.append(Block(node.output[0], node_label(node), skip, branch, nodes, params))
             break
-        if found is not None:
-            blocks.append(found)
         else:
             refusals.append(
                 f"{node.op_type} '{node_label(node)}' is not a residual block: {why[0] if why else 'no shortcut'}"
