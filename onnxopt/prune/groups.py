@@ -670,23 +670,17 @@ class _Analyzer:
 
     def unify(self, layouts: list, where: str) -> bool:
         """Tie the sources at the same positions of ``layouts``; block them when they differ."""
-        first = layouts[0]
-        for lay in layouts[1:]:
-            if len(lay) != len(first) or any(
-                (a.channels, a.repeat) != (b.channels, b.repeat)
-                for a, b in zip(first, lay, strict=False)
-            ):
-                for l2 in layouts:
-                    self.block(l2, f"{where} ties channels laid out differently")
-                return False
-        for k in range(len(first)):
+        if len({tuple((s.channels, s.repeat) for s in lay) for lay in layouts}) > 1:
+            for l2 in layouts:
+                self.block(l2, f"{where} ties channels laid out differently")
+            return False
+        for k in range(len(layouts[0])):
             srcs = {lay[k].source for lay in layouts}
             if None in srcs and len(srcs) > 1:
                 for l2 in layouts:
                     self.block(l2, f"{where} ties channels to channels that cannot be pruned")
                 return False
-            srcs.discard(None)
-            srcs = sorted(srcs)
+            srcs = sorted(srcs - {None})
             for s in srcs[1:]:
                 self.uf.union(srcs[0], s)
         return True
