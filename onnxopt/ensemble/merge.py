@@ -288,26 +288,20 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     """Shared graph inputs; sets each member's ``input_rename``.  Mismatches are InputErrors."""
     maps = _normalize_map(input_map, len(members))
     used_keys: set[str] = set()
-    shared: dict[str, tuple[int, object, Member]] = {}
-    order: list[str] = []
+    shared: dict[str, tuple[int, object, Member]] = {}  # in order of first appearance
     first_names = None
     for m, mp in zip(members, maps, strict=True):
-        names = []
         m.input_rename = {}
         for vi in real_inputs(m.model.graph):
             to = mp.get(vi.name, vi.name)
-            if vi.name in mp:
-                used_keys.add(vi.name)
             if to in m.input_rename.values():
                 raise InputError(f"two inputs map to '{to}'", m.where)
             m.input_rename[vi.name] = to
-            names.append(to)
             elem, shape = value_dtype(vi), value_shape(vi)
             if elem == 0:
                 raise ModelError(f"input '{vi.name}' is not a typed tensor", m.where)
             if to not in shared:
                 shared[to] = (elem, shape, m)
-                order.append(to)
                 continue
             elem0, shape0, m0 = shared[to]
             if elem != elem0:
@@ -318,6 +312,8 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
                 raise InputError(
                     f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where
                 ) from None
+        used_keys |= set(mp) & set(m.input_rename)
+        names = list(m.input_rename.values())
         if first_names is None:
             first_names = (set(names), m)
         elif set(names) != first_names[0]:
@@ -329,7 +325,7 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     unknown = sorted(set().union(*[set(mp) for mp in maps]) - used_keys)
     if unknown:
         raise UsageError(f"--input-map names no input of any member: {', '.join(unknown)}")
-    return [_make_vi(name, shared[name][0], shared[name][1]) for name in order]
+    return [_make_vi(name, elem, shape) for name, (elem, shape, _) in shared.items()]
 
 
 def select_outputs(members: list[Member], output=None) -> int:
