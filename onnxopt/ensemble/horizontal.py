@@ -831,9 +831,9 @@ class _Fuser:
                 outs = self.h_per_member(n0, ins)
             else:
                 outs = self.stacked_or_per_member(n0, ins)
-            for o, st in zip(n0.output, outs, strict=False):
-                if o and st is not None:
-                    self.state[o] = st
+            self.state.update(
+                {o: st for o, st in zip(n0.output, outs, strict=False) if o and st is not None}
+            )
         part = Part()
         for j, m in enumerate(self.members):
             outputs = self.models[j].graph.output
