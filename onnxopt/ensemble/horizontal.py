@@ -875,11 +875,11 @@ class _Fuser:
         if out_bytes > 2**20 and out_bytes > BLOAT_RATIO * max(in_bytes, 1):
             return None  # a ConstantOfShape/Expand: storing M copies would bloat the file
         self.counts["folded_per_member"] += 1
-        outs = []
-        for i, o in enumerate(n0.output):
-            arrays = [np.asarray(per[j][i]) for j in range(self.M)]
-            outs.append(_St("const", arrays=arrays, src=o, shape=tuple(arrays[0].shape)) if o else None)
-        return outs
+        consts = [[np.asarray(vals[i]) for vals in per] for i in range(len(n0.output))]
+        return [
+            _St("const", arrays=a, src=o, shape=a[0].shape) if o else None
+            for o, a in zip(n0.output, consts, strict=True)
+        ]
 
     def stacked_or_per_member(self, n0, ins):
         """The stacked form of ``n0``; where there is none, undo what was tried and run it per member."""
