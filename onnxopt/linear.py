@@ -384,15 +384,10 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarra
     """``folds`` disjoint index arrays covering ``y``; each class dealt round-robin after a
     seeded shuffle, so class proportions are as equal as the counts allow."""
     rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    offset = 0
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        idx = idx[rng.permutation(len(idx))]
-        for j, i in enumerate(idx):
-            parts[(offset + j) % folds].append(int(i))
-        offset += len(idx)
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    dealt = np.concatenate(
+        [idx[rng.permutation(len(idx))] for idx in (np.flatnonzero(y == c) for c in np.unique(y))]
+    )
+    return [np.sort(dealt[f::folds]).astype(np.int64) for f in range(folds)]
 
 
 def cross_validate(

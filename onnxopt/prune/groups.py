@@ -234,18 +234,16 @@ def static_shapes(model: onnx.ModelProto, inputs: dict | None = None) -> dict[st
     except Exception as exc:
         log.info("shape inference failed: %s", exc)
         inferred = model
-    shapes: dict[str, tuple] = {}
     g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        tt = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            shapes[vi.name] = tuple(
-                int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in tt.shape.dim
-            )
-    for t in g.initializer:
-        shapes[t.name] = tuple(int(d) for d in t.dims)
-    return shapes
+    shapes = {
+        vi.name: tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in vi.type.tensor_type.shape.dim
+        )
+        for vi in (*g.input, *g.value_info, *g.output)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+    }
+    return shapes | {t.name: tuple(int(d) for d in t.dims) for t in g.initializer}
 
 
 def _symbolic_inputs(model: onnx.ModelProto, inputs: dict) -> bool:
