@@ -308,19 +308,11 @@ def fit_ridge_path(z: np.ndarray, y: np.ndarray, k: int, l2s) -> list[np.ndarray
 # ----------------------------------------------------------------------------- fitting
 
 
-def _present(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted classes present in y, y remapped to their index)."""
-    classes = np.unique(y)
-    remap = np.full(k, -1, dtype=np.int64)
-    remap[classes] = np.arange(len(classes))
-    return classes, remap[y]
-
-
 def _fit_path(x: np.ndarray, y: np.ndarray, k: int, kind: str, l2s, standardize: bool, solver: str = "auto", tol: float = 1e-8) -> list[LinearHead]:
     """Heads for each l2 of ``l2s`` (fitted largest l2 first, warm-started)."""
     mu, sd = standardization(x) if standardize else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
     z = (x - mu) / sd
-    classes, yr = _present(y, k)
+    classes, yr = np.unique(y, return_inverse=True)  # the classes present, y as their index
     kp = len(classes)
     fits: dict[int, tuple[np.ndarray, dict]] = {}
     if kind == "logistic":
