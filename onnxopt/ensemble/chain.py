@@ -144,22 +144,21 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
     stages[0].input_rename = {name: name for name in graph_inputs}
     parts: list[Part] = []
     junctions: list[dict] = []
-    last = len(stages) - 1
-    taken = set(graph_inputs)
-    final_names: list[str] = []
     for k, st in enumerate(stages):
         st.outputs = [o.name for o in st.model.graph.output]
         if k > 0:
             _feed_stage(k, stages, parts, pairs, used_pairs, graph_inputs, junctions)
-        overrides = None
-        if k == last:
-            overrides = {}
-            for name in st.outputs:
-                if name in taken:
-                    raise UnsupportedError(f"final output '{name}' has the name of a chain input; rename it first", st.where)
-                overrides[name] = name
-                final_names.append(name)
-        parts.append(namespace_member(st, output_names=overrides))
+        final = k == len(stages) - 1  # the last stage keeps its output names
+        for name in st.outputs if final else ():
+            if name in graph_inputs:
+                raise UnsupportedError(
+                    f"final output '{name}' has the name of a chain input; rename it first",
+                    st.where,
+                )
+        parts.append(
+            namespace_member(st, output_names={n: n for n in st.outputs} if final else None)
+        )
+    final_names = list(stages[-1].outputs)
     unused = [f"{a}:{b}" for a, b in pairs if (a, b) not in used_pairs]
     if unused:
         raise UsageError(f"--map {', '.join(unused)} matches no junction (an output of one stage and an input of the next)")
