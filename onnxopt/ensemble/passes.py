@@ -291,15 +291,13 @@ def _build(mem: Members, spec: Fusion, st, provider: str) -> Built:
     weights and drop what no output needs."""
     members, K = mem.members, mem.K
     parts, horizontal, prefixes = _build_parts(members, st.fuse_members, provider)
-    outputs_of, types_of = {}, {}
-    for part in parts:
-        outputs_of.update(part.outputs)
-        types_of.update(part.output_info)
+    outputs_of = {k: v for part in parts for k, v in part.outputs.items()}
+    types_of = {k: v for part in parts for k, v in part.output_info.items()}
     member_values = [[outputs_of[(m.index, name)] for name in m.outputs] for m in members]
-    taken = {i.name for i in mem.inputs}
-    for part in parts:
-        taken.update(o for n in part.nodes for o in n.output)
-        taken.update(t.name for t in part.initializers)
+    taken = {i.name for i in mem.inputs} | {
+        o for part in parts for n in part.nodes for o in n.output
+    }
+    taken |= {t.name for part in parts for t in part.initializers}
     head_nodes, head_inits, graph_outputs, fused_names = [], [], [], []
     for p, pos in enumerate(mem.positions):
         names = [unique_name(n, taken) for n in output_names(spec.kind, pos["base"], K)]
