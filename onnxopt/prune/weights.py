@@ -266,7 +266,7 @@ class WeightWriter:
         if old in inits and _read_count(g, old) == 1 and not any(o.name == old for o in g.output):
             t = inits[old]
             t.CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(t).dtype, copy=False), old))
-            self._declare(old, update=True)
+            self._declare(old)
             return old
         name = unique_name(base or f"{old}_pruned", self.taken)
         g.initializer.append(numpy_helper.from_array(arr, name))
@@ -282,17 +282,17 @@ class WeightWriter:
         node.input.append(name)
         return name
 
-    def _declare(self, name: str, update: bool = False) -> None:
+    def _declare(self, name: str) -> None:
         """IR < 4: initializers are graph inputs too; keep the declared type in step."""
         if self.model.ir_version >= 4:
             return
         t = next(t for t in self.graph.initializer if t.name == name)
         vi = helper.make_tensor_value_info(name, t.data_type, list(t.dims))
-        for i, inp in enumerate(self.graph.input):
-            if inp.name == name:
-                self.graph.input[i].CopyFrom(vi)
-                return
-        self.graph.input.append(vi)
+        declared = next((inp for inp in self.graph.input if inp.name == name), None)
+        if declared is None:
+            self.graph.input.append(vi)
+        else:
+            declared.CopyFrom(vi)
 
     def finish(self) -> None:
         """Put new fill nodes first (their inputs are initializers, so order stays topological)."""
