@@ -166,12 +166,6 @@ def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, sd
 
 
-def _fold(w: np.ndarray, b: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Standardized-space head -> raw-feature head (see the module docstring)."""
-    w_raw = w / sd[None, :]
-    return w_raw, b - w_raw @ mu
-
-
 # ----------------------------------------------------------------------------- logistic
 
 
@@ -242,62 +236,52 @@ def fit_logistic(
     theta = np.zeros((k, d + 1)) if init is None else np.array(init, dtype=np.float64)
     if solver == "auto":
         solver = "newton" if k * (d + 1) <= NEWTON_MAX_PARAMS else "lbfgs"
-    if solver == "newton":
-        theta, it, value, gnorm = _newton(theta, z1, y1h, l2, k, tol, max_iter or 100)
-    elif solver == "lbfgs":
-        theta, it, value, gnorm = _lbfgs(theta, z1, y1h, l2, k, tol, max_iter or 2000)
-    else:
+    if solver not in ("newton", "lbfgs"):
         raise ValueError(f"unknown solver {solver!r}")
+    newton = solver == "newton"
+    theta, it, value, gnorm = _minimize(
+        theta, z1, y1h, l2, k, tol, max_iter or (100 if newton else 2000), newton=newton
+    )
     theta[:, -1] -= theta[:, -1].mean()
     return theta, {"solver": solver, "iterations": int(it), "objective": float(value), "grad_max": float(gnorm), "converged": bool(gnorm < tol * 10)}
 
 
-def _newton(theta, z1, y1h, l2, k, tol, max_iter):
+def _minimize(theta, z1, y1h, l2, k, tol, max_iter, *, newton: bool, memory: int = 10):
+    """Newton steps (exact Hessian) or L-BFGS steps (two-loop recursion over the last
+    ``memory`` curvature pairs), each with Armijo backtracking, until max |grad| < tol."""
+    s_hist: list[np.ndarray] = []
+    y_hist: list[np.ndarray] = []
     value, grad, p = _objective(theta, z1, y1h, l2, k)
     gnorm = float(np.abs(grad).max())
     it = 0
     while gnorm >= tol and it < max_iter:
         it += 1
-        step = np.linalg.solve(_hessian(z1, p, l2), -grad.reshape(-1)).reshape(theta.shape)
-        theta, t, value, grad, p = _armijo(theta, step, value, grad, z1, y1h, l2, k)
-        if t == 0.0:
-            break
-        gnorm = float(np.abs(grad).max())
-    return theta, it, value, gnorm
-
-
-def _lbfgs(theta, z1, y1h, l2, k, tol, max_iter, memory: int = 10):
-    s_hist: list[np.ndarray] = []
-    y_hist: list[np.ndarray] = []
-    value, grad, _ = _objective(theta, z1, y1h, l2, k)
-    gnorm = float(np.abs(grad).max())
-    it = 0
-    while gnorm >= tol and it < max_iter:
-        it += 1
-        q = grad.reshape(-1).copy()
-        alphas = []
-        for s, yv in zip(reversed(s_hist), reversed(y_hist), strict=True):
-            rho = 1.0 / float(yv @ s)
-            a = rho * float(s @ q)
-            alphas.append((a, rho))
-            q -= a * yv
-        if s_hist:
-            q *= float(s_hist[-1] @ y_hist[-1]) / float(y_hist[-1] @ y_hist[-1])
+        if newton:
+            step = np.linalg.solve(_hessian(z1, p, l2), -grad.reshape(-1))
         else:
-            q /= max(1.0, float(np.linalg.norm(q)))
-        for (a, rho), s, yv in zip(reversed(alphas), s_hist, y_hist, strict=True):
-            q += (a - rho * float(yv @ q)) * s
-        new_theta, t, new_value, new_grad, _ = _armijo(theta, -q.reshape(theta.shape), value, grad, z1, y1h, l2, k)
+            q = grad.reshape(-1).copy()
+            alphas = []
+            for s, yv in zip(reversed(s_hist), reversed(y_hist), strict=True):
+                rho = 1.0 / float(yv @ s)
+                a = rho * float(s @ q)
+                alphas.append((a, rho))
+                q -= a * yv
+            if s_hist:
+                q *= float(s_hist[-1] @ y_hist[-1]) / float(y_hist[-1] @ y_hist[-1])
+            else:
+                q /= max(1.0, float(np.linalg.norm(q)))
+            for (a, rho), s, yv in zip(reversed(alphas), s_hist, y_hist, strict=True):
+                q += (a - rho * float(yv @ q)) * s
+            step = -q
+        new_theta, t, new_value, new_grad, p = _armijo(
+            theta, step.reshape(theta.shape), value, grad, z1, y1h, l2, k
+        )
         if t == 0.0:
             break
         s = (new_theta - theta).reshape(-1)
         yv = (new_grad - grad).reshape(-1)
-        if float(s @ yv) > 1e-12 * float(yv @ yv):
-            s_hist.append(s)
-            y_hist.append(yv)
-            if len(s_hist) > memory:
-                s_hist.pop(0)
-                y_hist.pop(0)
+        if not newton and float(s @ yv) > 1e-12 * float(yv @ yv):
+            s_hist, y_hist = (s_hist + [s])[-memory:], (y_hist + [yv])[-memory:]
         theta, value, grad = new_theta, new_value, new_grad
         gnorm = float(np.abs(grad).max())
     return theta, it, value, gnorm
@@ -324,48 +308,36 @@ def fit_ridge_path(z: np.ndarray, y: np.ndarray, k: int, l2s) -> list[np.ndarray
 # ----------------------------------------------------------------------------- fitting
 
 
-def _present(y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted classes present in y, y remapped to their index)."""
-    classes = np.unique(y)
-    remap = np.full(k, -1, dtype=np.int64)
-    remap[classes] = np.arange(len(classes))
-    return classes, remap[y]
-
-
 def _fit_path(x: np.ndarray, y: np.ndarray, k: int, kind: str, l2s, standardize: bool, solver: str = "auto", tol: float = 1e-8) -> list[LinearHead]:
     """Heads for each l2 of ``l2s`` (fitted largest l2 first, warm-started)."""
-    if standardize:
-        mu, sd = standardization(x)
-    else:
-        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    mu, sd = standardization(x) if standardize else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
     z = (x - mu) / sd
-    classes, yr = _present(y, k)
+    classes, yr = np.unique(y, return_inverse=True)  # the classes present, y as their index
     kp = len(classes)
-    order = sorted(range(len(l2s)), key=lambda i: -l2s[i])
-    thetas: dict[int, np.ndarray] = {}
-    infos: dict[int, dict] = {}
+    fits: dict[int, tuple[np.ndarray, dict]] = {}
     if kind == "logistic":
         prev = None
-        for i in order:
-            theta, info = fit_logistic(z, yr, kp, float(l2s[i]), init=prev, solver=solver, tol=tol)
-            thetas[i], infos[i] = theta, info
-            prev = theta
+        for i in sorted(range(len(l2s)), key=lambda i: -l2s[i]):
+            fits[i] = fit_logistic(z, yr, kp, float(l2s[i]), init=prev, solver=solver, tol=tol)
+            prev = fits[i][0]
     elif kind == "linear":
-        for i, theta in enumerate(fit_ridge_path(z, yr, kp, [float(v) for v in l2s])):
-            thetas[i], infos[i] = theta, {"solver": "svd"}
+        fits = {
+            i: (theta, {"solver": "svd"})
+            for i, theta in enumerate(fit_ridge_path(z, yr, kp, [float(v) for v in l2s]))
+        }
     else:
         raise ValueError(f"unknown head {kind!r}")
+    absent = sorted(set(range(k)) - set(classes.tolist()))
     heads = []
     for i in range(len(l2s)):
-        w_z, b_z = thetas[i][:, :-1], thetas[i][:, -1]
-        w_raw, b_raw = _fold(w_z, b_z, mu, sd)
+        theta, info = fits[i]
         weight = np.zeros((k, x.shape[1]))
         bias = np.full(k, ABSENT_SCORE)
-        weight[classes], bias[classes] = w_raw, b_raw
-        info = dict(infos[i], l2=float(l2s[i]), standardized=bool(standardize))
-        absent = sorted(set(range(k)) - set(classes.tolist()))
+        w_raw = theta[:, :-1] / sd[None, :]  # the standardization folded in (module docstring)
+        weight[classes], bias[classes] = w_raw, theta[:, -1] - w_raw @ mu
+        info = dict(info, l2=float(l2s[i]), standardized=bool(standardize))
         if absent:
-            info["absent_classes"] = absent
+            info["absent_classes"] = list(absent)
         heads.append(LinearHead(weight, bias, info))
     return heads
 
@@ -404,15 +376,10 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> list[np.ndarra
     """``folds`` disjoint index arrays covering ``y``; each class dealt round-robin after a
     seeded shuffle, so class proportions are as equal as the counts allow."""
     rng = np.random.default_rng(seed)
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    offset = 0
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        idx = idx[rng.permutation(len(idx))]
-        for j, i in enumerate(idx):
-            parts[(offset + j) % folds].append(int(i))
-        offset += len(idx)
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+    dealt = np.concatenate(
+        [idx[rng.permutation(len(idx))] for idx in (np.flatnonzero(y == c) for c in np.unique(y))]
+    )
+    return [np.sort(dealt[f::folds]).astype(np.int64) for f in range(folds)]
 
 
 def cross_validate(

@@ -35,6 +35,7 @@ from onnx import helper
 from ..errors import UnsupportedError, UsageError
 from ..graph import outer_reads, producers, subgraphs, unique_name
 from ..simplify.dead import remove_unused
+from ..simplify.fold import NONDETERMINISTIC
 
 __all__ = [
     "POOLS",
@@ -66,7 +67,6 @@ _PRODUCTS = {
     ("com.microsoft", "FusedMatMul"): (0, 1),
 }
 _QUANTIZERS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 
 def _domain(node: onnx.NodeProto) -> str:
@@ -126,11 +126,7 @@ def _shape_only(graph: onnx.GraphProto, const: set[str]) -> set[str]:
 def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[str]):
     """Nodes (indices) on paths from ``source`` to ``output``; ``(nodes, None)``, or
     ``(nodes, name)`` when ``output`` also reads ``name``, a graph input other than ``source``."""
-    index = {}
-    for i, n in enumerate(graph.node):
-        for o in n.output:
-            if o:
-                index[o] = i
+    index = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
     nodes: set[int] = set()
     seen: set[str] = set()
     stack = [output]
@@ -149,8 +145,7 @@ def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[
         nodes.add(i)
         n = graph.node[i]
         stack.extend(x for x in n.input if x)
-        for g in subgraphs(n):
-            stack.extend(outer_reads(g))
+        stack.extend(x for g in subgraphs(n) for x in outer_reads(g))
     return nodes, stray
 
 
@@ -240,9 +235,11 @@ def tensor_info(model: onnx.ModelProto, name: str) -> TensorInfo:
     if vi is None or not vi.type.HasField("tensor_type"):
         return TensorInfo(name)
     tt = vi.type.tensor_type
-    dims = None
-    if tt.HasField("shape"):
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    dims = (
+        [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        if tt.HasField("shape")
+        else None
+    )
     return TensorInfo(name, tt.elem_type, dims)
 
 
@@ -256,9 +253,9 @@ def with_outputs(model: onnx.ModelProto, extra: list[TensorInfo]) -> onnx.ModelP
     """A copy of ``model`` that also outputs the tensors in ``extra`` (the reference run)."""
     m = copy.deepcopy(model)
     have = {o.name for o in m.graph.output}
-    for t in extra:
-        if t.name not in have:
-            m.graph.output.append(_value_info(t.name, t.elem_type, t.dims))
+    m.graph.output.extend(
+        _value_info(t.name, t.elem_type, t.dims) for t in extra if t.name not in have
+    )
     return m
 
 

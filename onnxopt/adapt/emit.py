@@ -25,13 +25,6 @@ __all__ = ["CLASS_NAMES_KEY", "append_head", "read_class_names"]
 CLASS_NAMES_KEY = "class_names"
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
 def append_head(
     model: onnx.ModelProto,
     features: str,
@@ -45,7 +38,7 @@ def append_head(
 ) -> onnx.ModelProto:
     """Append the head after ``features`` (in place) and make ``output`` the only output."""
     graph = model.graph
-    opset = _opset(model)
+    opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset == 0:
         model.opset_import.add(domain="", version=13)
         opset = 13
@@ -63,9 +56,7 @@ def append_head(
         ]
     )
     scores = unique_name("adapt/scores", taken) if softmax else output
-    gemm_attrs = {"transB": 1}
-    if opset < 7:
-        gemm_attrs["broadcast"] = 1
+    gemm_attrs = {"transB": 1} | ({"broadcast": 1} if opset < 7 else {})
     graph.node.append(helper.make_node("Gemm", [src, w_name, b_name], [scores], name=unique_name("adapt/Gemm", taken), **gemm_attrs))
     if softmax:
         graph.node.append(helper.make_node("Softmax", [scores], [output], name=unique_name("adapt/Softmax", taken), axis=1))

@@ -94,10 +94,10 @@ def predictions(output: np.ndarray) -> np.ndarray | None:
     output = np.asarray(output)
     if output.ndim == 2 and output.shape[1] > 1 and output.dtype.kind == "f":
         return np.argmax(output, axis=1)
-    if output.ndim == 1 and output.dtype.kind in "iu":
-        return output.astype(np.int64)
-    if output.ndim == 2 and output.shape[1] == 1 and output.dtype.kind in "iu":
-        return output[:, 0].astype(np.int64)
+    if output.dtype.kind in "iu" and (
+        output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)
+    ):
+        return output.reshape(-1).astype(np.int64)
     return None
 
 
@@ -115,15 +115,16 @@ def extract(
     ``reference_session``: a session of the input model that also outputs ``feature``.
     Raises ``VerificationError`` when the cut does not reproduce the feature tensor.
     """
-    ref_sess = reference_session
     cut_sess = create_session(extractor, provider, error=VerificationError)
-    first_out = ref_sess.get_outputs()[0].name
+    first_out = reference_session.get_outputs()[0].name
     agreement = FeatureAgreement(feature, [])
     feats, preds = [], []
     classes = None
     usable_preds = True
     for feed in dataset.batches(batch_size):
-        ref_out = ref_sess.run([first_out, feature] if first_out != feature else [feature], feed)
+        ref_out = reference_session.run(
+            [first_out, feature] if first_out != feature else [feature], feed
+        )
         cut_out = cut_sess.run([pooled, feature] if pooled != feature else [feature], feed)
         f_ref, f_cut = np.asarray(ref_out[-1]), np.asarray(cut_out[-1])
         if not agreement.shape:

@@ -138,14 +138,12 @@ def _locate(m: onnx.ModelProto, ds: Dataset, cfg: AdaptConfig) -> _Site:
     """The feature tensor (given, or the head's input), probed on a batch of DATA: a float
     tensor with a batch axis (``[N, D]`` when found automatically)."""
     out = m.graph.output[0]
-    match = None
-    if cfg.features is None:
-        match = find_head(m)
-        name = match.feature
-    else:
-        name = cfg.features
-        if name == out.name:
-            raise UsageError(f"--features '{name}' is the output being replaced; choose a tensor before the head")
+    match = find_head(m) if cfg.features is None else None
+    name = cfg.features if match is None else match.feature
+    if name == out.name and match is None:
+        raise UsageError(
+            f"--features '{name}' is the output being replaced; choose a tensor before the head"
+        )
     info = tensor_info(m, name)
     flag = f"--features '{name}'" if cfg.features is not None else f"the head's input '{name}'"
     refuse = UsageError if cfg.features is not None else UnsupportedError

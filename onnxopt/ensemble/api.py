@@ -77,13 +77,8 @@ def _check_options(n: int, fusion: str, weights, fit, head: str, l2) -> list[flo
 
 
 def _member_accuracy(members, arrays, labels) -> dict | None:
-    accs = {}
-    for m, a in zip(members, arrays, strict=True):
-        acc = accuracy(a, labels)
-        if acc is None:
-            return None
-        accs[m.label] = acc
-    return accs
+    accs = {m.label: accuracy(a, labels) for m, a in zip(members, arrays, strict=True)}
+    return None if None in accs.values() else accs
 
 
 def _size(m: Member) -> int:

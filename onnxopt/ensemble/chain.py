@@ -140,30 +140,25 @@ def wire_chain(stages: list[Member], mapping=None) -> tuple[list, list[Part], li
 
     pairs = _normalize_pairs(mapping)
     used_pairs: set[tuple[str, str]] = set()
-    first = stages[0]
-    graph_inputs = {}
-    first.input_rename = {}
-    for vi in real_inputs(first.model.graph):
-        first.input_rename[vi.name] = vi.name
-        graph_inputs[vi.name] = vi
+    graph_inputs = {vi.name: vi for vi in real_inputs(stages[0].model.graph)}
+    stages[0].input_rename = {name: name for name in graph_inputs}
     parts: list[Part] = []
     junctions: list[dict] = []
-    last = len(stages) - 1
-    taken = set(graph_inputs)
-    final_names: list[str] = []
     for k, st in enumerate(stages):
         st.outputs = [o.name for o in st.model.graph.output]
         if k > 0:
             _feed_stage(k, stages, parts, pairs, used_pairs, graph_inputs, junctions)
-        overrides = None
-        if k == last:
-            overrides = {}
-            for name in st.outputs:
-                if name in taken:
-                    raise UnsupportedError(f"final output '{name}' has the name of a chain input; rename it first", st.where)
-                overrides[name] = name
-                final_names.append(name)
-        parts.append(namespace_member(st, output_names=overrides))
+        final = k == len(stages) - 1  # the last stage keeps its output names
+        for name in st.outputs if final else ():
+            if name in graph_inputs:
+                raise UnsupportedError(
+                    f"final output '{name}' has the name of a chain input; rename it first",
+                    st.where,
+                )
+        parts.append(
+            namespace_member(st, output_names={n: n for n in st.outputs} if final else None)
+        )
+    final_names = list(stages[-1].outputs)
     unused = [f"{a}:{b}" for a, b in pairs if (a, b) not in used_pairs]
     if unused:
         raise UsageError(f"--map {', '.join(unused)} matches no junction (an output of one stage and an input of the next)")
@@ -184,29 +179,25 @@ def _feed_stage(k: int, stages: list[Member], parts: list[Part], pairs, used_pai
     st.input_rename = {}
     unfed = []
     for vi in ins:
-        src, how = None, ""
         explicit = [(a, b) for a, b in pairs if b == vi.name and a in prev_out]
         if explicit:
             src, how = explicit[0][0], "map"
             used_pairs.add(explicit[0])
         elif vi.name in prev_out:
             src, how = vi.name, "name"
-        if src is not None:
-            _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
-            st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-            junctions.append(_junction(k, src, vi, how, prev_out[src]))
         elif vi.name in graph_inputs:
             _check_junction(graph_inputs[vi.name], vi, st, f"chain input '{vi.name}' -> stage {k} input '{vi.name}'")
             st.input_rename[vi.name] = vi.name
             junctions.append(_junction(k, f"input {vi.name}", vi, "shared input", vi))
+            continue
+        elif len(ins) == 1 and len(prev_out) == 1:
+            src, how = next(iter(prev_out)), "position"
         else:
             unfed.append(vi)
-    if unfed and len(unfed) == 1 and len(ins) == 1 and len(prev_out) == 1:
-        vi = unfed.pop()
-        src = next(iter(prev_out))
+            continue
         _check_junction(prev_out[src], vi, st, f"stage {k - 1} output '{src}' -> stage {k} input '{vi.name}'")
         st.input_rename[vi.name] = parts[k - 1].outputs[(k - 1, src)]
-        junctions.append(_junction(k, src, vi, "position", prev_out[src]))
+        junctions.append(_junction(k, src, vi, how, prev_out[src]))
     if not unfed and not any(j["stage"] == k and j["how"] != "shared input" for j in junctions):
         raise UsageError(
             (

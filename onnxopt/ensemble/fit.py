@@ -129,8 +129,7 @@ def fit_weights(outputs: list[np.ndarray], y: np.ndarray, *, probabilities: bool
         Py = np.stack([np.asarray(o, dtype=np.float64)[np.arange(len(y)), y] for o in outputs], axis=1)  # [n, M]
         start = prev = _mixture_nll(w, Py)
         it = 0
-        while it < max_iter:
-            it += 1
+        for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
             mix = np.maximum(Py @ w, 1e-300)
             w = w * (Py / mix[:, None]).mean(axis=0)
             w = w / w.sum()
@@ -145,18 +144,15 @@ def fit_weights(outputs: list[np.ndarray], y: np.ndarray, *, probabilities: bool
     start = nll
     eta = 1.0 / max(float(np.abs(g).max()), 1e-12)
     it = 0
-    while it < max_iter:
-        it += 1
-        accepted = False
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         for _ in range(40):
             cand = w * np.exp(-eta * (g - g.max()))
             cand = cand / cand.sum()
             c_nll, c_g = _logit_nll_grad(cand, Zs, Y)
             if c_nll <= nll - 1e-4 * float(g @ (w - cand)) or c_nll < nll - tol:
-                accepted = True
                 break
             eta *= 0.5
-        if not accepted:
+        else:  # no step decreased the NLL
             break
         improvement = nll - c_nll
         w, nll, g = cand, c_nll, c_g

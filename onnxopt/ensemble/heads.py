@@ -23,6 +23,7 @@ votes (argmax is invariant to it), so vote ignores it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +84,7 @@ def _classes(shapes) -> int | None:
 def _merged_shape(shapes):
     from .merge import merge_shapes
 
-    out = None
-    for s in shapes:
-        out = merge_shapes(out, s) if s is not None else out
-    return out
+    return functools.reduce(merge_shapes, shapes, None)
 
 
 class _Builder:
@@ -121,18 +119,22 @@ def build_head(fusion: Fusion, io: HeadIO, *, prefix: str, taken: set[str]) -> t
     kind = fusion.kind
     if fusion.softmax and kind != "vote":
         xs = [b.node("Softmax", [x], b.name(f"softmax{i}"), axis=-1) for i, x in enumerate(xs)]
-    shape = None
-    if kind == "mean":
-        if io.elem == onnx.TensorProto.DOUBLE:
+    if kind in ("mean", "weighted"):
+        if kind == "weighted":
+            scaled = [
+                b.node(
+                    "Mul",
+                    [x, b.const(f"w{i}", np.asarray(fusion.weights[i], dtype=np_dtype))],
+                    b.name(f"weighted{i}"),
+                )
+                for i, x in enumerate(xs)
+            ]
+            b.node("Sum", scaled, io.outputs[0])
+        elif io.elem == onnx.TensorProto.DOUBLE:
             # ORT's CPU provider has no float64 Mean kernel: Sum / M
             b.node("Div", [b.node("Sum", xs, b.name("sum")), b.const("count", np.asarray(M, dtype=np_dtype))], io.outputs[0])
         else:
             b.node("Mean", xs, io.outputs[0])
-        shape = _merged_shape(io.shapes)
-        outs = [helper.make_tensor_value_info(io.outputs[0], io.elem, None if shape is None else list(shape))]
-    elif kind == "weighted":
-        scaled = [b.node("Mul", [x, b.const(f"w{i}", np.asarray(fusion.weights[i], dtype=np_dtype))], b.name(f"weighted{i}")) for i, x in enumerate(xs)]
-        b.node("Sum", scaled, io.outputs[0])
         shape = _merged_shape(io.shapes)
         outs = [helper.make_tensor_value_info(io.outputs[0], io.elem, None if shape is None else list(shape))]
     elif kind == "vote":

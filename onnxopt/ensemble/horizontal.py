@@ -129,9 +129,9 @@ def signature(model: onnx.ModelProto, input_rename: dict[str, str]) -> tuple[str
     if model.functions:
         return None, "has local functions"
     g = model.graph
-    pos: dict[str, str] = {name: f"in:{to}" for name, to in input_rename.items()}
-    for t in g.initializer:
-        pos[t.name] = f"init:{t.data_type}:{tuple(t.dims)}"
+    pos = {name: f"in:{to}" for name, to in input_rename.items()} | {
+        t.name: f"init:{t.data_type}:{tuple(t.dims)}" for t in g.initializer
+    }
     items = []
     for k, n in enumerate(g.node):
         if any(True for _ in subgraphs(n)):
@@ -143,9 +143,7 @@ def signature(model: onnx.ModelProto, input_rename: dict[str, str]) -> tuple[str
             ins.append(pos.get(x, ""))
         attrs = sorted((a.name, a.SerializeToString(deterministic=True).hex()) for a in n.attribute)
         items.append((n.domain, n.op_type, attrs, ins, [bool(o) for o in n.output]))
-        for j, o in enumerate(n.output):
-            if o:
-                pos[o] = f"n{k}:{j}"
+        pos.update({o: f"n{k}:{j}" for j, o in enumerate(n.output) if o})
     outs = [pos.get(o.name, "?") for o in g.output]
     return hashlib.blake2b(repr((items, outs)).encode(), digest_size=16).hexdigest(), ""
 
@@ -170,16 +168,27 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
     except Exception:
         inferred = model
     g = inferred.graph
-    out = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        out[vi.name] = value_shape(vi)
-    for t in g.initializer:
-        out[t.name] = tuple(int(d) for d in t.dims)
-    return out
+    out = {vi.name: value_shape(vi) for vi in (*g.input, *g.value_info, *g.output)}
+    return out | {t.name: tuple(int(d) for d in t.dims) for t in g.initializer}
 
 
 def _static(dims) -> bool:
     return all(isinstance(d, int) and d > 0 for d in dims)
+
+
+def _reshape_dims(st: _St, start: int, where: str) -> list[int]:
+    """``st``'s dims from ``start`` on as a Reshape target: its one unknown dim as -1."""
+    dims = [d if isinstance(d, int) else -1 for d in st.shape[start:]]
+    if dims.count(-1) > 1:
+        raise Refused(f"'{st.name}': several unknown dims after {where}")
+    return dims
+
+
+def _rank(n0, x: _St, ok: bool = True) -> int:
+    """The rank of ``n0``'s input ``x`` (refused when unknown or not ``ok``)."""
+    if x.rank is None or not ok:
+        raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+    return x.rank
 
 
 def _axes_of(n0, ins, att) -> list[int] | None:
@@ -234,8 +243,7 @@ class _Fuser:
     def emit(self, op: str, inputs: list[str], base: str, *, attrs=None, n_out: int = 1, domain: str = "") -> list[str]:
         outs = [self.fresh(f"{base}" if n_out == 1 else f"{base}_{i}") for i in range(n_out)]
         node = helper.make_node(op, inputs, outs, name=self.fresh(f"{op}"), domain=domain or None)
-        for a in attrs or []:
-            node.attribute.append(a)
+        node.attribute.extend(attrs or [])
         self.nodes.append(node)
         return outs
 
@@ -243,9 +251,7 @@ class _Fuser:
         """Copy ``n0`` (op, domain, attributes) with new inputs/outputs; attributes overridden."""
         attrs = [a for a in n0.attribute if a.name not in overrides and a.name not in drop]
         attrs += [helper.make_attribute(k, v) for k, v in overrides.items()]
-        outs = []
-        for o in n0.output:
-            outs.append(self.fresh(o) if o else "")
+        outs = [self.fresh(o) if o else "" for o in n0.output]
         node = helper.make_node(n0.op_type, inputs, outs, name=self.fresh(n0.name or n0.op_type), domain=n0.domain or None)
         node.attribute.extend(attrs)
         self.nodes.append(node)
@@ -286,13 +292,7 @@ class _Fuser:
         r, a = st.rank, st.axis
         if r is None:
             raise Refused(f"rank of '{st.name}' unknown")
-        trailing = list(st.shape[a + 1 :])
-        unknown = [i for i, d in enumerate(trailing) if not isinstance(d, int)]
-        if len(unknown) > 1:
-            raise Refused(f"'{st.name}': several unknown dims after the stacked axis")
-        for i in unknown:
-            trailing[i] = -1
-        target = [0] * a + [self.M, st.block] + trailing
+        target = [0] * a + [self.M, st.block] + _reshape_dims(st, a + 1, "the stacked axis")
         (resh,) = self.emit("Reshape", [st.name, self.small(target)], f"{st.name.removeprefix(self.prefix)}/split_members")
         perm = [a] + list(range(a)) + list(range(a + 1, r + 1))
         (tr,) = self.emit("Transpose", [resh], f"{st.name.removeprefix(self.prefix)}/batched", attrs=[helper.make_attribute("perm", perm)])
@@ -315,12 +315,7 @@ class _Fuser:
         block = st.shape[axis]
         if not isinstance(block, int):
             raise Refused(f"'{st.name}': size of axis {axis} unknown")
-        trailing = list(st.shape[axis + 1 :])
-        if not _static(trailing):
-            unknown = [i for i, d in enumerate(trailing) if not isinstance(d, int)]
-            if len(unknown) > 1:
-                raise Refused(f"'{st.name}': several unknown dims after axis {axis}")
-            trailing[unknown[0]] = -1
+        trailing = _reshape_dims(st, axis + 1, f"axis {axis}")
         base = st.name.removeprefix(self.prefix) if st.name else "value"
         if st.kind == "shared":
             (out,) = self.emit("Concat", [st.name] * self.M, f"{base}/replicated", attrs=[helper.make_attribute("axis", axis)])
@@ -359,19 +354,9 @@ class _Fuser:
         ins = [None if s is None else self.to_split(s) for s in ins]
         outs = [[] for _ in n0.output]
         for j in range(self.M):
-            names = []
-            for s in ins:
-                if s is None:
-                    names.append("")
-                elif s.kind == "shared":
-                    names.append(s.name)
-                elif s.kind == "const":
-                    names.append(self.shared_name(s) if s.identical else self.init(f"{s.src}/m{j}", s.arrays[j]))
-                else:
-                    names.append(s.names[j])
             node = helper.make_node(
                 n0.op_type,
-                names,
+                [self.member_name(s, j) for s in ins],
                 [self.fresh(f"{o}/m{j}") if o else "" for o in n0.output],
                 name=self.fresh(f"{n0.name or n0.op_type}/m{j}"),
                 domain=n0.domain or None,
@@ -382,6 +367,16 @@ class _Fuser:
                 outs[i].append(o)
         self.counts["per_member_nodes"] += 1
         return [_St("split", names=o, shape=self.out_shape(n0, i)) if n0.output[i] else None for i, o in enumerate(outs)]
+
+    def member_name(self, s: _St | None, j: int) -> str:
+        """Member ``j``'s tensor of an input already split (or shared, or constant)."""
+        if s is None:
+            return ""
+        if s.kind == "split":
+            return s.names[j]
+        if s.kind == "const" and not s.identical:
+            return self.init(f"{s.src}/m{j}", s.arrays[j])
+        return self.shared_name(s)
 
     # --- node handlers ------------------------------------------------------------------------
     def out_shape(self, n0, j: int = 0):
@@ -467,10 +462,10 @@ class _Fuser:
         if r is None:
             raise Refused(f"{n0.op_type} node '{n0.name}': output rank unknown")
         layouts = {(s.kind, s.axis, s.block, s.rank) for s in stacked}
-        if stacked and len(layouts) == 1 and stacked[0].kind == "concat" and stacked[0].rank == r:
-            target = stacked[0]
-        else:
-            target = _St("batched")
+        one_concat = (
+            stacked and len(layouts) == 1 and stacked[0].kind == "concat" and stacked[0].rank == r
+        )
+        target = stacked[0] if one_concat else _St("batched")
         names = [self.operand(n0, s, target, r) for s in ins]
         (out,) = self.emit_like(n0, names)[:1]
         return [_St(target.kind, out, axis=target.axis, block=target.block, shape=shape or stacked[0].shape)]
@@ -488,15 +483,11 @@ class _Fuser:
         B = self._weights(n0, ins[2] if len(ins) > 2 else None, "the bias")
         g = next((a.i for a in n0.attribute if a.name == "group"), 1)
         cout = W[0].shape[0]
-        if x.kind == "shared" and g != 1:
+        grouped = x.kind != "shared" or g != 1  # else one Conv with the weights stacked
+        if grouped:
             x = self.to_concat(x, 1)
-        if x.kind == "shared":
-            group = 1
-            self.counts["convs_stacked"] += 1
-        else:
-            x = self.to_concat(x, 1)
-            group = self.M * g
-            self.counts["convs_grouped"] += 1
+        self.counts["convs_grouped" if grouped else "convs_stacked"] += 1
+        group = self.M * g if grouped else 1
         bias = np.concatenate(B if B is not None else [np.zeros(cout, dtype=W[0].dtype)] * self.M)
         w = self.init(f"{ins[1].src}/stacked", np.concatenate(W, axis=0))
         b = self.init(f"{(ins[2].src if B is not None else ins[1].src + '_bias')}/stacked", bias)
@@ -538,25 +529,19 @@ class _Fuser:
 
     def h_softmax(self, n0, ins):
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
-        axis = next((a.i for a in n0.attribute if a.name == "axis"), -1)
-        axis = axis % r
+        r = _rank(n0, x)
+        axis = next((a.i for a in n0.attribute if a.name == "axis"), -1) % r
         if x.kind == "concat" and x.axis != axis:
             (out,) = self.emit_like(n0, [x.name])
             return [_St("concat", out, axis=x.axis, block=x.block, shape=x.shape)]
         xb = self.to_batched(x)
-        (out,) = self.emit_like(n0, [xb.name], axis=axis + 1)
-        return [_St("batched", out, shape=x.shape)]
+        return self.as_batched(n0, [xb.name], axis=axis + 1, shape=x.shape)
 
     def h_reduce(self, n0, ins):
         """A reduction on the ``batched`` layout over the same axes shifted by one (the member
         axis 0 is never reduced); "all axes" becomes axes ``1..r``."""
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         att = {a.name: a for a in n0.attribute}
         axes = _axes_of(n0, ins, att) or []
         if not axes:
@@ -573,18 +558,14 @@ class _Fuser:
         opset = next((o.version for o in self.models[0].opset_import if o.domain in ("", "ai.onnx")), 1)
         axes_input = len(n0.input) > 1 and n0.input[1] or len(onnx.defs.get_schema(n0.op_type, opset, "").inputs) > 1
         if axes_input:
-            (out,) = self.emit_like(n0, [xb.name, self.small(shifted)], drop=("axes",))
-        else:
-            (out,) = self.emit_like(n0, [xb.name], axes=shifted)
-        return [_St("batched", out, shape=shape)]
+            return self.as_batched(n0, [xb.name, self.small(shifted)], drop=("axes",), shape=shape)
+        return self.as_batched(n0, [xb.name], axes=shifted, shape=shape)
 
     def h_slice(self, n0, ins):
         """``Slice`` (opset >= 10) on the ``batched`` layout: the same starts/ends/steps (one
         value for all members), axes shifted past the member axis."""
         x = ins[0]
-        r = x.rank
-        if r is None or len(n0.input) < 3:
-            raise Refused(f"Slice node '{n0.name}': rank unknown")
+        r = _rank(n0, x, len(n0.input) >= 3)
         names = self._shared_rest(n0, [ins[1], ins[2]] + ([ins[4]] if len(ins) > 4 else []))
         if len(ins) > 3 and ins[3] is not None:
             if ins[3].kind != "const" or not ins[3].identical:
@@ -601,38 +582,30 @@ class _Fuser:
             raise Refused(f"Slice node '{n0.name}': index type of the computed starts unknown")
         xb = self.to_batched(x)
         inputs = [xb.name, names[0], names[1], self.small([a % r + 1 for a in axes], dtype=typed)] + names[2:]
-        (out,) = self.emit_like(n0, inputs)
-        return [_St("batched", out, shape=self.out_shape(n0))]
+        return self.as_batched(n0, inputs)
 
     def h_squeeze(self, n0, ins):
         """``Squeeze`` / ``Unsqueeze`` on the ``batched`` layout, axes shifted past the member
         axis (negative axes first resolved against the member's rank)."""
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"{n0.op_type} node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         att = {a.name: a for a in n0.attribute}
         axes = _axes_of(n0, ins, att)
         xb = self.to_batched(x)
         if axes is None:  # Squeeze of every 1-dim: the member axis (M >= 2) is never one
-            (out,) = self.emit_like(n0, [xb.name])
-            return [_St("batched", out, shape=self.out_shape(n0))]
+            return self.as_batched(n0, [xb.name])
         rank = r + len(axes) if n0.op_type == "Unsqueeze" else r
         shifted = sorted(a % rank + 1 for a in axes)
         if len(n0.input) > 1 and n0.input[1]:
-            (out,) = self.emit_like(n0, [xb.name, self.small(shifted)])
-        else:
-            (out,) = self.emit_like(n0, [xb.name], axes=shifted)
-        return [_St("batched", out, shape=self.out_shape(n0))]
+            return self.as_batched(n0, [xb.name, self.small(shifted)])
+        return self.as_batched(n0, [xb.name], axes=shifted)
 
     def h_expand(self, n0, ins):
         """``Expand`` on the ``batched`` layout: the target gets ``M`` in front (and 1s where it
         is shorter than the value); a value of lower rank than the target is unsqueezed after
         the member axis first."""
         x, s = ins[0], ins[1]
-        r = x.rank
-        if r is None or s is None:
-            raise Refused(f"Expand node '{n0.name}': rank unknown")
+        r = _rank(n0, x, s is not None)
         if s.kind == "const" and s.identical:
             L = int(s.arrays[0].size)
         elif s.kind == "shared" and s.shape is not None and len(s.shape) == 1 and isinstance(s.shape[0], int):
@@ -648,30 +621,24 @@ class _Fuser:
             target = self.small(pad + [int(v) for v in s.arrays[0].reshape(-1)])
         else:
             (target,) = self.emit("Concat", [self.small(pad), s.name], f"{n0.output[0]}/target", attrs=[helper.make_attribute("axis", 0)])
-        (out,) = self.emit_like(n0, [name, target])
-        return [_St("batched", out, shape=self.out_shape(n0))]
+        return self.as_batched(n0, [name, target])
 
     def h_transpose(self, n0, ins):
         x = ins[0]
-        r = x.rank
-        if r is None:
-            raise Refused(f"Transpose node '{n0.name}': rank unknown")
+        r = _rank(n0, x)
         perm = next((list(a.ints) for a in n0.attribute if a.name == "perm"), list(range(r))[::-1])
         shape = self.out_shape(n0)
         if x.kind == "concat":
             (out,) = self.emit_like(n0, [x.name])
             return [_St("concat", out, axis=perm.index(x.axis), block=x.block, shape=shape)]
-        (out,) = self.emit_like(n0, [x.name], perm=[0] + [p + 1 for p in perm])
-        return [_St("batched", out, shape=shape)]
+        return self.as_batched(n0, [x.name], perm=[0] + [p + 1 for p in perm], shape=shape)
 
     def h_shape(self, n0, ins):
         """The members' shape (equal for all: same architecture, same inputs) from the stacked
         value's: the stacked axis divided by M (``concat``) or the member axis dropped
         (``batched``); a ``shared`` result, so what is computed from it runs once."""
         x = ins[0]
-        r = x.rank
-        if r is None or not x.stacked:
-            raise Refused(f"Shape node '{n0.name}': rank unknown")
+        r = _rank(n0, x, x.stacked)
         base = n0.output[0]
         (full,) = self.emit("Shape", [x.name], f"{base}/stacked")
         if x.kind == "concat":
@@ -704,8 +671,15 @@ class _Fuser:
         if any(a.name == "allowzero" and a.i for a in n0.attribute) and 0 in target:
             raise Refused(f"Reshape node '{n0.name}': allowzero with a zero dim")
         xb = self.to_batched(x)
-        (out,) = self.emit_like(n0, [xb.name, self.small([self.M] + target)])
-        return [_St("batched", out, shape=self.out_shape(n0) or tuple(target))]
+        return self.as_batched(
+            n0, [xb.name, self.small([self.M] + target)], shape=self.out_shape(n0) or tuple(target)
+        )
+
+    def as_batched(self, n0, inputs: list[str], *, shape=None, **overrides) -> list[_St]:
+        """``n0`` emitted like itself on ``inputs``: its one output, ``batched`` (of ``shape``, else
+        the inferred one)."""
+        (out,) = self.emit_like(n0, inputs, **overrides)
+        return [_St("batched", out, shape=shape if shape is not None else self.out_shape(n0))]
 
     def _stacked_matmul(self, a: _St, Ws: list[np.ndarray], cs: list[np.ndarray] | None, base: str, shape) -> _St:
         ab = self.to_batched(a)
@@ -749,7 +723,7 @@ class _Fuser:
         transB = bool(att["transB"].i) if "transB" in att else False
         dtype = Bs[0].dtype
         Ws = [((b.T if transB else b).astype(np.float64) * alpha).astype(dtype) if alpha != 1.0 else np.ascontiguousarray(b.T if transB else b) for b in Bs]
-        fan_in, fan_out = Ws[0].shape
+        fan_out = Ws[0].shape[1]
         cs = None
         if Cs is not None:
             cs = []
@@ -757,66 +731,66 @@ class _Fuser:
                 if c.size not in (1, fan_out) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
                     raise Refused(f"Gemm node '{n0.name}': bias of shape {list(c.shape)} is not per output")
                 cs.append(np.broadcast_to((c.astype(np.float64) * beta).astype(dtype) if beta != 1.0 else c, (1, fan_out)).reshape(fan_out).copy())
-        shape = self.out_shape(n0)
-        base = ins[1].src
+        return self._dense(n0, ins, A, Ws, cs, (ins[1].src, ins[2].src if cs is not None else None))
+
+    def _dense(self, n0, ins, A: _St, Ws: list[np.ndarray], cs, srcs):
+        """``A`` times per-member weights ``Ws`` ``[F, O]`` (plus biases ``cs``: Gemm only):
+        stacked weights on a shared input, a block diagonal on a small ``concat`` one, else per
+        member (``wide="split"``) or one batched MatMul.  ``srcs``: the weight's and bias's names."""
+        fan_in, fan_out = Ws[0].shape
+        gemm = n0.op_type == "Gemm"
         A = self._small_block_operand(A, fan_in, fan_out)
-        if shape is None and A.rank == 2:
-            shape = (A.shape[0], fan_out)
-        if A.kind == "shared" or (A.kind == "concat" and A.axis == 1 and A.rank == 2 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX):
-            if A.kind == "shared":
-                w = np.concatenate(Ws, axis=1)
-                self.counts["gemms_stacked"] += 1
-            else:
-                w = self._block_diagonal(Ws)
-                self.counts["gemms_block_diagonal"] += 1
-            inputs = [A.name, self.init(f"{base}/stacked", w)]
+        shape = self.out_shape(n0)
+        if shape is None and A.rank is not None and A.rank >= 2:
+            shape = tuple(A.shape[:-1]) + (fan_out,)
+        if A.kind == "shared" and A.rank is None and not gemm:
+            raise Refused(f"MatMul node '{n0.name}': rank unknown")
+        block = (
+            A.kind == "concat"
+            and A.rank == 2
+            and A.axis == 1
+            and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX
+        )
+        if A.kind == "shared" or block:
+            how = "block_diagonal" if block else "stacked"
+            self.counts[f"{'gemms' if gemm else 'matmuls'}_{how}"] += 1
+            w = self._block_diagonal(Ws) if block else np.concatenate(Ws, axis=1)
+            inputs = [A.name, self.init(f"{srcs[0]}/stacked", w)]
             if cs is not None:
-                inputs.append(self.init(f"{(ins[2].src)}/stacked", np.concatenate(cs)))
-            (out,) = self.emit("Gemm", inputs, n0.output[0])
-            return [_St("concat", out, axis=1, block=fan_out, shape=shape)]
+                inputs.append(self.init(f"{srcs[1]}/stacked", np.concatenate(cs)))
+            (out,) = self.emit("Gemm", inputs, n0.output[0]) if gemm else self.emit_like(n0, inputs)
+            return [
+                _St(
+                    "concat",
+                    out,
+                    axis=1 if block or gemm else A.rank - 1,
+                    block=fan_out,
+                    shape=shape,
+                )
+            ]
+        if not gemm and (A.rank is None or A.rank < 2):
+            raise Refused(f"MatMul node '{n0.name}': stacked operand of rank < 2")
         if self.wide == "split":
             self.counts["wide_per_member"] += 1
             return self.h_per_member(n0, ins)
-        return [self._stacked_matmul(A, Ws, cs, base, shape)]
+        return [self._stacked_matmul(A, Ws, cs, srcs[0], shape)]
 
     def h_matmul(self, n0, ins):
         A, B = ins
-        shape = self.out_shape(n0)
         if B.kind == "const":
-            Ws = B.arrays
-            if Ws[0].ndim != 2:
-                raise Refused(f"MatMul node '{n0.name}': weight of rank {Ws[0].ndim}")
-            fan_in, fan_out = Ws[0].shape
+            if B.arrays[0].ndim != 2:
+                raise Refused(f"MatMul node '{n0.name}': weight of rank {B.arrays[0].ndim}")
             if A.kind == "const":
                 raise Refused(f"MatMul node '{n0.name}': left operand is a per-member constant")
-            A = self._small_block_operand(A, fan_in, fan_out)
-            if shape is None and A.rank is not None and A.rank >= 2:
-                shape = tuple(A.shape[:-1]) + (fan_out,)
-            if A.kind == "shared":
-                r = A.rank
-                if r is None:
-                    raise Refused(f"MatMul node '{n0.name}': rank unknown")
-                (out,) = self.emit_like(n0, [A.name, self.init(f"{B.src}/stacked", np.concatenate(Ws, axis=1))])
-                self.counts["matmuls_stacked"] += 1
-                return [_St("concat", out, axis=r - 1, block=fan_out, shape=shape)]
-            if A.kind == "concat" and A.rank == 2 and A.axis == 1 and (self.M * fan_in) * (self.M * fan_out) <= BLOCK_DIAGONAL_MAX:
-                (out,) = self.emit_like(n0, [A.name, self.init(f"{B.src}/stacked", self._block_diagonal(Ws))])
-                self.counts["matmuls_block_diagonal"] += 1
-                return [_St("concat", out, axis=1, block=fan_out, shape=shape)]
-            if A.rank is None or A.rank < 2:
-                raise Refused(f"MatMul node '{n0.name}': stacked operand of rank < 2")
-            if self.wide == "split":
-                self.counts["wide_per_member"] += 1
-                return self.h_per_member(n0, ins)
-            return [self._stacked_matmul(A, Ws, None, B.src, shape)]
+            return self._dense(n0, ins, A, B.arrays, None, (B.src,))
+        shape = self.out_shape(n0)
         if A.kind == "const" or not (A.stacked or B.stacked):
             raise Refused(f"MatMul node '{n0.name}': per-member constant on the left")
         if (A.rank or 0) < 2 or (B.rank or 0) < 2:
             raise Refused(f"MatMul node '{n0.name}': operands of rank < 2")
         r = max(A.rank, B.rank)
         names = [self.operand(n0, s, _St("batched"), r) for s in (A, B)]
-        (out,) = self.emit_like(n0, names)
-        return [_St("batched", out, shape=shape)]
+        return self.as_batched(n0, names, shape=shape)
 
     def handler(self, n0):
         op = n0.op_type
@@ -857,14 +831,14 @@ class _Fuser:
                 outs = self.h_per_member(n0, ins)
             else:
                 outs = self.stacked_or_per_member(n0, ins)
-            for o, st in zip(n0.output, outs, strict=False):
-                if o and st is not None:
-                    self.state[o] = st
+            self.state.update(
+                {o: st for o, st in zip(n0.output, outs, strict=False) if o and st is not None}
+            )
         part = Part()
         for j, m in enumerate(self.members):
-            typed = {o.name: o for o in self.models[j].graph.output}
+            outputs = self.models[j].graph.output
             for local in m.outputs:
-                p = [o.name for o in self.models[j].graph.output].index(local)
+                p = [o.name for o in outputs].index(local)
                 name0 = g0.output[p].name
                 target = m.prefix + local
                 st = self.state.get(name0)
@@ -872,8 +846,7 @@ class _Fuser:
                     st = _St("const", arrays=[numpy_helper.to_array(self.inits_by[i][self.models[i].graph.output[p].name]) for i in range(self.M)], src=name0)
                 self.extract(st, j, target)
                 part.outputs[(m.index, local)] = target
-                vi = onnx.ValueInfoProto()
-                vi.CopyFrom(typed[local])
+                vi = copy.deepcopy(outputs[p])
                 vi.name = target
                 part.output_info[target] = vi
         part.nodes, part.initializers = self.nodes, self.inits
@@ -902,11 +875,11 @@ class _Fuser:
         if out_bytes > 2**20 and out_bytes > BLOAT_RATIO * max(in_bytes, 1):
             return None  # a ConstantOfShape/Expand: storing M copies would bloat the file
         self.counts["folded_per_member"] += 1
-        outs = []
-        for i, o in enumerate(n0.output):
-            arrays = [np.asarray(per[j][i]) for j in range(self.M)]
-            outs.append(_St("const", arrays=arrays, src=o, shape=tuple(arrays[0].shape)) if o else None)
-        return outs
+        consts = [[np.asarray(vals[i]) for vals in per] for i in range(len(n0.output))]
+        return [
+            _St("const", arrays=a, src=o, shape=a[0].shape) if o else None
+            for o, a in zip(n0.output, consts, strict=True)
+        ]
 
     def stacked_or_per_member(self, n0, ins):
         """The stacked form of ``n0``; where there is none, undo what was tried and run it per member."""

@@ -254,19 +254,14 @@ def merge_shapes(a, b):
         return a
     if len(a) != len(b):
         raise ValueError(f"rank {len(a)} vs {len(b)}")
-    out = []
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
-        if isinstance(x, int) and isinstance(y, int):
-            if x != y:
-                raise ValueError(f"axis {i} is {x} vs {y}")
-            out.append(x)
-        elif isinstance(x, int):
-            out.append(x)
-        elif isinstance(y, int):
-            out.append(y)
-        else:
-            out.append(x if x is not None else y)
-    return tuple(out)
+        if isinstance(x, int) and isinstance(y, int) and x != y:
+            raise ValueError(f"axis {i} is {x} vs {y}")
+    # a fixed dim wins, then a symbolic one
+    return tuple(
+        x if isinstance(x, int) or (x is not None and not isinstance(y, int)) else y
+        for x, y in zip(a, b, strict=True)
+    )
 
 
 def _make_vi(name: str, elem: int, shape) -> onnx.ValueInfoProto:
@@ -293,26 +288,20 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     """Shared graph inputs; sets each member's ``input_rename``.  Mismatches are InputErrors."""
     maps = _normalize_map(input_map, len(members))
     used_keys: set[str] = set()
-    shared: dict[str, tuple[int, object, Member]] = {}
-    order: list[str] = []
+    shared: dict[str, tuple[int, object, Member]] = {}  # in order of first appearance
     first_names = None
     for m, mp in zip(members, maps, strict=True):
-        names = []
         m.input_rename = {}
         for vi in real_inputs(m.model.graph):
             to = mp.get(vi.name, vi.name)
-            if vi.name in mp:
-                used_keys.add(vi.name)
             if to in m.input_rename.values():
                 raise InputError(f"two inputs map to '{to}'", m.where)
             m.input_rename[vi.name] = to
-            names.append(to)
             elem, shape = value_dtype(vi), value_shape(vi)
             if elem == 0:
                 raise ModelError(f"input '{vi.name}' is not a typed tensor", m.where)
             if to not in shared:
                 shared[to] = (elem, shape, m)
-                order.append(to)
                 continue
             elem0, shape0, m0 = shared[to]
             if elem != elem0:
@@ -323,6 +312,8 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
                 raise InputError(
                     f"input '{to}' has shape {shape_str(shape)}, but {shape_str(shape0)} in {m0.label} ({exc}): incompatible shapes", m.where
                 ) from None
+        used_keys |= set(mp) & set(m.input_rename)
+        names = list(m.input_rename.values())
         if first_names is None:
             first_names = (set(names), m)
         elif set(names) != first_names[0]:
@@ -334,7 +325,7 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     unknown = sorted(set().union(*[set(mp) for mp in maps]) - used_keys)
     if unknown:
         raise UsageError(f"--input-map names no input of any member: {', '.join(unknown)}")
-    return [_make_vi(name, shared[name][0], shared[name][1]) for name in order]
+    return [_make_vi(name, elem, shape) for name, (elem, shape, _) in shared.items()]
 
 
 def select_outputs(members: list[Member], output=None) -> int:
@@ -367,15 +358,11 @@ def select_outputs(members: list[Member], output=None) -> int:
 
 
 def _defined_names(graph: onnx.GraphProto, top: bool) -> set[str]:
-    names: set[str] = set()
-    if not top:
-        names.update(i.name for i in graph.input)
-    names.update(t.name for t in graph.initializer)
-    names.update(s.values.name for s in graph.sparse_initializer)
+    names = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    names |= set() if top else {i.name for i in graph.input}
     for n in graph.node:
         names.update(o for o in n.output if o)
-        for g in subgraphs(n):
-            names |= _defined_names(g, False)
+        names.update(*(_defined_names(g, False) for g in subgraphs(n)))
     return names
 
 
@@ -394,26 +381,20 @@ def _rename_calls(nodes, fn_map: dict) -> None:
 
 def _rename_graph(graph: onnx.GraphProto, mapping: dict[str, str], node_prefix: str) -> None:
     for n in graph.node:
-        for i, x in enumerate(n.input):
-            if x in mapping:
-                n.input[i] = mapping[x]
-        for i, x in enumerate(n.output):
-            if x in mapping:
-                n.output[i] = mapping[x]
+        n.input[:] = [mapping.get(x, x) for x in n.input]
+        n.output[:] = [mapping.get(x, x) for x in n.output]
         if n.name:
             n.name = node_prefix + n.name
         for g in subgraphs(n):
             _rename_graph(g, mapping, node_prefix)
-    for coll in (graph.input, graph.output, graph.value_info):
-        for vi in coll:
-            if vi.name in mapping:
-                vi.name = mapping[vi.name]
-    for t in graph.initializer:
-        if t.name in mapping:
-            t.name = mapping[t.name]
-    for s in graph.sparse_initializer:
-        if s.values.name in mapping:
-            s.values.name = mapping[s.values.name]
+    for named in (
+        *graph.input,
+        *graph.output,
+        *graph.value_info,
+        *graph.initializer,
+        *(s.values for s in graph.sparse_initializer),
+    ):
+        named.name = mapping.get(named.name, named.name)
 
 
 def namespace_member(m: Member, *, output_names: dict[str, str] | None = None) -> Part:
@@ -442,7 +423,7 @@ def namespace_member(m: Member, *, output_names: dict[str, str] | None = None) -
         nodes=list(g.node),
         initializers=list(g.initializer),
         sparse_initializers=list(g.sparse_initializer),
-        value_info=[vi for vi in g.value_info],
+        value_info=list(g.value_info),
         functions=functions,
     )
     typed = {o.name: o for o in g.output}
@@ -467,29 +448,21 @@ def assemble(
     doc: str = "",
 ) -> onnx.ModelProto:
     """One model from parts + head nodes; names are checked to be defined once."""
-    nodes, inits, sparse, vinfo, funcs = [], [], [], [], []
-    for p in parts:
-        nodes += p.nodes
-        inits += p.initializers
-        sparse += p.sparse_initializers
-        vinfo += p.value_info
-        funcs += p.functions
-    nodes += list(extra_nodes)
-    inits += list(extra_initializers)
+    nodes = [n for p in parts for n in p.nodes] + list(extra_nodes)
+    inits = [t for p in parts for t in p.initializers] + list(extra_initializers)
+    sparse = [s for p in parts for s in p.sparse_initializers]
+    vinfo = [v for p in parts for v in p.value_info]
+    funcs = [f for p in parts for f in p.functions]
     seen: set[str] = {i.name for i in inputs}
     for name in [t.name for t in inits] + [s.values.name for s in sparse] + [o for n in nodes for o in n.output if o]:
         if name in seen:
             raise AssertionError(f"merged graph defines '{name}' twice")
         seen.add(name)
-    for p in parts:
-        vinfo += list(p.output_info.values())
-    seen_vi = {i.name for i in inputs} | {o.name for o in outputs}
-    kept_vi = []
-    for v in vinfo:
-        if v.name not in seen_vi:
-            seen_vi.add(v.name)
-            kept_vi.append(v)
-    vinfo = kept_vi
+    first: dict[str, onnx.ValueInfoProto] = {}
+    for v in vinfo + [v for p in parts for v in p.output_info.values()]:
+        first.setdefault(v.name, v)
+    io = {i.name for i in inputs} | {o.name for o in outputs}
+    vinfo = [v for name, v in first.items() if name not in io]
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits, value_info=vinfo, sparse_initializer=sparse, doc_string=doc or None)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], functions=funcs, producer_name="onnxopt")
     model.ir_version = ir_version

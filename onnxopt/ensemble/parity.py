@@ -62,6 +62,12 @@ class ParityReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def add(self, where: list, rec: dict, failure: str) -> None:
+        """Record ``rec`` in ``where`` (``members`` or ``fused``), and ``failure`` when it is not ok."""
+        where.append(rec)
+        if not rec["ok"]:
+            self.failures.append(failure)
+
     @property
     def worst_rel_l2(self) -> float:
         vals = [o["rel_l2"] for o in self.members + self.fused if "rel_l2" in o and np.isfinite(o["rel_l2"])]
@@ -152,27 +158,21 @@ def check_parity(
     for j, m in enumerate(members):
         comp = compare_outputs(m.outputs, separate[j], [got[n] for n in member_values[j]])
         for o, ref in zip(comp.outputs, separate[j], strict=True):
-            _note_weak(rep, o.name, ref)
-            rec = parity_record(o, member=m.label)
-            rep.members.append(rec)
-            if not rec["ok"]:
-                rep.failures.append(f"member {m.label} output '{o.name}' differs inside the merged model: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
+            if says_little(ref) and o.name not in rep.weak:
+                rep.weak.append(o.name)
+            why = f"member {m.label} output '{o.name}' differs inside the merged model: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}"
+            rep.add(rep.members, parity_record(o, member=m.label), why)
     fused_arrays = {}
     for p, outs in enumerate(fused_outputs):
         arrays = [separate[j][p] for j in range(len(members))]
         ref = reference(fusion, arrays)
-        if fusion.kind == "vote":
-            if not _check_vote(rep, arrays, ref, outs, got, fusion):
-                continue
-        else:
-            comp = compare_outputs(outs, ref, [got[n] for n in outs])
-            for o in comp.outputs:
-                rec = parity_record(o, _limit(arrays))
-                rep.fused.append(rec)
-                if not rec["ok"]:
-                    rep.failures.append(f"output '{o.name}' differs from the numpy {fusion.kind}: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}")
-        for n in outs:
-            fused_arrays[n] = got[n]
+        if fusion.kind != "vote":
+            for o in compare_outputs(outs, ref, [got[n] for n in outs]).outputs:
+                why = f"output '{o.name}' differs from the numpy {fusion.kind}: relative L2 {o.rel_l2:.3g}, max abs {o.max_abs:.3g}"
+                rep.add(rep.fused, parity_record(o, _limit(arrays)), why)
+        elif not _check_vote(rep, arrays, ref, outs, got, fusion):
+            continue
+        fused_arrays.update((n, got[n]) for n in outs)
     rep.ok = not rep.failures
     return rep, {"members": separate, "fused": fused_arrays}
 
@@ -181,11 +181,11 @@ def _run_probe(merged, member_values, probe_types, dataset, provider: str, limit
     """A copy of ``merged`` that also exposes every member's values, run once over ``dataset``."""
     probe = copy.deepcopy(merged)
     have = {o.name for o in probe.graph.output}
-    for names in member_values:
-        for n in names:
-            if n not in have:
-                probe.graph.output.append(probe_types[n])
-                have.add(n)
+    probe.graph.output.extend(
+        probe_types[n]
+        for n in dict.fromkeys(n for names in member_values for n in names)
+        if n not in have
+    )
     names = [o.name for o in probe.graph.output]
     sess = create_session(probe, provider, error=VerificationError)
     batches = []
@@ -212,11 +212,6 @@ def weak_note(names, ds, what: str = "output(s)") -> str:
     )
 
 
-def _note_weak(rep: ParityReport, name: str, ref) -> None:
-    if says_little(ref) and name not in rep.weak:
-        rep.weak.append(name)
-
-
 def _check_vote(rep: ParityReport, arrays, ref, outs, got, fusion: Fusion) -> bool:
     """Vote labels equal except on ambiguous samples, vote totals exact on the others;
     False when the label shapes differ (nothing more to compare)."""
@@ -235,9 +230,11 @@ def _check_vote(rep: ParityReport, arrays, ref, outs, got, fusion: Fusion) -> bo
         rep.failures.append(f"output '{label_name}': {mism} labels differ from the numpy vote on unambiguous samples")
     o = compare_outputs([votes_name], [ref[1][keep]], [got[votes_name][keep]]).outputs[0]
     rec = parity_record(o, _limit(arrays), ambiguous_skipped=int(amb.sum()))
-    rep.fused.append(rec)
-    if not rec["ok"]:
-        rep.failures.append(f"output '{votes_name}' differs from the numpy vote: max abs {o.max_abs:.3g}")
+    rep.add(
+        rep.fused,
+        rec,
+        f"output '{votes_name}' differs from the numpy vote: max abs {o.max_abs:.3g}",
+    )
     return True
 
 

@@ -122,20 +122,13 @@ class MergeMembersPass(Pass):
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
-def _interface(inputs) -> onnx.ModelProto:
-    """A node-less model with the shared inputs, to validate DATA against."""
-    g = helper.make_graph([], "interface", list(inputs), [])
-    return helper.make_model(g)
 
 
 def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
     """Per fused position: dtype, member shapes and the base output name; checks compatibility."""
     out = []
     for p in range(K):
-        vis = []
-        for m in members:
-            typed = {o.name: o for o in m.model.graph.output}
-            vis.append(typed[m.outputs[p]])
+        vis = [next(o for o in m.model.graph.output if o.name == m.outputs[p]) for m in members]
         elem0 = value_dtype(vis[0])
         shapes = [value_shape(v) for v in vis]
         for m, vi in zip(members, vis, strict=True):
@@ -164,15 +157,13 @@ def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
     return out
 
 
-def _classes_of(arrays: list[np.ndarray]) -> list[int]:
-    return [int(a.shape[-1]) for a in arrays]
-
-
 def _fit(members, fusion_kind, fit, inputs, softmax_flag: bool, head: str, l2, provider, K: int):
     """Run the members on the fit data and fit weights / the stacking head."""
     if K != 1:
         raise UsageError(f"--fit needs one fused output; the members have {K}: pick one with --output NAME")
-    ds = dataset_for(_interface(inputs), fit)
+    # a node-less model with the shared inputs, to check DATA against
+    interface = helper.make_model(helper.make_graph([], "interface", list(inputs), []))
+    ds = dataset_for(interface, fit)
     if ds.labels is None:
         raise DataError("--fit data has no 'labels' array", getattr(ds, "source", fit))
     outs = run_members(members, ds, provider=provider, limit=None)
@@ -181,7 +172,7 @@ def _fit(members, fusion_kind, fit, inputs, softmax_flag: bool, head: str, l2, p
     for m, a in zip(members, arrays, strict=True):
         if a.ndim != 2:
             raise InputError(f"output '{m.outputs[0]}' has shape {list(a.shape)}; fitting needs [N, C] scores", m.where)
-    classes = _classes_of(arrays)
+    classes = [int(a.shape[-1]) for a in arrays]
     C = max(classes)
     if labels.min() < 0 or labels.max() >= C:
         raise DataError(f"'labels' range over [{labels.min()}, {labels.max()}] but the members output {C} classes", ds.source)
@@ -209,8 +200,9 @@ def _build_parts(members: list[Member], fuse_members: bool, provider: str):
         from .horizontal import Refused, fuse_group, group_members
 
         groups, reasons = group_members(members)
-        for label, why in reasons.items():
-            horizontal["notes"].append(f"{label} cannot be fused: {why}")
+        horizontal["notes"].extend(
+            f"{label} cannot be fused: {why}" for label, why in reasons.items()
+        )
         gi = 0
         for grp in groups:
             if len(grp) < 2:
@@ -299,15 +291,13 @@ def _build(mem: Members, spec: Fusion, st, provider: str) -> Built:
     weights and drop what no output needs."""
     members, K = mem.members, mem.K
     parts, horizontal, prefixes = _build_parts(members, st.fuse_members, provider)
-    outputs_of, types_of = {}, {}
-    for part in parts:
-        outputs_of.update(part.outputs)
-        types_of.update(part.output_info)
+    outputs_of = {k: v for part in parts for k, v in part.outputs.items()}
+    types_of = {k: v for part in parts for k, v in part.output_info.items()}
     member_values = [[outputs_of[(m.index, name)] for name in m.outputs] for m in members]
-    taken = {i.name for i in mem.inputs}
-    for part in parts:
-        taken.update(o for n in part.nodes for o in n.output)
-        taken.update(t.name for t in part.initializers)
+    taken = {i.name for i in mem.inputs} | {
+        o for part in parts for n in part.nodes for o in n.output
+    }
+    taken |= {t.name for part in parts for t in part.initializers}
     head_nodes, head_inits, graph_outputs, fused_names = [], [], [], []
     for p, pos in enumerate(mem.positions):
         names = [unique_name(n, taken) for n in output_names(spec.kind, pos["base"], K)]

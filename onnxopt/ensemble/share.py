@@ -31,11 +31,7 @@ def _file_region(t: onnx.TensorProto) -> tuple | None:
 def _nbytes(t: onnx.TensorProto) -> int:
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
-    if t.HasField("raw_data"):
-        return len(t.raw_data)
-    from onnx import numpy_helper
-
-    return int(numpy_helper.to_array(t).nbytes)
+    return len(_payload(t))
 
 
 def _payload(t: onnx.TensorProto) -> bytes:
@@ -92,15 +88,18 @@ def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list
             grp["members"].append(owner)
     if mapping:
         rename_uses(g, mapping)
-        keep = [t for t in g.initializer if t.name not in mapping]
-        del g.initializer[:]
-        g.initializer.extend(keep)
-        nodes = [n for n in g.node if not (n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in mapping)]
-        del g.node[:]
-        g.node.extend(nodes)
-        vi = [v for v in g.value_info if v.name not in mapping]
-        del g.value_info[:]
-        g.value_info.extend(vi)
+        dropped = (
+            (g.initializer, lambda t: t.name in mapping),
+            (
+                g.node,
+                lambda n: n.op_type == "Constant" and len(n.output) == 1 and n.output[0] in mapping,
+            ),
+            (g.value_info, lambda v: v.name in mapping),
+        )
+        for field, drop in dropped:
+            kept = [x for x in field if not drop(x)]
+            del field[:]
+            field.extend(kept)
     listed = sorted(groups.values(), key=lambda d: (-(d["copies"] - 1) * d["bytes_each"], d["name"]))
     saved = sum((d["copies"] - 1) * d["bytes_each"] for d in groups.values())
     cross = sum(1 for d in groups.values() if len(d["members"]) > 1)

@@ -23,7 +23,7 @@ from ..data import check_shapes
 from ..errors import BudgetError, NothingToDoError, UsageError, VerificationError, blaming
 from ..io import check_output_path, resolve_model
 from ..plotting import require_matplotlib
-from .measure import LatencyProbe, figures, timing_feed
+from .measure import LatencyProbe, figures
 
 __all__ = ["METHODS", "prune", "PruneConfig"]
 
@@ -191,7 +191,7 @@ def prune(model, **options) -> PipelineResult:
     params = cfg.pass_params()
     probe = None
     if cfg.timing_runs:
-        feed = timing_feed(ctx.inputs_for(m, prefer_eval=True))
+        feed = ctx.inputs_for(m, prefer_eval=True).first_batch()  # every latency figure's feed
         probe = LatencyProbe(m, feed, provider=ctx.provider, runs=cfg.timing_runs, threads=cfg.timing_threads)
     outcome, ranking = None, None
     if cfg.max_accuracy_drop is not None and params.get(_VALUE[method]) is None and not cfg.ratios:
@@ -290,12 +290,10 @@ def _report(result, model, path, method, step, outcome, ranking, probe) -> None:
     details = copy.deepcopy(step.details)
     rep["details"] = details
     rep["notes"] = list(step.notes)
-    if method == "magnitude":
-        rep["value"] = details.get("sparsity_target")
-    elif method == "channels":
-        rep["value"] = details.get("ratio")
-    else:
+    if method == "blocks":
         rep["value"] = len(details.get("removed", []))
+    else:
+        rep["value"] = details.get("sparsity_target" if method == "magnitude" else "ratio")
     if ranking is not None:
         details["ranking"] = ranking
     if outcome is not None:

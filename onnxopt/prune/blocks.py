@@ -19,6 +19,7 @@ output) and drops the branch as dead code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import onnx
@@ -75,9 +76,10 @@ def find_blocks(
     consts = _constant_names(g)
     outputs = {o.name for o in g.output}
     shapes = static_shapes(model, inputs)
-    sizes = {t.name: int(_numel(t.dims)) for t in g.initializer}
     ws = WeightStore(model)
-    fill_sizes = {name: ws.fill(name).size for name in ws.fills}
+    sizes = {t.name: math.prod(int(d) for d in t.dims) for t in g.initializer} | {
+        name: ws.fill(name).size for name in ws.fills
+    }
     blocks, refusals = [], []
     for node in g.node:
         if (
@@ -89,7 +91,7 @@ def find_blocks(
         a, b = node.input
         if a in consts or b in consts or a == b:
             continue
-        found, why = None, []
+        why = []
         for skip, branch in ((a, b), (b, a)):
             res = _branch(skip, branch, node, prod, cons, consts, outputs)
             if isinstance(res, str):
@@ -107,27 +109,15 @@ def find_blocks(
             if not any(n.op_type in _WEIGHT_OPS for n in res):
                 why.append("the branch holds no weight layer (Conv / Gemm / MatMul)")
                 continue
-            params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes}) + sum(
-                fill_sizes[x] for x in {x for n in res for x in n.input if x in fill_sizes}
-            )
-            found = Block(
-                node.output[0], node_label(node), skip, branch, [n.output[0] for n in res], params
-            )
+            params = sum(sizes[x] for x in {x for n in res for x in n.input if x in sizes})
+            nodes = [n.output[0] for n in res]
+            blocks.append(Block(node.output[0], node_label(node), skip, branch, nodes, params))
             break
-        if found is not None:
-            blocks.append(found)
         else:
             refusals.append(
                 f"{node.op_type} '{node_label(node)}' is not a residual block: {why[0] if why else 'no shortcut'}"
             )
     return blocks, refusals
-
-
-def _numel(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
 
 
 def _branch(skip, branch, add_node, prod, cons, consts, outputs):

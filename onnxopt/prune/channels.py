@@ -17,7 +17,7 @@ from onnx import helper
 
 from ..simplify.dead import remove_unused
 from .groups import Analysis, kept_positions
-from .weights import Fill, WeightStore, WeightWriter
+from .weights import WeightStore, WeightWriter
 
 __all__ = ["keep_count", "select_keep", "apply_keep"]
 
@@ -44,12 +44,6 @@ def select_keep(importance: np.ndarray, ratio: float, align: int = 1) -> np.ndar
     return np.sort(order[: keep_count(c, ratio, align)]).astype(np.int64)
 
 
-def _take(value, axis: int, positions: np.ndarray):
-    if isinstance(value, Fill):
-        return value.take(axis, positions)
-    return np.take(value, positions, axis=axis)
-
-
 def apply_keep(
     model: onnx.ModelProto, analysis: Analysis, keep_by_group: dict[int, np.ndarray]
 ) -> dict:
@@ -66,14 +60,12 @@ def apply_keep(
             continue
         edits[(slot.node, slot.input)].append((slot.axis, kept_positions(slot.layout, keep)))
     writer = WeightWriter(model)
-    sliced = 0
     for (ni, ii), ops in sorted(edits.items(), key=lambda kv: kv[0]):
         node = nodes[ni]
         value = ws.tensor(node.input[ii])
         for axis, pos in ops:
-            value = _take(value, axis, pos)
+            value = value.take(pos, axis=axis)  # an array or a Fill
         writer.replace(node, ii, value)
-        sliced += 1
     for s in analysis.shape_slots:
         if not any(seg.source in keep for seg in s.layout):
             continue
@@ -98,7 +90,7 @@ def apply_keep(
         for g, k in keep_by_group.items()
     )
     return {
-        "tensors_sliced": sliced,
+        "tensors_sliced": len(edits),
         "channels_removed": int(removed),
         "nodes_removed": dead.get("nodes", 0),
         "initializers_removed": dead.get("initializers", 0),

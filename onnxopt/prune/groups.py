@@ -234,18 +234,16 @@ def static_shapes(model: onnx.ModelProto, inputs: dict | None = None) -> dict[st
     except Exception as exc:
         log.info("shape inference failed: %s", exc)
         inferred = model
-    shapes: dict[str, tuple] = {}
     g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        tt = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
-            shapes[vi.name] = tuple(
-                int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in tt.shape.dim
-            )
-    for t in g.initializer:
-        shapes[t.name] = tuple(int(d) for d in t.dims)
-    return shapes
+    shapes = {
+        vi.name: tuple(
+            int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in vi.type.tensor_type.shape.dim
+        )
+        for vi in (*g.input, *g.value_info, *g.output)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
+    }
+    return shapes | {t.name: tuple(int(d) for d in t.dims) for t in g.initializer}
 
 
 def _symbolic_inputs(model: onnx.ModelProto, inputs: dict) -> bool:
@@ -292,6 +290,14 @@ def _scale(layout: Layout, repeat: int) -> Layout:
     return tuple(Segment(s.source, s.channels, s.repeat * repeat) for s in layout)
 
 
+# a mover's reason to block the other inputs' layouts when its first input has none
+_ORPHANED = {
+    "move_Reshape": "shape computed from activations",
+    "move_BatchNormalization": "normalizes with computed statistics",
+    "move_unary": "mixes channels with other inputs",
+}
+
+
 class _UnionFind:
     def __init__(self):
         self.parent: dict[int, int] = {}
@@ -313,7 +319,6 @@ class _UnionFind:
 
 class _Analyzer:
     def __init__(self, model: onnx.ModelProto, inputs: dict | None = None):
-        self.model = model
         self.graph = model.graph
         self.ws = WeightStore(model)
         self.shapes = static_shapes(model, inputs)
@@ -323,17 +328,14 @@ class _Analyzer:
         self.layouts: dict[str, tuple[Layout, int]] = {}
         self.uf = _UnionFind()
         self.out = Analysis()
-        self.used: dict[str, int] = {}
-        for n in self.graph.node:
-            for x in n.input:
-                if x:
-                    self.used[x] = self.used.get(x, 0) + 1
+        self.used = {x for n in self.graph.node for x in n.input if x}
+        self.moves = dict.fromkeys(REDUCE, self.move_reduce) | dict.fromkeys(
+            UNARY | SPATIAL, self.move_unary
+        )
 
     # --- helpers -------------------------------------------------------------
     def rank(self, name: str) -> int | None:
-        s = self.shapes.get(name)
-        if s is None and self.ws.is_const(name):
-            s = self.ws.shape(name)
+        s = self.shape(name)
         return None if s is None else len(s)
 
     def shape(self, name: str) -> tuple | None:
@@ -388,13 +390,24 @@ class _Analyzer:
         )
         self.uf.add(sid)
         seg = (Segment(sid, int(channels)),)
-        for i, ax in slots:
-            self.out.slots.append(Slot(idx, i, ax, seg, "producer"))
+        self.out.slots.extend(Slot(idx, i, ax, seg, "producer") for i, ax in slots)
         self.layouts[node.output[0]] = (seg, out_axis)
         return sid
 
+    def consume(self, idx: int, node: onnx.NodeProto, lay, ok: bool, axis: int) -> None:
+        """``node`` reads the layout ``lay`` with its weight input 1, whose ``axis`` then loses
+        the removed channels; blocked unless ``ok`` (the channels on the axis it reduces)."""
+        if not lay:
+            return
+        if ok:
+            self.out.slots.append(Slot(idx, 1, axis, lay[0], "consumer"))
+        else:
+            self.block(
+                lay[0], f"{node.op_type} '{node_label(node)}' reads the channels on another axis"
+            )
+
     def other_outputs_used(self, node: onnx.NodeProto) -> bool:
-        return any(o and (self.used.get(o) or o in self.graph_outputs) for o in node.output[1:])
+        return any(o and (o in self.used or o in self.graph_outputs) for o in node.output[1:])
 
     # --- the walk ------------------------------------------------------------
     def run(self) -> Analysis:
@@ -418,17 +431,14 @@ class _Analyzer:
                 )
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
+            move = getattr(self, f"move_{node.op_type}", None) or self.moves.get(node.op_type)
             has_layout = any(x in self.layouts for x in node.input if x)
             if handler is not None:
                 handler(idx, node)
-            elif node.op_type in UNARY:
-                self.unary(idx, node, spatial=False)
-            elif node.op_type in SPATIAL:
-                self.unary(idx, node, spatial=True)
+            elif move is not None:
+                self.follow(idx, node, move)
             elif node.op_type in TIES:
                 self.tie(idx, node)
-            elif node.op_type in REDUCE:
-                self.reduce(idx, node)
             elif has_layout:
                 self.block_inputs(
                     node,
@@ -455,8 +465,7 @@ class _Analyzer:
             if grp.prunable and grp.channels < 2:
                 grp.blocked = "a single channel"
             self.out.groups.append(grp)
-            for i in sids:
-                self.out.group_of[i] = gid
+            self.out.group_of.update(dict.fromkeys(sids, gid))
 
     # --- layers --------------------------------------------------------------
     def op_Conv(self, idx, node, transpose: bool = False):
@@ -475,15 +484,8 @@ class _Analyzer:
         bias_ok = not b or self.ws.is_const(b)
         if group == 1:
             in_axis, out_axis_w = (0, 1) if transpose else (1, 0)
-            cin = wshape[in_axis]
-            if lay:
-                layout, c = lay
-                if c != 1 or layout_size(layout) != cin:
-                    self.block(
-                        layout, f"{node.op_type} '{name}' reads the channels on another axis"
-                    )
-                else:
-                    self.out.slots.append(Slot(idx, 1, in_axis, layout, "consumer"))
+            ok = lay and lay[1] == 1 and layout_size(lay[0]) == wshape[in_axis]
+            self.consume(idx, node, lay, ok, in_axis)
             slots = [(1, out_axis_w)] + ([(2, 0)] if b else [])
             self.new_source(
                 idx,
@@ -548,16 +550,9 @@ class _Analyzer:
         if len(bshape) != 2:
             self.block_inputs(node, f"Gemm '{name}' weight is not 2-D")
             return
-        if lay:
-            layout, ax = lay
-            if (
-                ax != 1
-                or self.rank(a) != 2
-                or layout_size(layout) != (bshape[1] if trans_b else bshape[0])
-            ):
-                self.block(layout, f"Gemm '{name}' reads the channels on another axis")
-            else:
-                self.out.slots.append(Slot(idx, 1, 1 if trans_b else 0, layout, "consumer"))
+        fan_in = bshape[1] if trans_b else bshape[0]
+        ok = lay and lay[1] == 1 and self.rank(a) == 2 and layout_size(lay[0]) == fan_in
+        self.consume(idx, node, lay, ok, 1 if trans_b else 0)
         n_out = bshape[0] if trans_b else bshape[1]
         slots = [(1, 0 if trans_b else 1)]
         blocked = None
@@ -582,83 +577,57 @@ class _Analyzer:
         ra = self.rank(a)
         lay = self.layouts.get(a)
         bshape = self.ws.shape(b)
-        if lay:
-            layout, ax = lay
-            if ra is None or ax != ra - 1 or layout_size(layout) != bshape[0]:
-                self.block(layout, f"MatMul '{name}' reads the channels on another axis")
-            else:
-                self.out.slots.append(Slot(idx, 1, 0, layout, "consumer"))
+        ok = lay and ra is not None and lay[1] == ra - 1 and layout_size(lay[0]) == bshape[0]
+        self.consume(idx, node, lay, ok, 0)
         ro = self.rank(node.output[0])
         if ro is None:
             return
         self.new_source(idx, node, bshape[1], b, 1, ro - 1, [(1, 1)])
 
     # --- per-channel parameters ---------------------------------------------
-    def op_BatchNormalization(self, idx, node, params=(1, 2, 3, 4)):
-        lay = self.layouts.get(node.input[0])
-        name = node_label(node)
-        if not lay:
-            self.block_inputs(node, f"{node.op_type} '{name}' normalizes with computed statistics")
-            return
-        layout, c = lay
+    def move_BatchNormalization(self, idx, node, layout, c):
+        """Per-channel parameters (BatchNormalization's 4, InstanceNormalization's 2) are sliced."""
+        n_params = 2 if node.op_type == "InstanceNormalization" else 4
+        params = [i for i in range(1, n_params + 1) if i < len(node.input)]
+        name = f"{node.op_type} '{node_label(node)}'"
         if (
             c != 1
             or self.other_outputs_used(node)
-            or any(node.input[i] in self.layouts for i in params if i < len(node.input))
+            or any(node.input[i] in self.layouts for i in params)
         ):
-            self.block(layout, f"{node.op_type} '{name}' cannot follow removed channels")
-            return
-        for i in params:
-            if i < len(node.input) and node.input[i]:
-                if not self.ws.is_const(node.input[i]):
-                    self.block(layout, f"{node.op_type} '{name}' has non-constant parameters")
-                    return
-                self.out.slots.append(Slot(idx, i, 0, layout, "param"))
-        self.layouts[node.output[0]] = (layout, c)
+            return f"{name} cannot follow removed channels"
+        params = [i for i in params if node.input[i]]
+        if not all(self.ws.is_const(node.input[i]) for i in params):
+            return f"{name} has non-constant parameters"
+        self.out.slots.extend(Slot(idx, i, 0, layout, "param") for i in params)
+        return layout, c
 
-    def op_InstanceNormalization(self, idx, node):
-        self.op_BatchNormalization(idx, node, params=(1, 2))
+    move_InstanceNormalization = move_BatchNormalization
 
     # --- pass-through ---------------------------------------------------------
-    def unary(self, idx, node, *, spatial: bool):
-        x = node.input[0] if node.input else ""
-        lay = self.layouts.get(x)
-        name = node_label(node)
-        if not lay:
-            self.block_inputs(node, f"{node.op_type} '{name}' mixes channels with other inputs")
-            return
-        layout, c = lay
-        if any(i and i in self.layouts for i in node.input[1:]) or any(
-            i and not self.ws.is_const(i) for i in node.input[1:]
-        ):
-            self.block(layout, f"{node.op_type} '{name}' has non-constant parameters")
-            return
-        if spatial and c != 1:
-            self.block(layout, f"{node.op_type} '{name}' pools over the channel axis")
-            return
+    def move_unary(self, idx, node, layout, c):
+        """Elementwise and pooling ops (``UNARY``, ``SPATIAL``) keep the layout."""
+        name = f"{node.op_type} '{node_label(node)}'"
+        if any(i and (i in self.layouts or not self.ws.is_const(i)) for i in node.input[1:]):
+            return f"{name} has non-constant parameters"
+        if node.op_type in SPATIAL and c != 1:
+            return f"{name} pools over the channel axis"
         if self.other_outputs_used(node):
-            self.block(layout, f"{node.op_type} '{name}' second output is used")
-            return
+            return f"{name} second output is used"
         if node.op_type == "LRN":
             self.out.notes.append(
-                f"LRN '{name}' normalizes across neighbouring channels: removed channels change its window"
+                f"LRN '{node_label(node)}' normalizes across neighbouring channels: removed channels change its window"
             )
-        self.layouts[node.output[0]] = (layout, c)
+        return layout, c
 
     def tie(self, idx, node):
         name = node_label(node)
         out = node.output[0]
         r = self.rank(out)
-        lay_in, const_in, other_in = [], [], []
-        for i, x in enumerate(node.input):
-            if not x:
-                continue
-            if x in self.layouts:
-                lay_in.append((i, x))
-            elif self.ws.is_const(x):
-                const_in.append((i, x))
-            else:
-                other_in.append((i, x))
+        ins = [(i, x) for i, x in enumerate(node.input) if x]
+        lay_in = [(i, x) for i, x in ins if x in self.layouts]
+        const_in = [(i, x) for i, x in ins if x not in self.layouts and self.ws.is_const(x)]
+        other_in = [(i, x) for i, x in ins if x not in self.layouts and not self.ws.is_const(x)]
         if not lay_in:
             return
         if r is None or any(self.rank(x) is None for _, x in lay_in):
@@ -699,23 +668,17 @@ class _Analyzer:
 
     def unify(self, layouts: list, where: str) -> bool:
         """Tie the sources at the same positions of ``layouts``; block them when they differ."""
-        first = layouts[0]
-        for lay in layouts[1:]:
-            if len(lay) != len(first) or any(
-                (a.channels, a.repeat) != (b.channels, b.repeat)
-                for a, b in zip(first, lay, strict=False)
-            ):
-                for l2 in layouts:
-                    self.block(l2, f"{where} ties channels laid out differently")
-                return False
-        for k in range(len(first)):
+        if len({tuple((s.channels, s.repeat) for s in lay) for lay in layouts}) > 1:
+            for l2 in layouts:
+                self.block(l2, f"{where} ties channels laid out differently")
+            return False
+        for k in range(len(layouts[0])):
             srcs = {lay[k].source for lay in layouts}
             if None in srcs and len(srcs) > 1:
                 for l2 in layouts:
                     self.block(l2, f"{where} ties channels to channels that cannot be pruned")
                 return False
-            srcs.discard(None)
-            srcs = sorted(srcs)
+            srcs = sorted(srcs - {None})
             for s in srcs[1:]:
                 self.uf.union(srcs[0], s)
         return True
@@ -758,35 +721,35 @@ class _Analyzer:
             segs.append(Segment(None, int(s[c])))
         self.layouts[out] = (tuple(segs), c)
 
-    # --- layout changes -------------------------------------------------------
-    def op_Flatten(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
+    # --- layout changes: ``move_<op>(idx, node, layout, c)`` on the first input's layout -----
+    def follow(self, idx, node, move) -> None:
+        """The first input's layout moved by ``move``: ``(layout, axis)`` of the output, or the
+        reason its sources are blocked."""
+        lay = self.layouts.get(node.input[0]) if node.input else None
+        if not lay:  # another input has one (the first has none): blocked with this reason
+            why = _ORPHANED.get(move.__name__)
+            if why:
+                self.block_inputs(node, f"{node.op_type} '{node_label(node)}' {why}")
             return
-        layout, c = self.layouts[x]
+        moved = move(idx, node, *lay)
+        if isinstance(moved, str):
+            self.block(lay[0], moved)
+        else:
+            self.layouts[node.output[0]] = moved
+
+    def move_Flatten(self, idx, node, layout, c):
         name = node_label(node)
-        s = self.shape(x)
+        s = self.shape(node.input[0])
         if s is None:
-            self.block(layout, f"Flatten '{name}' input of unknown shape")
-            return
+            return f"Flatten '{name}' input of unknown shape"
         a = int(attribute(node, "axis", 1)) % max(len(s), 1) if len(s) else 0
         inner, after = _prod(s[a:c]), _prod(s[c + 1 :])
         if c < a or inner != 1 or after is None:
-            self.block(layout, f"Flatten '{name}' interleaves the channels with other axes")
-            return
-        self.layouts[node.output[0]] = (_scale(layout, after), 1)
+            return f"Flatten '{name}' interleaves the channels with other axes"
+        return _scale(layout, after), 1
 
-    def op_Reshape(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            if len(node.input) > 1 and node.input[1] in self.layouts:
-                self.block_inputs(
-                    node, f"Reshape '{node_label(node)}' shape computed from activations"
-                )
-            return
-        layout, c = self.layouts[x]
-        name = node_label(node)
-        sin, sout = self.shape(x), self.shape(node.output[0])
+    def move_Reshape(self, idx, node, layout, c):
+        sin, sout = self.shape(node.input[0]), self.shape(node.output[0])
         target = self.const_ints(node.input[1]) if len(node.input) > 1 else None
         ok = (
             target is not None
@@ -801,25 +764,19 @@ class _Analyzer:
             and len(target) == len(sout)
         )
         if not ok:
-            self.block(layout, f"Reshape '{name}' is not a flatten of the channels")
-            return
+            return f"Reshape '{node_label(node)}' is not a flatten of the channels"
         new = _scale(layout, _prod(sin[2:]))
         if target[1] > 0:
             self.out.shape_slots.append(ShapeSlot(idx, 1, 1, new))
-        self.layouts[node.output[0]] = (new, 1)
+        return new, 1
 
-    def op_Transpose(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
+    def move_Transpose(self, idx, node, layout, c):
+        r = self.rank(node.input[0])
         perm = attribute(node, "perm")
         perm = list(perm) if perm is not None else (list(range(r))[::-1] if r is not None else None)
         if perm is None:
-            self.block(layout, f"Transpose '{node_label(node)}' of unknown rank")
-            return
-        self.layouts[node.output[0]] = (layout, perm.index(c))
+            return f"Transpose '{node_label(node)}' of unknown rank"
+        return layout, perm.index(c)
 
     def _axes(self, node, r_norm: int | None) -> list[int] | None:
         axes = attribute(node, "axes")
@@ -833,67 +790,41 @@ class _Analyzer:
             return None
         return sorted(int(a) % r_norm for a in axes)
 
-    def op_Squeeze(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        axes = self._axes(node, self.rank(x))
+    def move_Squeeze(self, idx, node, layout, c):
+        axes = self._axes(node, self.rank(node.input[0]))
         if axes is None or not axes or c in axes:
-            self.block(layout, f"Squeeze '{node_label(node)}' may remove the channel axis")
-            return
-        self.layouts[node.output[0]] = (layout, c - sum(1 for a in axes if a < c))
+            return f"Squeeze '{node_label(node)}' may remove the channel axis"
+        return layout, c - sum(1 for a in axes if a < c)
 
-    def op_Unsqueeze(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
+    def move_Unsqueeze(self, idx, node, layout, c):
         axes = self._axes(node, self.rank(node.output[0]))
         if axes is None:
-            self.block(layout, f"Unsqueeze '{node_label(node)}' with computed axes")
-            return
+            return f"Unsqueeze '{node_label(node)}' with computed axes"
         kept = [i for i in range(self.rank(node.output[0])) if i not in axes]
-        self.layouts[node.output[0]] = (layout, kept[c])
+        return layout, kept[c]
 
-    def reduce(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
-        axes = self._axes(node, r)
+    def move_reduce(self, idx, node, layout, c):
+        axes = self._axes(node, self.rank(node.input[0]))
         noop = int(attribute(node, "noop_with_empty_axes", 0))
         if axes is None or (not axes and not noop) or c in axes:
-            self.block(layout, f"{node.op_type} '{node_label(node)}' reduces over the channels")
-            return
+            return f"{node.op_type} '{node_label(node)}' reduces over the channels"
         keep = int(attribute(node, "keepdims", 1))
-        self.layouts[node.output[0]] = (layout, c if keep else c - sum(1 for a in axes if a < c))
+        return layout, c if keep else c - sum(1 for a in axes if a < c)
 
-    def op_Softmax(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
+    def move_Softmax(self, idx, node, layout, c):
+        r = self.rank(node.input[0])
         if r is None:
-            self.block(layout, f"{node.op_type} '{node_label(node)}' of unknown rank")
-            return
+            return f"{node.op_type} '{node_label(node)}' of unknown rank"
         axis = int(attribute(node, "axis", -1 if self.opset >= 13 else 1)) % r
         if (self.opset >= 13 and axis == c) or (self.opset < 13 and c >= axis):
-            self.block(layout, f"{node.op_type} '{node_label(node)}' normalizes over the channels")
-            return
-        self.layouts[node.output[0]] = (layout, c)
+            return f"{node.op_type} '{node_label(node)}' normalizes over the channels"
+        return layout, c
 
-    op_LogSoftmax = op_Softmax
-    op_Hardmax = op_Softmax
+    move_LogSoftmax = move_Softmax
+    move_Hardmax = move_Softmax
 
-    def op_Pad(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
-        r = self.rank(x)
+    def move_Pad(self, idx, node, layout, c):
+        r = self.rank(node.input[0])
         pads = attribute(node, "pads")
         if pads is None and len(node.input) > 1:
             pads = self.const_ints(node.input[1])
@@ -906,15 +837,10 @@ class _Analyzer:
             or pads[c] != 0
             or pads[c + r] != 0
         ):
-            self.block(layout, f"Pad '{node_label(node)}' may pad the channel axis")
-            return
-        self.layouts[node.output[0]] = (layout, c)
+            return f"Pad '{node_label(node)}' may pad the channel axis"
+        return layout, c
 
-    def op_Resize(self, idx, node):
-        x = node.input[0]
-        if x not in self.layouts:
-            return
-        layout, c = self.layouts[x]
+    def move_Resize(self, idx, node, layout, c):
         sizes = node.input[3] if len(node.input) > 3 else ""
         at = 2 if node.op_type == "Resize" and self.opset >= 11 else 1
         scales_name = node.input[at] if len(node.input) > at else ""
@@ -927,11 +853,10 @@ class _Analyzer:
             or (scales and (len(scales) <= c or scales[c] != 1.0))
             or attribute(node, "axes") is not None
         ):
-            self.block(layout, f"{node.op_type} '{node_label(node)}' may resize the channel axis")
-            return
-        self.layouts[node.output[0]] = (layout, c)
+            return f"{node.op_type} '{node_label(node)}' may resize the channel axis"
+        return layout, c
 
-    op_Upsample = op_Resize
+    move_Upsample = move_Resize
 
 
 def analyze(model: onnx.ModelProto, inputs: dict | None = None) -> Analysis:

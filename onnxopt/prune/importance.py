@@ -87,17 +87,20 @@ def _normalized(v: np.ndarray) -> np.ndarray:
     return v / m if m > 0 else np.ones_like(v)
 
 
+def _by_group(analysis: Analysis, score) -> dict[int, np.ndarray]:
+    """Per prunable group, the sum over its sources of ``score(source)`` (one per channel)."""
+    return {
+        g.id: sum((score(analysis.sources[sid]) for sid in g.sources), np.zeros(g.channels))
+        for g in analysis.prunable
+    }
+
+
 def l1_importance(model: onnx.ModelProto, analysis: Analysis) -> dict[int, np.ndarray]:
     ws = WeightStore(model)
-    out = {}
-    for g in analysis.prunable:
-        total = np.zeros(g.channels)
-        for sid in g.sources:
-            src = analysis.sources[sid]
-            _, scale = chain_end(model, src, ws)
-            total += _normalized(ws.abs_sum(src.weight, src.axis) * scale)
-        out[g.id] = total
-    return out
+    return _by_group(
+        analysis,
+        lambda src: _normalized(ws.abs_sum(src.weight, src.axis) * chain_end(model, src, ws)[1]),
+    )
 
 
 def activation_importance(
@@ -109,11 +112,11 @@ def activation_importance(
     limit: int | None = 512,
 ) -> dict[int, np.ndarray]:
     ws = WeightStore(model)
-    ends = {}
-    for g in analysis.prunable:
-        for sid in g.sources:
-            src = analysis.sources[sid]
-            ends[sid] = chain_end(model, src, ws)[0]
+    ends = {
+        sid: chain_end(model, analysis.sources[sid], ws)[0]
+        for g in analysis.prunable
+        for sid in g.sources
+    }
     names = sorted(set(ends.values()))
     sums = {n: None for n in names}
     sess = tap_session(model, names, provider)
@@ -122,14 +125,12 @@ def activation_importance(
             sums[n] = (0 if sums[n] is None else sums[n]) + _channel_abs_sum(
                 a, _axis_of(analysis, ends, n)
             )
-    out = {}
-    for g in analysis.prunable:
-        total = np.zeros(g.channels)
-        for sid in g.sources:
-            s = sums[ends[sid]]
-            total += _normalized(np.asarray(s, dtype=np.float64)) if s is not None else 1.0
-        out[g.id] = total
-    return out
+
+    def score(src):
+        s = sums[ends[src.id]]
+        return _normalized(np.asarray(s, dtype=np.float64)) if s is not None else 1.0
+
+    return _by_group(analysis, score)
 
 
 def _axis_of(analysis: Analysis, ends: dict[int, str], name: str) -> int:

@@ -33,16 +33,14 @@ WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def weight_layers(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     """``(node, weight name)`` of every weight layer with a constant weight, in graph order."""
     ws = WeightStore(model)
-    out = []
-    for n in model.graph.node:
-        if (
-            n.op_type in WEIGHT_OPS
-            and n.domain in ("", "ai.onnx")
-            and len(n.input) > 1
-            and ws.is_const(n.input[1])
-        ):
-            out.append((n, n.input[1]))
-    return out
+    return [
+        (n, n.input[1])
+        for n in model.graph.node
+        if n.op_type in WEIGHT_OPS
+        and n.domain in ("", "ai.onnx")
+        and len(n.input) > 1
+        and ws.is_const(n.input[1])
+    ]
 
 
 def magnitude_keep_masks(
@@ -50,8 +48,7 @@ def magnitude_keep_masks(
 ) -> list[np.ndarray]:
     """Boolean masks (True = kept) zeroing the smallest ``|w|`` as described above."""
     if scope == "layer":
-        return magnitude_keep_masks_each(arrays, sparsity)
-    sizes = [a.size for a in arrays]
+        return [magnitude_keep_masks([a], sparsity)[0] for a in arrays]
     flat = (
         np.concatenate([np.abs(a.astype(np.float64, copy=False)).reshape(-1) for a in arrays])
         if arrays
@@ -61,15 +58,8 @@ def magnitude_keep_masks(
     keep = np.ones(flat.size, dtype=bool)
     if k > 0:
         keep[np.argsort(flat, kind="stable")[:k]] = False
-    masks, start = [], 0
-    for a, n in zip(arrays, sizes, strict=True):
-        masks.append(keep[start : start + n].reshape(a.shape))
-        start += n
-    return masks
-
-
-def magnitude_keep_masks_each(arrays: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
-    return [magnitude_keep_masks([a], sparsity, "global")[0] for a in arrays]
+    ends = np.cumsum([a.size for a in arrays], dtype=np.int64)
+    return [keep[end - a.size : end].reshape(a.shape) for a, end in zip(arrays, ends, strict=True)]
 
 
 def prune_magnitude(

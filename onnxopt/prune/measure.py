@@ -15,18 +15,15 @@ import onnx
 from ..stats import model_stats
 from .weights import WeightStore
 
-__all__ = ["figures", "fill_params", "timing_feed", "LatencyProbe"]
-
-
-def fill_params(model: onnx.ModelProto) -> int:
-    ws = WeightStore(model)
-    return sum(ws.fill(name).size for name in ws.fills)
+__all__ = ["figures", "LatencyProbe"]
 
 
 def figures(model: onnx.ModelProto, *, zip_bytes: bool = False) -> dict:
-    st = model_stats(model, flops=True)
+    """Parameters (``ConstantOfShape`` fills included), FLOPs, nodes and file bytes (and the
+    deflated size with ``zip_bytes``)."""
+    st, ws = model_stats(model, flops=True), WeightStore(model)
     out = {
-        "params": int(st["params"]) + fill_params(model),
+        "params": int(st["params"]) + sum(ws.fill(name).size for name in ws.fills),
         "flops": int(st.get("flops", 0)),
         "nodes": int(st["nodes"]),
         "file_bytes": int(model.ByteSize()),
@@ -36,11 +33,6 @@ def figures(model: onnx.ModelProto, *, zip_bytes: bool = False) -> dict:
 
         out["zip_bytes"] = zip_size(model)
     return out
-
-
-def timing_feed(dataset) -> dict[str, np.ndarray]:
-    """The first batch of ``dataset``: the feed every latency figure is measured on."""
-    return dataset.first_batch()
 
 
 class LatencyProbe:

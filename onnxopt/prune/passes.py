@@ -55,12 +55,8 @@ GRIDS = {
 _ZEROS_NOTE = "magnitude pruning only writes zeros: the file compresses better, but dense kernels do not run faster"
 
 
-def _fraction(name: str, v, *, allow_none: bool = True) -> str | None:
-    if v is None:
-        return None if allow_none else f"{name} is required"
-    if not (0 < float(v) < 1):
-        return f"{name} must be in (0, 1), got {v}"
-    return None
+def _fraction(name: str, v) -> str | None:
+    return None if v is None or 0 < float(v) < 1 else f"{name} must be in (0, 1), got {v}"
 
 
 def _grid_problem(grid) -> str | None:
@@ -90,6 +86,32 @@ def _search_budget(ctx: Context, model: onnx.ModelProto):
     return Evaluator(
         model, ds, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=512
     )
+
+
+# what each method searches, and the search's label
+_SEARCHED = {
+    "magnitude": ("sparsity", "sparsity search"),
+    "channels": ("ratio", "ratio search"),
+    "blocks": ("number of blocks", "block search"),
+}
+
+
+def _budget_value(
+    value, values, build, model, ctx: Context, method: str, details: dict, evaluator=None
+):
+    """``value`` when given; else, with a budget, the largest of ``values`` whose model
+    (``build(v)``) stays within it (the search goes in ``details["search"]``); else the
+    method's default (``DEFAULTS``)."""
+    if value is not None or ctx.budget is None:
+        return DEFAULTS[method] if value is None else value
+    what, label = _SEARCHED[method]
+    outcome = search(
+        values, build, evaluator or _search_budget(ctx, model), ctx.budget.max_drop, label=label
+    )
+    if outcome.chosen is None:
+        raise BudgetError(no_point(what, outcome))
+    details["search"] = outcome.to_dict()
+    return outcome.chosen.value
 
 
 class PruneMagnitudePass(Pass):
@@ -126,12 +148,17 @@ class PruneMagnitudePass(Pass):
         constants_to_initializers(model)
         fold_weight_expressions(model)
         details: dict = {}
-        sparsity = self.config.sparsity
-        if sparsity is None and ctx.budget is not None:
-            outcome = self._search(model, ctx)
-            details["search"] = outcome.to_dict()
-            sparsity = outcome.chosen.value
-        sparsity = DEFAULTS["magnitude"] if sparsity is None else sparsity
+
+        def build(v):
+            m = copy.deepcopy(model)
+            if not self._prune(m, v)[0]:
+                raise UsageError("no prunable weights")
+            return m
+
+        grid = self.config.grid or GRIDS["magnitude"]
+        sparsity = _budget_value(
+            self.config.sparsity, grid, build, model, ctx, "magnitude", details
+        )
         records, skipped = self._prune(model, sparsity)
         details.update(
             {
@@ -163,27 +190,6 @@ class PruneMagnitudePass(Pass):
             details=details,
         )
 
-    def _search(self, model, ctx):
-        evaluator = _search_budget(ctx, model)
-
-        def build(v):
-            m = copy.deepcopy(model)
-            records, _ = self._prune(m, v)
-            if not records:
-                raise UsageError("no prunable weights")
-            return m
-
-        outcome = search(
-            self.config.grid or GRIDS["magnitude"],
-            build,
-            evaluator,
-            ctx.budget.max_drop,
-            label="sparsity search",
-        )
-        if outcome.chosen is None:
-            raise BudgetError(no_point("sparsity", outcome))
-        return outcome
-
 
 def no_point(what: str, outcome) -> str:
     first = next((p for p in outcome.points if p.drop is not None), None)
@@ -198,27 +204,11 @@ def group_report(analysis: Analysis, keep: dict | None = None, ratios: dict | No
     for g in analysis.groups:
         layers = [analysis.sources[s].label for s in g.sources]
         weights = [analysis.sources[s].weight for s in g.sources]
+        base = {"group": g.label, "layers": layers, "weights": weights, "channels": g.channels}
         if not g.prunable:
-            intact.append(
-                {
-                    "group": g.label,
-                    "layers": layers,
-                    "weights": weights,
-                    "channels": g.channels,
-                    "reason": g.blocked,
-                }
-            )
+            intact.append({**base, "reason": g.blocked})
         elif g.id in keep and len(keep[g.id]) < g.channels:
-            pruned.append(
-                {
-                    "group": g.label,
-                    "layers": layers,
-                    "weights": weights,
-                    "channels": g.channels,
-                    "kept": int(len(keep[g.id])),
-                    "ratio": (ratios or {}).get(g.id),
-                }
-            )
+            pruned.append({**base, "kept": int(len(keep[g.id])), "ratio": (ratios or {}).get(g.id)})
         else:
             untouched.append({"group": g.label, "layers": layers, "channels": g.channels})
     return {"pruned": pruned, "intact": intact, "unchanged": untouched}
@@ -273,21 +263,19 @@ class PruneChannelsPass(Pass):
             raise UsageError(
                 f"ratios name unknown layer(s) {', '.join(unknown)} (layers are named by node, output or weight, e.g. {sample})"
             )
-        out = {}
-        for g in analysis.prunable:
-            if g.id in found:
-                out[g.id] = min(found[g.id])  # tied layers named differently: the gentler ratio
-            elif base is not None:
-                out[g.id] = base
-        return out
+        # tied layers named differently: the gentler ratio
+        return {
+            g.id: min(found[g.id]) if g.id in found else base
+            for g in analysis.prunable
+            if g.id in found or base is not None
+        }
 
     def prune(
         self, model: onnx.ModelProto, ctx: Context, ratio: float | None
     ) -> tuple[onnx.ModelProto, dict, list[str]]:
         """Prune a copy of ``model`` at ``ratio`` (named ``ratios`` override); returns
         (model, details, notes).  ``model`` must have its Constant nodes as initializers."""
-        teacher = model
-        work = copy.deepcopy(model)
+        work = copy.deepcopy(model)  # model stays the teacher of the reconstruction
         analysis = analyze(work, input_dims(ctx))
         notes = [f"channel group {g.label} left intact: {g.blocked}" for g in analysis.intact]
         notes += analysis.notes
@@ -311,21 +299,17 @@ class PruneChannelsPass(Pass):
             )
         else:
             imp = l1_importance(work, analysis)
-        keep = {}
-        for gid, r in ratios.items():
-            k = select_keep(imp[gid], r, self.config.align)
-            if len(k) < analysis.groups[gid].channels:
-                keep[gid] = k
+        keep = {gid: select_keep(imp[gid], r, self.config.align) for gid, r in ratios.items()}
+        keep = {gid: k for gid, k in keep.items() if len(k) < analysis.groups[gid].channels}
         details["groups"] = group_report(analysis, keep, ratios)
         if not keep:
             details["nothing_to_prune"] = (
                 f"ratio {ratio} removes no channel (groups too small for it, channel counts rounded to multiples of align={self.config.align})"
             )
             return work, details, notes
-        counts = apply_keep(work, analysis, keep)
-        details["rewiring"] = counts
+        details["rewiring"] = apply_keep(work, analysis, keep)
         if self.config.reconstruct and ctx.data is not None:
-            layers = self._refit_targets(teacher, analysis, keep)
+            layers = self._refit_targets(model, analysis, keep)
             opts = RefitOptions(
                 ridge=self.config.ridge,
                 max_samples=self.config.max_samples,
@@ -333,7 +317,7 @@ class PruneChannelsPass(Pass):
                 seed=ctx.seed,
             )
             records, more = refit_layers(
-                work, teacher, layers, ctx.data, provider=ctx.provider, options=opts
+                work, model, layers, ctx.data, provider=ctx.provider, options=opts
             )
             details["reconstruction"] = records
             notes += more
@@ -371,27 +355,21 @@ class PruneChannelsPass(Pass):
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)
         fold_weight_expressions(model)
-        ratio = self.config.ratio
-        search_details = None
-        if ratio is None and not self.config.ratios and ctx.budget is not None:
-            evaluator = _search_budget(ctx, model)
-            outcome = search(
-                self.config.grid or GRIDS["channels"],
+        ratio, searched = self.config.ratio, {}
+        if not self.config.ratios:
+            grid = self.config.grid or GRIDS["channels"]
+            ratio = _budget_value(
+                ratio,
+                grid,
                 lambda v: self._checked(model, ctx, v),
-                evaluator,
-                ctx.budget.max_drop,
-                label="ratio search",
+                model,
+                ctx,
+                "channels",
+                searched,
             )
-            if outcome.chosen is None:
-                raise BudgetError(no_point("ratio", outcome))
-            search_details = outcome.to_dict()
-            ratio = outcome.chosen.value
-        if ratio is None and not self.config.ratios:
-            ratio = DEFAULTS["channels"]
         out, details, notes = self.prune(model, ctx, ratio)
         details["ratio"] = ratio
-        if search_details:
-            details["search"] = search_details
+        details.update(searched)
         if "nothing_to_prune" in details:
             return self.result(model, False, notes=notes, details=details)
         g = details["groups"]
@@ -485,26 +463,18 @@ class PruneBlocksPass(Pass):
             evaluator = _search_budget(ctx, model)
             ranking = rank_blocks(model, found, evaluator, dims)
             details["ranking"] = ranking
-            n = self.config.blocks
-            if n is None and ctx.budget is not None:
 
-                def build(k):
-                    m = copy.deepcopy(model)
-                    remove_blocks(m, [e["output"] for e in ranking[: int(k)]], dims)
-                    return m
+            def build(k):
+                m = copy.deepcopy(model)
+                remove_blocks(m, [e["output"] for e in ranking[: int(k)]], dims)
+                return m
 
-                outcome = search(
-                    list(range(1, len(ranking) + 1)),
-                    build,
-                    evaluator,
-                    ctx.budget.max_drop,
-                    label="block search",
+            counts = list(range(1, len(ranking) + 1))
+            n = int(
+                _budget_value(
+                    self.config.blocks, counts, build, model, ctx, "blocks", details, evaluator
                 )
-                if outcome.chosen is None:
-                    raise BudgetError(no_point("number of blocks", outcome))
-                details["search"] = outcome.to_dict()
-                n = int(outcome.chosen.value)
-            n = DEFAULTS["blocks"] if n is None else n
+            )
             if n > len(found):
                 raise UsageError(
                     f"asked to remove {n} blocks, the model has {len(found)} residual blocks"

@@ -49,21 +49,19 @@ def plot_curve(
             color="green",
             label=f"chosen {outcome.chosen.value:g}",
         )
-    ax1.set_xlabel(xlabel)
     ax1.set_ylabel(f"{outcome.metric} (%)")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
     if base_params:
         ax2.plot(xs, [p.params / base_params for p in pts], "o-", label="parameters")
     if base_flops:
         ax2.plot(xs, [p.flops / base_flops for p in pts], "s-", label="FLOPs")
     if all(p.speedup for p in pts) and pts:
         ax2.plot(xs, [1.0 / p.speedup for p in pts], "^-", label="latency")
-    ax2.set_xlabel(xlabel)
     ax2.set_ylabel("relative to the input model")
     ax2.set_ylim(bottom=0)
-    ax2.legend(fontsize=8)
-    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -218,10 +218,9 @@ def conv_transpose_as_conv(w: np.ndarray) -> np.ndarray:
     return np.flip(np.swapaxes(w, 0, 1), axis=spatial)
 
 
-def conv_transpose_from_conv(w: np.ndarray) -> np.ndarray:
-    """Inverse of ``conv_transpose_as_conv``."""
-    spatial = tuple(range(2, w.ndim))
-    return np.swapaxes(np.flip(w, axis=spatial), 0, 1)
+# its inverse is itself: flipping the spatial axes and swapping the first two commute, and
+# each undoes itself
+conv_transpose_from_conv = conv_transpose_as_conv
 
 
 def gather_outputs(y: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -54,10 +54,6 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _find(model: onnx.ModelProto, output: str) -> onnx.NodeProto:
-    return next(n for n in model.graph.node if n.output and n.output[0] == output)
-
-
 def refit_layers(
     student: onnx.ModelProto,
     teacher: onnx.ModelProto,
@@ -79,7 +75,7 @@ def refit_layers(
     records, notes = [], []
     with one_blas_thread():
         for out_name, keep_out in progress(layers, desc="reconstruct", unit="layer"):
-            node = _find(student, out_name)
+            node = next(n for n in student.graph.node if n.output and n.output[0] == out_name)
             ws = WeightStore(student)
             layer = _layer(node, ws, opts)
             if isinstance(layer, str):

@@ -24,10 +24,9 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     have = {o.name for o in copy.graph.output}
-    for n in names:
-        if n not in have:
-            copy.graph.output.append(onnx.ValueInfoProto(name=n))
-            have.add(n)
+    copy.graph.output.extend(
+        onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in have
+    )
     return copy
 
 

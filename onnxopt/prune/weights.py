@@ -43,7 +43,8 @@ class Fill:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
-    def take(self, axis: int, positions: np.ndarray) -> Fill:
+    def take(self, positions: np.ndarray, axis: int) -> Fill:
+        """``numpy.take`` of the fill (also a fill)."""
         shape = list(self.shape)
         shape[axis] = len(positions)
         return Fill(tuple(shape), self.value)
@@ -64,10 +65,14 @@ class WeightStore:
         inputs = {i.name for i in g.input}
         overridable = inputs if model.ir_version >= 4 else set()
         self.inits = {t.name: t for t in g.initializer if t.name not in overridable}
-        self.fills: dict[str, tuple[int, onnx.NodeProto]] = {}
-        for i, n in enumerate(g.node):
-            if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx") and n.input and n.input[0] in self.inits:
-                self.fills[n.output[0]] = (i, n)
+        self.fills: dict[str, tuple[int, onnx.NodeProto]] = {
+            n.output[0]: (i, n)
+            for i, n in enumerate(g.node)
+            if n.op_type == "ConstantOfShape"
+            and n.domain in ("", "ai.onnx")
+            and n.input
+            and n.input[0] in self.inits
+        }
         self._cache: dict[str, np.ndarray] = {}
 
     def is_const(self, name: str) -> bool:
@@ -85,31 +90,24 @@ class WeightStore:
             return None
         node = self.fills[name][1]
         shape = tuple(int(d) for d in numpy_helper.to_array(self.inits[node.input[0]]).reshape(-1))
-        value = np.zeros((), dtype=np.float32)
-        for a in node.attribute:
-            if a.name == "value":
-                value = numpy_helper.to_array(a.t).reshape(())
-        return Fill(shape, value)
+        values = [
+            numpy_helper.to_array(a.t).reshape(()) for a in node.attribute if a.name == "value"
+        ]
+        return Fill(shape, values[-1] if values else np.zeros((), dtype=np.float32))
 
     def tensor(self, name: str):
         """The constant as an array, or as a ``Fill`` (never materialized here)."""
         f = self.fill(name)
-        if f is not None:
-            return f
-        return self.array(name)
+        return f if f is not None else self.array(name)
 
     def array(self, name: str) -> np.ndarray:
         """The constant as an array (fills are materialized)."""
-        if name in self._cache:
-            return self._cache[name]
-        if name in self.inits:
-            arr = numpy_helper.to_array(self.inits[name])
-        elif name in self.fills:
-            arr = self.fill(name).materialize()
-        else:
-            raise KeyError(name)
-        self._cache[name] = arr
-        return arr
+        if name not in self._cache:
+            f = self.fill(name)
+            self._cache[name] = (
+                f.materialize() if f is not None else numpy_helper.to_array(self.inits[name])
+            )
+        return self._cache[name]
 
     def abs_sum(self, name: str, axis: int) -> np.ndarray:
         """Per-index L1 norm of the constant along ``axis`` (cheap for fills)."""
@@ -268,7 +266,7 @@ class WeightWriter:
         if old in inits and _read_count(g, old) == 1 and not any(o.name == old for o in g.output):
             t = inits[old]
             t.CopyFrom(numpy_helper.from_array(arr.astype(numpy_helper.to_array(t).dtype, copy=False), old))
-            self._declare(old, update=True)
+            self._declare(old)
             return old
         name = unique_name(base or f"{old}_pruned", self.taken)
         g.initializer.append(numpy_helper.from_array(arr, name))
@@ -284,17 +282,17 @@ class WeightWriter:
         node.input.append(name)
         return name
 
-    def _declare(self, name: str, update: bool = False) -> None:
+    def _declare(self, name: str) -> None:
         """IR < 4: initializers are graph inputs too; keep the declared type in step."""
         if self.model.ir_version >= 4:
             return
         t = next(t for t in self.graph.initializer if t.name == name)
         vi = helper.make_tensor_value_info(name, t.data_type, list(t.dims))
-        for i, inp in enumerate(self.graph.input):
-            if inp.name == name:
-                self.graph.input[i].CopyFrom(vi)
-                return
-        self.graph.input.append(vi)
+        declared = next((inp for inp in self.graph.input if inp.name == name), None)
+        if declared is None:
+            self.graph.input.append(vi)
+        else:
+            declared.CopyFrom(vi)
 
     def finish(self) -> None:
         """Put new fill nodes first (their inputs are initializers, so order stays topological)."""
