@@ -117,14 +117,24 @@ def _checker(model: onnx.ModelProto, notes: list[str]) -> bool:
             onnx.checker.check_model(str(p), full_check=False)
             notes.append("model over 2 GB: checked by path, shape inference skipped")
             return False
+    return _full_check(model, notes) and _strict_inference(model, notes)
+
+
+def _full_check(target, notes: list[str]) -> bool:
+    """``onnx.checker`` full check of ``target`` (a model or a path); when shape inference
+    fails, the structural check only, with a note (False)."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(target, full_check=True)
     except onnx.checker.ValidationError:
         raise
     except Exception as exc:  # InferenceError from full_check
-        onnx.checker.check_model(model, full_check=False)
+        onnx.checker.check_model(target, full_check=False)
         notes.append(f"shape inference failed ({' '.join(str(exc).split())[:200]}); structural check only")
         return False
+    return True
+
+
+def _strict_inference(model: onnx.ModelProto, notes: list[str]) -> bool:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
         return True
@@ -139,7 +149,7 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
     in a temporary folder (the checker looks at files and sizes, not at values)."""
     import copy
 
-    from .io import BASEPATH, all_tensors
+    from .io import BASEPATH, all_tensors, set_external_data
 
     skeleton = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
@@ -152,27 +162,13 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
             name = f"t{i}.bin"
             with open(Path(tmp) / name, "wb") as fh:
                 fh.truncate(int(info.get("length", 0) or 0))
-            del t.external_data[:]
-            for key, value in (("location", name), ("offset", "0"), ("length", info.get("length", "0"))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
+            set_external_data(t, (("location", name), ("offset", "0"), ("length", info.get("length", "0"))))
         p = Path(tmp) / "skeleton.onnx"
         p.write_bytes(skeleton.SerializeToString())
-        try:
-            onnx.checker.check_model(str(p), full_check=True)
-        except onnx.checker.ValidationError:
-            raise
-        except Exception as exc:  # InferenceError from full_check
-            onnx.checker.check_model(str(p), full_check=False)
-            notes.append(f"shape inference failed ({' '.join(str(exc).split())[:200]}); structural check only")
+        if not _full_check(str(p), notes):
             return False
     notes.append("large model: checked with its weights left in their files")
-    try:
-        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
-        return True
-    except Exception as exc:
-        notes.append(f"strict shape inference refused ({' '.join(str(exc).split())[:160]}); non-strict check passed")
-        return False
+    return _strict_inference(skeleton, notes)
 
 
 def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=VerificationError, label: str | None = None, keep_session: bool = False) -> CheckRecord:
