@@ -12,6 +12,7 @@ import json
 
 import onnx
 
+from ..graph import replace_repeated
 from ..render import json_safe
 
 __all__ = ["KEY", "tool_versions", "read_provenance", "write_provenance"]
@@ -57,8 +58,5 @@ def write_provenance(model: onnx.ModelProto, command: str, steps: list[dict], ex
     if history:
         record["history"] = history
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
-    kept = [p for p in model.metadata_props if p.key != KEY]
-    del model.metadata_props[:]
-    for p in kept:
-        model.metadata_props.add(key=p.key, value=p.value)
+    replace_repeated(model.metadata_props, [p for p in model.metadata_props if p.key != KEY])
     model.metadata_props.add(key=KEY, value=text)

@@ -11,7 +11,7 @@ import hashlib
 import onnx
 from onnx import numpy_helper
 
-from ..graph import rename_uses
+from ..graph import rename_uses, replace_repeated
 
 __all__ = ["tensor_key", "dedupe_initializers"]
 
@@ -41,10 +41,6 @@ def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 0) -> int:
     if not mapping:
         return 0
     rename_uses(g, mapping)
-    keep = [t for t in g.initializer if t.name not in mapping]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    vi = [v for v in g.value_info if v.name not in mapping]
-    del g.value_info[:]
-    g.value_info.extend(vi)
+    replace_repeated(g.initializer, [t for t in g.initializer if t.name not in mapping])
+    replace_repeated(g.value_info, [v for v in g.value_info if v.name not in mapping])
     return len(mapping)
