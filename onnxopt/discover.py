@@ -156,17 +156,12 @@ def _strides(graph: onnx.GraphProto, name: str) -> tuple[int, int]:
         if not ins:
             continue
         sh, sw = max(s[0] for s in ins), max(s[1] for s in ins)
-        if n.op_type in _STRIDED:
-            st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
-            if len(st) == 2:
-                sh, sw = sh * st[0], sw * st[1]
-        elif n.op_type == "ConvTranspose":  # upsamples: the stride divides
-            st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
-            if len(st) == 2:
-                sh, sw = max(sh // st[0], 1), max(sw // st[1], 1)
-        for o in n.output:
-            if o:
-                acc[o] = (sh, sw)
+        st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
+        if n.op_type in _STRIDED and len(st) == 2:
+            sh, sw = sh * st[0], sw * st[1]
+        elif n.op_type == "ConvTranspose" and len(st) == 2:  # upsamples: the stride divides
+            sh, sw = max(sh // st[0], 1), max(sw // st[1], 1)
+        acc.update((o, (sh, sw)) for o in n.output if o)
         best = (max(best[0], sh), max(best[1], sw))
     return best
 
@@ -213,15 +208,9 @@ def graph_hints(model: onnx.ModelProto) -> GraphHints:
     consumers = _consumers(graph)
     consts = _small_constants(graph)
     dims = {t.name: list(t.dims) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    dims[n.output[0]] = list(a.t.dims)
+    dims.update((n.output[0], list(a.t.dims)) for n in graph.node if n.op_type == "Constant" and n.output for a in n.attribute if a.name == "value")
     specs = input_specs(model)
-    hints = GraphHints()
-    for s in specs:
-        hints.inputs[s.name] = _input_hint(graph, s, consumers, consts, dims)
+    hints = GraphHints({s.name: _input_hint(graph, s, consumers, consts, dims) for s in specs})
     groups, batch = dim_groups(model)
     for s in specs:
         if s.shape and len(s.shape) == 4 and s.dtype.kind == "f":
@@ -239,9 +228,7 @@ def graph_hints(model: onnx.ModelProto) -> GraphHints:
         if n.op_type == "Gather" and n.input[0] in dims and dims[n.input[0]] and len(n.input) > 1 and n.input[1] not in tainted and n.input[1] not in consts
     ]
     if tables:
-        seq_groups = {g for g, uses in groups.items() if g not in batch and any(hints.inputs[name].high for name, _ in uses)}
-        for g in seq_groups:
-            hints.upper[g] = min(tables)
+        hints.upper = {g: min(tables) for g, uses in groups.items() if g not in batch and any(hints.inputs[name].high for name, _ in uses)}
     values: dict[int, int] = {}
     for n in graph.node:
         if n.op_type in ("Reshape", "Slice", "Concat", "Resize", "Expand"):
@@ -276,8 +263,7 @@ class Discovery:
         if self.probed:
             notes.append(f"{'/'.join(self.probed)} found by probing")
         notes.extend(f"{k}={v} from the graph" for k, v in self.choices.items())
-        ids = [f"{k} in [0,{h.high})" for k, h in self.hints.inputs.items() if h.high]
-        notes.extend(ids)
+        notes.extend(f"{k} in [0,{h.high})" for k, h in self.hints.inputs.items() if h.high)
         return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -318,20 +304,9 @@ def _combos(cands: dict[str, list[int]]) -> list[dict[str, int]]:
     """The diagonal (every group at its i-th candidate) first, then one group at a time."""
     if not cands:
         return [{}]
-    out = []
-    longest = max(len(c) for c in cands.values())
-    for i in range(longest):
-        out.append({g: c[min(i, len(c) - 1)] for g, c in cands.items()})
-    for g, c in cands.items():
-        for v in c[1:]:
-            out.append({**{o: oc[0] for o, oc in cands.items()}, g: v})
-    seen, unique = set(), []
-    for combo in out:
-        key = tuple(sorted(combo.items()))
-        if key not in seen:
-            seen.add(key)
-            unique.append(combo)
-    return unique
+    out = [{g: c[min(i, len(c) - 1)] for g, c in cands.items()} for i in range(max(len(c) for c in cands.values()))]
+    out += [{**{o: oc[0] for o, oc in cands.items()}, g: v} for g, c in cands.items() for v in c[1:]]
+    return list({tuple(sorted(combo.items())): combo for combo in out}.values())
 
 
 _CACHE: dict[str, Discovery] = {}
@@ -410,11 +385,10 @@ def _feed(specs, dims: dict, hints: GraphHints, choice: Mapping[str, int], seed:
     for s in specs:
         if s.name not in dims:
             raise DataError(f"input '{s.name}' has unknown rank; give --shape {s.name}:D1,D2,...")
-        hint = hints.inputs.get(s.name)
         if s.name in choice:
             feed[s.name] = np.full(dims[s.name], choice[s.name], dtype=s.dtype)
         else:
-            feed[s.name] = draw(s, dims[s.name], hint, rng)
+            feed[s.name] = draw(s, dims[s.name], hints.inputs.get(s.name), rng)
     return feed
 
 
