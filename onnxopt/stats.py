@@ -62,11 +62,7 @@ def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     inference needs their dims only, and the skeleton serializes in microseconds where the
     full model (weights inline) would take seconds."""
     g = model.graph
-    sg = onnx.GraphProto(name=g.name)
-    sg.node.extend(g.node)
-    sg.input.extend(g.input)
-    sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
+    sg = onnx.GraphProto(name=g.name, node=g.node, input=g.input, output=g.output, value_info=g.value_info)
     inputs = {i.name for i in g.input}
     for t in g.initializer:
         if _numel(t.dims) <= _KEEP_VALUES and t.data_location != onnx.TensorProto.EXTERNAL:
@@ -92,13 +88,8 @@ def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-    for t in g.initializer:
-        shapes[t.name] = list(t.dims)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    shapes[n.output[0]] = list(a.t.dims)
+    shapes.update((t.name, list(t.dims)) for t in g.initializer)
+    shapes.update((n.output[0], list(a.t.dims)) for n in g.node if n.op_type == "Constant" and n.output for a in n.attribute if a.name == "value")
     return shapes
 
 
@@ -147,10 +138,8 @@ def flops_by_node(model: onnx.ModelProto) -> dict[str, int]:
                 out[key] = 2 * _numel(x) * _numel(w[1:])
             elif n.op_type in ("Gemm", "MatMul"):
                 a, y = shapes[n.input[0]], shapes[n.output[0]]
-                k = a[-1]
-                if n.op_type == "Gemm":
-                    ta = next((at.i for at in n.attribute if at.name == "transA"), 0)
-                    k = a[0] if ta else a[-1]
+                ta = n.op_type == "Gemm" and next((at.i for at in n.attribute if at.name == "transA"), 0)
+                k = a[0] if ta else a[-1]
                 out[key] = 2 * _numel(y) * int(k)
         except (KeyError, IndexError):
             continue
