@@ -89,32 +89,30 @@ class _Group(click.Group):
             if standalone_mode:
                 sys.exit(exc.exit_code)
             raise
-        except OnnxoptError as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+        except (OnnxoptError, click.ClickException, click.Abort) as exc:
+            code = _report_error(exc)
             if standalone_mode:
-                sys.exit(exc.exit_code)
-            raise click.exceptions.Exit(exc.exit_code) from None
-        except click.UsageError as exc:
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
-            if standalone_mode:
-                sys.exit(2)
-            raise click.exceptions.Exit(2) from None
-        except click.ClickException as exc:
-            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
-            if standalone_mode:
-                sys.exit(exc.exit_code)
-            raise click.exceptions.Exit(exc.exit_code) from None
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            if standalone_mode:
-                sys.exit(130)
-            raise click.exceptions.Exit(130) from None
+                sys.exit(code)
+            raise click.exceptions.Exit(code) from None
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
+
+
+def _report_error(exc: Exception) -> int:
+    """The one line on stderr for a user error (with the traceback under ``--debug`` for an
+    ``OnnxoptError``); returns the exit code."""
+    if isinstance(exc, OnnxoptError):
+        if _state["debug"]:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    if isinstance(exc, click.Abort):
+        click.echo("error: aborted", err=True)
+        return 130
+    hint = f" (see '{exc.ctx.command_path} --help')" if isinstance(exc, click.UsageError) and exc.ctx else ""
+    click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+    return 2 if isinstance(exc, click.UsageError) else exc.exit_code
 
 
 def _importable(target: str) -> bool:

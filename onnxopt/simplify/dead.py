@@ -23,17 +23,24 @@ def _sweep(graph: onnx.GraphProto, counts: dict) -> None:
         if any(o in live for o in n.output if o):
             alive[i] = True
             live |= node_reads(n)
-    counts["nodes"] += replace_repeated(graph.node, [n for n, a in zip(graph.node, alive, strict=True) if a])
+    counts["nodes"] += replace_repeated(
+        graph.node, [n for n, a in zip(graph.node, alive, strict=True) if a]
+    )
     for n in graph.node:
         for g in subgraphs(n):
             _sweep(g, counts)
     unused = {t.name for t in graph.initializer if t.name not in live}
-    counts["initializers"] += replace_repeated(graph.initializer, [t for t in graph.initializer if t.name not in unused])
-    replace_repeated(graph.input, [i for i in graph.input if i.name not in unused])  # IR < 4 inputs shadowing them
+    counts["initializers"] += replace_repeated(
+        graph.initializer, [t for t in graph.initializer if t.name not in unused]
+    )
+    # IR < 4 graph inputs that only shadow a removed initializer go with it
+    replace_repeated(graph.input, [i for i in graph.input if i.name not in unused])
     # value_info describes values that nodes compute: entries for anything else are stale or,
     # for initializers and graph inputs, redundant (their own type says it).
     computed = {o for n in graph.node for o in n.output if o}
-    counts["value_info"] += replace_repeated(graph.value_info, [v for v in graph.value_info if v.name in computed])
+    counts["value_info"] += replace_repeated(
+        graph.value_info, [v for v in graph.value_info if v.name in computed]
+    )
 
 
 def remove_unused(model: onnx.ModelProto) -> dict:
@@ -64,6 +71,8 @@ def _drop_unused_functions(model: onnx.ModelProto, counts: dict) -> None:
                     if (n.domain, n.op_type) not in used:
                         used.add((n.domain, n.op_type))
                         changed = True
-    dropped = replace_repeated(model.functions, [f for f in model.functions if (f.domain, f.name) in used])
+    dropped = replace_repeated(
+        model.functions, [f for f in model.functions if (f.domain, f.name) in used]
+    )
     if dropped:
         counts["functions"] = counts.get("functions", 0) + dropped
