@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "from_psutil",
     "rss_bytes",
     "peak_rss_bytes",
     "reset_peak_rss",
@@ -41,13 +42,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def rss_bytes() -> int | None:
+def from_psutil(read):
+    """``read(psutil)``, or None when psutil is missing or cannot tell."""
     try:
         import psutil
 
-        return int(psutil.Process().memory_info().rss)
+        return read(psutil)
     except Exception:
         return None
+
+
+def rss_bytes() -> int | None:
+    return from_psutil(lambda p: int(p.Process().memory_info().rss))
 
 
 def _vm_hwm() -> int | None:
@@ -144,9 +150,11 @@ def nvml_device(device_id: int = 0, visible: str | None = None) -> int | str:
 def nvml_handle(pynvml, device_id: int):
     """The NVML handle of CUDA device ``device_id`` (``nvml_device``)."""
     dev = nvml_device(device_id)
-    if isinstance(dev, int):
-        return pynvml.nvmlDeviceGetHandleByIndex(dev)
-    return pynvml.nvmlDeviceGetHandleByUUID(dev)
+    return (
+        pynvml.nvmlDeviceGetHandleByIndex(dev)
+        if isinstance(dev, int)
+        else pynvml.nvmlDeviceGetHandleByUUID(dev)
+    )
 
 
 def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | None]:

@@ -277,7 +277,4 @@ def percentiles(lat: np.ndarray) -> dict:
 
 def latency_summary(lat: np.ndarray) -> dict:
     """``percentiles`` plus ``max`` (ms) and ``n`` (the number of timed runs)."""
-    out = percentiles(lat)
-    out["max"] = float(np.max(lat) * 1e3)
-    out["n"] = int(np.size(lat))
-    return out
+    return {**percentiles(lat), "max": float(np.max(lat) * 1e3), "n": int(np.size(lat))}
