@@ -40,6 +40,7 @@ __all__ = [
     "compare",
     "compare_arrays",
     "compare_outputs",
+    "check_comparison",
     "paired_datasets",
     "verify",
 ]
@@ -294,6 +295,17 @@ def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, 
     return Comparison(comps, atol, rtol, samples, source)
 
 
+def check_comparison(comp: Comparison, label: str, *, exact: bool) -> None:
+    """Raise ``VerificationError`` (prefixed with ``label``) when an output of ``comp``
+    changed shape or, for an ``exact`` transform, broke the exact-transform rule."""
+    for o in comp.outputs:
+        if o.note.startswith("shape"):
+            raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
+    bad = comp.inexact() if exact else []
+    if bad:
+        raise VerificationError(f"{label}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+
+
 def verify_other_shapes(
     reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None
 ) -> list[dict]:
@@ -318,14 +330,7 @@ def verify_other_shapes(
         except OnnxoptError as exc:
             raise VerificationError(f"{label}: at {ds.describe()}: {exc.message}") from exc
         comp = compare_outputs(names, ref, outputs, source=ds.describe())
-        for o in comp.outputs:
-            if o.note.startswith("shape"):
-                raise VerificationError(f"{label}: at {ds.describe()}: output '{o.name}' changed {o.note}")
-        bad = comp.inexact() if exact else []
-        if bad:
-            raise VerificationError(
-                f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)"
-            )
+        check_comparison(comp, f"{label}: at {ds.describe()}", exact=exact)
         records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
     return records
 

@@ -31,8 +31,7 @@ class SkipConfig(Exception):  # noqa: N818 - a signal, not an error: the configu
 def dataset_view(ds: Dataset) -> Dataset:
     """A shallow copy of ``ds`` to validate against another model (``validate`` drops the
     keys a model does not consume, which must not affect the other models)."""
-    view = Dataset(ds.source, files=ds._files, arrays=ds._arrays, labels=ds.labels, whole=ds.whole)
-    return view
+    return ds.view()
 
 
 def fixed_batch_conflict(model: onnx.ModelProto, batch: int | None) -> str | None:
