@@ -577,27 +577,20 @@ def _accuracy(entries, sessions, views, ds, shapes, base, seed) -> list[dict]:
     n = len(entries)
     outs: list = [None] * n
     failed: dict[int, str] = {}
-    if ds is not None:
-        for i in progress(range(n), desc="bench accuracy", total=n, unit="model"):
-            try:
-                outs[i] = run_dataset(sessions[i], views[i], batch_size=DEFAULT_BATCH)
-            except OnnxoptError as exc:
-                failed[i] = f"not evaluated: {exc.message}"
-        blocks = acc.evaluate(outs, base, ds.labels, f"{ds.source} ({len(ds)} samples)")
-        for i, why in failed.items():
-            blocks[i]["note"] = why
-        return blocks
-    feeds = []
-    for i, e in enumerate(entries):
-        synth = synthesize(e.proto, shapes, samples=8, seed=seed)
-        feeds.append(next(synth.batches(max(len(synth), 1))))
+    synth = None if ds is not None else [synthesize(e.proto, shapes, samples=8, seed=seed) for e in entries]
+    for i in progress(range(n), desc="bench accuracy", total=n, unit="model") if synth is None else range(n):
         try:
-            outs[i] = run_dataset(sessions[i], synth, batch_size=max(len(synth), 1))
+            inputs, batch = (views[i], DEFAULT_BATCH) if synth is None else (synth[i], max(len(synth[i]), 1))
+            outs[i] = run_dataset(sessions[i], inputs, batch_size=batch)
         except OnnxoptError as exc:
             failed[i] = f"not evaluated: {exc.message}"
-    blocks = acc.evaluate(outs, base, None, "synthesized inputs (seeded)")
+    source = f"{ds.source} ({len(ds)} samples)" if synth is None else "synthesized inputs (seeded)"
+    blocks = acc.evaluate(outs, base, ds.labels if synth is None else None, source)
     for i, why in failed.items():
         blocks[i]["note"] = why
+    if synth is None:
+        return blocks
+    feeds = [next(s.batches(max(len(s), 1))) for s in synth]
     for i in range(n):
         same = feeds[i].keys() == feeds[base].keys() and all(np.array_equal(feeds[i][k], feeds[base][k]) for k in feeds[i])
         if not same:
@@ -613,18 +606,8 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed):
         base_lat = lat.get(base)
         for i, e in enumerate(entries):
             item = plan[c][i]
-            row = {
-                "model": e.name,
-                "batch_requested": b,
-                "batch": None,
-                "status": None,
-                "notes": [],
-                "input_shapes": None,
-                "first_run_ms": None,
-                "latency_ms": None,
-                "speedup": None,
-                "throughput": None,
-            }
+            row = {"model": e.name, "batch_requested": b, "batch": None, "status": None, "notes": []}
+            row.update(dict.fromkeys(("input_shapes", "first_run_ms", "latency_ms", "speedup", "throughput")))
             if isinstance(item, str):
                 row.update(status="skipped", notes=[item])
                 rows.append(row)
