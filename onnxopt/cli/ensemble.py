@@ -10,6 +10,7 @@ from ..render import fmt, human_bytes, table
 from .options import (
     data_option,
     json_option,
+    metric_option,
     provider_option,
     report_option,
     shape_option,
@@ -64,12 +65,7 @@ __all__ = ["command"]
     default=None,
     help="Budget of the recipe's lossy steps: points of --metric against the merged model (default: the recipe's; none: recorded only).",
 )
-@click.option(
-    "--metric",
-    type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
-    default=None,
-    help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).",
-)
+@metric_option(help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).")
 @shape_option
 @provider_option
 @click.option(
