@@ -106,10 +106,8 @@ def _small_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
             return None
 
     inputs = {i.name for i in graph.input}
-    out = {}
-    for t in graph.initializer:
-        if t.name not in inputs and int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
-            out[t.name] = value(t)
+    small = (t for t in graph.initializer if int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL)
+    out = {t.name: value(t) for t in small if t.name not in inputs}
     for n in graph.node:
         if n.op_type == "Constant" and n.output:
             for a in n.attribute:
@@ -188,12 +186,8 @@ def _input_hint(graph, spec, consumers, consts, dims: dict[str, list]) -> InputH
             hint.high = min(tables)
             hint.reasons.append(f"ids of a Gather table of {hint.high} rows")
         if spec.shape is not None and int(np.prod([d for d in spec.shape if isinstance(d, int)] or [1])) == 1 and all(isinstance(d, int) for d in spec.shape):
-            choices = []
-            for n, i in hits:
-                if n.op_type == "Equal":
-                    other = consts.get(n.input[1 - i])
-                    if other is not None and other.size == 1:
-                        choices.append(int(np.asarray(other).reshape(-1)[0]))
+            others = [consts.get(n.input[1 - i]) for n, i in hits if n.op_type == "Equal"]
+            choices = [int(np.asarray(o).reshape(-1)[0]) for o in others if o is not None and o.size == 1]
             if choices:
                 hint.choices = tuple(dict.fromkeys(choices))
                 hint.reasons.append(f"compared with {', '.join(map(str, hint.choices))}")
@@ -368,15 +362,12 @@ def _discover(model: onnx.ModelProto, shapes: dict, seed: int, budget_s: float) 
 
 
 def _dims_for(specs, shapes: Mapping, values: Mapping[str, int]) -> dict[str, tuple]:
-    out = {}
-    for s in specs:
+    def dims(s) -> tuple:
         if s.name in shapes:
-            out[s.name] = tuple(int(d) for d in shapes[s.name])
-        elif s.shape is None:
-            continue  # unknown rank: data.synthesize refuses it
-        else:
-            out[s.name] = tuple(d if isinstance(d, int) else values.get(group_name(s.name, i, d), 1) for i, d in enumerate(s.shape))
-    return out
+            return tuple(int(d) for d in shapes[s.name])
+        return tuple(d if isinstance(d, int) else values.get(group_name(s.name, i, d), 1) for i, d in enumerate(s.shape))
+
+    return {s.name: dims(s) for s in specs if s.name in shapes or s.shape is not None}  # unknown rank: data.synthesize refuses it
 
 
 def _feed(specs, dims: dict, hints: GraphHints, choice: Mapping[str, int], seed: int) -> dict:
