@@ -276,11 +276,9 @@ def _device(cfg: BenchConfig) -> _Device:
             if (cfg.provider or "cpu").lower() == "cpu":
                 raise UsageError("cudnn_conv_algo_search applies to --provider cuda only")
             notes.append("cudnn_conv_algo_search ignored: 'auto' resolved to the CPU provider")
-    cuda_options: dict = {}
-    if prov == "cuda":
-        cuda_options["device_id"] = 0
-        if search is not None:
-            cuda_options["cudnn_conv_algo_search"] = search
+    cuda_options = {"device_id": 0} if prov == "cuda" else {}
+    if cuda_options and search is not None:
+        cuda_options["cudnn_conv_algo_search"] = search
     io_binding = prov == "cuda" if cfg.io_binding is None else cfg.io_binding
     if prov == "cuda" and not io_binding:
         notes.append("CUDA without I/O binding: every run copies inputs to the device and outputs back (included in the latency)")
@@ -365,10 +363,8 @@ class _Run:
 
     def __init__(self, cfg: BenchConfig, dev: _Device, plan: _Plan):
         self.cfg, self.dev, self.plan = cfg, dev, plan
-        if cfg.runs is None and cfg.duration is None:
-            self.runs, self.duration = DEFAULT_RUNS, DEFAULT_DURATION
-        else:
-            self.runs, self.duration = cfg.runs, cfg.duration
+        defaults = cfg.runs is None and cfg.duration is None
+        self.runs, self.duration = (DEFAULT_RUNS, DEFAULT_DURATION) if defaults else (cfg.runs, cfg.duration)
         self.notes: list[str] = list(dev.notes)
         self.load_before = load_average()
         self.peaks = [peak_rss_bytes()]  # the probes reset the kernel's counter: keep the maximum
@@ -378,8 +374,7 @@ class _Run:
         self.infos = [_model_info(e) for e in plan.entries]
         self.configs = [_session_config(e, cfg.model_options, cfg.threads) for e in plan.entries]
         for info, sc in zip(self.infos, self.configs, strict=True):
-            info["session_options"] = sc.to_dict() if sc is not None else None
-            info["session_options_source"] = "model" if sc is not None else "default"
+            info.update(session_options=sc.to_dict() if sc is not None else None, session_options_source="model" if sc is not None else "default")
         self.sessions: list = [None] * len(plan.entries)
         self.invokers: dict[tuple[int, int], Invoker] = {}
         self.first: dict[tuple[int, int], float] = {}
