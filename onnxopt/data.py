@@ -134,9 +134,7 @@ class Dataset:
         if self._arrays is not None:
             n = len(self)
             for start in range(0, n, size):
-                stop = min(start + size, n)
-                if limit is not None:
-                    stop = min(stop, limit)
+                stop = min(start + size, n, n if limit is None else limit)
                 if stop <= start:
                     return
                 if fixed and stop - start != fixed:

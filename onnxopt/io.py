@@ -722,10 +722,7 @@ def _read_varint(f) -> tuple[int, bytes] | None:
         raw += b
         if not b[0] & 0x80:
             break
-    value = 0
-    for i, byte in enumerate(raw):
-        value |= (byte & 0x7F) << (7 * i)
-    return value, bytes(raw)
+    return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(raw)), bytes(raw)
 
 
 def _fields(f, end: int | None = None):
