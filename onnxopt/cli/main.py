@@ -20,25 +20,6 @@ from ..errors import OnnxoptError
 
 __all__ = ["cli", "main", "COMMANDS"]
 
-# name -> "module:function"; imported only when the command runs (fast --help)
-COMMANDS = {
-    "inspect": "onnxopt.cli.inspect:command",
-    "simplify": "onnxopt.cli.simplify:command",
-    "verify": "onnxopt.cli.verify:command",
-    "run": "onnxopt.cli.run:command",
-    "quantize": "onnxopt.cli.quantize:command",
-    "prune": "onnxopt.cli.prune:command",
-    "ensemble": "onnxopt.cli.ensemble:command",
-    "chain": "onnxopt.cli.chain:command",
-    "bench": "onnxopt.cli.bench:command",
-    "optimize": "onnxopt.cli.optimize:command",
-    "tune": "onnxopt.cli.tune:command",
-    "adapt": "onnxopt.cli.adapt:command",
-    "diagnose": "onnxopt.cli.diagnose:command",
-    "demo": "onnxopt.cli.demo:command",
-    "passes": "onnxopt.cli.passes:command",
-}
-
 _HELP = {
     "inspect": "Describe a model: IR, opsets, I/O, ops, parameters, FLOPs.",
     "simplify": "Fold constants, drop dead nodes and duplicate weights (verified).",
@@ -56,6 +37,8 @@ _HELP = {
     "demo": "Run the main job on the bundled models and print a summary.",
     "passes": "List the registered passes and bundled recipes.",
 }
+# name -> "module:function"; imported only when the command runs (fast --help)
+COMMANDS = {name: f"onnxopt.cli.{name}:command" for name in _HELP}
 
 _state = {"debug": False}
 
@@ -70,12 +53,12 @@ class _Group(click.Group):
             return None
         module, _, attr = target.partition(":")
         cmd = getattr(importlib.import_module(module), attr)
-        if not cmd.short_help and name in _HELP:
+        if not cmd.short_help:
             cmd.short_help = _HELP[name]
         return cmd
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, _HELP.get(name, "")) for name in self.list_commands(ctx)]
+        rows = [(name, _HELP[name]) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
