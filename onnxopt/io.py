@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -339,16 +339,12 @@ def check_output_path(out, inputs: Iterable = ()) -> Path:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    with suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _new_file_mode() -> int:

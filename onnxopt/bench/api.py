@@ -176,18 +176,10 @@ def _check_args(runs, duration, warmup, concurrency, threads, batches, block) ->
 
 def _disk_bytes(path: Path, proto: onnx.ModelProto) -> int:
     """The .onnx file plus every external-data file it references (each counted once)."""
-    total = path.stat().st_size
-    seen: set[Path] = set()
-    for g in iter_graphs(proto.graph):
-        for t in g.initializer:
-            if t.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            loc = next((x.value for x in t.external_data if x.key == "location"), None)
-            f = (path.parent / loc).resolve() if loc else None
-            if f is not None and f not in seen and f.is_file():
-                seen.add(f)
-                total += f.stat().st_size
-    return total
+    tensors = [t for g in iter_graphs(proto.graph) for t in g.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    locs = [next((x.value for x in t.external_data if x.key == "location"), None) for t in tensors]
+    files = {(path.parent / loc).resolve() for loc in locs if loc}
+    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _model_info(e: _Entry) -> dict:
