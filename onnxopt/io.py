@@ -458,10 +458,8 @@ def _folder_lock(folder: Path):
         yield
         return
     try:
-        try:
+        with suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
         yield
     finally:
         os.close(fd)  # releases the lock

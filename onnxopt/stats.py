@@ -9,6 +9,7 @@ inferred shapes (symbolic dims count as 1):
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import suppress
 
 import numpy as np
 import onnx
@@ -104,10 +105,8 @@ def activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names:
             shape.ClearField("dim")
             for d in np.shape(feed[i.name]):
                 shape.dim.add(dim_value=int(d))
-    try:
+    with suppress(Exception):
         sk = onnx.shape_inference.infer_shapes(sk)
-    except Exception:
-        pass
     batch = max((int(v.shape[0]) for v in feed.values() if np.ndim(v)), default=1) or 1
     sizes = {}
     for v in list(sk.graph.value_info) + list(sk.graph.output):

@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from ..session_options import machine_cores
@@ -34,13 +35,11 @@ log = logging.getLogger(__name__)
 
 def _cpuinfo(keys: tuple[str, ...]) -> str | None:
     """The first non-empty value of one of ``keys`` in ``/proc/cpuinfo`` (None when unreadable)."""
-    try:
+    with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             if key.strip() in keys and value.strip():
                 return value.strip()
-    except OSError:
-        pass
     return None
 
 
@@ -125,7 +124,7 @@ def busy_warning() -> str | None:
 def gpu_info(device_id: int = 0) -> dict | None:
     """Name, driver and total memory of CUDA device ``device_id`` (NVML, else nvidia-smi;
     translated through ``CUDA_VISIBLE_DEVICES``, see ``memory.nvml_device``), or None."""
-    try:
+    with suppress(Exception):
         import pynvml  # optional
 
         pynvml.nvmlInit()
@@ -142,8 +141,6 @@ def gpu_info(device_id: int = 0) -> dict | None:
             }
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
-        pass
     out = nvidia_smi(
         [
             "--query-gpu=index,name,driver_version,memory.total",

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 __all__ = [
@@ -57,12 +58,10 @@ def rss_bytes() -> int | None:
 
 
 def _vm_hwm() -> int | None:
-    try:
+    with suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
     return None
 
 
@@ -163,7 +162,7 @@ def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | No
     device (scope ``device``).  ``(None, None, None)`` without NVML and nvidia-smi.
     ``device_id`` is ORT's (CUDA's) device index (``nvml_device``)."""
     pid = os.getpid()
-    try:
+    with suppress(Exception):
         import pynvml  # optional
 
         pynvml.nvmlInit()
@@ -175,8 +174,6 @@ def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | No
             return int(pynvml.nvmlDeviceGetMemoryInfo(h).used), "nvml", "device"
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
-        pass
     dev = nvml_device(device_id)
     out = nvidia_smi(
         [

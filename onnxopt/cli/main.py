@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import sys
 import traceback
+from contextlib import suppress
 
 import click
 
@@ -124,12 +125,10 @@ def cli(verbose: int, quiet: bool, debug: bool):
         # ONNX Runtime's C++ warnings and errors ("Removing initializer ...", from sessions that its
         # quantizer and transformer optimizer create) go straight to file descriptor 2, where
         # they would break the one-line error contract; -vv shows them
-        try:
+        with suppress(Exception):  # pragma: no cover - a broken onnxruntime is reported where it is used
             import onnxruntime
 
             onnxruntime.set_default_logger_severity(4)
-        except Exception:  # pragma: no cover - a broken onnxruntime is reported where it is used
-            pass
     from ..core.progress import set_progress
 
     set_progress(False if quiet else None)

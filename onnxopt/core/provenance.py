@@ -9,6 +9,7 @@ on its own output appends to the earlier steps.
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 
 import onnx
 
@@ -27,12 +28,10 @@ def tool_versions() -> dict:
     from .. import __version__
 
     versions = {"onnxopt": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
-    try:
+    with suppress(Exception):
         from importlib.metadata import version
 
         versions["onnxsim"] = version("onnxsim")
-    except Exception:
-        pass
     return versions
 
 
