@@ -171,9 +171,7 @@ class Dataset:
         return next(self.batches(batch_size))
 
     def label_array(self, limit: int | None = None) -> np.ndarray | None:
-        if self.labels is None:
-            return None
-        return self.labels if limit is None else self.labels[:limit]
+        return self.labels if self.labels is None or limit is None else self.labels[:limit]
 
     def validate(self, model: onnx.ModelProto) -> Dataset:
         """Check keys, dtypes, ranks and fixed dims against the model; remember its specs."""
@@ -435,6 +433,4 @@ def dataset_for(model: onnx.ModelProto, data=None, shapes: Mapping[str, tuple] |
     check_shapes(model, shapes)
     if data is None:
         return synthesize(model, shapes, samples=samples, seed=seed)
-    if isinstance(data, Dataset):
-        return data.validate(model)
-    return load_data(data, model)
+    return data.validate(model) if isinstance(data, Dataset) else load_data(data, model)

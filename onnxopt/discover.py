@@ -376,10 +376,7 @@ def _feed(specs, dims: dict, hints: GraphHints, choice: Mapping[str, int], seed:
     for s in specs:
         if s.name not in dims:
             raise DataError(f"input '{s.name}' has unknown rank; give --shape {s.name}:D1,D2,...")
-        if s.name in choice:
-            feed[s.name] = np.full(dims[s.name], choice[s.name], dtype=s.dtype)
-        else:
-            feed[s.name] = draw(s, dims[s.name], hints.inputs.get(s.name), rng)
+        feed[s.name] = np.full(dims[s.name], choice[s.name], dtype=s.dtype) if s.name in choice else draw(s, dims[s.name], hints.inputs.get(s.name), rng)
     return feed
 
 

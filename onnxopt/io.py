@@ -114,9 +114,7 @@ def exceeds_protobuf(model: onnx.ModelProto, margin: int = 0) -> bool:
     inline = sum(inline_nbytes(t) for t in all_tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL)
     if inline + margin > TWO_GB:
         return True
-    if inline + margin > TWO_GB // 2:  # close: pay for the exact figure
-        return model.ByteSize() + margin > TWO_GB
-    return False
+    return inline + margin > TWO_GB // 2 and model.ByteSize() + margin > TWO_GB  # close: pay for the exact figure
 
 
 def is_lazy(model: onnx.ModelProto) -> bool:
@@ -152,9 +150,7 @@ def tensor_bytes(t: onnx.TensorProto) -> bytes:
         with open(path, "rb") as fh:
             fh.seek(offset)
             return fh.read(length)
-    if t.HasField("raw_data"):
-        return t.raw_data
-    return numpy_helper.to_array(t).tobytes()
+    return t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
 
 
 def tensor_array(t: onnx.TensorProto) -> np.ndarray:
@@ -313,9 +309,7 @@ def load_model(src, *, load_external: bool = True, lazy: bool | None = False) ->
 def resolve_model(src, *, lazy: bool | None = False) -> tuple[onnx.ModelProto, Path | None]:
     """``(model, path)`` for a path or a proto (path is ``None`` for a proto).  ``lazy``: see
     ``load_model`` (callers whose steps all handle lazy tensors pass ``None``)."""
-    if isinstance(src, onnx.ModelProto):
-        return src, None
-    return load_model(src, lazy=lazy), Path(src)
+    return (src, None) if isinstance(src, onnx.ModelProto) else (load_model(src, lazy=lazy), Path(src))
 
 
 def check_output_path(out, inputs: Iterable = ()) -> Path:

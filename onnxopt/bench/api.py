@@ -94,9 +94,7 @@ class _Entry:
 
 
 def _name_of(src, proto: onnx.ModelProto, i: int) -> str:
-    if isinstance(src, onnx.ModelProto):
-        return proto.graph.name or f"model{i}"
-    return Path(src).stem
+    return (proto.graph.name or f"model{i}") if isinstance(src, onnx.ModelProto) else Path(src).stem
 
 
 def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:

@@ -83,9 +83,7 @@ def physical_cores() -> int:
 
 def effective_threads(threads: int | None, provider: str = "cpu") -> int:
     """Intra-op threads a CPU session will use (ORT default: physical cores, within affinity)."""
-    if threads:
-        return int(threads)
-    return max(1, min(physical_cores(), machine_cores()))
+    return int(threads) if threads else max(1, min(physical_cores(), machine_cores()))
 
 
 def load_average() -> list[float] | None:

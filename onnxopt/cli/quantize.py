@@ -220,10 +220,8 @@ def render(rep: dict) -> None:
         what = ", ".join(f"{k} {v}" for k, v in fused.items()) + " fused" if tf["modified"] else "model unchanged"
         click.echo(f"transformer-fusion ({tf['model_type']}): " + what)
     for note in rep.get("notes", []):
-        if note.startswith("warning: "):
-            click.echo(note, err=True)
-        else:
-            click.echo(f"note: {note}")
+        warning = note.startswith("warning: ")
+        click.echo(note if warning else f"note: {note}", err=warning)
     before, after = rep["before"], rep["after"]
     size = f"size {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}"
     click.echo(f"chosen: {rep.get('chosen') or 'none (input unchanged)'}; {size}; timing batch {rep['timing']['batch']}")

@@ -139,9 +139,7 @@ def interface_change(reference: onnx.ModelProto, model: onnx.ModelProto) -> str:
             return f"overridable initializer input(s) {', '.join(lost)} are no longer graph inputs"
     names = [o.name for o in model.graph.output]
     ref_names = [o.name for o in reference.graph.output]
-    if names != ref_names:
-        return f"graph outputs changed: {', '.join(ref_names)} -> {', '.join(names)}"
-    return ""
+    return f"graph outputs changed: {', '.join(ref_names)} -> {', '.join(names)}" if names != ref_names else ""
 
 
 @dataclass
