@@ -85,9 +85,7 @@ def _unused_initializers(model: onnx.ModelProto) -> list[dict]:
 
     def walk(graph: onnx.GraphProto, where: str):
         used = used_names(graph)
-        for t in graph.initializer:
-            if t.name not in used:
-                out.append({"name": t.name, "graph": where, "bytes": _tensor_nbytes(t)})
+        out.extend({"name": t.name, "graph": where, "bytes": _tensor_nbytes(t)} for t in graph.initializer if t.name not in used)
         for node in graph.node:
             for g in subgraphs(node):
                 walk(g, f"{where}/{node.name or node.op_type}")

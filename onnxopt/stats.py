@@ -103,8 +103,7 @@ def activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names:
         if i.name in feed and i.type.HasField("tensor_type"):
             shape = i.type.tensor_type.shape
             shape.ClearField("dim")
-            for d in np.shape(feed[i.name]):
-                shape.dim.add(dim_value=int(d))
+            shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=int(d)) for d in np.shape(feed[i.name]))
     with suppress(Exception):
         sk = onnx.shape_inference.infer_shapes(sk)
     batch = max((int(v.shape[0]) for v in feed.values() if np.ndim(v)), default=1) or 1

@@ -469,8 +469,8 @@ class _Run:
             workers.append([self.invokers[(i, c)].call, *extra])
         bsz = [feed_batch(plan.entries[i].proto, plan.feeds[c][i][0]) or 1 for i in active]
         iters = [max(2, math.ceil(len(m.latencies[k]) / (THROUGHPUT_ROUNDS * cfg.concurrency))) for k in range(len(active))]
-        for k, t in enumerate(measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=cfg.seed + c)):
-            self.thr[(active[k], c)] = t
+        measured = measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=cfg.seed + c)
+        self.thr.update(((active[k], c), t) for k, t in enumerate(measured))
 
     def report(self, results: list[dict], seconds: float) -> dict:
         cfg, dev, plan = self.cfg, self.dev, self.plan

@@ -70,8 +70,7 @@ def render_inspect(r: dict) -> str:
             extra += f"; {fl['nodes_in_subgraphs']} node(s) inside If/Loop/Scan bodies not counted"
         lines.append(f"FLOPs (Conv/Gemm/MatMul, symbolic dims = 1): {human_count(r['flops'], 'FLOP')}" + (f" ({parts})" if parts else "") + extra)
     meta = r["metadata"]
-    for k, v in meta["props"].items():
-        lines.append(f"metadata {k}: {' '.join(v.split())}")  # one line each (values may hold newlines)
+    lines += [f"metadata {k}: {' '.join(v.split())}" for k, v in meta["props"].items()]  # one line each (values may hold newlines)
     prov = meta["onnxopt_provenance"]
     if prov is None:
         lines.append("onnxopt provenance: none")

@@ -92,11 +92,9 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
 def _details(report: dict) -> list[str]:
     lines = []
     for c in report.get("candidates", []):
-        for e in c.get("remedied") or []:
-            lines.append(f"{c['label']}: {e['node']} ({e['op_type']}) kept quantized with remedy {e['remedy']} instead of float")
+        lines += [f"{c['label']}: {e['node']} ({e['op_type']}) kept quantized with remedy {e['remedy']} instead of float" for e in c.get("remedied") or []]
         lines += _excluded_lines(c["label"], c.get("excluded") or [])
-        for f in c.get("fallbacks") or []:
-            lines.append(f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}")
+        lines += [f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}" for f in c.get("fallbacks") or []]
     return lines
 
 
