@@ -213,7 +213,6 @@ def run_pipeline(
     if extra:
         report.update(extra)
     if reports:
-        report["before"] = reports[0].before
-        report["after"] = reports[-1].after
+        report.update(before=reports[0].before, after=reports[-1].after)
     return PipelineResult(current, report, True, reports, expected)
 
