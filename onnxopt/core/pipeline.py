@@ -156,7 +156,6 @@ def run_pipeline(
     passes: list[Pass],
     ctx: Context | None = None,
     *,
-    verify: bool = True,
     command: str = "run",
     extra: dict | Callable[[list[PassReport]], dict] | None = None,
     check_input: bool = True,
@@ -175,8 +174,8 @@ def run_pipeline(
     if ctx.reference is None:
         ctx.reference = model
     own = bool(passes) and passes[0].own_reference
-    verifier = StepVerifier(model, ctx) if verify and not own else None
-    if verify and check_input and model is not None:
+    verifier = StepVerifier(model, ctx) if not own else None
+    if check_input and model is not None:
         check_model(model, provider=ctx.provider, label="input model", error=ModelError)
     base = current = model
     expected = None
@@ -190,13 +189,13 @@ def run_pipeline(
             if len(passes) > 1 and not exc.message.startswith(label):
                 exc.message = f"{label}: {exc.message}"
             raise
-        if verify and res.expected is not None:
+        if res.expected is not None:
             res.report.verification = check_expected(res.model, res.expected, provider=ctx.provider)
             expected = res.expected
             base, verifier = res.model, None  # later steps: against the model this step made
             if ctx.reference is None:  # a source: later steps' teacher is the model it built
                 ctx.reference = res.model
-        elif verify:
+        else:
             verifier = verifier or StepVerifier(base, ctx)
             res.report.verification = verifier(res.model, label, exact=p.exact)
         reports.append(res.report)
