@@ -118,7 +118,7 @@ def _small_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _reach(start: str, consumers, through=_PASS_THROUGH):
+def _reach(start: str, consumers):
     """(node, input index) pairs that read ``start`` or a pass-through copy of it."""
     seen, todo, hits = {start}, [start], []
     while todo:
@@ -126,7 +126,7 @@ def _reach(start: str, consumers, through=_PASS_THROUGH):
         for n in consumers.get(name, ()):
             idx = [i for i, x in enumerate(n.input) if x == name]
             hits.extend((n, i) for i in idx)
-            if n.op_type in through and 0 in idx:
+            if n.op_type in _PASS_THROUGH and 0 in idx:
                 for o in n.output:
                     if o and o not in seen:
                         seen.add(o)

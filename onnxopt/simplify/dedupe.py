@@ -22,7 +22,7 @@ def tensor_key(t: onnx.TensorProto) -> tuple:
     return (t.data_type, tuple(t.dims), hashlib.blake2b(raw, digest_size=16).digest())
 
 
-def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 0) -> int:
+def dedupe_initializers(model: onnx.ModelProto) -> int:
     """Merge duplicates in place; returns how many initializers were removed."""
     g = model.graph
     protected = {i.name for i in g.input} | {o.name for o in g.output}
@@ -30,8 +30,6 @@ def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 0) -> int:
     mapping: dict[str, str] = {}
     for t in g.initializer:
         if t.name in protected or t.data_location == onnx.TensorProto.EXTERNAL:
-            continue
-        if min_bytes and len(t.raw_data) < min_bytes:
             continue
         key = tensor_key(t)
         if key in first:
