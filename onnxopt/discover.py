@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -223,15 +224,9 @@ def graph_hints(model: onnx.ModelProto) -> GraphHints:
     ]
     if tables:
         hints.upper = {g: min(tables) for g, uses in groups.items() if g not in batch and any(hints.inputs[name].high for name, _ in uses)}
-    values: dict[int, int] = {}
-    for n in graph.node:
-        if n.op_type in ("Reshape", "Slice", "Concat", "Resize", "Expand"):
-            for i in n.input[1:]:
-                v = consts.get(i)
-                if v is not None and v.dtype.kind in "iu":
-                    for x in np.asarray(v).reshape(-1).tolist():
-                        if 2 < x <= 1024:
-                            values[int(x)] = values.get(int(x), 0) + 1
+    shaping = [consts.get(i) for n in graph.node if n.op_type in ("Reshape", "Slice", "Concat", "Resize", "Expand") for i in n.input[1:]]
+    ints = (np.asarray(v).reshape(-1).tolist() for v in shaping if v is not None and v.dtype.kind in "iu")
+    values = Counter(int(x) for xs in ints for x in xs if 2 < x <= 1024)
     hints.values = [v for v, _ in sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))][:4]
     return hints
 

@@ -117,9 +117,7 @@ def cli(verbose: int, quiet: bool, debug: bool):
     input or usage, 3 verification failed or accuracy budget not met.
     """
     _state["debug"] = debug
-    level = logging.WARNING if not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
-    if quiet:
-        level = logging.ERROR
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     if verbose < 2:
         # ONNX Runtime's C++ warnings and errors ("Removing initializer ...", from sessions that its

@@ -186,11 +186,9 @@ def validate_config(config_cls, params: dict, where: str, error=RecipeError):
         cfg = config_cls(**params)
     except (TypeError, ValueError) as exc:
         raise error(f"{where}: {exc}") from exc
-    check = getattr(cfg, "check", None)
-    if check:
-        problem = check()
-        if problem:
-            raise error(f"{where}: {problem}")
+    problem = cfg.check() if hasattr(cfg, "check") else None
+    if problem:
+        raise error(f"{where}: {problem}")
     return cfg
 
 
