@@ -158,8 +158,7 @@ def _metadata(model: onnx.ModelProto) -> dict:
     prov = read_provenance(model)
     provenance = None
     if prov is not None:
-        history = prov.get("history", []) or []
-        commands = [h.get("command") for h in history] + [prov.get("command")]
+        commands = [h.get("command") for h in prov.get("history", []) or []] + [prov.get("command")]
         provenance = {
             "commands": commands,
             "steps": [s.get("name") for s in prov.get("steps", []) if isinstance(s, dict)],

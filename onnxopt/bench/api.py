@@ -482,8 +482,7 @@ class _Run:
             io_binding=dev.io_binding,
             cuda_options=dev.cuda_options,
         )
-        env["load_average_before"] = self.load_before
-        env["runtime_setup_ms"] = self.prime_s * 1e3 if self.prime_s is not None else None
+        env.update(load_average_before=self.load_before, runtime_setup_ms=self.prime_s * 1e3 if self.prime_s is not None else None)
         for i, a in enumerate(self.acc_blocks or []):
             self.infos[i]["accuracy"] = a
         settings = {
