@@ -103,7 +103,6 @@ def _tensor_nbytes(t: onnx.TensorProto) -> int:
 
 def _external_data(model: onnx.ModelProto, path: Path | None) -> dict:
     files: dict[str, dict] = {}
-    tensors = 0
     for g in iter_graphs(model.graph):
         for t in g.initializer:
             if t.data_location != onnx.TensorProto.EXTERNAL:
@@ -113,12 +112,11 @@ def _external_data(model: onnx.ModelProto, path: Path | None) -> dict:
             entry = files.setdefault(loc, {"tensors": 0, "bytes": 0})
             entry["tensors"] += 1
             entry["bytes"] += int(info.get("length") or _tensor_nbytes(t))
-            tensors += 1
     if path is not None:
         for loc, entry in files.items():
             target = path.parent / loc
             entry["file_size"] = target.stat().st_size if target.is_file() else None
-    return {"tensors": tensors, "bytes": sum(f["bytes"] for f in files.values()), "files": dict(sorted(files.items()))}
+    return {"tensors": sum(f["tensors"] for f in files.values()), "bytes": sum(f["bytes"] for f in files.values()), "files": dict(sorted(files.items()))}
 
 
 def _generated_constants(model: onnx.ModelProto) -> dict:
@@ -175,11 +173,8 @@ def inspect(model, *, flops: bool = True) -> Result:
     A path is read with its external data validated but not loaded.  Unreadable files raise
     ``ModelError``.  ``flops=False`` skips shape inference (the slowest part on big graphs).
     """
-    if isinstance(model, onnx.ModelProto):
-        m, path = model, None
-    else:
-        path = Path(model)
-        m = load_model(path, load_external=False)
+    path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    m = model if path is None else load_model(path, load_external=False)
     g = m.graph
     init_names = {t.name for t in g.initializer}
     params, per_dtype = count_params(m)

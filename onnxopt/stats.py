@@ -37,7 +37,6 @@ def _const_tensors(graph: onnx.GraphProto):
 def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]]:
     """(parameters, {dtype: {"params": n, "bytes": b}}) over initializers and Constant nodes."""
     per = {}
-    total = 0
     for g in iter_graphs(model.graph):
         for t in _const_tensors(g):
             n = _numel(t.dims)
@@ -49,8 +48,7 @@ def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]
             e = per.setdefault(dt, {"params": 0, "bytes": 0})
             e["params"] += n
             e["bytes"] += nbytes
-            total += n
-    return total, dict(sorted(per.items()))
+    return sum(e["params"] for e in per.values()), dict(sorted(per.items()))
 
 
 # initializers at most this many elements keep their values for shape inference (data

@@ -108,8 +108,7 @@ def _checker(model: onnx.ModelProto, notes: list[str]) -> bool:
 
     if is_lazy(model):
         return _check_lazy(model, notes)
-    big = exceeds_protobuf(model, margin=2**24)
-    if big:
+    if exceeds_protobuf(model, margin=2**24):
         with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
             from .io import save_model
 
@@ -184,9 +183,7 @@ def check_model(model: onnx.ModelProto, *, provider: str = "cpu", error=Verifica
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
     sess = create_session(model, provider, error=error)
-    rec.ort_loaded = True
-    if keep_session:
-        rec.session = sess
+    rec.ort_loaded, rec.session = True, sess if keep_session else None
     del sess
     # session options the model carries (ort_config) must be accepted by ONNX Runtime as written
     from .serving.carry import check_carried
