@@ -113,34 +113,29 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
         path = None if isinstance(src, onnx.ModelProto) else Path(src)
         entries.append(_Entry(names[i] if names else _name_of(src, proto, i), proto if path is None else str(path), proto, path))
     _dedupe(entries)
-    n_given = len(entries)
-    base = 0
     if baseline is None:
-        pass
-    elif isinstance(baseline, bool):
+        return entries, 0
+    if isinstance(baseline, bool):
         raise UsageError(f"baseline must be a model, a path, a name or an index, not {baseline!r}")
-    elif isinstance(baseline, int):
+    if isinstance(baseline, int):
         if not 0 <= baseline < len(entries):
             raise UsageError(f"baseline index {baseline} is out of range (0..{len(entries) - 1})")
-        base = baseline
-    elif isinstance(baseline, onnx.ModelProto):
+        return entries, baseline
+    if isinstance(baseline, onnx.ModelProto):
         hit = [i for i, e in enumerate(entries) if e.proto is baseline]
-        if hit:
-            base = hit[0]
-        else:
-            entries.insert(0, _Entry(_name_of(baseline, baseline, 0), baseline, baseline, None))
     else:
         bpath = Path(baseline)
         hit = [i for i, e in enumerate(entries) if e.path is not None and bpath.exists() and e.path.exists() and os.path.samefile(e.path, bpath)]
         if not hit and not bpath.exists():
             hit = [i for i, e in enumerate(entries) if e.name == str(baseline)]
-        if hit:
-            base = hit[0]
-        else:
-            entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath))
-    if len(entries) > n_given:
-        _dedupe(entries)
-    return entries, base
+    if hit:
+        return entries, hit[0]
+    if isinstance(baseline, onnx.ModelProto):  # not among the models: added first
+        entries.insert(0, _Entry(_name_of(baseline, baseline, 0), baseline, baseline, None))
+    else:
+        entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath))
+    _dedupe(entries)
+    return entries, 0
 
 
 def _dedupe(entries: list[_Entry]) -> None:
