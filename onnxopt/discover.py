@@ -248,9 +248,7 @@ class Discovery:
         """'images[1,3,64,64] (height/width found by probing)'."""
         shapes = shapes or self.shapes
         text = ", ".join(f"{k}[{','.join(map(str, v))}]" for k, v in shapes.items())
-        notes = []
-        if self.probed:
-            notes.append(f"{'/'.join(self.probed)} found by probing")
+        notes = [f"{'/'.join(self.probed)} found by probing"] if self.probed else []
         notes.extend(f"{k}={v} from the graph" for k, v in self.choices.items())
         notes.extend(f"{k} in [0,{h.high})" for k, h in self.hints.inputs.items() if h.high)
         return text + (f" ({'; '.join(notes)})" if notes else "")

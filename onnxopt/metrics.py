@@ -84,11 +84,8 @@ def score(metric: str, ref_outputs: Sequence[np.ndarray], outputs: Sequence[np.n
             if len(labels) != len(c):
                 raise DataError(f"'labels' has {len(labels)} entries, the model produced {len(c)} samples")
             scores.append(float(100.0 * np.mean(np.argmax(c, axis=1) == labels)))
-        elif metric == "agreement":
-            if not is_class_scores(r):
-                scores.append(_cosine(r, c))
-                continue
-            scores.append(float(100.0 * np.mean(np.argmax(c, axis=1) == np.argmax(r, axis=1))))
+        elif metric == "agreement":  # cosine for outputs that are not class scores
+            scores.append(float(100.0 * np.mean(np.argmax(c, axis=1) == np.argmax(r, axis=1))) if is_class_scores(r) else _cosine(r, c))
         elif metric == "cosine":
             scores.append(_cosine(r, c))
         else:
