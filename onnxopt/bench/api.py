@@ -592,18 +592,14 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed):
                 rows.append(row)
                 continue
             feed, fnotes = item
-            row["batch"] = feed_batch(e.proto, feed)
-            row["input_shapes"] = {k: list(v.shape) for k, v in feed.items()}
-            row["notes"] = list(fnotes)
-            if (i, c) in first:
-                row["first_run_ms"] = first[(i, c)] * 1e3
+            row.update(batch=feed_batch(e.proto, feed), input_shapes={k: list(v.shape) for k, v in feed.items()}, notes=list(fnotes))
+            row["first_run_ms"] = first[(i, c)] * 1e3 if (i, c) in first else None
             x = lat.get(i)
             if x is None or x.size == 0:
                 row["status"] = "not measured"
                 rows.append(row)
                 continue
-            row["status"] = "interrupted" if m.interrupted else "ok"
-            row["latency_ms"] = latency_summary(x)
+            row.update(status="interrupted" if m.interrupted else "ok", latency_ms=latency_summary(x))
             samples[(e.name, b)] = x * 1e3
             if base_lat is None or base_lat.size == 0:
                 row["notes"].append("no ratio: the baseline was not measured in this configuration")
