@@ -175,8 +175,7 @@ class Dataset:
 
     def validate(self, model: onnx.ModelProto) -> Dataset:
         """Check keys, dtypes, ranks and fixed dims against the model; remember its specs."""
-        specs = input_specs(model)
-        self.specs = specs
+        self.specs = specs = input_specs(model)
         names = {s.name for s in specs}
         samples = self._sample_arrays()
         for s in specs:
@@ -205,8 +204,7 @@ class Dataset:
         if extra:
             log.info("%s: ignoring keys not consumed by the model: %s", self.source, ", ".join(sorted(extra)))
             if self._arrays is not None:
-                for k in extra:
-                    self._arrays.pop(k)
+                self._arrays = {k: v for k, v in self._arrays.items() if k not in extra}
         if self.labels is not None and len(self.labels) != len(self):
             raise DataError(f"'labels' has {len(self.labels)} entries but the inputs have {len(self)} samples", self.source)
         return self
@@ -321,13 +319,11 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
             raise DataError("no input arrays (only 'labels')", p)
         # 0-d arrays (a sample rate, a flag) are fed as they are with every batch
         lens = {k: v.shape[0] for k, v in arrays.items() if v.ndim}
-        whole = not lens
-        if len(set(lens.values())) > 1:
-            # inputs without a batch axis (a state[2, batch, 128] beside input[batch, n]):
-            # the file is one complete feed when every array fits its input as it is
-            if model is None or not _one_feed(arrays, input_specs(model)):
-                raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
-            whole = True
+        # inputs without a batch axis (a state[2, batch, 128] beside input[batch, n]): the
+        # file is one complete feed when every array fits its input as it is
+        if len(set(lens.values())) > 1 and (model is None or not _one_feed(arrays, input_specs(model))):
+            raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+        whole = len(set(lens.values())) != 1  # no batched array, or one complete feed
         if 0 in lens.values():
             raise DataError("holds no samples (the first axis is 0)", p)
         ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None, whole=whole)
