@@ -388,17 +388,14 @@ def _probe(model, specs, shapes, hints, disc, base, probe, choice_inputs, seed, 
         first = next(iter(choice_inputs))
         choice_sets += [{**choice_sets[0], first: v} for v in choice_inputs[first][1:]]
     tried, last_error, found = [], "", None
-    for choice in choice_sets:
-        for combo in _combos(probe):
-            if len(tried) >= MAX_TRIES or (tried and time.perf_counter() - start > budget_s):
-                break
-            dims = _dims_for(specs, shapes, {**base, **combo})
-            tried.append(_describe_dims(dims, choice))
-            ok, last_error = _runs(sess, _feed(specs, dims, hints, choice, seed))
-            if ok:
-                found = (combo, choice)
-                break
-        if found:
+    for choice, combo in ((ch, co) for ch in choice_sets for co in _combos(probe)):
+        if len(tried) >= MAX_TRIES or (tried and time.perf_counter() - start > budget_s):
+            break
+        dims = _dims_for(specs, shapes, {**base, **combo})
+        tried.append(_describe_dims(dims, choice))
+        ok, last_error = _runs(sess, _feed(specs, dims, hints, choice, seed))
+        if ok:
+            found = (combo, choice)
             break
     disc.tries, disc.seconds = len(tried), time.perf_counter() - start
     if found is None:
