@@ -123,14 +123,12 @@ def render(rep: dict) -> None:
     click.echo(line)
     if "fit" in rep:
         f = rep["fit"]
-        if "kind" in f:
-            click.echo(
-                f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} "
-                f"iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of "
-                f"{f['data']}"
-            )
-        else:
-            click.echo(f"weights fitted on {f['samples']} samples of {f['data']}: NLL {f['nll_uniform']:.4g} (uniform) -> {f['nll']:.4g}")
+        click.echo(
+            f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} "
+            f"iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of {f['data']}"
+            if "kind" in f
+            else f"weights fitted on {f['samples']} samples of {f['data']}: NLL {f['nll_uniform']:.4g} (uniform) -> {f['nll']:.4g}"
+        )
     if acc:
         before = f"; {acc['before_steps']:.2f} % before the recipe's steps" if acc.get("before_steps", acc["ensemble"]) != acc["ensemble"] else ""
         click.echo(f"ensemble top1: {acc['ensemble']:.2f} % on {acc['data']} (best member {acc['best_member']:.2f} %{before})")
