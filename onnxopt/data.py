@@ -69,17 +69,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if not vi.type.HasField("tensor_type") or tt.elem_type == 0:
             raise ModelError(f"graph input '{vi.name}' has no tensor type")
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        if tt.HasField("shape"):
-            dims = []
-            for d in tt.shape.dim:
-                if d.HasField("dim_value") and d.dim_value > 0:
-                    dims.append(int(d.dim_value))
-                else:
-                    dims.append(d.dim_param or None)
-            shape = tuple(dims)
-        else:
-            shape = None
-        specs.append(InputSpec(vi.name, dtype, shape))
+        dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None) for d in tt.shape.dim]
+        specs.append(InputSpec(vi.name, dtype, tuple(dims) if tt.HasField("shape") else None))
     return specs
 
 
@@ -129,16 +120,10 @@ class Dataset:
                 n += int(shape[0]) if shape else 1
         return n
 
-    @property
-    def num_samples(self) -> int:
-        return len(self)
-
     def batches(self, batch_size: int | None = None, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield feeds of at most ``batch_size`` samples (the model's fixed batch wins)."""
-        fixed = None
-        if self.specs:
-            fixed_sizes = {s.batch_fixed for s in self.specs}
-            fixed = fixed_sizes.pop() if len(fixed_sizes) == 1 else None
+        fixed_sizes = {s.batch_fixed for s in self.specs} if self.specs else set()
+        fixed = fixed_sizes.pop() if len(fixed_sizes) == 1 else None
         size = fixed or batch_size or DEFAULT_BATCH
         seen = 0
         self.fed = 0
@@ -149,9 +134,7 @@ class Dataset:
         if self._arrays is not None:
             n = len(self)
             for start in range(0, n, size):
-                stop = min(start + size, n)
-                if limit is not None:
-                    stop = min(stop, limit)
+                stop = min(start + size, n, n if limit is None else limit)
                 if stop <= start:
                     return
                 if fixed and stop - start != fixed:
@@ -188,14 +171,11 @@ class Dataset:
         return next(self.batches(batch_size))
 
     def label_array(self, limit: int | None = None) -> np.ndarray | None:
-        if self.labels is None:
-            return None
-        return self.labels if limit is None else self.labels[:limit]
+        return self.labels if self.labels is None or limit is None else self.labels[:limit]
 
     def validate(self, model: onnx.ModelProto) -> Dataset:
         """Check keys, dtypes, ranks and fixed dims against the model; remember its specs."""
-        specs = input_specs(model)
-        self.specs = specs
+        self.specs = specs = input_specs(model)
         names = {s.name for s in specs}
         samples = self._sample_arrays()
         for s in specs:
@@ -224,8 +204,7 @@ class Dataset:
         if extra:
             log.info("%s: ignoring keys not consumed by the model: %s", self.source, ", ".join(sorted(extra)))
             if self._arrays is not None:
-                for k in extra:
-                    self._arrays.pop(k)
+                self._arrays = {k: v for k, v in self._arrays.items() if k not in extra}
         if self.labels is not None and len(self.labels) != len(self):
             raise DataError(f"'labels' has {len(self.labels)} entries but the inputs have {len(self)} samples", self.source)
         return self
@@ -291,28 +270,23 @@ def _read_array(z, key: str, path: Path) -> np.ndarray:
     return arr
 
 
-def _npy_header(z, key):
+def _npy_header(z, key, path):
     from numpy.lib import format as npf
 
-    with z.zip.open(key + ".npy") as fh:
-        version = npf.read_magic(fh)
-        if version == (1, 0):
-            return npf.read_array_header_1_0(fh)
-        return npf.read_array_header_2_0(fh)
-
-
-def _npy_shape(z, key, path=None) -> tuple:
     try:
-        return tuple(_npy_header(z, key)[0])
+        with z.zip.open(key + ".npy") as fh:
+            version = npf.read_magic(fh)
+            return npf.read_array_header_1_0(fh) if version == (1, 0) else npf.read_array_header_2_0(fh)
     except Exception as exc:  # never fall back to reading the whole array for its shape
         raise DataError(f"key '{key}': unreadable array header ({exc})", path) from exc
 
 
+def _npy_shape(z, key, path=None) -> tuple:
+    return tuple(_npy_header(z, key, path)[0])
+
+
 def _npy_dtype(z, key, path) -> np.dtype:
-    try:
-        dtype = np.dtype(_npy_header(z, key)[2])
-    except Exception as exc:
-        raise DataError(f"key '{key}': unreadable array header ({exc})", path) from exc
+    dtype = np.dtype(_npy_header(z, key, path)[2])
     if dtype.hasobject or dtype.kind in "OUSV":
         raise DataError(f"key '{key}': unsupported dtype {dtype} (object arrays / pickles are not accepted)", path)
     return dtype
@@ -345,13 +319,11 @@ def load_data(path, model: onnx.ModelProto | None = None) -> Dataset:
             raise DataError("no input arrays (only 'labels')", p)
         # 0-d arrays (a sample rate, a flag) are fed as they are with every batch
         lens = {k: v.shape[0] for k, v in arrays.items() if v.ndim}
-        whole = not lens
-        if len(set(lens.values())) > 1:
-            # inputs without a batch axis (a state[2, batch, 128] beside input[batch, n]):
-            # the file is one complete feed when every array fits its input as it is
-            if model is None or not _one_feed(arrays, input_specs(model)):
-                raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
-            whole = True
+        # inputs without a batch axis (a state[2, batch, 128] beside input[batch, n]): the
+        # file is one complete feed when every array fits its input as it is
+        if len(set(lens.values())) > 1 and (model is None or not _one_feed(arrays, input_specs(model))):
+            raise DataError(f"arrays disagree on the number of samples (first axis): {lens}", p)
+        whole = len(set(lens.values())) != 1  # no batched array, or one complete feed
         if 0 in lens.values():
             raise DataError("holds no samples (the first axis is 0)", p)
         ds = Dataset(str(p), arrays=arrays, labels=_check_labels(labels, p) if labels is not None else None, whole=whole)
@@ -392,13 +364,7 @@ def _resolve_dims(spec: InputSpec, shapes: Mapping[str, tuple] | None, batch: in
         return given
     if spec.shape is None:
         raise DataError(f"input '{spec.name}' has unknown rank; give --shape {spec.name}:D1,D2,...")
-    dims = []
-    for i, d in enumerate(spec.shape):
-        if isinstance(d, int):
-            dims.append(d)
-        else:
-            dims.append(batch if (i == 0 and batch) else 1)
-    return tuple(dims)
+    return tuple(d if isinstance(d, int) else (batch if (i == 0 and batch) else 1) for i, d in enumerate(spec.shape))
 
 
 def check_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple] | None, path=None) -> None:
@@ -463,6 +429,4 @@ def dataset_for(model: onnx.ModelProto, data=None, shapes: Mapping[str, tuple] |
     check_shapes(model, shapes)
     if data is None:
         return synthesize(model, shapes, samples=samples, seed=seed)
-    if isinstance(data, Dataset):
-        return data.validate(model)
-    return load_data(data, model)
+    return data.validate(model) if isinstance(data, Dataset) else load_data(data, model)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -106,10 +107,8 @@ def _small_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
             return None
 
     inputs = {i.name for i in graph.input}
-    out = {}
-    for t in graph.initializer:
-        if t.name not in inputs and int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL:
-            out[t.name] = value(t)
+    small = (t for t in graph.initializer if int(np.prod(t.dims, dtype=np.int64)) <= 64 and t.data_location != onnx.TensorProto.EXTERNAL)
+    out = {t.name: value(t) for t in small if t.name not in inputs}
     for n in graph.node:
         if n.op_type == "Constant" and n.output:
             for a in n.attribute:
@@ -120,7 +119,7 @@ def _small_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _reach(start: str, consumers, through=_PASS_THROUGH):
+def _reach(start: str, consumers):
     """(node, input index) pairs that read ``start`` or a pass-through copy of it."""
     seen, todo, hits = {start}, [start], []
     while todo:
@@ -128,7 +127,7 @@ def _reach(start: str, consumers, through=_PASS_THROUGH):
         for n in consumers.get(name, ()):
             idx = [i for i, x in enumerate(n.input) if x == name]
             hits.extend((n, i) for i in idx)
-            if n.op_type in through and 0 in idx:
+            if n.op_type in _PASS_THROUGH and 0 in idx:
                 for o in n.output:
                     if o and o not in seen:
                         seen.add(o)
@@ -156,17 +155,12 @@ def _strides(graph: onnx.GraphProto, name: str) -> tuple[int, int]:
         if not ins:
             continue
         sh, sw = max(s[0] for s in ins), max(s[1] for s in ins)
-        if n.op_type in _STRIDED:
-            st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
-            if len(st) == 2:
-                sh, sw = sh * st[0], sw * st[1]
-        elif n.op_type == "ConvTranspose":  # upsamples: the stride divides
-            st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
-            if len(st) == 2:
-                sh, sw = max(sh // st[0], 1), max(sw // st[1], 1)
-        for o in n.output:
-            if o:
-                acc[o] = (sh, sw)
+        st = next((list(a.ints) for a in n.attribute if a.name == "strides"), [])
+        if n.op_type in _STRIDED and len(st) == 2:
+            sh, sw = sh * st[0], sw * st[1]
+        elif n.op_type == "ConvTranspose" and len(st) == 2:  # upsamples: the stride divides
+            sh, sw = max(sh // st[0], 1), max(sw // st[1], 1)
+        acc.update((o, (sh, sw)) for o in n.output if o)
         best = (max(best[0], sh), max(best[1], sw))
     return best
 
@@ -193,12 +187,8 @@ def _input_hint(graph, spec, consumers, consts, dims: dict[str, list]) -> InputH
             hint.high = min(tables)
             hint.reasons.append(f"ids of a Gather table of {hint.high} rows")
         if spec.shape is not None and int(np.prod([d for d in spec.shape if isinstance(d, int)] or [1])) == 1 and all(isinstance(d, int) for d in spec.shape):
-            choices = []
-            for n, i in hits:
-                if n.op_type == "Equal":
-                    other = consts.get(n.input[1 - i])
-                    if other is not None and other.size == 1:
-                        choices.append(int(np.asarray(other).reshape(-1)[0]))
+            others = [consts.get(n.input[1 - i]) for n, i in hits if n.op_type == "Equal"]
+            choices = [int(np.asarray(o).reshape(-1)[0]) for o in others if o is not None and o.size == 1]
             if choices:
                 hint.choices = tuple(dict.fromkeys(choices))
                 hint.reasons.append(f"compared with {', '.join(map(str, hint.choices))}")
@@ -213,15 +203,9 @@ def graph_hints(model: onnx.ModelProto) -> GraphHints:
     consumers = _consumers(graph)
     consts = _small_constants(graph)
     dims = {t.name: list(t.dims) for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    dims[n.output[0]] = list(a.t.dims)
+    dims.update((n.output[0], list(a.t.dims)) for n in graph.node if n.op_type == "Constant" and n.output for a in n.attribute if a.name == "value")
     specs = input_specs(model)
-    hints = GraphHints()
-    for s in specs:
-        hints.inputs[s.name] = _input_hint(graph, s, consumers, consts, dims)
+    hints = GraphHints({s.name: _input_hint(graph, s, consumers, consts, dims) for s in specs})
     groups, batch = dim_groups(model)
     for s in specs:
         if s.shape and len(s.shape) == 4 and s.dtype.kind == "f":
@@ -239,18 +223,10 @@ def graph_hints(model: onnx.ModelProto) -> GraphHints:
         if n.op_type == "Gather" and n.input[0] in dims and dims[n.input[0]] and len(n.input) > 1 and n.input[1] not in tainted and n.input[1] not in consts
     ]
     if tables:
-        seq_groups = {g for g, uses in groups.items() if g not in batch and any(hints.inputs[name].high for name, _ in uses)}
-        for g in seq_groups:
-            hints.upper[g] = min(tables)
-    values: dict[int, int] = {}
-    for n in graph.node:
-        if n.op_type in ("Reshape", "Slice", "Concat", "Resize", "Expand"):
-            for i in n.input[1:]:
-                v = consts.get(i)
-                if v is not None and v.dtype.kind in "iu":
-                    for x in np.asarray(v).reshape(-1).tolist():
-                        if 2 < x <= 1024:
-                            values[int(x)] = values.get(int(x), 0) + 1
+        hints.upper = {g: min(tables) for g, uses in groups.items() if g not in batch and any(hints.inputs[name].high for name, _ in uses)}
+    shaping = [consts.get(i) for n in graph.node if n.op_type in ("Reshape", "Slice", "Concat", "Resize", "Expand") for i in n.input[1:]]
+    ints = (np.asarray(v).reshape(-1).tolist() for v in shaping if v is not None and v.dtype.kind in "iu")
+    values = Counter(int(x) for xs in ints for x in xs if 2 < x <= 1024)
     hints.values = [v for v, _ in sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))][:4]
     return hints
 
@@ -272,12 +248,9 @@ class Discovery:
         """'images[1,3,64,64] (height/width found by probing)'."""
         shapes = shapes or self.shapes
         text = ", ".join(f"{k}[{','.join(map(str, v))}]" for k, v in shapes.items())
-        notes = []
-        if self.probed:
-            notes.append(f"{'/'.join(self.probed)} found by probing")
+        notes = [f"{'/'.join(self.probed)} found by probing"] if self.probed else []
         notes.extend(f"{k}={v} from the graph" for k, v in self.choices.items())
-        ids = [f"{k} in [0,{h.high})" for k, h in self.hints.inputs.items() if h.high]
-        notes.extend(ids)
+        notes.extend(f"{k} in [0,{h.high})" for k, h in self.hints.inputs.items() if h.high)
         return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -318,20 +291,9 @@ def _combos(cands: dict[str, list[int]]) -> list[dict[str, int]]:
     """The diagonal (every group at its i-th candidate) first, then one group at a time."""
     if not cands:
         return [{}]
-    out = []
-    longest = max(len(c) for c in cands.values())
-    for i in range(longest):
-        out.append({g: c[min(i, len(c) - 1)] for g, c in cands.items()})
-    for g, c in cands.items():
-        for v in c[1:]:
-            out.append({**{o: oc[0] for o, oc in cands.items()}, g: v})
-    seen, unique = set(), []
-    for combo in out:
-        key = tuple(sorted(combo.items()))
-        if key not in seen:
-            seen.add(key)
-            unique.append(combo)
-    return unique
+    out = [{g: c[min(i, len(c) - 1)] for g, c in cands.items()} for i in range(max(len(c) for c in cands.values()))]
+    out += [{**{o: oc[0] for o, oc in cands.items()}, g: v} for g, c in cands.items() for v in c[1:]]
+    return list({tuple(sorted(combo.items())): combo for combo in out}.values())
 
 
 _CACHE: dict[str, Discovery] = {}
@@ -393,15 +355,12 @@ def _discover(model: onnx.ModelProto, shapes: dict, seed: int, budget_s: float) 
 
 
 def _dims_for(specs, shapes: Mapping, values: Mapping[str, int]) -> dict[str, tuple]:
-    out = {}
-    for s in specs:
+    def dims(s) -> tuple:
         if s.name in shapes:
-            out[s.name] = tuple(int(d) for d in shapes[s.name])
-        elif s.shape is None:
-            continue  # unknown rank: data.synthesize refuses it
-        else:
-            out[s.name] = tuple(d if isinstance(d, int) else values.get(group_name(s.name, i, d), 1) for i, d in enumerate(s.shape))
-    return out
+            return tuple(int(d) for d in shapes[s.name])
+        return tuple(d if isinstance(d, int) else values.get(group_name(s.name, i, d), 1) for i, d in enumerate(s.shape))
+
+    return {s.name: dims(s) for s in specs if s.name in shapes or s.shape is not None}  # unknown rank: data.synthesize refuses it
 
 
 def _feed(specs, dims: dict, hints: GraphHints, choice: Mapping[str, int], seed: int) -> dict:
@@ -410,11 +369,7 @@ def _feed(specs, dims: dict, hints: GraphHints, choice: Mapping[str, int], seed:
     for s in specs:
         if s.name not in dims:
             raise DataError(f"input '{s.name}' has unknown rank; give --shape {s.name}:D1,D2,...")
-        hint = hints.inputs.get(s.name)
-        if s.name in choice:
-            feed[s.name] = np.full(dims[s.name], choice[s.name], dtype=s.dtype)
-        else:
-            feed[s.name] = draw(s, dims[s.name], hint, rng)
+        feed[s.name] = np.full(dims[s.name], choice[s.name], dtype=s.dtype) if s.name in choice else draw(s, dims[s.name], hints.inputs.get(s.name), rng)
     return feed
 
 
@@ -433,17 +388,14 @@ def _probe(model, specs, shapes, hints, disc, base, probe, choice_inputs, seed, 
         first = next(iter(choice_inputs))
         choice_sets += [{**choice_sets[0], first: v} for v in choice_inputs[first][1:]]
     tried, last_error, found = [], "", None
-    for choice in choice_sets:
-        for combo in _combos(probe):
-            if len(tried) >= MAX_TRIES or (tried and time.perf_counter() - start > budget_s):
-                break
-            dims = _dims_for(specs, shapes, {**base, **combo})
-            tried.append(_describe_dims(dims, choice))
-            ok, last_error = _runs(sess, _feed(specs, dims, hints, choice, seed))
-            if ok:
-                found = (combo, choice)
-                break
-        if found:
+    for choice, combo in ((ch, co) for ch in choice_sets for co in _combos(probe)):
+        if len(tried) >= MAX_TRIES or (tried and time.perf_counter() - start > budget_s):
+            break
+        dims = _dims_for(specs, shapes, {**base, **combo})
+        tried.append(_describe_dims(dims, choice))
+        ok, last_error = _runs(sess, _feed(specs, dims, hints, choice, seed))
+        if ok:
+            found = (combo, choice)
             break
     disc.tries, disc.seconds = len(tried), time.perf_counter() - start
     if found is None:

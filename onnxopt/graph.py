@@ -10,23 +10,21 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 __all__ = [
     "Body",
     "walk_bodies",
     "iter_graphs",
     "subgraphs",
-    "has_subgraphs",
     "used_names",
+    "node_reads",
     "consumers",
     "producers",
     "rename_uses",
     "initializer_map",
-    "constant_value",
     "unique_name",
+    "replace_repeated",
     "outer_reads",
     "sort_nodes",
     "attribute",
@@ -85,41 +83,35 @@ def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
         yield body.graph
 
 
-def has_subgraphs(graph: onnx.GraphProto) -> bool:
-    return any(True for n in graph.node for _ in subgraphs(n))
-
-
 def outer_reads(graph: onnx.GraphProto) -> set[str]:
     """Names a (sub)graph reads that it does not define itself."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {t.name for t in graph.sparse_initializer}
     reads = set()
     for n in graph.node:
-        reads.update(x for x in n.input if x)
-        for g in subgraphs(n):
-            reads |= outer_reads(g)
+        reads |= node_reads(n)
         defined.update(n.output)
     reads.update(o.name for o in graph.output)
     return reads - defined
 
 
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """The names ``node`` reads: its inputs and the outer reads of its subgraphs."""
+    reads = {x for x in node.input if x}
+    for g in subgraphs(node):
+        reads |= outer_reads(g)
+    return reads
+
+
 def used_names(graph: onnx.GraphProto) -> set[str]:
     """Every name read by a node of ``graph`` (including its subgraphs' outer reads) or a graph output."""
-    used = {o.name for o in graph.output}
-    for n in graph.node:
-        used.update(x for x in n.input if x)
-        for g in subgraphs(n):
-            used |= outer_reads(g)
-    return used
+    return {o.name for o in graph.output}.union(*(node_reads(n) for n in graph.node))
 
 
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """value name -> nodes of ``graph`` that read it (directly or from a subgraph)."""
     out = defaultdict(list)
     for n in graph.node:
-        names = set(x for x in n.input if x)
-        for g in subgraphs(n):
-            names |= outer_reads(g)
-        for x in names:
+        for x in node_reads(n):
             out[x].append(n)
     return out
 
@@ -155,19 +147,14 @@ def initializer_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in graph.initializer}
 
 
-def constant_value(graph: onnx.GraphProto, name: str, inits: dict | None = None) -> np.ndarray | None:
-    """The value of ``name`` if it is an initializer (not overridable by an input) or a Constant output."""
-    inits = inits if inits is not None else initializer_map(graph)
-    if name in inits and name not in {i.name for i in graph.input}:
-        from .io import tensor_array  # lazy tensors of a large model are read from their file
-
-        return tensor_array(inits[name])
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output and n.output[0] == name and n.domain in ("", "ai.onnx"):
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-    return None
+def replace_repeated(field, items: list) -> int:
+    """Make the repeated protobuf ``field`` hold ``items`` (a sub-list of it, in order);
+    returns how many entries went."""
+    removed = len(field) - len(items)
+    if removed:
+        del field[:]
+        field.extend(items)
+    return removed
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -186,12 +173,7 @@ def sort_nodes(graph: onnx.GraphProto) -> bool:
     alone when it has a cycle or reads a name nothing defines."""
     nodes = list(graph.node)
     producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    deps = []
-    for n in nodes:
-        reads = {x for x in n.input if x}
-        for g in subgraphs(n):
-            reads |= outer_reads(g)
-        deps.append({producer[r] for r in reads if r in producer})
+    deps = [{producer[r] for r in node_reads(n) if r in producer} for n in nodes]
     order, state = [], [0] * len(nodes)  # 0 new, 1 on the stack, 2 placed
     for root in range(len(nodes)):
         stack = [root]
@@ -215,6 +197,8 @@ def sort_nodes(graph: onnx.GraphProto) -> bool:
     graph.ClearField("node")
     graph.node.extend(nodes[i] for i in order)
     return True
+
+
 def attribute(node: onnx.NodeProto, name: str, default=None):
     """The value of ``node``'s attribute ``name`` (``default`` when absent)."""
     from onnx import helper

@@ -16,6 +16,7 @@ inspected with the memory of its graph alone.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -44,26 +45,14 @@ def describe_type(tp: onnx.TypeProto) -> dict:
     if which in ("tensor_type", "sparse_tensor_type"):
         tt = getattr(tp, which)
         dtype = dtype_name(tt.elem_type)
-        shape = None
-        if tt.HasField("shape"):
-            shape = []
-            for d in tt.shape.dim:
-                if d.HasField("dim_value"):
-                    shape.append(int(d.dim_value))
-                elif d.dim_param:
-                    shape.append(d.dim_param)
-                else:
-                    shape.append(None)
+        shape = [int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim] if tt.HasField("shape") else None
         out = {"dtype": dtype, "shape": shape}
         if which == "sparse_tensor_type":
             out["sparse"] = True
         return out
-    if which == "sequence_type":
-        inner = describe_type(tp.sequence_type.elem_type)
-        return {"type": f"seq({inner.get('dtype') or inner.get('type')})"}
-    if which == "optional_type":
-        inner = describe_type(tp.optional_type.elem_type)
-        return {"type": f"optional({inner.get('dtype') or inner.get('type')})"}
+    if which in ("sequence_type", "optional_type"):
+        inner = describe_type(getattr(tp, which).elem_type)
+        return {"type": f"{'seq' if which == 'sequence_type' else 'optional'}({inner.get('dtype') or inner.get('type')})"}
     if which == "map_type":
         return {"type": f"map({dtype_name(tp.map_type.key_type)})"}
     return {"type": which or "undefined"}
@@ -96,9 +85,7 @@ def _unused_initializers(model: onnx.ModelProto) -> list[dict]:
 
     def walk(graph: onnx.GraphProto, where: str):
         used = used_names(graph)
-        for t in graph.initializer:
-            if t.name not in used:
-                out.append({"name": t.name, "graph": where, "bytes": _tensor_nbytes(t)})
+        out.extend({"name": t.name, "graph": where, "bytes": _tensor_nbytes(t)} for t in graph.initializer if t.name not in used)
         for node in graph.node:
             for g in subgraphs(node):
                 walk(g, f"{where}/{node.name or node.op_type}")
@@ -108,18 +95,14 @@ def _unused_initializers(model: onnx.ModelProto) -> list[dict]:
 
 
 def _tensor_nbytes(t: onnx.TensorProto) -> int:
-    n = 1
-    for d in t.dims:
-        n *= int(d)
     try:
-        return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        return math.prod(int(d) for d in t.dims) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except Exception:
         return 0
 
 
 def _external_data(model: onnx.ModelProto, path: Path | None) -> dict:
     files: dict[str, dict] = {}
-    tensors = 0
     for g in iter_graphs(model.graph):
         for t in g.initializer:
             if t.data_location != onnx.TensorProto.EXTERNAL:
@@ -129,12 +112,11 @@ def _external_data(model: onnx.ModelProto, path: Path | None) -> dict:
             entry = files.setdefault(loc, {"tensors": 0, "bytes": 0})
             entry["tensors"] += 1
             entry["bytes"] += int(info.get("length") or _tensor_nbytes(t))
-            tensors += 1
     if path is not None:
         for loc, entry in files.items():
             target = path.parent / loc
             entry["file_size"] = target.stat().st_size if target.is_file() else None
-    return {"tensors": tensors, "bytes": sum(f["bytes"] for f in files.values()), "files": dict(sorted(files.items()))}
+    return {"tensors": sum(f["tensors"] for f in files.values()), "bytes": sum(f["bytes"] for f in files.values()), "files": dict(sorted(files.items()))}
 
 
 def _generated_constants(model: onnx.ModelProto) -> dict:
@@ -145,11 +127,8 @@ def _generated_constants(model: onnx.ModelProto) -> dict:
     for n in model.graph.node:
         if n.op_type != "ConstantOfShape" or not n.input or n.input[0] not in inits:
             continue
-        size = 1
-        for d in numpy_helper.to_array(inits[n.input[0]]).reshape(-1).tolist():
-            size *= int(d)
         count += 1
-        elements += size
+        elements += math.prod(int(d) for d in numpy_helper.to_array(inits[n.input[0]]).reshape(-1).tolist())
     return {"nodes": count, "elements": elements} if count else {}
 
 
@@ -173,17 +152,11 @@ def _flops(model: onnx.ModelProto) -> dict:
 
 
 def _metadata(model: onnx.ModelProto) -> dict:
-    props = {}
-    for p in model.metadata_props:
-        if p.key == PROVENANCE_KEY:
-            continue
-        value = p.value if len(p.value) <= 200 else p.value[:200] + "..."
-        props[p.key] = value
+    props = {p.key: p.value if len(p.value) <= 200 else p.value[:200] + "..." for p in model.metadata_props if p.key != PROVENANCE_KEY}
     prov = read_provenance(model)
     provenance = None
     if prov is not None:
-        history = prov.get("history", []) or []
-        commands = [h.get("command") for h in history] + [prov.get("command")]
+        commands = [h.get("command") for h in prov.get("history", []) or []] + [prov.get("command")]
         provenance = {
             "commands": commands,
             "steps": [s.get("name") for s in prov.get("steps", []) if isinstance(s, dict)],
@@ -200,11 +173,8 @@ def inspect(model, *, flops: bool = True) -> Result:
     A path is read with its external data validated but not loaded.  Unreadable files raise
     ``ModelError``.  ``flops=False`` skips shape inference (the slowest part on big graphs).
     """
-    if isinstance(model, onnx.ModelProto):
-        m, path = model, None
-    else:
-        path = Path(model)
-        m = load_model(path, load_external=False)
+    path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    m = model if path is None else load_model(path, load_external=False)
     g = m.graph
     init_names = {t.name for t in g.initializer}
     params, per_dtype = count_params(m)

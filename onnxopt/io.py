@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ __all__ = [
     "materialize",
     "all_tensors",
     "inline_nbytes",
+    "set_external_data",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,16 +73,21 @@ def all_tensors(model: onnx.ModelProto):
     return edh._get_all_tensors(model)
 
 
+def set_external_data(t: onnx.TensorProto, entries) -> None:
+    """Replace the ``external_data`` entries of ``t`` with the ``(key, value)`` pairs ``entries``."""
+    del t.external_data[:]
+    for key, value in entries:
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+
+
 def inline_nbytes(t: onnx.TensorProto) -> int:
     """Bytes of an in-memory tensor's data, from its dims (reading ``raw_data`` would copy it)."""
     try:
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     except Exception:
         itemsize = 1
-    n = 1
-    for d in t.dims:
-        n *= max(int(d), 0)
-    return n * itemsize
+    return math.prod(max(int(d), 0) for d in t.dims) * itemsize
 
 
 def _external_info(t: onnx.TensorProto) -> dict[str, str]:
@@ -107,9 +114,7 @@ def exceeds_protobuf(model: onnx.ModelProto, margin: int = 0) -> bool:
     inline = sum(inline_nbytes(t) for t in all_tensors(model) if t.data_location != onnx.TensorProto.EXTERNAL)
     if inline + margin > TWO_GB:
         return True
-    if inline + margin > TWO_GB // 2:  # close: pay for the exact figure
-        return model.ByteSize() + margin > TWO_GB
-    return False
+    return inline + margin > TWO_GB // 2 and model.ByteSize() + margin > TWO_GB  # close: pay for the exact figure
 
 
 def is_lazy(model: onnx.ModelProto) -> bool:
@@ -120,13 +125,8 @@ def is_lazy(model: onnx.ModelProto) -> bool:
 
 def lazy_folders(model: onnx.ModelProto) -> set[str]:
     """The folders the lazy tensors of ``model`` live in."""
-    out = set()
-    for t in all_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            base = _external_info(t).get(BASEPATH)
-            if base:
-                out.add(base)
-    return out
+    bases = (_external_info(t).get(BASEPATH) for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL)
+    return {b for b in bases if b}
 
 
 def strip_basepath(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -134,11 +134,7 @@ def strip_basepath(model: onnx.ModelProto) -> onnx.ModelProto:
     the key); locations stay relative to the lazy folder."""
     for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
-            keep = [(e.key, e.value) for e in t.external_data if e.key != BASEPATH]
-            del t.external_data[:]
-            for k, v in keep:
-                entry = t.external_data.add()
-                entry.key, entry.value = k, v
+            set_external_data(t, [(e.key, e.value) for e in t.external_data if e.key != BASEPATH])
     return model
 
 
@@ -154,9 +150,7 @@ def tensor_bytes(t: onnx.TensorProto) -> bytes:
         with open(path, "rb") as fh:
             fh.seek(offset)
             return fh.read(length)
-    if t.HasField("raw_data"):
-        return t.raw_data
-    return numpy_helper.to_array(t).tobytes()
+    return t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
 
 
 def tensor_array(t: onnx.TensorProto) -> np.ndarray:
@@ -184,7 +178,7 @@ def _check_external(model: onnx.ModelProto, path: Path) -> None:
     for t in all_tensors(model):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = {e.key: e.value for e in t.external_data}
+        info = _external_info(t)
         loc = info.get("location")
         if not loc:
             raise ModelError(f"tensor '{t.name}' is external but has no location", path)
@@ -315,9 +309,7 @@ def load_model(src, *, load_external: bool = True, lazy: bool | None = False) ->
 def resolve_model(src, *, lazy: bool | None = False) -> tuple[onnx.ModelProto, Path | None]:
     """``(model, path)`` for a path or a proto (path is ``None`` for a proto).  ``lazy``: see
     ``load_model`` (callers whose steps all handle lazy tensors pass ``None``)."""
-    if isinstance(src, onnx.ModelProto):
-        return src, None
-    return load_model(src, lazy=lazy), Path(src)
+    return (src, None) if isinstance(src, onnx.ModelProto) else (load_model(src, lazy=lazy), Path(src))
 
 
 def check_output_path(out, inputs: Iterable = ()) -> Path:
@@ -341,16 +333,12 @@ def check_output_path(out, inputs: Iterable = ()) -> Path:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    with suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _new_file_mode() -> int:
@@ -438,25 +426,13 @@ def _old_data_files(path: Path) -> set[str]:
         old.ParseFromString(path.read_bytes())
     except Exception:
         return set()
-    locs = set()
-    for t in all_tensors(old):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            for e in t.external_data:
-                if e.key == "location":
-                    locs.add(e.value)
-    return locs
+    return {e.value for t in all_tensors(old) if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location"}
 
 
 def _data_files_of(models: Iterable) -> set[Path]:
     """Resolved paths of the external-data files the model files ``models`` reference."""
-    out = set()
-    for src in models:
-        if src is None or isinstance(src, onnx.ModelProto):
-            continue
-        src = Path(src)
-        for loc in _old_data_files(src):
-            out.add((src.parent / loc).resolve())
-    return out
+    paths = [Path(src) for src in models if src is not None and not isinstance(src, onnx.ModelProto)]
+    return {(src.parent / loc).resolve() for src in paths for loc in _old_data_files(src)}
 
 
 @contextmanager
@@ -476,10 +452,8 @@ def _folder_lock(folder: Path):
         yield
         return
     try:
-        try:
+        with suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -612,10 +586,7 @@ def _write_data(fh, big: list[onnx.TensorProto], data_name: str, moved: list, re
             relinked.append((t, [(e.key, e.value) for e in t.external_data]))
         else:
             moved.append((t, offset, length))
-        del t.external_data[:]
-        for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
-            entry = t.external_data.add()
-            entry.key, entry.value = key, value
+        set_external_data(t, (("location", data_name), ("offset", str(offset)), ("length", str(length))))
         t.data_location = onnx.TensorProto.EXTERNAL
         t.ClearField("raw_data")
         offset += length
@@ -632,10 +603,7 @@ def _restore(reader, moved: list, relinked: list) -> None:
             del t.external_data[:]
             t.data_location = onnx.TensorProto.DEFAULT
     for t, refs in relinked:
-        del t.external_data[:]
-        for k, v in refs:
-            entry = t.external_data.add()
-            entry.key, entry.value = k, v
+        set_external_data(t, refs)
 
 
 def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
@@ -742,10 +710,7 @@ def _read_varint(f) -> tuple[int, bytes] | None:
         raw += b
         if not b[0] & 0x80:
             break
-    value = 0
-    for i, byte in enumerate(raw):
-        value |= (byte & 0x7F) << (7 * i)
-    return value, bytes(raw)
+    return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(raw)), bytes(raw)
 
 
 def _fields(f, end: int | None = None):
@@ -786,12 +751,10 @@ def _offload_tensor(payload: bytes, out, name: str, min_bytes: int) -> bytes:
         return payload
     offset = out.tell()
     out.write(data)
-    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+    for field in ("raw_data", *_TYPED_FIELDS):
         t.ClearField(field)
     t.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", name), ("offset", str(offset)), ("length", str(len(data)))):
-        entry = t.external_data.add()
-        entry.key, entry.value = key, value
+    set_external_data(t, (("location", name), ("offset", str(offset)), ("length", str(len(data)))))
     return t.SerializeToString()
 
 

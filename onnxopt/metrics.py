@@ -22,9 +22,15 @@ import numpy as np
 
 from .errors import DataError, UsageError
 
-__all__ = ["METRICS", "is_class_scores", "default_metric", "score", "Evaluator", "Budget"]
+__all__ = ["METRICS", "check_metric", "is_class_scores", "default_metric", "score", "Evaluator", "Budget"]
 
 METRICS = ("top1", "agreement", "cosine", "rel-l2")
+
+
+def check_metric(metric: str | None) -> None:
+    """``UsageError`` for a metric name not in ``METRICS`` (None, the default, passes)."""
+    if metric is not None and metric not in METRICS:
+        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
 
 
 def is_class_scores(arr: np.ndarray) -> bool:
@@ -54,8 +60,7 @@ def _cosine(r: np.ndarray, c: np.ndarray) -> float:
 
 
 def _rel_l2(r: np.ndarray, c: np.ndarray) -> float:
-    r = np.asarray(r, dtype=np.float64)
-    c = np.asarray(c, dtype=np.float64)
+    r, c = np.asarray(r, dtype=np.float64), np.asarray(c, dtype=np.float64)
     denom = np.linalg.norm(r)
     err = np.linalg.norm(c - r) / denom if denom > 0 else float(np.linalg.norm(c - r) > 0)
     return float(100.0 * (1.0 - err))
@@ -63,8 +68,7 @@ def _rel_l2(r: np.ndarray, c: np.ndarray) -> float:
 
 def score(metric: str, ref_outputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray], labels: np.ndarray | None = None) -> float:
     """Score ``outputs`` (candidate) against ``ref_outputs`` / ``labels``; worst output counts."""
-    if metric not in METRICS:
-        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    check_metric(metric)
     scores = []
     for r, c in zip(ref_outputs, outputs, strict=True):
         r, c = np.asarray(r), np.asarray(c)
@@ -80,11 +84,8 @@ def score(metric: str, ref_outputs: Sequence[np.ndarray], outputs: Sequence[np.n
             if len(labels) != len(c):
                 raise DataError(f"'labels' has {len(labels)} entries, the model produced {len(c)} samples")
             scores.append(float(100.0 * np.mean(np.argmax(c, axis=1) == labels)))
-        elif metric == "agreement":
-            if not is_class_scores(r):
-                scores.append(_cosine(r, c))
-                continue
-            scores.append(float(100.0 * np.mean(np.argmax(c, axis=1) == np.argmax(r, axis=1))))
+        elif metric == "agreement":  # cosine for outputs that are not class scores
+            scores.append(float(100.0 * np.mean(np.argmax(c, axis=1) == np.argmax(r, axis=1))) if is_class_scores(r) else _cosine(r, c))
         elif metric == "cosine":
             scores.append(_cosine(r, c))
         else:
@@ -104,8 +105,7 @@ class Budget:
     def __post_init__(self):
         if self.max_drop < 0:
             raise UsageError(f"--max-accuracy-drop must be >= 0, got {self.max_drop}")
-        if self.metric is not None and self.metric not in METRICS:
-            raise UsageError(f"unknown metric '{self.metric}' (choose from {', '.join(METRICS)})")
+        check_metric(self.metric)
 
 
 class Evaluator:

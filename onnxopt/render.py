@@ -23,7 +23,6 @@ def human_bytes(n, *, signed: bool = False) -> str:
         if v < 1024 or unit == "TB":
             return f"{sign}{v:.0f} {unit}" if unit == "B" else f"{sign}{v:.1f} {unit}"
         v /= 1024
-    return f"{sign}{v:.1f} TB"  # pragma: no cover - the loop returns
 
 
 def human_count(n, unit: str = "") -> str:
@@ -36,7 +35,6 @@ def human_count(n, unit: str = "") -> str:
             text = f"{n:.0f}" if prefix == "" else f"{n:.3g}"
             return f"{text} {prefix}{unit}".rstrip()
         n /= 1000
-    return f"{n:.3g} P{unit}"
 
 
 def fmt(v, digits: int = 4) -> str:

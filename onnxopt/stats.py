@@ -9,6 +9,7 @@ inferred shapes (symbolic dims count as 1):
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import suppress
 
 import numpy as np
 import onnx
@@ -36,7 +37,6 @@ def _const_tensors(graph: onnx.GraphProto):
 def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]]:
     """(parameters, {dtype: {"params": n, "bytes": b}}) over initializers and Constant nodes."""
     per = {}
-    total = 0
     for g in iter_graphs(model.graph):
         for t in _const_tensors(g):
             n = _numel(t.dims)
@@ -48,8 +48,7 @@ def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]
             e = per.setdefault(dt, {"params": 0, "bytes": 0})
             e["params"] += n
             e["bytes"] += nbytes
-            total += n
-    return total, dict(sorted(per.items()))
+    return sum(e["params"] for e in per.values()), dict(sorted(per.items()))
 
 
 # initializers at most this many elements keep their values for shape inference (data
@@ -62,11 +61,7 @@ def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     inference needs their dims only, and the skeleton serializes in microseconds where the
     full model (weights inline) would take seconds."""
     g = model.graph
-    sg = onnx.GraphProto(name=g.name)
-    sg.node.extend(g.node)
-    sg.input.extend(g.input)
-    sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
+    sg = onnx.GraphProto(name=g.name, node=g.node, input=g.input, output=g.output, value_info=g.value_info)
     inputs = {i.name for i in g.input}
     for t in g.initializer:
         if _numel(t.dims) <= _KEEP_VALUES and t.data_location != onnx.TensorProto.EXTERNAL:
@@ -92,13 +87,8 @@ def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
-    for t in g.initializer:
-        shapes[t.name] = list(t.dims)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    shapes[n.output[0]] = list(a.t.dims)
+    shapes.update((t.name, list(t.dims)) for t in g.initializer)
+    shapes.update((n.output[0], list(a.t.dims)) for n in g.node if n.op_type == "Constant" and n.output for a in n.attribute if a.name == "value")
     return shapes
 
 
@@ -111,12 +101,9 @@ def activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names:
         if i.name in feed and i.type.HasField("tensor_type"):
             shape = i.type.tensor_type.shape
             shape.ClearField("dim")
-            for d in np.shape(feed[i.name]):
-                shape.dim.add(dim_value=int(d))
-    try:
+            shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_value=int(d)) for d in np.shape(feed[i.name]))
+    with suppress(Exception):
         sk = onnx.shape_inference.infer_shapes(sk)
-    except Exception:
-        pass
     batch = max((int(v.shape[0]) for v in feed.values() if np.ndim(v)), default=1) or 1
     sizes = {}
     for v in list(sk.graph.value_info) + list(sk.graph.output):
@@ -147,10 +134,8 @@ def flops_by_node(model: onnx.ModelProto) -> dict[str, int]:
                 out[key] = 2 * _numel(x) * _numel(w[1:])
             elif n.op_type in ("Gemm", "MatMul"):
                 a, y = shapes[n.input[0]], shapes[n.output[0]]
-                k = a[-1]
-                if n.op_type == "Gemm":
-                    ta = next((at.i for at in n.attribute if at.name == "transA"), 0)
-                    k = a[0] if ta else a[-1]
+                ta = n.op_type == "Gemm" and next((at.i for at in n.attribute if at.name == "transA"), 0)
+                k = a[0] if ta else a[-1]
                 out[key] = 2 * _numel(y) * int(k)
         except (KeyError, IndexError):
             continue

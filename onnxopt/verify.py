@@ -40,6 +40,7 @@ __all__ = [
     "compare",
     "compare_arrays",
     "compare_outputs",
+    "check_comparison",
     "paired_datasets",
     "verify",
 ]
@@ -108,8 +109,7 @@ def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True) -> b
 
     if is_lazy(model):
         return _check_lazy(model, notes)
-    big = exceeds_protobuf(model, margin=2**24)
-    if big:
+    if exceeds_protobuf(model, margin=2**24):
         with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
             from .io import save_model
 
@@ -118,16 +118,24 @@ def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True) -> b
             onnx.checker.check_model(str(p), full_check=False)
             notes.append("model over 2 GB: checked by path, shape inference skipped")
             return False
+    return _full_check(model, notes) and strict and _strict_inference(model, notes)
+
+
+def _full_check(target, notes: list[str]) -> bool:
+    """``onnx.checker`` full check of ``target`` (a model or a path); when shape inference
+    fails, the structural check only, with a note (False)."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(target, full_check=True)
     except onnx.checker.ValidationError:
         raise
     except Exception as exc:  # InferenceError from full_check
-        onnx.checker.check_model(model, full_check=False)
+        onnx.checker.check_model(target, full_check=False)
         notes.append(f"shape inference failed ({' '.join(str(exc).split())[:200]}); structural check only")
         return False
-    if not strict:
-        return False
+    return True
+
+
+def _strict_inference(model: onnx.ModelProto, notes: list[str]) -> bool:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
         return True
@@ -142,7 +150,7 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
     in a temporary folder (the checker looks at files and sizes, not at values)."""
     import copy
 
-    from .io import BASEPATH, all_tensors
+    from .io import BASEPATH, all_tensors, set_external_data
 
     skeleton = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
@@ -155,27 +163,13 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
             name = f"t{i}.bin"
             with open(Path(tmp) / name, "wb") as fh:
                 fh.truncate(int(info.get("length", 0) or 0))
-            del t.external_data[:]
-            for key, value in (("location", name), ("offset", "0"), ("length", info.get("length", "0"))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
+            set_external_data(t, (("location", name), ("offset", "0"), ("length", info.get("length", "0"))))
         p = Path(tmp) / "skeleton.onnx"
         p.write_bytes(skeleton.SerializeToString())
-        try:
-            onnx.checker.check_model(str(p), full_check=True)
-        except onnx.checker.ValidationError:
-            raise
-        except Exception as exc:  # InferenceError from full_check
-            onnx.checker.check_model(str(p), full_check=False)
-            notes.append(f"shape inference failed ({' '.join(str(exc).split())[:200]}); structural check only")
+        if not _full_check(str(p), notes):
             return False
     notes.append("large model: checked with its weights left in their files")
-    try:
-        onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
-        return True
-    except Exception as exc:
-        notes.append(f"strict shape inference refused ({' '.join(str(exc).split())[:160]}); non-strict check passed")
-        return False
+    return _strict_inference(skeleton, notes)
 
 
 def check_model(
@@ -194,9 +188,7 @@ def check_model(
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
     sess = create_session(model, provider, error=error)
-    rec.ort_loaded = True
-    if keep_session:
-        rec.session = sess
+    rec.ort_loaded, rec.session = True, sess if keep_session else None
     del sess
     # session options the model carries (ort_config) must be accepted by ONNX Runtime as written
     from .serving.carry import check_carried
@@ -305,6 +297,17 @@ def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, 
     return Comparison(comps, atol, rtol, samples, source)
 
 
+def check_comparison(comp: Comparison, label: str, *, exact: bool) -> None:
+    """Raise ``VerificationError`` (prefixed with ``label``) when an output of ``comp``
+    changed shape or, for an ``exact`` transform, broke the exact-transform rule."""
+    for o in comp.outputs:
+        if o.note.startswith("shape"):
+            raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
+    bad = comp.inexact() if exact else []
+    if bad:
+        raise VerificationError(f"{label}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+
+
 def verify_other_shapes(
     reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None
 ) -> list[dict]:
@@ -329,14 +332,7 @@ def verify_other_shapes(
         except OnnxoptError as exc:
             raise VerificationError(f"{label}: at {ds.describe()}: {exc.message}") from exc
         comp = compare_outputs(names, ref, outputs, source=ds.describe())
-        for o in comp.outputs:
-            if o.note.startswith("shape"):
-                raise VerificationError(f"{label}: at {ds.describe()}: output '{o.name}' changed {o.note}")
-        bad = comp.inexact() if exact else []
-        if bad:
-            raise VerificationError(
-                f"{label}: at {ds.describe()}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)"
-            )
+        check_comparison(comp, f"{label}: at {ds.describe()}", exact=exact)
         records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
     return records
 

@@ -25,12 +25,9 @@ def rel_l2_error(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:
     """Worst ||c - r|| / ||r|| over outputs (an all-zero reference: 0 if equal, else inf)."""
     worst = 0.0
     for r, c in zip(ref, out, strict=True):
-        r = np.asarray(r, dtype=np.float64)
-        c = np.asarray(c, dtype=np.float64)
-        diff = float(np.linalg.norm(c - r))
-        denom = float(np.linalg.norm(r))
-        err = diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
-        worst = max(worst, err)
+        r, c = np.asarray(r, dtype=np.float64), np.asarray(c, dtype=np.float64)
+        diff, denom = float(np.linalg.norm(c - r)), float(np.linalg.norm(r))
+        worst = max(worst, diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf")))
     return worst
 
 

@@ -94,9 +94,7 @@ class _Entry:
 
 
 def _name_of(src, proto: onnx.ModelProto, i: int) -> str:
-    if isinstance(src, onnx.ModelProto):
-        return proto.graph.name or f"model{i}"
-    return Path(src).stem
+    return (proto.graph.name or f"model{i}") if isinstance(src, onnx.ModelProto) else Path(src).stem
 
 
 def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
@@ -115,34 +113,29 @@ def _load_entries(models, names, baseline) -> tuple[list[_Entry], int]:
         path = None if isinstance(src, onnx.ModelProto) else Path(src)
         entries.append(_Entry(names[i] if names else _name_of(src, proto, i), proto if path is None else str(path), proto, path))
     _dedupe(entries)
-    n_given = len(entries)
-    base = 0
     if baseline is None:
-        pass
-    elif isinstance(baseline, bool):
+        return entries, 0
+    if isinstance(baseline, bool):
         raise UsageError(f"baseline must be a model, a path, a name or an index, not {baseline!r}")
-    elif isinstance(baseline, int):
+    if isinstance(baseline, int):
         if not 0 <= baseline < len(entries):
             raise UsageError(f"baseline index {baseline} is out of range (0..{len(entries) - 1})")
-        base = baseline
-    elif isinstance(baseline, onnx.ModelProto):
+        return entries, baseline
+    if isinstance(baseline, onnx.ModelProto):
         hit = [i for i, e in enumerate(entries) if e.proto is baseline]
-        if hit:
-            base = hit[0]
-        else:
-            entries.insert(0, _Entry(_name_of(baseline, baseline, 0), baseline, baseline, None))
     else:
         bpath = Path(baseline)
         hit = [i for i, e in enumerate(entries) if e.path is not None and bpath.exists() and e.path.exists() and os.path.samefile(e.path, bpath)]
         if not hit and not bpath.exists():
             hit = [i for i, e in enumerate(entries) if e.name == str(baseline)]
-        if hit:
-            base = hit[0]
-        else:
-            entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath))
-    if len(entries) > n_given:
-        _dedupe(entries)
-    return entries, base
+    if hit:
+        return entries, hit[0]
+    if isinstance(baseline, onnx.ModelProto):  # not among the models: added first
+        entries.insert(0, _Entry(_name_of(baseline, baseline, 0), baseline, baseline, None))
+    else:
+        entries.insert(0, _Entry(bpath.stem, str(bpath), load_model(bpath, load_external=False), bpath))
+    _dedupe(entries)
+    return entries, 0
 
 
 def _dedupe(entries: list[_Entry]) -> None:
@@ -176,18 +169,10 @@ def _check_args(runs, duration, warmup, concurrency, threads, batches, block) ->
 
 def _disk_bytes(path: Path, proto: onnx.ModelProto) -> int:
     """The .onnx file plus every external-data file it references (each counted once)."""
-    total = path.stat().st_size
-    seen: set[Path] = set()
-    for g in iter_graphs(proto.graph):
-        for t in g.initializer:
-            if t.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            loc = next((x.value for x in t.external_data if x.key == "location"), None)
-            f = (path.parent / loc).resolve() if loc else None
-            if f is not None and f not in seen and f.is_file():
-                seen.add(f)
-                total += f.stat().st_size
-    return total
+    tensors = [t for g in iter_graphs(proto.graph) for t in g.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    locs = [next((x.value for x in t.external_data if x.key == "location"), None) for t in tensors]
+    files = {(path.parent / loc).resolve() for loc in locs if loc}
+    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
 
 
 def _model_info(e: _Entry) -> dict:
@@ -276,11 +261,9 @@ def _device(cfg: BenchConfig) -> _Device:
             if (cfg.provider or "cpu").lower() == "cpu":
                 raise UsageError("cudnn_conv_algo_search applies to --provider cuda only")
             notes.append("cudnn_conv_algo_search ignored: 'auto' resolved to the CPU provider")
-    cuda_options: dict = {}
-    if prov == "cuda":
-        cuda_options["device_id"] = 0
-        if search is not None:
-            cuda_options["cudnn_conv_algo_search"] = search
+    cuda_options = {"device_id": 0} if prov == "cuda" else {}
+    if cuda_options and search is not None:
+        cuda_options["cudnn_conv_algo_search"] = search
     io_binding = prov == "cuda" if cfg.io_binding is None else cfg.io_binding
     if prov == "cuda" and not io_binding:
         notes.append("CUDA without I/O binding: every run copies inputs to the device and outputs back (included in the latency)")
@@ -365,10 +348,8 @@ class _Run:
 
     def __init__(self, cfg: BenchConfig, dev: _Device, plan: _Plan):
         self.cfg, self.dev, self.plan = cfg, dev, plan
-        if cfg.runs is None and cfg.duration is None:
-            self.runs, self.duration = DEFAULT_RUNS, DEFAULT_DURATION
-        else:
-            self.runs, self.duration = cfg.runs, cfg.duration
+        defaults = cfg.runs is None and cfg.duration is None
+        self.runs, self.duration = (DEFAULT_RUNS, DEFAULT_DURATION) if defaults else (cfg.runs, cfg.duration)
         self.notes: list[str] = list(dev.notes)
         self.load_before = load_average()
         self.peaks = [peak_rss_bytes()]  # the probes reset the kernel's counter: keep the maximum
@@ -378,8 +359,7 @@ class _Run:
         self.infos = [_model_info(e) for e in plan.entries]
         self.configs = [_session_config(e, cfg.model_options, cfg.threads) for e in plan.entries]
         for info, sc in zip(self.infos, self.configs, strict=True):
-            info["session_options"] = sc.to_dict() if sc is not None else None
-            info["session_options_source"] = "model" if sc is not None else "default"
+            info.update(session_options=sc.to_dict() if sc is not None else None, session_options_source="model" if sc is not None else "default")
         self.sessions: list = [None] * len(plan.entries)
         self.invokers: dict[tuple[int, int], Invoker] = {}
         self.first: dict[tuple[int, int], float] = {}
@@ -484,8 +464,8 @@ class _Run:
             workers.append([self.invokers[(i, c)].call, *extra])
         bsz = [feed_batch(plan.entries[i].proto, plan.feeds[c][i][0]) or 1 for i in active]
         iters = [max(2, math.ceil(len(m.latencies[k]) / (THROUGHPUT_ROUNDS * cfg.concurrency))) for k in range(len(active))]
-        for k, t in enumerate(measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=cfg.seed + c)):
-            self.thr[(active[k], c)] = t
+        measured = measure_throughput(workers, bsz, iters, rounds=THROUGHPUT_ROUNDS, seed=cfg.seed + c)
+        self.thr.update(((active[k], c), t) for k, t in enumerate(measured))
 
     def report(self, results: list[dict], seconds: float) -> dict:
         cfg, dev, plan = self.cfg, self.dev, self.plan
@@ -497,8 +477,7 @@ class _Run:
             io_binding=dev.io_binding,
             cuda_options=dev.cuda_options,
         )
-        env["load_average_before"] = self.load_before
-        env["runtime_setup_ms"] = self.prime_s * 1e3 if self.prime_s is not None else None
+        env.update(load_average_before=self.load_before, runtime_setup_ms=self.prime_s * 1e3 if self.prime_s is not None else None)
         for i, a in enumerate(self.acc_blocks or []):
             self.infos[i]["accuracy"] = a
         settings = {
@@ -577,27 +556,20 @@ def _accuracy(entries, sessions, views, ds, shapes, base, seed) -> list[dict]:
     n = len(entries)
     outs: list = [None] * n
     failed: dict[int, str] = {}
-    if ds is not None:
-        for i in progress(range(n), desc="bench accuracy", total=n, unit="model"):
-            try:
-                outs[i] = run_dataset(sessions[i], views[i], batch_size=DEFAULT_BATCH)
-            except OnnxoptError as exc:
-                failed[i] = f"not evaluated: {exc.message}"
-        blocks = acc.evaluate(outs, base, ds.labels, f"{ds.source} ({len(ds)} samples)")
-        for i, why in failed.items():
-            blocks[i]["note"] = why
-        return blocks
-    feeds = []
-    for i, e in enumerate(entries):
-        synth = synthesize(e.proto, shapes, samples=8, seed=seed)
-        feeds.append(next(synth.batches(max(len(synth), 1))))
+    synth = None if ds is not None else [synthesize(e.proto, shapes, samples=8, seed=seed) for e in entries]
+    for i in progress(range(n), desc="bench accuracy", total=n, unit="model") if synth is None else range(n):
         try:
-            outs[i] = run_dataset(sessions[i], synth, batch_size=max(len(synth), 1))
+            inputs, batch = (views[i], DEFAULT_BATCH) if synth is None else (synth[i], max(len(synth[i]), 1))
+            outs[i] = run_dataset(sessions[i], inputs, batch_size=batch)
         except OnnxoptError as exc:
             failed[i] = f"not evaluated: {exc.message}"
-    blocks = acc.evaluate(outs, base, None, "synthesized inputs (seeded)")
+    source = f"{ds.source} ({len(ds)} samples)" if synth is None else "synthesized inputs (seeded)"
+    blocks = acc.evaluate(outs, base, ds.labels if synth is None else None, source)
     for i, why in failed.items():
         blocks[i]["note"] = why
+    if synth is None:
+        return blocks
+    feeds = [next(s.batches(max(len(s), 1))) for s in synth]
     for i in range(n):
         same = feeds[i].keys() == feeds[base].keys() and all(np.array_equal(feeds[i][k], feeds[base][k]) for k in feeds[i])
         if not same:
@@ -613,35 +585,21 @@ def _results(entries, cfgs, plan, first, measured, thr, base, block, seed):
         base_lat = lat.get(base)
         for i, e in enumerate(entries):
             item = plan[c][i]
-            row = {
-                "model": e.name,
-                "batch_requested": b,
-                "batch": None,
-                "status": None,
-                "notes": [],
-                "input_shapes": None,
-                "first_run_ms": None,
-                "latency_ms": None,
-                "speedup": None,
-                "throughput": None,
-            }
+            row = {"model": e.name, "batch_requested": b, "batch": None, "status": None, "notes": []}
+            row.update(dict.fromkeys(("input_shapes", "first_run_ms", "latency_ms", "speedup", "throughput")))
             if isinstance(item, str):
                 row.update(status="skipped", notes=[item])
                 rows.append(row)
                 continue
             feed, fnotes = item
-            row["batch"] = feed_batch(e.proto, feed)
-            row["input_shapes"] = {k: list(v.shape) for k, v in feed.items()}
-            row["notes"] = list(fnotes)
-            if (i, c) in first:
-                row["first_run_ms"] = first[(i, c)] * 1e3
+            row.update(batch=feed_batch(e.proto, feed), input_shapes={k: list(v.shape) for k, v in feed.items()}, notes=list(fnotes))
+            row["first_run_ms"] = first[(i, c)] * 1e3 if (i, c) in first else None
             x = lat.get(i)
             if x is None or x.size == 0:
                 row["status"] = "not measured"
                 rows.append(row)
                 continue
-            row["status"] = "interrupted" if m.interrupted else "ok"
-            row["latency_ms"] = latency_summary(x)
+            row.update(status="interrupted" if m.interrupted else "ok", latency_ms=latency_summary(x))
             samples[(e.name, b)] = x * 1e3
             if base_lat is None or base_lat.size == 0:
                 row["notes"].append("no ratio: the baseline was not measured in this configuration")

@@ -12,9 +12,11 @@ import logging
 import os
 import platform
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from ..session_options import machine_cores
+from .memory import from_psutil, nvidia_smi, nvml_device, nvml_handle
 
 __all__ = [
     "cpu_model",
@@ -31,16 +33,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo``, else ``platform.processor()``)."""
-    try:
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The first non-empty value of one of ``keys`` in ``/proc/cpuinfo`` (None when unreadable)."""
+    with suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+            if key.strip() in keys and value.strip():
                 return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    return _cpuinfo(("model name", "Hardware", "Processor")) or platform.processor() or platform.machine() or "unknown"
 
 
 # /proc/cpuinfo flag -> extension; x86 "flags", ARM "Features" (asimddp: dot product)
@@ -61,15 +66,7 @@ def cpu_isa() -> dict[str, bool]:
     ``/proc/cpuinfo`` (all False where it cannot be read): AVX2, AVX-512, VNNI (AVX512-VNNI
     or AVX-VNNI: INT8 dot products; without it ORT's ConvInteger/MatMulInteger are slow),
     AMX, ARM dot-product and i8mm."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                flags.update(value.split())
-                break
-    except OSError:
-        pass
+    flags = set((_cpuinfo(("flags", "Features")) or "").split())
     return {name: any(f in flags for f in wanted) for name, wanted in _ISA_FLAGS.items()}
 
 
@@ -81,22 +78,12 @@ def isa_summary(isa: dict[str, bool] | None = None) -> str:
 
 
 def physical_cores() -> int:
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-        if n:
-            return int(n)
-    except Exception:  # psutil missing or unsupported platform
-        pass
-    return os.cpu_count() or 1
+    return int(from_psutil(lambda p: p.cpu_count(logical=False)) or os.cpu_count() or 1)
 
 
 def effective_threads(threads: int | None, provider: str = "cpu") -> int:
     """Intra-op threads a CPU session will use (ORT default: physical cores, within affinity)."""
-    if threads:
-        return int(threads)
-    return max(1, min(physical_cores(), machine_cores()))
+    return int(threads) if threads else max(1, min(physical_cores(), machine_cores()))
 
 
 def load_average() -> list[float] | None:
@@ -135,9 +122,7 @@ def busy_warning() -> str | None:
 def gpu_info(device_id: int = 0) -> dict | None:
     """Name, driver and total memory of CUDA device ``device_id`` (NVML, else nvidia-smi;
     translated through ``CUDA_VISIBLE_DEVICES``, see ``memory.nvml_device``), or None."""
-    from .memory import nvml_device, nvml_handle
-
-    try:
+    with suppress(Exception):
         import pynvml  # optional
 
         pynvml.nvmlInit()
@@ -154,10 +139,6 @@ def gpu_info(device_id: int = 0) -> dict | None:
             }
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
-        pass
-    from .memory import nvidia_smi
-
     out = nvidia_smi(
         [
             "--query-gpu=index,name,driver_version,memory.total",
@@ -181,25 +162,6 @@ def gpu_info(device_id: int = 0) -> dict | None:
                 "source": "nvidia-smi",
             }
     return None
-
-
-def _memory_total() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except Exception:
-        return None
-
-
-def _cpu_freq_mhz() -> float | None:
-    try:
-        import psutil
-
-        f = psutil.cpu_freq()
-        return round(float(f.current), 1) if f else None
-    except Exception:
-        return None
 
 
 def _governor() -> str | None:
@@ -226,16 +188,16 @@ def capture(
     import onnx
     import onnxruntime as ort
 
-    env = {
+    return {
         "cpu": cpu_model(),
         "cpu_isa": isa_summary(),
         "cores_logical": os.cpu_count(),
         "cores_physical": physical_cores(),
         "cores_usable": machine_cores(),
-        "cpu_mhz": _cpu_freq_mhz(),
+        "cpu_mhz": from_psutil(lambda p: round(float(p.cpu_freq().current), 1) if p.cpu_freq() else None),
         "cpu_governor": _governor(),
         "load_average": load_average(),  # at the end of the run; see load_average_before
-        "memory_total_bytes": _memory_total(),
+        "memory_total_bytes": from_psutil(lambda p: int(p.virtual_memory().total)),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "numpy": np.__version__,
@@ -257,4 +219,3 @@ def capture(
         if provider == "cuda"
         else None,
     }
-    return env

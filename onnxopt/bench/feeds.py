@@ -31,8 +31,7 @@ class SkipConfig(Exception):  # noqa: N818 - a signal, not an error: the configu
 def dataset_view(ds: Dataset) -> Dataset:
     """A shallow copy of ``ds`` to validate against another model (``validate`` drops the
     keys a model does not consume, which must not affect the other models)."""
-    view = Dataset(ds.source, files=ds._files, arrays=ds._arrays, labels=ds.labels, whole=ds.whole)
-    return view
+    return ds.view()
 
 
 def fixed_batch_conflict(model: onnx.ModelProto, batch: int | None) -> str | None:
@@ -58,9 +57,7 @@ def _take(arr: np.ndarray, batch: int) -> np.ndarray:
     if not arr.ndim:  # a 0-d input (a sample rate) is fed as it is
         return arr
     n = arr.shape[0]
-    if batch <= n:
-        return np.ascontiguousarray(arr[:batch])
-    return np.ascontiguousarray(np.take(arr, np.arange(batch) % n, axis=0))
+    return np.ascontiguousarray(arr[:batch] if batch <= n else np.take(arr, np.arange(batch) % n, axis=0))
 
 
 def _from_arrays(model, ds: Dataset, batch: int | None) -> tuple[dict, list[str]]:
@@ -115,9 +112,7 @@ def make_feed(
     if reason:
         raise SkipConfig(reason)
     if dataset is not None:
-        if dataset._arrays is not None and not dataset.whole:
-            return _from_arrays(model, dataset, batch)
-        return _from_files(model, dataset, batch)
+        return (_from_arrays if dataset._arrays is not None and not dataset.whole else _from_files)(model, dataset, batch)
     specs = input_specs(model)
     shp = {k: tuple(v) for k, v in (shapes or {}).items()}
     check_shapes(model, shp)
@@ -134,6 +129,4 @@ def _defaulted_dims(specs, shapes: Mapping[str, tuple], ds: Dataset) -> list[str
     """A note when symbolic dims past the batch axis were discovered rather than given: the
     figure is timed at the smallest size the model runs on, not at a realistic one."""
     free = [s.name for s in specs if s.name not in shapes and s.shape and any(i > 0 and not isinstance(d, int) for i, d in enumerate(s.shape))]
-    if not free:
-        return []
-    return [f"inputs {ds.describe()}; give --shape NAME:D1,D2,... for a realistic size"]
+    return [f"inputs {ds.describe()}; give --shape NAME:D1,D2,... for a realistic size"] if free else []

@@ -23,9 +23,11 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 __all__ = [
+    "from_psutil",
     "rss_bytes",
     "peak_rss_bytes",
     "reset_peak_rss",
@@ -41,22 +43,25 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def rss_bytes() -> int | None:
+def from_psutil(read):
+    """``read(psutil)``, or None when psutil is missing or cannot tell."""
     try:
         import psutil
 
-        return int(psutil.Process().memory_info().rss)
+        return read(psutil)
     except Exception:
         return None
 
 
+def rss_bytes() -> int | None:
+    return from_psutil(lambda p: int(p.Process().memory_info().rss))
+
+
 def _vm_hwm() -> int | None:
-    try:
+    with suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
     return None
 
 
@@ -144,9 +149,11 @@ def nvml_device(device_id: int = 0, visible: str | None = None) -> int | str:
 def nvml_handle(pynvml, device_id: int):
     """The NVML handle of CUDA device ``device_id`` (``nvml_device``)."""
     dev = nvml_device(device_id)
-    if isinstance(dev, int):
-        return pynvml.nvmlDeviceGetHandleByIndex(dev)
-    return pynvml.nvmlDeviceGetHandleByUUID(dev)
+    return (
+        pynvml.nvmlDeviceGetHandleByIndex(dev)
+        if isinstance(dev, int)
+        else pynvml.nvmlDeviceGetHandleByUUID(dev)
+    )
 
 
 def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | None]:
@@ -155,7 +162,7 @@ def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | No
     device (scope ``device``).  ``(None, None, None)`` without NVML and nvidia-smi.
     ``device_id`` is ORT's (CUDA's) device index (``nvml_device``)."""
     pid = os.getpid()
-    try:
+    with suppress(Exception):
         import pynvml  # optional
 
         pynvml.nvmlInit()
@@ -167,8 +174,6 @@ def gpu_used_bytes(device_id: int = 0) -> tuple[int | None, str | None, str | No
             return int(pynvml.nvmlDeviceGetMemoryInfo(h).used), "nvml", "device"
         finally:
             pynvml.nvmlShutdown()
-    except Exception:
-        pass
     dev = nvml_device(device_id)
     out = nvidia_smi(
         [

@@ -47,13 +47,11 @@ def plot_bytes(report: dict, samples: dict, fmt: str = "png") -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cfgs = list(dict.fromkeys(r["batch_requested"] for r in report["results"]))
-    cols = [
-        b for b in cfgs if any((m, b) in samples for m in (x["name"] for x in report["models"]))
-    ]
+    names = [m["name"] for m in report["models"]]
+    cfgs = dict.fromkeys(r["batch_requested"] for r in report["results"])
+    cols = [b for b in cfgs if any((m, b) in samples for m in names)]
     if not cols:
         raise UsageError("nothing was measured: no plot to draw")
-    names = [m["name"] for m in report["models"]]
     fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2.5) * len(cols), 8.0), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(cols), squeeze=False)

@@ -41,15 +41,10 @@ _VERDICT = {"faster": "faster", "slower": "slower", "same": "~same", "baseline":
 
 
 def render(report: dict, fmt: str = "table") -> str:
-    if fmt == "table":
-        return to_table(report)
-    if fmt == "json":
-        return to_json(report)
-    if fmt == "csv":
-        return to_csv(report)
-    if fmt == "markdown":
-        return to_markdown(report)
-    raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    renderers = {"table": to_table, "json": to_json, "csv": to_csv, "markdown": to_markdown}
+    if fmt not in renderers:
+        raise ValueError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return renderers[fmt](report)
 
 
 def to_json(report: dict) -> str:
@@ -216,26 +211,14 @@ def _latency_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for r in report["results"]:
         lat = r.get("latency_ms") or {}
         b = r.get("batch") if r.get("batch") is not None else r.get("batch_requested")
+        b = "-" if b is None else str(b)
         if r["status"] == "skipped":
-            rows.append(
-                [
-                    r["model"],
-                    "-" if b is None else str(b),
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "skipped",
-                    "",
-                    "-",
-                    "-",
-                ]
-            )
+            rows.append([r["model"], b, "-", "-", "-", "-", "skipped", "", "-", "-"])
             continue
         rows.append(
             [
                 r["model"],
-                "-" if b is None else str(b),
+                b,
                 str(lat.get("n", "-")),
                 _ms(lat.get("p50")),
                 _ms(lat.get("p90")),
@@ -266,7 +249,7 @@ def _header_lines(report: dict) -> list[str]:
     thr = f"{threads}" if threads else f"{eff} (default)"
     load = env.get("load_average_before") or env.get("load_average")
     prov = env.get("ort_providers") or [report.get("provider")]
-    lines = [
+    return [
         f"{env.get('cpu', '?')}"
         + (f" ({env['cpu_isa']})" if env.get("cpu_isa") else "")
         + f" · {env.get('cores_usable', '?')} usable cores · load {load[0] if load else '?'} · onnxruntime {env.get('onnxruntime', '?')} · {prov[0]}"
@@ -279,7 +262,6 @@ def _header_lines(report: dict) -> list[str]:
         f"ratio = median({report['baseline']}) / median(model): > 1 is faster; 95% CI by paired block bootstrap"
         + (" (widened with few rounds: see notes)" if _few_rounds(report) else ""),
     ]
-    return lines
 
 
 def _footer_lines(report: dict) -> list[str]:
@@ -303,29 +285,19 @@ def _footer_lines(report: dict) -> list[str]:
     return lines
 
 
-def to_table(report: dict) -> str:
-    out = _header_lines(report) + [""]
+def _document(head: list[str], report: dict, render_table, foot: list[str]) -> str:
+    """``head``, the latency and the model tables drawn by ``render_table``, then ``foot``."""
     h, rows = _latency_rows(report)
-    out += table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n")
-    out.append("")
+    out = head + render_table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n") + [""]
     h, rows = _model_rows(report)
-    out += table(h, rows, right=set(range(1, len(h) - 1))).split("\n")
-    foot = _footer_lines(report)
-    if foot:
-        out += [""] + foot
-    return "\n".join(out) + "\n"
+    out += render_table(h, rows, right=set(range(1, len(h) - 1))).split("\n")
+    return "\n".join(out + ([""] + foot if foot else [])) + "\n"
+
+
+def to_table(report: dict) -> str:
+    return _document(_header_lines(report) + [""], report, table, _footer_lines(report))
 
 
 def to_markdown(report: dict) -> str:
-    out = []
-    for line in _header_lines(report):
-        out += [f"_{line}_", ""]
-    h, rows = _latency_rows(report)
-    out += markdown_table(h, rows, right={1, 2, 3, 4, 5, 8, 9}).split("\n")
-    out.append("")
-    h, rows = _model_rows(report)
-    out += markdown_table(h, rows, right=set(range(1, len(h) - 1))).split("\n")
-    foot = _footer_lines(report)
-    if foot:
-        out += [""] + [f"- {line}" for line in foot]
-    return "\n".join(out) + "\n"
+    head = [x for line in _header_lines(report) for x in (f"_{line}_", "")]
+    return _document(head, report, markdown_table, [f"- {line}" for line in _footer_lines(report)])

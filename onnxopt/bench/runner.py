@@ -24,12 +24,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import ModelError
-from ..runtime import check_provider_active, create_session  # noqa: F401 - re-exported
+from ..runtime import create_session
 
 __all__ = [
     "prime_runtime",
     "open_session",
-    "check_provider_active",
     "Invoker",
     "time_once",
     "warm",
@@ -66,13 +65,12 @@ def open_session(
     was asked for and the session fell back to the CPU)."""
     t0 = time.perf_counter()
     sess = create_session(model, provider, threads=threads, cuda_options=cuda_options, config=config)
-    secs = time.perf_counter() - t0
-    return sess, secs
+    return sess, time.perf_counter() - t0
 
 
 class Invoker:
-    """One inference of ``session`` on ``feed``: call it (or its ``call`` attribute, one
-    indirection less, in timing loops).  See the module docstring."""
+    """One inference of ``session`` on ``feed``: call its ``call`` attribute (a plain
+    function, for timing loops).  See the module docstring."""
 
     def __init__(
         self,
@@ -119,9 +117,6 @@ class Invoker:
             sync()
 
         self.call = call_bound
-
-    def __call__(self):
-        return self.call()
 
     def outputs(self) -> list[np.ndarray]:
         """Host copies of the outputs of one run (used by the accuracy check)."""

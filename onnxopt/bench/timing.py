@@ -76,7 +76,6 @@ def measure_interleaved(
     shuffle_seed: int | None = None,
     catch_interrupt: bool = False,
     progress_desc: str | None = None,
-    disable_gc: bool = True,
 ) -> Measurement:
     """Time ``run_one(i)`` for ``i in range(n)`` in interleaved rounds of ``block`` runs each.
 
@@ -112,8 +111,7 @@ def measure_interleaved(
             for _ in range(max(warmup, 0)):
                 run_one(i)
         start = perf()
-        if disable_gc:
-            gc.disable()
+        gc.disable()
         for _ in rounds_iter:
             order = list(range(n))
             if rng is not None:
@@ -135,7 +133,7 @@ def measure_interleaved(
             raise
         interrupted = True
     finally:
-        if disable_gc and gc_was_enabled:
+        if gc_was_enabled:
             gc.enable()
         close = getattr(rounds_iter, "close", None)
         if close is not None:
@@ -277,7 +275,4 @@ def percentiles(lat: np.ndarray) -> dict:
 
 def latency_summary(lat: np.ndarray) -> dict:
     """``percentiles`` plus ``max`` (ms) and ``n`` (the number of timed runs)."""
-    out = percentiles(lat)
-    out["max"] = float(np.max(lat) * 1e3)
-    out["n"] = int(np.size(lat))
-    return out
+    return {**percentiles(lat), "max": float(np.max(lat) * 1e3), "n": int(np.size(lat))}

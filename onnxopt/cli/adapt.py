@@ -55,26 +55,7 @@ def _pct(v) -> str:
 @provider_option
 @json_option
 @report_option
-def command(
-    model,
-    output,
-    data,
-    features,
-    pool,
-    head,
-    classes,
-    l2,
-    holdout,
-    no_standardize,
-    class_names,
-    softmax,
-    eval_data,
-    seed,
-    batch_size,
-    provider,
-    as_json,
-    report_path,
-):
+def command(model, output, data, no_standardize, as_json, report_path, **options):
     """Transfer learning: keep MODEL's feature extractor, fit a new classification head on
     DATA's labels (numpy, no training framework), and write one deployable model.  The cut
     is checked to reproduce MODEL's feature tensor and the new head to match the numpy fit.
@@ -83,23 +64,7 @@ def command(
     """
     from ..adapt.api import adapt
     check_outputs(output, [model], report_path)
-    result = adapt(
-        model,
-        data,
-        features=features,
-        head=head,
-        classes=classes,
-        l2=l2,
-        holdout=holdout,
-        pool=pool,
-        standardize=not no_standardize,
-        class_names=class_names,
-        softmax=softmax,
-        seed=seed,
-        provider=provider,
-        batch_size=batch_size,
-        eval_data=eval_data,
-    )
+    result = adapt(model, data, standardize=not no_standardize, **options)
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
     _render(result.report)

@@ -9,6 +9,7 @@ from ..render import fmt, table
 from .options import (
     data_option,
     json_option,
+    metric_option,
     provider_option,
     report_option,
     shape_option,
@@ -138,11 +139,8 @@ def render_diagnosis(rep: dict, top: int = 5) -> str:
 )
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Nodes listed by error added.")
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="Samples of DATA compared.")
-@click.option(
-    "--metric",
-    type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
-    default=None,
-    help="QDQ candidate: the score of the outputs nodes are ranked by when left in float (default: agreement for [N,C] scores, else cosine).",
+@metric_option(
+    help="QDQ candidate: the score of the outputs nodes are ranked by when left in float (default: agreement for [N,C] scores, else cosine)."
 )
 @provider_option
 @json_option

@@ -10,6 +10,7 @@ from ..render import fmt, human_bytes, table
 from .options import (
     data_option,
     json_option,
+    metric_option,
     provider_option,
     report_option,
     shape_option,
@@ -64,12 +65,7 @@ __all__ = ["command"]
     default=None,
     help="Budget of the recipe's lossy steps: points of --metric against the merged model (default: the recipe's; none: recorded only).",
 )
-@click.option(
-    "--metric",
-    type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
-    default=None,
-    help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).",
-)
+@metric_option(help="Metric of that budget (default: top1 with labels, agreement for [N,C] scores, else cosine).")
 @shape_option
 @provider_option
 @click.option(
@@ -127,14 +123,12 @@ def render(rep: dict) -> None:
     click.echo(line)
     if "fit" in rep:
         f = rep["fit"]
-        if "kind" in f:
-            click.echo(
-                f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} "
-                f"iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of "
-                f"{f['data']}"
-            )
-        else:
-            click.echo(f"weights fitted on {f['samples']} samples of {f['data']}: NLL {f['nll_uniform']:.4g} (uniform) -> {f['nll']:.4g}")
+        click.echo(
+            f"head: {f['kind']} on {f['features']} features -> {f['classes']} classes, l2 {f['l2']:g}, {f['iterations']} "
+            f"iterations ({'converged' if f['converged'] else 'NOT converged'}), fitted on {f['samples']} samples of {f['data']}"
+            if "kind" in f
+            else f"weights fitted on {f['samples']} samples of {f['data']}: NLL {f['nll_uniform']:.4g} (uniform) -> {f['nll']:.4g}"
+        )
     if acc:
         before = f"; {acc['before_steps']:.2f} % before the recipe's steps" if acc.get("before_steps", acc["ensemble"]) != acc["ensemble"] else ""
         click.echo(f"ensemble top1: {acc['ensemble']:.2f} % on {acc['data']} (best member {acc['best_member']:.2f} %{before})")

@@ -21,23 +21,18 @@ def _dims(v: dict) -> str:
 
 def render_inspect(r: dict) -> str:
     """The inspect report as readable text."""
-    lines = []
-    name = r.get("file") or "<model>"
-    lines.append(f"{name}  ({human_bytes(r['file_size'])})")
     opsets = ", ".join(f"{d} {v}" for d, v in r["opsets"].items())
     producer = " ".join(x for x in (r["producer"]["name"], r["producer"]["version"]) if x) or "unknown"
+    lines = [f"{r.get('file') or '<model>'}  ({human_bytes(r['file_size'])})"]
     lines.append(f"IR {r['ir_version']}; opsets: {opsets}; producer: {producer}; graph: {r['graph_name'] or '-'}")
     if r.get("doc"):
         lines.append(f"doc: {r['doc']}")
-    lines.append("")
     io_rows = [["input", v["name"], _dims(v)] for v in r["inputs"]] + [["output", v["name"], _dims(v)] for v in r["outputs"]]
-    lines.append(table(["", "name", "type"], io_rows))
+    lines += ["", table(["", "name", "type"], io_rows)]
     if r.get("initializer_inputs"):
         lines.append(f"({r['initializer_inputs']} more graph inputs are initializers: IR < 4 style)")
-    lines.append("")
     sub = f" ({r['nodes_main_graph']} in the main graph)" if r["nodes"] != r["nodes_main_graph"] else ""
-    lines.append(f"nodes: {r['nodes']}{sub}")
-    lines.append("ops: " + (", ".join(f"{k} {v}" for k, v in r["ops"].items()) or "none"))
+    lines += ["", f"nodes: {r['nodes']}{sub}", "ops: " + (", ".join(f"{k} {v}" for k, v in r["ops"].items()) or "none")]
     par = r["parameters"]
     constants = r["ops"].get("Constant", 0)
     lines.append(
@@ -51,30 +46,21 @@ def render_inspect(r: dict) -> str:
     if gen:
         lines.append(f"generated at run time: {gen['elements']:,} elements by {gen['nodes']} ConstantOfShape node(s) fed by constant shapes")
     unused = r["unused_initializers"]
-    if unused["count"]:
-        more = "" if unused["count"] <= len(unused["names"]) else ", ..."
-        lines.append(f"unused initializers: {unused['count']} ({human_bytes(unused['bytes'])}): {', '.join(unused['names'])}{more}")
-    else:
-        lines.append("unused initializers: none")
+    more = "" if unused["count"] <= len(unused["names"]) else ", ..."
+    names = f"{unused['count']} ({human_bytes(unused['bytes'])}): {', '.join(unused['names'])}{more}"
+    lines.append(f"unused initializers: {names if unused['count'] else 'none'}")
     subs = r["subgraphs"]
-    if subs["count"]:
-        by_op = ", ".join(f"{k} {v}" for k, v in subs["by_op"].items())
-        lines.append(f"subgraphs: {subs['count']} ({by_op})")
-        for s in subs["sites"][:20]:
-            lines.append(f"  {s['where']} ({s['nodes']} nodes)")
-        if len(subs["sites"]) > 20:
-            lines.append(f"  ... {len(subs['sites']) - 20} more")
-    else:
-        lines.append("subgraphs: none")
+    by_op = ", ".join(f"{k} {v}" for k, v in subs["by_op"].items())
+    lines.append(f"subgraphs: {subs['count']} ({by_op})" if subs["count"] else "subgraphs: none")
+    lines += [f"  {s['where']} ({s['nodes']} nodes)" for s in subs["sites"][:20]]
+    if len(subs["sites"]) > 20:
+        lines.append(f"  ... {len(subs['sites']) - 20} more")
     if r["functions"]:
         lines.append(f"local functions: {', '.join(r['functions'])}")
     ext = r["external_data"]
-    if ext["tensors"]:
-        lines.append(f"external data: {ext['tensors']} tensors, {human_bytes(ext['bytes'])} in {len(ext['files'])} file(s)")
-        for loc, e in ext["files"].items():
-            lines.append(f"  {loc}: {e['tensors']} tensors, {human_bytes(e['bytes'])}")
-    else:
-        lines.append("external data: none")
+    files = f"{ext['tensors']} tensors, {human_bytes(ext['bytes'])} in {len(ext['files'])} file(s)"
+    lines.append(f"external data: {files if ext['tensors'] else 'none'}")
+    lines += [f"  {loc}: {e['tensors']} tensors, {human_bytes(e['bytes'])}" for loc, e in ext["files"].items()]
     fl = r.get("flops_detail")
     if r.get("flops") is not None and fl is not None:
         parts = ", ".join(f"{k} {human_count(v)}" for k, v in fl["by_op"].items())
@@ -84,8 +70,7 @@ def render_inspect(r: dict) -> str:
             extra += f"; {fl['nodes_in_subgraphs']} node(s) inside If/Loop/Scan bodies not counted"
         lines.append(f"FLOPs (Conv/Gemm/MatMul, symbolic dims = 1): {human_count(r['flops'], 'FLOP')}" + (f" ({parts})" if parts else "") + extra)
     meta = r["metadata"]
-    for k, v in meta["props"].items():
-        lines.append(f"metadata {k}: {' '.join(v.split())}")  # one line each (values may hold newlines)
+    lines += [f"metadata {k}: {' '.join(v.split())}" for k, v in meta["props"].items()]  # one line each (values may hold newlines)
     prov = meta["onnxopt_provenance"]
     if prov is None:
         lines.append("onnxopt provenance: none")

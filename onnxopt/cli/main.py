@@ -13,31 +13,13 @@ import importlib.util
 import logging
 import sys
 import traceback
+from contextlib import suppress
 
 import click
 
 from ..errors import OnnxoptError
 
 __all__ = ["cli", "main", "COMMANDS"]
-
-# name -> "module:function"; imported only when the command runs (fast --help)
-COMMANDS = {
-    "inspect": "onnxopt.cli.inspect:command",
-    "simplify": "onnxopt.cli.simplify:command",
-    "verify": "onnxopt.cli.verify:command",
-    "run": "onnxopt.cli.run:command",
-    "quantize": "onnxopt.cli.quantize:command",
-    "prune": "onnxopt.cli.prune:command",
-    "ensemble": "onnxopt.cli.ensemble:command",
-    "chain": "onnxopt.cli.chain:command",
-    "bench": "onnxopt.cli.bench:command",
-    "optimize": "onnxopt.cli.optimize:command",
-    "tune": "onnxopt.cli.tune:command",
-    "adapt": "onnxopt.cli.adapt:command",
-    "diagnose": "onnxopt.cli.diagnose:command",
-    "demo": "onnxopt.cli.demo:command",
-    "passes": "onnxopt.cli.passes:command",
-}
 
 _HELP = {
     "inspect": "Describe a model: IR, opsets, I/O, ops, parameters, FLOPs.",
@@ -56,6 +38,8 @@ _HELP = {
     "demo": "Run the main job on the bundled models and print a summary.",
     "passes": "List the registered passes and bundled recipes.",
 }
+# name -> "module:function"; imported only when the command runs (fast --help)
+COMMANDS = {name: f"onnxopt.cli.{name}:command" for name in _HELP}
 
 _state = {"debug": False}
 
@@ -70,12 +54,12 @@ class _Group(click.Group):
             return None
         module, _, attr = target.partition(":")
         cmd = getattr(importlib.import_module(module), attr)
-        if not cmd.short_help and name in _HELP:
+        if not cmd.short_help:
             cmd.short_help = _HELP[name]
         return cmd
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, _HELP.get(name, "")) for name in self.list_commands(ctx)]
+        rows = [(name, _HELP[name]) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -89,32 +73,30 @@ class _Group(click.Group):
             if standalone_mode:
                 sys.exit(exc.exit_code)
             raise
-        except OnnxoptError as exc:
-            if _state["debug"]:
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+        except (OnnxoptError, click.ClickException, click.Abort) as exc:
+            code = _report_error(exc)
             if standalone_mode:
-                sys.exit(exc.exit_code)
-            raise click.exceptions.Exit(exc.exit_code) from None
-        except click.UsageError as exc:
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
-            if standalone_mode:
-                sys.exit(2)
-            raise click.exceptions.Exit(2) from None
-        except click.ClickException as exc:
-            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
-            if standalone_mode:
-                sys.exit(exc.exit_code)
-            raise click.exceptions.Exit(exc.exit_code) from None
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            if standalone_mode:
-                sys.exit(130)
-            raise click.exceptions.Exit(130) from None
+                sys.exit(code)
+            raise click.exceptions.Exit(code) from None
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
+
+
+def _report_error(exc: Exception) -> int:
+    """The one line on stderr for a user error (with the traceback under ``--debug`` for an
+    ``OnnxoptError``); returns the exit code."""
+    if isinstance(exc, OnnxoptError):
+        if _state["debug"]:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    if isinstance(exc, click.Abort):
+        click.echo("error: aborted", err=True)
+        return 130
+    hint = f" (see '{exc.ctx.command_path} --help')" if isinstance(exc, click.UsageError) and exc.ctx else ""
+    click.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+    return 2 if isinstance(exc, click.UsageError) else exc.exit_code
 
 
 def _importable(target: str) -> bool:
@@ -135,20 +117,16 @@ def cli(verbose: int, quiet: bool, debug: bool):
     input or usage, 3 verification failed or accuracy budget not met.
     """
     _state["debug"] = debug
-    level = logging.WARNING if not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
-    if quiet:
-        level = logging.ERROR
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     if verbose < 2:
         # ONNX Runtime's C++ warnings and errors ("Removing initializer ...", from sessions that its
         # quantizer and transformer optimizer create) go straight to file descriptor 2, where
         # they would break the one-line error contract; -vv shows them
-        try:
+        with suppress(Exception):  # pragma: no cover - a broken onnxruntime is reported where it is used
             import onnxruntime
 
             onnxruntime.set_default_logger_severity(4)
-        except Exception:  # pragma: no cover - a broken onnxruntime is reported where it is used
-            pass
     from ..core.progress import set_progress
 
     set_progress(False if quiet else None)

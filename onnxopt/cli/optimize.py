@@ -80,26 +80,7 @@ __all__ = ["command"]
 )
 @report_option
 @json_option
-def command(
-    model,
-    output,
-    target,
-    recipe,
-    calibration,
-    eval_data,
-    max_accuracy_drop,
-    metric,
-    shapes,
-    fix_shapes,
-    batch,
-    threads,
-    time_budget,
-    objective,
-    session_options,
-    ort_format,
-    report_path,
-    as_json,
-):
+def command(model, output, shapes, fix_shapes, ort_format, report_path, as_json, **options):
     """Build candidates from MODEL (simplified FP32, INT8 dynamic, INT8 static, pruned,
     FP16 -- as the recipe lists), verify each, time each against MODEL interleaved on the
     target, and write the fastest one within the accuracy budget.  The written model is
@@ -118,22 +99,7 @@ def command(
     if ort_path is not None and ort_path == Path(output):
         raise UsageError("with --ort-format, -o names the ONNX model (e.g. model.opt.onnx); the .ort file is written beside it", output)
     check_outputs(output, [model], report_path, ort_path)
-    result = optimize(
-        model,
-        target=target,
-        recipe=recipe,
-        calibration=calibration,
-        eval_data=eval_data,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        shapes=shapes_dict(shapes),
-        fix_shapes=shapes_dict(fix_shapes),
-        batch=batch,
-        threads=threads,
-        time_budget=time_budget,
-        objective=objective,
-        session_options=session_options,
-    )
+    result = optimize(model, shapes=shapes_dict(shapes), fix_shapes=shapes_dict(fix_shapes), **options)
     packed = _ort_format(result) if ort_path is not None else None
     shown = write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json)
     if packed is not None:

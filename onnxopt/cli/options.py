@@ -17,6 +17,7 @@ __all__ = [
     "report_option",
     "shapes_dict",
     "json_option",
+    "metric_option",
 ]
 
 
@@ -61,16 +62,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 report_option = click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON to this file.")
 
 
+def metric_option(help: str = "Accuracy metric (default: top1 with labels, agreement for [N,C] scores, else cosine)."):
+    return click.option("--metric", type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]), default=None, help=help)
+
+
 def budget_options(f):
     return _stack(
         click.option("--eval", "eval_data", type=click.Path(), default=None, help="Evaluation DATA (with 'labels' for top1)."),
         click.option("--max-accuracy-drop", type=float, default=None, help="Allowed loss in points of --metric against the input model."),
-        click.option(
-            "--metric",
-            type=click.Choice(["top1", "agreement", "cosine", "rel-l2"]),
-            default=None,
-            help="Accuracy metric (default: top1 with labels, agreement for [N,C] scores, else cosine).",
-        ),
+        metric_option(),
     )(f)
 
 

@@ -92,11 +92,9 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
 def _details(report: dict) -> list[str]:
     lines = []
     for c in report.get("candidates", []):
-        for e in c.get("remedied") or []:
-            lines.append(f"{c['label']}: {e['node']} ({e['op_type']}) kept quantized with remedy {e['remedy']} instead of float")
+        lines += [f"{c['label']}: {e['node']} ({e['op_type']}) kept quantized with remedy {e['remedy']} instead of float" for e in c.get("remedied") or []]
         lines += _excluded_lines(c["label"], c.get("excluded") or [])
-        for f in c.get("fallbacks") or []:
-            lines.append(f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}")
+        lines += [f"{c['label']}: {f['node']} ({f['op_type']}) -> {f['action']}: {f['reason'][:200]}" for f in c.get("fallbacks") or []]
     return lines
 
 
@@ -220,10 +218,8 @@ def render(rep: dict) -> None:
         what = ", ".join(f"{k} {v}" for k, v in fused.items()) + " fused" if tf["modified"] else "model unchanged"
         click.echo(f"transformer-fusion ({tf['model_type']}): " + what)
     for note in rep.get("notes", []):
-        if note.startswith("warning: "):
-            click.echo(note, err=True)
-        else:
-            click.echo(f"note: {note}")
+        warning = note.startswith("warning: ")
+        click.echo(note if warning else f"note: {note}", err=warning)
     before, after = rep["before"], rep["after"]
     size = f"size {human_bytes(before['bytes'])} -> {human_bytes(after['bytes'])}"
     click.echo(f"chosen: {rep.get('chosen') or 'none (input unchanged)'}; {size}; timing batch {rep['timing']['batch']}")

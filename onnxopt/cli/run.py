@@ -65,7 +65,7 @@ def render_steps(report: dict) -> str:
 @click.option("--external-data", is_flag=True, help="Save weights to an external-data file (automatic over 2 GB).")
 @report_option
 @json_option
-def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, metric, shapes, fix_shapes, provider, external_data, report_path, as_json):
+def command(recipe, model, output, shapes, fix_shapes, external_data, report_path, as_json, **options):
     """Apply RECIPE (a bundled recipe name, see 'onnxopt passes', or a TOML file) to MODEL.
     Every step is verified against MODEL before the next one runs (checker, ONNX Runtime,
     outputs within 1e-4 relative L2 for exact passes, --metric within --max-accuracy-drop
@@ -76,17 +76,7 @@ def command(recipe, model, output, calibration, eval_data, max_accuracy_drop, me
     from ..core.runner import run
 
     check_outputs(output, [model], report_path)
-    result = run(
-        recipe,
-        model,
-        calibration=calibration,
-        eval_data=eval_data,
-        shapes=shapes_dict(shapes),
-        provider=provider,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        fix_shapes=shapes_dict(fix_shapes),
-    )
+    result = run(recipe, model, shapes=shapes_dict(shapes), fix_shapes=shapes_dict(fix_shapes), **options)
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json, external_data=external_data):
         return
     rep = result.report

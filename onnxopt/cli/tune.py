@@ -57,23 +57,7 @@ def render_tune(report: dict) -> str:
 @click.option("--spinning/--no-spinning", "spinning", default=None, help="No search: whether idle pool threads spin.")
 @report_option
 @json_option
-def command(
-    model,
-    output,
-    provider,
-    data,
-    shapes,
-    batch,
-    duration,
-    max_threads,
-    intra_op_threads,
-    inter_op_threads,
-    execution_mode,
-    optimization_level,
-    spinning,
-    report_path,
-    as_json,
-):
+def command(model, output, shapes, intra_op_threads, inter_op_threads, execution_mode, optimization_level, spinning, report_path, as_json, **options):
     """Search ONNX Runtime session options for MODEL on this machine (intra-op threads,
     parallel execution of independent branches, optimization level, spinning), each timed
     interleaved against the defaults with its outputs checked unchanged, and write MODEL with
@@ -103,9 +87,7 @@ def command(
         )
         if v is not None
     }
-    result = tune(
-        model, provider=provider, data=data, shapes=shapes_dict(shapes), batch=batch, duration=duration, max_threads=max_threads, options=given or None
-    )
+    result = tune(model, shapes=shapes_dict(shapes), options=given or None, **options)
     if not write_result(result, output, inputs=[model], report_path=report_path, as_json=as_json):
         return
     rep = result.report

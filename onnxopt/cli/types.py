@@ -9,15 +9,21 @@ import click
 __all__ = ["ShapeSpec", "CsvList", "FloatList", "IntList", "Fraction", "NameMap", "LayerRatio", "ClassNames"]
 
 
-class ShapeSpec(click.ParamType):
+class _Parsed(click.ParamType):
+    """A type parsed from text by ``parse``; a value already converted (a list or tuple:
+    click converts defaults and values passed on again) is returned as it is."""
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, (list, tuple)) else self.parse(str(value), param, ctx)
+
+
+class ShapeSpec(_Parsed):
     """``NAME:1,3,224,224`` -> ``("NAME", (1, 3, 224, 224))``."""
 
     name = "NAME:D1,D2,..."
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        name, sep, dims = str(value).rpartition(":")
+    def parse(self, value: str, param, ctx):
+        name, sep, dims = value.rpartition(":")
         if not sep or not name:
             self.fail(f"'{value}' is not NAME:D1,D2,... (e.g. input:1,3,224,224)", param, ctx)
         try:
@@ -29,7 +35,7 @@ class ShapeSpec(click.ParamType):
         return name, shape
 
 
-class CsvList(click.ParamType):
+class CsvList(_Parsed):
     """``a,b,c`` -> ``["a", "b", "c"]`` (optionally restricted to ``choices``)."""
 
     name = "A,B,..."
@@ -37,10 +43,8 @@ class CsvList(click.ParamType):
     def __init__(self, choices=None):
         self.choices = tuple(choices) if choices else None
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        items = [v.strip() for v in str(value).split(",") if v.strip()]
+    def parse(self, value: str, param, ctx):
+        items = [v.strip() for v in value.split(",") if v.strip()]
         if not items:
             self.fail("empty list", param, ctx)
         if self.choices:
@@ -50,30 +54,26 @@ class CsvList(click.ParamType):
         return items
 
 
-class FloatList(click.ParamType):
+class FloatList(_Parsed):
     """``0.5,0.3,0.2`` -> ``[0.5, 0.3, 0.2]``."""
 
     name = "X,Y,..."
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
+    def parse(self, value: str, param, ctx):
         try:
-            return [float(v) for v in str(value).split(",") if v.strip()]
+            return [float(v) for v in value.split(",") if v.strip()]
         except ValueError:
             self.fail(f"'{value}' is not a comma-separated list of numbers", param, ctx)
 
 
-class IntList(click.ParamType):
+class IntList(_Parsed):
     """``1,8,32`` -> ``[1, 8, 32]`` (positive)."""
 
     name = "N,M,..."
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
+    def parse(self, value: str, param, ctx):
         try:
-            vals = [int(v) for v in str(value).split(",") if v.strip()]
+            vals = [int(v) for v in value.split(",") if v.strip()]
         except ValueError:
             self.fail(f"'{value}' is not a comma-separated list of integers", param, ctx)
         if not vals or any(v <= 0 for v in vals):
@@ -100,29 +100,25 @@ class Fraction(click.ParamType):
         return v
 
 
-class NameMap(click.ParamType):
+class NameMap(_Parsed):
     """``FROM:TO`` -> ``("FROM", "TO")``."""
 
     name = "FROM:TO"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        a, sep, b = str(value).partition(":")
+    def parse(self, value: str, param, ctx):
+        a, sep, b = value.partition(":")
         if not sep or not a or not b:
             self.fail(f"'{value}' is not FROM:TO", param, ctx)
         return a, b
 
 
-class LayerRatio(click.ParamType):
+class LayerRatio(_Parsed):
     """``LAYER=RATIO`` -> ``("LAYER", 0.5)``; the layer is a node, output or weight name."""
 
     name = "LAYER=RATIO"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        layer, sep, r = str(value).rpartition("=")
+    def parse(self, value: str, param, ctx):
+        layer, sep, r = value.rpartition("=")
         if not sep or not layer:
             self.fail(f"'{value}' is not LAYER=RATIO (e.g. conv2=0.5)", param, ctx)
         try:
@@ -134,15 +130,13 @@ class LayerRatio(click.ParamType):
         return layer, v
 
 
-class ClassNames(click.ParamType):
+class ClassNames(_Parsed):
     """``cat,dog,bird`` or ``@names.txt`` (one name per line) -> list of names."""
 
     name = "A,B,...|@FILE"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        text = str(value)
+    def parse(self, value: str, param, ctx):
+        text = value
         if text.startswith("@"):
             path = Path(text[1:])
             try:

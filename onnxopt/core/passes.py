@@ -186,11 +186,9 @@ def validate_config(config_cls, params: dict, where: str, error=RecipeError):
         cfg = config_cls(**params)
     except (TypeError, ValueError) as exc:
         raise error(f"{where}: {exc}") from exc
-    check = getattr(cfg, "check", None)
-    if check:
-        problem = check()
-        if problem:
-            raise error(f"{where}: {problem}")
+    problem = cfg.check() if hasattr(cfg, "check") else None
+    if problem:
+        raise error(f"{where}: {problem}")
     return cfg
 
 
@@ -252,12 +250,8 @@ class Pass:
             raise TypeError(f"pass '{self.key}' has own_reference but returned no Expected outputs")
         if bodies:
             _note_intact_bodies(bodies, res.model, rep)
-        rep.name = self.key
-        rep.params = dict(self.params)
-        rep.modified = bool(res.modified)
-        rep.before = before
-        rep.after = model_stats(res.model)
-        rep.seconds = round(seconds, 4)
+        rep.name, rep.params, rep.modified = self.key, dict(self.params), bool(res.modified)
+        rep.before, rep.after, rep.seconds = before, model_stats(res.model), round(seconds, 4)
         log.info("%s: %s in %.2fs", self.key, "modified" if res.modified else "unchanged", seconds)
         return res
 

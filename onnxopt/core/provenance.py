@@ -9,9 +9,11 @@ on its own output appends to the earlier steps.
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 
 import onnx
 
+from ..graph import replace_repeated
 from ..render import json_safe
 
 __all__ = ["KEY", "tool_versions", "read_provenance", "write_provenance"]
@@ -26,12 +28,10 @@ def tool_versions() -> dict:
     from .. import __version__
 
     versions = {"onnxopt": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
-    try:
+    with suppress(Exception):
         from importlib.metadata import version
 
         versions["onnxsim"] = version("onnxsim")
-    except Exception:
-        pass
     return versions
 
 
@@ -57,8 +57,5 @@ def write_provenance(model: onnx.ModelProto, command: str, steps: list[dict], ex
     if history:
         record["history"] = history
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
-    kept = [p for p in model.metadata_props if p.key != KEY]
-    del model.metadata_props[:]
-    for p in kept:
-        model.metadata_props.add(key=p.key, value=p.value)
+    replace_repeated(model.metadata_props, [p for p in model.metadata_props if p.key != KEY])
     model.metadata_props.add(key=KEY, value=text)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnxopt
+
 from ..data import load_data
 from ..errors import OnnxoptError
 from ..io import load_model
@@ -31,8 +33,6 @@ def _size(path: Path) -> str:
 
 
 def foundation(dlog, mdir: Path, out: Path, names) -> dict:
-    import onnxopt
-
     test = mdir / "digits_test.npz"
     simplified = {}
     for name in names:
@@ -67,8 +67,6 @@ def foundation(dlog, mdir: Path, out: Path, names) -> dict:
 
 
 def quantize_step(dlog, mdir: Path, out: Path, runs: int) -> None:
-    import onnxopt
-
     src, calib, test = mdir / "digits_mlp.onnx", mdir / "digits_calib.npz", mdir / "digits_test.npz"
 
     def step():
@@ -93,8 +91,6 @@ def quantize_step(dlog, mdir: Path, out: Path, runs: int) -> None:
 
 
 def prune_step(dlog, mdir: Path, out: Path, runs: int) -> None:
-    import onnxopt
-
     src, calib, test = mdir / "digits_resnet.onnx", mdir / "digits_calib.npz", mdir / "digits_test.npz"
 
     def blocks():
@@ -124,8 +120,6 @@ def prune_step(dlog, mdir: Path, out: Path, runs: int) -> None:
 
 
 def ensemble_step(dlog, mdir: Path, out: Path, names) -> None:
-    import onnxopt
-
     members = [mdir / f"{n}.onnx" for n in names]
     calib, test = mdir / "digits_calib.npz", mdir / "digits_test.npz"
     lines = []
@@ -153,8 +147,6 @@ def ensemble_step(dlog, mdir: Path, out: Path, names) -> None:
 
 
 def adapt_step(dlog, mdir: Path, out: Path) -> None:
-    import onnxopt
-
     src, calib, test = mdir / "digits_cnn04.onnx", mdir / "digits_calib.npz", mdir / "digits_test.npz"
 
     def step():
@@ -170,8 +162,6 @@ def adapt_step(dlog, mdir: Path, out: Path) -> None:
 
 
 def optimize_step(dlog, mdir: Path, out: Path, names, runs: int) -> dict:
-    import onnxopt
-
     from ..optimize.select import render_decision_table
 
     calib, test = mdir / "digits_calib.npz", mdir / "digits_test.npz"
@@ -198,8 +188,6 @@ def optimize_step(dlog, mdir: Path, out: Path, names, runs: int) -> dict:
 
 
 def bench_step(dlog, mdir: Path, names, optimized: dict, runs: int) -> None:
-    import onnxopt
-
     def step():
         texts, ratios = [], []
         for n in names:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import subgraphs
+from ..graph import replace_repeated, subgraphs
 
 __all__ = ["constant_node_tensor", "constants_to_initializers"]
 
@@ -50,9 +50,7 @@ def _convert(graph: onnx.GraphProto, ir_version: int) -> int:
         if ir_version < 4:
             graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         count += 1
-    if count:
-        del graph.node[:]
-        graph.node.extend(keep)
+    replace_repeated(graph.node, keep)
     return count
 
 

@@ -10,53 +10,37 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import outer_reads, subgraphs
+from ..graph import node_reads, replace_repeated, subgraphs
 
 __all__ = ["remove_unused"]
 
-_SIDE_EFFECT_DOMAINS = ()
 
-
-def _sweep(graph: onnx.GraphProto, counts: dict, keep_inputs: bool = True) -> None:
+def _sweep(graph: onnx.GraphProto, counts: dict) -> None:
     live: set[str] = {o.name for o in graph.output}
     alive = [False] * len(graph.node)
     for i in range(len(graph.node) - 1, -1, -1):
         n = graph.node[i]
         if any(o in live for o in n.output if o):
             alive[i] = True
-            live.update(x for x in n.input if x)
-            for g in subgraphs(n):
-                live |= outer_reads(g)
-    removed_nodes = alive.count(False)
-    if removed_nodes:
-        keep = [n for n, a in zip(graph.node, alive, strict=True) if a]
-        del graph.node[:]
-        graph.node.extend(keep)
-    counts["nodes"] += removed_nodes
+            live |= node_reads(n)
+    counts["nodes"] += replace_repeated(
+        graph.node, [n for n, a in zip(graph.node, alive, strict=True) if a]
+    )
     for n in graph.node:
         for g in subgraphs(n):
             _sweep(g, counts)
-    unused = [t for t in graph.initializer if t.name not in live]
-    if unused:
-        names = {t.name for t in unused}
-        keep = [t for t in graph.initializer if t.name not in names]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
-        shadow = [i for i in graph.input if i.name in names]
-        if shadow:
-            kept_inputs = [i for i in graph.input if i.name not in names]
-            del graph.input[:]
-            graph.input.extend(kept_inputs)
-        counts["initializers"] += len(unused)
+    unused = {t.name for t in graph.initializer if t.name not in live}
+    counts["initializers"] += replace_repeated(
+        graph.initializer, [t for t in graph.initializer if t.name not in unused]
+    )
+    # IR < 4 graph inputs that only shadow a removed initializer go with it
+    replace_repeated(graph.input, [i for i in graph.input if i.name not in unused])
     # value_info describes values that nodes compute: entries for anything else are stale or,
     # for initializers and graph inputs, redundant (their own type says it).
     computed = {o for n in graph.node for o in n.output if o}
-    stale = [v for v in graph.value_info if v.name not in computed]
-    if stale:
-        keep_vi = [v for v in graph.value_info if v.name in computed]
-        del graph.value_info[:]
-        graph.value_info.extend(keep_vi)
-        counts["value_info"] += len(stale)
+    counts["value_info"] += replace_repeated(
+        graph.value_info, [v for v in graph.value_info if v.name in computed]
+    )
 
 
 def remove_unused(model: onnx.ModelProto) -> dict:
@@ -87,8 +71,8 @@ def _drop_unused_functions(model: onnx.ModelProto, counts: dict) -> None:
                     if (n.domain, n.op_type) not in used:
                         used.add((n.domain, n.op_type))
                         changed = True
-    keep = [f for f in model.functions if (f.domain, f.name) in used]
-    if len(keep) != len(model.functions):
-        counts["functions"] = counts.get("functions", 0) + len(model.functions) - len(keep)
-        del model.functions[:]
-        model.functions.extend(keep)
+    dropped = replace_repeated(
+        model.functions, [f for f in model.functions if (f.domain, f.name) in used]
+    )
+    if dropped:
+        counts["functions"] = counts.get("functions", 0) + dropped

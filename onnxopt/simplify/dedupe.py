@@ -11,7 +11,7 @@ import hashlib
 import onnx
 from onnx import numpy_helper
 
-from ..graph import rename_uses
+from ..graph import rename_uses, replace_repeated
 
 __all__ = ["tensor_key", "dedupe_initializers"]
 
@@ -22,7 +22,7 @@ def tensor_key(t: onnx.TensorProto) -> tuple:
     return (t.data_type, tuple(t.dims), hashlib.blake2b(raw, digest_size=16).digest())
 
 
-def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 0) -> int:
+def dedupe_initializers(model: onnx.ModelProto) -> int:
     """Merge duplicates in place; returns how many initializers were removed."""
     g = model.graph
     protected = {i.name for i in g.input} | {o.name for o in g.output}
@@ -30,8 +30,6 @@ def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 0) -> int:
     mapping: dict[str, str] = {}
     for t in g.initializer:
         if t.name in protected or t.data_location == onnx.TensorProto.EXTERNAL:
-            continue
-        if min_bytes and len(t.raw_data) < min_bytes:
             continue
         key = tensor_key(t)
         if key in first:
@@ -41,10 +39,6 @@ def dedupe_initializers(model: onnx.ModelProto, min_bytes: int = 0) -> int:
     if not mapping:
         return 0
     rename_uses(g, mapping)
-    keep = [t for t in g.initializer if t.name not in mapping]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    vi = [v for v in g.value_info if v.name not in mapping]
-    del g.value_info[:]
-    g.value_info.extend(vi)
+    replace_repeated(g.initializer, [t for t in g.initializer if t.name not in mapping])
+    replace_repeated(g.value_info, [v for v in g.value_info if v.name not in mapping])
     return len(mapping)

@@ -72,10 +72,8 @@ class FixShapesPass(Pass):
                     fixed += 1
                 d.Clear()
                 d.dim_value = value
-        notes = []
         out, inferred = _propagate(model)
-        if not inferred:
-            notes.append("shape inference failed: the outputs keep their declared dims")
+        notes = [] if inferred else ["shape inference failed: the outputs keep their declared dims"]
         frozen = sum(1 for a, b in zip(model.graph.output, out.graph.output, strict=True) if a.SerializeToString() != b.SerializeToString())
         return self.result(out, fixed > 0 or frozen > 0, counts={"input_dims_fixed": fixed, "outputs_reshaped": frozen}, notes=notes)
 

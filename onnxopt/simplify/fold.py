@@ -32,12 +32,8 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
         return {}
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-            out[vi.name] = [d.dim_value for d in tt.shape.dim]
-    return out
+    infos = [(vi.name, vi.type.tensor_type) for vi in list(inferred.graph.value_info) + list(inferred.graph.input)]
+    return {name: [d.dim_value for d in tt.shape.dim] for name, tt in infos if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)}
 
 
 def commit_folded(model: onnx.ModelProto, keep: list[onnx.NodeProto], new: list[onnx.TensorProto]) -> None:

@@ -11,6 +11,8 @@ import logging
 
 import onnx
 
+from ..graph import replace_repeated
+
 __all__ = ["run_onnxsim"]
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,5 @@ def run_onnxsim(model: onnx.ModelProto, *, max_fold_bytes: int = 16 * 2**20) -> 
         return None, f"onnxsim failed ({exc.__class__.__name__}: {msg}); used onnxopt's own passes"
     # onnxsim records its settings and the names of every removed node in metadata_props
     # (megabytes on big graphs); onnxopt's provenance already says what changed.
-    kept = [(p.key, p.value) for p in out.metadata_props if not p.key.startswith("onnxsim.")]
-    del out.metadata_props[:]
-    for key, value in kept:
-        out.metadata_props.add(key=key, value=value)
+    replace_repeated(out.metadata_props, [p for p in out.metadata_props if not p.key.startswith("onnxsim.")])
     return out, ""
