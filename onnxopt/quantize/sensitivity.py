@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..metrics import Budget, Evaluator
+from ..metrics import Budget, Evaluator, row_dot
 
 __all__ = [
     "NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "reuse_ranking", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES",
@@ -119,12 +119,13 @@ def search_limit(requested: int, metric: str | None, budget: Budget | None, samp
 def _rel_l2(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
     worst = 0.0
     for r, c in zip(ref, out, strict=False):
-        r = np.asarray(r, dtype=np.float64)
-        c = np.asarray(c, dtype=np.float64)
+        r, c = np.asarray(r), np.asarray(c)
         if r.shape != c.shape:
             return math.inf
-        n = np.linalg.norm(r)
-        worst = max(worst, float(np.linalg.norm(c - r) / n) if n > 0 else float(np.linalg.norm(c) > 0))
+        r, c = (x.reshape(1, -1) if x.dtype.kind == "f" else x.reshape(1, -1).astype(np.float64) for x in (r, c))
+        d = c - r  # in the outputs' float type; the sums below accumulate in float64
+        n = math.sqrt(row_dot(r, r)[0])
+        worst = max(worst, math.sqrt(row_dot(d, d)[0]) / n if n > 0 else float(row_dot(c, c)[0] > 0))
     return worst
 
 
