@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import DataError, UsageError
 
-__all__ = ["METRICS", "check_metric", "is_class_scores", "default_metric", "score", "Evaluator", "Budget"]
+__all__ = ["METRICS", "check_metric", "is_class_scores", "default_metric", "score", "row_dot", "Evaluator", "Budget"]
 
 METRICS = ("top1", "agreement", "cosine", "rel-l2")
 
