@@ -14,6 +14,7 @@ simplified FP32 model is returned, and the decision table says so.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import tempfile
 import time
@@ -93,26 +94,30 @@ def _timing_feed(
     return next(dataset.batches(batch, batch))
 
 
-def _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duration, notes):
-    """Transformer fusion is exact but not always faster (a partial fusion can cost more
+def _joined(first: PipelineResult, second: PipelineResult | None) -> PipelineResult:
+    """Two pipeline runs, the second on the first's model, as one result."""
+    if second is None:
+        return first
+    return dataclasses.replace(second, steps=list(first.steps) + list(second.steps), expected=second.expected or first.expected)
+
+
+def _keep_fusion_if_faster(unfused: PipelineResult, tail, ctx, feed, provider, threads, duration, notes) -> PipelineResult:
+    """The recipe's steps from transformer fusion on (``tail``), run on the steps before it
+    (``unfused``).  Fusion is exact but not always faster (a partial fusion can cost more
     than ORT's own run-time fusions gain): when it changed the graph, the FP32 model with it
-    is timed against the one without it, interleaved, and kept only if not slower."""
-    keys = [p.key for p in passes]
-    if "transformer-fusion" not in keys or not pre.steps[keys.index("transformer-fusion")].modified:
-        return pre
-    without = run_pipeline(
-        m, [p for p in passes if p.key != "transformer-fusion"], ctx, command="optimize"
-    )
-    timer = Timer(without.model, feed, provider, threads=threads, duration=duration)
-    timer.add("fused", pre.model)
+    is timed against the one without it, interleaved, and kept only if not slower (the
+    steps before it are not run again)."""
+    fused = run_pipeline(unfused.model, tail, ctx, command="optimize", check_input=False)  # checked by the first run
+    if not fused.steps[0].modified:
+        return _joined(unfused, fused)
+    timer = Timer(unfused.model, feed, provider, threads=threads, duration=duration)
+    timer.add("fused", fused.model)
     ratio = timer.measure(["fused"])["fused"][0].ratio
     if ratio < 1.0:
-        notes.append(
-            f"transformer-fusion dropped: the fused FP32 model ran {ratio:.2f}x vs unfused (slower); candidates built without it"
-        )
-        return without
+        notes.append(f"transformer-fusion dropped: the fused FP32 model ran {ratio:.2f}x vs unfused (slower); candidates built without it")
+        return _joined(unfused, run_pipeline(unfused.model, tail[1:], ctx, command="optimize", check_input=False) if tail[1:] else None)
     notes.append(f"transformer-fusion kept: the fused FP32 model ran {ratio:.2f}x vs unfused")
-    return pre
+    return _joined(unfused, fused)
 
 
 def _cold_starts(rows, by_name, m, feed, provider, st) -> float:
@@ -332,13 +337,15 @@ def _preprocess(run: _Run, threads, duration):
             continue
         passes.append(p)
     ctx = Context(data=run.cal, eval_data=run.ev, shapes=run.shapes, provider=run.provider, seed=run.seed, budget=run.budget)
-    pre = run_pipeline(run.m, passes, ctx, command="optimize")
+    k = next((i for i, p in enumerate(passes) if p.key == "transformer-fusion"), len(passes))
+    pre = run_pipeline(run.m, passes[:k], ctx, command="optimize")
     run.dataset = run.ev or run.cal
     run.synthesized = run.dataset is None
     if run.synthesized:
         run.dataset = _synthesized_eval(run.m, run.shapes, max(run.batch, 64), run.seed)
     run.feed = _timing_feed(run.m, run.dataset, run.synthesized, run.shapes, run.batch, run.seed)
-    pre = _keep_fusion_if_faster(run.m, pre, passes, ctx, run.feed, run.provider, threads, duration, run.notes)
+    if passes[k:]:
+        pre = _keep_fusion_if_faster(pre, passes[k:], ctx, run.feed, run.provider, threads, duration, run.notes)
     return pre, time.perf_counter() - t0
 
 
