@@ -28,7 +28,10 @@ __all__ = [
     "outer_reads",
     "sort_nodes",
     "attribute",
+    "FLOAT_TYPES",
 ]
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)  # the float tensor element types
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:

@@ -39,7 +39,6 @@ from ..simplify.fold import NONDETERMINISTIC
 
 __all__ = [
     "POOLS",
-    "FLOAT_TYPES",
     "HeadMatch",
     "TensorInfo",
     "find_head",
@@ -53,7 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POOLS = ("mean", "max", "flatten")
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 # (domain, op) -> (index of the activation input, index of the weight input)
 _PRODUCTS = {

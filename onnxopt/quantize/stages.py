@@ -112,7 +112,7 @@ def check_inputs(m: onnx.ModelProto, cfg: QuantizeConfig, provider: str, path: s
     budget = Budget(float(cfg.max_accuracy_drop), cfg.metric) if cfg.max_accuracy_drop is not None else None
     if ev is None:
         if cal is not None:
-            ev = dataset_for(m, dataset_view(cal))
+            ev = dataset_for(m, cal.view())
             notes.append("accuracy measured on the calibration data (no --eval given)")
         elif budget is not None:
             raise UsageError("--max-accuracy-drop needs --eval DATA (or --calibration DATA)", path)
@@ -186,7 +186,7 @@ def prepare(run: Run) -> None:
 def _calibration_ranges(run: Run, method: str, model: onnx.ModelProto | None = None) -> CalibrationRanges:
     """Ranges of ``model`` (default: the pre-processed model) on the calibration data."""
     model = run.prep.model if model is None else model
-    return collect_ranges(model, dataset_for(model, dataset_view(run.inputs.cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
+    return collect_ranges(model, dataset_for(model, run.inputs.cal.view()), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
 
 
 def measure_ranges(run: Run) -> None:
@@ -403,7 +403,7 @@ def check_collapse(
     if not todo:
         return None
     how = "cosine" if metric in ("cosine", "rel-l2") else "agreement"
-    ev = Evaluator(m, dataset_for(m, dataset_view(data)), how, provider=provider, limit=COLLAPSE_SAMPLES)
+    ev = Evaluator(m, dataset_for(m, data.view()), how, provider=provider, limit=COLLAPSE_SAMPLES)
     kinds = {is_class_scores(o) and ev.metric == "agreement" for o in ev.ref_outputs}
     name = "top-1 agreement" if kinds == {True} else "cosine" if kinds == {False} else "top-1 agreement / cosine"
     record = {"metric": name, "threshold": COLLAPSE_SCORE / 100, "data": ev.dataset.source, "scores": {}}
@@ -457,7 +457,7 @@ def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
     if not want:
         return []
     try:
-        ctx = Context(data=dataset_for(src, dataset_view(cal)), provider=run.provider)
+        ctx = Context(data=dataset_for(src, cal.view()), provider=run.provider)
         eq = run_pipeline(src, [make_pass("equalize"), make_pass("smooth-quant")], ctx, command="equalize")
     except OnnxoptError as exc:
         notes.append(f"equalization not used: {exc}")
