@@ -33,7 +33,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedError, UsageError
-from ..graph import outer_reads, producers, subgraphs, unique_name
+from ..graph import node_reads, producers, subgraphs, unique_name
 from ..simplify.dead import remove_unused
 from ..simplify.fold import NONDETERMINISTIC
 
@@ -142,8 +142,7 @@ def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[
             continue
         nodes.add(i)
         n = graph.node[i]
-        stack.extend(x for x in n.input if x)
-        stack.extend(x for g in subgraphs(n) for x in outer_reads(g))
+        stack.extend(node_reads(n))
     return nodes, stray
 
 

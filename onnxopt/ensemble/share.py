@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import rename_uses
+from ..graph import rename_uses, replace_repeated
 from ..simplify.constants import constant_node_tensor
 from ..simplify.dedupe import tensor_key
 
@@ -97,9 +97,7 @@ def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list
             (g.value_info, lambda v: v.name in mapping),
         )
         for field, drop in dropped:
-            kept = [x for x in field if not drop(x)]
-            del field[:]
-            field.extend(kept)
+            replace_repeated(field, [x for x in field if not drop(x)])
     listed = sorted(groups.values(), key=lambda d: (-(d["copies"] - 1) * d["bytes_each"], d["name"]))
     saved = sum((d["copies"] - 1) * d["bytes_each"] for d in groups.values())
     cross = sum(1 for d in groups.values() if len(d["members"]) > 1)
