@@ -43,7 +43,7 @@ from .api import (
 )
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig
-from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
+from .engine import CandidateBuilder, CandidateResult, SharedWork, evaluate_candidate
 from .preprocess import Prepared
 from .sensitivity import search_limit
 from .speed import measure_speed, timing_feed
@@ -144,6 +144,7 @@ class Run:
     collapse: dict | None = None
     feed: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    work: SharedWork = field(default_factory=SharedWork)  # what ``optimize``'s candidates of one model share
 
     @property
     def notes(self) -> list[str]:
@@ -171,15 +172,16 @@ def prepare(run: Run) -> None:
     mapped onto the pre-processed nodes, the evaluators and the validity feed."""
     cfg, m, ev = run.cfg, run.m, run.inputs.ev
     src = _fuse(run) if cfg.model_type is not None else m
-    run.prep = prepare_model(src, ev, provider=run.provider, use_ort_preprocess=cfg.preprocess)
+    run.prep = run.work.get("prepared", (cfg.preprocess,), lambda: prepare_model(src, ev, provider=run.provider, use_ort_preprocess=cfg.preprocess))
     run.configs = list(run.inputs.configs)
     if run.inputs.exclude:
         run.prep, mapped, more = map_exclusions(m, run.prep, run.inputs.exclude, ev, provider=run.provider, source=src)
         run.notes.extend(more)
         run.configs = [c.with_(exclude=mapped) for c in run.configs]
-    run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
+    run.evaluator = run.evaluator if run.evaluator is not None else Evaluator(m, ev, cfg.metric, provider=run.provider)
     n_search = search_limit(cfg.search_samples, run.evaluator.metric, run.inputs.budget, len(ev))
-    run.search = None if n_search is None else Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
+    search = functools.partial(Evaluator, m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
+    run.search = None if n_search is None else run.work.get("search", n_search, search)
     run.vfeed, run.vref = validity_feed(m, ev, run.provider)
 
 
