@@ -58,6 +58,8 @@ _MODULES = ("quant_utils", "base_quantizer", "onnx_quantizer", "qdq_quantizer")
 # (tests/quantize/test_ort_internals.py, benchmarks/large_model.py); on any other version
 # the lazy path is skipped unless the internals below are unchanged
 TESTED_ORT = ("1.32",)
+# the parameters both quantizer classes end with
+_QUANTIZER_ARGS = ("weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize", "nodes_to_exclude", "op_types_to_quantize", "extra_options")
 # the ORT internals replaced here or called by keyword from ``ort_backend``: where -> the
 # parameter names they must keep
 ORT_INTERNALS = {
@@ -65,34 +67,8 @@ ORT_INTERNALS = {
     "quant_utils.save_and_reload_model_with_shape_infer": ("model",),
     "quant_utils.quantize_nparray": ("qType", "arr", "scale", "zero_point", "low", "high"),
     "quant_utils.add_infer_metadata": ("model",),
-    "onnx_quantizer.ONNXQuantizer.__init__": (
-        "self",
-        "model",
-        "per_channel",
-        "reduce_range",
-        "mode",
-        "static",
-        "weight_qType",
-        "activation_qType",
-        "tensors_range",
-        "nodes_to_quantize",
-        "nodes_to_exclude",
-        "op_types_to_quantize",
-        "extra_options",
-    ),
-    "qdq_quantizer.QDQQuantizer.__init__": (
-        "self",
-        "model",
-        "per_channel",
-        "reduce_range",
-        "weight_qType",
-        "activation_qType",
-        "tensors_range",
-        "nodes_to_quantize",
-        "nodes_to_exclude",
-        "op_types_to_quantize",
-        "extra_options",
-    ),
+    "onnx_quantizer.ONNXQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "mode", "static", *_QUANTIZER_ARGS),
+    "qdq_quantizer.QDQQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", *_QUANTIZER_ARGS),
 }
 _NP_DTYPES = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
 
