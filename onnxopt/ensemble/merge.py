@@ -264,10 +264,6 @@ def merge_shapes(a, b):
     )
 
 
-def _make_vi(name: str, elem: int, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem, None if shape is None else list(shape))
-
-
 # --- inputs and outputs ---------------------------------------------------------------------
 
 
@@ -325,7 +321,7 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     unknown = sorted(set().union(*[set(mp) for mp in maps]) - used_keys)
     if unknown:
         raise UsageError(f"--input-map names no input of any member: {', '.join(unknown)}")
-    return [_make_vi(name, elem, shape) for name, (elem, shape, _) in shared.items()]
+    return [helper.make_tensor_value_info(name, elem, None if shape is None else list(shape)) for name, (elem, shape, _) in shared.items()]
 
 
 def select_outputs(members: list[Member], output=None) -> int:

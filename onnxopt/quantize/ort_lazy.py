@@ -70,6 +70,7 @@ ORT_INTERNALS = {
     "onnx_quantizer.ONNXQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "mode", "static", *_QUANTIZER_ARGS),
     "qdq_quantizer.QDQQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", *_QUANTIZER_ARGS),
 }
+_INTEGER_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 _NP_DTYPES = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
 
 
@@ -177,7 +178,7 @@ def _chunked(original):
         # elementwise with a scalar scale and zero point: slices give the same integers;
         # whatever else ORT passes (low, high, ...) goes through unchanged
         scalar = all(np.size(x) == 1 and np.ndim(x) <= 1 for x in (scale, zero_point))
-        if arr.ndim == 0 or arr.size <= CHUNK or not scalar or arr.dtype.kind != "f" or not _integer(qType):
+        if arr.ndim == 0 or arr.size <= CHUNK or not scalar or arr.dtype.kind != "f" or qType not in _INTEGER_TYPES:
             return original(qType, arr, scale, zero_point, *rest, **kw)
         flat = arr.reshape(-1)
         first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, *rest, **kw))
@@ -189,11 +190,6 @@ def _chunked(original):
         return out.reshape(arr.shape)
 
     return quantize_nparray
-
-
-def _integer(qtype) -> bool:
-    tp = onnx.TensorProto
-    return qtype in (tp.INT8, tp.UINT8, tp.INT16, tp.UINT16, tp.INT4, tp.UINT4)
 
 
 # the replacements are module globals of ORT: one quantization at a time in this process
