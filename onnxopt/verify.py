@@ -150,14 +150,14 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
     in a temporary folder (the checker looks at files and sizes, not at values)."""
     import copy
 
-    from .io import BASEPATH, all_tensors, set_external_data
+    from .io import BASEPATH, all_tensors, external_info, set_external_data
 
     skeleton = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
         for i, t in enumerate(all_tensors(skeleton)):
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
-            info = {e.key: e.value for e in t.external_data}
+            info = external_info(t)
             if BASEPATH not in info:
                 continue
             name = f"t{i}.bin"

@@ -106,10 +106,6 @@ def _usable() -> bool:
     return not problems
 
 
-def _info(t: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in t.external_data}
-
-
 def _lazy_tensors(model: onnx.ModelProto):
     return [t for t in oio.all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data)]
 
@@ -125,7 +121,7 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     "inferred" mark), as a new small proto whose lazy tensors are marked (``MARK``)."""
     m = inferred_copy(model)
     for t in _lazy_tensors(m):
-        _set_location(t, f"{MARK}/{_info(t)['location']}")
+        _set_location(t, f"{MARK}/{oio.external_info(t)['location']}")
     return m
 
 
@@ -133,7 +129,7 @@ def unmark(model: onnx.ModelProto) -> onnx.ModelProto:
     """The lazy tensors of ORT's output pointed back at their files, in place."""
     prefix = MARK + "/"
     for t in _lazy_tensors(model):
-        loc = _info(t).get("location", "")
+        loc = oio.external_info(t).get("location", "")
         if loc.startswith(prefix):
             _set_location(t, loc[len(prefix) :])
     return model
@@ -141,7 +137,7 @@ def unmark(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _read(t: onnx.TensorProto) -> np.ndarray | None:
     """A marked lazy float tensor read from its file; None for any other tensor."""
-    info = _info(t)
+    info = oio.external_info(t)
     loc = info.get("location", "")
     dtype = _NP_DTYPES.get(t.data_type)
     if oio.BASEPATH not in info or not loc.startswith(MARK + "/") or dtype is None:
