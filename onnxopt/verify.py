@@ -23,6 +23,7 @@ import onnx
 
 from .data import check_shapes, dataset_for
 from .errors import DataError, ModelError, OnnxoptError, VerificationError, blame
+from .graph import real_inputs
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
@@ -72,8 +73,7 @@ def frozen_dims(reference: onnx.ModelProto, model: onnx.ModelProto, *, fixed: fr
     number.  Inputs named in ``fixed`` (the user's ``--fix-shapes``) may be fixed, and then
     so may the outputs."""
     def table(m):
-        inits = {t.name for t in m.graph.initializer}
-        return [("input", vi.name, _dims(vi)) for vi in m.graph.input if vi.name not in inits] + [("output", vi.name, _dims(vi)) for vi in m.graph.output]
+        return [("input", vi.name, _dims(vi)) for vi in real_inputs(m.graph)] + [("output", vi.name, _dims(vi)) for vi in m.graph.output]
 
     new = {(kind, name): dims for kind, name, dims in table(model)}
     for kind, name, dims in table(reference):
