@@ -405,7 +405,7 @@ def _probe(model, specs, shapes, hints, disc, base, probe, choice_inputs, seed, 
     combo = _shrink(sess, specs, shapes, hints, base, probe, combo, choice, seed, start, budget_s)
     disc.shapes = _dims_for(specs, shapes, {**base, **combo})
     disc.choices = dict(choice)
-    disc.probed = [_group_label(g) for g, c in probe.items() if c and len(tried) > 0]
+    disc.probed = [g.split(":")[0] + f" axis {g.split(':')[1]}" if ":" in g else g for g, c in probe.items() if c and len(tried) > 0]
     disc.extra = _alternatives(sess, specs, shapes, hints, base, probe, combo, choice, seed, start, budget_s)
     disc.seconds = time.perf_counter() - start
     return disc
@@ -458,10 +458,6 @@ def _runs(sess, feed) -> tuple[bool, str]:
         return True, ""
     except Exception as exc:  # any ORT failure means: not this feed
         return False, ort_message(exc, 160)
-
-
-def _group_label(g: str) -> str:
-    return g.split(":")[0] + f" axis {g.split(':')[1]}" if ":" in g else g
 
 
 def _describe_dims(dims: dict, choice: Mapping) -> str:

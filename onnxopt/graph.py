@@ -28,7 +28,11 @@ __all__ = [
     "outer_reads",
     "sort_nodes",
     "attribute",
+    "FLOAT_TYPES",
+    "real_inputs",
 ]
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)  # the float tensor element types
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -197,6 +201,12 @@ def sort_nodes(graph: onnx.GraphProto) -> bool:
     graph.ClearField("node")
     graph.node.extend(nodes[i] for i in order)
     return True
+
+
+def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that no initializer (dense or sparse) backs."""
+    inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    return [i for i in graph.input if i.name not in inits]
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):

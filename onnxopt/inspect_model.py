@@ -28,7 +28,7 @@ from .core.provenance import KEY as PROVENANCE_KEY
 from .core.provenance import read_provenance
 from .core.result import Result
 from .graph import iter_graphs, subgraphs, used_names, walk_bodies
-from .io import load_model
+from .io import external_info, load_model
 from .stats import count_params, flops_by_node
 
 __all__ = ["inspect", "describe_type"]
@@ -107,7 +107,7 @@ def _external_data(model: onnx.ModelProto, path: Path | None) -> dict:
         for t in g.initializer:
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
-            info = {e.key: e.value for e in t.external_data}
+            info = external_info(t)
             loc = info.get("location", "")
             entry = files.setdefault(loc, {"tensors": 0, "bytes": 0})
             entry["tensors"] += 1

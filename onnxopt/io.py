@@ -43,6 +43,7 @@ __all__ = [
     "check_writable",
     "model_nbytes",
     "exceeds_protobuf",
+    "external_info",
     "is_lazy",
     "lazy_folders",
     "strip_basepath",
@@ -90,7 +91,8 @@ def inline_nbytes(t: onnx.TensorProto) -> int:
     return math.prod(max(int(d), 0) for d in t.dims) * itemsize
 
 
-def _external_info(t: onnx.TensorProto) -> dict[str, str]:
+def external_info(t: onnx.TensorProto) -> dict[str, str]:
+    """A tensor's ``external_data`` entries as a dict (``location``, ``offset``, ``length``, ``basepath``)."""
     return {e.key: e.value for e in t.external_data}
 
 
@@ -99,7 +101,7 @@ def model_nbytes(model: onnx.ModelProto) -> int:
     total = 0
     for t in all_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            total += int(_external_info(t).get("length", 0) or 0)
+            total += int(external_info(t).get("length", 0) or 0)
         elif t.HasField("raw_data") or t.dims:
             total += inline_nbytes(t)
     return total
@@ -125,7 +127,7 @@ def is_lazy(model: onnx.ModelProto) -> bool:
 
 def lazy_folders(model: onnx.ModelProto) -> set[str]:
     """The folders the lazy tensors of ``model`` live in."""
-    bases = (_external_info(t).get(BASEPATH) for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL)
+    bases = (external_info(t).get(BASEPATH) for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL)
     return {b for b in bases if b}
 
 
@@ -139,7 +141,7 @@ def strip_basepath(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _lazy_file(t: onnx.TensorProto) -> tuple[Path, int, int]:
-    info = _external_info(t)
+    info = external_info(t)
     return Path(info[BASEPATH]) / info["location"], int(info.get("offset", 0) or 0), int(info["length"])
 
 
@@ -156,7 +158,7 @@ def tensor_bytes(t: onnx.TensorProto) -> bytes:
 def tensor_array(t: onnx.TensorProto) -> np.ndarray:
     """``numpy_helper.to_array`` that also reads lazy tensors."""
     if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
-        return numpy_helper.to_array(t, base_dir=_external_info(t)[BASEPATH])
+        return numpy_helper.to_array(t, base_dir=external_info(t)[BASEPATH])
     return numpy_helper.to_array(t)
 
 
@@ -178,7 +180,7 @@ def _check_external(model: onnx.ModelProto, path: Path) -> None:
     for t in all_tensors(model):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        info = _external_info(t)
+        info = external_info(t)
         loc = info.get("location")
         if not loc:
             raise ModelError(f"tensor '{t.name}' is external but has no location", path)
@@ -291,7 +293,7 @@ def load_model(src, *, load_external: bool = True, lazy: bool | None = False) ->
         raise ModelError(f"corrupt model: {bad} is not valid UTF-8 text", path)
     _check_external(model, path)
     external = [t for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external and load_external and (lazy or (lazy is None and sum(int(_external_info(t).get("length", 0) or 0) for t in external) >= LARGE_MODEL_BYTES)):
+    if external and load_external and (lazy or (lazy is None and sum(int(external_info(t).get("length", 0) or 0) for t in external) >= LARGE_MODEL_BYTES)):
         base = str(path.parent.resolve())
         for t in external:
             entry = t.external_data.add()

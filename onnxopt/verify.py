@@ -23,6 +23,7 @@ import onnx
 
 from .data import check_shapes, dataset_for
 from .errors import DataError, ModelError, OnnxoptError, VerificationError, blame
+from .graph import real_inputs
 from .metrics import is_class_scores
 from .runtime import create_session, run_dataset
 
@@ -72,8 +73,7 @@ def frozen_dims(reference: onnx.ModelProto, model: onnx.ModelProto, *, fixed: fr
     number.  Inputs named in ``fixed`` (the user's ``--fix-shapes``) may be fixed, and then
     so may the outputs."""
     def table(m):
-        inits = {t.name for t in m.graph.initializer}
-        return [("input", vi.name, _dims(vi)) for vi in m.graph.input if vi.name not in inits] + [("output", vi.name, _dims(vi)) for vi in m.graph.output]
+        return [("input", vi.name, _dims(vi)) for vi in real_inputs(m.graph)] + [("output", vi.name, _dims(vi)) for vi in m.graph.output]
 
     new = {(kind, name): dims for kind, name, dims in table(model)}
     for kind, name, dims in table(reference):
@@ -150,14 +150,14 @@ def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
     in a temporary folder (the checker looks at files and sizes, not at values)."""
     import copy
 
-    from .io import BASEPATH, all_tensors, set_external_data
+    from .io import BASEPATH, all_tensors, external_info, set_external_data
 
     skeleton = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
         for i, t in enumerate(all_tensors(skeleton)):
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
-            info = {e.key: e.value for e in t.external_data}
+            info = external_info(t)
             if BASEPATH not in info:
                 continue
             name = f"t{i}.bin"

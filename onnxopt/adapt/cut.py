@@ -33,13 +33,12 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedError, UsageError
-from ..graph import outer_reads, producers, subgraphs, unique_name
+from ..graph import node_reads, producers, subgraphs, unique_name
 from ..simplify.dead import remove_unused
 from ..simplify.fold import NONDETERMINISTIC
 
 __all__ = [
     "POOLS",
-    "FLOAT_TYPES",
     "HeadMatch",
     "TensorInfo",
     "find_head",
@@ -53,7 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POOLS = ("mean", "max", "flatten")
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 # (domain, op) -> (index of the activation input, index of the weight input)
 _PRODUCTS = {
@@ -144,8 +142,7 @@ def _region(graph: onnx.GraphProto, source: str | None, output: str, const: set[
             continue
         nodes.add(i)
         n = graph.node[i]
-        stack.extend(x for x in n.input if x)
-        stack.extend(x for g in subgraphs(n) for x in outer_reads(g))
+        stack.extend(node_reads(n))
     return nodes, stray
 
 

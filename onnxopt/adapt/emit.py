@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import unique_name
+from ..graph import replace_repeated, unique_name
 from ..linear import LinearHead
 from .cut import all_names
 
@@ -62,10 +62,7 @@ def append_head(
         graph.node.append(helper.make_node("Softmax", [scores], [output], name=unique_name("adapt/Softmax", taken), axis=1))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [batch_dim, head.num_classes]))
-    kept = [p for p in model.metadata_props if p.key != CLASS_NAMES_KEY]
-    del model.metadata_props[:]
-    for p in kept:
-        model.metadata_props.add(key=p.key, value=p.value)
+    replace_repeated(model.metadata_props, [p for p in model.metadata_props if p.key != CLASS_NAMES_KEY])
     if class_names:
         model.metadata_props.add(key=CLASS_NAMES_KEY, value=json.dumps(list(class_names), ensure_ascii=False))
     return model

@@ -94,9 +94,7 @@ def predictions(output: np.ndarray) -> np.ndarray | None:
     output = np.asarray(output)
     if output.ndim == 2 and output.shape[1] > 1 and output.dtype.kind == "f":
         return np.argmax(output, axis=1)
-    if output.dtype.kind in "iu" and (
-        output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)
-    ):
+    if output.dtype.kind in "iu" and (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
         return output.reshape(-1).astype(np.int64)
     return None
 

@@ -24,19 +24,11 @@ from onnx import helper
 from ..core.passes import Context, Expected, Pass, PassResult
 from ..data import Dataset
 from ..errors import DataError, OnnxoptError, UnsupportedError, UsageError
+from ..graph import FLOAT_TYPES
 from ..linear import HEADS, cross_validate, fit_head, one_blas_thread, stratified_split
 from ..linear import softmax as _softmax
 from ..runtime import create_session, resolve_provider
-from .cut import (
-    FLOAT_TYPES,
-    POOLS,
-    TensorInfo,
-    add_pooling,
-    cut_at,
-    find_head,
-    tensor_info,
-    with_outputs,
-)
+from .cut import POOLS, TensorInfo, add_pooling, cut_at, find_head, tensor_info, with_outputs
 from .emit import append_head
 from .features import DEFAULT_BATCH, extract, probe
 

@@ -44,7 +44,7 @@ from ..stats import model_stats
 from ..verify import blaming_members
 from . import accuracy as acc
 from .environment import busy_warning, capture, load_average, oversubscription_warning
-from .feeds import SkipConfig, dataset_view, feed_batch, make_feed
+from .feeds import SkipConfig, feed_batch, make_feed
 from .memory import MemoryProbe, peak_rss_bytes
 from .runner import Invoker, measure_throughput, open_session, prime_runtime, time_once, warm
 from .timing import MIN_PAIRED_BLOCKS, latency_summary, measure_interleaved, speedup
@@ -295,7 +295,7 @@ def _plan(models, cfg: BenchConfig) -> _Plan:
         ds = cfg.data if isinstance(cfg.data, Dataset) else load_data(cfg.data)
         for i, e in enumerate(entries):
             try:
-                views[i] = dataset_view(ds).validate(e.proto)
+                views[i] = ds.view().validate(e.proto)
             except DataError as exc:
                 raise DataError(f"does not fit model '{e.name}': {exc.message}", exc.path or cfg.data) from exc
     cfgs = list(dict.fromkeys(int(b) for b in cfg.batches)) if cfg.batches else [None]

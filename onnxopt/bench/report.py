@@ -51,14 +51,10 @@ def to_json(report: dict) -> str:
     return render_json(report) + "\n"
 
 
-def _models_by_name(report: dict) -> dict:
-    return {m["name"]: m for m in report["models"]}
-
-
 def csv_rows(report: dict) -> list[dict]:
     """One dict per model x configuration with the keys of ``CSV_COLUMNS``."""
     env = report.get("environment") or {}
-    models = _models_by_name(report)
+    models = {m["name"]: m for m in report["models"]}
     out = []
     for r in report["results"]:
         m = models.get(r["model"], {})
@@ -235,12 +231,6 @@ def _latency_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def _few_rounds(report: dict) -> bool:
-    return any(
-        (r.get("speedup") or {}).get("ci_method") == "paired-block+iid" for r in report["results"]
-    )
-
-
 def _header_lines(report: dict) -> list[str]:
     env = report.get("environment") or {}
     s = report.get("settings") or {}
@@ -260,7 +250,7 @@ def _header_lines(report: dict) -> list[str]:
         + (f"{s.get('duration_s'):g} s" if s.get("duration_s") else "")
         + f" per batch, interleaved blocks of {s.get('block')}, {s.get('warmup')} warm-up runs per shape",
         f"ratio = median({report['baseline']}) / median(model): > 1 is faster; 95% CI by paired block bootstrap"
-        + (" (widened with few rounds: see notes)" if _few_rounds(report) else ""),
+        + (" (widened with few rounds: see notes)" if any((r.get("speedup") or {}).get("ci_method") == "paired-block+iid" for r in report["results"]) else ""),
     ]
 
 

@@ -20,10 +20,6 @@ from .render import echo_json
 __all__ = ["command", "render_diagnosis"]
 
 
-def _node(t: dict) -> str:
-    return f"{t['node']} ({t['op']})"
-
-
 def _render_layerwise(lw: dict, top: int) -> list[str]:
     m = lw["matching"]
     lines = [
@@ -42,7 +38,8 @@ def _render_layerwise(lw: dict, top: int) -> list[str]:
         lines.append(f"no tensor diverges: every matched tensor is within the exact rule (relative L2 <= {fmt(lw['threshold'])})")
         return lines
     lines.append(
-        f"first diverging node: {_node(first)}, tensor '{first['ref']}': relative L2 {fmt(first['rel_l2'])} while its inputs are within {fmt(lw['threshold'])}"
+        f"first diverging node: {first['node']} ({first['op']}), tensor '{first['ref']}': relative L2 {fmt(first['rel_l2'])} "
+        f"while its inputs are within {fmt(lw['threshold'])}"
         + (f" ({first['note']})" if first["note"] else "")
     )
     rows = [

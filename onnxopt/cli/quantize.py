@@ -52,10 +52,6 @@ def render_candidates(report: dict) -> str:
     return table(["candidate", "status", "quantized", metric, "drop", "speed vs FP32", "size", "excluded", "fallbacks"], rows)
 
 
-def _signed(v) -> str:
-    return fmt(v) if v is None or v < 0 else "+" + fmt(v)
-
-
 def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAIL_LINES) -> list[str]:
     """One line per excluded node, or per group of nodes measured together (consecutive
     entries with the same group size and gain), at most ``max_lines``."""
@@ -82,7 +78,8 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
             what = f"{len(g)} nodes ({names})"
         how = f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""
         tried = f"; remedies tried: {', '.join(e['remedies_tried'])}" if e.get("remedies_tried") else ""
-        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}{tried}")
+        gain = fmt(e.get("gain")) if e.get("gain") is None or e["gain"] < 0 else "+" + fmt(e["gain"])
+        lines.append(f"{label}: left {what} in float: {gain} points when alone in float{how}{tried}")
     if len(lines) > max_lines:
         rest = len(lines) - max_lines + 1
         lines = lines[: max_lines - 1] + [f"{label}: ... {rest} more line(s) of left-in-float nodes (the full list: --report FILE or --json)"]

@@ -16,14 +16,7 @@ __all__ = ["run", "make_context"]
 
 
 def make_context(
-    model,
-    *,
-    calibration=None,
-    eval_data=None,
-    shapes=None,
-    provider: str = "cpu",
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
+    model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None, metric: str | None = None,
     seed: int = 0,
 ) -> Context:
     """A Context with DATA validated against ``model``."""
@@ -37,16 +30,8 @@ def make_context(
 
 
 def run(
-    recipe,
-    model,
-    *,
-    calibration=None,
-    eval_data=None,
-    shapes=None,
-    provider: str = "cpu",
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    fix_shapes: dict | None = None,
+    recipe, model, *, calibration=None, eval_data=None, shapes=None, provider: str = "cpu", max_accuracy_drop: float | None = None,
+    metric: str | None = None, fix_shapes: dict | None = None,
 ) -> PipelineResult:
     """Run a recipe (bundled name or TOML path) on a model (path or proto); ``fix_shapes``
     ({input: dims}) adds a first step making those inputs static."""

@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxoptError, VerificationError
+from ..io import load_model
 from ..runtime import create_session, run_dataset
 from ..verify import compare_outputs, is_exact
 
@@ -161,7 +162,7 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_
     every optimization off."""
     import onnxruntime as ort
 
-    names = [o.name for o in _proto(model).graph.output]
+    names = [o.name for o in (model if isinstance(model, onnx.ModelProto) else load_model(model, load_external=False)).graph.output]
     ref = _outputs(model, ds, provider, limit, optimization_level="disable")
 
     def run(level: str, disabled=()) -> tuple[float, str]:
@@ -197,12 +198,6 @@ def bisect_ort(model, ds, *, provider: str = "cpu", limit: int | None = 64, rel_
         "" if confirmed else " (disabling it alone does not restore the outputs: more than one optimizer is involved)"
     )
     return OrtBisect(levels, culprit_level, name, confirmed, reason, ort.__version__)
-
-
-def _proto(model) -> onnx.ModelProto:
-    from ..io import load_model
-
-    return model if isinstance(model, onnx.ModelProto) else load_model(model, load_external=False)
 
 
 @dataclass

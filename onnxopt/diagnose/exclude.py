@@ -39,7 +39,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..graph import consumers, initializer_map, producers, unique_name
+from ..graph import FLOAT_TYPES, consumers, initializer_map, producers, unique_name
 from ..io import tensor_array
 from ..quantize.bias_correction import dequantized
 from ..quantize.config import static_op_types
@@ -98,7 +98,7 @@ class FloatReference:
         self.inits.update({n.output[0]: a.t for n in consts for a in n.attribute if a.name == "value"})
         self.by_shape: dict[tuple, list[str]] = {}
         for name, t in self.inits.items():
-            if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE) and len(t.dims) >= 2:
+            if t.data_type in FLOAT_TYPES and len(t.dims) >= 2:
                 self.by_shape.setdefault(tuple(t.dims), []).append(name)
 
     def find(self, dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:

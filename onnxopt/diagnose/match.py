@@ -36,9 +36,9 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelError
-from ..graph import consumers, producers
+from ..graph import consumers, producers, real_inputs
 
-__all__ = ["TensorPair", "Matching", "match_tensors", "check_inputs", "real_inputs", "weightless"]
+__all__ = ["TensorPair", "Matching", "match_tensors", "check_inputs", "weightless"]
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -71,11 +71,6 @@ class Matching:
             "unmatched_candidate": self.unmatched_cand[:limit],
             "unmatched_candidate_count": len(self.unmatched_cand),
         }
-
-
-def real_inputs(model: onnx.ModelProto) -> list[str]:
-    inits = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits]
 
 
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -152,7 +147,7 @@ def _structural_index(cand: onnx.GraphProto, const: dict, dq_src: dict[str, str]
 
 def check_inputs(ref: onnx.ModelProto, cand: onnx.ModelProto) -> list[str]:
     """The real inputs both models share; ``ModelError`` naming what differs otherwise."""
-    a, b = real_inputs(ref), real_inputs(cand)
+    a, b = ([i.name for i in real_inputs(m.graph)] for m in (ref, cand))
     if set(a) != set(b):
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         raise ModelError(

@@ -261,11 +261,11 @@ def _provenance(step: PassReport, report: dict) -> dict:
 
 def _concurrency(model, members, ds, shapes, provider) -> dict:
     """``concurrent.parallel_options`` on the model's own batch (1 when symbolic) of ``ds``."""
-    from ..bench.feeds import SkipConfig, dataset_view, make_feed
+    from ..bench.feeds import SkipConfig, make_feed
     from .concurrent import parallel_options
 
     try:
-        feed, _ = make_feed(model, dataset_view(ds).validate(model), shapes, None)
+        feed, _ = make_feed(model, ds.view().validate(model), shapes, None)
     except (SkipConfig, DataError) as exc:
         return {"carried": False, "reason": f"not measured: {exc}"}
     return parallel_options(model, members, feed, provider=provider)

@@ -29,6 +29,7 @@ import numpy as np
 from ..core.passes import Context, Expected, Pass, PassResult
 from ..data import dataset_for
 from ..errors import InputError, UnsupportedError, UsageError, blame
+from ..graph import real_inputs
 from ..runtime import concat_outputs, create_session
 from ..simplify.dead import remove_unused
 from .merge import (
@@ -39,7 +40,6 @@ from .merge import (
     load_members,
     merge_shapes,
     namespace_member,
-    real_inputs,
     reconcile_opsets,
     shape_str,
     source_names,

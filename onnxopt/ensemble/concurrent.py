@@ -35,13 +35,6 @@ log = logging.getLogger(__name__)
 MIN_GAIN = 0.03
 
 
-def _config_for(width: int, cores: int):
-    from ..session_options import SessionConfig
-
-    inter = min(width, cores)
-    return SessionConfig(intra_op_threads=max(1, cores // inter), inter_op_threads=inter, execution_mode="parallel")
-
-
 def _ways(model, members, feed, provider, width, cores):
     """Sessions of the four ways (module docstring), the candidate configs, and ``run_one``;
     a candidate whose outputs differ from the sequential session's is dropped (named in
@@ -54,7 +47,9 @@ def _ways(model, members, feed, provider, width, cores):
     seq = create_session(model, provider, config=SessionConfig())
     ref = seq.run(None, feed)
     names = [o.name for o in seq.get_outputs()]
-    configs = {"parallel": _config_for(width, cores), "one_thread": SessionConfig(intra_op_threads=1)}
+    inter = min(width, cores)
+    parallel = SessionConfig(intra_op_threads=max(1, cores // inter), inter_op_threads=inter, execution_mode="parallel")
+    configs = {"parallel": parallel, "one_thread": SessionConfig(intra_op_threads=1)}
     sessions, refused = {}, {}
     for key, cfg in configs.items():
         sess = create_session(model, provider, config=cfg)

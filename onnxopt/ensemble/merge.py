@@ -36,7 +36,7 @@ import onnx
 from onnx import helper
 
 from ..errors import InputError, ModelError, UnsupportedError, UsageError
-from ..graph import subgraphs
+from ..graph import real_inputs, subgraphs
 
 __all__ = [
     "MIN_OPSET",
@@ -53,7 +53,6 @@ __all__ = [
     "assemble",
     "dtype_name",
     "shape_str",
-    "real_inputs",
     "source_names",
 ]
 
@@ -123,11 +122,6 @@ def _opsets(model: onnx.ModelProto) -> dict[str, int]:
         dom = "" if o.domain in _DEFAULT_DOMAINS else o.domain
         out[dom] = max(out.get(dom, 0), int(o.version))
     return out
-
-
-def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
-    inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
-    return [i for i in graph.input if i.name not in inits]
 
 
 def load_members(models, *, min_members: int = 2, what: str = "an ensemble", prefix: str = "m") -> list[Member]:
@@ -264,10 +258,6 @@ def merge_shapes(a, b):
     )
 
 
-def _make_vi(name: str, elem: int, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem, None if shape is None else list(shape))
-
-
 # --- inputs and outputs ---------------------------------------------------------------------
 
 
@@ -325,7 +315,7 @@ def match_inputs(members: list[Member], input_map=None) -> list[onnx.ValueInfoPr
     unknown = sorted(set().union(*[set(mp) for mp in maps]) - used_keys)
     if unknown:
         raise UsageError(f"--input-map names no input of any member: {', '.join(unknown)}")
-    return [_make_vi(name, elem, shape) for name, (elem, shape, _) in shared.items()]
+    return [helper.make_tensor_value_info(name, elem, None if shape is None else list(shape)) for name, (elem, shape, _) in shared.items()]
 
 
 def select_outputs(members: list[Member], output=None) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..adapt.features import predictions
 from ..errors import VerificationError
 from ..runtime import concat_outputs, create_session
 from ..verify import EXACT_REL_L2, compare_outputs, is_exact
@@ -239,14 +240,6 @@ def _check_vote(rep: ParityReport, arrays, ref, outs, got, fusion: Fusion) -> bo
 
 
 def accuracy(scores_or_labels: np.ndarray, labels: np.ndarray) -> float | None:
-    """Top-1 accuracy in percent for ``[N, C]`` scores or ``[N]`` integer labels."""
-    a = np.asarray(scores_or_labels)
-    if a.ndim == 2 and a.shape[1] > 1 and a.dtype.kind == "f":
-        pred = np.argmax(a, axis=1)
-    elif a.ndim == 1 and a.dtype.kind in "iu":
-        pred = a
-    else:
-        return None
-    if len(pred) != len(labels):
-        return None
-    return float(100.0 * np.mean(pred == labels))
+    """Top-1 accuracy in percent for ``[N, C]`` scores or ``[N]`` (or ``[N, 1]``) integer labels."""
+    pred = predictions(scores_or_labels)
+    return None if pred is None or len(pred) != len(labels) else float(100.0 * np.mean(pred == labels))

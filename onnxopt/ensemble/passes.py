@@ -30,7 +30,7 @@ from onnx import helper
 from ..core.passes import Context, Expected, Pass, PassResult
 from ..data import dataset_for
 from ..errors import DataError, InputError, UsageError, VerificationError, blame
-from ..graph import unique_name
+from ..graph import FLOAT_TYPES, unique_name
 from ..simplify.dead import remove_unused
 from .fit import fit_stack_head, fit_weights, softmax
 from .heads import Fusion, HeadIO, build_head, output_names
@@ -120,8 +120,6 @@ class MergeMembersPass(Pass):
         return res
 
 
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-
 
 
 def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
@@ -133,7 +131,7 @@ def _positions(members: list[Member], K: int, fusion: str) -> list[dict]:
         shapes = [value_shape(v) for v in vis]
         for m, vi in zip(members, vis, strict=True):
             elem = value_dtype(vi)
-            if elem not in _FLOAT_TYPES:
+            if elem not in FLOAT_TYPES:
                 raise InputError(f"output '{vi.name}' is {dtype_name(elem)}; fusing needs float scores (float32/float16/float64)", m.where)
             if elem != elem0:
                 raise InputError(f"output '{vi.name}' is {dtype_name(elem)}, but {dtype_name(elem0)} in {members[0].label}: incompatible dtypes", m.where)

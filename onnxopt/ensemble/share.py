@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import onnx
 
-from ..graph import rename_uses
+from ..graph import rename_uses, replace_repeated
+from ..io import external_info
 from ..simplify.constants import constant_node_tensor
 from ..simplify.dedupe import tensor_key
 
@@ -22,7 +23,7 @@ __all__ = ["share_initializers"]
 
 
 def _file_region(t: onnx.TensorProto) -> tuple | None:
-    info = {e.key: e.value for e in t.external_data}
+    info = external_info(t)
     if "basepath" not in info:
         return None
     return ("file", t.data_type, tuple(t.dims), info["basepath"], info.get("location"), info.get("offset", "0"), info.get("length"))
@@ -30,7 +31,7 @@ def _file_region(t: onnx.TensorProto) -> tuple | None:
 
 def _nbytes(t: onnx.TensorProto) -> int:
     if t.data_location == onnx.TensorProto.EXTERNAL:
-        return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
+        return int(external_info(t).get("length", 0) or 0)
     return len(_payload(t))
 
 
@@ -97,9 +98,7 @@ def share_initializers(model: onnx.ModelProto, prefixes: dict[str, str], *, list
             (g.value_info, lambda v: v.name in mapping),
         )
         for field, drop in dropped:
-            kept = [x for x in field if not drop(x)]
-            del field[:]
-            field.extend(kept)
+            replace_repeated(field, [x for x in field if not drop(x)])
     listed = sorted(groups.values(), key=lambda d: (-(d["copies"] - 1) * d["bytes_each"], d["name"]))
     saved = sum((d["copies"] - 1) * d["bytes_each"] for d in groups.values())
     cross = sum(1 for d in groups.values() if len(d["members"]) > 1)

@@ -411,20 +411,12 @@ class _Analyzer:
 
     # --- the walk ------------------------------------------------------------
     def run(self) -> Analysis:
-        from ..graph import subgraphs
+        from ..graph import outer_reads, subgraphs
 
         self.graph_outputs = {o.name for o in self.graph.output}
         for idx, node in enumerate(self.graph.node):
-            sub = [g for g in subgraphs(node)]
-            if sub:
-                from ..graph import outer_reads
-
-                reads = set().union(*(outer_reads(g) for g in sub))
-                for x in reads & set(self.layouts):
-                    self.block(
-                        self.layouts[x][0],
-                        f"read inside a subgraph of {node.op_type} '{node_label(node)}'",
-                    )
+            for x in set().union(*(outer_reads(g) for g in subgraphs(node))) & set(self.layouts):
+                self.block(self.layouts[x][0], f"read inside a subgraph of {node.op_type} '{node_label(node)}'")
             if node.domain not in ("", "ai.onnx"):
                 self.block_inputs(
                     node, f"custom op {node.domain}.{node.op_type} '{node_label(node)}'"

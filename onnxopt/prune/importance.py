@@ -122,20 +122,14 @@ def activation_importance(
     sess = tap_session(model, names, provider)
     for _, acts in iter_taps(sess, names, dataset.batches(limit=limit)):
         for n, a in acts.items():
-            sums[n] = (0 if sums[n] is None else sums[n]) + _channel_abs_sum(
-                a, _axis_of(analysis, ends, n)
-            )
+            axis = analysis.sources[next(s for s, e in ends.items() if e == n)].out_axis
+            sums[n] = (0 if sums[n] is None else sums[n]) + _channel_abs_sum(a, axis)
 
     def score(src):
         s = sums[ends[src.id]]
         return _normalized(np.asarray(s, dtype=np.float64)) if s is not None else 1.0
 
     return _by_group(analysis, score)
-
-
-def _axis_of(analysis: Analysis, ends: dict[int, str], name: str) -> int:
-    sid = next(s for s, n in ends.items() if n == name)
-    return analysis.sources[sid].out_axis
 
 
 def _channel_abs_sum(a: np.ndarray, axis: int) -> np.ndarray:

@@ -53,12 +53,9 @@ class RidgeAccumulator:
         self.yty = 0.0
         self.n = 0
 
-    def _aug(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64).reshape(-1, self.d)
-        return np.hstack([x, np.ones((x.shape[0], 1))]) if self.bias else x
-
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        a = self._aug(x)
+        a = np.asarray(x, dtype=np.float64).reshape(-1, self.d)
+        a = np.hstack([a, np.ones((a.shape[0], 1))]) if self.bias else a
         y = np.asarray(y, dtype=np.float64).reshape(-1, self.m)
         if a.shape[0] != y.shape[0]:
             raise ValueError(f"X has {a.shape[0]} rows, Y has {y.shape[0]}")

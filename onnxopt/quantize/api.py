@@ -32,15 +32,14 @@ from ..core.result import Result
 from ..data import Dataset, dataset_for
 from ..errors import BudgetError, OnnxoptError, UsageError, VerificationError, blaming
 from ..io import model_nbytes, resolve_model
-from ..metrics import Budget, Evaluator
+from ..metrics import Budget
 from ..runtime import resolve_provider, run_dataset
 from ..verify import check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig, op_types_for_mode, op_types_problem
-from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, SharedWork, evaluate_candidate
+from .engine import CANNOT_WIN, CandidateBuilder, CandidateResult, evaluate_candidate
 from .preprocess import Prepared, gemm_to_matmul, map_node_names, node_names, prepare
-from .sensitivity import search_limit
 
 __all__ = [
     "quantize", "QuantizeConfig", "calibrate", "prepare_model", "quantize_candidate", "quantize_dynamic_candidate", "quantize_static_candidate",
@@ -194,34 +193,32 @@ def quantize_candidate(
     are taken from it (and put there) instead of measured again; ``evaluator``: an
     ``Evaluator`` of ``m`` on ``eval_data`` the caller already has (its reference outputs
     are not computed again); ``gate``: see ``engine.evaluate_candidate``."""
+    from .stages import Inputs, Run, prepare
+
     m, _ = resolve_model(m)
     provider = resolve_provider(provider)
     ds = dataset_for(m, dataset_view(eval_data if eval_data is not None else calibration))  # None: synthesized
     check_exclusions(m, config.exclude)
-    work = shared if shared is not None and not config.exclude else SharedWork()
-    prep = work.get("prepared", (preprocess,), lambda: prepare_model(m, ds, provider=provider, use_ort_preprocess=preprocess))
-    if config.exclude:
-        prep, mapped, more = map_exclusions(m, prep, config.exclude, ds, provider=provider)
-        prep.notes.extend(more)
-        config = config.with_(exclude=mapped)
+    if config.mode == "static" and ranges is None and calibration is None:
+        raise UsageError("static quantization needs calibration data")
+    budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
+    inputs = Inputs([config], [], calibration, ds, budget, list(config.exclude))
+    run = Run(QuantizeConfig(metric=metric, preprocess=preprocess, search_samples=search_samples), m, inputs, provider, evaluator=evaluator)
+    if shared is not None and not config.exclude:
+        run.work = shared
+    prepare(run)  # the pre-processing, ``exclude`` mapped, the evaluators and the validity feed of a ``quantize`` run
+    config, prep, work = run.configs[0], run.prep, run.work
     if config.mode == "static" and ranges is None:
-        if calibration is None:
-            raise UsageError("static quantization needs calibration data")
         ranges = work.get(
             "ranges", config.method,
             lambda: collect_ranges(prep.model, dataset_for(prep.model, dataset_view(calibration)), method=config.method, provider=provider).ranges,
         )
-    notes = list(prep.notes)
+    notes = prep.notes + run.notes
     base, converted = build_base(prep.model, config, provider, notes)
-    feed, reference = validity_feed(m, ds, provider)
-    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=feed, reference=reference, converted_gemms=converted)
-    evaluator = evaluator if evaluator is not None else Evaluator(m, ds, metric, provider=provider)
-    budget = Budget(max_accuracy_drop, metric) if max_accuracy_drop is not None else None
-    n_search = search_limit(search_samples, evaluator.metric, budget, len(ds))
-    search = None if n_search is None else work.get("search", n_search, lambda: Evaluator(m, ds, evaluator.metric, provider=provider, limit=n_search))
+    builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=run.vfeed, reference=run.vref, converted_gemms=converted)
     ranking = work.rankings.get(config.mode) if budget is not None else None
     res = evaluate_candidate(
-        builder, evaluator, budget=budget, search_evaluator=search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate
+        builder, run.evaluator, budget=budget, search_evaluator=run.search, max_evals=max_evals, reference_bytes=model_nbytes(m), ranking=ranking, gate=gate
     )
     if ranking:
         notes.append(f"budget search: the sensitivity ranking measured for an earlier {config.mode} candidate reused ({len(ranking)} units)")

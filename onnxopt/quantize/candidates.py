@@ -19,66 +19,24 @@ __all__ = ["dynamic_candidate", "static_candidate", "int4_candidate"]
 
 
 def dynamic_candidate(
-    model: onnx.ModelProto,
-    *,
-    op_types=None,
-    weight_type: str = "int8",
-    per_channel: bool = False,
-    reduce_range: bool = False,
-    exclude_nodes=(),
-    provider: str = "cpu",
-    eval_data=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    preprocess: bool = True,
-    shared=None,
+    model: onnx.ModelProto, *, op_types=None, weight_type: str = "int8", per_channel: bool = False, reduce_range: bool = False, exclude_nodes=(),
+    provider: str = "cpu", eval_data=None, max_accuracy_drop: float | None = None, metric: str | None = None, preprocess: bool = True, shared=None,
     evaluator=None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Dynamic INT8 (MatMul / Gemm-as-MatMul / Attention / ...; Conv on CPU only when asked).
     ``shared`` / ``evaluator``: as for ``static_candidate``."""
     cfg = QuantConfig(
-        mode="dynamic",
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        weight_type=weight_type,
-        op_types=tuple(as_name_list(op_types)) or None,
+        mode="dynamic", per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type, op_types=tuple(as_name_list(op_types)) or None,
         exclude=frozenset(as_name_list(exclude_nodes)),
-    )
-    res = quantize_candidate(
-        model,
-        cfg,
-        eval_data=eval_data,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        provider=provider,
-        preprocess=preprocess,
-        shared=shared,
-        evaluator=evaluator,
-    )
-    return finish_candidate(res)
+    )  # fmt: skip
+    kw = dict(eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess)
+    return finish_candidate(quantize_candidate(model, cfg, shared=shared, evaluator=evaluator, **kw))
 
 
 def static_candidate(
-    model: onnx.ModelProto,
-    *,
-    calibration,
-    per_channel: bool = False,
-    method: str = "minmax",
-    activation_type: str = "uint8",
-    weight_type: str = "int8",
-    op_types=None,
-    format: str = "qdq",
-    reduce_range: bool = False,
-    exclude_nodes=(),
-    eval_data=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    provider: str = "cpu",
-    preprocess: bool = True,
-    shared=None,
-    evaluator=None,
-    search_samples: int = 200,
-    gate=None,
+    model: onnx.ModelProto, *, calibration, per_channel: bool = False, method: str = "minmax", activation_type: str = "uint8", weight_type: str = "int8",
+    op_types=None, format: str = "qdq", reduce_range: bool = False, exclude_nodes=(), eval_data=None, max_accuracy_drop: float | None = None,
+    metric: str | None = None, provider: str = "cpu", preprocess: bool = True, shared=None, evaluator=None, search_samples: int = 200, gate=None,
     ranges: dict | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Static INT8 with ranges streamed from ``calibration`` (Dataset or DATA path).
@@ -95,45 +53,17 @@ def static_candidate(
     from ..data import dataset_for
 
     cfg = QuantConfig(
-        mode="static",
-        format=format,
-        method=method,
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        weight_type=weight_type,
-        activation_type=activation_type,
-        op_types=tuple(as_name_list(op_types)) or None,
-        exclude=frozenset(as_name_list(exclude_nodes)),
-    )
-    res = quantize_candidate(
-        model,
-        cfg,
-        calibration=dataset_for(model, dataset_view(calibration)),
-        ranges=ranges,
-        eval_data=eval_data,
-        max_accuracy_drop=max_accuracy_drop,
-        metric=metric,
-        provider=provider,
-        preprocess=preprocess,
-        shared=shared,
-        evaluator=evaluator,
-        search_samples=search_samples,
-        gate=gate,
-    )
-    return finish_candidate(res)
+        mode="static", format=format, method=method, per_channel=per_channel, reduce_range=reduce_range, weight_type=weight_type,
+        activation_type=activation_type, op_types=tuple(as_name_list(op_types)) or None, exclude=frozenset(as_name_list(exclude_nodes)),
+    )  # fmt: skip
+    kw = dict(eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, metric=metric, provider=provider, preprocess=preprocess, search_samples=search_samples)
+    kw.update(ranges=ranges, shared=shared, evaluator=evaluator, gate=gate)
+    return finish_candidate(quantize_candidate(model, cfg, calibration=dataset_for(model, dataset_view(calibration)), **kw))
 
 
 def int4_candidate(
-    model: onnx.ModelProto,
-    *,
-    block_size: int = 32,
-    method: str = "rtn",
-    exclude_nodes=(),
-    eval_data=None,
-    max_accuracy_drop: float | None = None,
-    metric: str | None = None,
-    provider: str = "cpu",
-    preprocess: bool = True,
+    model: onnx.ModelProto, *, block_size: int = 32, method: str = "rtn", exclude_nodes=(), eval_data=None, max_accuracy_drop: float | None = None,
+    metric: str | None = None, provider: str = "cpu", preprocess: bool = True,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Weight-only INT4 (``MatMulNBits``) of every MatMul / Gemm with a constant 2-D weight."""
     cfg = QuantConfig(mode="int4", block_size=block_size, int4_method=method, exclude=frozenset(as_name_list(exclude_nodes)))

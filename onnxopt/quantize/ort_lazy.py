@@ -58,6 +58,8 @@ _MODULES = ("quant_utils", "base_quantizer", "onnx_quantizer", "qdq_quantizer")
 # (tests/quantize/test_ort_internals.py, benchmarks/large_model.py); on any other version
 # the lazy path is skipped unless the internals below are unchanged
 TESTED_ORT = ("1.32",)
+# the parameters both quantizer classes end with
+_QUANTIZER_ARGS = ("weight_qType", "activation_qType", "tensors_range", "nodes_to_quantize", "nodes_to_exclude", "op_types_to_quantize", "extra_options")
 # the ORT internals replaced here or called by keyword from ``ort_backend``: where -> the
 # parameter names they must keep
 ORT_INTERNALS = {
@@ -65,35 +67,10 @@ ORT_INTERNALS = {
     "quant_utils.save_and_reload_model_with_shape_infer": ("model",),
     "quant_utils.quantize_nparray": ("qType", "arr", "scale", "zero_point", "low", "high"),
     "quant_utils.add_infer_metadata": ("model",),
-    "onnx_quantizer.ONNXQuantizer.__init__": (
-        "self",
-        "model",
-        "per_channel",
-        "reduce_range",
-        "mode",
-        "static",
-        "weight_qType",
-        "activation_qType",
-        "tensors_range",
-        "nodes_to_quantize",
-        "nodes_to_exclude",
-        "op_types_to_quantize",
-        "extra_options",
-    ),
-    "qdq_quantizer.QDQQuantizer.__init__": (
-        "self",
-        "model",
-        "per_channel",
-        "reduce_range",
-        "weight_qType",
-        "activation_qType",
-        "tensors_range",
-        "nodes_to_quantize",
-        "nodes_to_exclude",
-        "op_types_to_quantize",
-        "extra_options",
-    ),
+    "onnx_quantizer.ONNXQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", "mode", "static", *_QUANTIZER_ARGS),
+    "qdq_quantizer.QDQQuantizer.__init__": ("self", "model", "per_channel", "reduce_range", *_QUANTIZER_ARGS),
 }
+_INTEGER_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 _NP_DTYPES = {onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.FLOAT16: np.dtype("<f2")}
 
 
@@ -129,10 +106,6 @@ def _usable() -> bool:
     return not problems
 
 
-def _info(t: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in t.external_data}
-
-
 def _lazy_tensors(model: onnx.ModelProto):
     return [t for t in oio.all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == oio.BASEPATH for e in t.external_data)]
 
@@ -148,7 +121,7 @@ def working_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     "inferred" mark), as a new small proto whose lazy tensors are marked (``MARK``)."""
     m = inferred_copy(model)
     for t in _lazy_tensors(m):
-        _set_location(t, f"{MARK}/{_info(t)['location']}")
+        _set_location(t, f"{MARK}/{oio.external_info(t)['location']}")
     return m
 
 
@@ -156,7 +129,7 @@ def unmark(model: onnx.ModelProto) -> onnx.ModelProto:
     """The lazy tensors of ORT's output pointed back at their files, in place."""
     prefix = MARK + "/"
     for t in _lazy_tensors(model):
-        loc = _info(t).get("location", "")
+        loc = oio.external_info(t).get("location", "")
         if loc.startswith(prefix):
             _set_location(t, loc[len(prefix) :])
     return model
@@ -164,7 +137,7 @@ def unmark(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _read(t: onnx.TensorProto) -> np.ndarray | None:
     """A marked lazy float tensor read from its file; None for any other tensor."""
-    info = _info(t)
+    info = oio.external_info(t)
     loc = info.get("location", "")
     dtype = _NP_DTYPES.get(t.data_type)
     if oio.BASEPATH not in info or not loc.startswith(MARK + "/") or dtype is None:
@@ -201,7 +174,7 @@ def _chunked(original):
         # elementwise with a scalar scale and zero point: slices give the same integers;
         # whatever else ORT passes (low, high, ...) goes through unchanged
         scalar = all(np.size(x) == 1 and np.ndim(x) <= 1 for x in (scale, zero_point))
-        if arr.ndim == 0 or arr.size <= CHUNK or not scalar or arr.dtype.kind != "f" or not _integer(qType):
+        if arr.ndim == 0 or arr.size <= CHUNK or not scalar or arr.dtype.kind != "f" or qType not in _INTEGER_TYPES:
             return original(qType, arr, scale, zero_point, *rest, **kw)
         flat = arr.reshape(-1)
         first = np.asarray(original(qType, flat[:CHUNK], scale, zero_point, *rest, **kw))
@@ -213,11 +186,6 @@ def _chunked(original):
         return out.reshape(arr.shape)
 
     return quantize_nparray
-
-
-def _integer(qtype) -> bool:
-    tp = onnx.TensorProto
-    return qtype in (tp.INT8, tp.UINT8, tp.INT16, tp.UINT16, tp.INT4, tp.UINT4)
 
 
 # the replacements are module globals of ORT: one quantization at a time in this process

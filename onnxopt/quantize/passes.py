@@ -18,6 +18,7 @@ import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import UsageError
+from .config import EQUALIZE, FORMATS, INT4_METHODS, INT_TYPES, MODES, op_types_problem
 
 if TYPE_CHECKING:  # the quantize modules are imported when the pass runs (``onnxopt passes`` stays light)
     from .config import QuantizeConfig
@@ -30,30 +31,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _QuantizeConfig:
-    mode: str = field(default="dynamic", metadata={"choices": ("auto", "dynamic", "static", "int4")})
-    format: str = field(default="qdq", metadata={"choices": ("qdq", "qoperator")})
+    mode: str = field(default="dynamic", metadata={"choices": MODES})
+    format: str = field(default="qdq", metadata={"choices": FORMATS})
     method: str = field(default="minmax", metadata={"choices": ("minmax", "percentile", "entropy", "auto")})
     per_channel: bool = False
     reduce_range: bool = False
-    weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
-    activation_type: str = field(default="uint8", metadata={"choices": ("int8", "uint8")})
+    weight_type: str = field(default="int8", metadata={"choices": INT_TYPES})
+    activation_type: str = field(default="uint8", metadata={"choices": INT_TYPES})
     op_types: list[str] | None = None
     exclude_nodes: list[str] | None = None
     allow_slower: bool = True
     batch: int = 32
     preprocess: bool = True
     block_size: int = 32
-    int4_method: str = field(default="rtn", metadata={"choices": ("rtn", "hqq")})
+    int4_method: str = field(default="rtn", metadata={"choices": INT4_METHODS})
     allow_collapse: bool = False
-    equalize: str = field(default="auto", metadata={"choices": ("auto", "always", "off")})
+    equalize: str = field(default="auto", metadata={"choices": EQUALIZE})
     bias_correction: bool = False
 
     def check(self):
         if self.batch <= 0:
             return "batch must be positive"
         if self.op_types is not None:
-            from .config import op_types_problem
-
             return op_types_problem(self.op_types, self.mode)
         return None
 

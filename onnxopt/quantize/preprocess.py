@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from .. import io as oio
 from ..errors import OnnxoptError
-from ..graph import unique_name
+from ..graph import replace_repeated, unique_name
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
 from ..simplify.fold import evaluate_node, fold_constants
@@ -204,9 +204,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[o
     if work.ir_version < 4:
         # IR < 4 lists initializers as inputs; newer IR keeps them apart (not overridable)
         inits = {t.name for t in work.graph.initializer}
-        keep = [i for i in work.graph.input if i.name not in inits]
-        del work.graph.input[:]
-        work.graph.input.extend(keep)
+        replace_repeated(work.graph.input, [i for i in work.graph.input if i.name not in inits])
         work.ir_version = 4
     try:
         out = version_converter.convert_version(work, target)
@@ -222,7 +220,7 @@ def ort_pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:  # pragma: no cover - ORT without the quantization tool
         return None, f"ORT quant_pre_process unavailable ({exc})"
-    big = model.ByteSize() > 2**31 - 2**26
+    big = oio.exceeds_protobuf(model, margin=2**26)
     # ORT logs its own failures at ERROR level (straight to stderr) before raising; ours is
     # the fallback, so its logger is quiet here.  quant_pre_process also rewrites the proto
     # it is given (tensors moved to an external "foo.bin"), so it only ever sees a file.
@@ -249,7 +247,7 @@ def ort_pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference stored in value_info (the model unchanged when it fails)."""
-    if model.ByteSize() > 2**31 - 2**26:
+    if oio.exceeds_protobuf(model, margin=2**26):
         return model
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -43,7 +43,7 @@ from .api import (
 )
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig
-from .engine import CandidateBuilder, CandidateResult, evaluate_candidate
+from .engine import CandidateBuilder, CandidateResult, SharedWork, evaluate_candidate
 from .preprocess import Prepared
 from .sensitivity import search_limit
 from .speed import measure_speed, timing_feed
@@ -112,7 +112,7 @@ def check_inputs(m: onnx.ModelProto, cfg: QuantizeConfig, provider: str, path: s
     budget = Budget(float(cfg.max_accuracy_drop), cfg.metric) if cfg.max_accuracy_drop is not None else None
     if ev is None:
         if cal is not None:
-            ev = dataset_for(m, dataset_view(cal))
+            ev = dataset_for(m, cal.view())
             notes.append("accuracy measured on the calibration data (no --eval given)")
         elif budget is not None:
             raise UsageError("--max-accuracy-drop needs --eval DATA (or --calibration DATA)", path)
@@ -144,6 +144,7 @@ class Run:
     collapse: dict | None = None
     feed: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    work: SharedWork = field(default_factory=SharedWork)  # what ``optimize``'s candidates of one model share
 
     @property
     def notes(self) -> list[str]:
@@ -171,22 +172,23 @@ def prepare(run: Run) -> None:
     mapped onto the pre-processed nodes, the evaluators and the validity feed."""
     cfg, m, ev = run.cfg, run.m, run.inputs.ev
     src = _fuse(run) if cfg.model_type is not None else m
-    run.prep = prepare_model(src, ev, provider=run.provider, use_ort_preprocess=cfg.preprocess)
+    run.prep = run.work.get("prepared", (cfg.preprocess,), lambda: prepare_model(src, ev, provider=run.provider, use_ort_preprocess=cfg.preprocess))
     run.configs = list(run.inputs.configs)
     if run.inputs.exclude:
         run.prep, mapped, more = map_exclusions(m, run.prep, run.inputs.exclude, ev, provider=run.provider, source=src)
         run.notes.extend(more)
         run.configs = [c.with_(exclude=mapped) for c in run.configs]
-    run.evaluator = Evaluator(m, ev, cfg.metric, provider=run.provider)
+    run.evaluator = run.evaluator if run.evaluator is not None else Evaluator(m, ev, cfg.metric, provider=run.provider)
     n_search = search_limit(cfg.search_samples, run.evaluator.metric, run.inputs.budget, len(ev))
-    run.search = None if n_search is None else Evaluator(m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
+    search = functools.partial(Evaluator, m, ev, run.evaluator.metric, provider=run.provider, limit=n_search)
+    run.search = None if n_search is None else run.work.get("search", n_search, search)
     run.vfeed, run.vref = validity_feed(m, ev, run.provider)
 
 
 def _calibration_ranges(run: Run, method: str, model: onnx.ModelProto | None = None) -> CalibrationRanges:
     """Ranges of ``model`` (default: the pre-processed model) on the calibration data."""
     model = run.prep.model if model is None else model
-    return collect_ranges(model, dataset_for(model, dataset_view(run.inputs.cal)), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
+    return collect_ranges(model, dataset_for(model, run.inputs.cal.view()), method=method, batch_size=run.cfg.calibration_batch, provider=run.provider)
 
 
 def measure_ranges(run: Run) -> None:
@@ -403,7 +405,7 @@ def check_collapse(
     if not todo:
         return None
     how = "cosine" if metric in ("cosine", "rel-l2") else "agreement"
-    ev = Evaluator(m, dataset_for(m, dataset_view(data)), how, provider=provider, limit=COLLAPSE_SAMPLES)
+    ev = Evaluator(m, dataset_for(m, data.view()), how, provider=provider, limit=COLLAPSE_SAMPLES)
     kinds = {is_class_scores(o) and ev.metric == "agreement" for o in ev.ref_outputs}
     name = "top-1 agreement" if kinds == {True} else "cosine" if kinds == {False} else "top-1 agreement / cosine"
     record = {"metric": name, "threshold": COLLAPSE_SCORE / 100, "data": ev.dataset.source, "scores": {}}
@@ -457,7 +459,7 @@ def equalized_candidates(run: Run, *, always: bool) -> list[CandidateResult]:
     if not want:
         return []
     try:
-        ctx = Context(data=dataset_for(src, dataset_view(cal)), provider=run.provider)
+        ctx = Context(data=dataset_for(src, cal.view()), provider=run.provider)
         eq = run_pipeline(src, [make_pass("equalize"), make_pass("smooth-quant")], ctx, command="equalize")
     except OnnxoptError as exc:
         notes.append(f"equalization not used: {exc}")

@@ -22,6 +22,7 @@ import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import OnnxoptError
+from ..io import exceeds_protobuf
 from ..verify import EXACT_REL_L2, check_model, compare
 from .ort_backend import capture_ort_logging, drop_unused_opsets
 
@@ -47,7 +48,7 @@ def fuse_transformer(
     # it has moved to external data from bytes, and fails; a file path works
     with tempfile.TemporaryDirectory(prefix="onnxopt-fuse-") as tmp, capture_ort_logging(notes):
         src = str(Path(tmp) / "in.onnx")
-        big = model.ByteSize() > 2**31 - 2**26
+        big = exceeds_protobuf(model, margin=2**26)
         onnx.save(model, src, save_as_external_data=big)
         if opt_level >= 1:
             # ORT's basic optimizations, as optimize_model(opt_level=1) runs them, done here:

@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph import subgraphs
-from ..io import inline_nbytes, tensor_array
+from ..io import external_info, inline_nbytes, tensor_array
 
 __all__ = ["commit_folded", "evaluate_node", "fold_constants", "NONDETERMINISTIC", "BLOAT_RATIO"]
 
@@ -103,7 +103,7 @@ class _Constants:
             return int(self._values[name].nbytes)
         t = self._tensors[name]
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            return int({e.key: e.value for e in t.external_data}.get("length", 0) or 0)
+            return int(external_info(t).get("length", 0) or 0)
         return inline_nbytes(t)
 
 
