@@ -32,7 +32,7 @@ from ..core.recipe import load_recipe
 from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
 from ..errors import ProviderError, UsageError, VerificationError, blaming
 from ..io import resolve_model
-from ..metrics import METRICS, Budget, Evaluator
+from ..metrics import Budget, Evaluator, check_metric
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from ..verify import frozen_dims, verify_other_shapes
@@ -84,15 +84,6 @@ def _synthesized_eval(model: onnx.ModelProto, shapes, samples: int, seed: int):
     return out
 
 
-def _timing_feed(
-    model: onnx.ModelProto, dataset, synthesized: bool, shapes, batch: int, seed: int
-) -> dict:
-    if synthesized:
-        ds = synthesize(model, shapes, batch=batch, samples=batch, seed=seed)
-        return next(ds.batches(batch, batch))
-    return next(dataset.batches(batch, batch))
-
-
 def _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duration, notes):
     """Transformer fusion is exact but not always faster (a partial fusion can cost more
     than ORT's own run-time fusions gain): when it changed the graph, the FP32 model with it
@@ -100,9 +91,7 @@ def _keep_fusion_if_faster(m, pre, passes, ctx, feed, provider, threads, duratio
     keys = [p.key for p in passes]
     if "transformer-fusion" not in keys or not pre.steps[keys.index("transformer-fusion")].modified:
         return pre
-    without = run_pipeline(
-        m, [p for p in passes if p.key != "transformer-fusion"], ctx, command="optimize"
-    )
+    without = run_pipeline(m, [p for p in passes if p.key != "transformer-fusion"], ctx, command="optimize")
     timer = Timer(without.model, feed, provider, threads=threads, duration=duration)
     timer.add("fused", pre.model)
     ratio = timer.measure(["fused"])["fused"][0].ratio
@@ -151,11 +140,9 @@ def _tune_session(out, feed, dataset, provider, duration, seed):
 
 def _restore_input_provenance(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Replace the candidate's onnxopt metadata by the input's (so history stays the user's)."""
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != PROVENANCE_KEY]
-    prior = [(p.key, p.value) for p in original.metadata_props if p.key == PROVENANCE_KEY]
-    del model.metadata_props[:]
-    for k, v in kept + prior:
-        model.metadata_props.add(key=k, value=v)
+    props = {p.key: p.value for p in model.metadata_props if p.key != PROVENANCE_KEY}
+    props.update((p.key, p.value) for p in original.metadata_props if p.key == PROVENANCE_KEY)
+    onnx.helper.set_model_props(model, props)
 
 
 def _summary(chosen, rows, metric: str) -> str:
@@ -292,8 +279,7 @@ def _setup(model, target, recipe, calibration, eval_data, max_accuracy_drop, met
     and the data; the budget and the batch."""
     if target is not None and target not in TARGETS:
         raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
-    if metric is not None and metric not in METRICS:
-        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    check_metric(metric)
     if objective is not None and objective not in OBJECTIVES:
         raise UsageError(f"unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     rec = load_recipe(recipe if recipe is not None else (target or "cpu"))
@@ -325,19 +311,18 @@ def _preprocess(run: _Run, threads, duration):
     graph, and kept only when not slower); sets the reference dataset (eval, else calibration,
     else synthesized) and the timing feed.  Returns (pipeline result, seconds)."""
     t0 = time.perf_counter()
-    passes = []
-    for p in run.plan.preprocess:
-        if p.key == "transformer-fusion" and not is_bert_like(run.m):
-            run.notes.append("transformer-fusion skipped: the graph is not BERT-like")
-            continue
-        passes.append(p)
+    passes = list(run.plan.preprocess)
+    if "transformer-fusion" in [p.key for p in passes] and not is_bert_like(run.m):
+        run.notes.append("transformer-fusion skipped: the graph is not BERT-like")
+        passes = [p for p in passes if p.key != "transformer-fusion"]
     ctx = Context(data=run.cal, eval_data=run.ev, shapes=run.shapes, provider=run.provider, seed=run.seed, budget=run.budget)
     pre = run_pipeline(run.m, passes, ctx, command="optimize")
     run.dataset = run.ev or run.cal
     run.synthesized = run.dataset is None
     if run.synthesized:
         run.dataset = _synthesized_eval(run.m, run.shapes, max(run.batch, 64), run.seed)
-    run.feed = _timing_feed(run.m, run.dataset, run.synthesized, run.shapes, run.batch, run.seed)
+    feeds = synthesize(run.m, run.shapes, batch=run.batch, samples=run.batch, seed=run.seed) if run.synthesized else run.dataset
+    run.feed = next(feeds.batches(run.batch, run.batch))
     pre = _keep_fusion_if_faster(run.m, pre, passes, ctx, run.feed, run.provider, threads, duration, run.notes)
     return pre, time.perf_counter() - t0
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -62,19 +62,8 @@ FP16_OPS = frozenset(
         "Split", "Identity", "Dropout", "Pad", "Where", "Expand", "Tile", "Resize",
     }
 )  # fmt: skip
-MS_FP16_OPS = frozenset(
-    {
-        "Attention",
-        "MultiHeadAttention",
-        "SkipLayerNormalization",
-        "BiasGelu",
-        "FastGelu",
-        "Gelu",
-        "FusedMatMul",
-        "BiasAdd",
-        "EmbedLayerNormalization",
-    }
-)
+MS_FP16_OPS = frozenset({"Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "FusedMatMul", "BiasAdd",
+                         "EmbedLayerNormalization"})
 # Kept in FP32 on purpose (documented in the report when present).
 SENSITIVE_OPS = frozenset(
     {
@@ -91,10 +80,7 @@ SHAPE_READERS = frozenset({"Shape", "Size"})
 ALWAYS_FLOAT_INPUTS = {"Resize": (2,)}
 # outputs typed FLOAT whatever the input type (the statistics of the normalizations: their
 # type U is float for FP16 inputs too); they keep their names and stay FP32
-FP32_OUTPUTS = {
-    ("", "LayerNormalization"): (1, 2),
-    ("com.microsoft", "SkipLayerNormalization"): (1, 2),
-}
+FP32_OUTPUTS = {("", "LayerNormalization"): (1, 2), ("com.microsoft", "SkipLayerNormalization"): (1, 2)}
 # EmbedLayerNormalization's first inputs are int32 ids; its float inputs follow the usual rule.
 
 
@@ -105,19 +91,10 @@ class Fp16Report:
     casts_added: int = 0
     initializers_converted: int = 0
     values_clipped: int = 0
-    kept_fp32: dict = field(
-        default_factory=dict
-    )  # op_type -> count (reason: sensitive / unsupported)
+    kept_fp32: dict = field(default_factory=dict)  # op_type -> count (reason: sensitive / unsupported)
 
     def to_dict(self) -> dict:
-        return {
-            "nodes_fp16": self.nodes_fp16,
-            "nodes_fp32": self.nodes_fp32,
-            "casts_added": self.casts_added,
-            "initializers_converted": self.initializers_converted,
-            "values_clipped": self.values_clipped,
-            "kept_fp32": dict(sorted(self.kept_fp32.items())),
-        }
+        return {**asdict(self), "kept_fp32": dict(sorted(self.kept_fp32.items()))}
 
 
 def to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
@@ -170,9 +147,7 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _converts(
-    node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset: int = 0
-) -> tuple[bool, str]:
+def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset: int = 0) -> tuple[bool, str]:
     if node.name and node.name in keep:
         return False, "kept by name"
     if any(True for _ in subgraphs(node)):

@@ -39,12 +39,8 @@ LOAD_ENV = "ORT_LOAD_CONFIG_FROM_MODEL"
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str | None) -> None:
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    for k, v in kept:
-        model.metadata_props.add(key=k, value=v)
-    if value is not None:
-        model.metadata_props.add(key=key, value=value)
+    props = {p.key: p.value for p in model.metadata_props if p.key != key}
+    onnx.helper.set_model_props(model, props if value is None else {**props, key: value})
 
 
 def carry_options(model: onnx.ModelProto, config: SessionConfig) -> None:

@@ -65,8 +65,7 @@ def ort_format_options(src) -> SessionConfig | None:
     from .carry import carried_options
 
     holder = onnx.ModelProto()
-    for k, v in ort_format_metadata(src).items():
-        holder.metadata_props.add(key=k, value=v)
+    onnx.helper.set_model_props(holder, ort_format_metadata(src))
     return carried_options(holder)
 
 
