@@ -174,17 +174,10 @@ def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset
             float_io += 1
         elif t in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
             return False, "non-FP32 float input"
-    for x in node.output:
-        if not x:
-            continue
-        t = types.get(x)
-        if t is None:
-            return False, "output type unknown"
-        if t == TensorProto.FLOAT:
-            float_io += 1
-    if not float_io:
-        return False, "no float tensor"
-    return True, ""
+    outs = [types.get(x) for x in node.output if x]
+    if None in outs:
+        return False, "output type unknown"
+    return (True, "") if float_io + outs.count(TensorProto.FLOAT) else (False, "no float tensor")
 
 
 def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: set[str] | None = None) -> tuple[onnx.ModelProto, Fp16Report]:

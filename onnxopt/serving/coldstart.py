@@ -119,15 +119,10 @@ def measure_cold_start(model, feed: dict, *, config=None, provider: str = "cpu",
     import onnx
 
     from ..errors import ModelError
+    from ..io import save_model
 
     with tempfile.TemporaryDirectory(prefix="onnxopt-cold-") as tmp:
-        if isinstance(model, onnx.ModelProto):
-            from ..io import save_model
-
-            path = Path(tmp) / "model.onnx"
-            save_model(model, path)
-        else:
-            path = Path(model)
+        path = save_model(model, Path(tmp) / "model.onnx") if isinstance(model, onnx.ModelProto) else Path(model)
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, **feed)
         cfg = json.dumps(config.to_dict() if config is not None else None)
