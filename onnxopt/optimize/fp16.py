@@ -240,17 +240,13 @@ class _Rewriter:
         inputs that stay float in FP16 nodes, and graph outputs."""
         readers: dict[str, int] = defaultdict(int)
         for n, ok in zip(self.g.node, plan, strict=True):
-            if not ok:
-                reads = {x for x in n.input if x}
-                for sg in subgraphs(n):
-                    reads |= used_names(sg)
-                for x in reads:
-                    readers[x] += 1
-            else:
+            if ok:
                 skip = _float_inputs(n, self.opset)
-                for i, x in enumerate(n.input):
-                    if x and i in skip:
-                        readers[x] += 1
+                reads = [x for i, x in enumerate(n.input) if x and i in skip]
+            else:
+                reads = {x for x in n.input if x}.union(*(used_names(sg) for sg in subgraphs(n)))
+            for x in reads:
+                readers[x] += 1
         for o in self.g.output:
             readers[o.name] += 1
         return readers

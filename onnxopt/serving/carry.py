@@ -117,15 +117,8 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
     with ort_loads_config():
         sess = create_session(model, provider, error=error)
     so = sess.get_session_options()
-    got = SessionConfig.from_ort_session_options(
-        {
-            "intra_op_num_threads": so.intra_op_num_threads,
-            "inter_op_num_threads": so.inter_op_num_threads,
-            "execution_mode": int(so.execution_mode),
-            "graph_optimization_level": int(so.graph_optimization_level),
-        },
-        allow_spinning=config.allow_spinning,
-    )
+    keys = ("intra_op_num_threads", "inter_op_num_threads", "execution_mode", "graph_optimization_level")
+    got = SessionConfig.from_ort_session_options({k: int(getattr(so, k)) for k in keys}, allow_spinning=config.allow_spinning)
     if got != config:
         raise error(f"onnxruntime applied the carried session options as ({got.describe()}), not as written ({config.describe()})")
     return config

@@ -95,15 +95,7 @@ def _child(model_path: str, feed_path: str, config_json: str, provider: str, bre
     _, first, first_cpu = _timed(lambda: sess.run(None, feed))
     _, second, _ = _timed(lambda: sess.run(None, feed))
     growth = (peak - before) if (peak is not None and before is not None) else None
-    out = {
-        "import_ms": t_import * 1e3,
-        "create_ms": create,
-        "first_run_ms": first,
-        "second_run_ms": second,
-        "creation_peak_rss_bytes": growth,
-        "create_cpu_ms": create_cpu,
-        "first_run_cpu_ms": first_cpu,
-    }
+    out = dict(zip(COLD_FIELDS, (t_import * 1e3, create, first, second, growth, create_cpu, first_cpu), strict=True))
     if breakdown == "1":
         out.update(_profile_split(sess, create))
     return out
