@@ -334,13 +334,13 @@ def _output(run: _Run, chosen, out, duration):
     other shapes, tune outcome)."""
     m = run.m
     frozen = frozen_dims(m, out)
+    label = chosen.name if chosen else "input"
     if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
-        raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", run.path)
+        raise VerificationError(f"{label}: {frozen}", run.path)
     # synthesized inputs: the written model also runs, with the same output shapes, at the
     # further shapes discovery found (every symbolic axis at two values)
     others = []
     if run.synthesized:
-        label = chosen.name if chosen else "input"
         others = verify_other_shapes(m, out, synthesize(m, run.shapes, seed=run.seed), exact=False, label=label, provider=run.provider, seed=run.seed)
     _restore_input_provenance(out, m)
     if chosen is not None and chosen.kind == "ort-offline":
@@ -353,19 +353,10 @@ def _output(run: _Run, chosen, out, duration):
 
 def _write_provenance(run: _Run, out, pre, chosen, evaluator) -> None:
     """The preprocessing steps' records, the choice, and the settings (no timings)."""
-    chosen_step = {
-        "name": "optimize-choice",
-        "candidate": chosen.name if chosen is not None else "input",
-        "kind": chosen.kind if chosen is not None else "input",
-        "params": chosen.params if chosen is not None else {},
-        "source": chosen.source if chosen is not None else "",
-        "metric": {
-            "name": evaluator.metric,
-            "reference": evaluator.reference_score,
-            "score": chosen.score if chosen else evaluator.reference_score,
-            "drop": chosen.drop if chosen else 0.0,
-        },
-    }
+    c, ref = chosen, evaluator.reference_score
+    metric = {"name": evaluator.metric, "reference": ref, "score": c.score if c else ref, "drop": c.drop if c else 0.0}
+    chosen_step = {"name": "optimize-choice", "candidate": c.name if c else "input", "kind": c.kind if c else "input", "params": c.params if c else {},
+                   "source": c.source if c else "", "metric": metric}
     extra = {"target": run.target, "recipe": run.rec.name, "max_accuracy_drop": run.budget.max_drop}
     if run.objective != "latency":  # the default is not written (provenance stays free of timing words)
         extra["objective"] = run.objective
