@@ -163,21 +163,16 @@ def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset
     else:
         return False, "custom domain"
     skip = _float_inputs(node, opset)
-    float_io = 0
-    for i, x in enumerate(node.input):
-        if not x or i in skip:
-            continue
-        t = types.get(x)
+    ins = [types.get(x) for i, x in enumerate(node.input) if x and i not in skip]
+    for t in ins:  # the first input that rules the node out decides the reason
         if t is None:
             return False, "input type unknown"
-        if t == TensorProto.FLOAT:
-            float_io += 1
-        elif t in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        if t in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
             return False, "non-FP32 float input"
     outs = [types.get(x) for x in node.output if x]
     if None in outs:
         return False, "output type unknown"
-    return (True, "") if float_io + outs.count(TensorProto.FLOAT) else (False, "no float tensor")
+    return (True, "") if ins.count(TensorProto.FLOAT) + outs.count(TensorProto.FLOAT) else (False, "no float tensor")
 
 
 def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: set[str] | None = None) -> tuple[onnx.ModelProto, Fp16Report]:

@@ -129,12 +129,8 @@ def measure_cold_start(model, feed: dict, *, config=None, provider: str = "cpu",
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise ModelError(f"cold-start subprocess failed: {last[:300]}", None if isinstance(model, onnx.ModelProto) else model)
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    out = {"repeats": len(runs)}
-    for k in COLD_FIELDS + (BREAKDOWN_FIELDS if breakdown else ()):
-        vals = [r[k] for r in runs if r.get(k) is not None]
-        out[k] = float(np.median(vals)) if vals else None
-    out["runs"] = runs
-    return out
+    vals = {k: [r[k] for r in runs if r.get(k) is not None] for k in COLD_FIELDS + (BREAKDOWN_FIELDS if breakdown else ())}
+    return {"repeats": len(runs), **{k: float(np.median(v)) if v else None for k, v in vals.items()}, "runs": runs}
 
 
 if __name__ == "__main__":  # the child of measure_cold_start

@@ -52,13 +52,16 @@ class TuneSettings:
     seed: int = 0
 
     def check(self) -> TuneSettings:
-        if not self.duration > 0:
-            raise UsageError(f"time budget must be > 0 seconds, got {self.duration!r}")
-        if self.min_gain < 0:
-            raise UsageError(f"min_gain must be >= 0, got {self.min_gain!r}")
         cores = machine_cores()
-        if self.max_threads is not None and not 1 <= self.max_threads <= cores:
-            raise UsageError(f"max_threads must be within 1..{cores} (the cores of this machine), got {self.max_threads!r}")
+        problems = [
+            (not self.duration > 0, f"time budget must be > 0 seconds, got {self.duration!r}"),
+            (self.min_gain < 0, f"min_gain must be >= 0, got {self.min_gain!r}"),
+            (self.max_threads is not None and not 1 <= self.max_threads <= cores,
+             f"max_threads must be within 1..{cores} (the cores of this machine), got {self.max_threads!r}"),
+        ]
+        msg = next((m for failed, m in problems if failed), None)
+        if msg:
+            raise UsageError(msg)
         return self
 
 
