@@ -118,13 +118,9 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
         log.debug("shape inference failed (%s); using declared types", exc)
         inferred = model
     g = inferred.graph
-    types = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for t in g.initializer:
-        types[t.name] = t.data_type
-    return types
+    values = [*g.input, *g.value_info, *g.output]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in values if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    return {**types, **{t.name: t.data_type for t in g.initializer}}
 
 
 def _domain(node: onnx.NodeProto) -> str:

@@ -280,8 +280,7 @@ def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, 
         if not (r.verified and c.timeable):
             continue
         if reference is not None and r.lossless and same_graph(c.load(), reference):
-            r.timed, r.same_as_input = True, True
-            r.ratio, r.ci95 = 1.0, [1.0, 1.0]
+            r.timed, r.same_as_input, r.ratio, r.ci95 = True, True, 1.0, [1.0, 1.0]
             r.notes.append("same graph as the input: ratio 1 by construction (not timed)")
             continue
         names.append(r.name)
@@ -295,9 +294,7 @@ def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, 
             r.latency_ms = timer.base_latency_ms
         if r.name in res:
             sp, lat, _ = res[r.name]
-            r.timed = True
-            r.ratio, r.ci95 = sp.ratio, [sp.low, sp.high]
-            r.latency_ms = float(np.median(lat) * 1e3)
+            r.timed, r.ratio, r.ci95, r.latency_ms = True, sp.ratio, [sp.low, sp.high], float(np.median(lat) * 1e3)
 
 
 def merit(r: Row, objective: str = "latency") -> float | None:

@@ -180,8 +180,7 @@ class _Search:
         lat = time_interleaved(sess, [self.feed] * len(sess), runs=100_000, warmup=5, block=5, duration=duration, shuffle_seed=seed)
         for k, (r, _) in enumerate(sessions, start=1):
             sp = speedup(lat[0], lat[k], block=5, seed=seed)
-            r.ratio, r.ci95 = sp.ratio, [sp.low, sp.high]
-            r.latency_ms = float(np.median(lat[k]) * 1e3)
+            r.ratio, r.ci95, r.latency_ms = sp.ratio, [sp.low, sp.high], float(np.median(lat[k]) * 1e3)
         self.default_ms = float(np.median(lat[0]) * 1e3)
 
 
