@@ -145,7 +145,7 @@ def _restore_input_provenance(model: onnx.ModelProto, original: onnx.ModelProto)
     onnx.helper.set_model_props(model, props)
 
 
-def _summary(chosen, rows, metric: str) -> str:
+def _summary(chosen, metric: str) -> str:
     if chosen is None:
         return "nothing beat the input and the simplified FP32 model was not confirmed as fast: the input model is written unchanged (with provenance)"
     figs = f"{metric} {chosen.score:.2f} ({0.0 - chosen.drop + 0.0:+.2f} points)"
@@ -388,7 +388,7 @@ def _decision(run: _Run, rows, chosen, evaluator, input_ms, input_cold, tuned, o
         "session_options": tuned.to_dict() if tuned is not None else None,
         "rows": [r.to_dict() for r in rows],
         "chosen": chosen.name if chosen is not None else "input",
-        "summary": _summary(chosen, rows, evaluator.metric),
+        "summary": _summary(chosen, evaluator.metric),
         "other_shapes": others,
     }
 

@@ -79,8 +79,7 @@ def carried_options(model: onnx.ModelProto) -> SessionConfig | None:
             raise ValueError("session_options is not an object")
     except (ValueError, AttributeError) as exc:
         raise ModelError(f"the model's ort_config metadata is not onnxruntime's JSON form: {exc}") from None
-    mirror = _mirrored(model) or {}
-    spin = mirror.get("allow_spinning", True)
+    spin = (_mirrored(model) or {}).get("allow_spinning", True)
     try:
         return SessionConfig.from_ort_session_options(opts, allow_spinning=bool(spin))
     except Exception as exc:
