@@ -29,7 +29,7 @@ from ..core.provenance import write_provenance
 from ..core.public import check_options
 from ..core.result import Result
 from ..errors import DataError, OnnxoptError, UsageError, VerificationError
-from ..metrics import METRICS, Budget
+from ..metrics import Budget, check_metric
 from ..runtime import resolve_provider
 from ..verify import blaming_members
 from .heads import FUSIONS, STACK_HEADS, reference
@@ -294,8 +294,7 @@ def _blame_recipe(exc: UsageError, plan) -> None:
 
 def _budget(max_drop, metric) -> Budget | None:
     """The recipe steps' budget (None: lossy steps are recorded, not judged)."""
-    if metric is not None and metric not in METRICS:
-        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    check_metric(metric)
     return Budget(float(max_drop), metric) if max_drop is not None else None
 
 

@@ -33,7 +33,7 @@ from ..core.recipe import load_recipe
 from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
 from ..errors import ProviderError, UsageError, VerificationError, blaming
 from ..io import resolve_model
-from ..metrics import METRICS, Budget, Evaluator
+from ..metrics import Budget, Evaluator, check_metric
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from ..verify import frozen_dims, verify_other_shapes
@@ -83,15 +83,6 @@ def _synthesized_eval(model: onnx.ModelProto, shapes, samples: int, seed: int):
     out = Dataset("<synthesized>", arrays=arrays)
     out.specs = specs
     return out
-
-
-def _timing_feed(
-    model: onnx.ModelProto, dataset, synthesized: bool, shapes, batch: int, seed: int
-) -> dict:
-    if synthesized:
-        ds = synthesize(model, shapes, batch=batch, samples=batch, seed=seed)
-        return next(ds.batches(batch, batch))
-    return next(dataset.batches(batch, batch))
 
 
 def _joined(first: PipelineResult, second: PipelineResult | None) -> PipelineResult:
@@ -156,14 +147,12 @@ def _tune_session(out, feed, dataset, provider, duration, seed):
 
 def _restore_input_provenance(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
     """Replace the candidate's onnxopt metadata by the input's (so history stays the user's)."""
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != PROVENANCE_KEY]
-    prior = [(p.key, p.value) for p in original.metadata_props if p.key == PROVENANCE_KEY]
-    del model.metadata_props[:]
-    for k, v in kept + prior:
-        model.metadata_props.add(key=k, value=v)
+    props = {p.key: p.value for p in model.metadata_props if p.key != PROVENANCE_KEY}
+    props.update((p.key, p.value) for p in original.metadata_props if p.key == PROVENANCE_KEY)
+    onnx.helper.set_model_props(model, props)
 
 
-def _summary(chosen, rows, metric: str) -> str:
+def _summary(chosen, metric: str) -> str:
     if chosen is None:
         return "nothing beat the input and the simplified FP32 model was not confirmed as fast: the input model is written unchanged (with provenance)"
     figs = f"{metric} {chosen.score:.2f} ({0.0 - chosen.drop + 0.0:+.2f} points)"
@@ -297,8 +286,7 @@ def _setup(model, target, recipe, calibration, eval_data, max_accuracy_drop, met
     and the data; the budget and the batch."""
     if target is not None and target not in TARGETS:
         raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
-    if metric is not None and metric not in METRICS:
-        raise UsageError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    check_metric(metric)
     if objective is not None and objective not in OBJECTIVES:
         raise UsageError(f"unknown objective '{objective}' (choose from {', '.join(OBJECTIVES)})")
     rec = load_recipe(recipe if recipe is not None else (target or "cpu"))
@@ -330,12 +318,10 @@ def _preprocess(run: _Run, threads, duration):
     graph, and kept only when not slower); sets the reference dataset (eval, else calibration,
     else synthesized) and the timing feed.  Returns (pipeline result, seconds)."""
     t0 = time.perf_counter()
-    passes = []
-    for p in run.plan.preprocess:
-        if p.key == "transformer-fusion" and not is_bert_like(run.m):
-            run.notes.append("transformer-fusion skipped: the graph is not BERT-like")
-            continue
-        passes.append(p)
+    passes = list(run.plan.preprocess)
+    if "transformer-fusion" in [p.key for p in passes] and not is_bert_like(run.m):
+        run.notes.append("transformer-fusion skipped: the graph is not BERT-like")
+        passes = [p for p in passes if p.key != "transformer-fusion"]
     ctx = Context(data=run.cal, eval_data=run.ev, shapes=run.shapes, provider=run.provider, seed=run.seed, budget=run.budget)
     k = next((i for i, p in enumerate(passes) if p.key == "transformer-fusion"), len(passes))
     pre = run_pipeline(run.m, passes[:k], ctx, command="optimize")
@@ -343,7 +329,8 @@ def _preprocess(run: _Run, threads, duration):
     run.synthesized = run.dataset is None
     if run.synthesized:
         run.dataset = _synthesized_eval(run.m, run.shapes, max(run.batch, 64), run.seed)
-    run.feed = _timing_feed(run.m, run.dataset, run.synthesized, run.shapes, run.batch, run.seed)
+    feeds = synthesize(run.m, run.shapes, batch=run.batch, samples=run.batch, seed=run.seed) if run.synthesized else run.dataset
+    run.feed = next(feeds.batches(run.batch, run.batch))
     if passes[k:]:
         pre = _keep_fusion_if_faster(pre, passes[k:], ctx, run.feed, run.provider, threads, duration, run.notes)
     return pre, time.perf_counter() - t0
@@ -356,13 +343,13 @@ def _output(run: _Run, chosen, out, duration):
     other shapes, tune outcome)."""
     m = run.m
     frozen = frozen_dims(m, out)
+    label = chosen.name if chosen else "input"
     if frozen:  # dynamic axes stay dynamic unless --fix-shapes asked otherwise
-        raise VerificationError(f"{chosen.name if chosen else 'input'}: {frozen}", run.path)
+        raise VerificationError(f"{label}: {frozen}", run.path)
     # synthesized inputs: the written model also runs, with the same output shapes, at the
     # further shapes discovery found (every symbolic axis at two values)
     others = []
     if run.synthesized:
-        label = chosen.name if chosen else "input"
         others = verify_other_shapes(m, out, synthesize(m, run.shapes, seed=run.seed), exact=False, label=label, provider=run.provider, seed=run.seed)
     _restore_input_provenance(out, m)
     if chosen is not None and chosen.kind == "ort-offline":
@@ -375,19 +362,10 @@ def _output(run: _Run, chosen, out, duration):
 
 def _write_provenance(run: _Run, out, pre, chosen, evaluator) -> None:
     """The preprocessing steps' records, the choice, and the settings (no timings)."""
-    chosen_step = {
-        "name": "optimize-choice",
-        "candidate": chosen.name if chosen is not None else "input",
-        "kind": chosen.kind if chosen is not None else "input",
-        "params": chosen.params if chosen is not None else {},
-        "source": chosen.source if chosen is not None else "",
-        "metric": {
-            "name": evaluator.metric,
-            "reference": evaluator.reference_score,
-            "score": chosen.score if chosen else evaluator.reference_score,
-            "drop": chosen.drop if chosen else 0.0,
-        },
-    }
+    c, ref = chosen, evaluator.reference_score
+    metric = {"name": evaluator.metric, "reference": ref, "score": c.score if c else ref, "drop": c.drop if c else 0.0}
+    chosen_step = {"name": "optimize-choice", "candidate": c.name if c else "input", "kind": c.kind if c else "input", "params": c.params if c else {},
+                   "source": c.source if c else "", "metric": metric}
     extra = {"target": run.target, "recipe": run.rec.name, "max_accuracy_drop": run.budget.max_drop}
     if run.objective != "latency":  # the default is not written (provenance stays free of timing words)
         extra["objective"] = run.objective
@@ -419,7 +397,7 @@ def _decision(run: _Run, rows, chosen, evaluator, input_ms, input_cold, tuned, o
         "session_options": tuned.to_dict() if tuned is not None else None,
         "rows": [r.to_dict() for r in rows],
         "chosen": chosen.name if chosen is not None else "input",
-        "summary": _summary(chosen, rows, evaluator.metric),
+        "summary": _summary(chosen, evaluator.metric),
         "other_shapes": others,
     }
 

@@ -7,12 +7,10 @@ returns ``Candidate`` objects.  A producer that cannot apply returns one candida
 of raising, so the decision table can say why it is absent.  Producers never time models
 and never write files; selection (``select.py``) verifies, scores and times them.
 
-INT8 candidates come from ``onnxopt.quantize`` (``onnxopt.quantize.candidates``: budget
-search, per-node repair of invalid graphs) when that package provides them, else from ONNX
-Runtime's ``quantize_dynamic`` / ``quantize_static`` directly (the ``source`` field says
-which).  ``int8-dynamic`` with ``plain_ort`` adds ``int8-dynamic-ort``: ORT's own
-``quantize_dynamic`` applied to the input model as it is, so that the configuration a user
-of ORT's tool would get is always in the comparison.  Pruning comes from ``onnxopt.prune``;
+INT8 and INT4 candidates come from ``onnxopt.quantize.candidates`` (budget search,
+per-node repair of invalid graphs).  ``int8-dynamic`` with ``plain_ort`` adds
+``int8-dynamic-ort``: ORT's own ``quantize_dynamic`` applied to the input model as it is,
+so that the configuration a user of ORT's tool would get is always in the comparison.  Pruning comes from ``onnxopt.prune``;
 a recipe without an ``[optimize]`` table contributes its lossy steps as one candidate.
 """
 
@@ -21,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import importlib
 import logging
 import tempfile
 import time
@@ -119,11 +116,7 @@ def is_bert_like(model: onnx.ModelProto) -> bool:
     ops = [n.op_type for n in model.graph.node]
     if "Attention" in ops or "MultiHeadAttention" in ops:
         return True
-    has_ln = (
-        "LayerNormalization" in ops
-        or "SkipLayerNormalization" in ops
-        or (ops.count("ReduceMean") >= 2 and "Pow" in ops)
-    )
+    has_ln = "LayerNormalization" in ops or "SkipLayerNormalization" in ops or (ops.count("ReduceMean") >= 2 and "Pow" in ops)
     return "Softmax" in ops and ops.count("MatMul") >= 4 and has_ln
 
 
@@ -178,87 +171,40 @@ def speed_gate(env: BuildEnv, name: str):
     return gate
 
 
-def _quantize_module(name: str):
-    """``onnxopt.quantize.<name>`` if the quantize package provides it, else None."""
-    try:
-        return importlib.import_module(f"onnxopt.quantize.{name}")
-    except ImportError:
-        return None
-
-
-class _Reader:
-    """ORT CalibrationDataReader over a Dataset (at most ``limit`` samples, batch 1..16)."""
-
-    def __init__(self, dataset, limit: int):
-        self._it = dataset.batches(16, limit)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):  # pragma: no cover - ORT calls it only for some calibrators
-        pass
-
-
 class _DropPreprocessHint(logging.Filter):
     """ORT's quantizer logs a "consider pre-processing" hint (the base model is already
     preprocessed) and per-channel axis notes for 1-D weights on the root logger: noise here."""
 
     def filter(self, record):
         msg = record.getMessage()
-        return (
-            "pre-processing before quantization" not in msg
-            and "is out-of-range for weight" not in msg
-        )
+        return "pre-processing before quantization" not in msg and "is out-of-range for weight" not in msg
 
 
 @contextlib.contextmanager
 def _quiet_quantizer():
     f = _DropPreprocessHint()
     root = logging.getLogger()
-    root.addFilter(f)
-    for h in root.handlers:
-        h.addFilter(f)
+    targets = [root, *root.handlers]
+    for t in targets:
+        t.addFilter(f)
     try:
         yield
     finally:
-        root.removeFilter(f)
-        for h in root.handlers:
-            h.removeFilter(f)
+        for t in targets:
+            t.removeFilter(f)
 
 
 def _shared(env: BuildEnv):
-    """The run's ``SharedWork`` (made on first use), when ``onnxopt.quantize`` has it."""
+    """The run's ``onnxopt.quantize`` ``SharedWork`` (made on first use)."""
+    from ..quantize.engine import SharedWork
+
     if env.shared is None:
-        engine = _quantize_module("engine")
-        env.shared = engine.SharedWork() if engine is not None and hasattr(engine, "SharedWork") else None
+        env.shared = SharedWork()
     return env.shared
 
 
-def _ort_quant_types():
-    from onnxruntime.quantization import QuantType
-
-    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-
-
-def _present(model: onnx.ModelProto, op_types) -> list[str]:
-    ops = {n.op_type for n in model.graph.node}
-    return [o for o in (op_types or []) if o in ops]
-
-
-_QUANT_OPS = {
-    "DynamicQuantizeLinear",
-    "QuantizeLinear",
-    "MatMulInteger",
-    "ConvInteger",
-    "QLinearConv",
-    "QLinearMatMul",
-    "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat",
-}
-
-
-def _quantized_nodes(model: onnx.ModelProto) -> int:
-    return sum(1 for n in model.graph.node if n.op_type in _QUANT_OPS)
+_QUANT_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
+              "MatMulIntegerToFloat"}
 
 
 def _load_out(path: Path) -> onnx.ModelProto:
@@ -271,351 +217,105 @@ def _load_out(path: Path) -> onnx.ModelProto:
 
 
 def produce_fp32(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
-    return [
-        Candidate(
-            "fp32", "fp32", base, lossless=True, notes=["the preprocessed (simplified) FP32 model"]
-        )
-    ]
+    return [Candidate("fp32", "fp32", base, lossless=True, notes=["the preprocessed (simplified) FP32 model"])]
 
 
 def produce_int8_dynamic(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
-    """``int8-dynamic`` from ``onnxopt.quantize`` (budget search, per-node repair) when it is
-    installed, else ORT's ``quantize_dynamic``; with ``plain_ort`` also ``int8-dynamic-ort``:
-    ORT's ``quantize_dynamic`` applied to the *input* model exactly as a user of ORT's tool
-    would, so that the table always holds that configuration too."""
+    """``int8-dynamic`` from ``onnxopt.quantize`` (budget search, per-node repair); with
+    ``plain_ort`` also ``int8-dynamic-ort``: ORT's ``quantize_dynamic`` applied to the *input*
+    model exactly as a user of ORT's tool would, so that the table always holds that
+    configuration too."""
+    from ..quantize.candidates import dynamic_candidate
+
     name = "int8-dynamic"
     params = dataclasses.asdict(cfg)
-    present = _present(base, cfg.op_types)
-    if not present:
-        return [
-            Candidate(
-                name,
-                name,
-                None,
-                params=params,
-                refused=f"no {'/'.join(cfg.op_types)} node to quantize",
-            )
-        ]
+    ops = {n.op_type for n in base.graph.node}
+    if not any(o in ops for o in cfg.op_types or []):
+        return [Candidate(name, name, None, params=params, refused=f"no {'/'.join(cfg.op_types)} node to quantize")]
     if env.provider == "cuda":
-        return [
-            Candidate(
-                name,
-                name,
-                None,
-                params=params,
-                refused="dynamic INT8 ops (MatMulInteger, DynamicQuantizeLinear) have no CUDA kernels",
-            )
-        ]
-    out = []
-    qmod = _quantize_module("candidates")
-    if qmod is not None and hasattr(qmod, "dynamic_candidate"):
-        try:
-            model, notes = qmod.dynamic_candidate(
-                base,
-                op_types=list(cfg.op_types),
-                weight_type=cfg.weight_type,
-                per_channel=cfg.per_channel,
-                reduce_range=cfg.reduce_range,
-                **_budget_args(env),
-                shared=_shared(env),
-                evaluator=env.evaluator,
-            )
-            out.append(
-                Candidate(
-                    name,
-                    name,
-                    model,
-                    params=params,
-                    notes=list(notes)[:6],
-                    source="onnxopt.quantize",
-                )
-            )
-        except OnnxoptError as exc:
-            out.append(
-                Candidate(
-                    name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize"
-                )
-            )
-    else:
-        out.append(_dynamic_ort(name, base, cfg, params))
+        return [Candidate(name, name, None, params=params, refused="dynamic INT8 ops (MatMulInteger, DynamicQuantizeLinear) have no CUDA kernels")]
+    try:
+        model, notes = dynamic_candidate(base, op_types=list(cfg.op_types), weight_type=cfg.weight_type, per_channel=cfg.per_channel,
+                                         reduce_range=cfg.reduce_range, **_budget_args(env), shared=_shared(env), evaluator=env.evaluator)
+        out = [Candidate(name, name, model, params=params, notes=list(notes)[:6], source="onnxopt.quantize")]
+    except OnnxoptError as exc:
+        out = [Candidate(name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize")]
     if cfg.plain_ort and env.reference is not None:
-        out.append(
-            _dynamic_ort(
-                "int8-dynamic-ort", env.reference, cfg, {**params, "built_from": "input model"}
-            )
-        )
+        out.append(_dynamic_ort("int8-dynamic-ort", env.reference, cfg, {**params, "built_from": "input model"}))
     return out
 
 
 def _dynamic_ort(name: str, model: onnx.ModelProto, cfg, params: dict) -> Candidate:
-    from onnxruntime.quantization import quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src = "onnxruntime.quantization"
+    weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[cfg.weight_type]
     with tempfile.TemporaryDirectory(prefix="onnxopt-opt-") as tmp:
         path = Path(tmp) / "dyn.onnx"
         try:
             with _quiet_quantizer():
-                quantize_dynamic(
-                    copy.deepcopy(model),
-                    path,
-                    op_types_to_quantize=list(cfg.op_types),
-                    per_channel=cfg.per_channel,
-                    reduce_range=cfg.reduce_range,
-                    weight_type=_ort_quant_types()[cfg.weight_type],
-                )
+                quantize_dynamic(copy.deepcopy(model), path, op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
+                                 reduce_range=cfg.reduce_range, weight_type=weight_type)
         except Exception as exc:
-            return Candidate(
-                name,
-                "int8-dynamic",
-                None,
-                params=params,
-                refused=f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}",
-                source=src,
-            )
+            why = f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}"
+            return Candidate(name, "int8-dynamic", None, params=params, refused=why, source=src)
         q = _load_out(path)
-    n = _quantized_nodes(q)
+    n = sum(1 for x in q.graph.node if x.op_type in _QUANT_OPS)
     if not n:
-        return Candidate(
-            name,
-            "int8-dynamic",
-            None,
-            params=params,
-            refused="the quantizer left every node in FP32",
-            source=src,
-        )
-    return Candidate(
-        name,
-        "int8-dynamic",
-        q,
-        params=params,
-        notes=[f"ORT quantize_dynamic, op types {', '.join(cfg.op_types)}: {n} quantized nodes"],
-        source=src,
-    )
-
-
-def _static_ort(
-    base: onnx.ModelProto, env: BuildEnv, cfg, per_channel: bool, exclude: list[str]
-) -> onnx.ModelProto:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-    methods = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }
-    qt = _ort_quant_types()
-    with tempfile.TemporaryDirectory(prefix="onnxopt-opt-") as tmp:
-        out = Path(tmp) / "static.onnx"
-        with _quiet_quantizer():
-            quantize_static(
-                copy.deepcopy(base),
-                out,
-                _Reader(env.calibration, cfg.calibration_samples),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=cfg.op_types,
-                per_channel=per_channel,
-                activation_type=qt[cfg.activation_type],
-                weight_type=qt[cfg.weight_type],
-                nodes_to_exclude=exclude or None,
-                calibrate_method=methods[cfg.method],
-                extra_options={
-                    "ActivationSymmetric": cfg.activation_type == "int8",
-                    "WeightSymmetric": True,
-                },
-            )
-        return _load_out(out)
-
-
-def _quantizable_nodes(base: onnx.ModelProto, op_types) -> list[str]:
-    ops = set(op_types or ("Conv", "MatMul", "Gemm", "ConvTranspose"))
-    return [n.name for n in base.graph.node if n.op_type in ops and n.name]
+        return Candidate(name, "int8-dynamic", None, params=params, refused="the quantizer left every node in FP32", source=src)
+    notes = [f"ORT quantize_dynamic, op types {', '.join(cfg.op_types)}: {n} quantized nodes"]
+    return Candidate(name, "int8-dynamic", q, params=params, notes=notes, source=src)
 
 
 def produce_int8_static(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
+    from ..quantize.candidates import static_candidate
+
     variants = cfg.per_channel if isinstance(cfg.per_channel, list) else [cfg.per_channel]
     out = []
     for pc in dict.fromkeys(bool(v) for v in variants):
         name = "int8-static" + ("-per-channel" if pc else "")
         params = {**dataclasses.asdict(cfg), "per_channel": pc}
         if env.calibration is None:
-            out.append(
-                Candidate(
-                    name,
-                    "int8-static",
-                    None,
-                    params=params,
-                    refused="needs calibration data (--calibration)",
-                )
-            )
+            out.append(Candidate(name, "int8-static", None, params=params, refused="needs calibration data (--calibration)"))
             continue
         if env.provider == "cuda":
-            out.append(
-                Candidate(
-                    name,
-                    "int8-static",
-                    None,
-                    params=params,
-                    refused="QDQ INT8 without TensorRT is not faster on CUDA; not built for a CUDA target",
-                )
-            )
+            why = "QDQ INT8 without TensorRT is not faster on CUDA; not built for a CUDA target"
+            out.append(Candidate(name, "int8-static", None, params=params, refused=why))
             continue
-        out.append(_static_one(base, env, cfg, pc, name, params))
-    return out
-
-
-def _static_one(base, env: BuildEnv, cfg, pc: bool, name: str, params: dict) -> Candidate:
-    qmod = _quantize_module("candidates")
-    if qmod is not None and hasattr(qmod, "static_candidate"):
+        search = cfg.budget_search
         try:
-            model, notes = qmod.static_candidate(
-                base,
-                calibration=env.calibration,
-                per_channel=pc,
-                method=cfg.method,
-                activation_type=cfg.activation_type,
-                weight_type=cfg.weight_type,
-                op_types=cfg.op_types,
-                eval_data=env.evaluator.dataset if cfg.budget_search else None,
-                max_accuracy_drop=env.budget.max_drop if cfg.budget_search else None,
-                metric=env.evaluator.metric,
-                provider=env.provider,
-                shared=_shared(env),
-                evaluator=env.evaluator if cfg.budget_search else None,
-                search_samples=env.search_samples,
-                gate=speed_gate(env, name) if cfg.budget_search else None,
+            model, notes = static_candidate(
+                base, calibration=env.calibration, per_channel=pc, method=cfg.method, activation_type=cfg.activation_type, weight_type=cfg.weight_type,
+                op_types=cfg.op_types, eval_data=env.evaluator.dataset if search else None, max_accuracy_drop=env.budget.max_drop if search else None,
+                metric=env.evaluator.metric, provider=env.provider, shared=_shared(env), evaluator=env.evaluator if search else None,
+                search_samples=env.search_samples, gate=speed_gate(env, name) if search else None,
             )
-            return Candidate(
-                name,
-                "int8-static",
-                model,
-                params=params,
-                notes=list(notes)[:6],
-                source="onnxopt.quantize",
-            )
+            out.append(Candidate(name, "int8-static", model, params=params, notes=list(notes)[:6], source="onnxopt.quantize"))
         except OnnxoptError as exc:
-            return Candidate(
-                name,
-                "int8-static",
-                None,
-                params=params,
-                refused=_why(exc),
-                source="onnxopt.quantize",
-            )
-    src = "onnxruntime.quantization"
-    try:
-        model = _static_ort(base, env, cfg, pc, [])
-    except Exception as exc:
-        return Candidate(
-            name,
-            "int8-static",
-            None,
-            params=params,
-            refused=f"onnxruntime quantize_static failed: {' '.join(str(exc).split())[:200]}",
-            source=src,
-        )
-    if not _quantized_nodes(model):
-        return Candidate(
-            name,
-            "int8-static",
-            None,
-            params=params,
-            refused="the quantizer left every node in FP32",
-            source=src,
-        )
-    notes = []
-    if cfg.budget_search:
-        model, notes = _fallback_budget_search(base, env, cfg, pc, model)
-    return Candidate(name, "int8-static", model, params=params, notes=notes, source=src)
-
-
-def _fallback_budget_search(base, env: BuildEnv, cfg, pc: bool, model):
-    """Budget search used only without ``onnxopt.quantize``: leave the last, then the first
-    and last quantizable nodes in FP32 (the classifier head and the stem are the usual
-    sensitive ones) until the budget holds; keeps the best attempt."""
-    from ..errors import VerificationError
-
-    def drop_of(m):
-        try:
-            return env.evaluator.drop(m)
-        except VerificationError:
-            return float("inf")
-
-    best, best_drop = model, drop_of(model)
-    notes = [f"all quantizable nodes quantized: drop {best_drop:.2f} points"]
-    if best_drop <= env.budget.max_drop:
-        return best, notes
-    nodes = _quantizable_nodes(base, cfg.op_types)
-    tries = []
-    if nodes:
-        tries.append([nodes[-1]])
-    if len(nodes) > 1:
-        tries.append([nodes[0], nodes[-1]])
-    for excl in tries:
-        try:
-            m = _static_ort(base, env, cfg, pc, excl)
-        except Exception:
-            continue
-        d = drop_of(m)
-        notes.append(f"excluding {', '.join(excl)}: drop {d:.2f} points")
-        if d < best_drop:
-            best, best_drop = m, d
-        if d <= env.budget.max_drop:
-            break
-    return best, notes
+            out.append(Candidate(name, "int8-static", None, params=params, refused=_why(exc), source="onnxopt.quantize"))
+    return out
 
 
 def produce_prune(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     """``onnxopt.prune`` per ratio (or its own budget search when no ratio is listed);
     its result is verified again here like every candidate."""
+    from ..prune.api import prune
+
     ratios = cfg.ratio if isinstance(cfg.ratio, list) else [cfg.ratio]
-    todo = [(f"prune-{cfg.method}-{r:g}", r) for r in ratios] or [
-        (f"prune-{cfg.method}-search", None)
-    ]
-    try:
-        prune = importlib.import_module("onnxopt.prune.api").prune
-    except (ImportError, AttributeError):
-        return [
-            Candidate(
-                n,
-                "prune",
-                None,
-                params={"method": cfg.method, "ratio": r},
-                refused="onnxopt.prune is not available",
-            )
-            for n, r in todo
-        ]
+    todo = [(f"prune-{cfg.method}-{r:g}", r) for r in ratios] or [(f"prune-{cfg.method}-search", None)]
+    # the recipe's value is the amount: sparsity (magnitude), channel ratio, or the number of residual blocks to remove
+    amount = {"magnitude": "sparsity", "blocks": "blocks"}.get(cfg.method, "ratio")
     out = []
     for name, r in todo:
         params = {"method": cfg.method, "ratio": r}
-        # the recipe's value is the amount: sparsity (magnitude), channel ratio, or the
-        # number of residual blocks to remove
-        amount = {"magnitude": "sparsity", "blocks": "blocks"}.get(cfg.method, "ratio")
         kw = {} if r is None else {amount: int(r) if amount == "blocks" else r}
         try:
-            res = prune(
-                base,
-                method=cfg.method,
-                calibration=env.calibration,
-                eval_data=env.evaluator.dataset,
-                max_accuracy_drop=env.budget.max_drop,
-                metric=env.evaluator.metric,
-                provider=env.provider,
-                shapes=env.shapes,
-                timing_runs=0,
-                **kw,
-            )
+            res = prune(base, method=cfg.method, calibration=env.calibration, eval_data=env.evaluator.dataset, max_accuracy_drop=env.budget.max_drop,
+                        metric=env.evaluator.metric, provider=env.provider, shapes=env.shapes, timing_runs=0, **kw)
             notes = [n for s in res.report.get("steps", []) for n in s.get("notes", [])][:5]
-            out.append(
-                Candidate(
-                    name, "prune", res.model, params=params, notes=notes, source="onnxopt.prune"
-                )
-            )
+            out.append(Candidate(name, "prune", res.model, params=params, notes=notes, source="onnxopt.prune"))
         except OnnxoptError as exc:
-            out.append(
-                Candidate(
-                    name, "prune", None, params=params, refused=_why(exc), source="onnxopt.prune"
-                )
-            )
+            out.append(Candidate(name, "prune", None, params=params, refused=_why(exc), source="onnxopt.prune"))
     return out
 
 
@@ -647,16 +347,10 @@ def produce_int4(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
             f"{cfg.min_matmuls} and >= {cfg.min_weight_share:.0%})"
         )
         return [Candidate(name, name, None, params=params, refused=why)]
-    qmod = _quantize_module("candidates")
-    if qmod is None or not hasattr(qmod, "int4_candidate"):
-        return [Candidate(name, name, None, params=params, refused="onnxopt.quantize has no int4 candidate")]
+    from ..quantize.candidates import int4_candidate
+
     try:
-        model, notes = qmod.int4_candidate(
-            base,
-            block_size=cfg.block_size,
-            method=cfg.method,
-            **_budget_args(env),
-        )
+        model, notes = int4_candidate(base, block_size=cfg.block_size, method=cfg.method, **_budget_args(env))
     except OnnxoptError as exc:
         return [Candidate(name, name, None, params=params, refused=_why(exc), source="onnxopt.quantize")]
     return [Candidate(name, name, model, params=params, notes=list(notes)[:6], source="onnxopt.quantize")]
@@ -671,7 +365,7 @@ def produce_fp16(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
         res = Fp16Pass(keep_fp32=list(cfg.keep_fp32)).call(base, Context(provider=env.provider))
     except OnnxoptError as exc:
         return [Candidate("fp16", "fp16", None, params=params, refused=str(exc))]
-    model, n = res.model, res.report.counts
+    n = res.report.counts
     kept = ", ".join(f"{k} x{v}" for k, v in res.report.details["kept_fp32"].items())
     notes = [
         f"{n['nodes_fp16']} nodes FP16, {n['nodes_fp32']} FP32{' (' + kept + ')' if kept else ''}, {n['casts_added']} Casts, "
@@ -679,43 +373,22 @@ def produce_fp16(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
     ]
     timeable = env.provider == "cuda"
     if not timeable:
-        notes.append(
-            "not on CUDA: checked on a few samples (ONNX reference evaluator, else onnxruntime/cpu); not timed"
-        )
-    return [Candidate("fp16", "fp16", model, params=params, notes=notes, timeable=timeable)]
+        notes.append("not on CUDA: checked on a few samples (ONNX reference evaluator, else onnxruntime/cpu); not timed")
+    return [Candidate("fp16", "fp16", res.model, params=params, notes=notes, timeable=timeable)]
 
 
-def produce_recipe(
-    base: onnx.ModelProto, env: BuildEnv, cfg, *, passes=None, recipe_name: str = ""
-) -> list[Candidate]:
+def produce_recipe(base: onnx.ModelProto, env: BuildEnv, cfg, *, passes=None, recipe_name: str = "") -> list[Candidate]:
     """The remaining steps of a recipe without an ``[optimize]`` table, as one candidate."""
     from ..core.passes import Context
     from ..core.pipeline import run_pipeline
 
-    name = f"recipe:{recipe_name}"
-    ctx = Context(
-        data=env.calibration,
-        eval_data=env.evaluator.dataset,
-        shapes=env.shapes,
-        provider=env.provider,
-        seed=env.seed,
-        budget=env.budget,
-    )
+    name, passes = f"recipe:{recipe_name}", list(passes or [])
+    ctx = Context(data=env.calibration, eval_data=env.evaluator.dataset, shapes=env.shapes, provider=env.provider, seed=env.seed, budget=env.budget)
     try:
-        res = run_pipeline(base, list(passes or []), ctx, command=f"optimize {name}")
+        res = run_pipeline(base, passes, ctx, command=f"optimize {name}")
     except OnnxoptError as exc:
         return [Candidate(name, "recipe", None, refused=_why(exc))]
-    lossless = all(p.exact for p in passes or [])
-    return [
-        Candidate(
-            name,
-            "recipe",
-            res.model,
-            lossless=lossless,
-            params={"steps": [p.key for p in passes or []]},
-            steps=res.steps,
-        )
-    ]
+    return [Candidate(name, "recipe", res.model, lossless=all(p.exact for p in passes), params={"steps": [p.key for p in passes]}, steps=res.steps)]
 
 
 def produce_ort_offline(base: onnx.ModelProto, env: BuildEnv, cfg) -> list[Candidate]:
@@ -752,13 +425,7 @@ def build_candidates(base: onnx.ModelProto, env: BuildEnv, specs, *, recipe_tail
     for spec in specs:
         t0 = time.perf_counter()
         if spec.kind.startswith("recipe:"):
-            made = produce_recipe(
-                base,
-                env,
-                spec.config,
-                passes=recipe_tail,
-                recipe_name=spec.kind.partition(":")[2] or recipe_name,
-            )
+            made = produce_recipe(base, env, spec.config, passes=recipe_tail, recipe_name=spec.kind.partition(":")[2] or recipe_name)
         else:
             made = PRODUCERS[spec.kind](base, env, spec.config)
         dt = (time.perf_counter() - t0) / max(len(made), 1)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -62,19 +62,8 @@ FP16_OPS = frozenset(
         "Split", "Identity", "Dropout", "Pad", "Where", "Expand", "Tile", "Resize",
     }
 )  # fmt: skip
-MS_FP16_OPS = frozenset(
-    {
-        "Attention",
-        "MultiHeadAttention",
-        "SkipLayerNormalization",
-        "BiasGelu",
-        "FastGelu",
-        "Gelu",
-        "FusedMatMul",
-        "BiasAdd",
-        "EmbedLayerNormalization",
-    }
-)
+MS_FP16_OPS = frozenset({"Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "FusedMatMul", "BiasAdd",
+                         "EmbedLayerNormalization"})
 # Kept in FP32 on purpose (documented in the report when present).
 SENSITIVE_OPS = frozenset(
     {
@@ -91,10 +80,7 @@ SHAPE_READERS = frozenset({"Shape", "Size"})
 ALWAYS_FLOAT_INPUTS = {"Resize": (2,)}
 # outputs typed FLOAT whatever the input type (the statistics of the normalizations: their
 # type U is float for FP16 inputs too); they keep their names and stay FP32
-FP32_OUTPUTS = {
-    ("", "LayerNormalization"): (1, 2),
-    ("com.microsoft", "SkipLayerNormalization"): (1, 2),
-}
+FP32_OUTPUTS = {("", "LayerNormalization"): (1, 2), ("com.microsoft", "SkipLayerNormalization"): (1, 2)}
 # EmbedLayerNormalization's first inputs are int32 ids; its float inputs follow the usual rule.
 
 
@@ -105,19 +91,10 @@ class Fp16Report:
     casts_added: int = 0
     initializers_converted: int = 0
     values_clipped: int = 0
-    kept_fp32: dict = field(
-        default_factory=dict
-    )  # op_type -> count (reason: sensitive / unsupported)
+    kept_fp32: dict = field(default_factory=dict)  # op_type -> count (reason: sensitive / unsupported)
 
     def to_dict(self) -> dict:
-        return {
-            "nodes_fp16": self.nodes_fp16,
-            "nodes_fp32": self.nodes_fp32,
-            "casts_added": self.casts_added,
-            "initializers_converted": self.initializers_converted,
-            "values_clipped": self.values_clipped,
-            "kept_fp32": dict(sorted(self.kept_fp32.items())),
-        }
+        return {**asdict(self), "kept_fp32": dict(sorted(self.kept_fp32.items()))}
 
 
 def to_fp16_array(arr: np.ndarray) -> tuple[np.ndarray, int]:
@@ -141,13 +118,9 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
         log.debug("shape inference failed (%s); using declared types", exc)
         inferred = model
     g = inferred.graph
-    types = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for t in g.initializer:
-        types[t.name] = t.data_type
-    return types
+    values = [*g.input, *g.value_info, *g.output]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in values if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+    return {**types, **{t.name: t.data_type for t in g.initializer}}
 
 
 def _domain(node: onnx.NodeProto) -> str:
@@ -170,9 +143,7 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _converts(
-    node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset: int = 0
-) -> tuple[bool, str]:
+def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset: int = 0) -> tuple[bool, str]:
     if node.name and node.name in keep:
         return False, "kept by name"
     if any(True for _ in subgraphs(node)):
@@ -188,28 +159,16 @@ def _converts(
     else:
         return False, "custom domain"
     skip = _float_inputs(node, opset)
-    float_io = 0
-    for i, x in enumerate(node.input):
-        if not x or i in skip:
-            continue
-        t = types.get(x)
+    ins = [types.get(x) for i, x in enumerate(node.input) if x and i not in skip]
+    for t in ins:  # the first input that rules the node out decides the reason
         if t is None:
             return False, "input type unknown"
-        if t == TensorProto.FLOAT:
-            float_io += 1
-        elif t in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        if t in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
             return False, "non-FP32 float input"
-    for x in node.output:
-        if not x:
-            continue
-        t = types.get(x)
-        if t is None:
-            return False, "output type unknown"
-        if t == TensorProto.FLOAT:
-            float_io += 1
-    if not float_io:
-        return False, "no float tensor"
-    return True, ""
+    outs = [types.get(x) for x in node.output if x]
+    if None in outs:
+        return False, "output type unknown"
+    return (True, "") if ins.count(TensorProto.FLOAT) + outs.count(TensorProto.FLOAT) else (False, "no float tensor")
 
 
 def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: set[str] | None = None) -> tuple[onnx.ModelProto, Fp16Report]:
@@ -272,17 +231,13 @@ class _Rewriter:
         inputs that stay float in FP16 nodes, and graph outputs."""
         readers: dict[str, int] = defaultdict(int)
         for n, ok in zip(self.g.node, plan, strict=True):
-            if not ok:
-                reads = {x for x in n.input if x}
-                for sg in subgraphs(n):
-                    reads |= used_names(sg)
-                for x in reads:
-                    readers[x] += 1
-            else:
+            if ok:
                 skip = _float_inputs(n, self.opset)
-                for i, x in enumerate(n.input):
-                    if x and i in skip:
-                        readers[x] += 1
+                reads = [x for i, x in enumerate(n.input) if x and i in skip]
+            else:
+                reads = {x for x in n.input if x}.union(*(used_names(sg) for sg in subgraphs(n)))
+            for x in reads:
+                readers[x] += 1
         for o in self.g.output:
             readers[o.name] += 1
         return readers

@@ -37,9 +37,7 @@ class OptimizeSettings:
 
     candidates: list[str] = field(default_factory=lambda: ["fp32", "int8-dynamic", "int8-static"])
     max_accuracy_drop: float = 1.0
-    metric: str | None = field(
-        default=None, metadata={"choices": (None, "top1", "agreement", "cosine", "rel-l2")}
-    )
+    metric: str | None = field(default=None, metadata={"choices": (None, "top1", "agreement", "cosine", "rel-l2")})
     min_gain: float = 0.05
     min_ratio: float = 0.97
     batch: int = 1
@@ -56,24 +54,18 @@ class OptimizeSettings:
     cold_start_repeats: int = 5
 
     def check(self):
-        if not self.candidates:
-            return "'candidates' is empty"
         bad = [c for c in self.candidates if c not in KINDS and not c.startswith("recipe:")]
-        if bad:
-            return f"unknown candidate(s) {', '.join(bad)} (known: {', '.join(KINDS)}, recipe:NAME)"
-        if self.max_accuracy_drop < 0:
-            return "max_accuracy_drop must be >= 0"
-        if self.min_gain < 0:
-            return "min_gain must be >= 0"
-        if not 0 < self.min_ratio <= 1.5:
-            return "min_ratio must be in (0, 1.5]"
-        if self.batch <= 0 or self.runs <= 0 or self.eval_limit <= 0 or self.threads < 0:
-            return "batch, runs and eval_limit must be positive, threads >= 0"
-        if self.time_budget <= 0:
-            return "time_budget must be positive"
-        if self.cold_start_repeats < 1:
-            return "cold_start_repeats must be >= 1"
-        return None
+        problems = [
+            (not self.candidates, "'candidates' is empty"),
+            (bad, f"unknown candidate(s) {', '.join(bad)} (known: {', '.join(KINDS)}, recipe:NAME)"),
+            (self.max_accuracy_drop < 0, "max_accuracy_drop must be >= 0"),
+            (self.min_gain < 0, "min_gain must be >= 0"),
+            (not 0 < self.min_ratio <= 1.5, "min_ratio must be in (0, 1.5]"),
+            (self.batch <= 0 or self.runs <= 0 or self.eval_limit <= 0 or self.threads < 0, "batch, runs and eval_limit must be positive, threads >= 0"),
+            (self.time_budget <= 0, "time_budget must be positive"),
+            (self.cold_start_repeats < 1, "cold_start_repeats must be >= 1"),
+        ]
+        return next((msg for failed, msg in problems if failed), None)
 
 
 @dataclass
@@ -82,9 +74,7 @@ class Int8DynamicConfig:
     weight_type: str = field(default="int8", metadata={"choices": ("int8", "uint8")})
     per_channel: bool = False
     reduce_range: bool = False
-    plain_ort: bool = (
-        False  # also ORT's quantize_dynamic on the input model, as candidate int8-dynamic-ort
-    )
+    plain_ort: bool = False  # also ORT's quantize_dynamic on the input model, as candidate int8-dynamic-ort
 
 
 @dataclass
@@ -125,9 +115,7 @@ class PruneConfig:
     (``blocks``, a positive integer); empty: ``onnxopt.prune`` searches the largest amount
     within the budget (one candidate)."""
 
-    method: str = field(
-        default="channels", metadata={"choices": ("channels", "magnitude", "blocks")}
-    )
+    method: str = field(default="channels", metadata={"choices": ("channels", "magnitude", "blocks")})
     ratio: list[float] | float = field(default_factory=list)
 
     def check(self):
@@ -188,9 +176,7 @@ class Plan:
         return {
             "recipe": self.recipe.name,
             "settings": dataclasses.asdict(self.settings),
-            "candidates": [
-                {"kind": c.kind, **dataclasses.asdict(c.config)} for c in self.candidates
-            ],
+            "candidates": [{"kind": c.kind, **dataclasses.asdict(c.config)} for c in self.candidates],
             "preprocess": [p.key for p in self.preprocess],
         }
 
@@ -225,13 +211,10 @@ def plan_from_recipe(recipe: Recipe) -> Plan:
             f"[optimize]: unknown table(s) {', '.join(f'[optimize.{u}]' for u in unknown)} (known: {', '.join(k for k in CONFIGS if k != 'fp32')})",
             recipe.path,
         )
-    specs = []
-    for kind in settings.candidates:
-        if kind.startswith("recipe:"):
-            specs.append(CandidateSpec(kind, RecipeCandidateConfig()))
-            continue
-        cfg = _validate(CONFIGS[kind], subs.get(kind, {}), f"[optimize.{kind}]", recipe)
-        specs.append(CandidateSpec(kind, cfg))
+    specs = [
+        CandidateSpec(k, RecipeCandidateConfig() if k.startswith("recipe:") else _validate(CONFIGS[k], subs.get(k, {}), f"[optimize.{k}]", recipe))
+        for k in settings.candidates
+    ]
     if "fp32" not in settings.candidates:
         specs.insert(0, CandidateSpec("fp32", RecipeCandidateConfig()))
         settings.candidates = ["fp32"] + list(settings.candidates)

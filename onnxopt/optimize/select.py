@@ -78,13 +78,16 @@ class Row:
     build_seconds: float = 0.0
     explain: str = ""  # the ``onnxopt diagnose`` command that explains a rejection
 
-
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _size(model: onnx.ModelProto) -> int:
-    return int(model.ByteSize())
+def _check_shapes(name: str, ref, new) -> None:
+    """``VerificationError`` when an output's shape differs from the input model's (``ValueError``
+    when the output count does)."""
+    for r, c in zip(ref, new, strict=True):
+        if np.shape(r) != np.shape(c):
+            raise VerificationError(f"{name}: output shape {list(np.shape(c))} != {list(np.shape(r))}")
 
 
 def _reference_check(cand: Candidate, env: BuildEnv, samples: int) -> tuple[float, str]:
@@ -96,11 +99,8 @@ def _reference_check(cand: Candidate, env: BuildEnv, samples: int) -> tuple[floa
     try:
         onnx.checker.check_model(cand.model, full_check=True)
     except Exception as exc:
-        raise VerificationError(
-            f"{cand.name}: onnx.checker rejects the model: {' '.join(str(exc).split())[:300]}"
-        ) from exc
-    ds = env.evaluator.dataset
-    feed = next(ds.batches(samples, samples))
+        raise VerificationError(f"{cand.name}: onnx.checker rejects the model: {' '.join(str(exc).split())[:300]}") from exc
+    feed = next(env.evaluator.dataset.batches(samples, samples))
     n = len(next(iter(feed.values())))
     ref = create_session(env.reference, "cpu", error=VerificationError).run(None, feed)
     how = f"reference evaluator ({n} samples)"
@@ -119,35 +119,22 @@ def _reference_check(cand: Candidate, env: BuildEnv, samples: int) -> tuple[floa
                 f"{cand.name}: neither the reference evaluator ({why}) nor onnxruntime/cpu ({' '.join(str(exc2).split())[:160]}) can run the model"
             ) from exc2
         how = f"onnxruntime/cpu ({n} samples; the reference evaluator cannot run it: {why})"
-    for r, c in zip(ref, new, strict=True):
-        if np.shape(r) != np.shape(c):
-            raise VerificationError(
-                f"{cand.name}: output shape {list(np.shape(c))} != {list(np.shape(r))}"
-            )
+    _check_shapes(cand.name, ref, new)
     labels = env.evaluator.labels[:n] if env.evaluator.labels is not None else None
     metric = env.evaluator.metric
-    ref_score = metric_score(metric, ref, ref, labels)
-    return ref_score - metric_score(metric, ref, new, labels), how
+    return metric_score(metric, ref, ref, labels) - metric_score(metric, ref, new, labels), how
 
 
 def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -> Row:
     """Verify and score one candidate (no timing)."""
     from ..verify import check_model
 
-    row = Row(
-        cand.name,
-        cand.kind,
-        cand.lossless,
-        cand.source,
-        dict(cand.params),
-        list(cand.notes),
-        build_seconds=cand.build_seconds,
-    )
+    row = Row(cand.name, cand.kind, cand.lossless, cand.source, dict(cand.params), list(cand.notes), build_seconds=cand.build_seconds)
     if cand.refused or cand.model is None:
         row.reason = cand.refused or "not built"
         row.status = "rejected" if row.reason.startswith("over budget") else "refused"
         return row
-    row.size_bytes = _size(cand.model)
+    row.size_bytes = int(cand.model.ByteSize())
     ev = env.evaluator
     try:
         if not cand.timeable and cand.kind == "fp16":
@@ -156,26 +143,17 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
         else:
             check_model(cand.model, provider=env.provider, label=cand.name)  # carried options too
             outputs = ev.outputs(cand.model)
-            for r, c in zip(ev.ref_outputs, outputs, strict=True):
-                if np.shape(r) != np.shape(c):
-                    raise VerificationError(
-                        f"{cand.name}: output shape {list(np.shape(c))} != {list(np.shape(r))}"
-                    )
+            _check_shapes(cand.name, ev.ref_outputs, outputs)
             row.score = ev.score_outputs(outputs)
             row.drop = ev.reference_score - row.score
             row.verification = f"onnxruntime/{env.provider}"
-    except OnnxoptError as exc:
-        row.reason = f"failed verification: {exc}"
-        return row
-    except ValueError as exc:  # zip(strict=True): output count changed
+    except (OnnxoptError, ValueError) as exc:  # ValueError: zip(strict=True), the output count changed
         row.reason = f"failed verification: {exc}"
         return row
     row.verified = True
     row.within_budget = row.drop <= env.budget.max_drop + 1e-9
     if not row.within_budget:
-        row.reason = (
-            f"over budget: {ev.metric} drop {row.drop:.2f} > {env.budget.max_drop:g} points"
-        )
+        row.reason = f"over budget: {ev.metric} drop {row.drop:.2f} > {env.budget.max_drop:g} points"
     if not cand.timeable:
         row.status = "not timed"
         row.reason = row.reason or "verified but not timed (FP16 is timed on CUDA only)"
@@ -228,21 +206,9 @@ class Timer:
 
     BLOCK = 5  # runs per session per interleaved round
 
-    def __init__(
-        self,
-        input_model: onnx.ModelProto,
-        feed: dict,
-        provider: str,
-        *,
-        threads: int = 0,
-        runs: int = 200,
-        duration: float = 8.0,
-        min_seconds: float = 1.0,
-    ):
-        self.provider, self.threads = provider, threads
-        self.feed = feed
-        self.runs = runs
-        self.duration = duration
+    def __init__(self, input_model: onnx.ModelProto, feed: dict, provider: str, *, threads: int = 0, runs: int = 200, duration: float = 8.0,
+                 min_seconds: float = 1.0):
+        self.provider, self.threads, self.feed, self.runs, self.duration = provider, threads, feed, runs, duration
         self.min_seconds = min(min_seconds, duration)
         self.models: dict[str, tuple] = {}
         self.base = self._create(input_model)
@@ -271,29 +237,18 @@ class Timer:
         want = int((min_seconds or self.min_seconds) / (per_run * n_sessions))
         return int(min(max(self.runs, want), 20000))
 
-    def measure(
-        self, names: list[str], *, duration: float | None = None, min_seconds: float | None = None
-    ) -> dict[str, tuple]:
+    def measure(self, names: list[str], *, duration: float | None = None, min_seconds: float | None = None) -> dict[str, tuple]:
         """name -> (Speedup vs input, candidate latencies, input latencies); one interleaved run."""
         from ..bench.timing import speedup, time_interleaved
 
         sess = [self.base] + [self._create(*self.models[n]) for n in names]
         runs = self._runs_for(len(sess), min_seconds)
-        lat = time_interleaved(
-            sess,
-            [self.feed] * len(sess),
-            runs=runs,
-            duration=duration or self.duration,
-            block=self.BLOCK,
-        )
+        lat = time_interleaved(sess, [self.feed] * len(sess), runs=runs, duration=duration or self.duration, block=self.BLOCK)
         if self.base_latency_ms is None:
             self.base_latency_ms = float(np.median(lat[0]) * 1e3)
         # paired block bootstrap over the interleaved rounds: the CI reflects the machine's
         # drift during the run, which an independent resampling of thousands of runs hides
-        return {
-            n: (speedup(lat[0], lat[i + 1], block=self.BLOCK), lat[i + 1], lat[0])
-            for i, n in enumerate(names)
-        }
+        return {n: (speedup(lat[0], lat[i + 1], block=self.BLOCK), lat[i + 1], lat[0]) for i, n in enumerate(names)}
 
     def confirm(self, name: str) -> float:
         """Ratio of ``name`` vs the input in a fresh interleaved run; a run below 1 is
@@ -303,15 +258,13 @@ class Timer:
         sp, lat, base = self.measure([name])[name]
         if sp.ratio >= 1.0:
             return sp.ratio
-        sp2, lat2, base2 = self.measure([name])[name]
+        _, lat2, base2 = self.measure([name])[name]
         return speedup(np.concatenate([base, base2]), np.concatenate([lat, lat2])).ratio
 
 
 def same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     """Same graph and opsets (metadata aside): the same model to ONNX Runtime."""
-    return list(a.opset_import) == list(b.opset_import) and a.graph.SerializeToString(
-        deterministic=True
-    ) == b.graph.SerializeToString(deterministic=True)
+    return list(a.opset_import) == list(b.opset_import) and a.graph.SerializeToString(deterministic=True) == b.graph.SerializeToString(deterministic=True)
 
 
 def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, reference: onnx.ModelProto | None = None) -> None:
@@ -327,8 +280,7 @@ def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, 
         if not (r.verified and c.timeable):
             continue
         if reference is not None and r.lossless and same_graph(c.load(), reference):
-            r.timed, r.same_as_input = True, True
-            r.ratio, r.ci95 = 1.0, [1.0, 1.0]
+            r.timed, r.same_as_input, r.ratio, r.ci95 = True, True, 1.0, [1.0, 1.0]
             r.notes.append("same graph as the input: ratio 1 by construction (not timed)")
             continue
         names.append(r.name)
@@ -342,9 +294,7 @@ def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, 
             r.latency_ms = timer.base_latency_ms
         if r.name in res:
             sp, lat, _ = res[r.name]
-            r.timed = True
-            r.ratio, r.ci95 = sp.ratio, [sp.low, sp.high]
-            r.latency_ms = float(np.median(lat) * 1e3)
+            r.timed, r.ratio, r.ci95, r.latency_ms = True, sp.ratio, [sp.low, sp.high], float(np.median(lat) * 1e3)
 
 
 def merit(r: Row, objective: str = "latency") -> float | None:
@@ -366,14 +316,7 @@ def eligible_rows(rows: list[Row], min_ratio: float = 0.97) -> list[Row]:
     return [r for r in ok if r.ratio >= min_ratio]
 
 
-def decide(
-    rows: list[Row],
-    timer: Timer | None,
-    *,
-    min_ratio: float = 0.97,
-    min_gain: float = 0.05,
-    objective: str = "latency",
-) -> Row | None:
+def decide(rows: list[Row], timer: Timer | None, *, min_ratio: float = 0.97, min_gain: float = 0.05, objective: str = "latency") -> Row | None:
     """Mark the chosen row (see the module docstring); None = write the input unchanged.
     ``objective``: ``latency`` | ``cold-start`` | ``size`` (``merit``); with the latter two a
     lossy candidate must beat the best lossless one by ``min_gain`` on that figure, and
@@ -388,11 +331,8 @@ def decide(
         if merit(r, objective) >= need:
             lossy.append(r)
         else:
-            r.reason = (
-                f"not {min_gain:.0%} {what} than the lossless model: accuracy loss not justified"
-                if r.kind != "ort-offline"
-                else f"not {min_gain:.0%} {what} than the lossless model: binding to this machine not justified"
-            )
+            cost = "binding to this machine" if r.kind == "ort-offline" else "accuracy loss"
+            r.reason = f"not {min_gain:.0%} {what} than the lossless model: {cost} not justified"
     chosen = None
     for r in lossy + lossless:
         if r.same_as_input:
@@ -410,9 +350,7 @@ def decide(
         if r is chosen:
             r.status = "chosen"
             if r.lossless:
-                failed = [
-                    x.name for x in rows if not x.lossless and x.reason.startswith("confirmation")
-                ]
+                failed = [x.name for x in rows if not x.lossless and x.reason.startswith("confirmation")]
                 r.reason = (
                     f"lossy candidates failed confirmation ({', '.join(failed)}); simplified FP32 written"
                     if failed
@@ -421,11 +359,8 @@ def decide(
             else:
                 best = "fastest" if objective == "latency" else f"best {objective}"
                 extra = f", cold start {r.cold_start_ms:.1f} ms" if objective == "cold-start" else ""
-                r.reason = (
-                    f"{best} within budget ({r.ratio:.2f}x, confirmed {r.confirm_ratio:.2f}x{extra})"
-                    if r.confirm_ratio
-                    else f"{best} within budget ({r.ratio:.2f}x{extra})"
-                )
+                confirmed = f", confirmed {r.confirm_ratio:.2f}x" if r.confirm_ratio else ""
+                r.reason = f"{best} within budget ({r.ratio:.2f}x{confirmed}{extra})"
         elif r.status not in ("refused", "not timed"):
             if r in eligible and not r.reason:
                 r.status = "eligible"
@@ -446,24 +381,15 @@ def _fmt_ratio(row: dict) -> str:
     return f"{row['ratio']:.2f}x{ci}"
 
 
-def _session_rows(outcome: dict | None, width: int, cold: bool) -> list[list]:
+def _num(row: dict, key: str, fmt: str) -> str:
+    return "-" if row.get(key) is None else format(row[key], fmt)
+
+
+def _session_rows(outcome: dict | None, cold: bool) -> list[list]:
     """The session-option search (``serving.tune``) as decision-table rows."""
-    out = []
-    for r in (outcome or {}).get("rows", []):
-        ratio = _fmt_ratio(r)
-        line = [
-            "options: " + r["describe"],
-            r["status"],
-            ratio,
-            "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
-            "-",
-            "-",
-            r.get("reason", ""),
-        ]
-        if cold:
-            line.insert(4, "-")
-        out.append(line[:width])
-    return out
+    dashes = ["-"] * (3 if cold else 2)
+    return [["options: " + r["describe"], r["status"], _fmt_ratio(r), _num(r, "latency_ms", ".3f"), *dashes, r.get("reason", "")]
+            for r in (outcome or {}).get("rows", [])]
 
 
 def render_decision_table(report: dict) -> str:
@@ -472,34 +398,16 @@ def render_decision_table(report: dict) -> str:
 
     d = report.get("decision", report)
     rows = d.get("rows", [])
-    headers = [
-        "candidate",
-        "status",
-        "speed vs input [95% CI]",
-        "latency ms",
-        f"{d.get('metric', 'metric')} (drop)",
-        "size",
-        "reason",
-    ]
     cold = any(r.get("cold_start_ms") is not None for r in rows)
-    if cold:
-        headers.insert(4, "cold start ms")
+    cold_head = ["cold start ms"] if cold else []
+    headers = ["candidate", "status", "speed vs input [95% CI]", "latency ms", *cold_head, f"{d.get('metric', 'metric')} (drop)", "size", "reason"]
     body = []
     for r in rows:
         acc = "-" if r.get("score") is None else f"{r['score']:.2f} ({0.0 - r['drop'] + 0.0:+.2f})"
-        line = [
-            r["name"],
-            r["status"],
-            _fmt_ratio(r),
-            "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f}",
-            acc,
-            human_bytes(r["size_bytes"]) if r.get("size_bytes") else "-",
-            r.get("reason", ""),
-        ]
-        if cold:
-            line.insert(4, "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f}")
-        body.append(line)
-    body += _session_rows(d.get("session_options"), len(headers), cold)
+        cs = [_num(r, "cold_start_ms", ".1f")] if cold else []
+        size = human_bytes(r["size_bytes"]) if r.get("size_bytes") else "-"
+        body.append([r["name"], r["status"], _fmt_ratio(r), _num(r, "latency_ms", ".3f"), *cs, acc, size, r.get("reason", "")])
+    body += _session_rows(d.get("session_options"), cold)
     head = (
         f"target {d.get('target')} (provider {d.get('provider')}), batch {d.get('batch')}, metric {d.get('metric')} "
         f"on {d.get('data')}{f' ({n} samples)' if (n := d.get('samples')) else ''}: input "

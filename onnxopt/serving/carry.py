@@ -39,12 +39,8 @@ LOAD_ENV = "ORT_LOAD_CONFIG_FROM_MODEL"
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str | None) -> None:
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    for k, v in kept:
-        model.metadata_props.add(key=k, value=v)
-    if value is not None:
-        model.metadata_props.add(key=key, value=value)
+    props = {p.key: p.value for p in model.metadata_props if p.key != key}
+    onnx.helper.set_model_props(model, props if value is None else {**props, key: value})
 
 
 def carry_options(model: onnx.ModelProto, config: SessionConfig) -> None:
@@ -83,8 +79,7 @@ def carried_options(model: onnx.ModelProto) -> SessionConfig | None:
             raise ValueError("session_options is not an object")
     except (ValueError, AttributeError) as exc:
         raise ModelError(f"the model's ort_config metadata is not onnxruntime's JSON form: {exc}") from None
-    mirror = _mirrored(model) or {}
-    spin = mirror.get("allow_spinning", True)
+    spin = (_mirrored(model) or {}).get("allow_spinning", True)
     try:
         return SessionConfig.from_ort_session_options(opts, allow_spinning=bool(spin))
     except Exception as exc:
@@ -121,15 +116,8 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
     with ort_loads_config():
         sess = create_session(model, provider, error=error)
     so = sess.get_session_options()
-    got = SessionConfig.from_ort_session_options(
-        {
-            "intra_op_num_threads": so.intra_op_num_threads,
-            "inter_op_num_threads": so.inter_op_num_threads,
-            "execution_mode": int(so.execution_mode),
-            "graph_optimization_level": int(so.graph_optimization_level),
-        },
-        allow_spinning=config.allow_spinning,
-    )
+    keys = ("intra_op_num_threads", "inter_op_num_threads", "execution_mode", "graph_optimization_level")
+    got = SessionConfig.from_ort_session_options({k: int(getattr(so, k)) for k in keys}, allow_spinning=config.allow_spinning)
     if got != config:
         raise error(f"onnxruntime applied the carried session options as ({got.describe()}), not as written ({config.describe()})")
     return config

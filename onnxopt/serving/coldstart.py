@@ -95,15 +95,7 @@ def _child(model_path: str, feed_path: str, config_json: str, provider: str, bre
     _, first, first_cpu = _timed(lambda: sess.run(None, feed))
     _, second, _ = _timed(lambda: sess.run(None, feed))
     growth = (peak - before) if (peak is not None and before is not None) else None
-    out = {
-        "import_ms": t_import * 1e3,
-        "create_ms": create,
-        "first_run_ms": first,
-        "second_run_ms": second,
-        "creation_peak_rss_bytes": growth,
-        "create_cpu_ms": create_cpu,
-        "first_run_cpu_ms": first_cpu,
-    }
+    out = dict(zip(COLD_FIELDS, (t_import * 1e3, create, first, second, growth, create_cpu, first_cpu), strict=True))
     if breakdown == "1":
         out.update(_profile_split(sess, create))
     return out
@@ -119,15 +111,10 @@ def measure_cold_start(model, feed: dict, *, config=None, provider: str = "cpu",
     import onnx
 
     from ..errors import ModelError
+    from ..io import save_model
 
     with tempfile.TemporaryDirectory(prefix="onnxopt-cold-") as tmp:
-        if isinstance(model, onnx.ModelProto):
-            from ..io import save_model
-
-            path = Path(tmp) / "model.onnx"
-            save_model(model, path)
-        else:
-            path = Path(model)
+        path = save_model(model, Path(tmp) / "model.onnx") if isinstance(model, onnx.ModelProto) else Path(model)
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, **feed)
         cfg = json.dumps(config.to_dict() if config is not None else None)
@@ -142,12 +129,8 @@ def measure_cold_start(model, feed: dict, *, config=None, provider: str = "cpu",
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise ModelError(f"cold-start subprocess failed: {last[:300]}", None if isinstance(model, onnx.ModelProto) else model)
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    out = {"repeats": len(runs)}
-    for k in COLD_FIELDS + (BREAKDOWN_FIELDS if breakdown else ()):
-        vals = [r[k] for r in runs if r.get(k) is not None]
-        out[k] = float(np.median(vals)) if vals else None
-    out["runs"] = runs
-    return out
+    vals = {k: [r[k] for r in runs if r.get(k) is not None] for k in COLD_FIELDS + (BREAKDOWN_FIELDS if breakdown else ())}
+    return {"repeats": len(runs), **{k: float(np.median(v)) if v else None for k, v in vals.items()}, "runs": runs}
 
 
 if __name__ == "__main__":  # the child of measure_cold_start

@@ -44,9 +44,6 @@ def ort_optimized(model: onnx.ModelProto, provider: str = "cpu", *, level: str =
         path = Path(tmp) / "optimized.onnx"
         create_session(model, provider, config=SessionConfig(optimization_level=level), optimized_path=path, error=VerificationError)
         out = load_model(path)
-    kept = [(p.key, p.value) for p in model.metadata_props]
-    del out.metadata_props[:]
-    for k, v in kept:
-        out.metadata_props.add(key=k, value=v)
+    onnx.helper.set_model_props(out, {p.key: p.value for p in model.metadata_props})
     carry_options(out, SessionConfig(optimization_level="disable"))
     return out

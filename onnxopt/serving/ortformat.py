@@ -52,11 +52,8 @@ def ort_format_metadata(src) -> dict[str, str]:
     if not is_ort_format(buf):
         raise ModelError("not an ONNX Runtime .ort file (no ORTM flatbuffer identifier)", None if isinstance(src, (bytes, bytearray, memoryview)) else src)
     model = InferenceSession.InferenceSession.GetRootAs(buf, 0).Model()
-    out = {}
-    for i in range(model.MetadataPropsLength() if model is not None else 0):
-        entry = model.MetadataProps(i)
-        out[entry.Key().decode()] = entry.Value().decode()
-    return out
+    entries = [model.MetadataProps(i) for i in range(model.MetadataPropsLength() if model is not None else 0)]
+    return {e.Key().decode(): e.Value().decode() for e in entries}
 
 
 def ort_format_options(src) -> SessionConfig | None:
@@ -65,8 +62,7 @@ def ort_format_options(src) -> SessionConfig | None:
     from .carry import carried_options
 
     holder = onnx.ModelProto()
-    for k, v in ort_format_metadata(src).items():
-        holder.metadata_props.add(key=k, value=v)
+    onnx.helper.set_model_props(holder, ort_format_metadata(src))
     return carried_options(holder)
 
 

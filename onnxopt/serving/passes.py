@@ -8,7 +8,7 @@ the provenance (``carry.carried_options`` reads spinning from there: ORT has no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import onnx
 
@@ -28,13 +28,7 @@ class _OptionsConfig:
     allow_spinning: bool = True
 
     def session_config(self) -> SessionConfig:
-        return SessionConfig(
-            intra_op_threads=self.intra_op_threads,
-            inter_op_threads=self.inter_op_threads,
-            execution_mode=self.execution_mode,
-            optimization_level=self.optimization_level,
-            allow_spinning=self.allow_spinning,
-        )
+        return SessionConfig(**asdict(self))
 
     def check(self):
         try:

@@ -35,26 +35,8 @@ __all__ = ["TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_
 log = logging.getLogger(__name__)
 
 # nodes whose work dominates a CPU run; parallel execution pays only when these overlap
-HEAVY_OPS = frozenset(
-    {
-        "Conv",
-        "ConvTranspose",
-        "MatMul",
-        "Gemm",
-        "Einsum",
-        "LSTM",
-        "GRU",
-        "RNN",
-        "Attention",
-        "FusedConv",
-        "FusedMatMul",
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "ConvInteger",
-        "MatMulNBits",
-    }
-)
+HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "Attention", "FusedConv", "FusedMatMul", "QLinearConv",
+                       "QLinearMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits"})
 
 
 @dataclass
@@ -70,13 +52,16 @@ class TuneSettings:
     seed: int = 0
 
     def check(self) -> TuneSettings:
-        if not self.duration > 0:
-            raise UsageError(f"time budget must be > 0 seconds, got {self.duration!r}")
-        if self.min_gain < 0:
-            raise UsageError(f"min_gain must be >= 0, got {self.min_gain!r}")
         cores = machine_cores()
-        if self.max_threads is not None and not 1 <= self.max_threads <= cores:
-            raise UsageError(f"max_threads must be within 1..{cores} (the cores of this machine), got {self.max_threads!r}")
+        problems = [
+            (not self.duration > 0, f"time budget must be > 0 seconds, got {self.duration!r}"),
+            (self.min_gain < 0, f"min_gain must be >= 0, got {self.min_gain!r}"),
+            (self.max_threads is not None and not 1 <= self.max_threads <= cores,
+             f"max_threads must be within 1..{cores} (the cores of this machine), got {self.max_threads!r}"),
+        ]
+        msg = next((m for failed, m in problems if failed), None)
+        if msg:
+            raise UsageError(msg)
         return self
 
 
@@ -96,19 +81,8 @@ class TuneRow:
     reason: str = ""
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "options": self.config.to_dict(),
-            "describe": self.config.describe(),
-            "stage": self.stage,
-            "status": self.status,
-            "exact": self.exact,
-            "rel_l2": self.rel_l2,
-            "ratio": self.ratio,
-            "ci95": self.ci95,
-            "latency_ms": self.latency_ms,
-            "reason": self.reason,
-        }
+        rest = {k: v for k, v in vars(self).items() if k not in ("name", "config")}  # stage .. reason
+        return {"name": self.name, "options": self.config.to_dict(), "describe": self.config.describe(), **rest}
 
 
 @dataclass
@@ -122,16 +96,9 @@ class TuneOutcome:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {
-            "chosen": self.chosen.to_dict(),
-            "chosen_describe": self.chosen.describe(),
-            "default_latency_ms": self.default_latency_ms,
-            "confirm_ratio": self.confirm_ratio,
-            "branch_width": self.branch_width,
-            "cores": self.cores,
-            "rows": [r.to_dict() for r in self.rows],
-            "notes": self.notes,
-        }
+        return {"chosen": self.chosen.to_dict(), "chosen_describe": self.chosen.describe(), "default_latency_ms": self.default_latency_ms,
+                "confirm_ratio": self.confirm_ratio, "branch_width": self.branch_width, "cores": self.cores, "rows": [r.to_dict() for r in self.rows],
+                "notes": self.notes}
 
 
 def branch_width(model: onnx.ModelProto) -> int:
@@ -168,8 +135,7 @@ def _refinements(best: SessionConfig, cores: int) -> list[SessionConfig]:
     carries ``disable``), and spinning off where a thread pool exists (one intra-op thread
     and sequential execution have no pool threads to spin)."""
     out = [] if best.optimization_level == "disable" else [replace(best, optimization_level="extended"), replace(best, optimization_level="basic")]
-    pooled = (best.intra_op_threads or cores) > 1 or best.execution_mode == "parallel"
-    if pooled:
+    if (best.intra_op_threads or cores) > 1 or best.execution_mode == "parallel":  # a thread pool
         out.append(replace(best, allow_spinning=False))
     return out
 
@@ -214,8 +180,7 @@ class _Search:
         lat = time_interleaved(sess, [self.feed] * len(sess), runs=100_000, warmup=5, block=5, duration=duration, shuffle_seed=seed)
         for k, (r, _) in enumerate(sessions, start=1):
             sp = speedup(lat[0], lat[k], block=5, seed=seed)
-            r.ratio, r.ci95 = sp.ratio, [sp.low, sp.high]
-            r.latency_ms = float(np.median(lat[k]) * 1e3)
+            r.ratio, r.ci95, r.latency_ms = sp.ratio, [sp.low, sp.high], float(np.median(lat[k]) * 1e3)
         self.default_ms = float(np.median(lat[0]) * 1e3)
 
 
@@ -228,11 +193,11 @@ def search_options(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], 
     cores = settings.max_threads or machine_cores()
     width = branch_width(model)
     search = _Search(model, settings.provider, feed, check_feeds, base)
-    rows = [TuneRow(_label(c), c, "threads") for c in candidate_configs(width, cores, base)]
+    rows = [TuneRow(c.describe(), c, "threads") for c in candidate_configs(width, cores, base)]
     notes = [] if width >= 2 else ["no parallel branches (one heavy node per depth): ORT_PARALLEL not tried"]
     search.time(rows, settings.duration, settings.seed)
     best = _best(rows)
-    stage2 = [TuneRow(_label(c), c, "level/spinning") for c in _refinements(best.config if best and best.ratio > 1 else base, cores)]
+    stage2 = [TuneRow(c.describe(), c, "level/spinning") for c in _refinements(best.config if best and best.ratio > 1 else base, cores)]
     rows += stage2
     search.time(stage2, settings.duration, settings.seed + 1)
     best = _best(rows)
@@ -263,7 +228,7 @@ def measure_given(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], s
     the report says when it is slower."""
     given.validate()
     search = _Search(model, settings.provider, feed, check_feeds, SessionConfig())
-    row = TuneRow(_label(given), given, "given")
+    row = TuneRow(given.describe(), given, "given")
     search.time([row], settings.duration, settings.seed)
     notes = []
     if row.status == "refused":
@@ -272,10 +237,6 @@ def measure_given(model: onnx.ModelProto, feed: dict, check_feeds: list[dict], s
     if row.ratio is not None and row.ratio < 1.0:
         notes.append(f"the given options ran {row.ratio:.2f}x vs the defaults (slower): carried as asked")
     return TuneOutcome(given, [row], getattr(search, "default_ms", None), row.ratio, branch_width(model), machine_cores(), notes)
-
-
-def _label(c: SessionConfig) -> str:
-    return c.describe()
 
 
 def _best(rows: list[TuneRow]) -> TuneRow | None:
