@@ -139,3 +139,12 @@ def test_diagnose_ranks_a_qoperator_model_by_the_outputs(outlier_pair, tmp_path)
     d = diagnose(ref, cand, tmp_path / "d.npz", config=DiagnoseConfig(top=2, metric="cosine"))
     first = d.sensitive[0]
     assert (first.node, first.op, first.weights, first.reference_node) == ("fc2_quant", "QGemm", "float", "fc2") and first.gain > 0
+
+
+def test_a_small_model_has_every_quantized_node_tried(outlier_pair, tmp_path):
+    ref, cand, data = outlier_pair
+    np.savez(tmp_path / "d.npz", **data)
+    d = diagnose(ref, cand, tmp_path / "d.npz", config=DiagnoseConfig(top=2, metric="cosine"))
+    by_error = candidate_nodes(ref, cand, d.layerwise.tensors, n=1)
+    assert list(by_error)[0] == "fc2"  # the node adding the most error first, then the rest
+    assert set(by_error) == {"fc1", "fc2"} and exclude.ALL_UP_TO >= 2
