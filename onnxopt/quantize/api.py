@@ -237,7 +237,7 @@ def validity_feed(m: onnx.ModelProto, ds, provider: str) -> tuple[dict, list]:
 def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
     if res.model is None:
         raise (BudgetError if res.status in ("nothing to quantize", CANNOT_WIN) else VerificationError)(
-            f"{res.label}: {res.status}: {'; '.join(res.notes[-2:])}"
+            f"{res.label}: {res.status}: {res.notes[-1]}"  # the stop's reason (the pre-processing notes come first)
         )
     if res.within_budget is False:
         raise BudgetError(f"{res.label}: accuracy budget not met (best drop {res.drop:.2f} points of {res.fit.metric if res.fit else 'the metric'})")
