@@ -152,7 +152,7 @@ def speed_gate(env: BuildEnv, name: str):
     def gate(full: onnx.ModelProto) -> str | None:
         from .select import Timer
 
-        timer = Timer(env.reference, env.feed, env.provider, threads=env.threads, duration=GATE_SECONDS)
+        timer = Timer(env.reference, env.feed, env.provider, threads=env.threads, duration=GATE_SECONDS * 2 / 3)  # per pair, as in a 3-way run
         for c in rivals:
             if c.name not in env.gate_ratios:
                 timer.add(c.name, c.runnable(), c.carried())

@@ -286,9 +286,9 @@ def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, 
         names.append(r.name)
         timer.add(r.name, c.runnable(), c.carried())
     res = {} if names else timer.measure([])
-    share = max(timer.duration * 2 / (len(names) + 1), timer.min_seconds)
+    part = 2 / (len(names) + 1)  # each pair gets its sessions' part of one run of all
     for n in names:
-        res.update(timer.measure([n], duration=share))
+        res.update(timer.measure([n], duration=timer.duration * part, min_seconds=timer.min_seconds * part))
     for r in rows:
         if r.same_as_input:
             r.latency_ms = timer.base_latency_ms
