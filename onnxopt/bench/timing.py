@@ -192,9 +192,7 @@ class Speedup:
         """``faster`` / ``slower`` when the whole CI is on one side of 1, else ``same``."""
         if self.low > 1.0:
             return "faster"
-        if self.high < 1.0:
-            return "slower"
-        return "same"
+        return "slower" if self.high < 1.0 else "same"
 
 
 def _boot_medians_iid(x: np.ndarray, rng, n_boot: int) -> np.ndarray:

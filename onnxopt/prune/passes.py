@@ -74,9 +74,7 @@ def input_dims(ctx: Context) -> dict | None:
     if ctx.shapes:
         return {k: tuple(int(d) for d in v) for k, v in ctx.shapes.items()}
     ds = ctx.eval_data if ctx.eval_data is not None else ctx.data
-    if ds is None:
-        return None
-    return {k: tuple(v.shape) for k, v in ds.first_batch().items()}
+    return None if ds is None else {k: tuple(v.shape) for k, v in ds.first_batch().items()}
 
 
 def _search_budget(ctx: Context, model: onnx.ModelProto):
@@ -130,9 +128,7 @@ class PruneMagnitudePass(Pass):
         grid: list[float] | None = None
 
         def check(self):
-            if self.min_params < 0:
-                return "min_params must be >= 0"
-            return _fraction("sparsity", self.sparsity) or _grid_problem(self.grid)
+            return "min_params must be >= 0" if self.min_params < 0 else (_fraction("sparsity", self.sparsity) or _grid_problem(self.grid))
 
     def _prune(self, model: onnx.ModelProto, sparsity: float) -> tuple[list[dict], list[dict]]:
         c = self.config
@@ -432,9 +428,7 @@ class PruneBlocksPass(Pass):
         def check(self):
             if self.blocks is not None and self.blocks < 1:
                 return f"blocks must be >= 1, got {self.blocks}"
-            if self.blocks is not None and self.names:
-                return "give either blocks or names, not both"
-            return None
+            return "give either blocks or names, not both" if self.blocks is not None and self.names else None
 
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)

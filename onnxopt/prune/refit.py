@@ -179,9 +179,7 @@ def _accumulate(layer: _Layer, student, teacher, dataset, keep_out, *, provider:
             pads = conv_pads(conv["auto_pad"], conv["pads"], x.shape[2:], conv["kernel"], conv["strides"], conv["dilations"])
             rows, pos, _ = conv_patches(x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos)
         acc.add(rows, gather_outputs(y, pos))
-    if acc.n == 0:
-        return "no calibration rows"
-    return acc
+    return "no calibration rows" if acc.n == 0 else acc
 
 
 def _solve(student, layer: _Layer, acc: RidgeAccumulator, ws: WeightStore, opts: RefitOptions) -> dict:
