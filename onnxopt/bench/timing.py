@@ -124,9 +124,7 @@ def measure_interleaved(
                     run_one(i)
                     dst.append(perf() - t0)
             done = min(len(x) for x in lat)
-            if runs is not None and done >= runs:
-                break
-            if duration is not None and perf() - start >= duration and done >= block:
+            if (runs is not None and done >= runs) or (duration is not None and perf() - start >= duration and done >= block):
                 break
     except KeyboardInterrupt:
         if not catch_interrupt:
