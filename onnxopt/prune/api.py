@@ -290,10 +290,7 @@ def _report(result, model, path, method, step, outcome, ranking, probe) -> None:
     details = copy.deepcopy(step.details)
     rep["details"] = details
     rep["notes"] = list(step.notes)
-    if method == "blocks":
-        rep["value"] = len(details.get("removed", []))
-    else:
-        rep["value"] = details.get("sparsity_target" if method == "magnitude" else "ratio")
+    rep["value"] = len(details.get("removed", [])) if method == "blocks" else details.get("sparsity_target" if method == "magnitude" else "ratio")
     if ranking is not None:
         details["ranking"] = ranking
     if outcome is not None:
