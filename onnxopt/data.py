@@ -339,9 +339,7 @@ def _one_feed(arrays: Mapping[str, np.ndarray], specs: list[InputSpec]) -> bool:
         return False
     for s in specs:
         a = arrays.get(s.name)
-        if a is None or s.shape is None or a.ndim != len(s.shape):
-            return False
-        if any(isinstance(d, int) and d != n for d, n in zip(s.shape, a.shape, strict=True)):
+        if a is None or s.shape is None or a.ndim != len(s.shape) or any(isinstance(d, int) and d != n for d, n in zip(s.shape, a.shape, strict=True)):
             return False
     return True
 

@@ -95,6 +95,12 @@ class NothingToDoError(OnnxoptError):
     exit_code = 3
 
 
+def first_failure(*cases: tuple[object, str]) -> str | None:
+    """The message of the first ``(failed, message)`` case whose ``failed`` is true, else None
+    (a table of checks; every condition is evaluated, so each must be safe on its own)."""
+    return next((message for failed, message in cases if failed), None)
+
+
 @contextmanager
 def blame(path: str | os.PathLike | None, *, data: bool = False) -> Iterator[None]:
     """Inside, a ``ModelError`` raised without a path is about the model at ``path``: the

@@ -53,9 +53,7 @@ def describe_type(tp: onnx.TypeProto) -> dict:
     if which in ("sequence_type", "optional_type"):
         inner = describe_type(getattr(tp, which).elem_type)
         return {"type": f"{'seq' if which == 'sequence_type' else 'optional'}({inner.get('dtype') or inner.get('type')})"}
-    if which == "map_type":
-        return {"type": f"map({dtype_name(tp.map_type.key_type)})"}
-    return {"type": which or "undefined"}
+    return {"type": f"map({dtype_name(tp.map_type.key_type)})"} if which == "map_type" else {"type": which or "undefined"}
 
 
 def dtype_name(elem_type: int) -> str:

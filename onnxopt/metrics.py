@@ -41,9 +41,7 @@ def is_class_scores(arr: np.ndarray) -> bool:
 def default_metric(ref_outputs: Sequence[np.ndarray], labels: np.ndarray | None = None) -> str:
     if labels is not None and any(is_class_scores(o) for o in ref_outputs):
         return "top1"
-    if ref_outputs and all(is_class_scores(o) for o in ref_outputs):
-        return "agreement"
-    return "cosine"
+    return "agreement" if ref_outputs and all(is_class_scores(o) for o in ref_outputs) else "cosine"
 
 
 def _flat(a: np.ndarray) -> np.ndarray:

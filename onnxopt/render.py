@@ -48,9 +48,7 @@ def fmt(v, digits: int = 4) -> str:
             return "nan"
         if v == 0:
             return "0"
-        if abs(v) >= 1e5 or abs(v) < 1e-3:
-            return f"{v:.{digits - 1}e}"
-        return f"{v:.{digits}g}"
+        return f"{v:.{digits - 1}e}" if abs(v) >= 1e5 or abs(v) < 1e-3 else f"{v:.{digits}g}"
     return str(v)
 
 
@@ -98,9 +96,7 @@ def json_safe(obj, *, digits: int | None = None):
         return float(f"{obj:.{digits}g}") if digits else obj
     if isinstance(obj, dict):
         return {str(k): json_safe(v, digits=digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v, digits=digits) for v in obj]
-    return obj
+    return [json_safe(v, digits=digits) for v in obj] if isinstance(obj, (list, tuple)) else obj
 
 
 def to_json(obj, **kw) -> str:

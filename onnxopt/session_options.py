@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import UsageError
+from .errors import UsageError, first_failure
 
 __all__ = ["SessionConfig", "EXECUTION_MODES", "OPTIMIZATION_LEVELS", "ORT_LEVEL_CODES", "machine_cores"]
 
@@ -59,12 +59,14 @@ class SessionConfig:
                 raise UsageError(f"{name} must be an integer >= 1 (or 0 for onnxruntime's default), got {v!r}")
             if v > cores:
                 raise UsageError(f"{name}={v} is more than the {cores} cores this machine has")
-        if self.execution_mode not in EXECUTION_MODES:
-            raise UsageError(f"unknown execution mode {self.execution_mode!r} (choose from {', '.join(EXECUTION_MODES)})")
-        if self.optimization_level not in OPTIMIZATION_LEVELS:
-            raise UsageError(f"unknown optimization level {self.optimization_level!r} (choose from {', '.join(OPTIMIZATION_LEVELS)})")
-        if not isinstance(self.allow_spinning, bool):
-            raise UsageError(f"allow_spinning must be true or false, got {self.allow_spinning!r}")
+        problem = first_failure(
+            (self.execution_mode not in EXECUTION_MODES, f"unknown execution mode {self.execution_mode!r} (choose from {', '.join(EXECUTION_MODES)})"),
+            (self.optimization_level not in OPTIMIZATION_LEVELS,
+             f"unknown optimization level {self.optimization_level!r} (choose from {', '.join(OPTIMIZATION_LEVELS)})"),
+            (not isinstance(self.allow_spinning, bool), f"allow_spinning must be true or false, got {self.allow_spinning!r}"),
+        )
+        if problem:
+            raise UsageError(problem)
         return self
 
     @property

@@ -241,9 +241,7 @@ def tensor_info(model: onnx.ModelProto, name: str) -> TensorInfo:
 
 
 def _value_info(name: str, elem_type: int, dims: list | None) -> onnx.ValueInfoProto:
-    if not elem_type:
-        return helper.make_empty_tensor_value_info(name)
-    return helper.make_tensor_value_info(name, elem_type, dims)
+    return helper.make_tensor_value_info(name, elem_type, dims) if elem_type else helper.make_empty_tensor_value_info(name)
 
 
 def with_outputs(model: onnx.ModelProto, extra: list[TensorInfo]) -> onnx.ModelProto:

@@ -23,7 +23,7 @@ from onnx import helper
 
 from ..core.passes import Context, Expected, Pass, PassResult
 from ..data import Dataset
-from ..errors import DataError, OnnxoptError, UnsupportedError, UsageError
+from ..errors import DataError, OnnxoptError, UnsupportedError, UsageError, first_failure
 from ..graph import FLOAT_TYPES
 from ..linear import HEADS, cross_validate, fit_head, one_blas_thread, stratified_split
 from ..linear import softmax as _softmax
@@ -66,15 +66,15 @@ class AdaptConfig:
     batch_size: int = DEFAULT_BATCH
 
     def validate(self) -> AdaptConfig:
-        if self.head not in HEADS:
-            raise UsageError(f"unknown head '{self.head}' (choose from {', '.join(HEADS)})")
-        if self.pool not in POOLS:
-            raise UsageError(f"unknown pool '{self.pool}' (choose from {', '.join(POOLS)})")
-        if not (isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1):
-            raise UsageError(f"holdout must be in [0, 1), got {self.holdout!r}")
         l2 = self.l2
-        if l2 is not None and not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 > 0):
-            raise UsageError(f"l2 must be a positive number, got {l2!r}")
+        problem = first_failure(
+            (self.head not in HEADS, f"unknown head '{self.head}' (choose from {', '.join(HEADS)})"),
+            (self.pool not in POOLS, f"unknown pool '{self.pool}' (choose from {', '.join(POOLS)})"),
+            (not (isinstance(self.holdout, (int, float)) and 0 <= self.holdout < 1), f"holdout must be in [0, 1), got {self.holdout!r}"),
+            (l2 is not None and not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 > 0), f"l2 must be a positive number, got {l2!r}"),
+        )
+        if problem:
+            raise UsageError(problem)
         if self.batch_size is not None and int(self.batch_size) <= 0:
             raise UsageError(f"batch size must be positive, got {self.batch_size!r}")
         names, classes = self.class_names, self.classes

@@ -36,7 +36,7 @@ from ..core.progress import progress
 from ..core.public import check_options
 from ..core.result import Result
 from ..data import DEFAULT_BATCH, Dataset, input_specs, load_data, synthesize
-from ..errors import DataError, ModelError, OnnxoptError, UsageError
+from ..errors import DataError, ModelError, OnnxoptError, UsageError, first_failure
 from ..graph import iter_graphs
 from ..io import load_model
 from ..runtime import create_session, ort_message, resolve_provider, run_dataset
@@ -149,22 +149,18 @@ def _dedupe(entries: list[_Entry]) -> None:
 
 
 def _check_args(runs, duration, warmup, concurrency, threads, batches, block) -> None:
-    if runs is not None and (not isinstance(runs, int) or runs < 1):
-        raise UsageError(f"runs must be a positive integer, got {runs!r}")
-    if duration is not None and not duration > 0:
-        raise UsageError(f"duration must be > 0 seconds, got {duration!r}")
-    if warmup is None or warmup < 0:
-        raise UsageError(f"warmup must be >= 0, got {warmup!r}")
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise UsageError(f"concurrency must be a positive integer, got {concurrency!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"threads must be a positive integer, got {threads!r}")
-    if block < 1:
-        raise UsageError(f"block must be >= 1, got {block!r}")
-    if batches is not None:
-        bad = [b for b in batches if not isinstance(b, (int, np.integer)) or b < 1]
-        if bad or not list(batches):
-            raise UsageError(f"batch sizes must be positive integers, got {list(batches)!r}")
+    problem = first_failure(
+        (runs is not None and (not isinstance(runs, int) or runs < 1), f"runs must be a positive integer, got {runs!r}"),
+        (duration is not None and not duration > 0, f"duration must be > 0 seconds, got {duration!r}"),
+        (warmup is None or warmup < 0, f"warmup must be >= 0, got {warmup!r}"),
+        (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be a positive integer, got {concurrency!r}"),
+        (threads is not None and (not isinstance(threads, int) or threads < 1), f"threads must be a positive integer, got {threads!r}"),
+        (block < 1, f"block must be >= 1, got {block!r}"),
+        (batches is not None and (not list(batches) or any(not isinstance(b, (int, np.integer)) or b < 1 for b in batches)),
+         f"batch sizes must be positive integers, got {list(batches or [])!r}"),
+    )
+    if problem:
+        raise UsageError(problem)
 
 
 def _disk_bytes(path: Path, proto: onnx.ModelProto) -> int:

@@ -21,17 +21,11 @@ import onnx
 
 from ..data import Dataset, check_shapes, input_specs, synthesize
 
-__all__ = ["SkipConfig", "fixed_batch_conflict", "make_feed", "dataset_view", "feed_batch"]
+__all__ = ["SkipConfig", "fixed_batch_conflict", "make_feed", "feed_batch"]
 
 
 class SkipConfig(Exception):  # noqa: N818 - a signal, not an error: the configuration is skipped
     """This model cannot run this configuration; ``str()`` says why."""
-
-
-def dataset_view(ds: Dataset) -> Dataset:
-    """A shallow copy of ``ds`` to validate against another model (``validate`` drops the
-    keys a model does not consume, which must not affect the other models)."""
-    return ds.view()
 
 
 def fixed_batch_conflict(model: onnx.ModelProto, batch: int | None) -> str | None:

@@ -122,9 +122,7 @@ def _ms(v) -> str:
         return "-"
     if v >= 100:
         return f"{v:.1f}"
-    if v >= 1:
-        return f"{v:.3f}"
-    return f"{v:.4f}"
+    return f"{v:.3f}" if v >= 1 else f"{v:.4f}"
 
 
 def _pct(v) -> str:
@@ -135,15 +133,11 @@ def _ratio(sp) -> str:
     if not sp:
         return "-"
     lo, hi = sp["ci95"]
-    if sp.get("verdict") == "baseline":
-        return "1.00x (baseline)"
-    return f"{sp['ratio']:.2f}x [{lo:.2f}, {hi:.2f}]"
+    return "1.00x (baseline)" if sp.get("verdict") == "baseline" else f"{sp['ratio']:.2f}x [{lo:.2f}, {hi:.2f}]"
 
 
 def _rate(th) -> str:
-    if not th or th.get("samples_per_s") is None or not math.isfinite(th["samples_per_s"]):
-        return "-"
-    return f"{th['samples_per_s']:,.0f}"
+    return "-" if not th or th.get("samples_per_s") is None or not math.isfinite(th["samples_per_s"]) else f"{th['samples_per_s']:,.0f}"
 
 
 def _options_text(m: dict) -> str:

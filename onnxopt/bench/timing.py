@@ -124,9 +124,7 @@ def measure_interleaved(
                     run_one(i)
                     dst.append(perf() - t0)
             done = min(len(x) for x in lat)
-            if runs is not None and done >= runs:
-                break
-            if duration is not None and perf() - start >= duration and done >= block:
+            if (runs is not None and done >= runs) or (duration is not None and perf() - start >= duration and done >= block):
                 break
     except KeyboardInterrupt:
         if not catch_interrupt:
@@ -192,9 +190,7 @@ class Speedup:
         """``faster`` / ``slower`` when the whole CI is on one side of 1, else ``same``."""
         if self.low > 1.0:
             return "faster"
-        if self.high < 1.0:
-            return "slower"
-        return "same"
+        return "slower" if self.high < 1.0 else "same"
 
 
 def _boot_medians_iid(x: np.ndarray, rng, n_boot: int) -> np.ndarray:

@@ -160,9 +160,7 @@ def _type_ok(value, hint) -> bool:
         return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
     if origin is dict:
         return isinstance(value, dict)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
+    return not isinstance(hint, type) or isinstance(value, hint)
 
 
 def validate_config(config_cls, params: dict, where: str, error=RecipeError):

@@ -66,9 +66,7 @@ def parse_trace(events: list[dict]) -> Profile:
     prof = Profile(runs)
     for e in events:
         name = e.get("name", "")
-        if e.get("cat") != "Node" or not name.endswith(_SUFFIX):
-            continue
-        if skip_before is not None and e.get("ts", 0) < skip_before:
+        if e.get("cat") != "Node" or not name.endswith(_SUFFIX) or (skip_before is not None and e.get("ts", 0) < skip_before):
             continue
         node = name[: -len(_SUFFIX)]
         args = e.get("args", {})

@@ -28,7 +28,7 @@ from ..core.pipeline import run_pipeline
 from ..core.provenance import write_provenance
 from ..core.public import check_options
 from ..core.result import Result
-from ..errors import DataError, OnnxoptError, UsageError, VerificationError
+from ..errors import DataError, OnnxoptError, UsageError, VerificationError, first_failure
 from ..metrics import Budget, check_metric
 from ..runtime import resolve_provider
 from ..verify import blaming_members
@@ -45,34 +45,26 @@ log = logging.getLogger(__name__)
 HEADS = STACK_HEADS
 
 def _check_options(n: int, fusion: str, weights, fit, head: str, l2) -> list[float] | None:
-    if fusion not in FUSIONS:
-        raise UsageError(f"unknown fusion '{fusion}' (choose from {', '.join(FUSIONS)})")
-    if n < 2:
-        raise UsageError(f"an ensemble needs at least 2 models, got {n}")
-    if head not in HEADS:
-        raise UsageError(f"unknown head '{head}' (choose from {', '.join(HEADS)})")
-    if l2 is not None and not (l2 > 0 and math.isfinite(l2)):
-        raise UsageError(f"--l2 must be a positive number, got {l2}")
-    if weights is not None:
-        if fusion not in ("weighted", "vote"):
-            raise UsageError(f"--weights applies to 'weighted' and 'vote', not '{fusion}'")
-        weights = [float(w) for w in weights]
-        if len(weights) != n:
-            raise UsageError(f"--weights has {len(weights)} values for {n} members")
-        if any(not math.isfinite(w) for w in weights):
-            raise UsageError("--weights must be finite numbers")
-        if any(w < 0 for w in weights):
-            raise UsageError(f"--weights must not be negative: {','.join(f'{w:g}' for w in weights)}")
-        if sum(weights) <= 0:
-            raise UsageError("--weights are all zero")
-    if fusion == "stack" and fit is None:
-        raise UsageError("--fusion stack needs --fit DATA (inputs with 'labels') to fit its head")
-    if fit is not None and fusion not in ("weighted", "stack"):
-        raise UsageError(f"--fit applies to 'weighted' and 'stack', not '{fusion}'")
-    if fit is not None and weights is not None:
-        raise UsageError("give either --weights or --fit, not both")
-    if fusion == "weighted" and weights is None and fit is None:
-        raise UsageError("--fusion weighted needs --weights W1,W2,... or --fit DATA")
+    problem = first_failure(
+        (fusion not in FUSIONS, f"unknown fusion '{fusion}' (choose from {', '.join(FUSIONS)})"),
+        (n < 2, f"an ensemble needs at least 2 models, got {n}"),
+        (head not in HEADS, f"unknown head '{head}' (choose from {', '.join(HEADS)})"),
+        (l2 is not None and not (l2 > 0 and math.isfinite(l2)), f"--l2 must be a positive number, got {l2}"),
+        (weights is not None and fusion not in ("weighted", "vote"), f"--weights applies to 'weighted' and 'vote', not '{fusion}'"),
+    )
+    weights = None if weights is None or problem else [float(w) for w in weights]
+    problem = problem or first_failure(
+        (weights is not None and len(weights) != n, f"--weights has {len(weights or [])} values for {n} members"),
+        (weights is not None and any(not math.isfinite(w) for w in weights), "--weights must be finite numbers"),
+        (weights is not None and any(w < 0 for w in weights), f"--weights must not be negative: {','.join(f'{w:g}' for w in weights or [])}"),
+        (weights is not None and sum(weights) <= 0, "--weights are all zero"),
+        (fusion == "stack" and fit is None, "--fusion stack needs --fit DATA (inputs with 'labels') to fit its head"),
+        (fit is not None and fusion not in ("weighted", "stack"), f"--fit applies to 'weighted' and 'stack', not '{fusion}'"),
+        (fit is not None and weights is not None, "give either --weights or --fit, not both"),
+        (fusion == "weighted" and weights is None and fit is None, "--fusion weighted needs --weights W1,W2,... or --fit DATA"),
+    )
+    if problem:
+        raise UsageError(problem)
     return weights
 
 

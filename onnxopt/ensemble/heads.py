@@ -71,9 +71,7 @@ def output_names(kind: str, base: str, positions: int) -> list[str]:
     if kind in ("mean", "weighted"):
         return [base]
     pre = f"{base}_" if positions > 1 else ""
-    if kind == "stack":
-        return [f"{pre}probabilities"]
-    return [f"{pre}label", f"{pre}votes"]
+    return [f"{pre}probabilities"] if kind == "stack" else [f"{pre}label", f"{pre}votes"]
 
 
 def _classes(shapes) -> int | None:

@@ -374,9 +374,7 @@ class _Fuser:
             return ""
         if s.kind == "split":
             return s.names[j]
-        if s.kind == "const" and not s.identical:
-            return self.init(f"{s.src}/m{j}", s.arrays[j])
-        return self.shared_name(s)
+        return self.init(f"{s.src}/m{j}", s.arrays[j]) if s.kind == "const" and not s.identical else self.shared_name(s)
 
     # --- node handlers ------------------------------------------------------------------------
     def out_shape(self, n0, j: int = 0):

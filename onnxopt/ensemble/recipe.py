@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..core.passes import validate_config
 from ..core.recipe import Recipe, load_recipe
-from ..errors import RecipeError
+from ..errors import RecipeError, first_failure
 from ..metrics import METRICS
 from .heads import FUSIONS, STACK_HEADS
 
@@ -57,28 +57,21 @@ class EnsembleSettings:
     metric: str | None = field(default=None, metadata={"choices": (None, *METRICS)})
 
     def check(self):
-        if self.weights is not None:
-            if self.fusion not in ("weighted", "vote"):
-                return f"weights apply to fusion 'weighted' and 'vote', not '{self.fusion}'"
-            if not self.weights:
-                return "weights is empty"
-            if any(not math.isfinite(w) or w < 0 for w in self.weights):
-                return "weights must be finite numbers >= 0"
-            if sum(self.weights) <= 0:
-                return "weights are all zero"
-        if self.l2 is not None and not (self.l2 > 0 and math.isfinite(self.l2)):
-            return f"l2 must be a positive number, got {self.l2}"
-        if self.max_accuracy_drop is not None and not (self.max_accuracy_drop >= 0 and math.isfinite(self.max_accuracy_drop)):
-            return f"max_accuracy_drop must be a number >= 0, got {self.max_accuracy_drop}"
-        if isinstance(self.output, bool) or (isinstance(self.output, int) and self.output < 0):
-            return "output must be an output name, a position >= 0, or one name per member"
-        if isinstance(self.output, list) and (
-            not self.output or not all(isinstance(o, str) or (isinstance(o, int) and not isinstance(o, bool) and o >= 0) for o in self.output)
-        ):
-            return "output must be a non-empty list of output names (or positions), one per member"
-        if self.input_map is not None and not all(isinstance(k, str) and isinstance(v, str) and v for k, v in self.input_map.items()):
-            return 'input_map must map input names to input names ({ FROM = "TO" })'
-        return None
+        w, out = self.weights, self.output
+        return first_failure(
+            (w is not None and self.fusion not in ("weighted", "vote"), f"weights apply to fusion 'weighted' and 'vote', not '{self.fusion}'"),
+            (w is not None and not w, "weights is empty"),
+            (w is not None and any(not math.isfinite(x) or x < 0 for x in w), "weights must be finite numbers >= 0"),
+            (w is not None and sum(w) <= 0, "weights are all zero"),
+            (self.l2 is not None and not (self.l2 > 0 and math.isfinite(self.l2)), f"l2 must be a positive number, got {self.l2}"),
+            (self.max_accuracy_drop is not None and not (self.max_accuracy_drop >= 0 and math.isfinite(self.max_accuracy_drop)),
+             f"max_accuracy_drop must be a number >= 0, got {self.max_accuracy_drop}"),
+            (isinstance(out, bool) or (isinstance(out, int) and out < 0), "output must be an output name, a position >= 0, or one name per member"),
+            (isinstance(out, list) and (not out or not all(isinstance(o, str) or (isinstance(o, int) and not isinstance(o, bool) and o >= 0) for o in out)),
+             "output must be a non-empty list of output names (or positions), one per member"),
+            (self.input_map is not None and not all(isinstance(k, str) and isinstance(v, str) and v for k, v in self.input_map.items()),
+             'input_map must map input names to input names ({ FROM = "TO" })'),
+        )
 
 
 SETTINGS = tuple(f.name for f in dataclasses.fields(EnsembleSettings))

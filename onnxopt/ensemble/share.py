@@ -30,9 +30,7 @@ def _file_region(t: onnx.TensorProto) -> tuple | None:
 
 
 def _nbytes(t: onnx.TensorProto) -> int:
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        return int(external_info(t).get("length", 0) or 0)
-    return len(_payload(t))
+    return int(external_info(t).get("length", 0) or 0) if t.data_location == onnx.TensorProto.EXTERNAL else len(_payload(t))
 
 
 def _payload(t: onnx.TensorProto) -> bytes:

@@ -424,10 +424,8 @@ def build_candidates(base: onnx.ModelProto, env: BuildEnv, specs, *, recipe_tail
     out: list[Candidate] = []
     for spec in specs:
         t0 = time.perf_counter()
-        if spec.kind.startswith("recipe:"):
-            made = produce_recipe(base, env, spec.config, passes=recipe_tail, recipe_name=spec.kind.partition(":")[2] or recipe_name)
-        else:
-            made = PRODUCERS[spec.kind](base, env, spec.config)
+        made = (produce_recipe(base, env, spec.config, passes=recipe_tail, recipe_name=spec.kind.partition(":")[2] or recipe_name)
+                if spec.kind.startswith("recipe:") else PRODUCERS[spec.kind](base, env, spec.config))
         dt = (time.perf_counter() - t0) / max(len(made), 1)
         for c in made:
             c.build_seconds = round(dt, 3)

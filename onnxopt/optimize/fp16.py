@@ -192,10 +192,8 @@ def _plan(g: onnx.GraphProto, types: dict[str, int], keep: set[str], opset: int,
     half_made: set[str] = set()  # tensors an FP16 node will produce (nodes are in order)
     counted = ("numerically sensitive", "no FP16 rule", "custom domain", "has a subgraph", "kept by name")
     for n in g.node:
-        if _domain(n) == "" and n.op_type in SHAPE_READERS and n.input and n.input[0] in half_made and not (n.name and n.name in keep):
-            ok, why = True, ""  # reads only the shape: takes the FP16 tensor as it is
-        else:
-            ok, why = _converts(n, types, keep, opset)
+        shape_only = _domain(n) == "" and n.op_type in SHAPE_READERS and n.input and n.input[0] in half_made and not (n.name and n.name in keep)
+        ok, why = (True, "") if shape_only else _converts(n, types, keep, opset)  # a shape reader takes the FP16 tensor as it is
         plan.append(ok)
         if ok:
             stay = _fp32_outputs(n)

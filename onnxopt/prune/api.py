@@ -20,7 +20,14 @@ from ..core.public import check_options
 from ..core.registry import make_pass
 from ..core.runner import make_context
 from ..data import check_shapes
-from ..errors import BudgetError, NothingToDoError, UsageError, VerificationError, blaming
+from ..errors import (
+    BudgetError,
+    NothingToDoError,
+    UsageError,
+    VerificationError,
+    blaming,
+    first_failure,
+)
 from ..io import check_output_path, resolve_model
 from ..plotting import require_matplotlib
 from .measure import LatencyProbe, figures
@@ -56,30 +63,23 @@ def _check_args(method, sparsity, ratio, ratios, blocks, importance, scope, plot
     given += [flag for flag, value, default, owner in (options or []) if owner != method and value != default]
     if given:
         raise UsageError(f"{', '.join(given)} does not apply to --method {method}")
-    if importance not in ("l1", "activation"):
-        raise UsageError(f"unknown importance '{importance}' (choose from l1, activation)")
-    if importance == "activation" and calibration is None:
-        raise UsageError("--importance activation needs --calibration DATA")
-    if scope not in ("global", "layer"):
-        raise UsageError(f"unknown scope '{scope}' (choose from global, layer)")
-    if plot is not None and max_accuracy_drop is None:
-        raise UsageError("--plot draws the budget search curve: give --max-accuracy-drop (and --eval)")
     explicit = {"magnitude": sparsity, "channels": ratio if ratio is not None else ratios}.get(method, blocks)
-    if plot is not None and explicit:
-        flag = {"magnitude": "--sparsity", "channels": "--ratio / --layer-ratio"}.get(method, "--blocks")
-        raise UsageError(f"--plot draws the budget search curve, which is not run with an explicit {flag}")
-    if grid is not None and method == "blocks":
-        raise UsageError("--grid does not apply to --method blocks (every number of blocks is tried)")
-    if grid is not None:
-        if not grid:
-            raise UsageError("--grid must list at least one value")
-        bad = [g for g in grid if not (0 < float(g) < 1)]
-        if bad:
-            raise UsageError(f"--grid values must be in (0, 1), got {', '.join(f'{float(g):g}' for g in bad)}")
-        if max_accuracy_drop is None:
-            raise UsageError("--grid lists the values of the budget search: give --max-accuracy-drop")
-        if explicit:
-            raise UsageError(f"--grid does not apply with an explicit --{'sparsity' if method == 'magnitude' else 'ratio'}")
+    flag = {"magnitude": "--sparsity", "channels": "--ratio / --layer-ratio"}.get(method, "--blocks")
+    bad = [g for g in grid or () if method != "blocks" and not (0 < float(g) < 1)]
+    problem = first_failure(
+        (importance not in ("l1", "activation"), f"unknown importance '{importance}' (choose from l1, activation)"),
+        (importance == "activation" and calibration is None, "--importance activation needs --calibration DATA"),
+        (scope not in ("global", "layer"), f"unknown scope '{scope}' (choose from global, layer)"),
+        (plot is not None and max_accuracy_drop is None, "--plot draws the budget search curve: give --max-accuracy-drop (and --eval)"),
+        (plot is not None and explicit, f"--plot draws the budget search curve, which is not run with an explicit {flag}"),
+        (grid is not None and method == "blocks", "--grid does not apply to --method blocks (every number of blocks is tried)"),
+        (grid is not None and not grid, "--grid must list at least one value"),
+        (bad, f"--grid values must be in (0, 1), got {', '.join(f'{float(g):g}' for g in bad)}"),
+        (grid is not None and max_accuracy_drop is None, "--grid lists the values of the budget search: give --max-accuracy-drop"),
+        (grid is not None and explicit, f"--grid does not apply with an explicit --{'sparsity' if method == 'magnitude' else 'ratio'}"),
+    )
+    if problem:
+        raise UsageError(problem)
 
 
 @dataclass
@@ -290,10 +290,7 @@ def _report(result, model, path, method, step, outcome, ranking, probe) -> None:
     details = copy.deepcopy(step.details)
     rep["details"] = details
     rep["notes"] = list(step.notes)
-    if method == "blocks":
-        rep["value"] = len(details.get("removed", []))
-    else:
-        rep["value"] = details.get("sparsity_target" if method == "magnitude" else "ratio")
+    rep["value"] = len(details.get("removed", [])) if method == "blocks" else details.get("sparsity_target" if method == "magnitude" else "ratio")
     if ranking is not None:
         details["ranking"] = ranking
     if outcome is not None:

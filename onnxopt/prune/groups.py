@@ -211,9 +211,7 @@ def node_label(node: onnx.NodeProto) -> str:
 
 def _source_label(node: onnx.NodeProto, weight: str) -> str:
     """The node's name, or its weight's when the name says nothing (``n12``, empty)."""
-    if node.name and not re.fullmatch(r"n\d+", node.name):
-        return node.name
-    return weight or node_label(node)
+    return node.name if node.name and not re.fullmatch(r"n\d+", node.name) else (weight or node_label(node))
 
 
 def static_shapes(model: onnx.ModelProto, inputs: dict | None = None) -> dict[str, tuple]:
@@ -358,9 +356,7 @@ class _Analyzer:
                 self.block(self.layouts[x][0], reason)
 
     def const_ints(self, name: str) -> list[int] | None:
-        if not name or name not in self.ws.inits:
-            return None
-        return [int(v) for v in self.ws.array(name).reshape(-1)]
+        return None if not name or name not in self.ws.inits else [int(v) for v in self.ws.array(name).reshape(-1)]
 
     def new_source(
         self,
@@ -736,9 +732,7 @@ class _Analyzer:
             return f"Flatten '{name}' input of unknown shape"
         a = int(attribute(node, "axis", 1)) % max(len(s), 1) if len(s) else 0
         inner, after = _prod(s[a:c]), _prod(s[c + 1 :])
-        if c < a or inner != 1 or after is None:
-            return f"Flatten '{name}' interleaves the channels with other axes"
-        return _scale(layout, after), 1
+        return f"Flatten '{name}' interleaves the channels with other axes" if c < a or inner != 1 or after is None else (_scale(layout, after), 1)
 
     def move_Reshape(self, idx, node, layout, c):
         sin, sout = self.shape(node.input[0]), self.shape(node.output[0])
@@ -766,9 +760,7 @@ class _Analyzer:
         r = self.rank(node.input[0])
         perm = attribute(node, "perm")
         perm = list(perm) if perm is not None else (list(range(r))[::-1] if r is not None else None)
-        if perm is None:
-            return f"Transpose '{node_label(node)}' of unknown rank"
-        return layout, perm.index(c)
+        return f"Transpose '{node_label(node)}' of unknown rank" if perm is None else (layout, perm.index(c))
 
     def _axes(self, node, r_norm: int | None) -> list[int] | None:
         axes = attribute(node, "axes")
@@ -778,9 +770,7 @@ class _Analyzer:
                 return None
         if axes is None:
             return []
-        if r_norm is None:
-            return None
-        return sorted(int(a) % r_norm for a in axes)
+        return None if r_norm is None else sorted(int(a) % r_norm for a in axes)
 
     def move_Squeeze(self, idx, node, layout, c):
         axes = self._axes(node, self.rank(node.input[0]))

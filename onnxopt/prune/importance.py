@@ -41,9 +41,7 @@ _FOLLOW = {
 def _per_channel(arr: np.ndarray, channels: int) -> np.ndarray | None:
     if arr.size == 1:
         return np.full(channels, abs(float(arr.reshape(-1)[0])))
-    if arr.size == channels:
-        return np.abs(arr.reshape(-1).astype(np.float64))
-    return None
+    return np.abs(arr.reshape(-1).astype(np.float64)) if arr.size == channels else None
 
 
 def chain_end(

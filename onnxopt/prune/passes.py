@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from ..core.passes import Context, Pass, PassResult
-from ..errors import BudgetError, UsageError
+from ..errors import BudgetError, UsageError, first_failure
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
 from ..simplify.dedupe import dedupe_initializers
@@ -60,12 +60,8 @@ def _fraction(name: str, v) -> str | None:
 
 
 def _grid_problem(grid) -> str | None:
-    if grid is None:
-        return None
-    if not grid:
-        return "grid must not be empty"
-    bad = [g for g in grid if not (0 < float(g) < 1)]
-    return f"grid values must be in (0, 1), got {bad}" if bad else None
+    bad = [g for g in grid or () if not (0 < float(g) < 1)]
+    return first_failure((grid is not None and not grid, "grid must not be empty"), (bad, f"grid values must be in (0, 1), got {bad}"))
 
 
 def input_dims(ctx: Context) -> dict | None:
@@ -74,9 +70,7 @@ def input_dims(ctx: Context) -> dict | None:
     if ctx.shapes:
         return {k: tuple(int(d) for d in v) for k, v in ctx.shapes.items()}
     ds = ctx.eval_data if ctx.eval_data is not None else ctx.data
-    if ds is None:
-        return None
-    return {k: tuple(v.shape) for k, v in ds.first_batch().items()}
+    return None if ds is None else {k: tuple(v.shape) for k, v in ds.first_batch().items()}
 
 
 def _search_budget(ctx: Context, model: onnx.ModelProto):
@@ -130,9 +124,7 @@ class PruneMagnitudePass(Pass):
         grid: list[float] | None = None
 
         def check(self):
-            if self.min_params < 0:
-                return "min_params must be >= 0"
-            return _fraction("sparsity", self.sparsity) or _grid_problem(self.grid)
+            return "min_params must be >= 0" if self.min_params < 0 else (_fraction("sparsity", self.sparsity) or _grid_problem(self.grid))
 
     def _prune(self, model: onnx.ModelProto, sparsity: float) -> tuple[list[dict], list[dict]]:
         c = self.config
@@ -235,18 +227,14 @@ class PruneChannelsPass(Pass):
 
         def check(self):
             for k, v in (self.ratios or {}).items():
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
-                    return f"ratios['{k}'] must be a number"
-                p = _fraction(f"ratios['{k}']", v)
+                p = f"ratios['{k}'] must be a number" if not isinstance(v, (int, float)) or isinstance(v, bool) else _fraction(f"ratios['{k}']", v)
                 if p:
                     return p
-            if self.align < 1:
-                return "align must be >= 1"
-            if self.ridge < 0:
-                return "ridge must be >= 0"
-            if self.max_samples <= 0 or self.max_features <= 0:
-                return "max_samples and max_features must be positive"
-            return _fraction("ratio", self.ratio) or _grid_problem(self.grid)
+            return first_failure(
+                (self.align < 1, "align must be >= 1"),
+                (self.ridge < 0, "ridge must be >= 0"),
+                (self.max_samples <= 0 or self.max_features <= 0, "max_samples and max_features must be positive"),
+            ) or _fraction("ratio", self.ratio) or _grid_problem(self.grid)
 
     def _ratios_by_group(self, analysis: Analysis, base: float | None) -> dict[int, float]:
         named = dict(self.config.ratios or {})
@@ -432,9 +420,7 @@ class PruneBlocksPass(Pass):
         def check(self):
             if self.blocks is not None and self.blocks < 1:
                 return f"blocks must be >= 1, got {self.blocks}"
-            if self.blocks is not None and self.names:
-                return "give either blocks or names, not both"
-            return None
+            return "give either blocks or names, not both" if self.blocks is not None and self.names else None
 
     def call(self, model: onnx.ModelProto, ctx: Context) -> PassResult:
         constants_to_initializers(model)

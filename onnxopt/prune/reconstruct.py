@@ -78,9 +78,7 @@ class RidgeAccumulator:
             sol = np.linalg.solve(lhs, self.aty)
         except np.linalg.LinAlgError:
             sol = np.linalg.lstsq(lhs, self.aty, rcond=None)[0]
-        if self.bias:
-            return sol[:-1], sol[-1]
-        return sol, None
+        return (sol[:-1], sol[-1]) if self.bias else (sol, None)
 
     def residual(self, w: np.ndarray, b: np.ndarray | None = None) -> float:
         """``||[X 1][W; b] - Y||^2`` over every accumulated row."""

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from ..core.progress import progress
+from ..errors import first_failure
 from ..graph import attribute
 from ..linear import one_blas_thread
 from .groups import node_label
@@ -109,14 +110,17 @@ class _Layer:
 def _layer(node: onnx.NodeProto, ws: WeightStore, opts: RefitOptions) -> _Layer | str:
     """The layer's matrices, or why it cannot be refitted."""
     op, label = node.op_type, node_label(node)
-    if not ws.is_const(node.input[1]):
-        return "its weight is not a constant"
-    if op == "Gemm" and (float(attribute(node, "alpha", 1.0)) != 1.0 or float(attribute(node, "beta", 1.0)) != 1.0 or int(attribute(node, "transA", 0))):
-        return "Gemm with alpha/beta != 1 or transA"
-    if op in ("Conv", "ConvTranspose") and int(attribute(node, "group", 1)) != 1:
-        return f"grouped {op}"
-    if op == "ConvTranspose" and (attribute(node, "output_shape") is not None or _text(attribute(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")):
-        return "ConvTranspose with output_shape or SAME auto_pad"
+    problem = first_failure(
+        (not ws.is_const(node.input[1]), "its weight is not a constant"),
+        (op == "Gemm" and (float(attribute(node, "alpha", 1.0)) != 1.0 or float(attribute(node, "beta", 1.0)) != 1.0 or int(attribute(node, "transA", 0))),
+         "Gemm with alpha/beta != 1 or transA"),
+        (op in ("Conv", "ConvTranspose") and int(attribute(node, "group", 1)) != 1, f"grouped {op}"),
+        (op == "ConvTranspose"
+         and (attribute(node, "output_shape") is not None or _text(attribute(node, "auto_pad", b"NOTSET")) not in ("NOTSET", "", "VALID")),
+         "ConvTranspose with output_shape or SAME auto_pad"),
+    )
+    if problem:
+        return problem
     w = ws.array(node.input[1]).astype(np.float64)
     trans_b = int(attribute(node, "transB", 0)) if op == "Gemm" else 0
     if op in ("Conv", "ConvTranspose"):
@@ -179,9 +183,7 @@ def _accumulate(layer: _Layer, student, teacher, dataset, keep_out, *, provider:
             pads = conv_pads(conv["auto_pad"], conv["pads"], x.shape[2:], conv["kernel"], conv["strides"], conv["dilations"])
             rows, pos, _ = conv_patches(x, conv["kernel"], conv["strides"], pads, conv["dilations"], pos)
         acc.add(rows, gather_outputs(y, pos))
-    if acc.n == 0:
-        return "no calibration rows"
-    return acc
+    return "no calibration rows" if acc.n == 0 else acc
 
 
 def _solve(student, layer: _Layer, acc: RidgeAccumulator, ws: WeightStore, opts: RefitOptions) -> dict:

@@ -81,9 +81,7 @@ class WeightStore:
     def shape(self, name: str) -> tuple[int, ...] | None:
         if name in self.inits:
             return tuple(int(d) for d in self.inits[name].dims)
-        if name in self.fills:
-            return self.fill(name).shape
-        return None
+        return self.fill(name).shape if name in self.fills else None
 
     def fill(self, name: str) -> Fill | None:
         if name not in self.fills:

@@ -113,10 +113,8 @@ def _walk(a: Layer, table: WeightTable, outputs: set[str]) -> tuple[Pair | None,
                 return None, f"{a.node.name} -> {n.name}: {channels} output channels vs {table.inits[b.weight].dims[b.in_axis]} input channels"
             pair.b = b
             return pair, ""
-        elif op in NOT_HOMOGENEOUS:
-            return None, f"{a.node.name} -> {op} '{n.name}': not positive-homogeneous (f(x/s) != f(x)/s)"
         else:
-            return None, ""
+            return None, f"{a.node.name} -> {op} '{n.name}': not positive-homogeneous (f(x/s) != f(x)/s)" if op in NOT_HOMOGENEOUS else ""
         t = n.output[0]
 
 

@@ -243,14 +243,13 @@ class CandidateBuilder:
         import copy
 
         from ..data import dataset_for
-        from .api import dataset_view
         from .bias_correction import correct_biases, inputs_to_correct
         from .collect import collect_channel_stats
 
         if self.calibration is None:
             raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
         if self._means is None:
-            ds = dataset_for(self.base, dataset_view(self.calibration))
+            ds = dataset_for(self.base, self.calibration.view())
             stats = collect_channel_stats(self.base, ds, inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
             self._means = {k: v.mean for k, v in stats.items()}
         out = copy.deepcopy(model)

@@ -113,9 +113,7 @@ def _weight_overrides(model: onnx.ModelProto, config: QuantConfig, op_types, nod
         if (nodes_to_quantize and n.name not in nodes_to_quantize) or (per_channel_nodes is not None and n.name not in per_channel_nodes):
             continue
         w = n.input[1]
-        if w not in inits:
-            continue
-        if any(u.name in per_tensor for u in uses.get(w, [])):
+        if w not in inits or any(u.name in per_tensor for u in uses.get(w, [])):
             continue  # a shared weight goes per-tensor when any of its users must
         axis = per_channel_axis(n, len(inits[w].dims))
         if axis is None:

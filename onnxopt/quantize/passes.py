@@ -52,9 +52,7 @@ class _QuantizeConfig:
     def check(self):
         if self.batch <= 0:
             return "batch must be positive"
-        if self.op_types is not None:
-            return op_types_problem(self.op_types, self.mode)
-        return None
+        return op_types_problem(self.op_types, self.mode) if self.op_types is not None else None
 
 
 class QuantizePass(Pass):

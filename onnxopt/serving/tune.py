@@ -247,12 +247,12 @@ def _best(rows: list[TuneRow]) -> TuneRow | None:
 def _feeds(model, data, shapes, batch, seed):
     """(timing feed, verification feeds, source): the feed as ``bench`` builds it (the
     model's own batch, 1 when symbolic), and up to 64 samples of DATA (else synthesized)."""
-    from ..bench.feeds import SkipConfig, dataset_view, make_feed
+    from ..bench.feeds import SkipConfig, make_feed
     from ..data import dataset_for
 
     ds = dataset_for(model, data, shapes, seed=seed)
     try:
-        view = dataset_view(ds).validate(model) if data is not None else None
+        view = ds.view().validate(model) if data is not None else None
         feed, _ = make_feed(model, view, shapes, batch, seed=seed)
     except SkipConfig as exc:
         raise UsageError(str(exc)) from None

@@ -31,9 +31,7 @@ def constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
         return numpy_helper.from_array(np.array(list(a.floats), dtype=np.float32))
     if a.name == "value_int":
         return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
-    if a.name == "value_ints":
-        return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64))
-    return None
+    return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64)) if a.name == "value_ints" else None
 
 
 def _convert(graph: onnx.GraphProto, ir_version: int) -> int:

@@ -102,9 +102,7 @@ class _Constants:
         if name in self._values:
             return int(self._values[name].nbytes)
         t = self._tensors[name]
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            return int(external_info(t).get("length", 0) or 0)
-        return inline_nbytes(t)
+        return int(external_info(t).get("length", 0) or 0) if t.data_location == onnx.TensorProto.EXTERNAL else inline_nbytes(t)
 
 
 def fold_constants(model: onnx.ModelProto, max_bytes: int = 16 * 2**20) -> tuple[int, list[str]]:
