@@ -23,7 +23,7 @@ from ..metrics import Budget, Evaluator
 from .config import WEIGHTED_OP_TYPES, QuantConfig
 from .ort_backend import quantize_with_ort, touched_nodes
 from .preprocess import WEIGHT_INPUTS
-from .sensitivity import BudgetFit, apply_remedies, fit_budget, score_model
+from .sensitivity import BudgetFit, SearchStopped, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
 from .validity import Fallback, build_valid, validate_candidate
 
@@ -288,8 +288,8 @@ def evaluate_candidate(
     """Build, validate, score (and fit to ``budget``) one candidate; never raises for a
     candidate-level failure (the row's status says what happened).  ``ranking``: another
     candidate's sensitivity ranking of the same nodes, reused by the budget search.
-    ``gate(model) -> reason | None``: asked with the fully quantized model before the budget
-    search; a reason stops the candidate there (status ``cannot win``: leaving nodes in
+    ``gate(model) -> reason | None``: asked with the fully quantized model when it misses the
+    budget, before the search; a reason stops the candidate there (status ``cannot win``: leaving nodes in
     float only makes it slower, so a caller that already holds a faster model within the
     budget need not search)."""
     res = CandidateResult(builder.config, quantizable=len(builder.candidates))
@@ -301,17 +301,17 @@ def evaluate_candidate(
         res.quantized = touched_nodes(builder.base, model, builder.candidates)
         if not res.quantized:
             return _stopped(res, "nothing to quantize", "ONNX Runtime's quantizer left every node in float", t0)
-        why = gate(model) if gate is not None and budget is not None else None
-        if why:
-            return _stopped(res, CANNOT_WIN, why, t0)
         if budget is not None:
-            search = dict(search_evaluator=search_evaluator, max_evals=max_evals, how=how, ranking=ranking)
+            full = model
+            search = dict(search_evaluator=search_evaluator, max_evals=max_evals, how=how, ranking=ranking, gate=gate and (lambda: gate(full)))
             model, fallbacks = _fit_to_budget(builder, res, budget, evaluator, search)
         else:
             res.score, res.rel_l2 = score_model(evaluator, model)
             res.drop = evaluator.reference_score - res.score
     except OnnxoptError as exc:
         return _stopped(res, "invalid", str(exc), t0)
+    except SearchStopped as stop:
+        return _stopped(res, CANNOT_WIN, str(stop), t0)
     res.model = model
     res.fallbacks = list(fallbacks)
     res.size_bytes = model_nbytes(model)

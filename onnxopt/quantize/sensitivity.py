@@ -38,7 +38,7 @@ from ..metrics import Budget, Evaluator, row_dot
 
 __all__ = [
     "NodeEffect", "BudgetFit", "score_model", "measure_sensitivity", "reuse_ranking", "fit_budget", "apply_remedies", "MAX_REMEDY_TRIES",
-    "search_size", "search_limit",
+    "search_size", "search_limit", "SearchStopped",
 ]
 
 MAX_REMEDY_TRIES = 12  # models built and scored by apply_remedies at most
@@ -46,6 +46,10 @@ MAX_REMEDY_TRIES = 12  # models built and scored by apply_remedies at most
 log = logging.getLogger(__name__)
 
 HOWS = ("float-one", "quantize-one")
+
+
+class SearchStopped(Exception):
+    """The budget search was not run: the gate's reason (``fit_budget(gate=...)``)."""
 
 
 @dataclass
@@ -192,6 +196,7 @@ def fit_budget(
     how: str = "float-one",
     op_types: dict[str, str] | None = None,
     ranking: list[NodeEffect] | None = None,
+    gate: Callable[[], str | None] | None = None,
 ) -> BudgetFit:
     """Exclude the most sensitive nodes until ``budget`` holds (see the module docstring).
 
@@ -200,6 +205,8 @@ def fit_budget(
     subset (default: ``evaluator`` itself).  Costs at most ``max_evals`` model scorings.
     ``ranking``: the sensitivity ranking of another candidate of the same model (static
     per-tensor for per-channel): reused (``reuse_ranking``) instead of measured again.
+    ``gate()``: asked once the fully quantized model misses the budget, before the search;
+    a reason raises ``SearchStopped`` with it.
     """
     s = _Search(build, nodes, budget, evaluator, search_evaluator or evaluator, op_types or {})
     none = frozenset()
@@ -212,6 +219,9 @@ def fit_budget(
             return s.result(none, full, True, [])
     if not nodes:
         return s.result(none, s.confirm(none), False, [])
+    why = gate() if gate is not None else None
+    if why:
+        raise SearchStopped(why)
     effects = _ranking(s, ranking, how, s0, max_evals)
     units = [frozenset(e.nodes) for e in effects]
     best = (none, s0 if s.search is evaluator else s.confirm(none))

@@ -111,3 +111,13 @@ def test_a_gate_reason_stops_the_candidate_before_the_search():
     # without a budget there is no search to skip: the gate is not asked
     static_candidate(m, calibration=ds, gate=gate, preprocess=False)
     assert len(seen) == 1
+
+
+def test_the_gate_is_not_asked_when_the_fully_quantized_model_meets_the_budget():
+    m = mlp(hidden=32, classes=8)  # no outlier: static INT8 within a loose budget
+    d = data_for(m, 64, labels=True)
+    ds = Dataset("<ev>", arrays={"x": d["x"]}, labels=d["labels"])
+    ds.validate(m)
+    seen = []
+    model, _ = static_candidate(m, calibration=ds, eval_data=ds, max_accuracy_drop=50.0, gate=lambda full: seen.append(full) or "slower", preprocess=False)
+    assert seen == [] and any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # no search to skip, no timing spent
