@@ -34,6 +34,7 @@ from ..data import Dataset, check_shapes, dataset_for, input_specs, synthesize
 from ..errors import ProviderError, UsageError, VerificationError, blaming
 from ..io import resolve_model
 from ..metrics import Budget, Evaluator, check_metric
+from ..runtime import release_memory
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from ..verify import frozen_dims, verify_other_shapes
@@ -213,6 +214,7 @@ def optimize(
     env = BuildEnv(run.target, run.provider, run.cal, evaluator, run.budget, shapes, seed, reference=run.m, feed=run.feed, threads=threads or 0)
     data = calibration if calibration is not None else eval_data
     rows, chosen, out, input_ms, input_cold, t_build, t_time = _build_and_choose(run, env, pre, threads, runs, duration, data)
+    release_memory()  # the candidates' protos and sessions are gone: their pages go back before tuning
     t0 = time.perf_counter()  # 5. the output model with provenance (nothing time-dependent in it)
     out, others, tuned = _output(run, chosen, out, duration)
     t_tune = time.perf_counter() - t0
@@ -239,6 +241,7 @@ def _build_and_choose(run: _Run, env: BuildEnv, pre, threads, runs, duration, da
         check = lambda c: rows.append(verify_candidate(c, env, fp16_samples=fp16_samples))  # noqa: E731
         cands = build_candidates(pre.model, env, run.plan.candidates, recipe_tail=run.plan.recipe_tail, recipe_name=run.rec.name, check=check)
         env.shared = pre.model = None  # the INT8 candidates' shared work and the base are done with
+        release_memory()
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         timer = Timer(run.m, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration)

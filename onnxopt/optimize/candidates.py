@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from ..errors import OnnxoptError
+from ..runtime import release_memory
 
 __all__ = ["Candidate", "BuildEnv", "PRODUCERS", "build_candidates", "is_bert_like", "speed_gate"]
 
@@ -434,6 +435,7 @@ def build_candidates(base: onnx.ModelProto, env: BuildEnv, specs, *, recipe_tail
                 check(c)
             if env.store is not None:
                 c.spill(env.store)
+                release_memory()  # its proto and sessions were freed: the pages go back before the next build
         out.extend(made)
         env.built.extend(made)
     return out
