@@ -246,7 +246,7 @@ def _build_and_choose(run: _Run, env: BuildEnv, pre, threads, runs, duration, da
         t0 = time.perf_counter()
         timer = Timer(run.m, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration)
         by_name = {c.name: c for c in cands}
-        time_candidates(rows, by_name, timer, reference=run.m)
+        time_candidates(rows, by_name, timer)
         input_cold = _cold_starts(rows, by_name, run.m, run.feed, run.provider, run.st) if run.objective == "cold-start" else None
         chosen = decide(rows, timer, min_ratio=run.st.min_ratio, min_gain=run.st.min_gain, objective=run.objective)
         from .select import explain_rejections  # rows over budget name the diagnose command

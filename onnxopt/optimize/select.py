@@ -151,6 +151,8 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
         row.reason = f"failed verification: {exc}"
         return row
     row.verified = True
+    # compared here, while the proto is in memory (optimize keeps candidates on disk after this)
+    row.same_as_input = cand.lossless and cand.timeable and env.reference is not None and same_graph(cand.model, env.reference)
     row.within_budget = row.drop <= env.budget.max_drop + 1e-9
     if not row.within_budget:
         row.reason = f"over budget: {ev.metric} drop {row.drop:.2f} > {env.budget.max_drop:g} points"
@@ -267,20 +269,21 @@ def same_graph(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     return list(a.opset_import) == list(b.opset_import) and a.graph.SerializeToString(deterministic=True) == b.graph.SerializeToString(deterministic=True)
 
 
-def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer, reference: onnx.ModelProto | None = None) -> None:
+def time_candidates(rows: list[Row], cands: dict[str, Candidate], timer: Timer) -> None:
     """Time every verified, timeable candidate against the input, one at a time (each in its
     own interleaved run with the input, sharing the timer's duration as one run of all would),
     so that two sessions are alive at once however many candidates there are.
 
-    A lossless candidate whose graph is the input's (preprocessing changed nothing) is not
-    timed: its ratio is 1 by construction, and timing it would only measure noise."""
+    A lossless candidate whose graph is the input's (``Row.same_as_input``, found by
+    ``verify_candidate``: preprocessing changed nothing) is not timed: its ratio is 1 by
+    construction, and timing it would only measure noise."""
     names = []
     for r in rows:
         c = cands[r.name]
         if not (r.verified and c.timeable):
             continue
-        if reference is not None and r.lossless and same_graph(c.load(), reference):
-            r.timed, r.same_as_input, r.ratio, r.ci95 = True, True, 1.0, [1.0, 1.0]
+        if r.same_as_input:
+            r.timed, r.ratio, r.ci95 = True, 1.0, [1.0, 1.0]
             r.notes.append("same graph as the input: ratio 1 by construction (not timed)")
             continue
         names.append(r.name)

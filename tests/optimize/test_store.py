@@ -51,7 +51,7 @@ def test_candidates_are_checked_while_in_memory_then_timed_from_disk(tmp_path):
     assert all(seen) and {c.name for c in cands} >= {"fp32", "int8-dynamic"}
     assert all(c.model is None for c in cands) and all(c.stored is not None for c in cands if not c.refused)
     timer = Timer(m, env.feed, "cpu", threads=1, runs=20, duration=0.5, min_seconds=0.1)
-    time_candidates(rows, {c.name: c for c in cands}, timer, reference=m)
+    time_candidates(rows, {c.name: c for c in cands}, timer)
     by = {r.name: r for r in rows}
     assert by["fp32"].same_as_input and by["fp32"].ratio == 1.0  # the spilled fp32 is the input's graph
     assert by["int8-dynamic"].timed and by["int8-dynamic"].ratio > 0 and by["int8-dynamic"].latency_ms > 0
