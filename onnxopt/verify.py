@@ -258,12 +258,18 @@ class Comparison:
         }
 
 
+CHUNK_ELEMENTS = 1 << 20  # compare_arrays works on blocks of samples of about this many values
+
+
 @np.errstate(all="ignore")  # inf/NaN/overflow are figures in the report, not warnings on stderr
 def compare_arrays(name: str, a, b, *, atol: float = 1e-4, rtol: float = 1e-3) -> OutputComparison:
     """Error statistics of ``b`` against the reference ``a``: max / mean / median / p90 / p99
     absolute error, relative L2 ``||b - a|| / ||a||``, mean per-sample cosine, top-1
     agreement for ``[N, C]`` scores, NaN/Inf count; ``ok`` when every element satisfies
-    ``|b - a| <= atol + rtol * |a|`` with the same NaN/Inf pattern."""
+    ``|b - a| <= atol + rtol * |a|`` with the same NaN/Inf pattern.
+
+    Computed in float64 on blocks of samples (``CHUNK_ELEMENTS`` values), so the temporaries
+    stay small: only the finite absolute errors (for the quantiles) are held whole."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         return OutputComparison(name, list(b.shape), float("inf"), float("inf"), float("inf"), 0.0, None, False, f"shape {list(b.shape)} != {list(a.shape)}")
@@ -272,23 +278,40 @@ def compare_arrays(name: str, a, b, *, atol: float = 1e-4, rtol: float = 1e-3) -
         return OutputComparison(
             name, list(a.shape), 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, 100.0, None, same, f"dtype {a.dtype} compared for equality"
         )
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    finite = np.isfinite(a64) & np.isfinite(b64)
-    nan_mismatch = bool(np.any(np.isnan(a64) != np.isnan(b64)) or np.any(np.isinf(a64) != np.isinf(b64)))
-    diff = np.abs(np.where(finite, b64 - a64, 0.0))
-    max_abs = float(diff.max()) if diff.size else 0.0
-    mean_abs = float(diff.mean()) if diff.size else 0.0
-    q50, q90, q99 = (float(v) for v in np.quantile(diff[finite], [0.5, 0.9, 0.99])) if finite.any() else (0.0, 0.0, 0.0)
-    na = float(np.linalg.norm(np.where(finite, a64, 0.0)))
-    rel = float(np.linalg.norm(diff) / na) if na > 0 else (0.0 if max_abs == 0 else float("inf"))
-    fa = a64.reshape(a64.shape[0], -1) if a64.ndim >= 1 and a64.shape[0] else a64.reshape(1, -1)
-    fa, fb = np.nan_to_num(fa), np.nan_to_num(b64.reshape(fa.shape))
-    nrm = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
-    cos = float(np.mean(np.where(nrm > 0, (fa * fb).sum(axis=1) / np.maximum(nrm, 1e-300), 1.0)))
+    fa = a.reshape(a.shape[0], -1) if a.ndim >= 1 and a.shape[0] else a.reshape(1, -1)
+    fb = b.reshape(fa.shape)
+    step = max(1, CHUNK_ELEMENTS // max(fa.shape[1], 1))
+    errors = np.empty(fa.size, dtype=np.float64)  # the finite |b - a|, for the quantiles
+    n = 0
+    max_abs = sum_abs = sq_diff = sq_ref = cos_sum = 0.0
+    nan_mismatch, ok, nonfinite = False, True, 0
+    for s in range(0, fa.shape[0], step):
+        x, y = fa[s : s + step].astype(np.float64), fb[s : s + step].astype(np.float64)
+        finite = np.isfinite(x) & np.isfinite(y)
+        nan_mismatch = nan_mismatch or bool(np.any(np.isnan(x) != np.isnan(y)) or np.any(np.isinf(x) != np.isinf(y)))
+        diff = np.abs(np.where(finite, y - x, 0.0))
+        ref = np.where(finite, x, 0.0)
+        if diff.size:
+            max_abs = max(max_abs, float(diff.max()))
+        sum_abs += float(diff.sum())
+        sq_diff += float(np.vdot(diff, diff))
+        sq_ref += float(np.vdot(ref, ref))
+        kept = diff[finite]
+        errors[n : n + kept.size] = kept
+        n += kept.size
+        ok = ok and bool(np.all(diff <= atol + rtol * np.abs(ref)))
+        nonfinite += int((~np.isfinite(y)).sum())
+        x, y = np.nan_to_num(x), np.nan_to_num(y)
+        nrm = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        cos_sum += float(np.where(nrm > 0, (x * y).sum(axis=1) / np.maximum(nrm, 1e-300), 1.0).sum())
+    mean_abs = sum_abs / fa.size if fa.size else 0.0
+    q50, q90, q99 = (float(v) for v in np.quantile(errors[:n], [0.5, 0.9, 0.99], overwrite_input=True)) if n else (0.0, 0.0, 0.0)
+    na = float(np.sqrt(sq_ref))
+    rel = float(np.sqrt(sq_diff) / na) if na > 0 else (0.0 if max_abs == 0 else float("inf"))
+    cos = cos_sum / fa.shape[0]
     top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if is_class_scores(a) else None
-    ok = (not nan_mismatch) and bool(np.all(diff <= atol + rtol * np.abs(np.where(finite, a64, 0.0))))
     note = "NaN/Inf pattern differs" if nan_mismatch else ""
-    return OutputComparison(name, list(a.shape), max_abs, mean_abs, rel, cos, top1, ok, note, q50, q90, q99, int((~np.isfinite(b64)).sum()))
+    return OutputComparison(name, list(a.shape), max_abs, mean_abs, rel, cos, top1, ok and not nan_mismatch, note, q50, q90, q99, nonfinite)
 
 
 def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, samples: int = 0, source: str = "") -> Comparison:
