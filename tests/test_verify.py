@@ -179,3 +179,18 @@ def test_comparison_carries_quantiles_and_nonfinite_counts():
     assert o.max_abs == 1.0 and o.median_abs == 0.0 and o.p90_abs == 0.0
     assert 0.0 < o.p99_abs <= 1.0 and o.nonfinite == 1 and not o.ok
     assert set(o.to_dict()) >= {"median_abs", "p90_abs", "p99_abs", "nonfinite"}
+
+
+def test_comparison_on_blocks_of_samples_matches_one_block(monkeypatch):
+    import onnxopt.verify as verify
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((9, 4, 5)).astype(np.float32)
+    b = (a + 1e-3 * rng.standard_normal(a.shape)).astype(np.float32)
+    b[2, 1, 1], a[5, 0, 0], b[5, 0, 0] = np.nan, np.inf, np.inf
+    whole = verify.compare_arrays("y", a, b).to_dict()
+    monkeypatch.setattr(verify, "CHUNK_ELEMENTS", 7)  # one sample (20 values) per block
+    blocks = verify.compare_arrays("y", a, b).to_dict()
+    assert blocks.keys() == whole.keys()
+    for k, v in whole.items():
+        assert blocks[k] == pytest.approx(v, rel=1e-12, nan_ok=True) if isinstance(v, float) else blocks[k] == v, k
