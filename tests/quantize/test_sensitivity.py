@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import onnx
+import pytest
 
 from onnxopt.data import Dataset
 from onnxopt.metrics import Budget, Evaluator
@@ -124,3 +127,25 @@ def test_search_subset_resolves_the_budget_for_per_sample_metrics():
     # continuous metrics and a zero budget keep the requested subset
     assert search_size(32, "cosine", Budget(1.0, "cosine")) == 32
     assert search_size(32, "agreement", Budget(0.0, "agreement")) == 32
+
+
+def test_builder_keeps_one_build_in_memory_and_reads_older_ones_back_from_disk(monkeypatch):
+    import onnxopt.quantize.engine as engine
+
+    _, _, b = _setup()
+    sets = [frozenset(), frozenset(["fc1"]), frozenset(["fc2"])]
+    first = {ex: b(ex).SerializeToString() for ex in sets}
+    assert len(b._cache) == engine.CACHED_MODELS == 1 and len(b._spilled) == 2
+    monkeypatch.setattr(b, "raw", lambda *a, **k: pytest.fail("rebuilt instead of read back"))
+    assert b(sets[0]).SerializeToString() == first[sets[0]]  # read back from disk, not quantized again
+    assert set(b._spilled) == {sets[1], sets[2]}
+    monkeypatch.setattr(engine, "SPILLED_MODELS", 1)
+    b(sets[1])
+    assert list(b._spilled) == [sets[0]] and len(os.listdir(b._folder)) == 1  # the oldest file removed
+    folder = b._folder
+    monkeypatch.undo()  # it held the builder
+    del b
+    import gc
+
+    gc.collect()
+    assert not os.path.exists(folder)  # the folder goes with the builder
