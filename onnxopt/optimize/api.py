@@ -38,7 +38,7 @@ from ..runtime import release_memory
 from ..simplify.fix_shapes import fix_shapes as apply_fix_shapes
 from ..stats import model_stats
 from ..verify import frozen_dims, verify_other_shapes
-from .candidates import BuildEnv, build_candidates, is_bert_like
+from .candidates import BuildEnv, Candidate, build_candidates, is_bert_like
 from .plan import OBJECTIVES, plan_from_recipe
 from .select import Timer, decide, render_decision_table, time_candidates, verify_candidate
 
@@ -239,8 +239,14 @@ def _build_and_choose(run: _Run, env: BuildEnv, pre, threads, runs, duration, da
         fp16_samples = next((c.config.reference_samples for c in run.plan.candidates if c.kind == "fp16"), 8)
         rows: list = []
         check = lambda c: rows.append(verify_candidate(c, env, fp16_samples=fp16_samples))  # noqa: E731
+        # the input waits on disk while the candidates are built (sessions and ORT's
+        # quantizer read the file; one proto fewer beside the quantizer's)
+        held = Candidate("input", "input", run.m)
+        held.spill(env.store)
+        env.reference, env.reference_options, run.m = held.stored, held.options, None
         cands = build_candidates(pre.model, env, run.plan.candidates, recipe_tail=run.plan.recipe_tail, recipe_name=run.rec.name, check=check)
         env.shared = pre.model = None  # the INT8 candidates' shared work and the base are done with
+        env.reference = run.m = held.load()
         release_memory()
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -99,7 +99,8 @@ class BuildEnv:
     budget: object  # metrics.Budget
     shapes: dict | None = None
     seed: int = 0
-    reference: onnx.ModelProto | None = None  # the input model
+    reference: onnx.ModelProto | Path | None = None  # the input model (its file while optimize builds the candidates)
+    reference_options: Any = None  # the session options the input carries, when ``reference`` is a file
     # onnxopt.quantize.engine.SharedWork: pre-processing, ranges, sensitivity ranking shared
     # by the INT8 candidates of one run (computed once); None: each candidate on its own
     shared: object | None = None
@@ -153,7 +154,8 @@ def speed_gate(env: BuildEnv, name: str):
     def gate(full: onnx.ModelProto) -> str | None:
         from .select import Timer
 
-        timer = Timer(env.reference, env.feed, env.provider, threads=env.threads, duration=GATE_SECONDS * 2 / 3)  # per pair, as in a 3-way run
+        timer = Timer(env.reference, env.feed, env.provider, threads=env.threads, duration=GATE_SECONDS * 2 / 3,  # per pair, as in a 3-way run
+                      input_config=env.reference_options)
         for c in rivals:
             if c.name not in env.gate_ratios:
                 timer.add(c.name, c.runnable(), c.carried())
@@ -255,7 +257,7 @@ def _dynamic_ort(name: str, model: onnx.ModelProto, cfg, params: dict) -> Candid
         path = Path(tmp) / "dyn.onnx"
         try:
             with _quiet_quantizer():
-                quantize_dynamic(copy.deepcopy(model), path, op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
+                quantize_dynamic(copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else model, path, op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
                                  reduce_range=cfg.reduce_range, weight_type=weight_type)
         except Exception as exc:
             why = f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}"

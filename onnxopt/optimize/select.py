@@ -125,6 +125,13 @@ def _reference_check(cand: Candidate, env: BuildEnv, samples: int) -> tuple[floa
     return metric_score(metric, ref, ref, labels) - metric_score(metric, ref, new, labels), how
 
 
+def _proto(model) -> onnx.ModelProto:
+    """``model``, read from its file when it is a path."""
+    from ..io import load_model
+
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
 def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -> Row:
     """Verify and score one candidate (no timing)."""
     from ..verify import check_model
@@ -152,7 +159,7 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
         return row
     row.verified = True
     # compared here, while the proto is in memory (optimize keeps candidates on disk after this)
-    row.same_as_input = cand.lossless and cand.timeable and env.reference is not None and same_graph(cand.model, env.reference)
+    row.same_as_input = cand.lossless and cand.timeable and env.reference is not None and same_graph(cand.model, _proto(env.reference))
     row.within_budget = row.drop <= env.budget.max_drop + 1e-9
     if not row.within_budget:
         row.reason = f"over budget: {ev.metric} drop {row.drop:.2f} > {env.budget.max_drop:g} points"
@@ -209,11 +216,11 @@ class Timer:
     BLOCK = 5  # runs per session per interleaved round
 
     def __init__(self, input_model: onnx.ModelProto, feed: dict, provider: str, *, threads: int = 0, runs: int = 200, duration: float = 8.0,
-                 min_seconds: float = 1.0):
+                 min_seconds: float = 1.0, input_config=None):
         self.provider, self.threads, self.feed, self.runs, self.duration = provider, threads, feed, runs, duration
         self.min_seconds = min(min_seconds, duration)
         self.models: dict[str, tuple] = {}
-        self.base = self._create(input_model)
+        self.base = self._create(input_model, input_config)  # a path: with the options it carries (``input_config``)
         self.base_latency_ms: float | None = None
 
     def _create(self, model, config=None):
