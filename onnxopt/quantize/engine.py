@@ -167,6 +167,7 @@ class CandidateBuilder:
         # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
         # large model must not hold every model it tried
         self._cache: OrderedDict = OrderedDict()  # key -> (model, fallbacks)
+        self._kept: tuple | None = None  # (model, the session its validity check loaded): ``take_session``
 
     def raw(self, exclude: frozenset, per_tensor: frozenset, only: frozenset | None, remedies: dict | None = None) -> onnx.ModelProto:
         remedies = remedies or {}
@@ -227,7 +228,7 @@ class CandidateBuilder:
             self._cache[key] = build_valid(
                 raw,
                 [c for c in self.candidates if c not in excluded],
-                validate=partial(validate_candidate, provider=self.provider, feed=self.feed, reference=self.reference),
+                validate=partial(validate_candidate, provider=self.provider, feed=self.feed, reference=self.reference, keep=self._keep),
                 node_tensors=self.node_tensors,
                 op_types=self.op_types,
                 per_channel=self.config.per_channel,
@@ -237,9 +238,21 @@ class CandidateBuilder:
             )
             model, fallbacks = self._cache[key]
             self._cache[key] = (self._corrected(model) if self.config.bias_correction else model, fallbacks)
+            if self._kept is not None and self._kept[0] is not self._cache[key][0]:
+                self._kept = None  # the session of a trial build, or of the model before bias correction
         while len(self._cache) > CACHED_MODELS:
             self._cache.popitem(last=False)
         return self._cache[key]
+
+    def _keep(self, model: onnx.ModelProto, session) -> None:
+        self._kept = (model, session)
+
+    def take_session(self, model: onnx.ModelProto, provider: str):
+        """The session the validity check loaded for ``model`` (the last build), once; None
+        when it is another model's or another provider's.  Scoring the build then loads it
+        no second time (0.16 s for a 50 MB INT8 encoder, 60 builds in a budget search)."""
+        kept, self._kept = self._kept, None
+        return kept[1] if kept is not None and kept[0] is model and provider == self.provider else None
 
     def _corrected(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """``model`` with its biases corrected (``bias_correction``), on a copy."""

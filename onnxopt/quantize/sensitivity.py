@@ -133,8 +133,9 @@ def _rel_l2(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
     return worst
 
 
-def score_model(evaluator: Evaluator, model: onnx.ModelProto) -> tuple[float, float]:
-    """``(metric score, worst-output relative L2 vs the reference)`` on the evaluator's data."""
+def score_model(evaluator: Evaluator, model) -> tuple[float, float]:
+    """``(metric score, worst-output relative L2 vs the reference)`` on the evaluator's data
+    (``model``: a proto, a path or a loaded session)."""
     outs = evaluator.outputs(model)
     return evaluator.score_outputs(outs), _rel_l2(evaluator.ref_outputs, outs)
 
@@ -254,9 +255,17 @@ class _Search:
     def ok(self, score: float, ev: Evaluator) -> bool:
         return ev.reference_score - score <= self.budget.max_drop + 1e-9
 
+    def runnable(self, excluded: frozenset, ev: Evaluator | None = None):
+        """The build for ``excluded``, as the session its validity check loaded when the
+        builder still holds it (``CandidateBuilder.take_session``), else the model."""
+        model = self.get(excluded)
+        take = getattr(self.build, "take_session", None)
+        sess = take(model, (ev or self.search).provider) if take is not None else None
+        return model if sess is None else sess
+
     def search_score(self, excluded: frozenset) -> tuple[float, float]:
         self.evals += 1
-        s, rel = score_model(self.search, self.get(excluded))
+        s, rel = score_model(self.search, self.runnable(excluded))
         self.seen[excluded] = s
         return s, rel
 
@@ -264,7 +273,7 @@ class _Search:
         if self.search is self.evaluator:
             return self.search_score(excluded)[0]
         self.evals += 1
-        return score_model(self.evaluator, self.get(excluded))[0]
+        return score_model(self.evaluator, self.runnable(excluded, self.evaluator))[0]
 
     def result(self, excluded: frozenset, score: float, met: bool, effects: list[NodeEffect]) -> BudgetFit:
         by_node = {n: e for e in effects for n in e.nodes}
@@ -285,7 +294,7 @@ def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, 
     (each measurement then counts as a scored exclusion set)."""
     if ranking:
         return reuse_ranking(ranking, s.nodes)
-    effects = measure_sensitivity(lambda ex: s.get(ex), s.nodes, s.search, how=how, base_score=s0, max_units=max(2, (max_evals - 4) // 2))
+    effects = measure_sensitivity(s.runnable, s.nodes, s.search, how=how, base_score=s0, max_units=max(2, (max_evals - 4) // 2))
     s.evals += len(effects)
     everything = frozenset(s.nodes)
     for e in effects:

@@ -52,14 +52,20 @@ class Fallback:
         return asdict(self)
 
 
-def validate_candidate(model: onnx.ModelProto, *, provider: str = "cpu", feed: dict | None = None, reference: list | None = None) -> str | None:
-    """None when ``model`` is valid, else the reason (one line)."""
+def validate_candidate(
+    model: onnx.ModelProto, *, provider: str = "cpu", feed: dict | None = None, reference: list | None = None, keep: Callable | None = None
+) -> str | None:
+    """None when ``model`` is valid, else the reason (one line).  ``keep(model, session)``:
+    handed the session the check loaded when the model is valid (the caller runs it next
+    instead of loading the model again)."""
     try:  # the session the check loads runs the feed too (one session per candidate build); the strict
         # shape-inference pass is left to the final model's verification (it cost a third of a trial on a 65 MB encoder)
-        sess = check_model(model, provider=provider, error=VerificationError, keep_session=feed is not None, strict=False).session
+        sess = check_model(model, provider=provider, error=VerificationError, keep_session=feed is not None or keep is not None, strict=False).session
     except OnnxoptError as exc:
         return str(exc)
     if feed is None:
+        if keep is not None:
+            keep(model, sess)
         return None
     try:
         import onnxruntime as ort
@@ -78,6 +84,8 @@ def validate_candidate(model: onnx.ModelProto, *, provider: str = "cpu", feed: d
             bad &= np.isfinite(np.asarray(reference[i]))
         if bad.any():
             return f"output {i} has NaN/Inf where the FP32 model has none"
+    if keep is not None:
+        keep(model, sess)
     return None
 
 

@@ -138,3 +138,27 @@ def test_builder_keeps_its_last_build_only(monkeypatch):
     monkeypatch.setattr(b, "raw", lambda *a, **k: calls.append(1) or raw(*a, **k))
     assert b(sets[2]).SerializeToString() == first[sets[2]] and not calls  # the last one: not built again
     assert b(sets[0]).SerializeToString() == first[sets[0]] and calls  # an older one: built again, the same bytes
+
+
+def test_scoring_a_build_runs_the_session_its_validity_check_loaded(monkeypatch):
+    import onnxopt.runtime as runtime
+
+    m, ds, b = _setup()
+    model = b(frozenset())
+    assert b.take_session(model, "cuda") is None  # another provider: not handed
+    model = b(frozenset(["fc1"]))
+    assert b.take_session(onnx.ModelProto(), "cpu") is None  # another model: not handed (and dropped)
+    b(frozenset())  # a new build keeps its session again
+    model = b(frozenset(["fc2"]))
+    sess = b.take_session(model, "cpu")
+    assert sess is not None and b.take_session(model, "cpu") is None  # once
+    assert [o.shape for o in sess.run(None, next(ds.batches(2)))] == [(2, 8)]
+    # the budget search scores each build on that session: no session is created for scoring
+    ev = Evaluator(m, ds, "agreement")
+    created = []
+    real = runtime.create_session
+    monkeypatch.setattr(runtime, "create_session", lambda *a, **k: created.append(1) or real(*a, **k))
+    _, _, b2 = _setup()
+    fit = fit_budget(b2, ["fc1", "fc2"], Budget(0.0), ev, max_evals=6)
+    # scorings of a new build ran its kept session; only a set scored again loads the model
+    assert fit.evaluations >= 3 and len(created) < fit.evaluations, (len(created), fit.evaluations)
