@@ -223,6 +223,7 @@ class CandidateBuilder:
         if key in self._cache:
             self._cache.move_to_end(key)
         else:
+            self._kept = None  # an unscored build's session must not live beside the next build
             can_per_tensor = self.config.mode == "static" and self.config.format == "qdq"
             raw = self.raw if not rem else (lambda ex, pt, only: self.raw(ex, pt, only, dict(rem)))
             self._cache[key] = build_valid(
