@@ -358,5 +358,5 @@ def _fit_to_budget(builder: CandidateBuilder, res: CandidateResult, budget: Budg
     fallbacks = builder.build(frozenset(e["node"] for e in fit.excluded), fit.remedies)[1]
     res.quantized = touched_nodes(builder.base, fit.model, builder.candidates)
     res.score, res.drop, res.within_budget = fit.score, fit.drop, fit.met
-    res.rel_l2 = score_model(evaluator, fit.model)[1]
+    res.rel_l2 = fit.rel_l2 if fit.rel_l2 is not None else score_model(evaluator, fit.model)[1]  # measured by the search's last scoring
     return fit.model, fallbacks

@@ -83,6 +83,7 @@ class BudgetFit:
     history: list[dict] = field(default_factory=list)
     remedies: dict[str, str] = field(default_factory=dict)  # node -> remedy that kept it quantized
     remedied: list[dict] = field(default_factory=list)
+    rel_l2: float | None = None  # the model's worst-output relative L2 on the full data, when a scoring measured it
 
     def to_dict(self) -> dict:
         return {
@@ -245,6 +246,7 @@ class _Search:
         self.evals = 0
         self.history: list[dict] = []
         self.seen: dict[frozenset, float] = {}
+        self.full_rel: dict[frozenset, float] = {}  # relative L2 of the sets scored on the full data
 
     def get(self, excluded: frozenset) -> onnx.ModelProto:
         if excluded not in self.cache:
@@ -267,13 +269,16 @@ class _Search:
         self.evals += 1
         s, rel = score_model(self.search, self.runnable(excluded))
         self.seen[excluded] = s
+        if self.search is self.evaluator:
+            self.full_rel[excluded] = rel
         return s, rel
 
     def confirm(self, excluded: frozenset) -> float:
         if self.search is self.evaluator:
             return self.search_score(excluded)[0]
         self.evals += 1
-        return score_model(self.evaluator, self.runnable(excluded, self.evaluator))[0]
+        s, self.full_rel[excluded] = score_model(self.evaluator, self.runnable(excluded, self.evaluator))
+        return s
 
     def result(self, excluded: frozenset, score: float, met: bool, effects: list[NodeEffect]) -> BudgetFit:
         by_node = {n: e for e in effects for n in e.nodes}
@@ -286,7 +291,8 @@ class _Search:
         ]
         ev = self.evaluator
         model, drop = self.get(excluded), ev.reference_score - score
-        return BudgetFit(model, met, score, drop, ev.reference_score, ev.metric, ex, effects, self.evals, _samples(self.search), _samples(ev), self.history)
+        return BudgetFit(model, met, score, drop, ev.reference_score, ev.metric, ex, effects, self.evals, _samples(self.search), _samples(ev), self.history,
+                         rel_l2=self.full_rel.get(excluded))
 
 
 def _ranking(s: _Search, ranking: list[NodeEffect] | None, how: str, s0: float, max_evals: int) -> list[NodeEffect]:
@@ -385,13 +391,13 @@ def apply_remedies(
             trial_ex, trial_rem = frozenset(excluded - {e["node"]}), {**remedies, e["node"]: remedy}
             try:
                 m = build(trial_ex, trial_rem)
-                s = evaluator.score(m)
+                s, rel = score_model(evaluator, m)
             except Exception as exc:  # a remedy the quantizer cannot build is just not taken
                 log.info("remedy %s for %s not built: %s", remedy, e["node"], exc)
                 continue
             good = (evaluator.reference_score - s <= budget.max_drop + 1e-9) if fit.met else s > score
             if good:
-                excluded, remedies, score, model = set(trial_ex), trial_rem, s, m
+                excluded, remedies, score, model, fit.rel_l2 = set(trial_ex), trial_rem, s, m, rel
                 e["remedy"] = remedy
                 break
     fit.evaluations += tries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import onnx
+import pytest
 
 from onnxopt.data import Dataset
 from onnxopt.metrics import Budget, Evaluator
@@ -162,3 +163,14 @@ def test_scoring_a_build_runs_the_session_its_validity_check_loaded(monkeypatch)
     fit = fit_budget(b2, ["fc1", "fc2"], Budget(0.0), ev, max_evals=6)
     # scorings of a new build ran its kept session; only a set scored again loads the model
     assert fit.evaluations >= 3 and len(created) < fit.evaluations, (len(created), fit.evaluations)
+
+
+def test_the_fit_carries_the_relative_l2_its_last_full_scoring_measured():
+    from onnxopt.quantize.sensitivity import score_model
+
+    m, ds, b = _setup()
+    ev = Evaluator(m, ds, "agreement")
+    for search in (None, Evaluator(m, ds, "agreement", limit=150)):
+        fit = fit_budget(b, ["fc1", "fc2"], Budget(1.0), ev, search_evaluator=search, max_evals=10)
+        assert fit.rel_l2 is not None
+        assert fit.rel_l2 == pytest.approx(score_model(ev, fit.model)[1], rel=1e-9)
