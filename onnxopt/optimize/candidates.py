@@ -257,8 +257,8 @@ def _dynamic_ort(name: str, model: onnx.ModelProto, cfg, params: dict) -> Candid
         path = Path(tmp) / "dyn.onnx"
         try:
             with _quiet_quantizer():
-                src = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else model  # a path: ORT reads the file
-                quantize_dynamic(src, path, op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
+                given = copy.deepcopy(model) if isinstance(model, onnx.ModelProto) else model  # a path: ORT reads the file
+                quantize_dynamic(given, path, op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
                                  reduce_range=cfg.reduce_range, weight_type=weight_type)
         except Exception as exc:
             why = f"onnxruntime quantize_dynamic failed: {' '.join(str(exc).split())[:200]}"
