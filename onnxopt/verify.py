@@ -102,9 +102,9 @@ class CheckRecord:
         return {k: v for k, v in asdict(replace(self, session=None)).items() if k != "session"}
 
 
-def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True) -> bool:
+def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True, data: bytes | None = None) -> bool:
     """Full check with strict shape inference (``strict=False``: without that last pass);
-    falls back to non-strict with a note."""
+    falls back to non-strict with a note.  ``data``: ``model`` already serialized."""
     from .io import exceeds_protobuf, is_lazy
 
     if is_lazy(model):
@@ -118,7 +118,7 @@ def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True) -> b
             onnx.checker.check_model(str(p), full_check=False)
             notes.append("model over 2 GB: checked by path, shape inference skipped")
             return False
-    return _full_check(model, notes) and strict and _strict_inference(model, notes)
+    return _full_check(model if data is None else data, notes) and strict and _strict_inference(model, notes)
 
 
 def _full_check(target, notes: list[str]) -> bool:
@@ -180,14 +180,19 @@ def check_model(
     is returned in ``record.session`` (a caller that runs the model next needs no second one).
     ``strict=False`` leaves out the strict shape-inference pass (a search's trial models,
     whose final model gets the whole check)."""
+    from .io import exceeds_protobuf, is_lazy
+
     rec = CheckRecord(provider=provider)
     prefix = f"{label}: " if label else ""
+    # serialized once for the checker and ONNX Runtime (a 50 MB model was serialized twice per check)
+    data = None if is_lazy(model) or exceeds_protobuf(model, margin=2**24) else model.SerializeToString()
     try:
-        rec.strict_shape_inference = _checker(model, rec.notes, strict)
+        rec.strict_shape_inference = _checker(model, rec.notes, strict, data)
         rec.checker = True
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
-    sess = create_session(model, provider, error=error)
+    sess = create_session(model if data is None else data, provider, error=error)
+    del data
     rec.ort_loaded, rec.session = True, sess if keep_session else None
     del sess
     # session options the model carries (ort_config) must be accepted by ONNX Runtime as written
