@@ -56,3 +56,21 @@ def test_candidates_are_checked_while_in_memory_then_timed_from_disk(tmp_path):
     assert by["fp32"].same_as_input and by["fp32"].ratio == 1.0  # the spilled fp32 is the input's graph
     assert by["int8-dynamic"].timed and by["int8-dynamic"].ratio > 0 and by["int8-dynamic"].latency_ms > 0
     assert isinstance(cands[0].load(), onnx.ModelProto)
+
+
+def test_the_input_waits_on_disk_while_the_candidates_are_built(tmp_path, monkeypatch):
+    import onnxopt.optimize.api as api
+    from tests.conftest import MODELS
+
+    seen = {}
+    real = api.build_candidates
+
+    def spy(base, env, *a, **k):
+        seen["reference"] = env.reference
+        return real(base, env, *a, **k)
+
+    monkeypatch.setattr(api, "build_candidates", spy)
+    res = api.optimize(MODELS / "digits_mlp.onnx", eval_data=MODELS / "digits_test.npz", recipe="cpu", time_budget=0.2, session_options=False)
+    assert not isinstance(seen["reference"], onnx.ModelProto) and seen["reference"].suffix == ".onnx"  # a file, not a proto
+    rows = {r["name"]: r for r in res.report["decision"]["rows"]}
+    assert rows["fp32"]["verified"] and res.report["before"]["nodes"] > 0  # the input is back in memory after the build
