@@ -89,3 +89,31 @@ def test_activation_bytes_from_inferred_shapes():
     )
     sizes = activation_bytes(m, {"x": np.zeros((5, 8), np.float32)}, ["h", "y", "unknown"])
     assert sizes == {"h": 8 * 4, "y": 16 * 4, "unknown": 16 * 4}
+
+
+def test_the_calibration_batch_is_bounded_by_measured_bytes_where_shape_inference_misses_dims(monkeypatch):
+    """A dim computed from constants (magika's one-hot depth) is unknown to shape inference
+    without data propagation: one batch-1 run with the tensors exposed measures it."""
+    from onnx import TensorProto, helper
+
+    from onnxopt.quantize import collect
+    from onnxopt.stats import activation_bytes
+
+    m = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Concat", ["one", "reps"], ["repeats"], axis=0), helper.make_node("Tile", ["x", "repeats"], ["t"]),
+             helper.make_node("Relu", ["t"], ["r"]), helper.make_node("ReduceMean", ["r"], ["y"], axes=[1], keepdims=1)],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+            [helper.make_tensor("one", TensorProto.INT64, [1], [1]), helper.make_tensor("reps", TensorProto.INT64, [1], [512])],
+        ),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    ds = Dataset("<t>", arrays={"x": np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)})
+    names = tensors_to_calibrate(m)
+    one = ds.first_batch(1)
+    estimated = sum(activation_bytes(m, one, names).values())
+    measured = collect.measured_bytes(m, one, names)
+    assert measured >= 2 * 8 * 512 * 4 > 4 * estimated  # t and r: 4096 floats each per sample, not seen by shape inference
+    monkeypatch.setattr(collect, "CALIBRATION_BYTES", 4 * measured)
+    got = collect_ranges(m, ds, method="minmax")
+    assert got.batches == 10 and any(n.startswith("calibration batch 4:") for n in got.notes)
