@@ -211,7 +211,8 @@ def optimize(
     pre, t_pre = _preprocess(run, threads, duration)
     evaluator = Evaluator(run.m, run.dataset, run.budget.metric, provider=run.provider, limit=run.st.eval_limit)
     run.samples = int(run.dataset.fed or 0)  # what the evaluator read (later reads reset it)
-    env = BuildEnv(run.target, run.provider, run.cal, evaluator, run.budget, shapes, seed, reference=run.m, feed=run.feed, threads=threads or 0)
+    env = BuildEnv(run.target, run.provider, run.cal, evaluator, run.budget, shapes, seed, reference=run.m, feed=run.feed, threads=threads or 0,
+                   objective=run.objective, min_gain=run.st.min_gain)
     data = calibration if calibration is not None else eval_data
     rows, chosen, out, input_ms, input_cold, t_build, t_time = _build_and_choose(run, env, pre, threads, runs, duration, data)
     release_memory()  # the candidates' protos and sessions are gone: their pages go back before tuning

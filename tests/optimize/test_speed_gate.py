@@ -28,12 +28,33 @@ def test_a_clearly_slower_candidate_cannot_win_and_a_faster_one_goes_on():
     assert speed_gate(_env(large, [slow_rival]), "int8-static")(small) is None
 
 
-def test_no_gate_without_a_rival_fitted_to_the_budget():
+def test_no_gate_without_a_rival_fitted_to_the_budget_or_a_lossless_one():
     m = matmul_stack(2, 256, last="Relu")
     assert speed_gate(_env(m, []), "int8-static") is None
     ort_plain = Candidate("int8-dynamic-ort", "int8-dynamic", m, source="onnxruntime.quantization")
-    fp32 = Candidate("fp32", "fp32", m, lossless=True)
-    assert speed_gate(_env(m, [ort_plain, fp32]), "int8-static") is None
+    assert speed_gate(_env(m, [ort_plain]), "int8-static") is None
+    fp16 = Candidate("fp16", "fp16", m, lossless=True, timeable=False)
+    assert speed_gate(_env(m, [ort_plain, fp16]), "int8-static") is None
+
+
+def test_a_lossy_model_must_beat_the_lossless_one_by_min_gain():
+    """decide() chooses a lossy candidate only when it is ``min_gain`` faster than the best
+    lossless one: a fully quantized model below that bar cannot win either."""
+    small, large = matmul_stack(2, 256, last="Relu"), matmul_stack(24, 256, last="Relu")
+    fp32 = Candidate("fp32", "fp32", small, lossless=True)
+    why = speed_gate(_env(large, [fp32]), "int8-static")(large)  # about as fast as the input; fp32 far faster
+    assert why is not None and "fp32 (lossless)" in why and "to beat by 5%" in why
+    slow_fp32 = Candidate("fp32", "fp32", large, lossless=True)
+    assert speed_gate(_env(large, [slow_fp32]), "int8-static")(small) is None  # far faster than the bar
+
+
+def test_no_gate_when_the_choice_does_not_weigh_latency():
+    small, large = matmul_stack(2, 256, last="Relu"), matmul_stack(24, 256, last="Relu")
+    rival = Candidate("int8-dynamic", "int8-dynamic", small, source="onnxopt.quantize")
+    for objective in ("size", "cold-start"):
+        env = _env(small, [rival])
+        env.objective = objective
+        assert speed_gate(env, "int8-static") is None  # a slower static model may still be the smallest
 
 
 def test_the_table_reason_of_a_candidate_that_cannot_win():
