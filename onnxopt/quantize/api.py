@@ -215,6 +215,9 @@ def quantize_candidate(
         )
     notes = prep.notes + run.notes
     base, converted = build_base(prep.model, config, provider, notes)
+    if base is not prep.model and work is shared:  # the search quantizes its own copy: the shared one waits on disk
+        prep = run.prep = None
+        work.park((run.cfg.preprocess,))
     builder = CandidateBuilder(base, config, ranges=ranges, provider=provider, feed=run.vfeed, reference=run.vref, converted_gemms=converted)
     ranking = work.rankings.get(config.mode) if budget is not None else None
     res = evaluate_candidate(

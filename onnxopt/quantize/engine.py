@@ -10,7 +10,11 @@ each candidate of ``auto`` and what ``optimize`` may call directly.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
@@ -18,7 +22,7 @@ from functools import partial
 import onnx
 
 from ..errors import OnnxoptError
-from ..io import model_nbytes
+from ..io import exceeds_protobuf, model_nbytes
 from ..metrics import Budget, Evaluator
 from .config import WEIGHTED_OP_TYPES, QuantConfig
 from .ort_backend import quantize_with_ort, touched_nodes
@@ -98,15 +102,34 @@ class SharedWork:
     search: dict = field(default_factory=dict)  # samples -> Evaluator on the first samples
     rankings: dict = field(default_factory=dict)  # mode -> [NodeEffect] (most sensitive first)
     reused: list[str] = field(default_factory=list)  # what was taken from here, for the notes
+    parked: dict = field(default_factory=dict)  # prepared key -> the file its model waits in (``park``)
 
     def get(self, table: str, key, make):
-        """``self.<table>[key]``, made by ``make()`` the first time."""
+        """``self.<table>[key]``, made by ``make()`` the first time (a parked prepared model
+        is read back)."""
         store = getattr(self, table)
         if key in store:
             self.reused.append(f"{table}:{key}")
+            if table == "prepared" and key in self.parked:
+                store[key].model = onnx.load_model(self.parked.pop(key))
         else:
             store[key] = make()
         return store[key]
+
+    def park(self, key) -> None:
+        """Write the prepared model at ``key`` to a temporary file and let go of it until the
+        next ``get``: a dynamic candidate quantizes its own copy (Gemm rewritten as MatMul),
+        and the static candidates after it need the prepared model again."""
+        prep = self.prepared.get(key)
+        if prep is None or prep.model is None or key in self.parked or exceeds_protobuf(prep.model, margin=2**24):
+            return
+        if not getattr(self, "_folder", None):
+            self._folder = tempfile.mkdtemp(prefix="onnxopt-shared-")
+            weakref.finalize(self, shutil.rmtree, self._folder, True)
+        path = os.path.join(self._folder, f"prepared-{len(os.listdir(self._folder))}.onnx")
+        with open(path, "wb") as f:
+            f.write(prep.model.SerializeToString())
+        self.parked[key], prep.model = path, None
 
 
 class CandidateBuilder:

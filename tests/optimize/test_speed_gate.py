@@ -49,7 +49,7 @@ def test_a_lossy_model_must_beat_the_lossless_one_by_min_gain():
 
 
 def test_no_gate_when_the_choice_does_not_weigh_latency():
-    small, large = matmul_stack(2, 256, last="Relu"), matmul_stack(24, 256, last="Relu")
+    small = matmul_stack(2, 256, last="Relu")
     rival = Candidate("int8-dynamic", "int8-dynamic", small, source="onnxopt.quantize")
     for objective in ("size", "cold-start"):
         env = _env(small, [rival])

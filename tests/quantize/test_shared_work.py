@@ -3,6 +3,8 @@ ranges and the sensitivity ranking measured once; a reused ranking skips the mea
 
 from __future__ import annotations
 
+import os
+
 import math
 
 import onnx
@@ -69,9 +71,16 @@ def test_static_candidates_share_preprocessing_ranges_and_ranking():
     for q in (first, second):
         check_model(q)
         assert ev.drop(q) <= 1.0
-    # the dynamic candidate takes the same pre-processed model, and ranks its own nodes
+    # the dynamic candidate takes the same pre-processed model, and ranks its own nodes; it
+    # quantizes a copy (Gemm as MatMul), so the shared model waits on disk meanwhile
+    prepared = work.prepared[(False,)]
+    kept = prepared.model.SerializeToString()
     dynamic_candidate(m, eval_data=ev_ds, max_accuracy_drop=1.0, shared=work, evaluator=ev, preprocess=False)
     assert work.reused.count("prepared:(False,)") == 2
+    assert prepared.model is None and os.path.isfile(work.parked[(False,)])
+    third, _ = static_candidate(m, per_channel=True, **kw)  # read back for the next static candidate
+    assert prepared.model.SerializeToString() == kept and not work.parked
+    assert third.SerializeToString() == second.SerializeToString()
 
 
 def test_check_model_can_hand_back_its_session_and_validation_uses_it():
