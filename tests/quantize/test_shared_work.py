@@ -3,9 +3,8 @@ ranges and the sensitivity ranking measured once; a reused ranking skips the mea
 
 from __future__ import annotations
 
-import os
-
 import math
+import os
 
 import onnx
 
