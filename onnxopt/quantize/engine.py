@@ -103,6 +103,7 @@ class SharedWork:
     rankings: dict = field(default_factory=dict)  # mode -> [NodeEffect] (most sensitive first)
     reused: list[str] = field(default_factory=list)  # what was taken from here, for the notes
     parked: dict = field(default_factory=dict)  # prepared key -> the file its model waits in (``park``)
+    folder: str | None = field(default=None, repr=False)  # where parked models wait (removed with this object)
 
     def get(self, table: str, key, make):
         """``self.<table>[key]``, made by ``make()`` the first time (a parked prepared model
@@ -111,7 +112,9 @@ class SharedWork:
         if key in store:
             self.reused.append(f"{table}:{key}")
             if table == "prepared" and key in self.parked:
-                store[key].model = onnx.load_model(self.parked.pop(key))
+                path = self.parked.pop(key)
+                store[key].model = onnx.load_model(path)
+                os.unlink(path)
         else:
             store[key] = make()
         return store[key]
@@ -123,11 +126,11 @@ class SharedWork:
         prep = self.prepared.get(key)
         if prep is None or prep.model is None or key in self.parked or exceeds_protobuf(prep.model, margin=2**24):
             return
-        if not getattr(self, "_folder", None):
-            self._folder = tempfile.mkdtemp(prefix="onnxopt-shared-")
-            weakref.finalize(self, shutil.rmtree, self._folder, True)
-        path = os.path.join(self._folder, f"prepared-{len(os.listdir(self._folder))}.onnx")
-        with open(path, "wb") as f:
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="onnxopt-shared-")
+            weakref.finalize(self, shutil.rmtree, self.folder, True)
+        fd, path = tempfile.mkstemp(prefix="prepared-", suffix=".onnx", dir=self.folder)
+        with os.fdopen(fd, "wb") as f:
             f.write(prep.model.SerializeToString())
         self.parked[key], prep.model = path, None
 
