@@ -101,6 +101,7 @@ class BuildEnv:
     seed: int = 0
     reference: onnx.ModelProto | Path | None = None  # the input model (its file while optimize builds the candidates)
     reference_options: Any = None  # the session options the input carries, when ``reference`` is a file
+    reference_key: tuple | None = None  # select.graph_key of the input, once verify_candidate needed it
     # onnxopt.quantize.engine.SharedWork: pre-processing, ranges, sensitivity ranking shared
     # by the INT8 candidates of one run (computed once); None: each candidate on its own
     shared: object | None = None
