@@ -11,8 +11,9 @@ from onnx import helper, numpy_helper
 
 from onnxopt.diagnose import exclude
 from onnxopt.diagnose.api import DiagnoseConfig, diagnose
-from onnxopt.diagnose.exclude import FloatReference, candidate_nodes, is_qdq, leave_in_float
+from onnxopt.diagnose.exclude import candidate_nodes, is_qdq
 from onnxopt.quantize.config import static_op_types
+from onnxopt.quantize.emulate import FloatReference, leave_in_float
 from tests.diagnose.diag_models import feeds, qdq
 from tests.quantize.quant_models import mlp
 from tests.toy_models import tiny_cnn

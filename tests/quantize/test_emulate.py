@@ -1,0 +1,120 @@
+"""Leaving nodes in float by graph surgery (``quantize.emulate``) gives the model ONNX
+Runtime's quantizer writes with those nodes excluded, to the bit, on a model holding every
+case the quantizer treats specially: a Relu and a Clip it folds into the pair before them,
+ops whose output borrows the input's scale (MaxPool, Reshape), a Softmax with a fixed
+range, a bias quantized with its input's scale, and one weight read by two MatMuls."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.data import Dataset
+from onnxopt.metrics import Budget, Evaluator
+from onnxopt.quantize.collect import collect_ranges
+from onnxopt.quantize.config import QuantConfig
+from onnxopt.quantize.engine import CandidateBuilder
+from onnxopt.quantize.preprocess import infer_shapes
+from onnxopt.quantize.sensitivity import fit_budget
+from onnxopt.runtime import create_session
+
+
+def _net() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    w = lambda *s: numpy_helper.from_array((rng.standard_normal(s) * 0.4).astype(np.float32), None)  # noqa: E731
+    inits = {
+        "c1w": w(4, 3, 3, 3), "c1b": w(4), "c2w": w(4, 4, 3, 3), "c2b": w(4), "shift": w(4, 1, 1),
+        "lo": numpy_helper.from_array(np.float32(0.0)), "hi": numpy_helper.from_array(np.float32(1.5)),
+        "shape": numpy_helper.from_array(np.array([-1, 64], np.int64)), "w1": w(64, 16), "w2": w(16, 16),
+    }  # fmt: skip
+    for name, t in inits.items():
+        t.name = name
+    nodes = [
+        helper.make_node("Conv", ["x", "c1w", "c1b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "c2w", "c2b"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "shift"], ["a1"], name="add1"),
+        helper.make_node("Clip", ["a1", "lo", "hi"], ["k1"], name="clip1"),
+        helper.make_node("Reshape", ["k1", "shape"], ["f1"], name="flat1"),
+        helper.make_node("MatMul", ["f1", "w1"], ["m1"], name="mm1"),
+        helper.make_node("Softmax", ["m1"], ["s1"], name="soft1", axis=-1),
+        helper.make_node("MatMul", ["s1", "w2"], ["m2"], name="mm2"),
+        helper.make_node("MatMul", ["m2", "w2"], ["y"], name="mm3"),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        initializer=list(inits.values()),
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return infer_shapes(m)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = _net()
+    x = np.random.default_rng(0).standard_normal((48, 3, 8, 8)).astype(np.float32)
+    ds = Dataset("<t>", arrays={"x": x})
+    ds.validate(m)
+    ranges = collect_ranges(m, ds, method="minmax").ranges
+    return m, ds, x, CandidateBuilder(m, QuantConfig(mode="static"), ranges=ranges)
+
+
+def _outputs(model, x):
+    return create_session(model).run(None, {"x": x})[0]
+
+
+def _excluded_sets(names):
+    yield from ([n] for n in names)
+    yield from (list(p) for p in itertools.pairwise(names))
+    yield names[::2]
+    yield names[1::2]
+
+
+def test_leaving_nodes_in_float_is_what_the_quantizer_writes_without_them(setup):
+    m, _, x, builder = setup
+    emulate = builder.emulator()
+    names = list(builder.candidates)
+    assert {"relu1", "clip1", "pool1", "flat1", "soft1", "mm2", "mm3"} <= set(names)
+    for excluded in _excluded_sets(names):
+        got, want = _outputs(emulate(frozenset(excluded)), x), _outputs(builder(frozenset(excluded)), x)
+        assert np.array_equal(got, want), f"{excluded}: max diff {np.abs(got - want).max():.3g}"
+
+
+def test_the_fully_quantized_model_is_left_as_it_is(setup):
+    _, _, x, builder = setup
+    assert np.array_equal(_outputs(builder.emulator()(frozenset()), x), _outputs(builder(frozenset()), x))
+
+
+def test_dynamic_models_are_not_emulated():
+    b = CandidateBuilder(_net(), QuantConfig(mode="dynamic"))
+    assert b.emulator() is None
+
+
+def test_the_budget_search_ranks_and_bisects_on_emulated_models_and_confirms_on_builds(setup, monkeypatch):
+    """The ranking and the bisection score emulated models (no quantizer run); the full data
+    scores builds only, and the model returned is a build, scored as such."""
+    m, ds, _, builder = setup
+    ev, search = Evaluator(m, ds, "cosine"), Evaluator(m, ds, "cosine", limit=24)
+    built: list[frozenset] = []
+    real = builder.build
+
+    def counting(excluded=frozenset(), remedies=None):
+        built.append(frozenset(excluded))
+        return real(excluded, remedies)
+
+    monkeypatch.setattr(builder, "build", counting)
+    emulate, emulated = builder.emulator(), []
+    nodes = list(builder.candidates)
+    fit = fit_budget(builder, nodes, Budget(0.05), ev, search_evaluator=search, max_evals=40, emulate=lambda ex: emulated.append(ex) or emulate(ex))
+    assert fit.met and fit.excluded
+    bisected = [h for h in fit.history if "search_score" in h and h["excluded"]]
+    assert len(emulated) == len(nodes) + len(bisected) and bisected  # one emulated model per unit, then per bisection step
+    confirmed = [h for h in fit.history if "score" in h]
+    assert set(built) <= {frozenset(), *(frozenset(e["node"] for e in fit.excluded),)} and len(confirmed) >= 1
+    assert abs(ev.score(fit.model) - fit.score) < 1e-9
