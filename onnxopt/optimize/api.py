@@ -136,10 +136,10 @@ def _tune_session(out, feed, dataset, provider, duration, seed):
     """Search session options for the chosen model (``serving.tune``), carry the winner in
     ``out`` (in place) and verify that ORT accepts it; returns the search outcome."""
     from ..serving.carry import carried_options, carry_options, check_carried
-    from ..serving.tune import TuneSettings, search_options
+    from ..serving.tune import CHECK_SAMPLES, TuneSettings, search_options
 
     settings = TuneSettings(provider, duration=min(duration, 2.0), seed=seed)
-    checks = list(dataset.batches(None, 64))
+    checks = list(dataset.batches(None, CHECK_SAMPLES))
     outcome = search_options(out, feed, checks, settings, carried_options(out))
     carry_options(out, outcome.chosen)
     check_carried(out, provider)

@@ -262,13 +262,14 @@ class Timer:
         # drift during the run, which an independent resampling of thousands of runs hides
         return {n: (speedup(lat[0], lat[i + 1], block=self.BLOCK), lat[i + 1], lat[0]) for i, n in enumerate(names)}
 
-    def confirm(self, name: str) -> float:
-        """Ratio of ``name`` vs the input in a fresh interleaved run; a run below 1 is
-        repeated once and the two runs' samples pooled (one noisy burst must not decide)."""
+    def confirm(self, name: str, floor: float = 1.0) -> float:
+        """Ratio of ``name`` vs the input in a fresh interleaved run; a run below ``floor``
+        (what the caller would reject) is repeated once and the two runs' samples pooled (one
+        noisy burst must not decide); a run at or above it decides alone."""
         from ..bench.timing import speedup
 
         sp, lat, base = self.measure([name])[name]
-        if sp.ratio >= 1.0:
+        if sp.ratio >= floor:
             return sp.ratio
         _, lat2, base2 = self.measure([name])[name]
         return speedup(np.concatenate([base, base2]), np.concatenate([lat, lat2])).ratio
@@ -355,9 +356,9 @@ def decide(rows: list[Row], timer: Timer | None, *, min_ratio: float = 0.97, min
         if r.same_as_input:
             r.confirm_ratio = 1.0
         elif timer is not None:
-            r.confirm_ratio = timer.confirm(r.name)
             # a lossy winner must also keep its latency margin over the lossless model when re-timed
             floor = min_ratio if (r.lossless or objective != "latency") else max(min_ratio, need)
+            r.confirm_ratio = timer.confirm(r.name, floor)
             if r.confirm_ratio < floor:
                 r.reason = f"confirmation run: {r.confirm_ratio:.2f}x < {floor:.2f}"
                 continue

@@ -30,9 +30,14 @@ import onnx
 from ..errors import UsageError, VerificationError, blaming
 from ..session_options import SessionConfig, machine_cores
 
-__all__ = ["TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "measure_given", "tune"]
+__all__ = ["CHECK_SAMPLES", "TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "measure_given", "tune"]
 
 log = logging.getLogger(__name__)
+
+# inputs every configuration's outputs are compared on: options change no graph (thread
+# counts, spinning) or apply fusions whose inexactness shows on any input (levels); 64 cost
+# the recognizer (10 MB, 60 text lines) 7 s of its 20 s search, one pass per configuration
+CHECK_SAMPLES = 16
 
 # nodes whose work dominates a CPU run; parallel execution pays only when these overlap
 HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "Attention", "FusedConv", "FusedMatMul", "QLinearConv",
@@ -246,7 +251,8 @@ def _best(rows: list[TuneRow]) -> TuneRow | None:
 
 def _feeds(model, data, shapes, batch, seed):
     """(timing feed, verification feeds, source): the feed as ``bench`` builds it (the
-    model's own batch, 1 when symbolic), and up to 64 samples of DATA (else synthesized)."""
+    model's own batch, 1 when symbolic), and up to ``CHECK_SAMPLES`` samples of DATA (else
+    synthesized)."""
     from ..bench.feeds import SkipConfig, make_feed
     from ..data import dataset_for
 
@@ -256,7 +262,7 @@ def _feeds(model, data, shapes, batch, seed):
         feed, _ = make_feed(model, view, shapes, batch, seed=seed)
     except SkipConfig as exc:
         raise UsageError(str(exc)) from None
-    checks = list(ds.batches(None, 64))
+    checks = list(ds.batches(None, CHECK_SAMPLES))
     return feed, checks, ds.source
 
 

@@ -26,7 +26,7 @@ class FakeTimer:
     def __init__(self, confirm):
         self._confirm = confirm
 
-    def confirm(self, name):
+    def confirm(self, name, floor=1.0):
         return self._confirm[name]
 
 
@@ -98,3 +98,27 @@ def test_lossy_must_keep_margin_in_confirmation():
     chosen = decide(rows, FakeTimer({"a": 1.02, "fp32": 1.0}), min_gain=0.05)
     assert chosen.name == "fp32"
     assert "confirmation run: 1.02x < 1.05" in rows[1].reason
+
+
+def test_confirmation_repeats_only_a_run_the_caller_would_reject():
+    """A first run at or above the floor decides alone; one below it is pooled with a second."""
+    import numpy as np
+
+    from onnxopt.bench.timing import speedup
+    from onnxopt.optimize.select import Timer
+
+    class Scripted(Timer):
+        def __init__(self, ratios):
+            self.ratios, self.runs_done = list(ratios), 0
+
+        def measure(self, names, **kw):
+            r = self.ratios[self.runs_done]
+            self.runs_done += 1
+            base, lat = np.full(50, 1.0), np.full(50, 1.0 / r)
+            return {names[0]: (speedup(base, lat), lat, base)}
+
+    once = Scripted([0.98, 1.2])
+    assert abs(once.confirm("a", floor=0.97) - 0.98) < 1e-6 and once.runs_done == 1
+    twice = Scripted([0.95, 1.05])
+    ratio = twice.confirm("a", floor=0.97)
+    assert twice.runs_done == 2 and 0.95 < ratio < 1.05
