@@ -32,7 +32,10 @@ from ..graph import FLOAT_TYPES, consumers, initializer_map, producers, unique_n
 from ..io import tensor_array
 from .bias_correction import dequantized
 
-__all__ = ["FloatReference", "leave_in_float", "activation_params", "node_key", "quantized_nodes", "WEIGHT_FIT", "QLINEAR", "SHARED_OUTPUT", "FIXED_RANGE"]
+__all__ = [
+    "FloatReference", "leave_in_float", "restore_float", "activation_params", "node_key", "quantized_nodes", "WEIGHT_FIT", "QLINEAR", "SHARED_OUTPUT",
+    "FIXED_RANGE",
+]
 
 WEIGHT_FIT = 0.05  # relative L2 of a per-channel-scaled reference weight to the dequantized one
 # ops whose quantized outputs take input 0's scale and zero point (ONNX Runtime's QDQ
@@ -387,6 +390,80 @@ def _unfold(g, names: set, ref: FloatReference, qparams) -> None:
         at = next(i for i, n in enumerate(g.node) if n is src or tuple(n.output) == tuple(src.output))
         for k, n in enumerate(added):
             g.node.insert(at + 1 + k, n)
+
+
+def restore_float(candidate: onnx.ModelProto, nodes, ref: FloatReference) -> onnx.ModelProto:
+    """A copy of a dynamic or weight-only INT4 ``candidate`` with ``nodes`` (names of the
+    reference's nodes) back in float, as the quantizer leaves a node it excludes: the
+    reference's node on its float inputs (a weight the candidate no longer holds in float
+    taken from the reference), in place of the nodes that computed its outputs from them
+    (DynamicQuantizeLinear, MatMulInteger, Cast, Mul; MatMulNBits) -- each of those removed
+    only when nothing else reads it (a DynamicQuantizeLinear several MatMuls share stays).
+    Dynamic quantization has no calibrated parameters, so this is exact."""
+    out = copy.deepcopy(candidate)
+    g = out.graph
+    by_name = {n.name: n for n in ref.nodes.values()}
+    present = {(n.name, n.op_type) for n in g.node}
+    have = {t.name for t in g.initializer} | {i.name for i in g.input}
+    outputs = {o.name for o in g.output}
+    for name in sorted(nodes):
+        node = by_name.get(name)
+        if node is None or (name, node.op_type) in present:
+            continue  # not in the reference, or left in float by the quantizer already
+        prod, cons = producers(g), consumers(g)
+        stop = {x for x in node.input if x}
+        chain, todo = {}, [prod.get(o) for o in node.output]
+        while todo:
+            n = todo.pop()
+            if n is None or node_key(n) in chain:
+                continue
+            chain[node_key(n)] = n
+            todo += [prod.get(x) for x in n.input if x and x not in stop and x not in have]
+        removable = dict(chain)
+        changed = True
+        while changed:  # a node some other reader (or a graph output) still needs stays
+            changed = False
+            for key, n in list(removable.items()):
+                readers = [c for o in n.output if o not in node.output for c in cons.get(o, [])]  # the float node writes node.output
+                if any(node_key(c) not in removable for c in readers) or any(o in outputs and o not in node.output for o in n.output):
+                    del removable[key]
+                    changed = True
+        if not removable or any(o not in {x for n in removable.values() for x in n.output} for o in node.output):
+            continue  # its outputs are not computed by a chain of its own: leave it
+        at = min(i for i, n in enumerate(g.node) if node_key(n) in removable)
+        kept = [n for n in g.node if node_key(n) not in removable]
+        added = [*_weights_back(g, node, kept[:at], have, ref), copy.deepcopy(node)]
+        for k, n in enumerate(added):
+            kept.insert(min(at, len(kept)) + k, n)
+        del g.node[:]
+        g.node.extend(kept)
+    return out
+
+
+def _weights_back(g, node: onnx.NodeProto, before: list, have: set, ref: FloatReference) -> list[onnx.NodeProto]:
+    """The constant inputs of ``node`` (back in float) that the candidate no longer holds:
+    dequantized from the candidate's ``<name>_quantized`` when a quantized node *before* it
+    (``before``) reads that (the dynamic quantizer walks the graph in order, and a weight it
+    has quantized is dequantized for the float readers after), else the reference's float
+    initializer.  Returns the DequantizeLinear nodes to insert before ``node``."""
+    inits = initializer_map(g)
+    read = {x for n in before for x in n.input}
+    out = []
+    for x in node.input:
+        if not x or x in have:
+            continue
+        q, sc, zp = f"{x}_quantized", f"{x}_scale", f"{x}_zero_point"
+        if q in read and q in inits and sc in inits:
+            scale = tensor_array(inits[sc])
+            dims = list(inits[q].dims)
+            axis = {"axis": max(i for i, d in enumerate(dims) if d == scale.size)} if scale.size > 1 and scale.size in dims else {}
+            out.append(onnx.helper.make_node("DequantizeLinear", [q, sc, zp] if zp in inits else [q, sc], [x], name=f"{x}_DequantizeLinear", **axis))
+        elif x in ref.inits:
+            g.initializer.append(ref.inits[x])
+        else:
+            continue
+        have.add(x)
+    return out
 
 
 def leave_in_float(

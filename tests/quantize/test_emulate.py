@@ -18,9 +18,10 @@ from onnxopt.metrics import Budget, Evaluator
 from onnxopt.quantize.collect import collect_ranges
 from onnxopt.quantize.config import QuantConfig
 from onnxopt.quantize.engine import CandidateBuilder
-from onnxopt.quantize.preprocess import infer_shapes
+from onnxopt.quantize.preprocess import gemm_to_matmul, infer_shapes
 from onnxopt.quantize.sensitivity import fit_budget
 from onnxopt.runtime import create_session
+from tests.quantize.quant_models import mlp
 
 
 def _net() -> onnx.ModelProto:
@@ -91,9 +92,22 @@ def test_the_fully_quantized_model_is_left_as_it_is(setup):
     assert np.array_equal(_outputs(builder.emulator()(frozenset()), x), _outputs(builder(frozenset()), x))
 
 
-def test_dynamic_models_are_not_emulated():
-    b = CandidateBuilder(_net(), QuantConfig(mode="dynamic"))
-    assert b.emulator() is None
+@pytest.mark.parametrize("model", ["net", "mlp"])
+def test_a_dynamic_node_back_in_float_is_what_the_quantizer_writes_without_it(model):
+    """Dynamic INT8: the float node in place of its DynamicQuantizeLinear / MatMulInteger
+    chain; one shared weight (``w2``) and Gemms rewritten as MatMul + Add."""
+    if model == "net":
+        base, x = _net(), np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    else:
+        base = mlp(hidden=16)
+        gemm_to_matmul(base)
+        base, x = infer_shapes(base), np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    builder = CandidateBuilder(base, QuantConfig(mode="dynamic"))
+    emulate, names = builder.emulator(), list(builder.candidates)
+    assert len(names) >= 2
+    for excluded in _excluded_sets(names):
+        got, want = _outputs(emulate(frozenset(excluded)), x), _outputs(builder(frozenset(excluded)), x)
+        assert np.array_equal(got, want), f"{excluded}: max diff {np.abs(got - want).max():.3g}"
 
 
 def test_the_budget_search_ranks_and_bisects_on_emulated_models_and_confirms_on_builds(setup, monkeypatch):
