@@ -27,7 +27,7 @@ from ..data import check_shapes, dataset_for
 from ..errors import OnnxoptError, RecipeError, UsageError, blame
 from ..verify import EXACT_REL_L2, paired_datasets
 
-__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "output_ranking", "FP16_REL_L2"]
+__all__ = ["DiagnoseConfig", "Diagnosis", "diagnose", "sensitive_nodes", "output_ranking", "own_params", "FP16_REL_L2"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,30 @@ def output_ranking(ref, cand, ds, ds_b, lw, *, top: int = 5, metric: str | None 
         return []
     evaluator = Evaluator(ref, ds, metric, provider=provider, limit=limit)
     evaluator.dataset = ds_b  # the same samples, as the candidate takes them
-    return rank_by_outputs(ref, cand, evaluator, nodes, top=top)
+    return rank_by_outputs(ref, cand, evaluator, nodes, top=top, qparams=own_params(ref, cand, ds, limit=limit, provider=provider))
+
+
+def own_params(ref: onnx.ModelProto, cand: onnx.ModelProto, ds, *, limit: int | None = 64, provider: str = "cpu"):
+    """For a QDQ ``cand``: ``tensor -> (scale, zero point)`` as ONNX Runtime's quantizer
+    computes them from the tensor's MinMax range, measured on the reference with ``ds``
+    standing in for the calibration data ``diagnose`` does not have (``emulate.activation_params``):
+    what a pair gets once the node it borrowed its parameters from is left in float.  None
+    for a QOperator model, or when the ranges cannot be measured."""
+    from ..quantize.collect import collect_ranges
+    from ..quantize.emulate import activation_params
+    from .exclude import is_qdq
+
+    if not is_qdq(cand):
+        return None
+    inits = {t.name: t for t in cand.graph.initializer}
+    zps = [inits[n.input[2]] for n in cand.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    kind = "int8" if zps and zps[0].data_type == onnx.TensorProto.INT8 else "uint8"
+    try:
+        ranges = collect_ranges(ref, dataset_for(ref, ds.view()), method="minmax", limit=limit, provider=provider).ranges
+    except OnnxoptError as exc:
+        log.info("no ranges for the emulated exclusions (%s): borrowed parameters kept", exc)
+        return None
+    return activation_params(ranges, kind)
 
 
 def sensitive_nodes(

@@ -96,10 +96,13 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
     return out
 
 
-def rank_by_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto, evaluator, nodes: dict[str, str], *, top: int = 3) -> list[OutputEffect]:
+def rank_by_outputs(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, evaluator, nodes: dict[str, str], *, top: int = 3, qparams=None
+) -> list[OutputEffect]:
     """Greedy pick of up to ``top`` of ``nodes`` (``candidate_nodes``: candidate node name ->
     reference node name, best guesses first) whose leaving in float raises ``evaluator``'s
-    score of ``candidate`` most (module docstring).  ``evaluator``: a ``metrics.Evaluator`` whose reference is ``reference``."""
+    score of ``candidate`` most (module docstring).  ``evaluator``: a ``metrics.Evaluator`` whose reference is ``reference``;
+    ``qparams``: ``emulate.leave_in_float``'s."""
     from ..quantize.sensitivity import measure_sensitivity, score_model
 
     op_types = set(static_op_types())
@@ -108,7 +111,7 @@ def rank_by_outputs(reference: onnx.ModelProto, candidate: onnx.ModelProto, eval
     notes: dict[str, str] = {}
 
     def build(excluded: frozenset) -> onnx.ModelProto:
-        m, got = leave_in_float(candidate, picked | excluded, weights, op_types)
+        m, got = leave_in_float(candidate, picked | excluded, weights, op_types, qparams)
         notes.update(got)
         return m
 

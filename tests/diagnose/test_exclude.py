@@ -149,3 +149,27 @@ def test_a_small_model_has_every_quantized_node_tried(outlier_pair, tmp_path):
     by_error = candidate_nodes(ref, cand, d.layerwise.tensors, n=1)
     assert list(by_error)[0] == "fc2"  # the node adding the most error first, then the rest
     assert set(by_error) == {"fc1", "fc2"} and exclude.ALL_UP_TO >= 2
+
+
+def test_with_ranges_measured_on_the_calibration_data_the_emulation_is_the_quantizers_build():
+    """``diagnose`` has no calibration data; given the same samples, the parameters it
+    measures for a pair whose node is left in float (``own_params``) are the quantizer's,
+    and leaving a pass-through op (MaxPool, Reshape) or a Softmax in float is exact."""
+    from onnxopt.data import Dataset
+    from onnxopt.diagnose.api import own_params
+    from onnxopt.quantize.collect import collect_ranges
+    from onnxopt.quantize.config import QuantConfig
+    from onnxopt.quantize.engine import CandidateBuilder
+    from tests.quantize.test_emulate import _net
+
+    ref = _net()
+    x = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    ds = Dataset("<t>", arrays={"x": x})
+    ds.validate(ref)
+    builder = CandidateBuilder(ref, QuantConfig(mode="static"), ranges=collect_ranges(ref, ds, method="minmax").ranges)
+    cand = builder(frozenset())
+    qparams = own_params(ref, cand, ds, limit=None)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    for node in ("pool1", "flat1", "soft1"):
+        emulated, _ = leave_in_float(cand, [node], FloatReference(ref), set(static_op_types()), qparams)
+        assert np.array_equal(run(emulated), run(builder(frozenset([node])))), node
