@@ -55,6 +55,7 @@ class FloatReference:
 
     def __init__(self, reference: onnx.ModelProto):
         self.nodes = {o: n for n in reference.graph.node for o in n.output}
+        self.by_name = {n.name: n for n in reference.graph.node}
         self.ops = {o: n.op_type for o, n in self.nodes.items()}
         self.inits = initializer_map(reference.graph)
         # exporters (paddle2onnx) keep weights in Constant nodes
@@ -364,7 +365,7 @@ def _unfold(g, names: set, ref: FloatReference, qparams) -> None:
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | present
     have = {t.name for t in g.initializer}
     for name in sorted(names - present):
-        act = next((n for n in ref.nodes.values() if n.name == name), None)
+        act = ref.by_name.get(name)
         src = prod.get(act.output[0]) if act is not None and act.op_type in ("Relu", "Clip") else None
         if src is None or src.op_type in ("Relu", "Clip", "QuantizeLinear", "DequantizeLinear"):
             continue
@@ -402,12 +403,11 @@ def restore_float(candidate: onnx.ModelProto, nodes, ref: FloatReference) -> onn
     Dynamic quantization has no calibrated parameters, so this is exact."""
     out = copy.deepcopy(candidate)
     g = out.graph
-    by_name = {n.name: n for n in ref.nodes.values()}
     present = {(n.name, n.op_type) for n in g.node}
     have = {t.name for t in g.initializer} | {i.name for i in g.input}
     outputs = {o.name for o in g.output}
     for name in sorted(nodes):
-        node = by_name.get(name)
+        node = ref.by_name.get(name)
         if node is None or (name, node.op_type) in present:
             continue  # not in the reference, or left in float by the quantizer already
         prod, cons = producers(g), consumers(g)

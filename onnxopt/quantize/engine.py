@@ -25,7 +25,7 @@ from ..errors import OnnxoptError
 from ..io import exceeds_protobuf, model_nbytes
 from ..metrics import Budget, Evaluator
 from .config import WEIGHTED_OP_TYPES, QuantConfig
-from .ort_backend import quantize_with_ort, touched_nodes
+from .ort_backend import quantize_with_ort, touched_nodes, weights_on_disk
 from .preprocess import WEIGHT_INPUTS
 from .sensitivity import BudgetFit, SearchStopped, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
@@ -286,7 +286,9 @@ class CandidateBuilder:
         def emulated(excluded: frozenset) -> onnx.ModelProto:
             if not held:
                 held.update(ref=FloatReference(self.base))
-                held["full"], held["folder"] = _weights_on_disk(self.build(frozenset())[0])
+                # the weights in a file: each emulated copy is a small proto whose session reads
+                # them from it (copying and serializing a 65 MB encoder cost 0.3-0.4 s a trial)
+                held["full"], held["folder"] = weights_on_disk(self.build(frozenset())[0], "onnxopt-emulate-")
             if static:
                 return leave_in_float(held["full"], excluded, held["ref"], ops, qparams)[0]
             return restore_float(held["full"], excluded, held["ref"])
@@ -336,20 +338,6 @@ class CandidateBuilder:
         if self.config.mode == "dynamic":
             return [n for n in quantized if self.op_types.get(n) in WEIGHTED_OP_TYPES] or list(quantized)
         return list(quantized)
-
-
-def _weights_on_disk(model: onnx.ModelProto) -> tuple[onnx.ModelProto, tempfile.TemporaryDirectory]:
-    """``model`` with its weights in a temporary file (removed with the folder object
-    returned), loaded back lazily: each emulated copy is then a small proto, and its session
-    reads the weights from the file instead of a serialized copy of them (on the 65 MB
-    encoder, copying and serializing each emulated model cost 0.3-0.4 s)."""
-    from pathlib import Path
-
-    from ..io import load_model, save_model
-
-    folder = tempfile.TemporaryDirectory(prefix="onnxopt-emulate-")
-    path = save_model(model, Path(folder.name) / "quantized.onnx", external_data=True)
-    return load_model(path, lazy=True), folder
 
 
 def evaluate_candidate(

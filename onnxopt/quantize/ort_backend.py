@@ -32,7 +32,7 @@ from ..io import is_lazy, load_model, materialize, save_model
 from . import ort_lazy
 from .config import QuantConfig
 
-__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging", "drop_unused_opsets"]
+__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging", "drop_unused_opsets", "weights_on_disk"]
 
 log = logging.getLogger(__name__)
 
@@ -297,15 +297,22 @@ def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
     folder (removed at exit) and loaded back lazily: checks and sessions then read the weights
     from the file, and the output is saved file to file with external data."""
     import atexit
-    import shutil
+
+    lazy, folder = weights_on_disk(model)
+    atexit.register(folder.cleanup)
+    return lazy
+
+
+def weights_on_disk(model: onnx.ModelProto, prefix: str = "onnxopt-quant-"):
+    """``model`` with its weights in an external-data file in a new temporary folder, loaded
+    back lazily; returns (the lazy model, the ``tempfile.TemporaryDirectory``: the file lives
+    as long as it does)."""
     import tempfile
     from pathlib import Path
 
-    folder = Path(tempfile.mkdtemp(prefix="onnxopt-quant-"))
-    atexit.register(shutil.rmtree, folder, True)
-    path = save_model(model, folder / "quantized.onnx", external_data=True)
-    del model
-    return load_model(path, lazy=True)
+    folder = tempfile.TemporaryDirectory(prefix=prefix)
+    path = save_model(model, Path(folder.name) / "quantized.onnx", external_data=True)
+    return load_model(path, lazy=True), folder
 
 
 def drop_unused_opsets(model: onnx.ModelProto) -> None:
