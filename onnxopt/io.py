@@ -53,6 +53,9 @@ __all__ = [
     "all_tensors",
     "inline_nbytes",
     "set_external_data",
+    "stored_nbytes",
+    "weights_on_disk",
+    "with_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,51 @@ _COPY_CHUNK = 64 * 2**20
 
 def all_tensors(model: onnx.ModelProto):
     return edh._get_all_tensors(model)
+
+
+def with_tensors(model: onnx.ModelProto, replace) -> onnx.ModelProto:
+    """A new model equal to ``model`` except that each tensor (initializers and node
+    attributes, in every subgraph) is ``replace(tensor)``: the tensor itself is copied, another
+    one stands in for it.  The caller's model is not touched, and a tensor replaced is never
+    copied (saving or checking a model without copying its weights; with the upb protobuf
+    runtime, clearing and re-setting a tensor's bytes in place grows the model's arena by their
+    size each time).  Functions (``model.functions``) are copied as they are."""
+
+    def graph(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
+        _copy_fields(src, dst, {"node", "initializer"})
+        dst.initializer.extend(replace(t) for t in src.initializer)
+        for n in src.node:
+            m = dst.node.add()
+            _copy_fields(n, m, {"attribute"})
+            for a in n.attribute:
+                b = m.attribute.add()
+                _copy_fields(a, b, {"t", "g", "graphs", "tensors"})
+                if a.HasField("t"):
+                    b.t.CopyFrom(replace(a.t))
+                b.tensors.extend(replace(t) for t in a.tensors)
+                if a.HasField("g"):
+                    graph(a.g, b.g)
+                for g in a.graphs:
+                    graph(g, b.graphs.add())
+
+    out = onnx.ModelProto()
+    _copy_fields(model, out, {"graph"})
+    if model.HasField("graph"):
+        graph(model.graph, out.graph)
+    return out
+
+
+def _copy_fields(src, dst, skip: set[str]) -> None:
+    """Copy the set fields of protobuf message ``src`` into ``dst``, except those in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def set_external_data(t: onnx.TensorProto, entries) -> None:
@@ -117,6 +165,13 @@ def exceeds_protobuf(model: onnx.ModelProto, margin: int = 0) -> bool:
     if inline + margin > TWO_GB:
         return True
     return inline + margin > TWO_GB // 2 and model.ByteSize() + margin > TWO_GB  # close: pay for the exact figure
+
+
+def stored_nbytes(model: onnx.ModelProto) -> int:
+    """Bytes of ``model`` saved: its proto plus the data of its lazy tensors (``is_lazy``),
+    which the proto only refers to."""
+    lazy = (t for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL and BASEPATH in external_info(t))
+    return int(model.ByteSize()) + sum(int(external_info(t).get("length", 0) or 0) for t in lazy)
 
 
 def is_lazy(model: onnx.ModelProto) -> bool:
@@ -568,12 +623,13 @@ def _data_name(path: Path, big: list[onnx.TensorProto]) -> str:
     return f"{path.name}.{digest.hexdigest()}.data"
 
 
-def _write_data(fh, big: list[onnx.TensorProto], data_name: str, moved: list, relinked: list) -> None:
-    """Write ``big`` to ``fh`` (4 KiB aligned, fsynced) and point each tensor at it; the
-    in-memory ones go to ``moved`` (tensor, offset, length), the lazy ones to ``relinked``
-    (tensor, old references)."""
+def _write_data(fh, big: list[onnx.TensorProto], data_name: str) -> dict[int, onnx.TensorProto]:
+    """Write ``big`` to ``fh`` (4 KiB aligned, fsynced), one tensor at a time; returns, by
+    ``id`` of each tensor of ``big``, the tensor that stands for it in the saved proto (its
+    name, type and dims, pointing at the data file).  The tensors themselves are not touched."""
     os.fchmod(fh.fileno(), _new_file_mode())
     offset = 0
+    stand_ins: dict[int, onnx.TensorProto] = {}
     for t in big:
         pad = (-offset) % 4096
         if pad:
@@ -584,28 +640,15 @@ def _write_data(fh, big: list[onnx.TensorProto], data_name: str, moved: list, re
             fh.write(chunk)
             length += len(chunk)
             chunk = None  # noqa: PLW2901 - drop a tensor-sized copy before the next one
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            relinked.append((t, [(e.key, e.value) for e in t.external_data]))
-        else:
-            moved.append((t, offset, length))
-        set_external_data(t, (("location", data_name), ("offset", str(offset)), ("length", str(length))))
-        t.data_location = onnx.TensorProto.EXTERNAL
-        t.ClearField("raw_data")
+        ref = onnx.TensorProto()
+        _copy_fields(t, ref, {"raw_data", "external_data", "data_location", *_TYPED_FIELDS})
+        set_external_data(ref, (("location", data_name), ("offset", str(offset)), ("length", str(length))))
+        ref.data_location = onnx.TensorProto.EXTERNAL
+        stand_ins[id(t)] = ref
         offset += length
     fh.flush()
     os.fsync(fh.fileno())
-
-
-def _restore(reader, moved: list, relinked: list) -> None:
-    """The caller's model gets its bytes back, from the open file (not by name)."""
-    with reader:
-        for t, off, length in moved:
-            reader.seek(off)
-            t.raw_data = reader.read(length)
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-    for t, refs in relinked:
-        set_external_data(t, refs)
+    return stand_ins
 
 
 def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
@@ -617,9 +660,9 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     rename leaves the old model with its old data (plus, at worst, an unreferenced data or
     hidden temporary file); after it, the new model with its data.  On an exception the
     new data file is removed unless a model references it.  In-memory tensors go to the
-    file one at a time (``raw_data`` cleared as written, so memory does not double) and are
-    read back into the caller's model from the still-open temporary file at the end; lazy
-    tensors are copied file to file in chunks and keep their references.
+    file one at a time and the proto written is a copy whose large tensors point at the file
+    (``with_tensors``: no weight copied, the caller's model untouched); lazy tensors are
+    copied file to file in chunks.
     """
     big = _external_tensors(model)
     if not big:  # nothing reaches the threshold: an empty data file would only confuse
@@ -627,17 +670,13 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
         return path
     data_name = _data_name(path, big)
     data_path = path.parent / data_name
-    moved: list[tuple[onnx.TensorProto, int, int]] = []  # in-memory tensors, to read back
-    relinked: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []  # lazy ones, old refs
-
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{data_name}.", suffix=".tmp")
     tmp_data = Path(tmp_name)
-    reader = open(tmp_data, "rb")  # keeps the bytes reachable for the restore, whatever happens to the names
     renamed = committed = False
     try:
         with os.fdopen(fd, "wb") as fh:
-            _write_data(fh, big, data_name, moved, relinked)
-        proto = model.SerializeToString(deterministic=True)
+            stand_ins = _write_data(fh, big, data_name)
+        proto = with_tensors(model, lambda t: stand_ins.get(id(t), t)).SerializeToString(deterministic=True)
         tmp_model = _write_temp(path.parent, path.name, [proto])
         del proto
         try:
@@ -660,8 +699,6 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
                 if data_path.resolve() not in keep:
                     data_path.unlink(missing_ok=True)
         raise
-    finally:
-        _restore(reader, moved, relinked)
     log.debug("saved %s with external data %s", path, data_name)
     return path
 
@@ -807,3 +844,12 @@ def _tag_len(field: int, length: int) -> bytes:
                 return bytes(out)
 
     return varint(field << 3 | 2) + varint(length)
+
+
+def weights_on_disk(model: onnx.ModelProto, prefix: str = "onnxopt-weights-"):
+    """``model`` with its weights in an external-data file in a new temporary folder, loaded
+    back lazily; returns (the lazy model, the ``tempfile.TemporaryDirectory``: the file lives
+    as long as it does)."""
+    folder = tempfile.TemporaryDirectory(prefix=prefix)
+    path = save_model(model, Path(folder.name) / "model.onnx", external_data=True)
+    return load_model(path, lazy=True), folder

@@ -102,14 +102,15 @@ class CheckRecord:
         return {k: v for k, v in asdict(replace(self, session=None)).items() if k != "session"}
 
 
-def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True, data: bytes | None = None) -> bool:
+def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True) -> bool:
     """Full check with strict shape inference (``strict=False``: without that last pass);
-    falls back to non-strict with a note.  ``data``: ``model`` already serialized."""
+    falls back to non-strict with a note.  Both run on the model's skeleton (``_skeleton``):
+    its large tensors point at sparse files of their sizes, so neither the checker nor shape
+    inference copies the weights (on a 68 MB encoder, strict inference of the whole proto held
+    four copies of them at once: the peak of ``optimize``)."""
     from .io import exceeds_protobuf, is_lazy
 
-    if is_lazy(model):
-        return _check_lazy(model, notes)
-    if exceeds_protobuf(model, margin=2**24):
+    if exceeds_protobuf(model, margin=2**24) and not is_lazy(model):
         with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
             from .io import save_model
 
@@ -118,7 +119,15 @@ def _checker(model: onnx.ModelProto, notes: list[str], strict: bool = True, data
             onnx.checker.check_model(str(p), full_check=False)
             notes.append("model over 2 GB: checked by path, shape inference skipped")
             return False
-    return _full_check(model if data is None else data, notes) and strict and _strict_inference(model, notes)
+    with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
+        skeleton, lazy = _skeleton(model, Path(tmp))
+        p = Path(tmp) / "skeleton.onnx"
+        p.write_bytes(skeleton.SerializeToString())
+        if not _full_check(str(p), notes):
+            return False
+    if lazy:
+        notes.append("large model: checked with its weights left in their files")
+    return strict and _strict_inference(skeleton, notes)
 
 
 def _full_check(target, notes: list[str]) -> bool:
@@ -144,32 +153,39 @@ def _strict_inference(model: onnx.ModelProto, notes: list[str]) -> bool:
         return False
 
 
-def _check_lazy(model: onnx.ModelProto, notes: list[str]) -> bool:
-    """The checks of ``_checker`` for a lazily loaded model, without reading its weights:
-    a copy of the (small) proto whose lazy tensors point at sparse files of the same sizes
-    in a temporary folder (the checker looks at files and sizes, not at values)."""
-    import copy
+SKELETON_MIN_BYTES = 1 << 16  # smaller tensors stay inline: shape inference reads shapes and axes from them
 
-    from .io import BASEPATH, all_tensors, external_info, set_external_data
 
-    skeleton = copy.deepcopy(model)
-    with tempfile.TemporaryDirectory(prefix="onnxopt-check-") as tmp:
-        for i, t in enumerate(all_tensors(skeleton)):
-            if t.data_location != onnx.TensorProto.EXTERNAL:
-                continue
+def _skeleton(model: onnx.ModelProto, folder: Path) -> tuple[onnx.ModelProto, bool]:
+    """A copy of ``model`` for the checker, built without copying its weights: each tensor of
+    at least ``SKELETON_MIN_BYTES`` (in memory, or lazy in its file) is replaced by an
+    external-data reference to a sparse file of the same length in ``folder`` (the checker
+    looks at files and sizes, not at values).  Returns the skeleton and whether ``model`` had
+    lazy tensors."""
+    from .io import BASEPATH, external_info, inline_nbytes, set_external_data, with_tensors
+
+    count, lazy = [0], [False]
+
+    def stub(t: onnx.TensorProto) -> onnx.TensorProto:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
             info = external_info(t)
             if BASEPATH not in info:
-                continue
-            name = f"t{i}.bin"
-            with open(Path(tmp) / name, "wb") as fh:
-                fh.truncate(int(info.get("length", 0) or 0))
-            set_external_data(t, (("location", name), ("offset", "0"), ("length", info.get("length", "0"))))
-        p = Path(tmp) / "skeleton.onnx"
-        p.write_bytes(skeleton.SerializeToString())
-        if not _full_check(str(p), notes):
-            return False
-    notes.append("large model: checked with its weights left in their files")
-    return _strict_inference(skeleton, notes)
+                return t
+            lazy[0], length = True, int(info.get("length", 0) or 0)
+        elif t.data_type == onnx.TensorProto.STRING or inline_nbytes(t) < SKELETON_MIN_BYTES:
+            return t
+        else:
+            length = inline_nbytes(t)
+        out = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims, doc_string=t.doc_string)
+        name = f"t{count[0]}.bin"
+        count[0] += 1
+        with open(folder / name, "wb") as fh:
+            fh.truncate(length)
+        out.data_location = onnx.TensorProto.EXTERNAL
+        set_external_data(out, (("location", name), ("offset", "0"), ("length", str(length))))
+        return out
+
+    return with_tensors(model, stub), lazy[0]
 
 
 def check_model(
@@ -180,19 +196,14 @@ def check_model(
     is returned in ``record.session`` (a caller that runs the model next needs no second one).
     ``strict=False`` leaves out the strict shape-inference pass (a search's trial models,
     whose final model gets the whole check)."""
-    from .io import exceeds_protobuf, is_lazy
-
     rec = CheckRecord(provider=provider)
     prefix = f"{label}: " if label else ""
-    # serialized once for the checker and ONNX Runtime (a 50 MB model was serialized twice per check)
-    data = None if is_lazy(model) or exceeds_protobuf(model, margin=2**24) else model.SerializeToString()
     try:
-        rec.strict_shape_inference = _checker(model, rec.notes, strict, data)
+        rec.strict_shape_inference = _checker(model, rec.notes, strict)
         rec.checker = True
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
-    sess = create_session(model if data is None else data, provider, error=error)
-    del data
+    sess = create_session(model, provider, error=error)
     rec.ort_loaded, rec.session = True, sess if keep_session else None
     del sess
     # session options the model carries (ort_config) must be accepted by ONNX Runtime as written

@@ -70,6 +70,49 @@ def test_check_model_accepts_and_rejects():
         check_model(bad, error=ModelError)
 
 
+
+def _big_weight_model(k: int = 256, n: int = 128, reshape_to: int = 128) -> onnx.ModelProto:
+    """x[1,256] -> MatMul(W[256,128] as a Constant node inside an If branch) -> Reshape by an
+    initializer shape: the weight is over the skeleton's threshold, the shape is not."""
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
+    out_vi = helper.make_tensor_value_info("branch_out", onnx.TensorProto.FLOAT, [1, n])
+    then_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W")), helper.make_node("MatMul", ["x", "W"], ["branch_out"])],
+        "then",
+        [],
+        [out_vi],
+    )
+    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "W2"], ["branch_out"])], "else", [], [out_vi])
+    g = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["h"], then_branch=then_g, else_branch=else_g), helper.make_node("Reshape", ["h", "shape"], ["y"])],
+        "big",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 256]), helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["a", "b"])],
+        [numpy_helper.from_array(w[:, :n] * 2, "W2"), numpy_helper.from_array(np.array([reshape_to, -1], np.int64), "shape")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_check_model_checks_a_skeleton_without_copying_weights(tmp_path):
+    """The checker and strict shape inference run on a skeleton whose large tensors (here one
+    in an initializer and one in a Constant node inside an If branch) point at sparse files:
+    the skeleton is small, keeps every dim, and still lets inference read a small shape tensor."""
+    from onnxopt.verify import _checker, _skeleton
+
+    model = _big_weight_model()
+    skeleton, lazy = _skeleton(model, tmp_path)
+    assert not lazy and len(skeleton.SerializeToString()) < 4096 < len(model.SerializeToString())
+    assert sorted(p.stat().st_size for p in tmp_path.glob("*.bin")) == [256 * 128 * 4] * 2
+    inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
+    assert [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == [128, 1]
+    rec = check_model(model)
+    assert rec.checker and rec.ort_loaded and rec.strict_shape_inference, rec.notes
+    # a large weight of the wrong shape is still caught by shape inference on the skeleton
+    bad = copy.deepcopy(model)
+    bad.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((200, 128), np.float32), "W2"))
+    notes: list[str] = []
+    assert not _checker(bad, notes) and "Incompatible dimensions for matrix multiplication" in notes[0]
+
 def _scaled(model, factor):
     m = copy.deepcopy(model)
     for t in m.graph.initializer:
