@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxoptError, VerificationError
+from ..io import stored_nbytes
 from ..metrics import score as metric_score
 from .candidates import BuildEnv, Candidate
 
@@ -141,7 +142,7 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
         row.reason = cand.refused or "not built"
         row.status = "rejected" if row.reason.startswith("over budget") else "refused"
         return row
-    row.size_bytes = int(cand.model.ByteSize())
+    row.size_bytes = stored_nbytes(cand.model)
     ev = env.evaluator
     try:
         if not cand.timeable and cand.kind == "fp16":

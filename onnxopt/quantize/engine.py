@@ -22,10 +22,10 @@ from functools import partial
 import onnx
 
 from ..errors import OnnxoptError
-from ..io import exceeds_protobuf, model_nbytes
+from ..io import exceeds_protobuf, is_lazy, model_nbytes, weights_on_disk
 from ..metrics import Budget, Evaluator
 from .config import WEIGHTED_OP_TYPES, QuantConfig
-from .ort_backend import quantize_with_ort, touched_nodes, weights_on_disk
+from .ort_backend import quantize_with_ort, touched_nodes
 from .preprocess import WEIGHT_INPUTS
 from .sensitivity import BudgetFit, SearchStopped, apply_remedies, fit_budget, score_model
 from .speed import SpeedRow
@@ -37,6 +37,8 @@ __all__ = ["CandidateBuilder", "CandidateResult", "SharedWork", "evaluate_candid
 # 65 MB encoder's budget searches (62 builds): no build was asked for again once another
 # had been made, and keeping older ones on disk cost 4.6 s of writing for nothing
 CACHED_MODELS = 1
+# a base model with this many bytes of weights is kept on disk while its candidates are built
+LAZY_BASE_BYTES = 16 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,12 @@ class CandidateBuilder:
         calibration=None,
         alt_ranges=None,
     ):
+        self._base_folder = None
+        if not is_lazy(base) and model_nbytes(base) >= LAZY_BASE_BYTES:
+            # the weights wait in a file: ORT's quantizer reads them from there (``ort_lazy``)
+            # and writes its result to a file too, so that the run holds no in-memory copy of
+            # the weights per build (the peak of ``optimize`` on a 68 MB encoder)
+            base, self._base_folder = weights_on_disk(base, "onnxopt-base-")
         self.base = base
         self.calibration = calibration  # Dataset: per-channel input means for bias correction
         self._means: dict | None = None

@@ -20,7 +20,6 @@ Either way the result is spilled to a temporary file and loaded back lazily (``_
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import traceback
 
@@ -28,11 +27,11 @@ import numpy as np
 import onnx
 
 from ..graph import attribute, consumers, producers, sort_nodes
-from ..io import is_lazy, load_model, materialize, save_model
+from ..io import is_lazy, materialize, save_model, weights_on_disk
 from . import ort_lazy
 from .config import QuantConfig
 
-__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging", "drop_unused_opsets", "weights_on_disk"]
+__all__ = ["QuantizerFailure", "per_channel_axis", "quantize_with_ort", "touched_nodes", "capture_ort_logging", "drop_unused_opsets"]
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +145,6 @@ def quantize_with_ort(
     QDQ model (a budget-search remedy); ``op_types`` overrides ``config.op_types_for(provider)``.
     ORT errors become ``QuantizerFailure``.
     """
-    from onnxruntime.quantization.quant_utils import save_and_reload_model_with_shape_infer
-
     notes = notes if notes is not None else []
     op_types = list(op_types) if op_types is not None else list(config.op_types_for(provider))
     excluded = sorted(set(exclude) | set(config.exclude))
@@ -171,7 +168,7 @@ def quantize_with_ort(
                     why = "read a weight outside ort_lazy" if ort_lazy.missed_read(exc) else f"failed with its functions replaced ({type(exc).__name__})"
                     log.info("%s: ORT's quantizer %s (%s); quantizing with the weights in memory", config.label, why, " ".join(str(exc).split())[:160])
             if out is None:
-                out = _run_quantizer(_reload_large(model) if large else save_and_reload_model_with_shape_infer(copy.deepcopy(model)), config, **args)
+                out = _run_quantizer(_reload_large(model) if large else _reload(model), config, **args)
     except Exception as exc:
         raise _failure("quantizer", config, exc) from exc
     drop_unused_opsets(out)
@@ -283,6 +280,22 @@ def _static_quantizer(m: onnx.ModelProto, config: QuantConfig, scope: dict, *, r
     return ONNXQuantizer(mode=QuantizationMode.QLinearOps, static=True, **common, **scope)
 
 
+def _reload(model: onnx.ModelProto) -> onnx.ModelProto:
+    """What ORT's ``save_and_reload_model_with_shape_infer`` returns (a copy of ``model`` with
+    shapes inferred and ORT's metadata), holding one copy of the weights beside ``model``
+    instead of three: ORT's deep-copies the model twice (once in our call, once in its own)
+    and loads the result while both copies live (the peak of ``optimize`` on a 68 MB encoder).
+    ``io.save_model`` writes the weights without copying them."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    with tempfile.TemporaryDirectory(prefix="onnxopt-quant-") as tmp:
+        path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
+        return load_model_with_shape_infer(path)
+
+
 def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:
     """What ORT's ``save_and_reload_model_with_shape_infer`` does, for a model whose weights
     are in their files (``io.is_lazy``): shape inference on the small proto, then the weights
@@ -301,18 +314,6 @@ def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
     lazy, folder = weights_on_disk(model)
     atexit.register(folder.cleanup)
     return lazy
-
-
-def weights_on_disk(model: onnx.ModelProto, prefix: str = "onnxopt-quant-"):
-    """``model`` with its weights in an external-data file in a new temporary folder, loaded
-    back lazily; returns (the lazy model, the ``tempfile.TemporaryDirectory``: the file lives
-    as long as it does)."""
-    import tempfile
-    from pathlib import Path
-
-    folder = tempfile.TemporaryDirectory(prefix=prefix)
-    path = save_model(model, Path(folder.name) / "quantized.onnx", external_data=True)
-    return load_model(path, lazy=True), folder
 
 
 def drop_unused_opsets(model: onnx.ModelProto) -> None:

@@ -132,3 +132,26 @@ def test_the_budget_search_ranks_and_bisects_on_emulated_models_and_confirms_on_
     confirmed = [h for h in fit.history if "score" in h]
     assert set(built) <= {frozenset(), *(frozenset(e["node"] for e in fit.excluded),)} and len(confirmed) >= 1
     assert abs(ev.score(fit.model) - fit.score) < 1e-9
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_a_base_kept_on_disk_builds_and_emulates_the_same_models(setup, monkeypatch, mode):
+    """A base of ``LAZY_BASE_BYTES`` of weights or more waits in a file while its candidates
+    are built (ORT's quantizer reads it lazily, its results go to files): every build and
+    every emulated model equals, to the bit, those of the same base held in memory."""
+    import onnxopt.quantize.engine as engine
+    from onnxopt.io import is_lazy, stored_nbytes
+
+    m, ds, x, static = setup
+    ranges = static.ranges if mode == "static" else None
+    in_memory = static if mode == "static" else CandidateBuilder(m, QuantConfig(mode=mode))
+    monkeypatch.setattr(engine, "LAZY_BASE_BYTES", 1)
+    on_disk = CandidateBuilder(m, QuantConfig(mode=mode), ranges=ranges)
+    assert is_lazy(on_disk.base) and not is_lazy(m) and on_disk.candidates == in_memory.candidates
+    names = list(on_disk.candidates)
+    for excluded in [[], names[:1], names[1::2]]:
+        built = on_disk(frozenset(excluded))
+        assert is_lazy(built) and stored_nbytes(built) > built.ByteSize()
+        want = _outputs(in_memory(frozenset(excluded)), x)
+        assert np.array_equal(_outputs(built, x), want), excluded
+        assert np.array_equal(_outputs(on_disk.emulator()(frozenset(excluded)), x), want), excluded
