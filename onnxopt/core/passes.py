@@ -198,6 +198,9 @@ class Pass:
     judged by the accuracy metric).  ``idempotent``: a second run changes nothing.
     ``own_reference``: the outputs change meaning; ``call`` returns ``self.result(...,
     expected=Expected(...))`` and the pipeline verifies against that (module docstring).
+    ``reads_only``: ``call`` never changes the model it is given (it builds a new one, e.g.
+    through a tool that reads a file): no working copy is made (one copy of the weights less
+    at the pass's peak); when it hands back its input unchanged, the caller gets a copy.
     """
 
     key: ClassVar[str] = ""
@@ -205,6 +208,7 @@ class Pass:
     exact: ClassVar[bool] = True
     idempotent: ClassVar[bool] = True
     own_reference: ClassVar[bool] = False
+    reads_only: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -238,10 +242,12 @@ class Pass:
         # before the call (an in-place pass changes ``model``); a pass with its own reference
         # builds a new model around the old one: nothing of it is "left unchanged" by a skip
         bodies = [] if source or self.own_reference else _bodies(model.graph)
-        work = model if inplace or source else copy.deepcopy(model)
+        work = model if inplace or source or self.reads_only else copy.deepcopy(model)
         before = {} if source else model_stats(model)
         t0 = time.perf_counter()
         res = self.call(work, ctx)
+        if res.model is model and not inplace and self.reads_only:
+            res.model = copy.deepcopy(model)  # the caller's model stays the caller's
         seconds = time.perf_counter() - t0
         rep = res.report
         if self.own_reference and res.expected is None:

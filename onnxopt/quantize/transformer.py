@@ -22,7 +22,7 @@ import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import OnnxoptError
-from ..io import exceeds_protobuf
+from ..io import exceeds_protobuf, save_model
 from ..runtime import release_memory
 from ..verify import EXACT_REL_L2, check_model, compare
 from .ort_backend import capture_ort_logging, drop_unused_opsets
@@ -50,11 +50,12 @@ def fuse_transformer(
     with tempfile.TemporaryDirectory(prefix="onnxopt-fuse-") as tmp, capture_ort_logging(notes):
         src = str(Path(tmp) / "in.onnx")
         big = exceeds_protobuf(model, margin=2**26)
-        onnx.save(model, src, save_as_external_data=big)
+        save_model(model, src, external_data=big)  # onnx.save would move ``model``'s weights out
         if opt_level >= 1:
             # ORT's basic optimizations, as optimize_model(opt_level=1) runs them, done here:
             # ORT's own helper imports torch (only to read its version) and fails without it
             src = _ort_basic_optimize(src, str(Path(tmp) / "basic.onnx"), big, use_gpu)
+            release_memory()  # the session's pages go back before ORT's optimizer loads its copy
         opt = optimize_model(src, model_type=model_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=use_gpu)
         stats = {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
         opt.topological_sort()
@@ -107,6 +108,7 @@ class TransformerFusionPass(Pass):
     key = "transformer-fusion"
     exact = True
     idempotent = True
+    reads_only = True  # ORT's optimizer reads a file of the model and hands back its own
 
     Config = _FusionConfig
 

@@ -193,3 +193,39 @@ def test_a_refusing_step_is_named():
         run_pipeline(tiny_cnn(), [RemoveUnusedPass(), RefusePass()])
     with pytest.raises(UnsupportedError, match=r"^nothing here to work on$"):  # one step: no prefix
         run_pipeline(tiny_cnn(), [RefusePass()])
+
+
+class RebuildPass(Pass):
+    """Builds its result from a serialized copy of the input (test pass): reads only."""
+
+    key = "rebuild"
+    reads_only = True
+
+    @dataclass
+    class Config:
+        change: bool = True
+
+    def call(self, model, ctx):
+        if not self.config.change:
+            return self.result(model, False)
+        out = type(model)()
+        out.ParseFromString(model.SerializeToString())
+        out.doc_string = "rebuilt"
+        return self.result(out, True)
+
+
+def test_a_pass_that_reads_only_gets_no_working_copy_and_never_hands_back_its_input(monkeypatch):
+    """``reads_only``: the pass is handed the caller's model itself (no deep copy: one copy of
+    the weights less at its peak); when it returns that model unchanged, the caller gets a
+    copy, so that the pipeline's provenance never lands in the caller's model."""
+    model = tiny_cnn()
+    copies = []
+    real = copy.deepcopy
+    monkeypatch.setattr("onnxopt.core.passes.copy.deepcopy", lambda x, *a: copies.append(x) or real(x, *a))
+    res = RebuildPass()(model)
+    assert res.model.doc_string == "rebuilt" and model.doc_string != "rebuilt" and not any(c is model for c in copies)
+    same = RebuildPass(change=False)(model)
+    assert same.model is not model and same.model == model and sum(c is model for c in copies) == 1
+    before = model.SerializeToString()
+    run_pipeline(model, [RebuildPass(change=False)], Context())
+    assert model.SerializeToString() == before
