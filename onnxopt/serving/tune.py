@@ -30,7 +30,9 @@ import onnx
 from ..errors import UsageError, VerificationError, blaming
 from ..session_options import SessionConfig, machine_cores
 
-__all__ = ["CHECK_SAMPLES", "TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "measure_given", "tune"]
+__all__ = [
+    "CHECK_SAMPLES", "check_feeds", "TuneSettings", "TuneRow", "TuneOutcome", "branch_width", "candidate_configs", "search_options", "measure_given", "tune",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,14 @@ log = logging.getLogger(__name__)
 # counts, spinning) or apply fusions whose inexactness shows on any input (levels); 64 cost
 # the recognizer (10 MB, 60 text lines) 7 s of its 20 s search, one pass per configuration
 CHECK_SAMPLES = 16
+
+
+def check_feeds(dataset) -> list[dict]:
+    """The first ``CHECK_SAMPLES`` samples of ``dataset`` as feeds of one sample each (the
+    model's fixed batch wins): the search holds a session per configuration at once, and a
+    session keeps the arena its largest run grew (16 sentences at once cost each of 5 encoder
+    sessions tens of MB; the timing feed is one sample anyway)."""
+    return list(dataset.batches(1, CHECK_SAMPLES))
 
 # nodes whose work dominates a CPU run; parallel execution pays only when these overlap
 HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum", "LSTM", "GRU", "RNN", "Attention", "FusedConv", "FusedMatMul", "QLinearConv",
@@ -262,7 +272,7 @@ def _feeds(model, data, shapes, batch, seed):
         feed, _ = make_feed(model, view, shapes, batch, seed=seed)
     except SkipConfig as exc:
         raise UsageError(str(exc)) from None
-    checks = list(ds.batches(None, CHECK_SAMPLES))
+    checks = check_feeds(ds)
     return feed, checks, ds.source
 
 

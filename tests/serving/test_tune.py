@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -145,3 +146,15 @@ def test_tune_given_options_validated(invoke, tmp_path, args, msg):
     r = invoke("tune", MODELS / "digits_mlp.onnx", "-o", out, *args)
     assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_outputs_are_checked_one_sample_at_a_time():
+    """The search holds a session per configuration at once, each keeping the arena of its
+    largest run: the check feeds are single samples, the first ``CHECK_SAMPLES`` of the data."""
+    from onnxopt.data import Dataset
+    from onnxopt.serving.tune import CHECK_SAMPLES, check_feeds
+
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    feeds = check_feeds(Dataset("<t>", arrays={"x": x}))
+    assert len(feeds) == CHECK_SAMPLES and all(f["x"].shape == (1, 3) for f in feeds)
+    assert np.array_equal(np.concatenate([f["x"] for f in feeds]), x[:CHECK_SAMPLES])
