@@ -203,13 +203,13 @@ def check_model(
         rec.checker = True
     except Exception as exc:
         raise error(f"{prefix}onnx.checker rejects the model: {' '.join(str(exc).split())[:400]}") from exc
-    sess = create_session(model, provider, error=error)
+    # loaded as an application loads it: with the session options the model carries
+    # (ort_config), which ONNX Runtime must accept and apply as written
+    from .serving.carry import carried_session
+
+    sess = carried_session(model, provider, error=error)[0]
     rec.ort_loaded, rec.session = True, sess if keep_session else None
     del sess
-    # session options the model carries (ort_config) must be accepted by ONNX Runtime as written
-    from .serving.carry import check_carried
-
-    check_carried(model, provider, error=error)
     if label:
         log.debug("%s: checker ok (strict=%s), ORT loaded", label, rec.strict_shape_inference)
     return rec

@@ -105,9 +105,14 @@ def _keep_fusion_if_faster(unfused: PipelineResult, tail, ctx, feed, provider, t
     fused = run_pipeline(unfused.model, tail, ctx, command="optimize", check_input=False)  # checked by the first run
     if not fused.steps[0].modified:
         return _joined(unfused, fused)
-    timer = Timer(unfused.model, feed, provider, threads=threads, duration=duration)
-    timer.add("fused", fused.model)
-    sp = timer.measure(["fused"])["fused"][0]
+    # timed from copies whose weights wait in files: no 65 MB serialization per session beside
+    # the three encoder protos this stage holds (the input, the unfused and the fused model)
+    (a, a_dir), (b, b_dir) = weights_on_disk(unfused.model, "onnxopt-time-"), weights_on_disk(fused.model, "onnxopt-time-")
+    with a_dir, b_dir:
+        timer = Timer(a, feed, provider, threads=threads, duration=duration)
+        timer.add("fused", b)
+        sp = timer.measure(["fused"])["fused"][0]
+        del timer, a, b
     figure = f"{sp.ratio:.2f}x [{sp.low:.2f}, {sp.high:.2f}] vs unfused"
     if sp.high < 1.0:
         notes.append(f"transformer-fusion dropped: the fused FP32 model ran {figure} (slower); candidates built without it")
@@ -142,6 +147,7 @@ def _tune_session(out, feed, dataset, provider, duration, seed):
     from ..serving.carry import carried_options, carry_options, check_carried
     from ..serving.tune import TuneSettings, check_feeds, search_options
 
+    log.info("searching session options for the chosen model")
     settings = TuneSettings(provider, duration=min(duration, 2.0), seed=seed)
     checks = check_feeds(dataset)
     # the search holds a session per configuration at once: loaded from a copy whose weights
@@ -225,14 +231,20 @@ def optimize(
                    objective=run.objective, min_gain=run.st.min_gain)
     data = calibration if calibration is not None else eval_data
     rows, chosen, out, input_ms, input_cold, t_build, t_time = _build_and_choose(run, env, pre, threads, runs, duration, data)
-    release_memory()  # the candidates' protos and sessions are gone: their pages go back before tuning
-    t0 = time.perf_counter()  # 5. the output model with provenance (nothing time-dependent in it)
-    out, others, tuned = _output(run, chosen, out, duration)
-    t_tune = time.perf_counter() - t0
-    _write_provenance(run, out, pre, chosen, evaluator)
-    decision = _decision(run, rows, chosen, evaluator, input_ms, input_cold, tuned, others)
-    seconds = {"preprocess": t_pre, "candidates": t_build, "timing": t_time, "session_options": t_tune, "total": time.perf_counter() - t_start}
-    result = PipelineResult(out, _report(run, pre, out, decision, seconds), True, list(pre.steps))
+    # from here on the input's graph and metadata are read, not its weights: they wait in a
+    # file while the session-option search holds its sessions (65 MB less at the encoder's peak)
+    env.reference = None
+    run.m, input_dir = weights_on_disk(run.m, "onnxopt-input-")
+    with input_dir:
+        release_memory()  # the candidates' protos and sessions are gone: their pages go back before tuning
+        t0 = time.perf_counter()  # 5. the output model with provenance (nothing time-dependent in it)
+        out, others, tuned = _output(run, chosen, out, duration)
+        t_tune = time.perf_counter() - t0
+        _write_provenance(run, out, pre, chosen, evaluator)
+        decision = _decision(run, rows, chosen, evaluator, input_ms, input_cold, tuned, others)
+        seconds = {"preprocess": t_pre, "candidates": t_build, "timing": t_time, "session_options": t_tune, "total": time.perf_counter() - t_start}
+        result = PipelineResult(out, _report(run, pre, out, decision, seconds), True, list(pre.steps))
+        run.m = None
     if report is not None:
         result.save_report(report)
     return result
@@ -257,19 +269,23 @@ def _build_and_choose(run: _Run, env: BuildEnv, pre, threads, runs, duration, da
         env.reference, env.reference_options, run.m = held.stored, held.options, None
         cands = build_candidates(pre.model, env, run.plan.candidates, recipe_tail=run.plan.recipe_tail, recipe_name=run.rec.name, check=check)
         env.shared = pre.model = None  # the INT8 candidates' shared work and the base are done with
-        env.reference = run.m = held.load()
         release_memory()
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        timer = Timer(run.m, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration)
+        # the input is timed from its file like the candidates (no proto serialized beside its
+        # session), and read back once the timing is done
+        log.info("timing the candidates against the input")
+        timer = Timer(held.stored, run.feed, run.provider, threads=threads, runs=runs or run.st.runs, duration=duration, input_config=held.options)
         by_name = {c.name: c for c in cands}
         time_candidates(rows, by_name, timer)
+        env.reference = run.m = held.load()
         input_cold = _cold_starts(rows, by_name, run.m, run.feed, run.provider, run.st) if run.objective == "cold-start" else None
         chosen = decide(rows, timer, min_ratio=run.st.min_ratio, min_gain=run.st.min_gain, objective=run.objective)
         from .select import explain_rejections  # rows over budget name the diagnose command
 
         explain_rejections(rows, run.path, data, run.rec)
         t_time = time.perf_counter() - t0
+        log.info("chosen: %s", chosen.name if chosen is not None else "the input")
         out = by_name[chosen.name].load() if chosen is not None else copy.deepcopy(run.m)
     return rows, chosen, out, timer.base_latency_ms, input_cold, t_build, t_time
 

@@ -149,8 +149,11 @@ def verify_candidate(cand: Candidate, env: BuildEnv, *, fp16_samples: int = 8) -
             row.drop, row.verification = _reference_check(cand, env, fp16_samples)
             row.score = ev.reference_score - row.drop
         else:
-            check_model(cand.model, provider=env.provider, label=cand.name)  # carried options too
-            outputs = ev.outputs(cand.model)
+            # carried options too; the session the check loaded scores the candidate (a second
+            # one cost another serialization and load of the model, beside the first's pages)
+            rec = check_model(cand.model, provider=env.provider, label=cand.name, keep_session=True)
+            outputs = ev.outputs(rec.session)
+            del rec
             _check_shapes(cand.name, ev.ref_outputs, outputs)
             row.score = ev.score_outputs(outputs)
             row.drop = ev.reference_score - row.score

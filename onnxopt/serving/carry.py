@@ -30,7 +30,7 @@ from ..core.provenance import read_provenance
 from ..errors import ModelError, VerificationError
 from ..session_options import SessionConfig
 
-__all__ = ["ORT_CONFIG_KEY", "LOAD_ENV", "carry_options", "carried_options", "check_carried", "ort_loads_config", "session"]
+__all__ = ["ORT_CONFIG_KEY", "LOAD_ENV", "carry_options", "carried_options", "carried_session", "check_carried", "ort_loads_config", "session"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,18 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
     """Verify that ONNX Runtime accepts the options ``model`` carries and applies them as
     written: a session built the way a plain application would (``ORT_LOAD_CONFIG_FROM_MODEL=1``)
     must load and report the same threads, mode and level.  Returns the carried config."""
+    try:
+        config = carried_options(model)
+    except ModelError as exc:
+        raise error(exc.message) from None
+    return None if config is None else carried_session(model, provider, error=error)[1]
+
+
+def carried_session(model, provider: str = "cpu", *, error=VerificationError):
+    """``(session, carried config or None)``: a session of ``model`` built the way a plain
+    application builds it: with the options the model carries (``ORT_LOAD_CONFIG_FROM_MODEL=1``),
+    checked to be applied as written (``check_carried``), or ORT's defaults when it carries
+    none.  ``verify.check_model`` loads its one session this way."""
     from ..runtime import create_session
 
     try:
@@ -112,7 +124,7 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
     except ModelError as exc:
         raise error(exc.message) from None
     if config is None:
-        return None
+        return create_session(model, provider, error=error), None
     with ort_loads_config():
         sess = create_session(model, provider, error=error)
     so = sess.get_session_options()
@@ -120,7 +132,7 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
     got = SessionConfig.from_ort_session_options({k: int(getattr(so, k)) for k in keys}, allow_spinning=config.allow_spinning)
     if got != config:
         raise error(f"onnxruntime applied the carried session options as ({got.describe()}), not as written ({config.describe()})")
-    return config
+    return sess, config
 
 
 def session(model, provider: str = "cpu", *, model_options: bool = True, config: SessionConfig | None = None):

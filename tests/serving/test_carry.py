@@ -100,3 +100,20 @@ def test_every_verified_output_refuses_options_ort_rejects(invoke, tmp_path):
     out = tmp_path / "out.onnx"
     r = invoke("simplify", src, "-o", out)
     assert r.exit_code in (2, 3) and "execution_mode" in r.output and not out.exists()
+
+
+def test_check_model_loads_one_session_with_the_carried_options(monkeypatch):
+    """``verify.check_model`` loads the model once, as an application would (with the options
+    it carries, checked to be applied as written): the session it keeps runs with them, and no
+    second session is loaded to check the options."""
+    import onnxopt.runtime as runtime
+    from onnxopt.verify import check_model
+
+    created = []
+    real = runtime.create_session
+    monkeypatch.setattr(runtime, "create_session", lambda *a, **k: created.append(1) or real(*a, **k))
+    rec = check_model(_carrying(), keep_session=True)
+    assert len(created) == 1 and _applied(rec.session) == (1, 2, 1, 1)
+    created.clear()
+    plain = check_model(tiny_cnn(), keep_session=True)
+    assert len(created) == 1 and plain.session is not None
