@@ -849,7 +849,10 @@ def _tag_len(field: int, length: int) -> bytes:
 def weights_on_disk(model: onnx.ModelProto, prefix: str = "onnxopt-weights-"):
     """``model`` with its weights in an external-data file in a new temporary folder, loaded
     back lazily; returns (the lazy model, the ``tempfile.TemporaryDirectory``: the file lives
-    as long as it does)."""
+    as long as it does).  A model already lazy (``is_lazy``) is returned as it is, with an
+    empty folder: its weights are in files already, copying them would only cost time."""
     folder = tempfile.TemporaryDirectory(prefix=prefix)
+    if is_lazy(model):
+        return model, folder
     path = save_model(model, Path(folder.name) / "model.onnx", external_data=True)
     return load_model(path, lazy=True), folder

@@ -273,3 +273,30 @@ def test_a_lazy_source_that_vanished_is_a_read_error_of_the_source(tmp_path):
         save_model(lazy, out, external_data=True)
     assert str(exc.value.path).endswith("weights.data")
     assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))
+
+
+def test_weights_on_disk_and_a_save_leave_the_model_as_it_was(tmp_path):
+    """``weights_on_disk``: a lazy copy whose weights wait in a temporary file (the caller's
+    model untouched, as by every save); an already lazy model comes back as it is."""
+    from onnxopt.io import is_lazy, save_model, stored_nbytes, weights_on_disk, with_tensors
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w],
+    )  # fmt: skip
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    before = m.SerializeToString()
+    lazy, folder = weights_on_disk(m)
+    with folder:
+        assert is_lazy(lazy) and not is_lazy(m) and m.SerializeToString() == before
+        assert lazy.ByteSize() < 1024 < 64 * 64 * 4 <= stored_nbytes(lazy)
+        again, other = weights_on_disk(lazy)
+        assert again is lazy and not os.listdir(other.name)
+        other.cleanup()
+    save_model(m, tmp_path / "m.onnx", external_data=True)
+    assert m.SerializeToString() == before
+    # with_tensors: a new model with stand-ins, the source untouched
+    copy_ = with_tensors(m, lambda t: onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims) if t.name == m.graph.initializer[0].name else t)
+    assert copy_.graph.initializer[0].raw_data == b"" and m.SerializeToString() == before
+    assert [n.op_type for n in copy_.graph.node] == [n.op_type for n in m.graph.node]
