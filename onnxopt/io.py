@@ -676,7 +676,12 @@ def _save_external_raw(model: onnx.ModelProto, path: Path, guard=()) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             stand_ins = _write_data(fh, big, data_name)
-        proto = with_tensors(model, lambda t: stand_ins.get(id(t), t)).SerializeToString(deterministic=True)
+        used: list[int] = []
+        skeleton = with_tensors(model, lambda t: stand_ins[id(t)] if id(t) in stand_ins and not used.append(id(t)) else t)
+        if len(set(used)) != len(stand_ins):  # a protobuf runtime whose wrappers are not stable objects
+            raise RuntimeError(f"saving {path.name}: {len(stand_ins) - len(set(used))} tensor(s) not found again by identity")
+        proto = skeleton.SerializeToString(deterministic=True)
+        del skeleton
         tmp_model = _write_temp(path.parent, path.name, [proto])
         del proto
         try:
