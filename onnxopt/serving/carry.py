@@ -105,11 +105,15 @@ def check_carried(model: onnx.ModelProto, provider: str = "cpu", *, error=Verifi
     """Verify that ONNX Runtime accepts the options ``model`` carries and applies them as
     written: a session built the way a plain application would (``ORT_LOAD_CONFIG_FROM_MODEL=1``)
     must load and report the same threads, mode and level.  Returns the carried config."""
+    return None if _carried(model, error) is None else carried_session(model, provider, error=error)[1]
+
+
+def _carried(model, error) -> SessionConfig | None:
+    """``carried_options(model)``, an unreadable ``ort_config`` raised as ``error``."""
     try:
-        config = carried_options(model)
+        return carried_options(model)
     except ModelError as exc:
         raise error(exc.message) from None
-    return None if config is None else carried_session(model, provider, error=error)[1]
 
 
 def carried_session(model, provider: str = "cpu", *, error=VerificationError):
@@ -119,10 +123,7 @@ def carried_session(model, provider: str = "cpu", *, error=VerificationError):
     none.  ``verify.check_model`` loads its one session this way."""
     from ..runtime import create_session
 
-    try:
-        config = carried_options(model)
-    except ModelError as exc:
-        raise error(exc.message) from None
+    config = _carried(model, error)
     if config is None:
         return create_session(model, provider, error=error), None
     with ort_loads_config():
