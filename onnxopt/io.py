@@ -851,13 +851,15 @@ def _tag_len(field: int, length: int) -> bytes:
     return varint(field << 3 | 2) + varint(length)
 
 
-def weights_on_disk(model: onnx.ModelProto, prefix: str = "onnxopt-weights-"):
+def weights_on_disk(model: onnx.ModelProto, prefix: str = "onnxopt-weights-", *, own: bool = False):
     """``model`` with its weights in an external-data file in a new temporary folder, loaded
     back lazily; returns (the lazy model, the ``tempfile.TemporaryDirectory``: the file lives
     as long as it does).  A model already lazy (``is_lazy``) is returned as it is, with an
-    empty folder: its weights are in files already, copying them would only cost time."""
+    empty folder: its weights are in files already, copying them would only cost time; with
+    ``own``, its weights are copied to the new folder all the same (a model that must outlive
+    the files it reads from, e.g. a quantizer's result on a base in a temporary folder)."""
     folder = tempfile.TemporaryDirectory(prefix=prefix)
-    if is_lazy(model):
+    if is_lazy(model) and not own:
         return model, folder
     path = save_model(model, Path(folder.name) / "model.onnx", external_data=True)
     return load_model(path, lazy=True), folder

@@ -308,10 +308,13 @@ def _reload_large(model: onnx.ModelProto) -> onnx.ModelProto:
 def _spill(model: onnx.ModelProto) -> onnx.ModelProto:
     """A quantized model of the large-model path, moved to external data in a temporary
     folder (removed at exit) and loaded back lazily: checks and sessions then read the weights
-    from the file, and the output is saved file to file with external data."""
+    from the file, and the output is saved file to file with external data.  Its float
+    tensors ORT left as they were still point at the input's file: they are copied too, so
+    that the result outlives the input's folder (a ``CandidateBuilder``'s base on disk is
+    removed with the builder, its builds may live on)."""
     import atexit
 
-    lazy, folder = weights_on_disk(model)
+    lazy, folder = weights_on_disk(model, own=True)
     atexit.register(folder.cleanup)
     return lazy
 

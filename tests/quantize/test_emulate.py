@@ -7,6 +7,7 @@ range, a bias quantized with its input's scale, and one weight read by two MatMu
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -155,3 +156,22 @@ def test_a_base_kept_on_disk_builds_and_emulates_the_same_models(setup, monkeypa
         want = _outputs(in_memory(frozenset(excluded)), x)
         assert np.array_equal(_outputs(built, x), want), excluded
         assert np.array_equal(_outputs(on_disk.emulator()(frozenset(excluded)), x), want), excluded
+
+
+def test_a_build_outlives_its_builders_base_on_disk(setup, monkeypatch):
+    """The builds of a base kept on disk own their weights: the base's folder goes with the
+    builder, a build chosen by the budget search lives on (optimize read a removed file)."""
+    import gc
+
+    import onnxopt.quantize.engine as engine
+
+    m, ds, x, static = setup
+    want = _outputs(static(frozenset({"mm1"})), x)  # mm1's 4 KB weight stays float: in a file
+    monkeypatch.setattr(engine, "LAZY_BASE_BYTES", 1)
+    on_disk = CandidateBuilder(m, QuantConfig(mode="static"), ranges=static.ranges)
+    folder = Path(on_disk._base_folder.name)
+    built = on_disk(frozenset({"mm1"}))
+    del on_disk
+    gc.collect()
+    assert not folder.exists()
+    assert np.array_equal(_outputs(built, x), want)
