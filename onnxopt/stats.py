@@ -18,7 +18,7 @@ from onnx import helper
 from .graph import iter_graphs
 from .io import exceeds_protobuf
 
-__all__ = ["ModelStats", "model_stats", "count_params", "flops_by_node", "activation_bytes"]
+__all__ = ["ModelStats", "model_stats", "count_params", "flops_by_node", "activation_bytes", "shape_skeleton"]
 
 
 def _numel(dims) -> int:
@@ -56,7 +56,7 @@ def count_params(model: onnx.ModelProto) -> tuple[int, dict[str, dict[str, int]]
 _KEEP_VALUES = 1024
 
 
-def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The main graph with its large initializers turned into typed graph inputs: shape
     inference needs their dims only, and the skeleton serializes in microseconds where the
     full model (weights inline) would take seconds."""
@@ -77,7 +77,7 @@ def _shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _shape_map(model: onnx.ModelProto) -> dict[str, list]:
     try:
-        sk = _shape_skeleton(model)
+        sk = shape_skeleton(model)
         inferred = onnx.shape_inference.infer_shapes(sk, data_prop=True) if not exceeds_protobuf(sk, margin=2**24) else model
     except Exception:
         inferred = model
@@ -96,7 +96,7 @@ def activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names:
     """Bytes per sample of each tensor in ``names``, from shape inference with ``feed``'s input
     shapes on a weightless skeleton of ``model``; a size shape inference leaves unknown counts
     as the largest known one (4096 bytes when none is known)."""
-    sk = _shape_skeleton(model)
+    sk = shape_skeleton(model)
     for i in sk.graph.input:
         if i.name in feed and i.type.HasField("tensor_type"):
             shape = i.type.tensor_type.shape

@@ -42,6 +42,7 @@ __all__ = [
     "compare_arrays",
     "compare_outputs",
     "check_comparison",
+    "REASSOCIATED_REL_L2",
     "paired_datasets",
     "verify",
 ]
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 EXACT_REL_L2 = 1e-4
 # ... or, for outputs so close to zero that relative L2 measures float rounding, this max abs error
 EXACT_MAX_ABS = 1e-6
+# a transform that computes the same function with other kernels in another order (decomposed
+# layer norms fused into one ``LayerNormalization``: ORT's kernel sums in one float pass where
+# the exporter's ReduceSum/ReduceMean sum pairwise) may move outputs by at most this: measured
+# 1.5e-4 on magika's two fused layer norms, each closer to a float64 layer norm or as close
+REASSOCIATED_REL_L2 = 1e-3
 
 
 def is_exact(rel_l2: float, max_abs: float, *, limit: float = EXACT_REL_L2) -> bool:
@@ -234,7 +240,11 @@ class OutputComparison:
     @property
     def exact(self) -> bool:
         """Within the exact-transform rule (``is_exact``), with the same shape and NaN/Inf pattern."""
-        return not self.note.startswith("shape") and self.note != "NaN/Inf pattern differs" and is_exact(self.rel_l2, self.max_abs)
+        return self.within(EXACT_REL_L2)
+
+    def within(self, limit: float) -> bool:
+        """``exact`` with relative L2 ``limit`` (``REASSOCIATED_REL_L2`` for a reassociating transform)."""
+        return not self.note.startswith("shape") and self.note != "NaN/Inf pattern differs" and is_exact(self.rel_l2, self.max_abs, limit=limit)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -258,9 +268,9 @@ class Comparison:
     def worst_rel_l2(self) -> float:
         return max((o.rel_l2 for o in self.outputs), default=0.0)
 
-    def inexact(self) -> list[OutputComparison]:
-        """The outputs that break the exact-transform rule, worst first."""
-        return sorted((o for o in self.outputs if not o.exact), key=lambda o: -o.rel_l2)
+    def inexact(self, limit: float = EXACT_REL_L2) -> list[OutputComparison]:
+        """The outputs that break the exact-transform rule (relative L2 ``limit``), worst first."""
+        return sorted((o for o in self.outputs if not o.within(limit)), key=lambda o: -o.rel_l2)
 
     def to_dict(self) -> dict:
         return {
@@ -336,25 +346,35 @@ def compare_outputs(names, ref, new, *, atol: float = 1e-4, rtol: float = 1e-3, 
     return Comparison(comps, atol, rtol, samples, source)
 
 
-def check_comparison(comp: Comparison, label: str, *, exact: bool) -> None:
+def check_comparison(comp: Comparison, label: str, *, exact: bool, limit: float = EXACT_REL_L2) -> None:
     """Raise ``VerificationError`` (prefixed with ``label``) when an output of ``comp``
-    changed shape or, for an ``exact`` transform, broke the exact-transform rule."""
+    changed shape or, for an ``exact`` transform, broke the exact-transform rule (relative L2
+    ``limit``)."""
     for o in comp.outputs:
         if o.note.startswith("shape"):
             raise VerificationError(f"{label}: output '{o.name}' changed {o.note}")
-    bad = comp.inexact() if exact else []
+    bad = comp.inexact(limit) if exact else []
     if bad:
-        raise VerificationError(f"{label}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {EXACT_REL_L2:g} for an exact transform)")
+        raise VerificationError(f"{label}: output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {limit:g} for an exact transform)")
 
 
 def verify_other_shapes(
-    reference: onnx.ModelProto, model: onnx.ModelProto, dataset, *, exact: bool, label: str, provider: str = "cpu", seed: int = 0, cache: dict | None = None
+    reference: onnx.ModelProto,
+    model: onnx.ModelProto,
+    dataset,
+    *,
+    exact: bool,
+    label: str,
+    provider: str = "cpu",
+    seed: int = 0,
+    cache: dict | None = None,
+    limit: float = EXACT_REL_L2,
 ) -> list[dict]:
     """Run ``model`` against ``reference`` at each further shape input discovery found for
     synthesized ``dataset`` (``Dataset.alternatives``; none for DATA or ``--shape``), so
     that every symbolic axis is checked at two values at least.  Raises VerificationError
     naming the shape when ``model`` fails to run there, changes an output's shape, or, for
-    an ``exact`` transform, breaks the exact rule.  ``cache`` keeps the reference outputs
+    an ``exact`` transform, breaks the exact rule (relative L2 ``limit``).  ``cache`` keeps the reference outputs
     between calls.  Returns one record per shape."""
     from .data import synthesize
 
@@ -371,7 +391,7 @@ def verify_other_shapes(
         except OnnxoptError as exc:
             raise VerificationError(f"{label}: at {ds.describe()}: {exc.message}") from exc
         comp = compare_outputs(names, ref, outputs, source=ds.describe())
-        check_comparison(comp, f"{label}: at {ds.describe()}", exact=exact)
+        check_comparison(comp, f"{label}: at {ds.describe()}", exact=exact, limit=limit)
         records.append({"data": ds.describe(), "worst_rel_l2": comp.worst_rel_l2})
     return records
 

@@ -68,7 +68,7 @@ def render_steps(report: dict) -> str:
 def command(recipe, model, output, shapes, fix_shapes, external_data, report_path, as_json, **options):
     """Apply RECIPE (a bundled recipe name, see 'onnxopt passes', or a TOML file) to MODEL.
     Every step is verified against MODEL before the next one runs (checker, ONNX Runtime,
-    outputs within 1e-4 relative L2 for exact passes, --metric within --max-accuracy-drop
+    outputs within 1e-4 relative L2 for exact passes (1e-3 for fuse-layernorm), --metric within --max-accuracy-drop
     for lossy ones); the first failing step stops the run and nothing is written.
 
     Example: onnxopt run simplify model.onnx -o model.sim.onnx

@@ -29,6 +29,7 @@ import onnx
 from ..errors import RecipeError
 from ..graph import walk_bodies
 from ..stats import model_stats
+from ..verify import EXACT_REL_L2
 
 __all__ = ["Context", "Expected", "PassReport", "PassResult", "Pass", "validate_config"]
 
@@ -198,6 +199,9 @@ class Pass:
     judged by the accuracy metric).  ``idempotent``: a second run changes nothing.
     ``own_reference``: the outputs change meaning; ``call`` returns ``self.result(...,
     expected=Expected(...))`` and the pipeline verifies against that (module docstring).
+    ``limit``: the relative L2 an exact pass's outputs may move by (``EXACT_REL_L2``; a pass
+    that computes the same function with other kernels, in another float order, states its
+    own, e.g. ``REASSOCIATED_REL_L2``).
     ``reads_only``: ``call`` never changes the model it is given (it builds a new one, e.g.
     through a tool that reads a file): no working copy is made (one copy of the weights less
     at the pass's peak); when it hands back its input unchanged, the caller gets a copy.
@@ -209,6 +213,7 @@ class Pass:
     idempotent: ClassVar[bool] = True
     own_reference: ClassVar[bool] = False
     reads_only: ClassVar[bool] = False
+    limit: ClassVar[float] = EXACT_REL_L2
 
     @dataclass
     class Config:

@@ -4,7 +4,8 @@ After every step: ``onnx.checker`` (full, strict shape inference where possible)
 session that loads, and a numerical comparison against the pipeline's *input* model on the
 context's data (evaluation data, else calibration data, else synthesized inputs):
 
-- exact passes must keep every output within 1e-4 relative L2 (and shapes unchanged);
+- exact passes must keep every output within 1e-4 relative L2 (and shapes unchanged), or
+  within their own ``Pass.limit`` (a pass that reassociates float arithmetic);
 - lossy passes (quantize, prune, ...) keep output shapes; their metric score against the
   input is recorded and, when the context has a budget, must stay within it.
 
@@ -29,6 +30,7 @@ from ..errors import BudgetError, ModelError, OnnxoptError, VerificationError
 from ..metrics import Evaluator
 from ..runtime import run_dataset
 from ..verify import (
+    EXACT_REL_L2,
     check_comparison,
     check_model,
     compare_outputs,
@@ -61,7 +63,7 @@ class StepVerifier:
         self.evaluator = Evaluator(reference, self.dataset, getattr(ctx.budget, "metric", None), provider=ctx.provider, limit=limit)
         self.shape_cache: dict = {}  # reference outputs at the other shapes
 
-    def __call__(self, model: onnx.ModelProto, label: str, *, exact: bool) -> dict:
+    def __call__(self, model: onnx.ModelProto, label: str, *, exact: bool, limit: float = EXACT_REL_L2) -> dict:
         check = check_model(model, provider=self.ctx.provider, label=label)
         problem = interface_change(self.reference, model) or frozen_dims(self.reference, model, fixed=set(self.ctx.fixed_shapes or ()))
         if problem:
@@ -71,7 +73,7 @@ class StepVerifier:
             raise VerificationError(f"{label}: the model now has {len(outputs)} outputs, the input had {len(self.names)}")
         samples = len(outputs[0]) if outputs and outputs[0].ndim else 1
         comp = compare_outputs(self.names, self.evaluator.ref_outputs, outputs, samples=samples, source=self.dataset.describe())
-        check_comparison(comp, label, exact=exact)
+        check_comparison(comp, label, exact=exact, limit=limit)
         record = {"check": check.to_dict(), "comparison": comp.to_dict()}
         score = self.evaluator.score_outputs(outputs)
         ref = self.evaluator.reference_score
@@ -81,7 +83,7 @@ class StepVerifier:
             if drop > self.ctx.budget.max_drop + 1e-9:
                 raise BudgetError(f"{label}: {self.evaluator.metric} dropped {drop:.2f} points (budget {self.ctx.budget.max_drop:g})")
         others = verify_other_shapes(
-            self.reference, model, self.dataset, exact=exact, label=label, provider=self.ctx.provider, seed=self.ctx.seed, cache=self.shape_cache
+            self.reference, model, self.dataset, exact=exact, label=label, provider=self.ctx.provider, seed=self.ctx.seed, cache=self.shape_cache, limit=limit
         )
         if others:
             record["other_shapes"] = others
@@ -197,7 +199,7 @@ def run_pipeline(
                 ctx.reference = res.model
         else:
             verifier = verifier or StepVerifier(base, ctx)
-            res.report.verification = verifier(res.model, label, exact=p.exact)
+            res.report.verification = verifier(res.model, label, exact=p.exact, limit=p.limit)
         reports.append(res.report)
         current = res.model
     if callable(extra):

@@ -21,6 +21,7 @@ PASSES: dict[str, str] = {
     "remove-unused": "onnxopt.simplify.passes:RemoveUnusedPass",
     "dedupe-initializers": "onnxopt.simplify.passes:DedupeInitializersPass",
     "infer-shapes": "onnxopt.simplify.passes:InferShapesPass",
+    "fuse-layernorm": "onnxopt.simplify.passes:FuseLayerNormPass",
     "fix-shapes": "onnxopt.simplify.fix_shapes:FixShapesPass",
     "prune-magnitude": "onnxopt.prune.passes:PruneMagnitudePass",
     "prune-channels": "onnxopt.prune.passes:PruneChannelsPass",

@@ -220,9 +220,11 @@ def static_shapes(model: onnx.ModelProto, inputs: dict | None = None) -> dict[st
     ``inputs`` (``{graph input: dims}``, e.g. ``--shape`` or the data's shapes) sets the
     symbolic dims of those inputs first: exported models with dynamic sizes otherwise leave
     the shapes that the channel and block analyses compare unknown."""
-    src = model
+    from ..stats import shape_skeleton
+
+    src = shape_skeleton(model)  # the weights' dims, not their bytes: no copy of them
     if inputs and _symbolic_inputs(model, inputs):
-        src = _with_input_dims(model, inputs)
+        src = _with_input_dims(src, inputs)
     try:
         inferred = (
             onnx.shape_inference.infer_shapes(src, data_prop=True)

@@ -34,7 +34,7 @@ from ..errors import BudgetError, OnnxoptError, UsageError, VerificationError, b
 from ..io import model_nbytes, resolve_model
 from ..metrics import Budget
 from ..runtime import resolve_provider, run_dataset
-from ..verify import check_model, compare_outputs
+from ..verify import EXACT_REL_L2, check_model, compare_outputs
 from .calibrate import DEFAULT_PERCENTILE
 from .collect import CalibrationRanges, collect_ranges
 from .config import QuantConfig, QuantizeConfig, op_types_for_mode, op_types_problem
@@ -79,21 +79,21 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
     names = [o.name for o in model.graph.output]
     ref = run_dataset(model, ds, provider=provider, limit=64)
 
-    def check(candidate: onnx.ModelProto, label: str) -> str | None:
+    def check(candidate: onnx.ModelProto, label: str, limit: float = EXACT_REL_L2) -> str | None:
         try:
             check_model(candidate, provider=provider, error=VerificationError, label=label)
             out = run_dataset(candidate, ds, provider=provider, limit=64, error=VerificationError)
         except OnnxoptError as exc:
             return str(exc)
-        bad = compare_outputs(names, ref, out).inexact()
-        return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2" if bad else None
+        bad = compare_outputs(names, ref, out).inexact(limit)
+        return f"output '{bad[0].name}' moved by {bad[0].rel_l2:.3g} relative L2 (limit {limit:g})" if bad else None
 
     prep = prepare(model, use_ort_preprocess=use_ort_preprocess, check=check)
-    why = check(prep.model, "pre-processed model")
+    why = check(prep.model, "pre-processed model", prep.limit)
     if why and prep.counts.get("ort_pre_process"):
-        prep = prepare(model, use_ort_preprocess=False)
+        prep = prepare(model, use_ort_preprocess=False, check=check)
         prep.notes.append(f"ORT quant_pre_process result dropped: {why}")
-        why = check(prep.model, "pre-processed model")
+        why = check(prep.model, "pre-processed model", prep.limit)
     if why:
         raise VerificationError(f"pre-processing for quantization changed the model: {why}")
     return prep

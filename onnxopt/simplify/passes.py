@@ -13,11 +13,12 @@ from ..core.pipeline import interface_change
 from ..errors import OnnxoptError
 from ..io import exceeds_protobuf
 from ..runtime import run_dataset
-from ..verify import check_model, compare_outputs, frozen_dims
+from ..verify import REASSOCIATED_REL_L2, check_model, compare_outputs, frozen_dims
 from .constants import constants_to_initializers
 from .dead import remove_unused
 from .dedupe import dedupe_initializers
 from .fold import fold_constants
+from .layernorm import fuse_layernorms
 from .onnxsim_runner import run_onnxsim
 
 __all__ = [
@@ -95,6 +96,23 @@ class InferShapesPass(Pass):
             return self.result(model, False, notes=[f"shape inference failed: {' '.join(str(exc).split())[:200]}"])
         added = len(out.graph.value_info) - len(model.graph.value_info)
         return self.result(out, added > 0, counts={"value_info_added": max(added, 0)})
+
+
+class FuseLayerNormPass(Pass):
+    """Fuse layer norms written as elementwise ops into one LayerNormalization (opset 17).
+
+    What is matched, and why it matters for static INT8: ``onnxopt.simplify.layernorm``.  The
+    fused kernel rounds differently from the decomposition (one float pass where the exporter's
+    reductions sum pairwise), so the outputs are held to ``REASSOCIATED_REL_L2`` (1e-3
+    relative L2), not 1e-4; each layer norm not fused says why in the notes.
+    """
+
+    key = "fuse-layernorm"
+    limit = REASSOCIATED_REL_L2
+
+    def call(self, model, ctx):
+        out, n, notes = fuse_layernorms(model)
+        return self.result(out, n > 0, counts={"layernorms_fused": n}, notes=notes)
 
 
 def own_simplify(model: onnx.ModelProto, max_fold_bytes: int) -> tuple[dict, list[str]]:

@@ -94,7 +94,7 @@ def test_name_nodes_and_prepare_with_ort_preprocess():
     assert name_nodes(m) == 3
     assert len({n.name for n in m.graph.node}) == 3
     seen = []
-    prep = prepare(m, check=lambda cand, label: seen.append(label) or None)
+    prep = prepare(m, check=lambda cand, label, limit: seen.append(label) or None)
     assert seen == ["ORT quant_pre_process result"]
     assert any("quant_pre_process" in n for n in prep.notes)
     assert all(n.name for n in prep.model.graph.node)
