@@ -22,6 +22,7 @@ PASSES: dict[str, str] = {
     "dedupe-initializers": "onnxopt.simplify.passes:DedupeInitializersPass",
     "infer-shapes": "onnxopt.simplify.passes:InferShapesPass",
     "fuse-layernorm": "onnxopt.simplify.passes:FuseLayerNormPass",
+    "fuse-gelu": "onnxopt.simplify.passes:FuseGeluPass",
     "fix-shapes": "onnxopt.simplify.fix_shapes:FixShapesPass",
     "prune-magnitude": "onnxopt.prune.passes:PruneMagnitudePass",
     "prune-channels": "onnxopt.prune.passes:PruneChannelsPass",

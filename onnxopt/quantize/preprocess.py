@@ -13,10 +13,12 @@ Steps (each in place on a copy; the result is verified against the input by ``pr
    ``DequantizeLinear`` needs ``axis``, opset 13; ORT's quantizer would merely relabel an old
    opset as 11), IR version raised to match, initializer-backed inputs of IR < 4 dropped.
 5. ``fuse_layernorms`` (``onnxopt.simplify.layernorm``): a layer norm the exporter wrote as a
-   dozen elementwise ops becomes one ``LayerNormalization`` (opset converted to 17 for it).
+   dozen elementwise ops becomes one ``LayerNormalization`` (opset converted to 17 for it);
+   ``fuse_gelus`` (``onnxopt.simplify.gelu``): a GELU written as eight becomes ORT's
+   ``FastGelu`` / ``Gelu`` (its ``x**3`` next to ``x`` fits no 8-bit range).
    Quantized as they were, its intermediates each get an 8-bit range, and the "fast variance"
    ``mean(x*x) - mean(x)**2`` cancels two quantized numbers (magika's static INT8 lost 93
-   points of agreement there); fused, only its input and output are quantized.  Its float
+   points of agreement there); fused, only their inputs and outputs are quantized.  Its float
    rounding differs from the decomposition's: the outputs are checked against
    ``verify.REASSOCIATED_REL_L2`` (1e-3) instead of 1e-4; a fusion that moves them more is
    dropped.
@@ -47,6 +49,7 @@ from ..graph import replace_repeated, unique_name
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
 from ..simplify.fold import evaluate_node, fold_constants
+from ..simplify.gelu import fuse_gelus
 from ..simplify.layernorm import fuse_layernorms
 from ..verify import EXACT_REL_L2, REASSOCIATED_REL_L2
 
@@ -355,14 +358,17 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     if note:
         notes.append(note)
     limit = EXACT_REL_L2
-    fused, n, more = fuse_layernorms(work)
-    notes.extend(more[:3])
-    if n:
-        why = check(fused, "model with fused layer norms", REASSOCIATED_REL_L2) if check is not None else None
+    fused, n_ln, more = fuse_layernorms(work)
+    fused, n_gelu, more2 = fuse_gelus(fused)
+    notes.extend((more + more2)[:3])
+    if n_ln or n_gelu:
+        what = f"{n_ln} layer norm(s) and {n_gelu} GELU(s) fused"
+        why = check(fused, f"model with {what}", REASSOCIATED_REL_L2) if check is not None else None
         if why:
-            notes.append(f"{n} fused layer norm(s) dropped: {why}")
+            notes.append(f"{what}, dropped: {why}")
         else:
-            work, limit, counts["layernorms_fused"] = fused, REASSOCIATED_REL_L2, n
+            work, limit = fused, REASSOCIATED_REL_L2
+            counts.update(layernorms_fused=n_ln, gelus_fused=n_gelu)
             name_nodes(work)
     if use_ort_preprocess and _large(work):
         # quant_pre_process saves, reloads (every weight in memory) and hands back a new

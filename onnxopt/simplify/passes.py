@@ -18,6 +18,7 @@ from .constants import constants_to_initializers
 from .dead import remove_unused
 from .dedupe import dedupe_initializers
 from .fold import fold_constants
+from .gelu import fuse_gelus
 from .layernorm import fuse_layernorms
 from .onnxsim_runner import run_onnxsim
 
@@ -113,6 +114,22 @@ class FuseLayerNormPass(Pass):
     def call(self, model, ctx):
         out, n, notes = fuse_layernorms(model)
         return self.result(out, n > 0, counts={"layernorms_fused": n}, notes=notes)
+
+
+class FuseGeluPass(Pass):
+    """Fuse GELUs written as elementwise ops into ONNX Runtime's FastGelu / Gelu.
+
+    What is matched: ``onnxopt.simplify.gelu`` (the tanh approximation and the erf form, the
+    constants folded anywhere).  The outputs are held to ``REASSOCIATED_REL_L2``, the kernel
+    rounding in another order; each ``Tanh`` / ``Erf`` not fused says why in the notes.
+    """
+
+    key = "fuse-gelu"
+    limit = REASSOCIATED_REL_L2
+
+    def call(self, model, ctx):
+        out, n, notes = fuse_gelus(model)
+        return self.result(out, n > 0, counts={"gelus_fused": n}, notes=notes)
 
 
 def own_simplify(model: onnx.ModelProto, max_fold_bytes: int) -> tuple[dict, list[str]]:
