@@ -15,7 +15,10 @@ an ``Evaluator`` (``onnxopt.metrics``) and a ``Budget``:
    FP32 outputs (a finer signal than top-1 on a few hundred samples).
 3. The smallest prefix of the ranking whose exclusion meets the budget on the search subset
    is found by bisection, then confirmed on the full evaluation set; if the confirmation
-   fails the prefix grows one unit at a time.  At most ``max_evals`` models are scored.
+   fails the prefix grows one unit at a time.  When no prefix of a ``float-one`` ranking
+   short of every unit meets the budget (errors that add up over nodes: each alone in float
+   gains little; magika with its layer norms and GELUs fused), the units are ranked again
+   by ``quantize-one`` and bisected again.  At most ``max_evals`` models are scored.
 
 The result lists each excluded node with its measured effect; ``met`` is False when the
 budget cannot be met without leaving every node in float, and the model returned is then
@@ -240,6 +243,14 @@ def fit_budget(
     units = [frozenset(e.nodes) for e in effects]
     best = (none, s0 if s.search is evaluator else s.confirm(none))
     k = _bisect(s, units, max_evals)
+    if k == len(units) > 1 and how == "float-one" and s.evals + len(units) < max_evals:
+        # no prefix of the float-one ranking is enough: the errors add up across nodes (each
+        # alone in float gains little); rank by the damage each node does alone instead
+        other = _ranking(s, None, "quantize-one", s0, max_evals)
+        other_units = [frozenset(e.nodes) for e in other]
+        k2 = _bisect(s, other_units, max_evals)
+        if k2 < len(other_units):
+            effects, units, k = other, other_units, k2
     s.emulate = emulate = None  # what it holds (the fully quantized model) is not needed past the bisection
     best, met = _grow(s, units, k, best, max_evals)
     if met:

@@ -174,3 +174,34 @@ def test_the_fit_carries_the_relative_l2_its_last_full_scoring_measured():
         fit = fit_budget(b, ["fc1", "fc2"], Budget(1.0), ev, search_evaluator=search, max_evals=10)
         assert fit.rel_l2 is not None
         assert fit.rel_l2 == pytest.approx(score_model(ev, fit.model)[1], rel=1e-9)
+
+
+def test_errors_that_add_up_are_searched_again_by_the_damage_each_node_does_alone():
+    """Nodes A and B each ruin the outputs alone (leaving one of them in float gains nothing
+    while the other is quantized), C costs little: no prefix of the float-one ranking short
+    of every node meets the budget, the quantize-one ranking does ({A, B} in float)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    direction = rng.standard_normal((4, 4)).astype(np.float32)
+
+    def model(d: float) -> onnx.ModelProto:
+        """y = x + x @ (d * direction): top-1 against y = x falls as d grows."""
+        p = numpy_helper.from_array(d * direction, "p")
+        nodes = [helper.make_node("MatMul", ["x", "p"], ["e"], name="err"), helper.make_node("Add", ["x", "e"], ["y"], name="add")]
+        io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 4]) for k in "xy"]
+        m = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], [p]), opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    def build(excluded: frozenset) -> onnx.ModelProto:
+        quantized = {"A", "B", "C"} - excluded
+        return model((4.0 if quantized & {"A", "B"} else 0.0) + (0.002 if "C" in quantized else 0.0))
+
+    ds = Dataset("<t>", arrays={"x": x}, labels=x.argmax(1))
+    ev = Evaluator(model(0.0), ds)
+    fit = fit_budget(build, ["A", "B", "C"], Budget(1.0), ev, max_evals=30)
+    assert fit.met and sorted(e["node"] for e in fit.excluded) == ["A", "B"]
+    assert fit.drop <= 1.0
