@@ -20,7 +20,9 @@ Matched, for a float tensor ``x`` and a set of axes ``A`` (any axes; static size
 
 Between these, ``Reshape`` / ``Expand`` / ``Unsqueeze`` / ``Squeeze`` nodes that only put the
 reduced dims back (exporters write ``keepdims=0`` reductions and broadcast them back) are
-looked through.  ``gamma`` and ``beta`` must vary only along ``A``.
+looked through.  ``gamma`` and ``beta`` must vary only along ``A``.  Where shape inference
+gives ``x`` no rank (paddle2onnx's computed reshapes), a layer norm over its last axes
+(``axes=[-1]``) still matches, its width read from ``gamma`` or ``beta``.
 
 Replaced by ``LayerNormalization(x, gamma, beta, axis, epsilon)``; when ``A`` is not the last
 axes of ``x``, by ``Transpose -> LayerNormalization -> Transpose``.  A model whose default
@@ -62,11 +64,15 @@ class _NoMatch(Exception):
 @dataclass
 class LayerNormMatch:
     """One decomposed layer norm: ``y = (x - mean) / sqrt(var + eps) * gamma + beta`` over
-    ``axes`` of ``x`` (``gamma``/``beta`` broadcast to ``x``'s rank, None when absent)."""
+    ``axes`` of ``x``, counted from the back (-1 the last; ``rank`` None when unknown: the
+    axes are then the last ones), ``dims`` their sizes; ``gamma``/``beta`` as the graph
+    broadcasts them (None when absent)."""
 
     x: str
     y: str
     axes: tuple[int, ...]
+    rank: int | None
+    dims: list[int]
     eps: float
     gamma: np.ndarray | None
     beta: np.ndarray | None
@@ -135,7 +141,9 @@ def _through_broadcast(g: _Graph, name: str) -> str:
         name = n.input[0]
 
 
-def _axes(g: _Graph, n: onnx.NodeProto, rank: int) -> tuple[int, ...]:
+def _axes(g: _Graph, n: onnx.NodeProto, rank: int | None) -> tuple[int, ...]:
+    """The axes ``n`` reduces, counted from the back (negative): a rank-less tensor (paddle2onnx
+    exports, whose reshapes defeat shape inference) still matches on ``axes=[-1]``."""
     axes = _attr(n, "axes")
     if axes is None and len(n.input) > 1 and n.input[1]:
         c = g.const(n.input[1])
@@ -145,8 +153,14 @@ def _axes(g: _Graph, n: onnx.NodeProto, rank: int) -> tuple[int, ...]:
     if axes is None or len(axes) == 0:
         if _attr(n, "noop_with_empty_axes", 0):
             raise _NoMatch(f"'{n.name}' reduces nothing")
+        if rank is None:
+            raise _NoMatch(f"'{n.name}' reduces every axis of a tensor of unknown rank")
         axes = list(range(rank))
-    return tuple(sorted(int(a) % rank for a in axes))
+    if rank is None:
+        if any(int(a) >= 0 for a in axes):
+            raise _NoMatch(f"'{n.name}' reduces axes {list(axes)} of a tensor of unknown rank")
+        return tuple(sorted(int(a) for a in axes))
+    return tuple(sorted(int(a) % rank - rank for a in axes))
 
 
 def _mean(g: _Graph, name: str) -> tuple[str, tuple[int, ...]]:
@@ -163,7 +177,7 @@ def _mean(g: _Graph, name: str) -> tuple[str, tuple[int, ...]]:
         x = s.input[0]
         rank = g.rank(x)
         if rank is None:
-            raise _NoMatch(f"the rank of '{x}' is unknown")
+            raise _NoMatch(f"the rank of '{x}' is unknown: the mean's divisor cannot be checked")
         axes = _axes(g, s, rank)
         dims = [g.shapes[x][a] for a in axes]
         if any(d is None for d in dims):
@@ -175,12 +189,9 @@ def _mean(g: _Graph, name: str) -> tuple[str, tuple[int, ...]]:
             raise _NoMatch(f"'{n.name}' scales the sum by {scale:g}, not by the mean's {want:g}")
         return x, axes
     x = n.input[0]
-    rank = g.rank(x)
-    if rank is None:
-        raise _NoMatch(f"the rank of '{x}' is unknown")
     if n.op_type == "ReduceSum":
         raise _NoMatch(f"'{n.name}' is a sum, not a mean")
-    return x, _axes(g, n, rank)
+    return x, _axes(g, n, g.rank(x))
 
 
 def _square(g: _Graph, name: str) -> str:
@@ -237,8 +248,8 @@ def _match(g: _Graph, sqrt: onnx.NodeProto) -> LayerNormMatch:
         raise _NoMatch(f"'{add.name}' does not add a scalar epsilon")
     var, eps = split[0], float(split[1].reshape(-1)[0])
     x, axes, mean = _variance(g, var)
-    if g.rank(x) is None or not _is_float(g, x):
-        raise _NoMatch(f"'{x}' is not a float tensor of known rank")
+    if not _is_float(g, x):
+        raise _NoMatch(f"'{x}' is not a float tensor")
     # forward from sqrt: (1/s or s) times constants, then times (x - mean), then +beta
     cur, inverted, gamma, beta, done = sqrt.output[0], False, None, None, False
     while True:
@@ -277,13 +288,28 @@ def _match(g: _Graph, sqrt: onnx.NodeProto) -> LayerNormMatch:
         raise _NoMatch(f"nothing divides '{x}' minus its mean by the standard deviation '{sqrt.output[0]}'")
     rank = g.rank(x)
     for what, c in (("gamma", gamma), ("beta", beta)):
-        if c is not None and (c.ndim > rank or any(s != 1 for a, s in enumerate((1,) * (rank - c.ndim) + c.shape) if a not in axes)):
+        if c is not None and ((rank is not None and c.ndim > rank) or any(c.shape[-j] != 1 for j in range(1, c.ndim + 1) if -j not in axes)):
             raise _NoMatch(f"{what} {list(c.shape)} varies along axes that are not normalized {list(axes)}")
-    if any(g.shapes[x][a] is None for a in axes):
-        raise _NoMatch(f"'{x}' has a dynamic size along the normalized axes {list(axes)}")
-    if g.shapes.get(cur) is not None and len(g.shapes[cur]) != rank:
-        raise _NoMatch(f"'{cur}' has rank {len(g.shapes[cur])}, '{x}' has {rank}")
-    return LayerNormMatch(x, cur, axes, eps, gamma, beta, list(dict.fromkeys(g.read)))
+    if rank is None and axes != tuple(range(-len(axes), 0)):
+        raise _NoMatch(f"'{x}' has an unknown rank and the normalized axes {list(axes)} are not the last ones")
+    if rank is not None and g.rank(cur) is not None and g.rank(cur) != rank:
+        raise _NoMatch(f"'{cur}' has rank {g.rank(cur)}, '{x}' has {rank}")
+    dims = _dims(g, x, axes, gamma, beta)
+    return LayerNormMatch(x, cur, axes, rank, dims, eps, gamma, beta, list(dict.fromkeys(g.read)))
+
+
+def _dims(g: _Graph, x: str, axes: tuple[int, ...], gamma, beta) -> list[int]:
+    """The sizes of the normalized axes: from shape inference, else from gamma or beta (a
+    size above 1 there is the axis's size: the graph broadcasts it against ``x``)."""
+    known = g.shapes.get(x)
+    if known is not None and all(known[a] is not None for a in axes):
+        return [int(known[a]) for a in axes]
+    for c in (gamma, beta):
+        if c is not None and c.ndim >= -min(axes):
+            sizes = [c.shape[a] for a in axes]
+            if all(d > 1 for d in sizes):
+                return sizes
+    raise _NoMatch(f"'{x}' has a dynamic size along the normalized axes {list(axes)}, and no gamma or beta gives it")
 
 
 def _is_one(c: np.ndarray | None) -> bool:
@@ -339,12 +365,17 @@ def _dtypes(model: onnx.ModelProto) -> dict[str, int]:
     return {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output) if vi.type.HasField("tensor_type")}
 
 
-def _normalized(c: np.ndarray | None, rank: int, perm: list[int], dims: list[int], fill: float, dtype) -> np.ndarray:
-    """``c`` (broadcast to rank ``rank``) as a tensor of the normalized dims, axes in ``perm`` order."""
+def _normalized(c: np.ndarray | None, perm: list[int] | None, dims: list[int], fill: float, dtype) -> np.ndarray:
+    """``c`` as a tensor of the normalized dims: its last ``len(dims)`` axes, after ``perm``
+    (over ``x``'s rank) when the normalized axes are moved last."""
     if c is None:
         return np.full(dims, fill, dtype=dtype)
-    full = c.reshape((1,) * (rank - c.ndim) + c.shape).transpose(perm)
-    return np.ascontiguousarray(np.broadcast_to(full.reshape(full.shape[rank - len(dims) :]), dims)).astype(dtype)
+    k = len(dims)
+    width = len(perm) if perm is not None else max(k, c.ndim)
+    full = c.reshape((1,) * (width - c.ndim) + c.shape)
+    if perm is not None:
+        full = full.transpose(perm)
+    return np.ascontiguousarray(np.broadcast_to(full.reshape(full.shape[-k:]), dims)).astype(dtype)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -383,18 +414,19 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
     taken = {x for n in g.node for x in (*n.input, *n.output)} | {t.name for t in g.initializer} | {i.name for i in g.input}
     by_output = {}
     for m in found:
-        rank = len(shapes[m.x])
-        axes = list(m.axes)
-        rest = [a for a in range(rank) if a not in axes]
-        perm = rest + axes
-        trailing = perm == list(range(rank))
-        dims = [shapes[m.x][a] for a in axes]
+        k = len(m.axes)
+        trailing = m.axes == tuple(range(-k, 0))
+        perm = None
+        if not trailing:  # known rank (``_match``): the normalized axes moved last
+            axes = [a + m.rank for a in m.axes]
+            perm = [a for a in range(m.rank) if a not in axes] + axes
+        dims = m.dims
         t = shapes_dtypes.get(m.x, onnx.TensorProto.FLOAT)
         dtype = helper.tensor_dtype_to_np_dtype(t)
         base = unique_name(f"{m.y}/LayerNorm", taken)
         taken.add(base)
-        scale = numpy_helper.from_array(_normalized(m.gamma, rank, perm, dims, 1.0, dtype), unique_name(f"{base}/scale", taken))
-        bias = numpy_helper.from_array(_normalized(m.beta, rank, perm, dims, 0.0, dtype), unique_name(f"{base}/bias", taken))
+        scale = numpy_helper.from_array(_normalized(m.gamma, perm, dims, 1.0, dtype), unique_name(f"{base}/scale", taken))
+        bias = numpy_helper.from_array(_normalized(m.beta, perm, dims, 0.0, dtype), unique_name(f"{base}/bias", taken))
         taken.update((scale.name, bias.name))
         g.initializer.extend([scale, bias])
         nodes = []
@@ -405,7 +437,7 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
             nodes.append(helper.make_node("Transpose", [m.x], [src], name=f"{base}/Transpose_in", perm=perm))
         out = m.y if trailing else unique_name(f"{base}/out", taken)
         taken.add(out)
-        nodes.append(helper.make_node("LayerNormalization", [src, scale.name, bias.name], [out], name=base, axis=rank - len(axes), epsilon=m.eps))
+        nodes.append(helper.make_node("LayerNormalization", [src, scale.name, bias.name], [out], name=base, axis=-k, epsilon=m.eps))
         if not trailing:
             nodes.append(helper.make_node("Transpose", [out], [m.y], name=f"{base}/Transpose_out", perm=np.argsort(perm).tolist()))
         by_output[m.y] = nodes

@@ -115,16 +115,36 @@ def test_torch_two_pass_form_over_the_last_axis_needs_no_transpose():
     out, n, _ = fuse_layernorms(m)
     assert n == 1 and [node.op_type for node in out.graph.node] == ["LayerNormalization"]
     ln = out.graph.node[0]
-    assert {a.name: helper.get_attribute_value(a) for a in ln.attribute} == {"axis": 2, "epsilon": pytest.approx(1e-5)}
+    assert {a.name: helper.get_attribute_value(a) for a in ln.attribute} == {"axis": -1, "epsilon": pytest.approx(1e-5)}
     check_model(out)
     assert _rel(_run(out, x), _run(m, x)) < 1e-5
+
+
+def test_a_tensor_of_unknown_rank_is_normalized_over_its_last_axes_sized_by_gamma():
+    """paddle2onnx's reshapes leave shape inference without a rank: ``axes=[-1]`` and a
+    16-wide gamma still make a LayerNormalization over the last axis."""
+    m = _torch()
+    g = m.graph
+    g.node[0].input[0] = g.node[1].input[0] = "xr"
+    g.node.insert(0, helper.make_node("Reshape", ["x", "s"], ["xr"], name="reshape"))
+    g.input.append(helper.make_tensor_value_info("s", TensorProto.INT64, ["k"]))
+    del g.output[0].type.tensor_type.shape.dim[:]
+    g.input[0].type.tensor_type.shape.dim.pop()  # x: [N, 64]
+    g.input[0].type.tensor_type.shape.dim[1].dim_value = 64
+    out, n, _ = fuse_layernorms(m)
+    assert n == 1 and [node.op_type for node in out.graph.node] == ["Reshape", "LayerNormalization"]
+    assert [numpy_helper.to_array(t).shape for t in out.graph.initializer if "LayerNorm" in t.name] == [(16,), (16,)]
+    check_model(out)
+    x, shape = RNG.standard_normal((3, 64)).astype(np.float32), np.array([3, 4, 16], np.int64)
+    want = create_session(m).run(None, {"x": x, "s": shape})[0]
+    assert _rel(create_session(out).run(None, {"x": x, "s": shape})[0], want) < 1e-5
 
 
 @pytest.mark.parametrize(
     "model, why",
     [
         (_flax(scale=1 / 7), "scales the sum by 0.142857, not by the mean's 0.125"),
-        (_flax(gamma_shape=(1, 8, 6)), "gamma [1, 8, 6] varies along axes that are not normalized [1]"),
+        (_flax(gamma_shape=(1, 8, 6)), "gamma [1, 8, 6] varies along axes that are not normalized [-2]"),
     ],
 )
 def test_what_is_not_a_layer_norm_is_left_alone_and_says_why(model, why):
