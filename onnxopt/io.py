@@ -360,6 +360,8 @@ def load_model(src, *, load_external: bool = True, lazy: bool | None = False) ->
             edh.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise ModelError(f"cannot load external data: {exc}", path) from exc
+        for t in external:  # onnx sets the default location explicitly: a saved model reads back as it was
+            t.ClearField("data_location")
     return model
 
 

@@ -95,6 +95,20 @@ def test_external_data_loaded_or_left_external(tmp_path):
     assert model_nbytes(lazy) == model_nbytes(full) == sum(a.nbytes for a in _arrays(tiny_cnn()).values())
 
 
+def test_a_model_saved_with_external_data_reads_back_as_it_was(tmp_path):
+    """``save_model(external_data=True)`` then ``load_model``: the same proto, byte for byte
+    (what ``SharedWork.park`` relies on to hand the prepared model back unchanged)."""
+    w = numpy_helper.from_array(np.arange(64 * 64, dtype=np.float32).reshape(64, 64), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w],
+    )  # fmt: skip
+    m = helper.make_model(g)
+    path = save_model(m, tmp_path / "m.onnx", external_data=True)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+    assert load_model(path).SerializeToString() == m.SerializeToString()
+
+
 def _relocate(p, new_location):
     m = onnx.load(str(p), load_external_data=False)
     for t in m.graph.initializer:

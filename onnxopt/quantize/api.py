@@ -100,8 +100,10 @@ def prepare_model(model: onnx.ModelProto, dataset=None, *, provider: str = "cpu"
 
 
 def check_exclusions(m: onnx.ModelProto, exclude, path=None) -> None:
+    """Every name in ``exclude`` is a node of ``m``, or one pre-processing derives from a node
+    of ``m`` (``<node>/<Fusion>``, as reports name ORT's and onnxopt's fused nodes)."""
     names = set(node_names(m))
-    unknown = [n for n in exclude if n not in names]
+    unknown = [n for n in exclude if n not in names and not any(n.startswith(x + "/") and "Fusion" in n[len(x) :] for x in names if x)]
     if unknown:
         raise UsageError(f"--exclude-nodes: no node named {', '.join(repr(u) for u in unknown)} in the model", path)
 

@@ -10,7 +10,6 @@ each candidate of ``auto`` and what ``optimize`` may call directly.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -18,11 +17,12 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import onnx
 
 from ..errors import OnnxoptError
-from ..io import exceeds_protobuf, is_lazy, model_nbytes, weights_on_disk
+from ..io import exceeds_protobuf, is_lazy, load_model, model_nbytes, save_model, weights_on_disk
 from ..metrics import Budget, Evaluator
 from .config import WEIGHTED_OP_TYPES, QuantConfig
 from .ort_backend import quantize_with_ort, touched_nodes
@@ -104,7 +104,7 @@ class SharedWork:
     search: dict = field(default_factory=dict)  # samples -> Evaluator on the first samples
     rankings: dict = field(default_factory=dict)  # mode -> [NodeEffect] (most sensitive first)
     reused: list[str] = field(default_factory=list)  # what was taken from here, for the notes
-    parked: dict = field(default_factory=dict)  # prepared key -> the file its model waits in (``park``)
+    parked: dict = field(default_factory=dict)  # prepared key -> the folder its model waits in (``park``)
     folder: str | None = field(default=None, repr=False)  # where parked models wait (removed with this object)
 
     def get(self, table: str, key, make):
@@ -114,9 +114,9 @@ class SharedWork:
         if key in store:
             self.reused.append(f"{table}:{key}")
             if table == "prepared" and key in self.parked:
-                path = self.parked.pop(key)
-                store[key].model = onnx.load_model(path)
-                os.unlink(path)
+                folder = self.parked.pop(key)
+                store[key].model = load_model(Path(folder) / "prepared.onnx")
+                shutil.rmtree(folder, ignore_errors=True)
         else:
             store[key] = make()
         return store[key]
@@ -131,10 +131,12 @@ class SharedWork:
         if self.folder is None:
             self.folder = tempfile.mkdtemp(prefix="onnxopt-shared-")
             weakref.finalize(self, shutil.rmtree, self.folder, True)
-        fd, path = tempfile.mkstemp(prefix="prepared-", suffix=".onnx", dir=self.folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(prep.model.SerializeToString())
-        self.parked[key], prep.model = path, None
+        # with external data: ``io.save_model`` writes the weights from the proto, where
+        # serializing it whole would hold a second copy of them (the peak of ``optimize``
+        # on a 68 MB encoder)
+        folder = tempfile.mkdtemp(prefix="prepared-", dir=self.folder)
+        save_model(prep.model, Path(folder) / "prepared.onnx", external_data=True)
+        self.parked[key], prep.model = folder, None
 
 
 class CandidateBuilder:

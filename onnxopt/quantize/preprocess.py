@@ -231,24 +231,24 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[o
     return out, f"opset {cur} -> {target}"
 
 
-def ort_pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
-    """ORT's ``quant_pre_process`` (symbolic shape inference + basic optimization); None on failure."""
+def ort_pre_process(src: Path, *, big: bool = False) -> tuple[onnx.ModelProto | None, str]:
+    """ORT's ``quant_pre_process`` (symbolic shape inference + basic optimization) of the
+    model file ``src``; None on failure.  ``big``: the result is saved with external data
+    (over 2 GB)."""
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:  # pragma: no cover - ORT without the quantization tool
         return None, f"ORT quant_pre_process unavailable ({exc})"
-    big = oio.exceeds_protobuf(model, margin=2**26)
     # ORT logs its own failures at ERROR level (straight to stderr) before raising; ours is
     # the fallback, so its logger is quiet here.  quant_pre_process also rewrites the proto
     # it is given (tensors moved to an external "foo.bin"), so it only ever sees a file.
     ort_log = logging.getLogger("onnxruntime.quantization.shape_inference")
     level = ort_log.level
     ort_log.setLevel(logging.CRITICAL)
+    src = str(src)
     with tempfile.TemporaryDirectory(prefix="onnxopt-qprep-") as tmp:
         out = Path(tmp) / "pre.onnx"
-        src = str(Path(tmp) / "in.onnx")
         try:
-            onnx.save(model, src, save_as_external_data=big)
             try:
                 quant_pre_process(src, str(out), save_as_external_data=big, skip_symbolic_shape=False, auto_merge=True)
                 return onnx.load(str(out)), "ORT quant_pre_process applied"
@@ -263,14 +263,26 @@ def ort_pre_process(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference stored in value_info (the model unchanged when it fails)."""
-    if oio.exceeds_protobuf(model, margin=2**26):
-        return model
+    """ONNX shape inference stored in ``model``'s value_info, in place (the model unchanged
+    when it fails); returns ``model``.  Inference runs on a skeleton of it whose large
+    weights are typed graph inputs (``stats.shape_skeleton``): inferring on the whole proto
+    serializes and parses every weight twice (the peak of ``optimize`` on a 68 MB encoder).
+    The skeleton's nodes, annotated, replace the model's (If/Loop bodies carry their own
+    value_info)."""
+    from ..stats import shape_skeleton
+
     try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), data_prop=True)
     except Exception as exc:
         log.debug("shape inference failed: %s", exc)
         return model
+    g, ig = model.graph, inferred.graph
+    moved = {i.name for i in ig.input} - {i.name for i in g.input}  # weights the skeleton typed as inputs
+    for repeated, items in ((g.value_info, [v for v in ig.value_info if v.name not in moved]), (g.output, ig.output), (g.node, ig.node)):
+        items = list(items)
+        del repeated[:]
+        repeated.extend(items)
+    return model
 
 
 def gemm_to_matmul(model: onnx.ModelProto, only: set[str] | None = None) -> list[str]:
@@ -375,15 +387,24 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
         # proto: several copies of a model whose weights onnxopt leaves in their files
         notes.append(f"ORT quant_pre_process skipped: model of {oio.model_nbytes(work) / 2**20:.0f} MiB of weights (large-model path)")
     elif use_ort_preprocess:
-        pre, note = ort_pre_process(work)
-        if pre is not None and check is not None:
-            why = check(pre, "ORT quant_pre_process result", limit)
-            if why:
-                pre, note = None, f"ORT quant_pre_process result rejected: {why}"
-        notes.append(note)
-        if pre is not None:
-            name_nodes(pre)
-            work = pre
-            counts["ort_pre_process"] = True
+        big = oio.exceeds_protobuf(work, margin=2**26)
+        with tempfile.TemporaryDirectory(prefix="onnxopt-qprep-") as tmp:
+            # ORT reads the model from a file and holds several copies of it while it runs:
+            # ours waits in that file meanwhile (one copy less at the peak of ``optimize``
+            # on a 68 MB encoder), read back if ORT's result is not kept
+            src = oio.save_model(work, Path(tmp) / "in.onnx", external_data=True)
+            work = None
+            pre, note = ort_pre_process(src, big=big)
+            if pre is not None and check is not None:
+                why = check(pre, "ORT quant_pre_process result", limit)
+                if why:
+                    pre, note = None, f"ORT quant_pre_process result rejected: {why}"
+            notes.append(note)
+            if pre is not None:
+                name_nodes(pre)
+                work = pre
+                counts["ort_pre_process"] = True
+            else:
+                work = oio.load_model(src)
     work = infer_shapes(work)
     return Prepared(work, counts, notes, limit)

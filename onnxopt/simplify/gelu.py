@@ -219,9 +219,11 @@ def fuse_gelus(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[str]]
     model = copy.deepcopy(model)
     g = model.graph
     taken = {x for n in g.node for x in (*n.input, *n.output)} | {n.name for n in g.node}
+    made_by = {o: n.name for n in g.node for o in n.output if n.name}
     by_output = {}
     for kind, x, y in found:
-        name = unique_name(f"{y}/{kind}", taken)
+        # ``<node>/<Fusion>``, as ORT's optimizer names its fusions (``map_node_names``)
+        name = unique_name(f"{made_by.get(y, y)}/{kind}Fusion", taken)
         taken.add(name)
         by_output[y] = helper.make_node(kind, [x], [y], name=name, domain=MS_DOMAIN)
     new = [by_output.get(next((o for o in n.output if o in by_output), None), n) for n in g.node]

@@ -411,7 +411,8 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
         model = copy.deepcopy(model)
     shapes_dtypes = _dtypes(model)
     g = model.graph
-    taken = {x for n in g.node for x in (*n.input, *n.output)} | {t.name for t in g.initializer} | {i.name for i in g.input}
+    taken = {x for n in g.node for x in (*n.input, *n.output, n.name)} | {t.name for t in g.initializer} | {i.name for i in g.input}
+    made_by = {o: n.name for n in g.node for o in n.output if n.name}
     by_output = {}
     for m in found:
         k = len(m.axes)
@@ -423,7 +424,9 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
         dims = m.dims
         t = shapes_dtypes.get(m.x, onnx.TensorProto.FLOAT)
         dtype = helper.tensor_dtype_to_np_dtype(t)
-        base = unique_name(f"{m.y}/LayerNorm", taken)
+        # named as ORT's optimizer names its fusions (``<node>/<Fusion>``): an exclusion of
+        # the node that made the output maps to it (``quantize.preprocess.map_node_names``)
+        base = unique_name(f"{made_by.get(m.y, m.y)}/LayerNormFusion", taken)
         taken.add(base)
         scale = numpy_helper.from_array(_normalized(m.gamma, perm, dims, 1.0, dtype), unique_name(f"{base}/scale", taken))
         bias = numpy_helper.from_array(_normalized(m.beta, perm, dims, 0.0, dtype), unique_name(f"{base}/bias", taken))

@@ -76,9 +76,10 @@ def test_static_candidates_share_preprocessing_ranges_and_ranking():
     kept = prepared.model.SerializeToString()
     dynamic_candidate(m, eval_data=ev_ds, max_accuracy_drop=1.0, shared=work, evaluator=ev, preprocess=False)
     assert work.reused.count("prepared:(False,)") == 2
-    assert prepared.model is None and os.path.isfile(work.parked[(False,)])
+    assert prepared.model is None and os.path.isfile(os.path.join(work.parked[(False,)], "prepared.onnx"))
+    parked = work.parked[(False,)]
     third, _ = static_candidate(m, per_channel=True, **kw)  # read back for the next static candidate
-    assert prepared.model.SerializeToString() == kept and not work.parked
+    assert prepared.model.SerializeToString() == kept and not work.parked and not os.path.exists(parked)
     assert third.SerializeToString() == second.SerializeToString()
 
 

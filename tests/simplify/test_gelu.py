@@ -103,3 +103,17 @@ def test_static_quantization_prepares_a_fused_gelu():
     prep = prepare_model(_jax(), ds)
     assert prep.counts["gelus_fused"] == 1 and prep.counts["layernorms_fused"] == 0
     assert "FastGelu" in [n.op_type for n in prep.model.graph.node] and "Tanh" not in [n.op_type for n in prep.model.graph.node]
+
+
+def test_a_fused_node_named_as_reports_name_it_can_be_excluded():
+    """Reports name a fused GELU ``<node>/FastGeluFusion`` (as ORT names its fusions):
+    ``--exclude-nodes`` takes that name; a name no node or fusion has is still an error."""
+    import onnxopt
+    from onnxopt.errors import UsageError
+
+    ds = Dataset("<t>", arrays={"x": RNG.standard_normal((32, 8)).astype(np.float32)})
+    kw = dict(mode="static", calibration=ds, allow_slower=True, allow_collapse=True, timing=False)
+    r = onnxopt.quantize(_jax(), exclude_nodes=["Mul_5/FastGeluFusion", "mm"], **kw)
+    assert "mm" in [n.name for n in r.model.graph.node]  # left in float: still the MatMul
+    with pytest.raises(UsageError, match="no node named 'Mul_5/Nothing'"):
+        onnxopt.quantize(_jax(), exclude_nodes=["Mul_5/Nothing"], **kw)
