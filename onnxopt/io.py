@@ -224,7 +224,7 @@ def materialize(model: onnx.ModelProto) -> onnx.ModelProto:
         if t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data):
             raw = tensor_bytes(t)
             del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
+            t.ClearField("data_location")  # as ``load_model`` reads it in
             t.raw_data = raw
             del raw
     return model

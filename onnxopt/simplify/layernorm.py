@@ -18,10 +18,11 @@ Matched, for a float tensor ``x`` and a set of axes ``A`` (any axes; static size
 - the output ``d / s``, ``d * Reciprocal(s)`` or ``d * (1 / s)``, with constant factors
   (``gamma``) multiplied in anywhere after ``s`` and constant terms (``beta``) added last.
 
-Between these, ``Reshape`` / ``Expand`` / ``Unsqueeze`` / ``Squeeze`` nodes that only put the
-reduced dims back (exporters write ``keepdims=0`` reductions and broadcast them back) are
-looked through.  ``gamma`` and ``beta`` must vary only along ``A``.  Where shape inference
-gives ``x`` no rank (paddle2onnx's computed reshapes), a layer norm over its last axes
+Between these, ``Reshape`` / ``Expand`` / ``Unsqueeze`` / ``Squeeze`` nodes are looked
+through: exporters write ``keepdims=0`` reductions and broadcast them back.  What such a node
+does to the shape is not proved here (only the output's rank is compared): a reshape that
+moves values would change the outputs, which the check against the input model catches.
+``gamma`` and ``beta`` must vary only along ``A``.  Where shape inference gives ``x`` no rank (paddle2onnx's computed reshapes), a layer norm over its last axes
 (``axes=[-1]``) still matches, its width read from ``gamma`` or ``beta``.
 
 Replaced by ``LayerNormalization(x, gamma, beta, axis, epsilon)``; when ``A`` is not the last
@@ -29,7 +30,8 @@ axes of ``x``, by ``Transpose -> LayerNormalization -> Transpose``.  A model who
 opset is below 17 is converted to opset 17 first (``onnx.version_converter``), only when a
 match was found; if the conversion fails the model is left as it is, with the reason.  The
 replaced nodes left without a reader are removed.  The result is not bit-identical (one
-kernel's rounding instead of a dozen's), which the pipeline's exact-transform check bounds.
+kernel's rounding instead of a dozen's): callers check it within
+``verify.REASSOCIATED_REL_L2`` (1e-3 relative L2) against the input.
 Each refusal of a candidate (a ``Sqrt`` of ``something + eps``) says why.
 """
 
