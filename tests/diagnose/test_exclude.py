@@ -173,3 +173,39 @@ def test_with_ranges_measured_on_the_calibration_data_the_emulation_is_the_quant
     for node in ("pool1", "flat1", "soft1"):
         emulated, _ = leave_in_float(cand, [node], FloatReference(ref), set(static_op_types()), qparams)
         assert np.array_equal(run(emulated), run(builder(frozenset([node])))), node
+
+
+def test_errors_that_add_up_are_named_by_the_damage_each_node_does_alone(monkeypatch):
+    """A and B each ruin the outputs alone: leaving either in float gains nothing while the
+    other is quantized, so the greedy pick by the outputs stalls; ranked by the damage each
+    does alone, A and B come first, and that set (scored together in float) is named."""
+    from onnx import TensorProto
+
+    from onnxopt.data import Dataset
+    from onnxopt.metrics import Evaluator
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    direction = rng.standard_normal((4, 4)).astype(np.float32)
+
+    def model(d: float, names=("err", "add")) -> onnx.ModelProto:
+        nodes = [helper.make_node("MatMul", ["x", "p"], ["e"], name=names[0]), helper.make_node("Add", ["x", "e"], ["y"], name=names[1])]
+        io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 4]) for k in "xy"]
+        g = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(d * direction, "p")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    damage = {"A": 4.0, "B": 4.0, "C": 0.002, "D": 0.001}
+
+    def left_in_float(candidate, excluded, *args):
+        quantized = set(damage) - set(excluded)
+        return model((4.0 if quantized & {"A", "B"} else 0.0) + sum(damage[n] for n in quantized - {"A", "B"})), {}
+
+    monkeypatch.setattr(exclude, "leave_in_float", left_in_float)
+    cand = model(8.003)
+    cand.graph.node.extend([helper.make_node("Identity", ["y"], [f"o{n}"], name=n) for n in damage])  # the node names the ranking looks up
+    ev = Evaluator(model(0.0), Dataset("<t>", arrays={"x": x}), "cosine")
+    got = exclude.rank_by_outputs(model(0.0), cand, ev, {n: n for n in damage}, top=3)
+    assert [e.node for e in got] == ["A", "B", "C"] and "damage done alone" in got[0].how
+    assert got[0].score > 99.99  # only D left quantized
