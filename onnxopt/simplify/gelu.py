@@ -203,6 +203,8 @@ def find_gelus(model: onnx.ModelProto) -> tuple[list[tuple[str, str, str]], list
         if n.op_type not in ("Tanh", "Erf") or n.domain not in ("", "ai.onnx"):
             continue
         pl = pl or _Poly(model)
+        if not pl.cone(n.input[0]):
+            continue  # an activation of a tensor no arithmetic made: not a GELU, nothing to say
         try:
             found.append(_match(pl, n))
         except _NoMatch as exc:

@@ -117,3 +117,10 @@ def test_a_fused_node_named_as_reports_name_it_can_be_excluded():
     assert "mm" in [n.name for n in r.model.graph.node]  # left in float: still the MatMul
     with pytest.raises(UsageError, match="no node named 'Mul_5/Nothing'"):
         onnxopt.quantize(_jax(), exclude_nodes=["Mul_5/Nothing"], **kw)
+
+
+def test_a_plain_tanh_activation_is_not_a_candidate_and_makes_no_note():
+    m = _model([helper.make_node("Tanh", ["h"], ["y"], name="act")], [])
+    m.graph.node[1].op_type = "MatMul"  # h made by a MatMul: no arithmetic to read
+    m.graph.node[1].input[1] = "w"
+    assert fuse_gelus(m) == (m, 0, [])
