@@ -102,6 +102,25 @@ def test_channel_stats_per_axis():
     assert st["h"].rows.shape == (16, 16) and st["x"].count == 40
 
 
+def test_channel_stats_batches_fit_the_calibration_bound(monkeypatch):
+    """Without a batch size, the batch is bounded by what the exposed tensors take per
+    sample (``CALIBRATION_BYTES``); the statistics do not depend on it."""
+    import onnxopt.quantize.collect as collect
+
+    m = gemm_chain()
+    ds = _data(m, 40)
+    whole = collect_channel_stats(m, ds, {"x": -1, "h": -1}, batch_size=40)
+    sizes = []
+    batches = ds.batches
+    monkeypatch.setattr(ds, "batches", lambda size=None, limit=None: (sizes.append(size), batches(size, limit))[1])
+    monkeypatch.setattr(collect, "CALIBRATION_BYTES", 1)
+    bounded = collect_channel_stats(m, ds, {"x": -1, "h": -1})
+    assert sizes[-1] == 1  # (first_batch reads one sample for the bound first)
+    for k in ("x", "h"):
+        np.testing.assert_allclose(bounded[k].mean, whole[k].mean, atol=1e-5)
+        np.testing.assert_allclose(bounded[k].hi, whole[k].hi, rtol=1e-6)
+
+
 # -- passes ------------------------------------------------------------------------------
 
 
