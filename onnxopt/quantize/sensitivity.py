@@ -249,6 +249,8 @@ def fit_budget(
         other = _ranking(s, None, "quantize-one", s0, max_evals)
         other_units = [frozenset(e.nodes) for e in other]
         k2 = _bisect(s, other_units, max_evals)
+        log.info("budget search: no prefix of the float-one ranking met the budget; by quantize-one, %s",
+                 f"{k2} of {len(other_units)} units do" if k2 < len(other_units) else "neither")  # fmt: skip
         if k2 < len(other_units):
             effects, units, k = other, other_units, k2
     s.emulate = emulate = None  # what it holds (the fully quantized model) is not needed past the bisection
