@@ -15,7 +15,7 @@ from onnxopt.diagnose.exclude import candidate_nodes, is_qdq
 from onnxopt.quantize.config import static_op_types
 from onnxopt.quantize.emulate import FloatReference, leave_in_float
 from tests.diagnose.diag_models import feeds, qdq
-from tests.quantize.quant_models import mlp
+from tests.quantize.quant_models import drifted, mlp
 from tests.toy_models import tiny_cnn
 
 
@@ -179,7 +179,6 @@ def test_errors_that_add_up_are_named_by_the_damage_each_node_does_alone(monkeyp
     """A and B each ruin the outputs alone: leaving either in float gains nothing while the
     other is quantized, so the greedy pick by the outputs stalls; ranked by the damage each
     does alone, A and B come first, and that set (scored together in float) is named."""
-    from onnx import TensorProto
 
     from onnxopt.data import Dataset
     from onnxopt.metrics import Evaluator
@@ -188,13 +187,8 @@ def test_errors_that_add_up_are_named_by_the_damage_each_node_does_alone(monkeyp
     x = rng.standard_normal((200, 4)).astype(np.float32)
     direction = rng.standard_normal((4, 4)).astype(np.float32)
 
-    def model(d: float, names=("err", "add")) -> onnx.ModelProto:
-        nodes = [helper.make_node("MatMul", ["x", "p"], ["e"], name=names[0]), helper.make_node("Add", ["x", "e"], ["y"], name=names[1])]
-        io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 4]) for k in "xy"]
-        g = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(d * direction, "p")])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
-        return m
+    def model(d: float) -> onnx.ModelProto:
+        return drifted(d, direction)
 
     damage = {"A": 4.0, "B": 4.0, "C": 0.002, "D": 0.001}
 

@@ -44,6 +44,13 @@ def mlp(rng=None, *, hidden: int = 32, classes: int = 4, opset: int = 17, outlie
     return _model(nodes, inits, ["N", 16], ["N", classes], opset)
 
 
+def drifted(d: float, direction: np.ndarray) -> onnx.ModelProto:
+    """``y = x + x @ (d * direction)`` for ``x [N, 4]``: a stand-in for a model quantized with
+    error ``d`` (its top-1 and cosine against ``drifted(0)`` fall as ``d`` grows)."""
+    nodes = [helper.make_node("MatMul", ["x", "p"], ["e"], name="err"), helper.make_node("Add", ["x", "e"], ["y"], name="add")]
+    return _model(nodes, [numpy_helper.from_array((d * direction).astype(np.float32), "p")], ["N", 4], ["N", 4])
+
+
 def constant_weight_mlp(rng=None) -> onnx.ModelProto:
     """MatMul whose weight is a Constant node and a second whose weight is ConstantOfShape
     (as in Paddle / TF exports and the onnx wheel's architecture models)."""

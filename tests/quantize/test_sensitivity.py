@@ -11,7 +11,7 @@ from onnxopt.quantize.config import QuantConfig
 from onnxopt.quantize.engine import CandidateBuilder
 from onnxopt.quantize.preprocess import gemm_to_matmul, infer_shapes
 from onnxopt.quantize.sensitivity import fit_budget, measure_sensitivity
-from tests.quantize.quant_models import data_for, mlp
+from tests.quantize.quant_models import data_for, drifted, mlp
 
 
 def _setup(outlier=30.0, n=300):
@@ -181,20 +181,13 @@ def test_errors_that_add_up_are_searched_again_by_the_damage_each_node_does_alon
     while the other is quantized), C costs little: no prefix of the float-one ranking short
     of every node meets the budget, the quantize-one ranking does ({A, B} in float)."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 4)).astype(np.float32)
     direction = rng.standard_normal((4, 4)).astype(np.float32)
 
     def model(d: float) -> onnx.ModelProto:
-        """y = x + x @ (d * direction): top-1 against y = x falls as d grows."""
-        p = numpy_helper.from_array(d * direction, "p")
-        nodes = [helper.make_node("MatMul", ["x", "p"], ["e"], name="err"), helper.make_node("Add", ["x", "e"], ["y"], name="add")]
-        io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 4]) for k in "xy"]
-        m = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], [p]), opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
-        return m
+        return drifted(d, direction)
 
     def build(excluded: frozenset) -> onnx.ModelProto:
         quantized = {"A", "B", "C"} - excluded
