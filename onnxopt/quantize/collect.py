@@ -331,8 +331,9 @@ def collect_channel_stats(
     """Per-channel statistics of ``tensors`` (name -> channel axis) over ``dataset``,
     streamed batch by batch (the equalization passes' and bias correction's input); without
     ``batch_size``, batches whose exposed tensors fit ``CALIBRATION_BYTES`` (``bounded_batch``:
-    bias correction of PP-OCRv4 rec held 7.4 GB at batch 32).  Raises ``DataError`` when the
-    dataset yields no batch."""
+    bias correction of PP-OCRv4 rec held 7.4 GB at batch 32).  A tensor whose size along its
+    channel axis changes between batches (the axis follows the batch) is left out of the
+    result.  Raises ``DataError`` when the dataset yields no batch."""
     if batch_size is None:
         batch_size, note = bounded_batch(model, dataset, list(tensors))
         if note:
@@ -347,12 +348,21 @@ def collect_channel_stats(
     fetch = [n for n in tensors if n not in inputs]
     rng = np.random.default_rng(seed)
     acc = {n: _ChannelAccumulator(max_rows, rng) for n in tensors}
+    channels: dict[str, int] = {}
+    fed = 0
     for feed in dataset.batches(batch_size, limit):
+        fed += 1
         values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
         values.update({n: feed[n] for n in tensors if n in inputs})
         for name, axis in tensors.items():
             v = np.asarray(values[name])
-            acc[name].update(np.moveaxis(v, axis, -1).reshape(-1, v.shape[axis]))
-    if any(a.count == 0 for a in acc.values()):
+            if channels.setdefault(name, v.shape[axis]) != v.shape[axis]:
+                channels[name] = -1  # the axis follows the batch: no channels to speak of
+            if channels[name] > 0:
+                acc[name].update(np.moveaxis(v, axis, -1).reshape(-1, v.shape[axis]))
+    if not fed:
         raise DataError("calibration data yielded no batch", getattr(dataset, "source", None))
-    return {n: a.stats() for n, a in acc.items()}
+    varying = [n for n, c in channels.items() if c < 0]
+    if varying:
+        log.info("channel statistics: %d tensor(s) left out, their channel axis changes with the batch: %s", len(varying), ", ".join(varying[:3]))
+    return {n: a.stats() for n, a in acc.items() if channels.get(n, 0) > 0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from onnxopt.core.passes import Context
 from onnxopt.core.pipeline import run_pipeline
@@ -100,6 +101,16 @@ def test_channel_stats_per_axis():
     np.testing.assert_allclose(st["x"].absmax, np.abs(x).max(axis=0), rtol=1e-6)
     np.testing.assert_allclose(st["x"].mean, x.mean(axis=0), atol=1e-5)
     assert st["h"].rows.shape == (16, 16) and st["x"].count == 40
+
+
+def test_a_tensor_whose_channel_axis_follows_the_batch_is_left_out():
+    """Bounded batches of 40 samples come as 32 + 8: a tensor whose "channel" axis is the
+    batch (here the transposed input) has no per-channel statistics and is left out."""
+    m = gemm_chain()
+    m.graph.node.append(helper.make_node("Transpose", ["x"], ["xt"], name="t", perm=[1, 0]))
+    m.graph.output.append(helper.make_tensor_value_info("xt", TensorProto.FLOAT, None))
+    st = collect_channel_stats(m, _data(m, 40), {"x": -1, "xt": -1}, batch_size=32)
+    assert set(st) == {"x"} and st["x"].count == 40
 
 
 def test_channel_stats_batches_fit_the_calibration_bound(monkeypatch):
