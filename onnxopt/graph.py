@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx
 
 __all__ = [
+    "default_opset",
     "Body",
     "walk_bodies",
     "iter_graphs",
@@ -217,3 +218,8 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (``ai.onnx``) domain ``model`` imports; 0 when none."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

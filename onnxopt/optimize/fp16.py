@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import UnsupportedError
-from ..graph import subgraphs, unique_name, used_names
+from ..graph import default_opset, subgraphs, unique_name, used_names
 from ..simplify.dead import remove_unused
 
 __all__ = ["FP16_OPS", "SENSITIVE_OPS", "Fp16Report", "convert_to_fp16", "to_fp16_array", "Fp16Pass"]
@@ -139,9 +139,6 @@ def _fp32_outputs(node: onnx.NodeProto) -> tuple[int, ...]:
     return FP32_OUTPUTS.get((_domain(node), node.op_type), ())
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
 
 def _converts(node: onnx.NodeProto, types: dict[str, int], keep: set[str], opset: int = 0) -> tuple[bool, str]:
     if node.name and node.name in keep:
@@ -175,7 +172,7 @@ def convert_to_fp16(model: onnx.ModelProto, *, keep_fp32: set[str] | None = None
     """An FP16 copy of ``model`` (FP32 graph inputs/outputs kept); see the module docstring."""
     model = copy.deepcopy(model)
     types = _elem_types(model)
-    opset = _opset(model)
+    opset = default_opset(model)
     rep = Fp16Report()
     plan = _plan(model.graph, types, set(keep_fp32 or ()), opset, rep)
     if not rep.nodes_fp16:

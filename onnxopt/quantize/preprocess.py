@@ -45,7 +45,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from .. import io as oio
 from ..errors import OnnxoptError
-from ..graph import replace_repeated, unique_name
+from ..graph import default_opset, replace_repeated, unique_name
 from ..simplify.constants import constants_to_initializers
 from ..simplify.dead import remove_unused
 from ..simplify.fold import evaluate_node, fold_constants
@@ -84,9 +84,6 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     limit: float = EXACT_REL_L2
 
-
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def node_names(model: onnx.ModelProto) -> list[str]:
@@ -214,7 +211,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[o
 
     Returns ``(model, note)``; on failure the input model and the reason.
     """
-    cur = _opset(model)
+    cur = default_opset(model)
     if cur >= target or cur == 0:
         return model, None
     work = copy.deepcopy(model)

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from ..graph import replace_repeated, subgraphs
 
-__all__ = ["constant_node_tensor", "constants_to_initializers"]
+__all__ = ["constant_node_tensor", "constants_to_initializers", "graph_constants"]
 
 
 def constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -32,6 +32,17 @@ def constant_node_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     if a.name == "value_int":
         return numpy_helper.from_array(np.array(a.i, dtype=np.int64))
     return numpy_helper.from_array(np.array(list(a.ints), dtype=np.int64)) if a.name == "value_ints" else None
+
+
+def graph_constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The constant tensors of ``graph`` by name: its initializers and what its ``Constant``
+    nodes make (not those of nested bodies)."""
+    out = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        t = constant_node_tensor(n)
+        if t is not None:
+            out[n.output[0]] = t
+    return out
 
 
 def _convert(graph: onnx.GraphProto, ir_version: int) -> int:

@@ -32,7 +32,7 @@ from onnx import helper
 
 from ..graph import consumers, producers, unique_name
 from ..io import tensor_array
-from .constants import constant_node_tensor
+from .constants import graph_constants
 from .dead import remove_unused
 
 __all__ = ["find_gelus", "fuse_gelus"]
@@ -62,11 +62,7 @@ class _Poly:
         g = model.graph
         self.prod, self.cons = producers(g), consumers(g)
         self.outputs = {o.name for o in g.output}
-        self.consts = {t.name: t for t in g.initializer}
-        for n in g.node:
-            t = constant_node_tensor(n)
-            if t is not None:
-                self.consts[n.output[0]] = t
+        self.consts = graph_constants(g)
 
     def scalar(self, name: str) -> float | None:
         t = self.consts.get(name)

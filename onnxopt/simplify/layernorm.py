@@ -45,9 +45,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..graph import consumers, producers, unique_name
+from ..graph import consumers, default_opset, producers, unique_name
 from ..io import tensor_array
-from .constants import constant_node_tensor
+from .constants import graph_constants
 from .dead import remove_unused
 
 __all__ = ["LayerNormMatch", "find_layernorms", "fuse_layernorms", "MIN_OPSET"]
@@ -87,11 +87,7 @@ class _Graph:
     def __init__(self, model: onnx.ModelProto, shapes: dict[str, tuple]):
         g = model.graph
         self.prod, self.cons, self.shapes = producers(g), consumers(g), shapes
-        self.consts = {t.name: t for t in g.initializer}
-        for n in g.node:
-            t = constant_node_tensor(n)
-            if t is not None:
-                self.consts[n.output[0]] = t
+        self.consts = graph_constants(g)
         self.outputs = {o.name for o in g.output}
         self.dtypes = _dtypes(model)
         self.read: list[str] = []
@@ -349,7 +345,7 @@ def find_layernorms(model: onnx.ModelProto, shapes: dict[str, tuple] | None = No
 def _candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The ``Sqrt`` nodes of ``something + constant``: where a layer norm may end."""
     g = model.graph
-    prod, consts = producers(g), {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    prod, consts = producers(g), set(graph_constants(g))
     out = []
     for n in g.node:
         if n.op_type != "Sqrt" or n.domain not in ("", "ai.onnx"):
@@ -380,9 +376,6 @@ def _normalized(c: np.ndarray | None, perm: list[int] | None, dims: list[int], f
     return np.ascontiguousarray(np.broadcast_to(full.reshape(full.shape[-k:]), dims)).astype(dtype)
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
 
 def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[str]]:
     """``(model, fused, notes)``: a new model with every matched layer norm of ``model`` fused
@@ -396,10 +389,10 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
     found, notes = find_layernorms(model, shapes)
     if not found:
         return model, 0, notes
-    if _opset(model) < MIN_OPSET:
+    if default_opset(model) < MIN_OPSET:
         from onnx import version_converter
 
-        before = _opset(model)
+        before = default_opset(model)
         try:
             model = version_converter.convert_version(model, MIN_OPSET)
         except Exception as exc:
