@@ -118,17 +118,19 @@ class Evaluator:
 
     The reference outputs are computed once; ``reference_score`` is the reference model's
     own score (its accuracy for ``top1``, 100 for the others).  ``drop(model)`` is the loss
-    in points.  Candidates run on ``provider``.
+    in points.  Candidates run on ``provider``, at the batch ``runtime.scoring_batch`` bounds
+    for the reference.
     """
 
     def __init__(self, reference, dataset, metric: str | None = None, *, provider: str = "cpu", limit: int | None = None):
-        from .runtime import run_dataset
+        from .runtime import run_dataset, scoring_batch
 
         self.dataset = dataset
         self.provider = provider
         self.limit = limit
+        self.batch_size = scoring_batch(reference, dataset)  # candidates hold no more than the reference
         self.labels = dataset.label_array(limit)
-        self.ref_outputs = run_dataset(reference, dataset, provider=provider, limit=limit)
+        self.ref_outputs = run_dataset(reference, dataset, provider=provider, batch_size=self.batch_size, limit=limit)
         fed = getattr(dataset, "fed", 0)
         if self.labels is not None and fed and len(self.labels) > fed:
             self.labels = self.labels[:fed]  # a fixed model batch dropped a partial last batch
@@ -144,7 +146,7 @@ class Evaluator:
         from .errors import VerificationError
         from .runtime import run_dataset
 
-        return run_dataset(model, self.dataset, provider=self.provider, limit=self.limit, error=VerificationError)
+        return run_dataset(model, self.dataset, provider=self.provider, batch_size=self.batch_size, limit=self.limit, error=VerificationError)
 
     def score_outputs(self, outputs: Sequence[np.ndarray]) -> float:
         return score(self.metric, self.ref_outputs, outputs, self.labels)

@@ -119,6 +119,30 @@ def activation_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names:
     return {n: sizes.get(n, fallback) for n in names}
 
 
+def live_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> int:
+    """Bytes per sample of the activations alive at once when ``model``'s main graph runs its
+    nodes in order on ``feed``'s shapes: each output is held from its node to its last reader
+    (graph outputs to the end).  An estimate of the arena ONNX Runtime plans for one sample
+    (its fusions and in-place kernels only lower it)."""
+    g = model.graph
+    produced = [o for n in g.node for o in n.output if o]
+    size = activation_bytes(model, feed, produced)
+    last = {x: i for i, n in enumerate(g.node) for x in n.input}
+    kept = {o.name for o in g.output}
+    alive: dict[str, int] = {}
+    held = peak = 0
+    for i, n in enumerate(g.node):
+        for o in n.output:
+            if o and o not in alive:
+                alive[o] = size[o]
+                held += size[o]
+        peak = max(peak, held)
+        for x in set(n.input):
+            if last.get(x) == i and x not in kept:
+                held -= alive.pop(x, 0)
+    return peak
+
+
 def flops_by_node(model: onnx.ModelProto) -> dict[str, int]:
     """FLOPs per Conv/ConvTranspose/Gemm/MatMul node of the main graph (by node name or output)."""
     shapes = _shape_map(model)

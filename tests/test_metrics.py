@@ -104,3 +104,21 @@ def _save(tmp_path, **arrays):
     p = tmp_path / f"d{len(list(tmp_path.iterdir()))}.npz"
     np.savez(p, **arrays)
     return p
+
+
+def test_the_scoring_batch_is_bounded_by_the_reference_live_activations(monkeypatch):
+    """Candidates are scored at the batch whose live activations (``stats.live_bytes``)
+    fit ``runtime.SCORING_BYTES``: PP-OCRv4 rec's optimize peaked at 1060 MB scoring
+    at batch 32, 717 MB at 8; small models keep the default batch."""
+    import onnxopt.runtime as rt
+    from onnxopt.data import DEFAULT_BATCH, Dataset
+    from tests.test_stats import _chain
+
+    m = _chain(1000, 4)  # 4000 bytes a tensor per sample, two alive: 8000
+    ds = Dataset("<mem>", arrays={"x": np.ones((40, 1000), np.float32)})
+    assert rt.scoring_batch(m, ds) == DEFAULT_BATCH
+    assert rt.scoring_batch(m, ds, budget=8000 * 5) == 5
+    monkeypatch.setattr(rt, "SCORING_BYTES", 8000 * 3)
+    ev = Evaluator(m, ds, "rel-l2")
+    assert ev.batch_size == 3 and ds.fed == 40
+    assert ev.drop(m) == pytest.approx(0)

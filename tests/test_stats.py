@@ -57,3 +57,25 @@ def test_flops_grouped_conv_matmul_and_conv_transpose():
     assert f["gconv"] == 2 * (2 * 8 * 4 * 4) * (2 * 3 * 3)  # output [2,8,4,4], 2 in-channels per group
     assert f["deconv"] == 2 * (2 * 8 * 4 * 4) * (3 * 2 * 2)  # input [2,8,4,4], weight [8,3,2,2]
     assert f["mm"] == 2 * 3 * 5 * 16 * 10
+
+
+def _chain(width: int, depth: int) -> onnx.ModelProto:
+    """x -> Relu -> ... (depth nodes) plus one skip from x to the end: x lives throughout."""
+    nodes, prev = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("Relu", [prev], [f"r{i}"], name=f"relu{i}"))
+        prev = f"r{i}"
+    nodes.append(helper.make_node("Add", [prev, "x"], ["y"], name="skip"))
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", width]) for k in "xy"]
+    return helper.make_model(helper.make_graph(nodes, "chain", io[:1], io[1:]), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_live_bytes_holds_each_tensor_from_its_node_to_its_last_reader():
+    from onnxopt.stats import live_bytes
+
+    feed = {"x": np.zeros((4, 100), np.float32)}
+    # per sample 400 bytes a tensor; a chain frees each Relu output at its reader: two alive at once
+    assert live_bytes(_chain(100, 6), feed) == 2 * 400
+    m = _chain(100, 3)
+    m.graph.output.append(helper.make_tensor_value_info("r0", TensorProto.FLOAT, ["N", 100]))
+    assert live_bytes(m, feed) == 3 * 400  # a graph output is held to the end
