@@ -40,6 +40,7 @@ def ort_optimized(model: onnx.ModelProto, provider: str = "cpu", *, level: str =
 
     if exceeds_protobuf(model, margin=2**24):
         raise UnsupportedError("the offline-optimized candidate is built for models under 2 GB only")
+    model = _layernorms_at_17(model)
     with tempfile.TemporaryDirectory(prefix="onnxopt-offline-") as tmp:
         path = Path(tmp) / "optimized.onnx"
         create_session(model, provider, config=SessionConfig(optimization_level=level), optimized_path=path, error=VerificationError)
@@ -47,3 +48,18 @@ def ort_optimized(model: onnx.ModelProto, provider: str = "cpu", *, level: str =
     onnx.helper.set_model_props(out, {p.key: p.value for p in model.metadata_props})
     carry_options(out, SessionConfig(optimization_level="disable"))
     return out
+
+
+def _layernorms_at_17(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its decomposed layer norms fused (``simplify.layernorm``) when its
+    opset is below 17: ORT's own fusion writes ``LayerNormalization`` into the default domain
+    at the model's opset, where ``onnx.checker`` knows no such op (PP-OCRv4 rec, opset 12:
+    the candidate failed verification).  Fused by us, the opset is converted to 17 first."""
+    from ..graph import default_opset
+    from ..simplify.layernorm import MIN_OPSET, fuse_layernorms
+
+    if default_opset(model) >= MIN_OPSET:
+        return model
+    fused, n, _ = fuse_layernorms(model)
+    return fused if n else model
+

@@ -203,3 +203,18 @@ def test_check_comparison_takes_the_pass_limit():
         check_comparison(comp, "step", exact=True)
     check_comparison(comp, "step", exact=True, limit=REASSOCIATED_REL_L2)
     assert comp.inexact(REASSOCIATED_REL_L2) == [] and len(comp.inexact()) == 1
+
+
+def test_the_offline_optimized_graph_of_an_opset_13_layer_norm_passes_the_checker():
+    """ORT's own fusion writes LayerNormalization at the model's opset 13, which onnx.checker
+    does not know (PP-OCRv4 rec's ort-offline candidate failed so): the layer norm is fused
+    by us first, the opset converted to 17."""
+    from onnxopt.serving.offline import ort_optimized
+
+    m = _torch(opset=13)
+    out = ort_optimized(m)
+    assert [o.version for o in out.opset_import if o.domain == ""] == [17]
+    assert "LayerNormalization" in {n.op_type for n in out.graph.node}
+    check_model(out)
+    x = RNG.standard_normal((3, 4, 16)).astype(np.float32)
+    assert _rel(_run(out, x), _run(m, x)) < 1e-5
