@@ -49,6 +49,7 @@ from ..graph import consumers, default_opset, producers, unique_name
 from ..io import tensor_array
 from .constants import graph_constants
 from .dead import remove_unused
+from .opset import upgrade_opset
 
 __all__ = ["LayerNormMatch", "find_layernorms", "fuse_layernorms", "MIN_OPSET"]
 
@@ -390,15 +391,12 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
     if not found:
         return model, 0, notes
     if default_opset(model) < MIN_OPSET:
-        from onnx import version_converter
-
         before = default_opset(model)
-        try:
-            model = version_converter.convert_version(model, MIN_OPSET)
-        except Exception as exc:
-            why = " ".join(str(exc).split())[:160]
-            notes.append(f"{len(found)} layer norm(s) found but not fused: converting opset {before} to {MIN_OPSET} failed ({why})")
+        converted, note = upgrade_opset(model, MIN_OPSET)
+        if converted is model:
+            notes.append(f"{len(found)} layer norm(s) found but not fused: {note}")
             return model, 0, notes
+        model = converted
         notes.append(f"opset {before} converted to {MIN_OPSET} (LayerNormalization)")
         shapes = static_shapes(model)
         found, _ = find_layernorms(model, shapes)

@@ -14,9 +14,9 @@ from onnxopt.quantize.preprocess import (
     materialize_weights,
     name_nodes,
     prepare,
-    upgrade_opset,
 )
 from onnxopt.runtime import create_session
+from onnxopt.simplify.opset import upgrade_opset
 from onnxopt.verify import check_model
 from tests.quantize.quant_models import constant_weight_mlp, conv_net, data_for, mlp
 
@@ -56,12 +56,12 @@ def test_materialize_counts_and_keeps_shared_producers():
 
 def test_upgrade_opset_keeps_outputs():
     m = conv_net(opset=11)
-    up, note = upgrade_opset(m)
+    up, note = upgrade_opset(m, 13)
     assert note == "opset 11 -> 13"
     assert next(o.version for o in up.opset_import if o.domain in ("", "ai.onnx")) == 13
     feed = {"x": data_for(m, 2)["x"]}
     np.testing.assert_allclose(_run(up, feed)[0], _run(m, feed)[0], rtol=1e-6)
-    same, note = upgrade_opset(conv_net())
+    same, note = upgrade_opset(conv_net(), 13)
     assert note is None
 
 
