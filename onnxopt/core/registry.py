@@ -23,6 +23,8 @@ PASSES: dict[str, str] = {
     "infer-shapes": "onnxopt.simplify.passes:InferShapesPass",
     "fuse-layernorm": "onnxopt.simplify.passes:FuseLayerNormPass",
     "fuse-gelu": "onnxopt.simplify.passes:FuseGeluPass",
+    "fuse-hardswish": "onnxopt.simplify.passes:FuseHardSwishPass",
+    "fold-conv-affine": "onnxopt.simplify.passes:FoldConvAffinePass",
     "fix-shapes": "onnxopt.simplify.fix_shapes:FixShapesPass",
     "prune-magnitude": "onnxopt.prune.passes:PruneMagnitudePass",
     "prune-channels": "onnxopt.prune.passes:PruneChannelsPass",

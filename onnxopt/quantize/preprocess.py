@@ -15,7 +15,11 @@ Steps (each in place on a copy; the result is verified against the input by ``pr
 5. ``fuse_layernorms`` (``onnxopt.simplify.layernorm``): a layer norm the exporter wrote as a
    dozen elementwise ops becomes one ``LayerNormalization`` (opset converted to 17 for it);
    ``fuse_gelus`` (``onnxopt.simplify.gelu``): a GELU written as eight becomes ORT's
-   ``FastGelu`` / ``Gelu`` (its ``x**3`` next to ``x`` fits no 8-bit range).
+   ``FastGelu`` / ``Gelu`` (its ``x**3`` next to ``x`` fits no 8-bit range);
+   ``fold_conv_affines`` (``onnxopt.simplify.conv_affine``): scales and shifts by constants
+   after a Conv go into its weight and bias; ``fuse_hardswishes``
+   (``onnxopt.simplify.hardswish``): ``x * relu6(x + 3) / 6`` becomes one ``HardSwish``
+   (PP-OCRv4 rec: 84 quantized elementwise ops fewer; static INT8 1.17x -> 1.35x its FP32).
    Quantized as they were, its intermediates each get an 8-bit range, and the "fast variance"
    ``mean(x*x) - mean(x)**2`` cancels two quantized numbers (magika's static INT8 lost 93
    points of agreement there); fused, only their inputs and outputs are quantized.  Its float
@@ -41,16 +45,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, version_converter
+from onnx import helper, numpy_helper
 
 from .. import io as oio
 from ..errors import OnnxoptError
-from ..graph import default_opset, replace_repeated, unique_name
+from ..graph import unique_name
 from ..simplify.constants import constants_to_initializers
+from ..simplify.conv_affine import fold_conv_affines
 from ..simplify.dead import remove_unused
 from ..simplify.fold import evaluate_node, fold_constants
 from ..simplify.gelu import fuse_gelus
+from ..simplify.hardswish import fuse_hardswishes
 from ..simplify.layernorm import fuse_layernorms
+from ..simplify.opset import upgrade_opset
 from ..verify import EXACT_REL_L2, REASSOCIATED_REL_L2
 
 __all__ = [
@@ -59,7 +66,6 @@ __all__ = [
     "name_nodes",
     "map_node_names",
     "materialize_weights",
-    "upgrade_opset",
     "ort_pre_process",
     "gemm_to_matmul",
     "infer_shapes",
@@ -206,28 +212,6 @@ def materialize_weights(model: onnx.ModelProto) -> tuple[int, list[str]]:
     return count, notes
 
 
-def upgrade_opset(model: onnx.ModelProto, target: int = TARGET_OPSET) -> tuple[onnx.ModelProto, str | None]:
-    """Convert a default-domain opset below ``target`` with ONNX's version converter.
-
-    Returns ``(model, note)``; on failure the input model and the reason.
-    """
-    cur = default_opset(model)
-    if cur >= target or cur == 0:
-        return model, None
-    work = copy.deepcopy(model)
-    if work.ir_version < 4:
-        # IR < 4 lists initializers as inputs; newer IR keeps them apart (not overridable)
-        inits = {t.name for t in work.graph.initializer}
-        replace_repeated(work.graph.input, [i for i in work.graph.input if i.name not in inits])
-        work.ir_version = 4
-    try:
-        out = version_converter.convert_version(work, target)
-    except Exception as exc:
-        return model, f"opset {cur} kept: the version converter failed ({' '.join(str(exc).split())[:160]})"
-    out.ir_version = max(out.ir_version, 7)
-    return out, f"opset {cur} -> {target}"
-
-
 def ort_pre_process(src: Path, *, big: bool = False) -> tuple[onnx.ModelProto | None, str]:
     """ORT's ``quant_pre_process`` (symbolic shape inference + basic optimization) of the
     model file ``src``; None on failure.  ``big``: the result is saved with external data
@@ -341,6 +325,15 @@ def _large(model: onnx.ModelProto) -> bool:
     return oio.is_lazy(model) or oio.model_nbytes(model) >= oio.LARGE_MODEL_BYTES
 
 
+# Step 5, in order: (count key, what, function returning (model, count, notes)).
+_FUSIONS = (
+    ("layernorms_fused", "{n} layer norm(s) fused", fuse_layernorms),
+    ("gelus_fused", "{n} GELU(s) fused", fuse_gelus),
+    ("conv_affines_folded", "{n} scale(s)/shift(s) folded into Conv", fold_conv_affines),
+    ("hardswishes_fused", "{n} hard swish(es) fused", fuse_hardswishes),
+)
+
+
 def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: int = TARGET_OPSET, check=None) -> Prepared:
     """Steps 1-7 of the module docstring on a copy of ``model``.
 
@@ -367,17 +360,19 @@ def prepare(model: onnx.ModelProto, *, use_ort_preprocess: bool = True, opset: i
     if note:
         notes.append(note)
     limit = EXACT_REL_L2
-    fused, n_ln, more = fuse_layernorms(work)
-    fused, n_gelu, more2 = fuse_gelus(fused)
-    notes.extend((more + more2)[:3])
-    if n_ln or n_gelu:
-        what = f"{n_ln} layer norm(s) and {n_gelu} GELU(s) fused"
+    fused, done, more = work, {}, []
+    for key, _, fuse in _FUSIONS:
+        fused, done[key], said = fuse(fused)
+        more.extend(said)
+    notes.extend(more[:3])
+    if any(done.values()):
+        what = ", ".join(label.format(n=done[key]) for key, label, _ in _FUSIONS if done[key])
         why = check(fused, f"model with {what}", REASSOCIATED_REL_L2) if check is not None else None
         if why:
             notes.append(f"{what}, dropped: {why}")
         else:
             work, limit = fused, REASSOCIATED_REL_L2
-            counts.update(layernorms_fused=n_ln, gelus_fused=n_gelu)
+            counts.update(done)
             name_nodes(work)
     if use_ort_preprocess and _large(work):
         # quant_pre_process saves, reloads (every weight in memory) and hands back a new

@@ -15,10 +15,12 @@ from ..io import exceeds_protobuf
 from ..runtime import run_dataset
 from ..verify import REASSOCIATED_REL_L2, check_model, compare_outputs, frozen_dims
 from .constants import constants_to_initializers
+from .conv_affine import fold_conv_affines
 from .dead import remove_unused
 from .dedupe import dedupe_initializers
 from .fold import fold_constants
 from .gelu import fuse_gelus
+from .hardswish import fuse_hardswishes
 from .layernorm import fuse_layernorms
 from .onnxsim_runner import run_onnxsim
 
@@ -130,6 +132,35 @@ class FuseGeluPass(Pass):
     def call(self, model, ctx):
         out, n, notes = fuse_gelus(model)
         return self.result(out, n > 0, counts={"gelus_fused": n}, notes=notes)
+
+
+class FoldConvAffinePass(Pass):
+    """Fold scales and shifts by constants after a Conv into its weight and bias.
+
+    What is matched and why ORT's own fusions miss it: ``onnxopt.simplify.conv_affine``; each
+    such op not folded says why in the notes.
+    """
+
+    key = "fold-conv-affine"
+
+    def call(self, model, ctx):
+        out, n, notes = fold_conv_affines(model)
+        return self.result(out, n > 0, counts={"ops_folded": n}, notes=notes)
+
+
+class FuseHardSwishPass(Pass):
+    """Fuse hard swishes written as elementwise ops into one HardSwish (opset 14).
+
+    What is matched: ``onnxopt.simplify.hardswish``.  The outputs are held to
+    ``REASSOCIATED_REL_L2``; each ``Clip`` of ``x + 3`` not fused says why in the notes.
+    """
+
+    key = "fuse-hardswish"
+    limit = REASSOCIATED_REL_L2
+
+    def call(self, model, ctx):
+        out, n, notes = fuse_hardswishes(model)
+        return self.result(out, n > 0, counts={"hardswishes_fused": n}, notes=notes)
 
 
 def own_simplify(model: onnx.ModelProto, max_fold_bytes: int) -> tuple[dict, list[str]]:
