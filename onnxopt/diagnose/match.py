@@ -201,24 +201,36 @@ def _cand_reader_ops(name: str, cons: dict) -> set[str]:
     return {r.op_type for r in readers if r.op_type != "QuantizeLinear"} | {x.op_type for x in through_dq}
 
 
-def _fold_target(name: str, ref_cons: dict, ref_const: dict, cand_has, cand_ops: set[str]) -> str:
-    """The reference tensor whose content the candidate tensor matched to reference ``name``
-    (read by ``cand_ops``) holds: ``name``, or the output of the chain of foldable nodes after
-    it that the candidate folded away (their outputs gone, and no node of their op type
-    reading that tensor in the candidate)."""
+def _fold_chain(name: str, ref_cons: dict, ref_const: dict):
+    """The outputs of the nodes after reference ``name`` that could fold into its producer:
+    each the single reader of the one before, foldable, its other inputs constants."""
     seen = {name}
     while True:
         readers = ref_cons.get(name, [])
         if len(readers) != 1:
-            return name
+            return
         f = readers[0]
-        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in f.input if x and x != name):
+        if f.op_type not in _FOLDABLE or not f.output or any(x not in ref_const for x in f.input if x and x != name) or f.output[0] in seen:
+            return
+        name = f.output[0]
+        seen.add(name)
+        yield f.op_type, name
+
+
+def _fold_target(name: str, ref_cons: dict, ref_const: dict, cand_has, cand: str, cand_ops: set[str]) -> str:
+    """The reference tensor whose content the candidate tensor ``cand`` matched to reference
+    ``name`` (read by ``cand_ops``) holds: the output of the chain of foldable nodes after
+    ``name`` that ``cand`` is named like (a Conv that took over the name of the Add folded
+    into it), else the chain's last output the candidate folded away (their outputs gone,
+    and no node of their op type reading that tensor in the candidate), else ``name``."""
+    chain = list(_fold_chain(name, ref_cons, ref_const))
+    if any(out == cand for _, out in chain):
+        return cand
+    for op_type, out in chain:
+        if cand_has(out) or op_type in cand_ops:
             return name
-        out = f.output[0]
-        if cand_has(out) or out in seen or f.op_type in cand_ops:
-            return name
-        seen.add(out)
         name = out
+    return name
 
 
 def _is_float(name: str, types: dict) -> bool:
@@ -243,7 +255,7 @@ def match_tensors(ref: onnx.ModelProto, cand: onnx.ModelProto) -> Matching:
         """Match reference ``o`` to candidate ``c`` by ``how``, or, when the candidate
         node absorbed the folds after ``o``, the folded output to ``c`` (``keep_found``: not
         over a match already made)."""
-        target = _fold_target(o, ref_cons, st.ref_const, cand_has, _cand_reader_ops(c, st.cand_cons))
+        target = _fold_target(o, ref_cons, st.ref_const, cand_has, c, _cand_reader_ops(c, st.cand_cons))
         if target == o:
             st.claim(o, c, "qdq-skip" if o in st.ref_quantized else how)
         elif not (keep_found and target in st.found):

@@ -203,3 +203,34 @@ def test_a_conv_with_its_batchnorm_folded_in_is_matched_to_the_fold():
     assert hows == [("BatchNormalization_output_0", "folded")] * 3 + [("Relu_output_0", "qdq")] * 3
     first = diagnose(ref, q, data=x).layerwise.first
     assert first is not None and first.rel_l2 < 0.1 and not first.ref.endswith("Conv_output_0")
+
+
+def test_a_conv_that_took_over_the_name_of_its_folded_affine_is_not_compared_before_it():
+    """fold-conv-affine leaves the Conv writing the Add's output name, and in a QDQ model a
+    Mul reads its DequantizeLinear view (the hard swish ORT writes as HardSigmoid * x).
+    The Conv's raw output in the reference is not paired with the candidate's folded one
+    by structure (PP-OCRv4 rec: 'rel L2 7.3' at every learnable affine, the scale itself)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxopt.data import Dataset
+    from onnxopt.diagnose.api import diagnose
+    from onnxopt.simplify.conv_affine import fold_conv_affines
+
+    rng = np.random.default_rng(0)
+    consts = (("w", rng.standard_normal((4, 3, 3, 3))), ("bias", rng.standard_normal(4)), ("s", np.array([0.2])), ("b", np.array([0.5])))
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "bias"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c", "s"], ["m"], name="scale"),
+        helper.make_node("Add", ["m", "b"], ["a"], name="shift"),
+        helper.make_node("HardSigmoid", ["a"], ["h"], name="hsig", alpha=1 / 6),
+        helper.make_node("Mul", ["a", "h"], ["y"], name="swish"),
+    ]
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 3 if k == "x" else 4, 8, 8]) for k in "xy"]
+    g = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(a.astype(np.float32), k) for k, a in consts])
+    ref = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    x = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
+    cand = qdq(fold_conv_affines(ref)[0], x)
+    pairs = {p.ref: (p.cand, p.how) for p in match_tensors(ref, cand).pairs}
+    assert pairs["a"][1] == "qdq" and "c" not in pairs and "m" not in pairs
+    first = diagnose(ref, cand, data=Dataset("<t>", arrays={"x": x})).layerwise.first
+    assert first is None or first.ref != "c"
