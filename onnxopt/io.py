@@ -45,6 +45,7 @@ __all__ = [
     "exceeds_protobuf",
     "external_info",
     "is_lazy",
+    "is_lazy_tensor",
     "lazy_folders",
     "strip_basepath",
     "tensor_bytes",
@@ -174,10 +175,15 @@ def stored_nbytes(model: onnx.ModelProto) -> int:
     return int(model.ByteSize()) + sum(int(external_info(t).get("length", 0) or 0) for t in lazy)
 
 
+def is_lazy_tensor(t: onnx.TensorProto) -> bool:
+    """Whether ``t`` is left in its external-data file (lazy load): it carries a ``basepath``
+    entry with the absolute folder of its file."""
+    return t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data)
+
+
 def is_lazy(model: onnx.ModelProto) -> bool:
-    """Whether some tensors of ``model`` are left in their external-data files (lazy load):
-    such tensors carry a ``basepath`` entry with the absolute folder of their file."""
-    return any(t.data_location == onnx.TensorProto.EXTERNAL and any(e.key == BASEPATH for e in t.external_data) for t in all_tensors(model))
+    """Whether some tensors of ``model`` are left in their external-data files (``is_lazy_tensor``)."""
+    return any(is_lazy_tensor(t) for t in all_tensors(model))
 
 
 def lazy_folders(model: onnx.ModelProto) -> set[str]:

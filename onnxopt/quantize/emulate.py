@@ -29,7 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..graph import FLOAT_TYPES, consumers, initializer_map, producers, unique_name
-from ..io import tensor_array
+from ..io import is_lazy_tensor, tensor_array
 from .bias_correction import dequantized
 
 __all__ = [
@@ -66,12 +66,27 @@ class FloatReference:
             if t.data_type in FLOAT_TYPES and len(t.dims) >= 2:
                 self.by_shape.setdefault(tuple(t.dims), []).append(name)
 
-    def find(self, dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
-        """The float value of ``dq``'s output; None when the reference holds none that fits."""
+    def _named(self, dq: onnx.NodeProto) -> onnx.TensorProto | None:
+        """The reference tensor named like ``dq``'s output or its quantized input."""
         q_name = dq.input[0]
         for name in (dq.output[0], q_name[: -len("_quantized")] if q_name.endswith("_quantized") else None):
             if name and name in self.inits:
-                return tensor_array(self.inits[name]).astype(np.float32)
+                return self.inits[name]
+        return None
+
+    def lazy(self, dq: onnx.NodeProto) -> onnx.TensorProto | None:
+        """The reference's own FLOAT tensor behind ``dq`` when it waits in its file (a lazy
+        base, ``io.is_lazy``): a copy of it names those bytes without reading them, where
+        ``find``'s array would sit inline in the emulated model and be copied again by
+        every session made from it (the encoder's bisection peaked there); else None."""
+        t = self._named(dq)
+        return t if t is not None and t.data_type == onnx.TensorProto.FLOAT and is_lazy_tensor(t) else None
+
+    def find(self, dq: onnx.NodeProto, inits: dict) -> np.ndarray | None:
+        """The float value of ``dq``'s output; None when the reference holds none that fits."""
+        t = self._named(dq)
+        if t is not None:
+            return tensor_array(t).astype(np.float32)
         deq = dequantized(dq, inits)
         if deq is None or deq.ndim < 2 or inits[dq.input[0]].data_type == onnx.TensorProto.INT32:
             return None
@@ -127,12 +142,17 @@ def _float_weights(graph, nodes, weights: FloatReference, notes: dict, live=lamb
                 continue
             if any(live(c) for d in cons.get(dq.input[0], []) for c in cons.get(d.output[0], [])):
                 continue  # shared with a quantized node: read quantized, as the quantizer leaves it
-            w = weights.find(dq, inits)
-            if w is None:
-                missing += inits[dq.input[0]].data_type != onnx.TensorProto.INT32
-                continue
             name = unique_name(f"{x}_float", taken)
-            graph.initializer.append(numpy_helper.from_array(w, name))
+            ref = weights.lazy(dq)
+            if ref is not None:
+                graph.initializer.add().CopyFrom(ref)
+                graph.initializer[-1].name = name
+            else:
+                w = weights.find(dq, inits)
+                if w is None:
+                    missing += inits[dq.input[0]].data_type != onnx.TensorProto.INT32
+                    continue
+                graph.initializer.append(numpy_helper.from_array(w, name))
             n.input[i] = name
             found += 1
         notes[n.name] = "quantized (no float copy in the reference)" if missing else ("float" if found else "none")
