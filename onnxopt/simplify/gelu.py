@@ -34,6 +34,7 @@ from ..graph import consumers, producers, unique_name
 from ..io import tensor_array
 from .constants import graph_constants
 from .dead import remove_unused
+from .matching import NoMatch, close
 
 __all__ = ["find_gelus", "fuse_gelus"]
 
@@ -42,16 +43,7 @@ log = logging.getLogger(__name__)
 MS_DOMAIN = "com.microsoft"
 _TANH_A = math.sqrt(2 / math.pi)
 _TANH_B = 0.044715
-_RTOL = 1e-4
 _MAX_DEPTH = 8
-
-
-class _NoMatch(Exception):
-    pass
-
-
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= _RTOL * abs(b)
 
 
 class _Poly:
@@ -96,7 +88,7 @@ class _Poly:
             return {0: c}
         n = self.prod.get(name)
         if n is None or n.domain not in ("", "ai.onnx") or depth > _MAX_DEPTH:
-            raise _NoMatch(f"'{name}' is not arithmetic on '{x}'")
+            raise NoMatch(f"'{name}' is not arithmetic on '{x}'")
         op = n.op_type
         if op in ("Add", "Sub"):
             a, b = self.of(n.input[0], x, depth + 1), self.of(n.input[1], x, depth + 1)
@@ -112,18 +104,18 @@ class _Poly:
         if op == "Div":
             c = self.scalar(n.input[1])
             if c is None or c == 0:
-                raise _NoMatch(f"'{n.name}' divides by something other than a constant")
+                raise NoMatch(f"'{n.name}' divides by something other than a constant")
             return {p: v / c for p, v in self.of(n.input[0], x, depth + 1).items()}
         if op == "Pow":
             e = self.scalar(n.input[1])
             if e is None or e != int(e) or not 1 <= e <= 3:
-                raise _NoMatch(f"'{n.name}' is not a small integer power")
+                raise NoMatch(f"'{n.name}' is not a small integer power")
             base = self.of(n.input[0], x, depth + 1)
             if len(base) != 1:
-                raise _NoMatch(f"'{n.name}' raises a sum to a power")
+                raise NoMatch(f"'{n.name}' raises a sum to a power")
             ((p, c),) = base.items()
             return {p * int(e): c ** int(e)}
-        raise _NoMatch(f"'{name}' is made by {op}")
+        raise NoMatch(f"'{name}' is made by {op}")
 
     def sole_reader(self, name: str) -> onnx.NodeProto | None:
         readers = self.cons.get(name, [])
@@ -141,9 +133,9 @@ def _match(pl: _Poly, node: onnx.NodeProto) -> tuple[str, str, str]:
     for x in pl.cone(node.input[0]):
         try:
             return _match_at(pl, node, x)
-        except _NoMatch as exc:
+        except NoMatch as exc:
             why = str(exc) if "is not arithmetic" not in str(exc) and "made by" not in str(exc) else why
-    raise _NoMatch(why)
+    raise NoMatch(why)
 
 
 def _match_at(pl: _Poly, node: onnx.NodeProto, x: str) -> tuple[str, str, str]:
@@ -151,12 +143,12 @@ def _match_at(pl: _Poly, node: onnx.NodeProto, x: str) -> tuple[str, str, str]:
     if node.op_type == "Tanh":
         kind = "FastGelu"
         a, b = arg.get(1), arg.get(3)
-        if set(arg) != {1, 3} or not _close(a, _TANH_A) or not _close(b / a, _TANH_B):
-            raise _NoMatch(f"its argument {_show(arg)} is not sqrt(2/pi)*(x + 0.044715*x^3)")
+        if set(arg) != {1, 3} or not close(a, _TANH_A) or not close(b / a, _TANH_B):
+            raise NoMatch(f"its argument {_show(arg)} is not sqrt(2/pi)*(x + 0.044715*x^3)")
     else:
         kind = "Gelu"
-        if set(arg) != {1} or not _close(arg[1], 1 / math.sqrt(2)):
-            raise _NoMatch(f"its argument {_show(arg)} is not x/sqrt(2)")
+        if set(arg) != {1} or not close(arg[1], 1 / math.sqrt(2)):
+            raise NoMatch(f"its argument {_show(arg)} is not x/sqrt(2)")
     # forward: (1 + t), then products by constants and by x until 0.5 * x * (1 + t)
     cur, plus_one, coef, power, y = node.output[0], False, 1.0, 0, None
     while True:
@@ -169,7 +161,7 @@ def _match_at(pl: _Poly, node: onnx.NodeProto, x: str) -> tuple[str, str, str]:
         elif plus_one and n.op_type == "Mul":
             try:
                 term = _terms(pl.of(other, x))
-            except _NoMatch:
+            except NoMatch:
                 break
             if len(term) != 1:
                 break
@@ -180,10 +172,10 @@ def _match_at(pl: _Poly, node: onnx.NodeProto, x: str) -> tuple[str, str, str]:
         else:
             break
         cur = n.output[0]
-        if plus_one and power == 1 and _close(coef, 0.5):
+        if plus_one and power == 1 and close(coef, 0.5):
             y = cur
     if y is None:
-        raise _NoMatch("its result is not 0.5 * x * (1 + t)")
+        raise NoMatch("its result is not 0.5 * x * (1 + t)")
     return kind, x, y
 
 
@@ -203,7 +195,7 @@ def find_gelus(model: onnx.ModelProto) -> tuple[list[tuple[str, str, str]], list
             continue  # an activation of a tensor no arithmetic made: not a GELU, nothing to say
         try:
             found.append(_match(pl, n))
-        except _NoMatch as exc:
+        except NoMatch as exc:
             refused.append(f"'{n.name or n.output[0]}' not fused as a GELU: {exc}")
     return found, refused
 

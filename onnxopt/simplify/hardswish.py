@@ -20,34 +20,24 @@ rounds in another order: the caller checks the outputs within ``verify.REASSOCIA
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from ..graph import attribute, consumers, default_opset, producers, unique_name
+from ..graph import attribute, consumers, producers, unique_name
 from ..io import tensor_array
 from .constants import graph_constants
 from .dead import remove_unused
-from .opset import upgrade_opset
+from .matching import NoMatch, at_opset, close
 
 __all__ = ["find_hardswishes", "fuse_hardswishes"]
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 14  # HardSwish entered the default domain at opset 14
-_RTOL = 1e-4
 _MAX_OPS = 3
-
-
-class _NoMatch(Exception):
-    pass
-
-
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= _RTOL * abs(b)
 
 
 def _scalar(consts: dict, name: str) -> float | None:
@@ -67,7 +57,7 @@ def _start(n: onnx.NodeProto, consts: dict, made_by: dict) -> tuple[str, float] 
     ``HardSigmoid(x)`` with alpha 1/6, beta 1/2 (k = 1); None when it is not one."""
     if n.op_type == "HardSigmoid" and _default(n):
         alpha, beta = attribute(n, "alpha", 0.2), attribute(n, "beta", 0.5)
-        return (n.input[0], 1.0) if _close(alpha, 1 / 6) and _close(beta, 0.5) else None
+        return (n.input[0], 1.0) if close(alpha, 1 / 6) and close(beta, 0.5) else None
     if n.op_type != "Clip" or not _default(n):
         return None
     if len(n.input) > 1:  # opset >= 11: bounds as inputs
@@ -76,11 +66,11 @@ def _start(n: onnx.NodeProto, consts: dict, made_by: dict) -> tuple[str, float] 
     else:
         lo, hi = attribute(n, "min"), attribute(n, "max")
     add = made_by.get(n.input[0])
-    if lo != 0 or hi is None or not _close(hi, 6) or add is None or add.op_type != "Add" or not _default(add):
+    if lo != 0 or hi is None or not close(hi, 6) or add is None or add.op_type != "Add" or not _default(add):
         return None
     for x, three in (add.input, reversed(add.input)):
         c = _scalar(consts, three)
-        if c is not None and _close(c, 3) and x not in consts:
+        if c is not None and close(c, 3) and x not in consts:
             return x, 6.0
     return None
 
@@ -88,27 +78,27 @@ def _start(n: onnx.NodeProto, consts: dict, made_by: dict) -> tuple[str, float] 
 def _match(n: onnx.NodeProto, x: str, k: float, consts: dict, readers: dict, outputs: set[str]) -> str:
     """The output of the last op of the hard swish whose ``k * hardsigmoid(x)`` ``n`` makes."""
     if n.op_type == "Clip" and len(readers.get(n.input[0], [])) != 1:
-        raise _NoMatch("its 'x + 3' has other readers")
+        raise NoMatch("its 'x + 3' has other readers")
     cur, has_x = n.output[0], False
     for _ in range(_MAX_OPS):
         after = readers.get(cur, [])
         if cur in outputs or len(after) != 1:
-            raise _NoMatch(f"'{cur}' is read {len(after)} times or is a graph output")
+            raise NoMatch(f"'{cur}' is read {len(after)} times or is a graph output")
         op = after[0]
         if op.op_type not in ("Mul", "Div") or not _default(op) or len(op.input) != 2:
-            raise _NoMatch(f"'{cur}' is read by a {op.op_type}, not a Mul or Div")
+            raise NoMatch(f"'{cur}' is read by a {op.op_type}, not a Mul or Div")
         other = op.input[1] if op.input[0] == cur else op.input[0]
         if other == x and op.op_type == "Mul" and not has_x:
             has_x = True
         else:
             c = _scalar(consts, other)
             if c is None or c == 0 or (op.op_type == "Div" and op.input[0] != cur):
-                raise _NoMatch(f"{op.op_type} '{op.name or op.output[0]}' is not by x or by a scalar constant")
+                raise NoMatch(f"{op.op_type} '{op.name or op.output[0]}' is not by x or by a scalar constant")
             k = k * c if op.op_type == "Mul" else k / c
         cur = op.output[0]
-        if has_x and _close(k, 1.0):
+        if has_x and close(k, 1.0):
             return cur
-    raise _NoMatch(f"its result is not x * relu6(x + 3) / 6 within {_MAX_OPS} ops")
+    raise NoMatch(f"its result is not x * relu6(x + 3) / 6 within {_MAX_OPS} ops")
 
 
 def find_hardswishes(model: onnx.ModelProto) -> tuple[list[tuple[str, str]], list[str]]:
@@ -126,7 +116,7 @@ def find_hardswishes(model: onnx.ModelProto) -> tuple[list[tuple[str, str]], lis
             continue
         try:
             found.append((start[0], _match(n, *start, consts, readers, outputs)))
-        except _NoMatch as exc:
+        except NoMatch as exc:
             if n.op_type == "Clip":  # a HardSigmoid alone is an activation of its own
                 refused.append(f"'{n.name or n.output[0]}' not fused as a hard swish: {exc}")
     return found, refused
@@ -139,15 +129,11 @@ def fuse_hardswishes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list
     found, notes = find_hardswishes(model)
     if not found:
         return model, 0, notes
-    if default_opset(model) < MIN_OPSET:
-        before = default_opset(model)
-        converted, note = upgrade_opset(model, MIN_OPSET)
-        if converted is model:
-            return model, 0, [*notes, f"{len(found)} hard swish(es) found but not fused: {note}"]
-        model = converted
-        notes.append(f"opset {before} converted to {MIN_OPSET} (HardSwish)")
-    else:
-        model = copy.deepcopy(model)
+    converted, note = at_opset(model, MIN_OPSET, "HardSwish", f"{len(found)} hard swish(es)")
+    notes.extend([note] if note else [])
+    if converted is None:
+        return model, 0, notes
+    model = converted
     g = model.graph
     taken = {x for n in g.node for x in (*n.input, *n.output)} | {n.name for n in g.node}
     made_by = {o: n.name for n in g.node for o in n.output if n.name}

@@ -37,7 +37,6 @@ Each refusal of a candidate (a ``Sqrt`` of ``something + eps``) says why.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ from ..graph import consumers, default_opset, producers, unique_name
 from ..io import tensor_array
 from .constants import graph_constants
 from .dead import remove_unused
-from .opset import upgrade_opset
+from .matching import NoMatch, at_opset
 
 __all__ = ["LayerNormMatch", "find_layernorms", "fuse_layernorms", "MIN_OPSET"]
 
@@ -58,10 +57,6 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 17  # LayerNormalization entered the default domain at opset 17
 _BROADCAST = ("Reshape", "Expand", "Unsqueeze", "Squeeze")
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
-
-
-class _NoMatch(Exception):
-    """Why a candidate is not a layer norm (the refusal's note)."""
 
 
 @dataclass
@@ -100,7 +95,7 @@ class _Graph:
     def node(self, name: str, *ops: str) -> onnx.NodeProto:
         n = self.prod.get(name)
         if n is None or n.op_type not in ops or n.domain not in ("", "ai.onnx"):
-            raise _NoMatch(f"'{name}' is not made by {'/'.join(ops)}")
+            raise NoMatch(f"'{name}' is not made by {'/'.join(ops)}")
         self.read.append(n.name or n.output[0])
         return n
 
@@ -147,17 +142,17 @@ def _axes(g: _Graph, n: onnx.NodeProto, rank: int | None) -> tuple[int, ...]:
     if axes is None and len(n.input) > 1 and n.input[1]:
         c = g.const(n.input[1])
         if c is None:
-            raise _NoMatch(f"'{n.name}' reduces over axes that are not constant")
+            raise NoMatch(f"'{n.name}' reduces over axes that are not constant")
         axes = c.reshape(-1).tolist()
     if axes is None or len(axes) == 0:
         if _attr(n, "noop_with_empty_axes", 0):
-            raise _NoMatch(f"'{n.name}' reduces nothing")
+            raise NoMatch(f"'{n.name}' reduces nothing")
         if rank is None:
-            raise _NoMatch(f"'{n.name}' reduces every axis of a tensor of unknown rank")
+            raise NoMatch(f"'{n.name}' reduces every axis of a tensor of unknown rank")
         axes = list(range(rank))
     if rank is None:
         if any(int(a) >= 0 for a in axes):
-            raise _NoMatch(f"'{n.name}' reduces axes {list(axes)} of a tensor of unknown rank")
+            raise NoMatch(f"'{n.name}' reduces axes {list(axes)} of a tensor of unknown rank")
         return tuple(sorted(int(a) for a in axes))
     return tuple(sorted(int(a) % rank - rank for a in axes))
 
@@ -168,28 +163,28 @@ def _mean(g: _Graph, name: str) -> tuple[str, tuple[int, ...]]:
     if n.op_type in ("Mul", "Div"):
         split = g.split_const(n)
         if split is None or (n.op_type == "Div" and split[0] != n.input[0]):
-            raise _NoMatch(f"'{n.name}' does not scale a sum by a constant")
+            raise NoMatch(f"'{n.name}' does not scale a sum by a constant")
         total, c = split
         if c.size != 1:
-            raise _NoMatch(f"'{n.name}' scales by a tensor, not a scalar")
+            raise NoMatch(f"'{n.name}' scales by a tensor, not a scalar")
         s = g.node(total, "ReduceSum")
         x = s.input[0]
         rank = g.rank(x)
         if rank is None:
-            raise _NoMatch(f"the rank of '{x}' is unknown: the mean's divisor cannot be checked")
+            raise NoMatch(f"the rank of '{x}' is unknown: the mean's divisor cannot be checked")
         axes = _axes(g, s, rank)
         dims = [g.shapes[x][a] for a in axes]
         if any(d is None for d in dims):
-            raise _NoMatch(f"'{x}' has a dynamic size along the reduced axes {list(axes)}: the mean's divisor cannot be checked")
+            raise NoMatch(f"'{x}' has a dynamic size along the reduced axes {list(axes)}: the mean's divisor cannot be checked")
         count = float(np.prod(dims))
         scale = float(c.reshape(-1)[0])
         want = 1.0 / count if n.op_type == "Mul" else count
         if abs(scale - want) > 1e-6 * abs(want):
-            raise _NoMatch(f"'{n.name}' scales the sum by {scale:g}, not by the mean's {want:g}")
+            raise NoMatch(f"'{n.name}' scales the sum by {scale:g}, not by the mean's {want:g}")
         return x, axes
     x = n.input[0]
     if n.op_type == "ReduceSum":
-        raise _NoMatch(f"'{n.name}' is a sum, not a mean")
+        raise NoMatch(f"'{n.name}' is a sum, not a mean")
     return x, _axes(g, n, g.rank(x))
 
 
@@ -198,11 +193,11 @@ def _square(g: _Graph, name: str) -> str:
     n = g.node(name, "Mul", "Pow")
     if n.op_type == "Mul":
         if n.input[0] != n.input[1]:
-            raise _NoMatch(f"'{n.name}' is not a square")
+            raise NoMatch(f"'{n.name}' is not a square")
         return n.input[0]
     e = g.const(n.input[1])
     if e is None or e.size != 1 or float(e.reshape(-1)[0]) != 2.0:
-        raise _NoMatch(f"'{n.name}' is not a square")
+        raise NoMatch(f"'{n.name}' is not a square")
     return n.input[0]
 
 
@@ -219,7 +214,7 @@ def _variance(g: _Graph, name: str) -> tuple[str, tuple[int, ...], str | None]:
     if n is not None and n.op_type == "Max":  # max(var, 0): the fast form's guard
         split = g.split_const(g.node(name, "Max"))
         if split is None or np.any(split[1] != 0):
-            raise _NoMatch(f"'{n.name}' clamps the variance at something other than 0")
+            raise NoMatch(f"'{n.name}' clamps the variance at something other than 0")
         name = _through_broadcast(g, split[0])
         n = g.prod.get(name)
     if n is not None and n.op_type == "Sub":  # mean(x*x) - mean(x)**2
@@ -229,13 +224,13 @@ def _variance(g: _Graph, name: str) -> tuple[str, tuple[int, ...], str | None]:
         m = _square(g, sub.input[1])
         mx, maxes = _mean(g, m)
         if mx != x or maxes != axes:
-            raise _NoMatch(f"'{sub.name}' subtracts the square of another mean")
+            raise NoMatch(f"'{sub.name}' subtracts the square of another mean")
         return x, axes, m
     d, axes = _mean(g, name)  # mean((x - m)**2)
     x, m = _centered(g, _square(g, d))
     mx, maxes = _mean(g, m)
     if mx != x or maxes != axes:
-        raise _NoMatch(f"the variance of '{x}' centers it on another mean")
+        raise NoMatch(f"the variance of '{x}' centers it on another mean")
     return x, axes, m
 
 
@@ -244,11 +239,11 @@ def _match(g: _Graph, sqrt: onnx.NodeProto) -> LayerNormMatch:
     add = g.node(_through_broadcast(g, sqrt.input[0]), "Add")
     split = g.split_const(add)
     if split is None or split[1].size != 1:
-        raise _NoMatch(f"'{add.name}' does not add a scalar epsilon")
+        raise NoMatch(f"'{add.name}' does not add a scalar epsilon")
     var, eps = split[0], float(split[1].reshape(-1)[0])
     x, axes, mean = _variance(g, var)
     if not _is_float(g, x):
-        raise _NoMatch(f"'{x}' is not a float tensor")
+        raise NoMatch(f"'{x}' is not a float tensor")
     # forward from sqrt: (1/s or s) times constants, then times (x - mean), then +beta
     cur, inverted, gamma, beta, done = sqrt.output[0], False, None, None, False
     while True:
@@ -271,10 +266,10 @@ def _match(g: _Graph, sqrt: onnx.NodeProto) -> LayerNormMatch:
             other = n.input[0] if n.input[1] == cur else n.input[1]
             try:
                 cx, cm = _centered(g, other)
-            except _NoMatch:
+            except NoMatch:
                 break
             if cx != x or cm != mean:
-                raise _NoMatch(f"'{n.name}' scales another tensor than '{x}' minus its mean")
+                raise NoMatch(f"'{n.name}' scales another tensor than '{x}' minus its mean")
             done = True
         elif done and op == "Add" and g.split_const(n) is not None:
             c = g.split_const(n)[1]
@@ -284,15 +279,15 @@ def _match(g: _Graph, sqrt: onnx.NodeProto) -> LayerNormMatch:
         g.read.append(n.name or n.output[0])
         cur = n.output[0]
     if not done:
-        raise _NoMatch(f"nothing divides '{x}' minus its mean by the standard deviation '{sqrt.output[0]}'")
+        raise NoMatch(f"nothing divides '{x}' minus its mean by the standard deviation '{sqrt.output[0]}'")
     rank = g.rank(x)
     for what, c in (("gamma", gamma), ("beta", beta)):
         if c is not None and ((rank is not None and c.ndim > rank) or any(c.shape[-j] != 1 for j in range(1, c.ndim + 1) if -j not in axes)):
-            raise _NoMatch(f"{what} {list(c.shape)} varies along axes that are not normalized {list(axes)}")
+            raise NoMatch(f"{what} {list(c.shape)} varies along axes that are not normalized {list(axes)}")
     if rank is None and axes != tuple(range(-len(axes), 0)):
-        raise _NoMatch(f"'{x}' has an unknown rank and the normalized axes {list(axes)} are not the last ones")
+        raise NoMatch(f"'{x}' has an unknown rank and the normalized axes {list(axes)} are not the last ones")
     if rank is not None and g.rank(cur) is not None and g.rank(cur) != rank:
-        raise _NoMatch(f"'{cur}' has rank {g.rank(cur)}, '{x}' has {rank}")
+        raise NoMatch(f"'{cur}' has rank {g.rank(cur)}, '{x}' has {rank}")
     dims = _dims(g, x, axes, gamma, beta)
     return LayerNormMatch(x, cur, axes, rank, dims, eps, gamma, beta, list(dict.fromkeys(g.read)))
 
@@ -308,7 +303,7 @@ def _dims(g: _Graph, x: str, axes: tuple[int, ...], gamma, beta) -> list[int]:
             sizes = [c.shape[a] for a in axes]
             if all(d > 1 for d in sizes):
                 return sizes
-    raise _NoMatch(f"'{x}' has a dynamic size along the normalized axes {list(axes)}, and no gamma or beta gives it")
+    raise NoMatch(f"'{x}' has a dynamic size along the normalized axes {list(axes)}, and no gamma or beta gives it")
 
 
 def _is_one(c: np.ndarray | None) -> bool:
@@ -338,7 +333,7 @@ def find_layernorms(model: onnx.ModelProto, shapes: dict[str, tuple] | None = No
     for n in sqrts:
         try:
             found.append(_match(g, n))
-        except _NoMatch as exc:
+        except NoMatch as exc:
             refused.append(f"'{n.name or n.output[0]}' not fused: {exc}")
     return found, refused
 
@@ -390,18 +385,14 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
     found, notes = find_layernorms(model, shapes)
     if not found:
         return model, 0, notes
-    if default_opset(model) < MIN_OPSET:
-        before = default_opset(model)
-        converted, note = upgrade_opset(model, MIN_OPSET)
-        if converted is model:
-            notes.append(f"{len(found)} layer norm(s) found but not fused: {note}")
-            return model, 0, notes
-        model = converted
-        notes.append(f"opset {before} converted to {MIN_OPSET} (LayerNormalization)")
-        shapes = static_shapes(model)
-        found, _ = find_layernorms(model, shapes)
-    else:
-        model = copy.deepcopy(model)
+    converted, note = at_opset(model, MIN_OPSET, "LayerNormalization", f"{len(found)} layer norm(s)")
+    notes.extend([note] if note else [])
+    if converted is None:
+        return model, 0, notes
+    if default_opset(converted) != default_opset(model):
+        shapes = static_shapes(converted)
+        found, _ = find_layernorms(converted, shapes)
+    model = converted
     shapes_dtypes = _dtypes(model)
     g = model.graph
     taken = {x for n in g.node for x in (*n.input, *n.output, n.name)} | {t.name for t in g.initializer} | {i.name for i in g.input}
