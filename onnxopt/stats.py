@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph import iter_graphs
+from .graph import iter_graphs, node_reads
 from .io import exceeds_protobuf
 
 __all__ = ["ModelStats", "model_stats", "count_params", "flops_by_node", "activation_bytes", "shape_skeleton"]
@@ -127,7 +127,7 @@ def live_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> int:
     g = model.graph
     produced = [o for n in g.node for o in n.output if o]
     size = activation_bytes(model, feed, produced)
-    last = {x: i for i, n in enumerate(g.node) for x in n.input}
+    last = {x: i for i, n in enumerate(g.node) for x in node_reads(n)}  # an If/Loop body's outer reads too
     kept = {o.name for o in g.output}
     alive: dict[str, int] = {}
     held = peak = 0
@@ -137,7 +137,7 @@ def live_bytes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> int:
                 alive[o] = size[o]
                 held += size[o]
         peak = max(peak, held)
-        for x in set(n.input):
+        for x in node_reads(n):
             if last.get(x) == i and x not in kept:
                 held -= alive.pop(x, 0)
     return peak

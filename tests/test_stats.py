@@ -79,3 +79,16 @@ def test_live_bytes_holds_each_tensor_from_its_node_to_its_last_reader():
     m = _chain(100, 3)
     m.graph.output.append(helper.make_tensor_value_info("r0", TensorProto.FLOAT, ["N", 100]))
     assert live_bytes(m, feed) == 3 * 400  # a graph output is held to the end
+
+
+def test_live_bytes_holds_a_tensor_an_if_body_reads_until_the_if():
+    from onnxopt.stats import live_bytes
+
+    vi = [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["N", 100]) for k in ("x", "out", "y")]
+    body = helper.make_graph([helper.make_node("Add", ["r0", "r2"], ["out"])], "body", [], [vi[1]])
+    nodes = [helper.make_node("Relu", [a], [b]) for a, b in (("x", "r0"), ("r0", "r1"), ("r1", "r2"))]
+    nodes.append(helper.make_node("If", ["flag"], ["y"], then_branch=body, else_branch=body))
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    m = helper.make_model(helper.make_graph(nodes, "g", [vi[0], flag], [vi[2]]), opset_imports=[helper.make_opsetid("", 17)])
+    # r0 lives until the If (its body reads it): r0, r1 and r2 at once
+    assert live_bytes(m, {"x": np.zeros((2, 100), np.float32), "flag": np.array(True)}) == 3 * 400

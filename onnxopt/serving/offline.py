@@ -62,4 +62,3 @@ def _layernorms_at_17(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     fused, n, _ = fuse_layernorms(model)
     return fused if n else model
-
