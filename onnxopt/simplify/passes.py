@@ -101,7 +101,19 @@ class InferShapesPass(Pass):
         return self.result(out, added > 0, counts={"value_info_added": max(added, 0)})
 
 
-class FuseLayerNormPass(Pass):
+class _RewritePass(Pass):
+    """A pass around a graph rewrite ``rewrite(model) -> (model, count, notes)`` (the fusions
+    and folds below): modified when it rewrote something, ``counts[counted]`` how much."""
+
+    rewrite = None
+    counted = ""
+
+    def call(self, model, ctx):
+        out, n, notes = self.rewrite(model)
+        return self.result(out, n > 0, counts={self.counted: n}, notes=notes)
+
+
+class FuseLayerNormPass(_RewritePass):
     """Fuse layer norms written as elementwise ops into one LayerNormalization (opset 17).
 
     What is matched, and why it matters for static INT8: ``onnxopt.simplify.layernorm``.  The
@@ -113,12 +125,11 @@ class FuseLayerNormPass(Pass):
     key = "fuse-layernorm"
     limit = REASSOCIATED_REL_L2
 
-    def call(self, model, ctx):
-        out, n, notes = fuse_layernorms(model)
-        return self.result(out, n > 0, counts={"layernorms_fused": n}, notes=notes)
+    rewrite = staticmethod(fuse_layernorms)
+    counted = "layernorms_fused"
 
 
-class FuseGeluPass(Pass):
+class FuseGeluPass(_RewritePass):
     """Fuse GELUs written as elementwise ops into ONNX Runtime's FastGelu / Gelu.
 
     What is matched: ``onnxopt.simplify.gelu`` (the tanh approximation and the erf form, the
@@ -129,12 +140,11 @@ class FuseGeluPass(Pass):
     key = "fuse-gelu"
     limit = REASSOCIATED_REL_L2
 
-    def call(self, model, ctx):
-        out, n, notes = fuse_gelus(model)
-        return self.result(out, n > 0, counts={"gelus_fused": n}, notes=notes)
+    rewrite = staticmethod(fuse_gelus)
+    counted = "gelus_fused"
 
 
-class FoldConvAffinePass(Pass):
+class FoldConvAffinePass(_RewritePass):
     """Fold scales and shifts by constants after a Conv into its weight and bias.
 
     What is matched and why ORT's own fusions miss it: ``onnxopt.simplify.conv_affine``; each
@@ -143,12 +153,11 @@ class FoldConvAffinePass(Pass):
 
     key = "fold-conv-affine"
 
-    def call(self, model, ctx):
-        out, n, notes = fold_conv_affines(model)
-        return self.result(out, n > 0, counts={"ops_folded": n}, notes=notes)
+    rewrite = staticmethod(fold_conv_affines)
+    counted = "ops_folded"
 
 
-class FuseHardSwishPass(Pass):
+class FuseHardSwishPass(_RewritePass):
     """Fuse hard swishes written as elementwise ops into one HardSwish (opset 14).
 
     What is matched: ``onnxopt.simplify.hardswish``.  The outputs are held to
@@ -158,9 +167,8 @@ class FuseHardSwishPass(Pass):
     key = "fuse-hardswish"
     limit = REASSOCIATED_REL_L2
 
-    def call(self, model, ctx):
-        out, n, notes = fuse_hardswishes(model)
-        return self.result(out, n > 0, counts={"hardswishes_fused": n}, notes=notes)
+    rewrite = staticmethod(fuse_hardswishes)
+    counted = "hardswishes_fused"
 
 
 def own_simplify(model: onnx.ModelProto, max_fold_bytes: int) -> tuple[dict, list[str]]:
