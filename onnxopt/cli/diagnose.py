@@ -62,8 +62,11 @@ def _render_sensitive(rows: list[dict]) -> list[str]:
     metric = rows[0]["metric"]
     body = [[r["node"], r["op"], r["reference_node"], r["score"], r["gain"], r["rel_l2"], r["weights"]] for r in rows]
     names = ",".join(dict.fromkeys(r["reference_node"] or r["node"] for r in rows))
-    if "damage done alone" in rows[0]["how"]:  # ``exclude._by_damage``: the set scores together
-        head = f"top {len(rows)} node(s) by the damage each does alone (only it quantized, emulated); all {len(rows)} in float together, {metric}:"
+    if "scored best together" in rows[0]["how"]:  # ``exclude._best_set``: the set scores together
+        head = (
+            f"{len(rows)} node(s) whose set scored best left in float together (emulated), {metric}; "
+            "lost alone: the damage each does alone (only it quantized):"
+        )
         cols = ["node", "op", "reference node", f"{metric} (all in float)", "lost alone", "rel L2 of outputs", "weights"]
     else:
         head = f"top {len(rows)} node(s) by the outputs: each left in float (emulated on the candidate, with the ones above it), {metric} vs the reference:"

@@ -201,5 +201,37 @@ def test_errors_that_add_up_are_named_by_the_damage_each_node_does_alone(monkeyp
     cand.graph.node.extend([helper.make_node("Identity", ["y"], [f"o{n}"], name=n) for n in damage])  # the node names the ranking looks up
     ev = Evaluator(model(0.0), Dataset("<t>", arrays={"x": x}), "cosine")
     got = exclude.rank_by_outputs(model(0.0), cand, ev, {n: n for n in damage}, top=3)
-    assert [e.node for e in got] == ["A", "B", "C"] and "damage done alone" in got[0].how
+    assert [e.node for e in got] == ["A", "B", "C"] and "scored best together" in got[0].how
     assert got[0].score > 99.99  # only D left quantized
+    assert got[0].gain > got[2].gain > 0  # lost alone: A ruins the outputs, C barely
+
+
+def test_the_set_named_is_the_best_pair_of_the_pool_when_neither_ranking_finds_it(monkeypatch):
+    """How nodes combine decides: the greedy pick by the outputs leaves {A, B} in float (A
+    gains most alone, then B), the damage each does alone ranks C and D first, but {B, C}
+    in float leaves the least error; every pair of the pool is scored, and {B, C} is named."""
+    from onnxopt.data import Dataset
+    from onnxopt.metrics import Evaluator
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    direction = rng.standard_normal((4, 4)).astype(np.float32)
+    nodes = "ABCD"
+    drift = {  # error of the outputs by the set of nodes left quantized
+        "ABCD": 10.0, "BCD": 5.0, "ACD": 6.0, "ABD": 7.0, "ABC": 8.0,
+        "CD": 4.0, "BD": 4.5, "BC": 4.8, "AB": 4.2, "AD": 1.0, "AC": 3.0,
+        "A": 1.0, "B": 1.0, "C": 3.5, "D": 3.4, "": 0.0,
+    }
+
+    def left_in_float(candidate, excluded, *args):
+        return drifted(drift["".join(n for n in nodes if n not in excluded)], direction), {}
+
+    monkeypatch.setattr(exclude, "leave_in_float", left_in_float)
+    cand = drifted(drift["ABCD"], direction)
+    cand.graph.node.extend([helper.make_node("Identity", ["y"], [f"o{n}"], name=n) for n in nodes])
+    ev = Evaluator(drifted(0.0, direction), Dataset("<t>", arrays={"x": x}), "cosine")
+    got = exclude.rank_by_outputs(drifted(0.0, direction), cand, ev, {n: n for n in nodes}, top=2)
+    assert sorted(e.node for e in got) == ["B", "C"] and "scored best together" in got[0].how
+    greedy = ev.score(drifted(drift["CD"], direction))
+    assert got[0].score > greedy and got[0].score == pytest.approx(ev.score(drifted(drift["AD"], direction)))
+    assert [e.node for e in got] == ["C", "B"]  # most damaging alone first
