@@ -134,6 +134,10 @@ def _details(report: dict) -> list[str]:
 @click.option(
     "--bias-correction", is_flag=True, help="Static QDQ: remove each quantized weight's expected output shift (on the calibration data) from its bias."
 )
+@click.option(
+    "--weight-rounding", type=click.Choice(["nearest", "gptq"]), default="nearest", show_default=True,
+    help="Static QDQ: round each weight to nearest, or GPTQ (on the calibration data: the rounding that least moves the layer's output).",
+)
 @click.option("--block-size", type=click.IntRange(min=16), default=32, show_default=True, help="--mode int4: weights per quantization block (a power of 2).")
 @click.option(
     "--int4-method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True, help="--mode int4: round to nearest, or HQQ (needs torch)."

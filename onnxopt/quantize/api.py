@@ -138,7 +138,7 @@ def map_exclusions(
 def candidate_configs(
     mode: str, *, has_calibration: bool, provider: str = "cpu", format: str = "qdq", method: str = "minmax", per_channel: bool = False,
     reduce_range: bool = False, weight_type: str = "int8", activation_type: str = "uint8", op_types=None, exclude=(), block_size: int = 32,
-    int4_method: str = "rtn", bias_correction: bool = False,
+    int4_method: str = "rtn", bias_correction: bool = False, weight_rounding: str = "nearest",
 ) -> tuple[list[QuantConfig], list[str]]:
     """The configurations ``mode`` tries, and notes on what was skipped and why."""
     notes = []
@@ -153,7 +153,8 @@ def candidate_configs(
         return None if ops is None else tuple(t for t in ops if t in op_types_for_mode(m))
 
     common = dict(reduce_range=reduce_range, weight_type=weight_type, exclude=frozenset(exclude))
-    static = dict(mode="static", format=format, method=method, activation_type=activation_type, bias_correction=bias_correction, **common)
+    static = dict(mode="static", format=format, method=method, activation_type=activation_type, bias_correction=bias_correction,
+                  weight_rounding=weight_rounding, **common)
     if mode == "int4":
         return [QuantConfig(mode="int4", block_size=block_size, int4_method=int4_method, op_types=ops, exclude=frozenset(exclude))], notes
     if mode in ("dynamic", "static"):
@@ -310,7 +311,10 @@ def quantize(model, **options) -> Result:
     from the model after the exact ``equalize`` and ``smooth-quant`` passes (row label
     ``... equalized``, with ``bias_correction`` in QDQ format); ``always`` adds it for every
     static candidate; ``off`` never.  ``bias_correction``: static QDQ candidates get the
-    expected output shift of their quantized weights removed from the biases.  Also:
+    expected output shift of their quantized weights removed from the biases.
+    ``weight_rounding="gptq"``: static QDQ candidates get their INT8 weights rounded again by
+    GPTQ on the calibration data (``rounding``: the output error, not the weight error,
+    minimised; before any bias correction).  Also:
     ``format``, ``method`` (calibration), ``per_channel``, ``reduce_range``, ``weight_type``,
     ``activation_type``, ``op_types``, ``exclude_nodes``, ``provider``, ``shapes`` (symbolic
     dims of synthesized inputs), ``calibration_batch``, ``search_samples`` / ``max_evals`` /

@@ -38,6 +38,7 @@ __all__ = [
     "augment_for_calibration",
     "collect_ranges",
     "collect_channel_stats",
+    "exposed_batches",
     "bounded_batch",
     "CALIBRATION_BYTES",
 ]
@@ -317,6 +318,36 @@ class _ChannelAccumulator:
         return ChannelStats(self.lo, self.hi, np.maximum(np.abs(self.lo), np.abs(self.hi)), mean, std, rows, self.count)
 
 
+def exposed_batches(
+    model: onnx.ModelProto, dataset, tensors: list[str], *, provider: str = "cpu", limit: int | None = None, batch_size: int | None = None,
+    what: str = "statistics",
+):
+    """``{tensor: value}`` of ``tensors`` (graph inputs or computed ones) for each batch of
+    ``dataset``, from one session of ``model`` with them exposed as outputs; without
+    ``batch_size``, batches whose exposed tensors fit ``CALIBRATION_BYTES``
+    (``bounded_batch``).  Raises ``DataError`` when the dataset yields no batch."""
+    if batch_size is None:
+        batch_size, note = bounded_batch(model, dataset, list(tensors))
+        if note:
+            log.info("%s: %s", what, note)
+    types = _typed_values(model)
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    inputs = {i.name for i in aug.graph.input}
+    outputs = {o.name for o in aug.graph.output}
+    aug.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in tensors if n not in inputs and n not in outputs)
+    sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
+    fetch = [n for n in tensors if n not in inputs]
+    fed = 0
+    for feed in dataset.batches(batch_size, limit):
+        fed += 1
+        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
+        values.update({n: feed[n] for n in tensors if n in inputs})
+        yield values
+    if not fed:
+        raise DataError("calibration data yielded no batch", getattr(dataset, "source", None))
+
+
 def collect_channel_stats(
     model: onnx.ModelProto,
     dataset,
@@ -334,34 +365,16 @@ def collect_channel_stats(
     bias correction of PP-OCRv4 rec held 7.4 GB at batch 32).  A tensor whose size along its
     channel axis changes between batches (the axis follows the batch) is left out of the
     result.  Raises ``DataError`` when the dataset yields no batch."""
-    if batch_size is None:
-        batch_size, note = bounded_batch(model, dataset, list(tensors))
-        if note:
-            log.info("channel statistics: %s", note)
-    types = _typed_values(model)
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    inputs = {i.name for i in aug.graph.input}
-    outputs = {o.name for o in aug.graph.output}
-    aug.graph.output.extend(helper.make_tensor_value_info(n, types.get(n, TensorProto.FLOAT), None) for n in tensors if n not in inputs and n not in outputs)
-    sess = create_session(aug, provider, optimization_level="disable", mem_pattern=False, error=VerificationError)
-    fetch = [n for n in tensors if n not in inputs]
     rng = np.random.default_rng(seed)
     acc = {n: _ChannelAccumulator(max_rows, rng) for n in tensors}
     channels: dict[str, int] = {}
-    fed = 0
-    for feed in dataset.batches(batch_size, limit):
-        fed += 1
-        values = dict(zip(fetch, sess.run(fetch, feed), strict=True)) if fetch else {}
-        values.update({n: feed[n] for n in tensors if n in inputs})
+    for values in exposed_batches(model, dataset, list(tensors), provider=provider, limit=limit, batch_size=batch_size, what="channel statistics"):
         for name, axis in tensors.items():
             v = np.asarray(values[name])
             if channels.setdefault(name, v.shape[axis]) != v.shape[axis]:
                 channels[name] = -1  # the axis follows the batch: no channels to speak of
             if channels[name] > 0:
                 acc[name].update(np.moveaxis(v, axis, -1).reshape(-1, v.shape[axis]))
-    if not fed:
-        raise DataError("calibration data yielded no batch", getattr(dataset, "source", None))
     varying = [n for n, c in channels.items() if c < 0]
     if varying:
         log.info("channel statistics: %d tensor(s) left out, their channel axis changes with the batch: %s", len(varying), ", ".join(varying[:3]))

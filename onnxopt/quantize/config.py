@@ -12,6 +12,7 @@ __all__ = [
 ]
 
 MODES = ("auto", "dynamic", "static", "int4")
+ROUNDINGS = ("nearest", "gptq")  # static QDQ weight rounding (rounding.py)
 INT4_METHODS = ("rtn", "hqq")  # ONNX Runtime's DefaultWeightOnlyQuantConfig (round to nearest) / HQQ
 FORMATS = ("qdq", "qoperator")
 INT_TYPES = ("int8", "uint8")
@@ -86,6 +87,7 @@ class QuantConfig:
     int4_method: str = "rtn"  # int4: rtn | hqq
     equalized: bool = False  # built from the model after the equalize + smooth-quant passes
     bias_correction: bool = False  # static QDQ: expected output shift of each weight removed from its bias
+    weight_rounding: str = "nearest"  # static QDQ: nearest | gptq (rounding.py)
 
     def __post_init__(self):
         from .calibrate import METHODS
@@ -93,6 +95,7 @@ class QuantConfig:
         for name, value, choices in (
             ("mode", self.mode, ("dynamic", "static", "int4")), ("int4 method", self.int4_method, INT4_METHODS), ("format", self.format, FORMATS),
             ("method", self.method, METHODS), ("weight type", self.weight_type, INT_TYPES), ("activation type", self.activation_type, INT_TYPES),
+            ("weight rounding", self.weight_rounding, ROUNDINGS),
         ):
             check_choice(name, value, choices)
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
@@ -103,6 +106,8 @@ class QuantConfig:
                 raise UsageError(why)
         if self.bias_correction and (self.mode != "static" or self.format != "qdq"):
             raise UsageError("bias correction applies to static QDQ models (--mode static --format qdq)")
+        if self.weight_rounding != "nearest" and (self.mode != "static" or self.format != "qdq"):
+            raise UsageError(f"--weight-rounding {self.weight_rounding} applies to static QDQ models (--mode static --format qdq)")
         if self.mode == "static" and self.activation_type == "int8" and self.weight_type == "uint8":
             raise UsageError("int8 activations with uint8 weights is not supported by ONNX Runtime; use --weight-type int8")
 
@@ -117,6 +122,7 @@ class QuantConfig:
             + (" reduce-range" if self.reduce_range else "")
             + (" equalized" if self.equalized else "")
             + (" bias-corrected" if self.bias_correction else "")
+            + (f" {self.weight_rounding}-rounded" if self.weight_rounding != "nearest" else "")
         )
 
     def op_types_for(self, provider: str = "cpu") -> tuple[str, ...]:
@@ -140,6 +146,7 @@ class QuantConfig:
         optional = {
             "op_types": None if self.op_types is None else list(self.op_types), "equalized": self.equalized or None,
             "bias_correction": self.bias_correction or None, "exclude": sorted(self.exclude) or None,
+            "weight_rounding": None if self.weight_rounding == "nearest" else self.weight_rounding,
         }
         return {**d, **{k: v for k, v in optional.items() if v is not None}}
 
@@ -188,11 +195,13 @@ class QuantizeConfig:
     allow_collapse: bool = False
     equalize: str = "auto"
     bias_correction: bool = False
+    weight_rounding: str = "nearest"
 
     def validate(self) -> QuantizeConfig:
         for name, value, choices in (
             ("mode", self.mode, MODES), ("format", self.format, FORMATS), ("weight type", self.weight_type, INT_TYPES),
             ("activation type", self.activation_type, INT_TYPES), ("equalize", self.equalize, EQUALIZE),
+            ("weight rounding", self.weight_rounding, ROUNDINGS),
         ):
             check_choice(name, value, choices)
         if self.batch <= 0 or self.search_samples <= 0 or self.max_evals <= 0:
@@ -205,4 +214,6 @@ class QuantizeConfig:
                 raise UsageError("num_heads and hidden_size must be >= 0 (0: detect)")
         if not self.timing and not self.allow_slower:
             raise UsageError("timing=False needs allow_slower=True (speed is what decides otherwise)")
+        if self.weight_rounding != "nearest" and (self.mode in ("dynamic", "int4") or self.format != "qdq"):
+            raise UsageError(f"--weight-rounding {self.weight_rounding} applies to static QDQ models (--mode static or auto, --format qdq)")
         return self

@@ -169,6 +169,7 @@ class CandidateBuilder:
         self.base = base
         self.calibration = calibration  # Dataset: per-channel input means for bias correction
         self._means: dict | None = None
+        self._hessians: dict | None = None  # GPTQ's input statistics, per layer
         self.alt_ranges = alt_ranges  # callable -> {tensor: (lo, hi)}: the "range" remedy's ranges
         self._alt: dict | None = None
         self.config = config
@@ -274,7 +275,8 @@ class CandidateBuilder:
                 label=self.config.label,
             )
             model, fallbacks = self._cache[key]
-            self._cache[key] = (self._corrected(model) if self.config.bias_correction else model, fallbacks)
+            adjusted = self.config.bias_correction or self.config.weight_rounding != "nearest"
+            self._cache[key] = (self._corrected(model) if adjusted else model, fallbacks)
             if self._kept is not None and self._kept[0] is not self._cache[key][0]:
                 self._kept = None  # the session of a trial build, or of the model before bias correction
         while len(self._cache) > CACHED_MODELS:
@@ -316,7 +318,8 @@ class CandidateBuilder:
         return kept[1] if kept is not None and kept[0] is model and provider == self.provider else None
 
     def _corrected(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """``model`` with its biases corrected (``bias_correction``), on a copy."""
+        """``model`` with its weights rounded again (``weight_rounding``) and then its biases
+        corrected (``bias_correction``), on a copy."""
         import copy
 
         from ..data import dataset_for
@@ -324,17 +327,36 @@ class CandidateBuilder:
         from .collect import collect_channel_stats
 
         if self.calibration is None:
-            raise ValueError("bias correction needs the calibration Dataset (CandidateBuilder(calibration=...))")
+            raise ValueError("weight rounding and bias correction need the calibration Dataset (CandidateBuilder(calibration=...))")
+        out = copy.deepcopy(model)
+        if self.config.weight_rounding == "gptq":
+            self._rounded(out)
+        if not self.config.bias_correction:
+            return out
         if self._means is None:
             ds = dataset_for(self.base, self.calibration.view())
             stats = collect_channel_stats(self.base, ds, inputs_to_correct(self.base, self.candidates), provider=self.provider, limit=256)
             self._means = {k: v.mean for k, v in stats.items()}
-        out = copy.deepcopy(model)
         done, notes = correct_biases(out, self.base, self._means)
         line = f"bias correction: {done} layer(s) corrected" + (f"; {len(notes)} left alone ({notes[0]}{' ...' if len(notes) > 1 else ''})" if notes else "")
         if line not in self.notes:
             self.notes.append(line)
         return out
+
+    def _rounded(self, out: onnx.ModelProto) -> None:
+        """GPTQ rounding (``rounding``) of ``out``'s quantized weights, in place; the layers'
+        input statistics are measured once, on up to 256 calibration samples."""
+        from ..data import dataset_for
+        from .rounding import inputs_to_round, layer_hessians, round_weights
+
+        if self._hessians is None:
+            layers = inputs_to_round(self.base, self.candidates)
+            ds = dataset_for(self.base, self.calibration.view())
+            self._hessians = layer_hessians(self.base, ds, layers, provider=self.provider, limit=256) if layers else {}
+        done, notes = round_weights(out, self.base, self._hessians)
+        line = f"GPTQ weight rounding: {done} layer(s) rounded" + (f"; {len(notes)} left alone ({notes[0]}{' ...' if len(notes) > 1 else ''})" if notes else "")
+        if line not in self.notes:
+            self.notes.append(line)
 
     def __call__(self, excluded: frozenset = frozenset()) -> onnx.ModelProto:
         return self.build(excluded)[0]

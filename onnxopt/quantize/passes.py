@@ -18,7 +18,7 @@ import onnx
 
 from ..core.passes import Context, Pass, PassResult
 from ..errors import UsageError
-from .config import EQUALIZE, FORMATS, INT4_METHODS, INT_TYPES, MODES, op_types_problem
+from .config import EQUALIZE, FORMATS, INT4_METHODS, INT_TYPES, MODES, ROUNDINGS, op_types_problem
 
 if TYPE_CHECKING:  # the quantize modules are imported when the pass runs (``onnxopt passes`` stays light)
     from .config import QuantizeConfig
@@ -48,6 +48,7 @@ class _QuantizeConfig:
     allow_collapse: bool = False
     equalize: str = field(default="auto", metadata={"choices": EQUALIZE})
     bias_correction: bool = False
+    weight_rounding: str = field(default="nearest", metadata={"choices": ROUNDINGS})
 
     def check(self):
         if self.batch <= 0:

@@ -100,6 +100,7 @@ def check_inputs(m: onnx.ModelProto, cfg: QuantizeConfig, provider: str, path: s
         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, weight_type=cfg.weight_type,
         activation_type=cfg.activation_type, op_types=as_name_list(cfg.op_types) or None, exclude=exclude,
         block_size=cfg.block_size, int4_method=cfg.int4_method, bias_correction=cfg.bias_correction,
+        weight_rounding=cfg.weight_rounding,
     )  # fmt: skip
     if cfg.mode == "static" and cfg.calibration is None:
         raise UsageError("static quantization needs calibration data: pass --calibration DATA", path)
