@@ -87,7 +87,7 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
     with its name in ``reference`` (the same name when it is there, else the reference
     node whose tensor it was matched to): ``{candidate node: reference node}``; when the
     candidate has at most ``ALL_UP_TO`` quantized nodes, then every other one named as in
-    the reference."""
+    the reference (or fused from a node of it, ``_named``)."""
     g = candidate.graph
     prod = producers(g)
     quantized = quantized_nodes(g, set(static_op_types()))
@@ -102,8 +102,16 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
         if len(out) >= n:
             break
     if len(quantized) <= ALL_UP_TO:  # few enough to try them all: the rest follow, in graph order
-        out.update({x.name: x.name for x in g.node if node_key(x) in quantized and x.name in ref_names and x.name not in out})
+        out.update({x.name: x.name for x in g.node if node_key(x) in quantized and _named(x.name, ref_names) and x.name not in out})
     return out
+
+
+def _named(name: str, ref_names: set) -> bool:
+    """True when ``quantize --exclude-nodes`` takes ``name`` for the reference: one of its
+    nodes, or one pre-processing fused from it (``<node>/<...Fusion>``: magika's fused
+    layer norms, which the budget search leaves in float)."""
+    head, _, tail = name.rpartition("/")
+    return name in ref_names or (head in ref_names and "Fusion" in tail)
 
 
 def rank_by_outputs(

@@ -235,3 +235,16 @@ def test_the_set_named_is_the_best_pair_of_the_pool_when_neither_ranking_finds_i
     greedy = ev.score(drifted(drift["CD"], direction))
     assert got[0].score > greedy and got[0].score == pytest.approx(ev.score(drifted(drift["AD"], direction)))
     assert [e.node for e in got] == ["C", "B"]  # most damaging alone first
+
+
+def test_a_node_fused_by_preprocessing_is_tried_by_its_own_name(outlier_pair):
+    """A quantized node that pre-processing fused (``<node>/<...Fusion>``, not a node of the
+    reference) is tried too, by the name ``quantize --exclude-nodes`` takes."""
+    import copy
+
+    ref, cand, _ = outlier_pair
+    cand = copy.deepcopy(cand)
+    next(n for n in cand.graph.node if n.name == "fc1").name = "fc1/MatMulAddFusion"
+    got = candidate_nodes(ref, cand, [])
+    assert got["fc1/MatMulAddFusion"] == "fc1/MatMulAddFusion" and got["fc2"] == "fc2"
+    assert not exclude._named("fc1/Other", {"fc1"}) and not exclude._named("fcX/MatMulAddFusion", {"fc1"})
