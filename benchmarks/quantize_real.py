@@ -16,7 +16,8 @@ Models (``realmodels.py``) and data (``realdata.py``):
 Rows per model: ``ort-dynamic`` / ``ort-static`` (``quantize_dynamic`` / ``quantize_static``
 with their defaults), ``onnxopt-static-plain`` (static per-tensor, ``equalize="off"``),
 ``onnxopt-static`` (static, ``equalize="auto"``: equalized + bias-corrected rebuild when plain
-loses accuracy), ``onnxopt-auto-1pt`` (``mode="auto"``, budget 1 point, remedies), and
+loses accuracy), ``onnxopt-static-gptq`` (the same with the INT8 weights rounded by GPTQ,
+``weight_rounding="gptq"``), ``onnxopt-auto-1pt`` (``mode="auto"``, budget 1 point, remedies), and
 ``int4`` where asked.  Every row: its score against FP32 on the evaluation data (the same
 for all rows) and its speed vs FP32 (median ratio, interleaved, batch 1, one thread).
 Finally the peak RSS and wall time of ``onnxopt optimize`` on the encoder (subprocess,
@@ -150,6 +151,7 @@ def onnxopt_rows(model: onnx.ModelProto, cal: Dataset, ev: Dataset, metric, *, i
     jobs = []
     if static:
         jobs += [("onnxopt-static-plain", dict(mode="static", equalize="off")), ("onnxopt-static", dict(mode="static", equalize="auto"))]
+        jobs += [("onnxopt-static-gptq", dict(mode="static", equalize="auto", weight_rounding="gptq"))]
     if static and auto:
         jobs += [("onnxopt-auto-1pt", dict(mode="auto", max_accuracy_drop=1.0, eval_data=ev, max_evals=16, search_samples=100))]
     if int4:

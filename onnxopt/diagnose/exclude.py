@@ -91,19 +91,35 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
     g = candidate.graph
     prod = producers(g)
     quantized = quantized_nodes(g, set(static_op_types()))
-    ref_names = {x.name for x in reference.graph.node}
+    ref_ops = {x.name: x.op_type for x in reference.graph.node}
+    ref_names = set(ref_ops)
     out: dict[str, str] = {}
     for t in sorted((t for t in tensors if t.diverged), key=lambda t: -t.added):
         node = prod.get(t.cand)
         while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear") and node_key(node) not in quantized:
             node = prod.get(node.input[0])
         if node is not None and node_key(node) in quantized and node.name and node.name not in out:
-            out[node.name] = node.name if node.name in ref_names else t.node
+            name = _exclusion_name(node, t.node, ref_ops)
+            if name:
+                out[node.name] = name
         if len(out) >= n:
             break
     if len(quantized) <= ALL_UP_TO:  # few enough to try them all: the rest follow, in graph order
         out.update({x.name: x.name for x in g.node if node_key(x) in quantized and _named(x.name, ref_names) and x.name not in out})
     return out
+
+
+def _exclusion_name(node: onnx.NodeProto, matched: str, ref_ops: dict[str, str]) -> str:
+    """The name ``quantize --exclude-nodes`` takes for the candidate's ``node``, whose
+    tensor was matched to the reference node ``matched``: its own when the reference has it
+    (or it was fused from a node of it); else ``matched`` when that is the same op (a
+    QOperator ``fc_quant`` for the reference's ``fc``); else '' (a node pre-processing made,
+    as ORT's ``Mul`` of ``HardSigmoid(x) * x`` matched to the reference's ``Div``: excluding
+    that ``Div`` would not leave this node in float)."""
+    if _named(node.name, set(ref_ops)):
+        return node.name
+    op = QLINEAR[node.op_type][0] if node.op_type in QLINEAR else node.op_type
+    return matched if ref_ops.get(matched) == op else ""
 
 
 def _named(name: str, ref_names: set) -> bool:

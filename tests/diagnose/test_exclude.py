@@ -248,3 +248,22 @@ def test_a_node_fused_by_preprocessing_is_tried_by_its_own_name(outlier_pair):
     got = candidate_nodes(ref, cand, [])
     assert got["fc1/MatMulAddFusion"] == "fc1/MatMulAddFusion" and got["fc2"] == "fc2"
     assert not exclude._named("fc1/Other", {"fc1"}) and not exclude._named("fcX/MatMulAddFusion", {"fc1"})
+
+
+def test_a_node_matched_to_a_reference_node_of_another_op_is_not_offered(outlier_pair):
+    """A quantized node that pre-processing made (ORT writes a hard swish as
+    ``HardSigmoid(x) * x``: a ``Mul`` its tensor matching shows as the reference's ``Div``)
+    is not offered under the reference node's name: excluding that node would not leave it
+    in float.  The same op under another name (a QOperator ``fc_quant``) is."""
+    import copy
+    from types import SimpleNamespace
+
+    ref, cand, _ = outlier_pair
+    cand = copy.deepcopy(cand)
+    node = next(n for n in cand.graph.node if n.name == "fc1")
+    node.name = "Mul_9"
+    t = SimpleNamespace(cand=node.output[0], node="fc1", diverged=True, added=1.0)
+    assert candidate_nodes(ref, cand, [t])["Mul_9"] == "fc1"
+    other = copy.deepcopy(ref)
+    next(n for n in other.graph.node if n.name == "fc1").op_type = "Div"
+    assert "Mul_9" not in candidate_nodes(other, cand, [t])
