@@ -170,6 +170,7 @@ class CandidateBuilder:
         self.calibration = calibration  # Dataset: per-channel input means for bias correction
         self._means: dict | None = None
         self._hessians: dict | None = None  # GPTQ's input statistics, per layer
+        self._rounded_ints: dict = {}  # GPTQ's integers per layer and grid (rounding.round_weights' cache)
         self.alt_ranges = alt_ranges  # callable -> {tensor: (lo, hi)}: the "range" remedy's ranges
         self._alt: dict | None = None
         self.config = config
@@ -353,7 +354,7 @@ class CandidateBuilder:
             layers = inputs_to_round(self.base, self.candidates)
             ds = dataset_for(self.base, self.calibration.view())
             self._hessians = layer_hessians(self.base, ds, layers, provider=self.provider, limit=256) if layers else {}
-        done, notes = round_weights(out, self.base, self._hessians)
+        done, notes = round_weights(out, self.base, self._hessians, self._rounded_ints)
         line = f"GPTQ weight rounding: {done} layer(s) rounded" + (f"; {len(notes)} left alone ({notes[0]}{' ...' if len(notes) > 1 else ''})" if notes else "")
         if line not in self.notes:
             self.notes.append(line)

@@ -151,11 +151,13 @@ def layer_hessians(base: onnx.ModelProto, dataset, layers: dict[str, onnx.NodePr
     return {name: sums[name] / counts[name] for name in sums if counts[name]}
 
 
-def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict) -> tuple[int, list[str]]:
+def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict, cache: dict | None = None) -> tuple[int, list[str]]:
     """Round again, in place, the INT8 weights of the quantized layers of the QDQ model
     ``qmodel`` that have a Hessian in ``hessians`` (``layer_hessians`` of the float ``base``,
     same node names), keeping their scales and zero points; returns (layers rounded, notes
-    on the ones left alone)."""
+    on the ones left alone).  ``cache``: a dict kept across calls (the budget search's
+    builds of one configuration), holding each layer's integers per grid, so that a layer
+    is rounded once."""
     table = WeightTable(qmodel.graph)
     fp = {n.name: n for n in base.graph.node if n.name in hessians}
     fp_inits = {t.name: t for t in base.graph.initializer}
@@ -199,6 +201,11 @@ def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict
         info = np.iinfo(q.dtype)
         lo = max(-span, info.min - int(zero.min()))
         hi = min(span, info.max - int(zero.max()))
+        key = (n.name, scale.tobytes(), zero.tobytes(), lo, hi)
+        if cache is not None and key in cache:
+            table.set(dq.input[0], cache[key])
+            done += 1
+            continue
         h = hessians[n.name]
         new = np.empty(rows.shape, dtype=np.int64)
         if h.ndim == 3:  # a Conv's groups: each reads its own inputs
@@ -208,8 +215,10 @@ def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict
                 new[sl] = gptq_round(rows[sl], h[g], scale_r[sl], zero_r[sl], lo, hi)
         else:
             new = gptq_round(rows, h, scale_r, zero_r, lo, hi)
-        new = new.reshape(w.shape) if n.op_type == "Conv" or axis == 0 else new.T
-        table.set(dq.input[0], new.astype(q.dtype))
+        new = (new.reshape(w.shape) if n.op_type == "Conv" or axis == 0 else new.T).astype(q.dtype)
+        if cache is not None:
+            cache[key] = new
+        table.set(dq.input[0], new)
         done += 1
     return done, notes
 

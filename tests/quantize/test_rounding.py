@@ -160,3 +160,22 @@ def test_cli_weight_rounding(tmp_path):
     assert "gptq-rounded" in r.output and out.exists()
     r = CliRunner().invoke(cli, ["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "d.onnx"), "--mode", "dynamic", "--weight-rounding", "gptq"])
     assert r.exit_code == 2 and "static QDQ" in r.output and not (tmp_path / "d.onnx").exists()
+
+
+def test_a_cache_rounds_each_layer_once(monkeypatch):
+    """The budget search's builds share one cache: the second model gets the same integers
+    without GPTQ running again."""
+    import copy
+
+    from onnxopt.quantize import rounding
+
+    m = smooth_convnet()
+    cal = Dataset("<cal>", arrays={"x": smooth_images(64, 8)})
+    q = quantize(m, mode="static", calibration=cal, allow_slower=True, timing=False, equalize="off", preprocess=False, per_channel=True).model
+    h = layer_hessians(m, cal, inputs_to_round(m, ["conv1", "dw", "fc"]))
+    cache: dict = {}
+    first, second = copy.deepcopy(q), copy.deepcopy(q)
+    assert rounding.round_weights(first, m, h, cache)[0] == 3 and len(cache) == 3
+    monkeypatch.setattr(rounding, "gptq_round", lambda *a, **k: pytest.fail("rounded again"))
+    assert rounding.round_weights(second, m, h, cache)[0] == 3
+    assert [t.raw_data for t in first.graph.initializer] == [t.raw_data for t in second.graph.initializer]
