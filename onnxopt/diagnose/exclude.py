@@ -175,7 +175,7 @@ def rank_by_outputs(
     lost = {e.nodes[0]: e.gain for e in alone}
     how = "diagnose: the set scored best together in float (emulated); lost alone: the damage each does alone (only it quantized)"
     return [
-        OutputEffect(n, ops[n], together, lost.get(n, float("nan")), rel2, evaluator.metric, notes.get(n, "none"), nodes[n], how)
+        OutputEffect(n, ops[n], together, lost.get(n, 0.0), rel2, evaluator.metric, notes.get(n, "none"), nodes[n], how)
         for n in sorted(chosen, key=lambda n: -lost.get(n, 0.0))
     ]
 
