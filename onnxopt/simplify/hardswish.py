@@ -129,8 +129,7 @@ def fuse_hardswishes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list
     found, notes = find_hardswishes(model)
     if not found:
         return model, 0, notes
-    converted, note = at_opset(model, MIN_OPSET, "HardSwish", f"{len(found)} hard swish(es)")
-    notes.extend([note] if note else [])
+    converted = at_opset(model, MIN_OPSET, "HardSwish", f"{len(found)} hard swish(es)", notes)
     if converted is None:
         return model, 0, notes
     model = converted

@@ -385,8 +385,7 @@ def fuse_layernorms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int, list[
     found, notes = find_layernorms(model, shapes)
     if not found:
         return model, 0, notes
-    converted, note = at_opset(model, MIN_OPSET, "LayerNormalization", f"{len(found)} layer norm(s)")
-    notes.extend([note] if note else [])
+    converted = at_opset(model, MIN_OPSET, "LayerNormalization", f"{len(found)} layer norm(s)", notes)
     if converted is None:
         return model, 0, notes
     if default_opset(converted) != default_opset(model):

@@ -24,14 +24,16 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= RTOL * abs(b)
 
 
-def at_opset(model: onnx.ModelProto, target: int, op: str, what: str) -> tuple[onnx.ModelProto | None, str | None]:
+def at_opset(model: onnx.ModelProto, target: int, op: str, what: str, notes: list[str]) -> onnx.ModelProto | None:
     """A copy of ``model`` to fuse ``what`` (e.g. "3 layer norm(s)") into ``op`` in, with the
-    default-domain opset converted to ``target`` when below it: ``(copy, note)``, the note
-    saying so; ``(None, reason)`` when the version converter fails."""
+    default-domain opset converted to ``target`` when below it (a line in ``notes`` says
+    so); None, with the reason in ``notes``, when the version converter fails."""
     before = default_opset(model)
     if before >= target:
-        return copy.deepcopy(model), None
+        return copy.deepcopy(model)
     converted, note = upgrade_opset(model, target)
     if converted is model:
-        return None, f"{what} found but not fused: {note}"
-    return converted, f"opset {before} converted to {target} ({op})"
+        notes.append(f"{what} found but not fused: {note}")
+        return None
+    notes.append(f"opset {before} converted to {target} ({op})")
+    return converted
