@@ -34,6 +34,7 @@ from .bias_correction import dequantized
 
 __all__ = [
     "FloatReference", "leave_in_float", "restore_float", "activation_params", "node_key", "quantized_nodes", "WEIGHT_FIT", "QLINEAR", "SHARED_OUTPUT",
+    "keep_outputs_float",
     "FIXED_RANGE",
 ]
 
@@ -509,3 +510,44 @@ def leave_in_float(
     _float_weights(g, chosen, weights, notes, lambda n: node_key(n) in quantized and node_key(n) not in excluded)
     _operators_in_float(g, set(nodes), weights, notes)
     return out, notes
+
+
+def keep_outputs_float(model: onnx.ModelProto, nodes) -> int:
+    """In place: the outputs of the named nodes of a QDQ ``model`` stay float: the
+    Q -> DQ pairs on them, and on the outputs of the ops after them that share their scale
+    (``SHARED_OUTPUT``: Reshape, Transpose, ...), are bypassed, so the node still runs in
+    INT8 (ONNX Runtime fuses DQ -> MatMul/Gemm/Conv without a Q into a kernel with a float
+    output) while an output whose range a few outlier channels stretch is not rounded to it
+    (the budget search's ``float-output`` remedy).  A pair whose DQ output is a graph output,
+    or whose Q feeds anything but DQs, is left.  Returns the DequantizeLinear nodes bypassed."""
+    g = model.graph
+    cons: dict[str, list] = {}
+    for n in g.node:
+        for x in n.input:
+            cons.setdefault(x, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    drop, ren = set(), {}
+    frontier = [o for n in g.node if n.name in set(nodes) for o in n.output]
+    while frontier:
+        t = frontier.pop()
+        for q in cons.get(t, []):
+            if q.op_type != "QuantizeLinear" or id(q) in drop:
+                continue
+            dqs = cons.get(q.output[0], [])
+            if not dqs or any(d.op_type != "DequantizeLinear" or d.output[0] in graph_outputs for d in dqs):
+                continue
+            drop.add(id(q))
+            for d in dqs:
+                drop.add(id(d))
+                ren[d.output[0]] = t
+                frontier += [o for c in cons.get(d.output[0], []) if c.op_type in SHARED_OUTPUT for o in c.output]
+    if not drop:
+        return 0
+    keep = [n for n in g.node if id(n) not in drop]
+    for n in keep:
+        for i, x in enumerate(n.input):
+            if x in ren:
+                n.input[i] = ren[x]
+    del g.node[:]
+    g.node.extend(keep)
+    return len(ren)

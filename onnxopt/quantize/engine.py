@@ -214,7 +214,7 @@ class CandidateBuilder:
         if ranged:
             alt = self._alt_ranges()
             ranges = {**ranges, **{t: alt[t] for n in ranged for t in self._activations(n) if t in alt}}
-        return quantize_with_ort(
+        model = quantize_with_ort(
             self.base,
             self.config,
             ranges=ranges,
@@ -226,6 +226,12 @@ class CandidateBuilder:
             notes=self.notes,
             per_channel_nodes=frozenset(n for n, r in remedies.items() if r == "per-channel"),
         )
+        floated = [n for n, r in remedies.items() if r == "float-output"]
+        if floated:
+            from .emulate import keep_outputs_float
+
+            keep_outputs_float(model, floated)
+        return model
 
     def _activations(self, node: str) -> list[str]:
         inits = {t.name for t in self.base.graph.initializer}
@@ -240,7 +246,9 @@ class CandidateBuilder:
     def remedy_options(self, node: str) -> list[str]:
         """What the budget search may try for ``node`` before leaving it in float: its weight
         per-channel (a per-tensor static QDQ model), its activations' per-tensor chosen
-        ranges (``--method auto``) where they differ from the model's."""
+        ranges (``--method auto``) where they differ from the model's; in QDQ format, a
+        node with weights keeps INT8 compute with its output left float (``float-output``:
+        a range a few outlier channels stretch; the MiniLM encoder's layer-0 FFN output)."""
         if self.config.mode != "static":
             return []
         out = []
@@ -253,7 +261,16 @@ class CandidateBuilder:
                 if a and b and (abs(a[0] - b[0]) + abs(a[1] - b[1])) > 0.01 * max(b[1] - b[0], 1e-12):
                     out.append("range")
                     break
+        if self.config.format == "qdq" and self.op_types.get(node) in WEIGHTED_OP_TYPES and not self._folds_activation(node):
+            out.append("float-output")
         return out
+
+    def _folds_activation(self, node: str) -> bool:
+        """True when ``node``'s output feeds a Relu or Clip in the base model: ONNX Runtime's
+        quantizer folds those into the output's Q/DQ range, so that pair cannot be dropped."""
+        n = next((x for x in self.base.graph.node if x.name == node), None)
+        outs = set(n.output) if n is not None else set()
+        return n is None or any(c.op_type in ("Relu", "Clip") and outs & set(c.input) for c in self.base.graph.node)
 
     def build(self, excluded: frozenset = frozenset(), remedies: dict | None = None) -> tuple[onnx.ModelProto, list[Fallback]]:
         rem = tuple(sorted((remedies or {}).items()))
