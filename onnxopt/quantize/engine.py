@@ -247,8 +247,10 @@ class CandidateBuilder:
         """What the budget search may try for ``node`` before leaving it in float: its weight
         per-channel (a per-tensor static QDQ model), its activations' per-tensor chosen
         ranges (``--method auto``) where they differ from the model's; in QDQ format, a
-        node with weights keeps INT8 compute with its output left float (``float-output``:
-        a range a few outlier channels stretch; the MiniLM encoder's layer-0 FFN output)."""
+        MatMul / Gemm keeps INT8 compute with its output left float (``float-output``: a
+        range a few outlier channels stretch, as a transformer's residual stream; the
+        MiniLM encoder's layer-0 FFN output).  Not for Conv: on PP-OCRv4 rec it was tried
+        for every Conv left in float, never kept, and cost 12 s of ``optimize``."""
         if self.config.mode != "static":
             return []
         out = []
@@ -261,7 +263,7 @@ class CandidateBuilder:
                 if a and b and (abs(a[0] - b[0]) + abs(a[1] - b[1])) > 0.01 * max(b[1] - b[0], 1e-12):
                     out.append("range")
                     break
-        if self.config.format == "qdq" and self.op_types.get(node) in WEIGHTED_OP_TYPES and not self._folds_activation(node):
+        if self.config.format == "qdq" and self.op_types.get(node) in ("MatMul", "Gemm") and not self._folds_activation(node):
             out.append("float-output")
         return out
 
