@@ -99,7 +99,7 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
         while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear") and node_key(node) not in quantized:
             node = prod.get(node.input[0])
         if node is not None and node_key(node) in quantized and node.name and node.name not in out:
-            name = _exclusion_name(node, t.node, ref_ops)
+            name = _exclusion_name(node, t.node, ref_ops, ref_names)
             if name:
                 out[node.name] = name
         if len(out) >= n:
@@ -109,14 +109,14 @@ def candidate_nodes(reference: onnx.ModelProto, candidate: onnx.ModelProto, tens
     return out
 
 
-def _exclusion_name(node: onnx.NodeProto, matched: str, ref_ops: dict[str, str]) -> str:
+def _exclusion_name(node: onnx.NodeProto, matched: str, ref_ops: dict[str, str], ref_names: set) -> str:
     """The name ``quantize --exclude-nodes`` takes for the candidate's ``node``, whose
     tensor was matched to the reference node ``matched``: its own when the reference has it
     (or it was fused from a node of it); else ``matched`` when that is the same op (a
     QOperator ``fc_quant`` for the reference's ``fc``); else '' (a node pre-processing made,
     as ORT's ``Mul`` of ``HardSigmoid(x) * x`` matched to the reference's ``Div``: excluding
     that ``Div`` would not leave this node in float)."""
-    if _named(node.name, set(ref_ops)):
+    if _named(node.name, ref_names):
         return node.name
     op = QLINEAR[node.op_type][0] if node.op_type in QLINEAR else node.op_type
     return matched if ref_ops.get(matched) == op else ""

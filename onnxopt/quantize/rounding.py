@@ -32,7 +32,6 @@ from onnx import helper
 
 from ..graph import producers
 from ..io import tensor_array
-from .bias_correction import dequantized
 from .config import ROUNDINGS
 from .layers import WeightTable
 
@@ -129,7 +128,7 @@ def inputs_to_round(base: onnx.ModelProto, nodes) -> dict[str, onnx.NodeProto]:
 
 def layer_hessians(base: onnx.ModelProto, dataset, layers: dict[str, onnx.NodeProto], *, provider: str = "cpu", limit: int | None = 256) -> dict:
     """``{node name: H}`` over ``dataset``: ``H = E[x x^T]`` of each layer's input rows
-    (``[groups, d, d]`` for a Conv, ``[d, d]`` for MatMul / Gemm), streamed batch by batch."""
+    (``[groups, d, d]``: one group for MatMul / Gemm), streamed batch by batch."""
     from .collect import exposed_batches
 
     sums: dict[str, np.ndarray] = {}
@@ -144,9 +143,9 @@ def layer_hessians(base: onnx.ModelProto, dataset, layers: dict[str, onnx.NodePr
                     cols = _patches(x[i : i + 1], node, groups)
                     sums[name] = sums.get(name, 0) + (cols.transpose(0, 2, 1) @ cols).astype(np.float64)
                     counts[name] += cols.shape[1]
-            else:
+            else:  # one group
                 rows = x.reshape(-1, x.shape[-1])
-                sums[name] = sums.get(name, 0) + (rows.T @ rows).astype(np.float64)
+                sums[name] = sums.get(name, 0) + (rows.T @ rows).astype(np.float64)[None]
                 counts[name] += rows.shape[0]
     return {name: sums[name] / counts[name] for name in sums if counts[name]}
 
@@ -196,8 +195,8 @@ def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict
             notes.append(f"{n.name}: {scale.size} scales for {out_rows} output channels, rounding kept")
             continue
         zero_r = np.broadcast_to(zero, (out_rows,))
-        wq = dequantized(dq, table.inits)
-        span = int(np.max(np.abs(np.round(wq / np.broadcast_to(_along(scale, axis, q.ndim), q.shape))))) if wq is not None else 127
+        # the magnitude the quantizer used: max |q - zero point| (127; 63 with reduce-range)
+        span = int(np.abs(np.moveaxis(q, axis, 0).reshape(out_rows, -1).astype(np.int64) - np.round(zero_r).astype(np.int64)[:, None]).max())
         info = np.iinfo(q.dtype)
         lo = max(-span, info.min - int(zero.min()))
         hi = min(span, info.max - int(zero.max()))
@@ -208,13 +207,10 @@ def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict
             continue
         h = hessians[n.name]
         new = np.empty(rows.shape, dtype=np.int64)
-        if h.ndim == 3:  # a Conv's groups: each reads its own inputs
-            per = out_rows // h.shape[0]
-            for g in range(h.shape[0]):
-                sl = slice(g * per, (g + 1) * per)
-                new[sl] = gptq_round(rows[sl], h[g], scale_r[sl], zero_r[sl], lo, hi)
-        else:
-            new = gptq_round(rows, h, scale_r, zero_r, lo, hi)
+        per = out_rows // h.shape[0]  # a Conv's groups each read their own inputs
+        for g in range(h.shape[0]):
+            sl = slice(g * per, (g + 1) * per)
+            new[sl] = gptq_round(rows[sl], h[g], scale_r[sl], zero_r[sl], lo, hi)
         new = (new.reshape(w.shape) if n.op_type == "Conv" or axis == 0 else new.T).astype(q.dtype)
         if cache is not None:
             cache[key] = new
@@ -225,11 +221,3 @@ def round_weights(qmodel: onnx.ModelProto, base: onnx.ModelProto, hessians: dict
 
 def _axis(dq: onnx.NodeProto, ndim: int) -> int:
     return next((a.i for a in dq.attribute if a.name == "axis"), 1) % ndim
-
-
-def _along(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-    if scale.size == 1:
-        return scale.reshape([1] * ndim)
-    shape = [1] * ndim
-    shape[axis] = -1
-    return scale.reshape(shape)
