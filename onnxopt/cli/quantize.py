@@ -52,11 +52,24 @@ def render_candidates(report: dict) -> str:
     return table(["candidate", "status", "quantized", metric, "drop", "speed vs FP32", "size", "excluded", "fallbacks"], rows)
 
 
+def _signed(gain) -> str:
+    return fmt(gain) if gain is None or gain < 0 else "+" + fmt(gain)
+
+
 def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAIL_LINES) -> list[str]:
     """One line per excluded node, or per group of nodes measured together (consecutive
     entries with the same group size and gain), at most ``max_lines``."""
     groups: list[list[dict]] = []
+    lines = []
+    scope = [e for e in excluded if e.get("scope")]
+    if scope:
+        names = ", ".join(x["node"] for x in scope[:3]) + (f", ... {scope[-1]['node']}" if len(scope) > 3 else "")
+        what = f"the {len(scope)} nodes without weights" if len(scope) > 1 else "the one node without weights"
+        lines.append(f"{label}: left {what} in float ({names}): {_signed(scope[0].get('gain'))} points together; "
+                     "the search then chose among the nodes with weights")
     for e in excluded:
+        if e.get("scope"):
+            continue
         last = groups[-1][-1] if groups else None
         if (
             last is not None
@@ -68,7 +81,6 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
             groups[-1].append(e)
         else:
             groups.append([e])
-    lines = []
     for g in groups:
         e = g[0]
         if len(g) == 1:
@@ -78,8 +90,7 @@ def _excluded_lines(label: str, excluded: list[dict], max_lines: int = MAX_DETAI
             what = f"{len(g)} nodes ({names})"
         how = f" (measured as a group of {e['group_size']})" if e.get("group_size", 1) > 1 else ""
         tried = f"; remedies tried: {', '.join(e['remedies_tried'])}" if e.get("remedies_tried") else ""
-        gain = fmt(e.get("gain")) if e.get("gain") is None or e["gain"] < 0 else "+" + fmt(e["gain"])
-        lines.append(f"{label}: left {what} in float: {gain} points when alone in float{how}{tried}")
+        lines.append(f"{label}: left {what} in float: {_signed(e.get('gain'))} points when alone in float{how}{tried}")
     if len(lines) > max_lines:
         rest = len(lines) - max_lines + 1
         lines = lines[: max_lines - 1] + [f"{label}: ... {rest} more line(s) of left-in-float nodes (the full list: --report FILE or --json)"]

@@ -381,6 +381,17 @@ class CandidateBuilder:
     def __call__(self, excluded: frozenset = frozenset()) -> onnx.ModelProto:
         return self.build(excluded)[0]
 
+    def weightless(self, nodes: list[str]) -> frozenset:
+        """The budget search's first group to leave in float (``sensitivity._scoped``): in a
+        static model, the ``nodes`` with no weights to quantize (not Conv, MatMul, Gemm, ...,
+        nor a Gather of a constant table)."""
+        if self.config.mode != "static":
+            return frozenset()
+        def weighted(n: str) -> bool:
+            return self.op_types.get(n) in WEIGHTED_OP_TYPES or (self.op_types.get(n) == "Gather" and bool(self.node_tensors.get(n)))
+
+        return frozenset(n for n in nodes if not weighted(n))
+
     def search_nodes(self, quantized: list[str]) -> list[str]:
         """The quantized nodes the budget search may leave in float, in graph order.
 
@@ -453,7 +464,8 @@ def _stopped(res: CandidateResult, status: str, note: str, t0: float) -> Candida
 def _fit_to_budget(builder: CandidateBuilder, res: CandidateResult, budget: Budget, evaluator: Evaluator, search: dict):
     """The budget search (nodes left in float), then remedies for those nodes; fills ``res``'s
     scores and returns the fitted model and its fallbacks."""
-    fit = fit_budget(builder, builder.search_nodes(res.quantized), budget, evaluator, op_types=builder.op_types, emulate=builder.emulator(), **search)
+    nodes = builder.search_nodes(res.quantized)
+    fit = fit_budget(builder, nodes, budget, evaluator, op_types=builder.op_types, emulate=builder.emulator(), scope=builder.weightless(nodes), **search)
     if fit.excluded:
         fit = apply_remedies(fit, lambda ex, rem: builder.build(ex, rem)[0], builder.remedy_options, budget, evaluator,
                              session_for=lambda m: builder.take_session(m, evaluator.provider), search_evaluator=search.get("search_evaluator"))

@@ -198,3 +198,65 @@ def test_errors_that_add_up_are_searched_again_by_the_damage_each_node_does_alon
     fit = fit_budget(build, ["A", "B", "C"], Budget(1.0), ev, max_evals=30)
     assert fit.met and sorted(e["node"] for e in fit.excluded) == ["A", "B"]
     assert fit.drop <= 1.0
+
+
+def _scoped_search(weightless_cost: float):
+    """Nodes A (ruins the outputs), B (costs little) and two nodes without weights s1, s2
+    costing ``weightless_cost`` each when quantized; a 1-point budget."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    direction = rng.standard_normal((4, 4)).astype(np.float32)
+    built = []
+
+    def build(excluded: frozenset) -> onnx.ModelProto:
+        built.append(excluded)
+        q = {"A", "B", "s1", "s2"} - excluded
+        return drifted((4.0 if "A" in q else 0.0) + (0.002 if "B" in q else 0.0) + weightless_cost * len(q & {"s1", "s2"}), direction)
+
+    ds = Dataset("<t>", arrays={"x": x}, labels=x.argmax(1))
+    ev = Evaluator(drifted(0.0, direction), ds)
+    fit = fit_budget(build, ["A", "s1", "B", "s2"], Budget(1.0), ev, max_evals=30, scope=frozenset({"s1", "s2"}))
+    return fit, built
+
+
+def test_the_nodes_without_weights_are_left_in_float_together_first():
+    """Leaving the scope in float scores better than quantizing everything: the search then
+    ranks only the other nodes, every model it builds has the scope in float, and the
+    result lists the scope's nodes (flagged, with the group's gain) before A."""
+    fit, built = _scoped_search(0.4)
+    assert fit.met and fit.drop <= 1.0
+    assert [(e["node"], bool(e.get("scope"))) for e in fit.excluded] == [("s1", True), ("s2", True), ("A", False)]
+    assert fit.excluded[0]["group_size"] == 2 and fit.excluded[0]["gain"] > 0
+    assert all({"s1", "s2"} <= ex for ex in built[1:])  # after the fully quantized model, every build leaves the scope in float
+    assert fit.history[1].get("scope") and fit.evaluations >= len(built)  # the outer search's two scorings counted with the inner's
+
+
+def test_a_scope_that_does_not_help_is_not_taken():
+    fit, built = _scoped_search(0.0)
+    assert fit.met and [e["node"] for e in fit.excluded] == ["A"]
+    assert not any(e.get("scope") for e in fit.excluded)
+
+
+def test_the_budget_search_leaves_the_softmax_in_float_as_the_scope(tmp_path, invoke):
+    """From the API and the CLI: the 1000-class Softmax (no weights) collapses the static
+    model; the scope step leaves it in float and the MatMul stays quantized."""
+    import json
+
+    import numpy as np
+
+    from onnxopt.quantize.api import quantize
+    from tests.conftest import save
+    from tests.quantize.quant_models import wide_softmax
+
+    m = wide_softmax()
+    np.savez(tmp_path / "d.npz", **data_for(m, 64))
+    r = quantize(m, mode="static", calibration=tmp_path / "d.npz", max_accuracy_drop=1.0, metric="cosine", allow_slower=True, timing=False, preprocess=False)
+    c = r.report["candidates"][0]
+    assert [(e["node"], e.get("scope")) for e in c["excluded"]] == [("softmax", True)] and c["quantized_nodes"] == 1 and c["drop"] <= 1.0
+    assert any(h.get("scope") for h in c["budget_search"]["history"])
+    res = invoke("quantize", save(m, tmp_path / "m.onnx"), "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric",
+                 "cosine", "--max-accuracy-drop", "1", "--allow-slower", "--no-preprocess", "--report", tmp_path / "r.json")  # fmt: skip
+    assert res.exit_code == 0 and "left the one node without weights in float (softmax)" in res.output, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["candidates"][0]["excluded"][0]["scope"] is True
