@@ -17,7 +17,8 @@ Rows per model: ``ort-dynamic`` / ``ort-static`` (``quantize_dynamic`` / ``quant
 with their defaults), ``onnxopt-static-plain`` (static per-tensor, ``equalize="off"``),
 ``onnxopt-static`` (static, ``equalize="auto"``: equalized + bias-corrected rebuild when plain
 loses accuracy), ``onnxopt-static-gptq`` (the same with the INT8 weights rounded by GPTQ,
-``weight_rounding="gptq"``), ``onnxopt-auto-1pt`` (``mode="auto"``, budget 1 point, remedies), and
+``weight_rounding="gptq"``), ``onnxopt-auto-1pt`` (``mode="auto"``, budget 1 point, remedies),
+``onnxopt-static-pc-1pt`` (static per-channel fitted to a 1-point budget, as the CLI does it), and
 ``int4`` where asked.  Every row: its score against FP32 on the evaluation data (the same
 for all rows) and its speed vs FP32 (median ratio, interleaved, batch 1, one thread).
 Finally the peak RSS and wall time of ``onnxopt optimize`` on the encoder (subprocess,
@@ -154,6 +155,7 @@ def onnxopt_rows(model: onnx.ModelProto, cal: Dataset, ev: Dataset, metric, *, i
         jobs += [("onnxopt-static-gptq", dict(mode="static", equalize="auto", weight_rounding="gptq"))]
     if static and auto:
         jobs += [("onnxopt-auto-1pt", dict(mode="auto", max_accuracy_drop=1.0, eval_data=ev, max_evals=16, search_samples=100))]
+        jobs += [("onnxopt-static-pc-1pt", dict(mode="static", per_channel=True, max_accuracy_drop=1.0, eval_data=ev))]
     if int4:
         jobs += [("onnxopt-int4", dict(mode="int4", block_size=32))]
     for label, kw in jobs:

@@ -250,7 +250,12 @@ def finish_candidate(res: CandidateResult) -> tuple[onnx.ModelProto, list[str]]:
     notes = list(res.notes)
     notes += [f"{f.node} ({f.op_type}) -> {f.action}: {f.reason[:160]}" for f in res.fallbacks]
     if res.fit is not None:
-        notes += [f"{e['node']} ({e['op_type']}) left in float for the budget (gain {e['gain']:.2f} points)" for e in res.fit.excluded]
+        scope = [e["node"] for e in res.fit.excluded if e.get("scope")]
+        if scope:
+            names = ", ".join(scope[:3]) + (", ..." if len(scope) > 3 else "")
+            gain = res.fit.excluded[0]["gain"]
+            notes.append(f"{len(scope)} node(s) without weights ({names}) left in float together for the budget (gain {gain:.2f} points)")
+        notes += [f"{e['node']} ({e['op_type']}) left in float for the budget (gain {e['gain']:.2f} points)" for e in res.fit.excluded if not e.get("scope")]
     return res.model, notes
 
 

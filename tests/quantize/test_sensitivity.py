@@ -256,6 +256,10 @@ def test_the_budget_search_leaves_the_softmax_in_float_as_the_scope(tmp_path, in
     c = r.report["candidates"][0]
     assert [(e["node"], e.get("scope")) for e in c["excluded"]] == [("softmax", True)] and c["quantized_nodes"] == 1 and c["drop"] <= 1.0
     assert any(h.get("scope") for h in c["budget_search"]["history"])
+    from onnxopt.quantize.candidates import static_candidate
+
+    _, notes = static_candidate(m, calibration=tmp_path / "d.npz", eval_data=tmp_path / "d.npz", max_accuracy_drop=1.0, metric="cosine", preprocess=False)
+    assert "1 node(s) without weights (softmax) left in float together for the budget" in " ".join(notes), notes
     res = invoke("quantize", save(m, tmp_path / "m.onnx"), "-o", tmp_path / "q.onnx", "--mode", "static", "--calibration", tmp_path / "d.npz", "--metric",
                  "cosine", "--max-accuracy-drop", "1", "--allow-slower", "--no-preprocess", "--report", tmp_path / "r.json")  # fmt: skip
     assert res.exit_code == 0 and "left the one node without weights in float (softmax)" in res.output, res.output
