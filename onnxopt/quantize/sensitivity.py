@@ -296,6 +296,7 @@ def _scoped(s: _Search, scope: frozenset, s0: float, search: dict) -> BudgetFit 
     if sc <= s0:
         return None
     emulate = search.pop("emulate")
+    s.cache.clear()  # the fully quantized model: the search below builds its own
     rest = [n for n in s.nodes if n not in scope]
     search["max_evals"] = max(search["max_evals"] - s.evals, 2)
     fit = fit_budget(_ScopedBuild(s.build, scope), rest, s.budget, s.evaluator, **search, emulate=emulate and (lambda ex: emulate(ex | scope)))
