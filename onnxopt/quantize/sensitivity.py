@@ -212,6 +212,7 @@ def fit_budget(
     gate: Callable[[], str | None] | None = None,
     emulate: Callable[[frozenset], onnx.ModelProto] | None = None,
     scope: frozenset = frozenset(),
+    start: float | None = None,
 ) -> BudgetFit:
     """Exclude the most sensitive nodes until ``budget`` holds (see the module docstring).
 
@@ -226,11 +227,12 @@ def fit_budget(
     without a quantizer run) that the ranking and the bisection score on the search data;
     every confirmation on the full data, and the model returned, are real builds.
     ``scope``: nodes tried in float together first, once the fully quantized model misses
-    the budget (a static model's nodes without weights: see ``_scoped``).
+    the budget (a static model's nodes without weights: see ``_scoped``).  ``start``: the
+    search data's score of ``build(frozenset())``, when the caller measured it already.
     """
     s = _Search(build, nodes, budget, evaluator, search_evaluator or evaluator, op_types or {}, emulate)
     none = frozenset()
-    s0, _ = s.search_score(none)
+    s0 = s.search_score(none)[0] if start is None else start
     s.history.append({"excluded": 0, "search_score": s0})
     if s.ok(s0, s.search):
         full = s.confirm(none)
@@ -291,19 +293,29 @@ def _scoped(s: _Search, scope: frozenset, s0: float, search: dict) -> BudgetFit 
     60 rendered lines, static per-channel: every node quantized loses 3.64 points of cosine
     at 1.35x; its 38 Convs alone 3.24 at 1.46x, and with 8 of them in float 0.89 at 1.45x,
     where searching every node ended at 0.78 with 192 of 218 in float, at 1.12x."""
-    sc, rel = s.search_score(scope)
+    # a real build, not the emulated model: the emulation leaves QOperator's QLinearAdd & co
+    # as they are, and the search below starts from this build anyway
+    sc, rel = s.search_score(scope, real=True)
     s.history.append({"excluded": len(scope), "search_score": sc, "scope": True})
     if sc <= s0:
         return None
     emulate = search.pop("emulate")
-    s.cache.clear()  # the fully quantized model: the search below builds its own
+    s.cache.clear()  # the search below asks its builder, which still holds this build
     rest = [n for n in s.nodes if n not in scope]
     search["max_evals"] = max(search["max_evals"] - s.evals, 2)
-    fit = fit_budget(_ScopedBuild(s.build, scope), rest, s.budget, s.evaluator, **search, emulate=emulate and (lambda ex: emulate(ex | scope)))
-    entry = {"op_type": None, "gain": sc - s0, "rel_l2_when_float": rel, "group_size": len(scope), "scope": True}
-    fit.excluded = [{**entry, "node": n, "op_type": s.op_types.get(n, "?")} for n in s.nodes if n in scope] + fit.excluded
+    fit = fit_budget(_ScopedBuild(s.build, scope), rest, s.budget, s.evaluator, **search, emulate=emulate and (lambda ex: emulate(ex | scope)), start=sc)
+    group = [n for n in s.nodes if n in scope]
+    entry = {"gain": sc - s0, "rel_l2_when_float": rel, "group_size": len(scope), "scope": True}
+    fit.excluded = [{**entry, "node": n, "op_type": s.op_types.get(n, "?")} for n in group] + fit.excluded
+    # measured as one unit: a candidate that reuses this ranking without taking the group
+    # (``reuse_ranking``) starts from it instead of from every node of it unmeasured
+    fit.sensitivity = [NodeEffect(group, sc, sc - s0, rel)] + fit.sensitivity
+    for h in fit.history:
+        if "excluded" in h:
+            h["excluded"] += len(scope)
+    s.history[-1].update({k: v for k, v in fit.history[0].items() if k == "score"})  # the search's start is this set
     fit.evaluations += s.evals
-    fit.history = s.history + fit.history
+    fit.history = s.history + fit.history[1:]
     return fit
 
 

@@ -10,7 +10,7 @@ from onnxopt.metrics import Budget, Evaluator
 from onnxopt.quantize.config import QuantConfig
 from onnxopt.quantize.engine import CandidateBuilder
 from onnxopt.quantize.preprocess import gemm_to_matmul, infer_shapes
-from onnxopt.quantize.sensitivity import fit_budget, measure_sensitivity
+from onnxopt.quantize.sensitivity import fit_budget, measure_sensitivity, reuse_ranking
 from tests.quantize.quant_models import data_for, drifted, mlp
 
 
@@ -231,6 +231,11 @@ def test_the_nodes_without_weights_are_left_in_float_together_first():
     assert fit.excluded[0]["group_size"] == 2 and fit.excluded[0]["gain"] > 0
     assert all({"s1", "s2"} <= ex for ex in built[1:])  # after the fully quantized model, every build leaves the scope in float
     assert fit.history[1].get("scope") and fit.evaluations >= len(built)  # the outer search's two scorings counted with the inner's
+    assert all(h["excluded"] >= 2 for h in fit.history[1:] if "excluded" in h)  # counted with the group
+    # the ranking starts with the group as one measured unit: a candidate reusing it without
+    # taking the group gets it whole, not as unmeasured single nodes
+    assert fit.sensitivity[0].nodes == ["s1", "s2"] and fit.sensitivity[0].gain > 0
+    assert [e.nodes for e in reuse_ranking(fit.sensitivity, ["A", "s1", "B", "s2"])][0] == ["s1", "s2"]
 
 
 def test_a_scope_that_does_not_help_is_not_taken():
@@ -264,3 +269,8 @@ def test_the_budget_search_leaves_the_softmax_in_float_as_the_scope(tmp_path, in
                  "cosine", "--max-accuracy-drop", "1", "--allow-slower", "--no-preprocess", "--report", tmp_path / "r.json")  # fmt: skip
     assert res.exit_code == 0 and "left the one node without weights in float (softmax)" in res.output, res.output
     assert json.loads((tmp_path / "r.json").read_text())["candidates"][0]["excluded"][0]["scope"] is True
+    # QOperator: the group is scored on a real build (the emulation does not cover QLinearSoftmax)
+    q = quantize(m, mode="static", format="qoperator", calibration=tmp_path / "d.npz", max_accuracy_drop=1.0, metric="cosine", allow_slower=True,
+                 timing=False, preprocess=False)  # fmt: skip
+    c = q.report["candidates"][0]
+    assert [(e["node"], e.get("scope")) for e in c["excluded"]] == [("softmax", True)] and c["drop"] <= 1.0
