@@ -387,6 +387,7 @@ class CandidateBuilder:
         nor a Gather of a constant table)."""
         if self.config.mode != "static":
             return frozenset()
+
         def weighted(n: str) -> bool:
             return self.op_types.get(n) in WEIGHTED_OP_TYPES or (self.op_types.get(n) == "Gather" and bool(self.node_tensors.get(n)))
 

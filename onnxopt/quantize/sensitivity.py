@@ -5,6 +5,9 @@ an ``Evaluator`` (``onnxopt.metrics``) and a ``Budget``:
 
 1. The fully quantized model is scored on the search subset; if it is within the budget
    there and on the full evaluation set, nothing is excluded.
+1b. Static models: the quantized nodes without weights (``scope``) are left in float
+   together; when that scores better, steps 2-3 run over the other nodes with them in float
+   (``_scoped``).
 2. Sensitivity of each unit (a node, or a group of consecutive nodes when there are more
    nodes than half of ``max_evals``):
    - ``float-one`` (default): the score when only that unit is left in float; its
