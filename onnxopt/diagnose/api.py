@@ -175,7 +175,13 @@ def sensitive_nodes(
     ``dataset``.  [] when none can be had."""
     if fit is not None and fit.sensitivity:
         ranked = sorted(fit.sensitivity, key=lambda e: (-e.gain, -e.rel_l2))[:top]
-        return [{"nodes": list(e.nodes), "gain": e.gain, "rel_l2": e.rel_l2, "how": "budget search: score gained when left in float"} for e in ranked]
+        group = {e["node"] for e in fit.excluded if e.get("scope")}  # ``sensitivity._scoped``: measured first, the others with it in float
+        how = "budget search: score gained when left in float" + (" (with the nodes without weights in float)" if group else "")
+
+        def label(e) -> str:
+            return "budget search: the nodes without weights, left in float together" if group and set(e.nodes) <= group else how
+
+        return [{"nodes": list(e.nodes), "gain": e.gain, "rel_l2": e.rel_l2, "how": label(e)} for e in ranked]
     cfg = DiagnoseConfig(top=top, limit=limit, provider=provider)
     try:
         ds_b = dataset_for(candidate, dataset.view())

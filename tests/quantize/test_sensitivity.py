@@ -261,6 +261,8 @@ def test_the_budget_search_leaves_the_softmax_in_float_as_the_scope(tmp_path, in
     c = r.report["candidates"][0]
     assert [(e["node"], e.get("scope")) for e in c["excluded"]] == [("softmax", True)] and c["quantized_nodes"] == 1 and c["drop"] <= 1.0
     assert any(h.get("scope") for h in c["budget_search"]["history"])
+    assert r.report["sensitive_nodes"][0]["nodes"] == ["softmax"]
+    assert r.report["sensitive_nodes"][0]["how"] == "budget search: the nodes without weights, left in float together"
     from onnxopt.quantize.candidates import static_candidate
 
     _, notes = static_candidate(m, calibration=tmp_path / "d.npz", eval_data=tmp_path / "d.npz", max_accuracy_drop=1.0, metric="cosine", preprocess=False)
