@@ -195,11 +195,13 @@ class CandidateBuilder:
             self.candidates = [c for c in self.candidates if c in nbits]
         self.ort_op_types = sorted(types | ({"MatMul"} if converted_gemms and "Gemm" in types else set()))
         self.implicit_exclude = frozenset(n.name for n in base.graph.node if n.op_type in self.ort_op_types and not wanted(n))
-        inits = {t.name for t in base.graph.initializer}
+        self._inits = inits = {t.name for t in base.graph.initializer}
+        self._by_name = {n.name: n for n in base.graph.node}  # the remedies' lookups
+        wanted_names = set(self.candidates)
         self.node_tensors = {
             n.name: {x for i, x in enumerate(n.input) if x in inits and i in WEIGHT_INPUTS.get(n.op_type, (1,))}
             for n in base.graph.node
-            if n.name in set(self.candidates)
+            if n.name in wanted_names
         }
         self.notes: list[str] = []
         # the last CACHED_MODELS builds (least recently used dropped): a budget search on a
@@ -234,9 +236,8 @@ class CandidateBuilder:
         return model
 
     def _activations(self, node: str) -> list[str]:
-        inits = {t.name for t in self.base.graph.initializer}
-        n = next((x for x in self.base.graph.node if x.name == node), None)
-        return [] if n is None else [t for t in list(n.input) + list(n.output) if t and t not in inits]
+        n = self._by_name.get(node)
+        return [] if n is None else [t for t in list(n.input) + list(n.output) if t and t not in self._inits]
 
     def _alt_ranges(self) -> dict:
         if self._alt is None:
@@ -270,7 +271,7 @@ class CandidateBuilder:
     def _folds_activation(self, node: str) -> bool:
         """True when ``node``'s output feeds a Relu or Clip in the base model: ONNX Runtime's
         quantizer folds those into the output's Q/DQ range, so that pair cannot be dropped."""
-        n = next((x for x in self.base.graph.node if x.name == node), None)
+        n = self._by_name.get(node)
         outs = set(n.output) if n is not None else set()
         return n is None or any(c.op_type in ("Relu", "Clip") and outs & set(c.input) for c in self.base.graph.node)
 
